@@ -1,0 +1,324 @@
+"""The error taxonomy of atlas-actors.
+
+Every exception the library raises derives from :class:`AtlasError`. Errors that come
+from SQLite are wrapped in a :class:`SQLiteError` subclass chosen by the SQLite result
+code, and keep that code (``result_code``, ``extended_result_code``) and the statement.
+Each message says what happened and what to do next.
+
+Classes (by category):
+
+* transient: :class:`BusyError`, :class:`LockedError`, :class:`OperationTimeout`
+* constraint: :class:`ConstraintError`
+* validation: :class:`ValidationError`, :class:`QueryValidationError`,
+  :class:`ParameterError`, :class:`SQLError`, :class:`TooBigError`, :class:`ConfigError`
+* storage: :class:`DiskFullError`, :class:`DiskIOError`, :class:`CorruptionError`,
+  :class:`ReadOnlyError`
+* runtime: :class:`StorageUnavailable`, :class:`StorageClosedError`,
+  :class:`ActorCrashedError`, :class:`DeadlockError`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import apsw
+
+__all__ = [
+    "ActorCrashedError",
+    "AtlasError",
+    "BusyError",
+    "ConfigError",
+    "ConstraintError",
+    "CorruptionError",
+    "DeadlockError",
+    "DiskFullError",
+    "DiskIOError",
+    "LockedError",
+    "OperationTimeout",
+    "ParameterError",
+    "QueryValidationError",
+    "ReadOnlyError",
+    "SQLError",
+    "SQLiteError",
+    "StorageClosedError",
+    "StorageUnavailable",
+    "TooBigError",
+    "TransientError",
+    "ValidationError",
+    "wrap_sqlite_error",
+]
+
+
+class AtlasError(Exception):
+    """Base class of every error raised by atlas-actors."""
+
+    category: ClassVar[str] = "internal"
+    """Taxonomy bucket (transient, constraint, validation, disk_full, io, corruption, ...)."""
+
+    transient: ClassVar[bool] = False
+    """True when retrying the same call later may succeed."""
+
+
+class TransientError(AtlasError):
+    """A temporary condition: retrying later may succeed."""
+
+    category = "transient"
+    transient = True
+
+
+class OperationTimeout(TransientError, TimeoutError):
+    """A call did not finish before its deadline.
+
+    ``applied`` says what became of the operation: ``False`` when it was withdrawn before
+    any actor started it (safe to retry), ``None`` when it had already started and may
+    still complete (check before retrying a non-idempotent write).
+    """
+
+    category = "timeout"
+
+    def __init__(self, operation: str, timeout: float, *, applied: bool | None) -> None:
+        self.operation = operation
+        self.timeout = timeout
+        self.applied = applied
+        if applied is False:
+            outcome = "it was withdrawn before it started, so it is safe to retry"
+        else:
+            outcome = (
+                "it had already started and may still complete; check its effect "
+                "before retrying a write"
+            )
+        super().__init__(
+            f"{operation} did not finish within {timeout:.3f}s; {outcome}. "
+            "Raise the timeout (timeout=... or ATLAS_DEFAULT_TIMEOUT) if the system is "
+            "just busy."
+        )
+
+
+class StorageUnavailable(AtlasError):
+    """The storage cannot serve calls: it failed (restart intensity exceeded) or closed."""
+
+    category = "actor_failure"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class StorageClosedError(StorageUnavailable):
+    """The storage was closed; open it again with ``atlas_actors.open(path)``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"storage {path!r} is closed; open it again with atlas_actors.open({path!r})"
+        )
+
+
+class ActorCrashedError(AtlasError):
+    """The actor handling this call crashed while the call may have been in progress.
+
+    The call may or may not have taken effect. The actor has been (or is being)
+    restarted, so new calls are served; check the effect before retrying.
+    """
+
+    category = "actor_failure"
+
+    def __init__(self, role: str, operation: str, cause: BaseException | None = None) -> None:
+        self.role = role
+        self.operation = operation
+        self.cause = cause
+        reason = f": {cause!r}" if cause is not None else ""
+        super().__init__(
+            f"the {role} actor crashed while handling {operation}{reason}; the call may "
+            "or may not have taken effect. The actor is restarted automatically: check "
+            "the effect, then retry."
+        )
+
+
+class DeadlockError(AtlasError):
+    """A call would wait on itself (a cycle of waits); it was refused at once."""
+
+    category = "deadlock"
+
+    def __init__(self, cycle: Sequence[str], advice: str) -> None:
+        self.cycle = list(cycle)
+        super().__init__(f"deadlock: {' -> '.join(self.cycle)}; {advice}")
+
+
+class ValidationError(AtlasError, ValueError):
+    """Input was rejected before it reached SQLite (bad name, value, option)."""
+
+    category = "validation"
+
+
+class ConfigError(ValidationError):
+    """A configuration value is invalid."""
+
+
+class QueryValidationError(ValidationError):
+    """A built query names a table, column or operator that does not exist.
+
+    ``suggestion`` holds the closest known name, when there is one.
+    """
+
+    def __init__(self, message: str, *, suggestion: str | None = None) -> None:
+        self.suggestion = suggestion
+        if suggestion is not None:
+            message = f"{message}; did you mean {suggestion!r}?"
+        super().__init__(message)
+
+
+class SQLiteError(AtlasError):
+    """An error reported by SQLite, with its result codes and the statement."""
+
+    category = "sqlite"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sql: str | None = None,
+        result_code: int | None = None,
+        extended_result_code: int | None = None,
+    ) -> None:
+        self.sql = sql
+        self.result_code = result_code
+        self.extended_result_code = extended_result_code
+        super().__init__(message)
+
+    @property
+    def code_name(self) -> str | None:
+        """SQLite's symbolic name for the extended (or primary) result code."""
+        code = self.extended_result_code or self.result_code
+        if code is None:
+            return None
+        name = apsw.mapping_extended_result_codes.get(code) or apsw.mapping_result_codes.get(code)
+        return str(name) if name is not None else None
+
+
+class BusyError(SQLiteError, TransientError):
+    """The database file is locked by another process (SQLITE_BUSY)."""
+
+    category = "transient"
+    transient = True
+
+
+class LockedError(SQLiteError, TransientError):
+    """A table is locked inside this process's shared cache (SQLITE_LOCKED)."""
+
+    category = "transient"
+    transient = True
+
+
+class ConstraintError(SQLiteError):
+    """A constraint (UNIQUE, NOT NULL, CHECK, FOREIGN KEY) failed; the call changed nothing."""
+
+    category = "constraint"
+
+
+class SQLError(SQLiteError, ValidationError):
+    """The statement is invalid: a syntax error, an unknown table or column."""
+
+    category = "validation"
+
+
+class ParameterError(SQLiteError, ValidationError):
+    """The parameters do not fit the statement (count, names or types)."""
+
+    category = "validation"
+
+
+class TooBigError(SQLiteError, ValidationError):
+    """A value or statement exceeds SQLite's limits (SQLITE_TOOBIG)."""
+
+    category = "validation"
+
+
+class DiskFullError(SQLiteError):
+    """The database or disk is full (SQLITE_FULL); reads go on, writes fail until space returns."""
+
+    category = "disk_full"
+
+
+class DiskIOError(SQLiteError):
+    """The operating system reported an I/O error (SQLITE_IOERR)."""
+
+    category = "io"
+
+
+class CorruptionError(SQLiteError):
+    """The database file is damaged (SQLITE_CORRUPT / SQLITE_NOTADB)."""
+
+    category = "corruption"
+
+
+class ReadOnlyError(SQLiteError):
+    """A write was attempted on a read-only database or connection (SQLITE_READONLY)."""
+
+    category = "read_only"
+
+
+_BY_APSW_CLASS: dict[type[BaseException], tuple[type[SQLiteError], str]] = {
+    apsw.BusyError: (
+        BusyError,
+        "another process holds the database lock; the call may be retried",
+    ),
+    apsw.LockedError: (LockedError, "a table is locked; the call may be retried"),
+    apsw.ConstraintError: (ConstraintError, "fix the values; nothing was changed"),
+    apsw.SQLError: (SQLError, "fix the statement; the runtime keeps serving"),
+    apsw.BindingsError: (ParameterError, "pass one value per placeholder"),
+    apsw.RangeError: (ParameterError, "pass one value per placeholder"),
+    apsw.MismatchError: (ParameterError, "pass a value of the column's type"),
+    apsw.TooBigError: (TooBigError, "store smaller values or raise SQLite's limits"),
+    apsw.FullError: (
+        DiskFullError,
+        "free disk space (or raise max_page_count); reads keep working",
+    ),
+    apsw.IOError: (DiskIOError, "check the disk and file system"),
+    apsw.CorruptError: (
+        CorruptionError,
+        "stop writing, restore from a backup or run integrity_check on a copy",
+    ),
+    apsw.NotADBError: (CorruptionError, "the file is not a SQLite database"),
+    apsw.ReadOnlyError: (ReadOnlyError, "open the database read-write, or check permissions"),
+}
+
+
+def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> AtlasError:
+    """Translate an exception raised by apsw into the matching :class:`AtlasError`.
+
+    An :class:`AtlasError` is returned unchanged; ``TypeError`` from parameter binding
+    becomes a :class:`ParameterError`; other errors become a plain :class:`SQLiteError`.
+    The result is meant to be raised ``from exc``.
+    """
+    if isinstance(exc, AtlasError):
+        return exc
+    result: Any = getattr(exc, "result", None)
+    extended: Any = getattr(exc, "extendedresult", None)
+    message = str(exc) or type(exc).__name__
+    where = f" in {_shorten(sql)!r}" if sql else ""
+    for apsw_class, (atlas_class, advice) in _BY_APSW_CLASS.items():
+        if isinstance(exc, apsw_class):
+            return atlas_class(
+                f"{message}{where}: {advice}",
+                sql=sql,
+                result_code=result if isinstance(result, int) else None,
+                extended_result_code=extended if isinstance(extended, int) else None,
+            )
+    if isinstance(exc, TypeError):
+        return ParameterError(
+            f"{message}{where}: pass values of type None, int, float, str or bytes",
+            sql=sql,
+        )
+    return SQLiteError(
+        f"{message}{where}",
+        sql=sql,
+        result_code=result if isinstance(result, int) else None,
+        extended_result_code=extended if isinstance(extended, int) else None,
+    )
+
+
+def _shorten(sql: str, limit: int = 120) -> str:
+    """Return ``sql`` on one line, cut to ``limit`` characters for messages."""
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
