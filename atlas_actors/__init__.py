@@ -1,6 +1,39 @@
-"""atlas-actors: an actor-based concurrent storage runtime on SQLite."""
+"""atlas-actors: an actor-based concurrent storage runtime on SQLite.
+
+>>> import atlas_actors as atlas
+>>> with atlas.open("atlas.db") as db:  # doctest: +SKIP
+...     db.execute("CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT)")
+...     db.write("INSERT INTO tasks(title) VALUES (?)", ["write the docs"])
+...     db.query("SELECT id, title FROM tasks")
+"""
 
 from atlas_actors import errors
+from atlas_actors.actors.pool import PooledConnection, PoolStatus
+from atlas_actors.actors.supervisor import ChildStatus, SupervisorStatus
+from atlas_actors.actors.writer import WriterStats
+from atlas_actors.config import StorageConfig
+from atlas_actors.connection import ConnectionMetrics, ConnectionState, WriteResult
+from atlas_actors.events import LifecycleEvent
+from atlas_actors.future import Future
+from atlas_actors.rows import Row
+from atlas_actors.storage import HealthReport, Storage, open
 
-__all__ = ["errors"]
+__all__ = [
+    "ChildStatus",
+    "ConnectionMetrics",
+    "ConnectionState",
+    "Future",
+    "HealthReport",
+    "LifecycleEvent",
+    "PoolStatus",
+    "PooledConnection",
+    "Row",
+    "Storage",
+    "StorageConfig",
+    "SupervisorStatus",
+    "WriteResult",
+    "WriterStats",
+    "errors",
+    "open",
+]
 __version__ = "0.1.0"

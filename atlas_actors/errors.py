@@ -46,6 +46,7 @@ __all__ = [
     "TooBigError",
     "TransientError",
     "ValidationError",
+    "shorten",
     "wrap_sqlite_error",
 ]
 
@@ -296,7 +297,7 @@ def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> AtlasError:
     result: Any = getattr(exc, "result", None)
     extended: Any = getattr(exc, "extendedresult", None)
     message = str(exc) or type(exc).__name__
-    where = f" in {_shorten(sql)!r}" if sql else ""
+    where = f" in {shorten(sql)!r}" if sql else ""
     for apsw_class, (atlas_class, advice) in _BY_APSW_CLASS.items():
         if isinstance(exc, apsw_class):
             return atlas_class(
@@ -318,7 +319,7 @@ def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> AtlasError:
     )
 
 
-def _shorten(sql: str, limit: int = 120) -> str:
-    """Return ``sql`` on one line, cut to ``limit`` characters for messages."""
+def shorten(sql: str, limit: int = 120) -> str:
+    """Return ``sql`` on one line, cut to ``limit`` characters, for messages."""
     flat = " ".join(sql.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

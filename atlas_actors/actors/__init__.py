@@ -1,0 +1,1 @@
+"""The actors of atlas-actors: writer, readers and their pool, supervisor."""

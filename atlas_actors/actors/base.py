@@ -1,0 +1,317 @@
+"""What every atlas actor shares.
+
+A mailbox that outlives incarnations, the message envelope fields, thread naming, and
+failure reporting to the supervisor.
+
+pykka facts this module relies on (pykka 4, ``pykka/_actor.py``):
+
+* an exception raised while handling a ``tell`` stops the actor and calls
+  ``on_failure`` in the actor's thread; one raised while handling an ``ask`` goes back to
+  the caller and the actor lives on;
+* ``on_start`` failing stops the actor *without* calling ``on_failure``;
+* on stopping, pykka drains the inbox and fails queued asks with ``ActorDeadError``.
+
+A role (``writer``, ``reader-2``) keeps one :class:`Mailbox` for its whole life. Each
+incarnation of the role reads from it, so a message that a dead incarnation never took
+out of the mailbox is simply handled by the next one: nothing needs resending. To make
+that work, :class:`RoleActor` replaces pykka's inbox with the role's mailbox and does not
+drain it when it dies (only when the role itself is shut down).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import pykka
+from opentelemetry.context import Context
+
+# pykka's Envelope is internal, but it is what pykka's loop expects to find in the inbox;
+# pinned by pykka>=4.1,<5 in pyproject.toml.
+from pykka._envelope import Envelope
+
+from atlas_actors.errors import (
+    ActorCrashedError,
+    AtlasError,
+    OperationTimeout,
+    StorageClosedError,
+)
+from atlas_actors.future import Future
+
+__all__ = ["Crash", "InjectedCrash", "Mailbox", "Op", "RoleActor"]
+
+log = logging.getLogger(__name__)
+
+_op_ids = itertools.count(1)
+
+
+class InjectedCrash(RuntimeError):
+    """Raised inside an actor by ``db.supervisor.kill(role, how="crash")``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """Fault injection: make the receiving actor fail as if it had a bug."""
+
+    reason: str = "injected crash"
+
+
+class Op:
+    """A request to an actor, with the envelope fields every message carries."""
+
+    __slots__ = (
+        "claimed",
+        "deadline",
+        "enqueued_at",
+        "future",
+        "id",
+        "session",
+        "trace_context",
+    )
+
+    replayable = True
+    """True when a rolled-back attempt had no effect, so a new incarnation may run it again."""
+
+    def __init__(
+        self,
+        future: Future[Any],
+        session: int,
+        trace_context: Context | None,
+    ) -> None:
+        self.id = next(_op_ids)
+        """Operation id, unique in the process."""
+        self.future = future
+        """Resolved by the actor with the result or the error."""
+        self.session = session
+        """The caller's session: its thread id (transactions add their own)."""
+        self.deadline = future.deadline
+        """``time.monotonic()`` after which the op is not started any more."""
+        self.enqueued_at = time.monotonic()
+        """When the op entered the mailbox (queue-wait metrics)."""
+        self.trace_context = trace_context
+        """The caller's OpenTelemetry context (None when tracing is off)."""
+        self.claimed = False
+        """True once an actor claimed the future (a replayed op is not claimed again)."""
+
+    def claim(self) -> bool:
+        """Take the right to run this op; False if its caller withdrew it (timed out)."""
+        if not self.claimed:
+            self.claimed = self.future.claim()
+        return self.claimed
+
+    def describe(self) -> str:
+        """A short description for errors and spans."""
+        return self.future.operation
+
+    def fail(self, error: BaseException) -> None:
+        """Resolve the op's future with ``error``."""
+        self.future.set_exception(error)
+
+
+class Mailbox:
+    """A bounded mailbox that survives the incarnations of one role.
+
+    Ops sent with :meth:`send` count against ``capacity``; a sender finding the mailbox
+    full waits until its deadline (backpressure), then gets :class:`OperationTimeout`.
+    The bound is checked without a lock, so concurrent senders may overshoot it by at
+    most their number. pykka's own control messages (``put``) are never refused, so
+    stopping an actor never waits behind a full mailbox. Ops an incarnation had started
+    but rolled back are put in front (:meth:`replay`) so the next one runs them first,
+    in their original order.
+    """
+
+    def __init__(self, role: str, capacity: int) -> None:
+        self.role = role
+        self.capacity = capacity
+        self._queue: queue.SimpleQueue[Envelope[Any]] = queue.SimpleQueue()
+        self._front: deque[Envelope[Any]] = deque()
+        self._room = threading.Condition(threading.Lock())
+        self._senders_waiting = 0
+        self.closed: BaseException | None = None
+        """Set (to the error senders get) once the role is shut down."""
+
+    # pykka's inbox protocol: put / get / empty.
+    def put(self, envelope: Envelope[Any], /) -> None:
+        """Queue a control message (never refused)."""
+        self._queue.put(envelope)
+
+    def get(self) -> Envelope[Any]:
+        """Take the next message, replayed ones first; blocks while there is none."""
+        if self._front:
+            try:
+                return self._front.popleft()
+            except IndexError:
+                pass
+        envelope = self._queue.get()
+        if self._senders_waiting:
+            with self._room:
+                self._room.notify()
+        return envelope
+
+    def empty(self) -> bool:
+        """Return True when no message waits."""
+        return not self._front and self._queue.empty()
+
+    def qsize(self) -> int:
+        """Messages waiting (approximate)."""
+        return len(self._front) + self._queue.qsize()
+
+    def send(self, op: Op) -> None:
+        """Queue ``op``, waiting for room until its deadline."""
+        if self.closed is not None:
+            raise self.closed
+        if self._queue.qsize() >= self.capacity:
+            self._wait_for_room(op)
+        self._queue.put(Envelope(op))
+        if self.closed is not None:
+            # Closed while we queued: make sure nobody waits on it forever.
+            self.fail_all(self.closed)
+
+    def _wait_for_room(self, op: Op) -> None:
+        with self._room:
+            self._senders_waiting += 1
+            try:
+                while self._queue.qsize() >= self.capacity:
+                    remaining = op.deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise OperationTimeout(
+                            f"{op.describe()} (the {self.role} mailbox is full: "
+                            f"{self.capacity} messages wait)",
+                            op.deadline - op.enqueued_at,
+                            applied=False,
+                        )
+                    if self.closed is not None:
+                        raise self.closed
+                    # Woken by get(); the short timeout also covers a missed wake-up.
+                    self._room.wait(min(remaining, 0.05))
+            finally:
+                self._senders_waiting -= 1
+
+    def replay(self, ops: Sequence[Op]) -> None:
+        """Put ops back in front, to be taken again before anything else, in order."""
+        for op in reversed(ops):
+            self._front.appendleft(Envelope(op))
+
+    def replay_control(self, envelope: Envelope[Any]) -> None:
+        """Put a control message in front of everything (fault injection, escalation)."""
+        self._front.appendleft(envelope)
+        # Wake an actor blocked on the queue: it finds the front message next time.
+        self._queue.put(Envelope(_Wake()))
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every waiting op and pykka ask with ``error`` (role shut down)."""
+        while True:
+            try:
+                envelope = self._front.popleft()
+            except IndexError:
+                try:
+                    envelope = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+            if isinstance(envelope.message, Op):
+                envelope.message.fail(error)
+            elif envelope.reply_to is not None:
+                envelope.reply_to.set_exception(exc_info=(type(error), error, None))
+
+
+class _Wake:
+    """A no-op message that wakes an actor blocked on an empty mailbox."""
+
+
+FailureCallback = Callable[[str, int, BaseException | None], None]
+
+
+class RoleActor(pykka.ThreadingActor):
+    """Base of the atlas actors: one incarnation of a role, reading the role's mailbox."""
+
+    use_daemon_thread = True  # an unclosed storage must not keep the process alive
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        incarnation: int,
+        mailbox: Mailbox,
+        db_name: str,
+        on_failure_report: FailureCallback,
+    ) -> None:
+        super().__init__()
+        self.role = role
+        self.incarnation = incarnation
+        self.db_name = db_name
+        self._report = on_failure_report
+        self._reported = False
+        self._current: Op | None = None
+        # The role's mailbox replaces pykka's per-actor inbox (see the module docstring).
+        self.actor_inbox = mailbox
+        self._actor_ref.actor_inbox = mailbox
+        self.mailbox = mailbox
+        self.thread: threading.Thread | None = None
+
+    def _start_actor_loop(self) -> None:
+        # Threads named after their role and database, so a thread dump reads.
+        self.thread = threading.Thread(
+            target=self._actor_loop,
+            name=f"{self.role}:{self.db_name}#{self.incarnation}",
+            daemon=True,
+        )
+        self.thread.start()
+
+    def _actor_loop_setup(self) -> None:
+        try:
+            self.on_start()
+        except Exception as error:
+            self._handle_failure(type(error), error, error.__traceback__)
+            self.report_failure(error)
+
+    def _handle_receive(self, message: Any) -> Any:
+        if type(message) is _Wake:
+            return None
+        return super()._handle_receive(message)
+
+    def _actor_loop_teardown(self) -> None:
+        # Unlike pykka's default, keep the mailbox for the next incarnation unless the
+        # role is being shut down for good.
+        if self.mailbox.closed is not None:
+            self.mailbox.fail_all(self.mailbox.closed)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Release resources and tell the supervisor (runs in the dying actor's thread)."""
+        current, self._current = self._current, None
+        try:
+            self.on_crash(current, exception_value)
+        finally:
+            self.report_failure(exception_value)
+
+    def on_crash(self, current: Op | None, error: BaseException | None) -> None:
+        """Subclass hook: clean up after a crash; ``current`` was being handled."""
+        if current is not None:
+            current.fail(ActorCrashedError(self.role, current.describe(), error))
+
+    def report_failure(self, error: BaseException | None) -> None:
+        """Tell the supervisor this incarnation died (once)."""
+        if self._reported:
+            return
+        self._reported = True
+        try:
+            self._report(self.role, self.incarnation, error)
+        except Exception:
+            log.exception("could not report the failure of %s", self.role)
+
+    def closed_error(self) -> AtlasError:
+        """The error for ops that arrive once the role is shut down."""
+        closed = self.mailbox.closed
+        return closed if isinstance(closed, AtlasError) else StorageClosedError(self.db_name)

@@ -1,0 +1,231 @@
+"""A reader actor: owns one ``query_only`` connection and its life.
+
+The reader opens its connection, hands it to the pool, and from then on acts on
+messages about it: run a batch of queued reads (:class:`RunReads`: several reads per
+wake-up), check its health (:class:`HealthCheck`), reopen it (:class:`Recycle`). The
+pool may also *lend* the connection to a caller's thread for a synchronous read (see
+``pool.py``): a thread hop costs about three point reads here, so the synchronous path
+runs the statement where the caller is. Whoever holds the connection (the reader, or
+the caller it is lent to) is its only user until it goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor
+from atlas_actors.config import StorageConfig
+from atlas_actors.connection import (
+    ConnectionState,
+    Params,
+    TrackedConnection,
+    open_connection,
+)
+from atlas_actors.errors import OperationTimeout, wrap_sqlite_error
+from atlas_actors.events import EventBus
+from atlas_actors.future import Future
+from atlas_actors.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from atlas_actors.actors.pool import ReaderPool
+
+__all__ = ["HealthCheck", "ReadOp", "ReaderActor", "Recycle", "RunReads"]
+
+log = logging.getLogger(__name__)
+
+
+class ReadOp(Op):
+    """A read statement → ``list[Row]``."""
+
+    __slots__ = ("params", "sql")
+
+    def __init__(
+        self, future: Future[Any], session: int, trace_context: Any, sql: str, params: Params
+    ) -> None:
+        super().__init__(future, session, trace_context)
+        self.sql = sql
+        self.params = params
+
+
+@dataclass(frozen=True, slots=True)
+class RunReads:
+    """Run ``ops`` on ``connection`` (lent by the pool), then give it back."""
+
+    connection: TrackedConnection
+    ops: list[ReadOp]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Check ``connection`` still works, then give it back (or fail and be restarted)."""
+
+    connection: TrackedConnection
+
+
+@dataclass(frozen=True, slots=True)
+class Recycle:
+    """Close ``connection`` and open a fresh one in its place."""
+
+    connection: TrackedConnection
+    reason: str
+
+
+def run_read(connection: TrackedConnection, op: ReadOp, tracing: Tracing) -> None:
+    """Run one queued read on ``connection`` and resolve its future."""
+    if not op.claim():
+        return  # withdrawn by a caller that timed out
+    now = time.monotonic()
+    if now > op.deadline:
+        op.fail(OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
+        return
+    with tracing.consumer_span("atlas.reader.query", op.trace_context, op.sql) as span:
+        try:
+            rows = connection.query(op.sql, op.params)
+        except Exception as error:
+            Tracing.record_error(span, error)
+            op.fail(error)
+            return
+    op.future.set_result(rows)
+
+
+class ReaderActor(RoleActor):
+    """One reader of the pool."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        config: StorageConfig,
+        events: EventBus,
+        tracing: Tracing,
+        pool: ReaderPool,
+        vfs: str | None = None,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        self.path = path
+        self.config = config
+        self.events = events
+        self.tracing = tracing
+        self.pool = pool
+        self.vfs = vfs
+        self.connection: TrackedConnection | None = None
+        self.retiring = False
+        """Set by the pool when the pool shrinks: the connection closes when it returns."""
+        self._holding: TrackedConnection | None = None
+        self._unfinished: list[ReadOp] = []
+
+    def _open(self) -> TrackedConnection:
+        raw = open_connection(
+            self.path,
+            writer=False,
+            busy_timeout=self.config.busy_timeout,
+            cache_size_kib=self.config.cache_size_kib,
+            max_value_bytes=self.config.max_value_bytes,
+            vfs=self.vfs,
+        )
+        connection = TrackedConnection(raw, self.role, owner=self)
+        self.connection = connection
+        self.events.emit("connect", self.role, connection.id, incarnation=self.incarnation)
+        return connection
+
+    def on_start(self) -> None:
+        """Open the connection and give it to the pool."""
+        connection = self._open()
+        self.pool.reader_ready(self)
+        self.pool.checkin(connection)
+
+    def on_stop(self) -> None:
+        """Retired or shut down: close the connection if it is here."""
+        connection = self.connection
+        if connection is not None and connection.state is not ConnectionState.ACTIVE:
+            self._close(connection, "stop")
+        elif connection is not None:
+            connection.state = ConnectionState.FAILED  # the borrower closes it on return
+
+    def on_crash(self, current: Op | None, error: BaseException | None) -> None:
+        """Mark the connection dead; give unfinished reads to other readers."""
+        super().on_crash(current, error)
+        connection, self.connection = self.connection, None
+        holding, self._holding = self._holding, None
+        if connection is not None:
+            connection.state = ConnectionState.FAILED
+            if holding is connection or self.pool.withdraw_idle(connection):
+                self._close(connection, "crash")
+            # Otherwise it is lent to a caller, who finishes and the pool then closes it.
+        unfinished, self._unfinished = self._unfinished, []
+        for op in unfinished:
+            self.pool.submit(op)
+
+    def _close(self, connection: TrackedConnection, reason: str) -> None:
+        connection.close()
+        self.events.emit("disconnect", self.role, connection.id, reason=reason)
+
+    def on_receive(self, message: Any) -> Any:
+        """Handle reads and connection maintenance."""
+        if isinstance(message, RunReads):
+            self._run_reads(message)
+        elif isinstance(message, HealthCheck):
+            self._health_check(message.connection)
+        elif isinstance(message, Recycle):
+            self._recycle(message.connection, message.reason)
+        elif isinstance(message, Crash):
+            raise InjectedCrash(message.reason)
+        else:
+            return super().on_receive(message)
+        return None
+
+    def _mine(self, connection: TrackedConnection) -> bool:
+        """True if ``connection`` is this incarnation's; else dispose of the stale one."""
+        if connection is self.connection and connection.state is not ConnectionState.FAILED:
+            return True
+        if connection.state is not ConnectionState.CLOSED:
+            self._close(connection, "stale")
+        return False
+
+    def _run_reads(self, message: RunReads) -> None:
+        connection = message.connection
+        if not self._mine(connection):
+            # Sent to an incarnation that died meanwhile: other readers take the reads.
+            for op in message.ops:
+                self.pool.submit(op)
+            return
+        self._holding = connection
+        self._unfinished = list(message.ops)
+        while self._unfinished:
+            op = self._unfinished.pop(0)
+            self._current = op
+            run_read(connection, op, self.tracing)
+            self._current = None
+            if not self._unfinished:
+                # Drain more queued reads before giving the connection back.
+                self._unfinished = self.pool.take_pending()
+        self._holding = None
+        self.pool.checkin(connection)
+
+    def _health_check(self, connection: TrackedConnection) -> None:
+        if not self._mine(connection):
+            return
+        self._holding = connection
+        try:
+            connection.cursor.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        except Exception as error:
+            wrapped = wrap_sqlite_error(error, "health check")
+            self.events.emit("health_check_failed", self.role, connection.id, error=repr(wrapped))
+            log.warning("%s failed its health check: %s", self.role, wrapped)
+            raise wrapped from error  # crash: the supervisor restarts the reader
+        self._holding = None
+        self.pool.checkin(connection, checked=True)
+
+    def _recycle(self, connection: TrackedConnection, reason: str) -> None:
+        if not self._mine(connection):
+            return
+        self._holding = connection
+        self._close(connection, "recycle")
+        fresh = self._open()
+        self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)
+        self._holding = None
+        self.pool.checkin(fresh)

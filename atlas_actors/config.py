@@ -1,0 +1,207 @@
+"""Storage configuration: one frozen dataclass, documented defaults, ``ATLAS_*`` overrides.
+
+Precedence, lowest first: the defaults below, then environment variables named
+``ATLAS_<FIELD>`` (for example ``ATLAS_READERS=8`` or ``ATLAS_SYNCHRONOUS=NORMAL``), then
+the values passed to :func:`atlas_actors.open`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from atlas_actors.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "StorageConfig", "Synchronous"]
+
+ENV_PREFIX = "ATLAS_"
+"""Prefix of the environment variables that override configuration fields."""
+
+Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
+"""Values of SQLite's ``PRAGMA synchronous`` (https://sqlite.org/pragma.html#pragma_synchronous)."""
+
+
+def _default_readers() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """Everything a storage can be tuned with. All fields are keyword-only."""
+
+    synchronous: Synchronous = "FULL"
+    """``PRAGMA synchronous`` for the writer. ``FULL`` (default) makes every acknowledged
+    write durable across power loss; ``NORMAL`` in WAL mode may lose the last commits on
+    power loss (never on a process crash) and needs no fsync per commit."""
+
+    readers: int = field(default_factory=_default_readers)
+    """Reader actors kept ready (the pool's floor): one per core, at least 2."""
+
+    max_readers: int = 32
+    """The pool grows up to this many readers when every reader is busy, and shrinks back
+    to ``readers`` after ``reader_idle_timeout``. Each reader holds one connection."""
+
+    reader_idle_timeout: float = 30.0
+    """Seconds a reader above the floor may stay idle before it is retired."""
+
+    recycle_after_queries: int = 1_000_000
+    """A reader's connection is reopened after this many queries (0: never)."""
+
+    recycle_after_seconds: float = 3600.0
+    """A reader's connection is reopened after this age in seconds (0: never)."""
+
+    health_check_interval: float = 10.0
+    """Seconds between health checks of idle reader connections (0: off)."""
+
+    max_batch_size: int = 512
+    """Most writes the writer groups into one transaction (one COMMIT, one fsync)."""
+
+    max_batch_delay: float = 0.010
+    """Most seconds a batch stays open while writes keep arriving before it commits."""
+
+    mailbox_size: int = 10_000
+    """Bound of each actor's mailbox; a full mailbox makes senders wait (backpressure)."""
+
+    default_timeout: float = 30.0
+    """Deadline in seconds of a call that names none; no call waits longer."""
+
+    busy_timeout: float = 5.0
+    """Seconds a connection waits on a lock held by another process before SQLITE_BUSY."""
+
+    cache_size_kib: int = 16_384
+    """SQLite page cache per connection, in KiB (``PRAGMA cache_size=-N``)."""
+
+    max_value_bytes: int = 16 * 1024 * 1024
+    """Largest string or blob accepted in a statement or a parameter (``SQLITE_LIMIT_LENGTH``)."""
+
+    restart_max: int = 5
+    """Restart intensity: at most this many restarts of one actor within
+    ``restart_window`` seconds; one more and the storage fails (StorageUnavailable)."""
+
+    restart_window: float = 10.0
+    """The window of the restart intensity, in seconds."""
+
+    restart_backoff_initial: float = 0.005
+    """Delay before the first restart of a failed actor; doubles per further restart."""
+
+    restart_backoff_max: float = 1.0
+    """Cap of the restart delay in seconds."""
+
+    restart_backoff_jitter: float = 0.2
+    """Random fraction added to each restart delay so restarts do not move in lockstep."""
+
+    liveness_interval: float = 0.05
+    """Seconds between the supervisor's liveness checks of its children."""
+
+    verify_on_restart: bool = True
+    """Run ``PRAGMA quick_check`` after a writer restart, before serving writes again."""
+
+    checkpoint_frames: int = 1000
+    """WAL frames after which the supervisor runs a PASSIVE checkpoint."""
+
+    wal_size_limit: int = 64 * 1024 * 1024
+    """WAL bytes past which checkpoints escalate to RESTART/TRUNCATE."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> StorageConfig:
+        """Build a config from defaults, ``ATLAS_*`` variables, then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls))
+            raise ConfigError(f"unknown configuration option(s) {unknown}; known: {known}")
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> StorageConfig:
+        """Return a copy with ``changes`` applied (validated like the original)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, annotation: object, raw: str) -> Any:
+    """Parse the environment string ``raw`` for field ``name`` by its annotation."""
+    kind = str(annotation)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return raw.strip().upper() if name == "synchronous" else raw
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}; fix or unset it"
+        ) from None
+
+
+def _validate(config: StorageConfig) -> None:
+    """Reject values that cannot work, naming the field and the value."""
+    if config.synchronous not in get_args(Synchronous):
+        raise ConfigError(
+            f"synchronous={config.synchronous!r}; use one of {list(get_args(Synchronous))}"
+        )
+    positive = (
+        "readers",
+        "max_readers",
+        "max_batch_size",
+        "mailbox_size",
+        "restart_max",
+    )
+    for name in positive:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r}; it must be an integer >= 1")
+    non_negative = (
+        "reader_idle_timeout",
+        "recycle_after_queries",
+        "recycle_after_seconds",
+        "health_check_interval",
+        "max_batch_delay",
+        "busy_timeout",
+        "cache_size_kib",
+        "restart_backoff_initial",
+        "restart_backoff_jitter",
+        "checkpoint_frames",
+    )
+    for name in non_negative:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{name}={value!r}; it must be a number >= 0")
+    strictly_positive = (
+        "default_timeout",
+        "restart_window",
+        "restart_backoff_max",
+        "liveness_interval",
+        "max_value_bytes",
+        "wal_size_limit",
+    )
+    for name in strictly_positive:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{name}={value!r}; it must be a number > 0")
+    if config.max_readers < config.readers:
+        raise ConfigError(
+            f"max_readers={config.max_readers} < readers={config.readers}; "
+            "raise max_readers or lower readers"
+        )

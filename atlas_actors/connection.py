@@ -1,0 +1,346 @@
+"""SQLite connections: opening and configuring them, running statements, their state.
+
+One small function per connection setting, each saying why. :class:`TrackedConnection`
+wraps an apsw connection with the state and metrics of the plan's §2 (State
+Management); at any moment exactly one thread uses it (the actor that owns it, or the
+caller it is lent to), so its counters need no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import apsw
+
+from atlas_actors.errors import wrap_sqlite_error
+from atlas_actors.rows import Row, row_class_for
+from atlas_actors.rows import _by_description as _row_classes
+
+__all__ = [
+    "ConnectionMetrics",
+    "ConnectionState",
+    "Params",
+    "TrackedConnection",
+    "WriteResult",
+    "open_connection",
+]
+
+Params = Sequence[Any] | dict[str, Any] | None
+"""Statement parameters: a sequence for ``?`` placeholders, a dict for ``:name`` ones."""
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life."""
+
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    ACTIVE = "active"
+    RECYCLING = "recycling"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionMetrics:
+    """Counters of one connection (the plan's ``ConnectionMetrics``)."""
+
+    queries: int
+    """Statements run on this connection."""
+    errors: int
+    """Statements that failed."""
+    latency: float
+    """Mean seconds per statement (0.0 before the first)."""
+    bytes_transferred: int
+    """Approximate bytes of parameters sent and values returned."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did."""
+
+    rowcount: int
+    """Rows inserted, updated or deleted by the statement(s) (``sqlite3_changes``)."""
+    lastrowid: int | None
+    """Rowid of the last row inserted by this write, or None if it inserted none."""
+    rows: tuple[Row, ...] = ()
+    """Rows returned by the statement (``INSERT ... RETURNING``), if any."""
+
+
+# -- connection settings, one function each ----------------------------------------------
+
+
+def use_wal(connection: apsw.Connection) -> None:
+    """Switch to WAL: readers never block the writer nor the writer readers.
+
+    Persistent in the file, so only the writer sets it. https://sqlite.org/wal.html
+    """
+    mode = connection.pragma("journal_mode", "wal")
+    if str(mode).lower() != "wal":
+        raise wrap_sqlite_error(
+            apsw.Error(f"journal_mode could not be set to WAL (got {mode!r})"),
+            "PRAGMA journal_mode=wal",
+        )
+
+
+def set_synchronous(connection: apsw.Connection, level: str) -> None:
+    """Set how often SQLite syncs (https://sqlite.org/pragma.html#pragma_synchronous).
+
+    FULL syncs the WAL on every commit (durable acknowledgements); NORMAL only at
+    checkpoints (a power loss may drop the last commits, a process crash never does).
+    """
+    connection.pragma("synchronous", level)
+
+
+def set_busy_timeout(connection: apsw.Connection, seconds: float) -> None:
+    """Wait on locks held by *other processes* instead of failing at once.
+
+    Inside one process the single writer never meets SQLITE_BUSY. Readers need it too:
+    opening a read transaction can briefly meet a lock while another connection
+    recovers or resets the WAL.
+    """
+    connection.set_busy_timeout(int(seconds * 1000))
+
+
+def set_cache_size(connection: apsw.Connection, kib: int) -> None:
+    """Size the page cache in KiB (negative ``cache_size`` means KiB, not pages)."""
+    connection.pragma("cache_size", -kib)
+
+
+def enable_foreign_keys(connection: apsw.Connection) -> None:
+    """Enforce FOREIGN KEY constraints (SQLite leaves them off by default)."""
+    connection.pragma("foreign_keys", 1)
+
+
+def set_query_only(connection: apsw.Connection) -> None:
+    """Refuse writes on a reader connection: only the writer may change the database."""
+    connection.pragma("query_only", 1)
+
+
+def set_value_limit(connection: apsw.Connection, max_bytes: int) -> None:
+    """Reject oversize strings and blobs with SQLITE_TOOBIG instead of storing them."""
+    connection.limit(apsw.SQLITE_LIMIT_LENGTH, max_bytes)
+
+
+def open_connection(
+    path: str,
+    *,
+    writer: bool,
+    synchronous: str = "FULL",
+    busy_timeout: float = 5.0,
+    cache_size_kib: int = 16_384,
+    max_value_bytes: int = 16 * 1024 * 1024,
+    vfs: str | None = None,
+) -> apsw.Connection:
+    """Open and configure a connection to ``path`` for the writer or a reader."""
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+    try:
+        connection = (
+            apsw.Connection(path, flags=flags, vfs=vfs)
+            if vfs
+            else apsw.Connection(path, flags=flags)
+        )
+        set_busy_timeout(connection, busy_timeout)
+        if writer:
+            use_wal(connection)
+            set_synchronous(connection, synchronous)
+        else:
+            set_query_only(connection)
+        set_cache_size(connection, cache_size_kib)
+        enable_foreign_keys(connection)
+        set_value_limit(connection, max_value_bytes)
+    except apsw.Error as error:
+        raise wrap_sqlite_error(error, f"open {path}") from error
+    return connection
+
+
+# -- running statements ---------------------------------------------------------------------
+
+_SAMPLE_ROWS = 16
+_BYTES_SAMPLE_EVERY = 8
+_PLAIN_WRITES = frozenset({"insert", "update", "delete", "replac", "create", "drop", "alter"})
+"""Statement prefixes that return no rows (unless they say RETURNING)."""
+_returns_rows_cache: dict[str, bool] = {}
+
+
+def _returns_rows(sql: str) -> bool:
+    """Guess whether ``sql`` may return rows, cached per statement text."""
+    answer = _returns_rows_cache.get(sql)
+    if answer is None:
+        lowered = sql.lower()
+        answer = "returning" in lowered or lowered.lstrip()[:6] not in _PLAIN_WRITES
+        if len(_returns_rows_cache) < 10_000:
+            _returns_rows_cache[sql] = answer
+    return answer
+
+
+_ids = itertools.count(1)
+
+
+def _value_bytes(values: Iterable[Any]) -> int:
+    total = 0
+    for value in values:
+        total += len(value) if isinstance(value, str | bytes) else 8
+    return total
+
+
+class TrackedConnection:
+    """An apsw connection with its identity, state and metrics.
+
+    Used by one thread at a time: the actor that owns it, or the caller it is lent to.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_errors",
+        "_latency",
+        "_queries",
+        "connection",
+        "created_at",
+        "cursor",
+        "id",
+        "last_latency",
+        "last_used",
+        "owner",
+        "role",
+        "state",
+    )
+
+    def __init__(self, connection: apsw.Connection, role: str, owner: Any = None) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        self.id = f"{role}#{next(_ids)}"
+        self.role = role
+        self.owner = owner
+        self.state = ConnectionState.IDLE
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self._queries = 0
+        self._errors = 0
+        self._latency = 0.0
+        self._bytes = 0
+        self.last_latency = 0.0
+        """Seconds the last statement took."""
+
+    @property
+    def queries(self) -> int:
+        """Statements run so far."""
+        return self._queries
+
+    def metrics(self) -> ConnectionMetrics:
+        """A snapshot of this connection's counters."""
+        queries = self._queries
+        return ConnectionMetrics(
+            queries=queries,
+            errors=self._errors,
+            latency=self._latency / queries if queries else 0.0,
+            bytes_transferred=self._bytes,
+        )
+
+    def query(self, sql: str, params: Params = None) -> list[Row]:
+        """Run ``sql`` and return its rows; SQLite errors come back as AtlasError."""
+        # The hot path of every read: kept flat on purpose.
+        started = perf_counter()
+        cursor = self.cursor
+        try:
+            cursor.execute(sql, params)
+            try:
+                description = cursor.get_description()
+            except apsw.ExecutionCompleteError:
+                rows: list[Row] = []  # finished without a row: nothing to name
+            else:
+                cls = _row_classes.get(description) or row_class_for(description)
+                rows = list(map(cls, cursor.fetchall()))
+        except Exception as error:
+            self._errors += 1
+            self._queries += 1
+            raise wrap_sqlite_error(error, sql) from error
+        self.last_latency = latency = perf_counter() - started
+        self._latency += latency
+        self._queries += 1
+        if not self._queries % _BYTES_SAMPLE_EVERY:
+            self._sample_bytes(params, rows)
+        return rows
+
+    def write(self, sql: str, params: Params = None) -> WriteResult:
+        """Run a writing statement and report what it changed (writer only)."""
+        connection = self.connection
+        before = connection.last_insert_rowid()
+        if _returns_rows(sql):
+            rows: list[Row] = self.query(sql, params)
+        else:
+            # No rows to name: skip the description (it raises once a statement is done).
+            started = perf_counter()
+            try:
+                self.cursor.execute(sql, params)
+            except Exception as error:
+                self._errors += 1
+                self._queries += 1
+                raise wrap_sqlite_error(error, sql) from error
+            self._account(started, params, ())
+            rows = []
+        after = connection.last_insert_rowid()
+        return WriteResult(
+            rowcount=connection.changes(),
+            lastrowid=after if after != before else None,
+            rows=tuple(rows),
+        )
+
+    def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
+        """Run one statement once per parameter set (writer only)."""
+        connection = self.connection
+        started = time.perf_counter()
+        before_changes = connection.total_changes()
+        before_rowid = connection.last_insert_rowid()
+        try:
+            self.cursor.executemany(sql, seq_of_params)  # type: ignore[arg-type]
+            # Drain rows of e.g. INSERT ... RETURNING so every set runs.
+            for _ in self.cursor:
+                pass
+        except Exception as error:
+            self._errors += 1
+            self._queries += 1
+            raise wrap_sqlite_error(error, sql) from error
+        self._account(started, None, ())
+        after = connection.last_insert_rowid()
+        return WriteResult(
+            rowcount=connection.total_changes() - before_changes,
+            lastrowid=after if after != before_rowid else None,
+        )
+
+    def _account(self, started: float, params: Params, rows: Sequence[Row] | tuple[()]) -> None:
+        self.last_latency = latency = perf_counter() - started
+        self._latency += latency
+        self._queries += 1
+        if not self._queries % _BYTES_SAMPLE_EVERY:
+            self._sample_bytes(params, rows)
+
+    def _sample_bytes(self, params: Params, rows: Sequence[Row] | tuple[()]) -> None:
+        # Bytes are measured on one statement in _BYTES_SAMPLE_EVERY (and on a sample of
+        # the rows of large results), then extrapolated: metrics must cost far less than
+        # the query they describe.
+        sent = 0
+        if params:
+            sent = _value_bytes(params.values() if isinstance(params, dict) else params)
+        received = 0
+        if rows:
+            sample = rows[:_SAMPLE_ROWS]
+            received = sum(_value_bytes(row) for row in sample)
+            if len(rows) > _SAMPLE_ROWS:
+                received = received * len(rows) // len(sample)
+        self._bytes += (sent + received) * _BYTES_SAMPLE_EVERY
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        self.state = ConnectionState.CLOSED
+        with contextlib.suppress(apsw.Error):  # closing a broken connection still frees it
+            self.connection.close(True)
+
+    def __repr__(self) -> str:
+        return f"<TrackedConnection {self.id} {self.state.value}>"

@@ -1,0 +1,149 @@
+"""The future every asynchronous call returns, with a deadline and safe cancellation.
+
+A :class:`Future` is resolved exactly once, by the actor that ran the operation. Before
+running it, the actor *claims* the future; a caller whose wait times out tries the same
+claim. Exactly one side wins, so a timed-out caller knows whether the operation was
+withdrawn before it started (``OperationTimeout.applied is False``: safe to retry) or
+had already started (``applied is None``: it may still complete).
+
+Waiting uses one ``threading.Lock`` per future (held until the result is set): the
+cheapest blocking primitive CPython has, which matters on the write path where every
+call waits once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from atlas_actors.errors import OperationTimeout, shorten
+
+__all__ = ["Future"]
+
+T = TypeVar("T")
+
+_PENDING = object()
+_CALLBACKS_LOCK = threading.Lock()  # callbacks are rare (tracing); one lock is enough
+
+
+class Future(Generic[T]):
+    """The result of an asynchronous call; ``get()`` waits for it, never past the deadline."""
+
+    __slots__ = ("_callbacks", "_claim", "_done", "_error", "_sql", "_value", "_verb", "deadline")
+
+    def __init__(self, deadline: float, verb: str, sql: str | None = None) -> None:
+        self.deadline = deadline
+        """``time.monotonic()`` value after which waiting stops."""
+        self._verb = verb
+        self._sql = sql
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._claim = threading.Lock()
+        self._value: Any = _PENDING
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Future[T]], None]] | None = None
+
+    @property
+    def operation(self) -> str:
+        """What the call does, for messages (``write 'INSERT INTO tasks ...'``)."""
+        if self._sql is None:
+            return self._verb
+        return f"{self._verb} {shorten(self._sql)!r}"
+
+    # -- the actor's side ---------------------------------------------------------------
+
+    def claim(self) -> bool:
+        """Take the right to run the operation; False if a timed-out caller withdrew it."""
+        return self._claim.acquire(blocking=False)
+
+    def set_result(self, value: T) -> None:
+        """Resolve with ``value`` and wake every waiter."""
+        if self._value is not _PENDING:
+            return
+        self._value = value
+        self._finish()
+
+    def set_exception(self, error: BaseException) -> None:
+        """Resolve with ``error`` (raised by ``get()``) and wake every waiter."""
+        if self._value is not _PENDING:
+            return
+        self._value = None
+        self._error = error
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done.release()
+        if self._callbacks is not None:
+            self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        # Whoever swaps the list out under the lock runs it; the other side finds None.
+        with _CALLBACKS_LOCK:
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback(self)
+
+    # -- the caller's side --------------------------------------------------------------
+
+    def done(self) -> bool:
+        """True once the future holds a result or an error."""
+        return self._value is not _PENDING
+
+    def get(self, timeout: float | None = None) -> T:
+        """Wait for the result and return it (or raise the call's error).
+
+        Waits at most ``timeout`` seconds, and never past the call's deadline. On timeout
+        raises :class:`~atlas_actors.errors.OperationTimeout`, withdrawing the operation
+        if no actor has started it yet.
+        """
+        if self._value is _PENDING:
+            remaining = self.deadline - time.monotonic()
+            if timeout is not None and timeout < remaining:
+                remaining = timeout
+            if remaining <= 0 or not self._done.acquire(timeout=remaining):
+                self._timed_out(remaining if timeout is None else timeout)
+            else:
+                # Pass the lock on: every later waiter must find it free too.
+                self._done.release()
+        if self._error is not None:
+            raise self._error
+        value: T = self._value
+        return value
+
+    def _timed_out(self, waited: float) -> None:
+        if self._value is not _PENDING:
+            return  # resolved just as the wait gave up: use the result
+        withdrawn = self.claim()
+        if withdrawn:
+            error = OperationTimeout(self.operation, max(waited, 0.0), applied=False)
+            # Resolve for other waiters too: the operation will never run.
+            self.set_exception(error)
+            raise error
+        raise OperationTimeout(self.operation, max(waited, 0.0), applied=None)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like ``get()`` and return the call's error, or None if it succeeded."""
+        try:
+            self.get(timeout)
+        except Exception as error:
+            return error
+        return None
+
+    def add_done_callback(self, callback: Callable[[Future[T]], None]) -> None:
+        """Call ``callback(self)`` once resolved (at once if it already is).
+
+        The callback runs in the thread that resolves the future: keep it short and
+        never wait on the storage from it.
+        """
+        with _CALLBACKS_LOCK:
+            if self._callbacks is None:
+                self._callbacks = []
+            self._callbacks.append(callback)
+        if self._value is not _PENDING:
+            self._run_callbacks()
+
+    def __repr__(self) -> str:
+        state = "pending" if self._value is _PENDING else ("failed" if self._error else "done")
+        return f"<Future {self.operation!r} {state}>"

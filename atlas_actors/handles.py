@@ -1,0 +1,176 @@
+"""Stable handles: ``db.writer`` and ``db.supervisor`` keep working across restarts.
+
+A handle never holds an actor reference. The writer handle puts its messages in the
+writer role's mailbox, which every incarnation of the writer reads, so a restart
+between sending and handling changes nothing for the caller. The supervisor handle
+talks to the (never restarted) supervisor actor, with a deadline on every wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import apsw
+import pykka
+from opentelemetry import trace
+
+from atlas_actors.actors.base import Mailbox
+from atlas_actors.actors.supervisor import KillMode, SupervisorActor, SupervisorStatus
+from atlas_actors.actors.writer import (
+    UnitOfWorkOp,
+    WriteAllOp,
+    WriteManyOp,
+    WriteOp,
+    WriterOp,
+    WriterStats,
+    in_writer_thread,
+)
+from atlas_actors.connection import Params, WriteResult
+from atlas_actors.errors import DeadlockError, OperationTimeout
+from atlas_actors.future import Future
+from atlas_actors.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from atlas_actors.storage import Storage
+
+__all__ = ["SupervisorHandle", "WriterFuture", "WriterHandle"]
+
+T = TypeVar("T")
+
+
+class WriterFuture(Future[T]):
+    """A future resolved by the writer; waiting on it from inside the writer is refused."""
+
+    __slots__ = ()
+
+    def get(self, timeout: float | None = None) -> T:
+        """Wait for the writer's result (see :meth:`Future.get`)."""
+        if not self.done() and in_writer_thread():
+            raise DeadlockError(
+                ["writer thread", f"waits on {self.operation}", "writer thread"],
+                "code running inside the writer (run_in_writer) cannot wait for another "
+                "write: use the connection it was given instead",
+            )
+        return super().get(timeout)
+
+
+class WriterHandle:
+    """``db.writer``: send work to the writer; every method returns a future.
+
+    ``future.get(timeout)`` waits for the result; the write is acknowledged (committed
+    and, with ``synchronous=FULL``, synced) when the future resolves.
+    """
+
+    def __init__(self, storage: Storage, mailbox: Mailbox) -> None:
+        self._storage = storage
+        self._mailbox = mailbox
+        self._tracing = storage.tracing
+        self._default_timeout = storage.config.default_timeout
+
+    def execute(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> WriterFuture[WriteResult]:
+        """Run a writing statement (or a script); resolves to a :class:`WriteResult`."""
+        return self.submit(WriteOp, "write", sql, (sql, params), timeout, traced=True)
+
+    def executemany(
+        self, sql: str, seq_of_params: Sequence[Params], *, timeout: float | None = None
+    ) -> WriterFuture[WriteResult]:
+        """Run one statement per parameter set, all or nothing; one :class:`WriteResult`."""
+        return self.submit(
+            WriteManyOp,
+            "write_many",
+            sql,
+            (sql, list(seq_of_params)),
+            timeout,
+            traced=True,
+        )
+
+    def write_all(
+        self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
+    ) -> WriterFuture[list[WriteResult]]:
+        """Run several statements as one unit: all commit or none does."""
+        statements = [(sql, params) for sql, params in statements]
+        text = "; ".join(sql for sql, _ in statements)
+        return self.submit(WriteAllOp, "write_all", text, (statements, text), timeout, traced=True)
+
+    def run(
+        self, fn: Callable[[apsw.Connection], T], *, timeout: float | None = None
+    ) -> WriterFuture[T]:
+        """Run ``fn(connection)`` inside the writer, in its own savepoint.
+
+        ``fn`` gets the writer's apsw connection; whatever it returns resolves the
+        future, whatever it raises fails it (and undoes what it wrote). It must not wait
+        on the storage. After a writer crash it is not run again (it might have had
+        effects outside the database): its future fails with ``ActorCrashedError``.
+        """
+        name = getattr(fn, "__qualname__", repr(fn))
+        return self.submit(UnitOfWorkOp, f"run_in_writer {name}", None, (fn,), timeout, traced=True)
+
+    def stats(self) -> WriterStats:
+        """The writer's counters: writes, batches, mean batch size, queue wait."""
+        return self._storage.writer_counters.snapshot()
+
+    def submit(
+        self,
+        op_class: type[WriterOp],
+        verb: str,
+        sql: str | None,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        *,
+        traced: bool,
+    ) -> WriterFuture[Any]:
+        """Queue an op in the writer's mailbox (internal; the public methods call it)."""
+        self._storage.check_usable()
+        deadline = time.monotonic() + (self._default_timeout if timeout is None else timeout)
+        future: WriterFuture[Any] = WriterFuture(deadline, verb, sql)
+        tracing = self._tracing
+        context = None
+        if tracing.enabled:
+            if traced:
+                span = tracing.start_client_span("atlas.writer.submit", sql)
+                if span is not None:
+                    context = trace.set_span_in_context(span)
+                    future.add_done_callback(lambda f: _end_span(span, f))
+            else:
+                context = tracing.current_context()
+        op = op_class(future, threading.get_ident(), context, *args)
+        self._mailbox.send(op)
+        return future
+
+
+def _end_span(span: trace.Span, future: Future[Any]) -> None:
+    error = future.exception(0) if future.done() else None
+    if error is not None:
+        Tracing.record_error(span, error)
+    span.end()
+
+
+class SupervisorHandle:
+    """``db.supervisor``: status and fault injection."""
+
+    def __init__(self, ref: pykka.ActorRef[SupervisorActor], timeout: float) -> None:
+        self._proxy = ref.proxy()
+        self._timeout = timeout
+
+    def status(self) -> SupervisorStatus:
+        """Each child with role, incarnation, restarts and state."""
+        return self._ask(self._proxy.status(), "supervisor.status()")  # type: ignore[no-any-return]
+
+    def kill(self, role: str, how: KillMode = "crash") -> int:
+        """Inject a failure into ``role`` (``writer``, ``reader-0``, ...).
+
+        ``how="crash"``: the actor fails as if it had a bug; ``how="stop"``: it stops
+        silently and the liveness check must notice. Returns the incarnation hit.
+        """
+        return self._ask(self._proxy.kill(role, how), f"supervisor.kill({role!r})")  # type: ignore[no-any-return]
+
+    def _ask(self, future: pykka.Future[Any], what: str) -> Any:
+        try:
+            return future.get(timeout=self._timeout)
+        except pykka.Timeout:
+            raise OperationTimeout(what, self._timeout, applied=None) from None

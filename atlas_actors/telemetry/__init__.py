@@ -1,0 +1,1 @@
+"""Telemetry: tracing across mailboxes."""
