@@ -285,37 +285,39 @@ _BY_APSW_CLASS: dict[type[BaseException], tuple[type[SQLiteError], str]] = {
 }
 
 
-def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> AtlasError:
+def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseException:
     """Translate an exception raised by apsw into the matching :class:`AtlasError`.
 
-    An :class:`AtlasError` is returned unchanged; ``TypeError`` from parameter binding
-    becomes a :class:`ParameterError`; other errors become a plain :class:`SQLiteError`.
-    The result is meant to be raised ``from exc``.
+    apsw errors become the :class:`SQLiteError` subclass of their result code; a
+    ``TypeError`` (apsw's answer to an unbindable parameter) becomes a
+    :class:`ParameterError`; anything else, atlas errors included, is returned
+    unchanged. The result is meant to be raised ``from exc``.
     """
     if isinstance(exc, AtlasError):
         return exc
-    result: Any = getattr(exc, "result", None)
-    extended: Any = getattr(exc, "extendedresult", None)
     message = str(exc) or type(exc).__name__
     where = f" in {shorten(sql)!r}" if sql else ""
-    for apsw_class, (atlas_class, advice) in _BY_APSW_CLASS.items():
-        if isinstance(exc, apsw_class):
-            return atlas_class(
-                f"{message}{where}: {advice}",
-                sql=sql,
-                result_code=result if isinstance(result, int) else None,
-                extended_result_code=extended if isinstance(extended, int) else None,
-            )
     if isinstance(exc, TypeError):
         return ParameterError(
             f"{message}{where}: pass values of type None, int, float, str or bytes",
             sql=sql,
         )
-    return SQLiteError(
-        f"{message}{where}",
+    if not isinstance(exc, apsw.Error):
+        return exc
+    result: Any = getattr(exc, "result", None)
+    extended: Any = getattr(exc, "extendedresult", None)
+    result_code = result if isinstance(result, int) else None
+    extended_code = extended if isinstance(extended, int) else None
+    atlas_class, advice = SQLiteError, ""
+    for apsw_class, mapped in _BY_APSW_CLASS.items():
+        if isinstance(exc, apsw_class):
+            atlas_class, advice = mapped
+            break
+    return atlas_class(
+        f"{message}{where}: {advice}" if advice else f"{message}{where}",
         sql=sql,
-        result_code=result if isinstance(result, int) else None,
-        extended_result_code=extended if isinstance(extended, int) else None,
+        result_code=result_code,
+        extended_result_code=extended_code,
     )
 
 

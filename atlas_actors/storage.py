@@ -9,6 +9,7 @@ reads go through the reader pool (``db.query``); ``db.supervisor``, ``db.pool`` 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 import apsw
+import pykka
 from opentelemetry import trace
 
 from atlas_actors.actors.base import Mailbox, RoleActor
@@ -249,7 +251,8 @@ class Storage:
         except Exception:
             log.exception("stopping %s did not finish cleanly", self.path)
         finally:
-            self._supervisor_ref.stop(block=False)
+            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                self._supervisor_ref.stop(block=True, timeout=timeout)
             self._state = "closed"
             _open_storages.discard(self)
 

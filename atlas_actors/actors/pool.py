@@ -199,8 +199,7 @@ class ReaderPool:
 
     def acquire(self, timeout: float | None = None) -> PooledConnection:
         """Borrow a connection for the calling thread (the plan's ``acquire()``)."""
-        deadline = time.monotonic() + (self.config.default_timeout if timeout is None else timeout)
-        return PooledConnection(self, self._take(deadline))
+        return PooledConnection(self, self._take(timeout))
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[PooledConnection]:

@@ -395,7 +395,8 @@ class WriterActor(RoleActor):
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
         self.counters.failed += 1
-        wrapped = wrap_sqlite_error(error, op.sql)
+        # A function run in the writer keeps its own exception; SQLite's are typed.
+        wrapped = error if op.sql is None else wrap_sqlite_error(error, op.sql)
         Tracing.record_error(span, wrapped)
         if self.connection is not None and self.connection.connection.in_transaction:
             cursor.execute("ROLLBACK TO op; RELEASE op")

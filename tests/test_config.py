@@ -1,0 +1,68 @@
+"""StorageConfig: defaults, ATLAS_* overrides, validation."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from atlas_actors import StorageConfig
+from atlas_actors.errors import ConfigError
+
+
+def test_defaults_are_durable_and_have_at_least_two_readers() -> None:
+    config = StorageConfig()
+    assert config.synchronous == "FULL"
+    assert config.readers >= 2
+    assert config.readers == max(2, os.cpu_count() or 2)
+    assert config.max_readers >= config.readers
+
+
+def test_environment_variables_override_defaults_and_arguments_override_both() -> None:
+    env = {"ATLAS_READERS": "3", "ATLAS_SYNCHRONOUS": "normal", "ATLAS_VERIFY_ON_RESTART": "no"}
+    config = StorageConfig.from_env(env)
+    assert (config.readers, config.synchronous, config.verify_on_restart) == (3, "NORMAL", False)
+    assert StorageConfig.from_env(env, readers=5).readers == 5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ATLAS_READERS": "many"}, "ATLAS_READERS='many' is not a valid int"),
+        ({"ATLAS_MAX_BATCH_DELAY": "soon"}, "ATLAS_MAX_BATCH_DELAY='soon' is not a valid float"),
+        ({"ATLAS_VERIFY_ON_RESTART": "perhaps"}, "is not a valid bool"),
+    ],
+)
+def test_unparsable_environment_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        StorageConfig.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"readers": 0}, "readers=0"),
+        ({"readers": True}, "readers=True"),
+        ({"synchronous": "SOMETIMES"}, "synchronous='SOMETIMES'"),
+        ({"default_timeout": 0}, "default_timeout=0"),
+        ({"max_batch_delay": -1}, "max_batch_delay=-1"),
+        ({"readers": 8, "max_readers": 4}, "max_readers=4 < readers=8"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_field_and_value(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        StorageConfig(**options)  # type: ignore[arg-type]
+
+
+def test_unknown_options_are_rejected_with_the_known_ones_listed() -> None:
+    with pytest.raises(ConfigError, match=r"unknown configuration option.*readerz"):
+        StorageConfig.from_env({}, readerz=3)
+
+
+def test_replace_validates_the_copy() -> None:
+    config = StorageConfig()
+    assert config.replace(readers=4).readers == 4
+    with pytest.raises(ConfigError):
+        config.replace(mailbox_size=0)

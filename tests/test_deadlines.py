@@ -1,0 +1,100 @@
+"""Every wait has a deadline: OperationTimeout, never a hang."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import apsw
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import OperationTimeout
+
+
+def _hold_the_writer(db: atlas.Storage, release: threading.Event) -> threading.Event:
+    started = threading.Event()
+
+    def hold(connection: apsw.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    db.writer.run(hold)
+    assert started.wait(5)
+    return started
+
+
+def test_a_write_that_waits_past_its_deadline_times_out_and_is_never_applied(
+    db: atlas.Storage,
+) -> None:
+    release = threading.Event()
+    _hold_the_writer(db, release)
+    started = time.monotonic()
+    with pytest.raises(OperationTimeout) as caught:
+        db.write("INSERT INTO tasks(title) VALUES ('late')", timeout=0.1)
+    assert time.monotonic() - started < 1.0
+    assert caught.value.applied is False
+    release.set()
+    db.write("INSERT INTO tasks(title) VALUES ('after')")
+    assert db.query("SELECT title FROM tasks") == [("after",)]
+
+
+def test_future_get_with_a_short_timeout_does_not_withdraw_a_started_write(
+    db: atlas.Storage,
+) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(connection: apsw.Connection) -> str:
+        connection.execute("INSERT INTO tasks(title) VALUES ('slow')")
+        started.set()
+        release.wait(10)
+        return "done"
+
+    future = db.writer.run(slow)
+    assert started.wait(5)
+    with pytest.raises(OperationTimeout) as caught:
+        future.get(timeout=0.05)
+    assert caught.value.applied is None  # it had started: outcome unknown
+    release.set()
+    assert future.get(5) == "done"
+    assert db.query("SELECT title FROM tasks") == [("slow",)]
+
+
+def test_a_full_mailbox_applies_backpressure_with_a_deadline(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(mailbox_size=4)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x)")
+    release = threading.Event()
+    _hold_the_writer(db, release)
+    queued = [db.writer.execute("INSERT INTO t VALUES (?)", [i]) for i in range(4)]
+    started = time.monotonic()
+    with pytest.raises(OperationTimeout, match="mailbox is full") as caught:
+        db.write("INSERT INTO t VALUES (99)", timeout=0.1)
+    assert caught.value.applied is False
+    assert time.monotonic() - started < 1.0
+    release.set()
+    assert [f.get(5).rowcount for f in queued] == [1, 1, 1, 1]
+    assert db.query("SELECT count(*) FROM t") == [(4,)]
+
+
+def test_waiting_for_a_reader_times_out_when_all_are_lent(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(readers=2, max_readers=2)  # type: ignore[operator]
+    leases = [db.pool.acquire() for _ in range(2)]
+    started = time.monotonic()
+    with pytest.raises(OperationTimeout, match="waiting for a reader"):
+        db.query("SELECT 1", timeout=0.1)
+    assert time.monotonic() - started < 1.0
+    assert db.pool.status().waiting_requests == 0
+    for lease in leases:
+        lease.release()
+    assert db.query("SELECT 1") == [(1,)]
+
+
+def test_a_queued_read_times_out_when_no_reader_is_free(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(readers=1, max_readers=1)  # type: ignore[operator]
+    lease = db.pool.acquire()
+    future = db.submit_query("SELECT 1", timeout=0.1)
+    with pytest.raises(OperationTimeout):
+        future.get()
+    lease.release()
+    assert db.submit_query("SELECT 2").get(5) == [(2,)]

@@ -1,0 +1,76 @@
+"""Error taxonomy: SQLite errors map to typed errors that keep their codes."""
+
+from __future__ import annotations
+
+import apsw
+import pytest
+
+import atlas_actors
+from atlas_actors import errors
+
+
+def _raise(sql: str, params: tuple[object, ...] | None = None) -> BaseException:
+    connection = apsw.Connection(":memory:")
+    connection.execute("CREATE TABLE t(a INTEGER PRIMARY KEY, b NOT NULL)")
+    connection.execute("INSERT INTO t VALUES (1, 1)")
+    try:
+        connection.execute(sql, params).fetchall()
+    except Exception as error:
+        return error
+    raise AssertionError(f"{sql} did not fail")
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "kind", "code"),
+    [
+        (
+            "INSERT INTO t VALUES (1, 2)",
+            None,
+            errors.ConstraintError,
+            "SQLITE_CONSTRAINT_PRIMARYKEY",
+        ),
+        (
+            "INSERT INTO t(b) VALUES (NULL)",
+            None,
+            errors.ConstraintError,
+            "SQLITE_CONSTRAINT_NOTNULL",
+        ),
+        ("SELEC 1", None, errors.SQLError, "SQLITE_ERROR"),
+        ("SELECT * FROM missing", None, errors.SQLError, "SQLITE_ERROR"),
+        ("INSERT INTO t VALUES (?, ?)", (5,), errors.ParameterError, None),
+        ("SELECT ?", ([1],), errors.ParameterError, None),
+    ],
+)
+def test_apsw_errors_become_typed_errors_with_result_codes(
+    sql: str, params: tuple[object, ...] | None, kind: type[errors.SQLiteError], code: str | None
+) -> None:
+    wrapped = errors.wrap_sqlite_error(_raise(sql, params), sql)
+    assert type(wrapped) is kind
+    assert isinstance(wrapped, errors.AtlasError)
+    assert wrapped.code_name == code
+    assert wrapped.sql == sql
+    assert sql.split(maxsplit=1)[0] in str(wrapped)
+
+
+def test_categories_follow_the_taxonomy() -> None:
+    assert errors.BusyError("x").transient and errors.BusyError.category == "transient"
+    assert errors.DiskFullError.category == "disk_full"
+    assert errors.CorruptionError.category == "corruption"
+    assert issubclass(errors.OperationTimeout, TimeoutError)
+    assert issubclass(errors.QueryValidationError, ValueError)
+    assert errors.wrap_sqlite_error(errors.ConfigError("x")).__class__ is errors.ConfigError
+
+
+def test_query_validation_errors_suggest_the_closest_name() -> None:
+    error = errors.QueryValidationError("no column 'titel'", suggestion="title")
+    assert str(error) == "no column 'titel'; did you mean 'title'?"
+    assert error.suggestion == "title"
+
+
+def test_errors_are_reachable_after_a_plain_import() -> None:
+    assert atlas_actors.errors.StorageUnavailable is errors.StorageUnavailable
+
+
+def test_long_statements_are_shortened_in_messages() -> None:
+    wrapped = errors.wrap_sqlite_error(apsw.SQLError("bad"), "SELECT " + "x, " * 100)
+    assert "…" in str(wrapped) and len(str(wrapped)) < 250

@@ -1,0 +1,157 @@
+"""The reader pool: leases, status, growth, resize under load, recycling, health checks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import OperationTimeout, ValidationError
+from tests.faults import FaultyVFS
+
+
+def _wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_acquire_lends_a_connection_until_release(db: atlas.Storage) -> None:
+    db.write("INSERT INTO tasks(title) VALUES ('a')")
+    before = db.pool.status()
+    lease = db.pool.acquire()
+    assert lease.state is atlas.ConnectionState.ACTIVE
+    assert lease.execute("SELECT title FROM tasks") == [("a",)]
+    assert lease.metrics.queries >= 1 and lease.metrics.bytes_transferred >= 0
+    during = db.pool.status()
+    assert during.active == before.active + 1 and during.idle == before.idle - 1
+    lease.release()
+    lease.release()  # twice is harmless
+    with pytest.raises(ValidationError, match="released"):
+        lease.execute("SELECT 1")
+    assert db.pool.status() == before
+
+
+def test_the_context_manager_releases_even_on_error(db: atlas.Storage) -> None:
+    before = db.pool.status()
+    with pytest.raises(ZeroDivisionError), db.pool.connection() as lease:
+        lease.query("SELECT 1")
+        _ = 1 / 0
+    assert db.pool.status() == before
+
+
+def test_the_pool_grows_when_callers_wait_and_the_ceiling_holds(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(readers=2, max_readers=4)  # type: ignore[operator]
+    leases = [db.pool.acquire(timeout=5) for _ in range(4)]
+    assert db.pool.status().total == 4
+    with pytest.raises(OperationTimeout, match="waiting for a reader connection"):
+        db.pool.acquire(timeout=0.1)
+    for lease in leases:
+        lease.release()
+    assert db.pool.status().idle == 4
+
+
+def test_readers_above_the_floor_retire_when_idle(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(readers=2, max_readers=4, reader_idle_timeout=0.1)  # type: ignore[operator]
+    leases = [db.pool.acquire(timeout=5) for _ in range(4)]
+    for lease in leases:
+        lease.release()
+    assert _wait_until(lambda: db.pool.status().total == 2)
+    assert db.query("SELECT 1") == [(1,)]
+
+
+def test_resize_up_and_down_under_load_loses_no_call(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(readers=2, max_readers=2)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    done = [0]
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert db.query("SELECT x FROM t") == [(1,)]
+                assert db.submit_query("SELECT x FROM t").get(5) == [(1,)]
+                done[0] += 1
+            except BaseException as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for size in (6, 1, 4, 2, 8, 1):
+        db.pool.resize(size)
+        assert _wait_until(lambda size=size: db.pool.status().total == size)
+        time.sleep(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert not failures, failures[:3]
+    assert done[0] > 0
+    with pytest.raises(ValidationError):
+        db.pool.resize(0)
+
+
+def test_connections_are_recycled_after_their_query_budget(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(readers=2, recycle_after_queries=5)  # type: ignore[operator]
+    recycled = threading.Event()
+    db.events.on("recycle", lambda e: recycled.set())
+    ids = set()
+    for _ in range(30):
+        with db.pool.connection() as lease:
+            ids.add(lease.id)
+            lease.query("SELECT 1")
+    assert recycled.wait(5)
+    assert len(ids) > 2  # fresh connections replaced the used ones
+
+
+def test_a_failing_health_check_restarts_the_reader(db_path: Path, open_storage: object) -> None:
+    vfs = FaultyVFS()
+    try:
+        db: atlas.Storage = open_storage(  # type: ignore[operator]
+            readers=2, health_check_interval=0.05, vfs=vfs.name
+        )
+        db.execute("CREATE TABLE t(x)")
+        failed, restarted = threading.Event(), threading.Event()
+        db.events.on("health_check_failed", lambda e: failed.set())
+        db.events.on("restart", lambda e: restarted.set() if e.role.startswith("reader") else None)
+        vfs.only = "atlas.db-wal"
+        db.write("INSERT INTO t VALUES (1)")  # readers must read the WAL to see it
+        vfs.fail_reads = apsw.IOError
+        assert failed.wait(5)
+        vfs.fail_reads = None
+        assert restarted.wait(5)
+        assert db.query("SELECT x FROM t") == [(1,)]
+        restarted_readers = [
+            c for c in db.supervisor.status().children if c.role.startswith("reader") and c.restarts
+        ]
+        assert restarted_readers and "injected read failure" in (
+            restarted_readers[0].last_error or ""
+        )
+    finally:
+        vfs.unregister()
+
+
+def test_queued_reads_are_served_by_reader_actors(db: atlas.Storage) -> None:
+    db.write_many("INSERT INTO tasks(title) VALUES (?)", [[f"t{i}"] for i in range(100)])
+    futures = [
+        db.submit_query("SELECT id FROM tasks WHERE title = ?", [f"t{i}"]) for i in range(100)
+    ]
+    assert [f.get(5)[0].id for f in futures] == list(range(1, 101))
+
+
+def test_every_connection_reports_metrics(db: atlas.Storage) -> None:
+    db.write("INSERT INTO tasks(title) VALUES ('a')")
+    db.query("SELECT * FROM tasks")
+    metrics = db.connection_metrics()
+    writer = [m for cid, m in metrics.items() if cid.startswith("writer")]
+    assert len(writer) == 1 and writer[0].queries >= 2 and writer[0].latency > 0
+    assert sum(m.queries for cid, m in metrics.items() if cid.startswith("reader")) >= 1

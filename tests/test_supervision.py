@@ -1,0 +1,153 @@
+"""Supervision: crashed and silently stopped actors restart; storms escalate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import StorageUnavailable, ValidationError
+
+
+def _wait_for_restart(db: atlas.Storage, role: str) -> Callable[[float], bool]:
+    """Return a function that waits until ``role`` restarts (a 'restart' event)."""
+    restarted = threading.Event()
+    db.events.on("restart", lambda e: restarted.set() if e.role == role else None)
+    return restarted.wait
+
+
+def _writers(
+    db: atlas.Storage, stop: threading.Event, acked: list[int], failed: list[BaseException]
+) -> list[threading.Thread]:
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                n = next(counter)
+            try:
+                db.write("INSERT INTO tasks(id, title) VALUES (?, ?)", [n + 1, f"t{n}"])
+            except Exception as error:
+                failed.append(error)
+            else:
+                acked.append(n + 1)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_a_crashed_writer_restarts_and_writes_resume_within_a_second_losing_nothing(
+    db: atlas.Storage,
+) -> None:
+    stop, acked, failed = threading.Event(), [], []
+    threads = _writers(db, stop, acked, failed)
+    time.sleep(0.1)
+    restarted = _wait_for_restart(db, "writer")
+    killed_at = time.monotonic()
+    assert db.supervisor.kill("writer", how="crash") == 1
+    assert restarted(5)
+    count_at_restart = len(acked)
+    while len(acked) == count_at_restart and time.monotonic() - killed_at < 5:
+        time.sleep(0.001)
+    resumed_after = time.monotonic() - killed_at
+    time.sleep(0.1)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert resumed_after < 1.0
+    assert not failed, failed[:3]  # queued and rolled-back writes were replayed, not failed
+    stored = {row.id for row in db.query("SELECT id FROM tasks")}
+    assert set(acked) <= stored
+    assert len(stored) == len(acked)  # and none applied twice or without acknowledgement
+    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    assert (writer.incarnation, writer.restarts, writer.state) == (2, 1, "running")
+    assert "InjectedCrash" in (writer.last_error or "")
+
+
+def test_a_silently_stopped_writer_is_noticed_by_the_liveness_check(db: atlas.Storage) -> None:
+    restarted = _wait_for_restart(db, "writer")
+    db.supervisor.kill("writer", how="stop")
+    assert restarted(5)
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
+    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    assert writer.last_error == "stopped without reporting"
+
+
+def test_a_crashed_reader_restarts_while_reads_keep_being_served(db: atlas.Storage) -> None:
+    db.write("INSERT INTO tasks(title) VALUES ('a')")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    reads = [0]
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert db.query("SELECT title FROM tasks") == [("a",)]
+                reads[0] += 1
+            except BaseException as error:
+                failures.append(error)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for thread in readers:
+        thread.start()
+    restarted = _wait_for_restart(db, "reader-0")
+    db.supervisor.kill("reader-0")
+    assert restarted(5)
+    time.sleep(0.05)
+    stop.set()
+    for thread in readers:
+        thread.join(10)
+    assert not failures, failures[:3]
+    assert reads[0] > 0
+    reader = next(c for c in db.supervisor.status().children if c.role == "reader-0")
+    assert reader.incarnation == 2 and reader.state == "running"
+
+
+def test_a_restart_storm_escalates_to_storage_unavailable(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(restart_max=2, restart_window=30)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x)")
+    escalated = threading.Event()
+    db.events.on("escalate", lambda e: escalated.set())
+    for expected in (1, 2):
+        restarted = _wait_for_restart(db, "writer")
+        assert db.supervisor.kill("writer") == expected
+        assert restarted(5)
+    db.supervisor.kill("writer")  # the third failure within the window
+    assert escalated.wait(5)
+    with pytest.raises(StorageUnavailable, match="restart intensity"):
+        db.write("INSERT INTO t VALUES (1)")
+    with pytest.raises(StorageUnavailable):
+        db.query("SELECT * FROM t")
+    health = db.health()
+    assert health.status == "failed" and "writer failed" in (health.failure or "")
+
+
+def test_status_lists_every_child_and_kill_rejects_unknown_roles(db: atlas.Storage) -> None:
+    status = db.supervisor.status()
+    roles = [c.role for c in status.children]
+    assert roles[0] == "writer" and {"reader-0", "reader-1"} <= set(roles)
+    assert status.state == "running" and status.restarts == 0
+    with pytest.raises(ValidationError, match="no child 'writre'"):
+        db.supervisor.kill("writre")
+    with pytest.raises(ValidationError, match="how='explode'"):
+        db.supervisor.kill("writer", how="explode")  # type: ignore[arg-type]
+
+
+def test_restart_events_carry_the_role_and_incarnation(db: atlas.Storage) -> None:
+    events: list[atlas.LifecycleEvent] = []
+    done = threading.Event()
+
+    def seen(event: atlas.LifecycleEvent) -> None:
+        events.append(event)
+        done.set()
+
+    db.events.on("restart", seen)
+    db.supervisor.kill("reader-1")
+    assert done.wait(5)
+    assert events[0].role == "reader-1" and events[0].detail["incarnation"] == 2

@@ -1,0 +1,102 @@
+"""Tracing: spans per call, per handled message, per group commit; off costs nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+import atlas_actors as atlas
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def traced(db_path: Path, exporter: InMemorySpanExporter):
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with atlas.open(db_path, tracer_provider=provider) as storage:
+        storage.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT)")
+        exporter.clear()
+        yield storage
+
+
+def test_a_write_makes_a_client_span_a_consumer_child_and_a_linked_commit(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    traced.write("INSERT INTO tasks(title) VALUES (?)", ["secret value"])
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    client, consumer, commit = (
+        spans["atlas.write"],
+        spans["atlas.writer.write"],
+        spans["atlas.writer.commit"],
+    )
+    assert client.kind is SpanKind.CLIENT and consumer.kind is SpanKind.CONSUMER
+    assert consumer.parent is not None and consumer.parent.span_id == client.context.span_id
+    assert consumer.context.trace_id == client.context.trace_id
+    assert [link.context.span_id for link in commit.links] == [consumer.context.span_id]
+    assert client.attributes["db.system.name"] == "sqlite"
+    assert client.attributes["db.operation.name"] == "INSERT"
+    assert client.attributes["db.query.text"] == "INSERT INTO tasks(title) VALUES (?)"
+    every_value = [str(v) for s in exporter.get_finished_spans() for v in s.attributes.values()]
+    assert not any("secret value" in v for v in every_value)  # parameters are never recorded
+
+
+def test_a_group_commit_links_every_write_of_its_batch(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    futures = [
+        traced.writer.execute("INSERT INTO tasks(title) VALUES (?)", [str(i)]) for i in range(20)
+    ]
+    for future in futures:
+        future.get(5)
+    commits = [s for s in exporter.get_finished_spans() if s.name == "atlas.writer.commit"]
+    consumers = [s for s in exporter.get_finished_spans() if s.name == "atlas.writer.write"]
+    linked = [link.context.span_id for c in commits for link in c.links]
+    assert sorted(linked) == sorted(s.context.span_id for s in consumers)
+    assert len(commits) < len(consumers)  # writes shared commits
+    assert sum(c.attributes["atlas.batch.size"] for c in commits) == 20
+    submits = [s for s in exporter.get_finished_spans() if s.name == "atlas.writer.submit"]
+    assert len(submits) == 20 and all(s.end_time is not None for s in submits)
+
+
+def test_reads_and_failures_are_traced(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    traced.query("SELECT * FROM tasks")
+    with pytest.raises(atlas.errors.SQLError):
+        traced.write("INSERT INTO nowhere VALUES (1)")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["atlas.query"].attributes["db.operation.name"] == "SELECT"
+    failed = spans["atlas.writer.write"]
+    assert not failed.status.is_ok
+    assert failed.attributes["error.type"] == "SQLError"
+    assert failed.attributes["db.response.status_code"] == "1"
+    queued = traced.submit_query("SELECT 1")
+    queued.get(5)
+    consumer = [s for s in exporter.get_finished_spans() if s.name == "atlas.reader.query"]
+    assert consumer and consumer[0].kind is SpanKind.CONSUMER
+
+
+def test_the_global_tracer_provider_is_never_touched(
+    db_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    before = trace.get_tracer_provider()
+    provider = TracerProvider()
+    with atlas.open(db_path, tracer_provider=provider) as storage:
+        storage.execute("CREATE TABLE t(x)")
+    assert trace.get_tracer_provider() is before
+
+
+def test_without_a_provider_no_span_is_made(db: atlas.Storage) -> None:
+    assert db.tracing.enabled is False
+    assert db.tracing.current_context() is None
+    db.write("INSERT INTO tasks(title) VALUES ('a')")  # and nothing breaks

@@ -1,0 +1,106 @@
+"""The write API: write, execute, write_many, write_all, run_in_writer, the future API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import ConstraintError
+
+
+def test_write_returns_rowcount_and_the_inserted_rowid(db: atlas.Storage) -> None:
+    first = db.write("INSERT INTO tasks(title) VALUES (?)", ["a"])
+    second = db.write("INSERT INTO tasks(title) VALUES (?)", ["b"])
+    assert first == atlas.WriteResult(rowcount=1, lastrowid=1)
+    assert second.lastrowid == 2
+    updated = db.write("UPDATE tasks SET status = 'done'")
+    assert updated.rowcount == 2 and updated.lastrowid is None
+
+
+def test_returning_clauses_return_named_rows(db: atlas.Storage) -> None:
+    result = db.write("INSERT INTO tasks(title) VALUES (?) RETURNING id, title", ["a"])
+    assert result.rows == ((1, "a"),)
+    assert result.rows[0]["title"] == "a"
+
+
+def test_named_parameters_are_bound(db: atlas.Storage) -> None:
+    db.write("INSERT INTO tasks(title, n) VALUES (:title, :n)", {"title": "a", "n": 3})
+    assert db.query("SELECT n FROM tasks WHERE title = :t", {"t": "a"}) == [(3,)]
+
+
+def test_write_many_runs_one_statement_per_parameter_set_all_or_nothing(
+    db: atlas.Storage,
+) -> None:
+    result = db.write_many("INSERT INTO tasks(title) VALUES (?)", [["a"], ["b"], ["c"]])
+    assert result.rowcount == 3 and result.lastrowid == 3
+    with pytest.raises(ConstraintError):
+        db.write_many("INSERT INTO tasks(title) VALUES (?)", [["d"], ["a"]])
+    assert db.query("SELECT count(*) FROM tasks")[0][0] == 3  # 'd' was undone too
+
+
+def test_write_all_commits_every_statement_or_none(db: atlas.Storage) -> None:
+    results = db.write_all(
+        [
+            ("INSERT INTO tasks(title) VALUES (?)", ["a"]),
+            ("UPDATE tasks SET n = n + 1 WHERE title = ?", ["a"]),
+        ]
+    )
+    assert [r.rowcount for r in results] == [1, 1]
+    with pytest.raises(ConstraintError):
+        db.write_all(
+            [
+                ("UPDATE tasks SET n = 100", None),
+                ("INSERT INTO tasks(title) VALUES (?)", ["a"]),
+            ]
+        )
+    assert db.query("SELECT title, n FROM tasks") == [("a", 1)]
+
+
+def test_run_in_writer_runs_a_function_as_one_unit(db: atlas.Storage) -> None:
+    def move(connection: apsw.Connection) -> int:
+        connection.execute("INSERT INTO tasks(title) VALUES ('x')")
+        return connection.last_insert_rowid()
+
+    assert db.run_in_writer(move) == 1
+
+    def half_done(connection: apsw.Connection) -> None:
+        connection.execute("INSERT INTO tasks(title) VALUES ('y')")
+        raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        db.run_in_writer(half_done)
+    assert db.query("SELECT title FROM tasks") == [("x",)]
+
+
+def test_the_future_api_resolves_once_the_write_is_acknowledged(db: atlas.Storage) -> None:
+    futures = [
+        db.writer.execute("INSERT INTO tasks(title) VALUES (?)", [f"t{i}"]) for i in range(50)
+    ]
+    assert [f.get(timeout=5).rowcount for f in futures] == [1] * 50
+    assert db.writer.executemany("UPDATE tasks SET n = ?", [[1], [2]]).get(5).rowcount == 100
+    all_results = db.writer.write_all([("DELETE FROM tasks WHERE n = ?", [2])]).get(5)
+    assert all_results[0].rowcount == 50
+    count = db.writer.run(lambda c: c.execute("SELECT count(*) FROM tasks").fetchall())
+    assert count.get(5) == [(0,)]
+
+
+def test_acknowledged_writes_survive_closing_and_reopening(
+    db: atlas.Storage, open_storage: object, db_path: Path
+) -> None:
+    for i in range(20):
+        db.write("INSERT INTO tasks(title) VALUES (?)", [f"t{i}"])
+    db.close()
+    with atlas.open(db_path) as again:
+        assert again.query("SELECT count(*) FROM tasks")[0][0] == 20
+
+
+def test_writer_stats_count_writes_and_batches(db: atlas.Storage) -> None:
+    before = db.writer.stats()
+    db.write("INSERT INTO tasks(title) VALUES ('a')")
+    after = db.writer.stats()
+    assert after.writes == before.writes + 1
+    assert after.batches == before.batches + 1
+    assert after.mean_batch >= 1
