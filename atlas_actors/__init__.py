@@ -7,6 +7,8 @@
 ...     db.query("SELECT id, title FROM tasks")
 """
 
+import logging as _logging
+
 from atlas_actors import errors
 from atlas_actors.actors.pool import PooledConnection, PoolStatus
 from atlas_actors.actors.supervisor import ChildStatus, SupervisorStatus
@@ -37,3 +39,6 @@ __all__ = [
     "open",
 ]
 __version__ = "0.1.0"
+
+# A library logs, the application decides where logs go (no output unless configured).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

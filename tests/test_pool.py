@@ -11,7 +11,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import OperationTimeout, ValidationError
-from tests.faults import FaultyVFS
+from atlas_actors.faults import FaultyVFS
 
 
 def _wait_until(predicate, timeout: float = 5.0) -> bool:

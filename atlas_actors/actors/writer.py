@@ -29,6 +29,7 @@ from atlas_actors.connection import Params, TrackedConnection, WriteResult, open
 from atlas_actors.errors import (
     ActorCrashedError,
     CorruptionError,
+    DiskIOError,
     OperationTimeout,
     wrap_sqlite_error,
 )
@@ -451,6 +452,14 @@ class WriterActor(RoleActor):
             except apsw.Error:
                 log.exception("rollback after a failed commit failed")
         wrapped = wrap_sqlite_error(error, "COMMIT")
+        if isinstance(wrapped, DiskIOError):
+            # An fsync that fails leaves the commit's WAL frames written but unsynced:
+            # SQLite reports failure, yet WAL recovery after a crash may still find them.
+            wrapped.args = (
+                f"{wrapped}; the commit's outcome is uncertain: the write is not visible "
+                "now, but may reappear after a crash and WAL recovery. Check before "
+                "retrying a non-idempotent write.",
+            )
         for op, _ in batch:
             self.counters.failed += 1
             op.fail(wrapped)

@@ -1,4 +1,10 @@
-"""Fault injection through a real apsw VFS: reads, writes or syncs fail on demand."""
+"""Fault injection through a real apsw VFS: reads, writes or syncs fail on demand.
+
+Open a storage with ``atlas_actors.open(path, vfs=vfs.name)`` and every connection's
+file operations go through :class:`FaultyVFS`, which passes them to the default VFS
+unless told to fail. Used by the tests and the simulations; handy for chaos tests of
+applications too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import threading
 from typing import Any
 
 import apsw
+
+__all__ = ["FaultyVFS"]
 
 _names = itertools.count()
 
@@ -31,6 +39,7 @@ class FaultyVFS(apsw.VFS):
         super().__init__(self.name, "")
 
     def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
+        """Open a file of the default VFS, wrapped so it can fail on demand."""
         return _FaultyFile(self, "", name, flags)
 
 

@@ -1,0 +1,265 @@
+"""A task-manager workload: the demo's job and the simulations' load.
+
+Threads create tasks, move them through statuses, comment on them, and read them back
+(by id, by project and status, counts per status). :func:`run_workload` drives it for a
+while, optionally injecting actor crashes, and returns a :class:`WorkloadReport`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from atlas_actors.errors import AtlasError
+from atlas_actors.storage import Storage
+
+__all__ = ["SCHEMA", "LatencySummary", "WorkloadReport", "create_schema", "run_workload"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS tasks(
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    title TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open'
+        CHECK (status IN ('open', 'doing', 'review', 'done')),
+    assignee TEXT,
+    priority INTEGER NOT NULL DEFAULT 2,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_project_status ON tasks(project_id, status);
+CREATE TABLE IF NOT EXISTS comments(
+    id INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL REFERENCES tasks(id),
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+"""The task-manager tables the workload uses."""
+
+_STATUSES = ("open", "doing", "review", "done")
+_PEOPLE = ("ada", "brian", "chen", "dana", "eve", "farid")
+_PROJECTS = 20
+
+
+def create_schema(db: Storage) -> None:
+    """Create the tables (if missing) and the projects."""
+    db.execute(SCHEMA)
+    db.write_many(
+        "INSERT OR IGNORE INTO projects(id, name) VALUES (?, ?)",
+        [(i, f"project {i}") for i in range(1, _PROJECTS + 1)],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySummary:
+    """Latency percentiles of one kind of call, in milliseconds."""
+
+    count: int
+    """Calls measured."""
+    p50: float
+    """Median."""
+    p95: float
+    """95th percentile."""
+    p99: float
+    """99th percentile."""
+    max: float
+    """Slowest call."""
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> LatencySummary:
+        """Summarise a list of durations in seconds."""
+        if not seconds:
+            return cls(0, 0.0, 0.0, 0.0, 0.0)
+        ordered = sorted(seconds)
+
+        def pick(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+        return cls(len(ordered), pick(0.50), pick(0.95), pick(0.99), ordered[-1] * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadReport:
+    """What a workload run did."""
+
+    seconds: float
+    """Wall-clock duration."""
+    writes: LatencySummary
+    """Acknowledged writes."""
+    reads: LatencySummary
+    """Reads."""
+    errors: dict[str, int]
+    """Failed calls by error type (expected to be empty, even with crashes injected)."""
+    kills: int
+    """Actor crashes injected."""
+    restarts: int
+    """Restarts the supervisor performed."""
+    mean_batch: float
+    """Mean writes per group commit."""
+    lost_writes: int
+    """Acknowledged task inserts missing from the database afterwards (must be 0)."""
+
+    @property
+    def operations_per_second(self) -> float:
+        """Reads and writes per second."""
+        return (self.writes.count + self.reads.count) / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Worker:
+    rng: random.Random
+    write_latency: list[float] = field(default_factory=list)
+    read_latency: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    created: list[int] = field(default_factory=list)
+
+
+def _one_operation(db: Storage, worker: _Worker) -> None:
+    rng = worker.rng
+    roll = rng.random()
+    now = time.time()
+    started = time.perf_counter()
+    if roll < 0.15 or not worker.created:
+        result = db.write(
+            "INSERT INTO tasks(project_id, title, assignee, priority, updated_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                rng.randint(1, _PROJECTS),
+                f"task {rng.random():.6f}",
+                rng.choice(_PEOPLE),
+                rng.randint(1, 4),
+                now,
+            ],
+        )
+        if result.lastrowid is not None:
+            worker.created.append(result.lastrowid)
+        worker.write_latency.append(time.perf_counter() - started)
+    elif roll < 0.25:
+        db.write(
+            "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?",
+            [rng.choice(_STATUSES), now, rng.choice(worker.created)],
+        )
+        worker.write_latency.append(time.perf_counter() - started)
+    elif roll < 0.30:
+        task = rng.choice(worker.created)
+        db.write_all(
+            [
+                (
+                    "INSERT INTO comments(task_id, body, created_at) VALUES (?, ?, ?)",
+                    [task, "looks good", now],
+                ),
+                ("UPDATE tasks SET updated_at = ? WHERE id = ?", [now, task]),
+            ]
+        )
+        worker.write_latency.append(time.perf_counter() - started)
+    elif roll < 0.70:
+        db.query("SELECT * FROM tasks WHERE id = ?", [rng.choice(worker.created)])
+        worker.read_latency.append(time.perf_counter() - started)
+    elif roll < 0.90:
+        db.query(
+            "SELECT id, title, assignee FROM tasks WHERE project_id = ? AND status = ? "
+            "ORDER BY updated_at DESC LIMIT 20",
+            [rng.randint(1, _PROJECTS), rng.choice(_STATUSES)],
+        )
+        worker.read_latency.append(time.perf_counter() - started)
+    else:
+        db.query("SELECT status, count(*) AS n FROM tasks GROUP BY status")
+        worker.read_latency.append(time.perf_counter() - started)
+
+
+def run_workload(
+    db: Storage,
+    *,
+    threads: int = 16,
+    seconds: float = 10.0,
+    kill_every: float = 0.0,
+    seed: int = 0,
+    progress: Callable[[int], object] | None = None,
+) -> WorkloadReport:
+    """Run the task-manager mix from ``threads`` threads for ``seconds``.
+
+    ``kill_every`` > 0 crashes the writer or a reader (alternately) that often, to show
+    the supervisor at work. ``progress(n)`` is called with the number of operations
+    finished since its last call, about ten times a second.
+    """
+    create_schema(db)
+    restarts_before = db.supervisor.status().restarts
+    stop = threading.Event()
+    workers = [_Worker(random.Random(seed * 1000 + i)) for i in range(threads)]
+
+    def loop(worker: _Worker) -> None:
+        while not stop.is_set():
+            try:
+                _one_operation(db, worker)
+            except AtlasError as error:
+                worker.errors[type(error).__name__] += 1
+
+    kills = 0
+    pool = [
+        threading.Thread(target=loop, args=(w,), name=f"demo-{i}") for i, w in enumerate(workers)
+    ]
+    started = time.monotonic()
+    for thread in pool:
+        thread.start()
+    next_kill = started + kill_every if kill_every > 0 else float("inf")
+    reported = 0
+    try:
+        while (now := time.monotonic()) - started < seconds:
+            time.sleep(min(0.1, max(0.0, seconds - (now - started))))
+            if time.monotonic() >= next_kill:
+                kills += _inject_crash(db, kills)
+                next_kill += kill_every
+            if progress is not None:
+                done = sum(len(w.write_latency) + len(w.read_latency) for w in workers)
+                progress(done - reported)
+                reported = done
+    finally:
+        stop.set()
+        for thread in pool:
+            thread.join(db.config.default_timeout)
+    elapsed = time.monotonic() - started
+    created = [task for w in workers for task in w.created]
+    present = _count_present(db, created)
+    errors: Counter[str] = Counter()
+    for worker in workers:
+        errors.update(worker.errors)
+    return WorkloadReport(
+        seconds=elapsed,
+        writes=LatencySummary.of([x for w in workers for x in w.write_latency]),
+        reads=LatencySummary.of([x for w in workers for x in w.read_latency]),
+        errors=dict(errors),
+        kills=kills,
+        restarts=db.supervisor.status().restarts - restarts_before,
+        mean_batch=db.writer.stats().mean_batch,
+        lost_writes=len(created) - present,
+    )
+
+
+def _inject_crash(db: Storage, kills: int) -> int:
+    """Crash the writer or a reader (alternately); 1 if a crash was injected."""
+    running = [c for c in db.supervisor.status().children if c.state == "running"]
+    roles = [c.role for c in running if (c.role == "writer") == (kills % 2 == 0)]
+    if not roles:
+        return 0
+    try:
+        db.supervisor.kill(roles[0])
+    except AtlasError:
+        return 0  # it was restarting already
+    return 1
+
+
+def _count_present(db: Storage, ids: list[int]) -> int:
+    present = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        present += db.query(f"SELECT count(*) FROM tasks WHERE id IN ({marks})", chunk)[0][0]
+    return present
