@@ -12,13 +12,18 @@ import logging as _logging
 from atlas_actors import errors
 from atlas_actors.actors.pool import PooledConnection, PoolStatus
 from atlas_actors.actors.supervisor import ChildStatus, SupervisorStatus
-from atlas_actors.actors.writer import WriterStats
+from atlas_actors.actors.writer_ops import WriterStats
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import ConnectionMetrics, ConnectionState, WriteResult
 from atlas_actors.events import LifecycleEvent
 from atlas_actors.future import Future
 from atlas_actors.rows import Row
 from atlas_actors.storage import HealthReport, Storage, open
+from atlas_actors.transaction.transaction import (
+    Transaction,
+    TransactionInfo,
+    TransactionsStatus,
+)
 
 __all__ = [
     "ChildStatus",
@@ -33,6 +38,9 @@ __all__ = [
     "Storage",
     "StorageConfig",
     "SupervisorStatus",
+    "Transaction",
+    "TransactionInfo",
+    "TransactionsStatus",
     "WriteResult",
     "WriterStats",
     "errors",

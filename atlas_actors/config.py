@@ -71,6 +71,12 @@ class StorageConfig:
     busy_timeout: float = 5.0
     """Seconds a connection waits on a lock held by another process before SQLITE_BUSY."""
 
+    busy_backoff_base: float = 0.0005
+    """First wait (seconds) of the busy handler; doubles per retry, with jitter."""
+
+    busy_backoff_cap: float = 0.05
+    """Longest single wait of the busy handler."""
+
     cache_size_kib: int = 16_384
     """SQLite page cache per connection, in KiB (``PRAGMA cache_size=-N``)."""
 
@@ -98,6 +104,18 @@ class StorageConfig:
 
     verify_on_restart: bool = True
     """Run ``PRAGMA quick_check`` after a writer restart, before serving writes again."""
+
+    transaction_timeout: float = 10.0
+    """Seconds an interactive transaction may hold the writer lease before it is rolled
+    back (its owner's next call raises TransactionTimeout): every write waits behind it."""
+
+    max_page_count: int = 0
+    """Largest database size in pages (``PRAGMA max_page_count``); 0 leaves SQLite's
+    default. Writes past it fail with DiskFullError, as on a full disk."""
+
+    disk_full_probe_interval: float = 1.0
+    """While the disk is full, one write per this many seconds is tried to detect that
+    space came back; the others fail at once."""
 
     checkpoint_frames: int = 1000
     """WAL frames after which the supervisor runs a PASSIVE checkpoint."""
@@ -179,10 +197,13 @@ def _validate(config: StorageConfig) -> None:
         "health_check_interval",
         "max_batch_delay",
         "busy_timeout",
+        "busy_backoff_base",
+        "busy_backoff_cap",
         "cache_size_kib",
         "restart_backoff_initial",
         "restart_backoff_jitter",
         "checkpoint_frames",
+        "max_page_count",
     )
     for name in non_negative:
         value = getattr(config, name)
@@ -195,6 +216,8 @@ def _validate(config: StorageConfig) -> None:
         "liveness_interval",
         "max_value_bytes",
         "wal_size_limit",
+        "transaction_timeout",
+        "disk_full_probe_interval",
     )
     for name in strictly_positive:
         value = getattr(config, name)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -98,14 +99,42 @@ def set_synchronous(connection: apsw.Connection, level: str) -> None:
     connection.pragma("synchronous", level)
 
 
-def set_busy_timeout(connection: apsw.Connection, seconds: float) -> None:
-    """Wait on locks held by *other processes* instead of failing at once.
+def set_busy_handler(
+    connection: apsw.Connection,
+    *,
+    deadline: float,
+    base: float,
+    cap: float,
+    on_wait: Callable[[float], None] | None = None,
+) -> None:
+    """Wait on locks held by *other processes*, with exponential backoff and jitter.
 
-    Inside one process the single writer never meets SQLITE_BUSY. Readers need it too:
-    opening a read transaction can briefly meet a lock while another connection
-    recovers or resets the WAL.
+    Inside one process the single writer never meets SQLITE_BUSY; other processes on the
+    same file do. SQLite calls the handler with the number of times it was called for
+    this lock; sleeping ``base * 2**n`` (capped, with jitter so processes do not retry in
+    lockstep) until ``deadline`` seconds have passed, then giving up, is SQLite's own busy
+    timeout with a better schedule (https://sqlite.org/c3ref/busy_handler.html).
+    Readers need it too: a read transaction can briefly meet a lock while another
+    connection recovers the WAL.
     """
-    connection.set_busy_timeout(int(seconds * 1000))
+    started = [0.0]
+    rng = random.Random()
+
+    def handler(count: int) -> bool:
+        now = time.monotonic()
+        if count == 0:
+            started[0] = now
+        remaining = deadline - (now - started[0])
+        if remaining <= 0:
+            return False
+        delay = min(cap, base * 2**count) * (0.5 + rng.random())
+        delay = min(delay, remaining)
+        if on_wait is not None:
+            on_wait(delay)
+        time.sleep(delay)
+        return True
+
+    connection.set_busy_handler(handler)
 
 
 def set_cache_size(connection: apsw.Connection, kib: int) -> None:
@@ -128,14 +157,22 @@ def set_value_limit(connection: apsw.Connection, max_bytes: int) -> None:
     connection.limit(apsw.SQLITE_LIMIT_LENGTH, max_bytes)
 
 
+def set_max_page_count(connection: apsw.Connection, pages: int) -> None:
+    """Bound the database size: past it, writes fail with SQLITE_FULL (a full disk)."""
+    connection.pragma("max_page_count", pages)
+
+
 def open_connection(
     path: str,
     *,
     writer: bool,
     synchronous: str = "FULL",
     busy_timeout: float = 5.0,
+    busy_backoff: tuple[float, float] = (0.0005, 0.05),
+    on_busy: Callable[[float], None] | None = None,
     cache_size_kib: int = 16_384,
     max_value_bytes: int = 16 * 1024 * 1024,
+    max_page_count: int = 0,
     vfs: str | None = None,
 ) -> apsw.Connection:
     """Open and configure a connection to ``path`` for the writer or a reader."""
@@ -146,7 +183,13 @@ def open_connection(
             if vfs
             else apsw.Connection(path, flags=flags)
         )
-        set_busy_timeout(connection, busy_timeout)
+        set_busy_handler(
+            connection,
+            deadline=busy_timeout,
+            base=busy_backoff[0],
+            cap=busy_backoff[1],
+            on_wait=on_busy,
+        )
         if writer:
             use_wal(connection)
             set_synchronous(connection, synchronous)
@@ -155,6 +198,8 @@ def open_connection(
         set_cache_size(connection, cache_size_kib)
         enable_foreign_keys(connection)
         set_value_limit(connection, max_value_bytes)
+        if max_page_count:
+            set_max_page_count(connection, max_page_count)
     except apsw.Error as error:
         raise wrap_sqlite_error(error, f"open {path}") from error
     return connection

@@ -20,7 +20,8 @@ Classes (by category):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import apsw
 
@@ -34,6 +35,7 @@ __all__ = [
     "DeadlockError",
     "DiskFullError",
     "DiskIOError",
+    "ErrorDiagnostics",
     "LockedError",
     "OperationTimeout",
     "ParameterError",
@@ -44,8 +46,13 @@ __all__ = [
     "StorageClosedError",
     "StorageUnavailable",
     "TooBigError",
+    "TransactionAborted",
+    "TransactionConflict",
+    "TransactionError",
+    "TransactionTimeout",
     "TransientError",
     "ValidationError",
+    "analyze",
     "shorten",
     "wrap_sqlite_error",
 ]
@@ -53,6 +60,9 @@ __all__ = [
 
 class AtlasError(Exception):
     """Base class of every error raised by atlas-actors."""
+
+    reported = False
+    """Set once the error was logged and counted (each error is reported once)."""
 
     category: ClassVar[str] = "internal"
     """Taxonomy bucket (transient, constraint, validation, disk_full, io, corruption, ...)."""
@@ -144,6 +154,34 @@ class DeadlockError(AtlasError):
     def __init__(self, cycle: Sequence[str], advice: str) -> None:
         self.cycle = list(cycle)
         super().__init__(f"deadlock: {' -> '.join(self.cycle)}; {advice}")
+
+
+class TransactionError(AtlasError):
+    """A transaction cannot go on (it ended, or was rolled back underneath its owner)."""
+
+    category = "transaction"
+
+
+class TransactionTimeout(TransactionError, TransientError):
+    """The transaction held the writer lease past its timeout and was rolled back."""
+
+    category = "timeout"
+    transient = True
+
+
+class TransactionConflict(TransactionError, TransientError):
+    """Another transaction committed since this one's snapshot: retry it from the start.
+
+    Raised by a ``repeatable_read`` transaction's first write, as SQLite does with
+    ``SQLITE_BUSY_SNAPSHOT``; ``db.transactions.run(fn, retries=...)`` retries it.
+    """
+
+    category = "transient"
+    transient = True
+
+
+class TransactionAborted(TransactionError):
+    """The transaction was rolled back (its reason is in the message); nothing committed."""
 
 
 class ValidationError(AtlasError, ValueError):
@@ -325,3 +363,75 @@ def shorten(sql: str, limit: int = 120) -> str:
     """Return ``sql`` on one line, cut to ``limit`` characters, for messages."""
     flat = " ".join(sql.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+Severity = Literal["low", "medium", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDiagnostics:
+    """What an error means (the plan's ``ErrorDiagnostics``)."""
+
+    type: str
+    """The error's class name (``ConstraintError``)."""
+    severity: Severity
+    """``low``: bad input; ``medium``: transient or usage; ``high``: storage or runtime."""
+    recoverable: bool
+    """True when the strategy in ``context["strategy"]`` can bring things back."""
+    context: dict[str, Any] = field(default_factory=dict)
+    """category, strategy, advice, SQLite codes, statement, message."""
+
+
+# category -> (severity, recoverable, strategy, advice)
+_STRATEGIES: dict[str, tuple[Severity, bool, str, str]] = {
+    "validation": ("low", True, "fix_input", "fix the statement or its values"),
+    "constraint": ("low", True, "fix_input", "fix the values; nothing was changed"),
+    "transient": ("medium", True, "retry_with_backoff", "retry after a short backoff"),
+    "timeout": ("medium", True, "retry_with_backoff", "retry, or raise the timeout"),
+    "deadlock": ("medium", True, "release_and_retry", "end the transaction you hold"),
+    "transaction": ("medium", True, "retry", "run the transaction again"),
+    "actor_failure": ("high", True, "restart", "the actor was restarted; retry"),
+    "disk_full": ("high", True, "read_only", "free space; writes resume by themselves"),
+    "io": ("high", True, "retry_then_verify", "check the disk; retry"),
+    "corruption": ("high", False, "stop_and_verify", "restore from a backup"),
+    "read_only": ("medium", False, "check_permissions", "open the file read-write"),
+}
+
+
+def analyze(error: BaseException) -> ErrorDiagnostics:
+    """Classify ``error``: severity, whether it is recoverable, and how (pure)."""
+    if not isinstance(error, AtlasError):
+        error = wrap_sqlite_error(error)
+    if not isinstance(error, AtlasError):
+        return ErrorDiagnostics(
+            type=type(error).__name__,
+            severity="medium",
+            recoverable=False,
+            context={"category": "unknown", "strategy": "none", "message": str(error)},
+        )
+    category = error.category
+    severity, recoverable, strategy, advice = _STRATEGIES.get(
+        category, ("medium", False, "none", "see the message")
+    )
+    if isinstance(error, StorageUnavailable):
+        recoverable, strategy, advice = False, "reopen", "fix the cause and reopen the storage"
+    context: dict[str, Any] = {
+        "category": category,
+        "strategy": strategy,
+        "advice": advice,
+        "transient": error.transient,
+        "message": str(error),
+    }
+    if isinstance(error, SQLiteError):
+        context.update(
+            result_code=error.result_code,
+            extended_result_code=error.extended_result_code,
+            code_name=error.code_name,
+            sql=error.sql,
+        )
+    return ErrorDiagnostics(
+        type=type(error).__name__,
+        severity=severity,
+        recoverable=recoverable,
+        context=context,
+    )

@@ -1,7 +1,8 @@
 """Lifecycle events that user code can subscribe to (``db.events.on("restart", fn)``).
 
 Events: ``connect``, ``checkout``, ``checkin``, ``health_check_failed``, ``recycle``,
-``disconnect``, ``restart``, ``escalate``. Handlers run in the thread that emits the
+``disconnect``, ``restart``, ``escalate``, ``degraded`` and ``recovered`` (disk full,
+corruption checks). Handlers run in the thread that emits the
 event (an actor's or a caller's): keep them short and never wait on the storage from one.
 A handler that raises is logged and otherwise ignored, so it cannot break the runtime.
 """
@@ -31,6 +32,8 @@ EVENT_NAMES = frozenset(
         "disconnect",
         "restart",
         "escalate",
+        "degraded",
+        "recovered",
     }
 )
 """Every event name :class:`EventBus` accepts."""

@@ -17,14 +17,13 @@ import apsw
 import pykka
 from opentelemetry import trace
 
-from atlas_actors.actors.base import Mailbox
+from atlas_actors.actors.base import Mailbox, Op
 from atlas_actors.actors.supervisor import KillMode, SupervisorActor, SupervisorStatus
-from atlas_actors.actors.writer import (
+from atlas_actors.actors.writer_ops import (
     UnitOfWorkOp,
     WriteAllOp,
     WriteManyOp,
     WriteOp,
-    WriterOp,
     WriterStats,
     in_writer_thread,
 )
@@ -116,16 +115,24 @@ class WriterHandle:
 
     def submit(
         self,
-        op_class: type[WriterOp],
+        op_class: type[Op],
         verb: str,
         sql: str | None,
         args: tuple[Any, ...],
         timeout: float | None,
         *,
         traced: bool,
+        check: bool = True,
     ) -> WriterFuture[Any]:
-        """Queue an op in the writer's mailbox (internal; the public methods call it)."""
-        self._storage.check_usable()
+        """Queue an op in the writer's mailbox (internal; the public methods call it).
+
+        ``check=False`` skips the writes-stopped check (a transaction giving its lease
+        back must always get through).
+        """
+        if check:
+            self._storage.check_writable()
+        else:
+            self._storage.check_usable()
         deadline = time.monotonic() + (self._default_timeout if timeout is None else timeout)
         future: WriterFuture[Any] = WriterFuture(deadline, verb, sql)
         tracing = self._tracing

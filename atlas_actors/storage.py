@@ -1,16 +1,15 @@
-"""The storage facade: starts the supervision tree and offers the sync and future API.
+"""The storage facade: the public API over the supervision tree.
 
 ``atlas_actors.open(path)`` returns a :class:`Storage`. Writes go to the writer actor
 (``db.write`` waits for the acknowledgement; ``db.writer.execute`` returns a future);
-reads go through the reader pool (``db.query``); ``db.supervisor``, ``db.pool`` and
-``db.events`` expose the runtime.
+reads go through the reader pool (``db.query``); transactions borrow the writer
+(``db.transaction()``); ``db.supervisor``, ``db.pool``, ``db.events``, ``db.errors`` and
+``db.metrics`` expose the runtime. Starting and wiring the actors is ``runtime.py``.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import itertools
 import logging
 import os
 import threading
@@ -21,35 +20,25 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 import apsw
-import pykka
 from opentelemetry import trace
 
-from atlas_actors.actors.base import Mailbox, RoleActor
-from atlas_actors.actors.pool import PoolStatus, ReaderPool
-from atlas_actors.actors.reader import ReaderActor, ReadOp
-from atlas_actors.actors.supervisor import ChildFailed, ChildStatus, SupervisorActor
-from atlas_actors.actors.writer import (
+from atlas_actors.actors.pool import PoolStatus
+from atlas_actors.actors.reader import ReadOp
+from atlas_actors.actors.supervisor import ChildStatus
+from atlas_actors.actors.writer_ops import (
     WriteAllOp,
     WriteManyOp,
     WriteOp,
-    WriterActor,
     WriterOp,
-    _Counters,
     in_writer_thread,
 )
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import ConnectionMetrics, Params, TrackedConnection, WriteResult
-from atlas_actors.errors import (
-    DeadlockError,
-    OperationTimeout,
-    StorageClosedError,
-    StorageUnavailable,
-)
-from atlas_actors.events import EventBus
+from atlas_actors.connection import ConnectionMetrics, Params, WriteResult
+from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
 from atlas_actors.future import Future
-from atlas_actors.handles import SupervisorHandle, WriterHandle
 from atlas_actors.rows import Row
-from atlas_actors.telemetry.tracing import Tracing
+from atlas_actors.runtime import Runtime
+from atlas_actors.transaction.transaction import Transaction, _Savepoint
 
 __all__ = ["HealthReport", "Storage", "open"]
 
@@ -73,7 +62,8 @@ class HealthReport:
     """``db.health()``: is the storage serving, and how are its parts."""
 
     status: str
-    """``ok``, ``degraded`` (restarting an actor) or ``failed``/``closed``."""
+    """``ok``; ``degraded`` (an actor restarting, the disk full, a corruption check);
+    ``failed`` or ``closed``."""
     writer: ChildStatus | None
     """The writer's supervision status."""
     pool: PoolStatus
@@ -81,10 +71,10 @@ class HealthReport:
     restarts: int
     """Actor restarts since the storage opened."""
     failure: str | None
-    """Why the storage failed, once it has."""
+    """Why the storage failed or degraded, if it did."""
 
 
-class Storage:
+class Storage(Runtime):
     """A SQLite database served by a writer actor and a pool of reader actors."""
 
     def __init__(
@@ -95,166 +85,13 @@ class Storage:
         tracer_provider: trace.TracerProvider | None = None,
         vfs: str | None = None,
     ) -> None:
-        self.path = os.fspath(path)
-        self.config = config
-        self.events = EventBus()
-        """Lifecycle events: ``db.events.on("restart", fn)``."""
-        self.tracing = Tracing(tracer_provider, self.path)
-        self.writer_counters = _Counters()
-        self.commit_hooks: list[Callable[[TrackedConnection], None]] = []
-        """Called in the writer after each COMMIT, before any write is acknowledged."""
-        self._vfs = vfs
-        self._name = os.path.basename(self.path) or self.path
-        self._state = "starting"
-        self._failure: StorageUnavailable | None = None
-        self._lock = threading.Lock()
-        self._writer_connection: TrackedConnection | None = None
-        self._writer_ready = threading.Event()
-        self.writer_threads: set[int] = set()
-        """Thread ids of writer incarnations (for the deadlock guard)."""
-        self._start_error: BaseException | None = None
-        self._reader_ids = itertools.count()
-        self.pool = ReaderPool(
-            config=config,
-            events=self.events,
-            grow=self._grow_reader,
-            retire=self._retire_reader,
-        )
-        """The reader pool: ``acquire()``, ``status()``, ``resize(n)``, ``submit(...)``."""
-        self._supervisor_ref = SupervisorActor.start(
-            config=config,
-            events=self.events,
-            on_escalate=self._on_escalate,
-            on_tick=self.pool.maintain,
-            db_name=self._name,
-        )
-        self._supervisor = self._supervisor_ref.proxy()
-        self.supervisor = SupervisorHandle(self._supervisor_ref, config.default_timeout)
-        """Supervision status and fault injection."""
-        self._writer_mailbox = Mailbox("writer", config.mailbox_size)
-        self.writer = WriterHandle(self, self._writer_mailbox)
-        """The writer: ``db.writer.execute(sql, params)`` → future."""
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        self._state = "running"
+        super().__init__(os.fspath(path), config, tracer_provider=tracer_provider, vfs=vfs)
         _open_storages.add(self)
-
-    # -- start and stop ----------------------------------------------------------------
-
-    def _start(self) -> None:
-        timeout = self.config.default_timeout
-        self._supervisor.add_child("writer", self._make_writer, self._writer_mailbox).get(
-            timeout=timeout
-        )
-        # Readers open after the writer has put the file in WAL mode.
-        if not self._writer_ready.wait(timeout):
-            raise OperationTimeout("starting the writer", timeout, applied=None)
-        if self._start_error is not None:
-            raise self._start_error
-        for _ in range(self.config.readers):
-            self._add_reader().get(timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while self.pool.status().total < self.config.readers:
-            if self._start_error is not None:
-                raise self._start_error
-            if time.monotonic() > deadline:
-                raise OperationTimeout("starting the readers", timeout, applied=None)
-            time.sleep(0.001)
-
-    def _make_writer(self, role: str, incarnation: int, mailbox: Mailbox) -> RoleActor:
-        return WriterActor(
-            path=self.path,
-            config=self.config,
-            events=self.events,
-            tracing=self.tracing,
-            counters=self.writer_counters,
-            commit_hooks=self.commit_hooks,
-            on_connected=self._writer_connected,
-            vfs=self._vfs,
-            role=role,
-            incarnation=incarnation,
-            mailbox=mailbox,
-            db_name=self._name,
-            on_failure_report=self._report_failure,
-        )
-
-    def _writer_connected(self, connection: TrackedConnection) -> None:
-        self.writer_threads.add(threading.get_ident())
-        self._writer_connection = connection
-        self._writer_ready.set()
-
-    def _make_reader(self, role: str, incarnation: int, mailbox: Mailbox) -> RoleActor:
-        reader = ReaderActor(
-            path=self.path,
-            config=self.config,
-            events=self.events,
-            tracing=self.tracing,
-            pool=self.pool,
-            vfs=self._vfs,
-            role=role,
-            incarnation=incarnation,
-            mailbox=mailbox,
-            db_name=self._name,
-            on_failure_report=self._report_failure,
-        )
-        return reader
-
-    def _add_reader(self) -> Any:
-        role = f"reader-{next(self._reader_ids)}"
-        mailbox = Mailbox(role, self.config.mailbox_size)
-        return self._supervisor.add_child(role, self._make_reader, mailbox)
-
-    def _grow_reader(self) -> None:
-        if self._state == "running":
-            self._add_reader()
-        else:
-            self.pool.expected_growth_failed()
-
-    def _retire_reader(self, role: str) -> None:
-        self.pool.reader_gone(role)
-        self._supervisor.remove_child(role)
-
-    def _report_failure(self, role: str, incarnation: int, error: BaseException | None) -> None:
-        if self._state == "starting" and incarnation == 1:
-            # A first start that fails (unopenable file, bad VFS) fails open() at once.
-            self._start_error = error or StorageUnavailable(f"{role} failed to start")
-            self._writer_ready.set()
-            return
-        try:
-            self._supervisor_ref.tell(ChildFailed(role, incarnation, error))
-        except Exception:
-            log.debug("supervisor gone; failure of %s not reported", role)
-
-    def _on_escalate(self, error: StorageUnavailable) -> None:
-        with self._lock:
-            self._failure = error
-            if self._state == "running":
-                self._state = "failed"
-        self.pool.close(error)
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued writes, stop every actor, close every connection. Idempotent."""
-        with self._lock:
-            if self._state in ("closing", "closed"):
-                return
-            self._state = "closing"
-        timeout = self.config.default_timeout if timeout is None else timeout
-        closed = StorageClosedError(self.path)
-        # New writes are refused; queued ones are handled before the writer's stop.
-        self._writer_mailbox.closed = self._failure or closed
-        try:
-            self.pool.close(self._failure or closed)
-            self._supervisor.stop_children(timeout).get(timeout=timeout + 1)
-        except Exception:
-            log.exception("stopping %s did not finish cleanly", self.path)
-        finally:
-            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
-                self._supervisor_ref.stop(block=True, timeout=timeout)
-            self._state = "closed"
-            _open_storages.discard(self)
+        super().close(timeout)
+        _open_storages.discard(self)
 
     def __enter__(self) -> Storage:
         return self
@@ -262,27 +99,7 @@ class Storage:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check_usable(self) -> None:
-        """Raise :class:`StorageUnavailable` unless the storage is serving."""
-        if self._state != "running":
-            raise self._unavailable()
-
-    def _unavailable(self) -> StorageUnavailable:
-        if self._failure is not None:
-            return self._failure
-        if self._state in ("closing", "closed"):
-            return StorageClosedError(self.path)
-        return StorageUnavailable(f"storage {self.path!r} is {self._state}")
-
-    # -- the synchronous API -----------------------------------------------------------
-
-    def _refuse_inside_writer(self, what: str) -> None:
-        if in_writer_thread():
-            raise DeadlockError(
-                ["writer thread", what, "writer thread"],
-                "code running inside the writer (run_in_writer) cannot wait for another "
-                "write: use the connection it was given instead",
-            )
+    # -- writes ------------------------------------------------------------------------
 
     def write(
         self, sql: str, params: Params = None, *, timeout: float | None = None
@@ -321,9 +138,13 @@ class Storage:
         See :meth:`WriterHandle.run` for what ``fn`` may do.
         """
         name = getattr(fn, "__qualname__", repr(fn))
-        self._refuse_inside_writer(f"run_in_writer {name}")
+        self._guard(f"run_in_writer {name}")
         with self.tracing.client_span("atlas.run_in_writer"):
-            return self.writer.run(fn, timeout=timeout).get()
+            try:
+                return self.writer.run(fn, timeout=timeout).get()
+            except AtlasError as error:
+                self.errors.handle(error, {"operation": "run_in_writer"})
+                raise
 
     def _write(
         self,
@@ -334,15 +155,52 @@ class Storage:
         timeout: float | None,
     ) -> Any:
         """Send a write op and wait for its acknowledgement (the sync API's one path)."""
-        if threading.get_ident() in self.writer_threads:
-            self._refuse_inside_writer(f"{verb} {sql!r}")
-        if self.tracing.enabled:
-            with self.tracing.client_span(f"atlas.{verb}", sql):
-                future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)
-                return Future.get(future)
-        future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)
-        # Future.get, not WriterFuture.get: the writer-thread check was made above.
-        return Future.get(future)
+        if threading.get_ident() in self.guarded_threads:
+            self._guard(f"{verb} {sql!r}")
+        try:
+            if self.tracing.enabled:
+                with self.tracing.client_span(f"atlas.{verb}", sql):
+                    future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)
+                    return Future.get(future)
+            future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)
+            # Future.get, not WriterFuture.get: the writer-thread check was made above.
+            return Future.get(future)
+        except AtlasError as error:
+            if not error.reported:
+                self.errors.handle(error, {"operation": verb})
+            raise
+
+    def _guard(self, what: str) -> None:
+        """Refuse a wait on the writer that could never end (DESIGN guarantee 6)."""
+        try:
+            self._check_self_wait(what)
+        except DeadlockError as error:
+            self.errors.handle(error, {"operation": what})
+            raise
+
+    def _check_self_wait(self, what: str) -> None:
+        me = threading.get_ident()
+        if in_writer_thread():
+            raise DeadlockError(
+                ["writer thread", what, "writer thread"],
+                "code running inside the writer (run_in_writer) cannot wait for another "
+                "write: use the connection it was given instead",
+            )
+        holder = self.lease_owners.get(me)
+        if holder is not None:
+            raise DeadlockError(
+                [
+                    f"thread {me}",
+                    f"holds the writer lease (transaction {holder})",
+                    what,
+                    "waits behind that lease",
+                    f"thread {me}",
+                ],
+                f"a plain write would wait behind transaction {holder}, which this thread "
+                "holds: run it through the transaction (tx.execute) or commit first",
+            )
+
+    # -- reads -------------------------------------------------------------------------
 
     def query(
         self,
@@ -361,10 +219,14 @@ class Storage:
             raise self._unavailable()
         if type(sql) is not str:
             sql, params = self._build(sql)  # type: ignore[arg-type]
-        if self.tracing.enabled:
-            with self.tracing.client_span("atlas.query", sql):
-                return self.pool.query(sql, params, timeout)
-        return self.pool.query(sql, params, timeout)
+        try:
+            if self.tracing.enabled:
+                with self.tracing.client_span("atlas.query", sql):
+                    return self.pool.query(sql, params, timeout)
+            return self.pool.query(sql, params, timeout)
+        except AtlasError as error:
+            self.errors.handle(error, {"operation": "query"})
+            raise
 
     def query_one(
         self, sql: str | Buildable, params: Params = None, *, timeout: float | None = None
@@ -388,6 +250,18 @@ class Storage:
         self.pool.submit(op)
         return future
 
+    # -- transactions ------------------------------------------------------------------
+
+    def transaction(
+        self, isolation: str = "serializable", *, timeout: float | None = None
+    ) -> Transaction | _Savepoint:
+        """``with db.transaction(isolation=...) as tx:``; nested in one thread: a savepoint.
+
+        Commits on leaving the block, rolls back on an exception. ``timeout`` bounds how
+        long it may hold the writer (``transaction_timeout`` by default).
+        """
+        return self.transactions.transaction(isolation, timeout=timeout)
+
     # -- introspection -----------------------------------------------------------------
 
     def health(self) -> HealthReport:
@@ -404,21 +278,53 @@ class Storage:
         status = self.supervisor.status()
         writer = next((c for c in status.children if c.role == "writer"), None)
         restarting = any(c.state == "restarting" for c in status.children)
+        blocked = self.write_block
+        degraded = restarting or blocked is not None or self.disk_full
+        reason = status.failure or (str(blocked) if blocked else None)
+        if self.disk_full and reason is None:
+            reason = "the disk is full: writes are refused until space returns"
         return HealthReport(
-            status="degraded" if restarting else "ok",
+            status="degraded" if degraded else "ok",
             writer=writer,
             pool=pool,
             restarts=status.restarts,
-            failure=status.failure,
+            failure=reason,
         )
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:
         """Counters of every open connection (writer and readers), by connection id."""
         metrics = self.pool.connection_metrics()
-        writer = self._writer_connection
+        writer = self.writer_connection
         if writer is not None:
             metrics[writer.id] = writer.metrics()
         return metrics
+
+    def stop_and_verify(self, error: CorruptionError) -> None:
+        """Corruption was reported: refuse writes, check the file, resume if it is sound."""
+        with self._lock:
+            if self.write_block is not None or self._state != "running":
+                return
+            self.write_block = CorruptionError(
+                f"writes are stopped while the database is verified after: {error}",
+                sql=error.sql,
+                result_code=error.result_code,
+                extended_result_code=error.extended_result_code,
+            )
+        self.events.emit("degraded", "storage", reason="corruption", error=str(error))
+        threading.Thread(target=self._verify, name=f"verify:{self.name}", daemon=True).start()
+
+    def _verify(self) -> None:
+        verdict = self.errors.verify(full=True)
+        if verdict.ok:
+            self.write_block = None
+            log.warning("integrity_check passed after a corruption report: writes resumed")
+            self.events.emit("recovered", "storage", reason="corruption")
+            return
+        self.write_block = CorruptionError(
+            f"the database is damaged (integrity_check: {list(verdict.problems[:3])}); "
+            "writes stay stopped: restore from a backup, or copy the data out"
+        )
+        log.error("integrity_check failed: %s", verdict.problems[:10])
 
     def __repr__(self) -> str:
         return f"<Storage {self.path!r} {self._state}>"
@@ -442,12 +348,8 @@ def open(
     """
     base = config if config is not None else StorageConfig.from_env()
     if options:
-        base = StorageConfig.from_env({}, **{**_fields(base), **options})
+        base = StorageConfig.from_env({}, **{**asdict(base), **options})
     return Storage(path, base, tracer_provider=tracer_provider, vfs=vfs)
-
-
-def _fields(config: StorageConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 @atexit.register

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import apsw
@@ -38,3 +39,69 @@ def test_waiting_on_a_writer_future_inside_the_writer_gets_deadlock_error(
 def test_reads_from_inside_the_writer_are_allowed(db: atlas.Storage) -> None:
     db.write("INSERT INTO tasks(title) VALUES ('a')")
     assert db.run_in_writer(lambda c: db.query("SELECT title FROM tasks")) == [("a",)]
+
+
+def test_a_plain_write_from_the_thread_holding_a_transaction_gets_deadlock_error(
+    db: atlas.Storage,
+) -> None:
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO tasks(title) VALUES ('in tx')")
+        started = time.monotonic()
+        with pytest.raises(DeadlockError, match="holds the writer lease"):
+            db.write("INSERT INTO tasks(title) VALUES ('plain')")
+        with pytest.raises(DeadlockError):
+            db.run_in_writer(lambda c: None)
+        assert time.monotonic() - started < 1.0
+    assert [r.title for r in db.query("SELECT title FROM tasks")] == ["in tx"]
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
+
+
+def test_a_second_transaction_waiting_for_the_lease_its_thread_holds_is_refused(
+    db: atlas.Storage,
+) -> None:
+    first = db.transactions.begin()
+    first.execute("INSERT INTO tasks(title) VALUES ('first')")
+    second = db.transactions.begin()
+    with pytest.raises(DeadlockError, match="its own thread holds"):
+        second.execute("INSERT INTO tasks(title) VALUES ('second')")
+    assert second.state == "active"  # refused before it waited: usable after first ends
+    first.commit()
+    second.execute("INSERT INTO tasks(title) VALUES ('second')")
+    second.commit()
+    assert len(db.query("SELECT * FROM tasks")) == 2
+
+
+def test_a_cycle_through_the_reader_pool_is_detected(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(readers=1, max_readers=1)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x)")
+    holder_has_lease, reader_pinned = threading.Event(), threading.Event()
+    other_waiting = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def pins_a_reader_then_wants_the_lease() -> None:
+        tx = db.transactions.begin("repeatable_read")
+        tx.query("SELECT count(*) FROM t")  # pins the only reader
+        reader_pinned.set()
+        holder_has_lease.wait(5)
+        other_waiting.set()
+        try:
+            tx.execute("INSERT INTO t VALUES (1)")  # waits for the lease
+            tx.commit()
+        except BaseException as error:
+            outcome.append(error)
+            tx.rollback()
+
+    other = threading.Thread(target=pins_a_reader_then_wants_the_lease)
+    holder = db.transactions.begin("serializable")
+    holder.execute("INSERT INTO t VALUES (0)")  # holds the lease
+    other.start()
+    assert reader_pinned.wait(5)
+    holder_has_lease.set()
+    assert other_waiting.wait(5)
+    time.sleep(0.05)  # let the other thread block on the lease
+    snapshot = db.transactions.begin("repeatable_read")
+    with pytest.raises(DeadlockError, match="pool:readers"):
+        snapshot.query("SELECT count(*) FROM t")  # would wait for the pinned reader
+    holder.commit()
+    other.join(10)
+    assert outcome and type(outcome[0]).__name__ == "TransactionConflict"  # x changed

@@ -444,6 +444,10 @@ class ReaderPool:
             self._readers.pop(connection.role, None)
         self._dispose(connection)
 
+    def exhausted(self) -> bool:
+        """True when no connection is idle and the pool cannot grow."""
+        return not self._idle and len(self._readers) + self._starting >= self.ceiling
+
     def _maybe_grow(self) -> None:
         """Start one more reader if callers wait and the ceiling allows (holding the lock)."""
         demand = self._waiting + len(self._pending)

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import apsw
+
 from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import (
-    ConnectionState,
-    Params,
-    TrackedConnection,
-    open_connection,
-)
+from atlas_actors.connection import ConnectionState, Params, TrackedConnection
 from atlas_actors.errors import OperationTimeout, wrap_sqlite_error
 from atlas_actors.events import EventBus
 from atlas_actors.future import Future
@@ -97,21 +95,19 @@ class ReaderActor(RoleActor):
     def __init__(
         self,
         *,
-        path: str,
         config: StorageConfig,
         events: EventBus,
         tracing: Tracing,
         pool: ReaderPool,
-        vfs: str | None = None,
+        connect: Callable[[], apsw.Connection],
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        self.path = path
         self.config = config
         self.events = events
         self.tracing = tracing
         self.pool = pool
-        self.vfs = vfs
+        self.connect = connect
         self.connection: TrackedConnection | None = None
         self.retiring = False
         """Set by the pool when the pool shrinks: the connection closes when it returns."""
@@ -119,14 +115,7 @@ class ReaderActor(RoleActor):
         self._unfinished: list[ReadOp] = []
 
     def _open(self) -> TrackedConnection:
-        raw = open_connection(
-            self.path,
-            writer=False,
-            busy_timeout=self.config.busy_timeout,
-            cache_size_kib=self.config.cache_size_kib,
-            max_value_bytes=self.config.max_value_bytes,
-            vfs=self.vfs,
-        )
+        raw = self.connect()
         connection = TrackedConnection(raw, self.role, owner=self)
         self.connection = connection
         self.events.emit("connect", self.role, connection.id, incarnation=self.incarnation)

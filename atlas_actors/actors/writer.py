@@ -7,8 +7,15 @@ only its own future; when the mailbox holds no more messages (or the batch reach
 commit hooks run (cache invalidation), and only then do the futures resolve. With
 ``synchronous=FULL`` one fsync thus acknowledges a whole batch.
 
-Messages it receives are defined here: :class:`WriteOp`, :class:`WriteManyOp`,
-:class:`WriteAllOp`, :class:`UnitOfWorkOp`, and :class:`Crash` (fault injection).
+Interactive transactions borrow the connection under a lease (``transaction/lease.py``):
+the writer opens a savepoint for them inside the batch and stashes everyone else's
+messages until the lease comes back, so transactions are group-committed too.
+
+When the disk is full the writer degrades to read-only: writes fail at once with
+``DiskFullError``, except one probe write per ``disk_full_probe_interval``; the first
+probe that commits ends the degradation by itself.
+
+The messages it receives are defined in ``writer_ops.py``.
 """
 
 from __future__ import annotations
@@ -18,211 +25,69 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from time import monotonic
 from typing import Any
 
 import apsw
+from pykka._envelope import Envelope
 
-from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor, _op_ids
+from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor
+from atlas_actors.actors.writer_ops import (
+    OP_TYPES,
+    LeaseExpired,
+    LeaseRequest,
+    LeaseReturn,
+    WriterCounters,
+    WriterOp,
+    WriterStats,
+    mark_writer_thread,
+)
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import Params, TrackedConnection, WriteResult, open_connection
+from atlas_actors.connection import TrackedConnection
 from atlas_actors.errors import (
     ActorCrashedError,
+    AtlasError,
     CorruptionError,
+    DiskFullError,
     DiskIOError,
     OperationTimeout,
+    TransactionAborted,
+    TransactionConflict,
+    TransactionTimeout,
     wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
-from atlas_actors.future import Future
 from atlas_actors.telemetry.tracing import Tracing
+from atlas_actors.transaction.lease import Lease
 
-__all__ = [
-    "UnitOfWorkOp",
-    "WriteAllOp",
-    "WriteManyOp",
-    "WriteOp",
-    "WriterActor",
-    "WriterOp",
-    "WriterStats",
-    "in_writer_thread",
-]
+__all__ = ["WriterActor", "WriterHooks"]
 
 log = logging.getLogger(__name__)
 
-_local = threading.local()
+CommitHook = Callable[[TrackedConnection], None]
 
 
-def in_writer_thread() -> bool:
-    """True in a writer actor's thread (code run by ``run_in_writer``)."""
-    return getattr(_local, "writer", False)
-
-
-class WriterOp(Op):
-    """A unit of work for the writer, run under its own savepoint."""
-
-    __slots__ = ("sql",)
-    span_name = "atlas.writer.write"
-
-    def __init__(
-        self, future: Future[Any], session: int, trace_context: Any, sql: str | None
-    ) -> None:
-        super().__init__(future, session, trace_context)
-        self.sql = sql
-        """The statement text, for spans and errors (None for a function)."""
-
-    def run(self, connection: TrackedConnection) -> Any:
-        """Do the work on the writer's connection and return the future's value."""
-        raise NotImplementedError
-
-
-class WriteOp(WriterOp):
-    """One statement (or a script of several) with its parameters → :class:`WriteResult`."""
-
-    __slots__ = ("params", "statement")
-
-    def __init__(
-        self, future: Future[Any], session: int, trace_context: Any, sql: str, params: Params
-    ) -> None:
-        # Op.__init__ inlined: this runs once per write.
-        self.id = next(_op_ids)
-        self.future = future
-        self.session = session
-        self.deadline = future.deadline
-        self.enqueued_at = monotonic()
-        self.trace_context = trace_context
-        self.claimed = False
-        self.sql = sql
-        self.statement = sql
-        self.params = params
-
-    def run(self, connection: TrackedConnection) -> WriteResult:
-        """Run the statement."""
-        return connection.write(self.statement, self.params)
-
-
-class WriteManyOp(WriterOp):
-    """One statement run once per parameter set → one :class:`WriteResult` (total rowcount)."""
-
-    __slots__ = ("seq_of_params", "statement")
-    span_name = "atlas.writer.write_many"
-
-    def __init__(
-        self,
-        future: Future[Any],
-        session: int,
-        trace_context: Any,
-        sql: str,
-        seq_of_params: Sequence[Params],
-    ) -> None:
-        super().__init__(future, session, trace_context, sql)
-        self.statement = sql
-        self.seq_of_params = seq_of_params
-
-    def run(self, connection: TrackedConnection) -> WriteResult:
-        """Run the statement for every parameter set."""
-        return connection.write_many(self.statement, self.seq_of_params)
-
-
-class WriteAllOp(WriterOp):
-    """Several statements, all or nothing → a list of :class:`WriteResult`."""
-
-    __slots__ = ("statements",)
-    span_name = "atlas.writer.write_all"
-
-    def __init__(
-        self,
-        future: Future[Any],
-        session: int,
-        trace_context: Any,
-        statements: Sequence[tuple[str, Params]],
-        text: str | None = None,
-    ) -> None:
-        # Op.__init__ inlined: this runs once per write.
-        self.id = next(_op_ids)
-        self.future = future
-        self.session = session
-        self.deadline = future.deadline
-        self.enqueued_at = monotonic()
-        self.trace_context = trace_context
-        self.claimed = False
-        self.sql = text if text is not None else "; ".join(sql for sql, _ in statements)
-        self.statements = statements
-
-    def run(self, connection: TrackedConnection) -> list[WriteResult]:
-        """Run each statement in order; the first failure undoes them all."""
-        return [connection.write(sql, params) for sql, params in self.statements]
-
-
-class UnitOfWorkOp(WriterOp):
-    """``fn(connection)`` run inside the writer → whatever ``fn`` returns.
-
-    Not replayed after a crash: ``fn`` may have had effects outside the database.
-    """
-
-    __slots__ = ("fn",)
-    span_name = "atlas.writer.run"
-    replayable = False
-
-    def __init__(
-        self,
-        future: Future[Any],
-        session: int,
-        trace_context: Any,
-        fn: Callable[[apsw.Connection], Any],
-    ) -> None:
-        super().__init__(future, session, trace_context, None)
-        self.fn = fn
-
-    def run(self, connection: TrackedConnection) -> Any:
-        """Call the function with the raw apsw connection."""
-        return self.fn(connection.connection)
-
-
-_OP_TYPES = frozenset({WriteOp, WriteManyOp, WriteAllOp, UnitOfWorkOp})
+def _ignore(*_: Any) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
-class WriterStats:
-    """Counters of the writer (all incarnations of this storage)."""
+class WriterHooks:
+    """How the writer tells the storage about things (each called in the writer thread)."""
 
-    writes: int
-    """Operations acknowledged (committed)."""
-    failed: int
-    """Operations that failed (their own error; nothing else affected)."""
-    batches: int
-    """Group commits done."""
-    mean_batch: float
-    """Mean operations per commit."""
-    max_batch: int
-    """Largest batch committed."""
-    queue_wait: float
-    """Mean seconds an operation waited in the mailbox."""
-
-
-class _Counters:
-    """Mutable counters shared by the writer's incarnations (written by one thread)."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self.failed = 0
-        self.batches = 0
-        self.max_batch = 0
-        self.queue_wait = 0.0
-        self.started = 0
-
-    def snapshot(self) -> WriterStats:
-        return WriterStats(
-            writes=self.writes,
-            failed=self.failed,
-            batches=self.batches,
-            mean_batch=self.writes / self.batches if self.batches else 0.0,
-            max_batch=self.max_batch,
-            queue_wait=self.queue_wait / self.started if self.started else 0.0,
-        )
-
-
-CommitHook = Callable[[TrackedConnection], None]
+    connected: Callable[[TrackedConnection], None] = _ignore
+    """A new connection is open (once per incarnation)."""
+    disconnected: Callable[[], None] = _ignore
+    """The incarnation's connection closed (its thread is about to end)."""
+    version: Callable[[tuple[int, int]], None] = _ignore
+    """The writer version (commits by this storage, SQLite data_version) changed."""
+    error: Callable[[BaseException, str | None], None] = _ignore
+    """An operation failed with this error (statement text or None): log and count it."""
+    corruption: Callable[[CorruptionError], None] = _ignore
+    """SQLite reported corruption: the storage stops writes and verifies the file."""
+    lease_granted: Callable[[Lease], None] = _ignore
+    """A transaction borrowed the connection."""
+    lease_ended: Callable[[Lease], None] = _ignore
+    """The lease came back, expired or was revoked."""
 
 
 class WriterActor(RoleActor):
@@ -231,51 +96,47 @@ class WriterActor(RoleActor):
     def __init__(
         self,
         *,
-        path: str,
         config: StorageConfig,
         events: EventBus,
         tracing: Tracing,
-        counters: _Counters,
+        counters: WriterCounters,
         commit_hooks: Sequence[CommitHook],
-        on_connected: Callable[[TrackedConnection], None] | None = None,
-        vfs: str | None = None,
+        hooks: WriterHooks,
+        connect: Callable[[], apsw.Connection],
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        self.path = path
         self.config = config
         self.events = events
         self.tracing = tracing
         self.counters = counters
         self.commit_hooks = commit_hooks
-        self.on_connected = on_connected
-        self.vfs = vfs
+        self.hooks = hooks
+        self.connect = connect
         self.connection: TrackedConnection | None = None
-        self._batch: list[tuple[WriterOp, Any]] = []
+        self._batch: list[tuple[Op, Any]] = []
         self._spans: list[Any] = []
         self._in_transaction = False
         self._batch_started = 0.0
+        self._data_version = 0
+        self._lease: Lease | None = None
+        self._lease_timer: threading.Timer | None = None
+        self._stash: list[Op] = []
+        self._disk_full: DiskFullError | None = None
+        self._next_probe = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def on_start(self) -> None:
         """Open and check the write connection (in the actor's thread)."""
-        _local.writer = True
-        raw = open_connection(
-            self.path,
-            writer=True,
-            synchronous=self.config.synchronous,
-            busy_timeout=self.config.busy_timeout,
-            cache_size_kib=self.config.cache_size_kib,
-            max_value_bytes=self.config.max_value_bytes,
-            vfs=self.vfs,
-        )
+        mark_writer_thread()
+        raw = self.connect()
         connection = TrackedConnection(raw, "writer", owner=self)
         if self.incarnation > 1 and self.config.verify_on_restart:
             self._verify(connection)
         self.connection = connection
-        if self.on_connected is not None:
-            self.on_connected(connection)
+        self._data_version = int(raw.pragma("data_version"))
+        self.hooks.connected(connection)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
     def _verify(self, connection: TrackedConnection) -> None:
@@ -290,7 +151,17 @@ class WriterActor(RoleActor):
             )
 
     def on_stop(self) -> None:
-        """Graceful stop: commit the open batch, acknowledge it, close the connection."""
+        """Graceful stop: end a lease, run what waited behind it, commit, close."""
+        if self._lease is not None:
+            self._revoke(
+                TransactionAborted("the storage is closing; the transaction was rolled back")
+            )
+        stash, self._stash = self._stash, []
+        for op in stash:
+            if isinstance(op, WriterOp):
+                self._run(op)
+            else:
+                op.fail(self.closed_error())
         if self._in_transaction:
             self._commit()
         self._close("stop")
@@ -298,47 +169,82 @@ class WriterActor(RoleActor):
     def on_crash(self, current: Op | None, error: BaseException | None) -> None:
         """Roll back the open batch; replay what had no effect, fail what may have."""
         super().on_crash(current, error)
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            self._cancel_lease_timer()
+            lease.revoke(
+                TransactionAborted(
+                    f"the writer crashed ({error!r}); the transaction was rolled back, "
+                    "nothing of it was committed: run it again"
+                ),
+                undo=None,
+            )
+            self.hooks.lease_ended(lease)
         batch, self._batch = self._batch, []
         self._spans = []
         self._in_transaction = False
-        replay: list[Op] = []
+        replay = [op for op, _ in batch if op.replayable]
         for op, _ in batch:
-            if op.replayable:
-                replay.append(op)
-            else:
-                op.fail(ActorCrashedError("writer", op.describe(), error))
+            if not op.replayable:
+                op.fail(self._crash_error(op, error))
+        replay.extend(self._stash)  # never handled: safe to hand to the next incarnation
+        self._stash = []
         self._close("crash")  # closing rolls the open transaction back
         if replay:
             self.mailbox.replay(replay)
+
+    @staticmethod
+    def _crash_error(op: Op, error: BaseException | None) -> AtlasError:
+        if isinstance(op, LeaseReturn):
+            return TransactionAborted(
+                f"the writer crashed ({error!r}) before transaction {op.tx_id} was "
+                "committed; it was rolled back: run it again"
+            )
+        return ActorCrashedError("writer", op.describe(), error)
 
     def _close(self, reason: str) -> None:
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.close()
+            self.hooks.disconnected()
             self.events.emit("disconnect", "writer", connection.id, reason=reason)
 
     # -- messages ----------------------------------------------------------------------
 
     def _handle_receive(self, message: Any) -> Any:
+        kind = type(message)
+        result = None
         # Write ops skip pykka's generic dispatch: this is the hot path.
-        if type(message) in _OP_TYPES:
-            self._run(message)
-            result = None
+        if kind in OP_TYPES:
+            if self._lease is None:
+                self._run(message)
+            else:
+                self._stash.append(message)
+        elif kind is LeaseRequest:
+            if self._lease is None:
+                self._grant(message)
+            else:
+                self._stash.append(message)
+        elif kind is LeaseReturn:
+            self._take_back(message)
+        elif kind is LeaseExpired:
+            self._expire(message.tx_id)
         else:
             result = super()._handle_receive(message)
-        if self._in_transaction and (
-            self.mailbox.empty()
-            or len(self._batch) >= self.config.max_batch_size
-            or time.monotonic() - self._batch_started >= self.config.max_batch_delay
+        if (
+            self._in_transaction
+            and self._lease is None
+            and (
+                self.mailbox.empty()
+                or len(self._batch) >= self.config.max_batch_size
+                or time.monotonic() - self._batch_started >= self.config.max_batch_delay
+            )
         ):
             self._commit()
         return result
 
     def on_receive(self, message: Any) -> Any:
-        """Run a write op, or obey a control message."""
-        if isinstance(message, WriterOp):
-            self._run(message)
-            return None
+        """Obey a control message."""
         if isinstance(message, Crash):
             raise InjectedCrash(message.reason)
         return super().on_receive(message)
@@ -347,38 +253,59 @@ class WriterActor(RoleActor):
         """The writer's counters (ask this through the actor's proxy)."""
         return self.counters.snapshot()
 
+    def lease_status(self) -> tuple[int | None, int, float]:
+        """(transaction holding the lease, messages waiting behind it, oldest wait)."""
+        lease = self._lease
+        now = time.monotonic()
+        oldest = max((now - op.enqueued_at for op in self._stash), default=0.0)
+        return (lease.tx_id if lease else None, len(self._stash), oldest)
+
     # -- group commit ------------------------------------------------------------------
+
+    def _begin(self, op: Op) -> bool:
+        """Open the batch's transaction; False (and ``op`` failed) if SQLite refused."""
+        connection = self.connection
+        assert connection is not None, "on_start opened the connection"
+        try:
+            connection.cursor.execute("BEGIN IMMEDIATE")
+            # Holding the write lock, data_version says if another process committed.
+            data_version = int(connection.connection.pragma("data_version"))
+        except apsw.Error as error:
+            self._fail(op, wrap_sqlite_error(error, "BEGIN IMMEDIATE"), "BEGIN IMMEDIATE")
+            if connection.connection.in_transaction:
+                connection.cursor.execute("ROLLBACK")
+            return False
+        self._in_transaction = True
+        self._batch_started = time.monotonic()
+        if data_version != self._data_version:
+            self._data_version = data_version
+            self.hooks.version((self.counters.commit_seq, data_version))
+        return True
 
     def _run(self, op: WriterOp) -> None:
         if not op.claim():
             return  # the caller timed out and withdrew it before it started
         now = time.monotonic()
         if now > op.deadline:
-            self.counters.failed += 1
-            op.fail(OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
+            self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
+            return
+        if self._disk_full is not None and now < self._next_probe:
+            self._fail(op, self._disk_full_error(now))
+            return
+        self.counters.started += 1
+        self.counters.queue_wait += now - op.enqueued_at
+        if not self._in_transaction and not self._begin(op):
             return
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
-        cursor = connection.cursor
-        self.counters.started += 1
-        self.counters.queue_wait += now - op.enqueued_at
-        if not self._in_transaction:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-            except apsw.Error as error:
-                self.counters.failed += 1
-                op.fail(wrap_sqlite_error(error, "BEGIN IMMEDIATE"))
-                return
-            self._in_transaction = True
-            self._batch_started = now
         self._current = op
         tracing = self.tracing
         if tracing.enabled:
             with tracing.consumer_span(op.span_name, op.trace_context, op.sql) as span:
-                self._savepoint(op, cursor, connection, span)
+                self._savepoint(op, connection.cursor, connection, span)
                 self._spans.append(span)
         else:
-            self._savepoint(op, cursor, connection, None)
+            self._savepoint(op, connection.cursor, connection, None)
         self._current = None
 
     def _savepoint(
@@ -395,7 +322,6 @@ class WriterActor(RoleActor):
 
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
-        self.counters.failed += 1
         # A function run in the writer keeps its own exception; SQLite's are typed.
         wrapped = error if op.sql is None else wrap_sqlite_error(error, op.sql)
         Tracing.record_error(span, wrapped)
@@ -407,15 +333,28 @@ class WriterActor(RoleActor):
             # _within_a_transaction): the earlier ops of the batch are gone, so they run
             # again in a fresh transaction before anything else.
             self._in_transaction = False
-            lost = [queued for queued, _ in self._batch]
-            self._batch = []
-            self._spans = []
-            replay = [queued for queued in lost if queued.replayable]
-            for queued in lost:
-                if not queued.replayable:
-                    queued.fail(ActorCrashedError("writer", queued.describe(), error))
-            self.mailbox.replay(replay)
-        op.fail(wrapped if wrapped is not error else error)
+            self._lost_batch(error)
+        self._fail(op, wrapped, op.sql)
+
+    def _lost_batch(self, error: BaseException) -> None:
+        batch, self._batch = self._batch, []
+        self._spans = []
+        replay = [queued for queued, _ in batch if queued.replayable]
+        for queued, _ in batch:
+            if not queued.replayable:
+                queued.fail(self._crash_error(queued, error))
+        self.mailbox.replay(replay)
+
+    def _fail(self, op: Op, error: BaseException, sql: str | None = None) -> None:
+        """Fail one op: count, report (log once), degrade on disk full or corruption."""
+        self.counters.failed += 1
+        if isinstance(error, DiskFullError) and self._disk_full is None:
+            self._enter_disk_full(error)
+        elif isinstance(error, CorruptionError):
+            self.hooks.corruption(error)
+        if isinstance(error, AtlasError) or sql is not None:
+            self.hooks.error(error, sql)
+        op.fail(error)
 
     def _commit(self) -> None:
         connection = self.connection
@@ -432,6 +371,11 @@ class WriterActor(RoleActor):
                 return
             self._run_commit_hooks(connection)
         counters = self.counters
+        if batch:
+            counters.commit_seq += 1
+            self.hooks.version((counters.commit_seq, self._data_version))
+            if self._disk_full is not None:
+                self._leave_disk_full()
         counters.batches += 1
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
@@ -441,7 +385,7 @@ class WriterActor(RoleActor):
     def _commit_failed(
         self,
         connection: TrackedConnection,
-        batch: Iterable[tuple[WriterOp, Any]],
+        batch: Iterable[tuple[Op, Any]],
         error: apsw.Error,
     ) -> None:
         """COMMIT failed: SQLite rolled back (or we do): every op of the batch fails."""
@@ -461,8 +405,7 @@ class WriterActor(RoleActor):
                 "retrying a non-idempotent write.",
             )
         for op, _ in batch:
-            self.counters.failed += 1
-            op.fail(wrapped)
+            self._fail(op, wrapped, "COMMIT")
 
     def _run_commit_hooks(self, connection: TrackedConnection) -> None:
         # Hooks (cache invalidation) run after COMMIT and before any future resolves, so
@@ -472,3 +415,138 @@ class WriterActor(RoleActor):
                 hook(connection)
             except Exception:
                 log.exception("commit hook %r failed", hook)
+
+    # -- disk full ---------------------------------------------------------------------
+
+    def _enter_disk_full(self, error: DiskFullError) -> None:
+        self._disk_full = error
+        self._next_probe = time.monotonic() + self.config.disk_full_probe_interval
+        log.error("disk full: writes refused until space returns (%s)", error)
+        self.events.emit("degraded", "writer", reason="disk_full", error=str(error))
+
+    def _leave_disk_full(self) -> None:
+        self._disk_full = None
+        log.warning("disk space is back: writes accepted again")
+        self.events.emit("recovered", "writer", reason="disk_full")
+
+    def _disk_full_error(self, now: float) -> DiskFullError:
+        self._next_probe = min(self._next_probe, now + self.config.disk_full_probe_interval)
+        return DiskFullError(
+            "the disk is full: writes are refused until space returns (one write is "
+            f"tried every {self.config.disk_full_probe_interval:g}s to find out); "
+            "reads go on. Free space, delete data or raise max_page_count.",
+            sql=None,
+            result_code=apsw.SQLITE_FULL,
+        )
+
+    # -- the lease ---------------------------------------------------------------------
+
+    def _grant(self, request: LeaseRequest) -> None:
+        if not request.claim():
+            return
+        now = time.monotonic()
+        if now > request.deadline:
+            self._fail(
+                request,
+                OperationTimeout(
+                    "waiting for the writer lease", now - request.enqueued_at, applied=False
+                ),
+            )
+            return
+        if request.expected_version is not None and self._batch:
+            self._commit()  # compare against committed state only
+        if not self._in_transaction and not self._begin(request):
+            return
+        connection = self.connection
+        assert connection is not None, "a batch is open only with a connection"
+        version = (self.counters.commit_seq, self._data_version)
+        if request.expected_version is not None and request.expected_version != version:
+            request.fail(
+                TransactionConflict(
+                    f"transaction {request.tx_id} read a snapshot that is no longer "
+                    "current (another transaction committed since): run it again from "
+                    "the start, or use db.transactions.run(fn, retries=...)"
+                )
+            )
+            return
+        savepoint = f"tx{request.tx_id}"
+        try:
+            connection.cursor.execute(f"SAVEPOINT {savepoint}")
+        except apsw.Error as error:
+            self._fail(request, wrap_sqlite_error(error, "SAVEPOINT"))
+            return
+        lease = Lease(request.tx_id, savepoint, connection, request.owner, request.lease_timeout)
+        self._lease = lease
+        self.hooks.lease_granted(lease)
+        timer = threading.Timer(request.lease_timeout, self._signal_expiry, args=(request.tx_id,))
+        timer.daemon = True
+        self._lease_timer = timer
+        timer.start()
+        request.future.set_result(lease)
+
+    def _signal_expiry(self, tx_id: int) -> None:
+        # In front of the mailbox: a stuck transaction blocks every write behind it.
+        self.mailbox.replay_control(Envelope(LeaseExpired(tx_id)))
+
+    def _cancel_lease_timer(self) -> None:
+        timer, self._lease_timer = self._lease_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _take_back(self, message: LeaseReturn) -> None:
+        lease = self._lease
+        if lease is None or lease.tx_id != message.tx_id:
+            message.fail(
+                TransactionAborted(
+                    f"transaction {message.tx_id} no longer holds the writer lease "
+                    "(it expired or the writer restarted); it was rolled back"
+                )
+            )
+            return
+        self._lease = None
+        self._cancel_lease_timer()
+        self.hooks.lease_ended(lease)
+        if message.lost:
+            # SQLite rolled back the batch under the transaction: replay the others.
+            self._in_transaction = False
+            self._lost_batch(TransactionAborted(f"transaction {message.tx_id} lost the batch"))
+            message.future.set_result(None)
+        elif message.commit:
+            self._batch.append((message, None))  # acknowledged with the batch's COMMIT
+        else:
+            message.future.set_result(None)
+        self._release_stash()
+
+    def _expire(self, tx_id: int) -> None:
+        lease = self._lease
+        if lease is None or lease.tx_id != tx_id:
+            return  # returned meanwhile
+        waited = time.monotonic() - lease.granted_at
+        self._revoke(
+            TransactionTimeout(
+                f"transaction {tx_id} held the writer lease for {waited:.1f}s, past its "
+                "timeout; it was rolled back. Keep transactions short, or raise "
+                "transaction_timeout"
+            )
+        )
+
+    def _revoke(self, error: AtlasError) -> None:
+        lease = self._lease
+        assert lease is not None, "only called with a lease"
+        savepoint = lease.savepoint
+
+        def undo(connection: TrackedConnection) -> None:
+            connection.cursor.execute(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
+
+        if not lease.revoke(error, undo):
+            return  # given back meanwhile: its LeaseReturn is on its way
+        self._lease = None
+        self._cancel_lease_timer()
+        self.hooks.lease_ended(lease)
+        self._release_stash()
+
+    def _release_stash(self) -> None:
+        """Hand what waited behind the lease back to the mailbox, in front, in order."""
+        if self._stash:
+            stash, self._stash = self._stash, []
+            self.mailbox.replay(stash)

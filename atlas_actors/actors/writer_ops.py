@@ -1,0 +1,279 @@
+"""The messages the writer actor receives, and its counters.
+
+Writes (:class:`WriteOp`, :class:`WriteManyOp`, :class:`WriteAllOp`,
+:class:`UnitOfWorkOp`) run in the group-committed batch; lease messages
+(:class:`LeaseRequest`, :class:`LeaseReturn`, :class:`LeaseExpired`) lend the write
+connection to an interactive transaction (see ``transaction/lease.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any
+
+import apsw
+
+from atlas_actors.actors.base import Op, _op_ids
+from atlas_actors.connection import Params, TrackedConnection, WriteResult
+from atlas_actors.future import Future
+
+__all__ = [
+    "OP_TYPES",
+    "LeaseExpired",
+    "LeaseRequest",
+    "LeaseReturn",
+    "UnitOfWorkOp",
+    "WriteAllOp",
+    "WriteManyOp",
+    "WriteOp",
+    "WriterCounters",
+    "WriterOp",
+    "WriterStats",
+    "in_writer_thread",
+    "mark_writer_thread",
+]
+
+_local = threading.local()
+
+
+def mark_writer_thread() -> None:
+    """Mark the calling thread as a writer's (for the deadlock guard)."""
+    _local.writer = True
+
+
+def in_writer_thread() -> bool:
+    """True in a writer actor's thread (code run by ``run_in_writer``)."""
+    return getattr(_local, "writer", False)
+
+
+class WriterOp(Op):
+    """A unit of work for the writer, run under its own savepoint."""
+
+    __slots__ = ("sql",)
+    span_name = "atlas.writer.write"
+
+    def __init__(
+        self, future: Future[Any], session: int, trace_context: Any, sql: str | None
+    ) -> None:
+        super().__init__(future, session, trace_context)
+        self.sql = sql
+        """The statement text, for spans and errors (None for a function)."""
+
+    def run(self, connection: TrackedConnection) -> Any:
+        """Do the work on the writer's connection and return the future's value."""
+        raise NotImplementedError
+
+
+class WriteOp(WriterOp):
+    """One statement (or a script of several) with its parameters → :class:`WriteResult`."""
+
+    __slots__ = ("params", "statement")
+
+    def __init__(
+        self, future: Future[Any], session: int, trace_context: Any, sql: str, params: Params
+    ) -> None:
+        # Op.__init__ inlined: this runs once per write.
+        self.id = next(_op_ids)
+        self.future = future
+        self.session = session
+        self.deadline = future.deadline
+        self.enqueued_at = monotonic()
+        self.trace_context = trace_context
+        self.claimed = False
+        self.sql = sql
+        self.statement = sql
+        self.params = params
+
+    def run(self, connection: TrackedConnection) -> WriteResult:
+        """Run the statement."""
+        return connection.write(self.statement, self.params)
+
+
+class WriteManyOp(WriterOp):
+    """One statement run once per parameter set → one :class:`WriteResult` (total rowcount)."""
+
+    __slots__ = ("seq_of_params", "statement")
+    span_name = "atlas.writer.write_many"
+
+    def __init__(
+        self,
+        future: Future[Any],
+        session: int,
+        trace_context: Any,
+        sql: str,
+        seq_of_params: Sequence[Params],
+    ) -> None:
+        super().__init__(future, session, trace_context, sql)
+        self.statement = sql
+        self.seq_of_params = seq_of_params
+
+    def run(self, connection: TrackedConnection) -> WriteResult:
+        """Run the statement for every parameter set."""
+        return connection.write_many(self.statement, self.seq_of_params)
+
+
+class WriteAllOp(WriterOp):
+    """Several statements, all or nothing → a list of :class:`WriteResult`."""
+
+    __slots__ = ("statements",)
+    span_name = "atlas.writer.write_all"
+
+    def __init__(
+        self,
+        future: Future[Any],
+        session: int,
+        trace_context: Any,
+        statements: Sequence[tuple[str, Params]],
+        text: str | None = None,
+    ) -> None:
+        # Op.__init__ inlined: this runs once per write.
+        self.id = next(_op_ids)
+        self.future = future
+        self.session = session
+        self.deadline = future.deadline
+        self.enqueued_at = monotonic()
+        self.trace_context = trace_context
+        self.claimed = False
+        self.sql = text if text is not None else "; ".join(sql for sql, _ in statements)
+        self.statements = statements
+
+    def run(self, connection: TrackedConnection) -> list[WriteResult]:
+        """Run each statement in order; the first failure undoes them all."""
+        return [connection.write(sql, params) for sql, params in self.statements]
+
+
+class UnitOfWorkOp(WriterOp):
+    """``fn(connection)`` run inside the writer → whatever ``fn`` returns.
+
+    Not replayed after a crash: ``fn`` may have had effects outside the database.
+    """
+
+    __slots__ = ("fn",)
+    span_name = "atlas.writer.run"
+    replayable = False
+
+    def __init__(
+        self,
+        future: Future[Any],
+        session: int,
+        trace_context: Any,
+        fn: Callable[[apsw.Connection], Any],
+    ) -> None:
+        super().__init__(future, session, trace_context, None)
+        self.fn = fn
+
+    def run(self, connection: TrackedConnection) -> Any:
+        """Call the function with the raw apsw connection."""
+        return self.fn(connection.connection)
+
+
+OP_TYPES = frozenset({WriteOp, WriteManyOp, WriteAllOp, UnitOfWorkOp})
+"""The write ops (the hot path dispatches on their exact type)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """Counters of the writer (all incarnations of this storage)."""
+
+    writes: int
+    """Operations acknowledged (committed)."""
+    failed: int
+    """Operations that failed (their own error; nothing else affected)."""
+    batches: int
+    """Group commits done."""
+    mean_batch: float
+    """Mean operations per commit."""
+    max_batch: int
+    """Largest batch committed."""
+    queue_wait: float
+    """Mean seconds an operation waited in the mailbox."""
+
+
+class WriterCounters:
+    """Mutable counters shared by the writer's incarnations (written by one thread)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.failed = 0
+        self.batches = 0
+        self.max_batch = 0
+        self.queue_wait = 0.0
+        self.started = 0
+        self.commit_seq = 0
+        """Commits that changed something, over every incarnation (the writer version)."""
+
+    def snapshot(self) -> WriterStats:
+        """The counters as a :class:`WriterStats`."""
+        return WriterStats(
+            writes=self.writes,
+            failed=self.failed,
+            batches=self.batches,
+            mean_batch=self.writes / self.batches if self.batches else 0.0,
+            max_batch=self.max_batch,
+            queue_wait=self.queue_wait / self.started if self.started else 0.0,
+        )
+
+
+CommitHook = Callable[[TrackedConnection], None]
+
+
+class LeaseRequest(Op):
+    """Lend the write connection to transaction ``tx_id`` → a ``Lease``.
+
+    ``expected_version`` (repeatable_read) is the writer version the transaction's
+    snapshot saw; if the database changed since, the request fails with
+    ``TransactionConflict`` instead.
+    """
+
+    __slots__ = ("expected_version", "lease_timeout", "owner", "tx_id")
+
+    def __init__(
+        self,
+        future: Future[Any],
+        session: int,
+        trace_context: Any,
+        tx_id: int,
+        lease_timeout: float,
+        expected_version: tuple[int, int] | None,
+    ) -> None:
+        super().__init__(future, session, trace_context)
+        self.tx_id = tx_id
+        self.owner = session
+        self.lease_timeout = lease_timeout
+        self.expected_version = expected_version
+
+
+class LeaseReturn(Op):
+    """Transaction ``tx_id`` gives the connection back.
+
+    Its savepoint was released (``commit``: the future resolves once the batch commits)
+    or rolled back.
+    """
+
+    __slots__ = ("commit", "lost", "tx_id")
+    replayable = False  # a crash rolls the transaction back: it must fail, not rerun
+
+    def __init__(
+        self,
+        future: Future[Any],
+        session: int,
+        trace_context: Any,
+        tx_id: int,
+        commit: bool,
+        lost: bool = False,
+    ) -> None:
+        super().__init__(future, session, trace_context)
+        self.tx_id = tx_id
+        self.commit = commit
+        self.lost = lost
+        """SQLite rolled the whole batch back under the transaction (SQLITE_FULL...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExpired:
+    """The lease of ``tx_id`` ran past its timeout (sent by a timer)."""
+
+    tx_id: int

@@ -1,0 +1,216 @@
+"""Error handling: log once, count, analyze, recover (the plan's ``ErrorHandler``).
+
+``db.errors.analyze(exc)`` classifies an error (``errors.analyze``); ``handle`` logs
+it once with its context as a structured ``logging`` extra and counts it; ``recover``
+brings a transaction that failed back to a clean state and applies the strategy of its
+error:
+
+* transient (busy, locked, timeout, conflict): roll back, then retry with exponential
+  backoff and jitter when given the work to retry;
+* actor failure: wait until the supervisor has the actor running again;
+* disk full: the writer serves reads only until space returns (it probes by itself);
+* corruption: stop writes, run ``PRAGMA integrity_check``, resume only if it passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import apsw
+
+from atlas_actors.errors import (
+    AtlasError,
+    CorruptionError,
+    ErrorDiagnostics,
+    StorageUnavailable,
+    analyze,
+    wrap_sqlite_error,
+)
+from atlas_actors.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from atlas_actors.storage import Storage
+    from atlas_actors.transaction.transaction import Transaction
+
+__all__ = ["ErrorHandler", "RecoveryResult", "VerifyResult"]
+
+log = logging.getLogger("atlas_actors.errors")
+
+T = TypeVar("T")
+
+_LEVELS = {"low": logging.INFO, "medium": logging.WARNING, "high": logging.ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryResult:
+    """What ``db.errors.recover(tx)`` did."""
+
+    strategy: str
+    """The strategy applied (``retry_with_backoff``, ``restart``, ``read_only``, ...)."""
+    recovered: bool
+    """True when the work is done or the storage serves again."""
+    detail: str
+    """What happened, in words."""
+    attempts: int = 0
+    """Retries made (``retry_with_backoff``)."""
+    result: Any = None
+    """What the retried work returned."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of an integrity check."""
+
+    ok: bool
+    """True when SQLite reported no problem."""
+    problems: tuple[str, ...]
+    """What ``integrity_check`` reported (empty when ok)."""
+
+
+class ErrorHandler:
+    """``db.errors``: analyze, handle (log once + count), recover."""
+
+    def __init__(self, storage: Storage, metrics: Metrics) -> None:
+        self._storage = storage
+        self._metrics = metrics
+        self._verifying = threading.Lock()
+
+    def analyze(self, error: BaseException) -> ErrorDiagnostics:
+        """Classify ``error`` (see :func:`atlas_actors.errors.analyze`)."""
+        return analyze(error)
+
+    def handle(
+        self, error: BaseException, context: dict[str, Any] | None = None
+    ) -> ErrorDiagnostics:
+        """Log and count ``error`` once; start the storage-level strategy if any."""
+        diagnostics = analyze(error)
+        if isinstance(error, AtlasError):
+            if error.reported:
+                return diagnostics
+            error.reported = True
+        self.log(error, {**diagnostics.context, **(context or {})}, diagnostics)
+        self._metrics.add("errors")
+        self._metrics.add(f"errors.{diagnostics.context['category']}")
+        if isinstance(error, CorruptionError):
+            self._storage.stop_and_verify(error)
+        return diagnostics
+
+    def log(
+        self,
+        error: BaseException,
+        context: dict[str, Any],
+        diagnostics: ErrorDiagnostics | None = None,
+    ) -> None:
+        """Log ``error`` with ``context`` as the structured extra ``atlas``."""
+        diagnostics = diagnostics or analyze(error)
+        log.log(
+            _LEVELS[diagnostics.severity],
+            "%s: %s",
+            diagnostics.type,
+            error,
+            extra={
+                "atlas": {"type": diagnostics.type, "severity": diagnostics.severity, **context}
+            },
+        )
+
+    def recover(
+        self,
+        transaction: Transaction,
+        retry: Callable[[Transaction], T] | None = None,
+        *,
+        attempts: int = 3,
+    ) -> RecoveryResult:
+        """Clean up after ``transaction`` failed, and apply its error's strategy.
+
+        The transaction is rolled back (its lease or reader released). With ``retry``,
+        a transient failure is retried in fresh transactions of the same isolation, with
+        exponential backoff and jitter, up to ``attempts`` times.
+        """
+        error = transaction._error
+        transaction.rollback()
+        if error is None:
+            return RecoveryResult("none", True, f"transaction {transaction.id} had no error")
+        diagnostics = analyze(error)
+        strategy = str(diagnostics.context["strategy"])
+        if error.transient or strategy in ("retry", "release_and_retry"):
+            return self._retry(transaction, retry, attempts, strategy)
+        if strategy == "restart":
+            return self._await_restart(strategy)
+        if strategy == "read_only":
+            return RecoveryResult(
+                strategy, False, "writes are refused until disk space returns; reads go on"
+            )
+        if strategy == "stop_and_verify":
+            verdict = self.verify()
+            return RecoveryResult(
+                strategy,
+                verdict.ok,
+                "integrity_check passed: writes resumed"
+                if verdict.ok
+                else f"integrity_check failed: {verdict.problems[:3]}; restore from a backup",
+            )
+        return RecoveryResult(strategy, False, str(diagnostics.context.get("advice", "")))
+
+    def _retry(
+        self,
+        transaction: Transaction,
+        retry: Callable[[Transaction], T] | None,
+        attempts: int,
+        strategy: str,
+    ) -> RecoveryResult:
+        if retry is None:
+            return RecoveryResult(strategy, False, "rolled back; run the transaction again")
+        last: AtlasError | None = None
+        for attempt in range(1, attempts + 1):
+            time.sleep(min(0.2, 0.002 * 2**attempt) * (1 + random.random()))
+            try:
+                result = self._storage.transactions.run(
+                    retry, isolation=transaction.isolation, retries=0
+                )
+            except AtlasError as error:
+                last = error
+                if not error.transient:
+                    break
+            else:
+                return RecoveryResult(strategy, True, "retried", attempt, result)
+        return RecoveryResult(strategy, False, f"retries failed: {last}", attempts)
+
+    def _await_restart(self, strategy: str) -> RecoveryResult:
+        deadline = time.monotonic() + self._storage.config.default_timeout
+        while time.monotonic() < deadline:
+            try:
+                status = self._storage.supervisor.status()
+            except StorageUnavailable as error:
+                return RecoveryResult(strategy, False, str(error))
+            if status.state != "running":
+                return RecoveryResult(strategy, False, f"the storage {status.state}")
+            if all(child.state == "running" for child in status.children):
+                return RecoveryResult(strategy, True, "every actor is running again")
+            time.sleep(0.01)
+        return RecoveryResult(strategy, False, "actors did not restart in time")
+
+    def verify(self, *, full: bool = True) -> VerifyResult:
+        """Run ``integrity_check`` (or ``quick_check``) on a fresh read-only connection."""
+        pragma = "integrity_check" if full else "quick_check"
+        storage = self._storage
+        try:
+            flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+            connection = (
+                apsw.Connection(storage.path, flags=flags, vfs=storage.vfs)
+                if storage.vfs
+                else apsw.Connection(storage.path, flags=flags)
+            )
+            try:
+                connection.set_busy_timeout(int(storage.config.busy_timeout * 1000))
+                rows = [str(row[0]) for row in connection.execute(f"PRAGMA {pragma}")]
+            finally:
+                connection.close()
+        except apsw.Error as error:
+            return VerifyResult(False, (str(wrap_sqlite_error(error, pragma)),))
+        return VerifyResult(rows == ["ok"], () if rows == ["ok"] else tuple(rows))

@@ -1,0 +1,373 @@
+"""The runtime under the storage facade: starting, wiring and stopping the actors.
+
+:class:`Runtime` owns the supervisor, the writer's mailbox, the reader pool, the
+transaction manager, metrics and error handling, and the state the deadlock guard and
+the transactions read (which threads hold the writer lease, the writer version). The
+public API is :class:`atlas_actors.storage.Storage`, its subclass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import apsw
+import pykka
+from opentelemetry import trace
+
+from atlas_actors.actors.base import Mailbox, RoleActor
+from atlas_actors.actors.pool import ReaderPool
+from atlas_actors.actors.reader import ReaderActor
+from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
+from atlas_actors.actors.writer import WriterActor, WriterHooks
+from atlas_actors.actors.writer_ops import WriterCounters
+from atlas_actors.config import StorageConfig
+from atlas_actors.connection import TrackedConnection, open_connection
+from atlas_actors.errors import (
+    AtlasError,
+    CorruptionError,
+    OperationTimeout,
+    StorageClosedError,
+    StorageUnavailable,
+)
+from atlas_actors.events import EventBus
+from atlas_actors.handles import SupervisorHandle, WriterHandle
+from atlas_actors.recovery import ErrorHandler
+from atlas_actors.telemetry.metrics import Metrics
+from atlas_actors.telemetry.tracing import Tracing
+from atlas_actors.transaction.lease import Lease
+from atlas_actors.transaction.transaction import LEASE, TransactionManager
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("atlas_actors.storage")
+
+
+class Runtime:
+    """Starts the supervision tree for one database file and keeps it wired."""
+
+    def __init__(
+        self,
+        path: str,
+        config: StorageConfig,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        vfs: str | None = None,
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.vfs = vfs
+        """The apsw VFS every connection opens with (None: SQLite's default)."""
+        self.name = os.path.basename(path) or path
+        self.events = EventBus()
+        """Lifecycle events: ``db.events.on("restart", fn)``."""
+        self.tracing = Tracing(tracer_provider, path)
+        self.metrics = Metrics()
+        """Counters and gauges: ``db.metrics.snapshot()``."""
+        self.errors = ErrorHandler(self, self.metrics)  # type: ignore[arg-type]
+        """Error analysis, logging and recovery: ``db.errors.analyze(exc)``."""
+        self.writer_counters = WriterCounters()
+        self.commit_hooks: list[Callable[[TrackedConnection], None]] = []
+        """Called in the writer after each COMMIT, before any write is acknowledged."""
+        self.writer_version: tuple[int, int] = (0, 0)
+        """(commits by this storage, SQLite data_version): changes with every commit."""
+        self.writer_threads: set[int] = set()
+        """Thread ids of writer incarnations (code there must not wait on the writer)."""
+        self.lease_owners: dict[int, int] = {}
+        """Thread id → transaction id, for threads holding the writer lease."""
+        self.guarded_threads: set[int] = set()
+        """writer_threads and lease owners: the only threads the deadlock guard checks."""
+        self.write_block: AtlasError | None = None
+        """Set while writes are stopped (a corruption check); writes raise it."""
+        self.disk_full = False
+        """True while the writer refuses writes because the disk is full."""
+        self.writer_connection: TrackedConnection | None = None
+        self._state = "starting"
+        self._failure: StorageUnavailable | None = None
+        self._lock = threading.Lock()
+        self._writer_ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._reader_ids = itertools.count()
+        self.pool = ReaderPool(
+            config=config,
+            events=self.events,
+            grow=self._grow_reader,
+            retire=self._retire_reader,
+        )
+        """The reader pool: ``acquire()``, ``status()``, ``resize(n)``."""
+        self.transactions = TransactionManager(self)  # type: ignore[arg-type]
+        """Transactions: ``begin()``, ``run(fn)``, ``status()``."""
+        self._supervisor_ref = SupervisorActor.start(
+            config=config,
+            events=self.events,
+            on_escalate=self._on_escalate,
+            on_tick=self.pool.maintain,
+            db_name=self.name,
+        )
+        self._supervisor = self._supervisor_ref.proxy()
+        self.supervisor = SupervisorHandle(self._supervisor_ref, config.default_timeout)
+        """Supervision status and fault injection."""
+        self._writer_mailbox = Mailbox("writer", config.mailbox_size)
+        self.writer = WriterHandle(self, self._writer_mailbox)  # type: ignore[arg-type]
+        """The writer: ``db.writer.execute(sql, params)`` → future."""
+        self._register_gauges()
+        self.events.on("degraded", self._degraded)
+        self.events.on("recovered", self._recovered)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        self._state = "running"
+
+    # -- start and stop ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        timeout = self.config.default_timeout
+        self._supervisor.add_child("writer", self._make_writer, self._writer_mailbox).get(
+            timeout=timeout
+        )
+        # Readers open after the writer has put the file in WAL mode.
+        if not self._writer_ready.wait(timeout):
+            raise OperationTimeout("starting the writer", timeout, applied=None)
+        if self._start_error is not None:
+            raise self._start_error
+        for _ in range(self.config.readers):
+            self._add_reader().get(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.pool.status().total < self.config.readers:
+            if self._start_error is not None:
+                raise self._start_error
+            if time.monotonic() > deadline:
+                raise OperationTimeout("starting the readers", timeout, applied=None)
+            time.sleep(0.001)
+
+    def _connect(self, *, writer: bool) -> apsw.Connection:
+        config = self.config
+        return open_connection(
+            self.path,
+            writer=writer,
+            synchronous=config.synchronous,
+            busy_timeout=config.busy_timeout,
+            busy_backoff=(config.busy_backoff_base, config.busy_backoff_cap),
+            on_busy=self._count_busy,
+            cache_size_kib=config.cache_size_kib,
+            max_value_bytes=config.max_value_bytes,
+            max_page_count=config.max_page_count if writer else 0,
+            vfs=self.vfs,
+        )
+
+    def _count_busy(self, delay: float) -> None:
+        self.metrics.add("busy_retries")
+        self.metrics.add("busy_wait_seconds", delay)
+
+    def _make_writer(self, role: str, incarnation: int, mailbox: Mailbox) -> RoleActor:
+        return WriterActor(
+            config=self.config,
+            events=self.events,
+            tracing=self.tracing,
+            counters=self.writer_counters,
+            commit_hooks=self.commit_hooks,
+            hooks=WriterHooks(
+                connected=self._writer_connected,
+                disconnected=self._writer_disconnected,
+                version=self._set_version,
+                error=self._writer_error,
+                corruption=self._corruption,
+                lease_granted=self._lease_granted,
+                lease_ended=self._lease_ended,
+            ),
+            connect=lambda: self._connect(writer=True),
+            role=role,
+            incarnation=incarnation,
+            mailbox=mailbox,
+            db_name=self.name,
+            on_failure_report=self._report_failure,
+        )
+
+    def _make_reader(self, role: str, incarnation: int, mailbox: Mailbox) -> RoleActor:
+        return ReaderActor(
+            config=self.config,
+            events=self.events,
+            tracing=self.tracing,
+            pool=self.pool,
+            connect=lambda: self._connect(writer=False),
+            role=role,
+            incarnation=incarnation,
+            mailbox=mailbox,
+            db_name=self.name,
+            on_failure_report=self._report_failure,
+        )
+
+    def _add_reader(self) -> pykka.Future[None]:
+        role = f"reader-{next(self._reader_ids)}"
+        mailbox = Mailbox(role, self.config.mailbox_size)
+        future: pykka.Future[None] = self._supervisor.add_child(role, self._make_reader, mailbox)
+        return future
+
+    def _grow_reader(self) -> None:
+        if self._state == "running":
+            self._add_reader()
+        else:
+            self.pool.expected_growth_failed()
+
+    def _retire_reader(self, role: str) -> None:
+        self.pool.reader_gone(role)
+        self._supervisor.remove_child(role)
+
+    def _report_failure(self, role: str, incarnation: int, error: BaseException | None) -> None:
+        if self._state == "starting" and incarnation == 1:
+            # A first start that fails (unopenable file, bad VFS) fails open() at once.
+            self._start_error = error or StorageUnavailable(f"{role} failed to start")
+            self._writer_ready.set()
+            return
+        try:
+            self._supervisor_ref.tell(ChildFailed(role, incarnation, error))
+        except pykka.ActorDeadError:
+            log.debug("supervisor gone; failure of %s not reported", role)
+
+    def _on_escalate(self, error: StorageUnavailable) -> None:
+        with self._lock:
+            self._failure = error
+            if self._state == "running":
+                self._state = "failed"
+        self.pool.close(error)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish queued writes, stop every actor, close every connection. Idempotent."""
+        with self._lock:
+            if self._state in ("closing", "closed"):
+                return
+            self._state = "closing"
+        timeout = self.config.default_timeout if timeout is None else timeout
+        closed = StorageClosedError(self.path)
+        # New writes are refused; queued ones are handled before the writer's stop.
+        self._writer_mailbox.closed = self._failure or closed
+        try:
+            self.pool.close(self._failure or closed)
+            self._supervisor.stop_children(timeout).get(timeout=timeout + 1)
+        except Exception:
+            log.exception("stopping %s did not finish cleanly", self.path)
+        finally:
+            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                self._supervisor_ref.stop(block=True, timeout=timeout)
+            self._state = "closed"
+
+    def check_usable(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the storage is serving."""
+        if self._state != "running":
+            raise self._unavailable()
+
+    def check_writable(self) -> None:
+        """Raise unless writes are accepted (serving, and not stopped for a check)."""
+        if self._state != "running":
+            raise self._unavailable()
+        block = self.write_block
+        if block is not None:
+            raise block
+
+    def _unavailable(self) -> StorageUnavailable:
+        if self._failure is not None:
+            return self._failure
+        if self._state in ("closing", "closed"):
+            return StorageClosedError(self.path)
+        return StorageUnavailable(f"storage {self.path!r} is {self._state}")
+
+    # -- writer hooks (run in the writer's thread) -------------------------------------
+
+    def _writer_connected(self, connection: TrackedConnection) -> None:
+        self.writer_threads.add(threading.get_ident())
+        self.guarded_threads.add(threading.get_ident())
+        self.writer_connection = connection
+        self._writer_ready.set()
+
+    def _writer_disconnected(self) -> None:
+        # Thread ids are reused once a thread ends: forget this one now.
+        me = threading.get_ident()
+        self.writer_threads.discard(me)
+        if me not in self.lease_owners:
+            self.guarded_threads.discard(me)
+
+    def _set_version(self, version: tuple[int, int]) -> None:
+        self.writer_version = version  # one tuple: readers see old or new, never half
+
+    def _writer_error(self, error: BaseException, sql: str | None) -> None:
+        self.errors.handle(error, {"operation": "write", "sql": sql})
+
+    def _corruption(self, error: CorruptionError) -> None:
+        self.stop_and_verify(error)
+
+    def stop_and_verify(self, error: CorruptionError) -> None:  # pragma: no cover (Storage)
+        """Refuse writes and verify the file (implemented by Storage)."""
+        raise NotImplementedError
+
+    def _lease_granted(self, lease: Lease) -> None:
+        self.lease_owners[lease.owner] = lease.tx_id
+        self.guarded_threads.add(lease.owner)
+        self.transactions.graph.hold(lease.owner, LEASE, f"transaction {lease.tx_id}")
+
+    def _lease_ended(self, lease: Lease) -> None:
+        self.lease_owners.pop(lease.owner, None)
+        if lease.owner not in self.writer_threads:
+            self.guarded_threads.discard(lease.owner)
+        self.transactions.graph.release(lease.owner, LEASE)
+
+    def writer_lease_status(self) -> tuple[int | None, int, float]:
+        """(transaction holding the lease, writes waiting behind it, oldest wait)."""
+        writer = self._writer_actor()
+        if writer is None:
+            return (None, 0, 0.0)
+        return writer.lease_status()
+
+    def _writer_actor(self) -> WriterActor | None:
+        for ref in pykka.ActorRegistry.get_by_class(WriterActor):
+            actor = ref._actor_weakref()
+            if isinstance(actor, WriterActor) and actor.mailbox is self._writer_mailbox:
+                return actor
+        return None
+
+    def _degraded(self, event: object) -> None:
+        if getattr(event, "role", None) == "writer":
+            self.disk_full = True
+
+    def _recovered(self, event: object) -> None:
+        if getattr(event, "role", None) == "writer":
+            self.disk_full = False
+
+    # -- metrics -----------------------------------------------------------------------
+
+    def _register_gauges(self) -> None:
+        def pool() -> dict[str, float]:
+            status = self.pool.status()
+            return {
+                "total": status.total,
+                "active": status.active,
+                "idle": status.idle,
+                "waiting_requests": status.waiting_requests,
+            }
+
+        def writer() -> dict[str, float]:
+            stats = self.writer_counters.snapshot()
+            return {
+                "writes": stats.writes,
+                "failed": stats.failed,
+                "batches": stats.batches,
+                "mean_batch": stats.mean_batch,
+                "queue_wait_seconds": stats.queue_wait,
+            }
+
+        def transactions() -> dict[str, float]:
+            manager = self.transactions
+            return {
+                "committed": manager.committed,
+                "rolled_back": manager.rolled_back,
+            }
+
+        self.metrics.gauge("pool", pool)
+        self.metrics.gauge("writer", writer)
+        self.metrics.gauge("transactions", transactions)

@@ -1,0 +1,50 @@
+"""Metrics: counters bumped by the runtime, gauges read on demand.
+
+``db.metrics.snapshot()`` returns every counter (busy retries, errors by category,
+transactions by outcome, restarts, ...) and every gauge (pool, writer, transactions) as
+one flat dict. Counters are bumped off the hot paths only: per-statement counts live on
+the connections (``ConnectionMetrics``) and the writer, and are read as gauges.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Thread-safe counters plus named gauges."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: defaultdict[str, float] = defaultdict(float)
+        self._gauges: dict[str, Callable[[], dict[str, float]]] = {}
+
+    def add(self, name: str, value: float = 1) -> None:
+        """Add ``value`` to counter ``name``."""
+        with self._lock:
+            self._counters[name] += value
+
+    def get(self, name: str) -> float:
+        """The current value of counter ``name`` (0 if never bumped)."""
+        with self._lock:
+            return self._counters[name]
+
+    def gauge(self, prefix: str, read: Callable[[], dict[str, float]]) -> None:
+        """Register ``read()``, whose values appear in snapshots as ``prefix.key``."""
+        self._gauges[prefix] = read
+
+    def snapshot(self) -> dict[str, float]:
+        """Every counter and gauge, by name."""
+        with self._lock:
+            values: dict[str, float] = dict(self._counters)
+        for prefix, read in list(self._gauges.items()):
+            try:
+                for key, value in read().items():
+                    values[f"{prefix}.{key}"] = value
+            except Exception:
+                values[f"{prefix}.unavailable"] = 1
+        return values

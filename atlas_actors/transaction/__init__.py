@@ -1,0 +1,1 @@
+"""Transactions: isolation levels, the writer lease, deadlock detection."""

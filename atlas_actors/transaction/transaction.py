@@ -1,0 +1,540 @@
+"""Interactive transactions (the plan's ``Transaction`` and ``TransactionManager``).
+
+``with db.transaction(isolation=...) as tx:`` commits on leaving the block and rolls
+back on an exception; inside it, another ``with db.transaction()`` in the same thread
+becomes a savepoint. ``db.transactions.begin()`` returns the same object for explicit
+``commit()``/``rollback()``; ``db.transactions.run(fn)`` runs ``fn(tx)`` and retries it
+when it hits a transient conflict. See ``isolation.py`` for what each level does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from atlas_actors.actors.writer_ops import LeaseRequest, LeaseReturn
+from atlas_actors.connection import Params, TrackedConnection, WriteResult
+from atlas_actors.errors import (
+    AtlasError,
+    OperationTimeout,
+    TransactionAborted,
+    TransactionError,
+    ValidationError,
+)
+from atlas_actors.rows import Row
+from atlas_actors.transaction.deadlock import WaitForGraph
+from atlas_actors.transaction.isolation import IsolationLevel, check_isolation
+from atlas_actors.transaction.lease import Lease
+
+if TYPE_CHECKING:
+    from atlas_actors.actors.pool import PooledConnection
+    from atlas_actors.storage import Storage
+
+__all__ = ["Transaction", "TransactionInfo", "TransactionManager", "TransactionsStatus"]
+
+T = TypeVar("T")
+
+_ids = itertools.count(1)
+_SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_SNAPSHOT_ATTEMPTS = 20
+LEASE = "the writer lease"
+
+
+class Transaction:
+    """One interactive transaction: statements, savepoints, commit, rollback."""
+
+    def __init__(
+        self,
+        manager: TransactionManager,
+        isolation: IsolationLevel,
+        timeout: float | None,
+    ) -> None:
+        self.id = next(_ids)
+        """Unique id (the writer names its savepoint ``tx<id>``)."""
+        self.isolation: IsolationLevel = isolation
+        self.start_time = time.time()
+        """Wall-clock start (``time.time()``)."""
+        self.operations = 0
+        """Statements run so far."""
+        self.state = "active"
+        """``active``, ``committed``, ``rolled_back`` or ``failed``."""
+        self.owner = threading.get_ident()
+        self._manager = manager
+        self._storage = manager.storage
+        self._timeout = self._storage.config.transaction_timeout if timeout is None else timeout
+        self._lease: Lease | None = None
+        self._reader: PooledConnection | None = None
+        self._snapshot: tuple[int, int] | None = None
+        self._savepoints: list[str] = []
+        self._error: AtlasError | None = None
+        self._nested = 0
+
+    # -- statements --------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Params = None) -> WriteResult:
+        """Run a writing statement in the transaction."""
+        lease = self._writer()
+        result = self._on_writer(lease, lambda c: c.write(sql, params))
+        self.operations += 1
+        return result
+
+    def query(self, sql: str, params: Params = None) -> list[Row]:
+        """Run a read in the transaction (what it sees depends on the isolation level)."""
+        self._check_active()
+        if self._lease is None and self.isolation != "serializable":
+            rows = self._read_before_writing(sql, params)
+        else:
+            rows = self._on_writer(self._writer(), lambda c: c.query(sql, params))
+        self.operations += 1
+        return rows
+
+    def create_savepoint(self, name: str) -> None:
+        """Mark a point to roll back to (takes the writer lease)."""
+        _check_savepoint_name(name)
+        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'SAVEPOINT "{name}"'))
+        self._savepoints.append(name)
+
+    savepoint = create_savepoint
+
+    def rollback_to(self, name: str) -> None:
+        """Undo everything since savepoint ``name`` (which stays open)."""
+        index = self._savepoint_index(name)
+        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'ROLLBACK TO "{name}"'))
+        del self._savepoints[index + 1 :]
+
+    def release(self, name: str) -> None:
+        """Forget savepoint ``name`` (and those after it), keeping their changes."""
+        index = self._savepoint_index(name)
+        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'RELEASE "{name}"'))
+        del self._savepoints[index:]
+
+    def _savepoint_index(self, name: str) -> int:
+        _check_savepoint_name(name)
+        try:
+            return len(self._savepoints) - 1 - self._savepoints[::-1].index(name)
+        except ValueError:
+            raise ValidationError(
+                f"no savepoint {name!r} in transaction {self.id}; open: {self._savepoints}"
+            ) from None
+
+    # -- ending ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Commit; returns once the changes are committed (and synced, with FULL)."""
+        self._check_active()
+        lease = self._lease
+        try:
+            if lease is not None:
+                savepoint = lease.savepoint
+                lease.give_back(lambda c: c.cursor.execute(f"RELEASE {savepoint}"))
+                self._give_back(commit=True)
+        except AtlasError as error:
+            self._fail(error)
+            raise
+        finally:
+            self._drop_reader()
+        self._finish("committed")
+
+    def rollback(self) -> None:
+        """Undo the whole transaction. Harmless once it has ended."""
+        if self.state != "active":
+            self._drop_reader()
+            return
+        lease = self._lease
+        try:
+            if lease is not None:
+                savepoint = lease.savepoint
+                try:
+                    lease.give_back(
+                        lambda c: c.cursor.execute(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
+                    )
+                except TransactionError:
+                    pass  # revoked already: the writer rolled it back
+                else:
+                    self._give_back(commit=False)
+        finally:
+            self._drop_reader()
+            self._finish("rolled_back")
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._manager.pop(self)
+        if exc_type is None:
+            if self.state == "active":
+                self.commit()
+            elif self._error is not None:
+                raise self._error
+        else:
+            self.rollback()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_active(self) -> None:
+        if self.state == "active":
+            return
+        if self._error is not None:
+            raise self._error
+        raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
+
+    def _on_writer(self, lease: Lease, fn: Callable[[TrackedConnection], T]) -> T:
+        try:
+            return lease.run(fn)
+        except TransactionError as error:  # revoked: timed out or the writer crashed
+            self._fail(error)
+            raise
+        except AtlasError as error:
+            self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+            if not lease.connection.connection.in_transaction:
+                # SQLite rolled the whole batch back (SQLITE_FULL, IOERR): so is this one.
+                self._fail(
+                    TransactionAborted(
+                        f"transaction {self.id} was rolled back by SQLite after an error"
+                    )
+                )
+                self._give_back(commit=False, lost=True)
+            raise
+
+    def _writer(self) -> Lease:
+        self._check_active()
+        if self._lease is None:
+            self._lease = self._manager.acquire_lease(self)
+            self._drop_reader()  # from now on the writer serves every statement
+        return self._lease
+
+    def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
+        try:
+            if self.isolation != "repeatable_read":
+                # read_committed / read_uncommitted: the latest committed state each time.
+                return self._storage.pool.query(sql, params)
+            if self._reader is not None:
+                return self._reader.query(sql, params)
+            return self._open_snapshot(sql, params)
+        except AtlasError as error:
+            self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+            raise
+
+    def _open_snapshot(self, sql: str, params: Params) -> list[Row]:
+        """Pin a reader and start a read transaction whose version is known exactly."""
+        reader = self._manager.pin_reader(self)
+        self._reader = reader
+        for _ in range(_SNAPSHOT_ATTEMPTS):
+            before = self._storage.writer_version
+            reader.query("BEGIN")
+            rows = reader.query(sql, params)  # the snapshot starts at the first read
+            if self._storage.writer_version == before:
+                self._snapshot = before
+                return rows
+            reader.query("ROLLBACK")  # a commit raced the snapshot's start: try again
+        self._snapshot = None  # could not pin a version: the first write will conflict
+        return rows
+
+    def _drop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(AtlasError):  # no read transaction was open
+                reader.query("ROLLBACK")
+            self._manager.unpin_reader(self, reader)
+
+    def _give_back(self, *, commit: bool, lost: bool = False) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        self._manager.return_lease(self, commit=commit, lost=lost)
+
+    def _fail(self, error: AtlasError) -> None:
+        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        if self.state == "active":
+            self._error = error
+            self._lease = None
+            self._drop_reader()
+            self._finish("failed")
+
+    def _finish(self, state: str) -> None:
+        if self.state == "active":
+            self.state = state
+        self._manager.ended(self)
+
+    def info(self) -> TransactionInfo:
+        """A snapshot of this transaction for ``db.transactions.status()``."""
+        return TransactionInfo(
+            id=self.id,
+            isolation=self.isolation,
+            start_time=self.start_time,
+            operations=self.operations,
+            holds_lease=self._lease is not None,
+            owner=self.owner,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self.id} {self.isolation} {self.state} ops={self.operations}>"
+
+
+class _Savepoint:
+    """A nested ``with db.transaction()``: a savepoint of the enclosing transaction."""
+
+    def __init__(self, outer: Transaction, depth: int) -> None:
+        self.outer = outer
+        self.name = f"nested_{outer.id}_{depth}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.outer, name)
+
+    def __enter__(self) -> Transaction:
+        self.outer.create_savepoint(self.name)
+        return self.outer
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.outer._nested -= 1
+        if self.outer.state != "active":
+            return
+        if exc_type is None:
+            self.outer.release(self.name)
+        else:
+            self.outer.rollback_to(self.name)
+            self.outer.release(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionInfo:
+    """One active transaction."""
+
+    id: int
+    """Transaction id."""
+    isolation: str
+    """Its isolation level."""
+    start_time: float
+    """When it began (``time.time()``)."""
+    operations: int
+    """Statements run so far."""
+    holds_lease: bool
+    """True while it holds the writer lease."""
+    owner: int
+    """Thread id of its owner."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionsStatus:
+    """``db.transactions.status()``."""
+
+    active: tuple[TransactionInfo, ...]
+    """Transactions begun and not ended."""
+    lease_holder: int | None
+    """Id of the transaction holding the writer lease, if any."""
+    queued: int
+    """Writes and lease requests waiting behind the lease."""
+    longest_wait: float
+    """Seconds the oldest of them has waited."""
+    committed: int
+    """Transactions committed since the storage opened."""
+    rolled_back: int
+    """Transactions rolled back (by their owner or by a timeout, conflict or crash)."""
+
+
+class TransactionManager:
+    """``db.transactions``: begin, run with retries, status; deadlock detection."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.graph = WaitForGraph()
+        """Who holds and waits for the writer lease and pinned readers."""
+        self._active: dict[int, Transaction] = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.committed = 0
+        self.rolled_back = 0
+
+    # -- public ------------------------------------------------------------------------
+
+    def begin(
+        self, isolation: str = "serializable", *, timeout: float | None = None
+    ) -> Transaction:
+        """Begin a transaction; end it with ``commit()`` or ``rollback()``."""
+        self.storage.check_usable()
+        tx = Transaction(self, check_isolation(isolation), timeout)
+        with self._lock:
+            self._active[tx.id] = tx
+        return tx
+
+    def transaction(
+        self, isolation: str = "serializable", *, timeout: float | None = None
+    ) -> Transaction | _Savepoint:
+        """A context manager: a new transaction, or a savepoint when one is open here."""
+        stack = self._stack()
+        if stack and stack[-1].state == "active":
+            outer = stack[-1]
+            outer._nested += 1
+            return _Savepoint(outer, outer._nested)
+        tx = self.begin(isolation, timeout=timeout)
+        stack.append(tx)
+        return tx
+
+    def run(
+        self,
+        fn: Callable[[Transaction], T],
+        *,
+        isolation: str = "serializable",
+        retries: int = 3,
+        timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction and commit; retry it on transient errors.
+
+        ``fn`` may run more than once (after a ``TransactionConflict``, a
+        ``TransactionTimeout`` or a busy database), so it must not have effects outside
+        the transaction. Backoff between attempts is exponential with jitter.
+        """
+        attempt = 0
+        while True:
+            tx = self.begin(isolation, timeout=timeout)
+            try:
+                result = fn(tx)
+                tx.commit()
+                return result
+            except AtlasError as error:
+                tx.rollback()
+                if not error.transient or attempt >= retries:
+                    raise
+                attempt += 1
+                self.storage.metrics.add("transaction_retries")
+                time.sleep(min(0.2, 0.002 * 2**attempt) * (1 + random.random()))
+            except BaseException:
+                tx.rollback()
+                raise
+
+    def status(self) -> TransactionsStatus:
+        """Active transactions, the lease holder and what queues behind it."""
+        holder, queued, oldest = self.storage.writer_lease_status()
+        with self._lock:
+            active = tuple(tx.info() for tx in self._active.values())
+        return TransactionsStatus(
+            active=active,
+            lease_holder=holder,
+            queued=queued,
+            longest_wait=oldest,
+            committed=self.committed,
+            rolled_back=self.rolled_back,
+        )
+
+    # -- used by Transaction -----------------------------------------------------------
+
+    def _stack(self) -> list[Transaction]:
+        stack: list[Transaction] | None = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def pop(self, tx: Transaction) -> None:
+        """Leave ``tx``'s ``with`` block."""
+        stack = self._stack()
+        if stack and stack[-1] is tx:
+            stack.pop()
+
+    def ended(self, tx: Transaction) -> None:
+        """Count an ended transaction and forget it."""
+        with self._lock:
+            if self._active.pop(tx.id, None) is None:
+                return
+            if tx.state == "committed":
+                self.committed += 1
+            else:
+                self.rolled_back += 1
+
+    def acquire_lease(self, tx: Transaction) -> Lease:
+        """Borrow the write connection for ``tx`` (waiting behind other transactions)."""
+        me = threading.get_ident()
+        self.graph.check(
+            me,
+            LEASE,
+            advice=f"transaction {tx.id} would wait for the writer lease its own thread "
+            "holds: commit or roll back the other transaction first",
+        )
+        expected = self._expected_version(tx)
+        storage = self.storage
+        deadline_timeout = storage.config.default_timeout
+        self.graph.waiting(me, LEASE)
+        try:
+            future = storage.writer.submit(
+                LeaseRequest,
+                f"transaction {tx.id}: lease",
+                None,
+                (tx.id, tx._timeout, expected),
+                deadline_timeout,
+                traced=False,
+            )
+            lease: Lease = future.get()
+        except AtlasError as error:
+            tx._fail(error)
+            raise
+        finally:
+            self.graph.done_waiting(me)
+        return lease
+
+    def _expected_version(self, tx: Transaction) -> tuple[int, int] | None:
+        if tx.isolation != "repeatable_read" or tx._reader is None:
+            return None
+        # A snapshot whose version could not be pinned conflicts on purpose.
+        return tx._snapshot if tx._snapshot is not None else (-1, -1)
+
+    def return_lease(self, tx: Transaction, *, commit: bool, lost: bool = False) -> None:
+        """Give the write connection back; on commit, wait for the group commit."""
+        future = self.storage.writer.submit(
+            LeaseReturn,
+            f"transaction {tx.id}: {'commit' if commit else 'rollback'}",
+            None,
+            (tx.id, commit, lost),
+            None,
+            traced=False,
+            check=False,
+        )
+        try:
+            future.get()
+        except OperationTimeout:
+            raise
+        except AtlasError as error:
+            tx._error = error
+            raise
+
+    def pin_reader(self, tx: Transaction) -> PooledConnection:
+        """Take a reader connection for ``tx``'s snapshot."""
+        me = threading.get_ident()
+        pool = self.storage.pool
+        self.graph.check(me, "pool:readers", all_units_taken=pool.exhausted)
+        self.graph.waiting(me, "pool:readers")
+        try:
+            reader = pool.acquire()
+        finally:
+            self.graph.done_waiting(me)
+        self.graph.hold(me, "pool:readers", f"transaction {tx.id}")
+        return reader
+
+    def unpin_reader(self, tx: Transaction, reader: PooledConnection) -> None:
+        """Give ``tx``'s reader back to the pool."""
+        reader.release()
+        self.graph.release(threading.get_ident(), "pool:readers")
+
+
+def _check_savepoint_name(name: str) -> None:
+    if not isinstance(name, str) or not _SAVEPOINT_NAME.match(name):
+        raise ValidationError(
+            f"savepoint name {name!r}: use letters, digits and underscores, "
+            "not starting with a digit"
+        )

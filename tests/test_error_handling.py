@@ -1,0 +1,183 @@
+"""Error classes driven for real: diagnostics, logging once, recovery strategies."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors import errors
+
+
+def _until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_disk_full_degrades_to_read_only_and_recovers_by_itself(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=60, disk_full_probe_interval=0.1
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    degraded, recovered = threading.Event(), threading.Event()
+    db.events.on("degraded", lambda e: degraded.set())
+    db.events.on("recovered", lambda e: recovered.set())
+    acknowledged = []
+    with pytest.raises(errors.DiskFullError) as caught:
+        for i in range(1000):
+            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+            acknowledged.append(i)
+    assert degraded.wait(2)
+    diagnostics = db.errors.analyze(caught.value)
+    assert (diagnostics.severity, diagnostics.context["strategy"]) == ("high", "read_only")
+    # Reads go on; further writes fail at once with a message that says what to do.
+    assert db.query("SELECT count(*) FROM blobs") == [(len(acknowledged),)]
+    started = time.monotonic()
+    with pytest.raises(errors.DiskFullError, match="writes are refused until space returns"):
+        db.write("INSERT INTO blobs VALUES (-1, x'00')")
+    assert time.monotonic() - started < 0.05
+    assert db.health().status == "degraded"
+    # Space comes back (rows deleted: their pages are reused); a probe finds out.
+    assert _until(lambda: _try(db, "DELETE FROM blobs WHERE id % 2 = 0"))
+    assert recovered.wait(2)
+    db.write("INSERT INTO blobs VALUES (5000, zeroblob(2000))")
+    assert db.health().status == "ok"
+    stored = {r.id for r in db.query("SELECT id FROM blobs")}
+    assert {i for i in acknowledged if i % 2} <= stored  # nothing acknowledged lost
+
+
+def _try(db: atlas.Storage, sql: str) -> bool:
+    try:
+        db.write(sql)
+    except errors.DiskFullError:
+        return False
+    return True
+
+
+def _corrupt_copy(source: Path, target: Path) -> None:
+    connection = apsw.Connection(str(source))
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    root = connection.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'notes'").fetchall()
+    page_size = connection.pragma("page_size")
+    connection.close()
+    shutil.copy(source, target)
+    data = bytearray(target.read_bytes())
+    page = root[0][0] + 3  # a leaf page of the table, past its root
+    start = (page - 1) * page_size
+    data[start : start + 64] = b"\xff" * 64  # smash the page header and cell pointers
+    target.write_bytes(bytes(data))
+
+
+def test_corruption_stops_writes_verifies_and_reports(tmp_path: Path) -> None:
+    original = tmp_path / "original.db"
+    with atlas.open(original) as db:
+        db.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
+        db.write_many("INSERT INTO notes(body) VALUES (?)", [["x" * 200] for _ in range(500)])
+    copy = tmp_path / "copy.db"
+    _corrupt_copy(original, copy)
+    with atlas.open(copy, verify_on_restart=False) as db:
+        events: list[str] = []
+        db.events.on("degraded", lambda e: events.append(e.detail["reason"]))
+        with pytest.raises(errors.CorruptionError) as caught:
+            db.query("SELECT count(*), sum(length(body)) FROM notes")
+        diagnostics = db.errors.analyze(caught.value)
+        assert diagnostics.severity == "high" and not diagnostics.recoverable
+        assert diagnostics.context["strategy"] == "stop_and_verify"
+        assert events == ["corruption"]
+        with pytest.raises(errors.CorruptionError, match=r"verified|damaged"):
+            db.write("INSERT INTO notes(body) VALUES ('more')")
+        assert _until(lambda: "damaged" in str(db.write_block))
+        health = db.health()
+        assert health.status == "degraded" and "integrity_check" in (health.failure or "")
+    with atlas.open(original) as db:  # the original is untouched
+        assert db.query("SELECT count(*) FROM notes") == [(500,)]
+
+
+def test_every_error_is_logged_once_with_structured_context(
+    db: atlas.Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="atlas_actors.errors")
+    db.write("INSERT INTO tasks(title) VALUES ('a')")
+    with pytest.raises(errors.ConstraintError):
+        db.write("INSERT INTO tasks(title) VALUES ('a')")
+    with pytest.raises(errors.SQLError):
+        db.query("SELECT nope FROM tasks")
+    records = [r for r in caplog.records if r.name == "atlas_actors.errors"]
+    assert [r.atlas["type"] for r in records] == ["ConstraintError", "SQLError"]  # type: ignore[attr-defined]
+    assert records[0].atlas["code_name"] == "SQLITE_CONSTRAINT_UNIQUE"  # type: ignore[attr-defined]
+    assert records[0].atlas["operation"] == "write"  # type: ignore[attr-defined]
+    snapshot = db.metrics.snapshot()
+    assert snapshot["errors"] == 2
+    assert snapshot["errors.constraint"] == 1 and snapshot["errors.validation"] == 1
+
+
+def test_recover_retries_a_transient_failure_with_backoff(db: atlas.Storage) -> None:
+    db.execute("CREATE TABLE c(n INTEGER)")
+    db.write("INSERT INTO c VALUES (0)")
+    tx = db.transactions.begin("repeatable_read")
+    tx.query("SELECT n FROM c")
+    db.write("UPDATE c SET n = 10")
+    with pytest.raises(errors.TransactionConflict):
+        tx.execute("UPDATE c SET n = n + 1")
+
+    def again(t: atlas.Transaction) -> int:
+        t.execute("UPDATE c SET n = n + 1")
+        return int(t.query("SELECT n FROM c")[0].n)
+
+    result = db.errors.recover(tx, again)
+    assert (result.strategy, result.recovered, result.result) == ("retry_with_backoff", True, 11)
+    assert tx.state == "failed"
+    assert db.query("SELECT n FROM c") == [(11,)]
+
+
+def test_a_writer_crash_aborts_the_open_transaction_and_recover_reports_it(
+    db: atlas.Storage,
+) -> None:
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO tasks(title) VALUES ('doomed')")
+    restarted = threading.Event()
+    db.events.on("restart", lambda e: restarted.set())
+    db.supervisor.kill("writer")
+    assert restarted.wait(5)
+    with pytest.raises(errors.TransactionAborted, match="nothing of it was committed"):
+        tx.execute("INSERT INTO tasks(title) VALUES ('x')")
+    result = db.errors.recover(tx)
+    assert result.strategy == "retry" and not result.recovered  # no work given to retry
+    assert "run the transaction again" in result.detail
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
+    assert [r.title for r in db.query("SELECT title FROM tasks")] == ["after"]
+
+
+def test_analyze_classifies_every_category() -> None:
+    cases = {
+        errors.ConstraintError("x"): ("low", True, "fix_input"),
+        errors.SQLError("x"): ("low", True, "fix_input"),
+        errors.BusyError("x"): ("medium", True, "retry_with_backoff"),
+        errors.OperationTimeout("op", 1.0, applied=False): ("medium", True, "retry_with_backoff"),
+        errors.DeadlockError(["a", "a"], "end it"): ("medium", True, "release_and_retry"),
+        errors.ActorCrashedError("writer", "op"): ("high", True, "restart"),
+        errors.StorageUnavailable("gone"): ("high", False, "reopen"),
+        errors.DiskFullError("x"): ("high", True, "read_only"),
+        errors.DiskIOError("x"): ("high", True, "retry_then_verify"),
+        errors.CorruptionError("x"): ("high", False, "stop_and_verify"),
+        errors.ReadOnlyError("x"): ("medium", False, "check_permissions"),
+    }
+    for error, (severity, recoverable, strategy) in cases.items():
+        diagnostics = errors.analyze(error)
+        assert (diagnostics.severity, diagnostics.recoverable, diagnostics.context["strategy"]) == (
+            severity,
+            recoverable,
+            strategy,
+        ), type(error).__name__
+    assert errors.analyze(apsw.BusyError("locked")).type == "BusyError"
+    assert errors.analyze(KeyError("x")).context["category"] == "unknown"

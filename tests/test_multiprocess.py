@@ -1,0 +1,129 @@
+"""Several processes on one database: busy handling with backoff, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import BusyError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, threading
+    from collections import Counter
+    import atlas_actors as atlas
+    path, proc, per_thread = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    errors, acked = Counter(), [0]
+    lock = threading.Lock()
+    with atlas.open(path, readers=2) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS log(proc, thread, seq, "
+                   "PRIMARY KEY (proc, thread, seq))")
+        def work(thread):
+            for seq in range(per_thread):
+                try:
+                    db.write("INSERT INTO log VALUES (?, ?, ?)", [proc, thread, seq])
+                except Exception as error:
+                    errors[f"{type(error).__name__}: {error}"] += 1
+                else:
+                    with lock:
+                        acked[0] += 1
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        metrics = db.metrics.snapshot()
+    print(json.dumps({"acked": acked[0], "errors": dict(errors),
+                      "busy_retries": metrics.get("busy_retries", 0)}))
+    """
+)
+
+
+def test_four_processes_times_eight_threads_all_land_without_database_is_locked(
+    db_path: Path,
+) -> None:
+    per_thread = 150
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with atlas.open(db_path) as db:  # create the file and the table first
+        db.execute("CREATE TABLE log(proc, thread, seq, PRIMARY KEY (proc, thread, seq))")
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(db_path), str(proc), str(per_thread)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for proc in range(4)
+    ]
+    reports = []
+    for child in children:
+        out, err = child.communicate(timeout=240)
+        assert child.returncode == 0, err
+        reports.append(json.loads(out))
+    assert all(not r["errors"] for r in reports), [r["errors"] for r in reports]
+    assert sum(r["acked"] for r in reports) == 4 * 8 * per_thread
+    assert sum(r["busy_retries"] for r in reports) > 0  # they did contend, and waited
+    with atlas.open(db_path) as db:
+        assert db.query("SELECT count(*) FROM log") == [(4 * 8 * per_thread,)]
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("INSERT INTO t VALUES (-1)")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    connection.execute("COMMIT")
+    """
+)
+
+
+def _hold_write_lock(db_path: Path, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db_path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_write_waits_out_another_process_holding_the_lock(
+    open_storage: object, db_path: Path
+) -> None:
+    db: atlas.Storage = open_storage(busy_timeout=5)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x)")
+    holder = _hold_write_lock(db_path, 0.3)
+    started = time.monotonic()
+    assert db.write("INSERT INTO t VALUES (1)").rowcount == 1
+    assert time.monotonic() - started >= 0.2  # it waited for the other process
+    holder.wait(10)
+    assert db.metrics.get("busy_retries") > 0
+    assert sorted(r.x for r in db.query("SELECT x FROM t")) == [-1, 1]
+
+
+def test_a_lock_held_past_the_busy_timeout_gives_a_typed_transient_error(
+    open_storage: object, db_path: Path
+) -> None:
+    db: atlas.Storage = open_storage(busy_timeout=0.2)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x)")
+    holder = _hold_write_lock(db_path, 1.0)
+    with pytest.raises(BusyError) as caught:
+        db.write("INSERT INTO t VALUES (1)")
+    diagnostics = db.errors.analyze(caught.value)
+    assert diagnostics.recoverable and diagnostics.context["strategy"] == "retry_with_backoff"
+    assert caught.value.code_name == "SQLITE_BUSY"
+    holder.wait(10)
+    assert db.write("INSERT INTO t VALUES (2)").rowcount == 1  # serving again
+    assert db.metrics.get("errors.transient") >= 1

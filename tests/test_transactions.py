@@ -1,0 +1,176 @@
+"""The transaction API: commit, rollback, savepoints, nesting, timeouts, status."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import (
+    ConstraintError,
+    TransactionConflict,
+    TransactionError,
+    TransactionTimeout,
+    ValidationError,
+)
+
+
+@pytest.fixture
+def counter(db: atlas.Storage) -> atlas.Storage:
+    db.execute("CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+    db.write("INSERT INTO counter VALUES (1, 0)")
+    return db
+
+
+def _n(db: atlas.Storage) -> int:
+    return int(db.query("SELECT n FROM counter WHERE id = 1")[0].n)
+
+
+def test_leaving_the_block_commits_and_an_exception_rolls_back(counter: atlas.Storage) -> None:
+    with counter.transaction() as tx:
+        tx.execute("UPDATE counter SET n = 1")
+        assert tx.query("SELECT n FROM counter")[0].n == 1  # sees its own write
+        assert _n(counter) == 0  # others do not, yet
+    assert _n(counter) == 1 and tx.state == "committed"
+    with pytest.raises(RuntimeError), counter.transaction() as tx:
+        tx.execute("UPDATE counter SET n = 2")
+        raise RuntimeError("abort")
+    assert _n(counter) == 1 and tx.state == "rolled_back"
+
+
+def test_explicit_begin_commit_and_rollback(counter: atlas.Storage) -> None:
+    tx = counter.transactions.begin("serializable")
+    assert tx.isolation == "serializable" and tx.start_time <= time.time()
+    tx.execute("UPDATE counter SET n = 5")
+    tx.execute("UPDATE counter SET n = n + 1")
+    assert tx.operations == 2
+    tx.commit()
+    assert _n(counter) == 6
+    with pytest.raises(TransactionError, match="is committed"):
+        tx.execute("UPDATE counter SET n = 0")
+    other = counter.transactions.begin()
+    other.execute("UPDATE counter SET n = 0")
+    other.rollback()
+    other.rollback()  # harmless twice
+    assert _n(counter) == 6
+
+
+def test_savepoints_roll_back_and_release(counter: atlas.Storage) -> None:
+    with counter.transaction() as tx:
+        tx.execute("UPDATE counter SET n = 1")
+        tx.create_savepoint("a")
+        tx.execute("UPDATE counter SET n = 2")
+        tx.savepoint("b")
+        tx.execute("UPDATE counter SET n = 3")
+        tx.rollback_to("a")
+        assert tx.query("SELECT n FROM counter")[0].n == 1
+        with pytest.raises(ValidationError, match="no savepoint 'b'"):
+            tx.rollback_to("b")  # rolling back to a discarded b
+        tx.execute("UPDATE counter SET n = 4")
+        tx.release("a")
+        with pytest.raises(ValidationError, match="savepoint name"):
+            tx.savepoint("bad name; DROP TABLE counter")
+    assert _n(counter) == 4
+
+
+def test_nested_blocks_in_one_thread_become_savepoints(counter: atlas.Storage) -> None:
+    with counter.transaction() as outer:
+        outer.execute("UPDATE counter SET n = 1")
+        with pytest.raises(KeyError), counter.transaction() as inner:
+            assert inner is outer
+            inner.execute("UPDATE counter SET n = 2")
+            raise KeyError("undo only the inner block")
+        assert outer.query("SELECT n FROM counter")[0].n == 1
+        with counter.transaction() as inner:
+            inner.execute("UPDATE counter SET n = n + 10")
+    assert _n(counter) == 11
+
+
+def test_a_failing_statement_fails_alone_and_the_transaction_goes_on(
+    counter: atlas.Storage,
+) -> None:
+    counter.execute("CREATE TABLE u(x UNIQUE)")
+    with counter.transaction() as tx:
+        tx.execute("INSERT INTO u VALUES (1)")
+        with pytest.raises(ConstraintError):
+            tx.execute("INSERT INTO u VALUES (1)")
+        tx.execute("INSERT INTO u VALUES (2)")
+    assert counter.query("SELECT x FROM u ORDER BY x") == [(1,), (2,)]
+
+
+def test_32_threads_times_100_serializable_increments_give_exactly_3200(
+    counter: atlas.Storage,
+) -> None:
+    def increments() -> None:
+        for _ in range(100):
+            with counter.transaction(isolation="serializable") as tx:
+                n = tx.query("SELECT n FROM counter WHERE id = 1")[0].n
+                tx.execute("UPDATE counter SET n = ? WHERE id = 1", [n + 1])
+
+    threads = [threading.Thread(target=increments) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert _n(counter) == 3200
+    status = counter.transactions.status()
+    assert status.committed >= 3200 and not status.active and status.lease_holder is None
+    assert counter.writer.stats().mean_batch > 1  # transactions were group-committed
+
+
+def test_a_lease_held_past_its_timeout_is_rolled_back_and_writes_resume(
+    counter: atlas.Storage,
+) -> None:
+    tx = counter.transactions.begin(timeout=0.1)
+    tx.execute("UPDATE counter SET n = 99")
+    waited = counter.writer.execute("UPDATE counter SET n = n + 1")  # queues behind the lease
+    assert waited.get(timeout=5).rowcount == 1  # the timeout freed the writer
+    with pytest.raises(TransactionTimeout, match="past its timeout"):
+        tx.execute("UPDATE counter SET n = 100")
+    with pytest.raises(TransactionTimeout):
+        tx.commit()
+    assert _n(counter) == 1
+
+
+def test_status_shows_the_lease_holder_and_what_waits_behind_it(counter: atlas.Storage) -> None:
+    tx = counter.transactions.begin()
+    tx.execute("UPDATE counter SET n = 1")
+    queued = counter.writer.execute("UPDATE counter SET n = n + 1")
+    deadline = time.monotonic() + 5
+    while counter.transactions.status().queued == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    status = counter.transactions.status()
+    assert status.lease_holder == tx.id and status.queued == 1 and status.longest_wait > 0
+    assert [info.id for info in status.active] == [tx.id] and status.active[0].holds_lease
+    tx.commit()
+    assert queued.get(5).rowcount == 1 and _n(counter) == 2
+
+
+def test_run_retries_a_conflicting_repeatable_read_transaction(counter: atlas.Storage) -> None:
+    attempts = []
+
+    def bump(tx: atlas.Transaction) -> int:
+        n = tx.query("SELECT n FROM counter")[0].n
+        if not attempts:
+            counter.write("UPDATE counter SET n = n + 10")  # a concurrent commit, once
+        attempts.append(n)
+        tx.execute("UPDATE counter SET n = ?", [n + 1])
+        return n + 1
+
+    assert counter.transactions.run(bump, isolation="repeatable_read") == 11
+    assert attempts == [0, 10] and _n(counter) == 11
+    with pytest.raises(TransactionConflict):
+
+        def always_conflicts(tx: atlas.Transaction) -> None:
+            tx.query("SELECT n FROM counter")
+            counter.write("UPDATE counter SET n = n + 1")
+            tx.execute("UPDATE counter SET n = 0")
+
+        counter.transactions.run(always_conflicts, isolation="repeatable_read", retries=2)
+
+
+def test_unknown_isolation_levels_are_rejected(counter: atlas.Storage) -> None:
+    with pytest.raises(ValidationError, match="isolation='snapshot'"):
+        counter.transaction(isolation="snapshot")
