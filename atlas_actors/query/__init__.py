@@ -1,0 +1,33 @@
+"""The query layer: a validating query builder and an optimizer for SQLite.
+
+Pure modules: nothing here starts a thread or owns a connection. See ``docs/query.md``.
+"""
+
+from atlas_actors.query.builder import Join, Query
+from atlas_actors.query.conditions import (
+    Aggregate,
+    AllOf,
+    AnyOf,
+    Column,
+    Condition,
+    JoinCondition,
+    any_of,
+)
+from atlas_actors.query.schema import ColumnInfo, IndexColumn, IndexInfo, Schema, TableInfo
+
+__all__ = [
+    "Aggregate",
+    "AllOf",
+    "AnyOf",
+    "Column",
+    "ColumnInfo",
+    "Condition",
+    "IndexColumn",
+    "IndexInfo",
+    "Join",
+    "JoinCondition",
+    "Query",
+    "Schema",
+    "TableInfo",
+    "any_of",
+]
