@@ -13,6 +13,8 @@ from atlas_actors.query.conditions import (
     JoinCondition,
     any_of,
 )
+from atlas_actors.query.optimizer import Optimizer
+from atlas_actors.query.plan import QueryPlan, QueryStep
 from atlas_actors.query.schema import ColumnInfo, IndexColumn, IndexInfo, Schema, TableInfo
 
 __all__ = [
@@ -26,7 +28,10 @@ __all__ = [
     "IndexInfo",
     "Join",
     "JoinCondition",
+    "Optimizer",
     "Query",
+    "QueryPlan",
+    "QueryStep",
     "Schema",
     "TableInfo",
     "any_of",

@@ -21,6 +21,7 @@ __all__ = [
     "check_reference",
     "closest",
     "quote",
+    "quote_catalog_name",
     "quote_reference",
 ]
 
@@ -66,3 +67,13 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     by_lower = {k.lower(): k for k in known}
     match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
     return by_lower[match[0]] if match else None
+
+
+def quote_catalog_name(name: str) -> str:
+    """Quote a name read from the database's own catalog (``sqlite_schema``, pragmas).
+
+    Such names were accepted by SQLite already and may hold any character, so they are
+    escaped (``"`` doubled, https://www.sqlite.org/lang_keywords.html) rather than checked
+    against the builder's grammar. Never use this for names that come from callers.
+    """
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,149 @@
+"""The optimizer facade: plan analysis, cost, index advice and rewrites for one database.
+
+It owns no connection of the user's database. The runtime hands it ``read(fn)``, which
+runs ``fn(conn)`` on a pooled read connection and returns the result, and optionally
+``write(sql)``, which runs DDL through the single writer (used by :meth:`apply` only).
+Its own scratch space (a private in-memory database mirroring the schema) is rebuilt when
+``PRAGMA schema_version`` changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import apsw
+
+from atlas_actors.errors import QueryValidationError, wrap_sqlite_error
+from atlas_actors.query._sqlinfo import null_bindings, sql_info
+from atlas_actors.query._tokens import significant, tokenize
+from atlas_actors.query.capture import Workbench
+from atlas_actors.query.cost import build_plan, estimate_cost
+from atlas_actors.query.plan import QueryPlan, parse_rows
+from atlas_actors.query.schema import Schema
+from atlas_actors.query.stats import Stats
+
+__all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "single_statement"]
+
+T = TypeVar("T")
+Params = Sequence[Any] | Mapping[str, Any]
+ReadFn = Callable[[Callable[[apsw.Connection], Any]], Any]
+"""``read(fn)`` runs ``fn(conn)`` on a read connection and returns its result."""
+WriteFn = Callable[[str], None]
+"""``write(sql)`` runs one DDL statement through the writer."""
+
+
+def single_statement(sql: str) -> str:
+    """Return ``sql`` if it holds exactly one statement, else raise QueryValidationError.
+
+    ``EXPLAIN QUERY PLAN a; b`` would explain ``a`` and then *run* ``b``, so a second
+    statement is refused before anything reaches SQLite.
+    """
+    tokens = significant(tokenize(sql))
+    while tokens and tokens[-1].text == ";":
+        tokens.pop()
+    if not tokens:
+        raise QueryValidationError("empty statement")
+    if any(t.kind == "op" and t.text == ";" for t in tokens):
+        raise QueryValidationError(
+            "expected one statement, got several; analyze them one at a time"
+        )
+    return sql
+
+
+def result_columns(conn: apsw.Connection, sql: str, bindings: Any) -> int:
+    """Return how many columns ``sql`` returns, preparing it without running it.
+
+    An exec tracer that returns False stops apsw right after the statement is prepared
+    (https://rogerbinns.github.io/apsw/execution.html#tracing).
+    """
+    seen: list[int] = []
+
+    def tracer(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+        seen.append(len(cursor.get_description()))
+        return False
+
+    cursor = conn.cursor()
+    cursor.exec_trace = tracer
+    with contextlib.suppress(apsw.ExecTraceAbort):
+        cursor.execute(sql, bindings)
+    return seen[0] if seen else 0
+
+
+class Optimizer:
+    """Plan analysis, cost estimation, index advice and rewrites (see ``docs/query.md``)."""
+
+    def __init__(
+        self,
+        read: ReadFn,
+        write: WriteFn | None = None,
+        workload: Any | None = None,
+    ) -> None:
+        self._read = read
+        self._write = write
+        self.workload = workload
+        """The :class:`WorkloadRecorder` :meth:`advise` reads, if any."""
+        self._lock = threading.Lock()
+        self._schema: Schema | None = None
+        self._bench: Workbench | None = None
+        self._probes: dict[tuple[str, str], tuple[float, str]] = {}
+
+    # -- shared plumbing ---------------------------------------------------------------
+
+    def _run(self, fn: Callable[[apsw.Connection], T], sql: str | None = None) -> T:
+        try:
+            result: T = self._read(fn)
+        except apsw.Error as exc:
+            raise wrap_sqlite_error(exc, sql) from exc
+        return result
+
+    def _schema_on(self, conn: apsw.Connection) -> Schema:
+        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        with self._lock:
+            if self._schema is None or self._schema.version != version:
+                self._schema = Schema.from_connection(conn)
+            return self._schema
+
+    def _workbench(self, schema: Schema) -> Workbench:
+        with self._lock:
+            if self._bench is None or self._bench.schema is not schema:
+                if self._bench is not None:
+                    self._bench.close()
+                self._bench = Workbench(schema)
+            return self._bench
+
+    def schema(self) -> Schema:
+        """Return the current schema snapshot (re-read when the schema version changed)."""
+        return self._run(self._schema_on)
+
+    # -- analysis ----------------------------------------------------------------------
+
+    def analyze(self, sql: str, params: Params | None = None) -> QueryPlan:
+        """Return the plan SQLite chooses for ``sql``, with row and cost estimates.
+
+        Parameters are optional: without them every parameter is NULL for planning, which
+        is what SQLite plans with anyway unless STAT4 is compiled in.
+        """
+        single_statement(sql)
+
+        def job(conn: apsw.Connection) -> QueryPlan:
+            schema = self._schema_on(conn)
+            bindings = params if params is not None else null_bindings(sql)
+            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, bindings).fetchall()
+            capture = self._workbench(schema).capture(sql, params)
+            stats = Stats.from_connection(
+                conn, schema, probes=self._probes, columns=capture.equality_columns()
+            )
+            columns = result_columns(conn, sql, bindings)
+            return build_plan(
+                sql, rows, parse_rows(rows), stats=stats, capture=capture,
+                info=sql_info(sql, params), schema=schema, columns=columns,
+            )  # fmt: skip
+
+        return self._run(job, sql)
+
+    def estimate_cost(self, plan: QueryPlan) -> float:
+        """Return the estimated work of ``plan`` (VM steps; lower is cheaper)."""
+        return estimate_cost(plan)
