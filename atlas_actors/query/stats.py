@@ -14,28 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import apsw
 
 from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.query.sampling import Stat1Row, probe_index_stat, sample_columns
 from atlas_actors.query.schema import IndexInfo, Schema, TableInfo
 
-__all__ = [
-    "Stat1Row",
-    "Stats",
-    "TableStats",
-    "probe_index_stat",
-    "read_stat1",
-    "sample_columns",
-    "sample_index_stat",
-]
+__all__ = ["Collected", "Stat1Row", "Stats", "TableStats", "collect", "read_stat1"]
 
-Stat1Row = tuple[str, str | None, str]
-"""One ``sqlite_stat1`` row: (table, index or None, stat text)."""
 
 _DEFAULT_ROWS_PER_KEY = (10.0, 9.0, 8.0, 7.0, 6.0)
 UNKNOWN_ROWS = 1000.0
@@ -106,43 +96,14 @@ class Stats:
         probes: dict[tuple[str, str], tuple[float, str]] | None = None,
         columns: Mapping[str, Iterable[str]] | None = None,
     ) -> Stats:
-        """Read stat1; for tables it does not cover, ``count(*)`` and index probes.
-
-        An index without stat1 figures is probed: its distinct leading values are counted
-        by seeking from one to the next (:func:`probe_index_stat`). ``probes`` caches those
-        results by (table, index) until the table's size changes by more than 10%.
-        ``columns`` names, per table, columns worth sampling (:func:`sample_columns`):
-        the optimizer passes the columns a query compares with ``=``.
-        """
-        stat1 = read_stat1(conn)
-        column_rows: dict[str, dict[str, float]] = {}
-        covered = {t.lower() for t, _i, _s in stat1}
-        sizes: dict[str, float] = {}
-        extra: list[Stat1Row] = []
-        for key, table in schema.tables.items():
-            if table.kind != "table" or key in covered or key.startswith("sqlite_"):
-                continue
-            sql = f"SELECT count(*) FROM {quote_catalog_name(table.name)}"
-            rows = float(conn.execute(sql).fetchall()[0][0])  # type: ignore[arg-type]
-            sizes[key] = rows
-            for index in table.indexes:
-                cache_key = (key, index.name.lower())
-                cached = probes.get(cache_key) if probes is not None else None
-                if cached is not None and abs(cached[0] - rows) <= 0.1 * max(rows, 1.0):
-                    stat = cached[1]
-                else:
-                    stat = probe_index_stat(conn, table, index, rows)
-                    if probes is not None:
-                        probes[cache_key] = (rows, stat)
-                if stat:
-                    extra.append((table.name, index.name, stat))
-        for key, wanted in (columns or {}).items():
-            found = schema.tables.get(key)
-            if found is not None and found.kind == "table" and found.has_rowid:
-                rows = sizes.get(key) or _stat1_rows(stat1, key)
-                column_rows[key] = sample_columns(conn, found, sorted(wanted), rows)
+        """Read the estimates of ``schema``'s tables (see :func:`collect`)."""
+        found = collect(conn, schema, probes=probes, columns=columns)
         return cls.build(
-            schema, [*stat1, *extra], sizes, analyzed=bool(stat1), column_rows=column_rows
+            schema,
+            found.stat1,
+            found.sizes,
+            analyzed=found.analyzed,
+            column_rows=found.column_rows,
         )
 
     def table(self, name: str) -> TableStats:
@@ -226,82 +187,64 @@ def read_stat1(conn: apsw.Connection, database: str = "main") -> list[Stat1Row]:
     return [(str(t), None if i is None else str(i), str(s)) for t, i, s in rows]
 
 
-def sample_index_stat(
+@dataclass(frozen=True)
+class Collected:
+    """Statistics read from a live database, ready to load into another one."""
+
+    stat1: tuple[Stat1Row, ...]
+    """``sqlite_stat1`` rows, real ones first, then measured stand-ins for the rest."""
+    sizes: Mapping[str, float]
+    """Lower-case table → ``count(*)``, for tables stat1 does not cover."""
+    column_rows: Mapping[str, Mapping[str, float]]
+    """Lower-case table → column → sampled rows per distinct value."""
+    analyzed: bool
+    """True when the database had real ``sqlite_stat1`` rows."""
+
+
+def collect(
     conn: apsw.Connection,
-    table: TableInfo,
-    columns: Sequence[tuple[str, str]],
-    rows: float,
+    schema: Schema,
     *,
-    sample: int = 50_000,
-) -> str:
-    """Return a stat1 text for an index on ``columns`` ((name, collation) pairs).
+    probes: dict[tuple[str, str], tuple[float, str]] | None = None,
+    columns: Mapping[str, Iterable[str]] | None = None,
+) -> Collected:
+    """Read stat1; for tables it does not cover, ``count(*)`` and index probes.
 
-    Counts distinct key prefixes in a sample of about ``sample`` rows. When the sample is
-    not the whole table, the number of distinct values is scaled with the GEE estimator
-    (Charikar et al., "Towards estimation error guarantees for distinct values", 2000):
-    values seen once stand for ``sqrt(N/n)`` values each, values seen more often for one.
+    A table stat1 does not cover gets a table row (``tbl, NULL, "N"``) and, for each of
+    its indexes, the figures of :func:`~atlas_actors.query.sampling.probe_index_stat`;
+    ``probes`` caches those by (table, index) until the table's size changes by more
+    than 10%. ``columns`` names, per table, columns worth sampling (the optimizer passes
+    the columns a query compares with ``=``).
     """
-    n_total = max(int(rows), 1)
-    if table.has_rowid and n_total > sample:
-        step = max(n_total // sample, 1)
-        source = f"(SELECT * FROM {quote_catalog_name(table.name)} WHERE rowid % {step} = 0)"
-    else:
-        source = f"(SELECT * FROM {quote_catalog_name(table.name)} LIMIT {sample})"
-    per_key = []
-    for k in range(1, len(columns) + 1):
-        keys = ", ".join(
-            f"{quote_catalog_name(c)} COLLATE {quote_catalog_name(coll)}" for c, coll in columns[:k]
-        )
-        counts = conn.execute(
-            f"SELECT count(*), total(c = 1), total(c) FROM "
-            f"(SELECT count(*) AS c FROM {source} GROUP BY {keys})"
-        ).fetchall()[0]
-        distinct, singles, seen = (float(v or 0) for v in counts)
-        if seen >= n_total or seen == 0:
-            estimate = max(distinct, 1.0)
-        else:  # the GEE estimator, as in gee_distinct()
-            estimate = math.sqrt(n_total / seen) * singles + (distinct - singles)
-        per_key.append(max(1, round(n_total / max(estimate, 1.0))))
-    return " ".join(str(v) for v in [n_total, *per_key])
-
-
-def probe_index_stat(
-    conn: apsw.Connection, table: TableInfo, index: IndexInfo, rows: float, *, cap: int = 400
-) -> str:
-    """Return a stat1 text for ``index`` from its distinct leading values, or ``""``.
-
-    ``SELECT min(c) FROM t WHERE c > ?`` is one index seek (the min/max optimization,
-    https://www.sqlite.org/optoverview.html#minmax), so stepping from each value to the
-    next counts up to ``cap`` distinct values cheaply. Past the cap, numbers are
-    extrapolated over the column's range; other values get the geometric mean of the
-    bounds. Columns after the first are assumed to divide by 10 each, as SQLite guesses.
-    """
-    first = index.columns[0] if index.columns else None
-    column = table.column(first.name) if first is not None and first.name else None
-    if index.partial or column is None or first is None or column.collation != first.collation:
-        return ""  # the seek would not use this index: do not pay for a scan
-    c, t = quote_catalog_name(column.name), quote_catalog_name(table.name)
-    value = conn.execute(f"SELECT min({c}) FROM {t}").fetchall()[0][0]
-    start, distinct = value, 0
-    step = f"SELECT min({c}) FROM {t} WHERE {c} > ?"
-    while value is not None and distinct < cap:
-        distinct += 1
-        value = conn.execute(step, (value,)).fetchall()[0][0]
-    n = max(rows, 1.0)
-    if value is None or distinct == 0:
-        estimate = float(max(distinct, 1))
-    elif isinstance(value, int | float) and isinstance(start, int | float) and value != start:
-        top = conn.execute(f"SELECT max({c}) FROM {t}").fetchall()[0][0]
-        span = float(top) - float(start) if isinstance(top, int | float) else 0.0
-        estimate = min(n, distinct * max(span / (float(value) - float(start)), 1.0))
-    else:
-        estimate = math.sqrt(n * distinct)
-    per_key = [max(1.0, n / max(estimate, 1.0))]
-    for _ in index.columns[1:]:
-        per_key.append(max(1.0, per_key[-1] / 10))
-    if index.unique:
-        per_key[-1] = 1.0
-    return " ".join(str(round(v)) for v in [n, *per_key])
+    stat1 = read_stat1(conn)
+    covered = {t.lower() for t, _i, _s in stat1}
+    sizes: dict[str, float] = {}
+    extra: list[Stat1Row] = []
+    for key, table in schema.tables.items():
+        if table.kind != "table" or key in covered or key.startswith("sqlite_"):
+            continue
+        sql = f"SELECT count(*) FROM {quote_catalog_name(table.name)}"
+        rows = float(conn.execute(sql).fetchall()[0][0])  # type: ignore[arg-type]
+        sizes[key] = rows
+        extra.append((table.name, None, str(round(rows))))
+        for index in table.indexes:
+            cache_key = (key, index.name.lower())
+            cached = probes.get(cache_key) if probes is not None else None
+            if cached is not None and abs(cached[0] - rows) <= 0.1 * max(rows, 1.0):
+                stat = cached[1]
+            else:
+                stat = probe_index_stat(conn, table, index, rows)
+                if probes is not None:
+                    probes[cache_key] = (rows, stat)
+            if stat:
+                extra.append((table.name, index.name, stat))
+    column_rows: dict[str, dict[str, float]] = {}
+    for key, wanted in (columns or {}).items():
+        found = schema.tables.get(key)
+        if found is not None and found.kind == "table":
+            rows = sizes.get(key) or _stat1_rows(stat1, key)
+            column_rows[key] = sample_columns(conn, found, sorted(wanted), rows)
+    return Collected(tuple([*stat1, *extra]), sizes, column_rows, bool(stat1))
 
 
 def _stat1_rows(stat1: Iterable[Stat1Row], table: str) -> float:
@@ -310,52 +253,3 @@ def _stat1_rows(stat1: Iterable[Stat1Row], table: str) -> float:
         if tbl.lower() == table and numbers:
             return numbers[0]
     return UNKNOWN_ROWS
-
-
-def gee_distinct(counts: Iterable[int], sample: int, total: float) -> float:
-    """Estimate the distinct values of a column from value counts in a random sample.
-
-    The GEE estimator (Charikar et al., "Towards estimation error guarantees for distinct
-    values", PODS 2000): a value seen once stands for ``sqrt(N/n)`` values, a value seen
-    more often for itself.
-    """
-    counts = list(counts)
-    singles = sum(1 for c in counts if c == 1)
-    if sample >= total or sample == 0:
-        return float(max(len(counts), 1))
-    return max(math.sqrt(total / sample) * singles + (len(counts) - singles), 1.0)
-
-
-def sample_columns(
-    conn: apsw.Connection, table: TableInfo, columns: Sequence[str], rows: float, *, n: int = 256
-) -> dict[str, float]:
-    """Return rows per distinct value for ``columns``, from ``n`` rows picked at random.
-
-    Rows are fetched by random rowid (``rowid IN (SELECT value FROM json_each(?))``: one
-    seek each, whatever the table's size; json_each is built into SQLite since 3.38,
-    https://www.sqlite.org/json1.html#jeach). The seed is fixed so estimates repeat.
-    """
-    cols = [c for c in columns if table.column(c) is not None]
-    if not cols or rows < 1:
-        return {}
-    t = quote_catalog_name(table.name)
-    top = conn.execute(f"SELECT max(rowid) FROM {t}").fetchall()[0][0]
-    if not isinstance(top, int) or top < 1:
-        return {}
-    rng = random.Random(top)
-    ids = rng.sample(range(1, top + 1), min(n, top))
-    select = ", ".join(quote_catalog_name(c) for c in cols)
-    picked = conn.execute(
-        f"SELECT {select} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?))",
-        ("[" + ",".join(map(str, ids)) + "]",),
-    ).fetchall()
-    out = {}
-    for i, col in enumerate(cols):
-        values: dict[object, int] = {}
-        for row in picked:
-            if row[i] is not None:
-                values[row[i]] = values.get(row[i], 0) + 1
-        if values:
-            distinct = gee_distinct(values.values(), len(picked), rows)
-            out[col.lower()] = max(1.0, rows / distinct)
-    return out

@@ -8,8 +8,9 @@ import apsw
 import pytest
 
 from atlas_actors.query import Optimizer
+from atlas_actors.query.sampling import gee_distinct, probe_index_stat, sample_columns
 from atlas_actors.query.schema import Schema
-from atlas_actors.query.stats import Stats, gee_distinct, probe_index_stat, sample_columns
+from atlas_actors.query.stats import Stats
 
 from .workload_fixtures import QUERIES, populate, spearman, vm_steps
 
