@@ -60,6 +60,9 @@ class Constraint:
     """False when its value comes from a table not yet available in this join order."""
     collation: str
     """The collating sequence the comparison uses, upper case."""
+    in_list: bool = False
+    """An ``IN (...)`` term. SQLite also offers these as unusable, to price the plan
+    without them, so unusability only marks a join term when this is False."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,13 @@ class Capture:
                 key = c.column.lower()
                 if c.op == "range":
                     ranges[key] = ranges.get(key, 0) + 1
-                old = out.get(key, Term(frozenset(), False, 0))
+                old = out.get(key, Term(frozenset(), False, 0, False))
+                join = not c.usable and not c.in_list
                 out[key] = Term(
-                    old.ops | {c.op}, old.join or not c.usable, max(old.bounds, ranges.get(key, 0))
+                    old.ops | {c.op},
+                    old.join or join,
+                    max(old.bounds, ranges.get(key, 0)),
+                    old.in_list or c.in_list,
                 )
         return out
 
@@ -118,6 +125,8 @@ class Term:
     """True when some constraint on the column depends on another table."""
     bounds: int
     """Range bounds in one request: 1 for ``x > ?``, 2 for ``x > ? AND x < ?``."""
+    in_list: bool = False
+    """An ``IN (...)`` term: as a filter, each row probes a temporary index."""
 
 
 class _Table:
@@ -137,7 +146,14 @@ class _Table:
             usable = bool(index_info.get_aConstraint_usable(i))
             name = "rowid" if col < 0 else columns[col].name
             constraints.append(
-                Constraint(name, op, usable, index_info.get_aConstraint_collation(i).upper())
+                Constraint(
+                    name,
+                    op,
+                    usable,
+                    index_info.get_aConstraint_collation(i).upper(),
+                    # sqlite3_vtab_in(): https://www.sqlite.org/c3ref/vtab_in.html
+                    bool(index_info.get_aConstraintUsage_in(i)),
+                )
             )
             if usable and op in _INDEXABLE:
                 # Claiming the constraint makes the planner ask again without the join

@@ -266,7 +266,9 @@ def _loop(node: PlanNode, a: Access, ctx: _Ctx, position: int) -> _Loop:
         out = min(out, 1.0)
     if a.left_join:
         out = max(out, 1.0)
-    cost = seeks * SEEK + visited * (ROW + lookup + TERM * len(filters))
+    # An IN (...) filter probes a temporary index for each row: a seek on top.
+    probes = sum(1 for _c, t in filters if t.in_list)
+    cost = seeks * SEEK + visited * (ROW + lookup + TERM * len(filters) + SEEK * probes)
     if ctx.info.count_only:
         cost = SEEK + visited / 100  # OP_Count reads b-tree pages, not rows
     return _Loop(table or None, visited, out, cost)

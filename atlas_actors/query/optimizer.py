@@ -16,14 +16,22 @@ from typing import Any, TypeVar
 
 import apsw
 
-from atlas_actors.errors import QueryValidationError, wrap_sqlite_error
+from atlas_actors.errors import ConfigError, QueryValidationError, wrap_sqlite_error
+from atlas_actors.query._names import quote_catalog_name
 from atlas_actors.query._sqlinfo import null_bindings, sql_info
 from atlas_actors.query._tokens import significant, tokenize
 from atlas_actors.query.capture import Workbench
 from atlas_actors.query.cost import build_plan, estimate_cost
+from atlas_actors.query.indexes import (
+    IndexSuggestion,
+    Inputs,
+    candidate_stats,
+    candidates,
+    evaluate,
+)
 from atlas_actors.query.plan import QueryPlan, parse_rows
 from atlas_actors.query.schema import Schema
-from atlas_actors.query.stats import Stats
+from atlas_actors.query.stats import Stats, collect
 
 __all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "single_statement"]
 
@@ -147,3 +155,53 @@ class Optimizer:
     def estimate_cost(self, plan: QueryPlan) -> float:
         """Return the estimated work of ``plan`` (VM steps; lower is cheaper)."""
         return estimate_cost(plan)
+
+    # -- index advice ------------------------------------------------------------------
+
+    def suggest_indexes(self, sql: str, params: Params | None = None) -> list[IndexSuggestion]:
+        """Return indexes that would make ``sql`` cheaper, best first (see ``indexes.py``).
+
+        Reads the live database (schema, statistics, a random sample of the candidate
+        columns); creates nothing there. Pass a suggestion to :meth:`apply` to create it.
+        """
+        single_statement(sql)
+
+        def job(conn: apsw.Connection) -> tuple[Inputs, list[Any], list[str]]:
+            schema = self._schema_on(conn)
+            bindings = params if params is not None else null_bindings(sql)
+            capture = self._workbench(schema).capture(sql, params)
+            found = collect(conn, schema, probes=self._probes, columns=capture.equality_columns())
+            known = [*found.stat1, *found.measured]
+            live = Stats.build(schema, known, found.sizes, column_rows=found.column_rows)
+            cands = candidates(capture, schema, live.eq_rows)
+            stats = candidate_stats(conn, schema, cands, lambda t: live.table(t).rows)
+            inputs = Inputs(
+                sql, bindings, schema, found, capture, sql_info(sql, params),
+                result_columns(conn, sql, bindings),
+            )  # fmt: skip
+            return inputs, cands, stats
+
+        inputs, cands, stats = self._run(job, sql)
+        if not cands:
+            return []
+        try:
+            return evaluate(inputs, cands, stats)
+        except apsw.Error as exc:
+            raise wrap_sqlite_error(exc, sql) from exc
+
+    def apply(self, suggestion: IndexSuggestion, *, analyze: bool | None = None) -> None:
+        """Create the suggested index through the writer. Never called automatically.
+
+        ``analyze``: run ``ANALYZE`` on the new index so the planner has its figures.
+        The default (None) does so only when the database already has statistics, so a
+        database that was never analyzed is not left with statistics for one index only.
+        """
+        if self._write is None:
+            raise ConfigError(
+                "this Optimizer has no writer: construct it with write=... to apply indexes"
+            )
+        self._write(suggestion.create_sql)
+        if analyze is None:
+            analyze = suggestion.plan_before.analyzed
+        if analyze:
+            self._write(f"ANALYZE {quote_catalog_name(suggestion.name)}")

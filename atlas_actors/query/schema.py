@@ -95,6 +95,8 @@ class IndexInfo:
     """A partial index (has a WHERE clause)."""
     origin: str
     """``c`` (CREATE INDEX), ``u`` (UNIQUE constraint) or ``pk`` (PRIMARY KEY)."""
+    sql: str | None = None
+    """The CREATE INDEX statement (None for indexes made by UNIQUE / PRIMARY KEY)."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,14 @@ class Schema:
         }
         for name, kind, wr, strict in listed:
             sql = sql_by_name.get(str(name).lower())
-            table = _read_table(conn, database, str(name), str(kind), bool(strict))
+            table = _read_table(
+                conn,
+                database=database,
+                name=str(name),
+                kind=str(kind),
+                strict=bool(strict),
+                sql_by_name=sql_by_name,
+            )
             tables.append(
                 dataclasses.replace(
                     table,
@@ -203,7 +212,13 @@ def _db(database: str) -> str:
 
 
 def _read_table(
-    conn: apsw.Connection, database: str, name: str, kind: str, strict: bool
+    conn: apsw.Connection,
+    *,
+    database: str,
+    name: str,
+    kind: str,
+    strict: bool,
+    sql_by_name: Mapping[str, object],
 ) -> TableInfo:
     columns = []
     for _cid, col, ctype, notnull, _default, pk, hidden in conn.execute(
@@ -238,7 +253,16 @@ def _read_table(
                 )
                 if key
             )
+            ddl = sql_by_name.get(str(idx).lower())
             indexes.append(
-                IndexInfo(str(idx), name, keys, bool(unique), bool(partial), str(origin))
+                IndexInfo(
+                    str(idx),
+                    name,
+                    keys,
+                    bool(unique),
+                    bool(partial),
+                    str(origin),
+                    ddl if isinstance(ddl, str) else None,
+                )
             )
     return TableInfo(name, kind, tuple(columns), tuple(indexes))

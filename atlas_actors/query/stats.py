@@ -100,7 +100,7 @@ class Stats:
         found = collect(conn, schema, probes=probes, columns=columns)
         return cls.build(
             schema,
-            found.stat1,
+            [*found.stat1, *found.measured],
             found.sizes,
             analyzed=found.analyzed,
             column_rows=found.column_rows,
@@ -192,7 +192,9 @@ class Collected:
     """Statistics read from a live database, ready to load into another one."""
 
     stat1: tuple[Stat1Row, ...]
-    """``sqlite_stat1`` rows, real ones first, then measured stand-ins for the rest."""
+    """The database's own ``sqlite_stat1`` rows (what its planner knows)."""
+    measured: tuple[Stat1Row, ...]
+    """Measured stand-ins, in stat1 form, for the tables and indexes stat1 does not cover."""
     sizes: Mapping[str, float]
     """Lower-case table → ``count(*)``, for tables stat1 does not cover."""
     column_rows: Mapping[str, Mapping[str, float]]
@@ -244,7 +246,7 @@ def collect(
         if found is not None and found.kind == "table":
             rows = sizes.get(key) or _stat1_rows(stat1, key)
             column_rows[key] = sample_columns(conn, found, sorted(wanted), rows)
-    return Collected(tuple([*stat1, *extra]), sizes, column_rows, bool(stat1))
+    return Collected(tuple(stat1), tuple(extra), sizes, column_rows, bool(stat1))
 
 
 def _stat1_rows(stat1: Iterable[Stat1Row], table: str) -> float:
