@@ -13,6 +13,7 @@ from atlas_actors.query.conditions import (
     JoinCondition,
     any_of,
 )
+from atlas_actors.query.indexes import IndexSuggestion
 from atlas_actors.query.optimizer import Optimizer
 from atlas_actors.query.plan import QueryPlan, QueryStep
 from atlas_actors.query.schema import ColumnInfo, IndexColumn, IndexInfo, Schema, TableInfo
@@ -26,6 +27,7 @@ __all__ = [
     "Condition",
     "IndexColumn",
     "IndexInfo",
+    "IndexSuggestion",
     "Join",
     "JoinCondition",
     "Optimizer",

@@ -58,12 +58,14 @@ def test_cost_ranks_queries_like_their_vm_steps(
 ) -> None:
     pairs = measured[state]
     rho = spearman([e for e, _ in pairs], [float(a) for _, a in pairs])
+    print(f"\n{state}: Spearman {rho:.3f} over {len(pairs)} queries")
     assert rho >= 0.9, f"{state}: Spearman {rho:.3f} over {len(pairs)} queries"
 
 
 def test_cost_ranks_all_states_together(measured: dict[str, list[tuple[float, int]]]) -> None:
     pairs = [p for state in measured.values() for p in state]
     rho = spearman([e for e, _ in pairs], [float(a) for _, a in pairs])
+    print(f"\nall states: Spearman {rho:.3f} over {len(pairs)} plans")
     assert rho >= 0.9, f"Spearman {rho:.3f} over {len(pairs)} plans"
 
 
