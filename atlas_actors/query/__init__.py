@@ -17,6 +17,7 @@ from atlas_actors.query.indexes import IndexSuggestion
 from atlas_actors.query.optimizer import Optimizer
 from atlas_actors.query.plan import QueryPlan, QueryStep
 from atlas_actors.query.schema import ColumnInfo, IndexColumn, IndexInfo, Schema, TableInfo
+from atlas_actors.query.workload import QueryStats, WorkloadRecorder
 
 __all__ = [
     "Aggregate",
@@ -33,8 +34,10 @@ __all__ = [
     "Optimizer",
     "Query",
     "QueryPlan",
+    "QueryStats",
     "QueryStep",
     "Schema",
     "TableInfo",
+    "WorkloadRecorder",
     "any_of",
 ]

@@ -68,6 +68,8 @@ class IndexSuggestion:
     """The index name in ``create_sql``."""
     queries: tuple[str, ...] = ()
     """The statements it speeds up (one for ``suggest_indexes``, several from ``advise``)."""
+    keys: tuple[tuple[str, str, bool], ...] = ()
+    """(column, collation, descending) for each key column."""
 
     @property
     def speedup(self) -> float:
@@ -349,6 +351,7 @@ def evaluate(
                 estimated_gain=max(without.cost - best.cost, 0.0),
                 name=name,
                 queries=(inputs.sql,),
+                keys=cand.keys,
             )
         )
     return sorted(out, key=lambda s: -s.estimated_gain)

@@ -10,19 +10,22 @@ Its own scratch space (a private in-memory database mirroring the schema) is reb
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import apsw
 
-from atlas_actors.errors import ConfigError, QueryValidationError, wrap_sqlite_error
+from atlas_actors.errors import AtlasError, ConfigError, QueryValidationError, wrap_sqlite_error
 from atlas_actors.query._names import quote_catalog_name
 from atlas_actors.query._sqlinfo import null_bindings, sql_info
 from atlas_actors.query._tokens import significant, tokenize
 from atlas_actors.query.capture import Workbench
 from atlas_actors.query.cost import build_plan, estimate_cost
 from atlas_actors.query.indexes import (
+    Candidate,
     IndexSuggestion,
     Inputs,
     candidate_stats,
@@ -36,6 +39,7 @@ from atlas_actors.query.stats import Stats, collect
 __all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "single_statement"]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 Params = Sequence[Any] | Mapping[str, Any]
 ReadFn = Callable[[Callable[[apsw.Connection], Any]], Any]
 """``read(fn)`` runs ``fn(conn)`` on a read connection and returns its result."""
@@ -205,3 +209,78 @@ class Optimizer:
             analyze = suggestion.plan_before.analyzed
         if analyze:
             self._write(f"ANALYZE {quote_catalog_name(suggestion.name)}")
+
+    def advise(self, top: int = 10) -> list[IndexSuggestion]:
+        """Propose indexes for the ``top`` statements with the most total time.
+
+        Reads the :class:`WorkloadRecorder` given as ``workload``; each statement's
+        suggestions are weighted by its number of calls, equal indexes are merged, and an
+        index that is a prefix of another one proposed for the same table is folded into
+        the longer one. ``estimated_gain`` is then VM steps saved over all recorded calls.
+        Nothing is created: pass the ones you want to :meth:`apply`.
+        """
+        if self.workload is None:
+            raise ConfigError("this Optimizer has no workload: pass workload=WorkloadRecorder()")
+        merged: dict[tuple[str, tuple[tuple[str, str, bool], ...]], IndexSuggestion] = {}
+        for stats in self.workload.top(top):
+            try:
+                found = self.suggest_indexes(stats.example)
+            except AtlasError as exc:  # a statement that cannot be planned is skipped
+                _log.info("advise: skipping %r: %s", stats.example, exc)
+                continue
+            for s in found:
+                key = (s.table.lower(), tuple((c.lower(), coll, d) for c, coll, d in s.keys))
+                merged[key] = _combine(merged.get(key), s, stats.calls)
+        return _rename(_fold_prefixes(list(merged.values())), self.schema())
+
+
+def _combine(old: IndexSuggestion | None, new: IndexSuggestion, calls: int) -> IndexSuggestion:
+    """Add ``new`` (gain per call) to ``old`` (gain over all calls so far)."""
+    gain = new.estimated_gain * calls
+    if old is None:
+        return dataclasses.replace(new, estimated_gain=gain)
+    best = old if old.estimated_gain >= gain else new  # keep the plans of the biggest win
+    return dataclasses.replace(
+        best,
+        estimated_gain=old.estimated_gain + gain,
+        queries=(*old.queries, *new.queries),
+        keys=old.keys,
+    )
+
+
+def _fold_prefixes(found: list[IndexSuggestion]) -> list[IndexSuggestion]:
+    """Fold an index whose keys start another one's (same table) into the longer one."""
+    found = sorted(found, key=lambda s: -len(s.keys))
+    kept: list[IndexSuggestion] = []
+    for s in found:
+        for i, longer in enumerate(kept):
+            same_table = longer.table.lower() == s.table.lower()
+            if same_table and _lower(longer.keys[: len(s.keys)]) == _lower(s.keys):
+                kept[i] = dataclasses.replace(
+                    longer,
+                    estimated_gain=longer.estimated_gain + s.estimated_gain,
+                    queries=(*longer.queries, *s.queries),
+                )
+                break
+        else:
+            kept.append(s)
+    return sorted(kept, key=lambda s: -s.estimated_gain)
+
+
+def _lower(keys: tuple[tuple[str, str, bool], ...]) -> list[tuple[str, str, bool]]:
+    return [(c.lower(), coll, d) for c, coll, d in keys]
+
+
+def _rename(found: list[IndexSuggestion], schema: Schema) -> list[IndexSuggestion]:
+    """Give every suggestion a distinct name (two statements may have picked the same)."""
+    taken = [i.name for t in schema.tables.values() for i in t.indexes] + list(schema.tables)
+    out = []
+    for s in found:
+        named = s
+        if s.name.lower() in {t.lower() for t in taken}:
+            cand = Candidate(s.table, s.keys)
+            name = cand.name(taken)
+            named = dataclasses.replace(s, name=name, create_sql=cand.create_sql(name, schema))
+        taken.append(named.name)
+        out.append(named)
+    return out
