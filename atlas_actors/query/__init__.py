@@ -16,6 +16,7 @@ from atlas_actors.query.conditions import (
 from atlas_actors.query.indexes import IndexSuggestion
 from atlas_actors.query.optimizer import Optimizer
 from atlas_actors.query.plan import QueryPlan, QueryStep
+from atlas_actors.query.rewrite import RewriteResult
 from atlas_actors.query.schema import ColumnInfo, IndexColumn, IndexInfo, Schema, TableInfo
 from atlas_actors.query.workload import QueryStats, WorkloadRecorder
 
@@ -36,6 +37,7 @@ __all__ = [
     "QueryPlan",
     "QueryStats",
     "QueryStep",
+    "RewriteResult",
     "Schema",
     "TableInfo",
     "WorkloadRecorder",

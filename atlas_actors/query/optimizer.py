@@ -33,6 +33,7 @@ from atlas_actors.query.indexes import (
     evaluate,
 )
 from atlas_actors.query.plan import QueryPlan, parse_rows
+from atlas_actors.query.rewrite import LikeSemantics, RewriteResult, apply_rules
 from atlas_actors.query.schema import Schema
 from atlas_actors.query.stats import Stats, collect
 
@@ -232,6 +233,38 @@ class Optimizer:
                 key = (s.table.lower(), tuple((c.lower(), coll, d) for c, coll, d in s.keys))
                 merged[key] = _combine(merged.get(key), s, stats.calls)
         return _rename(_fold_prefixes(list(merged.values())), self.schema())
+
+    # -- rewrites ----------------------------------------------------------------------
+
+    def rewrite(
+        self, sql: str, params: Params | None = None, *, rules: Sequence[str] | None = None
+    ) -> RewriteResult:
+        """Return an equivalent statement after the named rules (see ``rewrite.py``).
+
+        Every rule is sound on its own; the result also carries both estimated costs and,
+        when the rewrite is not estimated cheaper, a warning saying so (the estimate may
+        be wrong for skewed data: measure before adopting it). ``rules`` limits the run to
+        some rule names.
+        """
+        single_statement(sql)
+
+        def job(conn: apsw.Connection) -> tuple[Schema, LikeSemantics]:
+            # LIKE's behaviour is a connection setting and a compile option: ask, do not
+            # assume (https://www.sqlite.org/pragma.html#pragma_case_sensitive_like).
+            ((insensitive, blobs),) = conn.execute("SELECT 'a' LIKE 'A', x'61' LIKE 'a'")
+            return self._schema_on(conn), LikeSemantics(not insensitive, bool(blobs))
+
+        schema, like = self._run(job, sql)
+        out, applied, warnings = apply_rules(sql, schema, like, rules)
+        if not applied:
+            return RewriteResult(sql, (), tuple(warnings))
+        before = estimate_cost(self.analyze(sql, params))
+        after = estimate_cost(self.analyze(out, params))
+        if after >= before:
+            warnings.append(
+                f"the rewrite is not estimated cheaper ({after:.0f} vs {before:.0f} VM steps)"
+            )
+        return RewriteResult(out, tuple(applied), tuple(warnings), before, after)
 
 
 def _combine(old: IndexSuggestion | None, new: IndexSuggestion, calls: int) -> IndexSuggestion:
