@@ -172,8 +172,13 @@ def generate(conn: apsw.Connection, tasks: int, chunk: int = 20_000) -> None:
                 bar.update(end - start + 1)
 
 
-def time_query(conn: apsw.Connection, sql: str, params: tuple[Any, ...], runs: int,
-               recorder: WorkloadRecorder | None = None) -> float:  # fmt: skip
+def time_query(
+    conn: apsw.Connection,
+    sql: str,
+    params: tuple[Any, ...],
+    runs: int,
+    recorder: WorkloadRecorder | None = None,
+) -> float:
     """Return the median seconds of ``runs`` runs (recording each run, if asked)."""
     samples = []
     for _ in range(runs):
@@ -254,31 +259,57 @@ def main(argv: list[str] | None = None) -> int:
         applied=applied,
     )
     if args.json:
-        args.json.write_text(json.dumps({
-            "tasks": tasks, "runs": runs, "sqlite": apsw.sqlite_lib_version(),
-            "queries": [{"name": r.name, "before_ms": r.before * 1e3, "after_ms": r.after * 1e3,
-                         "ratio": r.ratio} for r in results],
-            "indexes": [s.create_sql for s in advice],
-            "total_before_ms": sum(r.before for r in results) * 1e3,
-            "total_after_ms": sum(r.after for r in results) * 1e3,
-        }, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": tasks,
+                    "runs": runs,
+                    "sqlite": apsw.sqlite_lib_version(),
+                    "queries": [
+                        {
+                            "name": r.name,
+                            "before_ms": r.before * 1e3,
+                            "after_ms": r.after * 1e3,
+                            "ratio": r.ratio,
+                        }
+                        for r in results
+                    ],
+                    "indexes": [s.create_sql for s in advice],
+                    "total_before_ms": sum(r.before for r in results) * 1e3,
+                    "total_after_ms": sum(r.after for r in results) * 1e3,
+                },
+                indent=2,
+            )
+        )
     conn.close()
     folder.cleanup()
     return 0
 
 
-def report(results: list[Result], advice: list[IndexSuggestion], *, tasks: int, runs: int,
-           generated: float, advised: float, applied: float) -> None:  # fmt: skip
+def report(
+    results: list[Result],
+    advice: list[IndexSuggestion],
+    *,
+    tasks: int,
+    runs: int,
+    generated: float,
+    advised: float,
+    applied: float,
+) -> None:
     print(f"\n{tasks:,} tasks, SQLite {apsw.sqlite_lib_version()}, median of {runs} runs")
-    print(f"data generated in {generated:.1f}s; advise() took {advised:.2f}s; "
-          f"{len(advice)} indexes created in {applied:.1f}s\n")  # fmt: skip
+    print(
+        f"data generated in {generated:.1f}s; advise() took {advised:.2f}s; "
+        f"{len(advice)} indexes created in {applied:.1f}s\n"
+    )
     print(f"{'query':28} {'before ms':>11} {'after ms':>10} {'speed-up':>9}")
     for r in results:
         print(f"{r.name:28} {r.before * 1e3:11.2f} {r.after * 1e3:10.3f} {r.ratio:8.1f}x")
     total_before = sum(r.before for r in results)
     total_after = sum(r.after for r in results)
-    print(f"{'TOTAL':28} {total_before * 1e3:11.2f} {total_after * 1e3:10.3f} "
-          f"{total_before / total_after:8.1f}x")  # fmt: skip
+    print(
+        f"{'TOTAL':28} {total_before * 1e3:11.2f} {total_after * 1e3:10.3f} "
+        f"{total_before / total_after:8.1f}x"
+    )
     print("\nindexes applied (best first):")
     for s in advice:
         print(f"  {s.create_sql}   -- {len(s.queries)} statement(s)")

@@ -72,9 +72,16 @@ class _Ctx:
 
 
 def build_plan(
-    sql: str, rows: list[tuple[Any, ...]], roots: list[PlanNode], *,
-    stats: Stats, capture: Capture, info: SqlInfo, schema: Schema, columns: int = 4,
-) -> QueryPlan:  # fmt: skip
+    sql: str,
+    rows: list[tuple[Any, ...]],
+    roots: list[PlanNode],
+    *,
+    stats: Stats,
+    capture: Capture,
+    info: SqlInfo,
+    schema: Schema,
+    columns: int = 4,
+) -> QueryPlan:
     """Estimate every step of the parsed plan ``roots`` and return the :class:`QueryPlan`."""
     ctx = _Ctx(stats, capture, info, schema, columns)
     limit = ASSUMED_LIMIT if info.limit == UNKNOWN else info.limit
@@ -134,20 +141,30 @@ def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False
         if a.kind in _LOOPS:
             loop = _loop(node, a, ctx, position)
             first = position == int(correlated)
-            kind: StepType = "join" if not first else ("scan" if a.kind == "scan" else "index")
+            kind: StepType = (
+                "join" if not first else ("index" if a.kind in ("search", "or") else "scan")
+            )
             cost, rows = rows * loop.cost, rows * loop.out
-            result.last_loop = ctx.add(kind, loop.table, cost, **base, rows=rows,
-                                       index=a.index, access=a.kind)  # fmt: skip
+            result.last_loop = ctx.add(
+                kind, loop.table, cost, **base, rows=rows, index=a.index, access=a.kind
+            )
             position += 1
             for child in node.children:  # MULTI-INDEX OR branches, costed with the loop
                 for leaf in child.children or [child]:
-                    ctx.add("index", loop.table, 0.0, detail=leaf.detail, depth=depth + 1,
-                            rows=0.0, index=classify(leaf.detail).index)  # fmt: skip
+                    ctx.add(
+                        "index",
+                        loop.table,
+                        0.0,
+                        detail=leaf.detail,
+                        depth=depth + 1,
+                        rows=0.0,
+                        index=classify(leaf.detail).index,
+                    )
         elif a.kind == "sort":
             cost = rows * (2 + width + 0.1 * math.log2(max(rows, 2.0)))
             if a.what.startswith("GROUP BY"):
                 cost += rows * AGG_ROW
-                rows = max(1.0, rows / 10)
+                rows = max(1.0, rows / 10)  # groups: nothing tells; assume 10 rows each
             result.blocking = result.blocking or not a.what.startswith("RIGHT PART")
             ctx.add("sort", None, cost, **base, rows=rows, what=a.what)
         elif a.kind == "subquery":
@@ -163,6 +180,7 @@ def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False
             ctx.add("filter", None, rows * SEEK, **base, rows=rows)
         elif a.kind == "right_join":
             ctx.add("join", _resolve(ctx, a.name), 0.0, **base, rows=rows)
+            # the right table is scanned again for its unmatched rows: assume 1 in 10
             rows += _nest(node.children, ctx, depth + 1).rows * 0.1
         else:
             ctx.add("filter", None, 0.0, **base, rows=rows, recognized=False)
@@ -172,8 +190,9 @@ def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False
 
 def _subquery(node: PlanNode, a: Access, ctx: _Ctx, depth: int, outer: float) -> float:
     """Cost a subquery; return the rows of the enclosing nest afterwards."""
-    step = ctx.add("subquery", a.name, 0.0, detail=node.detail, depth=depth, rows=0.0,
-                   correlated=a.correlated)  # fmt: skip
+    step = ctx.add(
+        "subquery", a.name, 0.0, detail=node.detail, depth=depth, rows=0.0, correlated=a.correlated
+    )
     start = len(ctx.steps)
     scalar = "SCALAR SUBQUERY" in a.what  # SQLite adds LIMIT 1 to a scalar subquery
     ctx.once += not a.correlated
@@ -286,8 +305,12 @@ def _search(
         rows = ctx.stats.rows_per_key(table, a.index, len(a.eq))
     elif not a.eq and not a.ranges:
         # min()/max() print SEARCH: one seek on the rowid, else a full scan.
-        wanted = {c.lower() for r in ctx.capture.requests if r.table.lower() == table
-                  for c, _d in r.order_by}  # fmt: skip
+        wanted = {
+            c.lower()
+            for r in ctx.capture.requests
+            if r.table.lower() == table
+            for c, _d in r.order_by
+        }
         rowid = {"rowid"} | (_rowid_aliases(ctx.schema, table) if known else set())
         rows = 1.0 if wanted and wanted <= rowid and not terms else n
         return rows, 1.0

@@ -379,8 +379,14 @@ def _plan(inputs: Inputs, extra: Sequence[tuple[str, str, Stat1Row]]) -> QueryPl
             column_rows=inputs.collected.column_rows,
         )
         return build_plan(
-            inputs.sql, rows, parse_rows(rows), stats=stats, capture=inputs.capture,
-            info=inputs.info, schema=hypo.schema, columns=inputs.columns,
-        )  # fmt: skip
+            inputs.sql,
+            rows,
+            parse_rows(rows),
+            stats=stats,
+            capture=inputs.capture,
+            info=inputs.info,
+            schema=hypo.schema,
+            columns=inputs.columns,
+        )
     finally:
         hypo.close()

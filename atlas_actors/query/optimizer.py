@@ -36,6 +36,7 @@ from atlas_actors.query.plan import QueryPlan, parse_rows
 from atlas_actors.query.rewrite import LikeSemantics, RewriteResult, apply_rules
 from atlas_actors.query.schema import Schema
 from atlas_actors.query.stats import Stats, collect
+from atlas_actors.query.workload import WorkloadRecorder
 
 __all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "single_statement"]
 
@@ -92,8 +93,9 @@ class Optimizer:
         self,
         read: ReadFn,
         write: WriteFn | None = None,
-        workload: Any | None = None,
+        workload: WorkloadRecorder | None = None,
     ) -> None:
+        """Use ``read`` for every look at the database and ``write`` only in :meth:`apply`."""
         self._read = read
         self._write = write
         self.workload = workload
@@ -127,6 +129,13 @@ class Optimizer:
                 self._bench = Workbench(schema)
             return self._bench
 
+    def close(self) -> None:
+        """Release the scratch database (the optimizer stays usable: it is rebuilt)."""
+        with self._lock:
+            if self._bench is not None:
+                self._bench.close()
+                self._bench = None
+
     def schema(self) -> Schema:
         """Return the current schema snapshot (re-read when the schema version changed)."""
         return self._run(self._schema_on)
@@ -151,9 +160,15 @@ class Optimizer:
             )
             columns = result_columns(conn, sql, bindings)
             return build_plan(
-                sql, rows, parse_rows(rows), stats=stats, capture=capture,
-                info=sql_info(sql, params), schema=schema, columns=columns,
-            )  # fmt: skip
+                sql,
+                rows,
+                parse_rows(rows),
+                stats=stats,
+                capture=capture,
+                info=sql_info(sql, params),
+                schema=schema,
+                columns=columns,
+            )
 
         return self._run(job, sql)
 
@@ -181,9 +196,14 @@ class Optimizer:
             cands = candidates(capture, schema, live.eq_rows)
             stats = candidate_stats(conn, schema, cands, lambda t: live.table(t).rows)
             inputs = Inputs(
-                sql, bindings, schema, found, capture, sql_info(sql, params),
+                sql,
+                bindings,
+                schema,
+                found,
+                capture,
+                sql_info(sql, params),
                 result_columns(conn, sql, bindings),
-            )  # fmt: skip
+            )
             return inputs, cands, stats
 
         inputs, cands, stats = self._run(job, sql)

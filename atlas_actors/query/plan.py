@@ -75,9 +75,13 @@ class PlanNode:
     """One line of EXPLAIN QUERY PLAN with its children."""
 
     id: int
+    """The line's id (the address of its opcode)."""
     parent: int
+    """The id of the enclosing line, 0 at top level."""
     detail: str
+    """The text SQLite prints."""
     children: list[PlanNode] = field(default_factory=list)
+    """The lines nested under this one."""
 
 
 def parse_rows(rows: Iterable[tuple[Any, ...]]) -> list[PlanNode]:

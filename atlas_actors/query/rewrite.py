@@ -285,10 +285,12 @@ def _like_ranges(ctx: _Ctx, table: TableInfo, name: str, prefix: str) -> list[tu
         return []  # a blob could match the LIKE but sort after every text
     collation = column.collation
     indexed = any(
-        i.columns and (i.columns[0].name or "").lower() == name.lower() and not i.partial
+        i.columns
+        and (i.columns[0].name or "").lower() == name.lower()
+        and not i.partial
         and i.columns[0].collation == collation
         for i in table.indexes
-    )  # fmt: skip
+    )
     if not indexed:
         others = [
             i.name

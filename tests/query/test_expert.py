@@ -88,6 +88,8 @@ def test_the_whole_set_is_at_least_as_cheap_with_our_indexes(
     theirs = sum(t for _s, _n, t, _o in comparison)
     ours = sum(o for _s, _n, _t, o in comparison)
     none = sum(n for _s, n, _t, _o in comparison)
-    print(f"\nVM steps over {len(comparison)} queries: no new index {none}, "
-          f".expert {theirs}, ours {ours}")  # fmt: skip
+    print(
+        f"\nVM steps over {len(comparison)} queries: no new index {none}, "
+        f".expert {theirs}, ours {ours}"
+    )
     assert ours <= theirs < none

@@ -196,3 +196,24 @@ def test_aliases_map_to_tables_and_ctes_are_derived() -> None:
         "comments": "comments",
         "c": "comments",
     }
+
+
+def test_a_constant_row_is_a_scan_step(tasks_db: apsw.Connection) -> None:
+    (step,) = analyze(tasks_db, "SELECT 1").steps
+    assert step.type == "scan" and step.table is None
+
+
+def test_write_statements_can_be_analyzed_without_running_them(tasks_db: apsw.Connection) -> None:
+    tasks_db.execute("PRAGMA query_only = 1")  # as the runtime's read connections are
+    plan = analyze(tasks_db, "UPDATE tasks SET status = 'x' WHERE assignee = ?", ("user1",))
+    assert [s.type for s in plan.steps] == ["scan"]
+    assert tasks_db.execute("SELECT count(*) FROM tasks WHERE status = 'x'").fetchall() == [(0,)]
+
+
+def test_the_optimizer_works_again_after_close(tasks_db: apsw.Connection) -> None:
+    opt = Optimizer(lambda fn: fn(tasks_db))
+    opt.analyze("SELECT * FROM tasks WHERE status = 'open'")
+    opt.close()
+    assert opt.analyze("SELECT * FROM tasks WHERE status = 'open'").used_indexes == (
+        "tasks_status",
+    )

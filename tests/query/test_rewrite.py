@@ -83,9 +83,13 @@ def literal(v: Any) -> str:
     extra=st.sampled_from(["", " AND id > 2", " OR id = 1"]),
 )
 def test_or_to_in_returns_the_same_rows(
-    conn: apsw.Connection, rows: list[tuple[Any, ...]], column: str, vals: list[Any],
-    reverse: bool, extra: str,
-) -> None:  # fmt: skip
+    conn: apsw.Connection,
+    rows: list[tuple[Any, ...]],
+    column: str,
+    vals: list[Any],
+    reverse: bool,
+    extra: str,
+) -> None:
     load(conn, rows, [])
     terms = [f"{literal(v)} = {column}" if reverse else f"{column} = {literal(v)}" for v in vals]
     sql = f"SELECT id FROM t WHERE ({' OR '.join(terms)}){extra}"
