@@ -187,14 +187,19 @@ class Schema:
         }
         for name, kind, wr, strict in listed:
             sql = sql_by_name.get(str(name).lower())
-            table = _read_table(
-                conn,
-                database=database,
-                name=str(name),
-                kind=str(kind),
-                strict=bool(strict),
-                sql_by_name=sql_by_name,
-            )
+            try:
+                table = _read_table(
+                    conn,
+                    database=database,
+                    name=str(name),
+                    kind=str(kind),
+                    strict=bool(strict),
+                    sql_by_name=sql_by_name,
+                )
+            except apsw.SQLError:
+                # A view over a table that is gone (SQLite checks views when they are
+                # used, not when they are created): listed, with no columns.
+                table = TableInfo(str(name), str(kind), ())
             tables.append(
                 dataclasses.replace(
                     table,

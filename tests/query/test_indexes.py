@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -148,3 +150,51 @@ def test_with_statistics_the_hypothetical_planner_sees_them(conn: apsw.Connectio
     )
     assert got and got[0].plan_before.analyzed
     assert got[0].columns[0] == "assignee"  # the selective column leads
+
+
+def test_virtual_tables_and_broken_views_do_not_stop_the_advisor(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "fts.db"))
+    conn.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b INTEGER);"
+        "CREATE VIRTUAL TABLE docs USING fts5(body);"
+        "CREATE VIEW v AS SELECT * FROM docs;"
+        "INSERT INTO t(b) SELECT value % 50 FROM json_each(?)",
+        (str(list(range(2000))),),
+    )
+    conn.execute("CREATE TABLE gone(x); CREATE VIEW broken AS SELECT x FROM gone; DROP TABLE gone")
+    opt = optimizer(conn)
+    assert [s.columns for s in opt.suggest_indexes("SELECT * FROM t WHERE b = 3")] == [("b",)]
+    assert opt.suggest_indexes("SELECT * FROM docs WHERE docs MATCH 'x'") == []
+    assert opt.schema().table("broken").columns == ()
+
+
+def test_one_optimizer_serves_several_threads(tmp_path: Path) -> None:
+    path = tmp_path / "threads.db"
+    setup = apsw.Connection(str(path))
+    populate(setup, tasks=2000)
+    setup.close()
+    local = threading.local()
+
+    def read(fn: Any) -> Any:
+        if not hasattr(local, "conn"):
+            local.conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        return fn(local.conn)
+
+    opt = Optimizer(read)
+    sqls = [
+        "SELECT * FROM comments WHERE task_id = ?",
+        "SELECT * FROM tasks WHERE assignee = ? AND status = ?",
+        "SELECT * FROM tasks ORDER BY updated DESC LIMIT 5",
+    ]
+    results: dict[int, list[tuple[str, ...]]] = {}
+
+    def work(n: int) -> None:
+        results[n] = [tuple(s.name for s in opt.suggest_indexes(sql)) for sql in sqls]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 4 and all(r == results[0] for r in results.values())
+    assert all(results[0])

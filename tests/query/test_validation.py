@@ -7,6 +7,7 @@ import pytest
 
 from atlas_actors.errors import QueryValidationError, ValidationError
 from atlas_actors.query import Aggregate, Column, Query, Schema, any_of
+from atlas_actors.query.schema import affinity_of
 
 
 @pytest.fixture
@@ -142,3 +143,23 @@ def test_build_is_cached_per_schema_snapshot(schema: Schema) -> None:
     other = Schema.of([])
     with pytest.raises(QueryValidationError, match="no such table"):
         q.build(other)
+
+
+@pytest.mark.parametrize(
+    ("declared", "strict", "affinity"),
+    [
+        ("INTEGER", False, "INTEGER"),
+        ("BIGINT", False, "INTEGER"),
+        ("VARCHAR(40)", False, "TEXT"),
+        ("CLOB", False, "TEXT"),
+        ("", False, "BLOB"),
+        ("BLOB", False, "BLOB"),
+        ("DOUBLE PRECISION", False, "REAL"),
+        ("DECIMAL(10,2)", False, "NUMERIC"),
+        ("FLOATING POINT", False, "INTEGER"),  # "INT" wins, as datatype3.html documents
+        ("ANY", True, "BLOB"),
+        ("ANY", False, "NUMERIC"),
+    ],
+)
+def test_affinity_follows_sqlites_five_rules(declared: str, strict: bool, affinity: str) -> None:
+    assert affinity_of(declared, strict=strict) == affinity
