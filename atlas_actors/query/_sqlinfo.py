@@ -1,0 +1,248 @@
+"""What the optimizer needs to know about a statement's shape, read from its tokens.
+
+Table aliases (``EXPLAIN QUERY PLAN`` names loops by alias), the top-level LIMIT, whether
+the statement is an aggregate without GROUP BY (one row out), and the number of
+parameters (``EXPLAIN`` needs every parameter bound; unbound ones are NULL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from atlas_actors.query._tokens import (
+    Token,
+    dequote,
+    is_word,
+    matching_paren,
+    significant,
+    tokenize,
+)
+
+__all__ = ["SqlInfo", "null_bindings", "sql_info"]
+
+AGGREGATE_FUNCTIONS = frozenset(
+    {"COUNT", "SUM", "AVG", "MIN", "MAX", "TOTAL", "GROUP_CONCAT", "STRING_AGG"}
+)
+_AFTER_TABLE = frozenset(
+    {
+        "WHERE", "JOIN", "INNER", "LEFT", "RIGHT", "FULL", "CROSS", "NATURAL", "OUTER", "ON",
+        "USING", "GROUP", "ORDER", "LIMIT", "HAVING", "WINDOW", "UNION", "EXCEPT",
+        "INTERSECT", "INDEXED", "NOT", "RETURNING", "SET", "VALUES", "OFFSET", "AS",
+    }
+)  # fmt: skip
+UNKNOWN = -(2**63)
+"""A LIMIT bound to a parameter whose value is not known."""
+
+
+@dataclass(frozen=True)
+class SqlInfo:
+    """The shape of one statement."""
+
+    aliases: Mapping[str, str | None] = field(default_factory=dict)
+    """Lower-case name a loop can carry in EXPLAIN → lower-case table (None: derived)."""
+    limit: int | None = None
+    """Top-level LIMIT plus OFFSET (rows the statement must produce), UNKNOWN, or None."""
+    single_row: bool = False
+    """An aggregate without GROUP BY at top level: exactly one row comes out."""
+    parameters: int = 0
+    """How many parameters SQLite will number (the largest index)."""
+    count_only: bool = False
+    """``SELECT count(*) FROM t`` alone, which SQLite answers from the b-tree page counts
+    (the OP_Count opcode) instead of visiting rows."""
+
+
+def sql_info(sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> SqlInfo:
+    """Read the shape of ``sql`` (best effort: unknown shapes give neutral answers)."""
+    tokens = significant(tokenize(sql))
+    return SqlInfo(
+        aliases=_aliases(tokens),
+        limit=_limit(tokens, params),
+        single_row=_single_row(tokens),
+        parameters=_parameter_count(tokens),
+        count_only=_count_only(tokens),
+    )
+
+
+def null_bindings(sql: str) -> list[None]:
+    """Return a NULL for every parameter of ``sql`` (enough to EXPLAIN it)."""
+    return [None] * _parameter_count(significant(tokenize(sql)))
+
+
+def _parameter_count(tokens: Sequence[Token]) -> int:
+    # Numbering rules: https://www.sqlite.org/lang_expr.html#parameters ("?" takes the next
+    # number, "?NNN" its own, a name keeps the number of its first occurrence).
+    highest = 0
+    named: dict[str, int] = {}
+    for t in tokens:
+        if t.kind != "param":
+            continue
+        if t.text == "?":
+            highest += 1
+        elif t.text[0] == "?":
+            highest = max(highest, int(t.text[1:]))
+        elif t.text not in named:
+            highest += 1
+            named[t.text] = highest
+    return highest
+
+
+def _cte_names(tokens: Sequence[Token]) -> set[str]:
+    names = set()
+    for i, t in enumerate(tokens):
+        if is_word(t, "AS") and i + 1 < len(tokens) and tokens[i + 1].text == "(":
+            j = i - 1
+            if j >= 0 and tokens[j].text == ")":  # name(col, ...) AS (
+                depth = 0
+                while j >= 0:
+                    depth += tokens[j].text == ")"
+                    depth -= tokens[j].text == "("
+                    if depth == 0:
+                        break
+                    j -= 1
+                j -= 1
+            if j >= 0 and tokens[j].kind in ("word", "quoted"):
+                names.add(dequote(tokens[j]).lower())
+    return names
+
+
+def _aliases(tokens: Sequence[Token]) -> dict[str, str | None]:
+    ctes = _cte_names(tokens)
+    out: dict[str, str | None] = {}
+    for i, t in enumerate(tokens):
+        if is_word(t, "FROM", "JOIN"):
+            j = i + 1
+            while j < len(tokens):
+                j = _table_item(tokens, j, ctes, out)
+                if t.upper == "JOIN" or j >= len(tokens) or tokens[j].text != ",":
+                    break
+                j += 1
+    return out
+
+
+def _table_item(tokens: Sequence[Token], j: int, ctes: set[str], out: dict[str, str | None]) -> int:
+    name: str | None = None
+    if tokens[j].text == "(":
+        j = matching_paren(tokens, j) + 1
+    elif tokens[j].kind in ("word", "quoted") and not is_word(tokens[j], "SELECT"):
+        name = dequote(tokens[j]).lower()
+        j += 1
+        if j + 1 < len(tokens) and tokens[j].text == "." and tokens[j + 1].kind != "op":
+            name = dequote(tokens[j + 1]).lower()  # schema.table
+            j += 2
+        if j < len(tokens) and tokens[j].text == "(":  # table-valued function
+            j = matching_paren(tokens, j) + 1
+            name = None
+        elif name in ctes:
+            out[name] = None
+            name = None
+        elif name is not None:
+            out.setdefault(name, name)
+    else:
+        return j
+    if j < len(tokens) and is_word(tokens[j], "AS"):
+        j += 1
+    if j < len(tokens) and (
+        tokens[j].kind == "quoted"
+        or (tokens[j].kind == "word" and tokens[j].upper not in _AFTER_TABLE)
+    ):
+        out[dequote(tokens[j]).lower()] = name
+        j += 1
+    return j
+
+
+def _depth0(tokens: Sequence[Token]) -> list[int]:
+    """Indexes of the tokens outside any parentheses."""
+    depth, out = 0, []
+    for i, t in enumerate(tokens):
+        if t.kind == "op" and t.text == "(":
+            depth += 1
+        elif t.kind == "op" and t.text == ")":
+            depth -= 1
+        elif depth == 0:
+            out.append(i)
+    return out
+
+
+def _value(
+    tokens: Sequence[Token], i: int, params: Sequence[Any] | Mapping[str, Any] | None
+) -> tuple[int | None, int]:
+    """Read ``[-]number`` or a parameter at ``i``: (value or None if unknown, next index)."""
+    sign = 1
+    if i < len(tokens) and tokens[i].text == "-":
+        sign, i = -1, i + 1
+    if i >= len(tokens):
+        return None, i
+    token = tokens[i]
+    if token.kind == "number":
+        try:
+            return sign * int(token.text.replace("_", ""), 0), i + 1
+        except ValueError:
+            return None, i + 1
+    if token.kind != "param" or params is None:
+        return None, i + 1
+    try:
+        if isinstance(params, Mapping):
+            value = params[token.text[1:]]
+        elif len(token.text) > 1 and token.text[0] == "?":
+            value = params[int(token.text[1:]) - 1]
+        else:  # a "?" takes the next number: count the anonymous parameters before it
+            value = params[sum(1 for t in tokens[:i] if t.kind == "param" and t.text == "?")]
+    except (KeyError, IndexError, ValueError):
+        return None, i + 1
+    known = isinstance(value, int) and not isinstance(value, bool)
+    return (sign * value if known else None), i + 1
+
+
+def _limit(tokens: Sequence[Token], params: Sequence[Any] | Mapping[str, Any] | None) -> int | None:
+    limits = [i for i in _depth0(tokens) if is_word(tokens[i], "LIMIT")]
+    if not limits:
+        return None
+    first, i = _value(tokens, limits[-1] + 1, params)
+    second: int | None = 0
+    if i < len(tokens) and (tokens[i].text == "," or is_word(tokens[i], "OFFSET")):
+        second, _ = _value(tokens, i + 1, params)
+        if tokens[i].text == ",":  # LIMIT offset, count
+            first, second = second, first
+    if first is not None and first < 0:
+        return None  # a negative limit means no limit
+    if first is None or second is None:
+        return UNKNOWN
+    return first + max(second, 0)
+
+
+def _single_row(tokens: Sequence[Token]) -> bool:
+    top = _depth0(tokens)
+    words = {tokens[i].upper for i in top if tokens[i].kind == "word"}
+    if words & {"GROUP", "UNION", "EXCEPT", "INTERSECT", "WINDOW", "OVER"}:
+        return False
+    selects = [i for i in top if is_word(tokens[i], "SELECT")]
+    froms = [i for i in top if is_word(tokens[i], "FROM")]
+    if not selects:
+        return False
+    end = froms[0] if froms else len(tokens)
+    outside = set(top)  # an aggregate inside a scalar subquery does not count
+    return any(
+        tokens[k].kind == "word"
+        and tokens[k].upper in AGGREGATE_FUNCTIONS
+        and k + 1 < len(tokens)
+        and tokens[k + 1].text == "("
+        for k in range(selects[0] + 1, end)
+        if k in outside
+    )
+
+
+def _count_only(tokens: Sequence[Token]) -> bool:
+    words = [t.upper if t.kind == "word" else t.text for t in tokens]
+    while words and words[-1] == ";":
+        words.pop()
+    head = ["SELECT", "COUNT", "(", "*", ")"]
+    if words[:5] != head or len(words) < 7:
+        return False
+    rest = words[5:]
+    if rest[0] == "AS":
+        rest = rest[2:]
+    elif rest[0] != "FROM":
+        rest = rest[1:]
+    return len(rest) == 2 and rest[0] == "FROM" and tokens[-1].kind in ("word", "quoted")

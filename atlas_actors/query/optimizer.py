@@ -1,0 +1,339 @@
+"""The optimizer facade: plan analysis, cost, index advice and rewrites for one database.
+
+It owns no connection of the user's database. The runtime hands it ``read(fn)``, which
+runs ``fn(conn)`` on a pooled read connection and returns the result, and optionally
+``write(sql)``, which runs DDL through the single writer (used by :meth:`apply` only).
+Its own scratch space (a private in-memory database mirroring the schema) is rebuilt when
+``PRAGMA schema_version`` changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import apsw
+
+from atlas_actors.errors import AtlasError, ConfigError, QueryValidationError, wrap_sqlite_error
+from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.query._sqlinfo import null_bindings, sql_info
+from atlas_actors.query._tokens import significant, tokenize
+from atlas_actors.query.capture import Workbench
+from atlas_actors.query.cost import build_plan, estimate_cost
+from atlas_actors.query.indexes import (
+    Candidate,
+    IndexSuggestion,
+    Inputs,
+    candidate_stats,
+    candidates,
+    evaluate,
+)
+from atlas_actors.query.plan import QueryPlan, parse_rows
+from atlas_actors.query.rewrite import LikeSemantics, RewriteResult, apply_rules
+from atlas_actors.query.schema import Schema
+from atlas_actors.query.stats import Stats, collect
+from atlas_actors.query.workload import WorkloadRecorder
+
+__all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "single_statement"]
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+Params = Sequence[Any] | Mapping[str, Any]
+ReadFn = Callable[[Callable[[apsw.Connection], Any]], Any]
+"""``read(fn)`` runs ``fn(conn)`` on a read connection and returns its result."""
+WriteFn = Callable[[str], None]
+"""``write(sql)`` runs one DDL statement through the writer."""
+
+
+def single_statement(sql: str) -> str:
+    """Return ``sql`` if it holds exactly one statement, else raise QueryValidationError.
+
+    ``EXPLAIN QUERY PLAN a; b`` would explain ``a`` and then *run* ``b``, so a second
+    statement is refused before anything reaches SQLite.
+    """
+    tokens = significant(tokenize(sql))
+    while tokens and tokens[-1].text == ";":
+        tokens.pop()
+    if not tokens:
+        raise QueryValidationError("empty statement")
+    if any(t.kind == "op" and t.text == ";" for t in tokens):
+        raise QueryValidationError(
+            "expected one statement, got several; analyze them one at a time"
+        )
+    return sql
+
+
+def result_columns(conn: apsw.Connection, sql: str, bindings: Any) -> int:
+    """Return how many columns ``sql`` returns, preparing it without running it.
+
+    An exec tracer that returns False stops apsw right after the statement is prepared
+    (https://rogerbinns.github.io/apsw/execution.html#tracing).
+    """
+    seen: list[int] = []
+
+    def tracer(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+        seen.append(len(cursor.get_description()))
+        return False
+
+    cursor = conn.cursor()
+    cursor.exec_trace = tracer
+    with contextlib.suppress(apsw.ExecTraceAbort):
+        cursor.execute(sql, bindings)
+    return seen[0] if seen else 0
+
+
+class Optimizer:
+    """Plan analysis, cost estimation, index advice and rewrites (see ``docs/query.md``)."""
+
+    def __init__(
+        self,
+        read: ReadFn,
+        write: WriteFn | None = None,
+        workload: WorkloadRecorder | None = None,
+    ) -> None:
+        """Use ``read`` for every look at the database and ``write`` only in :meth:`apply`."""
+        self._read = read
+        self._write = write
+        self.workload = workload
+        """The :class:`WorkloadRecorder` :meth:`advise` reads, if any."""
+        self._lock = threading.Lock()
+        self._schema: Schema | None = None
+        self._bench: Workbench | None = None
+        self._probes: dict[tuple[str, str], tuple[float, str]] = {}
+
+    # -- shared plumbing ---------------------------------------------------------------
+
+    def _run(self, fn: Callable[[apsw.Connection], T], sql: str | None = None) -> T:
+        try:
+            result: T = self._read(fn)
+        except apsw.Error as exc:
+            raise wrap_sqlite_error(exc, sql) from exc
+        return result
+
+    def _schema_on(self, conn: apsw.Connection) -> Schema:
+        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        with self._lock:
+            if self._schema is None or self._schema.version != version:
+                self._schema = Schema.from_connection(conn)
+            return self._schema
+
+    def _workbench(self, schema: Schema) -> Workbench:
+        with self._lock:
+            if self._bench is None or self._bench.schema is not schema:
+                if self._bench is not None:
+                    self._bench.close()
+                self._bench = Workbench(schema)
+            return self._bench
+
+    def close(self) -> None:
+        """Release the scratch database (the optimizer stays usable: it is rebuilt)."""
+        with self._lock:
+            if self._bench is not None:
+                self._bench.close()
+                self._bench = None
+
+    def schema(self) -> Schema:
+        """Return the current schema snapshot (re-read when the schema version changed)."""
+        return self._run(self._schema_on)
+
+    # -- analysis ----------------------------------------------------------------------
+
+    def analyze(self, sql: str, params: Params | None = None) -> QueryPlan:
+        """Return the plan SQLite chooses for ``sql``, with row and cost estimates.
+
+        Parameters are optional: without them every parameter is NULL for planning, which
+        is what SQLite plans with anyway unless STAT4 is compiled in.
+        """
+        single_statement(sql)
+
+        def job(conn: apsw.Connection) -> QueryPlan:
+            schema = self._schema_on(conn)
+            bindings = params if params is not None else null_bindings(sql)
+            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, bindings).fetchall()
+            capture = self._workbench(schema).capture(sql, params)
+            stats = Stats.from_connection(
+                conn, schema, probes=self._probes, columns=capture.equality_columns()
+            )
+            columns = result_columns(conn, sql, bindings)
+            return build_plan(
+                sql,
+                rows,
+                parse_rows(rows),
+                stats=stats,
+                capture=capture,
+                info=sql_info(sql, params),
+                schema=schema,
+                columns=columns,
+            )
+
+        return self._run(job, sql)
+
+    def estimate_cost(self, plan: QueryPlan) -> float:
+        """Return the estimated work of ``plan`` (VM steps; lower is cheaper)."""
+        return estimate_cost(plan)
+
+    # -- index advice ------------------------------------------------------------------
+
+    def suggest_indexes(self, sql: str, params: Params | None = None) -> list[IndexSuggestion]:
+        """Return indexes that would make ``sql`` cheaper, best first (see ``indexes.py``).
+
+        Reads the live database (schema, statistics, a random sample of the candidate
+        columns); creates nothing there. Pass a suggestion to :meth:`apply` to create it.
+        """
+        single_statement(sql)
+
+        def job(conn: apsw.Connection) -> tuple[Inputs, list[Any], list[str]]:
+            schema = self._schema_on(conn)
+            bindings = params if params is not None else null_bindings(sql)
+            capture = self._workbench(schema).capture(sql, params)
+            found = collect(conn, schema, probes=self._probes, columns=capture.equality_columns())
+            known = [*found.stat1, *found.measured]
+            live = Stats.build(schema, known, found.sizes, column_rows=found.column_rows)
+            cands = candidates(capture, schema, live.eq_rows)
+            stats = candidate_stats(conn, schema, cands, lambda t: live.table(t).rows)
+            inputs = Inputs(
+                sql,
+                bindings,
+                schema,
+                found,
+                capture,
+                sql_info(sql, params),
+                result_columns(conn, sql, bindings),
+            )
+            return inputs, cands, stats
+
+        inputs, cands, stats = self._run(job, sql)
+        if not cands:
+            return []
+        try:
+            return evaluate(inputs, cands, stats)
+        except apsw.Error as exc:
+            raise wrap_sqlite_error(exc, sql) from exc
+
+    def apply(self, suggestion: IndexSuggestion, *, analyze: bool | None = None) -> None:
+        """Create the suggested index through the writer. Never called automatically.
+
+        ``analyze``: run ``ANALYZE`` on the new index so the planner has its figures.
+        The default (None) does so only when the database already has statistics, so a
+        database that was never analyzed is not left with statistics for one index only.
+        """
+        if self._write is None:
+            raise ConfigError(
+                "this Optimizer has no writer: construct it with write=... to apply indexes"
+            )
+        self._write(suggestion.create_sql)
+        if analyze is None:
+            analyze = suggestion.plan_before.analyzed
+        if analyze:
+            self._write(f"ANALYZE {quote_catalog_name(suggestion.name)}")
+
+    def advise(self, top: int = 10) -> list[IndexSuggestion]:
+        """Propose indexes for the ``top`` statements with the most total time.
+
+        Reads the :class:`WorkloadRecorder` given as ``workload``; each statement's
+        suggestions are weighted by its number of calls, equal indexes are merged, and an
+        index that is a prefix of another one proposed for the same table is folded into
+        the longer one. ``estimated_gain`` is then VM steps saved over all recorded calls.
+        Nothing is created: pass the ones you want to :meth:`apply`.
+        """
+        if self.workload is None:
+            raise ConfigError("this Optimizer has no workload: pass workload=WorkloadRecorder()")
+        merged: dict[tuple[str, tuple[tuple[str, str, bool], ...]], IndexSuggestion] = {}
+        for stats in self.workload.top(top):
+            try:
+                found = self.suggest_indexes(stats.example)
+            except AtlasError as exc:  # a statement that cannot be planned is skipped
+                _log.info("advise: skipping %r: %s", stats.example, exc)
+                continue
+            for s in found:
+                key = (s.table.lower(), tuple((c.lower(), coll, d) for c, coll, d in s.keys))
+                merged[key] = _combine(merged.get(key), s, stats.calls)
+        return _rename(_fold_prefixes(list(merged.values())), self.schema())
+
+    # -- rewrites ----------------------------------------------------------------------
+
+    def rewrite(
+        self, sql: str, params: Params | None = None, *, rules: Sequence[str] | None = None
+    ) -> RewriteResult:
+        """Return an equivalent statement after the named rules (see ``rewrite.py``).
+
+        Every rule is sound on its own; the result also carries both estimated costs and,
+        when the rewrite is not estimated cheaper, a warning saying so (the estimate may
+        be wrong for skewed data: measure before adopting it). ``rules`` limits the run to
+        some rule names.
+        """
+        single_statement(sql)
+
+        def job(conn: apsw.Connection) -> tuple[Schema, LikeSemantics]:
+            # LIKE's behaviour is a connection setting and a compile option: ask, do not
+            # assume (https://www.sqlite.org/pragma.html#pragma_case_sensitive_like).
+            ((insensitive, blobs),) = conn.execute("SELECT 'a' LIKE 'A', x'61' LIKE 'a'")
+            return self._schema_on(conn), LikeSemantics(not insensitive, bool(blobs))
+
+        schema, like = self._run(job, sql)
+        out, applied, warnings = apply_rules(sql, schema, like, rules)
+        if not applied:
+            return RewriteResult(sql, (), tuple(warnings))
+        before = estimate_cost(self.analyze(sql, params))
+        after = estimate_cost(self.analyze(out, params))
+        if after >= before:
+            warnings.append(
+                f"the rewrite is not estimated cheaper ({after:.0f} vs {before:.0f} VM steps)"
+            )
+        return RewriteResult(out, tuple(applied), tuple(warnings), before, after)
+
+
+def _combine(old: IndexSuggestion | None, new: IndexSuggestion, calls: int) -> IndexSuggestion:
+    """Add ``new`` (gain per call) to ``old`` (gain over all calls so far)."""
+    gain = new.estimated_gain * calls
+    if old is None:
+        return dataclasses.replace(new, estimated_gain=gain)
+    best = old if old.estimated_gain >= gain else new  # keep the plans of the biggest win
+    return dataclasses.replace(
+        best,
+        estimated_gain=old.estimated_gain + gain,
+        queries=(*old.queries, *new.queries),
+        keys=old.keys,
+    )
+
+
+def _fold_prefixes(found: list[IndexSuggestion]) -> list[IndexSuggestion]:
+    """Fold an index whose keys start another one's (same table) into the longer one."""
+    found = sorted(found, key=lambda s: -len(s.keys))
+    kept: list[IndexSuggestion] = []
+    for s in found:
+        for i, longer in enumerate(kept):
+            same_table = longer.table.lower() == s.table.lower()
+            if same_table and _lower(longer.keys[: len(s.keys)]) == _lower(s.keys):
+                kept[i] = dataclasses.replace(
+                    longer,
+                    estimated_gain=longer.estimated_gain + s.estimated_gain,
+                    queries=(*longer.queries, *s.queries),
+                )
+                break
+        else:
+            kept.append(s)
+    return sorted(kept, key=lambda s: -s.estimated_gain)
+
+
+def _lower(keys: tuple[tuple[str, str, bool], ...]) -> list[tuple[str, str, bool]]:
+    return [(c.lower(), coll, d) for c, coll, d in keys]
+
+
+def _rename(found: list[IndexSuggestion], schema: Schema) -> list[IndexSuggestion]:
+    """Give every suggestion a distinct name (two statements may have picked the same)."""
+    taken = [i.name for t in schema.tables.values() for i in t.indexes] + list(schema.tables)
+    out = []
+    for s in found:
+        named = s
+        if s.name.lower() in {t.lower() for t in taken}:
+            cand = Candidate(s.table, s.keys)
+            name = cand.name(taken)
+            named = dataclasses.replace(s, name=name, create_sql=cand.create_sql(name, schema))
+        taken.append(named.name)
+        out.append(named)
+    return out

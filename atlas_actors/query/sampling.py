@@ -1,0 +1,161 @@
+"""Cheap measurements of live data: index probes and random row samples.
+
+Both are bounded whatever the table's size: a probe is at most ``cap`` index seeks, a
+sample at most ``n`` rowid lookups. They stand in for ``ANALYZE`` when a database has not
+been analyzed, and give statistics to indexes that do not exist yet.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apsw
+
+from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.query.schema import IndexInfo, TableInfo
+
+__all__ = [
+    "Stat1Row",
+    "gee_distinct",
+    "index_stat_from_sample",
+    "probe_index_stat",
+    "sample_columns",
+    "sample_rows",
+]
+
+Stat1Row = tuple[str, str | None, str]
+"""One ``sqlite_stat1`` row: (table, index or None, stat text)."""
+
+
+def gee_distinct(counts: Iterable[int], sample: int, total: float) -> float:
+    """Estimate the distinct values of a column from value counts in a random sample.
+
+    The GEE estimator (Charikar et al., "Towards estimation error guarantees for distinct
+    values", PODS 2000): a value seen once stands for ``sqrt(N/n)`` values, a value seen
+    more often for itself. Exact when the sample is the whole table.
+    """
+    counts = list(counts)
+    singles = sum(1 for c in counts if c == 1)
+    if sample >= total or sample == 0:
+        return float(max(len(counts), 1))
+    return max(math.sqrt(total / sample) * singles + (len(counts) - singles), 1.0)
+
+
+def sample_rows(
+    conn: apsw.Connection, table: TableInfo, columns: Sequence[str], *, n: int = 2000
+) -> list[tuple[Any, ...]]:
+    """Return ``columns`` of about ``n`` rows of ``table`` picked at random.
+
+    Rows are fetched by random rowid (``rowid IN (SELECT value FROM json_each(?))``): one
+    seek each, whatever the table's size (json_each is built into SQLite since 3.38,
+    https://www.sqlite.org/json1.html#jeach). Rowids that were deleted simply miss. The
+    seed depends on the table only, so estimates repeat. A WITHOUT ROWID table gives its
+    first ``n`` rows instead.
+    """
+    t = quote_catalog_name(table.name)
+    select = ", ".join(quote_catalog_name(c) for c in columns)
+    if not table.has_rowid:
+        return conn.execute(f"SELECT {select} FROM {t} LIMIT ?", (n,)).fetchall()
+    top = conn.execute(f"SELECT max(rowid) FROM {t}").fetchall()[0][0]
+    if not isinstance(top, int) or top < 1:
+        return []
+    if top <= n:
+        return conn.execute(f"SELECT {select} FROM {t}").fetchall()
+    ids = random.Random(f"{table.name}:{top}").sample(range(1, top + 1), n)
+    return conn.execute(
+        f"SELECT {select} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?))",
+        ("[" + ",".join(map(str, ids)) + "]",),
+    ).fetchall()
+
+
+def _fold(value: Any, collation: str) -> Any:
+    """Map ``value`` to what ``collation`` compares equal (built-in collations only)."""
+    if not isinstance(value, str):
+        return value
+    if (
+        collation == "NOCASE"
+    ):  # folds ASCII letters only (https://www.sqlite.org/datatype3.html#collation)
+        return value.translate(_ASCII_LOWER)
+    if collation == "RTRIM":
+        return value.rstrip(" ")
+    return value
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def index_stat_from_sample(
+    rows: Sequence[tuple[Any, ...]], collations: Sequence[str], total: float
+) -> str:
+    """Return a stat1 text for an index whose key columns are the columns of ``rows``."""
+    n_total = max(round(total), 1)
+    per_key = []
+    for k in range(1, len(collations) + 1):
+        counts: dict[tuple[Any, ...], int] = {}
+        for row in rows:
+            key = tuple(_fold(v, c) for v, c in zip(row[:k], collations[:k], strict=True))
+            counts[key] = counts.get(key, 0) + 1
+        distinct = gee_distinct(counts.values(), len(rows), n_total)
+        per_key.append(max(1, round(n_total / distinct)))
+    return " ".join(str(v) for v in [n_total, *per_key])
+
+
+def sample_columns(
+    conn: apsw.Connection, table: TableInfo, columns: Sequence[str], rows: float, *, n: int = 256
+) -> dict[str, float]:
+    """Return rows per distinct non-NULL value of each of ``columns``, from a sample."""
+    cols = [c for c in columns if table.column(c) is not None]
+    if not cols or rows < 1:
+        return {}
+    picked = sample_rows(conn, table, cols, n=n)
+    out = {}
+    for i, col in enumerate(cols):
+        values: dict[object, int] = {}
+        for row in picked:
+            if row[i] is not None:
+                values[row[i]] = values.get(row[i], 0) + 1
+        if values:
+            out[col.lower()] = max(1.0, rows / gee_distinct(values.values(), len(picked), rows))
+    return out
+
+
+def probe_index_stat(
+    conn: apsw.Connection, table: TableInfo, index: IndexInfo, rows: float, *, cap: int = 400
+) -> str:
+    """Return a stat1 text for ``index`` from its distinct leading values, or ``""``.
+
+    ``SELECT min(c) FROM t WHERE c > ?`` is one index seek (the min/max optimization,
+    https://www.sqlite.org/optoverview.html#minmax), so stepping from each value to the
+    next counts up to ``cap`` distinct values cheaply. Past the cap, numbers are
+    extrapolated over the column's range; other values get the geometric mean of the
+    bounds. Columns after the first are assumed to divide by 10 each, as SQLite guesses.
+    """
+    first = index.columns[0] if index.columns else None
+    column = table.column(first.name) if first is not None and first.name else None
+    if index.partial or column is None or first is None or column.collation != first.collation:
+        return ""  # the seek would not use this index: do not pay for a scan
+    c, t = quote_catalog_name(column.name), quote_catalog_name(table.name)
+    value = conn.execute(f"SELECT min({c}) FROM {t}").fetchall()[0][0]
+    start, distinct = value, 0
+    step = f"SELECT min({c}) FROM {t} WHERE {c} > ?"
+    while value is not None and distinct < cap:
+        distinct += 1
+        value = conn.execute(step, (value,)).fetchall()[0][0]
+    n = max(rows, 1.0)
+    if value is None or distinct == 0:
+        estimate = float(max(distinct, 1))
+    elif isinstance(value, int | float) and isinstance(start, int | float) and value != start:
+        top = conn.execute(f"SELECT max({c}) FROM {t}").fetchall()[0][0]
+        span = float(top) - float(start) if isinstance(top, int | float) else 0.0
+        estimate = min(n, distinct * max(span / (float(value) - float(start)), 1.0))
+    else:
+        estimate = math.sqrt(n * distinct)
+    per_key = [max(1.0, n / max(estimate, 1.0))]
+    for _ in index.columns[1:]:
+        per_key.append(max(1.0, per_key[-1] / 10))
+    if index.unique:
+        per_key[-1] = 1.0
+    return " ".join(str(round(v)) for v in [n, *per_key])

@@ -1,0 +1,169 @@
+"""The workload recorder: per-statement counts and latencies, a slow-query log.
+
+The runtime calls :meth:`WorkloadRecorder.record` for every query, from many threads, so
+recording is one dictionary update under a lock, keyed by the SQL string as given
+(Python caches a string's hash, so a repeated statement object costs no hashing). The
+work of normalizing statements into fingerprints (literals become ``?``, ``IN`` lists
+collapse, keywords are upper-cased) is done later: when a report is asked for, or when
+the number of distinct strings reaches ``max_statements`` and they are folded into
+per-fingerprint totals. Fingerprints are bounded too: past ``max_fingerprints`` the ones
+with the least total time are dropped and counted in :attr:`WorkloadRecorder.dropped`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import apsw
+
+from atlas_actors.query._tokens import significant, tokenize
+
+__all__ = ["QueryStats", "WorkloadRecorder", "fingerprint"]
+
+_KEYWORDS = frozenset(k.upper() for k in apsw.keywords)
+_LITERALS = frozenset({"string", "number", "blob", "param"})
+MAX_SQL_LENGTH = 4096
+"""Longer statements are recorded under their first MAX_SQL_LENGTH characters."""
+
+
+def fingerprint(sql: str) -> str:
+    """Return ``sql`` normalized so that statements differing only in values are equal.
+
+    Literals and parameters become ``?`` (a leading minus included), a parenthesized
+    list of values such as ``IN (?, ?, ?)`` becomes ``(?)``, keywords are upper case,
+    bare identifiers lower case (SQLite compares them case-insensitively), comments and
+    spacing are dropped.
+    """
+    out: list[str] = []
+    for t in significant(tokenize(sql)):
+        if t.kind in _LITERALS:
+            if out and out[-1] == "-" and (len(out) < 2 or out[-2] in _BEFORE_UNARY):
+                out.pop()  # a negative number is one value
+            out.append("?")
+        elif t.kind == "word":
+            out.append(t.upper if t.upper in _KEYWORDS else t.text.lower())
+        elif t.text == ")" and "(" in out:
+            opening = len(out) - 1 - out[::-1].index("(")
+            inside = out[opening + 1 :]
+            if inside and all(x in ("?", ",") for x in inside):
+                del out[opening + 1 :]  # a list of values: its length does not matter
+                out.append("?")
+            out.append(")")
+        else:
+            out.append(t.text)
+    while out and out[-1] == ";":
+        out.pop()
+    text = " ".join(out)
+    for a, b in ((" ,", ","), ("( ", "("), (" )", ")"), (" . ", "."), (" .", "."), (". ", ".")):
+        text = text.replace(a, b)
+    return text
+
+
+_BEFORE_UNARY = frozenset({"(", ",", "=", "<", ">", "<=", ">=", "<>", "!=", "==", *_KEYWORDS})
+
+
+@dataclass(frozen=True)
+class QueryStats:
+    """What the recorder knows about one statement shape."""
+
+    fingerprint: str
+    """The normalized statement (see :func:`fingerprint`)."""
+    example: str
+    """One statement as it was run (valid SQL to analyze)."""
+    calls: int
+    """How many times it ran."""
+    total_seconds: float
+    """Time spent in it, in total."""
+    max_seconds: float
+    """The slowest single run."""
+    rows: int
+    """Rows returned or changed, in total."""
+
+    @property
+    def mean_seconds(self) -> float:
+        """Return the average time of one run."""
+        return self.total_seconds / self.calls if self.calls else 0.0
+
+
+class WorkloadRecorder:
+    """Thread-safe, bounded recorder of query latencies (see the module docstring)."""
+
+    def __init__(self, *, max_statements: int = 2000, max_fingerprints: int = 500) -> None:
+        """Keep at most ``max_statements`` raw strings and ``max_fingerprints`` shapes."""
+        if max_statements < 1 or max_fingerprints < 1:
+            raise ValueError("max_statements and max_fingerprints must be at least 1")
+        self._lock = threading.Lock()
+        self._raw: dict[str, list[float]] = {}  # sql -> [calls, total, max, rows]
+        self._folded: dict[str, tuple[str, list[float]]] = {}  # fingerprint -> (example, ...)
+        self._max_statements = max_statements
+        self._max_fingerprints = max_fingerprints
+        self.dropped = 0
+        """Calls whose fingerprint was evicted to keep memory bounded."""
+
+    def record(self, sql: str, seconds: float, rows: int = 0) -> None:
+        """Count one run of ``sql`` that took ``seconds`` and produced ``rows`` rows."""
+        if len(sql) > MAX_SQL_LENGTH:
+            sql = sql[:MAX_SQL_LENGTH]
+        with self._lock:
+            entry = self._raw.get(sql)
+            if entry is not None:
+                entry[0] += 1
+                entry[1] += seconds
+                if seconds > entry[2]:  # noqa: PLR1730 (hot path: no max() call)
+                    entry[2] = seconds
+                entry[3] += rows
+                return
+            if len(self._raw) >= self._max_statements:
+                self._fold()
+            self._raw[sql] = [1, seconds, seconds, rows]
+
+    def _fold(self) -> None:
+        """Merge the raw strings into per-fingerprint totals (caller holds the lock)."""
+        for sql, entry in self._raw.items():
+            _merge(self._folded, fingerprint(sql), sql, entry)
+        self._raw.clear()
+        if len(self._folded) > self._max_fingerprints:
+            keep = sorted(self._folded.items(), key=lambda kv: -kv[1][1][1])
+            for _fp, (_example, entry) in keep[self._max_fingerprints :]:
+                self.dropped += int(entry[0])
+            self._folded = dict(keep[: self._max_fingerprints])
+
+    def snapshot(self) -> list[QueryStats]:
+        """Return every recorded shape, most total time first."""
+        with self._lock:
+            raw = {sql: list(e) for sql, e in self._raw.items()}
+            folded = {fp: (ex, list(e)) for fp, (ex, e) in self._folded.items()}
+        for sql, entry in raw.items():  # normalizing happens outside the lock
+            _merge(folded, fingerprint(sql), sql, entry)
+        stats = [
+            QueryStats(fp, ex, int(e[0]), e[1], e[2], int(e[3])) for fp, (ex, e) in folded.items()
+        ]
+        return sorted(stats, key=lambda s: -s.total_seconds)
+
+    def top(self, n: int = 10) -> list[QueryStats]:
+        """Return the ``n`` shapes with the most total time (calls x latency)."""
+        return self.snapshot()[:n]
+
+    def slow_queries(self, threshold_ms: float = 100.0) -> list[QueryStats]:
+        """Return shapes whose mean latency is at least ``threshold_ms``, most time first."""
+        return [s for s in self.snapshot() if s.mean_seconds * 1000 >= threshold_ms]
+
+    def reset(self) -> None:
+        """Forget everything recorded."""
+        with self._lock:
+            self._raw.clear()
+            self._folded.clear()
+            self.dropped = 0
+
+
+def _merge(into: dict[str, tuple[str, list[float]]], fp: str, sql: str, entry: list[float]) -> None:
+    found = into.get(fp)
+    if found is None:
+        into[fp] = (sql, list(entry))
+        return
+    total = found[1]
+    total[0] += entry[0]
+    total[1] += entry[1]
+    total[2] = max(total[2], entry[2])
+    total[3] += entry[3]

@@ -1,0 +1,219 @@
+"""analyze() turns EXPLAIN QUERY PLAN into typed steps with row estimates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+import pytest
+
+from atlas_actors.errors import QueryValidationError, SQLError
+from atlas_actors.query import Optimizer, QueryPlan
+from atlas_actors.query._sqlinfo import UNKNOWN, null_bindings, sql_info
+from atlas_actors.query.plan import classify
+
+from .workload_fixtures import QUERIES, populate
+
+
+@pytest.fixture
+def tasks_db(tmp_path: Path) -> apsw.Connection:
+    conn = apsw.Connection(str(tmp_path / "plan.db"))
+    populate(conn, tasks=3000)
+    conn.execute("CREATE INDEX tasks_status ON tasks(status)")
+    conn.execute("CREATE INDEX comments_task ON comments(task_id)")
+    return conn
+
+
+def analyze(conn: apsw.Connection, sql: str, params: tuple[object, ...] = ()) -> QueryPlan:
+    return Optimizer(lambda fn: fn(conn)).analyze(sql, params)
+
+
+@pytest.mark.parametrize(
+    ("detail", "kind", "name", "index"),
+    [
+        ("SCAN t", "scan", "t", None),
+        ("SCAN TABLE t AS a", "scan", "a", None),  # before 3.36
+        ("SCAN t USING COVERING INDEX i", "scan", "t", "i"),
+        ("SEARCH t USING INDEX i (a=? AND b>?)", "search", "t", "i"),
+        ("SEARCH TABLE t USING INDEX i (a=?)", "search", "t", "i"),  # before 3.36
+        ("SEARCH p USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN", "search", "p", None),
+        ("SEARCH b USING AUTOMATIC COVERING INDEX (due=?)", "search", "b", None),
+        ("USE TEMP B-TREE FOR ORDER BY", "sort", None, None),
+        ("CORRELATED SCALAR SUBQUERY 2", "subquery", "2", None),
+        ("CO-ROUTINE x", "subquery", "x", None),
+        ("MATERIALIZE cte", "subquery", "cte", None),
+        ("BLOOM FILTER ON b (due=?)", "bloom", "b", None),
+        ("RIGHT-JOIN p", "right_join", "p", None),
+        ("CREATE BLOOM FILTER", "bloom", None, None),
+        ("COMPOUND QUERY", "compound", None, None),
+        ("MULTI-INDEX OR", "or", None, None),
+        ("USING INDEX i FOR IN-OPERATOR", "in_probe", None, None),
+        ("SOMETHING SQLITE ADDS NEXT YEAR", "other", None, None),
+    ],
+)
+def test_detail_lines_are_classified_by_their_leading_words(
+    detail: str, kind: str, name: str | None, index: str | None
+) -> None:
+    a = classify(detail)
+    assert (a.kind, a.name, a.index) == (kind, name, index)
+
+
+def test_search_constraints_are_read_from_the_detail() -> None:
+    a = classify("SEARCH t USING INDEX i (a=? AND b>? AND b<?)")
+    assert a.eq == ("a",) and a.ranges == (("b", 2),)
+    skip = classify("SEARCH t USING INDEX i (ANY(a) AND b=?)")
+    assert skip.eq == ("a", "b") and skip.skip == 1
+    assert classify("SEARCH p USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN").left_join
+    assert classify("SEARCH b USING AUTOMATIC COVERING INDEX (due=?)").automatic
+
+
+def test_an_index_search_is_an_index_step_with_its_index(tasks_db: apsw.Connection) -> None:
+    plan = analyze(tasks_db, "SELECT * FROM tasks WHERE status = ?", ("blocked",))
+    (step,) = plan.steps
+    assert (step.type, step.table, step.details["index"]) == ("index", "tasks", "tasks_status")
+    assert plan.used_indexes == ("tasks_status",)
+
+
+def test_a_full_scan_with_a_sort_gives_scan_and_sort_steps(tasks_db: apsw.Connection) -> None:
+    plan = analyze(tasks_db, "SELECT * FROM tasks WHERE due > ? ORDER BY due", (10,))
+    assert [s.type for s in plan.steps] == ["scan", "sort"]
+    assert plan.used_indexes == ()
+
+
+def test_join_loops_resolve_aliases_to_tables(tasks_db: apsw.Connection) -> None:
+    plan = analyze(
+        tasks_db,
+        "SELECT t.title, c.body FROM tasks AS t JOIN comments c ON c.task_id = t.id "
+        "WHERE t.status = ?",
+        ("open",),
+    )
+    loops = [s for s in plan.steps if s.type in ("scan", "index", "join")]
+    assert [s.type for s in loops][1:] == ["join"]
+    assert {s.table for s in loops} == {"tasks", "comments"}
+
+
+def test_subqueries_and_compounds_become_subquery_steps(tasks_db: apsw.Connection) -> None:
+    plan = analyze(
+        tasks_db,
+        "SELECT * FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE owner = ?) "
+        "UNION SELECT * FROM tasks WHERE id = 1",
+        ("user1",),
+    )
+    types = {s.type for s in plan.steps}
+    assert "subquery" in types
+    assert all(s.details["recognized"] for s in plan.steps)
+
+
+def test_every_line_of_the_bundled_sqlite_output_is_recognized(
+    tasks_db: apsw.Connection,
+) -> None:
+    for sql, params in QUERIES:
+        plan = analyze(tasks_db, sql, params)
+        assert plan.steps, sql
+        unknown = [s.details["detail"] for s in plan.steps if not s.details["recognized"]]
+        assert unknown == [], sql
+
+
+def test_row_estimates_follow_stat1_after_analyze(tasks_db: apsw.Connection) -> None:
+    sql, params = "SELECT * FROM tasks WHERE status = ?", ("blocked",)
+    actual = len(tasks_db.execute(sql, params).fetchall())
+    tasks_db.execute("ANALYZE")
+    plan = analyze(tasks_db, sql, params)
+    assert plan.analyzed
+    # stat1 holds the average rows per status (3000 / 5), not this status' count
+    assert plan.estimated_rows == pytest.approx(3000 / 5, rel=0.05)
+    assert actual < plan.estimated_rows
+
+
+def test_without_stat1_row_estimates_come_from_measured_sizes(tasks_db: apsw.Connection) -> None:
+    plan = analyze(tasks_db, "SELECT * FROM tasks")
+    assert not plan.analyzed
+    assert plan.estimated_rows == 3000
+    # the status index is probed: five distinct values
+    plan = analyze(tasks_db, "SELECT * FROM tasks WHERE status = ?", ("open",))
+    assert plan.estimated_rows == pytest.approx(600, rel=0.01)
+
+
+def test_limit_and_aggregates_cap_the_estimated_rows(tasks_db: apsw.Connection) -> None:
+    assert analyze(tasks_db, "SELECT * FROM tasks LIMIT 7").estimated_rows == 7
+    assert analyze(tasks_db, "SELECT count(*) FROM tasks WHERE due > 5").estimated_rows == 1
+    assert analyze(tasks_db, "SELECT * FROM tasks LIMIT ?", (3,)).estimated_rows == 3
+
+
+def test_a_limit_without_a_sort_makes_a_scan_cheap(tasks_db: apsw.Connection) -> None:
+    full = analyze(tasks_db, "SELECT * FROM tasks WHERE due > 5")
+    limited = analyze(tasks_db, "SELECT * FROM tasks WHERE due > 5 LIMIT 10")
+    sorted_ = analyze(tasks_db, "SELECT * FROM tasks WHERE due > 5 ORDER BY due LIMIT 10")
+    assert limited.cost < full.cost / 50
+    assert sorted_.cost > full.cost  # the sort must see every row first
+
+
+def test_a_second_statement_is_refused_and_never_runs(tasks_db: apsw.Connection) -> None:
+    with pytest.raises(QueryValidationError, match="one statement"):
+        analyze(tasks_db, "SELECT 1; DROP TABLE tasks")
+    assert tasks_db.execute("SELECT count(*) FROM tasks").fetchall() == [(3000,)]
+
+
+def test_sqlite_errors_are_wrapped_in_the_error_taxonomy(tasks_db: apsw.Connection) -> None:
+    with pytest.raises(SQLError, match="no such table"):
+        analyze(tasks_db, "SELECT * FROM taks")
+
+
+def test_parameters_are_counted_the_way_sqlite_numbers_them() -> None:
+    assert null_bindings("SELECT ?, ?5, :a, @b, :a, ?") == [None] * 8
+    assert null_bindings("SELECT '?' || ? -- ?\n") == [None]
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "limit"),
+    [
+        ("SELECT * FROM t LIMIT 5", None, 5),
+        ("SELECT * FROM t LIMIT 5 OFFSET 10", None, 15),
+        ("SELECT * FROM t LIMIT 10, 5", None, 15),
+        ("SELECT * FROM t WHERE a = ? LIMIT ?", ("x", 4), 4),
+        ("SELECT * FROM t LIMIT ?", None, UNKNOWN),
+        ("SELECT * FROM t LIMIT -1", None, None),
+        ("SELECT * FROM (SELECT * FROM t LIMIT 3)", None, None),
+    ],
+)
+def test_the_top_level_limit_is_found(
+    sql: str, params: tuple[object, ...] | None, limit: int | None
+) -> None:
+    assert sql_info(sql, params).limit == limit
+
+
+def test_aliases_map_to_tables_and_ctes_are_derived() -> None:
+    info = sql_info(
+        'WITH recent AS (SELECT * FROM tasks) SELECT * FROM recent r, "projects" AS p '
+        "JOIN main.comments c ON c.task_id = r.id"
+    )
+    assert info.aliases == {
+        "tasks": "tasks",
+        "recent": None,
+        "r": None,
+        "projects": "projects",
+        "p": "projects",
+        "comments": "comments",
+        "c": "comments",
+    }
+
+
+def test_a_constant_row_is_a_scan_step(tasks_db: apsw.Connection) -> None:
+    (step,) = analyze(tasks_db, "SELECT 1").steps
+    assert step.type == "scan" and step.table is None
+
+
+def test_write_statements_can_be_analyzed_without_running_them(tasks_db: apsw.Connection) -> None:
+    tasks_db.execute("PRAGMA query_only = 1")  # as the runtime's read connections are
+    plan = analyze(tasks_db, "UPDATE tasks SET status = 'x' WHERE assignee = ?", ("user1",))
+    assert [s.type for s in plan.steps] == ["scan"]
+    assert tasks_db.execute("SELECT count(*) FROM tasks WHERE status = 'x'").fetchall() == [(0,)]
+
+
+def test_the_optimizer_works_again_after_close(tasks_db: apsw.Connection) -> None:
+    opt = Optimizer(lambda fn: fn(tasks_db))
+    opt.analyze("SELECT * FROM tasks WHERE status = 'open'")
+    opt.close()
+    assert opt.analyze("SELECT * FROM tasks WHERE status = 'open'").used_indexes == (
+        "tasks_status",
+    )
