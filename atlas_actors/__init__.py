@@ -17,6 +17,7 @@ from atlas_actors.config import StorageConfig
 from atlas_actors.connection import ConnectionMetrics, ConnectionState, WriteResult
 from atlas_actors.events import LifecycleEvent
 from atlas_actors.future import Future
+from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.storage import HealthReport, Storage, open
 from atlas_actors.transaction.transaction import (
@@ -34,6 +35,7 @@ __all__ = [
     "LifecycleEvent",
     "PoolStatus",
     "PooledConnection",
+    "Query",
     "Row",
     "Storage",
     "StorageConfig",

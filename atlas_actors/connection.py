@@ -157,6 +157,17 @@ def set_value_limit(connection: apsw.Connection, max_bytes: int) -> None:
     connection.limit(apsw.SQLITE_LIMIT_LENGTH, max_bytes)
 
 
+def refuse_double_quoted_strings(connection: apsw.Connection) -> None:
+    """Make ``"name"`` always an identifier: an unknown one is an error, not a string.
+
+    SQLite by default treats a double-quoted name it cannot resolve as a string literal,
+    so a misspelt column silently compares against its own name
+    (https://sqlite.org/quirks.html#dblquote).
+    """
+    connection.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+    connection.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+
+
 def set_max_page_count(connection: apsw.Connection, pages: int) -> None:
     """Bound the database size: past it, writes fail with SQLITE_FULL (a full disk)."""
     connection.pragma("max_page_count", pages)
@@ -198,6 +209,7 @@ def open_connection(
         set_cache_size(connection, cache_size_kib)
         enable_foreign_keys(connection)
         set_value_limit(connection, max_value_bytes)
+        refuse_double_quoted_strings(connection)
         if max_page_count:
             set_max_page_count(connection, max_page_count)
     except apsw.Error as error:

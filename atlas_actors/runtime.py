@@ -37,6 +37,7 @@ from atlas_actors.errors import (
 )
 from atlas_actors.events import EventBus
 from atlas_actors.handles import SupervisorHandle, WriterHandle
+from atlas_actors.query import Optimizer, Schema, WorkloadRecorder
 from atlas_actors.recovery import ErrorHandler
 from atlas_actors.telemetry.metrics import Metrics
 from atlas_actors.telemetry.tracing import Tracing
@@ -93,13 +94,22 @@ class Runtime:
         self._writer_ready = threading.Event()
         self._start_error: BaseException | None = None
         self._reader_ids = itertools.count()
+        self.workload = WorkloadRecorder()
+        """Every read's statement and latency, for ``optimizer.advise()``."""
         self.pool = ReaderPool(
             config=config,
             events=self.events,
             grow=self._grow_reader,
             retire=self._retire_reader,
+            record_query=self.workload.record,
         )
         """The reader pool: ``acquire()``, ``status()``, ``resize(n)``."""
+        self.optimizer = Optimizer(
+            read=self.pool.run_function, write=self._run_ddl, workload=self.workload
+        )
+        """Plans, costs, index advice and rewrites: ``db.optimizer.analyze(sql)``."""
+        self._schema: tuple[int, Schema] | None = None
+        self._schema_generation = 0
         self.transactions = TransactionManager(self)  # type: ignore[arg-type]
         """Transactions: ``begin()``, ``run(fn)``, ``status()``."""
         self._supervisor_ref = SupervisorActor.start(
@@ -175,6 +185,7 @@ class Runtime:
             commit_hooks=self.commit_hooks,
             hooks=WriterHooks(
                 connected=self._writer_connected,
+                schema_changed=self._schema_changed,
                 disconnected=self._writer_disconnected,
                 version=self._set_version,
                 error=self._writer_error,
@@ -256,6 +267,7 @@ class Runtime:
         finally:
             with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
                 self._supervisor_ref.stop(block=True, timeout=timeout)
+            self.optimizer.close()
             self._state = "closed"
 
     def check_usable(self) -> None:
@@ -292,6 +304,22 @@ class Runtime:
         self.writer_threads.discard(me)
         if me not in self.lease_owners:
             self.guarded_threads.discard(me)
+
+    def _schema_changed(self) -> None:
+        self._schema_generation += 1
+
+    def schema(self) -> Schema:
+        """The live schema (tables, columns, indexes), re-read after any schema change."""
+        cached = self._schema
+        generation = self._schema_generation
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        schema = self.pool.run_function(Schema.from_connection)
+        self._schema = (generation, schema)  # a change meanwhile bumps the generation
+        return schema
+
+    def _run_ddl(self, sql: str) -> None:
+        self.writer.execute(sql).get()
 
     def _set_version(self, version: tuple[int, int]) -> None:
         self.writer_version = version  # one tuple: readers see old or new, never half

@@ -36,6 +36,7 @@ from atlas_actors.config import StorageConfig
 from atlas_actors.connection import ConnectionMetrics, Params, WriteResult
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
 from atlas_actors.future import Future
+from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
 from atlas_actors.transaction.transaction import Transaction, _Savepoint
@@ -236,6 +237,10 @@ class Storage(Runtime):
         return rows[0] if rows else None
 
     def _build(self, query: Buildable) -> tuple[str, Params]:
+        if isinstance(query, Query):
+            # Checked against the live schema: unknown names fail with a suggestion.
+            sql, bound = query.build(schema=self.schema())
+            return sql, list(bound)
         sql, params = query.build()
         return sql, list(params)
 

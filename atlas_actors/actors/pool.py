@@ -25,8 +25,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+import apsw
 from pykka._envelope import Envelope
 
 from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["PoolStatus", "PooledConnection", "ReaderPool"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MAX_READS_PER_WAKEUP = 64
 
@@ -238,6 +241,14 @@ class ReaderPool:
         if self._record_query is not None:
             self._record_query(sql, latency)
         return rows
+
+    def run_function(self, fn: Callable[[apsw.Connection], T], timeout: float | None = None) -> T:
+        """Borrow a connection and call ``fn`` with the raw apsw connection (read-only)."""
+        connection = self._take(timeout)
+        try:
+            return fn(connection.connection)
+        finally:
+            self.release(connection)
 
     def run(self, connection: TrackedConnection, sql: str, params: Params) -> list[Row]:
         """Run a read on a borrowed connection, recording it in the workload."""

@@ -84,6 +84,8 @@ class WriterHooks:
     """An operation failed with this error (statement text or None): log and count it."""
     corruption: Callable[[CorruptionError], None] = _ignore
     """SQLite reported corruption: the storage stops writes and verifies the file."""
+    schema_changed: Callable[[], None] = _ignore
+    """A commit (ours or another process's) changed the schema."""
     lease_granted: Callable[[Lease], None] = _ignore
     """A transaction borrowed the connection."""
     lease_ended: Callable[[Lease], None] = _ignore
@@ -122,6 +124,7 @@ class WriterActor(RoleActor):
         self._lease: Lease | None = None
         self._lease_timer: threading.Timer | None = None
         self._stash: list[Op] = []
+        self._schema_version = 0
         self._disk_full: DiskFullError | None = None
         self._next_probe = 0.0
 
@@ -136,6 +139,7 @@ class WriterActor(RoleActor):
             self._verify(connection)
         self.connection = connection
         self._data_version = int(raw.pragma("data_version"))
+        self._schema_version = int(raw.pragma("schema_version"))
         self.hooks.connected(connection)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
@@ -280,7 +284,14 @@ class WriterActor(RoleActor):
         if data_version != self._data_version:
             self._data_version = data_version
             self.hooks.version((self.counters.commit_seq, data_version))
+            self._check_schema(connection)  # another process committed: DDL maybe
         return True
+
+    def _check_schema(self, connection: TrackedConnection) -> None:
+        schema_version = int(connection.connection.pragma("schema_version"))
+        if schema_version != self._schema_version:
+            self._schema_version = schema_version
+            self.hooks.schema_changed()
 
     def _run(self, op: WriterOp) -> None:
         if not op.claim():
@@ -369,6 +380,8 @@ class WriterActor(RoleActor):
             except apsw.Error as error:
                 self._commit_failed(connection, batch, error)
                 return
+            if batch:
+                self._check_schema(connection)
             self._run_commit_hooks(connection)
         counters = self.counters
         if batch:
