@@ -117,6 +117,31 @@ class StorageConfig:
     """While the disk is full, one write per this many seconds is tried to detect that
     space came back; the others fail at once."""
 
+    cache: bool = True
+    """Cache the results of deterministic reads (``db.query``); never stale after a write."""
+
+    cache_memory_bytes: int = 64 * 1024 * 1024
+    """Bound of the in-memory level (L1), in measured bytes."""
+
+    cache_disk: bool = True
+    """Keep results on disk too (L2, a diskcache directory), surviving restarts."""
+
+    cache_disk_bytes: int = 256 * 1024 * 1024
+    """Bound of the on-disk level (L2), in bytes."""
+
+    cache_dir: str = ""
+    """L2's directory; empty: ``<database>.cache`` next to the database."""
+
+    cache_ttl: float = 300.0
+    """Seconds a cached result may be served (it is dropped earlier if its tables change)."""
+
+    cache_disk_min_seconds: float = 0.0005
+    """Only results that took at least this long to compute are written to L2 (and L2 is
+    only consulted for such statements): a disk lookup costs more than a cheap query."""
+
+    cache_max_entry_bytes: int = 4 * 1024 * 1024
+    """Results larger than this are not cached."""
+
     checkpoint_frames: int = 1000
     """WAL frames after which the supervisor runs a PASSIVE checkpoint."""
 
@@ -204,6 +229,8 @@ def _validate(config: StorageConfig) -> None:
         "restart_backoff_jitter",
         "checkpoint_frames",
         "max_page_count",
+        "cache_ttl",
+        "cache_disk_min_seconds",
     )
     for name in non_negative:
         value = getattr(config, name)
@@ -218,6 +245,9 @@ def _validate(config: StorageConfig) -> None:
         "wal_size_limit",
         "transaction_timeout",
         "disk_full_probe_interval",
+        "cache_memory_bytes",
+        "cache_disk_bytes",
+        "cache_max_entry_bytes",
     )
     for name in strictly_positive:
         value = getattr(config, name)

@@ -14,18 +14,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import apsw
 import pykka
 from opentelemetry import trace
 
 from atlas_actors.actors.base import Mailbox, RoleActor
+from atlas_actors.actors.cache import CacheActor
 from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
 from atlas_actors.actors.writer_ops import WriterCounters
+from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
+from atlas_actors.cache.manager import CacheManager
+from atlas_actors.cache.statements import forget as forget_statements
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import TrackedConnection, open_connection
 from atlas_actors.errors import (
@@ -73,8 +76,6 @@ class Runtime:
         self.errors = ErrorHandler(self, self.metrics)  # type: ignore[arg-type]
         """Error analysis, logging and recovery: ``db.errors.analyze(exc)``."""
         self.writer_counters = WriterCounters()
-        self.commit_hooks: list[Callable[[TrackedConnection], None]] = []
-        """Called in the writer after each COMMIT, before any write is acknowledged."""
         self.writer_version: tuple[int, int] = (0, 0)
         """(commits by this storage, SQLite data_version): changes with every commit."""
         self.writer_threads: set[int] = set()
@@ -110,6 +111,15 @@ class Runtime:
         """Plans, costs, index advice and rewrites: ``db.optimizer.analyze(sql)``."""
         self._schema: tuple[int, Schema] | None = None
         self._schema_generation = 0
+        self.cache = CacheManager(
+            config,
+            self.pool,
+            changes=None,
+            directory=config.cache_dir or f"{os.path.abspath(path)}.cache",
+        )
+        """The result cache: ``db.cache.stats()``, ``invalidate(pattern)``, ``warm()``."""
+        self._cache_started = False
+        self._shm: ShmCounter | None = None
         self.transactions = TransactionManager(self)  # type: ignore[arg-type]
         """Transactions: ``begin()``, ``run(fn)``, ``status()``."""
         self._supervisor_ref = SupervisorActor.start(
@@ -139,6 +149,11 @@ class Runtime:
 
     def _start(self) -> None:
         timeout = self.config.default_timeout
+        if self.config.cache:
+            # First the cache: it must see the files as the last session left them.
+            self._supervisor.add_child(
+                "cache", self._make_cache, Mailbox("cache", self.config.mailbox_size)
+            ).get(timeout=timeout)
         self._supervisor.add_child("writer", self._make_writer, self._writer_mailbox).get(
             timeout=timeout
         )
@@ -147,6 +162,15 @@ class Runtime:
             raise OperationTimeout("starting the writer", timeout, applied=None)
         if self._start_error is not None:
             raise self._start_error
+        if self.config.cache:
+            self._shm = shm_counter(self.path)
+            if self._shm is not None:
+                self.cache.external = ExternalChanges(self._shm)
+            else:
+                log.warning(
+                    "no wal-index to watch: other processes' writes may be served "
+                    "from cache until this storage writes"
+                )
         for _ in range(self.config.readers):
             self._add_reader().get(timeout=timeout)
         deadline = time.monotonic() + timeout
@@ -182,8 +206,12 @@ class Runtime:
             events=self.events,
             tracing=self.tracing,
             counters=self.writer_counters,
-            commit_hooks=self.commit_hooks,
             hooks=WriterHooks(
+                began=self._writer_began,
+                will_commit=self._writer_will_commit,
+                committed=self._writer_committed,
+                commit_failed=self._writer_commit_failed,
+                track_tables=self.config.cache,
                 connected=self._writer_connected,
                 schema_changed=self._schema_changed,
                 disconnected=self._writer_disconnected,
@@ -194,6 +222,21 @@ class Runtime:
                 lease_ended=self._lease_ended,
             ),
             connect=lambda: self._connect(writer=True),
+            role=role,
+            incarnation=incarnation,
+            mailbox=mailbox,
+            db_name=self.name,
+            on_failure_report=self._report_failure,
+        )
+
+    def _make_cache(self, role: str, incarnation: int, mailbox: Mailbox) -> RoleActor:
+        first = not self._cache_started
+        self._cache_started = True
+        return CacheActor(
+            config=self.config,
+            manager=self.cache,
+            database=self.path,
+            first_start=first,
             role=role,
             incarnation=incarnation,
             mailbox=mailbox,
@@ -268,6 +311,10 @@ class Runtime:
             with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
                 self._supervisor_ref.stop(block=True, timeout=timeout)
             self.optimizer.close()
+            if self._shm is not None:
+                self.cache.external = None
+                self._shm.close()
+                self._shm = None
             self._state = "closed"
 
     def check_usable(self) -> None:
@@ -292,7 +339,29 @@ class Runtime:
 
     # -- writer hooks (run in the writer's thread) -------------------------------------
 
+    def _writer_began(self) -> None:
+        external = self.cache.external
+        if external is not None and external.writer_holds_lock():
+            self.cache.invalidate_all("another process committed")
+
+    def _writer_will_commit(self) -> None:
+        external = self.cache.external
+        if external is not None:
+            external.expect_own_commit()
+
+    def _writer_committed(self, tables: frozenset[str] | None) -> None:
+        self.cache.tables_written(tables)
+
+    def _writer_commit_failed(self) -> None:
+        external = self.cache.external
+        if external is not None:
+            external.forget_own_commit()
+        self.cache.invalidate_all("a commit failed")
+
     def _writer_connected(self, connection: TrackedConnection) -> None:
+        if self.writer_connection is not None:
+            # A restarted writer: what the cache holds may predate its recovery.
+            self.cache.invalidate_all("the writer restarted")
         self.writer_threads.add(threading.get_ident())
         self.guarded_threads.add(threading.get_ident())
         self.writer_connection = connection
@@ -307,6 +376,8 @@ class Runtime:
 
     def _schema_changed(self) -> None:
         self._schema_generation += 1
+        forget_statements()  # views and triggers may read or write other tables now
+        self.cache.invalidate_all("the schema changed")
 
     def schema(self) -> Schema:
         """The live schema (tables, columns, indexes), re-read after any schema change."""

@@ -87,6 +87,7 @@ class Storage(Runtime):
         vfs: str | None = None,
     ) -> None:
         super().__init__(os.fspath(path), config, tracer_provider=tracer_provider, vfs=vfs)
+        self._cached = config.cache
         _open_storages.add(self)
 
     def close(self, timeout: float | None = None) -> None:
@@ -223,11 +224,18 @@ class Storage(Runtime):
         try:
             if self.tracing.enabled:
                 with self.tracing.client_span("atlas.query", sql):
-                    return self.pool.query(sql, params, timeout)
+                    return self._read(sql, params, timeout)
+            if self._cached:
+                return self.cache.read(sql, params, timeout)
             return self.pool.query(sql, params, timeout)
         except AtlasError as error:
             self.errors.handle(error, {"operation": "query"})
             raise
+
+    def _read(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
+        if self._cached:
+            return self.cache.read(sql, params, timeout)
+        return self.pool.query(sql, params, timeout)
 
     def query_one(
         self, sql: str | Buildable, params: Params = None, *, timeout: float | None = None

@@ -131,7 +131,7 @@ def test_a_restart_storm_escalates_to_storage_unavailable(open_storage: object) 
 def test_status_lists_every_child_and_kill_rejects_unknown_roles(db: atlas.Storage) -> None:
     status = db.supervisor.status()
     roles = [c.role for c in status.children]
-    assert roles[0] == "writer" and {"reader-0", "reader-1"} <= set(roles)
+    assert roles[:2] == ["cache", "writer"] and {"reader-0", "reader-1"} <= set(roles)
     assert status.state == "running" and status.restarts == 0
     with pytest.raises(ValidationError, match="no child 'writre'"):
         db.supervisor.kill("writre")

@@ -31,6 +31,7 @@ import apsw
 from pykka._envelope import Envelope
 
 from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
+from atlas_actors.cache.statements import StatementInfo, analyze
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import (
     ConnectionMetrics,
@@ -44,6 +45,7 @@ from atlas_actors.errors import (
     ReadOnlyError,
     StorageUnavailable,
     ValidationError,
+    wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
 from atlas_actors.rows import Row
@@ -241,6 +243,45 @@ class ReaderPool:
         if self._record_query is not None:
             self._record_query(sql, latency)
         return rows
+
+    def query_analyzed(
+        self, sql: str, params: Params, timeout: float | None = None
+    ) -> tuple[list[Row], StatementInfo, float]:
+        """Like :meth:`query`, also returning what the statement touches and its latency.
+
+        The first time a statement text is seen, it is analyzed (prepared in EXPLAIN
+        mode with an authorizer) on the borrowed connection before it runs.
+        """
+        connection = self._take(timeout)
+        try:
+            info = analyze(connection.connection, sql, params)
+            rows = connection.query(sql, params)
+            latency = connection.last_latency
+        except ReadOnlyError as error:
+            raise _read_only(error, sql) from error
+        except apsw.Error as error:
+            raise wrap_sqlite_error(error, sql) from error
+        finally:
+            self.release(connection)
+        if self._record_query is not None:
+            self._record_query(sql, latency)
+        return rows, info, latency
+
+    def page_cache_counters(self) -> tuple[int, int]:
+        """SQLite page-cache (hits, misses) summed over the idle connections."""
+        hits = misses = 0
+        for connection in list(self._idle):
+            if not self._remove_idle(connection):
+                continue  # borrowed meanwhile
+            try:
+                raw = connection.connection
+                hits += raw.status(apsw.SQLITE_DBSTATUS_CACHE_HIT)[0]
+                misses += raw.status(apsw.SQLITE_DBSTATUS_CACHE_MISS)[0]
+            except apsw.Error:
+                pass
+            finally:
+                self.checkin(connection)
+        return hits, misses
 
     def run_function(self, fn: Callable[[apsw.Connection], T], timeout: float | None = None) -> T:
         """Borrow a connection and call ``fn`` with the raw apsw connection (read-only)."""

@@ -66,7 +66,7 @@ class SupervisorStatus:
     state: str
     """``running``, ``failed`` (escalated) or ``stopped``."""
     children: tuple[ChildStatus, ...]
-    """Every child, writer first."""
+    """Every child, in start order: cache, writer, readers."""
     restarts: int
     """Restarts of all children so far."""
     failure: str | None
@@ -361,7 +361,10 @@ class SupervisorActor(pykka.ThreadingActor):
         """Stop every child, readers first and the writer last, waiting up to ``timeout``."""
         self._state = "stopped" if self._state == "running" else self._state
         deadline = time.monotonic() + timeout
-        ordered = sorted(self._children.values(), key=lambda c: c.role == "writer")
+        # Readers, then the writer (its queued writes commit), then the cache (it
+        # records the final state of the files).
+        order = {"writer": 1, "cache": 2}
+        ordered = sorted(self._children.values(), key=lambda c: order.get(c.role, 0))
         for child in ordered:
             actor = child.actor
             if actor is not None and actor.actor_ref.is_alive():

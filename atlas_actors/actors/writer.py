@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +36,14 @@ from atlas_actors.actors.writer_ops import (
     LeaseExpired,
     LeaseRequest,
     LeaseReturn,
+    UnitOfWorkOp,
+    WriteAllOp,
     WriterCounters,
     WriterOp,
     WriterStats,
     mark_writer_thread,
 )
+from atlas_actors.cache.statements import analyze
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import TrackedConnection
 from atlas_actors.errors import (
@@ -63,8 +66,6 @@ __all__ = ["WriterActor", "WriterHooks"]
 
 log = logging.getLogger(__name__)
 
-CommitHook = Callable[[TrackedConnection], None]
-
 
 def _ignore(*_: Any) -> None:
     return None
@@ -86,6 +87,17 @@ class WriterHooks:
     """SQLite reported corruption: the storage stops writes and verifies the file."""
     schema_changed: Callable[[], None] = _ignore
     """A commit (ours or another process's) changed the schema."""
+    began: Callable[[], None] = _ignore
+    """A batch holds the write lock now (the cache settles its external-change count)."""
+    will_commit: Callable[[], None] = _ignore
+    """A COMMIT that changed rows is about to run."""
+    committed: Callable[[frozenset[str] | None], None] = _ignore
+    """A COMMIT succeeded; the tables it changed (None: unknown). Runs before any write
+    of it is acknowledged: the cache invalidates here."""
+    commit_failed: Callable[[], None] = _ignore
+    """A COMMIT failed."""
+    track_tables: bool = False
+    """Work out which tables each batch changes (only the cache needs it)."""
     lease_granted: Callable[[Lease], None] = _ignore
     """A transaction borrowed the connection."""
     lease_ended: Callable[[Lease], None] = _ignore
@@ -102,7 +114,6 @@ class WriterActor(RoleActor):
         events: EventBus,
         tracing: Tracing,
         counters: WriterCounters,
-        commit_hooks: Sequence[CommitHook],
         hooks: WriterHooks,
         connect: Callable[[], apsw.Connection],
         **base: Any,
@@ -112,7 +123,6 @@ class WriterActor(RoleActor):
         self.events = events
         self.tracing = tracing
         self.counters = counters
-        self.commit_hooks = commit_hooks
         self.hooks = hooks
         self.connect = connect
         self.connection: TrackedConnection | None = None
@@ -125,6 +135,8 @@ class WriterActor(RoleActor):
         self._lease_timer: threading.Timer | None = None
         self._stash: list[Op] = []
         self._schema_version = 0
+        self._batch_tables: set[str] | None = set()
+        self._changes_at_begin = 0
         self._disk_full: DiskFullError | None = None
         self._next_probe = 0.0
 
@@ -281,6 +293,9 @@ class WriterActor(RoleActor):
             return False
         self._in_transaction = True
         self._batch_started = time.monotonic()
+        self._batch_tables = set()
+        self._changes_at_begin = connection.connection.total_changes()
+        self.hooks.began()
         if data_version != self._data_version:
             self._data_version = data_version
             self.hooks.version((self.counters.commit_seq, data_version))
@@ -330,6 +345,27 @@ class WriterActor(RoleActor):
             return
         cursor.execute("RELEASE op")
         self._batch.append((op, result))
+        if self.hooks.track_tables:
+            self._note_writes(op, connection)
+
+    def _note_writes(self, op: WriterOp, connection: TrackedConnection) -> None:
+        """Add the tables ``op`` changed to the batch's (None once any is unknown)."""
+        tables = self._batch_tables
+        if tables is None:
+            return
+        if isinstance(op, UnitOfWorkOp):
+            self._batch_tables = None  # a function's statements are not known
+            return
+        statements = op.statements if isinstance(op, WriteAllOp) else [(op.sql, None)]
+        for sql, params in statements:
+            if sql is None:
+                self._batch_tables = None
+                return
+            try:
+                tables.update(analyze(connection.connection, sql, params).writes)
+            except apsw.Error:
+                self._batch_tables = None  # cannot tell: the cache drops everything
+                return
 
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
@@ -374,15 +410,21 @@ class WriterActor(RoleActor):
         spans, self._spans = self._spans, []
         self._in_transaction = False
         tracing = self.tracing
+        tables, self._batch_tables = self._batch_tables, set()
+        changed = connection.connection.total_changes() != self._changes_at_begin
         with tracing.batch_span("atlas.writer.commit", spans, **{"atlas.batch.size": len(batch)}):
+            if changed:
+                self.hooks.will_commit()
             try:
                 connection.cursor.execute("COMMIT")
             except apsw.Error as error:
+                self.hooks.commit_failed()
                 self._commit_failed(connection, batch, error)
                 return
             if batch:
                 self._check_schema(connection)
-            self._run_commit_hooks(connection)
+            if changed or batch:
+                self._after_commit(tables)
         counters = self.counters
         if batch:
             counters.commit_seq += 1
@@ -420,14 +462,13 @@ class WriterActor(RoleActor):
         for op, _ in batch:
             self._fail(op, wrapped, "COMMIT")
 
-    def _run_commit_hooks(self, connection: TrackedConnection) -> None:
-        # Hooks (cache invalidation) run after COMMIT and before any future resolves, so
-        # no caller sees its write acknowledged while a stale cache entry survives.
-        for hook in self.commit_hooks:
-            try:
-                hook(connection)
-            except Exception:
-                log.exception("commit hook %r failed", hook)
+    def _after_commit(self, tables: set[str] | None) -> None:
+        # Runs after COMMIT and before any future resolves, so no caller sees its write
+        # acknowledged while a stale cache entry survives.
+        try:
+            self.hooks.committed(frozenset(tables) if tables is not None else None)
+        except Exception:
+            log.exception("the commit hook failed")
 
     # -- disk full ---------------------------------------------------------------------
 
@@ -526,6 +567,11 @@ class WriterActor(RoleActor):
             message.future.set_result(None)
         elif message.commit:
             self._batch.append((message, None))  # acknowledged with the batch's COMMIT
+            if self._batch_tables is not None:
+                if message.tables is None:
+                    self._batch_tables = None
+                else:
+                    self._batch_tables.update(message.tables)
         else:
             message.future.set_result(None)
         self._release_stash()

@@ -253,7 +253,7 @@ class LeaseReturn(Op):
     or rolled back.
     """
 
-    __slots__ = ("commit", "lost", "tx_id")
+    __slots__ = ("commit", "lost", "tables", "tx_id")
     replayable = False  # a crash rolls the transaction back: it must fail, not rerun
 
     def __init__(
@@ -264,11 +264,14 @@ class LeaseReturn(Op):
         tx_id: int,
         commit: bool,
         lost: bool = False,
+        tables: frozenset[str] | None = None,
     ) -> None:
         super().__init__(future, session, trace_context)
         self.tx_id = tx_id
         self.commit = commit
         self.lost = lost
+        self.tables = tables
+        """Tables the transaction changed (None: unknown)."""
         """SQLite rolled the whole batch back under the transaction (SQLITE_FULL...)."""
 
 

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import apsw
+
 from atlas_actors.actors.writer_ops import LeaseRequest, LeaseReturn
+from atlas_actors.cache.statements import analyze
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
 from atlas_actors.errors import (
     AtlasError,
@@ -76,13 +79,14 @@ class Transaction:
         self._savepoints: list[str] = []
         self._error: AtlasError | None = None
         self._nested = 0
+        self._writes: set[str] | None = set()
 
     # -- statements --------------------------------------------------------------------
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement in the transaction."""
         lease = self._writer()
-        result = self._on_writer(lease, lambda c: c.write(sql, params))
+        result = self._on_writer(lease, lambda c: self._track(c, sql, params).write(sql, params))
         self.operations += 1
         return result
 
@@ -92,7 +96,9 @@ class Transaction:
         if self._lease is None and self.isolation != "serializable":
             rows = self._read_before_writing(sql, params)
         else:
-            rows = self._on_writer(self._writer(), lambda c: c.query(sql, params))
+            rows = self._on_writer(
+                self._writer(), lambda c: self._track(c, sql, params).query(sql, params)
+            )
         self.operations += 1
         return rows
 
@@ -135,7 +141,7 @@ class Transaction:
             if lease is not None:
                 savepoint = lease.savepoint
                 lease.give_back(lambda c: c.cursor.execute(f"RELEASE {savepoint}"))
-                self._give_back(commit=True)
+                self._give_back(commit=True, tables=self._writes)
         except AtlasError as error:
             self._fail(error)
             raise
@@ -209,6 +215,15 @@ class Transaction:
                 self._give_back(commit=False, lost=True)
             raise
 
+    def _track(self, connection: TrackedConnection, sql: str, params: Params) -> TrackedConnection:
+        """Note the tables ``sql`` changes, for the cache (None once any is unknown)."""
+        if self._writes is not None and self._storage.config.cache:
+            try:
+                self._writes.update(analyze(connection.connection, sql, params).writes)
+            except apsw.Error:
+                self._writes = None  # the statement fails below with a typed error
+        return connection
+
     def _writer(self) -> Lease:
         self._check_active()
         if self._lease is None:
@@ -219,8 +234,13 @@ class Transaction:
     def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
         try:
             if self.isolation != "repeatable_read":
-                # read_committed / read_uncommitted: the latest committed state each time.
-                return self._storage.pool.query(sql, params)
+                # read_committed / read_uncommitted: the latest committed state each
+                # time (read_uncommitted skips the cache's check for other processes).
+                storage = self._storage
+                if storage.config.cache:
+                    fresh = self.isolation != "read_uncommitted"
+                    return storage.cache.read(sql, params, None, fresh=fresh)
+                return storage.pool.query(sql, params)
             if self._reader is not None:
                 return self._reader.query(sql, params)
             return self._open_snapshot(sql, params)
@@ -250,11 +270,14 @@ class Transaction:
                 reader.query("ROLLBACK")
             self._manager.unpin_reader(self, reader)
 
-    def _give_back(self, *, commit: bool, lost: bool = False) -> None:
+    def _give_back(
+        self, *, commit: bool, lost: bool = False, tables: set[str] | None = None
+    ) -> None:
         lease, self._lease = self._lease, None
         if lease is None:
             return
-        self._manager.return_lease(self, commit=commit, lost=lost)
+        written = frozenset(tables) if tables is not None else None
+        self._manager.return_lease(self, commit=commit, lost=lost, tables=written)
 
     def _fail(self, error: AtlasError) -> None:
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
@@ -494,13 +517,20 @@ class TransactionManager:
         # A snapshot whose version could not be pinned conflicts on purpose.
         return tx._snapshot if tx._snapshot is not None else (-1, -1)
 
-    def return_lease(self, tx: Transaction, *, commit: bool, lost: bool = False) -> None:
+    def return_lease(
+        self,
+        tx: Transaction,
+        *,
+        commit: bool,
+        lost: bool = False,
+        tables: frozenset[str] | None = None,
+    ) -> None:
         """Give the write connection back; on commit, wait for the group commit."""
         future = self.storage.writer.submit(
             LeaseReturn,
             f"transaction {tx.id}: {'commit' if commit else 'rollback'}",
             None,
-            (tx.id, commit, lost),
+            (tx.id, commit, lost, tables),
             None,
             traced=False,
             check=False,

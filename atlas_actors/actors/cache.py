@@ -1,0 +1,137 @@
+"""The cache actor: owns the cache levels' lifecycle, disk writes and warming.
+
+Reads go through the levels from the callers' threads (``cache/manager.py``); this
+actor opens them (L1 in memory, L2 on disk), warms L1 from L2 at start, writes new
+results to L2 off the callers' path, and records on a clean stop what the next session
+needs to trust L2 again. When it crashes, reads bypass the cache until its next
+incarnation has warmed a fresh L1; the table versions live in the manager, so entries
+for tables written meanwhile are not revived.
+
+Messages: :class:`StoreOnDisk`, :class:`Warm`, ``Crash``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from atlas_actors.actors.base import Crash, InjectedCrash, RoleActor
+from atlas_actors.cache.disk import DiskStore, fingerprint
+from atlas_actors.cache.lru import ByteLRU, Entry
+from atlas_actors.cache.manager import CacheManager
+from atlas_actors.config import StorageConfig
+
+__all__ = ["CacheActor", "StoreOnDisk"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOnDisk:
+    """Write ``entry`` to L2."""
+
+    entry: Entry
+
+
+class CacheActor(RoleActor):
+    """Runs the cache levels for one storage."""
+
+    def __init__(
+        self,
+        *,
+        config: StorageConfig,
+        manager: CacheManager,
+        database: str,
+        first_start: bool,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        self.config = config
+        self.manager = manager
+        self.database = database
+        self.first_start = first_start
+        self.l2: DiskStore | None = None
+
+    def on_start(self) -> None:
+        """Open L2, trust it only as far as the last session allows, warm L1."""
+        manager = self.manager
+        if self.config.cache_disk:
+            try:
+                self.l2 = DiskStore(manager.directory, self.config.cache_disk_bytes)
+            except Exception:
+                log.exception("the disk cache at %s cannot be used", manager.directory)
+                self.l2 = None
+        if self.first_start and self.l2 is not None:
+            self._resume_session(self.l2)
+        manager.l1 = ByteLRU(self.config.cache_memory_bytes)
+        manager.l2 = self.l2 if self.l2 is not None and self.l2.enabled else None
+        manager.fill = self._send_to_disk
+        warmed = manager.warm_from_l2()
+        log.debug("cache started; %d entries warmed from disk", warmed)
+
+    def _resume_session(self, l2: DiskStore) -> None:
+        """Reuse the last session's versions if it closed cleanly on the same files."""
+        meta = l2.load_meta()
+        same_files = meta is not None and meta.get("fingerprint") == fingerprint(self.database)
+        if meta is not None and meta.get("clean") and same_files:
+            versions = meta.get("versions")
+            epoch = meta.get("epoch")
+            if isinstance(versions, dict) and isinstance(epoch, int):
+                self.manager.restore(epoch, {str(k): int(v) for k, v in versions.items()})
+        else:
+            # Unknown history (a crash, or the files changed): nothing on disk is trusted.
+            self.manager.restore(secrets.randbits(31), {})
+            l2.clear()
+        l2.save_meta({"clean": False, "epoch": self.manager.epoch})
+
+    def _send_to_disk(self, entry: Entry) -> None:
+        self.actor_ref.tell(StoreOnDisk(entry))
+
+    def on_receive(self, message: Any) -> Any:
+        """Write to L2, or obey a control message."""
+        if isinstance(message, StoreOnDisk):
+            l2 = self.manager.l2
+            entry = message.entry
+            if l2 is not None and entry.epoch == self.manager.epoch:
+                rows = [tuple(row) for row in entry.rows]
+                l2.put(
+                    entry.sql,
+                    entry.params,
+                    self.manager.document(entry),
+                    rows,
+                    self.config.cache_ttl,
+                )
+            return None
+        if isinstance(message, Crash):
+            raise InjectedCrash(message.reason)
+        return super().on_receive(message)
+
+    def on_stop(self) -> None:
+        """Record the session as cleanly closed (the database files are final now)."""
+        self._detach()
+        l2 = self.l2
+        if l2 is not None:
+            l2.save_meta(
+                {
+                    "clean": True,
+                    "epoch": self.manager.epoch,
+                    "versions": self.manager.versions(),
+                    "fingerprint": fingerprint(self.database),
+                }
+            )
+            l2.close()
+
+    def on_crash(self, current: Any, error: BaseException | None) -> None:
+        """Reads bypass the cache until the next incarnation."""
+        super().on_crash(current, error)
+        self._detach()
+        if self.l2 is not None:
+            self.l2.close()
+
+    def _detach(self) -> None:
+        manager = self.manager
+        manager.fill = None
+        manager.l1 = None
+        manager.l2 = None

@@ -1,0 +1,102 @@
+"""Noticing commits made by other processes, cheaply enough to check on every read.
+
+SQLite's wal-index header (the ``-shm`` file of a WAL database) holds ``iChange``, a
+counter every write transaction increments, whichever connection or process made it
+(https://sqlite.org/walformat.html, "the WAL-index header"). Reading its 4 bytes with
+``pread`` costs well under a microsecond (the file is SQLite's shared memory, so the
+page cache holds the live value; ``pread`` rather than ``mmap`` because a mapping of a
+file another process truncates would crash this one with SIGBUS). This storage's own
+commits are counted as they happen, so
+
+    external commits = (iChange now - iChange last seen) - own commits since
+
+and any external commit means the cache cannot know which tables changed: it drops
+everything. The accounting is exact in one direction only, the safe one: an own commit
+that writes nothing is never counted, so the detector may report a change that was
+ours (a needless drop), never miss one that was not.
+
+The writer calls :meth:`ExternalChanges.writer_holds_lock` right after ``BEGIN
+IMMEDIATE`` (nobody else can commit until it commits) and :meth:`expect_own_commit`
+just before a ``COMMIT`` that changed rows; readers call :meth:`check`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable
+
+__all__ = ["ExternalChanges", "ShmCounter", "shm_counter"]
+
+_ICHANGE = struct.Struct("=I")  # native order, at offset 8 of the first header copy
+_ICHANGE_OFFSET = 8
+
+
+class ShmCounter:
+    """Reads the wal-index ``iChange`` of a WAL database; close it with the storage."""
+
+    def __init__(self, database: str) -> None:
+        self._fd = os.open(f"{database}-shm", os.O_RDONLY)
+        if len(os.pread(self._fd, 4, _ICHANGE_OFFSET)) != 4:
+            os.close(self._fd)
+            raise OSError("the wal-index is too short to hold a header")
+
+    def __call__(self) -> int:
+        """The counter's current value."""
+        data = os.pread(self._fd, 4, _ICHANGE_OFFSET)
+        value: int = _ICHANGE.unpack(data)[0]
+        return value
+
+    def close(self) -> None:
+        """Close the file descriptor."""
+        os.close(self._fd)
+
+
+def shm_counter(database: str) -> ShmCounter | None:
+    """A reader of ``database``'s wal-index change counter, or None without a wal-index."""
+    try:
+        counter = ShmCounter(database)
+    except OSError:
+        return None
+    return counter
+
+
+class ExternalChanges:
+    """Counts commits not made by this storage; thread-safe."""
+
+    def __init__(self, counter: Callable[[], int]) -> None:
+        self._counter = counter
+        self._lock = threading.Lock()
+        self._seen = counter()
+        self._own = 0
+
+    def check(self) -> bool:
+        """True if another process committed since the last check (or writer sync)."""
+        value = self._counter()
+        if value == self._seen:
+            return False
+        with self._lock:
+            return self._advance(value)
+
+    def writer_holds_lock(self) -> bool:
+        """The writer holds the write lock: settle the count; True if others committed."""
+        with self._lock:
+            return self._advance(self._counter())
+
+    def expect_own_commit(self) -> None:
+        """The writer is about to commit changes: one increment will be ours."""
+        with self._lock:
+            self._own += 1
+
+    def forget_own_commit(self) -> None:
+        """The expected commit failed (the caller drops the whole cache)."""
+        with self._lock:
+            self._own = max(0, self._own - 1)
+
+    def _advance(self, value: int) -> bool:
+        delta = (value - self._seen) & 0xFFFFFFFF
+        self._seen = value
+        ours = min(delta, self._own)
+        self._own -= ours
+        return delta > ours

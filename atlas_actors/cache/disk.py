@@ -1,0 +1,232 @@
+"""L2: results on disk with diskcache, stored so that reading them cannot run code.
+
+The directory (``<database>.cache`` by default) is created owner-only; if it is owned
+by someone else, or others may write to it and that cannot be fixed, L2 is turned off
+rather than trusted. Values are bytes from :mod:`atlas_actors.cache.codec`; the Disk
+below refuses to store anything else and refuses to unpickle anything it finds, and an
+entry that fails to decode is deleted and reported as a miss.
+
+A small metadata record says whether the last session closed cleanly and what the
+database files looked like then; entries carry the versions of the tables they read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from typing import Any
+
+import diskcache
+from diskcache.core import MODE_PICKLE
+
+from atlas_actors.cache.codec import CodecError, decode, encode
+
+__all__ = ["DiskStore", "SafeDisk", "fingerprint"]
+
+log = logging.getLogger(__name__)
+
+_META_KEY = "atlas:meta"
+
+
+class SafeDisk(diskcache.Disk):  # type: ignore[misc]
+    """A diskcache Disk that stores only bytes under str keys and never unpickles."""
+
+    def put(self, key: Any) -> Any:
+        """Store str keys as they are; refuse anything that would be pickled."""
+        if type(key) is not str:
+            raise TypeError("cache keys are str")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        """Return a stored key; a pickled key in the file is refused."""
+        if not raw:
+            raise ValueError("refusing to unpickle a cache key")
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        """Store bytes only (never pickle)."""
+        if type(value) is not bytes:
+            raise TypeError("cache values are bytes")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        """Read a stored value; a pickled value (someone else wrote it) is refused."""
+        if mode == MODE_PICKLE:
+            raise ValueError("refusing to unpickle a cache value")
+        return super().fetch(mode, filename, value, read)
+
+
+def fingerprint(database: str) -> dict[str, Any]:
+    """What the database files look like (size and mtime of the file, its WAL)."""
+    result: dict[str, Any] = {}
+    for suffix in ("", "-wal"):
+        try:
+            info = os.stat(database + suffix)
+        except FileNotFoundError:
+            result[suffix or "db"] = None
+        else:
+            result[suffix or "db"] = [info.st_size, info.st_mtime_ns]
+    return result
+
+
+def _secure_directory(directory: str) -> bool:
+    """Create ``directory`` owner-only, or tighten it; False if it cannot be trusted."""
+    try:
+        os.mkdir(directory, mode=0o700)  # not makedirs: never create the parents
+    except FileExistsError:
+        pass
+    except OSError as error:
+        log.warning("cannot create the cache directory %s (%s): L2 disabled", directory, error)
+        return False
+    info = os.stat(directory)
+    if info.st_uid != os.getuid():
+        log.warning("cache directory %s belongs to uid %d: L2 disabled", directory, info.st_uid)
+        return False
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH | stat.S_IRWXG | stat.S_IRWXO):
+        os.chmod(directory, 0o700)
+    return True
+
+
+def entry_key(sql: str, params: tuple[Any, ...]) -> str:
+    """A fixed-length L2 key for a statement and its parameters."""
+    digest = hashlib.sha256()
+    digest.update(sql.encode("utf-8"))
+    digest.update(b"\x00")
+    digest.update(repr(params).encode("utf-8"))
+    return digest.hexdigest()
+
+
+class DiskStore:
+    """L2 over one diskcache directory."""
+
+    def __init__(self, directory: str, size_limit: int) -> None:
+        self.directory = directory
+        self.enabled = _secure_directory(directory)
+        """False when the directory cannot be created or trusted: L2 is off."""
+        self._cache: diskcache.Cache | None = None
+        if self.enabled:
+            self._cache = diskcache.Cache(
+                directory,
+                disk=SafeDisk,
+                size_limit=size_limit,
+                eviction_policy="least-recently-stored",
+                statistics=False,
+            )
+        self.errors = 0
+        """Entries that could not be read (deleted, counted as misses)."""
+
+    def close(self) -> None:
+        """Close the diskcache database."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    # -- entries ---------------------------------------------------------------------
+
+    def put(
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        document: dict[str, Any],
+        rows: list[tuple[Any, ...]],
+        ttl: float,
+    ) -> bool:
+        """Store one result; False if it cannot be stored (value types, disk errors)."""
+        if self._cache is None or any(isinstance(p, bytes) for p in params):
+            return False  # parameters go in the JSON document: bytes ones are not kept
+        try:
+            blob = encode({**document, "sql": sql, "params": list(params)}, rows)
+            self._cache.set(entry_key(sql, params), blob, expire=ttl)
+        except (CodecError, OSError, diskcache.Timeout) as error:
+            log.debug("L2 could not store a result: %s", error)
+            return False
+        return True
+
+    def get(
+        self, sql: str, params: tuple[Any, ...]
+    ) -> tuple[dict[str, Any], list[tuple[Any, ...]]] | None:
+        """The stored result of ``sql`` with ``params``, or None (unreadable = missing)."""
+        if self._cache is None:
+            return None
+        key = entry_key(sql, params)
+        try:
+            blob = self._cache.get(key)
+        except Exception:
+            self._unreadable(key)
+            return None
+        if blob is None:
+            return None
+        try:
+            document, rows = decode(blob)
+        except CodecError:
+            self._unreadable(key)
+            return None
+        if document.get("sql") != sql or document.get("params") != list(params):
+            return None  # a hash collision, or a tampered entry
+        return document, rows
+
+    def items(self) -> list[tuple[dict[str, Any], list[tuple[Any, ...]]]]:
+        """Every readable entry (for warming)."""
+        if self._cache is None:
+            return []
+        found = []
+        for key in list(self._cache.iterkeys()):
+            if key == _META_KEY:
+                continue
+            try:
+                blob = self._cache.get(key)
+                if blob is not None:
+                    found.append(decode(blob))
+            except Exception:
+                self._unreadable(key)
+        return found
+
+    def delete(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Remove one entry."""
+        if self._cache is not None:
+            self._cache.delete(entry_key(sql, params))
+
+    def clear(self) -> None:
+        """Remove every entry but the metadata."""
+        if self._cache is not None:
+            meta = self._cache.get(_META_KEY)
+            self._cache.clear()
+            if meta is not None:
+                self._cache.set(_META_KEY, meta)
+
+    def stats(self) -> tuple[int, int]:
+        """(entries, bytes on disk)."""
+        if self._cache is None:
+            return (0, 0)
+        return (max(0, len(self._cache) - 1), int(self._cache.volume()))
+
+    def _unreadable(self, key: str) -> None:
+        self.errors += 1
+        if self._cache is not None:
+            try:
+                self._cache.delete(key)
+            except Exception:
+                log.debug("could not delete an unreadable L2 entry")
+
+    # -- metadata --------------------------------------------------------------------
+
+    def load_meta(self) -> dict[str, Any] | None:
+        """The metadata of the last session, or None."""
+        if self._cache is None:
+            return None
+        try:
+            blob = self._cache.get(_META_KEY)
+            if blob is None:
+                return None
+            meta = json.loads(bytes(blob).decode("utf-8"))
+        except Exception:
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def save_meta(self, meta: dict[str, Any]) -> None:
+        """Record this session's metadata."""
+        if self._cache is not None:
+            self._cache.set(_META_KEY, json.dumps(meta).encode("utf-8"))

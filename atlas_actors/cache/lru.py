@@ -1,0 +1,148 @@
+"""L1: an LRU of query results bounded in bytes, with a per-entry TTL.
+
+Sizes are measured with ``sys.getsizeof`` over the result list, its rows and their
+values, not guessed. Every entry records the tables it read; a table index lets an
+invalidation drop exactly the entries of the changed tables.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from atlas_actors.rows import Row
+
+__all__ = ["ByteLRU", "Entry", "measure"]
+
+
+def measure(rows: list[Row]) -> int:
+    """Bytes a result holds: the list, each row tuple and each value."""
+    size = sys.getsizeof(rows)
+    for row in rows:
+        size += sys.getsizeof(row)
+        for value in row:
+            size += sys.getsizeof(value)
+    return size
+
+
+@dataclass(slots=True)
+class Entry:
+    """One cached result."""
+
+    key: Hashable
+    """Normalised SQL and parameters."""
+    sql: str
+    """The statement (for key-pattern invalidation and warming)."""
+    params: tuple[Any, ...]
+    """Its parameters."""
+    rows: list[Row]
+    """The result; rows are immutable, callers get a copy of the list."""
+    tables: frozenset[str]
+    """Tables the statement read."""
+    versions: dict[str, int]
+    """Each table's version when the result was read (checked on L2 hits)."""
+    epoch: int
+    """The cache epoch when the result was read (bumped by invalidate-all)."""
+    expires: float
+    """``time.monotonic()`` after which the entry is dropped."""
+    size: int = field(default=0)
+    """Measured bytes."""
+
+
+class ByteLRU:
+    """Least-recently-used entries within ``capacity`` bytes; thread-safe."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._by_table: defaultdict[str, set[Hashable]] = defaultdict(set)
+        self._lock = threading.Lock()
+        self.bytes = 0
+        """Bytes held now."""
+        self.evictions = 0
+        """Entries dropped to stay within capacity or past their TTL."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> Entry | None:
+        """The live entry for ``key`` (marked recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.expires < time.monotonic():
+                self._remove(key)
+                self.evictions += 1
+                return None
+            self._entries.move_to_end(key)
+            return entry
+
+    def put(self, entry: Entry) -> bool:
+        """Store ``entry`` (measured if not yet); False if it alone exceeds the capacity."""
+        if not entry.size:
+            entry.size = measure(entry.rows)
+        if entry.size > self.capacity:
+            return False
+        with self._lock:
+            if entry.key in self._entries:
+                self._remove(entry.key)
+            self._entries[entry.key] = entry
+            self.bytes += entry.size
+            for table in entry.tables:
+                self._by_table[table].add(entry.key)
+            while self.bytes > self.capacity:
+                oldest = next(iter(self._entries))
+                self._remove(oldest)
+                self.evictions += 1
+        return True
+
+    def drop_tables(self, tables: Iterable[str]) -> int:
+        """Drop every entry that read one of ``tables``; returns how many."""
+        dropped = 0
+        with self._lock:
+            for table in tables:
+                for key in list(self._by_table.pop(table, ())):
+                    if key in self._entries:
+                        self._remove(key)
+                        dropped += 1
+        return dropped
+
+    def drop_keys(self, keys: Iterable[Hashable]) -> int:
+        """Drop the entries with these keys; returns how many."""
+        dropped = 0
+        with self._lock:
+            for key in keys:
+                if key in self._entries:
+                    self._remove(key)
+                    dropped += 1
+        return dropped
+
+    def entries(self) -> list[Entry]:
+        """A snapshot of the entries, least recently used first."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def clear(self) -> int:
+        """Drop everything; returns how many entries there were."""
+        with self._lock:
+            count = len(self._entries)
+            self._entries.clear()
+            self._by_table.clear()
+            self.bytes = 0
+            return count
+
+    def _remove(self, key: Hashable) -> None:
+        entry = self._entries.pop(key)
+        self.bytes -= entry.size
+        for table in entry.tables:
+            keys = self._by_table.get(table)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_table[table]

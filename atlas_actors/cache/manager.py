@@ -1,0 +1,396 @@
+"""``db.cache``: the read path through the two cache levels, invalidation and stats.
+
+The read path runs in the caller's thread (a cache hit must cost less than the query
+it saves); the cache *actor* owns the levels' lifecycle, the disk writes and warming.
+
+Never stale (DESIGN guarantee 3):
+
+* the writer calls :meth:`CacheManager.tables_written` after each COMMIT and before any
+  write of it is acknowledged; entries of those tables are dropped from L1 and their
+  tables' versions bumped, which makes every L2 copy invalid too;
+* a result is stored only if no invalidation happened while it was being read (the
+  read may have started before the commit it raced);
+* every read outside ``read_uncommitted`` first checks whether another process
+  committed (``changes.py``) and drops everything if so; a writer restart or a schema
+  change drops everything as well.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from atlas_actors.cache.changes import ExternalChanges
+from atlas_actors.cache.disk import DiskStore
+from atlas_actors.cache.lru import ByteLRU, Entry, measure
+from atlas_actors.cache.statements import StatementInfo
+from atlas_actors.connection import Params
+from atlas_actors.rows import Row, row_class
+
+if TYPE_CHECKING:
+    from atlas_actors.actors.pool import ReaderPool
+    from atlas_actors.config import StorageConfig
+
+__all__ = ["CacheManager", "CacheStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """``db.cache.stats()`` (the plan's ``CacheStats`` plus per-level figures)."""
+
+    hits: int
+    """Reads served from L1 or L2."""
+    misses: int
+    """Cacheable reads that ran the query."""
+    size: int
+    """Entries in L1."""
+    memory_usage: int
+    """Bytes held by L1 (measured)."""
+    l1_hits: int
+    """Reads served from memory."""
+    l2_hits: int
+    """Reads served from disk (then promoted to memory)."""
+    l2_entries: int
+    """Entries on disk."""
+    l2_bytes: int
+    """Bytes on disk."""
+    bypassed: int
+    """Reads that could not be cached (non-deterministic, writes, pragmas)."""
+    evictions: int
+    """L1 entries dropped for room or age."""
+    invalidations: int
+    """Entries dropped because their tables changed (or everything was dropped)."""
+    hit_rate: float
+    """hits / (hits + misses)."""
+    page_cache_hit_rate: float
+    """SQLite's own page-cache hit rate over the idle reader connections."""
+
+
+def _read(counter: itertools.count[int]) -> int:
+    """The next value a ``count`` would return, without consuming it."""
+    return int(counter.__reduce__()[1][0])
+
+
+def params_key(params: Params) -> tuple[Any, ...]:
+    """Parameters as a hashable tuple (dicts by sorted name)."""
+    if params is None:
+        return ()
+    if isinstance(params, dict):
+        return tuple(sorted(params.items()))
+    return tuple(params)
+
+
+class CacheManager:
+    """The cache's shared state and its read path."""
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        pool: ReaderPool,
+        *,
+        changes: ExternalChanges | None,
+        directory: str,
+    ) -> None:
+        self.config = config
+        self._pool = pool
+        self.external = changes
+        """Detects other processes' commits (None: no wal-index to read)."""
+        self.directory = directory
+        self.l1: ByteLRU | None = None
+        """The memory level, while a cache actor incarnation runs."""
+        self.l2: DiskStore | None = None
+        """The disk level, while a cache actor incarnation runs."""
+        self._versions: dict[str, int] = {}
+        self.epoch = 0
+        """Bumped when everything is dropped; entries of another epoch are invalid."""
+        self._lock = threading.Lock()
+        self._invalidated = itertools.count()
+        self._l1_hits = itertools.count()
+        self._l2_hits = itertools.count()
+        self._misses = itertools.count()
+        self._bypassed = itertools.count()
+        self._dropped = itertools.count()
+        self._normal: dict[str, str] = {}
+        self._costs: dict[str, float] = {}
+        self.fill: Callable[[Entry], None] | None = None
+        """Sends an entry to the cache actor for L2 (set by the actor)."""
+
+    # -- the read path -----------------------------------------------------------------
+
+    def read(
+        self, sql: str, params: Params, timeout: float | None, *, fresh: bool = True
+    ) -> list[Row]:
+        """Rows of ``sql``: from L1, L2, or the query (then stored)."""
+        external = self.external
+        if fresh and external is not None and external.check():
+            self.invalidate_all("another process committed")
+        l1 = self.l1
+        if l1 is None:
+            return self._pool.query(sql, params, timeout)  # the cache actor is restarting
+        try:
+            key: Hashable = (self._normalize(sql), params_key(params))
+            entry = l1.get(key)
+        except TypeError:  # unhashable parameters: SQLite will say what is wrong
+            return self._pool.query(sql, params, timeout)
+        if entry is not None:
+            next(self._l1_hits)
+            return list(entry.rows)
+        return self._miss(key, sql, params, timeout, l1)
+
+    def _normalize(self, sql: str) -> str:
+        normal = self._normal.get(sql)
+        if normal is None:
+            normal = " ".join(sql.split())
+            if len(self._normal) < 20_000:
+                self._normal[sql] = normal
+        return normal
+
+    def _miss(
+        self, key: Hashable, sql: str, params: Params, timeout: float | None, l1: ByteLRU
+    ) -> list[Row]:
+        bound = params_key(params)
+        if self._costs.get(sql, 0.0) >= self.config.cache_disk_min_seconds:
+            promoted = self._from_l2(key, sql, bound, l1)
+            if promoted is not None:
+                return promoted
+        generation = _read(self._invalidated)
+        rows, info, latency = self._pool.query_analyzed(sql, params, timeout)
+        if not info.cacheable:
+            next(self._bypassed)
+            return rows
+        next(self._misses)
+        self._costs[sql] = latency
+        if _read(self._invalidated) == generation:
+            # Nothing was invalidated while the query ran: the result is current.
+            self._store(key, sql, bound, rows, info, latency, l1)
+        return rows
+
+    def _store(
+        self,
+        key: Hashable,
+        sql: str,
+        bound: tuple[Any, ...],
+        rows: list[Row],
+        info: StatementInfo,
+        latency: float,
+        l1: ByteLRU,
+    ) -> None:
+        size = measure(rows)
+        if size > self.config.cache_max_entry_bytes:
+            return
+        versions = {table: self._versions.get(table, 0) for table in info.reads}
+        entry = Entry(
+            key=key,
+            sql=sql,
+            params=bound,
+            rows=list(rows),
+            tables=info.reads,
+            versions=versions,
+            epoch=self.epoch,
+            expires=time.monotonic() + self.config.cache_ttl,
+            size=size,
+        )
+        if not l1.put(entry):
+            return
+        fill = self.fill
+        if fill is not None and latency >= self.config.cache_disk_min_seconds:
+            fill(entry)
+
+    def _from_l2(
+        self, key: Hashable, sql: str, bound: tuple[Any, ...], l1: ByteLRU
+    ) -> list[Row] | None:
+        l2 = self.l2
+        if l2 is None:
+            return None
+        found = l2.get(sql, bound)
+        if found is None:
+            return None
+        entry = self._revive(key, sql, bound, *found)
+        if entry is None:
+            l2.delete(sql, bound)
+            return None
+        next(self._l2_hits)
+        l1.put(entry)
+        return list(entry.rows)
+
+    def _revive(
+        self,
+        key: Hashable,
+        sql: str,
+        bound: tuple[Any, ...],
+        document: dict[str, Any],
+        values: list[tuple[Any, ...]],
+    ) -> Entry | None:
+        """An L1 entry from an L2 document, or None if it is no longer valid."""
+        tables = document.get("tables")
+        versions = document.get("versions")
+        names = document.get("names")
+        if (
+            document.get("epoch") != self.epoch
+            or not isinstance(tables, list)
+            or not isinstance(versions, dict)
+            or not isinstance(names, list)
+            or any(self._versions.get(t, 0) != versions.get(t) for t in tables)
+        ):
+            return None
+        cls = row_class([str(n) for n in names])
+        return Entry(
+            key=key,
+            sql=sql,
+            params=bound,
+            rows=[cls(row) for row in values],
+            tables=frozenset(str(t) for t in tables),
+            versions={str(t): int(versions[t]) for t in tables},
+            epoch=self.epoch,
+            expires=time.monotonic() + self.config.cache_ttl,
+        )
+
+    def document(self, entry: Entry) -> dict[str, Any]:
+        """The JSON-safe description stored beside an entry's rows in L2."""
+        names = list(entry.rows[0].keys()) if entry.rows else []
+        return {
+            "names": names,
+            "tables": sorted(entry.tables),
+            "versions": entry.versions,
+            "epoch": entry.epoch,
+        }
+
+    def warm_from_l2(self) -> int:
+        """Fill L1 with the L2 entries still valid; returns how many."""
+        l1, l2 = self.l1, self.l2
+        if l1 is None or l2 is None:
+            return 0
+        warmed = 0
+        for document, values in l2.items():
+            sql, params = document.get("sql"), document.get("params")
+            if not isinstance(sql, str) or not isinstance(params, list):
+                continue
+            bound = tuple(params)
+            key = (self._normalize(sql), bound)
+            entry = self._revive(key, sql, bound, document, values)
+            if entry is None:
+                l2.delete(sql, bound)
+            elif l1.put(entry):
+                warmed += 1
+        return warmed
+
+    # -- invalidation ------------------------------------------------------------------
+
+    def tables_written(self, tables: Iterable[str] | None) -> None:
+        """A commit changed ``tables`` (None: unknown, so everything is dropped)."""
+        if tables is None:
+            self.invalidate_all("a write whose tables are unknown")
+            return
+        tables = list(tables)
+        if not tables:
+            return
+        with self._lock:
+            for table in tables:
+                self._versions[table] = self._versions.get(table, 0) + 1
+            next(self._invalidated)
+        l1 = self.l1
+        if l1 is not None:
+            dropped = l1.drop_tables(tables)
+            for _ in range(dropped):
+                next(self._dropped)
+
+    def invalidate_all(self, reason: str) -> None:
+        """Drop everything (another process wrote, the schema changed, a restart)."""
+        with self._lock:
+            self.epoch += 1
+            next(self._invalidated)
+        l1 = self.l1
+        if l1 is not None:
+            for _ in range(l1.clear()):
+                next(self._dropped)
+        log.debug("cache cleared: %s", reason)
+
+    def invalidate(self, pattern: str) -> int:
+        """Drop entries whose tables, or whose statement, match the glob ``pattern``.
+
+        ``"tasks"`` or ``"task*"`` match table names; ``"tasks:*"`` matches every
+        entry reading ``tasks`` too (the part before ``:`` is the table); any other
+        pattern is matched against the statement text. Returns the entries dropped.
+        """
+        table_pattern = pattern.split(":", 1)[0] if ":" in pattern else pattern
+        l1 = self.l1
+        entries = l1.entries() if l1 is not None else []
+        known = set(self._versions) | {t for e in entries for t in e.tables}
+        tables = [t for t in known if fnmatch.fnmatchcase(t, table_pattern)]
+        keys = [e.key for e in entries if fnmatch.fnmatchcase(e.sql, pattern)]
+        before = len(l1) if l1 is not None else 0
+        if tables:
+            self.tables_written(tables)
+        if keys and l1 is not None:
+            for _ in range(l1.drop_keys(keys)):
+                next(self._dropped)
+            with self._lock:
+                next(self._invalidated)
+            if self.l2 is not None:
+                chosen = set(keys)
+                for entry in entries:
+                    if entry.key in chosen:
+                        self.l2.delete(entry.sql, entry.params)
+        after = len(l1) if l1 is not None else 0
+        return before - after
+
+    # -- state across restarts ---------------------------------------------------------
+
+    def versions(self) -> dict[str, int]:
+        """A copy of the table versions."""
+        with self._lock:
+            return dict(self._versions)
+
+    def restore(self, epoch: int, versions: dict[str, int]) -> None:
+        """Continue from a previous session's epoch and table versions."""
+        with self._lock:
+            self.epoch = epoch
+            self._versions = dict(versions)
+
+    # -- stats -------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Hits, misses, sizes per level, evictions, invalidations, page-cache rate."""
+        l1, l2 = self.l1, self.l2
+        l1_hits, l2_hits, misses = (
+            _read(self._l1_hits),
+            _read(self._l2_hits),
+            _read(self._misses),
+        )
+        l2_entries, l2_bytes = l2.stats() if l2 is not None else (0, 0)
+        hits = l1_hits + l2_hits
+        page_hits, page_misses = self._pool.page_cache_counters()
+        return CacheStats(
+            hits=hits,
+            misses=misses,
+            size=len(l1) if l1 is not None else 0,
+            memory_usage=l1.bytes if l1 is not None else 0,
+            l1_hits=l1_hits,
+            l2_hits=l2_hits,
+            l2_entries=l2_entries,
+            l2_bytes=l2_bytes,
+            bypassed=_read(self._bypassed),
+            evictions=l1.evictions if l1 is not None else 0,
+            invalidations=_read(self._dropped),
+            hit_rate=hits / (hits + misses) if hits + misses else 0.0,
+            page_cache_hit_rate=(
+                page_hits / (page_hits + page_misses) if page_hits + page_misses else 0.0
+            ),
+        )
+
+    def warm(self, queries: Sequence[tuple[str, Params] | str]) -> int:
+        """Run ``queries`` (SQL, or (SQL, params)) so their results are cached."""
+        warmed = 0
+        for query in queries:
+            sql, params = (query, None) if isinstance(query, str) else query
+            self.read(sql, params, None)
+            warmed += 1
+        return warmed

@@ -1,0 +1,133 @@
+"""What a statement reads and writes, and whether its result may be cached.
+
+SQLite calls the authorizer while it prepares a statement, once per table, column and
+function the statement (and its views and triggers) touches
+(https://sqlite.org/c3ref/set_authorizer.html). Preparing a statement in EXPLAIN mode
+runs nothing, so :func:`analyze` learns a statement's tables and functions without side
+effects; the answer is kept per statement text.
+
+A result is cacheable only when it is deterministic: every function it calls is known
+to give the same answer for the same input and database content. Date and time
+functions are not (``date('now')``), nor are ``random()`` or user functions.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+__all__ = ["DETERMINISTIC_FUNCTIONS", "StatementInfo", "analyze"]
+
+_DETERMINISTIC_NAMES = """
+    abs char coalesce concat concat_ws format glob hex ifnull iif if instr length like
+    likelihood likely lower ltrim max min nullif octet_length printf quote replace round
+    rtrim sign soundex substr substring trim typeof unhex unicode unlikely upper zeroblob
+    avg count group_concat string_agg sum total median percentile
+    row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value
+    last_value nth_value
+    acos acosh asin asinh atan atan2 atanh ceil ceiling cos cosh degrees exp floor ln log
+    log10 log2 mod pi pow power radians sin sinh sqrt tan tanh trunc
+    json jsonb json_array jsonb_array json_array_length json_error_position json_extract
+    jsonb_extract json_insert jsonb_insert json_object jsonb_object json_patch
+    jsonb_patch json_pretty json_remove jsonb_remove json_replace jsonb_replace json_set
+    jsonb_set json_type json_valid json_quote json_group_array jsonb_group_array
+    json_group_object jsonb_group_object json_each json_tree -> ->>
+    """
+
+DETERMINISTIC_FUNCTIONS = frozenset(_DETERMINISTIC_NAMES.split())
+"""Built-in functions whose result depends only on their arguments."""
+
+_WRITES = {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE}
+_SCHEMA_ACTIONS = {
+    getattr(apsw, name)
+    for name in dir(apsw)
+    if name.startswith(("SQLITE_CREATE_", "SQLITE_DROP_", "SQLITE_ALTER_"))
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """What one statement touches."""
+
+    reads: frozenset[str]
+    """Tables (and views) it reads."""
+    writes: frozenset[str]
+    """Tables it inserts into, updates or deletes from (triggers included)."""
+    cacheable: bool
+    """A read-only, deterministic statement on the main database."""
+    schema: bool
+    """It changes the schema (CREATE, DROP, ALTER)."""
+
+
+class _Capture:
+    """An authorizer that records what a statement touches."""
+
+    def __init__(self) -> None:
+        self.reads: set[str] = set()
+        self.writes: set[str] = set()
+        self.deterministic = True
+        self.schema = False
+        self.other_database = False
+
+    def __call__(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
+        if action == apsw.SQLITE_READ:
+            self.reads.add(str(arg1))
+            if dbname not in (None, "main"):
+                self.other_database = True  # temp tables differ per connection
+        elif action in _WRITES:
+            self.writes.add(str(arg1))
+        elif action == apsw.SQLITE_FUNCTION:
+            if str(arg2).lower() not in DETERMINISTIC_FUNCTIONS:
+                self.deterministic = False
+        elif action in _SCHEMA_ACTIONS:
+            self.schema = True
+        elif action in (apsw.SQLITE_PRAGMA, apsw.SQLITE_ATTACH, apsw.SQLITE_TRANSACTION):
+            self.deterministic = False
+        return apsw.SQLITE_OK
+
+
+_known: dict[str, StatementInfo] = {}
+_known_lock = threading.Lock()
+
+
+def analyze(connection: apsw.Connection, sql: str, params: Any = None) -> StatementInfo:
+    """Learn what ``sql`` touches by preparing it in EXPLAIN mode (cached per text).
+
+    Must run in the thread that currently owns ``connection``. Raises what SQLite
+    raises for an invalid statement.
+    """
+    info = _known.get(sql)
+    if info is not None:
+        return info
+    capture = _Capture()
+    previous = connection.authorizer
+    connection.authorizer = capture
+    try:
+        connection.cursor().execute(sql, params, explain=1).fetchall()
+    finally:
+        connection.authorizer = previous
+    info = StatementInfo(
+        reads=frozenset(capture.reads),
+        writes=frozenset(capture.writes),
+        cacheable=(
+            capture.deterministic
+            and not capture.writes
+            and not capture.schema
+            and not capture.other_database
+            and bool(capture.reads)
+        ),
+        schema=capture.schema,
+    )
+    with _known_lock:
+        if len(_known) < 20_000:
+            _known[sql] = info
+    return info
+
+
+def forget() -> None:
+    """Drop every cached analysis (after a schema change: views may have changed)."""
+    with _known_lock:
+        _known.clear()
