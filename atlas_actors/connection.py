@@ -168,6 +168,15 @@ def refuse_double_quoted_strings(connection: apsw.Connection) -> None:
     connection.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
 
 
+def set_journal_size_limit(connection: apsw.Connection, limit: int) -> None:
+    """Shrink the WAL back to ``limit`` bytes whenever it restarts.
+
+    So one burst of writes does not leave a huge file behind
+    (https://sqlite.org/pragma.html#pragma_journal_size_limit).
+    """
+    connection.pragma("journal_size_limit", limit)
+
+
 def set_max_page_count(connection: apsw.Connection, pages: int) -> None:
     """Bound the database size: past it, writes fail with SQLITE_FULL (a full disk)."""
     connection.pragma("max_page_count", pages)
@@ -184,6 +193,7 @@ def open_connection(
     cache_size_kib: int = 16_384,
     max_value_bytes: int = 16 * 1024 * 1024,
     max_page_count: int = 0,
+    journal_size_limit: int = 64 * 1024 * 1024,
     vfs: str | None = None,
 ) -> apsw.Connection:
     """Open and configure a connection to ``path`` for the writer or a reader."""
@@ -204,6 +214,7 @@ def open_connection(
         if writer:
             use_wal(connection)
             set_synchronous(connection, synchronous)
+            set_journal_size_limit(connection, journal_size_limit)
         else:
             set_query_only(connection)
         set_cache_size(connection, cache_size_kib)

@@ -154,6 +154,7 @@ class Runtime:
             self._supervisor.add_child(
                 "cache", self._make_cache, Mailbox("cache", self.config.mailbox_size)
             ).get(timeout=timeout)
+            self.cache.ready.wait(timeout)  # L1 attached (warming goes on by itself)
         self._supervisor.add_child("writer", self._make_writer, self._writer_mailbox).get(
             timeout=timeout
         )
@@ -193,6 +194,7 @@ class Runtime:
             cache_size_kib=config.cache_size_kib,
             max_value_bytes=config.max_value_bytes,
             max_page_count=config.max_page_count if writer else 0,
+            journal_size_limit=config.wal_size_limit,
             vfs=self.vfs,
         )
 
@@ -347,15 +349,18 @@ class Runtime:
     def _writer_will_commit(self) -> None:
         external = self.cache.external
         if external is not None:
-            external.expect_own_commit()
+            external.before_commit()
 
-    def _writer_committed(self, tables: frozenset[str] | None) -> None:
+    def _writer_committed(self, tables: frozenset[str] | None, wrote: bool) -> None:
+        external = self.cache.external
+        if external is not None and external.after_commit(wrote):
+            self.cache.invalidate_all("another process committed")
         self.cache.tables_written(tables)
 
     def _writer_commit_failed(self) -> None:
         external = self.cache.external
         if external is not None:
-            external.forget_own_commit()
+            external.after_commit(wrote=False)
         self.cache.invalidate_all("a commit failed")
 
     def _writer_connected(self, connection: TrackedConnection) -> None:

@@ -40,6 +40,7 @@ from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
 from atlas_actors.transaction.transaction import Transaction, _Savepoint
+from atlas_actors.wal import WalManager
 
 __all__ = ["HealthReport", "Storage", "open"]
 
@@ -88,6 +89,8 @@ class Storage(Runtime):
     ) -> None:
         super().__init__(os.fspath(path), config, tracer_provider=tracer_provider, vfs=vfs)
         self._cached = config.cache
+        self.wal = WalManager(self)
+        """The write-ahead log: ``checkpoint()``, ``monitor()``, ``cleanup()``, ``verify()``."""
         _open_storages.add(self)
 
     def close(self, timeout: float | None = None) -> None:

@@ -7,7 +7,7 @@ needs to trust L2 again. When it crashes, reads bypass the cache until its next
 incarnation has warmed a fresh L1; the table versions live in the manager, so entries
 for tables written meanwhile are not revived.
 
-Messages: :class:`StoreOnDisk`, :class:`Warm`, ``Crash``.
+Messages: :class:`StoreOnDisk`, :class:`WarmFromDisk`, ``Crash``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class StoreOnDisk:
     """Write ``entry`` to L2."""
 
     entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class WarmFromDisk:
+    """Fill L1 with the valid L2 entries (sent to itself at start)."""
 
 
 class CacheActor(RoleActor):
@@ -68,8 +73,8 @@ class CacheActor(RoleActor):
         manager.l1 = ByteLRU(self.config.cache_memory_bytes)
         manager.l2 = self.l2 if self.l2 is not None and self.l2.enabled else None
         manager.fill = self._send_to_disk
-        warmed = manager.warm_from_l2()
-        log.debug("cache started; %d entries warmed from disk", warmed)
+        manager.ready.set()
+        self.actor_ref.tell(WarmFromDisk())  # right after start, off the start path
 
     def _resume_session(self, l2: DiskStore) -> None:
         """Reuse the last session's versions if it closed cleanly on the same files."""
@@ -90,7 +95,11 @@ class CacheActor(RoleActor):
         self.actor_ref.tell(StoreOnDisk(entry))
 
     def on_receive(self, message: Any) -> Any:
-        """Write to L2, or obey a control message."""
+        """Write to L2, warm L1, or obey a control message."""
+        if isinstance(message, WarmFromDisk):
+            warmed = self.manager.warm_from_l2()
+            log.debug("%d cache entries warmed from disk", warmed)
+            return None
         if isinstance(message, StoreOnDisk):
             l2 = self.manager.l2
             entry = message.entry

@@ -33,6 +33,7 @@ from pykka._envelope import Envelope
 from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor
 from atlas_actors.actors.writer_ops import (
     OP_TYPES,
+    CheckpointOp,
     LeaseExpired,
     LeaseRequest,
     LeaseReturn,
@@ -90,10 +91,10 @@ class WriterHooks:
     began: Callable[[], None] = _ignore
     """A batch holds the write lock now (the cache settles its external-change count)."""
     will_commit: Callable[[], None] = _ignore
-    """A COMMIT that changed rows is about to run."""
-    committed: Callable[[frozenset[str] | None], None] = _ignore
-    """A COMMIT succeeded; the tables it changed (None: unknown). Runs before any write
-    of it is acknowledged: the cache invalidates here."""
+    """A COMMIT of changes is about to run."""
+    committed: Callable[[frozenset[str] | None, bool], None] = _ignore
+    """A COMMIT succeeded: the tables it changed (None: unknown) and whether it wrote WAL
+    frames. Runs before any write of it is acknowledged: the cache invalidates here."""
     commit_failed: Callable[[], None] = _ignore
     """A COMMIT failed."""
     track_tables: bool = False
@@ -136,6 +137,9 @@ class WriterActor(RoleActor):
         self._stash: list[Op] = []
         self._schema_version = 0
         self._batch_tables: set[str] | None = set()
+        self._wrote_frames = False
+        self.wal_frames = 0
+        """Frames in the WAL after the last commit (from the WAL hook)."""
         self._changes_at_begin = 0
         self._disk_full: DiskFullError | None = None
         self._next_probe = 0.0
@@ -152,6 +156,10 @@ class WriterActor(RoleActor):
         self.connection = connection
         self._data_version = int(raw.pragma("data_version"))
         self._schema_version = int(raw.pragma("schema_version"))
+        # The WAL hook says, after each COMMIT, whether it wrote frames and how many
+        # the WAL holds. Installing it turns SQLite's automatic checkpoints off
+        # (https://sqlite.org/c3ref/wal_autocheckpoint.html): the writer runs them.
+        raw.set_wal_hook(self._on_wal)
         self.hooks.connected(connection)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
@@ -245,6 +253,11 @@ class WriterActor(RoleActor):
             self._take_back(message)
         elif kind is LeaseExpired:
             self._expire(message.tx_id)
+        elif kind is CheckpointOp:
+            if self._lease is None:
+                self._run_checkpoint(message)
+            else:
+                self._stash.append(message)
         else:
             result = super()._handle_receive(message)
         if (
@@ -411,20 +424,22 @@ class WriterActor(RoleActor):
         self._in_transaction = False
         tracing = self.tracing
         tables, self._batch_tables = self._batch_tables, set()
-        changed = connection.connection.total_changes() != self._changes_at_begin
+        changed = bool(batch) or connection.connection.total_changes() != self._changes_at_begin
         with tracing.batch_span("atlas.writer.commit", spans, **{"atlas.batch.size": len(batch)}):
             if changed:
                 self.hooks.will_commit()
+            self._wrote_frames = False
             try:
                 connection.cursor.execute("COMMIT")
             except apsw.Error as error:
-                self.hooks.commit_failed()
+                if changed:
+                    self.hooks.commit_failed()
                 self._commit_failed(connection, batch, error)
                 return
             if batch:
                 self._check_schema(connection)
-            if changed or batch:
-                self._after_commit(tables)
+            if changed:
+                self._after_commit(tables, self._wrote_frames)
         counters = self.counters
         if batch:
             counters.commit_seq += 1
@@ -436,6 +451,8 @@ class WriterActor(RoleActor):
         counters.max_batch = max(counters.max_batch, len(batch))
         for op, result in batch:
             op.future.set_result(result)
+        if self.wal_frames >= self.config.checkpoint_frames:
+            self._checkpoint("PASSIVE")  # after acknowledging: nobody waits on it
 
     def _commit_failed(
         self,
@@ -462,11 +479,54 @@ class WriterActor(RoleActor):
         for op, _ in batch:
             self._fail(op, wrapped, "COMMIT")
 
-    def _after_commit(self, tables: set[str] | None) -> None:
+    _CHECKPOINT_MODES = {
+        "PASSIVE": apsw.SQLITE_CHECKPOINT_PASSIVE,
+        "FULL": apsw.SQLITE_CHECKPOINT_FULL,
+        "RESTART": apsw.SQLITE_CHECKPOINT_RESTART,
+        "TRUNCATE": apsw.SQLITE_CHECKPOINT_TRUNCATE,
+    }
+
+    def _checkpoint(self, mode: str) -> tuple[int, int]:
+        """Copy WAL frames into the database file (https://sqlite.org/wal.html#ckpt).
+
+        PASSIVE copies what it can without waiting for readers; RESTART and TRUNCATE
+        wait (the busy handler) until readers are off the WAL, then let it start over.
+        """
+        connection = self.connection
+        assert connection is not None, "on_start opened the connection"
+        log_frames, copied = connection.connection.wal_checkpoint(mode=self._CHECKPOINT_MODES[mode])
+        counters = self.counters
+        counters.checkpoints += 1
+        counters.last_checkpoint = time.time()
+        if copied == log_frames:
+            self.wal_frames = 0  # the next commit restarts the WAL from its start
+        counters.wal_frames = self.wal_frames
+        return log_frames, copied
+
+    def _run_checkpoint(self, op: CheckpointOp) -> None:
+        if not op.claim():
+            return
+        if self._in_transaction:
+            self._commit()  # a checkpoint cannot run inside the batch's transaction
+        try:
+            result = self._checkpoint(op.mode)
+        except apsw.Error as error:
+            self._fail(op, wrap_sqlite_error(error, f"PRAGMA wal_checkpoint({op.mode})"))
+            return
+        op.future.set_result(result)
+
+    def _on_wal(self, connection: apsw.Connection, database: str, frames: int) -> int:
+        if database == "main":
+            self._wrote_frames = True
+            self.wal_frames = frames
+            self.counters.wal_frames = frames
+        return apsw.SQLITE_OK
+
+    def _after_commit(self, tables: set[str] | None, wrote: bool) -> None:
         # Runs after COMMIT and before any future resolves, so no caller sees its write
         # acknowledged while a stale cache entry survives.
         try:
-            self.hooks.committed(frozenset(tables) if tables is not None else None)
+            self.hooks.committed(frozenset(tables) if tables is not None else None, wrote)
         except Exception:
             log.exception("the commit hook failed")
 

@@ -22,6 +22,7 @@ from atlas_actors.future import Future
 
 __all__ = [
     "OP_TYPES",
+    "CheckpointOp",
     "LeaseExpired",
     "LeaseRequest",
     "LeaseReturn",
@@ -204,6 +205,12 @@ class WriterCounters:
         self.started = 0
         self.commit_seq = 0
         """Commits that changed something, over every incarnation (the writer version)."""
+        self.wal_frames = 0
+        """Frames in the WAL after the last commit."""
+        self.checkpoints = 0
+        """Checkpoints run."""
+        self.last_checkpoint: float | None = None
+        """``time.time()`` of the last checkpoint."""
 
     def snapshot(self) -> WriterStats:
         """The counters as a :class:`WriterStats`."""
@@ -273,6 +280,16 @@ class LeaseReturn(Op):
         self.tables = tables
         """Tables the transaction changed (None: unknown)."""
         """SQLite rolled the whole batch back under the transaction (SQLITE_FULL...)."""
+
+
+class CheckpointOp(Op):
+    """Run a WAL checkpoint (outside any batch) → (frames in the WAL, frames copied)."""
+
+    __slots__ = ("mode",)
+
+    def __init__(self, future: Future[Any], session: int, trace_context: Any, mode: str) -> None:
+        super().__init__(future, session, trace_context)
+        self.mode = mode
 
 
 @dataclass(frozen=True, slots=True)

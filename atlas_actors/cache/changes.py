@@ -16,8 +16,12 @@ that writes nothing is never counted, so the detector may report a change that w
 ours (a needless drop), never miss one that was not.
 
 The writer calls :meth:`ExternalChanges.writer_holds_lock` right after ``BEGIN
-IMMEDIATE`` (nobody else can commit until it commits) and :meth:`expect_own_commit`
-just before a ``COMMIT`` that changed rows; readers call :meth:`check`.
+IMMEDIATE`` (nobody else can commit until it commits), :meth:`before_commit` just
+before its ``COMMIT`` and :meth:`after_commit` right after; readers call :meth:`check`.
+A write transaction moves the counter by exactly one when it writes WAL frames and not
+at all otherwise, and SQLite's WAL hook tells the writer which it was; if it wrote
+nothing but a reader already took some increment for the announced one, that increment
+was another process's, and ``after_commit`` says so.
 """
 
 from __future__ import annotations
@@ -84,15 +88,23 @@ class ExternalChanges:
         with self._lock:
             return self._advance(self._counter())
 
-    def expect_own_commit(self) -> None:
-        """The writer is about to commit changes: one increment will be ours."""
+    def before_commit(self) -> None:
+        """The writer (holding the write lock) will COMMIT: announce one increment."""
         with self._lock:
             self._own += 1
 
-    def forget_own_commit(self) -> None:
-        """The expected commit failed (the caller drops the whole cache)."""
+    def after_commit(self, wrote: bool) -> bool:
+        """Settle the announcement (``wrote``: the WAL hook fired for the COMMIT).
+
+        True if a reader took another process's commit for the announced one.
+        """
+        if wrote:
+            return False  # ours happened; readers account for it as they see it
         with self._lock:
-            self._own = max(0, self._own - 1)
+            if self._own > 0:
+                self._own -= 1  # nothing was written: withdraw the announcement
+                return False
+            return True
 
     def _advance(self, value: int) -> bool:
         delta = (value - self._seen) & 0xFFFFFFFF

@@ -122,6 +122,8 @@ class CacheManager:
         self._costs: dict[str, float] = {}
         self.fill: Callable[[Entry], None] | None = None
         """Sends an entry to the cache actor for L2 (set by the actor)."""
+        self.ready = threading.Event()
+        """Set once the first cache actor attached the levels."""
 
     # -- the read path -----------------------------------------------------------------
 

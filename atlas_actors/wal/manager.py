@@ -1,0 +1,80 @@
+"""``db.wal``: the plan's WalManager over the writer's checkpoints.
+
+The writer owns the WAL hook (so SQLite's automatic checkpoint is off): after each
+commit it learns how many frames the WAL holds and, past ``checkpoint_frames``, runs a
+PASSIVE checkpoint once the batch is acknowledged. ``journal_size_limit`` shrinks the
+file back whenever the WAL restarts. This class reports on that and runs checkpoints on
+demand (through the writer, between batches).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+from atlas_actors.actors.writer_ops import CheckpointOp
+from atlas_actors.errors import ValidationError
+
+if TYPE_CHECKING:
+    from atlas_actors.storage import Storage
+
+__all__ = ["CheckpointMode", "WalManager", "WalStats"]
+
+CheckpointMode = Literal["passive", "full", "restart", "truncate"]
+"""SQLite's checkpoint modes (https://sqlite.org/c3ref/wal_checkpoint_v2.html)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WalStats:
+    """The WAL at one moment (the plan's ``WalStats``)."""
+
+    size: int
+    """Bytes of the ``-wal`` file."""
+    frames: int
+    """Frames (pages) in the WAL after the last commit."""
+    checkpoints: int
+    """Checkpoints run since the storage opened."""
+    last_checkpoint: datetime | None
+    """When the last one ran (UTC), or None."""
+
+
+class WalManager:
+    """Checkpoint, monitor, clean up and verify the write-ahead log."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def checkpoint(self, mode: CheckpointMode = "passive") -> tuple[int, int]:
+        """Run a checkpoint now; returns (frames in the WAL, frames copied to the file)."""
+        if mode not in ("passive", "full", "restart", "truncate"):
+            raise ValidationError(f"mode={mode!r}; use passive, full, restart or truncate")
+        future = self._storage.writer.submit(
+            CheckpointOp, f"checkpoint {mode}", None, (mode.upper(),), None, traced=True
+        )
+        result: tuple[int, int] = future.get()
+        return result
+
+    def monitor(self) -> WalStats:
+        """Size, frames and checkpoint history of the WAL."""
+        counters = self._storage.writer_counters
+        try:
+            size = os.path.getsize(f"{self._storage.path}-wal")
+        except OSError:
+            size = 0
+        last = counters.last_checkpoint
+        return WalStats(
+            size=size,
+            frames=counters.wal_frames,
+            checkpoints=counters.checkpoints,
+            last_checkpoint=datetime.fromtimestamp(last, UTC) if last else None,
+        )
+
+    def cleanup(self) -> tuple[int, int]:
+        """Checkpoint everything and truncate the WAL file (waits for readers to finish)."""
+        return self.checkpoint("truncate")
+
+    def verify(self, *, full: bool = False) -> bool:
+        """True if ``quick_check`` (``integrity_check`` with ``full``) finds no problem."""
+        return self._storage.errors.verify(full=full).ok

@@ -1,0 +1,354 @@
+"""The cache in the running storage: hits, invalidation, other processes, restarts, safety."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+import diskcache
+import pytest
+
+import atlas_actors as atlas
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+READ = "SELECT v FROM kv WHERE k = ?"
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def kv(open_storage: Callable[..., atlas.Storage]) -> atlas.Storage:
+    db = open_storage(cache_disk_min_seconds=0)
+    db.execute(
+        "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT); CREATE TABLE other(k INTEGER, v TEXT)"
+    )
+    db.write_many("INSERT INTO kv VALUES (?, ?)", [(i, f"v{i}") for i in range(50)])
+    db.write_many("INSERT INTO other VALUES (?, ?)", [(i, f"o{i}") for i in range(50)])
+    return db
+
+
+def _v(db: atlas.Storage, k: int) -> str:
+    return str(db.query(READ, [k])[0].v)
+
+
+def test_a_repeated_read_is_served_from_memory(kv: atlas.Storage) -> None:
+    assert _v(kv, 1) == "v1"
+    before = kv.cache.stats()
+    for _ in range(10):
+        assert _v(kv, 1) == "v1"
+    # Whitespace does not make a different entry.
+    assert kv.query("SELECT  v\n FROM kv   WHERE k = ?", [1])[0].v == "v1"
+    after = kv.cache.stats()
+    assert after.l1_hits - before.l1_hits == 11 and after.misses == before.misses
+    assert after.size >= 1 and after.memory_usage > 0 and 0 < after.hit_rate <= 1
+    assert 0 <= after.page_cache_hit_rate <= 1
+
+
+def test_the_caller_cannot_change_what_the_cache_holds(kv: atlas.Storage) -> None:
+    rows = kv.query(READ, [2])
+    rows.append("junk")  # type: ignore[arg-type]
+    assert kv.query(READ, [2]) == [("v2",)]
+
+
+def test_an_acknowledged_write_is_seen_by_the_next_read_from_any_thread(
+    kv: atlas.Storage,
+) -> None:
+    assert _v(kv, 3) == "v3"
+    kv.write("UPDATE kv SET v = 'new' WHERE k = 3")
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.append(_v(kv, 3)))
+    reader.start()
+    reader.join(5)
+    assert _v(kv, 3) == "new" and seen == ["new"]
+
+
+def test_a_write_drops_only_the_entries_of_the_tables_it_changed(kv: atlas.Storage) -> None:
+    kv.query("SELECT v FROM other WHERE k = 1")
+    kv.query(READ, [1])
+    kv.write("UPDATE other SET v = 'x' WHERE k = 2")
+    before = kv.cache.stats()
+    kv.query(READ, [1])
+    assert kv.cache.stats().l1_hits == before.l1_hits + 1  # kv entry survived
+    assert kv.query("SELECT v FROM other WHERE k = 1") == [("o1",)]
+    assert kv.cache.stats().misses == before.misses + 1  # other entry was dropped
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda db: db.write_all([("UPDATE kv SET v = 'changed' WHERE k = 4", None)]),
+        lambda db: db.write_many("UPDATE kv SET v = ? WHERE k = ?", [("changed", 4)]),
+        lambda db: db.run_in_writer(
+            lambda c: c.execute("UPDATE kv SET v = 'changed' WHERE k = 4")
+        ),
+        lambda db: db.writer.execute("UPDATE kv SET v = 'changed' WHERE k = 4").get(5),
+    ],
+)
+def test_every_way_of_writing_invalidates(kv: atlas.Storage, write: Callable[..., object]) -> None:
+    assert _v(kv, 4) == "v4"
+    write(kv)
+    assert _v(kv, 4) == "changed"
+
+
+def test_transactions_invalidate_what_they_changed(kv: atlas.Storage) -> None:
+    assert _v(kv, 5) == "v5"
+    with kv.transaction() as tx:
+        tx.execute("UPDATE kv SET v = 'tx' WHERE k = 5")
+    assert _v(kv, 5) == "tx"
+    with pytest.raises(RuntimeError), kv.transaction() as tx:
+        tx.execute("UPDATE kv SET v = 'rolled back' WHERE k = 5")
+        raise RuntimeError
+    assert _v(kv, 5) == "tx"
+
+
+def test_a_trigger_written_table_is_invalidated_too(kv: atlas.Storage) -> None:
+    kv.execute(
+        "CREATE TRIGGER mirror AFTER UPDATE ON kv BEGIN "
+        "UPDATE other SET v = new.v WHERE k = new.k; END"
+    )
+    assert kv.query("SELECT v FROM other WHERE k = 6") == [("o6",)]
+    kv.write("UPDATE kv SET v = 'via trigger' WHERE k = 6")
+    assert kv.query("SELECT v FROM other WHERE k = 6") == [("via trigger",)]
+
+
+def test_schema_changes_and_writer_restarts_drop_everything(kv: atlas.Storage) -> None:
+    _v(kv, 7)
+    assert kv.cache.stats().size >= 1
+    kv.execute("CREATE INDEX kv_v ON kv(v)")
+    assert kv.cache.stats().size == 0
+    _v(kv, 7)
+    restarted = threading.Event()
+    kv.events.on("restart", lambda e: restarted.set())
+    kv.supervisor.kill("writer")
+    assert restarted.wait(5)
+    assert _wait(lambda: kv.cache.stats().size == 0)
+
+
+def test_non_deterministic_reads_are_never_cached(kv: atlas.Storage) -> None:
+    before = kv.cache.stats()
+    first = kv.query("SELECT random() AS r FROM kv LIMIT 1")
+    second = kv.query("SELECT random() AS r FROM kv LIMIT 1")
+    assert first != second
+    assert kv.cache.stats().bypassed == before.bypassed + 2
+
+
+def test_invalidate_by_table_glob_or_statement_glob(kv: atlas.Storage) -> None:
+    _v(kv, 8)
+    kv.query("SELECT v FROM other WHERE k = 8")
+    assert kv.cache.invalidate("kv:*") == 1
+    assert kv.cache.invalidate("oth*") == 1
+    _v(kv, 9)
+    assert kv.cache.invalidate("SELECT v FROM kv*") == 1
+    assert kv.cache.invalidate("nothing") == 0
+
+
+def test_warm_runs_the_given_queries(kv: atlas.Storage) -> None:
+    assert kv.cache.warm([(READ, [10]), (READ, [11]), "SELECT count(*) FROM kv"]) == 3
+    before = kv.cache.stats()
+    _v(kv, 10)
+    assert kv.cache.stats().l1_hits == before.l1_hits + 1
+
+
+CHILD_WRITE = textwrap.dedent(
+    """
+    import sys, apsw
+    connection = apsw.Connection(sys.argv[1])
+    connection.set_busy_timeout(5000)
+    connection.execute("UPDATE kv SET v = ? WHERE k = 12", (sys.argv[2],))
+    """
+)
+
+
+def test_another_process_writing_is_seen_by_the_next_cached_read(
+    kv: atlas.Storage, db_path: Path
+) -> None:
+    for round_ in range(5):
+        assert _v(kv, 12) in ("v12", f"external {round_ - 1}")
+        subprocess.run(
+            [sys.executable, "-c", CHILD_WRITE, str(db_path), f"external {round_}"], check=True
+        )
+        assert _v(kv, 12) == f"external {round_}"
+
+
+def test_read_uncommitted_may_serve_the_cache_without_checking_other_processes(
+    kv: atlas.Storage, db_path: Path
+) -> None:
+    assert _v(kv, 13) == "v13"
+    other = apsw.Connection(str(db_path))
+    other.execute("UPDATE kv SET v = 'elsewhere' WHERE k = 13")
+    other.close()
+    with kv.transaction("read_uncommitted") as tx:
+        assert tx.query(READ, [13]) == [("v13",)]  # served from cache, unchecked
+    with kv.transaction("read_committed") as tx:
+        assert tx.query(READ, [13]) == [("elsewhere",)]
+
+
+def test_a_cache_actor_crash_bypasses_then_warms_without_stale_entries(
+    kv: atlas.Storage,
+) -> None:
+    _v(kv, 14)
+    kv.query("SELECT v FROM other WHERE k = 14")
+    assert _wait(lambda: kv.cache.stats().l2_entries >= 2)  # written to disk
+    restarted = threading.Event()
+    kv.events.on("restart", lambda e: restarted.set() if e.role == "cache" else None)
+    kv.supervisor.kill("cache")
+    kv.write("UPDATE kv SET v = 'while down' WHERE k = 14")  # invalidated, cache or not
+    assert restarted.wait(5)
+    assert _wait(lambda: kv.cache.l1 is not None)
+    assert _v(kv, 14) == "while down"
+    before = kv.cache.stats()
+    assert kv.query("SELECT v FROM other WHERE k = 14") == [("o14",)]
+    assert kv.cache.stats().l1_hits == before.l1_hits + 1  # warmed from L2
+
+
+def test_reopening_warms_memory_from_disk(db_path: Path) -> None:
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+        db.write("INSERT INTO kv VALUES (1, 'one')")
+        _v(db, 1)
+        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert _wait(lambda: db.cache.stats().size == 1)
+        assert _v(db, 1) == "one"
+        assert db.cache.stats().l1_hits == 1 and db.cache.stats().misses == 0
+
+
+def test_changes_made_while_closed_drop_what_was_on_disk(db_path: Path) -> None:
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+        db.write("INSERT INTO kv VALUES (1, 'one')")
+        _v(db, 1)
+        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+    other = apsw.Connection(str(db_path))
+    other.execute("UPDATE kv SET v = 'changed while closed'")
+    other.close()
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert db.cache.stats().size == 0
+        assert _v(db, 1) == "changed while closed"
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, atlas_actors as atlas
+    db = atlas.open(sys.argv[1], cache_disk_min_seconds=0)
+    db.execute("CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)")
+    db.write("INSERT OR REPLACE INTO kv VALUES (1, 'one')")
+    db.query("SELECT v FROM kv WHERE k = ?", [1])
+    import time
+    while db.cache.stats().l2_entries < 1:
+        time.sleep(0.01)
+    print("cached", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_after_an_unclean_stop_nothing_on_disk_is_trusted(db_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(db_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "cached"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert db.cache.stats().size == 0 and db.cache.stats().l2_entries == 0
+
+
+def test_the_cache_directory_is_owner_only(kv: atlas.Storage, db_path: Path) -> None:
+    directory = Path(f"{db_path}.cache")
+    assert directory.is_dir() and directory.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_directory_owned_by_someone_else_is_not_used(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give the directory to another user")
+    directory = tmp_path / "shared-cache"
+    directory.mkdir()
+    os.chown(directory, 65534, 65534)
+    with atlas.open(tmp_path / "x.db", cache_dir=str(directory)) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.query("SELECT x FROM t")
+        assert db.cache.l2 is None  # memory only
+        assert db.query("SELECT count(*) FROM t") == [(0,)]
+
+
+def test_a_planted_pickle_is_never_unpickled_and_counts_as_a_miss(
+    db_path: Path, tmp_path: Path
+) -> None:
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+        db.write("INSERT INTO kv VALUES (1, 'one')")
+        _v(db, 1)
+        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+    # Someone with write access replaces every entry with a pickle that runs code.
+    marker = tmp_path / "pwned"
+    plain = diskcache.Cache(f"{db_path}.cache")
+    for key in list(plain.iterkeys()):
+        if key != "atlas:meta":
+            plain.set(key, _Exploit(str(marker)))
+    plain.close()
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert _v(db, 1) == "one"
+    assert not marker.exists()
+
+
+class _Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (open, (self.path, "w"))  # would create the file if unpickled
+
+
+def test_an_unreadable_entry_is_a_miss(db_path: Path) -> None:
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+        db.write("INSERT INTO kv VALUES (1, 'one')")
+        _v(db, 1)
+        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+    plain = diskcache.Cache(f"{db_path}.cache")
+    for key in list(plain.iterkeys()):
+        if key != "atlas:meta":
+            plain.set(key, b"garbage")
+    plain.close()
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert db.cache.stats().size == 0  # nothing warmed
+        assert _v(db, 1) == "one"
+
+
+def test_with_the_cache_off_reads_still_work(open_storage: Callable[..., atlas.Storage]) -> None:
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    assert db.query("SELECT x FROM t") == [(1,)]
+    assert db.cache.stats().hits == 0
+    assert "cache" not in [c.role for c in db.supervisor.status().children]
+
+
+def test_the_disk_level_can_be_turned_off(
+    open_storage: Callable[..., atlas.Storage], db_path: Path
+) -> None:
+    shutil.rmtree(f"{db_path}.cache", ignore_errors=True)
+    db = open_storage(cache_disk=False)
+    db.execute("CREATE TABLE t(x)")
+    db.query("SELECT x FROM t")
+    assert db.cache.l2 is None and not Path(f"{db_path}.cache").exists()
