@@ -170,9 +170,7 @@ class CacheManager:
             return rows
         next(self._misses)
         self._costs[sql] = latency
-        if _read(self._invalidated) == generation:
-            # Nothing was invalidated while the query ran: the result is current.
-            self._store(key, sql, bound, rows, info, latency, l1)
+        self._store(key, sql, bound, rows, info, latency, l1, generation)
         return rows
 
     def _store(
@@ -184,6 +182,7 @@ class CacheManager:
         info: StatementInfo,
         latency: float,
         l1: ByteLRU,
+        generation: int,
     ) -> None:
         size = measure(rows)
         if size > self.config.cache_max_entry_bytes:
@@ -200,8 +199,12 @@ class CacheManager:
             expires=time.monotonic() + self.config.cache_ttl,
             size=size,
         )
-        if not l1.put(entry):
-            return
+        # Check and store atomically with respect to invalidation: tables_written bumps
+        # the generation under this lock before it drops L1 entries, so a result read
+        # before a commit is either refused here or dropped there, never kept.
+        with self._lock:
+            if _read(self._invalidated) != generation or not l1.put(entry):
+                return
         fill = self.fill
         if fill is not None and latency >= self.config.cache_disk_min_seconds:
             fill(entry)
@@ -215,12 +218,14 @@ class CacheManager:
         found = l2.get(sql, bound)
         if found is None:
             return None
-        entry = self._revive(key, sql, bound, *found)
+        with self._lock:  # validate and promote atomically (see _store)
+            entry = self._revive(key, sql, bound, *found)
+            if entry is not None:
+                l1.put(entry)
         if entry is None:
             l2.delete(sql, bound)
             return None
         next(self._l2_hits)
-        l1.put(entry)
         return list(entry.rows)
 
     def _revive(
@@ -277,10 +282,12 @@ class CacheManager:
                 continue
             bound = tuple(params)
             key = (self._normalize(sql), bound)
-            entry = self._revive(key, sql, bound, document, values)
+            with self._lock:  # validate and store atomically (see _store)
+                entry = self._revive(key, sql, bound, document, values)
+                stored = entry is not None and l1.put(entry)
             if entry is None:
                 l2.delete(sql, bound)
-            elif l1.put(entry):
+            elif stored:
                 warmed += 1
         return warmed
 
@@ -332,10 +339,10 @@ class CacheManager:
         if tables:
             self.tables_written(tables)
         if keys and l1 is not None:
+            with self._lock:
+                next(self._invalidated)  # first: a racing store is refused, not kept
             for _ in range(l1.drop_keys(keys)):
                 next(self._dropped)
-            with self._lock:
-                next(self._invalidated)
             if self.l2 is not None:
                 chosen = set(keys)
                 for entry in entries:
