@@ -99,6 +99,15 @@ class Segment:
     """Failed operations by ``Type: message`` (warm-up included: every error counts)."""
     hung: int
     """Worker threads still running long after the deadline (a hang)."""
+    per_thread: list[int] = field(default_factory=list)
+    """Operations each worker finished inside the window (fairness between threads)."""
+
+    @property
+    def slowest_share(self) -> float:
+        """The least productive worker's ops as a fraction of the mean (1.0: all equal)."""
+        if not self.per_thread:
+            return float("nan")
+        return ratio(min(self.per_thread), sum(self.per_thread) / len(self.per_thread))
 
 
 @dataclass
@@ -116,6 +125,10 @@ class CellResult:
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
     hung: int = 0
+    slowest_thread: float = float("nan")
+    """Least productive thread's ops / the mean per thread, worst round (1.0: fair).
+    Per-op percentiles hide starvation: a starved thread finishes few ops, so few
+    samples; this shows it."""
     mismatches: list[str] = field(default_factory=list)
     """Verification failures (acknowledged count vs rows found)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +149,8 @@ class CellResult:
         self.errors = sum(kinds.values())
         self.error_kinds = dict(kinds.most_common(5))
         self.hung = sum(s.hung for s in segments)
+        shares = [s.slowest_share for s in segments if s.per_thread]
+        self.slowest_thread = min(shares) if shares else float("nan")
 
 
 def run_closed_loop(
@@ -159,6 +174,7 @@ def run_closed_loop(
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     counts = {"total": 0, "acked": 0, "in_window": 0}
+    per_thread: list[int] = []
     window: dict[str, float] = {}
 
     def worker(index: int) -> None:
@@ -202,6 +218,7 @@ def run_closed_loop(
                 counts["total"] += total
                 counts["acked"] += acked
                 counts["in_window"] += in_window
+                per_thread.append(in_window)
 
     workers = [
         threading.Thread(target=worker, args=(i,), name=f"bench-worker-{i}", daemon=True)
@@ -227,6 +244,7 @@ def run_closed_loop(
             latencies=list(latencies),
             errors=Counter(errors),
             hung=hung,
+            per_thread=list(per_thread),
         )
 
 

@@ -443,13 +443,18 @@ def print_pass(name: str, cells: Sequence[CellResult], info: dict[str, Any]) -> 
                 fmt(cell.p50_ms, 2),
                 fmt(cell.p99_ms, 2),
                 fmt(cell.max_ms, 1),
+                fmt(cell.slowest_thread * 100, 0) if cell.threads > 1 else "",
                 str(cell.errors),
                 "ok" if not cell.mismatches else "MISMATCH",
                 "; ".join(notes),
             ]
         )
-    headers = ["peer", "thr", "ops/s", "p50 ms", "p99 ms", "max ms", "errors", "rows", "notes"]
-    print(table(headers, rows))
+    headers = ["peer", "thr", "ops/s", "p50 ms", "p99 ms", "max ms", "slowest%", "errors", "rows"]
+    print(table([*headers, "notes"], rows))
+    print(
+        "slowest% = the least productive thread's ops as % of the mean per thread (100: fair;"
+        " near 0: a thread starved, which per-op p99 hides since it finishes few ops)"
+    )
     for cell in cells:
         for problem in cell.mismatches:
             print(f"  MISMATCH {cell.peer} x{cell.threads}: {problem}")
@@ -498,6 +503,10 @@ def judge(name: str, cells: Sequence[CellResult]) -> list[Target]:
                 f"; p99 {fmt_ratio(p99)} ({fmt(mine.p99_ms, 2)} vs {fmt(base.p99_ms, 2)} ms)"
             )
             passed = passed and p99 <= p99_at_most
+            measured += (
+                f"; peer max {fmt(base.max_ms, 0)} ms, its slowest thread "
+                f"{fmt(base.slowest_thread * 100, 0)}% of the mean"
+            )
         return Target(wanted, measured, passed)
 
     if name == "slow":
