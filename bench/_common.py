@@ -129,6 +129,8 @@ class CellResult:
     """Least productive thread's ops / the mean per thread, worst round (1.0: fair).
     Per-op percentiles hide starvation: a starved thread finishes few ops, so few
     samples; this shows it."""
+    round_ops_per_s: list[float] = field(default_factory=list)
+    """Throughput of each round (the spread shows how noisy the machine was)."""
     mismatches: list[str] = field(default_factory=list)
     """Verification failures (acknowledged count vs rows found)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +142,7 @@ class CellResult:
         latencies = sorted(x for s in segments for x in s.latencies)
         self.ops = sum(s.acked for s in segments)
         self.ops_per_s = ratio(sum(s.acked_in_window for s in segments), window)
+        self.round_ops_per_s = [ratio(s.acked_in_window, s.duration) for s in segments]
         self.p50_ms = percentile(latencies, 0.50) * 1000
         self.p99_ms = percentile(latencies, 0.99) * 1000
         self.max_ms = (latencies[-1] * 1000) if latencies else float("nan")
@@ -151,6 +154,19 @@ class CellResult:
         self.hung = sum(s.hung for s in segments)
         shares = [s.slowest_share for s in segments if s.per_thread]
         self.slowest_thread = min(shares) if shares else float("nan")
+
+
+def round_ratios(mine: CellResult, base: CellResult) -> list[float]:
+    """Per-round throughput ratios ``mine / base`` (the peers ran side by side per round)."""
+    return [ratio(a, b) for a, b in zip(mine.round_ops_per_s, base.round_ops_per_s, strict=False)]
+
+
+def spread(ratios: Sequence[float]) -> str:
+    """``0.71-0.95x`` over the rounds, or empty with fewer than two rounds."""
+    finite = [r for r in ratios if r == r]
+    if len(finite) < 2:
+        return ""
+    return f"{min(finite):.2f}-{max(finite):.2f}x"
 
 
 def run_closed_loop(
@@ -332,8 +348,8 @@ def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def fmt_ratio(value: float) -> str:
-    """A ratio for a table cell: ``1.52x``."""
+def fmt_ratio(value: float, digits: int = 2) -> str:
+    """A ratio for a table cell: ``1.52x`` (one more digit below 0.1)."""
     if value != value:
         return "-"
     if value == float("inf"):
@@ -341,8 +357,8 @@ def fmt_ratio(value: float) -> str:
     if value >= 100:
         return f"{value:.0f}x"
     if value >= 0.1:
-        return f"{value:.2f}x"
-    return f"{value:.3f}x"
+        return f"{value:.{digits}f}x"
+    return f"{value:.{digits + 1}f}x"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:

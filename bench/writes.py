@@ -62,9 +62,11 @@ from _common import (
     ratio,
     remove_db,
     rotated,
+    round_ratios,
     run_closed_loop,
     scratch_dir,
     slowsync_loaded,
+    spread,
     table,
     thread_counts,
     time_fsync,
@@ -494,13 +496,16 @@ def judge(name: str, cells: Sequence[CellResult]) -> list[Target]:
             return Target(wanted, "not measured (thread count or peer not run)", None)
         speed = ratio(mine.ops_per_s, base.ops_per_s)
         measured = (
-            f"{fmt_ratio(speed)} ({fmt(mine.ops_per_s, 0)} vs {fmt(base.ops_per_s, 0)} ops/s)"
+            f"{fmt_ratio(speed, 3)} ({fmt(mine.ops_per_s, 0)} vs {fmt(base.ops_per_s, 0)} ops/s)"
         )
         passed = speed >= at_least
+        rounds = spread(round_ratios(mine, base))
+        if rounds:
+            measured += f", rounds {rounds}"
         if p99_at_most is not None:
             p99 = ratio(mine.p99_ms, base.p99_ms)
             measured += (
-                f"; p99 {fmt_ratio(p99)} ({fmt(mine.p99_ms, 2)} vs {fmt(base.p99_ms, 2)} ms)"
+                f"; p99 {fmt_ratio(p99, 3)} ({fmt(mine.p99_ms, 2)} vs {fmt(base.p99_ms, 2)} ms)"
             )
             passed = passed and p99 <= p99_at_most
             measured += (
