@@ -597,8 +597,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
         epilog=(
             "--quick: passes full, normal and slow at 16 and 64 threads, 1 s per cell in one "
-            "round (about a minute). Default: 1,4,16,64 threads, 6 s per cell in 3 rounds "
-            "of 2 s (about 10 minutes). Ratios are the result; absolute numbers depend on "
+            "round (about a minute). Default: 1,4,16,64 threads, 6 s per cell in 4 rounds "
+            "of 1.5 s (about 10 minutes). Ratios are the result; absolute numbers depend on "
             "the machine and its load."
         ),
     )
@@ -608,7 +608,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, help="seconds per cell, all rounds (6)")
     parser.add_argument(
-        "--rounds", type=int, help="rounds each cell is split into, peers interleaved (3)"
+        "--rounds", type=int, help="rounds each cell is split into, peers interleaved (4)"
     )
     parser.add_argument(
         "--pass",
@@ -633,7 +633,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.duration is None:
         args.duration = 1.0 if args.quick else 6.0
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 3
+        args.rounds = 1 if args.quick else 4
     if args.rounds < 1 or args.duration <= 0:
         parser.error("--rounds must be >= 1 and --duration > 0")
     unknown = [p for p in args.peers.split(",") if p not in PEERS]
