@@ -20,6 +20,7 @@ each layer, and of a bare thread round trip, so the cost of a hop is visible.
 from __future__ import annotations
 
 import argparse
+import itertools
 import queue
 import random
 import sqlite3
@@ -103,52 +104,51 @@ def make_factory(
 
     def factory(index: int) -> tuple[Op, Callable[[], None]]:
         ids = id_stream(index, rows)
-        position = [0]
+        counter = itertools.count(1)
 
         def next_id() -> int:
-            position[0] += 1
-            return ids[position[0] & mask]
+            return ids[next(counter) & mask]
 
         if peer == "sqlite3":
             connection = sqlite3.connect(path, check_same_thread=True)
             execute = connection.execute
 
-            def op() -> object:
+            def sqlite3_read() -> object:
                 wanted = next_id()
-                row = execute(SELECT, (wanted,)).fetchone()
-                if row is None or row[0] != wanted:
-                    raise WrongResultError(f"asked for {wanted}, got {row!r}")
-                return row
+                return _checked(wanted, execute(SELECT, (wanted,)).fetchone())
 
-            return op, connection.close
-        assert db is not None
+            return sqlite3_read, connection.close
+        if db is None:
+            raise ValueError(f"peer {peer!r} needs an open atlas storage")
+        query, submit = db.query, db.submit_query
         if peer == "atlas.query":
-            query = db.query
 
-            def op() -> object:
+            def atlas_query() -> object:
                 wanted = next_id()
                 found = query(SELECT, [wanted])
-                if not found or found[0][0] != wanted:
-                    raise WrongResultError(f"asked for {wanted}, got {found!r}")
-                return found
+                return _checked(wanted, found[0] if found else None)
 
-            return op, _noop
-        submit = db.submit_query
+            return atlas_query, _noop
 
-        def op() -> object:
+        def atlas_submit() -> object:
             wanted = next_id()
             found = submit(SELECT, [wanted]).get(timeout=30.0)
-            if not found or found[0][0] != wanted:
-                raise WrongResultError(f"asked for {wanted}, got {found!r}")
-            return found
+            return _checked(wanted, found[0] if found else None)
 
-        return op, _noop
+        return atlas_submit, _noop
 
     return factory
 
 
 def _noop() -> None:
     return None
+
+
+def _checked(wanted: int, row: Sequence[Any] | None) -> object:
+    """The row if it is the one asked for; else raise (a wrong answer counts as an error)."""
+    if row is None or row[0] != wanted:
+        raise WrongResultError(f"asked for id {wanted}, got {row!r}")
+    return row
 
 
 def run_cells(

@@ -72,7 +72,7 @@ from _common import (
     time_fsync,
     write_json,
 )
-from playhouse.sqliteq import SqliteQueueDatabase
+from playhouse.sqliteq import SqliteQueueDatabase  # type: ignore[import-untyped]
 from sqlalchemy import (
     Column,
     Float,
@@ -164,7 +164,9 @@ class AtlasPeer(Peer):
 
 
 def _sqlite3_connect(path: Path, synchronous: str, **kwargs: Any) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, **kwargs)
+    connection: sqlite3.Connection = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, **kwargs
+    )
     connection.execute(f"PRAGMA synchronous={synchronous}")  # per connection, not in the file
     return connection
 
