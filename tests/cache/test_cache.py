@@ -94,9 +94,7 @@ def test_a_write_drops_only_the_entries_of_the_tables_it_changed(kv: atlas.Stora
     [
         lambda db: db.write_all([("UPDATE kv SET v = 'changed' WHERE k = 4", None)]),
         lambda db: db.write_many("UPDATE kv SET v = ? WHERE k = ?", [("changed", 4)]),
-        lambda db: db.run_in_writer(
-            lambda c: c.execute("UPDATE kv SET v = 'changed' WHERE k = 4")
-        ),
+        lambda db: db.run_in_writer(lambda c: c.execute("UPDATE kv SET v = 'changed' WHERE k = 4")),
         lambda db: db.writer.execute("UPDATE kv SET v = 'changed' WHERE k = 4").get(5),
     ],
 )

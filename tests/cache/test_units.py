@@ -17,7 +17,9 @@ from atlas_actors.cache.statements import analyze
 from atlas_actors.rows import make_rows
 
 
-def _entry(key: str, tables: frozenset[str] = frozenset({"t"}), ttl: float = 60, n: int = 1) -> Entry:
+def _entry(
+    key: str, tables: frozenset[str] = frozenset({"t"}), ttl: float = 60, n: int = 1
+) -> Entry:
     rows = make_rows(["v"], [(f"{key}-{i}",) for i in range(n)])
     return Entry(key, "SELECT", (), rows, tables, {}, 0, time.monotonic() + ttl)
 
@@ -59,7 +61,7 @@ def test_dropping_a_table_drops_exactly_its_entries() -> None:
 
 
 def test_the_codec_round_trips_every_sqlite_type() -> None:
-    rows = [(None, 1, -2**63, 1.5, "text ☃", b"\x00\xff")]
+    rows = [(None, 1, -(2**63), 1.5, "text ☃", b"\x00\xff")]
     document, back = decode(encode({"names": ["a"]}, rows))
     assert back == rows and document == {"names": ["a"]}
 
@@ -71,7 +73,7 @@ def test_the_codec_round_trips_every_sqlite_type() -> None:
         pickle.dumps({"f": 1, "d": {}, "r": []}),
         __import__("zlib").compress(b'{"f": 1, "d": {}, "r": [[{"x": 1}]]}'),
         __import__("zlib").compress(b'{"f": 2, "d": {}, "r": []}'),
-        __import__("zlib").compress(b'[1, 2]'),
+        __import__("zlib").compress(b"[1, 2]"),
     ],
 )
 def test_the_codec_rejects_anything_it_did_not_write(blob: bytes) -> None:
