@@ -12,6 +12,7 @@ import contextlib
 import enum
 import itertools
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -273,11 +274,15 @@ class TrackedConnection:
         "created_at",
         "cursor",
         "id",
+        "last_check",
         "last_latency",
         "last_used",
+        "lock",
         "owner",
         "role",
+        "seen_queries",
         "state",
+        "usable",
     )
 
     def __init__(self, connection: apsw.Connection, role: str, owner: Any = None) -> None:
@@ -295,6 +300,14 @@ class TrackedConnection:
         self._bytes = 0
         self.last_latency = 0.0
         """Seconds the last statement took."""
+        self.lock = threading.Lock()
+        """Held by whoever uses the connection (a reader pool claim)."""
+        self.usable = True
+        """False once it must not be lent again (its reader failed, retired or closed)."""
+        self.last_check = 0.0
+        """``time.monotonic()`` of its last health check."""
+        self.seen_queries = 0
+        """``queries`` when the pool last looked (to tell when it was last used)."""
 
     @property
     def queries(self) -> int:
@@ -407,6 +420,7 @@ class TrackedConnection:
     def close(self) -> None:
         """Close the connection; safe to call twice."""
         self.state = ConnectionState.CLOSED
+        self.usable = False
         with contextlib.suppress(apsw.Error):  # closing a broken connection still frees it
             self.connection.close(True)
 

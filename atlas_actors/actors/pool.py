@@ -1,23 +1,25 @@
 """The reader pool: lends reader connections and routes queued reads to reader actors.
 
-Two read paths share the pool's connections:
+A connection is in use exactly while its lock is held; whoever holds it (a caller's
+thread, or the reader actor that owns the connection) is its only user. Two read paths
+share the connections:
 
-* **Synchronous** (``db.query``, ``pool.acquire()``): the caller's thread borrows an idle
-  reader connection, runs the statement itself and gives the connection back. Measured
-  here, a hop to another thread and back costs 20-25 µs, three times a point read by
-  primary key, so this path makes none.
+* **Synchronous** (``db.query``, ``pool.acquire()``): the caller's thread claims a
+  connection, runs the statement itself and releases it. Measured here, a hop to
+  another thread and back costs 15-40 µs, several point reads, so this path makes none.
+  Each thread remembers the connection it used last and claims it again first, so with
+  as many connections as reading threads every claim is an uncontended lock.
 * **Queued** (``pool.submit`` → :class:`~atlas_actors.future.Future`): the read goes to a
-  reader actor, which runs it and every other read queued meanwhile before giving its
+  reader actor, which runs it and every other read queued meanwhile before it gives its
   connection back (several reads per wake-up).
 
-The pool keeps ``readers`` connections ready and grows up to ``max_readers`` when every
-connection is busy and callers wait; readers above the floor retire after
-``reader_idle_timeout`` idle seconds. A connection is used by exactly one thread at a
-time: whoever took it out of the idle deque (deque operations are atomic in CPython).
+The pool keeps ``readers`` connections and grows up to ``max_readers`` when callers find
+none free; readers above the floor retire after ``reader_idle_timeout`` idle seconds.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -25,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 from pykka._envelope import Envelope
@@ -33,12 +35,7 @@ from pykka._envelope import Envelope
 from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
 from atlas_actors.cache.statements import StatementInfo, analyze
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import (
-    ConnectionMetrics,
-    ConnectionState,
-    Params,
-    TrackedConnection,
-)
+from atlas_actors.connection import ConnectionMetrics, ConnectionState, Params, TrackedConnection
 from atlas_actors.errors import (
     AtlasError,
     OperationTimeout,
@@ -60,6 +57,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MAX_READS_PER_WAKEUP = 64
+_RECORD_EVERY = 4  # the workload recorder sees one read in four (and every slow one)
+_SLOW_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +68,22 @@ class PoolStatus:
     total: int
     """Reader connections open."""
     active: int
-    """Connections lent to callers or busy in their reader."""
+    """Connections in use (by a caller, or busy in their reader)."""
     idle: int
-    """Connections ready to lend."""
+    """Connections free to claim."""
     waiting_requests: int
     """Callers waiting for a connection plus queued reads waiting for a reader."""
+
+
+def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
+    """Explain a write attempted through the read path."""
+    return ReadOnlyError(
+        f"{error}; db.query runs on read-only connections: use db.write or "
+        "db.execute for statements that change data",
+        sql=sql,
+        result_code=error.result_code,
+        extended_result_code=error.extended_result_code,
+    )
 
 
 class PooledConnection:
@@ -124,6 +134,7 @@ class PooledConnection:
         """Give the connection back to the pool (safe to call twice)."""
         connection, self._connection = self._connection, None
         if connection is not None:
+            connection.state = ConnectionState.IDLE
             self._pool.release(connection)
 
     def __enter__(self) -> PooledConnection:
@@ -131,17 +142,6 @@ class PooledConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
-    """Explain a write attempted through the read path."""
-    return ReadOnlyError(
-        f"{error}; db.query runs on read-only connections: use db.write or "
-        "db.execute for statements that change data",
-        sql=sql,
-        result_code=error.result_code,
-        extended_result_code=error.extended_result_code,
-    )
 
 
 class ReaderPool:
@@ -165,18 +165,19 @@ class ReaderPool:
         """Readers kept ready (``resize`` changes it)."""
         self.ceiling = config.max_readers
         """Most readers the pool grows to."""
-        self._idle: deque[TrackedConnection] = deque()
+        self._connections: list[TrackedConnection] = []  # replaced, never changed in place
         self._pending: deque[ReadOp] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._waiting = 0
         self._readers: dict[str, ReaderActor] = {}
         self._starting = 0
-        self._last_check: dict[str, float] = {}
-        self.closed: AtlasError | None = None
+        self._local = threading.local()
+        self._rotor = itertools.count()
         self._recycle_queries = config.recycle_after_queries or float("inf")
         self._recycle_seconds = config.recycle_after_seconds or float("inf")
+        self.closed: AtlasError | None = None
 
-    # -- membership (called by the supervisor and reader actors) -----------------------
+    # -- membership (the supervisor and reader actors) ---------------------------------
 
     def reader_ready(self, reader: ReaderActor) -> None:
         """A reader incarnation opened its connection (it arrives next, via ``checkin``)."""
@@ -200,11 +201,119 @@ class ReaderPool:
         """Reader roles alive or starting."""
         return len(self._readers) + self._starting
 
+    def checkin(self, connection: TrackedConnection, *, checked: bool = False) -> None:
+        """A claimed connection becomes available (returned, recycled, checked or new)."""
+        if checked:
+            connection.last_check = time.monotonic()
+        if connection not in self._connections:
+            with self._cond:
+                if self.closed is None and connection.usable:
+                    self._connections = [*self._connections, connection]
+        self.release(connection)
+
+    def forget(self, connection: TrackedConnection) -> None:
+        """Take ``connection`` out of the pool (it is closing)."""
+        with self._cond:
+            self._connections = [c for c in self._connections if c is not connection]
+
+    # -- claiming and releasing --------------------------------------------------------
+
+    def _claim(self) -> TrackedConnection | None:
+        """A free connection, locked for the caller, or None; the thread's own first."""
+        local = self._local
+        preferred: TrackedConnection | None = getattr(local, "connection", None)
+        if preferred is not None and preferred.lock.acquire(False):
+            if preferred.usable:
+                return preferred
+            preferred.lock.release()
+        connections = self._connections
+        count = len(connections)
+        if count:
+            start = next(self._rotor) % count
+            for offset in range(count):
+                candidate = connections[(start + offset) % count]
+                if candidate.lock.acquire(False):
+                    if candidate.usable:
+                        local.connection = candidate
+                        return candidate
+                    candidate.lock.release()
+        return None
+
+    def _take(self, timeout: float | None) -> TrackedConnection:
+        connection = self._claim()
+        if connection is None:
+            deadline = time.monotonic() + (
+                self.config.default_timeout if timeout is None else timeout
+            )
+            connection = self._wait_for_connection(deadline)
+        if self.events.active:
+            self._emit("checkout", connection)
+        return connection
+
+    def _wait_for_connection(self, deadline: float) -> TrackedConnection:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while True:
+                    connection = self._claim()
+                    if connection is not None:
+                        return connection
+                    if self.closed is not None:
+                        raise self.closed
+                    self._maybe_grow()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise OperationTimeout(
+                            f"waiting for a reader connection ({self.status_unlocked()})",
+                            self.config.default_timeout,
+                            applied=False,
+                        )
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
+
+    def release(self, connection: TrackedConnection) -> None:
+        """Give a claimed connection back."""
+        if self.events.active:
+            self._emit("checkin", connection)
+        if not connection.usable or self.closed is not None:
+            self._dispose(connection)
+            return
+        if connection.queries >= self._recycle_queries:
+            self._send(connection, Recycle(connection, f"{connection.queries} queries"))
+            return
+        connection.lock.release()
+        if self._pending:
+            self._dispatch_pending()
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+    def _emit(self, name: str, connection: TrackedConnection) -> None:
+        if name in self.events.active:
+            self.events.emit(name, connection.role, connection.id)
+
+    def _send(self, connection: TrackedConnection, message: Any) -> None:
+        """Hand a claimed connection to its reader actor with ``message``."""
+        connection.owner.mailbox.put(Envelope(message))
+
+    def _dispose(self, connection: TrackedConnection) -> None:
+        """Close a claimed connection that must not be lent again; retire its reader if asked."""
+        self.forget(connection)
+        if connection.state is not ConnectionState.CLOSED:
+            connection.close()
+            self.events.emit("disconnect", connection.role, connection.id, reason="disposed")
+        owner = connection.owner
+        if owner.retiring and owner.connection is connection:
+            self._retire(owner.role)
+
     # -- the synchronous path ----------------------------------------------------------
 
     def acquire(self, timeout: float | None = None) -> PooledConnection:
         """Borrow a connection for the calling thread (the plan's ``acquire()``)."""
-        return PooledConnection(self, self._take(timeout))
+        connection = self._take(timeout)
+        connection.state = ConnectionState.ACTIVE
+        return PooledConnection(self, connection)
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[PooledConnection]:
@@ -216,32 +325,27 @@ class ReaderPool:
             lease.release()
 
     def query(self, sql: str, params: Params, timeout: float | None = None) -> list[Row]:
-        """Borrow a connection, run ``sql`` in this thread, give the connection back."""
-        # The hot read path, inlined: borrow, run, record, give back.
-        try:
-            connection = self._idle.pop()
-        except IndexError:
+        """Claim a connection, run ``sql`` in this thread, give the connection back."""
+        # The hot read path: claim (the thread's own connection, normally), run, release.
+        connection = self._claim()
+        if connection is None or self.events.active:
+            if connection is not None:
+                connection.lock.release()
             connection = self._take(timeout)
-        else:
-            if connection.state is not ConnectionState.IDLE or connection.owner.retiring:
-                self._dispose(connection)
-                connection = self._take(timeout)
-            else:
-                connection.state = ConnectionState.ACTIVE
-                if self.events.active:
-                    self._emit_checkout(connection)
         try:
             rows = connection.query(sql, params)
-            latency = connection.last_latency
         except ReadOnlyError as error:
             self.release(connection)
             raise _read_only(error, sql) from error
         except BaseException:
             self.release(connection)
             raise
+        latency = connection.last_latency
+        queries = connection.queries
         self.release(connection)
-        if self._record_query is not None:
-            self._record_query(sql, latency)
+        record = self._record_query
+        if record is not None and (not queries % _RECORD_EVERY or latency >= _SLOW_SECONDS):
+            record(sql, latency)
         return rows
 
     def query_analyzed(
@@ -250,7 +354,7 @@ class ReaderPool:
         """Like :meth:`query`, also returning what the statement touches and its latency.
 
         The first time a statement text is seen, it is analyzed (prepared in EXPLAIN
-        mode with an authorizer) on the borrowed connection before it runs.
+        mode with an authorizer) on the claimed connection before it runs.
         """
         connection = self._take(timeout)
         try:
@@ -267,30 +371,6 @@ class ReaderPool:
             self._record_query(sql, latency)
         return rows, info, latency
 
-    def page_cache_counters(self) -> tuple[int, int]:
-        """SQLite page-cache (hits, misses) summed over the idle connections."""
-        hits = misses = 0
-        for connection in list(self._idle):
-            if not self._remove_idle(connection):
-                continue  # borrowed meanwhile
-            try:
-                raw = connection.connection
-                hits += raw.status(apsw.SQLITE_DBSTATUS_CACHE_HIT)[0]
-                misses += raw.status(apsw.SQLITE_DBSTATUS_CACHE_MISS)[0]
-            except apsw.Error:
-                pass
-            finally:
-                self.checkin(connection)
-        return hits, misses
-
-    def run_function(self, fn: Callable[[apsw.Connection], T], timeout: float | None = None) -> T:
-        """Borrow a connection and call ``fn`` with the raw apsw connection (read-only)."""
-        connection = self._take(timeout)
-        try:
-            return fn(connection.connection)
-        finally:
-            self.release(connection)
-
     def run(self, connection: TrackedConnection, sql: str, params: Params) -> list[Row]:
         """Run a read on a borrowed connection, recording it in the workload."""
         try:
@@ -301,70 +381,13 @@ class ReaderPool:
             self._record_query(sql, connection.last_latency)
         return rows
 
-    def _emit_checkout(self, connection: TrackedConnection) -> None:
-        if "checkout" in self.events.active:
-            self.events.emit("checkout", connection.role, connection.id)
-
-    def _take(self, timeout: float | None) -> TrackedConnection:
-        deadline = time.monotonic() + (self.config.default_timeout if timeout is None else timeout)
-        while True:
-            try:
-                connection = self._idle.pop()
-            except IndexError:
-                connection = self._wait_for_connection(deadline)
-            if connection.state is ConnectionState.IDLE and not connection.owner.retiring:
-                connection.state = ConnectionState.ACTIVE
-                if self.events.active:
-                    self._emit_checkout(connection)
-                return connection
-            self._dispose(connection)
-
-    def _wait_for_connection(self, deadline: float) -> TrackedConnection:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while True:
-                    try:
-                        return self._idle.pop()
-                    except IndexError:
-                        pass
-                    if self.closed is not None:
-                        raise self.closed
-                    self._maybe_grow()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise OperationTimeout(
-                            f"waiting for a reader connection ({self.status_unlocked()})",
-                            self.config.default_timeout,
-                            applied=False,
-                        )
-                    self._cond.wait(remaining)
-            finally:
-                self._waiting -= 1
-
-    def release(self, connection: TrackedConnection) -> None:
-        """Give a borrowed connection back."""
-        now = time.monotonic()
-        connection.last_used = now
-        if "checkin" in self.events.active:
-            self.events.emit("checkin", connection.role, connection.id)
-        if (
-            connection.state is ConnectionState.ACTIVE
-            and self.closed is None
-            and not connection.owner.retiring
-            and connection.queries < self._recycle_queries
-            and now - connection.created_at < self._recycle_seconds
-        ):
-            # The common case, kept short: straight back to the idle deque.
-            connection.state = ConnectionState.IDLE
-            self._idle.append(connection)
-            if self._pending:
-                self._dispatch_pending()
-            if self._waiting:
-                with self._cond:
-                    self._cond.notify()
-            return
-        self.checkin(connection)
+    def run_function(self, fn: Callable[[apsw.Connection], T], timeout: float | None = None) -> T:
+        """Borrow a connection and call ``fn`` with the raw apsw connection (read-only)."""
+        connection = self._take(timeout)
+        try:
+            return fn(connection.connection)
+        finally:
+            self.release(connection)
 
     # -- the queued path ---------------------------------------------------------------
 
@@ -402,103 +425,54 @@ class ReaderPool:
 
     def _dispatch_pending(self) -> None:
         while self._pending:
-            try:
-                connection = self._idle.pop()
-            except IndexError:
+            connection = self._claim()
+            if connection is None:
                 return
-            if connection.state is not ConnectionState.IDLE or connection.owner.retiring:
-                self._dispose(connection)
-                continue
             ops = self.take_pending()
             if not ops:
-                self._idle.append(connection)
+                connection.lock.release()
                 return
-            connection.state = ConnectionState.ACTIVE
-            connection.owner.mailbox.put(Envelope(RunReads(connection, ops)))
-
-    # -- connections coming back -------------------------------------------------------
-
-    def checkin(self, connection: TrackedConnection, *, checked: bool = False) -> None:
-        """A connection becomes available (returned, recycled, checked or new)."""
-        owner = connection.owner
-        if checked:
-            self._last_check[connection.id] = time.monotonic()
-        if connection.state in (ConnectionState.FAILED, ConnectionState.CLOSED) or (
-            self.closed is not None or owner.retiring
-        ):
-            self._dispose(connection)
-            return
-        reason = self._recycle_reason(connection)
-        if reason is not None:
-            connection.state = ConnectionState.RECYCLING
-            owner.mailbox.put(Envelope(Recycle(connection, reason)))
-            return
-        connection.state = ConnectionState.IDLE
-        self._idle.append(connection)
-        if self._pending:
-            self._dispatch_pending()
-        if self._waiting:
-            with self._cond:
-                self._cond.notify()
-
-    def _recycle_reason(self, connection: TrackedConnection) -> str | None:
-        config = self.config
-        if config.recycle_after_queries and connection.queries >= config.recycle_after_queries:
-            return f"{connection.queries} queries"
-        age = time.monotonic() - connection.created_at
-        if config.recycle_after_seconds and age >= config.recycle_after_seconds:
-            return f"{age:.0f}s old"
-        return None
-
-    def _dispose(self, connection: TrackedConnection) -> None:
-        """Close a connection that must not be lent again; retire its reader if asked."""
-        if connection.state is not ConnectionState.CLOSED:
-            connection.close()
-            self.events.emit("disconnect", connection.role, connection.id, reason="disposed")
-        self._last_check.pop(connection.id, None)
-        owner = connection.owner
-        if owner.retiring and owner.connection is connection:
-            self._retire(owner.role)
+            self._send(connection, RunReads(connection, ops))
 
     # -- maintenance (the supervisor's tick) -------------------------------------------
 
     def maintain(self, now: float) -> None:
-        """Health checks of idle connections; retire readers idle above the floor."""
+        """Health checks, age recycling, and retiring readers idle above the floor."""
         interval = self.config.health_check_interval
-        for connection in list(self._idle):
-            if connection.owner.retiring:
+        for connection in self._connections:
+            if connection.owner.retiring or not connection.lock.acquire(False):
+                continue  # in use: next tick
+            if not connection.usable:
+                connection.lock.release()
                 continue
-            if interval and now - self._last_check.setdefault(connection.id, now) >= interval:
-                if self._remove_idle(connection):
-                    connection.state = ConnectionState.ACTIVE
-                    connection.owner.mailbox.put(Envelope(HealthCheck(connection)))
+            if connection.last_check == 0.0:
+                connection.last_check = now
+            if connection.queries != connection.seen_queries:
+                connection.seen_queries = connection.queries
+                connection.last_used = now
+            if now - connection.created_at >= self._recycle_seconds:
+                age = now - connection.created_at
+                self._send(connection, Recycle(connection, f"{age:.0f}s old"))
+            elif interval and now - connection.last_check >= interval:
+                self._send(connection, HealthCheck(connection))
             elif (
                 len(self._readers) > self.floor
                 and now - connection.last_used >= self.config.reader_idle_timeout
-                and self._remove_idle(connection)
             ):
                 self._retire_reader(connection)
+            else:
+                connection.lock.release()
 
     def withdraw_idle(self, connection: TrackedConnection) -> bool:
-        """Take ``connection`` out of the idle deque; True if it was there (now yours)."""
-        return self._remove_idle(connection)
-
-    def _remove_idle(self, connection: TrackedConnection) -> bool:
-        try:
-            self._idle.remove(connection)
-        except ValueError:
-            return False  # someone borrowed it meanwhile
-        return True
+        """Claim ``connection`` if it is free; True if the caller now holds it."""
+        return connection.lock.acquire(False)
 
     def _retire_reader(self, connection: TrackedConnection) -> None:
+        """Retire the reader of a claimed connection."""
         connection.owner.retiring = True
         with self._cond:
             self._readers.pop(connection.role, None)
         self._dispose(connection)
-
-    def exhausted(self) -> bool:
-        """True when no connection is idle and the pool cannot grow."""
-        return not self._idle and len(self._readers) + self._starting >= self.ceiling
 
     def _maybe_grow(self) -> None:
         """Start one more reader if callers wait and the ceiling allows (holding the lock)."""
@@ -506,6 +480,11 @@ class ReaderPool:
         if demand > self._starting and len(self._readers) + self._starting < self.ceiling:
             self._starting += 1
             self._grow()
+
+    def exhausted(self) -> bool:
+        """True when no connection is free and the pool cannot grow."""
+        free = any(not c.lock.locked() for c in self._connections)
+        return not free and len(self._readers) + self._starting >= self.ceiling
 
     def resize(self, size: int) -> None:
         """Keep ``size`` readers ready: start more, or retire some without failing calls."""
@@ -523,21 +502,23 @@ class ReaderPool:
             self._shrink(surplus)
 
     def _shrink(self, count: int) -> None:
-        # Idle readers first: their connection can close at once. Busy ones are marked
-        # retiring and close when their connection comes back, so no call in flight fails.
-        while count > 0:
-            try:
-                connection = self._idle.popleft()
-            except IndexError:
-                break
-            self._retire_reader(connection)
-            count -= 1
-        if count > 0:
-            with self._cond:
-                busy = [r for r in self._readers.values() if not r.retiring][:count]
-                for reader in busy:
-                    reader.retiring = True
-                    self._readers.pop(reader.role, None)
+        # Free connections first: they close at once. Busy ones are marked retiring and
+        # close when they are released, so no call in flight fails.
+        for connection in list(self._connections):
+            if count <= 0:
+                return
+            if connection.owner.retiring:
+                continue
+            if connection.lock.acquire(False):
+                self._retire_reader(connection)
+                count -= 1
+        with self._cond:
+            busy = [r for r in self._readers.values() if not r.retiring][:count]
+            for reader in busy:
+                reader.retiring = True
+                self._readers.pop(reader.role, None)
+                if reader.connection is not None:
+                    reader.connection.usable = False
 
     # -- status and shutdown -----------------------------------------------------------
 
@@ -548,28 +529,34 @@ class ReaderPool:
 
     def status_unlocked(self) -> PoolStatus:
         """:meth:`status` for callers already holding the pool's lock."""
-        total = sum(
-            1
-            for reader in self._readers.values()
-            if reader.connection is not None
-            and reader.connection.state is not ConnectionState.CLOSED
-        )
-        idle = len(self._idle)
+        connections = [c for c in self._connections if c.usable]
+        active = sum(1 for c in connections if c.lock.locked())
         return PoolStatus(
-            total=total,
-            active=max(0, total - idle),
-            idle=idle,
+            total=len(connections),
+            active=active,
+            idle=len(connections) - active,
             waiting_requests=self._waiting + len(self._pending),
         )
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:
         """Counters of every open reader connection, by connection id."""
-        metrics: dict[str, ConnectionMetrics] = {}
-        for reader in list(self._readers.values()):
-            connection = reader.connection
-            if connection is not None:
-                metrics[connection.id] = connection.metrics()
-        return metrics
+        return {c.id: c.metrics() for c in self._connections}
+
+    def page_cache_counters(self) -> tuple[int, int]:
+        """SQLite page-cache (hits, misses) summed over the free connections."""
+        hits = misses = 0
+        for connection in self._connections:
+            if not connection.lock.acquire(False):
+                continue  # in use
+            try:
+                raw = connection.connection
+                hits += raw.status(apsw.SQLITE_DBSTATUS_CACHE_HIT)[0]
+                misses += raw.status(apsw.SQLITE_DBSTATUS_CACHE_MISS)[0]
+            except apsw.Error:
+                pass
+            finally:
+                connection.lock.release()
+        return hits, misses
 
     def close(self, error: AtlasError | None = None) -> None:
         """Refuse new work; fail queued reads and wake every waiter."""
@@ -579,11 +566,8 @@ class ReaderPool:
                 self._pending.popleft().fail(self.closed)
             except IndexError:
                 break
-        while True:
-            try:
-                connection = self._idle.pop()
-            except IndexError:
-                break
-            connection.close()
+        for connection in list(self._connections):
+            if connection.lock.acquire(False):
+                self._dispose(connection)  # busy ones close when released
         with self._cond:
             self._cond.notify_all()

@@ -117,6 +117,7 @@ class ReaderActor(RoleActor):
     def _open(self) -> TrackedConnection:
         raw = self.connect()
         connection = TrackedConnection(raw, self.role, owner=self)
+        connection.lock.acquire()  # claimed by this actor until it is checked in
         self.connection = connection
         self.events.emit("connect", self.role, connection.id, incarnation=self.incarnation)
         return connection
@@ -128,12 +129,14 @@ class ReaderActor(RoleActor):
         self.pool.checkin(connection)
 
     def on_stop(self) -> None:
-        """Retired or shut down: close the connection if it is here."""
+        """Retired or shut down: close the connection, or have its user close it."""
         connection = self.connection
-        if connection is not None and connection.state is not ConnectionState.ACTIVE:
+        if connection is None or connection.state is ConnectionState.CLOSED:
+            return
+        connection.usable = False  # a caller using it now closes it when done
+        if connection.lock.acquire(timeout=1.0):
+            self.pool.forget(connection)
             self._close(connection, "stop")
-        elif connection is not None:
-            connection.state = ConnectionState.FAILED  # the borrower closes it on return
 
     def on_crash(self, current: Op | None, error: BaseException | None) -> None:
         """Mark the connection dead; give unfinished reads to other readers."""
@@ -142,7 +145,9 @@ class ReaderActor(RoleActor):
         holding, self._holding = self._holding, None
         if connection is not None:
             connection.state = ConnectionState.FAILED
+            connection.usable = False
             if holding is connection or self.pool.withdraw_idle(connection):
+                self.pool.forget(connection)
                 self._close(connection, "crash")
             # Otherwise it is lent to a caller, who finishes and the pool then closes it.
         unfinished, self._unfinished = self._unfinished, []
@@ -169,8 +174,9 @@ class ReaderActor(RoleActor):
 
     def _mine(self, connection: TrackedConnection) -> bool:
         """True if ``connection`` is this incarnation's; else dispose of the stale one."""
-        if connection is self.connection and connection.state is not ConnectionState.FAILED:
+        if connection is self.connection and connection.usable:
             return True
+        self.pool.forget(connection)
         if connection.state is not ConnectionState.CLOSED:
             self._close(connection, "stale")
         return False
@@ -213,6 +219,7 @@ class ReaderActor(RoleActor):
         if not self._mine(connection):
             return
         self._holding = connection
+        self.pool.forget(connection)
         self._close(connection, "recycle")
         fresh = self._open()
         self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)

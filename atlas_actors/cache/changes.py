@@ -2,11 +2,9 @@
 
 SQLite's wal-index header (the ``-shm`` file of a WAL database) holds ``iChange``, a
 counter every write transaction increments, whichever connection or process made it
-(https://sqlite.org/walformat.html, "the WAL-index header"). Reading its 4 bytes with
-``pread`` costs well under a microsecond (the file is SQLite's shared memory, so the
-page cache holds the live value; ``pread`` rather than ``mmap`` because a mapping of a
-file another process truncates would crash this one with SIGBUS). This storage's own
-commits are counted as they happen, so
+(https://sqlite.org/walformat.html, "the WAL-index header"). Reading those 4 bytes
+from a mapping of the file costs a memory read. This storage's own commits are counted
+as they happen, so
 
     external commits = (iChange now - iChange last seen) - own commits since
 
@@ -26,6 +24,7 @@ was another process's, and ``after_commit`` says so.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import threading
@@ -38,22 +37,40 @@ _ICHANGE_OFFSET = 8
 
 
 class ShmCounter:
-    """Reads the wal-index ``iChange`` of a WAL database; close it with the storage."""
+    """Reads the wal-index ``iChange`` of a WAL database; close it with the storage.
+
+    A read-only shared mapping of the ``-shm`` file: a plain memory read, which keeps
+    the GIL (a ``pread`` per read would release it and invite a thread switch on every
+    cached read). SQLite only truncates the file when no connection holds it open, and
+    this storage holds connections open for as long as it reads the counter.
+
+    The file descriptor stays open until :meth:`close`, after the storage's connections
+    have closed: POSIX drops *every* lock a process holds on a file when it closes *any*
+    descriptor of it, and SQLite's shared lock on the ``-shm`` file is what tells other
+    processes that this one uses the wal-index (without it, the next process to open the
+    database rebuilds the wal-index under our feet).
+    """
 
     def __init__(self, database: str) -> None:
         self._fd = os.open(f"{database}-shm", os.O_RDONLY)
-        if len(os.pread(self._fd, 4, _ICHANGE_OFFSET)) != 4:
+        try:
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as error:
             os.close(self._fd)
+            raise OSError(f"cannot map the wal-index: {error}") from error
+        if len(self._map) < _ICHANGE_OFFSET + 4:
+            self.close()
             raise OSError("the wal-index is too short to hold a header")
+        self._unpack = _ICHANGE.unpack_from
 
     def __call__(self) -> int:
         """The counter's current value."""
-        data = os.pread(self._fd, 4, _ICHANGE_OFFSET)
-        value: int = _ICHANGE.unpack(data)[0]
+        value: int = self._unpack(self._map, _ICHANGE_OFFSET)[0]
         return value
 
     def close(self) -> None:
-        """Close the file descriptor."""
+        """Unmap and close the file (only once the storage's connections are closed)."""
+        self._map.close()
         os.close(self._fd)
 
 

@@ -169,8 +169,11 @@ class CacheManager:
             next(self._bypassed)
             return rows
         next(self._misses)
-        self._costs[sql] = latency
-        self._store(key, sql, bound, rows, info, latency, l1, generation)
+        # The cheapest run seen is the statement's cost: waits for the GIL or the disk
+        # only ever add to a latency, and must not make a cheap read look expensive.
+        cost = min(latency, self._costs.get(sql, latency))
+        self._costs[sql] = cost
+        self._store(key, sql, bound, rows, info, cost, l1, generation)
         return rows
 
     def _store(

@@ -350,3 +350,18 @@ def test_the_disk_level_can_be_turned_off(
     db.execute("CREATE TABLE t(x)")
     db.query("SELECT x FROM t")
     assert db.cache.l2 is None and not Path(f"{db_path}.cache").exists()
+
+
+def test_watching_the_wal_index_keeps_sqlites_lock_on_it(kv: atlas.Storage, db_path: Path) -> None:
+    # POSIX drops a process's locks on a file when it closes any descriptor of it: if the
+    # watcher ever did, the next process would rebuild the wal-index, resetting its
+    # counter. Each write by another process must move it by exactly one.
+    external = kv.cache.external
+    assert external is not None
+    counter = external._counter  # noqa: SLF001 (the test looks at the raw counter)
+    for round_ in range(3):
+        before = counter()
+        subprocess.run(
+            [sys.executable, "-c", CHILD_WRITE, str(db_path), f"lock {round_}"], check=True
+        )
+        assert counter() == before + 1
