@@ -233,6 +233,10 @@ def open_connection(
 
 _SAMPLE_ROWS = 16
 _BYTES_SAMPLE_EVERY = 8
+SAMPLE_EVERY = 8
+"""The pool's fast path times one query in this many (timing costs as much as a row)."""
+_RECHECK_EVERY = 256
+"""Cached column names are checked against SQLite's every this many uses."""
 _PLAIN_WRITES = frozenset({"insert", "update", "delete", "replac", "create", "drop", "alter"})
 """Statement prefixes that return no rows (unless they say RETURNING)."""
 _returns_rows_cache: dict[str, bool] = {}
@@ -270,6 +274,8 @@ class TrackedConnection:
         "_errors",
         "_latency",
         "_queries",
+        "_timed",
+        "affinity",
         "connection",
         "created_at",
         "cursor",
@@ -295,6 +301,7 @@ class TrackedConnection:
         self.created_at = time.monotonic()
         self.last_used = self.created_at
         self._queries = 0
+        self._timed = 0
         self._errors = 0
         self._latency = 0.0
         self._bytes = 0
@@ -308,6 +315,8 @@ class TrackedConnection:
         """``time.monotonic()`` of its last health check."""
         self.seen_queries = 0
         """``queries`` when the pool last looked (to tell when it was last used)."""
+        self.affinity: int | None = None
+        """The thread that adopted this connection as its own (reader pool)."""
 
     @property
     def queries(self) -> int:
@@ -316,11 +325,11 @@ class TrackedConnection:
 
     def metrics(self) -> ConnectionMetrics:
         """A snapshot of this connection's counters."""
-        queries = self._queries
+        timed = self._timed
         return ConnectionMetrics(
-            queries=queries,
+            queries=self._queries,
             errors=self._errors,
-            latency=self._latency / queries if queries else 0.0,
+            latency=self._latency / timed if timed else 0.0,
             bytes_transferred=self._bytes,
         )
 
@@ -344,9 +353,59 @@ class TrackedConnection:
             raise wrap_sqlite_error(error, sql) from error
         self.last_latency = latency = perf_counter() - started
         self._latency += latency
+        self._timed += 1
         self._queries += 1
         if not self._queries % _BYTES_SAMPLE_EVERY:
             self._sample_bytes(params, rows)
+        return rows
+
+    def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
+        """:meth:`query` for the pool's hot path: row classes cached, one run in eight timed.
+
+        ``names`` maps statement text to ``[row class or None, uses]``, shared by the
+        pool's connections and emptied on every schema change the storage sees. Asking
+        SQLite for the column names costs several calls into it per read (each one a
+        chance for another thread to take the GIL), so the class is reused and checked
+        against SQLite's names every ``_RECHECK_EVERY`` uses, and at once if the width
+        of a row differs from it. ``last_latency`` is set on timed runs only (0 else).
+        """
+        count = self._queries + 1
+        self._queries = count
+        timed = not count % SAMPLE_EVERY
+        started = perf_counter() if timed else 0.0
+        cursor = self.cursor
+        entry = names.get(sql)
+        try:
+            cursor.execute(sql, params)
+            if entry is not None and entry[1] < _RECHECK_EVERY:
+                entry[1] += 1
+                raw = cursor.fetchall()
+                cls = entry[0]
+                if raw and (cls is None or len(raw[0]) != len(cls._fields)):
+                    del names[sql]  # names unknown or stale: learn them from SQLite
+                    self._queries -= 1
+                    return self.query_fast(sql, params, names)
+                rows: list[Row] = list(map(cls, raw)) if raw else []
+            else:
+                try:
+                    description = cursor.get_description()
+                except apsw.ExecutionCompleteError:
+                    rows = []  # finished without a row: nothing to name
+                    names[sql] = [None, 0]
+                else:
+                    cls = _row_classes.get(description) or row_class_for(description)
+                    names[sql] = [cls, 0]
+                    rows = list(map(cls, cursor.fetchall()))
+        except Exception as error:
+            self._errors += 1
+            raise wrap_sqlite_error(error, sql) from error
+        if timed:
+            self.last_latency = latency = perf_counter() - started
+            self._latency += latency
+            self._timed += 1
+            self._sample_bytes(params, rows)
+        else:
+            self.last_latency = 0.0
         return rows
 
     def write(self, sql: str, params: Params = None) -> WriteResult:
@@ -398,6 +457,7 @@ class TrackedConnection:
     def _account(self, started: float, params: Params, rows: Sequence[Row] | tuple[()]) -> None:
         self.last_latency = latency = perf_counter() - started
         self._latency += latency
+        self._timed += 1
         self._queries += 1
         if not self._queries % _BYTES_SAMPLE_EVERY:
             self._sample_bytes(params, rows)

@@ -382,6 +382,7 @@ class Runtime:
     def _schema_changed(self) -> None:
         self._schema_generation += 1
         forget_statements()  # views and triggers may read or write other tables now
+        self.pool.forget_names()  # SELECT * and views may name other columns now
         self.cache.invalidate_all("the schema changed")
 
     def schema(self) -> Schema:

@@ -35,7 +35,13 @@ from pykka._envelope import Envelope
 from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
 from atlas_actors.cache.statements import StatementInfo, analyze
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import ConnectionMetrics, ConnectionState, Params, TrackedConnection
+from atlas_actors.connection import (
+    SAMPLE_EVERY,
+    ConnectionMetrics,
+    ConnectionState,
+    Params,
+    TrackedConnection,
+)
 from atlas_actors.errors import (
     AtlasError,
     OperationTimeout,
@@ -57,8 +63,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MAX_READS_PER_WAKEUP = 64
-_RECORD_EVERY = 4  # the workload recorder sees one read in four (and every slow one)
-_SLOW_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,20 @@ def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
         result_code=error.result_code,
         extended_result_code=error.extended_result_code,
     )
+
+
+class _Adoption:
+    """Frees a connection for adoption when the thread that adopted it ends."""
+
+    __slots__ = ("connection", "thread")
+
+    def __init__(self, connection: TrackedConnection, thread: int) -> None:
+        self.connection = connection
+        self.thread = thread
+
+    def __del__(self) -> None:
+        if self.connection.affinity == self.thread:
+            self.connection.affinity = None
 
 
 class PooledConnection:
@@ -154,7 +172,7 @@ class ReaderPool:
         events: EventBus,
         grow: Callable[[], None],
         retire: Callable[[str], None],
-        record_query: Callable[[str, float], None] | None = None,
+        record_query: Callable[..., None] | None = None,
     ) -> None:
         self.config = config
         self.events = events
@@ -173,6 +191,7 @@ class ReaderPool:
         self._starting = 0
         self._local = threading.local()
         self._rotor = itertools.count()
+        self._names: dict[str, list[Any]] = {}
         self._recycle_queries = config.recycle_after_queries or float("inf")
         self._recycle_seconds = config.recycle_after_seconds or float("inf")
         self.closed: AtlasError | None = None
@@ -219,22 +238,40 @@ class ReaderPool:
     # -- claiming and releasing --------------------------------------------------------
 
     def _claim(self) -> TrackedConnection | None:
-        """A free connection, locked for the caller, or None; the thread's own first."""
+        """A free connection, locked for the caller, or None; the thread's own first.
+
+        A thread adopts one connection no other thread has adopted, so with enough
+        connections every thread keeps to its own and never contends. When its own is
+        busy, or none is left to adopt, it borrows another for one call. A connection
+        whose thread ended is freed for adoption by the maintenance tick.
+        """
         local = self._local
         preferred: TrackedConnection | None = getattr(local, "connection", None)
         if preferred is not None and preferred.lock.acquire(False):
             if preferred.usable:
                 return preferred
             preferred.lock.release()
+        me = threading.get_ident()
+        owns = preferred is not None and preferred.usable and preferred.affinity == me
         connections = self._connections
         count = len(connections)
-        if count:
-            start = next(self._rotor) % count
+        if not count:
+            return None
+        start = next(self._rotor) % count
+        for adopting in (False,) if owns else (True, False):
             for offset in range(count):
                 candidate = connections[(start + offset) % count]
+                if adopting and candidate.affinity not in (None, me):
+                    continue
                 if candidate.lock.acquire(False):
                     if candidate.usable:
-                        local.connection = candidate
+                        if adopting:
+                            if preferred is not None and preferred.affinity == me:
+                                preferred.affinity = None
+                            candidate.affinity = me
+                            local.connection = candidate
+                            # Dropped with the thread's locals when the thread ends.
+                            local.adoption = _Adoption(candidate, me)
                         return candidate
                     candidate.lock.release()
         return None
@@ -246,7 +283,7 @@ class ReaderPool:
                 self.config.default_timeout if timeout is None else timeout
             )
             connection = self._wait_for_connection(deadline)
-        if self.events.active:
+        if "checkout" in self.events.active:
             self._emit("checkout", connection)
         return connection
 
@@ -274,7 +311,7 @@ class ReaderPool:
 
     def release(self, connection: TrackedConnection) -> None:
         """Give a claimed connection back."""
-        if self.events.active:
+        if "checkin" in self.events.active:
             self._emit("checkin", connection)
         if not connection.usable or self.closed is not None:
             self._dispose(connection)
@@ -326,14 +363,20 @@ class ReaderPool:
 
     def query(self, sql: str, params: Params, timeout: float | None = None) -> list[Row]:
         """Claim a connection, run ``sql`` in this thread, give the connection back."""
-        # The hot read path: claim (the thread's own connection, normally), run, release.
-        connection = self._claim()
-        if connection is None or self.events.active:
-            if connection is not None:
-                connection.lock.release()
+        # The hottest path of all: the thread's own connection, claimed and released
+        # inline; anything unusual goes through _take and release.
+        connection: TrackedConnection | None = getattr(self._local, "connection", None)
+        if (
+            connection is None
+            or "checkout" in self.events.active
+            or not connection.lock.acquire(False)
+        ):
+            connection = self._take(timeout)
+        elif not connection.usable:
+            connection.lock.release()
             connection = self._take(timeout)
         try:
-            rows = connection.query(sql, params)
+            rows = connection.query_fast(sql, params, self._names)
         except ReadOnlyError as error:
             self.release(connection)
             raise _read_only(error, sql) from error
@@ -341,12 +384,22 @@ class ReaderPool:
             self.release(connection)
             raise
         latency = connection.last_latency
-        queries = connection.queries
-        self.release(connection)
-        record = self._record_query
-        if record is not None and (not queries % _RECORD_EVERY or latency >= _SLOW_SECONDS):
-            record(sql, latency)
+        if (
+            self._pending
+            or self._waiting
+            or connection.queries >= self._recycle_queries
+            or "checkin" in self.events.active
+        ):
+            self.release(connection)
+        else:
+            connection.lock.release()  # usable and nobody waiting: just let go
+        if latency and self._record_query is not None:
+            self._record_query(sql, latency, calls=SAMPLE_EVERY)  # a timed run
         return rows
+
+    def forget_names(self) -> None:
+        """Drop the cached column names (the schema changed)."""
+        self._names = {}
 
     def query_analyzed(
         self, sql: str, params: Params, timeout: float | None = None
@@ -356,10 +409,15 @@ class ReaderPool:
         The first time a statement text is seen, it is analyzed (prepared in EXPLAIN
         mode with an authorizer) on the claimed connection before it runs.
         """
-        connection = self._take(timeout)
+        connection: TrackedConnection | None = getattr(self._local, "connection", None)
+        if connection is None or not connection.lock.acquire(False):
+            connection = self._take(timeout)
+        elif not connection.usable:
+            connection.lock.release()
+            connection = self._take(timeout)
         try:
             info = analyze(connection.connection, sql, params)
-            rows = connection.query(sql, params)
+            rows = connection.query_fast(sql, params, self._names)
             latency = connection.last_latency
         except ReadOnlyError as error:
             raise _read_only(error, sql) from error
@@ -367,8 +425,8 @@ class ReaderPool:
             raise wrap_sqlite_error(error, sql) from error
         finally:
             self.release(connection)
-        if self._record_query is not None:
-            self._record_query(sql, latency)
+        if latency and self._record_query is not None:
+            self._record_query(sql, latency, calls=SAMPLE_EVERY)  # a timed run
         return rows, info, latency
 
     def run(self, connection: TrackedConnection, sql: str, params: Params) -> list[Row]:
@@ -439,7 +497,10 @@ class ReaderPool:
     def maintain(self, now: float) -> None:
         """Health checks, age recycling, and retiring readers idle above the floor."""
         interval = self.config.health_check_interval
+        alive = {thread.ident for thread in threading.enumerate()}
         for connection in self._connections:
+            if connection.affinity is not None and connection.affinity not in alive:
+                connection.affinity = None  # its thread ended: free for adoption
             if connection.owner.retiring or not connection.lock.acquire(False):
                 continue  # in use: next tick
             if not connection.usable:

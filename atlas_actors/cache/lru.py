@@ -1,4 +1,4 @@
-"""L1: an LRU of query results bounded in bytes, with a per-entry TTL.
+"""L1: recently used query results, bounded in bytes, with a per-entry TTL.
 
 Sizes are measured with ``sys.getsizeof`` over the result list, its rows and their
 values, not guessed. Every entry records the tables it read; a table index lets an
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict, deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,14 +52,25 @@ class Entry:
     """``time.monotonic()`` after which the entry is dropped."""
     size: int = field(default=0)
     """Measured bytes."""
+    referenced: bool = field(default=False)
+    """Read since the eviction clock last passed it."""
 
 
 class ByteLRU:
-    """Least-recently-used entries within ``capacity`` bytes; thread-safe."""
+    """Recently used entries within ``capacity`` bytes; lookups take no lock.
+
+    A cache hit must cost less than the read it saves, also with many threads reading
+    at once, so :meth:`get` is a plain dict lookup (atomic in CPython) that only marks
+    the entry as referenced; there is no shared lock to contend for. Inserting,
+    evicting and dropping take the lock. Eviction is CLOCK, the usual approximation of
+    LRU: entries are visited oldest first, and one referenced since the last visit gets
+    a second chance instead of being evicted.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._entries: dict[Hashable, Entry] = {}
+        self._clock: deque[tuple[Hashable, Entry]] = deque()
         self._by_table: defaultdict[str, set[Hashable]] = defaultdict(set)
         self._lock = threading.Lock()
         self.bytes = 0
@@ -71,36 +82,72 @@ class ByteLRU:
         return len(self._entries)
 
     def get(self, key: Hashable) -> Entry | None:
-        """The live entry for ``key`` (marked recently used), or None."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry.expires < time.monotonic():
-                self._remove(key)
-                self.evictions += 1
-                return None
-            self._entries.move_to_end(key)
-            return entry
+        """The live entry for ``key`` (marked referenced), or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires < time.monotonic():
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    self._remove(key)
+                    self.evictions += 1
+            return None
+        entry.referenced = True
+        return entry
 
-    def put(self, entry: Entry) -> bool:
-        """Store ``entry`` (measured if not yet); False if it alone exceeds the capacity."""
+    def put(
+        self,
+        entry: Entry,
+        *,
+        generation: int | None = None,
+        current: Any = None,
+        wait: bool = True,
+    ) -> bool:
+        """Store ``entry`` (measured if not yet); False if it was not stored.
+
+        Not stored: it alone exceeds the capacity; with ``generation``,
+        ``current.generation`` no longer equals it (checked under the lock: see the
+        cache manager's invalidation); with ``wait=False``, another thread holds the
+        lock (a reader that just missed does not queue behind others to store its
+        result: waiting on a lock under the GIL costs more than the next miss).
+        """
         if not entry.size:
             entry.size = measure(entry.rows)
         if entry.size > self.capacity:
             return False
-        with self._lock:
+        if not self._lock.acquire(wait):
+            return False
+        try:
+            if generation is not None and current.generation != generation:
+                return False
             if entry.key in self._entries:
                 self._remove(entry.key)
             self._entries[entry.key] = entry
+            self._clock.append((entry.key, entry))
             self.bytes += entry.size
             for table in entry.tables:
                 self._by_table[table].add(entry.key)
-            while self.bytes > self.capacity:
-                oldest = next(iter(self._entries))
-                self._remove(oldest)
-                self.evictions += 1
+            self._evict()
+        finally:
+            self._lock.release()
         return True
+
+    def _evict(self) -> None:
+        """Make room (the caller holds the lock)."""
+        clock, entries = self._clock, self._entries
+        while self.bytes > self.capacity and clock:
+            key, entry = clock.popleft()
+            if entries.get(key) is not entry:
+                continue  # removed or replaced meanwhile
+            if entry.referenced:
+                entry.referenced = False
+                clock.append((key, entry))  # a second chance
+                continue
+            self._remove(key)
+            self.evictions += 1
+        if len(clock) > 2 * len(entries) + 64:
+            # Drop the leftovers of removed entries so the ring stays proportionate.
+            self._clock = deque((k, e) for k, e in clock if entries.get(k) is e)
 
     def drop_tables(self, tables: Iterable[str]) -> int:
         """Drop every entry that read one of ``tables``; returns how many."""
@@ -124,7 +171,7 @@ class ByteLRU:
         return dropped
 
     def entries(self) -> list[Entry]:
-        """A snapshot of the entries, least recently used first."""
+        """A snapshot of the entries, oldest first."""
         with self._lock:
             return list(self._entries.values())
 
@@ -133,6 +180,7 @@ class ByteLRU:
         with self._lock:
             count = len(self._entries)
             self._entries.clear()
+            self._clock.clear()
             self._by_table.clear()
             self.bytes = 0
             return count

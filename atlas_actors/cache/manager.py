@@ -74,6 +74,13 @@ class CacheStats:
     """SQLite's own page-cache hit rate over the idle reader connections."""
 
 
+_DOORKEEPER_SIZE = 100_000
+"""Keys asked for once that admission remembers (then it starts over)."""
+
+_COST_SAMPLES = 3
+"""Timed runs of a statement before its cost decides whether L2 is worth it."""
+
+
 def _read(counter: itertools.count[int]) -> int:
     """The next value a ``count`` would return, without consuming it."""
     return int(counter.__reduce__()[1][0])
@@ -112,14 +119,16 @@ class CacheManager:
         self.epoch = 0
         """Bumped when everything is dropped; entries of another epoch are invalid."""
         self._lock = threading.Lock()
-        self._invalidated = itertools.count()
+        self.generation = 0
+        """Bumped (under the lock) by every invalidation, before entries are dropped."""
         self._l1_hits = itertools.count()
         self._l2_hits = itertools.count()
         self._misses = itertools.count()
         self._bypassed = itertools.count()
         self._dropped = itertools.count()
         self._normal: dict[str, str] = {}
-        self._costs: dict[str, float] = {}
+        self._costs: dict[str, list[float]] = {}
+        self._doorkeeper: dict[Hashable, None] = {}
         self.fill: Callable[[Entry], None] | None = None
         """Sends an entry to the cache actor for L2 (set by the actor)."""
         self.ready = threading.Event()
@@ -137,15 +146,16 @@ class CacheManager:
         l1 = self.l1
         if l1 is None:
             return self._pool.query(sql, params, timeout)  # the cache actor is restarting
+        bound = params_key(params)
+        key: Hashable = (self._normalize(sql), bound)
         try:
-            key: Hashable = (self._normalize(sql), params_key(params))
             entry = l1.get(key)
         except TypeError:  # unhashable parameters: SQLite will say what is wrong
             return self._pool.query(sql, params, timeout)
         if entry is not None:
             next(self._l1_hits)
             return list(entry.rows)
-        return self._miss(key, sql, params, timeout, l1)
+        return self._miss(key, sql, params, bound, timeout, l1)
 
     def _normalize(self, sql: str) -> str:
         normal = self._normal.get(sql)
@@ -156,25 +166,63 @@ class CacheManager:
         return normal
 
     def _miss(
-        self, key: Hashable, sql: str, params: Params, timeout: float | None, l1: ByteLRU
+        self,
+        key: Hashable,
+        sql: str,
+        params: Params,
+        bound: tuple[Any, ...],
+        timeout: float | None,
+        l1: ByteLRU,
     ) -> list[Row]:
-        bound = params_key(params)
-        if self._costs.get(sql, 0.0) >= self.config.cache_disk_min_seconds:
+        expensive = self._expensive(sql)
+        if expensive:
             promoted = self._from_l2(key, sql, bound, l1)
             if promoted is not None:
                 return promoted
-        generation = _read(self._invalidated)
+        generation = self.generation
         rows, info, latency = self._pool.query_analyzed(sql, params, timeout)
         if not info.cacheable:
             next(self._bypassed)
             return rows
         next(self._misses)
-        # The cheapest run seen is the statement's cost: waits for the GIL or the disk
-        # only ever add to a latency, and must not make a cheap read look expensive.
-        cost = min(latency, self._costs.get(sql, latency))
-        self._costs[sql] = cost
-        self._store(key, sql, bound, rows, info, cost, l1, generation)
+        if latency:  # a timed run (one in several)
+            self._note_cost(sql, latency)
+        # Admission: a result is stored the second time it is asked for (or at once
+        # when it is expensive). Storing costs as much as the read, and results asked
+        # for once (a scan over many keys) would only push useful ones out.
+        if expensive or self._seen_before(key):
+            self._store(key, sql, bound, rows, info, expensive, l1, generation)
         return rows
+
+    def _seen_before(self, key: Hashable) -> bool:
+        seen = self._doorkeeper
+        if key in seen:
+            return True
+        if len(seen) >= _DOORKEEPER_SIZE:
+            seen.clear()  # forget old one-timers rather than grow
+        seen[key] = None
+        return False
+
+    def _note_cost(self, sql: str, latency: float) -> None:
+        # The cheapest run seen is the statement's cost: waits for the GIL or the disk
+        # only ever add to a latency, and must not make a cheap read look dear.
+        seen = self._costs.get(sql)
+        if seen is None:
+            self._costs[sql] = [latency, 1]
+        else:
+            seen[0] = min(seen[0], latency)
+            seen[1] += 1
+
+    def _expensive(self, sql: str) -> bool:
+        """True once several timed runs all took longer than a disk lookup would."""
+        if not self.config.cache_disk_min_seconds:
+            return True  # configured to keep everything on disk
+        seen = self._costs.get(sql)
+        return (
+            seen is not None
+            and seen[1] >= _COST_SAMPLES
+            and seen[0] >= self.config.cache_disk_min_seconds
+        )
 
     def _store(
         self,
@@ -183,33 +231,33 @@ class CacheManager:
         bound: tuple[Any, ...],
         rows: list[Row],
         info: StatementInfo,
-        latency: float,
+        expensive: bool,
         l1: ByteLRU,
         generation: int,
     ) -> None:
         size = measure(rows)
         if size > self.config.cache_max_entry_bytes:
             return
-        versions = {table: self._versions.get(table, 0) for table in info.reads}
+        fill = self.fill
+        to_disk = fill is not None and expensive
         entry = Entry(
             key=key,
             sql=sql,
             params=bound,
             rows=list(rows),
             tables=info.reads,
-            versions=versions,
+            # Only a copy bound for L2 needs the versions; unchanged since the read
+            # started, or the generation check below refuses the entry.
+            versions={t: self._versions.get(t, 0) for t in info.reads} if to_disk else {},
             epoch=self.epoch,
             expires=time.monotonic() + self.config.cache_ttl,
             size=size,
         )
-        # Check and store atomically with respect to invalidation: tables_written bumps
-        # the generation under this lock before it drops L1 entries, so a result read
-        # before a commit is either refused here or dropped there, never kept.
-        with self._lock:
-            if _read(self._invalidated) != generation or not l1.put(entry):
-                return
-        fill = self.fill
-        if fill is not None and latency >= self.config.cache_disk_min_seconds:
+        # Stored only if nothing was invalidated since the read started, checked under
+        # L1's lock: an invalidation bumps the generation first and drops entries under
+        # that lock after, so a result read before a commit is refused or dropped.
+        stored = l1.put(entry, generation=generation, current=self, wait=False)
+        if stored and to_disk and fill is not None:
             fill(entry)
 
     def _from_l2(
@@ -307,7 +355,7 @@ class CacheManager:
         with self._lock:
             for table in tables:
                 self._versions[table] = self._versions.get(table, 0) + 1
-            next(self._invalidated)
+            self.generation += 1
         l1 = self.l1
         if l1 is not None:
             dropped = l1.drop_tables(tables)
@@ -318,7 +366,7 @@ class CacheManager:
         """Drop everything (another process wrote, the schema changed, a restart)."""
         with self._lock:
             self.epoch += 1
-            next(self._invalidated)
+            self.generation += 1
         l1 = self.l1
         if l1 is not None:
             for _ in range(l1.clear()):
@@ -343,7 +391,7 @@ class CacheManager:
             self.tables_written(tables)
         if keys and l1 is not None:
             with self._lock:
-                next(self._invalidated)  # first: a racing store is refused, not kept
+                self.generation += 1  # first: a racing store is refused, not kept
             for _ in range(l1.drop_keys(keys)):
                 next(self._dropped)
             if self.l2 is not None:
@@ -403,6 +451,8 @@ class CacheManager:
         warmed = 0
         for query in queries:
             sql, params = (query, None) if isinstance(query, str) else query
+            # Asked for on purpose: admitted at once, not on a second request.
+            self._doorkeeper[(self._normalize(sql), params_key(params))] = None
             self.read(sql, params, None)
             warmed += 1
         return warmed

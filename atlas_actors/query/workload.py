@@ -101,22 +101,26 @@ class WorkloadRecorder:
         self.dropped = 0
         """Calls whose fingerprint was evicted to keep memory bounded."""
 
-    def record(self, sql: str, seconds: float, rows: int = 0) -> None:
-        """Count one run of ``sql`` that took ``seconds`` and produced ``rows`` rows."""
+    def record(self, sql: str, seconds: float, rows: int = 0, *, calls: int = 1) -> None:
+        """Count a run of ``sql`` that took ``seconds`` and produced ``rows`` rows.
+
+        ``calls`` > 1 records a sampled run as that many alike (the runtime times one
+        read in several and scales).
+        """
         if len(sql) > MAX_SQL_LENGTH:
             sql = sql[:MAX_SQL_LENGTH]
         with self._lock:
             entry = self._raw.get(sql)
             if entry is not None:
-                entry[0] += 1
-                entry[1] += seconds
+                entry[0] += calls
+                entry[1] += seconds * calls
                 if seconds > entry[2]:  # noqa: PLR1730 (hot path: no max() call)
                     entry[2] = seconds
-                entry[3] += rows
+                entry[3] += rows * calls
                 return
             if len(self._raw) >= self._max_statements:
                 self._fold()
-            self._raw[sql] = [1, seconds, seconds, rows]
+            self._raw[sql] = [calls, seconds * calls, seconds, rows * calls]
 
     def _fold(self) -> None:
         """Merge the raw strings into per-fingerprint totals (caller holds the lock)."""

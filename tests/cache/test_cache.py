@@ -47,8 +47,19 @@ def _v(db: atlas.Storage, k: int) -> str:
     return str(db.query(READ, [k])[0].v)
 
 
+def _cached(db: atlas.Storage, k: int) -> str:
+    """Read twice: a result is admitted to the cache the second time it is missed."""
+    _v(db, k)
+    return _v(db, k)
+
+
+def _cached_query(db: atlas.Storage, sql: str) -> list[atlas.Row]:
+    db.query(sql)
+    return db.query(sql)
+
+
 def test_a_repeated_read_is_served_from_memory(kv: atlas.Storage) -> None:
-    assert _v(kv, 1) == "v1"
+    assert _cached(kv, 1) == "v1"
     before = kv.cache.stats()
     for _ in range(10):
         assert _v(kv, 1) == "v1"
@@ -61,6 +72,7 @@ def test_a_repeated_read_is_served_from_memory(kv: atlas.Storage) -> None:
 
 
 def test_the_caller_cannot_change_what_the_cache_holds(kv: atlas.Storage) -> None:
+    _cached(kv, 2)
     rows = kv.query(READ, [2])
     rows.append("junk")  # type: ignore[arg-type]
     assert kv.query(READ, [2]) == [("v2",)]
@@ -69,7 +81,7 @@ def test_the_caller_cannot_change_what_the_cache_holds(kv: atlas.Storage) -> Non
 def test_an_acknowledged_write_is_seen_by_the_next_read_from_any_thread(
     kv: atlas.Storage,
 ) -> None:
-    assert _v(kv, 3) == "v3"
+    assert _cached(kv, 3) == "v3"
     kv.write("UPDATE kv SET v = 'new' WHERE k = 3")
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.append(_v(kv, 3)))
@@ -79,8 +91,8 @@ def test_an_acknowledged_write_is_seen_by_the_next_read_from_any_thread(
 
 
 def test_a_write_drops_only_the_entries_of_the_tables_it_changed(kv: atlas.Storage) -> None:
-    kv.query("SELECT v FROM other WHERE k = 1")
-    kv.query(READ, [1])
+    _cached_query(kv, "SELECT v FROM other WHERE k = 1")
+    _cached(kv, 1)
     kv.write("UPDATE other SET v = 'x' WHERE k = 2")
     before = kv.cache.stats()
     kv.query(READ, [1])
@@ -99,13 +111,13 @@ def test_a_write_drops_only_the_entries_of_the_tables_it_changed(kv: atlas.Stora
     ],
 )
 def test_every_way_of_writing_invalidates(kv: atlas.Storage, write: Callable[..., object]) -> None:
-    assert _v(kv, 4) == "v4"
+    assert _cached(kv, 4) == "v4"
     write(kv)
     assert _v(kv, 4) == "changed"
 
 
 def test_transactions_invalidate_what_they_changed(kv: atlas.Storage) -> None:
-    assert _v(kv, 5) == "v5"
+    assert _cached(kv, 5) == "v5"
     with kv.transaction() as tx:
         tx.execute("UPDATE kv SET v = 'tx' WHERE k = 5")
     assert _v(kv, 5) == "tx"
@@ -120,22 +132,37 @@ def test_a_trigger_written_table_is_invalidated_too(kv: atlas.Storage) -> None:
         "CREATE TRIGGER mirror AFTER UPDATE ON kv BEGIN "
         "UPDATE other SET v = new.v WHERE k = new.k; END"
     )
-    assert kv.query("SELECT v FROM other WHERE k = 6") == [("o6",)]
+    assert _cached_query(kv, "SELECT v FROM other WHERE k = 6") == [("o6",)]
     kv.write("UPDATE kv SET v = 'via trigger' WHERE k = 6")
     assert kv.query("SELECT v FROM other WHERE k = 6") == [("via trigger",)]
 
 
 def test_schema_changes_and_writer_restarts_drop_everything(kv: atlas.Storage) -> None:
-    _v(kv, 7)
+    _cached(kv, 7)
     assert kv.cache.stats().size >= 1
     kv.execute("CREATE INDEX kv_v ON kv(v)")
     assert kv.cache.stats().size == 0
-    _v(kv, 7)
+    _cached(kv, 7)
     restarted = threading.Event()
     kv.events.on("restart", lambda e: restarted.set())
     kv.supervisor.kill("writer")
     assert restarted.wait(5)
     assert _wait(lambda: kv.cache.stats().size == 0)
+
+
+def test_a_cheap_result_is_admitted_the_second_time_it_is_missed(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage()  # default: only expensive results go straight in
+    db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    db.write("INSERT INTO kv VALUES (20, 'v20')")
+    _v(db, 20)
+    assert db.cache.stats().size == 0  # asked for once: not stored
+    _v(db, 20)
+    assert db.cache.stats().size == 1
+    before = db.cache.stats().l1_hits
+    _v(db, 20)
+    assert db.cache.stats().l1_hits == before + 1
 
 
 def test_non_deterministic_reads_are_never_cached(kv: atlas.Storage) -> None:
@@ -147,17 +174,18 @@ def test_non_deterministic_reads_are_never_cached(kv: atlas.Storage) -> None:
 
 
 def test_invalidate_by_table_glob_or_statement_glob(kv: atlas.Storage) -> None:
-    _v(kv, 8)
-    kv.query("SELECT v FROM other WHERE k = 8")
+    _cached(kv, 8)
+    _cached_query(kv, "SELECT v FROM other WHERE k = 8")
     assert kv.cache.invalidate("kv:*") == 1
     assert kv.cache.invalidate("oth*") == 1
-    _v(kv, 9)
+    _cached(kv, 9)
     assert kv.cache.invalidate("SELECT v FROM kv*") == 1
     assert kv.cache.invalidate("nothing") == 0
 
 
 def test_warm_runs_the_given_queries(kv: atlas.Storage) -> None:
     assert kv.cache.warm([(READ, [10]), (READ, [11]), "SELECT count(*) FROM kv"]) == 3
+    # warm() stores what it runs, without waiting for a second request.
     before = kv.cache.stats()
     _v(kv, 10)
     assert kv.cache.stats().l1_hits == before.l1_hits + 1
@@ -187,7 +215,7 @@ def test_another_process_writing_is_seen_by_the_next_cached_read(
 def test_read_uncommitted_may_serve_the_cache_without_checking_other_processes(
     kv: atlas.Storage, db_path: Path
 ) -> None:
-    assert _v(kv, 13) == "v13"
+    assert _cached(kv, 13) == "v13"
     other = apsw.Connection(str(db_path))
     other.execute("UPDATE kv SET v = 'elsewhere' WHERE k = 13")
     other.close()
@@ -200,8 +228,8 @@ def test_read_uncommitted_may_serve_the_cache_without_checking_other_processes(
 def test_a_cache_actor_crash_bypasses_then_warms_without_stale_entries(
     kv: atlas.Storage,
 ) -> None:
-    _v(kv, 14)
-    kv.query("SELECT v FROM other WHERE k = 14")
+    _cached(kv, 14)
+    _cached_query(kv, "SELECT v FROM other WHERE k = 14")
     assert _wait(lambda: kv.cache.stats().l2_entries >= 2)  # written to disk
     restarted = threading.Event()
     kv.events.on("restart", lambda e: restarted.set() if e.role == "cache" else None)
@@ -219,7 +247,7 @@ def test_reopening_warms_memory_from_disk(db_path: Path) -> None:
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
-        _v(db, 1)
+        _cached(db, 1)
         assert _wait(lambda: db.cache.stats().l2_entries == 1)
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         assert _wait(lambda: db.cache.stats().size == 1)
@@ -231,7 +259,7 @@ def test_changes_made_while_closed_drop_what_was_on_disk(db_path: Path) -> None:
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
-        _v(db, 1)
+        _cached(db, 1)
         assert _wait(lambda: db.cache.stats().l2_entries == 1)
     other = apsw.Connection(str(db_path))
     other.execute("UPDATE kv SET v = 'changed while closed'")
@@ -247,6 +275,7 @@ KILLED = textwrap.dedent(
     db = atlas.open(sys.argv[1], cache_disk_min_seconds=0)
     db.execute("CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)")
     db.write("INSERT OR REPLACE INTO kv VALUES (1, 'one')")
+    db.query("SELECT v FROM kv WHERE k = ?", [1])
     db.query("SELECT v FROM kv WHERE k = ?", [1])
     import time
     while db.cache.stats().l2_entries < 1:
@@ -295,7 +324,7 @@ def test_a_planted_pickle_is_never_unpickled_and_counts_as_a_miss(
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
-        _v(db, 1)
+        _cached(db, 1)
         assert _wait(lambda: db.cache.stats().l2_entries == 1)
     # Someone with write access replaces every entry with a pickle that runs code.
     marker = tmp_path / "pwned"
@@ -321,7 +350,7 @@ def test_an_unreadable_entry_is_a_miss(db_path: Path) -> None:
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
-        _v(db, 1)
+        _cached(db, 1)
         assert _wait(lambda: db.cache.stats().l2_entries == 1)
     plain = diskcache.Cache(f"{db_path}.cache")
     for key in list(plain.iterkeys()):
@@ -348,6 +377,7 @@ def test_the_disk_level_can_be_turned_off(
     shutil.rmtree(f"{db_path}.cache", ignore_errors=True)
     db = open_storage(cache_disk=False)
     db.execute("CREATE TABLE t(x)")
+    db.query("SELECT x FROM t")
     db.query("SELECT x FROM t")
     assert db.cache.l2 is None and not Path(f"{db_path}.cache").exists()
 
