@@ -388,7 +388,7 @@ def test_watching_the_wal_index_keeps_sqlites_lock_on_it(kv: atlas.Storage, db_p
     # counter. Each write by another process must move it by exactly one.
     external = kv.cache.external
     assert external is not None
-    counter = external._counter  # noqa: SLF001 (the test looks at the raw counter)
+    counter = external._counter
     for round_ in range(3):
         before = counter()
         subprocess.run(
