@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
@@ -63,9 +63,12 @@ class ConnectionMetrics:
     """Approximate bytes of parameters sent and values returned."""
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What a write did."""
+class WriteResult(NamedTuple):
+    """What a write did.
+
+    A named tuple rather than a frozen dataclass: the writer makes one per statement,
+    and a tuple is built in half the time.
+    """
 
     rowcount: int
     """Rows inserted, updated or deleted by the statement(s) (``sqlite3_changes``)."""
@@ -371,7 +374,7 @@ class TrackedConnection:
         """
         count = self._queries + 1
         self._queries = count
-        timed = not count % SAMPLE_EVERY
+        timed = count % SAMPLE_EVERY == 1  # the first run, then one in eight
         started = perf_counter() if timed else 0.0
         cursor = self.cursor
         entry = names.get(sql)
@@ -416,14 +419,20 @@ class TrackedConnection:
             rows: list[Row] = self.query(sql, params)
         else:
             # No rows to name: skip the description (it raises once a statement is done).
-            started = perf_counter()
+            count = self._queries + 1
+            self._queries = count
+            timed = count % SAMPLE_EVERY == 1  # the first run, then one in eight
+            started = perf_counter() if timed else 0.0
             try:
                 self.cursor.execute(sql, params)
             except Exception as error:
                 self._errors += 1
-                self._queries += 1
                 raise wrap_sqlite_error(error, sql) from error
-            self._account(started, params, ())
+            if timed:
+                self.last_latency = latency = perf_counter() - started
+                self._latency += latency
+                self._timed += 1
+                self._sample_bytes(params, ())
             rows = []
         after = connection.last_insert_rowid()
         return WriteResult(

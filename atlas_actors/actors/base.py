@@ -80,6 +80,15 @@ class Op:
     replayable = True
     """True when a rolled-back attempt had no effect, so a new incarnation may run it again."""
 
+    # An op is its own pykka envelope (pykka's loop reads .message and .reply_to), which
+    # saves building one per message on the write path.
+    reply_to = None
+
+    @property
+    def message(self) -> Op:
+        """The op itself, as pykka's loop expects of an envelope."""
+        return self
+
     def __init__(
         self,
         future: Future[Any],
@@ -116,6 +125,10 @@ class Op:
         self.future.set_exception(error)
 
 
+Letter = Any
+"""What a mailbox holds: a pykka ``Envelope``, or an :class:`Op` (its own envelope)."""
+
+
 class Mailbox:
     """A bounded mailbox that survives the incarnations of one role.
 
@@ -131,19 +144,19 @@ class Mailbox:
     def __init__(self, role: str, capacity: int) -> None:
         self.role = role
         self.capacity = capacity
-        self._queue: queue.SimpleQueue[Envelope[Any]] = queue.SimpleQueue()
-        self._front: deque[Envelope[Any]] = deque()
+        self._queue: queue.SimpleQueue[Letter] = queue.SimpleQueue()
+        self._front: deque[Letter] = deque()
         self._room = threading.Condition(threading.Lock())
         self._senders_waiting = 0
         self.closed: BaseException | None = None
         """Set (to the error senders get) once the role is shut down."""
 
     # pykka's inbox protocol: put / get / empty.
-    def put(self, envelope: Envelope[Any], /) -> None:
+    def put(self, envelope: Letter, /) -> None:
         """Queue a control message (never refused)."""
         self._queue.put(envelope)
 
-    def get(self) -> Envelope[Any]:
+    def get(self) -> Letter:
         """Take the next message, replayed ones first; blocks while there is none."""
         if self._front:
             try:
@@ -170,7 +183,7 @@ class Mailbox:
             raise self.closed
         if self._queue.qsize() >= self.capacity:
             self._wait_for_room(op)
-        self._queue.put(Envelope(op))
+        self._queue.put(op)  # an op is its own envelope
         if self.closed is not None:
             # Closed while we queued: make sure nobody waits on it forever.
             self.fail_all(self.closed)
@@ -198,9 +211,9 @@ class Mailbox:
     def replay(self, ops: Sequence[Op]) -> None:
         """Put ops back in front, to be taken again before anything else, in order."""
         for op in reversed(ops):
-            self._front.appendleft(Envelope(op))
+            self._front.appendleft(op)  # its own envelope
 
-    def replay_control(self, envelope: Envelope[Any]) -> None:
+    def replay_control(self, envelope: Letter) -> None:
         """Put a control message in front of everything (fault injection, escalation)."""
         self._front.appendleft(envelope)
         # Wake an actor blocked on the queue: it finds the front message next time.
