@@ -238,6 +238,8 @@ _SAMPLE_ROWS = 16
 _BYTES_SAMPLE_EVERY = 8
 SAMPLE_EVERY = 8
 """The pool's fast path times one query in this many (timing costs as much as a row)."""
+_TIME_FIRST = 4
+"""The first runs of each statement (per check window) are all timed."""
 _RECHECK_EVERY = 256
 """Cached column names are checked against SQLite's every this many uses."""
 _PLAIN_WRITES = frozenset({"insert", "update", "delete", "replac", "create", "drop", "alter"})
@@ -286,6 +288,7 @@ class TrackedConnection:
         "last_check",
         "last_latency",
         "last_used",
+        "last_weight",
         "lock",
         "owner",
         "role",
@@ -309,7 +312,9 @@ class TrackedConnection:
         self._latency = 0.0
         self._bytes = 0
         self.last_latency = 0.0
-        """Seconds the last statement took."""
+        """Seconds the last statement took (0 when it was not timed)."""
+        self.last_weight = 1
+        """How many runs the last timed one stands for (1, or the sampling rate)."""
         self.lock = threading.Lock()
         """Held by whoever uses the connection (a reader pool claim)."""
         self.usable = True
@@ -374,10 +379,15 @@ class TrackedConnection:
         """
         count = self._queries + 1
         self._queries = count
-        timed = count % SAMPLE_EVERY == 1  # the first run, then one in eight
+        entry = names.get(sql)
+        # Every statement's first runs are timed (the workload recorder must see rare
+        # slow statements), then one run in eight.
+        if entry is None or entry[1] < _TIME_FIRST:
+            timed, self.last_weight = True, 1
+        else:
+            timed, self.last_weight = count % SAMPLE_EVERY == 1, SAMPLE_EVERY
         started = perf_counter() if timed else 0.0
         cursor = self.cursor
-        entry = names.get(sql)
         try:
             cursor.execute(sql, params)
             if entry is not None and entry[1] < _RECHECK_EVERY:

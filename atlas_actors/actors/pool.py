@@ -36,7 +36,6 @@ from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
 from atlas_actors.cache.statements import StatementInfo, analyze
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import (
-    SAMPLE_EVERY,
     ConnectionMetrics,
     ConnectionState,
     Params,
@@ -394,7 +393,7 @@ class ReaderPool:
         else:
             connection.lock.release()  # usable and nobody waiting: just let go
         if latency and self._record_query is not None:
-            self._record_query(sql, latency, calls=SAMPLE_EVERY)  # a timed run
+            self._record_query(sql, latency, calls=connection.last_weight)  # a timed run
         return rows
 
     def forget_names(self) -> None:
@@ -426,7 +425,7 @@ class ReaderPool:
         finally:
             self.release(connection)
         if latency and self._record_query is not None:
-            self._record_query(sql, latency, calls=SAMPLE_EVERY)  # a timed run
+            self._record_query(sql, latency, calls=connection.last_weight)  # a timed run
         return rows, info, latency
 
     def run(self, connection: TrackedConnection, sql: str, params: Params) -> list[Row]:
