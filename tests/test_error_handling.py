@@ -45,7 +45,7 @@ def test_disk_full_degrades_to_read_only_and_recovers_by_itself(open_storage: ob
     started = time.monotonic()
     with pytest.raises(errors.DiskFullError, match="writes are refused until space returns"):
         db.write("INSERT INTO blobs VALUES (-1, x'00')")
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 1.0  # not after the 5 s busy timeout
     assert db.health().status == "degraded"
     # Space comes back (rows deleted: their pages are reused); a probe finds out.
     assert _until(lambda: _try(db, "DELETE FROM blobs WHERE id % 2 = 0"))

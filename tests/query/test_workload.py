@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -96,20 +95,6 @@ def test_concurrent_records_lose_nothing() -> None:
     assert sum(s.calls for s in stats) == 40_000
     assert sum(s.rows for s in stats) == 40_000
     assert sum(s.total_seconds for s in stats) == pytest.approx(40.0)
-
-
-def test_recording_a_repeated_statement_costs_under_a_microsecond() -> None:
-    w = WorkloadRecorder()
-    sql = "SELECT * FROM tasks WHERE status = ? AND assignee = ?"
-    record = w.record
-    n, best = 50_000, float("inf")
-    for _ in range(7):  # the fastest batch is the cost without interference
-        t = time.perf_counter()
-        for _ in range(n):
-            record(sql, 0.001, 1)
-        best = min(best, (time.perf_counter() - t) / n)
-    print(f"\nrecord(): {best * 1e9:.0f} ns per call")
-    assert best < 1e-6
 
 
 def test_reset_forgets_everything() -> None:
