@@ -4,13 +4,11 @@
     python bench/queries.py --quick    # 100k tasks (a few seconds)
     python bench/queries.py --tasks 300000 --runs 7 --json results.json
 
-Steps: generate data (primary keys only), time every query (median of --runs runs) while a
-WorkloadRecorder records it, ask ``Optimizer.advise()`` for indexes, ``apply()`` them,
-time every query again, and print per-query times, ratios and the total speed-up.
-
-The optimizer is the pure one, driven by one apsw connection
-(``Optimizer(read=lambda fn: fn(conn), write=conn.execute, workload=recorder)``); with the
-storage runtime, ``optimizer`` becomes ``db.optimizer`` and nothing else changes.
+Steps: generate data (primary keys only), open it with ``atlas.open()`` and time every query
+through ``db.query`` (median of --runs runs; the storage records each read in its workload),
+ask ``db.optimizer.advise()`` for indexes, ``db.optimizer.apply()`` them (through the
+writer), time every query again, and print per-query times, ratios and the total speed-up.
+The result cache is off, so every run executes the statement.
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atlas_actors.query import IndexSuggestion, Optimizer, WorkloadRecorder
+import atlas_actors as atlas
+from atlas_actors.query import IndexSuggestion
 
 SCHEMA = """
 CREATE TABLE projects(
@@ -172,22 +171,13 @@ def generate(conn: apsw.Connection, tasks: int, chunk: int = 20_000) -> None:
                 bar.update(end - start + 1)
 
 
-def time_query(
-    conn: apsw.Connection,
-    sql: str,
-    params: tuple[Any, ...],
-    runs: int,
-    recorder: WorkloadRecorder | None = None,
-) -> float:
-    """Return the median seconds of ``runs`` runs (recording each run, if asked)."""
+def time_query(db: atlas.Storage, sql: str, params: tuple[Any, ...], runs: int) -> float:
+    """Return the median seconds of ``runs`` runs of one query through ``db.query``."""
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        rows = conn.execute(sql, params).fetchall()
-        elapsed = time.perf_counter() - start
-        samples.append(elapsed)
-        if recorder is not None:
-            recorder.record(sql, elapsed, len(rows))
+        db.query(sql, params)
+        samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
 
@@ -229,25 +219,26 @@ def main(argv: list[str] | None = None) -> int:
     generate(conn, tasks)
     generated = time.perf_counter() - started
 
-    recorder = WorkloadRecorder()
-    optimizer = Optimizer(lambda fn: fn(conn), write=conn.execute, workload=recorder)
+    conn.close()
+    db = atlas.open(path, cache=False, synchronous="NORMAL", cache_size_kib=262_144)
     before = {
-        name: time_query(conn, sql, p, runs, recorder)
+        name: time_query(db, sql, p, runs)
         for name, sql, p in tqdm(QUERIES, desc="timing, no indexes", file=sys.stderr)
     }
 
     started = time.perf_counter()
-    advice = optimizer.advise(top=args.top)
+    advice = db.optimizer.advise(top=args.top)
     advised = time.perf_counter() - started
     started = time.perf_counter()
     for suggestion in tqdm(advice, desc="creating indexes", unit="index", file=sys.stderr):
-        optimizer.apply(suggestion)
+        db.optimizer.apply(suggestion)
     applied = time.perf_counter() - started
 
     after = {
-        name: time_query(conn, sql, p, runs)
+        name: time_query(db, sql, p, runs)
         for name, sql, p in tqdm(QUERIES, desc="timing, indexed", file=sys.stderr)
     }
+    db.close()
     results = [Result(name, before[name], after[name]) for name, _s, _p in QUERIES]
     report(
         results,
@@ -281,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
-    conn.close()
     folder.cleanup()
     return 0
 
