@@ -171,6 +171,18 @@ def generate(conn: apsw.Connection, tasks: int, chunk: int = 20_000) -> None:
                 bar.update(end - start + 1)
 
 
+def recording_cost(db: atlas.Storage, calls: int = 50_000, batches: int = 7) -> float:
+    """Seconds one ``db.workload.record()`` call costs (the fastest of ``batches``)."""
+    sql = "SELECT * FROM tasks WHERE status = ? AND assignee = ?"
+    record, best = db.workload.record, float("inf")
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            record(sql, 0.001, 1)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
 def time_query(db: atlas.Storage, sql: str, params: tuple[Any, ...], runs: int) -> float:
     """Return the median seconds of ``runs`` runs of one query through ``db.query``."""
     samples = []
@@ -238,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         name: time_query(db, sql, p, runs)
         for name, sql, p in tqdm(QUERIES, desc="timing, indexed", file=sys.stderr)
     }
+    recording = recording_cost(db)
     db.close()
     results = [Result(name, before[name], after[name]) for name, _s, _p in QUERIES]
     report(
@@ -248,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         generated=generated,
         advised=advised,
         applied=applied,
+        recording=recording,
     )
     if args.json:
         args.json.write_text(
@@ -285,11 +299,13 @@ def report(
     generated: float,
     advised: float,
     applied: float,
+    recording: float,
 ) -> None:
     print(f"\n{tasks:,} tasks, SQLite {apsw.sqlite_lib_version()}, median of {runs} runs")
     print(
         f"data generated in {generated:.1f}s; advise() took {advised:.2f}s; "
-        f"{len(advice)} indexes created in {applied:.1f}s\n"
+        f"{len(advice)} indexes created in {applied:.1f}s; "
+        f"recording a read in the workload costs {recording * 1e9:.0f} ns\n"
     )
     print(f"{'query':28} {'before ms':>11} {'after ms':>10} {'speed-up':>9}")
     for r in results:
