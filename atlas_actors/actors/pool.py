@@ -89,6 +89,16 @@ def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
     )
 
 
+class _Waiter:
+    """A caller queued for a connection; ``ready`` is set once one is handed over."""
+
+    __slots__ = ("connection", "ready")
+
+    def __init__(self) -> None:
+        self.connection: TrackedConnection | None = None
+        self.ready = threading.Event()
+
+
 class _Adoption:
     """Frees a connection for adoption when the thread that adopted it ends."""
 
@@ -185,7 +195,8 @@ class ReaderPool:
         self._connections: list[TrackedConnection] = []  # replaced, never changed in place
         self._pending: deque[ReadOp] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._waiting = 0
+        self._waiting = 0  # len(self._waiters), read without the lock on the hot path
+        self._waiters: deque[_Waiter] = deque()
         self._readers: dict[str, ReaderActor] = {}
         self._starting = 0
         self._local = threading.local()
@@ -276,7 +287,9 @@ class ReaderPool:
         return None
 
     def _take(self, timeout: float | None) -> TrackedConnection:
-        connection = self._claim()
+        # Callers already waiting go first: a newcomer that claimed ahead of them could
+        # starve one until its deadline.
+        connection = None if self._waiting else self._claim()
         if connection is None:
             deadline = time.monotonic() + (
                 self.config.default_timeout if timeout is None else timeout
@@ -287,29 +300,74 @@ class ReaderPool:
         return connection
 
     def _wait_for_connection(self, deadline: float) -> TrackedConnection:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while True:
-                    connection = self._claim()
-                    if connection is not None:
-                        return connection
-                    if self.closed is not None:
-                        raise self.closed
-                    self._maybe_grow()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise OperationTimeout(
-                            f"waiting for a reader connection ({self.status_unlocked()})",
-                            self.config.default_timeout,
-                            applied=False,
-                        )
-                    self._cond.wait(remaining)
-            finally:
-                self._waiting -= 1
+        """Queue behind earlier waiters until a connection is handed over, or time out.
 
-    def release(self, connection: TrackedConnection) -> None:
-        """Give a claimed connection back."""
+        Waiters are served first come, first served: a released connection is handed
+        to the oldest waiter while still locked, so a thread that keeps reading cannot
+        take it back before the waiter wakes up.
+        """
+        waiter = _Waiter()
+        with self._cond:
+            if not self._waiters:
+                connection = self._claim()
+                if connection is not None:
+                    return connection
+            if self.closed is not None:
+                raise self.closed
+            self._waiters.append(waiter)
+            self._waiting += 1
+            self._maybe_grow()
+        try:
+            while not waiter.ready.wait(max(0.0, min(deadline - time.monotonic(), 0.1))):
+                if time.monotonic() >= deadline:
+                    break
+                with self._cond:
+                    # A safety net, not the mechanism: every release hands over.
+                    if self._waiters and self._waiters[0] is waiter:
+                        connection = self._claim_any()
+                        if connection is not None:
+                            self._serve(connection)
+                            break
+                    self._maybe_grow()
+        finally:
+            with self._cond:
+                if waiter.connection is None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                    self._waiting -= 1
+        if waiter.connection is not None:
+            return waiter.connection
+        if self.closed is not None:
+            raise self.closed
+        raise OperationTimeout(
+            f"waiting for a reader connection ({self.status_unlocked()})",
+            self.config.default_timeout,
+            applied=False,
+        )
+
+    def _claim_any(self) -> TrackedConnection | None:
+        """Any free, usable connection, locked; no adoption (it is for another thread)."""
+        for connection in self._connections:
+            if connection.lock.acquire(False):
+                if connection.usable:
+                    return connection
+                connection.lock.release()
+        return None
+
+    def _serve(self, connection: TrackedConnection) -> None:
+        """Hand a claimed connection to the oldest waiter (holding the condition's lock)."""
+        waiter = self._waiters.popleft()
+        self._waiting -= 1
+        waiter.connection = connection
+        waiter.ready.set()
+
+    def release(self, connection: TrackedConnection | PooledConnection) -> None:
+        """Give a connection back: one from :meth:`acquire` (the plan's ``release()``).
+
+        Releasing a lease twice is harmless.
+        """
+        if isinstance(connection, PooledConnection):
+            connection.release()
+            return
         if "checkin" in self.events.active:
             self._emit("checkin", connection)
         if not connection.usable or self.closed is not None:
@@ -319,11 +377,30 @@ class ReaderPool:
             self._send(connection, Recycle(connection, f"{connection.queries} queries"))
             return
         connection.lock.release()
+        if self._pending or self._waiting:
+            self._wake_next()
+
+    def _let_go(self, connection: TrackedConnection) -> None:
+        """Release a briefly claimed connection, waking a caller waiting for one."""
+        connection.lock.release()
+        if self._pending or self._waiting:
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        """After a connection was let go: start queued reads, wake a waiting caller.
+
+        Called after the release, never before: a caller that starts waiting meanwhile
+        either claims the released connection or is seen here and notified.
+        """
         if self._pending:
             self._dispatch_pending()
         if self._waiting:
             with self._cond:
-                self._cond.notify()
+                while self._waiters:
+                    connection = self._claim_any()
+                    if connection is None:
+                        return
+                    self._serve(connection)
 
     def _emit(self, name: str, connection: TrackedConnection) -> None:
         if name in self.events.active:
@@ -367,6 +444,7 @@ class ReaderPool:
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if (
             connection is None
+            or self._waiting
             or "checkout" in self.events.active
             or not connection.lock.acquire(False)
         ):
@@ -383,15 +461,12 @@ class ReaderPool:
             self.release(connection)
             raise
         latency = connection.last_latency
-        if (
-            self._pending
-            or self._waiting
-            or connection.queries >= self._recycle_queries
-            or "checkin" in self.events.active
-        ):
+        if connection.queries >= self._recycle_queries or "checkin" in self.events.active:
             self.release(connection)
         else:
-            connection.lock.release()  # usable and nobody waiting: just let go
+            connection.lock.release()
+            if self._pending or self._waiting:
+                self._wake_next()
         if latency and self._record_query is not None:
             self._record_query(sql, latency, calls=connection.last_weight)  # a timed run
         return rows
@@ -409,7 +484,7 @@ class ReaderPool:
         mode with an authorizer) on the claimed connection before it runs.
         """
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
-        if connection is None or not connection.lock.acquire(False):
+        if connection is None or self._waiting or not connection.lock.acquire(False):
             connection = self._take(timeout)
         elif not connection.usable:
             connection.lock.release()
@@ -503,7 +578,7 @@ class ReaderPool:
             if connection.owner.retiring or not connection.lock.acquire(False):
                 continue  # in use: next tick
             if not connection.usable:
-                connection.lock.release()
+                self._let_go(connection)
                 continue
             if connection.last_check == 0.0:
                 connection.last_check = now
@@ -521,7 +596,7 @@ class ReaderPool:
             ):
                 self._retire_reader(connection)
             else:
-                connection.lock.release()
+                self._let_go(connection)
 
     def withdraw_idle(self, connection: TrackedConnection) -> bool:
         """Claim ``connection`` if it is free; True if the caller now holds it."""
@@ -615,7 +690,7 @@ class ReaderPool:
             except apsw.Error:
                 pass
             finally:
-                connection.lock.release()
+                self._let_go(connection)
         return hits, misses
 
     def close(self, error: AtlasError | None = None) -> None:
@@ -630,4 +705,5 @@ class ReaderPool:
             if connection.lock.acquire(False):
                 self._dispose(connection)  # busy ones close when released
         with self._cond:
-            self._cond.notify_all()
+            for waiter in self._waiters:
+                waiter.ready.set()  # they find nothing handed over and raise ``closed``
