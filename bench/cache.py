@@ -36,6 +36,11 @@ Peers:
 * ``sqlite3``: a stdlib sqlite3 connection per thread: reads in autocommit, writes in
   ``BEGIN IMMEDIATE`` ... ``COMMIT``, busy timeout 30 s, ``synchronous=FULL``.
 
+``--writes`` takes several shares (the full run: 10%, 1% and 0%): each is a series of
+its own, the targets are judged on the first (the issue's 10%), and a last table shows
+hit rate and read ratios by write share, which is where the cache's table-granular
+invalidation shows.
+
 Every cell starts from a copy of one prepared file (and an empty cache), runs an
 unrecorded warm-up, then the window; ``db.cache.stats()`` is read as the window opens
 and as it closes, so hit rates cover exactly the recorded window.
@@ -405,14 +410,18 @@ def run_cell(
 
 
 def run_cells(
-    args: argparse.Namespace, template: Path, directory: Path, workload_of: Callable[[], Workload]
+    args: argparse.Namespace,
+    template: Path,
+    directory: Path,
+    workload_of: Callable[[], Workload],
+    label: str,
 ) -> tuple[list[CellResult], dict[tuple[str, int], list[dict[str, Any]]]]:
     """Every peer at every thread count, rounds outermost, peers rotating."""
     segment_time = args.duration / args.rounds
     segments: dict[tuple[str, int], list[Segment]] = {}
     extras: dict[tuple[str, int], list[dict[str, Any]]] = {}
     cell_number = itertools.count()
-    bar = progress(args.rounds * len(args.threads) * len(PEERS), "cache")
+    bar = progress(args.rounds * len(args.threads) * len(PEERS), f"cache/{label}")
     with bar:
         for round_index in range(args.rounds):
             for t_index, threads in enumerate(args.threads):
@@ -535,20 +544,20 @@ def print_cells(cells: Sequence[CellResult]) -> None:
     )
 
 
-def judge(cells: Sequence[CellResult], threads: int = 16) -> list[Target]:
+def judge(cells: Sequence[CellResult], label: str, threads: int = 16) -> list[Target]:
+    """The issue's targets at ``threads`` threads, and the clean-run check."""
     targets = []
     mine, base = _cell(cells, CACHED, threads), _cell(cells, BASELINE, threads)
-    wanted_hits = f"cache: hit rate >= {HIT_RATE_TARGET:.0%} ({CACHED}, {threads} threads)"
-    wanted_reads = f"cache: {CACHED} reads >= {READS_TARGET:g}x {BASELINE} at {threads} threads"
+    wanted_hits = f"cache: hit rate >= {HIT_RATE_TARGET:.0%} ({CACHED}, {threads} thr, {label})"
+    wanted_reads = f"cache: {CACHED} reads >= {READS_TARGET:g}x {BASELINE} ({threads} thr, {label})"
     if mine is None or base is None:
         targets.append(Target(wanted_hits, f"not measured ({threads} threads not run)", None))
         targets.append(Target(wanted_reads, f"not measured ({threads} threads not run)", None))
     else:
         rate = mine.extra["hit_rate"]
         rounds = [r * 100 for r in mine.extra["round_hit_rates"]]
-        measured = (
-            f"{rate * 100:.1f}% ({mine.extra['hits']:,} hits, {mine.extra['misses']:,} misses)"
-        )
+        hits, misses = mine.extra["hits"], mine.extra["misses"]
+        measured = f"{rate * 100:.1f}% ({hits:,} hits, {misses:,} misses)"
         if len(rounds) > 1:
             measured += f"; rounds {min(rounds):.1f}-{max(rounds):.1f}%"
         targets.append(Target(wanted_hits, measured, rate >= HIT_RATE_TARGET))
@@ -561,21 +570,46 @@ def judge(cells: Sequence[CellResult], threads: int = 16) -> list[Target]:
         if len(per_round) > 1:
             measured += f"; rounds median {fmt_ratio(median(per_round))}, {spread(per_round)}"
         targets.append(Target(wanted_reads, measured, speed >= READS_TARGET))
+    return targets + judge_clean(cells, label)
+
+
+def judge_clean(cells: Sequence[CellResult], label: str) -> list[Target]:
+    """No stale or wrong read, error or hang in any atlas cell."""
     atlas_cells = [c for c in cells if c.peer.startswith("atlas")]
     bad = [
-        f"{c.peer} x{c.threads}: {c.errors} errors, {c.hung} hung"
+        f"{c.peer} x{c.threads}: {c.errors} errors ({'; '.join(c.error_kinds)[:120]}), "
+        f"{c.hung} hung"
         for c in atlas_cells
         if c.errors or c.hung
     ]
     checks = sum(c.extra.get("checks", 0) for c in atlas_cells)
-    targets.append(
+    return [
         Target(
-            "cache: no stale or wrong reads, errors or hangs in every atlas cell",
+            f"cache: no stale or wrong reads, errors or hangs in atlas cells ({label})",
             "; ".join(bad) if bad else f"{len(atlas_cells)} cells clean, {checks:,} checks",
             not bad,
         )
-    )
-    return targets
+    ]
+
+
+def print_sweep(series: dict[str, Any]) -> None:
+    """Hit rate and read ratios at each write share, side by side."""
+    print("\n== by write share: atlas's hit rate and reads/s ratios ==")
+    rows = []
+    for label, found in series.items():
+        cells = found["cells"]
+        for threads in sorted({c["threads"] for c in cells}):
+            by_peer = {c["peer"]: c for c in cells if c["threads"] == threads}
+            base = by_peer[BASELINE]["kinds"].get("read", {}).get("ops_per_s", 0.0)
+            row = [label, str(threads)]
+            row.append(fmt(by_peer[CACHED]["extra"].get("hit_rate", float("nan")) * 100, 1))
+            for peer in (CACHED, "atlas.nocache"):
+                reads = by_peer[peer]["kinds"].get("read", {}).get("ops_per_s", 0.0)
+                row.append(fmt_ratio(ratio(reads, base)))
+            row.append(fmt(base, 0))
+            rows.append(row)
+    headers = ["writes", "thr", "hit %", f"{CACHED} / sqlite3", "atlas.nocache / sqlite3"]
+    print(table([*headers, "sqlite3 reads/s"], rows))
 
 
 # -- main -------------------------------------------------------------------------------
@@ -589,9 +623,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "side by side; cache hit rates over the recorded window; the issue-5 targets."
         ),
         epilog=(
-            "--quick: 16 threads, 6 s per cell in 3 rounds (about a minute). Default: 4,16 "
-            "threads, 12 s per cell in 6 rounds of 2 s (about 3 minutes). Ratios are the "
-            "result; absolute numbers depend on the machine and its load."
+            "--quick: 16 threads, 10%% writes, 6 s per cell in 3 rounds (about 40 s). "
+            "Default: 4,16 threads, 12 s per cell in 6 rounds of 2 s, at 10%%, 1%% and 0%% "
+            "writes (about 6 minutes). Ratios are the result; absolute numbers depend on "
+            "the machine and its load."
         ),
     )
     parser.add_argument("--quick", action="store_true", help="a short run (see below)")
@@ -607,7 +642,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--zipf", type=float, default=1.1, help="Zipf exponent s of task and project ids (1.1)"
     )
     parser.add_argument(
-        "--writes", type=float, default=0.10, help="share of operations that write (0.10)"
+        "--writes",
+        type=write_shares,
+        help="shares of operations that write, each a series of its own; the targets are "
+        "judged on the first (quick: 0.1; default: 0.1,0.01,0)",
     )
     parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     parser.add_argument("--dir", help="directory for the scratch databases (system temp dir)")
@@ -621,9 +659,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--rounds must be >= 1, --duration > 0, --warmup >= 0")
     if args.tasks < 1 or args.projects < 1 or args.zipf <= 0:
         parser.error("--tasks and --projects must be >= 1, --zipf > 0")
-    if not 0 <= args.writes < 0.5:
-        parser.error("--writes must be in [0, 0.5)")
+    if args.writes is None:
+        args.writes = [0.1] if args.quick else [0.1, 0.01, 0.0]
     return args
+
+
+def write_shares(text: str) -> list[float]:
+    """Parse ``--writes 0.1,0.01,0`` (order kept: the first is judged)."""
+    try:
+        shares = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 0.1,0.01,0") from None
+    if not shares or any(not 0 <= w < 0.5 for w in shares):
+        raise argparse.ArgumentTypeError(f"{text!r}: each share must be in [0, 0.5)")
+    return shares
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -636,21 +685,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"cache: {args.tasks:,} tasks in {args.projects:,} projects; threads {args.threads}; "
         f"{args.duration:g} s per cell in {args.rounds} round(s) after {args.warmup:g} s "
-        f"warm-up; writes {args.writes:.0%} of operations; Zipf s={args.zipf:g} over shuffled "
-        f"ids: the hottest 1% of tasks draw {task_ids.head_share(0.01):.0%} of task picks, "
-        f"the hottest 1% of projects {project_ids.head_share(0.01):.0%} of project picks"
+        f"warm-up; writes {', '.join(f'{w:.0%}' for w in args.writes)} of operations (a "
+        f"series each, targets judged at {args.writes[0]:.0%}); Zipf s={args.zipf:g} over "
+        f"shuffled ids: the hottest 1% of tasks draw {task_ids.head_share(0.01):.0%} of task "
+        f"picks, the hottest 1% of projects {project_ids.head_share(0.01):.0%} of project picks"
     )
+    series: dict[str, Any] = {}
+    targets: list[Target] = []
     with scratch_dir(args.dir, "atlas-bench-cache-") as directory:
         template = directory / "template.db"
         began = time.perf_counter()
         prepare(template, args.projects, args.tasks)
         print(f"prepared the file in {time.perf_counter() - began:.1f} s")
-        cells, extras = run_cells(
-            args, template, directory, lambda: Workload(task_ids, project_ids, args.writes)
-        )
-    print("\n== the task-manager mix ==")
-    print_cells(cells)
-    targets = judge(cells)
+        for position, writes in enumerate(args.writes):
+            label = f"{writes:.0%} writes"
+            cells, extras = run_cells(
+                args,
+                template,
+                directory,
+                lambda w=writes: Workload(task_ids, project_ids, w),  # type: ignore[misc]
+                label,
+            )
+            print(f"\n== the task-manager mix, {label} ==")
+            print_cells(cells)
+            series[label] = {
+                "writes": writes,
+                "cells": [asdict(c) for c in cells],
+                "rounds": {f"{p} x{t}": e for (p, t), e in extras.items()},
+            }
+            if position == 0:
+                targets = judge(cells, label)
+            else:
+                targets += judge_clean(cells, label)
+    if len(args.writes) > 1:
+        print_sweep(series)
     print_targets(targets, "Targets (issue 5)")
     elapsed = time.perf_counter() - started
     print(f"\ncache.py took {elapsed:.0f} s")
@@ -660,8 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "environment": env,
                 "args": vars(args),
-                "cells": [asdict(c) for c in cells],
-                "rounds": {f"{p} x{t}": e for (p, t), e in extras.items()},
+                "series": series,
                 "targets": targets,
                 "elapsed_s": elapsed,
             },
