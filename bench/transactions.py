@@ -530,7 +530,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
         epilog=(
             "--quick: 16 threads, 3 s per cell in 3 rounds, both passes (about a minute). "
-            "Default: 1,4,16 threads, 6 s per cell in 6 rounds of 1 s (about 5 minutes). "
+            "Default: 1,4,16 threads, 6 s per cell in 6 rounds of 1 s (about 3.5 minutes). "
             "Ratios are the result; absolute numbers depend on the machine and its load."
         ),
     )
