@@ -101,6 +101,11 @@ class Segment:
     """Worker threads still running long after the deadline (a hang)."""
     per_thread: list[int] = field(default_factory=list)
     """Operations each worker finished inside the window (fairness between threads)."""
+    kinds: Counter[str] = field(default_factory=Counter)
+    """With ``by_kind``: operations finished inside the window, by the label the op
+    returned (e.g. ``read``/``write`` in a mixed workload)."""
+    kind_latencies: dict[str, list[float]] = field(default_factory=dict)
+    """With ``by_kind``: seconds per successful operation in the window, by label."""
 
     @property
     def slowest_share(self) -> float:
@@ -108,6 +113,17 @@ class Segment:
         if not self.per_thread:
             return float("nan")
         return ratio(min(self.per_thread), sum(self.per_thread) / len(self.per_thread))
+
+
+@dataclass
+class KindFigures:
+    """One label of a mixed workload (e.g. the reads of a read/write mix) in a cell."""
+
+    ops_per_s: float = 0.0
+    """Operations of this label finished inside the windows, per second."""
+    round_ops_per_s: list[float] = field(default_factory=list)
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
 
 
 @dataclass
@@ -135,6 +151,8 @@ class CellResult:
     """Verification failures (acknowledged count vs rows found)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Peer-specific figures (e.g. atlas's mean group-commit size)."""
+    kinds: dict[str, KindFigures] = field(default_factory=dict)
+    """Per-label figures of a mixed workload (ops run with ``by_kind``)."""
 
     def add(self, segments: Sequence[Segment]) -> None:
         """Fold the rounds into this cell's figures."""
@@ -154,11 +172,30 @@ class CellResult:
         self.hung = sum(s.hung for s in segments)
         shares = [s.slowest_share for s in segments if s.per_thread]
         self.slowest_thread = min(shares) if shares else float("nan")
+        labels = sorted({k for s in segments for k in s.kinds})
+        self.kinds = {}
+        for label in labels:
+            kind_latencies = sorted(x for s in segments for x in s.kind_latencies.get(label, []))
+            self.kinds[label] = KindFigures(
+                ops_per_s=ratio(sum(s.kinds[label] for s in segments), window),
+                round_ops_per_s=[ratio(s.kinds[label], s.duration) for s in segments],
+                p50_ms=percentile(kind_latencies, 0.50) * 1000,
+                p99_ms=percentile(kind_latencies, 0.99) * 1000,
+            )
+
+    def kind(self, label: str) -> KindFigures:
+        """The figures of ``label`` (zeros when no op of that label finished)."""
+        return self.kinds.get(label) or KindFigures()
 
 
-def round_ratios(mine: CellResult, base: CellResult) -> list[float]:
-    """Per-round throughput ratios ``mine / base`` (the peers ran side by side per round)."""
-    return [ratio(a, b) for a, b in zip(mine.round_ops_per_s, base.round_ops_per_s, strict=False)]
+def round_ratios(mine: CellResult, base: CellResult, kind: str | None = None) -> list[float]:
+    """Per-round throughput ratios ``mine / base`` (the peers ran side by side per round);
+    with ``kind``, of that label's operations only."""
+    if kind is None:
+        pairs = zip(mine.round_ops_per_s, base.round_ops_per_s, strict=False)
+    else:
+        pairs = zip(mine.kind(kind).round_ops_per_s, base.kind(kind).round_ops_per_s, strict=False)
+    return [ratio(a, b) for a, b in pairs]
 
 
 def spread(ratios: Sequence[float]) -> str:
@@ -176,6 +213,8 @@ def run_closed_loop(
     *,
     warmup: float = 0.0,
     hang_grace: float = 90.0,
+    by_kind: bool = False,
+    marks: Callable[[str], None] | None = None,
 ) -> Segment:
     """Run ``threads`` workers, each doing ops back to back for ``duration`` seconds.
 
@@ -184,12 +223,19 @@ def run_closed_loop(
     window opens; ops started before its end are awaited and counted as acknowledged,
     but only those finished inside it count for throughput. A worker still running
     ``hang_grace`` seconds after the end is reported as hung, not waited for.
+
+    ``by_kind``: each op returns a label (``str``) and the window's ops and latencies
+    are also counted per label (``Segment.kinds``). ``marks`` is called from the
+    calling thread with ``"start"`` when the window opens and ``"end"`` when it closes
+    (e.g. to snapshot counters over exactly the recorded window).
     """
     ready = threading.Barrier(threads + 1)
     lock = threading.Lock()
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     counts = {"total": 0, "acked": 0, "in_window": 0}
+    kinds: Counter[str] = Counter()
+    kind_latencies: dict[str, list[float]] = {}
     per_thread: list[int] = []
     window: dict[str, float] = {}
 
@@ -204,6 +250,8 @@ def run_closed_loop(
             return
         mine: list[float] = []
         my_errors: Counter[str] = Counter()
+        my_kinds: Counter[str] = Counter()
+        my_kind_latencies: dict[str, list[float]] = {}
         total = acked = in_window = 0
         clock = time.perf_counter
         try:
@@ -214,7 +262,7 @@ def run_closed_loop(
                 if began >= end:
                     break
                 try:
-                    op()
+                    label = op()
                 except Exception as error:
                     my_errors[f"{type(error).__name__}: {str(error)[:100]}"] += 1
                     continue
@@ -225,6 +273,10 @@ def run_closed_loop(
                     acked += 1
                     if finished <= end:
                         in_window += 1
+                        if by_kind:
+                            name = str(label)
+                            my_kinds[name] += 1
+                            my_kind_latencies.setdefault(name, []).append(finished - began)
         finally:
             with contextlib.suppress(Exception):
                 cleanup()
@@ -235,6 +287,9 @@ def run_closed_loop(
                 counts["acked"] += acked
                 counts["in_window"] += in_window
                 per_thread.append(in_window)
+                kinds.update(my_kinds)
+                for name, values in my_kind_latencies.items():
+                    kind_latencies.setdefault(name, []).extend(values)
 
     workers = [
         threading.Thread(target=worker, args=(i,), name=f"bench-worker-{i}", daemon=True)
@@ -246,6 +301,10 @@ def run_closed_loop(
     window["start"] = now + warmup
     window["end"] = now + warmup + duration
     ready.wait()
+    if marks is not None:
+        for mark in ("start", "end"):
+            time.sleep(max(0.0, window[mark] - time.perf_counter()))
+            marks(mark)
     deadline = window["end"] + hang_grace
     hung = 0
     for thread in workers:
@@ -261,6 +320,8 @@ def run_closed_loop(
             errors=Counter(errors),
             hung=hung,
             per_thread=list(per_thread),
+            kinds=Counter(kinds),
+            kind_latencies={k: list(v) for k, v in kind_latencies.items()},
         )
 
 
@@ -334,6 +395,43 @@ def slowsync_loaded() -> bool:
         return "libslowsync" in Path("/proc/self/maps").read_text()
     except OSError:
         return "libslowsync" in os.environ.get("LD_PRELOAD", "")
+
+
+def check_slowsync(delay_us: int) -> float:
+    """In a slow-disk child: make sure fsync really is delayed; return the fsync ms.
+
+    Exits (``SystemExit``) when it is not, since the pass would then measure nothing.
+    """
+    with scratch_dir(None, "atlas-bench-probe-") as directory:
+        fsync_ms = time_fsync(directory, count=10)
+    if not slowsync_loaded() or fsync_ms < delay_us / 1000 * 0.9:
+        raise SystemExit(
+            f"slowsync is not in effect (loaded={slowsync_loaded()}, fsync {fsync_ms:.2f} ms, "
+            f"expected >= {delay_us / 1000 * 0.9:.2f} ms): the slow pass would measure nothing"
+        )
+    return fsync_ms
+
+
+def run_slow_child(
+    script: Path, argv: Sequence[str], delay_us: int, scratch_parent: str | None
+) -> dict[str, Any]:
+    """Build libslowsync.so and re-run ``script`` with it preloaded; return its JSON.
+
+    The child gets ``argv`` plus ``--json PATH`` and must write its figures there (and
+    should call :func:`check_slowsync` first). Raises ``RuntimeError`` if it fails.
+    """
+    with scratch_dir(scratch_parent, "atlas-bench-slowsync-") as build:
+        library = build_slowsync(build)
+        result_file = build / "slow.json"
+        command = [sys.executable, str(script), *argv, "--json", str(result_file)]
+        preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD", "")]))
+        env = {**os.environ, "LD_PRELOAD": preload, "SLOWSYNC_US": str(delay_us)}
+        sys.stdout.flush()
+        completed = subprocess.run(command, env=env, check=False)
+        if completed.returncode != 0 or not result_file.exists():
+            raise RuntimeError(f"the slow-disk child failed (exit {completed.returncode})")
+        result: dict[str, Any] = json.loads(result_file.read_text())
+        return result
 
 
 # -- output -----------------------------------------------------------------------------

@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -52,7 +50,7 @@ from _common import (
     Op,
     Segment,
     Target,
-    build_slowsync,
+    check_slowsync,
     environment,
     fmt,
     fmt_ratio,
@@ -64,8 +62,8 @@ from _common import (
     rotated,
     round_ratios,
     run_closed_loop,
+    run_slow_child,
     scratch_dir,
-    slowsync_loaded,
     spread,
     table,
     thread_counts,
@@ -541,50 +539,24 @@ def judge(name: str, cells: Sequence[CellResult]) -> list[Target]:
 # -- the slow pass in a child process ---------------------------------------------------
 
 
-def run_slow_child(args: argparse.Namespace, peers: Sequence[str]) -> dict[str, Any]:
-    """Build libslowsync.so, re-run this script's slow pass with it preloaded."""
-    with scratch_dir(args.dir, "atlas-bench-slowsync-") as build:
-        library = build_slowsync(build)
-        result_file = build / "slow.json"
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--pass",
-            "slow",
-            "--slow-child",
-            "--threads",
-            ",".join(map(str, args.threads)),
-            "--duration",
-            str(args.duration),
-            "--rounds",
-            str(args.rounds),
-            "--peers",
-            ",".join(peers),
-            "--json",
-            str(result_file),
-        ]
-        if args.dir:
-            command += ["--dir", args.dir]
-        preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD", "")]))
-        env = {**os.environ, "LD_PRELOAD": preload, "SLOWSYNC_US": str(SLOW_US)}
-        sys.stdout.flush()
-        completed = subprocess.run(command, env=env, check=False)
-        if completed.returncode != 0 or not result_file.exists():
-            raise RuntimeError(f"the slow-disk child failed (exit {completed.returncode})")
-        result: dict[str, Any] = json.loads(result_file.read_text())
-        return result
-
-
-def check_slowsync() -> float:
-    """In the child: make sure fsync really is delayed; return the measured fsync ms."""
-    with scratch_dir(None, "atlas-bench-probe-") as directory:
-        fsync_ms = time_fsync(directory, count=10)
-    if not slowsync_loaded() or fsync_ms < SLOW_US / 1000 * 0.9:
-        raise SystemExit(
-            f"slowsync is not in effect (loaded={slowsync_loaded()}, fsync {fsync_ms:.2f} ms, "
-            f"expected >= {SLOW_US / 1000 * 0.9:.2f} ms): the slow pass would measure nothing"
-        )
-    return fsync_ms
+def run_slow_pass(args: argparse.Namespace, peers: Sequence[str]) -> dict[str, Any]:
+    """Re-run this script's slow pass in a child with libslowsync.so preloaded."""
+    argv = [
+        "--pass",
+        "slow",
+        "--slow-child",
+        "--threads",
+        ",".join(map(str, args.threads)),
+        "--duration",
+        str(args.duration),
+        "--rounds",
+        str(args.rounds),
+        "--peers",
+        ",".join(peers),
+    ]
+    if args.dir:
+        argv += ["--dir", args.dir]
+    return run_slow_child(Path(__file__).resolve(), argv, SLOW_US, args.dir)
 
 
 # -- main -------------------------------------------------------------------------------
@@ -649,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = args.peers.split(",")
     started = time.perf_counter()
     if args.slow_child:
-        fsync_ms = check_slowsync()
+        fsync_ms = check_slowsync(SLOW_US)
         print(f"slowsync in effect in this child: fsync {fsync_ms:.2f} ms (SLOWSYNC_US={SLOW_US})")
         cells, info = run_pass("slow", args, peers)
         print_pass("slow", cells, info)
@@ -670,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in passes:
         if name == "slow":
             try:
-                child = run_slow_child(args, peers)
+                child = run_slow_pass(args, peers)
             except (RuntimeError, subprocess.CalledProcessError) as error:
                 detail = getattr(error, "stderr", "") or ""
                 print(f"\nslow pass not run: {error} {detail}".rstrip())

@@ -1,0 +1,636 @@
+"""Transactions: a 5-statement transfer through atlas, side by side with sqlite3.
+
+One operation is one transaction of five statements, a transfer between two accounts
+whose amount depends on what it read::
+
+    SELECT balance FROM accounts WHERE id = :a          -- amount = 1 + balance % 10
+    UPDATE accounts SET balance = balance - :amount WHERE id = :a
+    UPDATE accounts SET balance = balance + :amount WHERE id = :b
+    INSERT INTO ledger(account, amount, ref) VALUES (:a, -:amount, :ref)
+    INSERT INTO ledger(account, amount, ref) VALUES (:b, :amount, :ref)
+
+Closed-loop threads run transfers back to back between random accounts for a fixed
+time. Every cell (peer x thread count x round) starts on a fresh WAL file, and after it
+the file must hold what was acknowledged: the sum of balances unchanged, two ledger rows
+per acknowledged transaction, ledger amounts summing to 0, and every account's balance
+equal to its opening balance plus its ledger entries; otherwise the cell is reported as
+a MISMATCH.
+
+Peers, all ``synchronous=FULL`` in WAL mode:
+
+* ``sqlite3``: a stdlib sqlite3 connection per thread, autocommit mode,
+  ``BEGIN IMMEDIATE`` ... ``COMMIT``, busy timeout 30 s (the issue's baseline).
+* ``atlas.tx``: ``with db.transaction() as tx:`` (serializable, the API issue 4 names):
+  the writer lends its connection (the lease) and the five statements run in the
+  caller's thread; leaving the block commits, through the group commit.
+* ``atlas.run``: ``db.transactions.run(fn)``: the same, with retries on transient errors.
+* ``atlas.in_writer``: ``db.run_in_writer(fn)``: ``fn`` with the whole read-then-write
+  logic runs inside the writer thread as one unit (own savepoint) of a group commit:
+  the function goes to the thread that owns the connection, not the connection to the
+  caller.
+
+atlas runs with its default configuration (read cache on) unless ``--atlas-cache off``.
+Passes: ``full`` (this disk) and ``slow`` (every fsync delayed 2 ms by
+``bench/slowsync``, preloaded into a child process). Run ``--help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import apsw
+from _common import (
+    CellResult,
+    Op,
+    Segment,
+    Target,
+    check_slowsync,
+    environment,
+    fmt,
+    fmt_ratio,
+    median,
+    print_environment,
+    print_targets,
+    progress,
+    ratio,
+    remove_db,
+    rotated,
+    round_ratios,
+    run_closed_loop,
+    run_slow_child,
+    scratch_dir,
+    spread,
+    table,
+    thread_counts,
+    time_fsync,
+    write_json,
+)
+
+import atlas_actors as atlas
+
+OPENING_BALANCE = 1_000
+SCHEMA = """
+CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
+CREATE TABLE ledger(id INTEGER PRIMARY KEY, account INTEGER NOT NULL,
+                    amount INTEGER NOT NULL, ref TEXT NOT NULL);
+"""
+SELECT = "SELECT balance FROM accounts WHERE id = ?"
+DEBIT = "UPDATE accounts SET balance = balance - ? WHERE id = ?"
+CREDIT = "UPDATE accounts SET balance = balance + ? WHERE id = ?"
+LEDGER = "INSERT INTO ledger(account, amount, ref) VALUES (?, ?, ?)"
+
+BUSY_TIMEOUT = 30.0
+"""Seconds the sqlite3 peer waits on the write lock before 'database is locked'."""
+
+SLOW_US = 2000
+"""The slow pass's fsync delay in microseconds (the benchmarks' slow disk: 2 ms)."""
+
+PAIRS_PER_THREAD = 1 << 14
+TARGETS = {"full": 1.4, "slow": 5.0}
+"""Pass → the issue's throughput target against the baseline at 16 threads."""
+JUDGED = "atlas.tx"
+"""The variant the targets are judged on: the interactive API issue 4 names."""
+BASELINE = "sqlite3"
+
+
+def _noop() -> None:
+    return None
+
+
+def _pairs(seed: int, accounts: int) -> list[tuple[int, int]]:
+    """Random (from, to) account pairs for one thread, drawn up front."""
+    rng = random.Random(seed)
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < PAIRS_PER_THREAD:
+        a, b = rng.randint(1, accounts), rng.randint(1, accounts)
+        if a != b:
+            pairs.append((a, b))
+    return pairs
+
+
+def _amount(balance: object) -> int:
+    """The transfer's amount, from the balance it read (the read matters)."""
+    if not isinstance(balance, int):
+        raise TypeError(f"balance read as {balance!r}")
+    return 1 + balance % 10
+
+
+class Transfers:
+    """One thread's stream of transfers: the next (from, to, ref)."""
+
+    def __init__(self, index: int, accounts: int) -> None:
+        self.index = index
+        self.pairs = _pairs(index, accounts)
+        self.counter = itertools.count()
+
+    def next(self) -> tuple[int, int, str]:
+        n = next(self.counter)
+        a, b = self.pairs[n & (PAIRS_PER_THREAD - 1)]
+        return a, b, f"{self.index}-{n}"
+
+
+# -- peers ------------------------------------------------------------------------------
+
+
+class Peer:
+    """One way of running the transfer; a fresh instance per cell."""
+
+    name: ClassVar[str]
+
+    def open(self, path: Path, synchronous: str, cache: bool) -> None:
+        """Connect to the prepared file."""
+        raise NotImplementedError
+
+    def thread_op(self, index: int, accounts: int) -> tuple[Op, Callable[[], None]]:
+        """Called in worker thread ``index``: the op, and what to do when it is done."""
+        raise NotImplementedError
+
+    def close(self) -> dict[str, Any]:
+        """Disconnect; return peer-specific figures."""
+        return {}
+
+
+class Sqlite3Peer(Peer):
+    name = "sqlite3"
+
+    def open(self, path: Path, synchronous: str, cache: bool) -> None:
+        self.path = path
+        self.synchronous = synchronous
+
+    def thread_op(self, index: int, accounts: int) -> tuple[Op, Callable[[], None]]:
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        connection.execute(f"PRAGMA synchronous={self.synchronous}")
+        execute = connection.execute
+        transfers = Transfers(index, accounts)
+
+        def op() -> object:
+            a, b, ref = transfers.next()
+            execute("BEGIN IMMEDIATE")
+            try:
+                (balance,) = execute(SELECT, (a,)).fetchone()
+                amount = _amount(balance)
+                execute(DEBIT, (amount, a))
+                execute(CREDIT, (amount, b))
+                execute(LEDGER, (a, -amount, ref))
+                execute(LEDGER, (b, amount, ref))
+                execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    execute("ROLLBACK")
+                raise
+            return None
+
+        return op, connection.close
+
+
+class AtlasPeer(Peer):
+    """The atlas variants share opening, closing and their figures."""
+
+    def open(self, path: Path, synchronous: str, cache: bool) -> None:
+        self.db = atlas.open(path, synchronous=synchronous, cache=cache)
+
+    def close(self) -> dict[str, Any]:
+        writer = self.db.writer.stats()
+        status = self.db.transactions.status()
+        self.db.close()
+        return {
+            "writes": writer.writes,
+            "batches": writer.batches,
+            "max_batch": writer.max_batch,
+            "committed": status.committed,
+            "rolled_back": status.rolled_back,
+        }
+
+
+def _transfer_in(tx: atlas.Transaction, a: int, b: int, ref: str) -> None:
+    """The five statements through a transaction handle."""
+    amount = _amount(tx.query(SELECT, [a])[0].balance)
+    tx.execute(DEBIT, [amount, a])
+    tx.execute(CREDIT, [amount, b])
+    tx.execute(LEDGER, [a, -amount, ref])
+    tx.execute(LEDGER, [b, amount, ref])
+
+
+class AtlasTxPeer(AtlasPeer):
+    name = "atlas.tx"
+
+    def thread_op(self, index: int, accounts: int) -> tuple[Op, Callable[[], None]]:
+        transaction = self.db.transaction
+        transfers = Transfers(index, accounts)
+
+        def op() -> object:
+            a, b, ref = transfers.next()
+            with transaction() as tx:
+                _transfer_in(tx, a, b, ref)
+            return None
+
+        return op, _noop
+
+
+class AtlasRunPeer(AtlasPeer):
+    name = "atlas.run"
+
+    def thread_op(self, index: int, accounts: int) -> tuple[Op, Callable[[], None]]:
+        run = self.db.transactions.run
+        transfers = Transfers(index, accounts)
+
+        def op() -> object:
+            a, b, ref = transfers.next()
+            return run(lambda tx: _transfer_in(tx, a, b, ref))
+
+        return op, _noop
+
+
+class AtlasInWriterPeer(AtlasPeer):
+    name = "atlas.in_writer"
+
+    def thread_op(self, index: int, accounts: int) -> tuple[Op, Callable[[], None]]:
+        run_in_writer = self.db.run_in_writer
+        transfers = Transfers(index, accounts)
+
+        def op() -> object:
+            a, b, ref = transfers.next()
+
+            def transfer(connection: apsw.Connection) -> None:
+                execute = connection.execute
+                amount = _amount(execute(SELECT, (a,)).fetchall()[0][0])
+                execute(DEBIT, (amount, a))
+                execute(CREDIT, (amount, b))
+                execute(LEDGER, (a, -amount, ref))
+                execute(LEDGER, (b, amount, ref))
+
+            return run_in_writer(transfer)
+
+        return op, _noop
+
+
+PEERS: dict[str, type[Peer]] = {
+    peer.name: peer for peer in (Sqlite3Peer, AtlasTxPeer, AtlasRunPeer, AtlasInWriterPeer)
+}
+
+
+# -- one pass ---------------------------------------------------------------------------
+
+
+def prepare(path: Path, accounts: int) -> None:
+    """A fresh WAL database with ``accounts`` accounts at the opening balance."""
+    remove_db(path)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(SCHEMA)
+        connection.execute("BEGIN")
+        connection.executemany(
+            "INSERT INTO accounts(id, balance) VALUES (?, ?)",
+            ((i, OPENING_BALANCE) for i in range(1, accounts + 1)),
+        )
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+def verify(path: Path, accounts: int, acknowledged: int) -> list[str]:
+    """The invariants after a cell; empty when the file holds what was acknowledged."""
+    connection = sqlite3.connect(path)
+    try:
+        total = connection.execute("SELECT sum(balance) FROM accounts").fetchone()[0]
+        rows, amounts = connection.execute(
+            "SELECT count(*), coalesce(sum(amount), 0) FROM ledger"
+        ).fetchone()
+        off = connection.execute(
+            "SELECT count(*) FROM accounts AS a LEFT JOIN "
+            "(SELECT account, sum(amount) AS moved FROM ledger GROUP BY account) AS l "
+            "ON l.account = a.id WHERE a.balance != ? + coalesce(l.moved, 0)",
+            (OPENING_BALANCE,),
+        ).fetchone()[0]
+    finally:
+        connection.close()
+    problems = []
+    if total != accounts * OPENING_BALANCE:
+        problems.append(f"sum of balances is {total}, expected {accounts * OPENING_BALANCE}")
+    if rows != 2 * acknowledged:
+        problems.append(f"ledger holds {rows} rows, {acknowledged} transactions acknowledged")
+    if amounts != 0:
+        problems.append(f"ledger amounts sum to {amounts}, expected 0")
+    if off:
+        problems.append(f"{off} accounts disagree with their ledger entries")
+    return problems
+
+
+def run_pass(
+    name: str, args: argparse.Namespace, peers: Sequence[str]
+) -> tuple[list[CellResult], dict[str, Any]]:
+    """Every cell of one pass; rounds outermost, peers rotating within each round."""
+    synchronous = "FULL"
+    cache = args.atlas_cache == "on"
+    segment_time = args.duration / args.rounds
+    segments: dict[tuple[str, int], list[Segment]] = {}
+    extras: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    problems: dict[tuple[str, int], list[str]] = {}
+    info: dict[str, Any] = {"synchronous": synchronous, "atlas_cache": cache}
+    with scratch_dir(args.dir, f"atlas-bench-tx-{name}-") as directory:
+        info["fsync_ms"] = time_fsync(directory)
+        bar = progress(args.rounds * len(args.threads) * len(peers), f"transactions/{name}")
+        with bar:
+            for round_index in range(args.rounds):
+                for t_index, threads in enumerate(args.threads):
+                    for peer_name in rotated(peers, round_index + t_index):
+                        bar.set_postfix_str(f"{peer_name} x{threads}")
+                        peer = PEERS[peer_name]()
+                        path = directory / "bench.db"
+                        prepare(path, args.accounts)
+                        peer.open(path, synchronous, cache)
+                        try:
+                            segment = run_closed_loop(
+                                threads,
+                                segment_time,
+                                lambda i, p=peer: p.thread_op(i, args.accounts),  # type: ignore[misc]
+                                warmup=args.warmup,
+                            )
+                        finally:
+                            extra = peer.close()
+                        key = (peer_name, threads)
+                        segments.setdefault(key, []).append(segment)
+                        extras.setdefault(key, []).append(extra)
+                        found = verify(path, args.accounts, segment.acked_total)
+                        problems.setdefault(key, []).extend(
+                            f"round {round_index + 1}: {p}" for p in found
+                        )
+                        remove_db(path)
+                        bar.update()
+    cells = []
+    for threads in args.threads:
+        for peer_name in peers:
+            key = (peer_name, threads)
+            cell = CellResult(peer=peer_name, threads=threads)
+            cell.add(segments[key])
+            cell.mismatches = problems[key]
+            if peer_name.startswith("atlas"):
+                writes = sum(e["writes"] for e in extras[key])
+                batches = sum(e["batches"] for e in extras[key])
+                cell.extra = {
+                    "mean_batch": ratio(writes, batches),
+                    "max_batch": max(e["max_batch"] for e in extras[key]),
+                    "committed": sum(e["committed"] for e in extras[key]),
+                    "rolled_back": sum(e["rolled_back"] for e in extras[key]),
+                }
+            cells.append(cell)
+    return cells, info
+
+
+def _cell(cells: Sequence[CellResult], peer: str, threads: int) -> CellResult | None:
+    return next((c for c in cells if c.peer == peer and c.threads == threads), None)
+
+
+def print_pass(name: str, cells: Sequence[CellResult], info: dict[str, Any]) -> None:
+    """The figures of one pass, each atlas variant's ratio to the baseline per round."""
+    title = {
+        "full": "this disk, synchronous=FULL",
+        "slow": f"slow disk (every fsync +{SLOW_US / 1000:g} ms), synchronous=FULL",
+    }[name]
+    print(
+        f"\n== transactions, pass '{name}': {title}; fsync measured {info['fsync_ms']:.2f} ms; "
+        f"atlas cache {'on' if info['atlas_cache'] else 'off'} =="
+    )
+    rows = []
+    for cell in cells:
+        base = _cell(cells, BASELINE, cell.threads)
+        notes = []
+        if "mean_batch" in cell.extra:
+            notes.append(f"batch mean {cell.extra['mean_batch']:.1f} max {cell.extra['max_batch']}")
+            if cell.extra["rolled_back"]:
+                notes.append(f"{cell.extra['rolled_back']} rolled back")
+        if cell.error_kinds:
+            kind, count = next(iter(cell.error_kinds.items()))
+            notes.append(f"{count}x {kind[:60]}")
+        if cell.hung:
+            notes.append(f"{cell.hung} threads HUNG")
+        versus = ratio(cell.ops_per_s, base.ops_per_s) if base else float("nan")
+        rows.append(
+            [
+                cell.peer,
+                str(cell.threads),
+                fmt(cell.ops_per_s, 0),
+                fmt_ratio(versus) if base is not cell else "",
+                spread(round_ratios(cell, base)) if base and base is not cell else "",
+                fmt(cell.p50_ms, 2),
+                fmt(cell.p99_ms, 2),
+                fmt(cell.max_ms, 1),
+                fmt(cell.slowest_thread * 100, 0) if cell.threads > 1 else "",
+                str(cell.errors),
+                "ok" if not cell.mismatches else "MISMATCH",
+                "; ".join(notes),
+            ]
+        )
+    headers = ["peer", "thr", "tx/s", "vs sqlite3", "per round", "p50 ms", "p99 ms", "max ms"]
+    print(table([*headers, "slowest%", "errors", "check", "notes"], rows))
+    print(
+        "vs sqlite3 = throughput over all rounds / the baseline's; per round = lowest and "
+        "highest ratio of single rounds (peers side by side); slowest% = the least "
+        "productive thread's transactions as % of the mean per thread (100: fair)"
+    )
+    for cell in cells:
+        for problem in cell.mismatches:
+            print(f"  MISMATCH {cell.peer} x{cell.threads}: {problem}")
+
+
+def judge(name: str, cells: Sequence[CellResult], threads: int = 16) -> list[Target]:
+    """The issue's throughput target for every atlas variant, and the clean-run check."""
+    at_least = TARGETS[name]
+    targets = []
+    base = _cell(cells, BASELINE, threads)
+    variants = [c.peer for c in cells if c.peer.startswith("atlas") and c.threads == threads]
+    for variant in sorted(variants, key=lambda v: v != JUDGED):
+        mine = _cell(cells, variant, threads)
+        judged = " (the target)" if variant == JUDGED else ""
+        wanted = f"{name}: {variant}{judged} >= {at_least:g}x {BASELINE} at {threads} threads"
+        if mine is None or base is None:
+            targets.append(Target(wanted, "not measured", None))
+            continue
+        speed = ratio(mine.ops_per_s, base.ops_per_s)
+        rounds = round_ratios(mine, base)
+        measured = (
+            f"{fmt_ratio(speed, 3)} ({fmt(mine.ops_per_s, 0)} vs {fmt(base.ops_per_s, 0)} tx/s)"
+        )
+        if len(rounds) > 1:
+            measured += f"; rounds median {fmt_ratio(median(rounds))}, {spread(rounds)}"
+        targets.append(Target(wanted, measured, speed >= at_least))
+    if not variants:
+        targets.append(
+            Target(
+                f"{name}: {JUDGED} >= {at_least:g}x {BASELINE} at {threads} threads",
+                f"not measured ({threads} threads or the variant not run)",
+                None,
+            )
+        )
+    mine_all = [c for c in cells if c.peer.startswith("atlas")]
+    bad = [
+        f"{c.peer} x{c.threads}: {c.errors} errors, {len(c.mismatches)} mismatches, {c.hung} hung"
+        for c in mine_all
+        if c.errors or c.mismatches or c.hung
+    ]
+    targets.append(
+        Target(
+            f"{name}: zero errors, broken invariants or hangs in every atlas cell",
+            "; ".join(bad) if bad else f"{len(mine_all)} cells clean",
+            not bad if mine_all else None,
+        )
+    )
+    return targets
+
+
+# -- the slow pass in a child process ---------------------------------------------------
+
+
+def run_slow_pass(args: argparse.Namespace, peers: Sequence[str]) -> dict[str, Any]:
+    """Re-run this script's slow pass in a child with libslowsync.so preloaded."""
+    argv = [
+        "--pass",
+        "slow",
+        "--slow-child",
+        "--threads",
+        ",".join(map(str, args.threads)),
+        "--duration",
+        str(args.duration),
+        "--rounds",
+        str(args.rounds),
+        "--warmup",
+        str(args.warmup),
+        "--accounts",
+        str(args.accounts),
+        "--atlas-cache",
+        args.atlas_cache,
+        "--peers",
+        ",".join(peers),
+    ]
+    if args.dir:
+        argv += ["--dir", args.dir]
+    return run_slow_child(Path(__file__).resolve(), argv, SLOW_US, args.dir)
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Transaction throughput (a 5-statement transfer per transaction) through "
+            "atlas's transaction APIs and a sqlite3 connection per thread, side by side, "
+            "on this disk and with a 2 ms fsync. Prints a table per pass and the issue-4 "
+            "targets."
+        ),
+        epilog=(
+            "--quick: 16 threads, 3 s per cell in 3 rounds, both passes (about a minute). "
+            "Default: 1,4,16 threads, 6 s per cell in 6 rounds of 1 s (about 3.5 minutes). "
+            "Ratios are the result; absolute numbers depend on the machine and its load."
+        ),
+    )
+    parser.add_argument("--quick", action="store_true", help="a one-minute run (see below)")
+    parser.add_argument("--threads", type=thread_counts, help="thread counts (1,4,16)")
+    parser.add_argument("--duration", type=float, help="seconds per cell, all rounds (6)")
+    parser.add_argument("--rounds", type=int, help="rounds per cell, peers interleaved (6)")
+    parser.add_argument(
+        "--warmup", type=float, default=0.1, help="unrecorded seconds before each cell (0.1)"
+    )
+    parser.add_argument(
+        "--accounts", type=int, default=10_000, help="accounts in the table (10000)"
+    )
+    parser.add_argument(
+        "--pass",
+        dest="passes",
+        choices=["full", "slow", "all"],
+        default="all",
+        help="which pass to run (default all)",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma-separated subset of: {', '.join(PEERS)} (default all)",
+    )
+    parser.add_argument(
+        "--atlas-cache",
+        choices=["on", "off"],
+        default="on",
+        help="atlas's read cache (on: the default configuration)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    parser.add_argument(
+        "--dir", help="directory for the scratch databases (default: the system temp dir)"
+    )
+    parser.add_argument("--slow-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads is None:
+        args.threads = [16] if args.quick else [1, 4, 16]
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 6.0
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 6
+    if args.rounds < 1 or args.duration <= 0 or args.accounts < 2 or args.warmup < 0:
+        parser.error("--rounds must be >= 1, --duration > 0, --accounts >= 2, --warmup >= 0")
+    unknown = [p for p in args.peers.split(",") if p not in PEERS]
+    if unknown:
+        parser.error(f"unknown peer(s) {unknown}; choose from {list(PEERS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    peers = args.peers.split(",")
+    started = time.perf_counter()
+    if args.slow_child:
+        fsync_ms = check_slowsync(SLOW_US)
+        print(f"slowsync in effect in this child: fsync {fsync_ms:.2f} ms (SLOWSYNC_US={SLOW_US})")
+        cells, info = run_pass("slow", args, peers)
+        print_pass("slow", cells, info)
+        targets = judge("slow", cells)
+        write_json(args.json, {"cells": cells, "info": info, "targets": targets})
+        return 0
+
+    env = environment()
+    print_environment(env)
+    print(
+        f"transactions: 5 statements each, {args.accounts:,} accounts, threads {args.threads}, "
+        f"{args.duration:g} s per cell in {args.rounds} round(s) after {args.warmup:g} s "
+        f"warm-up, peers {peers}; targets judged on {JUDGED}"
+    )
+    passes = ["full", "slow"] if args.passes == "all" else [args.passes]
+    results: dict[str, Any] = {"environment": env, "args": vars(args), "passes": {}}
+    all_targets: list[Target] = []
+    for name in passes:
+        if name == "slow":
+            try:
+                child = run_slow_pass(args, peers)
+            except (RuntimeError, subprocess.CalledProcessError) as error:
+                detail = getattr(error, "stderr", "") or ""
+                print(f"\nslow pass not run: {error} {detail}".rstrip())
+                all_targets.append(Target("slow: the slow-disk pass ran", str(error), False))
+                continue
+            results["passes"]["slow"] = child
+            all_targets += [Target(**t) for t in child["targets"]]
+            continue
+        cells, info = run_pass(name, args, peers)
+        print_pass(name, cells, info)
+        targets = judge(name, cells)
+        all_targets += targets
+        results["passes"][name] = {"cells": cells, "info": info, "targets": targets}
+    print_targets(all_targets, "Targets (issue 4)")
+    elapsed = time.perf_counter() - started
+    print(f"\ntransactions.py took {elapsed:.0f} s")
+    results["elapsed_s"] = elapsed
+    if args.json:
+        write_json(args.json, results)
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
