@@ -395,7 +395,7 @@ class TrackedConnection:
                 raw = cursor.fetchall()
                 cls = entry[0]
                 if raw and (cls is None or len(raw[0]) != len(cls._fields)):
-                    del names[sql]  # names unknown or stale: learn them from SQLite
+                    names.pop(sql, None)  # unknown or stale: learn them (other threads may too)
                     self._queries -= 1
                     return self.query_fast(sql, params, names)
                 rows: list[Row] = list(map(cls, raw)) if raw else []

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
 
+import atlas_actors as atlas
 from atlas_actors.rows import Row, make_rows, row_class
 
 
@@ -34,3 +38,33 @@ def test_duplicate_names_resolve_to_the_first_column() -> None:
 def test_row_classes_are_made_once_per_column_list() -> None:
     assert row_class(["a", "b"]) is row_class(("a", "b"))
     assert row_class(["a", "b"]) is not row_class(["b", "a"])
+
+
+def test_threads_learning_a_statements_columns_at_once_all_get_their_rows(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # A statement whose first run found no rows has no column names yet; the threads
+    # that then get rows at the same moment all learn them, none fails.
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE c(id INTEGER PRIMARY KEY, task INTEGER NOT NULL)")
+    db.write_many("INSERT INTO c(task) VALUES (?)", [[2]] * 10)
+    failures: list[BaseException] = []
+    for n in range(40):
+        sql = f"SELECT id FROM c WHERE task = ? /* {n} */"
+        assert db.query(sql, [1]) == []
+        barrier = threading.Barrier(8)
+
+        def read(sql: str = sql, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                rows = db.query(sql, [2])
+                assert len(rows) == 10 and rows[0].id == 1
+            except BaseException as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert failures == []
