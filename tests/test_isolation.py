@@ -4,6 +4,7 @@ and shown impossible where ``isolation.PREVENTS`` says the level prevents it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +15,7 @@ from atlas_actors.transaction.isolation import ANOMALIES, PREVENTS
 
 LEVELS = ["read_uncommitted", "read_committed", "repeatable_read", "serializable"]
 STEP = 0.3  # how long one side waits for the other before going on (a blocked peer)
+JOIN_TIMEOUT = 30.0  # how long all of a schedule's threads together may take
 
 
 class Script:
@@ -40,11 +42,18 @@ class Script:
             except BaseException as error:
                 self.errors.append(error)
 
-        threads = [threading.Thread(target=guarded, args=(b,)) for b in bodies]
+        # Daemon threads: one that hangs must fail the test, not keep pytest from exiting.
+        threads = [
+            threading.Thread(target=guarded, args=(b,), name=f"T{i}:{b.__qualname__}", daemon=True)
+            for i, b in enumerate(bodies, 1)
+        ]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + JOIN_TIMEOUT
         for thread in threads:
-            thread.join(30)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        hung = [thread.name for thread in threads if thread.is_alive()]
+        assert not hung, f"transaction thread(s) still running after {JOIN_TIMEOUT:g}s: {hung}"
         if self.errors:
             raise self.errors[0]
 
