@@ -18,6 +18,7 @@ import time
 import apsw
 import pykka
 from opentelemetry import trace
+from pykka._envelope import Envelope
 
 from atlas_actors.actors.base import Mailbox, RoleActor
 from atlas_actors.actors.cache import CacheActor
@@ -25,7 +26,7 @@ from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
-from atlas_actors.actors.writer_ops import WriterCounters
+from atlas_actors.actors.writer_ops import LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
 from atlas_actors.cache.manager import CacheManager
 from atlas_actors.cache.statements import forget as forget_statements
@@ -82,6 +83,8 @@ class Runtime:
         """Thread ids of writer incarnations (code there must not wait on the writer)."""
         self.lease_owners: dict[int, int] = {}
         """Thread id → transaction id, for threads holding the writer lease."""
+        self._leases: dict[int, Lease] = {}  # granted, by transaction id
+        self._expiry_sent: set[int] = set()
         self.guarded_threads: set[int] = set()
         """writer_threads and lease owners: the only threads the deadlock guard checks."""
         self.write_block: AtlasError | None = None
@@ -126,7 +129,7 @@ class Runtime:
             config=config,
             events=self.events,
             on_escalate=self._on_escalate,
-            on_tick=self.pool.maintain,
+            on_tick=self._tick,
             db_name=self.name,
         )
         self._supervisor = self._supervisor_ref.proxy()
@@ -411,12 +414,24 @@ class Runtime:
         """Refuse writes and verify the file (implemented by Storage)."""
         raise NotImplementedError
 
+    def _tick(self, now: float) -> None:
+        """The supervisor's periodic tick: pool maintenance and lease deadlines."""
+        self.pool.maintain(now)
+        for lease in list(self._leases.values()):
+            if now >= lease.deadline and lease.tx_id not in self._expiry_sent:
+                self._expiry_sent.add(lease.tx_id)
+                # In front of the mailbox: a stuck transaction blocks every write behind it.
+                self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
+
     def _lease_granted(self, lease: Lease) -> None:
+        self._leases[lease.tx_id] = lease
         self.lease_owners[lease.owner] = lease.tx_id
         self.guarded_threads.add(lease.owner)
         self.transactions.graph.hold(lease.owner, LEASE, f"transaction {lease.tx_id}")
 
     def _lease_ended(self, lease: Lease) -> None:
+        self._leases.pop(lease.tx_id, None)
+        self._expiry_sent.discard(lease.tx_id)
         self.lease_owners.pop(lease.owner, None)
         if lease.owner not in self.writer_threads:
             self.guarded_threads.discard(lease.owner)

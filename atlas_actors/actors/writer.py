@@ -21,14 +21,12 @@ The messages it receives are defined in ``writer_ops.py``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import apsw
-from pykka._envelope import Envelope
 
 from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor
 from atlas_actors.actors.writer_ops import (
@@ -133,7 +131,6 @@ class WriterActor(RoleActor):
         self._batch_started = 0.0
         self._data_version = 0
         self._lease: Lease | None = None
-        self._lease_timer: threading.Timer | None = None
         self._stash: list[Op] = []
         self._schema_version = 0
         self._batch_tables: set[str] | None = set()
@@ -195,7 +192,6 @@ class WriterActor(RoleActor):
         super().on_crash(current, error)
         lease, self._lease = self._lease, None
         if lease is not None:
-            self._cancel_lease_timer()
             lease.revoke(
                 TransactionAborted(
                     f"the writer crashed ({error!r}); the transaction was rolled back, "
@@ -591,21 +587,10 @@ class WriterActor(RoleActor):
             return
         lease = Lease(request.tx_id, savepoint, connection, request.owner, request.lease_timeout)
         self._lease = lease
+        # The runtime's tick sends LeaseExpired past lease.deadline (no timer per lease:
+        # starting a thread costs more than a short transaction).
         self.hooks.lease_granted(lease)
-        timer = threading.Timer(request.lease_timeout, self._signal_expiry, args=(request.tx_id,))
-        timer.daemon = True
-        self._lease_timer = timer
-        timer.start()
         request.future.set_result(lease)
-
-    def _signal_expiry(self, tx_id: int) -> None:
-        # In front of the mailbox: a stuck transaction blocks every write behind it.
-        self.mailbox.replay_control(Envelope(LeaseExpired(tx_id)))
-
-    def _cancel_lease_timer(self) -> None:
-        timer, self._lease_timer = self._lease_timer, None
-        if timer is not None:
-            timer.cancel()
 
     def _take_back(self, message: LeaseReturn) -> None:
         lease = self._lease
@@ -618,7 +603,6 @@ class WriterActor(RoleActor):
             )
             return
         self._lease = None
-        self._cancel_lease_timer()
         self.hooks.lease_ended(lease)
         if message.lost:
             # SQLite rolled back the batch under the transaction: replay the others.
@@ -660,7 +644,6 @@ class WriterActor(RoleActor):
         if not lease.revoke(error, undo):
             return  # given back meanwhile: its LeaseReturn is on its way
         self._lease = None
-        self._cancel_lease_timer()
         self.hooks.lease_ended(lease)
         self._release_stash()
 
