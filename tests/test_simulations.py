@@ -1,14 +1,32 @@
-"""The simulations run and pass (short versions)."""
+"""The simulations run and pass (short versions), and their verdicts catch what they must."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
+import atlas_actors as atlas
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "simulations" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+io_faults = _load("io_faults")
 
 
 @pytest.mark.parametrize(
@@ -25,3 +43,56 @@ def test_simulation_passes(command: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("PASS")
     assert "lost" in result.stdout
+
+
+def _passing(**changes: Any) -> Any:
+    outcome = io_faults.Outcome(
+        fault_windows=4,
+        acknowledged=1000,
+        acknowledged_after_faults=50,
+        errors=Counter({"DiskIOError": 10}),
+        integrity="ok",
+    )
+    for name, value in changes.items():
+        setattr(outcome, name, value)
+    return outcome
+
+
+def test_io_faults_verdict_passes_a_good_run() -> None:
+    assert io_faults.failures(_passing()) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"errors": Counter()}, "no injected fault surfaced"),
+        ({"fault_windows": 0}, "no fault window"),
+        ({"acknowledged_after_faults": 0}, "after the last fault window"),
+        ({"crashed": ["KeyError: 'x'"]}, "unexpected exceptions"),
+        ({"hung": ["worker-3"]}, "still running"),
+        ({"lost": 1}, "acknowledged writes lost"),
+        ({"integrity": "*** in database main ***"}, "integrity_check"),
+    ],
+)
+def test_io_faults_verdict_fails_each_broken_invariant(
+    changes: dict[str, Any], reason: str
+) -> None:
+    reasons = io_faults.failures(_passing(**changes))
+    assert len(reasons) == 1 and reason in reasons[0], reasons
+
+
+def test_io_faults_reports_a_worker_killed_by_an_unexpected_exception(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write, calls = atlas.Storage.write, Counter[str]()
+
+    def flaky_write(self: atlas.Storage, *args: Any, **kwargs: Any) -> Any:
+        calls["write"] += 1
+        if calls["write"] == 20:
+            raise RuntimeError("not an AtlasError")
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(atlas.Storage, "write", flaky_write)
+    outcome = io_faults.simulate(seconds=0.3, threads=2, fault_every=0.1, recover_within=5)
+    assert outcome.crashed == ["RuntimeError: not an AtlasError"]
+    assert any("unexpected exceptions" in reason for reason in io_faults.failures(outcome))
