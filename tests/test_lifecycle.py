@@ -43,7 +43,8 @@ def test_opening_an_impossible_path_fails_fast_with_a_typed_error(tmp_path: Path
 def test_the_file_is_in_wal_mode_with_the_configured_durability(db: atlas.Storage) -> None:
     assert db.run_in_writer(lambda c: c.pragma("journal_mode")) == "wal"
     assert db.run_in_writer(lambda c: c.pragma("synchronous")) == 2  # FULL
-    assert db.pool.acquire().query("PRAGMA query_only")[0][0] == 1
+    with db.pool.connection() as reader:
+        assert reader.query("PRAGMA query_only")[0][0] == 1
 
 
 def test_health_reports_ok_with_the_pool_and_writer(db: atlas.Storage) -> None:
