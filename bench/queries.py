@@ -3,6 +3,7 @@
     python bench/queries.py            # 1M tasks (about 35 s on a 2-core machine)
     python bench/queries.py --quick    # 100k tasks (a few seconds)
     python bench/queries.py --tasks 300000 --runs 7 --json results.json
+    python bench/queries.py --quick --db bench.db  # keep the database (--overwrite to replace)
 
 Steps: generate data (primary keys only), open it with ``atlas.open()`` and time every query
 through ``db.query`` (median of --runs runs; the storage records each read in its workload),
@@ -214,14 +215,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--top", type=int, default=len(QUERIES), help="statements advise() considers"
     )
-    parser.add_argument("--db", type=Path, help="database file (default: a temporary file)")
+    parser.add_argument(
+        "--db", type=Path, help="database file to create (default: a temporary file)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --db replace an existing database (and its -wal, -shm and -journal files)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     tasks, runs = (100_000, args.runs) if args.quick else (args.tasks, args.runs)
 
+    if args.db is not None:
+        existing = [f for f in database_files(args.db) if f.exists() or f.is_symlink()]
+        listed = ", ".join(str(f) for f in existing)
+        if any(f.is_dir() for f in existing):
+            parser.error(f"--db {args.db}: not a database file path ({listed} is a directory)")
+        if existing and not args.overwrite:
+            parser.error(
+                f"--db {args.db}: would replace an existing database ({listed}); "
+                "pass --overwrite to replace it, or choose another path"
+            )
+        for file in existing:
+            file.unlink()
+
     folder = tempfile.TemporaryDirectory(prefix="atlas-bench-")
-    path = args.db or Path(folder.name) / "bench.db"
-    path.unlink(missing_ok=True)
+    try:
+        return run(args, folder=Path(folder.name), tasks=tasks, runs=runs)
+    finally:
+        folder.cleanup()
+
+
+def database_files(path: Path) -> list[Path]:
+    """``path`` and the files SQLite keeps beside it."""
+    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]
+
+
+def run(args: argparse.Namespace, *, folder: Path, tasks: int, runs: int) -> int:
+    """Generate, time, index, time again and report (``main`` checked the arguments)."""
+    path = args.db or folder / "bench.db"
     conn = apsw.Connection(str(path))
     conn.execute(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -262144"
@@ -286,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
-    folder.cleanup()
     return 0
 
 
