@@ -28,6 +28,7 @@ from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
 from atlas_actors.actors.writer_ops import LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
+from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.manager import CacheManager
 from atlas_actors.cache.statements import forget as forget_statements
 from atlas_actors.config import StorageConfig
@@ -354,11 +355,21 @@ class Runtime:
         if external is not None:
             external.before_commit()
 
-    def _writer_committed(self, tables: frozenset[str] | None, wrote: bool) -> None:
-        external = self.cache.external
-        if external is not None and external.after_commit(wrote):
-            self.cache.invalidate_all("another process committed")
-        self.cache.tables_written(tables)
+    def _writer_committed(
+        self,
+        tables: frozenset[str] | None,
+        wrote: bool,
+        rows: dict[str, list[RowImage] | None] | None,
+    ) -> None:
+        try:
+            external = self.cache.external
+            if external is not None and external.after_commit(wrote):
+                self.cache.invalidate_all("another process committed")
+            self.cache.tables_written(tables, rows)
+        except BaseException:
+            # Never acknowledge a write while a stale entry may survive.
+            self.cache.invalidate_all("the commit hook failed")
+            raise
 
     def _writer_commit_failed(self) -> None:
         external = self.cache.external

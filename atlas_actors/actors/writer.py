@@ -42,6 +42,7 @@ from atlas_actors.actors.writer_ops import (
     WriterStats,
     mark_writer_thread,
 )
+from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.statements import analyze
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import TrackedConnection
@@ -64,6 +65,9 @@ from atlas_actors.transaction.lease import Lease
 __all__ = ["WriterActor", "WriterHooks"]
 
 log = logging.getLogger(__name__)
+
+_ROW_IMAGE_LIMIT = 1024
+"""Row images kept per table and batch; past it, the cache drops the table's entries."""
 
 
 def _ignore(*_: Any) -> None:
@@ -90,9 +94,13 @@ class WriterHooks:
     """A batch holds the write lock now (the cache settles its external-change count)."""
     will_commit: Callable[[], None] = _ignore
     """A COMMIT of changes is about to run."""
-    committed: Callable[[frozenset[str] | None, bool], None] = _ignore
-    """A COMMIT succeeded: the tables it changed (None: unknown) and whether it wrote WAL
-    frames. Runs before any write of it is acknowledged: the cache invalidates here."""
+    committed: Callable[
+        [frozenset[str] | None, bool, dict[str, list[RowImage] | None] | None], None
+    ] = _ignore
+    """A COMMIT succeeded: the tables it changed (None: unknown), whether it wrote WAL
+    frames, and the images of the rows it changed by table (None: unknown; collected
+    when ``track_tables``). Runs before any write of it is acknowledged: the cache
+    invalidates here."""
     commit_failed: Callable[[], None] = _ignore
     """A COMMIT failed."""
     track_tables: bool = False
@@ -138,6 +146,8 @@ class WriterActor(RoleActor):
         self.wal_frames = 0
         """Frames in the WAL after the last commit (from the WAL hook)."""
         self._changes_at_begin = 0
+        self._row_changes: dict[str, list[RowImage] | None] = {}
+        self._row_hook_calls = 0
         self._disk_full: DiskFullError | None = None
         self._next_probe = 0.0
 
@@ -157,6 +167,10 @@ class WriterActor(RoleActor):
         # the WAL holds. Installing it turns SQLite's automatic checkpoints off
         # (https://sqlite.org/c3ref/wal_autocheckpoint.html): the writer runs them.
         raw.set_wal_hook(self._on_wal)
+        if self.hooks.track_tables:
+            # Every changed row, old and new image, so the cache drops only what a
+            # commit may have changed (https://sqlite.org/c3ref/preupdate_blobwrite.html).
+            raw.preupdate_hook(self._on_row_change)
         self.hooks.connected(connection)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
@@ -304,6 +318,8 @@ class WriterActor(RoleActor):
         self._batch_started = time.monotonic()
         self._batch_tables = set()
         self._changes_at_begin = connection.connection.total_changes()
+        self._row_changes = {}
+        self._row_hook_calls = 0
         self.hooks.began()
         if data_version != self._data_version:
             self._data_version = data_version
@@ -420,7 +436,9 @@ class WriterActor(RoleActor):
         self._in_transaction = False
         tracing = self.tracing
         tables, self._batch_tables = self._batch_tables, set()
-        changed = bool(batch) or connection.connection.total_changes() != self._changes_at_begin
+        changes_now = connection.connection.total_changes()
+        changed = bool(batch) or changes_now != self._changes_at_begin
+        rows = self._take_row_changes(changes_now)
         with tracing.batch_span("atlas.writer.commit", spans, **{"atlas.batch.size": len(batch)}):
             if changed:
                 self.hooks.will_commit()
@@ -435,7 +453,7 @@ class WriterActor(RoleActor):
             if batch:
                 self._check_schema(connection)
             if changed:
-                self._after_commit(tables, self._wrote_frames)
+                self._after_commit(tables, self._wrote_frames, rows)
         counters = self.counters
         if batch:
             counters.commit_seq += 1
@@ -518,11 +536,55 @@ class WriterActor(RoleActor):
             self.counters.wal_frames = frames
         return apsw.SQLITE_OK
 
-    def _after_commit(self, tables: set[str] | None, wrote: bool) -> None:
+    def _on_row_change(self, update: apsw.PreUpdate) -> None:
+        """The pre-update hook: note the changed row's images (cheaply; once per row)."""
+        self._row_hook_calls += 1
+        if update.database_name != "main":
+            return  # temp tables: never cached
+        changes = self._row_changes
+        table = update.table_name
+        images = changes.get(table)
+        if images is None:
+            if table in changes:
+                return  # too many rows already: the table is invalidated whole
+            images = changes[table] = []
+        if len(images) >= _ROW_IMAGE_LIMIT or update.blob_write >= 0:
+            changes[table] = None  # a blob written in place has no new image
+            return
+        op = update.op
+        old = update.old if op != "INSERT" else ()
+        new = update.new if op != "DELETE" else ()
+        if old is None or new is None:
+            changes[table] = None  # cannot happen; if it did, drop the table whole
+            return
+        if old:
+            images.append((update.rowid, old))
+        if new:
+            images.append((update.rowid_new if op == "UPDATE" else update.rowid, new))
+
+    def _take_row_changes(self, changes_now: int) -> dict[str, list[RowImage] | None] | None:
+        """The batch's changed rows by table, or None if the hook may have missed some.
+
+        SQLite counts every row a statement changed (``total_changes``); the hook must
+        have seen at least as many, or some change bypassed it (e.g. a truncation).
+        """
+        changes, self._row_changes = self._row_changes, {}
+        calls, self._row_hook_calls = self._row_hook_calls, 0
+        if not self.hooks.track_tables or calls < changes_now - self._changes_at_begin:
+            return None
+        return changes
+
+    def _after_commit(
+        self,
+        tables: set[str] | None,
+        wrote: bool,
+        rows: dict[str, list[RowImage] | None] | None,
+    ) -> None:
         # Runs after COMMIT and before any future resolves, so no caller sees its write
-        # acknowledged while a stale cache entry survives.
+        # acknowledged while a stale cache entry survives (the runtime's hook drops the
+        # whole cache if it fails).
         try:
-            self.hooks.committed(frozenset(tables) if tables is not None else None, wrote)
+            self.hooks.committed(frozenset(tables) if tables is not None else None, wrote, rows)
         except Exception:
             log.exception("the commit hook failed")
 

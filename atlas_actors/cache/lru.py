@@ -2,7 +2,10 @@
 
 Sizes are measured with ``sys.getsizeof`` over the result list, its rows and their
 values, not guessed. Every entry records the tables it read; a table index lets an
-invalidation drop exactly the entries of the changed tables.
+invalidation drop exactly the entries of the changed tables. An entry that knows which
+rows it depends on (``dependencies.py``) is indexed by the values of one of its
+constraints instead, so a commit finds the entries its changed rows may affect with a
+dictionary lookup per row, not a scan.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_actors.cache.dependencies import Dependency, RowImage, fold
 from atlas_actors.rows import Row
 
 __all__ = ["ByteLRU", "Entry", "measure"]
@@ -54,6 +58,12 @@ class Entry:
     """Measured bytes."""
     referenced: bool = field(default=False)
     """Read since the eviction clock last passed it."""
+    dependency: Dependency | None = field(default=None)
+    """The rows the result depends on (None: any change to its tables affects it)."""
+
+
+Changes = Mapping[str, Sequence[RowImage] | None]
+"""Folded table name → the changed rows' images (None: unknown, drop by table)."""
 
 
 class ByteLRU:
@@ -72,6 +82,11 @@ class ByteLRU:
         self._entries: dict[Hashable, Entry] = {}
         self._clock: deque[tuple[Hashable, Entry]] = deque()
         self._by_table: defaultdict[str, set[Hashable]] = defaultdict(set)
+        # Entries with a dependency: by folded table, and by (table, column, value) of
+        # their first constraint; _columns counts which columns of a table are indexed.
+        self._dependent: defaultdict[str, set[Hashable]] = defaultdict(set)
+        self._by_value: defaultdict[tuple[str, int, Any], set[Hashable]] = defaultdict(set)
+        self._columns: defaultdict[str, dict[int, int]] = defaultdict(dict)
         self._lock = threading.Lock()
         self.bytes = 0
         """Bytes held now."""
@@ -118,15 +133,26 @@ class ByteLRU:
         if not self._lock.acquire(wait):
             return False
         try:
-            if generation is not None and current.generation != generation:
+            if generation is not None and not current.unaffected_since(generation, entry):
                 return False
-            if entry.key in self._entries:
-                self._remove(entry.key)
-            self._entries[entry.key] = entry
-            self._clock.append((entry.key, entry))
+            key = entry.key
+            if key in self._entries:
+                self._remove(key)
+            self._entries[key] = entry
+            self._clock.append((key, entry))
             self.bytes += entry.size
-            for table in entry.tables:
-                self._by_table[table].add(entry.key)
+            dependency = entry.dependency
+            if dependency is None:
+                for table in entry.tables:
+                    self._by_table[fold(table)].add(key)
+            else:
+                table = dependency.table
+                self._dependent[table].add(key)
+                column, values = dependency.constraints[0]
+                for value in values:
+                    self._by_value[(table, column, value)].add(key)
+                counts = self._columns[table]
+                counts[column] = counts.get(column, 0) + 1
             self._evict()
         finally:
             self._lock.release()
@@ -151,14 +177,50 @@ class ByteLRU:
 
     def drop_tables(self, tables: Iterable[str]) -> int:
         """Drop every entry that read one of ``tables``; returns how many."""
+        return self.drop_changes({fold(table): None for table in tables})
+
+    def drop_changes(self, changes: Changes) -> int:
+        """Drop the entries a commit's changes may affect; returns how many.
+
+        For each table: entries without a dependency always go; entries with one go
+        when the table's rows are unknown (None) or one of its changed rows may match.
+        """
         dropped = 0
+        entries = self._entries
         with self._lock:
-            for table in tables:
-                for key in list(self._by_table.pop(table, ())):
-                    if key in self._entries:
+            for table, images in changes.items():
+                doomed = set(self._by_table.pop(table, ()))
+                if images is None:
+                    doomed |= self._dependent.get(table, set())
+                elif images:
+                    doomed |= self._affected(table, images)
+                for key in doomed:
+                    if key in entries:
                         self._remove(key)
                         dropped += 1
         return dropped
+
+    def _affected(self, table: str, images: Sequence[RowImage]) -> set[Hashable]:
+        """Keys of the dependent entries of ``table`` that one of ``images`` may match."""
+        found: set[Hashable] = set()
+        columns = self._columns.get(table)
+        if not columns:
+            return found
+        by_value, entries = self._by_value, self._entries
+        for rowid, values in images:
+            for column in columns:
+                if column < 0:
+                    value: Any = rowid
+                elif column < len(values):
+                    value = values[column]
+                else:  # the table changed shape: every dependent entry may be affected
+                    return set(self._dependent.get(table, ()))
+                for key in by_value.get((table, column, value), ()):
+                    entry = entries.get(key)
+                    dependency = entry.dependency if entry is not None else None
+                    if dependency is not None and dependency.matches((rowid, values)):
+                        found.add(key)
+        return found
 
     def drop_keys(self, keys: Iterable[Hashable]) -> int:
         """Drop the entries with these keys; returns how many."""
@@ -182,15 +244,36 @@ class ByteLRU:
             self._entries.clear()
             self._clock.clear()
             self._by_table.clear()
+            self._dependent.clear()
+            self._by_value.clear()
+            self._columns.clear()
             self.bytes = 0
             return count
 
     def _remove(self, key: Hashable) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.size
-        for table in entry.tables:
-            keys = self._by_table.get(table)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_table[table]
+        dependency = entry.dependency
+        if dependency is None:
+            for table in entry.tables:
+                _discard(self._by_table, fold(table), key)
+            return
+        table = dependency.table
+        _discard(self._dependent, table, key)
+        column, values = dependency.constraints[0]
+        for value in values:
+            _discard(self._by_value, (table, column, value), key)
+        counts = self._columns[table]
+        counts[column] -= 1
+        if not counts[column]:
+            del counts[column]
+            if not counts:
+                del self._columns[table]
+
+
+def _discard(index: defaultdict[Any, set[Hashable]], name: Any, key: Hashable) -> None:
+    keys = index.get(name)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[name]

@@ -6,10 +6,14 @@ it saves); the cache *actor* owns the levels' lifecycle, the disk writes and war
 Never stale (DESIGN guarantee 3):
 
 * the writer calls :meth:`CacheManager.tables_written` after each COMMIT and before any
-  write of it is acknowledged; entries of those tables are dropped from L1 and their
-  tables' versions bumped, which makes every L2 copy invalid too;
-* a result is stored only if no invalidation happened while it was being read (the
-  read may have started before the commit it raced);
+  write of it is acknowledged, with the tables it changed and the rows it changed
+  (old and new images, from SQLite's pre-update hook); entries those rows may affect
+  are dropped from L1 (``dependencies.py`` says which: by default every entry of a
+  changed table), and the tables' versions are bumped, which makes every L2 copy of
+  them invalid too;
+* a result is stored only if no invalidation that may affect it happened while it was
+  being read (the read may have started before the commit it raced): invalidations
+  are logged with their changes, and a store checks the ones since its read began;
 * every read outside ``read_uncommitted`` first checks whether another process
   committed (``changes.py``) and drops everything if so; a writer restart or a schema
   change drops everything as well.
@@ -22,13 +26,15 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from atlas_actors.cache.changes import ExternalChanges
+from atlas_actors.cache.dependencies import RowImage, fold
 from atlas_actors.cache.disk import DiskStore
-from atlas_actors.cache.lru import ByteLRU, Entry, measure
+from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
 from atlas_actors.rows import Row, row_class
@@ -80,6 +86,9 @@ _DOORKEEPER_SIZE = 100_000
 _COST_SAMPLES = 3
 """Timed runs of a statement before its cost decides whether L2 is worth it."""
 
+_LOG_SIZE = 256
+"""Invalidations remembered for stores that raced them (an older read is refused)."""
+
 
 def _read(counter: itertools.count[int]) -> int:
     """The next value a ``count`` would return, without consuming it."""
@@ -121,6 +130,9 @@ class CacheManager:
         self._lock = threading.Lock()
         self.generation = 0
         """Bumped (under the lock) by every invalidation, before entries are dropped."""
+        self._log: deque[tuple[int, Changes | None]] = deque(maxlen=_LOG_SIZE)
+        # (generation, what it invalidated: None for everything), appended before the
+        # generation is bumped, so a store that sees the new generation sees the entry.
         self._l1_hits = itertools.count()
         self._l2_hits = itertools.count()
         self._misses = itertools.count()
@@ -187,11 +199,12 @@ class CacheManager:
         next(self._misses)
         if latency:  # a timed run (one in several)
             self._note_cost(sql, latency)
-        # Admission: a result is stored the second time it is asked for (or at once
-        # when it is expensive). Storing costs as much as the read, and results asked
-        # for once (a scan over many keys) would only push useful ones out.
-        if expensive or self._seen_before(key):
-            self._store(key, sql, bound, rows, info, expensive, l1, generation)
+        # Admission: while memory is left, every result is stored; once L1 is half
+        # full, a result is stored the second time it is asked for (or at once when it
+        # is expensive): results asked for once (a scan over many keys) would only
+        # push useful ones out.
+        if expensive or l1.bytes < l1.capacity // 2 or self._seen_before(key):
+            self._store(key, sql, params, bound, rows, info, expensive, l1, generation)
         return rows
 
     def _seen_before(self, key: Hashable) -> bool:
@@ -228,6 +241,7 @@ class CacheManager:
         self,
         key: Hashable,
         sql: str,
+        params: Params,
         bound: tuple[Any, ...],
         rows: list[Row],
         info: StatementInfo,
@@ -252,10 +266,12 @@ class CacheManager:
             epoch=self.epoch,
             expires=time.monotonic() + self.config.cache_ttl,
             size=size,
+            dependency=info.template.bind(params) if info.template is not None else None,
         )
-        # Stored only if nothing was invalidated since the read started, checked under
-        # L1's lock: an invalidation bumps the generation first and drops entries under
-        # that lock after, so a result read before a commit is refused or dropped.
+        # Stored only if nothing that may affect it was invalidated since the read
+        # started, checked under L1's lock: an invalidation logs and bumps the
+        # generation first and drops entries under that lock after, so a result read
+        # before a commit is refused or dropped.
         stored = l1.put(entry, generation=generation, current=self, wait=False)
         if stored and to_disk and fill is not None:
             fill(entry)
@@ -344,28 +360,75 @@ class CacheManager:
 
     # -- invalidation ------------------------------------------------------------------
 
-    def tables_written(self, tables: Iterable[str] | None) -> None:
-        """A commit changed ``tables`` (None: unknown, so everything is dropped)."""
+    def tables_written(
+        self,
+        tables: Iterable[str] | None,
+        rows: Mapping[str, Sequence[RowImage] | None] | None = None,
+    ) -> None:
+        """A commit changed ``tables`` (None: unknown, so everything is dropped).
+
+        ``rows`` maps a table to the images of its changed rows (None: unknown); a
+        table of ``tables`` missing from it had no row changed. Without ``rows``
+        (None), every entry of ``tables`` is dropped.
+        """
         if tables is None:
             self.invalidate_all("a write whose tables are unknown")
             return
         tables = list(tables)
         if not tables:
             return
+        known = {fold(table): images for table, images in rows.items()} if rows else {}
+        changes: dict[str, Sequence[RowImage] | None] = {}
+        for table in tables:
+            folded = fold(table)
+            changes[folded] = known.get(folded, ()) if rows is not None else None
         with self._lock:
             for table in tables:
                 self._versions[table] = self._versions.get(table, 0) + 1
+            self._log.append((self.generation + 1, changes))
             self.generation += 1
         l1 = self.l1
         if l1 is not None:
-            dropped = l1.drop_tables(tables)
-            for _ in range(dropped):
+            for _ in range(l1.drop_changes(changes)):
                 next(self._dropped)
+
+    def unaffected_since(self, generation: int, entry: Entry) -> bool:
+        """True if no invalidation after ``generation`` may affect ``entry``.
+
+        Called under L1's lock by a store whose read began at ``generation``.
+        """
+        current = self.generation
+        if current == generation:
+            return True
+        log = self._log
+        if not log or log[0][0] > generation + 1:
+            return False  # too long ago to tell
+        dependency = entry.dependency
+        tables = {fold(table) for table in entry.tables}
+        try:
+            logged_changes = list(log)
+        except RuntimeError:  # appended to meanwhile (not expected under the GIL)
+            return False
+        for logged, changes in logged_changes:
+            if logged <= generation:
+                continue
+            if logged > current:
+                break
+            if changes is None:
+                return False
+            for table in tables.intersection(changes):
+                images = changes[table]
+                if dependency is None or images is None or dependency.table != table:
+                    return False
+                if dependency.matches_any(images):
+                    return False
+        return True
 
     def invalidate_all(self, reason: str) -> None:
         """Drop everything (another process wrote, the schema changed, a restart)."""
         with self._lock:
             self.epoch += 1
+            self._log.append((self.generation + 1, None))
             self.generation += 1
         l1 = self.l1
         if l1 is not None:
@@ -391,7 +454,9 @@ class CacheManager:
             self.tables_written(tables)
         if keys and l1 is not None:
             with self._lock:
-                self.generation += 1  # first: a racing store is refused, not kept
+                # First: a racing store is refused, not kept.
+                self._log.append((self.generation + 1, None))
+                self.generation += 1
             for _ in range(l1.drop_keys(keys)):
                 next(self._dropped)
             if self.l2 is not None:

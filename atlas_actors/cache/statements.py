@@ -19,6 +19,9 @@ from typing import Any
 
 import apsw
 
+from atlas_actors.cache.dependencies import TableShape, Template, fold, table_shape, template
+from atlas_actors.query._sqlinfo import null_bindings
+
 __all__ = ["DETERMINISTIC_FUNCTIONS", "StatementInfo", "analyze"]
 
 _DETERMINISTIC_NAMES = """
@@ -60,6 +63,8 @@ class StatementInfo:
     """A read-only, deterministic statement on the main database."""
     schema: bool
     """It changes the schema (CREATE, DROP, ALTER)."""
+    template: Template | None = None
+    """Its equality terms, when the rows it depends on can be told (``dependencies.py``)."""
 
 
 class _Capture:
@@ -90,6 +95,9 @@ class _Capture:
 
 
 _known: dict[str, StatementInfo] = {}
+_shapes: dict[str, TableShape | None] = {}
+_UNKNOWN = object()
+_epoch = [0]  # bumped by forget(): analyses begun before it are not kept
 _known_lock = threading.Lock()
 
 
@@ -102,32 +110,61 @@ def analyze(connection: apsw.Connection, sql: str, params: Any = None) -> Statem
     info = _known.get(sql)
     if info is not None:
         return info
+    epoch = _epoch[0]  # a schema change meanwhile: use the answer once, keep nothing
     capture = _Capture()
     previous = connection.authorizer
     connection.authorizer = capture
+    if params is None:
+        params = null_bindings(sql)  # EXPLAIN needs every parameter bound; values don't matter
     try:
         connection.cursor().execute(sql, params, explain=1).fetchall()
     finally:
         connection.authorizer = previous
+    cacheable = (
+        capture.deterministic
+        and not capture.writes
+        and not capture.schema
+        and not capture.other_database
+        and bool(capture.reads)
+    )
     info = StatementInfo(
         reads=frozenset(capture.reads),
         writes=frozenset(capture.writes),
-        cacheable=(
-            capture.deterministic
-            and not capture.writes
-            and not capture.schema
-            and not capture.other_database
-            and bool(capture.reads)
-        ),
+        cacheable=cacheable,
         schema=capture.schema,
+        template=_template(connection, sql, capture.reads) if cacheable else None,
     )
     with _known_lock:
-        if len(_known) < 20_000:
+        if len(_known) < 20_000 and epoch == _epoch[0]:
             _known[sql] = info
     return info
+
+
+def _template(connection: apsw.Connection, sql: str, reads: set[str]) -> Template | None:
+    """The statement's equality terms, if it reads one ordinary table by name."""
+    if len(reads) != 1:
+        return None
+    (read,) = reads
+
+    def shape_of(name: str) -> TableShape | None:
+        if fold(name) != fold(read):
+            return None  # the statement names something else (a view, say)
+        known = _shapes.get(read, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known  # type: ignore[return-value]
+        epoch = _epoch[0]
+        shape = table_shape(connection, read)
+        with _known_lock:
+            if epoch == _epoch[0]:
+                _shapes[read] = shape
+        return shape
+
+    return template(sql, shape_of)
 
 
 def forget() -> None:
     """Drop every cached analysis (after a schema change: views may have changed)."""
     with _known_lock:
+        _epoch[0] += 1
         _known.clear()
+        _shapes.clear()

@@ -91,14 +91,35 @@ def test_an_acknowledged_write_is_seen_by_the_next_read_from_any_thread(
 
 
 def test_a_write_drops_only_the_entries_of_the_tables_it_changed(kv: atlas.Storage) -> None:
-    _cached_query(kv, "SELECT v FROM other WHERE k = 1")
+    _cached_query(kv, "SELECT count(*) FROM other")
     _cached(kv, 1)
-    kv.write("UPDATE other SET v = 'x' WHERE k = 2")
+    kv.write("UPDATE other SET v = ? WHERE k = ?", ["x", 2])  # parameters: analysed too
     before = kv.cache.stats()
     kv.query(READ, [1])
     assert kv.cache.stats().l1_hits == before.l1_hits + 1  # kv entry survived
-    assert kv.query("SELECT v FROM other WHERE k = 1") == [("o1",)]
-    assert kv.cache.stats().misses == before.misses + 1  # other entry was dropped
+    assert kv.query("SELECT count(*) FROM other") == [(50,)]
+    assert kv.cache.stats().misses == before.misses + 1  # the count was dropped
+
+
+def test_a_write_drops_only_the_entries_whose_rows_it_changed(kv: atlas.Storage) -> None:
+    # "WHERE k = ?" results depend on the rows with that k: a write to another row
+    # leaves them cached; a write to their row, or moving a row into them, drops them.
+    other = "SELECT v FROM other WHERE k = ?"
+    for k in (1, 2, 3):
+        _cached_query_params(kv, other, [k])
+    kv.write("UPDATE other SET v = 'x' WHERE k = 2")
+    kv.write("UPDATE other SET k = ? WHERE k = ?", [3, 40])  # a row moves into k = 3
+    before = kv.cache.stats()
+    assert kv.query(other, [1]) == [("o1",)]
+    assert kv.cache.stats().hits == before.hits + 1
+    assert kv.query(other, [2]) == [("x",)]
+    assert sorted(r.v for r in kv.query(other, [3])) == ["o3", "o40"]
+    assert kv.cache.stats().misses == before.misses + 2
+
+
+def _cached_query_params(db: atlas.Storage, sql: str, params: list[object]) -> None:
+    db.query(sql, params)
+    db.query(sql, params)
 
 
 @pytest.mark.parametrize(
@@ -150,18 +171,36 @@ def test_schema_changes_and_writer_restarts_drop_everything(kv: atlas.Storage) -
     assert _wait(lambda: kv.cache.stats().size == 0)
 
 
-def test_a_cheap_result_is_admitted_the_second_time_it_is_missed(
+def test_results_are_admitted_at_once_while_memory_is_plentiful(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
-    db = open_storage()  # default: only expensive results go straight in
+    db = open_storage()
     db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
     db.write("INSERT INTO kv VALUES (20, 'v20')")
-    _v(db, 20)
-    assert db.cache.stats().size == 0  # asked for once: not stored
     _v(db, 20)
     assert db.cache.stats().size == 1
     before = db.cache.stats().l1_hits
     _v(db, 20)
+    assert db.cache.stats().l1_hits == before + 1
+
+
+def test_once_memory_is_half_used_a_cheap_result_is_admitted_when_asked_again(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(cache_memory_bytes=64 * 1024)
+    db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    db.write_many("INSERT INTO kv VALUES (?, ?)", [(k, "x" * 500) for k in range(200)])
+    k = 0
+    while db.cache.stats().memory_usage < 32 * 1024:  # up to half of L1
+        _v(db, k)
+        k += 1
+    size = db.cache.stats().size
+    _v(db, 150)
+    assert db.cache.stats().size == size  # asked for once: not stored
+    _v(db, 150)
+    assert db.cache.stats().size == size + 1
+    before = db.cache.stats().l1_hits
+    _v(db, 150)
     assert db.cache.stats().l1_hits == before + 1
 
 

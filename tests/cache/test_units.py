@@ -12,7 +12,9 @@ import pytest
 
 from atlas_actors.cache.changes import ExternalChanges
 from atlas_actors.cache.codec import CodecError, decode, encode
+from atlas_actors.cache.dependencies import ROWID, Dependency
 from atlas_actors.cache.lru import ByteLRU, Entry, measure
+from atlas_actors.cache.manager import CacheManager
 from atlas_actors.cache.statements import analyze
 from atlas_actors.rows import make_rows
 
@@ -58,6 +60,75 @@ def test_dropping_a_table_drops_exactly_its_entries() -> None:
     assert lru.drop_tables(["tasks"]) == 2
     assert [e.key for e in lru.entries()] == ["p1"]
     assert lru.clear() == 1 and lru.bytes == 0
+
+
+def _dependent(key: str, column: int, *values: object, table: str = "tasks") -> Entry:
+    entry = _entry(key, frozenset({table}))
+    entry.dependency = Dependency(table, ((column, frozenset(values)),))
+    return entry
+
+
+def test_a_change_drops_only_the_dependent_entries_its_rows_match() -> None:
+    lru = ByteLRU(100_000)
+    lru.put(_dependent("task 1", 0, 1))
+    lru.put(_dependent("task 2", 0, 2))
+    lru.put(_dependent("project 7", 1, 7))
+    lru.put(_dependent("rowid 2", ROWID, 2))
+    lru.put(_entry("count", frozenset({"tasks"})))  # no dependency: any change drops it
+    lru.put(_entry("other", frozenset({"projects"})))
+    # task 2 moves from project 7 to project 8: old and new images
+    images = [(2, (2, 7, "open")), (2, (2, 8, "done"))]
+    assert lru.drop_changes({"tasks": images}) == 4
+    assert sorted(e.key for e in lru.entries()) == ["other", "task 1"]
+    # rows unknown: every entry of the table goes; another table is untouched
+    lru.put(_dependent("task 3", 0, 3))
+    assert lru.drop_changes({"tasks": None}) == 2
+    assert [e.key for e in lru.entries()] == ["other"]
+
+
+def test_no_changed_rows_keep_dependent_entries_but_not_the_others() -> None:
+    lru = ByteLRU(100_000)
+    lru.put(_dependent("task 1", 0, 1))
+    lru.put(_entry("count", frozenset({"tasks"})))
+    assert lru.drop_changes({"tasks": ()}) == 1
+    assert [e.key for e in lru.entries()] == ["task 1"]
+
+
+def test_a_row_from_a_table_that_changed_shape_drops_every_dependent_entry() -> None:
+    lru = ByteLRU(100_000)
+    lru.put(_dependent("status", 5, "open"))
+    assert lru.drop_changes({"tasks": [(1, (1, 2))]}) == 1  # no column 5 any more
+
+
+def test_removing_entries_leaves_no_index_behind() -> None:
+    lru = ByteLRU(100_000)
+    for k in range(50):
+        lru.put(_dependent(f"task {k}", 0, k, k + 1))
+        lru.put(_entry(f"count {k}", frozenset({"tasks", "projects"})))
+    lru.drop_changes({"tasks": None})
+    assert len(lru) == 0 and lru.bytes == 0
+    assert not lru._by_table and not lru._dependent and not lru._by_value and not lru._columns
+
+
+def test_a_store_racing_an_unrelated_row_change_is_kept() -> None:
+    manager = CacheManager(config=None, pool=None, changes=None, directory="")  # type: ignore[arg-type]
+    began = manager.generation
+    manager.tables_written(["tasks"], {"tasks": [(9, (9, 1))]})
+    assert manager.unaffected_since(began, _dependent("task 2", 0, 2))
+    assert not manager.unaffected_since(began, _dependent("task 9", 0, 9))
+    assert not manager.unaffected_since(began, _entry("count", frozenset({"tasks"})))
+    assert manager.unaffected_since(began, _entry("other", frozenset({"projects"})))
+    manager.invalidate_all("test")
+    assert not manager.unaffected_since(began, _entry("other", frozenset({"projects"})))
+
+
+def test_a_store_older_than_the_invalidation_log_is_refused() -> None:
+    manager = CacheManager(config=None, pool=None, changes=None, directory="")  # type: ignore[arg-type]
+    began = manager.generation
+    for k in range(300):  # more than the log keeps
+        manager.tables_written(["projects"], {"projects": [(k, (k,))]})
+    assert not manager.unaffected_since(began, _entry("other", frozenset({"tasks"})))
+    assert manager.unaffected_since(manager.generation, _entry("o", frozenset({"tasks"})))
 
 
 def test_the_codec_round_trips_every_sqlite_type() -> None:
