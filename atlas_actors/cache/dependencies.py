@@ -29,6 +29,7 @@ Everything here errs towards dropping:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -120,9 +121,9 @@ def table_shape(connection: apsw.Connection, table: str) -> TableShape | None:
     if len(found) != 1:
         return None
     name, sql = str(found[0][0]), found[0][1]
-    words = fold(str(sql or "")).split()
-    if not words or words[:2] != ["create", "table"] or "without" in words or "strict" in words:
-        return None
+    text = fold(str(sql or ""))
+    if not text.startswith("create table") or "without" in text or "strict" in text:
+        return None  # no WITHOUT ROWID or STRICT table (a column name may be excluded too)
     columns, affinities, binary = [], [], []
     for _cid, column, declared, _notnull, _default, _pk, hidden in connection.execute(
         f"PRAGMA main.table_xinfo({_quote(name)})"
@@ -236,7 +237,10 @@ def template(sql: str, shape_of: Callable[[str], TableShape | None]) -> Template
     ``shape_of(name)`` gives the shape of the table a statement names (None: not an
     ordinary, tracked table).
     """
-    tokens = significant(tokenize(sql))
+    raw = tokenize(sql)
+    if _odd_parameters(raw):
+        return None
+    tokens = significant(raw)
     if tokens and tokens[-1].text == ";":
         tokens = tokens[:-1]
     if not tokens or not is_word(tokens[0], "SELECT"):
@@ -275,6 +279,24 @@ def template(sql: str, shape_of: Callable[[str], TableShape | None]) -> Template
         if found is not None:
             terms.append(found)
     return Template(shape, tuple(terms)) if terms else None
+
+
+def _odd_parameters(tokens: Sequence[Token]) -> bool:
+    """True for parameter forms the tokenizer may split wrongly (Tcl ``$x::y(z)``).
+
+    SQLite reads ``$name::x(y)`` and ``:a$b`` as one parameter; splitting one would
+    shift the numbers of the parameters after it.
+    """
+    for token, following in itertools.pairwise(tokens):
+        if token.kind != "param":
+            continue
+        if token.text[0] == "$" or (
+            following.start == token.end and following.kind not in ("space", "comment", "op")
+        ):
+            return True
+        if following.start == token.end and following.text in (":", "(", "$"):
+            return True
+    return any(t.kind == "param" and t.text[0] == "$" for t in tokens[-1:])
 
 
 def _parameter_numbers(tokens: Sequence[Token]) -> dict[int, tuple[int, str | None]]:
@@ -358,7 +380,17 @@ def _skip_indexed(tokens: Sequence[Token], at: int) -> int:
 
 
 def _where_region(tokens: Sequence[Token], start: int) -> list[list[Token]] | None:
-    """The WHERE clause split into its top-level AND terms (None: not a conjunction)."""
+    """The WHERE clause split into its top-level AND terms (None: not a conjunction).
+
+    The clause ends at GROUP, ORDER, LIMIT, WINDOW or HAVING; as ``window`` may also be
+    a column's name, OR, BETWEEN and CASE are looked for up to the statement's end.
+    """
+    depth = 0
+    for token in tokens[start:]:
+        if token.kind == "op" and token.text in ("(", ")"):
+            depth += 1 if token.text == "(" else -1
+        elif depth == 0 and token.kind == "word" and token.upper in _WHERE_FORBIDDEN:
+            return None
     terms: list[list[Token]] = [[]]
     depth = 0
     for token in tokens[start:]:
@@ -470,5 +502,12 @@ def _source(part: Sequence[Token], numbers: Mapping[int, tuple[int, str | None]]
 
 
 def _plain_number(text: str) -> bool:
+    """Digits, maybe a fraction, few enough that SQLite and Python read the same value.
+
+    An integer past 64 bits is a REAL to SQLite, and its text-to-double conversion of
+    long decimals is not always correctly rounded as Python's is.
+    """
     whole, _, fraction = text.partition(".")
-    return whole.isdigit() and whole.isascii() and (not fraction or fraction.isdigit())
+    if not (whole.isascii() and whole.isdigit() and (not fraction or fraction.isdigit())):
+        return False
+    return len(whole) <= 18 if not fraction else len(whole) + len(fraction) <= 15
