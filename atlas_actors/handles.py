@@ -20,6 +20,8 @@ from opentelemetry import trace
 from atlas_actors.actors.base import Mailbox, Op
 from atlas_actors.actors.supervisor import KillMode, SupervisorActor, SupervisorStatus
 from atlas_actors.actors.writer_ops import (
+    LeaseRequest,
+    LeaseReturn,
     UnitOfWorkOp,
     WriteAllOp,
     WriteManyOp,
@@ -43,16 +45,25 @@ T = TypeVar("T")
 class WriterFuture(Future[T]):
     """A future resolved by the writer; waiting on it from inside the writer is refused."""
 
-    __slots__ = ()
+    __slots__ = ("guard",)
+
+    def __init__(self, deadline: float, verb: str, sql: str | None = None) -> None:
+        super().__init__(deadline, verb, sql)
+        self.guard: Callable[[str], None] | None = None
+        """Raises DeadlockError if the calling thread would wait on itself (it holds
+        the writer lease); set for writes, not for the lease's own messages."""
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the writer's result (see :meth:`Future.get`)."""
-        if not self.done() and in_writer_thread():
-            raise DeadlockError(
-                ["writer thread", f"waits on {self.operation}", "writer thread"],
-                "code running inside the writer (run_in_writer) cannot wait for another "
-                "write: use the connection it was given instead",
-            )
+        if not self.done():
+            if in_writer_thread():
+                raise DeadlockError(
+                    ["writer thread", f"waits on {self.operation}", "writer thread"],
+                    "code running inside the writer (run_in_writer) cannot wait for "
+                    "another write: use the connection it was given instead",
+                )
+            if self.guard is not None:
+                self.guard(f"waits on {self.operation}")
         return super().get(timeout)
 
 
@@ -123,11 +134,13 @@ class WriterHandle:
         *,
         traced: bool,
         check: bool = True,
+        deliver: Callable[[Any], bool] | None = None,
     ) -> WriterFuture[Any]:
         """Queue an op in the writer's mailbox (internal; the public methods call it).
 
         ``check=False`` skips the writes-stopped check (a transaction giving its lease
-        back must always get through).
+        back must always get through). ``deliver(op)`` may take the op instead of the
+        mailbox (True: taken).
         """
         if check:
             self._storage.check_writable()
@@ -145,8 +158,11 @@ class WriterHandle:
                     future.add_done_callback(lambda f: _end_span(span, f))
             else:
                 context = tracing.current_context()
+        if op_class is not LeaseReturn and op_class is not LeaseRequest:
+            future.guard = self._storage._check_self_wait
         op = op_class(future, threading.get_ident(), context, *args)
-        self._mailbox.send(op)
+        if deliver is None or not deliver(op):
+            self._mailbox.send(op)
         return future
 
 

@@ -51,8 +51,13 @@ def test_a_plain_write_from_the_thread_holding_a_transaction_gets_deadlock_error
             db.write("INSERT INTO tasks(title) VALUES ('plain')")
         with pytest.raises(DeadlockError):
             db.run_in_writer(lambda c: None)
+        # Through the proxy: submitting is fine, waiting on it from here is not.
+        queued = db.writer.execute("INSERT INTO tasks(title) VALUES ('queued')")
+        with pytest.raises(DeadlockError, match="holds the writer lease"):
+            queued.get(timeout=30)
         assert time.monotonic() - started < 1.0
-    assert [r.title for r in db.query("SELECT title FROM tasks")] == ["in tx"]
+    assert queued.get(timeout=5).rowcount == 1  # it ran once the transaction committed
+    assert sorted(r.title for r in db.query("SELECT title FROM tasks")) == ["in tx", "queued"]
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
 
 

@@ -118,6 +118,86 @@ def test_32_threads_times_100_serializable_increments_give_exactly_3200(
     status = counter.transactions.status()
     assert status.committed >= 3200 and not status.active and status.lease_holder is None
     assert counter.writer.stats().mean_batch > 1  # transactions were group-committed
+    assert counter.writer.stats().handovers > 0  # and passed the lease on directly
+
+
+def test_handed_over_leases_keep_transactions_whole_among_plain_writes_and_rollbacks(
+    db: atlas.Storage,
+) -> None:
+    db.execute("CREATE TABLE pairs(tx INTEGER NOT NULL, half INTEGER NOT NULL)")
+    db.execute("CREATE TABLE plain(n INTEGER NOT NULL)")
+    committed: list[int] = []
+    lock = threading.Lock()
+
+    def transactions(worker: int) -> None:
+        for i in range(60):
+            tag = worker * 1000 + i
+            tx = db.transactions.begin()
+            tx.execute("INSERT INTO pairs VALUES (?, 1)", [tag])
+            tx.execute("INSERT INTO pairs VALUES (?, 2)", [tag])
+            if i % 7 == 3:
+                tx.rollback()
+                continue
+            tx.commit()
+            with lock:
+                committed.append(tag)
+
+    def plain_writes() -> None:
+        for n in range(150):
+            db.write("INSERT INTO plain VALUES (?)", [n])
+
+    threads = [threading.Thread(target=transactions, args=(w,)) for w in range(8)]
+    threads += [threading.Thread(target=plain_writes) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    rows = db.query("SELECT tx, count(*) AS n FROM pairs GROUP BY tx ORDER BY tx")
+    assert [(r.tx, r.n) for r in rows] == [(tag, 2) for tag in sorted(committed)]
+    assert db.query("SELECT count(*) FROM plain") == [(300,)]
+    assert db.writer.stats().handovers > 0
+
+
+def test_a_writer_crash_during_handed_over_transactions_keeps_each_all_or_nothing(
+    open_storage: object,
+) -> None:
+    db: atlas.Storage = open_storage(restart_max=100)  # type: ignore[operator]
+    db.execute("CREATE TABLE pairs(tx INTEGER NOT NULL, half INTEGER NOT NULL)")
+    outcomes: dict[int, bool] = {}
+    stop = threading.Event()
+
+    def transactions(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            tag = worker * 100_000 + i
+            i += 1
+            try:
+                with db.transaction() as tx:
+                    tx.execute("INSERT INTO pairs VALUES (?, 1)", [tag])
+                    tx.execute("INSERT INTO pairs VALUES (?, 2)", [tag])
+            except atlas.errors.AtlasError:
+                outcomes[tag] = False
+            else:
+                outcomes[tag] = True
+
+    threads = [threading.Thread(target=transactions, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for _ in range(3):
+        time.sleep(0.3)
+        restarted = threading.Event()
+        db.events.on("restart", lambda e, done=restarted: done.set())
+        db.supervisor.kill("writer")
+        assert restarted.wait(10)
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    counts = {r.tx: r.n for r in db.query("SELECT tx, count(*) AS n FROM pairs GROUP BY tx")}
+    assert all(n == 2 for n in counts.values())  # never half a transaction
+    assert all(counts.get(tag) == 2 for tag, ok in outcomes.items() if ok)  # nothing lost
+    assert sum(outcomes.values()) > 100 and db.writer.stats().handovers > 0
 
 
 def test_a_lease_held_past_its_timeout_is_rolled_back_and_writes_resume(
@@ -126,7 +206,13 @@ def test_a_lease_held_past_its_timeout_is_rolled_back_and_writes_resume(
     tx = counter.transactions.begin(timeout=0.1)
     tx.execute("UPDATE counter SET n = 99")
     waited = counter.writer.execute("UPDATE counter SET n = n + 1")  # queues behind the lease
-    assert waited.get(timeout=5).rowcount == 1  # the timeout freed the writer
+    # Waiting for it here would wait on our own lease (refused: see the deadlock
+    # tests); another thread waits, and the timeout frees the writer.
+    results: list[int] = []
+    waiter = threading.Thread(target=lambda: results.append(waited.get(timeout=5).rowcount))
+    waiter.start()
+    waiter.join(10)
+    assert results == [1]
     with pytest.raises(TransactionTimeout, match="past its timeout"):
         tx.execute("UPDATE counter SET n = 100")
     with pytest.raises(TransactionTimeout):

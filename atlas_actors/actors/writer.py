@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,11 @@ class WriterActor(RoleActor):
         self._data_version = 0
         self._lease: Lease | None = None
         self._stash: list[Op] = []
+        # Lease requests that arrived during a lease with nothing stashed before them;
+        # a returning transaction may hand the connection straight to the first one.
+        self._lease_queue: deque[LeaseRequest] = deque()
+        self._chained: deque[LeaseReturn] = deque()  # handed over, acked at COMMIT
+        self._chain_length = 0
         self._schema_version = 0
         self._batch_tables: set[str] | None = set()
         self._wrote_frames = False
@@ -189,9 +195,12 @@ class WriterActor(RoleActor):
         """Graceful stop: end a lease, run what waited behind it, commit, close."""
         if self._lease is not None:
             self._revoke(
-                TransactionAborted("the storage is closing; the transaction was rolled back")
+                self._lease,
+                TransactionAborted("the storage is closing; the transaction was rolled back"),
             )
-        stash, self._stash = self._stash, []
+        self._absorb_chain()
+        stash = [*self._take_lease_queue(), *self._stash]
+        self._stash = []
         for op in stash:
             if isinstance(op, WriterOp):
                 self._run(op)
@@ -214,6 +223,7 @@ class WriterActor(RoleActor):
                 undo=None,
             )
             self.hooks.lease_ended(lease)
+        self._absorb_chain()
         batch, self._batch = self._batch, []
         self._spans = []
         self._in_transaction = False
@@ -221,7 +231,9 @@ class WriterActor(RoleActor):
         for op, _ in batch:
             if not op.replayable:
                 op.fail(self._crash_error(op, error))
-        replay.extend(self._stash)  # never handled: safe to hand to the next incarnation
+        # Never handled: safe to hand to the next incarnation.
+        replay.extend(self._take_lease_queue())
+        replay.extend(self._stash)
         self._stash = []
         self._close("crash")  # closing rolls the open transaction back
         if replay:
@@ -257,8 +269,10 @@ class WriterActor(RoleActor):
         elif kind is LeaseRequest:
             if self._lease is None:
                 self._grant(message)
-            else:
+            elif self._stash:
                 self._stash.append(message)
+            else:
+                self._lease_queue.append(message)
         elif kind is LeaseReturn:
             self._take_back(message)
         elif kind is LeaseExpired:
@@ -296,8 +310,9 @@ class WriterActor(RoleActor):
         """(transaction holding the lease, messages waiting behind it, oldest wait)."""
         lease = self._lease
         now = time.monotonic()
-        oldest = max((now - op.enqueued_at for op in self._stash), default=0.0)
-        return (lease.tx_id if lease else None, len(self._stash), oldest)
+        waiting = [*self._lease_queue, *self._stash]
+        oldest = max((now - op.enqueued_at for op in waiting), default=0.0)
+        return (lease.tx_id if lease else None, len(waiting), oldest)
 
     # -- group commit ------------------------------------------------------------------
 
@@ -648,11 +663,97 @@ class WriterActor(RoleActor):
             self._fail(request, wrap_sqlite_error(error, "SAVEPOINT"))
             return
         lease = Lease(request.tx_id, savepoint, connection, request.owner, request.lease_timeout)
+        lease.hand_over = self._hand_over
         self._lease = lease
         # The runtime's tick sends LeaseExpired past lease.deadline (no timer per lease:
         # starting a thread costs more than a short transaction).
         self.hooks.lease_granted(lease)
         request.future.set_result(lease)
+
+    def _hand_over(self, lease: Lease, ret: LeaseReturn) -> bool:
+        """Pass a committed transaction's connection straight to the next one waiting.
+
+        Runs in the returning transaction's thread, after it released its savepoint
+        (so the writer can no longer revoke its lease). Going through the writer would
+        cost two thread wake-ups per transaction; this costs one. ``ret`` is then
+        acknowledged with the batch's COMMIT like any other return. False (nothing
+        done): the caller sends ``ret`` to the writer as usual, which ends the chain
+        and lets the writer commit; that happens when no transaction waits, the next
+        one needs a version check, or the batch reached its bounds.
+        """
+        config = self.config
+        if (
+            self._lease is not lease
+            or self._chain_length >= config.max_batch_size
+            or time.monotonic() - self._batch_started >= config.max_batch_delay
+        ):
+            return False
+        request = self._next_chainable()
+        if request is None:
+            return False
+        savepoint = f"tx{request.tx_id}"
+        try:
+            lease.connection.cursor.execute(f"SAVEPOINT {savepoint}")
+        except apsw.Error as error:
+            request.fail(wrap_sqlite_error(error, "SAVEPOINT"))
+            return False
+        successor = Lease(
+            request.tx_id, savepoint, lease.connection, request.owner, request.lease_timeout
+        )
+        successor.hand_over = self._hand_over
+        self._chained.append(ret)
+        self._chain_length += 1
+        self.counters.handovers += 1
+        self._lease = successor
+        self.hooks.lease_ended(lease)
+        self.hooks.lease_granted(successor)
+        request.future.set_result(successor)
+        return True
+
+    def _next_chainable(self) -> LeaseRequest | None:
+        """The first queued request a returning transaction may grant (claimed), or None."""
+        queue = self._lease_queue
+        while True:
+            try:
+                request = queue.popleft()
+            except IndexError:
+                return None
+            if request.expected_version is not None:
+                queue.appendleft(request)  # the writer compares it with committed state
+                return None
+            if not request.claim():
+                continue  # its caller gave up waiting
+            if time.monotonic() > request.deadline:
+                request.fail(
+                    OperationTimeout(
+                        "waiting for the writer lease",
+                        time.monotonic() - request.enqueued_at,
+                        applied=False,
+                    )
+                )
+                continue
+            return request
+
+    def _absorb_chain(self) -> None:
+        """Add the returns handed over during the lease to the batch (writer thread)."""
+        self._chain_length = 0
+        while self._chained:
+            self._add_return(self._chained.popleft())
+
+    def _add_return(self, message: LeaseReturn) -> None:
+        self._batch.append((message, None))  # acknowledged with the batch's COMMIT
+        if self._batch_tables is not None:
+            if message.tables is None:
+                self._batch_tables = None
+            else:
+                self._batch_tables.update(message.tables)
+
+    def _take_lease_queue(self) -> list[LeaseRequest]:
+        queue = self._lease_queue
+        taken = []
+        while queue:
+            taken.append(queue.popleft())
+        return taken
 
     def _take_back(self, message: LeaseReturn) -> None:
         lease = self._lease
@@ -666,18 +767,14 @@ class WriterActor(RoleActor):
             return
         self._lease = None
         self.hooks.lease_ended(lease)
+        self._absorb_chain()
         if message.lost:
             # SQLite rolled back the batch under the transaction: replay the others.
             self._in_transaction = False
             self._lost_batch(TransactionAborted(f"transaction {message.tx_id} lost the batch"))
             message.future.set_result(None)
         elif message.commit:
-            self._batch.append((message, None))  # acknowledged with the batch's COMMIT
-            if self._batch_tables is not None:
-                if message.tables is None:
-                    self._batch_tables = None
-                else:
-                    self._batch_tables.update(message.tables)
+            self._add_return(message)
         else:
             message.future.set_result(None)
         self._release_stash()
@@ -688,29 +785,31 @@ class WriterActor(RoleActor):
             return  # returned meanwhile
         waited = time.monotonic() - lease.granted_at
         self._revoke(
+            lease,
             TransactionTimeout(
                 f"transaction {tx_id} held the writer lease for {waited:.1f}s, past its "
                 "timeout; it was rolled back. Keep transactions short, or raise "
                 "transaction_timeout"
-            )
+            ),
         )
 
-    def _revoke(self, error: AtlasError) -> None:
-        lease = self._lease
-        assert lease is not None, "only called with a lease"
+    def _revoke(self, lease: Lease, error: AtlasError) -> None:
+        """Take ``lease`` back and roll its transaction back (unless it was returned)."""
         savepoint = lease.savepoint
 
         def undo(connection: TrackedConnection) -> None:
             connection.cursor.execute(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
 
         if not lease.revoke(error, undo):
-            return  # given back meanwhile: its LeaseReturn is on its way
+            return  # given back meanwhile (its LeaseReturn is on its way, or handed over)
         self._lease = None
         self.hooks.lease_ended(lease)
+        self._absorb_chain()
         self._release_stash()
 
     def _release_stash(self) -> None:
         """Hand what waited behind the lease back to the mailbox, in front, in order."""
-        if self._stash:
-            stash, self._stash = self._stash, []
-            self.mailbox.replay(stash)
+        waiting = [*self._take_lease_queue(), *self._stash]
+        self._stash = []
+        if waiting:
+            self.mailbox.replay(waiting)

@@ -191,6 +191,8 @@ class WriterStats:
     """Largest batch committed."""
     queue_wait: float
     """Mean seconds an operation waited in the mailbox."""
+    handovers: int = 0
+    """Leases passed straight from a committing transaction to the next one waiting."""
 
 
 class WriterCounters:
@@ -211,6 +213,8 @@ class WriterCounters:
         """Checkpoints run."""
         self.last_checkpoint: float | None = None
         """``time.time()`` of the last checkpoint."""
+        self.handovers = 0
+        """Leases handed over between transactions (by the lease holders, one at a time)."""
 
     def snapshot(self) -> WriterStats:
         """The counters as a :class:`WriterStats`."""
@@ -221,6 +225,7 @@ class WriterCounters:
             mean_batch=self.writes / self.batches if self.batches else 0.0,
             max_batch=self.max_batch,
             queue_wait=self.queue_wait / self.started if self.started else 0.0,
+            handovers=self.handovers,
         )
 
 

@@ -14,7 +14,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from atlas_actors.connection import TrackedConnection
 from atlas_actors.errors import AtlasError, TransactionError
@@ -40,6 +40,7 @@ class Lease:
         "deadline",
         "error",
         "granted_at",
+        "hand_over",
         "lock",
         "owner",
         "savepoint",
@@ -67,6 +68,9 @@ class Lease:
         self.state = LeaseState.ACTIVE
         self.error: AtlasError | None = None
         """Why the lease was revoked, raised by every later use."""
+        self.hand_over: Callable[[Lease, Any], bool] | None = None
+        """Set by the writer: passes the connection on to the next transaction waiting
+        (``hand_over(lease, lease_return)``; False if none may take it now)."""
 
     def run(self, fn: Callable[[TrackedConnection], T]) -> T:
         """Run ``fn`` on the lent connection, unless the lease was revoked."""
