@@ -53,7 +53,8 @@ PREVENTS: Final[dict[str, frozenset[str]]] = {
     "repeatable_read": frozenset(ANOMALIES),
     "serializable": frozenset(ANOMALIES),
 }
-"""Which anomalies each level prevents (``tests/test_isolation.py`` proves each entry)."""
+"""Which anomalies each level prevents (``tests/test_isolation.py`` reproduces each
+anomaly with real threads and checks this table against the one in docs/isolation.md)."""
 
 
 def check_isolation(level: str) -> IsolationLevel:
