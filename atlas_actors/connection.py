@@ -258,6 +258,18 @@ def _returns_rows(sql: str) -> bool:
     return answer
 
 
+def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
+    """The rowid of the last row ``sql`` inserted, or None if it inserted none.
+
+    An INSERT that inserted rows reports SQLite's last insert rowid even when it equals
+    the previous one (``INSERT OR REPLACE`` of the same row twice). For other statements
+    (say one starting with WITH) a rowid that moved is the only sign of an insert.
+    """
+    if sql.lstrip()[:7].lower().startswith(("insert", "replace")):
+        return after if rowcount > 0 else None
+    return after if after != before else None
+
+
 _ids = itertools.count(1)
 
 
@@ -444,10 +456,10 @@ class TrackedConnection:
                 self._timed += 1
                 self._sample_bytes(params, ())
             rows = []
-        after = connection.last_insert_rowid()
+        rowcount = connection.changes()
         return WriteResult(
-            rowcount=connection.changes(),
-            lastrowid=after if after != before else None,
+            rowcount=rowcount,
+            lastrowid=_lastrowid(sql, rowcount, before, connection.last_insert_rowid()),
             rows=tuple(rows),
         )
 
@@ -467,10 +479,10 @@ class TrackedConnection:
             self._queries += 1
             raise wrap_sqlite_error(error, sql) from error
         self._account(started, None, ())
-        after = connection.last_insert_rowid()
+        rowcount = connection.total_changes() - before_changes
         return WriteResult(
-            rowcount=connection.total_changes() - before_changes,
-            lastrowid=after if after != before_rowid else None,
+            rowcount=rowcount,
+            lastrowid=_lastrowid(sql, rowcount, before_rowid, connection.last_insert_rowid()),
         )
 
     def _account(self, started: float, params: Params, rows: Sequence[Row] | tuple[()]) -> None:

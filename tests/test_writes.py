@@ -20,6 +20,16 @@ def test_write_returns_rowcount_and_the_inserted_rowid(db: atlas.Storage) -> Non
     assert updated.rowcount == 2 and updated.lastrowid is None
 
 
+def test_lastrowid_is_reported_even_when_an_insert_reuses_the_previous_rowid(
+    db: atlas.Storage,
+) -> None:
+    sql = "INSERT OR REPLACE INTO tasks(id, title) VALUES (5, ?)"
+    assert db.write(sql, ["a"]).lastrowid == 5
+    assert db.write(sql, ["b"]).lastrowid == 5  # replaced: still an insert of row 5
+    ignored = db.write("INSERT OR IGNORE INTO tasks(id, title) VALUES (5, 'c')")
+    assert ignored == atlas.WriteResult(rowcount=0, lastrowid=None)
+
+
 def test_returning_clauses_return_named_rows(db: atlas.Storage) -> None:
     result = db.write("INSERT INTO tasks(title) VALUES (?) RETURNING id, title", ["a"])
     assert result.rows == ((1, "a"),)
