@@ -259,11 +259,12 @@ class Optimizer:
     def rewrite(
         self, sql: str, params: Params | None = None, *, rules: Sequence[str] | None = None
     ) -> RewriteResult:
-        """Return an equivalent statement after the named rules (see ``rewrite.py``).
+        """Return an equivalent, cheaper statement after the named rules (``rewrite.py``).
 
-        Every rule is sound on its own; the result also carries both estimated costs and,
-        when the rewrite is not estimated cheaper, a warning saying so (the estimate may
-        be wrong for skewed data: measure before adopting it). ``rules`` limits the run to
+        Every rule is sound on its own; the result carries both estimated costs. When
+        the rewrite is not estimated cheaper, the original statement is returned with a
+        warning naming the rules that would have applied (the estimate may be wrong for
+        skewed data: measure before adopting a rewrite). ``rules`` limits the run to
         some rule names.
         """
         single_statement(sql)
@@ -282,8 +283,10 @@ class Optimizer:
         after = estimate_cost(self.analyze(out, params))
         if after >= before:
             warnings.append(
-                f"the rewrite is not estimated cheaper ({after:.0f} vs {before:.0f} VM steps)"
+                f"{', '.join(applied)} would rewrite it, but the result is not estimated "
+                f"cheaper ({after:.0f} vs {before:.0f} VM steps): the original is kept"
             )
+            return RewriteResult(sql, (), tuple(warnings), before, before)
         return RewriteResult(out, tuple(applied), tuple(warnings), before, after)
 
 

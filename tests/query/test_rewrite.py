@@ -238,7 +238,9 @@ def test_the_optimizer_reports_costs_and_reads_like_semantics(conn: apsw.Connect
     # warning says so
     same = opt.rewrite("SELECT * FROM t WHERE d LIKE 'D1%'")
     assert same.cost_after == same.cost_before
+    assert same.sql == "SELECT * FROM t WHERE d LIKE 'D1%'" and same.applied_rules == ()
     assert same.warnings and "not estimated cheaper" in same.warnings[0]
+    assert "like_prefix_range would rewrite it" in same.warnings[0]
     untouched = opt.rewrite("SELECT * FROM t WHERE id = 3")
     assert untouched.sql == "SELECT * FROM t WHERE id = 3" and untouched.applied_rules == ()
     only = opt.rewrite("SELECT * FROM t WHERE a = 1 OR a = 2", rules=["like_prefix_range"])
