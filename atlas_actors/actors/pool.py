@@ -622,7 +622,11 @@ class ReaderPool:
         return not free and len(self._readers) + self._starting >= self.ceiling
 
     def resize(self, size: int) -> None:
-        """Keep ``size`` readers ready: start more, or retire some without failing calls."""
+        """Keep ``size`` readers ready: start more, or retire some without failing calls.
+
+        Returns at once: new readers join the pool (and ``status().total``) as they
+        start, usually within milliseconds; surplus ones retire once idle.
+        """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValidationError(f"pool size {size!r}; it must be an integer >= 1")
         with self._cond:
