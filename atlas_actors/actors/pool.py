@@ -252,8 +252,11 @@ class ReaderPool:
 
         A thread adopts one connection no other thread has adopted, so with enough
         connections every thread keeps to its own and never contends. When its own is
-        busy, or none is left to adopt, it borrows another for one call. A connection
-        whose thread ended is freed for adoption by the maintenance tick.
+        busy, or none is left to adopt, it borrows one nobody adopted for one call;
+        another thread's own only when the pool cannot grow (borrowing those while it
+        can would send their owners borrowing in turn, a round of musical chairs that
+        never settles). A connection whose thread ended is freed for adoption by the
+        maintenance tick.
         """
         local = self._local
         preferred: TrackedConnection | None = getattr(local, "connection", None)
@@ -268,10 +271,11 @@ class ReaderPool:
         if not count:
             return None
         start = next(self._rotor) % count
+        steal = self._at_ceiling()
         for adopting in (False,) if owns else (True, False):
             for offset in range(count):
                 candidate = connections[(start + offset) % count]
-                if adopting and candidate.affinity not in (None, me):
+                if candidate.affinity not in (None, me) and (adopting or not steal):
                     continue
                 if candidate.lock.acquire(False):
                     if candidate.usable:
@@ -334,8 +338,10 @@ class ReaderPool:
                 if waiter.connection is None and waiter in self._waiters:
                     self._waiters.remove(waiter)
                     self._waiting -= 1
-        if waiter.connection is not None:
-            return waiter.connection
+        connection = waiter.connection
+        if connection is not None:
+            self._adopt_if_free(connection)
+            return connection
         if self.closed is not None:
             raise self.closed
         raise OperationTimeout(
@@ -344,14 +350,37 @@ class ReaderPool:
             applied=False,
         )
 
+    def _adopt_if_free(self, connection: TrackedConnection) -> None:
+        """Make a handed-over connection the calling thread's own if nobody's it is.
+
+        Without this a thread served by a hand-over would stay without a connection
+        of its own and queue again on its next read, keeping the queue alive.
+        """
+        local = self._local
+        if connection.affinity is None and getattr(local, "connection", None) is None:
+            me = threading.get_ident()
+            connection.affinity = me
+            local.connection = connection
+            local.adoption = _Adoption(connection, me)
+
     def _claim_any(self) -> TrackedConnection | None:
-        """Any free, usable connection, locked; no adoption (it is for another thread)."""
+        """A free connection for a waiter (another thread: not adopted), locked.
+
+        One that some thread adopted is taken only when the pool cannot grow.
+        """
+        steal = self._at_ceiling()
         for connection in self._connections:
+            if connection.affinity is not None and not steal:
+                continue
             if connection.lock.acquire(False):
                 if connection.usable:
                     return connection
                 connection.lock.release()
         return None
+
+    def _at_ceiling(self) -> bool:
+        """True when the pool has (or is starting) as many readers as it may."""
+        return len(self._readers) + self._starting >= self.ceiling
 
     def _serve(self, connection: TrackedConnection) -> None:
         """Hand a claimed connection to the oldest waiter (holding the condition's lock)."""
@@ -444,7 +473,6 @@ class ReaderPool:
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if (
             connection is None
-            or self._waiting
             or "checkout" in self.events.active
             or not connection.lock.acquire(False)
         ):
@@ -484,7 +512,7 @@ class ReaderPool:
         mode with an authorizer) on the claimed connection before it runs.
         """
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
-        if connection is None or self._waiting or not connection.lock.acquire(False):
+        if connection is None or not connection.lock.acquire(False):
             connection = self._take(timeout)
         elif not connection.usable:
             connection.lock.release()

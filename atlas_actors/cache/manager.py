@@ -199,11 +199,10 @@ class CacheManager:
         next(self._misses)
         if latency:  # a timed run (one in several)
             self._note_cost(sql, latency)
-        # Admission: while memory is left, every result is stored; once L1 is half
-        # full, a result is stored the second time it is asked for (or at once when it
-        # is expensive): results asked for once (a scan over many keys) would only
-        # push useful ones out.
-        if expensive or l1.bytes < l1.capacity // 2 or self._seen_before(key):
+        # Admission: a result is stored the second time it is asked for (or at once
+        # when it is expensive). Storing costs as much as the read, and results asked
+        # for once (a scan over many keys) would only push useful ones out.
+        if expensive or self._seen_before(key):
             self._store(key, sql, params, bound, rows, info, expensive, l1, generation)
         return rows
 
