@@ -63,7 +63,7 @@ def test_distinct_strings_are_folded_so_memory_stays_bounded() -> None:
         w.record(f"SELECT * FROM t WHERE id = {i}", 0.001)
     for i in range(100):
         w.record(f"SELECT * FROM t{i}", 0.0001 * i)
-    assert len(w._raw) <= 50 and len(w._folded) <= 10
+    assert all(len(buffer) <= 50 for _, buffer in w._buffers) and len(w._folded) <= 10
     (top,) = [s for s in w.snapshot() if s.fingerprint == "SELECT * FROM t WHERE id = ?"]
     assert top.calls == 1000
     # the shapes with the least time were evicted, and their calls counted
@@ -102,3 +102,19 @@ def test_reset_forgets_everything() -> None:
     w.record("SELECT 1", 0.1)
     w.reset()
     assert w.snapshot() == [] and w.dropped == 0
+
+
+def test_the_buffers_of_threads_that_ended_are_folded_not_kept() -> None:
+    w = WorkloadRecorder()
+
+    def run(i: int) -> None:
+        w.record(f"SELECT * FROM t WHERE id = {i}", 0.001)
+
+    for i in range(50):
+        thread = threading.Thread(target=run, args=(i,))
+        thread.start()
+        thread.join()
+    w.record("SELECT 1", 0.001)  # registering a thread folds the ended ones
+    assert len(w._buffers) <= 2
+    (shape,) = [s for s in w.snapshot() if s.fingerprint == "SELECT * FROM t WHERE id = ?"]
+    assert shape.calls == 50
