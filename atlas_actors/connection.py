@@ -426,12 +426,22 @@ class TrackedConnection:
             raise wrap_sqlite_error(error, sql) from error
         if timed:
             self.last_latency = latency = perf_counter() - started
-            self._latency += latency
-            self._timed += 1
-            self._sample_bytes(params, rows)
+            self.count_timed(latency, self.last_weight, params, rows)
         else:
             self.last_latency = 0.0
         return rows
+
+    def count_timed(self, latency: float, weight: int, params: Params, rows: list[Row]) -> None:
+        """Account a timed run (its latency and bytes) standing for ``weight`` runs."""
+        self.last_latency = latency
+        self.last_weight = weight
+        self._latency += latency
+        self._timed += 1
+        self._sample_bytes(params, rows)
+
+    def count_error(self) -> None:
+        """Account a statement that failed."""
+        self._errors += 1
 
     def write(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement and report what it changed (writer only)."""

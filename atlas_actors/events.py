@@ -66,6 +66,8 @@ class EventBus:
         self._lock = threading.Lock()
         self.active: frozenset[str] = frozenset()
         """Names of events that have at least one handler (a cheap test for hot paths)."""
+        self.watches_checkouts = False
+        """True while someone listens to ``checkout`` or ``checkin`` (the read path's test)."""
 
     def on(self, name: str, handler: Handler) -> Callable[[], None]:
         """Call ``handler(event)`` on every ``name`` event; returns a function that unsubscribes."""
@@ -73,7 +75,7 @@ class EventBus:
             raise ValidationError(f"unknown event {name!r}; known events: {sorted(EVENT_NAMES)}")
         with self._lock:
             self._handlers[name] = (*self._handlers.get(name, ()), handler)
-            self.active = frozenset(n for n, hs in self._handlers.items() if hs)
+            self._changed()
         return lambda: self.off(name, handler)
 
     def off(self, name: str, handler: Handler) -> None:
@@ -81,7 +83,11 @@ class EventBus:
         with self._lock:
             remaining = tuple(h for h in self._handlers.get(name, ()) if h is not handler)
             self._handlers[name] = remaining
-            self.active = frozenset(n for n, hs in self._handlers.items() if hs)
+            self._changed()
+
+    def _changed(self) -> None:
+        self.active = frozenset(n for n, hs in self._handlers.items() if hs)
+        self.watches_checkouts = bool(self.active & {"checkout", "checkin"})
 
     def wants(self, name: str) -> bool:
         """True if someone listens to ``name`` (lets hot paths skip building events)."""

@@ -195,3 +195,75 @@ def test_every_connection_reports_metrics(db: atlas.Storage) -> None:
     writer = [m for cid, m in metrics.items() if cid.startswith("writer")]
     assert len(writer) == 1 and writer[0].queries >= 2 and writer[0].latency > 0
     assert sum(m.queries for cid, m in metrics.items() if cid.startswith("reader")) >= 1
+
+
+# -- the fast read path (a thread's own connection, a statement read often) -------------
+
+_POINT = "SELECT id, title FROM tasks WHERE id = ?"
+
+
+def _uncached(open_storage: object, **options: object) -> atlas.Storage:
+    """A storage whose db.query goes straight to the pool (the read cache is off)."""
+    db: atlas.Storage = open_storage(cache=False, **options)  # type: ignore[operator]
+    db.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT)")
+    db.write("INSERT INTO tasks(title) VALUES ('a')")
+    return db
+
+
+def _warm(db: atlas.Storage, times: int = 40) -> None:
+    for _ in range(times):
+        db.query(_POINT, [1])
+
+
+def test_a_failing_read_on_the_fast_path_fails_alone_and_is_counted(
+    open_storage: object,
+) -> None:
+    db = _uncached(open_storage)
+    _warm(db)
+    errors_before = sum(m.errors for m in db.connection_metrics().values())
+    with pytest.raises(atlas.errors.ParameterError):
+        db.query(_POINT, [1, 2])  # one parameter too many
+    with pytest.raises(atlas.errors.ParameterError):
+        db.query(_POINT, {"nope": 1})
+    assert sum(m.errors for m in db.connection_metrics().values()) == errors_before + 2
+    assert db.query(_POINT, [1]) == [(1, "a")]  # the connection was given back
+    assert db.pool.status().active == 0
+
+
+def test_the_fast_path_recycles_connections_after_their_query_budget(
+    open_storage: object,
+) -> None:
+    db = _uncached(open_storage, readers=2, recycle_after_queries=20)
+    recycled = threading.Event()
+    db.events.on("recycle", lambda e: recycled.set())  # not a checkout listener
+    for _ in range(200):
+        assert db.query(_POINT, [1]) == [(1, "a")]
+    assert recycled.wait(5)
+
+
+def test_the_fast_path_leaves_a_connection_whose_reader_failed(open_storage: object) -> None:
+    db = _uncached(open_storage)
+    _warm(db)
+    restarted = threading.Event()
+    db.events.on("restart", lambda e: restarted.set() if e.role.startswith("reader") else None)
+    for child in db.supervisor.status().children:
+        if child.role.startswith("reader"):
+            db.supervisor.kill(child.role)
+    assert restarted.wait(5)
+    for _ in range(40):  # the thread's remembered connection is gone: it takes another
+        assert db.query(_POINT, [1]) == [(1, "a")]
+
+
+def test_a_statement_whose_columns_changed_is_learned_again(open_storage: object) -> None:
+    db = _uncached(open_storage)
+    db.execute("CREATE TABLE wide(a)")
+    db.write("INSERT INTO wide VALUES (1)")
+    for _ in range(40):
+        assert db.query("SELECT * FROM wide")[0].keys() == ("a",)
+    # Change the table behind the storage's back (as another process would): the
+    # pool has not heard of it, the width of the rows tells.
+    other = apsw.Connection(db.path)
+    other.execute("ALTER TABLE wide ADD COLUMN b DEFAULT 2")
+    other.close()
+    row = db.query("SELECT * FROM wide")[0]
+    assert row.keys() == ("a", "b") and row.b == 2

@@ -27,7 +27,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import apsw
 from pykka._envelope import Envelope
@@ -36,6 +37,9 @@ from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
 from atlas_actors.cache.statements import StatementInfo, analyze
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import (
+    _RECHECK_EVERY,
+    _TIME_FIRST,
+    SAMPLE_EVERY,
     ConnectionMetrics,
     ConnectionState,
     Params,
@@ -468,8 +472,69 @@ class ReaderPool:
 
     def query(self, sql: str, params: Params, timeout: float | None = None) -> list[Row]:
         """Claim a connection, run ``sql`` in this thread, give the connection back."""
-        # The hottest path of all: the thread's own connection, claimed and released
-        # inline; anything unusual goes through _take and release.
+        # The hottest path of all, kept flat on purpose: at 16 threads every call and
+        # attribute lookup here costs several times its single-thread price (each read
+        # hands the GIL over twice, and the next holder starts with cold caches), so a
+        # layer less was worth +40% reads/s. It covers the common case (the thread's own
+        # connection free, the statement's row class known, no checkout listener) and
+        # updates the connection's counters itself; anything else takes _query_general.
+        connection: TrackedConnection | None = getattr(self._local, "connection", None)
+        entry = self._names.get(sql)
+        if (
+            connection is None
+            or entry is None
+            or not _TIME_FIRST <= entry[1] < _RECHECK_EVERY
+            or self.events.watches_checkouts
+            or not connection.lock.acquire(False)
+        ):
+            return self._query_general(sql, params, timeout)
+        if not connection.usable:
+            connection.lock.release()
+            return self._query_general(sql, params, timeout)
+        count = connection._queries + 1
+        connection._queries = count
+        timed = count % SAMPLE_EVERY == 1
+        started = perf_counter() if timed else 0.0
+        cursor = connection.cursor
+        try:
+            cursor.execute(sql, params)
+            raw = cursor.fetchall()
+        except BaseException as error:
+            self._failed(connection, sql, error)
+        cls = entry[0]
+        if raw and (cls is None or len(raw[0]) != len(cls._fields)):
+            # Its columns changed (a schema change this pool has not heard of yet).
+            connection._queries -= 1
+            self._names.pop(sql, None)
+            connection.lock.release()
+            return self._query_general(sql, params, timeout)
+        entry[1] += 1
+        rows: list[Row] = list(map(cls, raw)) if raw else []
+        if timed:
+            latency = perf_counter() - started
+            connection.count_timed(latency, SAMPLE_EVERY, params, rows)
+        if count >= self._recycle_queries:
+            self.release(connection)
+        else:
+            connection.lock.release()
+            if self._pending or self._waiting:
+                self._wake_next()
+        if timed and self._record_query is not None:
+            self._record_query(sql, latency, calls=SAMPLE_EVERY)
+        return rows
+
+    def _failed(self, connection: TrackedConnection, sql: str, error: BaseException) -> NoReturn:
+        """Give back a connection whose statement failed and raise the typed error."""
+        # (A statement on the fast path has run on this read-only connection before, so
+        # a ReadOnlyError that _query_general explains cannot come up here.)
+        self.release(connection)
+        if isinstance(error, Exception):
+            connection.count_error()
+            raise wrap_sqlite_error(error, sql) from error
+        raise error
+
+    def _query_general(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
+        """:meth:`query` when the fast path does not apply (claims through _take if needed)."""
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if (
             connection is None
