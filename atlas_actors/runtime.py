@@ -218,6 +218,7 @@ class Runtime:
                 committed=self._writer_committed,
                 commit_failed=self._writer_commit_failed,
                 track_tables=self.config.cache,
+                wants_rows=self.cache.wants_row_images,
                 connected=self._writer_connected,
                 schema_changed=self._schema_changed,
                 disconnected=self._writer_disconnected,

@@ -71,6 +71,10 @@ _ROW_IMAGE_LIMIT = 1024
 """Row images kept per table and batch; past it, the cache drops the table's entries."""
 
 
+def _yes() -> bool:
+    return True
+
+
 def _ignore(*_: Any) -> None:
     return None
 
@@ -106,6 +110,9 @@ class WriterHooks:
     """A COMMIT failed."""
     track_tables: bool = False
     """Work out which tables each batch changes (only the cache needs it)."""
+    wants_rows: Callable[[], bool] = _yes
+    """Asked as each batch begins (with ``track_tables``): collect the images of the
+    rows it changes? Without them the cache invalidates whole tables."""
     lease_granted: Callable[[Lease], None] = _ignore
     """A transaction borrowed the connection."""
     lease_ended: Callable[[Lease], None] = _ignore
@@ -154,6 +161,8 @@ class WriterActor(RoleActor):
         self._changes_at_begin = 0
         self._row_changes: dict[str, list[RowImage] | None] = {}
         self._row_hook_calls = 0
+        self._rows_hooked = False
+        """Whether the pre-update hook is installed on the connection now."""
         self._disk_full: DiskFullError | None = None
         self._next_probe = 0.0
 
@@ -173,10 +182,7 @@ class WriterActor(RoleActor):
         # the WAL holds. Installing it turns SQLite's automatic checkpoints off
         # (https://sqlite.org/c3ref/wal_autocheckpoint.html): the writer runs them.
         raw.set_wal_hook(self._on_wal)
-        if self.hooks.track_tables:
-            # Every changed row, old and new image, so the cache drops only what a
-            # commit may have changed (https://sqlite.org/c3ref/preupdate_blobwrite.html).
-            raw.preupdate_hook(self._on_row_change)
+        self._rows_hooked = False
         self.hooks.connected(connection)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
@@ -335,12 +341,27 @@ class WriterActor(RoleActor):
         self._changes_at_begin = connection.connection.total_changes()
         self._row_changes = {}
         self._row_hook_calls = 0
+        if self.hooks.track_tables:
+            self._hook_rows(connection.connection, self.hooks.wants_rows())
         self.hooks.began()
         if data_version != self._data_version:
             self._data_version = data_version
             self.hooks.version((self.counters.commit_seq, data_version))
             self._check_schema(connection)  # another process committed: DDL maybe
         return True
+
+    def _hook_rows(self, raw: apsw.Connection, wanted: bool) -> None:
+        """Install or remove the pre-update hook for the batch that begins.
+
+        It notes every changed row, old and new image, so the cache drops only what a
+        commit may have changed (https://sqlite.org/c3ref/preupdate_blobwrite.html).
+        It costs a Python call per changed row, in the writer and under the GIL, so
+        it is off while the cache has nothing that depends on rows (a batch without
+        it invalidates whole tables: _take_row_changes sees the missing calls).
+        """
+        if wanted != self._rows_hooked:
+            raw.preupdate_hook(self._on_row_change if wanted else None)
+            self._rows_hooked = wanted
 
     def _check_schema(self, connection: TrackedConnection) -> None:
         schema_version = int(connection.connection.pragma("schema_version"))

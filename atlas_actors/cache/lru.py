@@ -175,6 +175,10 @@ class ByteLRU:
             # Drop the leftovers of removed entries so the ring stays proportionate.
             self._clock = deque((k, e) for k, e in clock if entries.get(k) is e)
 
+    def depends_on_rows(self) -> bool:
+        """True if some entry depends on particular rows (row-level invalidation)."""
+        return bool(self._dependent)
+
     def drop_tables(self, tables: Iterable[str]) -> int:
         """Drop every entry that read one of ``tables``; returns how many."""
         return self.drop_changes({fold(table): None for table in tables})

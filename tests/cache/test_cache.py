@@ -117,6 +117,27 @@ def test_a_write_drops_only_the_entries_whose_rows_it_changed(kv: atlas.Storage)
     assert kv.cache.stats().misses == before.misses + 2
 
 
+def test_row_images_are_collected_only_while_something_can_use_them(kv: atlas.Storage) -> None:
+    # Write-only stretches skip the writer's per-row hook (whole tables are dropped
+    # then, and nothing depends on rows); reads bring row-level invalidation back.
+    other = "SELECT v FROM other WHERE k = ?"
+    kv.cache.invalidate("*")
+    kv.cache.wants_row_images()  # (the fixture's own reads)
+    assert kv.cache.wants_row_images() is False  # no reads since the last ask, no entries
+    for k in range(5):
+        kv.write("UPDATE other SET v = ? WHERE k = ?", [f"w{k}", k + 100])
+    assert kv.cache.wants_row_images() is False
+    _cached_query_params(kv, other, [1])
+    assert kv.cache.wants_row_images() is True  # reads came through the cache
+    kv.write("UPDATE other SET v = 'x' WHERE k = 2")  # its batch collects row images
+    before = kv.cache.stats()
+    assert kv.query(other, [1]) == [("o1",)]
+    assert kv.cache.stats().hits == before.hits + 1  # another row changed: still cached
+    assert kv.cache.wants_row_images() is True  # a row-dependent entry is held
+    kv.write("UPDATE other SET v = 'y' WHERE k = 1")
+    assert kv.query(other, [1]) == [("y",)]
+
+
 def _cached_query_params(db: atlas.Storage, sql: str, params: list[object]) -> None:
     db.query(sql, params)
     db.query(sql, params)
