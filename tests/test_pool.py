@@ -10,6 +10,7 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.connection import TrackedConnection
 from atlas_actors.errors import OperationTimeout, ValidationError
 from atlas_actors.faults import FaultyVFS
 
@@ -267,3 +268,24 @@ def test_a_statement_whose_columns_changed_is_learned_again(open_storage: object
     other.close()
     row = db.query("SELECT * FROM wide")[0]
     assert row.keys() == ("a", "b") and row.b == 2
+
+
+def test_a_failure_while_rows_are_built_gives_the_connection_back(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anything raised on the fast path after the statement ran (a MemoryError or a
+    # KeyboardInterrupt while rows are built or measured) must not leave the
+    # connection claimed: with one reader, every later read would time out.
+    db = _uncached(open_storage, readers=1, max_readers=1)
+    _warm(db)
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrackedConnection, "count_timed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(16):  # one run in eight is timed
+            db.query(_POINT, [1])
+    monkeypatch.undo()
+    assert db.pool.status().active == 0
+    assert db.query(_POINT, [1], timeout=2) == [(1, "a")]

@@ -501,18 +501,25 @@ class ReaderPool:
             raw = cursor.fetchall()
         except BaseException as error:
             self._failed(connection, sql, error)
-        cls = entry[0]
-        if raw and (cls is None or len(raw[0]) != len(cls._fields)):
-            # Its columns changed (a schema change this pool has not heard of yet).
-            connection._queries -= 1
-            self._names.pop(sql, None)
+        try:
+            cls = entry[0]
+            stale = bool(raw) and (cls is None or len(raw[0]) != len(cls._fields))
+            if stale:
+                # Its columns changed (a schema change this pool has not heard of yet).
+                connection._queries -= 1
+                self._names.pop(sql, None)
+            else:
+                entry[1] += 1
+                rows: list[Row] = list(map(cls, raw)) if raw else []
+                if timed:
+                    latency = perf_counter() - started
+                    connection.count_timed(latency, SAMPLE_EVERY, params, rows)
+        except BaseException:
+            self.release(connection)  # whatever failed, the connection goes back
+            raise
+        if stale:
             connection.lock.release()
             return self._query_general(sql, params, timeout)
-        entry[1] += 1
-        rows: list[Row] = list(map(cls, raw)) if raw else []
-        if timed:
-            latency = perf_counter() - started
-            connection.count_timed(latency, SAMPLE_EVERY, params, rows)
         if count >= self._recycle_queries:
             self.release(connection)
         else:
@@ -527,10 +534,11 @@ class ReaderPool:
         """Give back a connection whose statement failed and raise the typed error."""
         # (A statement on the fast path has run on this read-only connection before, so
         # a ReadOnlyError that _query_general explains cannot come up here.)
-        self.release(connection)
         if isinstance(error, Exception):
-            connection.count_error()
+            connection.count_error()  # while the connection is still this thread's
+            self.release(connection)
             raise wrap_sqlite_error(error, sql) from error
+        self.release(connection)
         raise error
 
     def _query_general(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
