@@ -103,7 +103,11 @@ class StorageConfig:
     """Seconds between the supervisor's liveness checks of its children."""
 
     verify_on_restart: bool = True
-    """Run ``PRAGMA quick_check`` after a writer restart, before serving writes again."""
+    """Run ``PRAGMA quick_check`` after a writer restart, before serving writes again.
+
+    It reads the whole file: measured here, a 45 MB database takes ~100 ms to check, so
+    a writer restart took ~150 ms instead of 8-25 ms. Turn it off for large databases
+    that must resume writing fast (SQLite's own checks still report corruption)."""
 
     transaction_timeout: float = 10.0
     """Seconds an interactive transaction may hold the writer lease before it is rolled
