@@ -37,7 +37,15 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.query._tokens import Token, dequote, is_word, significant, tokenize
+from atlas_actors.query._tokens import (
+    Token,
+    dequote,
+    is_word,
+    outside_parens,
+    parameter_numbers,
+    significant,
+    tokenize,
+)
 
 __all__ = [
     "ROWID",
@@ -251,8 +259,8 @@ def template(sql: str, shape_of: Callable[[str], TableShape | None]) -> Template
                 return None
         elif token.kind == "op" and token.text == ";":
             return None
-    numbers = _parameter_numbers(tokens)
-    depth0 = _depth0(tokens)
+    numbers = parameter_numbers(tokens)
+    depth0 = outside_parens(tokens)
     froms = [i for i in depth0 if is_word(tokens[i], "FROM")]
     if not froms:
         return None
@@ -297,46 +305,6 @@ def _odd_parameters(tokens: Sequence[Token]) -> bool:
         if following.start == token.end and following.text in (":", "(", "$"):
             return True
     return any(t.kind == "param" and t.text[0] == "$" for t in tokens[-1:])
-
-
-def _parameter_numbers(tokens: Sequence[Token]) -> dict[int, tuple[int, str | None]]:
-    """Token offset in the text → (parameter number, name) by SQLite's numbering rules.
-
-    https://www.sqlite.org/lang_expr.html#parameters: ``?`` takes the next number,
-    ``?NNN`` its own, a name keeps the number of its first occurrence.
-    """
-    highest = 0
-    named: dict[str, int] = {}
-    out: dict[int, tuple[int, str | None]] = {}
-    for token in tokens:
-        if token.kind != "param":
-            continue
-        text = token.text
-        if text == "?":
-            highest += 1
-            out[token.start] = (highest, None)
-        elif text[0] == "?":
-            number = int(text[1:])
-            highest = max(highest, number)
-            out[token.start] = (number, None)
-        else:
-            if text not in named:
-                highest += 1
-                named[text] = highest
-            out[token.start] = (named[text], text[1:])
-    return out
-
-
-def _depth0(tokens: Sequence[Token]) -> list[int]:
-    depth, out = 0, []
-    for i, token in enumerate(tokens):
-        if token.kind == "op" and token.text == "(":
-            depth += 1
-        elif token.kind == "op" and token.text == ")":
-            depth -= 1
-        elif depth == 0:
-            out.append(i)
-    return out
 
 
 def _name(token: Token) -> str | None:

@@ -16,6 +16,8 @@ from atlas_actors.query._tokens import (
     dequote,
     is_word,
     matching_paren,
+    outside_parens,
+    parameter_numbers,
     significant,
     tokenize,
 )
@@ -71,21 +73,7 @@ def null_bindings(sql: str) -> list[None]:
 
 
 def _parameter_count(tokens: Sequence[Token]) -> int:
-    # Numbering rules: https://www.sqlite.org/lang_expr.html#parameters ("?" takes the next
-    # number, "?NNN" its own, a name keeps the number of its first occurrence).
-    highest = 0
-    named: dict[str, int] = {}
-    for t in tokens:
-        if t.kind != "param":
-            continue
-        if t.text == "?":
-            highest += 1
-        elif t.text[0] == "?":
-            highest = max(highest, int(t.text[1:]))
-        elif t.text not in named:
-            highest += 1
-            named[t.text] = highest
-    return highest
+    return max((number for number, _ in parameter_numbers(tokens).values()), default=0)
 
 
 def _cte_names(tokens: Sequence[Token]) -> set[str]:
@@ -152,19 +140,6 @@ def _table_item(tokens: Sequence[Token], j: int, ctes: set[str], out: dict[str, 
     return j
 
 
-def _depth0(tokens: Sequence[Token]) -> list[int]:
-    """Indexes of the tokens outside any parentheses."""
-    depth, out = 0, []
-    for i, t in enumerate(tokens):
-        if t.kind == "op" and t.text == "(":
-            depth += 1
-        elif t.kind == "op" and t.text == ")":
-            depth -= 1
-        elif depth == 0:
-            out.append(i)
-    return out
-
-
 def _value(
     tokens: Sequence[Token], i: int, params: Sequence[Any] | Mapping[str, Any] | None
 ) -> tuple[int | None, int]:
@@ -196,7 +171,7 @@ def _value(
 
 
 def _limit(tokens: Sequence[Token], params: Sequence[Any] | Mapping[str, Any] | None) -> int | None:
-    limits = [i for i in _depth0(tokens) if is_word(tokens[i], "LIMIT")]
+    limits = [i for i in outside_parens(tokens) if is_word(tokens[i], "LIMIT")]
     if not limits:
         return None
     first, i = _value(tokens, limits[-1] + 1, params)
@@ -213,7 +188,7 @@ def _limit(tokens: Sequence[Token], params: Sequence[Any] | Mapping[str, Any] | 
 
 
 def _single_row(tokens: Sequence[Token]) -> bool:
-    top = _depth0(tokens)
+    top = outside_parens(tokens)
     words = {tokens[i].upper for i in top if tokens[i].kind == "word"}
     if words & {"GROUP", "UNION", "EXCEPT", "INTERSECT", "WINDOW", "OVER"}:
         return False

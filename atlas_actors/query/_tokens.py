@@ -25,6 +25,8 @@ __all__ = [
     "dequote",
     "is_word",
     "matching_paren",
+    "outside_parens",
+    "parameter_numbers",
     "significant",
     "tokenize",
 ]
@@ -122,3 +124,44 @@ def matching_paren(tokens: Sequence[Token], index: int) -> int:
             if depth == 0:
                 return i
     return len(tokens)
+
+
+def outside_parens(tokens: Sequence[Token]) -> list[int]:
+    """Return the indexes of the tokens outside any parentheses."""
+    depth, out = 0, []
+    for i, token in enumerate(tokens):
+        if token.kind == "op" and token.text == "(":
+            depth += 1
+        elif token.kind == "op" and token.text == ")":
+            depth -= 1
+        elif depth == 0:
+            out.append(i)
+    return out
+
+
+def parameter_numbers(tokens: Sequence[Token]) -> dict[int, tuple[int, str | None]]:
+    """Map each parameter token's offset in the text to (its number, its name or None).
+
+    SQLite's numbering (https://www.sqlite.org/lang_expr.html#parameters): ``?`` takes
+    the next number, ``?NNN`` its own, a name keeps the number of its first occurrence.
+    """
+    highest = 0
+    named: dict[str, int] = {}
+    out: dict[int, tuple[int, str | None]] = {}
+    for token in tokens:
+        if token.kind != "param":
+            continue
+        text = token.text
+        if text == "?":
+            highest += 1
+            out[token.start] = (highest, None)
+        elif text[0] == "?":
+            number = int(text[1:])
+            highest = max(highest, number)
+            out[token.start] = (number, None)
+        else:
+            if text not in named:
+                highest += 1
+                named[text] = highest
+            out[token.start] = (named[text], text[1:])
+    return out
