@@ -355,7 +355,6 @@ class TrackedConnection:
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
         """Run ``sql`` and return its rows; SQLite errors come back as AtlasError."""
-        # The hot path of every read: kept flat on purpose.
         started = perf_counter()
         cursor = self.cursor
         try:
@@ -371,12 +370,7 @@ class TrackedConnection:
             self._errors += 1
             self._queries += 1
             raise wrap_sqlite_error(error, sql) from error
-        self.last_latency = latency = perf_counter() - started
-        self._latency += latency
-        self._timed += 1
-        self._queries += 1
-        if not self._queries % _BYTES_SAMPLE_EVERY:
-            self._sample_bytes(params, rows)
+        self._account(started, params, rows)
         return rows
 
     def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
