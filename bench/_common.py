@@ -580,3 +580,97 @@ def thread_counts(text: str) -> list[int]:
 def progress(total: int, desc: str) -> Any:
     """A tqdm bar on stderr (silent when stderr is not a terminal)."""
     return tqdm(total=total, desc=desc, unit="cell", leave=False, disable=None)
+
+
+# -- shared by the scripts ----------------------------------------------------------------
+
+
+class WrongResultError(Exception):
+    """A read returned another row than the one asked for (counted as an error)."""
+
+
+def noop() -> None:
+    """Nothing to do (a thread's op without cleanup)."""
+
+
+def find_cell(cells: Sequence[CellResult], peer: str, threads: int) -> CellResult | None:
+    """The cell of ``peer`` at ``threads`` threads, if it was run."""
+    return next((c for c in cells if c.peer == peer and c.threads == threads), None)
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser,
+    *,
+    threads: str,
+    duration: float,
+    rounds: int,
+    warmup: float | None = None,
+) -> None:
+    """The options every side-by-side script takes (defaults shown in the help)."""
+    parser.add_argument("--quick", action="store_true", help="a short run (see below)")
+    parser.add_argument("--threads", type=thread_counts, help=f"thread counts ({threads})")
+    parser.add_argument(
+        "--duration", type=float, help=f"seconds per cell, all rounds ({duration:g})"
+    )
+    parser.add_argument("--rounds", type=int, help=f"rounds per cell, peers interleaved ({rounds})")
+    if warmup is not None:
+        parser.add_argument(
+            "--warmup",
+            type=float,
+            default=warmup,
+            help=f"unrecorded seconds before each cell ({warmup:g})",
+        )
+    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    parser.add_argument(
+        "--dir", help="directory for the scratch databases (default: the system temp dir)"
+    )
+
+
+def finish(script: str, started: float, json_path: str | None, figures: dict[str, Any]) -> int:
+    """Print how long ``script`` took; write ``figures`` (and the time) to ``json_path``."""
+    elapsed = time.perf_counter() - started
+    print(f"\n{script} took {elapsed:.0f} s")
+    if json_path:
+        write_json(json_path, {**figures, "elapsed_s": elapsed})
+        print(f"figures written to {json_path}")
+    return 0
+
+
+PassResult = dict[str, Any]
+"""One pass's figures: ``cells``, ``info`` and ``targets`` (a list of :class:`Target`)."""
+
+
+def run_as_slow_child(run_pass: Callable[[str], PassResult], json_path: str, delay_us: int) -> int:
+    """The child side of :func:`run_slow_child`: run the ``slow`` pass, write its figures."""
+    fsync_ms = check_slowsync(delay_us)
+    print(f"slowsync in effect in this child: fsync {fsync_ms:.2f} ms (SLOWSYNC_US={delay_us})")
+    result = run_pass("slow")
+    print_targets(result["targets"], "Targets, slow pass")
+    write_json(json_path, result)
+    return 0
+
+
+def run_passes(
+    passes: Sequence[str],
+    run_pass: Callable[[str], PassResult],
+    run_slow: Callable[[], dict[str, Any]],
+) -> tuple[dict[str, PassResult], list[Target]]:
+    """Run each pass (``slow`` through ``run_slow``, in a child); figures and targets."""
+    results: dict[str, PassResult] = {}
+    targets: list[Target] = []
+    for name in passes:
+        if name == "slow":
+            try:
+                child = run_slow()
+            except (RuntimeError, subprocess.CalledProcessError) as error:
+                detail = getattr(error, "stderr", "") or ""
+                print(f"\nslow pass not run: {error} {detail}".rstrip())
+                targets.append(Target("slow: the slow-disk pass ran", str(error), False))
+                continue
+            results["slow"] = child
+            targets += [Target(**t) for t in child["targets"]]
+            continue
+        result = run_pass(name)
+        results[name] = result
+        targets += result["targets"]
+    return results, targets

@@ -65,10 +65,15 @@ from _common import (
     Op,
     Segment,
     Target,
+    WrongResultError,
+    add_run_options,
     environment,
+    find_cell,
+    finish,
     fmt,
     fmt_ratio,
     median,
+    noop,
     print_environment,
     print_targets,
     progress,
@@ -80,8 +85,6 @@ from _common import (
     scratch_dir,
     spread,
     table,
-    thread_counts,
-    write_json,
 )
 
 import atlas_actors as atlas
@@ -124,16 +127,8 @@ HIT_RATE_TARGET = 0.90
 READS_TARGET = 2.0
 
 
-class WrongResultError(Exception):
-    """A read returned no row or another row than asked for."""
-
-
 class StaleReadError(Exception):
     """A thread's read right after its own acknowledged write did not see it."""
-
-
-def _noop() -> None:
-    return None
 
 
 # -- data -------------------------------------------------------------------------------
@@ -341,7 +336,7 @@ def make_factory(
         def atlas_write(sql: str, params: tuple[Any, ...]) -> int | None:
             return write(sql, params).lastrowid
 
-        return workload.op(index, atlas_read, atlas_write), _noop
+        return workload.op(index, atlas_read, atlas_write), noop
 
     return factory
 
@@ -465,14 +460,10 @@ def summarize(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def _cell(cells: Sequence[CellResult], peer: str, threads: int) -> CellResult | None:
-    return next((c for c in cells if c.peer == peer and c.threads == threads), None)
-
-
 def print_cells(cells: Sequence[CellResult]) -> None:
     rows = []
     for cell in cells:
-        base = _cell(cells, BASELINE, cell.threads)
+        base = find_cell(cells, BASELINE, cell.threads)
         reads, writes = cell.kind("read"), cell.kind("write")
         notes = []
         if cell.error_kinds:
@@ -547,7 +538,7 @@ def print_cells(cells: Sequence[CellResult]) -> None:
 def judge(cells: Sequence[CellResult], label: str, threads: int = 16) -> list[Target]:
     """The issue's targets at ``threads`` threads, and the clean-run check."""
     targets = []
-    mine, base = _cell(cells, CACHED, threads), _cell(cells, BASELINE, threads)
+    mine, base = find_cell(cells, CACHED, threads), find_cell(cells, BASELINE, threads)
     wanted_hits = f"cache: hit rate >= {HIT_RATE_TARGET:.0%} ({CACHED}, {threads} thr, {label})"
     wanted_reads = f"cache: {CACHED} reads >= {READS_TARGET:g}x {BASELINE} ({threads} thr, {label})"
     if mine is None or base is None:
@@ -632,13 +623,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "the machine and its load."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (see below)")
-    parser.add_argument("--threads", type=thread_counts, help="thread counts (4,16)")
-    parser.add_argument("--duration", type=float, help="seconds per cell, all rounds (12)")
-    parser.add_argument("--rounds", type=int, help="rounds per cell, peers interleaved (6)")
-    parser.add_argument(
-        "--warmup", type=float, default=0.5, help="unrecorded seconds before each cell (0.5)"
-    )
+    add_run_options(parser, threads="4,16", duration=12, rounds=6, warmup=0.5)
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks (100000)")
     parser.add_argument("--projects", type=int, default=1_000, help="projects (1000)")
     parser.add_argument(
@@ -650,8 +635,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="shares of operations that write, each a series of its own; the targets are "
         "judged on the first (quick: 0.1; default: 0.1,0.01,0)",
     )
-    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument("--dir", help="directory for the scratch databases (system temp dir)")
     args = parser.parse_args(argv)
     args.threads = args.threads or ([16] if args.quick else [4, 16])
     if args.duration is None:
@@ -723,21 +706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.writes) > 1:
         print_sweep(series)
     print_targets(targets, "Targets (issue 5)")
-    elapsed = time.perf_counter() - started
-    print(f"\ncache.py took {elapsed:.0f} s")
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "environment": env,
-                "args": vars(args),
-                "series": series,
-                "targets": targets,
-                "elapsed_s": elapsed,
-            },
-        )
-        print(f"figures written to {args.json}")
-    return 0
+    payload = {
+        "environment": env,
+        "args": vars(args),
+        "series": series,
+        "targets": targets,
+    }
+    return finish("cache.py", started, args.json, payload)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,14 @@ from _common import (
     Op,
     Segment,
     Target,
+    WrongResultError,
+    add_run_options,
     environment,
+    finish,
     fmt,
     fmt_ratio,
     median,
+    noop,
     print_environment,
     print_targets,
     progress,
@@ -52,8 +56,6 @@ from _common import (
     scratch_dir,
     spread,
     table,
-    thread_counts,
-    write_json,
 )
 
 import atlas_actors as atlas
@@ -65,10 +67,6 @@ default configuration on this workload, where uniform random ids make nearly eve
 read a cache miss: it shows what the cache costs when it cannot help."""
 BASELINE = "sqlite3"
 IDS_PER_THREAD = 1 << 14
-
-
-class WrongResultError(Exception):
-    """A read returned no row or another row than asked for."""
 
 
 def prepare(path: Path, rows: int) -> None:
@@ -131,20 +129,16 @@ def make_factory(
                 found = query(SELECT, [wanted])
                 return _checked(wanted, found[0] if found else None)
 
-            return atlas_query, _noop
+            return atlas_query, noop
 
         def atlas_submit() -> object:
             wanted = next_id()
             found = submit(SELECT, [wanted]).get(timeout=30.0)
             return _checked(wanted, found[0] if found else None)
 
-        return atlas_submit, _noop
+        return atlas_submit, noop
 
     return factory
-
-
-def _noop() -> None:
-    return None
 
 
 def _checked(wanted: int, row: Sequence[Any] | None) -> object:
@@ -374,17 +368,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "peers finely: on a shared machine load comes in bursts."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (see below)")
-    parser.add_argument("--threads", type=thread_counts, help="thread counts (1,4,16)")
-    parser.add_argument("--duration", type=float, help="seconds per cell, all rounds (6)")
-    parser.add_argument("--rounds", type=int, help="rounds per cell, peers interleaved (10)")
-    parser.add_argument(
-        "--warmup", type=float, default=0.3, help="unrecorded seconds before each cell (0.3)"
-    )
+    add_run_options(parser, threads="1,4,16", duration=6, rounds=10, warmup=0.3)
     parser.add_argument("--rows", type=int, default=100_000, help="rows in the table (100000)")
     parser.add_argument("--calls", type=int, help="calls per layer per round in the breakdown")
-    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument("--dir", help="directory for the scratch database (system temp dir)")
     args = parser.parse_args(argv)
     args.threads = args.threads or [1, 4, 16]
     if args.duration is None:
@@ -423,23 +409,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_breakdown(figures)
     targets = judge(cells)
     print_targets(targets)
-    elapsed = time.perf_counter() - started
-    print(f"\nreads.py took {elapsed:.0f} s")
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "environment": env,
-                "args": vars(args),
-                "cells": cells,
-                "pool_sizes": {f"{p} x{t}": n for (p, t), n in pool_sizes.items()},
-                "breakdown_us": {name: us for name, us, _ in figures},
-                "targets": targets,
-                "elapsed_s": elapsed,
-            },
-        )
-        print(f"figures written to {args.json}")
-    return 0
+    payload = {
+        "environment": env,
+        "args": vars(args),
+        "cells": cells,
+        "pool_sizes": {f"{p} x{t}": n for (p, t), n in pool_sizes.items()},
+        "breakdown_us": {name: us for name, us, _ in figures},
+        "targets": targets,
+    }
+    return finish("reads.py", started, args.json, payload)
 
 
 if __name__ == "__main__":

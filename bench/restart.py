@@ -39,6 +39,7 @@ from typing import Any
 from _common import (
     Target,
     environment,
+    finish,
     fmt,
     median,
     percentile,
@@ -46,7 +47,6 @@ from _common import (
     print_targets,
     scratch_dir,
     table,
-    write_json,
 )
 
 import atlas_actors as atlas
@@ -407,22 +407,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_results(main_results, fresh, args)
     targets = judge(main_results, fresh)
     print_targets(targets)
-    elapsed = time.perf_counter() - started
-    print(f"\nrestart.py took {elapsed:.0f} s")
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "environment": env,
-                "args": vars(args),
-                "main": main_results,
-                "fresh_default_config": fresh,
-                "targets": targets,
-                "elapsed_s": elapsed,
-            },
-        )
-        print(f"figures written to {args.json}")
-    return 0
+    payload = {
+        "environment": env,
+        "args": vars(args),
+        "main": main_results,
+        "fresh_default_config": fresh,
+        "targets": targets,
+    }
+    return finish("restart.py", started, args.json, payload)
 
 
 if __name__ == "__main__":

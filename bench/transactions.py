@@ -40,7 +40,6 @@ import argparse
 import itertools
 import random
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,13 +50,17 @@ import apsw
 from _common import (
     CellResult,
     Op,
+    PassResult,
     Segment,
     Target,
-    check_slowsync,
+    add_run_options,
     environment,
+    find_cell,
+    finish,
     fmt,
     fmt_ratio,
     median,
+    noop,
     print_environment,
     print_targets,
     progress,
@@ -65,14 +68,14 @@ from _common import (
     remove_db,
     rotated,
     round_ratios,
+    run_as_slow_child,
     run_closed_loop,
+    run_passes,
     run_slow_child,
     scratch_dir,
     spread,
     table,
-    thread_counts,
     time_fsync,
-    write_json,
 )
 
 import atlas_actors as atlas
@@ -100,10 +103,6 @@ TARGETS = {"full": 1.4, "slow": 5.0}
 JUDGED = "atlas.tx"
 """The variant the targets are judged on: the interactive API issue 4 names."""
 BASELINE = "sqlite3"
-
-
-def _noop() -> None:
-    return None
 
 
 def _pairs(seed: int, accounts: int) -> list[tuple[int, int]]:
@@ -233,7 +232,7 @@ class AtlasTxPeer(AtlasPeer):
                 _transfer_in(tx, a, b, ref)
             return None
 
-        return op, _noop
+        return op, noop
 
 
 class AtlasRunPeer(AtlasPeer):
@@ -247,7 +246,7 @@ class AtlasRunPeer(AtlasPeer):
             a, b, ref = transfers.next()
             return run(lambda tx: _transfer_in(tx, a, b, ref))
 
-        return op, _noop
+        return op, noop
 
 
 class AtlasInWriterPeer(AtlasPeer):
@@ -270,7 +269,7 @@ class AtlasInWriterPeer(AtlasPeer):
 
             return run_in_writer(transfer)
 
-        return op, _noop
+        return op, noop
 
 
 PEERS: dict[str, type[Peer]] = {
@@ -387,10 +386,6 @@ def run_pass(
     return cells, info
 
 
-def _cell(cells: Sequence[CellResult], peer: str, threads: int) -> CellResult | None:
-    return next((c for c in cells if c.peer == peer and c.threads == threads), None)
-
-
 def print_pass(name: str, cells: Sequence[CellResult], info: dict[str, Any]) -> None:
     """The figures of one pass, each atlas variant's ratio to the baseline per round."""
     title = {
@@ -403,7 +398,7 @@ def print_pass(name: str, cells: Sequence[CellResult], info: dict[str, Any]) -> 
     )
     rows = []
     for cell in cells:
-        base = _cell(cells, BASELINE, cell.threads)
+        base = find_cell(cells, BASELINE, cell.threads)
         notes = []
         if "mean_batch" in cell.extra:
             notes.append(f"batch mean {cell.extra['mean_batch']:.1f} max {cell.extra['max_batch']}")
@@ -447,10 +442,10 @@ def judge(name: str, cells: Sequence[CellResult], threads: int = 16) -> list[Tar
     """The issue's throughput target for every atlas variant, and the clean-run check."""
     at_least = TARGETS[name]
     targets = []
-    base = _cell(cells, BASELINE, threads)
+    base = find_cell(cells, BASELINE, threads)
     variants = [c.peer for c in cells if c.peer.startswith("atlas") and c.threads == threads]
     for variant in sorted(variants, key=lambda v: v != JUDGED):
-        mine = _cell(cells, variant, threads)
+        mine = find_cell(cells, variant, threads)
         judged = " (the target)" if variant == JUDGED else ""
         wanted = f"{name}: {variant}{judged} >= {at_least:g}x {BASELINE} at {threads} threads"
         if mine is None or base is None:
@@ -534,13 +529,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "Ratios are the result; absolute numbers depend on the machine and its load."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a one-minute run (see below)")
-    parser.add_argument("--threads", type=thread_counts, help="thread counts (1,4,16)")
-    parser.add_argument("--duration", type=float, help="seconds per cell, all rounds (6)")
-    parser.add_argument("--rounds", type=int, help="rounds per cell, peers interleaved (6)")
-    parser.add_argument(
-        "--warmup", type=float, default=0.1, help="unrecorded seconds before each cell (0.1)"
-    )
+    add_run_options(parser, threads="1,4,16", duration=6, rounds=6, warmup=0.1)
     parser.add_argument(
         "--accounts", type=int, default=10_000, help="accounts in the table (10000)"
     )
@@ -562,10 +551,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="on",
         help="atlas's read cache (on: the default configuration)",
     )
-    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument(
-        "--dir", help="directory for the scratch databases (default: the system temp dir)"
-    )
     parser.add_argument("--slow-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads is None:
@@ -586,15 +571,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     peers = args.peers.split(",")
     started = time.perf_counter()
-    if args.slow_child:
-        fsync_ms = check_slowsync(SLOW_US)
-        print(f"slowsync in effect in this child: fsync {fsync_ms:.2f} ms (SLOWSYNC_US={SLOW_US})")
-        cells, info = run_pass("slow", args, peers)
-        print_pass("slow", cells, info)
-        targets = judge("slow", cells)
-        write_json(args.json, {"cells": cells, "info": info, "targets": targets})
-        return 0
 
+    def one_pass(name: str) -> PassResult:
+        cells, info = run_pass(name, args, peers)
+        print_pass(name, cells, info)
+        return {"cells": cells, "info": info, "targets": judge(name, cells)}
+
+    if args.slow_child:
+        return run_as_slow_child(one_pass, args.json, SLOW_US)
     env = environment()
     print_environment(env)
     print(
@@ -603,33 +587,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"warm-up, peers {peers}; targets judged on {JUDGED}"
     )
     passes = ["full", "slow"] if args.passes == "all" else [args.passes]
-    results: dict[str, Any] = {"environment": env, "args": vars(args), "passes": {}}
-    all_targets: list[Target] = []
-    for name in passes:
-        if name == "slow":
-            try:
-                child = run_slow_pass(args, peers)
-            except (RuntimeError, subprocess.CalledProcessError) as error:
-                detail = getattr(error, "stderr", "") or ""
-                print(f"\nslow pass not run: {error} {detail}".rstrip())
-                all_targets.append(Target("slow: the slow-disk pass ran", str(error), False))
-                continue
-            results["passes"]["slow"] = child
-            all_targets += [Target(**t) for t in child["targets"]]
-            continue
-        cells, info = run_pass(name, args, peers)
-        print_pass(name, cells, info)
-        targets = judge(name, cells)
-        all_targets += targets
-        results["passes"][name] = {"cells": cells, "info": info, "targets": targets}
-    print_targets(all_targets, "Targets (issue 4)")
-    elapsed = time.perf_counter() - started
-    print(f"\ntransactions.py took {elapsed:.0f} s")
-    results["elapsed_s"] = elapsed
-    if args.json:
-        write_json(args.json, results)
-        print(f"figures written to {args.json}")
-    return 0
+    results, targets = run_passes(passes, one_pass, lambda: run_slow_pass(args, peers))
+    print_targets(targets, "Targets (issue 4)")
+    payload = {"environment": env, "args": vars(args), "passes": results}
+    return finish("transactions.py", started, args.json, payload)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import itertools
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -48,12 +47,16 @@ from typing import Any, ClassVar
 from _common import (
     CellResult,
     Op,
+    PassResult,
     Segment,
     Target,
-    check_slowsync,
+    add_run_options,
     environment,
+    find_cell,
+    finish,
     fmt,
     fmt_ratio,
+    noop,
     print_environment,
     print_targets,
     progress,
@@ -61,14 +64,14 @@ from _common import (
     remove_db,
     rotated,
     round_ratios,
+    run_as_slow_child,
     run_closed_loop,
+    run_passes,
     run_slow_child,
     scratch_dir,
     spread,
     table,
-    thread_counts,
     time_fsync,
-    write_json,
 )
 from playhouse.sqliteq import SqliteQueueDatabase  # type: ignore[import-untyped]
 from sqlalchemy import (
@@ -107,10 +110,6 @@ SLOW_US = 2000
 
 PASSES = {"full": "FULL", "normal": "NORMAL", "slow": "FULL"}
 """Pass name → ``PRAGMA synchronous`` of every peer."""
-
-
-def _noop() -> None:
-    return None
 
 
 def _task(index: int, counter: itertools.count[int]) -> tuple[int, str, float]:
@@ -153,7 +152,7 @@ class AtlasPeer(Peer):
         def op() -> object:
             return write_all([(INSERT, _task(index, counter)), (UPDATE, None)])
 
-        return op, _noop
+        return op, noop
 
     def close(self) -> dict[str, Any]:
         stats = self.db.writer.stats()
@@ -216,7 +215,7 @@ class SharedLockPeer(Peer):
                 _transaction(connection, params)
             return None
 
-        return op, _noop
+        return op, noop
 
     def close(self) -> dict[str, Any]:
         self.connection.close()
@@ -246,7 +245,7 @@ class PeeweeQueuePeer(Peer):
             # autocommit, committed) the statement.
             return execute(INSERT, _task(index, counter)).lastrowid
 
-        return op, _noop
+        return op, noop
 
     def close(self) -> dict[str, Any]:
         self.db.stop()
@@ -269,7 +268,7 @@ class PeeweeQueueTwoStatementsPeer(PeeweeQueuePeer):
             execute(INSERT, _task(index, counter)).lastrowid  # noqa: B018 (waits for it)
             return execute(UPDATE).rowcount
 
-        return op, _noop
+        return op, noop
 
 
 class SQLAlchemyPeer(Peer):
@@ -315,7 +314,7 @@ class SQLAlchemyPeer(Peer):
                 connection.execute(update_stmt)
             return None
 
-        return op, _noop
+        return op, noop
 
     def close(self) -> dict[str, Any]:
         self.engine.dispose()
@@ -479,16 +478,12 @@ def print_pass(name: str, cells: Sequence[CellResult], info: dict[str, Any]) -> 
     print(table(["threads", *others], ratio_rows))
 
 
-def _cell(cells: Sequence[CellResult], peer: str, threads: int) -> CellResult | None:
-    return next((c for c in cells if c.peer == peer and c.threads == threads), None)
-
-
 def judge(name: str, cells: Sequence[CellResult]) -> list[Target]:
     """The issue's targets for one pass, from the measured cells."""
     targets = []
 
     def throughput(threads: int, at_least: float, p99_at_most: float | None = None) -> Target:
-        mine, base = _cell(cells, "atlas", threads), _cell(cells, BASELINE, threads)
+        mine, base = find_cell(cells, "atlas", threads), find_cell(cells, BASELINE, threads)
         wanted = f"{name}: >= {at_least:g}x {BASELINE} at {threads} threads"
         if p99_at_most is not None:
             wanted += f", p99 <= {p99_at_most:g}x its p99"
@@ -576,14 +571,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "the machine and its load."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a one-minute run (see below)")
-    parser.add_argument(
-        "--threads", type=thread_counts, help="thread counts, e.g. 1,4,16,64 (default)"
-    )
-    parser.add_argument("--duration", type=float, help="seconds per cell, all rounds (6)")
-    parser.add_argument(
-        "--rounds", type=int, help="rounds each cell is split into, peers interleaved (4)"
-    )
+    add_run_options(parser, threads="1,4,16,64", duration=6, rounds=4)
     parser.add_argument(
         "--pass",
         dest="passes",
@@ -595,10 +583,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--peers",
         default=",".join(PEERS),
         help=f"comma-separated subset of: {', '.join(PEERS)} (default all)",
-    )
-    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument(
-        "--dir", help="directory for the scratch databases (default: the system temp dir)"
     )
     parser.add_argument("--slow-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -620,16 +604,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     peers = args.peers.split(",")
     started = time.perf_counter()
-    if args.slow_child:
-        fsync_ms = check_slowsync(SLOW_US)
-        print(f"slowsync in effect in this child: fsync {fsync_ms:.2f} ms (SLOWSYNC_US={SLOW_US})")
-        cells, info = run_pass("slow", args, peers)
-        print_pass("slow", cells, info)
-        targets = judge("slow", cells)
-        print_targets(targets, "Targets, slow pass")
-        write_json(args.json, {"cells": cells, "info": info, "targets": targets})
-        return 0
 
+    def one_pass(name: str) -> PassResult:
+        cells, info = run_pass(name, args, peers)
+        print_pass(name, cells, info)
+        return {"cells": cells, "info": info, "targets": judge(name, cells)}
+
+    if args.slow_child:
+        return run_as_slow_child(one_pass, args.json, SLOW_US)
     env = environment()
     print_environment(env)
     print(
@@ -637,33 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"round(s), peers {peers}"
     )
     passes = ["full", "normal", "slow"] if args.passes == "all" else [args.passes]
-    results: dict[str, Any] = {"environment": env, "args": vars(args), "passes": {}}
-    all_targets: list[Target] = []
-    for name in passes:
-        if name == "slow":
-            try:
-                child = run_slow_pass(args, peers)
-            except (RuntimeError, subprocess.CalledProcessError) as error:
-                detail = getattr(error, "stderr", "") or ""
-                print(f"\nslow pass not run: {error} {detail}".rstrip())
-                all_targets.append(Target("slow: the slow-disk pass ran", str(error), False))
-                continue
-            results["passes"]["slow"] = child
-            all_targets += [Target(**t) for t in child["targets"]]
-            continue
-        cells, info = run_pass(name, args, peers)
-        print_pass(name, cells, info)
-        targets = judge(name, cells)
-        all_targets += targets
-        results["passes"][name] = {"cells": cells, "info": info, "targets": targets}
-    print_targets(all_targets)
-    elapsed = time.perf_counter() - started
-    print(f"\nwrites.py took {elapsed:.0f} s")
-    results["elapsed_s"] = elapsed
-    if args.json:
-        write_json(args.json, results)
-        print(f"figures written to {args.json}")
-    return 0
+    results, targets = run_passes(passes, one_pass, lambda: run_slow_pass(args, peers))
+    print_targets(targets)
+    payload = {"environment": env, "args": vars(args), "passes": results}
+    return finish("writes.py", started, args.json, payload)
 
 
 if __name__ == "__main__":
