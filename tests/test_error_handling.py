@@ -13,15 +13,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import errors
-
-
-def _until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+from tests.helpers import wait_until
 
 
 def test_disk_full_degrades_to_read_only_and_recovers_by_itself(open_storage: object) -> None:
@@ -48,7 +40,7 @@ def test_disk_full_degrades_to_read_only_and_recovers_by_itself(open_storage: ob
     assert time.monotonic() - started < 1.0  # not after the 5 s busy timeout
     assert db.health().status == "degraded"
     # Space comes back (rows deleted: their pages are reused); a probe finds out.
-    assert _until(lambda: _try(db, "DELETE FROM blobs WHERE id % 2 = 0"))
+    assert wait_until(lambda: _try(db, "DELETE FROM blobs WHERE id % 2 = 0"))
     assert recovered.wait(2)
     db.write("INSERT INTO blobs VALUES (5000, zeroblob(2000))")
     assert db.health().status == "ok"
@@ -96,7 +88,7 @@ def test_corruption_stops_writes_verifies_and_reports(tmp_path: Path) -> None:
         assert events == ["corruption"]
         with pytest.raises(errors.CorruptionError, match=r"verified|damaged"):
             db.write("INSERT INTO notes(body) VALUES ('more')")
-        assert _until(lambda: "damaged" in str(db.write_block))
+        assert wait_until(lambda: "damaged" in str(db.write_block))
         health = db.health()
         assert health.status == "degraded" and "integrity_check" in (health.failure or "")
     with atlas.open(original) as db:  # the original is untouched

@@ -13,15 +13,7 @@ import atlas_actors as atlas
 from atlas_actors.connection import TrackedConnection
 from atlas_actors.errors import OperationTimeout, ValidationError
 from atlas_actors.faults import FaultyVFS
-
-
-def _wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
+from tests.helpers import wait_until
 
 
 def test_acquire_lends_a_connection_until_release(db: atlas.Storage) -> None:
@@ -104,7 +96,7 @@ def test_readers_above_the_floor_retire_when_idle(open_storage: object) -> None:
     leases = [db.pool.acquire(timeout=5) for _ in range(4)]
     for lease in leases:
         lease.release()
-    assert _wait_until(lambda: db.pool.status().total == 2)
+    assert wait_until(lambda: db.pool.status().total == 2)
     assert db.query("SELECT 1") == [(1,)]
 
 
@@ -130,7 +122,7 @@ def test_resize_up_and_down_under_load_loses_no_call(open_storage: object) -> No
         thread.start()
     for size in (6, 1, 4, 2, 8, 1):
         db.pool.resize(size)
-        assert _wait_until(lambda size=size: db.pool.status().total == size)
+        assert wait_until(lambda size=size: db.pool.status().total == size)
         time.sleep(0.05)
     stop.set()
     for thread in threads:

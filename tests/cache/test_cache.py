@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,18 +17,10 @@ import diskcache
 import pytest
 
 import atlas_actors as atlas
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 READ = "SELECT v FROM kv WHERE k = ?"
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture
@@ -189,7 +180,7 @@ def test_schema_changes_and_writer_restarts_drop_everything(kv: atlas.Storage) -
     kv.events.on("restart", lambda e: restarted.set())
     kv.supervisor.kill("writer")
     assert restarted.wait(5)
-    assert _wait(lambda: kv.cache.stats().size == 0)
+    assert wait_until(lambda: kv.cache.stats().size == 0)
 
 
 def test_a_cheap_result_is_admitted_the_second_time_it_is_missed(
@@ -272,13 +263,13 @@ def test_a_cache_actor_crash_bypasses_then_warms_without_stale_entries(
 ) -> None:
     _cached(kv, 14)
     _cached_query(kv, "SELECT v FROM other WHERE k = 14")
-    assert _wait(lambda: kv.cache.stats().l2_entries >= 2)  # written to disk
+    assert wait_until(lambda: kv.cache.stats().l2_entries >= 2)  # written to disk
     restarted = threading.Event()
     kv.events.on("restart", lambda e: restarted.set() if e.role == "cache" else None)
     kv.supervisor.kill("cache")
     kv.write("UPDATE kv SET v = 'while down' WHERE k = 14")  # invalidated, cache or not
     assert restarted.wait(5)
-    assert _wait(lambda: kv.cache.l1 is not None)
+    assert wait_until(lambda: kv.cache.l1 is not None)
     assert _v(kv, 14) == "while down"
     before = kv.cache.stats()
     assert kv.query("SELECT v FROM other WHERE k = 14") == [("o14",)]
@@ -290,9 +281,9 @@ def test_reopening_warms_memory_from_disk(db_path: Path) -> None:
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
         _cached(db, 1)
-        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+        assert wait_until(lambda: db.cache.stats().l2_entries == 1)
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
-        assert _wait(lambda: db.cache.stats().size == 1)
+        assert wait_until(lambda: db.cache.stats().size == 1)
         assert _v(db, 1) == "one"
         assert db.cache.stats().l1_hits == 1 and db.cache.stats().misses == 0
 
@@ -302,7 +293,7 @@ def test_changes_made_while_closed_drop_what_was_on_disk(db_path: Path) -> None:
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
         _cached(db, 1)
-        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+        assert wait_until(lambda: db.cache.stats().l2_entries == 1)
     other = apsw.Connection(str(db_path))
     other.execute("UPDATE kv SET v = 'changed while closed'")
     other.close()
@@ -367,7 +358,7 @@ def test_a_planted_pickle_is_never_unpickled_and_counts_as_a_miss(
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
         _cached(db, 1)
-        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+        assert wait_until(lambda: db.cache.stats().l2_entries == 1)
     # Someone with write access replaces every entry with a pickle that runs code.
     marker = tmp_path / "pwned"
     plain = diskcache.Cache(f"{db_path}.cache")
@@ -393,7 +384,7 @@ def test_an_unreadable_entry_is_a_miss(db_path: Path) -> None:
         db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO kv VALUES (1, 'one')")
         _cached(db, 1)
-        assert _wait(lambda: db.cache.stats().l2_entries == 1)
+        assert wait_until(lambda: db.cache.stats().l2_entries == 1)
     plain = diskcache.Cache(f"{db_path}.cache")
     for key in list(plain.iterkeys()):
         if key != "atlas:meta":
