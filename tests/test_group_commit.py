@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import ConstraintError
+from tests.helpers import wait_until
 
 
 def test_64_threads_times_200_writes_all_land_exactly_once(db: atlas.Storage) -> None:
@@ -64,3 +68,90 @@ def test_futures_of_one_batch_resolve_only_after_its_commit(db: atlas.Storage) -
     for i, future in enumerate(futures):
         future.get(timeout=10)
         assert db.query("SELECT 1 FROM tasks WHERE title = ?", [f"t{i}"]) == [(1,)]
+
+
+def _gate(db: atlas.Storage) -> tuple[threading.Event, threading.Event]:
+    """Block the writer in a function until the returned ``release`` is set.
+
+    Everything sent meanwhile waits in the mailbox, so it runs as one batch after it.
+    """
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        entered.set()
+        release.wait(10)
+
+    db.writer.run(hold)
+    assert entered.wait(5)
+    return entered, release
+
+
+def test_a_failure_among_writes_sharing_a_savepoint_undoes_only_its_own_writes(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # Consecutive writes share one savepoint. INSERT OR FAIL keeps the rows it inserted
+    # before failing (https://sqlite.org/lang_conflict.html), so only rolling the shared
+    # savepoint back and running the writes again alone leaves none of them behind.
+    db = open_storage(max_batch_delay=5.0)
+    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
+    db.write("INSERT INTO t(a) VALUES (3)")
+    before = db.writer.stats()
+    _, release = _gate(db)
+    first = db.writer.execute("INSERT INTO t(a) VALUES (1)")
+    partial = db.writer.execute("INSERT OR FAIL INTO t(a) VALUES (10), (11), (3), (12)")
+    many = db.writer.executemany("INSERT INTO t(a) VALUES (?)", [(20,), (21,)])
+    script = db.writer.execute("INSERT INTO t(a) VALUES (30); INSERT INTO t(a) VALUES (31)")
+    failing_script = db.writer.execute("INSERT INTO t(a) VALUES (40); INSERT INTO t(a) VALUES (1)")
+    last = db.writer.execute("INSERT INTO t(a) VALUES (50)")
+    release.set()
+    assert first.get(5).rowcount == 1
+    with pytest.raises(ConstraintError):
+        partial.get(5)
+    assert many.get(5).rowcount == 2
+    script.get(5)
+    with pytest.raises(ConstraintError):
+        failing_script.get(5)
+    assert last.get(5).lastrowid is not None
+    rows = [a for (a,) in db.query("SELECT a FROM t ORDER BY a")]
+    assert rows == [1, 3, 20, 21, 30, 31, 50]
+    after = db.writer.stats()
+    assert after.failed - before.failed == 2
+    assert after.writes - before.writes == 4 + 1  # the four that succeed, and the gate
+    assert after.batches - before.batches == 1, "the writes shared one batch"
+    # The group held `first` and `partial` when `partial` failed: both ran again alone.
+    assert after.regrouped - before.regrouped == 2
+
+
+def test_a_failing_write_after_a_transaction_in_the_same_batch_leaves_the_transaction(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # A transaction's work is not replayable: the writes' shared savepoint is closed
+    # before the transaction's own opens, so a later failure cannot roll it back.
+    db = open_storage(max_batch_delay=5.0)
+    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
+    db.write("INSERT INTO t(a) VALUES (3)")
+    before = db.writer.stats()
+    _, release = _gate(db)
+    mailbox = db.writer._mailbox
+    first = db.writer.execute("INSERT INTO t(a) VALUES (1)")
+    committed = threading.Event()
+
+    def transaction() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t(a) VALUES (100)")
+        committed.set()
+
+    worker = threading.Thread(target=transaction)
+    worker.start()
+    assert wait_until(lambda: mailbox.qsize() >= 2), "the lease request is queued"
+    failing = db.writer.execute("INSERT INTO t(a) VALUES (3)")
+    last = db.writer.execute("INSERT INTO t(a) VALUES (4)")
+    release.set()
+    first.get(5)
+    with pytest.raises(ConstraintError):
+        failing.get(5)
+    last.get(5)
+    worker.join(5)
+    assert committed.is_set()
+    assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [1, 3, 4, 100]
+    assert db.writer.stats().batches - before.batches == 1, "all of it in one batch"

@@ -1,11 +1,18 @@
 """The writer actor: the only connection that writes, with group commit.
 
 Group commit (DESIGN.md): the first write of a batch opens ``BEGIN IMMEDIATE``; each
-write runs under its own ``SAVEPOINT`` so a failing one rolls back only itself and fails
+write is isolated by a ``SAVEPOINT`` so a failing one rolls back only itself and fails
 only its own future; when the mailbox holds no more messages (or the batch reaches
 ``max_batch_size`` writes or ``max_batch_delay`` seconds) the batch commits once, the
 commit hooks run (cache invalidation), and only then do the futures resolve. With
 ``synchronous=FULL`` one fsync thus acknowledges a whole batch.
+
+Consecutive replayable writes (statements; not ``run_in_writer`` functions) share one
+savepoint, the *group*: every SQLite call releases the GIL, and under threads busy in
+Python each one costs the writer a wait for the GIL back, which every write of the
+batch then pays. When a write of the group fails, the group is rolled back, its earlier
+writes run again each under its own savepoint, and the failing one runs again under its
+own, so it fails alone as before; the rest of that batch takes a savepoint per write.
 
 Interactive transactions borrow the connection under a lease (``transaction/lease.py``):
 the writer opens a savepoint for them inside the batch and stashes everyone else's
@@ -67,6 +74,8 @@ __all__ = ["WriterActor", "WriterHooks"]
 
 log = logging.getLogger(__name__)
 
+_GROUP = "atlas_group"
+"""The savepoint shared by consecutive replayable writes of a batch."""
 _ROW_IMAGE_LIMIT = 1024
 """Row images kept per table and batch; past it, the cache drops the table's entries."""
 
@@ -144,6 +153,10 @@ class WriterActor(RoleActor):
         self._batch: list[tuple[Op, Any]] = []
         self._spans: list[Any] = []
         self._in_transaction = False
+        self._group_start: int | None = None
+        """Index in the batch of the first write of the open group (None: no group)."""
+        self._group_failed = False
+        """A write of this batch failed inside a group: no more groups in this batch."""
         self._batch_started = 0.0
         self._data_version = 0
         self._lease: Lease | None = None
@@ -336,6 +349,8 @@ class WriterActor(RoleActor):
                 connection.cursor.execute("ROLLBACK")
             return False
         self._in_transaction = True
+        self._group_start = None
+        self._group_failed = False
         self._batch_started = time.monotonic()
         self._batch_tables = set()
         self._changes_at_begin = connection.connection.total_changes()
@@ -398,6 +413,10 @@ class WriterActor(RoleActor):
     def _savepoint(
         self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
     ) -> None:
+        if op.replayable and not self._group_failed:
+            self._grouped(op, cursor, connection, span)
+            return
+        self._close_group(cursor)
         cursor.execute("SAVEPOINT op")
         try:
             result = op.run(connection)
@@ -408,6 +427,54 @@ class WriterActor(RoleActor):
         self._batch.append((op, result))
         if self.hooks.track_tables:
             self._note_writes(op, connection)
+
+    def _grouped(
+        self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
+    ) -> None:
+        """Run a replayable write inside the batch's open group (opening one if needed)."""
+        if self._group_start is None:
+            cursor.execute(f"SAVEPOINT {_GROUP}")
+            self._group_start = len(self._batch)
+        try:
+            result = op.run(connection)
+        except Exception as error:
+            self._split_group(op, cursor, connection, error, span)
+            return
+        self._batch.append((op, result))
+        if self.hooks.track_tables:
+            self._note_writes(op, connection)
+
+    def _split_group(
+        self,
+        op: WriterOp,
+        cursor: apsw.Cursor,
+        connection: TrackedConnection,
+        error: Exception,
+        span: Any,
+    ) -> None:
+        """A write of the group failed: undo the group, run its writes again one by one.
+
+        They go back in front of the mailbox and run next, each under its own
+        savepoint, so the failing one fails alone and the others commit as before.
+        """
+        start, self._group_start = self._group_start, None
+        assert start is not None, "a group is open while one of its writes runs"
+        self._group_failed = True
+        if not connection.connection.in_transaction:
+            self._undo(op, cursor, error, span)  # SQLite dropped the whole batch: replay
+            return
+        cursor.execute(f"ROLLBACK TO {_GROUP}; RELEASE {_GROUP}")
+        again: list[Op] = [queued for queued, _ in self._batch[start:]]
+        del self._batch[start:]
+        again.append(op)
+        self.counters.regrouped += len(again)
+        self.mailbox.replay(again)
+
+    def _close_group(self, cursor: apsw.Cursor) -> None:
+        """End the open group (its writes stay in the batch), before another savepoint."""
+        if self._group_start is not None:
+            self._group_start = None
+            cursor.execute(f"RELEASE {_GROUP}")
 
     def _note_writes(self, op: WriterOp, connection: TrackedConnection) -> None:
         """Add the tables ``op`` changed to the batch's (None once any is unknown)."""
@@ -679,6 +746,9 @@ class WriterActor(RoleActor):
             return
         savepoint = f"tx{request.tx_id}"
         try:
+            # A transaction is not replayable: a later failure in the group must not
+            # roll it back with the group.
+            self._close_group(connection.cursor)
             connection.cursor.execute(f"SAVEPOINT {savepoint}")
         except apsw.Error as error:
             self._fail(request, wrap_sqlite_error(error, "SAVEPOINT"))

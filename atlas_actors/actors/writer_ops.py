@@ -193,6 +193,9 @@ class WriterStats:
     """Mean seconds an operation waited in the mailbox."""
     handovers: int = 0
     """Leases passed straight from a committing transaction to the next one waiting."""
+    regrouped: int = 0
+    """Writes run a second time, alone under their own savepoint, because a write that
+    shared their savepoint failed (see ``writer.py``)."""
 
 
 class WriterCounters:
@@ -215,6 +218,8 @@ class WriterCounters:
         """``time.time()`` of the last checkpoint."""
         self.handovers = 0
         """Leases handed over between transactions (by the lease holders, one at a time)."""
+        self.regrouped = 0
+        """Writes run again alone after a failure in their shared savepoint."""
 
     def snapshot(self) -> WriterStats:
         """The counters as a :class:`WriterStats`."""
@@ -226,6 +231,7 @@ class WriterCounters:
             max_batch=self.max_batch,
             queue_wait=self.queue_wait / self.started if self.started else 0.0,
             handovers=self.handovers,
+            regrouped=self.regrouped,
         )
 
 
