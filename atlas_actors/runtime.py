@@ -167,8 +167,8 @@ class Runtime:
             raise OperationTimeout("starting the writer", timeout, applied=None)
         if self._start_error is not None:
             raise self._start_error
+        self._shm = shm_counter(self.path)
         if self.config.cache:
-            self._shm = shm_counter(self.path)
             if self._shm is not None:
                 self.cache.external = ExternalChanges(self._shm)
             else:
@@ -218,6 +218,7 @@ class Runtime:
                 committed=self._writer_committed,
                 commit_failed=self._writer_commit_failed,
                 track_tables=self.config.cache,
+                wal_change=self._wal_change,
                 wants_rows=self.cache.wants_row_images,
                 connected=self._writer_connected,
                 schema_changed=self._schema_changed,
@@ -345,6 +346,10 @@ class Runtime:
         return StorageUnavailable(f"storage {self.path!r} is {self._state}")
 
     # -- writer hooks (run in the writer's thread) -------------------------------------
+
+    def _wal_change(self) -> int | None:
+        shm = self._shm
+        return shm() if shm is not None else None
 
     def _writer_began(self) -> None:
         external = self.cache.external

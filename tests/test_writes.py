@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -114,3 +115,28 @@ def test_writer_stats_count_writes_and_batches(db: atlas.Storage) -> None:
     assert after.writes == before.writes + 1
     assert after.batches == before.batches + 1
     assert after.mean_batch >= 1
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_writer_notices_another_connections_commit_at_its_next_batch(
+    open_storage: Callable[..., atlas.Storage], db_path: Path, cache: bool
+) -> None:
+    # The writer version's second part moves only when someone else committed; the
+    # writer learns it from the wal-index counter, asking SQLite only when it moved.
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(a INTEGER)")
+    db.write("INSERT INTO t VALUES (1)")
+    quiet = db.writer_version
+    for value in (2, 3):
+        db.write("INSERT INTO t VALUES (?)", [value])
+    assert db.writer_version[1] == quiet[1], "only our own commits: no outside change"
+    assert db.writer_version[0] == quiet[0] + 2
+    other = apsw.Connection(str(db_path))
+    other.execute("INSERT INTO t VALUES (99)")
+    other.close()
+    db.write("INSERT INTO t VALUES (4)")
+    assert db.writer_version[1] != quiet[1], "another connection committed"
+    moved = db.writer_version
+    db.write("INSERT INTO t VALUES (5)")
+    assert db.writer_version[1] == moved[1]
+    assert sorted(a for (a,) in db.query("SELECT a FROM t")) == [1, 2, 3, 4, 5, 99]

@@ -84,6 +84,10 @@ def _yes() -> bool:
     return True
 
 
+def _none() -> None:
+    return None
+
+
 def _ignore(*_: Any) -> None:
     return None
 
@@ -119,6 +123,8 @@ class WriterHooks:
     """A COMMIT failed."""
     track_tables: bool = False
     """Work out which tables each batch changes (only the cache needs it)."""
+    wal_change: Callable[[], int | None] = _none
+    """The wal-index change counter (``cache/changes.py``), None when it cannot be read."""
     wants_rows: Callable[[], bool] = _yes
     """Asked as each batch begins (with ``track_tables``): collect the images of the
     rows it changes? Without them the cache invalidates whole tables."""
@@ -159,6 +165,12 @@ class WriterActor(RoleActor):
         """A write of this batch failed inside a group: no more groups in this batch."""
         self._batch_started = 0.0
         self._data_version = 0
+        self._change_at_begin: int | None = None
+        self._change_expected: int | None = None
+        """The wal-index change counter the next batch finds if nobody else committed
+        (None: unknown, so the batch asks SQLite's data_version)."""
+        self._batch_plain = False
+        """Every statement of the batch is known to leave the schema alone."""
         self._lease: Lease | None = None
         self._stash: list[Op] = []
         # Lease requests that arrived during a lease with nothing stashed before them;
@@ -342,7 +354,14 @@ class WriterActor(RoleActor):
         try:
             connection.cursor.execute("BEGIN IMMEDIATE")
             # Holding the write lock, data_version says if another process committed.
-            data_version = int(connection.connection.pragma("data_version"))
+            # The wal-index counter says it without a call into SQLite (each releases
+            # the GIL, see _grouped): unchanged since our last commit means nobody did.
+            change = self.hooks.wal_change()
+            if change is not None and change == self._change_expected:
+                data_version = self._data_version
+            else:
+                data_version = int(connection.connection.pragma("data_version"))
+            self._change_at_begin, self._change_expected = change, None
         except apsw.Error as error:
             self._fail(op, wrap_sqlite_error(error, "BEGIN IMMEDIATE"), "BEGIN IMMEDIATE")
             if connection.connection.in_transaction:
@@ -351,6 +370,7 @@ class WriterActor(RoleActor):
         self._in_transaction = True
         self._group_start = None
         self._group_failed = False
+        self._batch_plain = self.hooks.track_tables
         self._batch_started = time.monotonic()
         self._batch_tables = set()
         self._changes_at_begin = connection.connection.total_changes()
@@ -490,10 +510,13 @@ class WriterActor(RoleActor):
                 self._batch_tables = None
                 return
             try:
-                tables.update(analyze(connection.connection, sql, params).writes)
+                info = analyze(connection.connection, sql, params)
             except apsw.Error:
                 self._batch_tables = None  # cannot tell: the cache drops everything
                 return
+            tables.update(info.writes)
+            if not info.plain:
+                self._batch_plain = False
 
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
@@ -553,7 +576,11 @@ class WriterActor(RoleActor):
                     self.hooks.commit_failed()
                 self._commit_failed(connection, batch, error)
                 return
-            if batch:
+            if self._change_at_begin is not None:
+                # A commit that wrote WAL frames moves the counter by one (changes.py).
+                wrote = 1 if self._wrote_frames else 0
+                self._change_expected = (self._change_at_begin + wrote) & 0xFFFFFFFF
+            if batch and not (self._batch_plain and tables is not None):
                 self._check_schema(connection)
             if changed:
                 self._after_commit(tables, self._wrote_frames, rows)
@@ -833,6 +860,7 @@ class WriterActor(RoleActor):
 
     def _add_return(self, message: LeaseReturn) -> None:
         self._batch.append((message, None))  # acknowledged with the batch's COMMIT
+        self._batch_plain = False  # a transaction's statements are not analysed for it
         if self._batch_tables is not None:
             if message.tables is None:
                 self._batch_tables = None

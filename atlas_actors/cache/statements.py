@@ -44,6 +44,14 @@ DETERMINISTIC_FUNCTIONS = frozenset(_DETERMINISTIC_NAMES.split())
 """Built-in functions whose result depends only on their arguments."""
 
 _WRITES = {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE}
+_PLAIN_ACTIONS = {
+    apsw.SQLITE_READ,
+    apsw.SQLITE_SELECT,
+    apsw.SQLITE_FUNCTION,
+    apsw.SQLITE_RECURSIVE,
+    *_WRITES,
+}
+"""Authorizer actions of statements that only read and change rows."""
 _SCHEMA_ACTIONS = {
     getattr(apsw, name)
     for name in dir(apsw)
@@ -65,6 +73,9 @@ class StatementInfo:
     """It changes the schema (CREATE, DROP, ALTER)."""
     template: Template | None = None
     """Its equality terms, when the rows it depends on can be told (``dependencies.py``)."""
+    plain: bool = False
+    """It only reads and changes rows of ordinary tables, so it cannot change the schema
+    (no DDL, PRAGMA, ANALYZE, ATTACH, transaction control or write to ``sqlite_*``)."""
 
 
 class _Capture:
@@ -76,6 +87,7 @@ class _Capture:
         self.deterministic = True
         self.schema = False
         self.other_database = False
+        self.plain = True
 
     def __call__(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
         if action == apsw.SQLITE_READ:
@@ -84,6 +96,9 @@ class _Capture:
                 self.other_database = True  # temp tables differ per connection
         elif action in _WRITES:
             self.writes.add(str(arg1))
+            name = str(arg1).lower()
+            if name.startswith("sqlite_") and name != "sqlite_sequence":
+                self.plain = False  # sqlite_schema with writable_schema, sqlite_stat1
         elif action == apsw.SQLITE_FUNCTION:
             if str(arg2).lower() not in DETERMINISTIC_FUNCTIONS:
                 self.deterministic = False
@@ -91,6 +106,8 @@ class _Capture:
             self.schema = True
         elif action in (apsw.SQLITE_PRAGMA, apsw.SQLITE_ATTACH, apsw.SQLITE_TRANSACTION):
             self.deterministic = False
+        if action not in _PLAIN_ACTIONS:
+            self.plain = False
         return apsw.SQLITE_OK
 
 
@@ -133,6 +150,7 @@ def analyze(connection: apsw.Connection, sql: str, params: Any = None) -> Statem
         cacheable=cacheable,
         schema=capture.schema,
         template=_template(connection, sql, capture.reads) if cacheable else None,
+        plain=capture.plain,
     )
     with _known_lock:
         if len(_known) < 20_000 and epoch == _epoch[0]:

@@ -198,6 +198,32 @@ def test_non_deterministic_or_table_less_statements_are_not_cacheable(
     assert not analyze(schema, sql).cacheable
 
 
+@pytest.mark.parametrize(
+    ("sql", "plain"),
+    [
+        ("INSERT INTO tasks(title) VALUES ('a')", True),  # its trigger writes audit
+        ("UPDATE tasks SET title = upper(title) WHERE id = 1", True),
+        ("DELETE FROM tasks WHERE id IN (SELECT task FROM audit)", True),
+        ("INSERT INTO counters(name) VALUES ('a')", True),  # AUTOINCREMENT: sqlite_sequence
+        ("SELECT * FROM open_tasks", True),
+        ("CREATE INDEX tasks_due ON tasks(due)", False),
+        ("ALTER TABLE tasks ADD COLUMN done INTEGER", False),
+        ("DROP VIEW open_tasks", False),
+        ("PRAGMA user_version = 3", False),
+        ("ANALYZE", False),
+        ("UPDATE sqlite_schema SET sql = sql WHERE name = 'audit'", False),
+        ("BEGIN", False),
+    ],
+)
+def test_only_statements_that_just_read_and_change_rows_are_plain(
+    schema: apsw.Connection, sql: str, plain: bool
+) -> None:
+    # The writer skips its schema check after a batch of plain statements only.
+    schema.execute("CREATE TABLE counters(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT)")
+    schema.execute("PRAGMA writable_schema = ON")  # or sqlite_schema cannot be written
+    assert analyze(schema, sql).plain is plain
+
+
 def test_reads_of_temp_tables_are_not_cacheable(schema: apsw.Connection) -> None:
     schema.execute("CREATE TEMP TABLE scratch(x)")
     assert not analyze(schema, "SELECT x FROM scratch").cacheable
