@@ -155,3 +155,37 @@ def test_a_failing_write_after_a_transaction_in_the_same_batch_leaves_the_transa
     assert committed.is_set()
     assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [1, 3, 4, 100]
     assert db.writer.stats().batches - before.batches == 1, "all of it in one batch"
+
+
+SLOW_FAILING_INSERT = (
+    "INSERT INTO t(a) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+    "WHERE x < 300000) SELECT x FROM c UNION ALL SELECT -1"
+)
+"""Inserts 300,000 rows (far longer than max_batch_delay), then fails on a duplicate."""
+
+
+@pytest.mark.parametrize("max_batch_delay", [0.0, 0.010])
+def test_writes_sent_back_by_a_failed_group_run_alone_even_in_the_next_batch(
+    open_storage: Callable[..., atlas.Storage], max_batch_delay: float
+) -> None:
+    # The batch may commit before the writes a failed group sent back run again (at once
+    # with max_batch_delay=0; after a slow statement with the default); they must still
+    # run alone, or the failing one fails its group again, and again, until deadlines.
+    db = open_storage(max_batch_delay=max_batch_delay)
+    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
+    db.write("INSERT INTO t(a) VALUES (-1)")
+    before = db.writer.stats()
+    _, release = _gate(db)
+    innocent = db.writer.execute("INSERT INTO t(a) VALUES (-2)", timeout=5.0)
+    failing = db.writer.execute(SLOW_FAILING_INSERT, timeout=5.0)
+    quick_failure = db.writer.execute("INSERT INTO t(a) VALUES (-1)", timeout=5.0)
+    release.set()
+    assert innocent.get(6).rowcount == 1
+    with pytest.raises(ConstraintError):
+        failing.get(6)
+    with pytest.raises(ConstraintError):
+        quick_failure.get(6)
+    assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [-2, -1]
+    # The group (innocent, failing) went back once, not again and again. quick_failure
+    # ran alone after them, or (in a new batch) failed its own group once first.
+    assert db.writer.stats().regrouped - before.regrouped in (2, 3)

@@ -140,3 +140,24 @@ def test_the_writer_notices_another_connections_commit_at_its_next_batch(
     db.write("INSERT INTO t VALUES (5)")
     assert db.writer_version[1] == moved[1]
     assert sorted(a for (a,) in db.query("SELECT a FROM t")) == [1, 2, 3, 4, 5, 99]
+
+
+def test_a_schema_change_made_by_a_function_inside_a_plain_insert_is_noticed(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # The writer skips its schema check after batches of plain statements; a statement
+    # calling a user function is not plain: the function may run DDL.
+    db = open_storage()
+    db.execute("CREATE TABLE t(a)")
+
+    def register(connection: apsw.Connection) -> None:
+        def make_table() -> int:
+            connection.execute("CREATE TABLE IF NOT EXISTS made_by_function(x)")
+            return 1
+
+        connection.create_scalar_function("make_table", make_table)
+
+    db.run_in_writer(register)
+    assert "made_by_function" not in db.schema().tables
+    db.write("INSERT INTO t(a) VALUES (make_table())")
+    assert "made_by_function" in db.schema().tables

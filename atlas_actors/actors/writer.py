@@ -163,6 +163,9 @@ class WriterActor(RoleActor):
         """Index in the batch of the first write of the open group (None: no group)."""
         self._group_failed = False
         """A write of this batch failed inside a group: no more groups in this batch."""
+        self._alone: set[int] = set()
+        """Ids of writes sent back by a failed group: each runs under its own savepoint,
+        in whichever batch it lands (the batch may commit before they run again)."""
         self._batch_started = 0.0
         self._data_version = 0
         self._change_at_begin: int | None = None
@@ -409,9 +412,11 @@ class WriterActor(RoleActor):
             return  # the caller timed out and withdrew it before it started
         now = time.monotonic()
         if now > op.deadline:
+            self._alone.discard(op.id)
             self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
             return
         if self._disk_full is not None and now < self._next_probe:
+            self._alone.discard(op.id)
             self._fail(op, self._disk_full_error(now))
             return
         self.counters.started += 1
@@ -433,9 +438,10 @@ class WriterActor(RoleActor):
     def _savepoint(
         self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
     ) -> None:
-        if op.replayable and not self._group_failed:
+        if op.replayable and not self._group_failed and op.id not in self._alone:
             self._grouped(op, cursor, connection, span)
             return
+        self._alone.discard(op.id)
         self._close_group(cursor)
         cursor.execute("SAVEPOINT op")
         try:
@@ -488,6 +494,7 @@ class WriterActor(RoleActor):
         del self._batch[start:]
         again.append(op)
         self.counters.regrouped += len(again)
+        self._alone.update(queued.id for queued in again)
         self.mailbox.replay(again)
 
     def _close_group(self, cursor: apsw.Cursor) -> None:

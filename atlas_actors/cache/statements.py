@@ -43,6 +43,14 @@ _DETERMINISTIC_NAMES = """
 DETERMINISTIC_FUNCTIONS = frozenset(_DETERMINISTIC_NAMES.split())
 """Built-in functions whose result depends only on their arguments."""
 
+_VOLATILE_BUILTIN_NAMES = """
+    random randomblob date time datetime julianday strftime unixepoch timediff
+    current_date current_time current_timestamp changes total_changes last_insert_rowid
+    sqlite_version sqlite_source_id sqlite_offset
+    """
+_VOLATILE_BUILTINS = frozenset(_VOLATILE_BUILTIN_NAMES.split())
+"""Built-in functions that are not deterministic but cannot change the database."""
+
 _WRITES = {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE}
 _PLAIN_ACTIONS = {
     apsw.SQLITE_READ,
@@ -75,7 +83,8 @@ class StatementInfo:
     """Its equality terms, when the rows it depends on can be told (``dependencies.py``)."""
     plain: bool = False
     """It only reads and changes rows of ordinary tables, so it cannot change the schema
-    (no DDL, PRAGMA, ANALYZE, ATTACH, transaction control or write to ``sqlite_*``)."""
+    (no DDL, PRAGMA, ANALYZE, ATTACH, transaction control, write to ``sqlite_*`` or
+    function other than SQLite's built-in ones)."""
 
 
 class _Capture:
@@ -100,8 +109,11 @@ class _Capture:
             if name.startswith("sqlite_") and name != "sqlite_sequence":
                 self.plain = False  # sqlite_schema with writable_schema, sqlite_stat1
         elif action == apsw.SQLITE_FUNCTION:
-            if str(arg2).lower() not in DETERMINISTIC_FUNCTIONS:
+            name = str(arg2).lower()
+            if name not in DETERMINISTIC_FUNCTIONS:
                 self.deterministic = False
+                if name not in _VOLATILE_BUILTINS:
+                    self.plain = False  # a user function may do anything, DDL included
         elif action in _SCHEMA_ACTIONS:
             self.schema = True
         elif action in (apsw.SQLITE_PRAGMA, apsw.SQLITE_ATTACH, apsw.SQLITE_TRANSACTION):

@@ -213,6 +213,8 @@ def test_non_deterministic_or_table_less_statements_are_not_cacheable(
         ("ANALYZE", False),
         ("UPDATE sqlite_schema SET sql = sql WHERE name = 'audit'", False),
         ("BEGIN", False),
+        ("INSERT INTO tasks(title) VALUES (random())", True),  # built-in: cannot write
+        ("INSERT INTO tasks(title) VALUES (user_function())", False),  # may run DDL
     ],
 )
 def test_only_statements_that_just_read_and_change_rows_are_plain(
@@ -221,6 +223,7 @@ def test_only_statements_that_just_read_and_change_rows_are_plain(
     # The writer skips its schema check after a batch of plain statements only.
     schema.execute("CREATE TABLE counters(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT)")
     schema.execute("PRAGMA writable_schema = ON")  # or sqlite_schema cannot be written
+    schema.create_scalar_function("user_function", lambda: 1)
     assert analyze(schema, sql).plain is plain
 
 
