@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import ConstraintError
+from atlas_actors.errors import AtlasError, ConstraintError
 from tests.helpers import wait_until
 
 
@@ -189,3 +191,42 @@ def test_writes_sent_back_by_a_failed_group_run_alone_even_in_the_next_batch(
     # The group (innocent, failing) went back once, not again and again. quick_failure
     # ran alone after them, or (in a new batch) failed its own group once first.
     assert db.writer.stats().regrouped - before.regrouped in (2, 3)
+
+
+def test_closing_during_a_lease_runs_the_writes_queued_behind_it(
+    open_storage: Callable[..., atlas.Storage], db_path: Path
+) -> None:
+    # close() revokes the lease; the writes that waited behind it were accepted before
+    # the close, so they run (one failing alone) instead of failing as "closed".
+    db = open_storage(max_batch_delay=5.0)
+    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
+    db.write("INSERT INTO t(a) VALUES (3)")
+    holding, done = threading.Event(), threading.Event()
+
+    def transaction() -> None:
+        with contextlib.suppress(AtlasError), db.transaction() as tx:
+            tx.execute("INSERT INTO t(a) VALUES (100)")
+            holding.set()
+            done.wait(5)
+
+    worker = threading.Thread(target=transaction)
+    worker.start()
+    assert holding.wait(5)
+    mailbox = db.writer._mailbox
+    futures = {
+        a: db.writer.execute("INSERT INTO t(a) VALUES (?)", [a]) for a in (1, 2, 3, 4)
+    }  # 3 is taken: it fails alone
+    assert wait_until(lambda: mailbox.qsize() == 0), "stashed behind the lease"
+    db.close()
+    done.set()
+    worker.join(5)
+    outcomes = {}
+    for a, future in futures.items():
+        try:
+            future.get(1)
+            outcomes[a] = "ok"
+        except AtlasError as error:
+            outcomes[a] = type(error).__name__
+    assert outcomes == {1: "ok", 2: "ok", 3: "ConstraintError", 4: "ok"}
+    again = open_storage(db_path)
+    assert [a for (a,) in again.query("SELECT a FROM t ORDER BY a")] == [1, 2, 3, 4]

@@ -213,6 +213,14 @@ class Mailbox:
         for op in reversed(ops):
             self._front.appendleft(op)  # its own envelope
 
+    def take_replayed(self) -> Op | None:
+        """The op put back in front by :meth:`replay` and not yet taken, or None."""
+        front = self._front
+        if front and isinstance(front[0], Op):
+            op: Op = front.popleft()
+            return op
+        return None
+
     def replay_control(self, envelope: Letter) -> None:
         """Put a control message in front of everything (fault injection, escalation)."""
         self._front.appendleft(envelope)

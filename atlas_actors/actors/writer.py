@@ -228,14 +228,18 @@ class WriterActor(RoleActor):
     def on_stop(self) -> None:
         """Graceful stop: end a lease, run what waited behind it, commit, close."""
         if self._lease is not None:
+            # Puts what waited behind the lease back in front of the mailbox.
             self._revoke(
                 self._lease,
                 TransactionAborted("the storage is closing; the transaction was rolled back"),
             )
         self._absorb_chain()
-        stash = [*self._take_lease_queue(), *self._stash]
+        self.mailbox.replay([*self._take_lease_queue(), *self._stash])
         self._stash = []
-        for op in stash:
+        # Run what is in front now, and what running it puts back there (the writes of
+        # a failed group, or of a batch SQLite rolled back): all were accepted before
+        # the close, so they are handled, not failed with the closed mailbox.
+        while (op := self.mailbox.take_replayed()) is not None:
             if isinstance(op, WriterOp):
                 self._run(op)
             else:
