@@ -601,14 +601,16 @@ def find_cell(cells: Sequence[CellResult], peer: str, threads: int) -> CellResul
 def add_run_options(
     parser: argparse.ArgumentParser,
     *,
-    threads: str,
+    threads: str | None,
     duration: float,
     rounds: int,
     warmup: float | None = None,
 ) -> None:
-    """The options every side-by-side script takes (defaults shown in the help)."""
+    """The options every side-by-side script takes (defaults shown in the help);
+    ``threads=None``: no ``--threads`` (the script sets its own thread counts)."""
     parser.add_argument("--quick", action="store_true", help="a short run (see below)")
-    parser.add_argument("--threads", type=thread_counts, help=f"thread counts ({threads})")
+    if threads is not None:
+        parser.add_argument("--threads", type=thread_counts, help=f"thread counts ({threads})")
     parser.add_argument(
         "--duration", type=float, help=f"seconds per cell, all rounds ({duration:g})"
     )

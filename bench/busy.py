@@ -37,6 +37,7 @@ from _common import (
     CellResult,
     Op,
     Segment,
+    add_run_options,
     environment,
     find_cell,
     finish,
@@ -242,16 +243,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "rounds (about 35 s)."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (see below)")
-    parser.add_argument("--duration", type=float, help="seconds per peer, all rounds (16)")
-    parser.add_argument("--rounds", type=int, help="rounds, peers interleaved (4)")
-    parser.add_argument(
-        "--warmup", type=float, default=0.3, help="unrecorded seconds before each cell (0.3)"
-    )
-    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument(
-        "--dir", help="directory for the scratch databases (default: the system temp dir)"
-    )
+    add_run_options(parser, threads=None, duration=16, rounds=4, warmup=0.3)
     parser.add_argument("--writers", type=int, default=8, help="writing threads (8)")
     parser.add_argument("--busy", type=int, default=8, help="threads running Python (8)")
     args = parser.parse_args(argv)
