@@ -194,8 +194,8 @@ class WriterStats:
     handovers: int = 0
     """Leases passed straight from a committing transaction to the next one waiting."""
     regrouped: int = 0
-    """Writes run a second time, alone under their own savepoint, because a write that
-    shared their savepoint failed (see ``writer.py``)."""
+    """Writes run a second time, alone under their own savepoint, because a write of
+    the group sharing their savepoint failed (that write included; see ``writer.py``)."""
 
 
 class WriterCounters:
