@@ -72,6 +72,17 @@ def test_futures_of_one_batch_resolve_only_after_its_commit(db: atlas.Storage) -
         assert db.query("SELECT 1 FROM tasks WHERE title = ?", [f"t{i}"]) == [(1,)]
 
 
+def _unique_t(
+    open_storage: Callable[..., atlas.Storage], taken: int, max_batch_delay: float = 5.0
+) -> atlas.Storage:
+    """A storage whose table ``t(a UNIQUE)`` holds ``taken`` (a long batch delay: what
+    is queued together commits together)."""
+    db = open_storage(max_batch_delay=max_batch_delay)
+    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
+    db.write("INSERT INTO t(a) VALUES (?)", [taken])
+    return db
+
+
 def _gate(db: atlas.Storage) -> tuple[threading.Event, threading.Event]:
     """Block the writer in a function until the returned ``release`` is set.
 
@@ -94,9 +105,7 @@ def test_a_failure_among_writes_sharing_a_savepoint_undoes_only_its_own_writes(
     # Consecutive writes share one savepoint. INSERT OR FAIL keeps the rows it inserted
     # before failing (https://sqlite.org/lang_conflict.html), so only rolling the shared
     # savepoint back and running the writes again alone leaves none of them behind.
-    db = open_storage(max_batch_delay=5.0)
-    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
-    db.write("INSERT INTO t(a) VALUES (3)")
+    db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
     _, release = _gate(db)
     first = db.writer.execute("INSERT INTO t(a) VALUES (1)")
@@ -129,9 +138,7 @@ def test_a_failing_write_after_a_transaction_in_the_same_batch_leaves_the_transa
 ) -> None:
     # A transaction's work is not replayable: the writes' shared savepoint is closed
     # before the transaction's own opens, so a later failure cannot roll it back.
-    db = open_storage(max_batch_delay=5.0)
-    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
-    db.write("INSERT INTO t(a) VALUES (3)")
+    db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
     _, release = _gate(db)
     mailbox = db.writer._mailbox
@@ -173,9 +180,7 @@ def test_writes_sent_back_by_a_failed_group_run_alone_even_in_the_next_batch(
     # The batch may commit before the writes a failed group sent back run again (at once
     # with max_batch_delay=0; after a slow statement with the default); they must still
     # run alone, or the failing one fails its group again, and again, until deadlines.
-    db = open_storage(max_batch_delay=max_batch_delay)
-    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
-    db.write("INSERT INTO t(a) VALUES (-1)")
+    db = _unique_t(open_storage, taken=-1, max_batch_delay=max_batch_delay)
     before = db.writer.stats()
     _, release = _gate(db)
     innocent = db.writer.execute("INSERT INTO t(a) VALUES (-2)", timeout=5.0)
@@ -198,9 +203,7 @@ def test_closing_during_a_lease_runs_the_writes_queued_behind_it(
 ) -> None:
     # close() revokes the lease; the writes that waited behind it were accepted before
     # the close, so they run (one failing alone) instead of failing as "closed".
-    db = open_storage(max_batch_delay=5.0)
-    db.execute("CREATE TABLE t(a INTEGER UNIQUE)")
-    db.write("INSERT INTO t(a) VALUES (3)")
+    db = _unique_t(open_storage, taken=3)
     holding, done = threading.Event(), threading.Event()
 
     def transaction() -> None:
