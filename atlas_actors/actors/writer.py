@@ -84,10 +84,6 @@ def _yes() -> bool:
     return True
 
 
-def _none() -> None:
-    return None
-
-
 def _ignore(*_: Any) -> None:
     return None
 
@@ -123,7 +119,7 @@ class WriterHooks:
     """A COMMIT failed."""
     track_tables: bool = False
     """Work out which tables each batch changes (only the cache needs it)."""
-    wal_change: Callable[[], int | None] = _none
+    wal_change: Callable[[], int | None] = _ignore
     """The wal-index change counter (``cache/changes.py``), None when it cannot be read."""
     wants_rows: Callable[[], bool] = _yes
     """Asked as each batch begins (with ``track_tables``): collect the images of the

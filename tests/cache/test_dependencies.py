@@ -635,6 +635,17 @@ def test_virtual_tables_have_no_shape(conn: apsw.Connection) -> None:
     assert template("SELECT * FROM docs WHERE docs MATCH ?", _shape_of(conn, "docs")) is None
 
 
+def _assert_constraints(
+    conn: apsw.Connection, sql: str, params: Any, expected: dict[int, set[Any]] | None
+) -> None:
+    """``sql``'s dependency constrains columns to ``expected`` (None: it has none)."""
+    dependency = _dependency(conn, sql, params)
+    if expected is None:
+        assert dependency is None
+    else:
+        assert _constraints(dependency) == expected
+
+
 @pytest.mark.parametrize(
     ("sql", "params", "expected"),
     [
@@ -701,11 +712,7 @@ def test_virtual_tables_have_no_shape(conn: apsw.Connection) -> None:
 def test_recognised_terms(
     conn: apsw.Connection, sql: str, params: Any, expected: dict[int, set[Any]] | None
 ) -> None:
-    dependency = _dependency(conn, sql, params)
-    if expected is None:
-        assert dependency is None
-    else:
-        assert _constraints(dependency) == expected
+    _assert_constraints(conn, sql, params, expected)
 
 
 @pytest.mark.parametrize(
@@ -927,11 +934,7 @@ def test_a_column_named_rowid_shadows_the_rowid() -> None:
 def test_values_are_used_only_when_python_compares_like_sqlite(
     conn: apsw.Connection, sql: str, params: Any, expected: dict[int, set[Any]] | None
 ) -> None:
-    dependency = _dependency(conn, sql, params)
-    if expected is None:
-        assert dependency is None
-    else:
-        assert _constraints(dependency) == expected
+    _assert_constraints(conn, sql, params, expected)
 
 
 def test_rtrim_and_nocase_columns_without_affinity() -> None:
