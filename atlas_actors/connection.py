@@ -236,8 +236,12 @@ def open_connection(
 
 _SAMPLE_ROWS = 16
 _BYTES_SAMPLE_EVERY = 8
-SAMPLE_EVERY = 8
-"""The pool's fast path times one query in this many (timing costs as much as a row)."""
+SAMPLE_EVERY = 64
+"""Reads time one run in this many once a statement is known.
+
+At 16 threads, timing one read in eight cost about a tenth of the reads/s (A/B in
+``bench/reads.py``'s setting): every extra call is paid again at each GIL hand-over.
+"""
 _TIME_FIRST = 4
 """The first runs of each statement (per check window) are all timed."""
 _RECHECK_EVERY = 256
@@ -374,7 +378,7 @@ class TrackedConnection:
         return rows
 
     def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
-        """:meth:`query` for the pool's hot path: row classes cached, one run in eight timed.
+        """:meth:`query` for the pool's hot path: row classes cached, one run in SAMPLE_EVERY timed.
 
         ``names`` maps statement text to ``[row class or None, uses]``, shared by the
         pool's connections and emptied on every schema change the storage sees. Asking
@@ -387,7 +391,7 @@ class TrackedConnection:
         self._queries = count
         entry = names.get(sql)
         # Every statement's first runs are timed (the workload recorder must see rare
-        # slow statements), then one run in eight.
+        # slow statements), then one run in SAMPLE_EVERY.
         if entry is None or entry[1] < _TIME_FIRST:
             timed, self.last_weight = True, 1
         else:
@@ -431,7 +435,7 @@ class TrackedConnection:
         self.last_weight = weight
         self._latency += latency
         self._timed += 1
-        self._sample_bytes(params, rows)
+        self._sample_bytes(params, rows, weight)
 
     def count_error(self) -> None:
         """Account a statement that failed."""
@@ -447,7 +451,7 @@ class TrackedConnection:
             # No rows to name: skip the description (it raises once a statement is done).
             count = self._queries + 1
             self._queries = count
-            timed = count % SAMPLE_EVERY == 1  # the first run, then one in eight
+            timed = count % SAMPLE_EVERY == 1  # the first run, then one in SAMPLE_EVERY
             started = perf_counter() if timed else 0.0
             try:
                 self.cursor.execute(sql, params)
@@ -458,7 +462,7 @@ class TrackedConnection:
                 self.last_latency = latency = perf_counter() - started
                 self._latency += latency
                 self._timed += 1
-                self._sample_bytes(params, ())
+                self._sample_bytes(params, (), SAMPLE_EVERY)
             rows = []
         rowcount = connection.changes()
         return WriteResult(
@@ -495,12 +499,12 @@ class TrackedConnection:
         self._timed += 1
         self._queries += 1
         if not self._queries % _BYTES_SAMPLE_EVERY:
-            self._sample_bytes(params, rows)
+            self._sample_bytes(params, rows, _BYTES_SAMPLE_EVERY)
 
-    def _sample_bytes(self, params: Params, rows: Sequence[Row] | tuple[()]) -> None:
-        # Bytes are measured on one statement in _BYTES_SAMPLE_EVERY (and on a sample of
-        # the rows of large results), then extrapolated: metrics must cost far less than
-        # the query they describe.
+    def _sample_bytes(self, params: Params, rows: Sequence[Row] | tuple[()], weight: int) -> None:
+        # Bytes are measured on a sample of statements standing for ``weight`` runs each
+        # (and on a sample of the rows of large results), then extrapolated: metrics must
+        # cost far less than the query they describe.
         sent = 0
         if params:
             sent = _value_bytes(params.values() if isinstance(params, dict) else params)
@@ -510,7 +514,7 @@ class TrackedConnection:
             received = sum(_value_bytes(row) for row in sample)
             if len(rows) > _SAMPLE_ROWS:
                 received = received * len(rows) // len(sample)
-        self._bytes += (sent + received) * _BYTES_SAMPLE_EVERY
+        self._bytes += (sent + received) * weight
 
     def close(self) -> None:
         """Close the connection; safe to call twice."""

@@ -10,7 +10,7 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.connection import TrackedConnection
+from atlas_actors.connection import SAMPLE_EVERY, TrackedConnection
 from atlas_actors.errors import OperationTimeout, ValidationError
 from atlas_actors.faults import FaultyVFS
 from tests.helpers import wait_until
@@ -276,7 +276,7 @@ def test_a_failure_while_rows_are_built_gives_the_connection_back(
 
     monkeypatch.setattr(TrackedConnection, "count_timed", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        for _ in range(16):  # one run in eight is timed
+        for _ in range(2 * SAMPLE_EVERY):  # one run in SAMPLE_EVERY is timed
             db.query(_POINT, [1])
     monkeypatch.undo()
     assert db.pool.status().active == 0
