@@ -58,6 +58,7 @@ class CacheActor(RoleActor):
         self.database = database
         self.first_start = first_start
         self.l2: DiskStore | None = None
+        self.l1: ByteLRU | None = None
 
     def on_start(self) -> None:
         """Open L2, trust it only as far as the last session allows, warm L1."""
@@ -70,10 +71,9 @@ class CacheActor(RoleActor):
                 self.l2 = None
         if self.first_start and self.l2 is not None:
             self._resume_session(self.l2)
-        manager.l1 = ByteLRU(self.config.cache_memory_bytes)
-        manager.l2 = self.l2 if self.l2 is not None and self.l2.enabled else None
-        manager.fill = self._send_to_disk
-        manager.ready.set()
+        self.l1 = ByteLRU(self.config.cache_memory_bytes)
+        l2 = self.l2 if self.l2 is not None and self.l2.enabled else None
+        manager.attach(self.l1, l2, self._send_to_disk)
         self.actor_ref.tell(WarmFromDisk())  # right after start, off the start path
 
     def _resume_session(self, l2: DiskStore) -> None:
@@ -140,7 +140,4 @@ class CacheActor(RoleActor):
             self.l2.close()
 
     def _detach(self) -> None:
-        manager = self.manager
-        manager.fill = None
-        manager.l1 = None
-        manager.l2 = None
+        self.manager.detach(self.l1)

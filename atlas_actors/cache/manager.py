@@ -146,6 +146,26 @@ class CacheManager:
         """Sends an entry to the cache actor for L2 (set by the actor)."""
         self.ready = threading.Event()
         """Set once the first cache actor attached the levels."""
+        self._levels_lock = threading.Lock()
+
+    def attach(self, l1: ByteLRU, l2: DiskStore | None, fill: Callable[[Entry], None]) -> None:
+        """Put an incarnation's levels in service (reads use them from now on)."""
+        with self._levels_lock:
+            self.l1, self.l2, self.fill = l1, l2, fill
+        self.ready.set()
+
+    def detach(self, l1: ByteLRU | None) -> None:
+        """Take the levels out of service, if ``l1`` (the caller's) is still the one in use.
+
+        A dying incarnation may get here after the supervisor has already started the
+        next one (its liveness check can see the thread stopped first): the newer
+        incarnation's levels must stay.
+        """
+        with self._levels_lock:
+            if self.l1 is l1:
+                self.fill = None
+                self.l1 = None
+                self.l2 = None
 
     # -- the read path -----------------------------------------------------------------
 

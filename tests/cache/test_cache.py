@@ -17,6 +17,7 @@ import diskcache
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.actors.cache import CacheActor
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -269,11 +270,42 @@ def test_a_cache_actor_crash_bypasses_then_warms_without_stale_entries(
     kv.supervisor.kill("cache")
     kv.write("UPDATE kv SET v = 'while down' WHERE k = 14")  # invalidated, cache or not
     assert restarted.wait(5)
-    assert wait_until(lambda: kv.cache.l1 is not None)
+    # The new incarnation attaches an empty L1 first and warms it from L2 afterwards
+    # (a message to itself): wait for the warming, not only the attach, or the next
+    # read may be a promotion from L2 instead of an L1 hit. Nothing else fills L1 here.
+    assert wait_until(lambda: kv.cache.stats().size >= 1)
     assert _v(kv, 14) == "while down"
     before = kv.cache.stats()
     assert kv.query("SELECT v FROM other WHERE k = 14") == [("o14",)]
     assert kv.cache.stats().l1_hits == before.l1_hits + 1  # warmed from L2
+
+
+def test_a_dying_cache_actor_leaves_the_next_incarnations_levels_alone(
+    kv: atlas.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pykka marks a failing actor stopped before its on_failure runs, so the
+    # supervisor's liveness check may restart it first. The dying incarnation's
+    # clean-up must then not switch off the levels the new one attached.
+    cleaned_up = threading.Event()
+    dying_l1 = kv.cache.l1
+    original = CacheActor.on_crash
+
+    def late_on_crash(self: CacheActor, current: object, error: BaseException | None) -> None:
+        # The liveness check restarts the role meanwhile; wait for its levels.
+        wait_until(lambda: kv.cache.l1 is not None and kv.cache.l1 is not dying_l1)
+        try:
+            original(self, current, error)
+        finally:
+            cleaned_up.set()
+
+    monkeypatch.setattr(CacheActor, "on_crash", late_on_crash)
+    kv.supervisor.kill("cache")
+    assert cleaned_up.wait(10)
+    assert kv.cache.l1 is not None
+    _cached(kv, 3)
+    before = kv.cache.stats()
+    assert _v(kv, 3) == "v3"
+    assert kv.cache.stats().l1_hits == before.l1_hits + 1
 
 
 def test_reopening_warms_memory_from_disk(db_path: Path) -> None:
