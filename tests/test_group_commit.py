@@ -107,6 +107,7 @@ def test_a_failure_among_writes_sharing_a_savepoint_undoes_only_its_own_writes(
     # savepoint back and running the writes again alone leaves none of them behind.
     db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
+    started_before = db.writer_counters.started
     _, release = _gate(db)
     first = db.writer.execute("INSERT INTO t(a) VALUES (1)")
     partial = db.writer.execute("INSERT OR FAIL INTO t(a) VALUES (10), (11), (3), (12)")
@@ -131,6 +132,8 @@ def test_a_failure_among_writes_sharing_a_savepoint_undoes_only_its_own_writes(
     assert after.batches - before.batches == 1, "the writes shared one batch"
     # The group held `first` and `partial` when `partial` failed: both ran again alone.
     assert after.regrouped - before.regrouped == 2
+    # Each op counts once in the queue-wait figures, however often it ran.
+    assert db.writer_counters.started - started_before == 7
 
 
 def test_a_failing_write_after_a_transaction_in_the_same_batch_leaves_the_transaction(

@@ -408,6 +408,7 @@ class WriterActor(RoleActor):
             self.hooks.schema_changed()
 
     def _run(self, op: WriterOp) -> None:
+        replayed = op.claimed  # run before, rolled back and put back in the mailbox
         if not op.claim():
             return  # the caller timed out and withdrew it before it started
         now = time.monotonic()
@@ -419,8 +420,9 @@ class WriterActor(RoleActor):
             self._alone.discard(op.id)
             self._fail(op, self._disk_full_error(now))
             return
-        self.counters.started += 1
-        self.counters.queue_wait += now - op.enqueued_at
+        if not replayed:  # counted once, however often it runs
+            self.counters.started += 1
+            self.counters.queue_wait += now - op.enqueued_at
         if not self._in_transaction and not self._begin(op):
             return
         connection = self.connection
