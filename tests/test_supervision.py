@@ -9,6 +9,8 @@ from collections.abc import Callable
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.actors.supervisor import CLEANUP_GRACE
+from atlas_actors.actors.writer import WriterActor
 from atlas_actors.errors import StorageUnavailable, ValidationError
 
 
@@ -77,6 +79,57 @@ def test_a_silently_stopped_writer_is_noticed_by_the_liveness_check(db: atlas.St
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
     writer = next(c for c in db.supervisor.status().children if c.role == "writer")
     assert writer.last_error == "stopped without reporting"
+
+
+def test_a_crashed_writer_is_restarted_only_after_it_cleaned_up(
+    db: atlas.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pykka marks a failing actor stopped before its on_failure runs; the liveness
+    # check must not start the next incarnation while the dying one still rolls back
+    # (two write connections, the old one's batch not yet put back in the mailbox).
+    cleaned_up_at: list[float] = []
+    original = WriterActor.on_crash
+
+    def slow_on_crash(self: WriterActor, current: object, error: BaseException | None) -> None:
+        time.sleep(0.3)  # six liveness checks
+        original(self, current, error)  # type: ignore[arg-type]
+        cleaned_up_at.append(time.monotonic())
+
+    monkeypatch.setattr(WriterActor, "on_crash", slow_on_crash)
+    restarted_at: list[float] = []
+    db.events.on("restart", lambda e: restarted_at.append(time.monotonic()))
+    db.supervisor.kill("writer", how="crash")
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
+    assert len(cleaned_up_at) == 1 and len(restarted_at) == 1
+    assert restarted_at[0] >= cleaned_up_at[0]
+    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    assert (writer.incarnation, writer.restarts) == (2, 1)
+    assert "InjectedCrash" in (writer.last_error or "")  # its own report, not the liveness check
+
+
+def test_a_writer_stuck_in_its_clean_up_is_restarted_after_the_grace(
+    db: atlas.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unstuck = threading.Event()
+    original = WriterActor.on_crash
+
+    def stuck_on_crash(self: WriterActor, current: object, error: BaseException | None) -> None:
+        unstuck.wait(10)
+        original(self, current, error)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WriterActor, "on_crash", stuck_on_crash)
+    restarted = _wait_for_restart(db, "writer")
+    killed_at = time.monotonic()
+    db.supervisor.kill("writer", how="crash")
+    try:
+        assert restarted(5)
+        waited = time.monotonic() - killed_at
+        assert CLEANUP_GRACE <= waited < CLEANUP_GRACE + 1.0
+        writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+        assert writer.last_error == "stopped without reporting"
+    finally:
+        unstuck.set()
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
 
 
 def test_a_crashed_reader_restarts_while_reads_keep_being_served(db: atlas.Storage) -> None:

@@ -32,7 +32,11 @@ from atlas_actors.config import StorageConfig
 from atlas_actors.errors import StorageUnavailable, ValidationError
 from atlas_actors.events import EventBus
 
-__all__ = ["ChildStatus", "KillMode", "SupervisorActor", "SupervisorStatus"]
+__all__ = ["CLEANUP_GRACE", "ChildStatus", "KillMode", "SupervisorActor", "SupervisorStatus"]
+
+CLEANUP_GRACE = 1.0
+"""Seconds a stopped child's thread may go on cleaning up before the liveness check
+restarts the role without its failure report."""
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,8 @@ class _Child:
     state: str = "starting"
     last_error: str | None = None
     recent: deque[float] = field(default_factory=deque)
+    dying_since: float | None = None
+    """When the liveness check first saw the incarnation stopped with its thread alive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +204,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def _start(self, child: _Child) -> None:
         child.incarnation += 1
         child.actor = None
+        child.dying_since = None
         try:
             actor = child.factory(child.role, child.incarnation, child.mailbox)
         except Exception as error:
@@ -246,11 +253,18 @@ class SupervisorActor(pykka.ThreadingActor):
             actor = child.actor
             if child.state == "running" and actor is not None:
                 thread = actor.thread
-                dead = not actor.actor_ref.is_alive() or (
-                    thread is not None and not thread.is_alive()
-                )
-                if dead:
+                if thread is not None and not thread.is_alive():
                     self._failed(child, None)
+                elif not actor.actor_ref.is_alive():
+                    # pykka marks a failing actor stopped before on_failure runs: its
+                    # thread is still cleaning up (rolling back, detaching the cache)
+                    # and reports when done. Starting the next incarnation meanwhile
+                    # would let the two overlap, so wait for the report, or for the
+                    # thread to end, and restart without either only after a grace.
+                    if child.dying_since is None:
+                        child.dying_since = now
+                    elif now - child.dying_since >= CLEANUP_GRACE:
+                        self._failed(child, None)
         if self._state == "running":
             try:
                 self.on_tick(now)
