@@ -237,15 +237,33 @@ def open_connection(
 _SAMPLE_ROWS = 16
 _BYTES_SAMPLE_EVERY = 8
 SAMPLE_EVERY = 64
-"""Reads time one run in this many once a statement is known.
+"""Once a statement is known, one run in this many is timed and stands for them all.
 
+Each statement counts its own runs, so statements that alternate are each sampled.
 At 16 threads, timing one read in eight cost about a tenth of the reads/s (A/B in
 ``bench/reads.py``'s setting): every extra call is paid again at each GIL hand-over.
 """
 _TIME_FIRST = 4
-"""The first runs of each statement (per check window) are all timed."""
+"""A statement's first runs are all timed (the workload must see rare slow ones)."""
 _RECHECK_EVERY = 256
-"""Cached column names are checked against SQLite's every this many uses."""
+"""Cached column names are checked against SQLite's every this many uses (a multiple
+of ``SAMPLE_EVERY``)."""
+_MAX_COUNTED = 4096
+"""Distinct write statements a connection counts runs of (generated SQL stays bounded)."""
+
+
+def sample_weight(uses: int) -> int:
+    """How many runs the run after ``uses`` earlier ones stands for if timed; 0: untimed."""
+    if uses < _TIME_FIRST:
+        return 1
+    return SAMPLE_EVERY if (uses - _TIME_FIRST) % SAMPLE_EVERY == 0 else 0
+
+
+def recheck_due(uses: int) -> bool:
+    """True when the run after ``uses`` earlier ones re-reads the column names."""
+    return uses >= _TIME_FIRST and (uses - _TIME_FIRST) % _RECHECK_EVERY == _RECHECK_EVERY - 1
+
+
 _PLAIN_WRITES = frozenset({"insert", "update", "delete", "replac", "create", "drop", "alter"})
 """Statement prefixes that return no rows (unless they say RETURNING)."""
 _returns_rows_cache: dict[str, bool] = {}
@@ -296,6 +314,7 @@ class TrackedConnection:
         "_latency",
         "_queries",
         "_timed",
+        "_writes_run",
         "affinity",
         "connection",
         "created_at",
@@ -327,6 +346,8 @@ class TrackedConnection:
         self._errors = 0
         self._latency = 0.0
         self._bytes = 0
+        self._writes_run: dict[str, int] = {}
+        """Runs of each writing statement, which decide the ones timed."""
         self.last_latency = 0.0
         """Seconds the last statement took (0 when it was not timed)."""
         self.last_weight = 1
@@ -378,30 +399,26 @@ class TrackedConnection:
         return rows
 
     def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
-        """:meth:`query` for the pool's hot path: row classes cached, one run in SAMPLE_EVERY timed.
+        """:meth:`query` for the pool's hot path: row classes cached, runs sampled.
 
         ``names`` maps statement text to ``[row class or None, uses]``, shared by the
         pool's connections and emptied on every schema change the storage sees. Asking
         SQLite for the column names costs several calls into it per read (each one a
         chance for another thread to take the GIL), so the class is reused and checked
         against SQLite's names every ``_RECHECK_EVERY`` uses, and at once if the width
-        of a row differs from it. ``last_latency`` is set on timed runs only (0 else).
+        of a row differs from it. ``uses`` also decides which runs are timed
+        (:func:`sample_weight`). ``last_latency`` is set on timed runs only (0 else).
         """
-        count = self._queries + 1
-        self._queries = count
+        self._queries += 1
         entry = names.get(sql)
-        # Every statement's first runs are timed (the workload recorder must see rare
-        # slow statements), then one run in SAMPLE_EVERY.
-        if entry is None or entry[1] < _TIME_FIRST:
-            timed, self.last_weight = True, 1
-        else:
-            timed, self.last_weight = count % SAMPLE_EVERY == 1, SAMPLE_EVERY
-        started = perf_counter() if timed else 0.0
+        uses = 0 if entry is None else entry[1]
+        weight = self.last_weight = sample_weight(uses)
+        started = perf_counter() if weight else 0.0
         cursor = self.cursor
         try:
             cursor.execute(sql, params)
-            if entry is not None and entry[1] < _RECHECK_EVERY:
-                entry[1] += 1
+            if entry is not None and not recheck_due(uses):
+                entry[1] = uses + 1
                 raw = cursor.fetchall()
                 cls = entry[0]
                 if raw and (cls is None or len(raw[0]) != len(cls._fields)):
@@ -414,17 +431,17 @@ class TrackedConnection:
                     description = cursor.get_description()
                 except apsw.ExecutionCompleteError:
                     rows = []  # finished without a row: nothing to name
-                    names[sql] = [None, 0]
+                    names[sql] = [None, uses + 1]
                 else:
                     cls = _row_classes.get(description) or row_class_for(description)
-                    names[sql] = [cls, 0]
+                    names[sql] = [cls, uses + 1]
                     rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1
             raise wrap_sqlite_error(error, sql) from error
-        if timed:
+        if weight:
             self.last_latency = latency = perf_counter() - started
-            self.count_timed(latency, self.last_weight, params, rows)
+            self.count_timed(latency, weight, params, rows)
         else:
             self.last_latency = 0.0
         return rows
@@ -433,8 +450,8 @@ class TrackedConnection:
         """Account a timed run (its latency and bytes) standing for ``weight`` runs."""
         self.last_latency = latency
         self.last_weight = weight
-        self._latency += latency
-        self._timed += 1
+        self._latency += latency * weight  # a mean over runs, not over samples
+        self._timed += weight
         self._sample_bytes(params, rows, weight)
 
     def count_error(self) -> None:
@@ -449,20 +466,23 @@ class TrackedConnection:
             rows: list[Row] = self.query(sql, params)
         else:
             # No rows to name: skip the description (it raises once a statement is done).
-            count = self._queries + 1
-            self._queries = count
-            timed = count % SAMPLE_EVERY == 1  # the first run, then one in SAMPLE_EVERY
-            started = perf_counter() if timed else 0.0
+            self._queries += 1
+            counted = self._writes_run
+            uses = counted.get(sql, 0)
+            if uses or len(counted) < _MAX_COUNTED:
+                counted[sql] = uses + 1
+            weight = sample_weight(uses)
+            started = perf_counter() if weight else 0.0
             try:
                 self.cursor.execute(sql, params)
             except Exception as error:
                 self._errors += 1
                 raise wrap_sqlite_error(error, sql) from error
-            if timed:
+            if weight:
                 self.last_latency = latency = perf_counter() - started
-                self._latency += latency
-                self._timed += 1
-                self._sample_bytes(params, (), SAMPLE_EVERY)
+                self._latency += latency * weight
+                self._timed += weight
+                self._sample_bytes(params, (), weight)
             rows = []
         rowcount = connection.changes()
         return WriteResult(

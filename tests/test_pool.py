@@ -281,3 +281,43 @@ def test_a_failure_while_rows_are_built_gives_the_connection_back(
     monkeypatch.undo()
     assert db.pool.status().active == 0
     assert db.query(_POINT, [1], timeout=2) == [(1, "a")]
+
+
+def test_alternating_statements_are_each_sampled_at_their_own_rate(
+    open_storage: object,
+) -> None:
+    # Runs are sampled per statement: with one counter per connection, a thread
+    # alternating two reads would time only one of them, recorded for both.
+    db = _uncached(open_storage)
+    by_title = "SELECT id FROM tasks WHERE title = ?"
+    db.workload.reset()
+    runs = 16 * SAMPLE_EVERY
+    for _ in range(runs):
+        db.query(_POINT, [1])
+        db.query(by_title, ["a"])
+    calls = {s.example: s.calls for s in db.workload.snapshot()}
+    for sql in (_POINT, by_title):
+        assert abs(calls[sql] - runs) <= 0.05 * runs, calls
+
+
+def test_mean_latency_weighs_each_sample_by_the_runs_it_stands_for() -> None:
+    connection = TrackedConnection(apsw.Connection(":memory:"), "reader")
+    for _ in range(4):  # a statement's first runs: timed, standing for themselves
+        connection.count_timed(0.001, 1, None, [])
+    for _ in range(4):  # later samples, each standing for SAMPLE_EVERY runs
+        connection.count_timed(0.0001, SAMPLE_EVERY, None, [])
+    runs = 4 + 4 * SAMPLE_EVERY
+    expected = (4 * 0.001 + 4 * SAMPLE_EVERY * 0.0001) / runs
+    assert connection.metrics().latency == pytest.approx(expected)
+
+
+def test_a_write_statement_is_sampled_by_its_own_runs() -> None:
+    # One INSERT with an 8-byte value, one UPDATE without parameters, alternating:
+    # the bytes sent are the INSERTs' alone, however the two interleave.
+    connection = TrackedConnection(apsw.Connection(":memory:"), "writer")
+    connection.connection.execute("CREATE TABLE t(a); CREATE TABLE c(n); INSERT INTO c VALUES (0)")
+    runs = 16 * SAMPLE_EVERY
+    for n in range(runs):
+        connection.write("INSERT INTO t VALUES (?)", [n])
+        connection.write("UPDATE c SET n = n + 1")
+    assert connection.metrics().bytes_transferred == pytest.approx(8 * runs, rel=0.05)

@@ -63,6 +63,9 @@ __all__ = ["PoolStatus", "PooledConnection", "ReaderPool"]
 
 log = logging.getLogger(__name__)
 
+_UNKNOWN: list[Any] = [None, -1]
+"""The names entry of a statement the pool has not learned (never written to)."""
+
 T = TypeVar("T")
 
 _MAX_READS_PER_WAKEUP = 64
@@ -481,11 +484,12 @@ class ReaderPool:
         # checkout listener) and updates the connection's counters itself; anything
         # else takes _query_general.
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
-        entry = self._names.get(sql)
+        entry = self._names.get(sql, _UNKNOWN)
+        uses: int = entry[1]  # runs of the statement so far
         if (
             connection is None
-            or entry is None
-            or not _TIME_FIRST <= entry[1] < _RECHECK_EVERY
+            or uses < _TIME_FIRST  # unknown, or its first runs (all timed: sample_weight)
+            or (uses - _TIME_FIRST) % _RECHECK_EVERY == _RECHECK_EVERY - 1  # recheck_due
             or self.events.watches_checkouts
             or not connection.lock.acquire(False)
         ):
@@ -495,7 +499,7 @@ class ReaderPool:
             return self._query_general(sql, params, timeout)
         count = connection._queries + 1
         connection._queries = count
-        timed = count % SAMPLE_EVERY == 1
+        timed = (uses - _TIME_FIRST) % SAMPLE_EVERY == 0  # sample_weight, inlined
         started = perf_counter() if timed else 0.0
         cursor = connection.cursor
         try:
@@ -511,7 +515,7 @@ class ReaderPool:
                 connection._queries -= 1
                 self._names.pop(sql, None)
             else:
-                entry[1] += 1
+                entry[1] = uses + 1
                 rows: list[Row] = list(map(cls, raw)) if raw else []
                 if timed:
                     latency = perf_counter() - started
