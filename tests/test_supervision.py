@@ -7,11 +7,14 @@ import time
 from collections.abc import Callable
 
 import pytest
+from pykka._envelope import Envelope
 
 import atlas_actors as atlas
+from atlas_actors.actors.base import Crash
 from atlas_actors.actors.supervisor import CLEANUP_GRACE
 from atlas_actors.actors.writer import WriterActor
 from atlas_actors.errors import StorageUnavailable, ValidationError
+from atlas_actors.runtime import Runtime
 
 
 def _wait_for_restart(db: atlas.Storage, role: str) -> Callable[[float], bool]:
@@ -124,12 +127,41 @@ def test_a_writer_stuck_in_its_clean_up_is_restarted_after_the_grace(
     try:
         assert restarted(5)
         waited = time.monotonic() - killed_at
-        assert CLEANUP_GRACE <= waited < CLEANUP_GRACE + 1.0
+        assert CLEANUP_GRACE <= waited < CLEANUP_GRACE + 3.0
         writer = next(c for c in db.supervisor.status().children if c.role == "writer")
         assert writer.last_error == "stopped without reporting"
     finally:
         unstuck.set()
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
+
+
+def test_a_crash_report_queued_behind_a_liveness_tick_keeps_its_error(
+    open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the supervisor is busy, ticks queue up ahead of the writer's own failure
+    # report; the tick that finds the writer's thread ended must leave the restart to
+    # that report, not restart it as "stopped without reporting".
+    busy, slow_once = threading.Event(), threading.Event()
+    original = Runtime._tick
+
+    def slow_tick(self: Runtime, now: float) -> None:
+        if slow_once.is_set():
+            slow_once.clear()
+            busy.set()
+            time.sleep(0.4)
+        original(self, now)
+
+    monkeypatch.setattr(Runtime, "_tick", slow_tick)
+    db = open_storage()
+    db.execute("CREATE TABLE t(a)")
+    slow_once.set()
+    assert busy.wait(5)
+    time.sleep(0.1)  # a tick queues meanwhile
+    # What kill(how="crash") does, without asking the busy supervisor.
+    db._writer_mailbox.replay_control(Envelope(Crash("report behind a tick")))
+    assert db.write("INSERT INTO t VALUES (1)").rowcount == 1
+    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    assert "report behind a tick" in (writer.last_error or ""), writer
 
 
 def test_a_crashed_reader_restarts_while_reads_keep_being_served(db: atlas.Storage) -> None:

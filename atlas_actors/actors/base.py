@@ -322,6 +322,11 @@ class RoleActor(pykka.ThreadingActor):
         if current is not None:
             current.fail(ActorCrashedError(self.role, current.describe(), error))
 
+    @property
+    def reported(self) -> bool:
+        """True once this incarnation told the supervisor it died."""
+        return self._reported
+
     def report_failure(self, error: BaseException | None) -> None:
         """Tell the supervisor this incarnation died (once)."""
         if self._reported:

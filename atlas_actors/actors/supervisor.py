@@ -253,14 +253,16 @@ class SupervisorActor(pykka.ThreadingActor):
             actor = child.actor
             if child.state == "running" and actor is not None:
                 thread = actor.thread
-                if thread is not None and not thread.is_alive():
+                ended = thread is not None and not thread.is_alive()
+                if ended and not actor.reported:
                     self._failed(child, None)
-                elif not actor.actor_ref.is_alive():
+                elif ended or not actor.actor_ref.is_alive():
                     # pykka marks a failing actor stopped before on_failure runs: its
                     # thread is still cleaning up (rolling back, detaching the cache)
-                    # and reports when done. Starting the next incarnation meanwhile
-                    # would let the two overlap, so wait for the report, or for the
-                    # thread to end, and restart without either only after a grace.
+                    # and reports when done, or its report already waits behind this
+                    # tick. Starting the next incarnation meanwhile would let the two
+                    # overlap (or lose the report's error), so wait for the report, and
+                    # restart without it only after a grace.
                     if child.dying_since is None:
                         child.dying_since = now
                     elif now - child.dying_since >= CLEANUP_GRACE:
