@@ -12,10 +12,13 @@ Messages: :class:`StoreOnDisk`, :class:`WarmFromDisk`, ``Crash``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
+
+import pykka
 
 from atlas_actors.actors.base import Crash, InjectedCrash, RoleActor
 from atlas_actors.cache.disk import DiskStore, fingerprint
@@ -92,7 +95,10 @@ class CacheActor(RoleActor):
         l2.save_meta({"clean": False, "epoch": self.manager.epoch})
 
     def _send_to_disk(self, entry: Entry) -> None:
-        self.actor_ref.tell(StoreOnDisk(entry))
+        # Between pykka marking a failing incarnation stopped and its on_crash detaching
+        # the levels, reads still reach here: the entry then just stays out of L2.
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(StoreOnDisk(entry))
 
     def on_receive(self, message: Any) -> Any:
         """Write to L2, warm L1, or obey a control message."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.actors.cache import CacheActor
+from atlas_actors.actors.supervisor import CLEANUP_GRACE
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -287,12 +289,19 @@ def test_a_dying_cache_actor_leaves_the_next_incarnations_levels_alone(
     # supervisor's liveness check may restart it first. The dying incarnation's
     # clean-up must then not switch off the levels the new one attached.
     cleaned_up = threading.Event()
+    attached: list[bool] = []
     dying_l1 = kv.cache.l1
     original = CacheActor.on_crash
 
     def late_on_crash(self: CacheActor, current: object, error: BaseException | None) -> None:
-        # The liveness check restarts the role meanwhile; wait for its levels.
-        wait_until(lambda: kv.cache.l1 is not None and kv.cache.l1 is not dying_l1)
+        # Once the clean-up outlasts CLEANUP_GRACE, the liveness check restarts the
+        # role without waiting for it: let the successor attach its levels first.
+        attached.append(
+            wait_until(
+                lambda: kv.cache.l1 is not None and kv.cache.l1 is not dying_l1,
+                timeout=CLEANUP_GRACE + 4,
+            )
+        )
         try:
             original(self, current, error)
         finally:
@@ -300,12 +309,33 @@ def test_a_dying_cache_actor_leaves_the_next_incarnations_levels_alone(
 
     monkeypatch.setattr(CacheActor, "on_crash", late_on_crash)
     kv.supervisor.kill("cache")
-    assert cleaned_up.wait(10)
+    assert cleaned_up.wait(CLEANUP_GRACE + 10)
+    assert attached == [True]  # the successor was there before the late clean-up
     assert kv.cache.l1 is not None
     _cached(kv, 3)
     before = kv.cache.stats()
     assert _v(kv, 3) == "v3"
     assert kv.cache.stats().l1_hits == before.l1_hits + 1
+
+
+def test_reads_while_the_cache_actor_dies_get_rows_not_actor_errors(
+    kv: atlas.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Until a dying incarnation's on_crash detaches the levels, reads still use them and
+    # send admitted entries to the (dead) actor for L2: they must keep getting rows.
+    crashing = threading.Event()
+    original = CacheActor.on_crash
+
+    def slow_on_crash(self: CacheActor, current: object, error: BaseException | None) -> None:
+        crashing.set()
+        time.sleep(0.3)
+        original(self, current, error)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CacheActor, "on_crash", slow_on_crash)
+    kv.supervisor.kill("cache")
+    assert crashing.wait(5)
+    for k in range(20):
+        assert _cached(kv, k) == f"v{k}"  # admitted on the second miss, bound for L2
 
 
 def test_reopening_warms_memory_from_disk(db_path: Path) -> None:
