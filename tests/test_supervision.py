@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pykka._envelope import Envelope
 
 import atlas_actors as atlas
 from atlas_actors.actors.base import Crash
+from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import CLEANUP_GRACE
 from atlas_actors.actors.writer import WriterActor
 from atlas_actors.errors import StorageUnavailable, ValidationError
@@ -211,6 +214,39 @@ def test_a_restart_storm_escalates_to_storage_unavailable(open_storage: object) 
         db.query("SELECT * FROM t")
     health = db.health()
     assert health.status == "failed" and "writer failed" in (health.failure or "")
+
+
+def test_a_role_that_cannot_be_recreated_escalates_instead_of_staying_down(
+    open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = open_storage(restart_max=2, restart_window=30)
+    escalated = threading.Event()
+    db.events.on("escalate", lambda e: escalated.set())
+    original = WriterActor.__init__
+
+    def unbuildable(self: WriterActor, **options: Any) -> None:
+        if options["incarnation"] > 1:
+            raise RuntimeError("cannot build the writer")
+        original(self, **options)
+
+    monkeypatch.setattr(WriterActor, "__init__", unbuildable)
+    db.supervisor.kill("writer")
+    assert escalated.wait(5)  # each failed build counts as a restart
+    with pytest.raises(StorageUnavailable, match="cannot build the writer"):
+        db.write("INSERT INTO tasks(title) VALUES ('x')")
+
+
+def test_a_role_that_cannot_be_built_at_open_fails_open_with_its_error(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unbuildable(self: ReaderActor, **options: Any) -> None:
+        raise RuntimeError("cannot build a reader")
+
+    monkeypatch.setattr(ReaderActor, "__init__", unbuildable)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="cannot build a reader"):
+        atlas.open(db_path, default_timeout=10)
+    assert time.monotonic() - started < 5  # at once, not after the start timeout
 
 
 def test_status_lists_every_child_and_kill_rejects_unknown_roles(db: atlas.Storage) -> None:

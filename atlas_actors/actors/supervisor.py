@@ -186,7 +186,11 @@ class SupervisorActor(pykka.ThreadingActor):
             raise ValidationError(f"a child named {role!r} exists already")
         child = _Child(role=role, factory=factory, mailbox=mailbox)
         self._children[role] = child
-        self._start(child)
+        try:
+            self._start(child)
+        except Exception:
+            del self._children[role]
+            raise
 
     def remove_child(self, role: str, *, timeout: float = 5.0) -> None:
         """Stop a child role for good (pool shrink); its mailbox is closed."""
@@ -209,8 +213,12 @@ class SupervisorActor(pykka.ThreadingActor):
             actor = child.factory(child.role, child.incarnation, child.mailbox)
         except Exception as error:
             log.exception("could not create %s", child.role)
-            self._failed(child, error)
-            return
+            if child.state == "restarting":
+                # Count it as a failure of the new incarnation: backoff, then escalation.
+                child.state = "running"
+                self._failed(child, error)
+                return
+            raise  # the first start: whoever added the role gets the error
         child.actor = actor
         child.state = "running"
         actor_class = type(actor)
