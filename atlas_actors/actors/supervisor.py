@@ -243,7 +243,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 and self._state == "running"
             ):
                 self._start(child)
-                self.events.emit("restart", child.role, incarnation=child.incarnation)
+                if child.actor is not None:  # not when building it failed (counted above)
+                    self.events.emit("restart", child.role, incarnation=child.incarnation)
         elif isinstance(message, Tick):
             self._tick()
         else:
