@@ -14,10 +14,16 @@ from pykka._envelope import Envelope
 import atlas_actors as atlas
 from atlas_actors.actors.base import Crash
 from atlas_actors.actors.reader import ReaderActor
-from atlas_actors.actors.supervisor import CLEANUP_GRACE
+from atlas_actors.actors.supervisor import CLEANUP_GRACE, ChildStatus
 from atlas_actors.actors.writer import WriterActor
 from atlas_actors.errors import StorageUnavailable, ValidationError
 from atlas_actors.runtime import Runtime
+from tests.helpers import delay_on_crash
+
+
+def _child(db: atlas.Storage, role: str) -> ChildStatus:
+    """The supervisor's status of ``role``."""
+    return next(c for c in db.supervisor.status().children if c.role == role)
 
 
 def _wait_for_restart(db: atlas.Storage, role: str) -> Callable[[float], bool]:
@@ -73,7 +79,7 @@ def test_a_crashed_writer_restarts_and_writes_resume_within_a_second_losing_noth
     stored = {row.id for row in db.query("SELECT id FROM tasks")}
     assert set(acked) <= stored
     assert len(stored) == len(acked)  # and none applied twice or without acknowledgement
-    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    writer = _child(db, "writer")
     assert (writer.incarnation, writer.restarts, writer.state) == (2, 1, "running")
     assert "InjectedCrash" in (writer.last_error or "")
 
@@ -83,7 +89,7 @@ def test_a_silently_stopped_writer_is_noticed_by_the_liveness_check(db: atlas.St
     db.supervisor.kill("writer", how="stop")
     assert restarted(5)
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
-    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    writer = _child(db, "writer")
     assert writer.last_error == "stopped without reporting"
 
 
@@ -94,21 +100,19 @@ def test_a_crashed_writer_is_restarted_only_after_it_cleaned_up(
     # check must not start the next incarnation while the dying one still rolls back
     # (two write connections, the old one's batch not yet put back in the mailbox).
     cleaned_up_at: list[float] = []
-    original = WriterActor.on_crash
-
-    def slow_on_crash(self: WriterActor, current: object, error: BaseException | None) -> None:
-        time.sleep(0.3)  # six liveness checks
-        original(self, current, error)  # type: ignore[arg-type]
-        cleaned_up_at.append(time.monotonic())
-
-    monkeypatch.setattr(WriterActor, "on_crash", slow_on_crash)
+    delay_on_crash(
+        monkeypatch,
+        WriterActor,
+        before=lambda: time.sleep(0.3),  # six liveness checks
+        after=lambda: cleaned_up_at.append(time.monotonic()),
+    )
     restarted_at: list[float] = []
     db.events.on("restart", lambda e: restarted_at.append(time.monotonic()))
     db.supervisor.kill("writer", how="crash")
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
     assert len(cleaned_up_at) == 1 and len(restarted_at) == 1
     assert restarted_at[0] >= cleaned_up_at[0]
-    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    writer = _child(db, "writer")
     assert (writer.incarnation, writer.restarts) == (2, 1)
     assert "InjectedCrash" in (writer.last_error or "")  # its own report, not the liveness check
 
@@ -117,13 +121,7 @@ def test_a_writer_stuck_in_its_clean_up_is_restarted_after_the_grace(
     db: atlas.Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unstuck = threading.Event()
-    original = WriterActor.on_crash
-
-    def stuck_on_crash(self: WriterActor, current: object, error: BaseException | None) -> None:
-        unstuck.wait(10)
-        original(self, current, error)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(WriterActor, "on_crash", stuck_on_crash)
+    delay_on_crash(monkeypatch, WriterActor, before=lambda: unstuck.wait(10))
     restarted = _wait_for_restart(db, "writer")
     killed_at = time.monotonic()
     db.supervisor.kill("writer", how="crash")
@@ -131,7 +129,7 @@ def test_a_writer_stuck_in_its_clean_up_is_restarted_after_the_grace(
         assert restarted(5)
         waited = time.monotonic() - killed_at
         assert CLEANUP_GRACE <= waited < CLEANUP_GRACE + 3.0
-        writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+        writer = _child(db, "writer")
         assert writer.last_error == "stopped without reporting"
     finally:
         unstuck.set()
@@ -163,7 +161,7 @@ def test_a_crash_report_queued_behind_a_liveness_tick_keeps_its_error(
     # What kill(how="crash") does, without asking the busy supervisor.
     db._writer_mailbox.replay_control(Envelope(Crash("report behind a tick")))
     assert db.write("INSERT INTO t VALUES (1)").rowcount == 1
-    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    writer = _child(db, "writer")
     assert "report behind a tick" in (writer.last_error or ""), writer
 
 
@@ -193,7 +191,7 @@ def test_a_crashed_reader_restarts_while_reads_keep_being_served(db: atlas.Stora
         thread.join(10)
     assert not failures, failures[:3]
     assert reads[0] > 0
-    reader = next(c for c in db.supervisor.status().children if c.role == "reader-0")
+    reader = _child(db, "reader-0")
     assert reader.incarnation == 2 and reader.state == "running"
 
 

@@ -20,7 +20,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.actors.cache import CacheActor
 from atlas_actors.actors.supervisor import CLEANUP_GRACE
-from tests.helpers import wait_until
+from tests.helpers import delay_on_crash, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 READ = "SELECT v FROM kv WHERE k = ?"
@@ -291,23 +291,19 @@ def test_a_dying_cache_actor_leaves_the_next_incarnations_levels_alone(
     cleaned_up = threading.Event()
     attached: list[bool] = []
     dying_l1 = kv.cache.l1
-    original = CacheActor.on_crash
-
-    def late_on_crash(self: CacheActor, current: object, error: BaseException | None) -> None:
-        # Once the clean-up outlasts CLEANUP_GRACE, the liveness check restarts the
-        # role without waiting for it: let the successor attach its levels first.
-        attached.append(
+    # Once the clean-up outlasts CLEANUP_GRACE, the liveness check restarts the role
+    # without waiting for it: let the successor attach its levels first.
+    delay_on_crash(
+        monkeypatch,
+        CacheActor,
+        before=lambda: attached.append(
             wait_until(
                 lambda: kv.cache.l1 is not None and kv.cache.l1 is not dying_l1,
                 timeout=CLEANUP_GRACE + 4,
             )
-        )
-        try:
-            original(self, current, error)
-        finally:
-            cleaned_up.set()
-
-    monkeypatch.setattr(CacheActor, "on_crash", late_on_crash)
+        ),
+        after=cleaned_up.set,
+    )
     kv.supervisor.kill("cache")
     assert cleaned_up.wait(CLEANUP_GRACE + 10)
     assert attached == [True]  # the successor was there before the late clean-up
@@ -324,14 +320,7 @@ def test_reads_while_the_cache_actor_dies_get_rows_not_actor_errors(
     # Until a dying incarnation's on_crash detaches the levels, reads still use them and
     # send admitted entries to the (dead) actor for L2: they must keep getting rows.
     crashing = threading.Event()
-    original = CacheActor.on_crash
-
-    def slow_on_crash(self: CacheActor, current: object, error: BaseException | None) -> None:
-        crashing.set()
-        time.sleep(0.3)
-        original(self, current, error)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(CacheActor, "on_crash", slow_on_crash)
+    delay_on_crash(monkeypatch, CacheActor, before=lambda: (crashing.set(), time.sleep(0.3)))
     kv.supervisor.kill("cache")
     assert crashing.wait(5)
     for k in range(20):
