@@ -44,6 +44,11 @@ invalidation shows.
 Every cell starts from a copy of one prepared file (and an empty cache), runs an
 unrecorded warm-up, then the window; ``db.cache.stats()`` is read as the window opens
 and as it closes, so hit rates cover exactly the recorded window.
+
+Beside each hit rate stand the best ones possible over the same operations
+(:func:`ceiling`: unbounded caches that drop exactly what each write changed, keeping
+results from their first or second read); ``--ceiling`` computes them over long
+scripted runs instead, without running any peer.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +120,7 @@ ADD_COMMENT = "INSERT INTO comments(task_id, author, body, created) VALUES (?, ?
 STATUSES = ("todo", "doing", "review", "done")
 READ_MIX = (("task", 50), ("page", 30), ("counts", 10), ("comments", 10))
 """Read kinds and their weights; writes are split evenly between status and comment."""
+READ_KINDS = frozenset(kind for kind, _ in READ_MIX)
 CLOCK_START = 2_000_000_000
 """The logical clock of writes starts above every ``updated`` of the prepared data."""
 
@@ -212,6 +218,19 @@ def script(seed: int, task_ids: Zipf, project_ids: Zipf, writes: float) -> list[
     return ops
 
 
+def projects_of_tasks(path: Path) -> list[int]:
+    """The project of each task, by task id (index 0 unused)."""
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT id, project_id FROM tasks ORDER BY id").fetchall()
+    finally:
+        connection.close()
+    project_of = [0] * (rows[-1][0] + 1 if rows else 1)
+    for task, project in rows:
+        project_of[task] = project
+    return project_of
+
+
 # -- the workload -----------------------------------------------------------------------
 
 
@@ -221,19 +240,138 @@ Write = Callable[[str, tuple[Any, ...]], int | None]
 """Runs one write statement as its own acknowledged transaction; returns lastrowid."""
 
 
-class Workload:
-    """The state of one cell shared by its threads: the clock and the checks done."""
+Event = tuple[int, str, int]
+"""(sequence number, kind, id): a read (kind ``task``, ``page``, ``counts`` or
+``comments``) or an acknowledged write (``status`` of a task, ``comment`` on a task)."""
 
-    def __init__(self, task_ids: Zipf, project_ids: Zipf, writes: float) -> None:
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The hits that caches which drop what each write changes could make at best."""
+
+    reads: int
+    """Reads in the window."""
+    first_ask: int
+    """Hits of a cache that keeps every result from its first read on: none does better."""
+    second_ask: int
+    """Hits of one that keeps a result from its second read on (atlas's admission)."""
+
+
+def ceiling(
+    events: Iterable[Iterable[Event]], start: int, end: int, project_of: Sequence[int]
+) -> Ceiling:
+    """Replay a cell's reads and writes against unbounded caches and count their hits.
+
+    The events (each thread's, merged by sequence number) go through in order. A write
+    drops exactly the results it changed: a status write its task, and the page and
+    counts of that task's project (``project_of[task]``); a comment the task's comments.
+    Reads numbered from ``start`` up to ``end`` are counted; earlier ones (the warm-up)
+    only fill the caches, which start empty like atlas's in each round. These are upper
+    bounds for the same operations: no memory limit, no TTL, no races.
+    """
+    first: set[tuple[str, int]] = set()
+    second: set[tuple[str, int]] = set()
+    asked: set[tuple[str, int]] = set()
+    reads = first_hits = second_hits = 0
+    for number, kind, key in sorted(itertools.chain.from_iterable(events)):
+        if number >= end:
+            break
+        if kind == "status":
+            project = project_of[key]
+            changed = [("task", key), ("page", project), ("counts", project)]
+        elif kind == "comment":
+            changed = [("comments", key)]
+        else:
+            item = (kind, key)
+            counted = number >= start
+            reads += counted
+            if item in first:
+                first_hits += counted
+            else:
+                first.add(item)
+            if item in second:
+                second_hits += counted
+            elif item in asked:
+                second.add(item)
+            else:
+                asked.add(item)
+            continue
+        first.difference_update(changed)
+        second.difference_update(changed)
+    return Ceiling(reads, first_hits, second_hits)
+
+
+def scripted_events(workload: Workload, threads: int, operations: int) -> list[Event]:
+    """``operations`` events of ``threads`` threads' scripts taken in turn (the check read
+    after each write included), as if no operation took longer than another."""
+    scripts = [workload.script_for(index) for index in range(threads)]
+    number = itertools.count()
+    events: list[Event] = []
+    for position in itertools.count():
+        for ops in scripts:
+            kind, key = ops[position & (OPS_PER_THREAD - 1)]
+            events.append((next(number), kind, key))
+            if kind not in READ_KINDS:
+                events.append((next(number), "task" if kind == "status" else "comments", key))
+        if len(events) >= operations:
+            return events[:operations]
+    raise AssertionError("unreachable")
+
+
+def print_steady_ceilings(
+    task_ids: Zipf, project_ids: Zipf, shares: Sequence[float], project_of: Sequence[int]
+) -> None:
+    """The best hit rates over long scripted runs: what a warm cache could reach at best."""
+    rows = []
+    spans = ((0, 100_000), (0, 1_000_000), (1_000_000, 2_000_000), (3_000_000, 4_000_000))
+    for writes in shares:
+        workload = Workload(task_ids, project_ids, writes, project_of)
+        events = scripted_events(workload, 16, spans[-1][1])
+        for start, end in spans:
+            found = ceiling([events], start, end, project_of)
+            rows.append(
+                [
+                    f"{writes:.0%} writes",
+                    f"{start:,}-{end:,}",
+                    fmt(ratio(found.first_ask, found.reads) * 100, 1),
+                    fmt(ratio(found.second_ask, found.reads) * 100, 1),
+                ]
+            )
+    print("\n== the best hit rates over long runs (scripted operations, no peer run) ==")
+    print(table(["mix", "operations counted", "best %", "best 2nd %"], rows))
+    print(
+        "16 threads' scripts in turn from an empty cache; operations before the counted "
+        "ones only fill it; scripts repeat every "
+        f"{OPS_PER_THREAD:,} operations per thread, which only helps the cache"
+    )
+
+
+class Workload:
+    """The state of one cell shared by its threads: the clock, the checks done, and the
+    operations in order (events, for :func:`ceiling`)."""
+
+    def __init__(
+        self, task_ids: Zipf, project_ids: Zipf, writes: float, project_of: Sequence[int]
+    ) -> None:
         self.task_ids = task_ids
+        self.project_of = project_of
+        """The project of each task, by task id."""
         self.project_ids = project_ids
         self.writes = writes
         self.clock = itertools.count(CLOCK_START)
         self.checks = itertools.count()
         self.scripts: dict[int, list[tuple[str, int]]] = {}
+        self.sequence = itertools.count()
+        self.events: list[list[Event]] = []
+        """Each thread's reads and acknowledged writes, in order (for :func:`ceiling`)."""
+        self.marks: dict[str, int] = {}
 
     def checks_done(self) -> int:
         return int(self.checks.__reduce__()[1][0])
+
+    def mark(self, name: str) -> None:
+        """Note where the window opens (``start``) or closes (``end``) in the events."""
+        self.marks[name] = int(self.sequence.__reduce__()[1][0])
 
     def script_for(self, index: int) -> list[tuple[str, int]]:
         found = self.scripts.get(index)
@@ -248,13 +386,17 @@ class Workload:
         ops = self.script_for(index)
         position = itertools.count()
         mask = OPS_PER_THREAD - 1
-        clock, checks = self.clock, self.checks
+        clock, checks, sequence = self.clock, self.checks, self.sequence
         pending: list[tuple[str, int, int]] = []  # (kind, task, value) to check next
+        events: list[Event] = []
+        self.events.append(events)  # list.append: atomic, threads may start together
+        note = events.append
 
         def op() -> str:
             if pending:
                 kind, task, value = pending.pop()
                 next(checks)
+                note((next(sequence), "task" if kind == "status" else "comments", task))
                 if kind == "status":
                     rows = read(TASK, (task,))
                     if not rows or rows[0][0] != task:
@@ -274,6 +416,8 @@ class Workload:
                         )
                 return "read"
             kind, key = ops[next(position) & mask]
+            if kind in READ_KINDS:
+                note((next(sequence), kind, key))
             if kind == "task":
                 rows = read(TASK, (key,))
                 if not rows or rows[0][0] != key:
@@ -295,6 +439,7 @@ class Workload:
             else:
                 rowid = write(ADD_COMMENT, (key, f"user{index}", f"comment {stamp}", stamp))
                 pending.append(("comment", key, rowid if rowid is not None else 1 << 62))
+            note((next(sequence), kind, key))  # once acknowledged
             return "write"
 
         return op
@@ -380,6 +525,7 @@ def run_cell(
     snapshots: dict[str, CacheStats] = {}
 
     def mark(name: str) -> None:
+        workload.mark(name)
         if db is not None:
             snapshots[name] = db.cache.stats()
 
@@ -400,6 +546,11 @@ def run_cell(
     finally:
         if db is not None:
             db.close()
+    if peer == CACHED:
+        marks = workload.marks
+        extra["ceiling"] = asdict(
+            ceiling(workload.events, marks["start"], marks["end"], workload.project_of)
+        )
     extra["checks"] = workload.checks_done()
     return segment, extra
 
@@ -457,6 +608,10 @@ def summarize(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
         total[f"max_{name}"] = max(e[name] for e in extras)
     total["page_cache_hit_rate"] = median([e["page_cache_hit_rate"] for e in extras])
     total["mean_batch"] = median([e["mean_batch"] for e in extras])
+    if "ceiling" in extras[0]:
+        reads = sum(e["ceiling"]["reads"] for e in extras)
+        for policy in ("first_ask", "second_ask"):
+            total[f"ceiling_{policy}"] = ratio(sum(e["ceiling"][policy] for e in extras), reads)
     return total
 
 
@@ -514,6 +669,8 @@ def print_cells(cells: Sequence[CellResult]) -> None:
                 str(cell.threads),
                 fmt(e["hit_rate"] * 100, 1),
                 f"{min(round_rates):.1f}-{max(round_rates):.1f}" if len(round_rates) > 1 else "",
+                fmt(e["ceiling_first_ask"] * 100, 1),
+                fmt(e["ceiling_second_ask"] * 100, 1),
                 f"{e['hits']:,}",
                 f"{e['misses']:,}",
                 f"{e['l1_hits']:,}",
@@ -526,12 +683,17 @@ def print_cells(cells: Sequence[CellResult]) -> None:
                 fmt(e["page_cache_hit_rate"] * 100, 1),
             ]
         )
-    headers = ["peer", "thr", "hit %", "per round", "hits", "misses", "L1 hits", "L2 hits"]
-    headers += ["bypassed", "invalidated", "evicted", "L1 entries/bytes", "L2 entries/bytes"]
-    print(table([*headers, "page cache hit %"], rows))
+    headers = ["peer", "thr", "hit %", "per round", "best %", "best 2nd %", "hits", "misses"]
+    headers += ["L1 hits", "L2 hits", "bypassed", "invalidated", "evicted"]
+    headers += ["L1 entries/bytes", "L2 entries/bytes", "page cache hit %"]
+    print(table(headers, rows))
     print(
-        "hit % = hits / (hits + misses); invalidated = entries dropped because a write "
-        "changed a table they read; L1/L2 sizes are the largest at a window's end"
+        "hit % = hits / (hits + misses); best % = the hit rate of an unbounded cache that "
+        "keeps every result from its first read and drops exactly what each write changed, "
+        "over the same operations from the same empty start (no cache that invalidates on "
+        "writes can do better); best 2nd % = the same keeping results from their second "
+        "read, as atlas does; invalidated = entries dropped because a write changed rows "
+        "they read; L1/L2 sizes are the largest at a window's end"
     )
 
 
@@ -551,6 +713,10 @@ def judge(cells: Sequence[CellResult], label: str, threads: int = 16) -> list[Ta
         measured = f"{rate * 100:.1f}% ({hits:,} hits, {misses:,} misses)"
         if len(rounds) > 1:
             measured += f"; rounds {min(rounds):.1f}-{max(rounds):.1f}%"
+        measured += (
+            f"; best possible over these operations {mine.extra['ceiling_first_ask']:.1%} "
+            f"({mine.extra['ceiling_second_ask']:.1%} with atlas's second-read admission)"
+        )
         targets.append(Target(wanted_hits, measured, rate >= HIT_RATE_TARGET))
         speed = ratio(mine.kind("read").ops_per_s, base.kind("read").ops_per_s)
         per_round = round_ratios(mine, base, "read")
@@ -630,6 +796,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--zipf", type=float, default=1.1, help="Zipf exponent s of task and project ids (1.1)"
     )
     parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="only print the best hit rates possible over long scripted runs of the mix "
+        "(at each --writes share; about 15 s each) and exit",
+    )
+    parser.add_argument(
         "--writes",
         type=write_shares,
         help="shares of operations that write, each a series of its own; the targets are "
@@ -682,14 +854,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         template = directory / "template.db"
         began = time.perf_counter()
         prepare(template, args.projects, args.tasks)
+        project_of = projects_of_tasks(template)
         print(f"prepared the file in {time.perf_counter() - began:.1f} s")
+        if args.ceiling:
+            print_steady_ceilings(task_ids, project_ids, args.writes, project_of)
+            return 0
         for position, writes in enumerate(args.writes):
             label = f"{writes:.0%} writes"
             cells, extras = run_cells(
                 args,
                 template,
                 directory,
-                lambda w=writes: Workload(task_ids, project_ids, w),  # type: ignore[misc]
+                lambda w=writes: Workload(task_ids, project_ids, w, project_of),  # type: ignore[misc]
                 label,
             )
             print(f"\n== the task-manager mix, {label} ==")
