@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import apsw
 import pykka
@@ -266,17 +267,31 @@ class Runtime:
             on_failure_report=self._report_failure,
         )
 
-    def _add_reader(self) -> pykka.Future[None]:
+    def _add_reader(
+        self, on_error: Callable[[Exception], None] | None = None
+    ) -> pykka.Future[None]:
         role = f"reader-{next(self._reader_ids)}"
         mailbox = Mailbox(role, self.config.mailbox_size)
-        future: pykka.Future[None] = self._supervisor.add_child(role, self._make_reader, mailbox)
+        future: pykka.Future[None] = self._supervisor.add_child(
+            role, self._make_reader, mailbox, on_error
+        )
         return future
 
     def _grow_reader(self) -> None:
-        if self._state == "running":
-            self._add_reader()
-        else:
+        # Called by the pool holding its lock: starts the reader without waiting for it.
+        # A reader that cannot start must not stay counted as starting, or the pool
+        # would never grow again; waiting callers try again on their next check.
+        if self._state != "running":
             self.pool.expected_growth_failed()
+            return
+        try:
+            self._add_reader(on_error=self._growth_failed)
+        except pykka.ActorDeadError:
+            self.pool.expected_growth_failed()  # the supervisor is gone: so is the storage
+
+    def _growth_failed(self, error: Exception) -> None:
+        log.warning("the reader pool could not grow: %s", error)
+        self.pool.expected_growth_failed()
 
     def _retire_reader(self, role: str) -> None:
         self.pool.reader_gone(role)

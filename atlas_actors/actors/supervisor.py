@@ -178,18 +178,33 @@ class SupervisorActor(pykka.ThreadingActor):
 
     # -- children ----------------------------------------------------------------------
 
-    def add_child(self, role: str, factory: ChildFactory, mailbox: Mailbox) -> None:
-        """Start a new child role (its first incarnation) and supervise it."""
-        if self._state != "running":
-            raise StorageUnavailable(f"cannot start {role}: the storage is {self._state}")
-        if role in self._children:
-            raise ValidationError(f"a child named {role!r} exists already")
-        child = _Child(role=role, factory=factory, mailbox=mailbox)
-        self._children[role] = child
+    def add_child(
+        self,
+        role: str,
+        factory: ChildFactory,
+        mailbox: Mailbox,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        """Start a new child role (its first incarnation) and supervise it.
+
+        If it cannot start, the error is raised (into the returned future) and, for
+        callers that do not wait for that future, also passed to ``on_error``.
+        """
         try:
-            self._start(child)
-        except Exception:
-            del self._children[role]
+            if self._state != "running":
+                raise StorageUnavailable(f"cannot start {role}: the storage is {self._state}")
+            if role in self._children:
+                raise ValidationError(f"a child named {role!r} exists already")
+            child = _Child(role=role, factory=factory, mailbox=mailbox)
+            self._children[role] = child
+            try:
+                self._start(child)
+            except Exception:
+                del self._children[role]
+                raise
+        except Exception as error:
+            if on_error is not None:
+                on_error(error)
             raise
 
     def remove_child(self, role: str, *, timeout: float = 5.0) -> None:
