@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -84,11 +85,36 @@ def test_the_pool_grows_when_callers_wait_and_the_ceiling_holds(open_storage: ob
     db: atlas.Storage = open_storage(readers=2, max_readers=4)  # type: ignore[operator]
     leases = [db.pool.acquire(timeout=5) for _ in range(4)]
     assert db.pool.status().total == 4
-    with pytest.raises(OperationTimeout, match="waiting for a reader connection"):
+    with pytest.raises(OperationTimeout, match="waiting for a reader connection") as raised:
         db.pool.acquire(timeout=0.1)
+    assert "within 0.100s" in str(raised.value)  # the caller's timeout, not the default
     for lease in leases:
         lease.release()
     assert db.pool.status().idle == 4
+
+
+def test_a_reader_that_cannot_start_does_not_stop_the_pool_growing(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db: atlas.Storage = open_storage(readers=2, max_readers=3)  # type: ignore[operator]
+    build = db._make_reader
+    failures = [RuntimeError("can't start new thread")]
+
+    def build_once_failing(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return build(*args)
+
+    monkeypatch.setattr(db, "_make_reader", build_once_failing)
+    leases = [db.pool.acquire(timeout=5) for _ in range(2)]
+    # The first reader started for growth fails; the waiting caller's next check starts
+    # another. Counted as still starting, the failed one would block growth for good.
+    third = db.pool.acquire(timeout=2)
+    assert not failures
+    assert db.pool.status().total == 3
+    for lease in [*leases, third]:
+        lease.release()
+    assert db.query("SELECT 1") == [(1,)]
 
 
 def test_readers_above_the_floor_retire_when_idle(open_storage: object) -> None:

@@ -302,17 +302,16 @@ class ReaderPool:
         # starve one until its deadline.
         connection = None if self._waiting else self._claim()
         if connection is None:
-            deadline = time.monotonic() + (
-                self.config.default_timeout if timeout is None else timeout
-            )
-            connection = self._wait_for_connection(deadline)
+            limit = self.config.default_timeout if timeout is None else timeout
+            connection = self._wait_for_connection(time.monotonic() + limit, limit)
         if "checkout" in self.events.active:
             self._emit("checkout", connection)
         return connection
 
-    def _wait_for_connection(self, deadline: float) -> TrackedConnection:
+    def _wait_for_connection(self, deadline: float, limit: float) -> TrackedConnection:
         """Queue behind earlier waiters until a connection is handed over, or time out.
 
+        The deadline is ``limit`` seconds from now (the timeout error gives ``limit``).
         Waiters are served first come, first served: a released connection is handed
         to the oldest waiter while still locked, so a thread that keeps reading cannot
         take it back before the waiter wakes up.
@@ -353,7 +352,7 @@ class ReaderPool:
             raise self.closed
         raise OperationTimeout(
             f"waiting for a reader connection ({self.status_unlocked()})",
-            self.config.default_timeout,
+            limit,
             applied=False,
         )
 
