@@ -495,6 +495,7 @@ STAT_FIELDS = (
     "l1_hits",
     "l2_hits",
     "bypassed",
+    "skipped",
     "evictions",
     "invalidations",
 )
@@ -676,6 +677,7 @@ def print_cells(cells: Sequence[CellResult]) -> None:
                 f"{e['l1_hits']:,}",
                 f"{e['l2_hits']:,}",
                 f"{e['bypassed']:,}",
+                f"{e['skipped']:,}",
                 f"{e['invalidations']:,}",
                 f"{e['evictions']:,}",
                 f"{e['max_size']:,} / {e['max_memory_usage'] / 1e6:.1f} MB",
@@ -684,7 +686,7 @@ def print_cells(cells: Sequence[CellResult]) -> None:
             ]
         )
     headers = ["peer", "thr", "hit %", "per round", "best %", "best 2nd %", "hits", "misses"]
-    headers += ["L1 hits", "L2 hits", "bypassed", "invalidated", "evicted"]
+    headers += ["L1 hits", "L2 hits", "bypassed", "skipped", "invalidated", "evicted"]
     headers += ["L1 entries/bytes", "L2 entries/bytes", "page cache hit %"]
     print(table(headers, rows))
     print(
@@ -693,7 +695,9 @@ def print_cells(cells: Sequence[CellResult]) -> None:
         "over the same operations from the same empty start (no cache that invalidates on "
         "writes can do better); best 2nd % = the same keeping results from their second "
         "read, as atlas does; invalidated = entries dropped because a write changed rows "
-        "they read; L1/L2 sizes are the largest at a window's end"
+        "they read; skipped = reads of statements whose results were not asked for again, "
+        "sent straight to a reader (counted as misses); L1/L2 sizes are the largest at a "
+        "window's end"
     )
 
 

@@ -78,6 +78,10 @@ class CacheStats:
     """hits / (hits + misses)."""
     page_cache_hit_rate: float
     """SQLite's own page-cache hit rate over the idle reader connections."""
+    skipped: int = 0
+    """Reads sent straight to a reader, without a lookup, because their statement's
+    results were not being asked for again (see :class:`CacheManager`); counted in
+    ``misses`` too."""
 
 
 _DOORKEEPER_SIZE = 100_000
@@ -88,6 +92,18 @@ _COST_SAMPLES = 3
 
 _LOG_SIZE = 256
 """Invalidations remembered for stores that raced them (an older read is refused)."""
+
+_REUSE_WINDOW = 4096
+"""Misses of a statement after which its reuse is judged."""
+
+_REUSE_FLOOR = 0.01
+"""A statement with fewer repeats than this share of its misses skips the cache..."""
+
+_SKIP_READS = 16 * _REUSE_WINDOW
+"""... for this many of its reads, then goes through it again (its reuse may change)."""
+
+_TRACKED_STATEMENTS = 20_000
+"""Statement texts whose reuse is tracked (generated SQL must not grow memory)."""
 
 
 def _read(counter: itertools.count[int]) -> int:
@@ -105,7 +121,16 @@ def params_key(params: Params) -> tuple[Any, ...]:
 
 
 class CacheManager:
-    """The cache's shared state and its read path."""
+    """The cache's shared state and its read path.
+
+    Statements whose results are never asked for again (a parameter that is new each
+    time, such as the current time) skip the cache: the lookup, the admission and the
+    bookkeeping of each miss would make them slower than without it. A statement is
+    judged after each 4,096 of its misses: if fewer than 1% of them were *repeats*
+    (hits, or misses of a result asked for before), its next 65,536 reads go straight
+    to a reader, and then it goes through the cache again. Skipping is never stale:
+    a skipped read runs the query.
+    """
 
     def __init__(
         self,
@@ -137,6 +162,10 @@ class CacheManager:
         self._l2_hits = itertools.count()
         self._misses = itertools.count()
         self._bypassed = itertools.count()
+        self._skipped = itertools.count()
+        self._reuse: dict[str, list[int]] = {}
+        # statement text -> [repeats, misses, reads left to skip]; updated without a
+        # lock by every reading thread: the counts are estimates, a lost update is fine.
         self._dropped = itertools.count()
         self._reads_at_ask = -1
         self._normal: dict[str, str] = {}
@@ -173,6 +202,12 @@ class CacheManager:
         self, sql: str, params: Params, timeout: float | None, *, fresh: bool = True
     ) -> list[Row]:
         """Rows of ``sql``: from L1, L2, or the query (then stored)."""
+        reuse = self._reuse.get(sql)
+        if reuse is not None and reuse[2] > 0:
+            reuse[2] -= 1
+            next(self._skipped)
+            next(self._misses)
+            return self._pool.query(sql, params, timeout)
         external = self.external
         if fresh and external is not None and external.check():
             self.invalidate_all("another process committed")
@@ -187,8 +222,10 @@ class CacheManager:
             return self._pool.query(sql, params, timeout)
         if entry is not None:
             next(self._l1_hits)
+            if reuse is not None:
+                reuse[0] += 1
             return list(entry.rows)
-        return self._miss(key, sql, params, bound, timeout, l1)
+        return self._miss(key, sql, params, bound, timeout, l1, reuse)
 
     def _normalize(self, sql: str) -> str:
         normal = self._normal.get(sql)
@@ -206,11 +243,14 @@ class CacheManager:
         bound: tuple[Any, ...],
         timeout: float | None,
         l1: ByteLRU,
+        reuse: list[int] | None,
     ) -> list[Row]:
         expensive = self._expensive(sql)
         if expensive:
             promoted = self._from_l2(key, sql, bound, l1)
             if promoted is not None:
+                if reuse is not None:
+                    reuse[0] += 1
                 return promoted
         generation = self.generation
         rows, info, latency = self._pool.query_analyzed(sql, params, timeout)
@@ -223,9 +263,34 @@ class CacheManager:
         # Admission: a result is stored the second time it is asked for (or at once
         # when it is expensive). Storing costs as much as the read, and results asked
         # for once (a scan over many keys) would only push useful ones out.
-        if expensive or self._seen_before(key):
+        repeat = self._seen_before(key)
+        if expensive or repeat:
             self._store(key, sql, params, bound, rows, info, expensive, l1, generation)
+        self._judge_reuse(sql, reuse, repeat)
         return rows
+
+    def _judge_reuse(self, sql: str, reuse: list[int] | None, repeat: bool) -> None:
+        """Count a miss of ``sql``; after a window of them, skip it if repeats were rare."""
+        if reuse is None:
+            if len(self._reuse) >= _TRACKED_STATEMENTS:
+                return
+            reuse = self._reuse.setdefault(sql, [0, 0, 0])
+        if repeat:
+            reuse[0] += 1
+        reuse[1] += 1
+        if reuse[1] < _REUSE_WINDOW:
+            return
+        repeats, misses = reuse[0], reuse[1]
+        reuse[0] = reuse[1] = 0
+        if repeats < _REUSE_FLOOR * misses:
+            reuse[2] = _SKIP_READS
+            log.debug(
+                "cache: %d repeats in %d misses of %r; its next %d reads skip the cache",
+                repeats,
+                misses,
+                sql[:80],
+                _SKIP_READS,
+            )
 
     def _seen_before(self, key: Hashable) -> bool:
         seen = self._doorkeeper
@@ -544,6 +609,7 @@ class CacheManager:
             page_cache_hit_rate=(
                 page_hits / (page_hits + page_misses) if page_hits + page_misses else 0.0
             ),
+            skipped=_read(self._skipped),
         )
 
     def warm(self, queries: Sequence[tuple[str, Params] | str]) -> int:
@@ -551,8 +617,12 @@ class CacheManager:
         warmed = 0
         for query in queries:
             sql, params = (query, None) if isinstance(query, str) else query
-            # Asked for on purpose: admitted at once, not on a second request.
+            # Asked for on purpose: admitted at once, not on a second request, and
+            # through the cache even if the statement was skipping it.
             self._doorkeeper[(self._normalize(sql), params_key(params))] = None
+            reuse = self._reuse.get(sql)
+            if reuse is not None:
+                reuse[2] = 0
             self.read(sql, params, None)
             warmed += 1
         return warmed

@@ -20,6 +20,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.actors.cache import CacheActor
 from atlas_actors.actors.supervisor import CLEANUP_GRACE
+from atlas_actors.cache import manager
 from tests.helpers import delay_on_crash, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -199,6 +200,83 @@ def test_a_cheap_result_is_admitted_the_second_time_it_is_missed(
     before = db.cache.stats().l1_hits
     _v(db, 20)
     assert db.cache.stats().l1_hits == before + 1
+
+
+@pytest.fixture
+def small_reuse_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judge reuse after 8 misses and skip 20 reads (instead of 4,096 and 65,536)."""
+    monkeypatch.setattr(manager, "_REUSE_WINDOW", 8)
+    monkeypatch.setattr(manager, "_SKIP_READS", 20)
+
+
+@pytest.fixture
+def fresh(open_storage: Callable[..., atlas.Storage]) -> atlas.Storage:
+    """A storage with default admission (a cheap result is stored at its second read)."""
+    db = open_storage()
+    db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    db.write_many("INSERT INTO kv VALUES (?, ?)", [(i, f"v{i}") for i in range(20)])
+    return db
+
+
+@pytest.mark.usefixtures("small_reuse_window")
+def test_a_statement_whose_results_are_never_asked_for_again_skips_the_cache(
+    fresh: atlas.Storage,
+) -> None:
+    for k in range(8):  # 8 different results, each asked for once: no repeat
+        assert _v(fresh, k) == f"v{k}"
+    before = fresh.cache.stats()
+    assert before.skipped == 0
+    assert _v(fresh, 1) == "v1"
+    after = fresh.cache.stats()
+    assert (after.skipped, after.misses, after.hits) == (1, before.misses + 1, 0)
+    # Skipped reads are never stale: they run the query.
+    fresh.write("UPDATE kv SET v = 'new' WHERE k = 1")
+    assert _v(fresh, 1) == "new"
+    # Other statements still go through the cache.
+    other = "SELECT v FROM kv WHERE k = ? AND 1"
+    hits = fresh.cache.stats().hits
+    for _ in range(3):
+        assert fresh.query(other, [5])[0].v == "v5"
+    assert fresh.cache.stats().hits == hits + 1
+    # After its skipped reads, the statement goes through the cache again.
+    for _ in range(18):
+        _v(fresh, 2)
+    assert fresh.cache.stats().skipped == 20
+    misses = fresh.cache.stats().misses
+    _v(fresh, 2)
+    assert fresh.cache.stats().misses == misses + 1
+    assert fresh.cache.stats().skipped == 20
+
+
+@pytest.mark.usefixtures("small_reuse_window")
+def test_warming_a_skipping_statement_puts_it_back_through_the_cache(
+    fresh: atlas.Storage,
+) -> None:
+    for k in range(8):
+        _v(fresh, k)
+    _v(fresh, 3)
+    assert fresh.cache.stats().skipped == 1
+    assert fresh.cache.warm([(READ, [3])]) == 1
+    hits = fresh.cache.stats().hits
+    assert _v(fresh, 3) == "v3"
+    assert fresh.cache.stats().hits == hits + 1
+    assert fresh.cache.stats().skipped == 1
+
+
+@pytest.mark.usefixtures("small_reuse_window")
+def test_a_cold_start_or_a_long_tail_is_not_taken_for_no_reuse(fresh: atlas.Storage) -> None:
+    # A cold start: 5 results read in turn miss twice each before the first hit; the
+    # second misses are repeats.
+    for _ in range(3):
+        for k in range(5):
+            assert _v(fresh, k) == f"v{k}"
+    assert (fresh.cache.stats().skipped, fresh.cache.stats().hits) == (0, 5)
+    # A long tail: every miss from now on is a first read, but the hits are repeats.
+    for k in range(5, 20):
+        assert _v(fresh, 0) == "v0"
+        assert _v(fresh, k) == f"v{k}"
+    stats = fresh.cache.stats()
+    assert (stats.skipped, stats.hits) == (0, 20)
 
 
 def test_non_deterministic_reads_are_never_cached(kv: atlas.Storage) -> None:
