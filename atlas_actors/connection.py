@@ -235,7 +235,6 @@ def open_connection(
 # -- running statements ---------------------------------------------------------------------
 
 _SAMPLE_ROWS = 16
-_BYTES_SAMPLE_EVERY = 8
 SAMPLE_EVERY = 64
 """Once a statement is known, one run in this many is timed and stands for them all.
 
@@ -249,7 +248,7 @@ _RECHECK_EVERY = 256
 """Cached column names are checked against SQLite's every this many uses (a multiple
 of ``SAMPLE_EVERY``)."""
 _MAX_COUNTED = 4096
-"""Distinct write statements a connection counts runs of (generated SQL stays bounded)."""
+"""Distinct statements a connection counts runs of (generated SQL stays bounded)."""
 
 
 def sample_weight(uses: int) -> int:
@@ -313,8 +312,8 @@ class TrackedConnection:
         "_errors",
         "_latency",
         "_queries",
+        "_runs",
         "_timed",
-        "_writes_run",
         "affinity",
         "connection",
         "created_at",
@@ -346,8 +345,9 @@ class TrackedConnection:
         self._errors = 0
         self._latency = 0.0
         self._bytes = 0
-        self._writes_run: dict[str, int] = {}
-        """Runs of each writing statement, which decide the ones timed."""
+        self._runs: dict[str, int] = {}
+        """Runs of each statement through write(), query() and write_many(), which decide
+        the ones sampled."""
         self.last_latency = 0.0
         """Seconds the last statement took (0 when it was not timed)."""
         self.last_weight = 1
@@ -395,7 +395,7 @@ class TrackedConnection:
             self._errors += 1
             self._queries += 1
             raise wrap_sqlite_error(error, sql) from error
-        self._account(started, params, rows)
+        self._account(sql, started, params, rows)
         return rows
 
     def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
@@ -467,7 +467,7 @@ class TrackedConnection:
         else:
             # No rows to name: skip the description (it raises once a statement is done).
             self._queries += 1
-            counted = self._writes_run
+            counted = self._runs
             uses = counted.get(sql, 0)
             if uses or len(counted) < _MAX_COUNTED:
                 counted[sql] = uses + 1
@@ -506,20 +506,29 @@ class TrackedConnection:
             self._errors += 1
             self._queries += 1
             raise wrap_sqlite_error(error, sql) from error
-        self._account(started, None, ())
+        self._account(sql, started, None, ())
         rowcount = connection.total_changes() - before_changes
         return WriteResult(
             rowcount=rowcount,
             lastrowid=_lastrowid(sql, rowcount, before_rowid, connection.last_insert_rowid()),
         )
 
-    def _account(self, started: float, params: Params, rows: Sequence[Row] | tuple[()]) -> None:
+    def _account(
+        self, sql: str, started: float, params: Params, rows: Sequence[Row] | tuple[()]
+    ) -> None:
+        # Timed on every run; bytes sampled by the statement's own runs (as in write()),
+        # so statements that alternate are each measured.
         self.last_latency = latency = perf_counter() - started
         self._latency += latency
         self._timed += 1
         self._queries += 1
-        if not self._queries % _BYTES_SAMPLE_EVERY:
-            self._sample_bytes(params, rows, _BYTES_SAMPLE_EVERY)
+        counted = self._runs
+        uses = counted.get(sql, 0)
+        if uses or len(counted) < _MAX_COUNTED:
+            counted[sql] = uses + 1
+        weight = sample_weight(uses)
+        if weight:
+            self._sample_bytes(params, rows, weight)
 
     def _sample_bytes(self, params: Params, rows: Sequence[Row] | tuple[()], weight: int) -> None:
         # Bytes are measured on a sample of statements standing for ``weight`` runs each

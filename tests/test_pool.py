@@ -337,6 +337,17 @@ def test_mean_latency_weighs_each_sample_by_the_runs_it_stands_for() -> None:
     assert connection.metrics().latency == pytest.approx(expected)
 
 
+def test_bytes_of_alternating_reads_on_a_borrowed_connection_are_each_counted() -> None:
+    # query() (leases, transactions) samples bytes by each statement's own runs: with
+    # one counter per connection, every sample fell on the second, empty statement.
+    connection = TrackedConnection(apsw.Connection(":memory:"), "reader")
+    runs = 16 * SAMPLE_EVERY
+    for n in range(runs):
+        assert connection.query("SELECT ?", [n]) == [(n,)]  # 8 bytes sent, 8 received
+        assert connection.query("SELECT 1 WHERE 0") == []  # nothing either way
+    assert connection.metrics().bytes_transferred == pytest.approx(16 * runs, rel=0.05)
+
+
 def test_a_write_statement_is_sampled_by_its_own_runs() -> None:
     # One INSERT with an 8-byte value, one UPDATE without parameters, alternating:
     # the bytes sent are the INSERTs' alone, however the two interleave.
