@@ -277,20 +277,21 @@ class Runtime:
         )
         return future
 
-    def _grow_reader(self) -> None:
-        # Called by the pool holding its lock: starts the reader without waiting for it.
-        # A reader that cannot start must not stay counted as starting, or the pool
-        # would never grow again; waiting callers try again on their next check.
-        if self._state != "running":
-            self.pool.expected_growth_failed()
-            return
-        try:
-            self._add_reader(on_error=self._growth_failed)
-        except pykka.ActorDeadError:
-            self.pool.expected_growth_failed()  # the supervisor is gone: so is the storage
+    def _grow_reader(self) -> bool:
+        """Ask for one more reader, without waiting; False if it was not even asked for.
+
+        The pool may call this holding its lock, so nothing here may take that lock: a
+        reader that cannot start is reported from the supervisor's thread
+        (:meth:`_growth_failed`), so that the pool stops counting it as starting (or it
+        would never grow again) and waits before trying again.
+        """
+        if self._state != "running" or not self._supervisor_ref.is_alive():
+            return False
+        self._add_reader(on_error=self._growth_failed)
+        return True
 
     def _growth_failed(self, error: Exception) -> None:
-        log.warning("the reader pool could not grow: %s", error)
+        log.warning("the reader pool could not grow (it will try again): %s", error)
         self.pool.expected_growth_failed()
 
     def _retire_reader(self, role: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,52 @@ def test_a_reader_that_cannot_start_does_not_stop_the_pool_growing(
     for lease in [*leases, third]:
         lease.release()
     assert db.query("SELECT 1") == [(1,)]
+
+
+def test_a_reader_that_never_starts_is_retried_with_backoff(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db: atlas.Storage = open_storage(readers=2, max_readers=3)  # type: ignore[operator]
+    attempts: list[float] = []
+
+    def unbuildable(*args: Any) -> Any:
+        attempts.append(time.monotonic())
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(db, "_make_reader", unbuildable)
+    leases = [db.pool.acquire(timeout=5) for _ in range(2)]
+    with pytest.raises(OperationTimeout):
+        db.pool.acquire(timeout=1.6)
+    # 0.1, 0.2, 0.4, 0.8 s apart: 4 or 5 tries in 1.6 s, not one per 0.1 s check.
+    assert 2 <= len(attempts) <= 6, attempts
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
+    for lease in leases:
+        lease.release()
+    monkeypatch.undo()
+    assert db.query("SELECT 1") == [(1,)]
+
+
+def test_growing_while_the_storage_stops_gives_up_without_waiting_on_the_pool(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool asks to grow holding its own lock; the answer must not need that lock.
+    db: atlas.Storage = open_storage(readers=2, max_readers=3)  # type: ignore[operator]
+    monkeypatch.setattr(db, "_state", "stopping")
+    pool = db.pool
+    done = threading.Event()
+
+    def grow() -> None:
+        with pool._cond:
+            pool._waiting += 1
+            pool._maybe_grow()
+            pool._waiting -= 1
+        done.set()
+
+    thread = threading.Thread(target=grow, daemon=True)
+    thread.start()
+    assert done.wait(5), "growing while stopping hung on the pool's lock"
+    assert pool.size == 2
 
 
 def test_readers_above_the_floor_retire_when_idle(open_storage: object) -> None:

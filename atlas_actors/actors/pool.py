@@ -186,7 +186,7 @@ class ReaderPool:
         *,
         config: StorageConfig,
         events: EventBus,
-        grow: Callable[[], None],
+        grow: Callable[[], bool],
         retire: Callable[[str], None],
         record_query: Callable[..., None] | None = None,
     ) -> None:
@@ -206,6 +206,8 @@ class ReaderPool:
         self._waiters: deque[_Waiter] = deque()
         self._readers: dict[str, ReaderActor] = {}
         self._starting = 0
+        self._growth_backoff = 0.0  # seconds; doubles per failed growth, 0 once one starts
+        self._no_growth_until = 0.0  # time.monotonic(): no growth before (after a failure)
         self._local = threading.local()
         self._rotor = itertools.count()
         self._names: dict[str, list[Any]] = {}
@@ -220,6 +222,7 @@ class ReaderPool:
         with self._cond:
             if reader.role not in self._readers and self._starting:
                 self._starting -= 1  # one of the readers asked for by growth or resize
+                self._growth_backoff = self._no_growth_until = 0.0
             self._readers[reader.role] = reader
 
     def reader_gone(self, role: str) -> None:
@@ -228,9 +231,14 @@ class ReaderPool:
             self._readers.pop(role, None)
 
     def expected_growth_failed(self) -> None:
-        """A reader started for growth could not start: stop counting it."""
+        """A reader started for growth could not start: stop counting it, and back off.
+
+        No growth for 0.1 s, doubling with each failure in a row up to 10 s.
+        """
         with self._cond:
             self._starting = max(0, self._starting - 1)
+            self._growth_backoff = min(max(0.1, 2 * self._growth_backoff), 10.0)
+            self._no_growth_until = time.monotonic() + self._growth_backoff
 
     @property
     def size(self) -> int:
@@ -718,9 +726,14 @@ class ReaderPool:
     def _maybe_grow(self) -> None:
         """Start one more reader if callers wait and the ceiling allows (holding the lock)."""
         demand = self._waiting + len(self._pending)
-        if demand > self._starting and len(self._readers) + self._starting < self.ceiling:
+        if (
+            demand > self._starting
+            and len(self._readers) + self._starting < self.ceiling
+            and time.monotonic() >= self._no_growth_until
+        ):
             self._starting += 1
-            self._grow()
+            if not self._grow():
+                self._starting -= 1  # not even asked for (the storage is stopping)
 
     def exhausted(self) -> bool:
         """True when no connection is free and the pool cannot grow."""
@@ -742,7 +755,8 @@ class ReaderPool:
             self._starting += max(0, missing)
             surplus = len(self._readers) - size
         for _ in range(missing):
-            self._grow()
+            if not self._grow():
+                self.expected_growth_failed()
         if surplus > 0:
             self._shrink(surplus)
 
