@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 from pykka._envelope import Envelope
 
@@ -235,6 +236,28 @@ def test_a_role_that_cannot_be_recreated_escalates_instead_of_staying_down(
     assert restarts == []  # and none of them is announced as a restart
     with pytest.raises(StorageUnavailable, match="cannot build the writer"):
         db.write("INSERT INTO tasks(title) VALUES ('x')")
+
+
+def test_a_thread_that_cannot_start_on_restart_counts_as_a_failure_and_leaves_no_actor(
+    db: atlas.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = ReaderActor._start_actor_loop
+    refused: list[ReaderActor] = []
+
+    def start_loop(self: ReaderActor) -> None:
+        if self.incarnation == 2:  # the first restart cannot get a thread
+            refused.append(self)
+            raise RuntimeError("can't start new thread")
+        original(self)
+
+    monkeypatch.setattr(ReaderActor, "_start_actor_loop", start_loop)
+    restarted = _wait_for_restart(db, "reader-0")
+    db.supervisor.kill("reader-0")
+    assert restarted(5)  # after backoff, the next incarnation starts
+    reader = _child(db, "reader-0")
+    assert reader.incarnation == 3 and reader.state == "running" and reader.restarts == 2
+    assert refused and pykka.ActorRegistry.get_by_urn(refused[0].actor_urn) is None
+    assert db.query("SELECT 1") == [(1,)]
 
 
 def test_a_role_that_cannot_be_built_at_open_fails_open_with_its_error(

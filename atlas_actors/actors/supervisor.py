@@ -234,14 +234,22 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._failed(child, error)
                 return
             raise  # the first start: whoever added the role gets the error
-        child.actor = actor
-        child.state = "running"
-        actor_class = type(actor)
         # pykka's Actor.start() builds the actor itself; we need the instance built by
         # the factory, so register and start it the way Actor.start() does.
         pykka.ActorRegistry.register(actor.actor_ref)
-        log.debug("starting %s incarnation %d (%s)", child.role, child.incarnation, actor_class)
-        actor._start_actor_loop()
+        log.debug("starting %s incarnation %d (%s)", child.role, child.incarnation, type(actor))
+        try:
+            actor._start_actor_loop()
+        except Exception as error:  # e.g. "can't start new thread"
+            pykka.ActorRegistry.unregister(actor.actor_ref)
+            log.exception("could not start %s", child.role)
+            if child.state == "restarting":
+                child.state = "running"
+                self._failed(child, error)
+                return
+            raise
+        child.actor = actor
+        child.state = "running"
 
     def on_receive(self, message: Any) -> Any:
         """Handle failure reports, restart timers and ticks."""
