@@ -467,11 +467,7 @@ class TrackedConnection:
         else:
             # No rows to name: skip the description (it raises once a statement is done).
             self._queries += 1
-            counted = self._runs
-            uses = counted.get(sql, 0)
-            if uses or len(counted) < _MAX_COUNTED:
-                counted[sql] = uses + 1
-            weight = sample_weight(uses)
+            weight = self._sample_weight(sql)
             started = perf_counter() if weight else 0.0
             try:
                 self.cursor.execute(sql, params)
@@ -522,13 +518,17 @@ class TrackedConnection:
         self._latency += latency
         self._timed += 1
         self._queries += 1
+        weight = self._sample_weight(sql)
+        if weight:
+            self._sample_bytes(params, rows, weight)
+
+    def _sample_weight(self, sql: str) -> int:
+        """Count a run of ``sql``; :func:`sample_weight` of the runs before it."""
         counted = self._runs
         uses = counted.get(sql, 0)
         if uses or len(counted) < _MAX_COUNTED:
             counted[sql] = uses + 1
-        weight = sample_weight(uses)
-        if weight:
-            self._sample_bytes(params, rows, weight)
+        return sample_weight(uses)
 
     def _sample_bytes(self, params: Params, rows: Sequence[Row] | tuple[()], weight: int) -> None:
         # Bytes are measured on a sample of statements standing for ``weight`` runs each
