@@ -242,9 +242,14 @@ Write = Callable[[str, tuple[Any, ...]], int | None]
 
 
 Event = tuple[int, str, int]
-"""(sequence number, kind, id): a read (kind ``task``, ``page``, ``counts`` or
-``comments``), a write sent (``status+`` of a task, ``comment+`` on a task) or
+"""(sequence number, kind, id): a read begun (kind ``task``, ``page``, ``counts`` or
+``comments``, id of the task or project), a read ended (``-``, the number the read
+began with), a write sent (``status+`` of a task, ``comment+`` on a task) or
 acknowledged (``status``, ``comment``)."""
+
+
+Result = tuple[str, int]
+"""A read's result in :func:`ceiling`: (kind, id)."""
 
 
 @dataclass(frozen=True)
@@ -267,75 +272,109 @@ def ceiling(
     The events (each thread's, merged by sequence number) go through in order. A write
     drops exactly the results it changed: a status write its task, and the page and
     counts of that task's project (``project_of[task]``); a comment the task's comments.
-    Reads numbered from ``start`` up to ``end`` are counted; earlier ones (the warm-up)
+    Reads begun from ``start`` up to ``end`` are counted; earlier ones (the warm-up)
     only fill the caches, which start empty like atlas's in each round.
 
-    A write is noted when it is sent (``status+``, ``comment+``) and when it is
-    acknowledged (``status``, ``comment``); atlas drops entries somewhere in between. A
-    read of a changed result in between is settled in the cache's favour both ways: it
-    hits if the result was cached before the write, and it counts as read again after
-    the write (the result stays cached). So these are upper bounds for the same
-    operations: no memory limit, no TTL, no races lost.
+    Each operation took effect at some moment between its events (a read's begin and
+    end, a write's sending and acknowledgement), and every overlap is settled in the
+    cache's favour: a read hits if its result is cached at any moment while it runs; it
+    stores its result (if the policy keeps it) as soon as it begins; and a write does
+    not drop a result that a storing read of it overlapped (that read may have run just
+    after the drop). The caches hold at least what a real one could at every moment, so
+    these are upper bounds for the same operations: no memory limit, no TTL, no race
+    lost.
     """
-    caches: tuple[set[tuple[str, int]], set[tuple[str, int]]] = (set(), set())
-    refreshed: tuple[set[tuple[str, int]], set[tuple[str, int]]] = (set(), set())
-    asked: set[tuple[str, int]] = set()
-    writing: Counter[tuple[str, int]] = Counter()  # results that writes in flight change
+    policies = (0, 1)  # 0 keeps a result from its first read, 1 from its second
+    caches: tuple[set[Result], set[Result]] = (set(), set())
+    kept: tuple[set[Result], set[Result]] = (set(), set())  # overlapped by a storing read
+    storing: tuple[Counter[Result], Counter[Result]] = (Counter(), Counter())  # running
+    waiting: tuple[dict[Result, list[int]], dict[Result, list[int]]] = ({}, {})
+    # running reads that have not hit yet: result -> the numbers they began with
+    running: dict[int, tuple[Result, tuple[bool, bool]]] = {}
+    asked: set[Result] = set()
+    writing: Counter[Result] = Counter()  # results that writes in flight change
     reads = 0
     hits = [0, 0]
+
+    def cached(policy: int, item: Result) -> None:
+        caches[policy].add(item)
+        for number in waiting[policy].pop(item, ()):  # they may have run after this
+            hits[policy] += number >= start
+
     for number, kind, key in sorted(itertools.chain.from_iterable(events)):
-        if number >= end:
-            break
+        if number >= end and kind != "-":
+            continue  # reads still running at the end may yet hit (not counted)
+        if kind == "-":
+            began = running.pop(key, None)
+            if began is None:
+                continue
+            item, stores = began
+            for policy in policies:
+                pending = waiting[policy].get(item)
+                if pending is not None and key in pending:
+                    pending.remove(key)
+                if stores[policy]:
+                    storing[policy][item] -= 1
+            continue
         if kind in READ_KINDS:
             item = (kind, key)
-            counted = number >= start
+            counted = start <= number < end
             reads += counted
-            # policy 0 keeps a result from its first read, policy 1 from its second
             stores = (True, item in asked)
             asked.add(item)
-            for policy in (0, 1):
-                cache = caches[policy]
-                if item in cache:
+            running[number] = (item, stores)
+            for policy in policies:
+                if item in caches[policy]:
                     hits[policy] += counted
-                elif stores[policy]:
-                    cache.add(item)
-                if writing[item] > 0 and item in cache:
-                    refreshed[policy].add(item)
+                else:
+                    if stores[policy]:
+                        cached(policy, item)
+                    waiting[policy].setdefault(item, []).append(number)
+                if stores[policy]:
+                    storing[policy][item] += 1
+                    if writing[item] > 0:
+                        kept[policy].add(item)
             continue
-        task_write = kind.startswith("status")
         project = project_of[key]
         changed = (
             [("task", key), ("page", project), ("counts", project)]
-            if task_write
+            if kind.startswith("status")
             else [("comments", key)]
         )
         if kind.endswith("+"):
             writing.update(changed)
+            for policy in policies:
+                kept[policy].update(item for item in changed if storing[policy][item] > 0)
             continue
         writing.subtract(changed)
-        for policy in (0, 1):
+        for policy in policies:
             for item in changed:
-                if item not in refreshed[policy]:
+                if item not in kept[policy] and storing[policy][item] <= 0:
                     caches[policy].discard(item)
                 if writing[item] <= 0:
-                    refreshed[policy].discard(item)
+                    kept[policy].discard(item)
     return Ceiling(reads, hits[0], hits[1])
 
 
 def scripted_events(workload: Workload, threads: int, operations: int) -> list[Event]:
     """``operations`` events of ``threads`` threads' scripts taken in turn (the check read
-    after each write included), as if no operation took longer than another."""
+    after each write included), each operation over before the next begins."""
     scripts = [workload.script_for(index) for index in range(threads)]
     number = itertools.count()
     events: list[Event] = []
     for position in itertools.count():
         for ops in scripts:
             kind, key = ops[position & (OPS_PER_THREAD - 1)]
-            if kind not in READ_KINDS:
+            if kind in READ_KINDS:
+                reads = [(kind, key)]
+            else:
                 events.append((next(number), f"{kind}+", key))
-            events.append((next(number), kind, key))
-            if kind not in READ_KINDS:
-                events.append((next(number), "task" if kind == "status" else "comments", key))
+                events.append((next(number), kind, key))
+                reads = [("task" if kind == "status" else "comments", key)]  # the check
+            for read_kind, read_key in reads:
+                begun = next(number)
+                events.append((begun, read_kind, read_key))
+                events.append((next(number), "-", begun))
         if len(events) >= operations:
             return events[:operations]
     raise AssertionError("unreachable")
@@ -363,8 +402,8 @@ def print_steady_ceilings(
     print("\n== the best hit rates over long runs (scripted operations, no peer run) ==")
     print(table(["mix", "events counted", "best %", "best 2nd %"], rows))
     print(
-        "16 threads' scripts in turn from an empty cache (events: each read, and each "
-        "write twice, sent and acknowledged); events before the counted ones only fill "
+        "16 threads' scripts in turn from an empty cache (events: each read twice, begun and "
+        "ended, each write twice, sent and acknowledged); events before the counted ones fill "
         "it; scripts repeat every "
         f"{OPS_PER_THREAD:,} operations per thread, which only helps the cache"
     )
@@ -387,7 +426,8 @@ class Workload:
         self.scripts: dict[int, list[tuple[str, int]]] = {}
         self.sequence = itertools.count()
         self.events: list[list[Event]] = []
-        """Each thread's reads and acknowledged writes, in order (for :func:`ceiling`)."""
+        """Each thread's reads (begun, ended) and writes (sent, acknowledged), in order
+        (for :func:`ceiling`)."""
         self.marks: dict[str, int] = {}
 
     def checks_done(self) -> int:
@@ -416,13 +456,20 @@ class Workload:
         self.events.append(events)  # list.append: atomic, threads may start together
         note = events.append
 
+        def noted(sql: str, params: tuple[Any, ...], kind: str, key: int) -> Any:
+            begun = next(sequence)
+            note((begun, kind, key))
+            try:
+                return read(sql, params)
+            finally:
+                note((next(sequence), "-", begun))  # the read with that number ended
+
         def op() -> str:
             if pending:
                 kind, task, value = pending.pop()
                 next(checks)
-                note((next(sequence), "task" if kind == "status" else "comments", task))
                 if kind == "status":
-                    rows = read(TASK, (task,))
+                    rows = noted(TASK, (task,), "task", task)
                     if not rows or rows[0][0] != task:
                         raise WrongResultError(f"task {task}: got {rows!r}")
                     if rows[0][5] < value:
@@ -431,7 +478,7 @@ class Workload:
                             f"acknowledged write of updated={value}"
                         )
                 else:
-                    rows = read(COMMENTS, (task,))
+                    rows = noted(COMMENTS, (task,), "comments", task)
                     if not rows or rows[0][0] < value:
                         newest = rows[0][0] if rows else None
                         raise StaleReadError(
@@ -440,21 +487,19 @@ class Workload:
                         )
                 return "read"
             kind, key = ops[next(position) & mask]
-            if kind in READ_KINDS:
-                note((next(sequence), kind, key))
             if kind == "task":
-                rows = read(TASK, (key,))
+                rows = noted(TASK, (key,), kind, key)
                 if not rows or rows[0][0] != key:
                     raise WrongResultError(f"task {key}: got {rows!r}")
                 return "read"
             if kind == "page":
-                read(PAGE, (key,))
+                noted(PAGE, (key,), kind, key)
                 return "read"
             if kind == "counts":
-                read(COUNTS, (key,))
+                noted(COUNTS, (key,), kind, key)
                 return "read"
             if kind == "comments":
-                read(COMMENTS, (key,))
+                noted(COMMENTS, (key,), kind, key)
                 return "read"
             stamp = next(clock)
             note((next(sequence), f"{kind}+", key))  # sent
