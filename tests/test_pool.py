@@ -142,6 +142,38 @@ def test_a_reader_that_never_starts_is_retried_with_backoff(
     assert db.query("SELECT 1") == [(1,)]
 
 
+def test_while_growth_backs_off_idle_connections_of_other_threads_are_shared(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db: atlas.Storage = open_storage(readers=2, max_readers=3)  # type: ignore[operator]
+
+    def unbuildable(*args: Any) -> Any:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(db, "_make_reader", unbuildable)
+    hold, adopted = threading.Event(), threading.Barrier(3)
+
+    def owner() -> None:  # reads once (adopting a connection), then stays idle
+        db.query("SELECT 1")
+        adopted.wait()
+        hold.wait()
+
+    owners = [threading.Thread(target=owner) for _ in range(2)]
+    for thread in owners:
+        thread.start()
+    adopted.wait()
+    try:
+        # Below its ceiling the pool would rather grow than take an adopted connection;
+        # growth fails, and the caller must not wait out its timeout beside 2 idle ones.
+        started = time.monotonic()
+        assert db.query("SELECT 2", timeout=3) == [(2,)]
+        assert time.monotonic() - started < 1.5
+    finally:
+        hold.set()
+        for thread in owners:
+            thread.join()
+
+
 def test_growing_while_the_storage_stops_gives_up_without_waiting_on_the_pool(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -286,7 +286,7 @@ class ReaderPool:
         if not count:
             return None
         start = next(self._rotor) % count
-        steal = self._at_ceiling()
+        steal = self._cannot_grow()
         for adopting in (False,) if owns else (True, False):
             for offset in range(count):
                 candidate = connections[(start + offset) % count]
@@ -382,7 +382,7 @@ class ReaderPool:
 
         One that some thread adopted is taken only when the pool cannot grow.
         """
-        steal = self._at_ceiling()
+        steal = self._cannot_grow()
         for connection in self._connections:
             if connection.affinity is not None and not steal:
                 continue
@@ -392,9 +392,16 @@ class ReaderPool:
                 connection.lock.release()
         return None
 
-    def _at_ceiling(self) -> bool:
-        """True when the pool has (or is starting) as many readers as it may."""
-        return len(self._readers) + self._starting >= self.ceiling
+    def _cannot_grow(self) -> bool:
+        """True when the pool may not start a reader now: then adopted ones are shared.
+
+        That is at its ceiling (counting readers starting), or while it backs off after a
+        reader failed to start.
+        """
+        return (
+            len(self._readers) + self._starting >= self.ceiling
+            or time.monotonic() < self._no_growth_until
+        )
 
     def _serve(self, connection: TrackedConnection) -> None:
         """Hand a claimed connection to the oldest waiter (holding the condition's lock)."""
