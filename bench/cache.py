@@ -762,7 +762,7 @@ def print_cells(cells: Sequence[CellResult]) -> None:
     print(
         "hit % = hits / (hits + misses); best % = the hit rate of an unbounded cache that "
         "keeps every result from its first read and drops exactly what each write changed, "
-        "over the same operations from the same empty start, with reads during a write "
+        "over the same operations from the same empty start, with overlapping operations "
         "settled in its favour (no cache that invalidates on writes can do better); best "
         "2nd % = the same keeping results from their second read (atlas's admission for "
         "cheap statements; it keeps slow ones from their first); invalidated = entries "
