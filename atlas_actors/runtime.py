@@ -304,6 +304,14 @@ class Runtime:
             self._start_error = error or StorageUnavailable(f"{role} failed to start")
             self._writer_ready.set()
             return
+        if incarnation == 1 and role.startswith("reader-") and not self.pool.has_reader(role):
+            # A reader added later (growth, resize) that never opened its connection (too
+            # many open files, say): the pool did not grow. Restarting it until the
+            # restart intensity escalates would fail a storage whose readers all work.
+            log.warning("a new reader could not open (the pool will try again): %s", error)
+            self._supervisor.remove_child(role)
+            self.pool.expected_growth_failed()
+            return
         try:
             self._supervisor_ref.tell(ChildFailed(role, incarnation, error))
         except pykka.ActorDeadError:

@@ -174,6 +174,39 @@ def test_while_growth_backs_off_idle_connections_of_other_threads_are_shared(
             thread.join()
 
 
+def test_a_new_reader_that_cannot_open_does_not_fail_the_storage(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        readers=2, max_readers=3, restart_max=2, restart_window=30
+    )
+    connect = db._connect
+    refused = [0]
+
+    def no_more_files(*, writer: bool) -> Any:
+        if not writer:
+            refused[0] += 1
+            raise apsw.CantOpenError("unable to open database file")  # as with EMFILE
+        return connect(writer=writer)
+
+    monkeypatch.setattr(db, "_connect", no_more_files)
+    leases = [db.pool.acquire(timeout=5) for _ in range(2)]
+    with pytest.raises(OperationTimeout):
+        db.pool.acquire(timeout=1.0)
+    # Several growth attempts failed to open, more than the restart intensity allows,
+    # yet the storage still serves with the readers it has.
+    assert refused[0] >= 3
+    for lease in leases:
+        lease.release()
+    assert db.health().status != "failed"
+    assert db.query("SELECT 1") == [(1,)]
+    assert db.pool.status().total == 2
+    monkeypatch.undo()
+    leases = [db.pool.acquire(timeout=5) for _ in range(3)]  # and it grows once it can
+    for lease in leases:
+        lease.release()
+
+
 def test_growing_while_the_storage_stops_gives_up_without_waiting_on_the_pool(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:

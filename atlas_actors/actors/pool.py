@@ -225,6 +225,10 @@ class ReaderPool:
                 self._growth_backoff = self._no_growth_until = 0.0
             self._readers[reader.role] = reader
 
+    def has_reader(self, role: str) -> bool:
+        """True once the reader ``role`` opened its connection (until it is removed)."""
+        return role in self._readers
+
     def reader_gone(self, role: str) -> None:
         """A reader role was removed (retired or the pool shut down)."""
         with self._cond:
