@@ -304,7 +304,7 @@ class Runtime:
             self._start_error = error or StorageUnavailable(f"{role} failed to start")
             self._writer_ready.set()
             return
-        if incarnation == 1 and role.startswith("reader-") and not self.pool.has_reader(role):
+        if incarnation == 1 and role.startswith("reader-") and not self.pool.was_ready(role):
             # A reader added later (growth, resize) that never opened its connection (too
             # many open files, say): the pool did not grow. Restarting it until the
             # restart intensity escalates would fail a storage whose readers all work.

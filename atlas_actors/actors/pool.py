@@ -205,6 +205,7 @@ class ReaderPool:
         self._waiting = 0  # len(self._waiters), read without the lock on the hot path
         self._waiters: deque[_Waiter] = deque()
         self._readers: dict[str, ReaderActor] = {}
+        self._ready_roles: set[str] = set()  # as _readers, but kept while they retire
         self._starting = 0
         self._growth_backoff = 0.0  # seconds; doubles per failed growth, 0 once one starts
         self._no_growth_until = 0.0  # time.monotonic(): no growth before (after a failure)
@@ -224,15 +225,17 @@ class ReaderPool:
                 self._starting -= 1  # one of the readers asked for by growth or resize
                 self._growth_backoff = self._no_growth_until = 0.0
             self._readers[reader.role] = reader
+            self._ready_roles.add(reader.role)
 
-    def has_reader(self, role: str) -> bool:
-        """True once the reader ``role`` opened its connection (until it is removed)."""
-        return role in self._readers
+    def was_ready(self, role: str) -> bool:
+        """True once the reader ``role`` opened its connection, until it is removed."""
+        return role in self._ready_roles
 
     def reader_gone(self, role: str) -> None:
         """A reader role was removed (retired or the pool shut down)."""
         with self._cond:
             self._readers.pop(role, None)
+            self._ready_roles.discard(role)
 
     def expected_growth_failed(self) -> None:
         """A reader started for growth could not start: stop counting it, and back off.
