@@ -132,10 +132,11 @@ def test_a_reader_that_never_starts_is_retried_with_backoff(
     leases = [db.pool.acquire(timeout=5) for _ in range(2)]
     with pytest.raises(OperationTimeout):
         db.pool.acquire(timeout=1.6)
-    # 0.1, 0.2, 0.4, 0.8 s apart: 4 or 5 tries in 1.6 s, not one per 0.1 s check.
-    assert 2 <= len(attempts) <= 6, attempts
+    # 0.1, 0.2, 0.4, 0.8 s apart (give or take a 0.1 s check): about 5 tries in 1.6 s,
+    # not one per check (16).
+    assert 2 <= len(attempts) <= 7, attempts
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
+    assert gaps[-1] > gaps[0], gaps
     for lease in leases:
         lease.release()
     monkeypatch.undo()
@@ -178,7 +179,7 @@ def test_a_new_reader_that_cannot_open_does_not_fail_the_storage(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db: atlas.Storage = open_storage(  # type: ignore[operator]
-        readers=2, max_readers=3, restart_max=2, restart_window=30
+        readers=2, max_readers=3, restart_max=1, restart_window=30
     )
     connect = db._connect
     refused = [0]
@@ -192,10 +193,10 @@ def test_a_new_reader_that_cannot_open_does_not_fail_the_storage(
     monkeypatch.setattr(db, "_connect", no_more_files)
     leases = [db.pool.acquire(timeout=5) for _ in range(2)]
     with pytest.raises(OperationTimeout):
-        db.pool.acquire(timeout=1.0)
+        db.pool.acquire(timeout=1.5)
     # Several growth attempts failed to open, more than the restart intensity allows,
     # yet the storage still serves with the readers it has.
-    assert refused[0] >= 3
+    assert refused[0] >= 2
     for lease in leases:
         lease.release()
     assert db.health().status != "failed"
