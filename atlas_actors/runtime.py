@@ -309,8 +309,9 @@ class Runtime:
             # many open files, say): the pool did not grow. Restarting it until the
             # restart intensity escalates would fail a storage whose readers all work.
             log.warning("a new reader could not open (the pool will try again): %s", error)
-            self._supervisor.remove_child(role)
             self.pool.expected_growth_failed()
+            with contextlib.suppress(pykka.ActorDeadError):  # closing: nothing to remove
+                self._supervisor.remove_child(role)
             return
         try:
             self._supervisor_ref.tell(ChildFailed(role, incarnation, error))

@@ -208,6 +208,30 @@ def test_a_new_reader_that_cannot_open_does_not_fail_the_storage(
         lease.release()
 
 
+def test_a_retiring_reader_that_crashes_is_not_taken_for_a_reader_growth_asked_for(
+    open_storage: object,
+) -> None:
+    db: atlas.Storage = open_storage(readers=3, max_readers=3)  # type: ignore[operator]
+    pool = db.pool
+    leases = [pool.acquire(timeout=5) for _ in range(3)]  # all busy
+    pool.resize(2)  # one busy reader is marked retiring
+    retiring = next(r for r in ("reader-0", "reader-1", "reader-2") if not pool.has_role(r))
+    with pool._cond:
+        pool._starting += 1  # as if a reader asked for by growth were starting
+    restarted = threading.Event()
+    db.events.on("restart", lambda e: restarted.set() if e.role == retiring else None)
+    db.supervisor.kill(retiring)
+    assert restarted.wait(5)
+    # Its new incarnation is no reader that growth asked for: still one starting.
+    assert wait_until(lambda: pool.has_role(retiring))  # (it rejoins: left alone)
+    assert pool._starting == 1
+    with pool._cond:
+        pool._starting -= 1
+    for lease in leases:
+        lease.release()
+    assert db.query("SELECT 1") == [(1,)]
+
+
 def test_growing_while_the_storage_stops_gives_up_without_waiting_on_the_pool(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -205,7 +205,9 @@ class ReaderPool:
         self._waiting = 0  # len(self._waiters), read without the lock on the hot path
         self._waiters: deque[_Waiter] = deque()
         self._readers: dict[str, ReaderActor] = {}
-        self._ready_roles: set[str] = set()  # as _readers, but kept while they retire
+        self._ready_roles: set[str] = set()  # every role that was ever ready (a few bytes
+        # per reader started, kept: a retired role's late crash report must not look
+        # like a failed growth, nor its restart like a reader growth asked for)
         self._starting = 0
         self._growth_backoff = 0.0  # seconds; doubles per failed growth, 0 once one starts
         self._no_growth_until = 0.0  # time.monotonic(): no growth before (after a failure)
@@ -221,21 +223,24 @@ class ReaderPool:
     def reader_ready(self, reader: ReaderActor) -> None:
         """A reader incarnation opened its connection (it arrives next, via ``checkin``)."""
         with self._cond:
-            if reader.role not in self._readers and self._starting:
+            if reader.role not in self._ready_roles and self._starting:
                 self._starting -= 1  # one of the readers asked for by growth or resize
                 self._growth_backoff = self._no_growth_until = 0.0
             self._readers[reader.role] = reader
             self._ready_roles.add(reader.role)
 
+    def has_role(self, role: str) -> bool:
+        """True while ``role`` serves in the pool (ready, not retiring)."""
+        return role in self._readers
+
     def was_ready(self, role: str) -> bool:
-        """True once the reader ``role`` opened its connection, until it is removed."""
+        """True once the reader ``role`` opened its connection (even if retired since)."""
         return role in self._ready_roles
 
     def reader_gone(self, role: str) -> None:
         """A reader role was removed (retired or the pool shut down)."""
         with self._cond:
             self._readers.pop(role, None)
-            self._ready_roles.discard(role)
 
     def expected_growth_failed(self) -> None:
         """A reader started for growth could not start: stop counting it, and back off.
