@@ -94,24 +94,34 @@ def test_the_pool_grows_when_callers_wait_and_the_ceiling_holds(open_storage: ob
     assert db.pool.status().idle == 4
 
 
+def _refuse_new_readers(
+    db: atlas.Storage, monkeypatch: pytest.MonkeyPatch, times: float = float("inf")
+) -> list[float]:
+    """Make the next ``times`` readers fail to start, as when no thread can be started;
+    returns the times of the failed tries."""
+    build = db._make_reader
+    refused: list[float] = []
+
+    def refusing(*args: Any) -> Any:
+        if len(refused) < times:
+            refused.append(time.monotonic())
+            raise RuntimeError("can't start new thread")
+        return build(*args)
+
+    monkeypatch.setattr(db, "_make_reader", refusing)
+    return refused
+
+
 def test_a_reader_that_cannot_start_does_not_stop_the_pool_growing(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db: atlas.Storage = open_storage(readers=2, max_readers=3)  # type: ignore[operator]
-    build = db._make_reader
-    failures = [RuntimeError("can't start new thread")]
-
-    def build_once_failing(*args: Any) -> Any:
-        if failures:
-            raise failures.pop()
-        return build(*args)
-
-    monkeypatch.setattr(db, "_make_reader", build_once_failing)
+    refused = _refuse_new_readers(db, monkeypatch, times=1)
     leases = [db.pool.acquire(timeout=5) for _ in range(2)]
     # The first reader started for growth fails; the waiting caller's next check starts
     # another. Counted as still starting, the failed one would block growth for good.
     third = db.pool.acquire(timeout=2)
-    assert not failures
+    assert len(refused) == 1
     assert db.pool.status().total == 3
     for lease in [*leases, third]:
         lease.release()
@@ -122,13 +132,7 @@ def test_a_reader_that_never_starts_is_retried_with_backoff(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db: atlas.Storage = open_storage(readers=2, max_readers=3)  # type: ignore[operator]
-    attempts: list[float] = []
-
-    def unbuildable(*args: Any) -> Any:
-        attempts.append(time.monotonic())
-        raise RuntimeError("can't start new thread")
-
-    monkeypatch.setattr(db, "_make_reader", unbuildable)
+    attempts = _refuse_new_readers(db, monkeypatch)
     leases = [db.pool.acquire(timeout=5) for _ in range(2)]
     with pytest.raises(OperationTimeout):
         db.pool.acquire(timeout=1.6)
@@ -147,11 +151,7 @@ def test_while_growth_backs_off_idle_connections_of_other_threads_are_shared(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db: atlas.Storage = open_storage(readers=2, max_readers=3)  # type: ignore[operator]
-
-    def unbuildable(*args: Any) -> Any:
-        raise RuntimeError("can't start new thread")
-
-    monkeypatch.setattr(db, "_make_reader", unbuildable)
+    _refuse_new_readers(db, monkeypatch)
     hold, adopted = threading.Event(), threading.Barrier(3)
 
     def owner() -> None:  # reads once (adopting a connection), then stays idle
