@@ -290,7 +290,7 @@ class Runtime:
         self._add_reader(on_error=self._growth_failed)
         return True
 
-    def _growth_failed(self, error: Exception) -> None:
+    def _growth_failed(self, error: BaseException | None) -> None:
         log.warning("the reader pool could not grow (it will try again): %s", error)
         self.pool.expected_growth_failed()
 
@@ -308,8 +308,7 @@ class Runtime:
             # A reader added later (growth, resize) that never opened its connection (too
             # many open files, say): the pool did not grow. Restarting it until the
             # restart intensity escalates would fail a storage whose readers all work.
-            log.warning("a new reader could not open (the pool will try again): %s", error)
-            self.pool.expected_growth_failed()
+            self._growth_failed(error)
             with contextlib.suppress(pykka.ActorDeadError):  # closing: nothing to remove
                 self._supervisor.remove_child(role)
             return

@@ -215,7 +215,7 @@ def test_a_retiring_reader_that_crashes_is_not_taken_for_a_reader_growth_asked_f
     pool = db.pool
     leases = [pool.acquire(timeout=5) for _ in range(3)]  # all busy
     pool.resize(2)  # one busy reader is marked retiring
-    retiring = next(r for r in ("reader-0", "reader-1", "reader-2") if not pool.has_role(r))
+    retiring = next(r for r in ("reader-0", "reader-1", "reader-2") if r not in pool._readers)
     with pool._cond:
         pool._starting += 1  # as if a reader asked for by growth were starting
     restarted = threading.Event()
@@ -223,7 +223,7 @@ def test_a_retiring_reader_that_crashes_is_not_taken_for_a_reader_growth_asked_f
     db.supervisor.kill(retiring)
     assert restarted.wait(5)
     # Its new incarnation is no reader that growth asked for: still one starting.
-    assert wait_until(lambda: pool.has_role(retiring))  # (it rejoins: left alone)
+    assert wait_until(lambda: retiring in pool._readers)  # (it rejoins: left alone)
     assert pool._starting == 1
     with pool._cond:
         pool._starting -= 1

@@ -229,10 +229,6 @@ class ReaderPool:
             self._readers[reader.role] = reader
             self._ready_roles.add(reader.role)
 
-    def has_role(self, role: str) -> bool:
-        """True while ``role`` serves in the pool (ready, not retiring)."""
-        return role in self._readers
-
     def was_ready(self, role: str) -> bool:
         """True once the reader ``role`` opened its connection (even if retired since)."""
         return role in self._ready_roles
@@ -745,11 +741,7 @@ class ReaderPool:
     def _maybe_grow(self) -> None:
         """Start one more reader if callers wait and the ceiling allows (holding the lock)."""
         demand = self._waiting + len(self._pending)
-        if (
-            demand > self._starting
-            and len(self._readers) + self._starting < self.ceiling
-            and time.monotonic() >= self._no_growth_until
-        ):
+        if demand > self._starting and not self._cannot_grow():
             self._starting += 1
             if not self._grow():
                 self._starting -= 1  # not even asked for (the storage is stopping)
