@@ -25,6 +25,10 @@ Peers, all on the same file layout and synchronous setting:
   overflow), ``with engine.begin() as conn:``; WAL and synchronous set in a ``connect``
   event, busy timeout 30 s via ``connect_args``; the pysqlite driver's own (deferred)
   BEGIN.
+* ``bare-writer``: a yardstick, not a library: the least a single writer thread can do
+  in CPython (a queue, a lock per call, group commit with a SAVEPOINT per operation,
+  nothing else). ``atlas`` over it is atlas's own per-operation cost; it over
+  ``conn-per-thread`` is the single-writer design's.
 
 Passes: ``full`` (synchronous=FULL on this disk), ``normal`` (synchronous=NORMAL), and
 ``slow`` (FULL with every fsync delayed 2 ms by ``bench/slowsync``, built with cc and
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import queue
 import sqlite3
 import sys
 import threading
@@ -44,6 +49,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import apsw
 from _common import (
     CellResult,
     Op,
@@ -105,11 +111,18 @@ UPDATE = "UPDATE counters SET value = value + 1 WHERE name = 'ops'"
 BUSY_TIMEOUT = 30.0
 """Seconds the sqlite3-based peers wait on a lock before 'database is locked'."""
 
+BARE_BATCH = 512
+"""Most operations ``bare-writer`` commits at once (atlas's ``max_batch_size``)."""
+
 SLOW_US = 2000
 """The slow pass's fsync delay in microseconds (issue 2: 2 ms)."""
 
 PASSES = {"full": "FULL", "normal": "NORMAL", "slow": "FULL"}
 """Pass name → ``PRAGMA synchronous`` of every peer."""
+
+
+_BareItem = tuple[list[tuple[str, tuple[Any, ...] | None]], threading.Lock, list[apsw.Error | None]]
+"""What a ``bare-writer`` caller queues: its statements, the lock it waits on, a result box."""
 
 
 def _task(index: int, counter: itertools.count[int]) -> tuple[int, str, float]:
@@ -321,6 +334,92 @@ class SQLAlchemyPeer(Peer):
         return {}
 
 
+class BareWriterPeer(Peer):
+    """The least a single writer thread can do in CPython (a yardstick, not a library).
+
+    Callers put (statements, lock, box) on a ``SimpleQueue`` and block on the lock; one
+    thread takes what is queued (up to ``BARE_BATCH``), runs it in one ``BEGIN
+    IMMEDIATE`` ... ``COMMIT`` with each operation under its own SAVEPOINT, then
+    releases the locks: the same hand-offs and group commit as atlas's writer, without
+    anything else (no deadlines, backpressure, metrics, tracing, restarts or cache
+    invalidation). The gap between it and ``atlas`` is atlas's own per-operation cost;
+    the gap between it and ``conn-per-thread`` is the single-writer design's.
+    """
+
+    name = "bare-writer"
+
+    def open(self, path: Path, synchronous: str) -> None:
+        self.queue: queue.SimpleQueue[_BareItem | None] = queue.SimpleQueue()
+        self.connection = apsw.Connection(str(path))
+        self.connection.set_busy_timeout(int(BUSY_TIMEOUT * 1000))
+        self.connection.pragma("journal_mode", "wal")
+        self.connection.pragma("synchronous", synchronous)
+        self.thread = threading.Thread(target=self._serve, name="bare-writer", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (first := self.queue.get()) is not None:
+            batch = [first]
+            stop = False
+            while len(batch) < BARE_BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_BareItem]) -> None:
+        execute = self.connection.cursor().execute
+        try:
+            execute("BEGIN IMMEDIATE")
+            for statements, _, box in batch:
+                execute("SAVEPOINT op")
+                try:
+                    for sql, params in statements:
+                        execute(sql, params)
+                    box.append(None)
+                    execute("RELEASE op")
+                except apsw.Error as error:
+                    execute("ROLLBACK TO op; RELEASE op")
+                    box.append(error)
+            execute("COMMIT")
+        except apsw.Error as error:  # BEGIN or COMMIT failed: nothing of the batch is in
+            if self.connection.in_transaction:
+                execute("ROLLBACK")
+            for _, _, box in batch:
+                box[:] = [error]
+        for _, lock, _ in batch:
+            lock.release()
+
+    def thread_op(self, index: int) -> tuple[Op, Callable[[], None]]:
+        put = self.queue.put
+        counter = itertools.count()
+
+        def op() -> object:
+            lock = threading.Lock()
+            lock.acquire()
+            box: list[apsw.Error | None] = []
+            put(([(INSERT, _task(index, counter)), (UPDATE, None)], lock, box))
+            lock.acquire()
+            if box[0] is not None:
+                raise box[0]
+            return None
+
+        return op, noop
+
+    def close(self) -> dict[str, Any]:
+        self.queue.put(None)
+        self.thread.join()
+        self.connection.close()
+        return {}
+
+
 PEERS: dict[str, type[Peer]] = {
     peer.name: peer
     for peer in (
@@ -330,6 +429,7 @@ PEERS: dict[str, type[Peer]] = {
         PeeweeQueuePeer,
         PeeweeQueueTwoStatementsPeer,
         SQLAlchemyPeer,
+        BareWriterPeer,
     )
 }
 BASELINE = "conn-per-thread"
