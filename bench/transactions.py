@@ -38,10 +38,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import queue
 import random
 import sqlite3
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,12 +100,19 @@ BUSY_TIMEOUT = 30.0
 SLOW_US = 2000
 """The slow pass's fsync delay in microseconds (the benchmarks' slow disk: 2 ms)."""
 
+BARE_BATCH = 512
+"""Most transactions ``bare-lease`` commits at once (atlas's ``max_batch_size``)."""
+
 PAIRS_PER_THREAD = 1 << 14
 TARGETS = {"full": 1.4, "slow": 5.0}
 """Pass → the issue's throughput target against the baseline at 16 threads."""
 JUDGED = "atlas.tx"
 """The variant the targets are judged on: the interactive API issue 4 names."""
 BASELINE = "sqlite3"
+
+
+_LeaseMessage = tuple[str, threading.Lock, list[apsw.Error | None]]
+"""A ``bare-lease`` caller's message: "request" or "return", its lock, its result box."""
 
 
 def _pairs(seed: int, accounts: int) -> list[tuple[int, int]]:
@@ -272,8 +282,124 @@ class AtlasInWriterPeer(AtlasPeer):
         return op, noop
 
 
+class BareLeasePeer(Peer):
+    """The least the lease design can do in CPython (a yardstick, not a library).
+
+    What ``atlas.tx`` does, and nothing else: a writer thread owns the connection and
+    takes lease requests from a queue; a granted caller runs its five statements under
+    its own SAVEPOINT in its own thread, then hands the connection straight to the next
+    caller waiting (or back to the writer when none waits); the writer commits when no
+    lease is out and nothing is queued, then wakes every transaction of the batch. No
+    deadlines, timeouts, deadlock checks, metrics, tracing or restarts.
+    """
+
+    name = "bare-lease"
+
+    def open(self, path: Path, synchronous: str, cache: bool) -> None:
+        self.connection = apsw.Connection(str(path))
+        self.connection.set_busy_timeout(int(BUSY_TIMEOUT * 1000))
+        self.connection.pragma("synchronous", synchronous)
+        self.queue: queue.SimpleQueue[_LeaseMessage | None] = queue.SimpleQueue()
+        self.mutex = threading.Lock()  # guards the four fields below
+        self.lent = False
+        self.waiting: deque[threading.Lock] = deque()
+        self.acks: list[tuple[threading.Lock, list[apsw.Error | None]]] = []
+        self.chained = 0
+        self.thread = threading.Thread(target=self._serve, name="bare-lease", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        execute = self.connection.cursor().execute
+        while (message := self.queue.get()) is not None:
+            kind, lock, box = message
+            with self.mutex:
+                if kind == "request":
+                    if self.lent:
+                        self.waiting.append(lock)
+                        continue
+                    grant: threading.Lock | None = lock
+                else:
+                    self.lent = False
+                    self.acks.append((lock, box))
+                    grant = self.waiting.popleft() if self.waiting else None
+                commit = grant is None or len(self.acks) >= BARE_BATCH
+            if commit and (grant is not None or self.queue.empty()) and self.acks:
+                self._commit(execute)
+            if grant is not None:
+                if not self.connection.in_transaction:
+                    execute("BEGIN IMMEDIATE")
+                self.lent = True
+                grant.release()
+        if self.acks:
+            self._commit(execute)
+
+    def _commit(self, execute: Callable[[str], object]) -> None:
+        with self.mutex:
+            acks, self.acks, self.chained = self.acks, [], 0
+        try:
+            execute("COMMIT")
+        except apsw.Error as error:
+            if self.connection.in_transaction:
+                execute("ROLLBACK")
+            for _, box in acks:
+                box[:] = [error]
+        for lock, _ in acks:
+            lock.release()
+
+    def thread_op(self, index: int, accounts: int) -> tuple[Op, Callable[[], None]]:
+        transfers = Transfers(index, accounts)
+        put = self.queue.put
+
+        def op() -> object:
+            a, b, ref = transfers.next()
+            granted = threading.Lock()
+            granted.acquire()
+            put(("request", granted, []))
+            granted.acquire()  # the connection is this thread's now
+            execute = self.connection.cursor().execute
+            failed: apsw.Error | None = None
+            execute("SAVEPOINT tx")
+            try:
+                amount = _amount(execute(SELECT, (a,)).fetchall()[0][0])
+                execute(DEBIT, (amount, a))
+                execute(CREDIT, (amount, b))
+                execute(LEDGER, (a, -amount, ref))
+                execute(LEDGER, (b, amount, ref))
+                execute("RELEASE tx")
+            except apsw.Error as error:
+                execute("ROLLBACK TO tx; RELEASE tx")
+                failed = error  # the lease still goes on (or back) below
+            done = threading.Lock()
+            done.acquire()
+            box: list[apsw.Error | None] = [None]
+            with self.mutex:
+                successor = None
+                if self.waiting and self.chained < BARE_BATCH:
+                    successor = self.waiting.popleft()
+                    self.acks.append((done, box))
+                    self.chained += 1
+            if successor is not None:
+                successor.release()  # straight to the next transaction waiting
+            else:
+                put(("return", done, box))
+            done.acquire()  # committed
+            error = failed if failed is not None else box[0]
+            if error is not None:
+                raise error
+            return None
+
+        return op, noop
+
+    def close(self) -> dict[str, Any]:
+        self.queue.put(None)
+        self.thread.join()
+        self.connection.close()
+        return {}
+
+
 PEERS: dict[str, type[Peer]] = {
-    peer.name: peer for peer in (Sqlite3Peer, AtlasTxPeer, AtlasRunPeer, AtlasInWriterPeer)
+    peer.name: peer
+    for peer in (Sqlite3Peer, AtlasTxPeer, AtlasRunPeer, AtlasInWriterPeer, BareLeasePeer)
 }
 
 

@@ -1,0 +1,61 @@
+"""The transactions benchmark's ``bare-lease`` yardstick: acknowledged transfers all land."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+import apsw
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from transactions import BareLeasePeer, prepare, verify
+
+ACCOUNTS = 50
+
+
+def test_many_threads_every_acknowledged_transfer_lands(tmp_path: Path) -> None:
+    path = tmp_path / "lease.db"
+    prepare(path, ACCOUNTS)
+    peer = BareLeasePeer()
+    peer.open(path, "NORMAL", cache=False)
+    done = [0] * 8
+
+    def worker(index: int) -> None:
+        op, finish = peer.thread_op(index, ACCOUNTS)
+        for _ in range(60):
+            op()
+            done[index] += 1
+        finish()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    peer.close()
+    assert done == [60] * 8
+    assert verify(path, ACCOUNTS, acknowledged=480) == []
+
+
+def test_a_failing_transfer_is_undone_and_the_lease_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "lease.db"
+    prepare(path, ACCOUNTS)
+    peer = BareLeasePeer()
+    peer.open(path, "NORMAL", cache=False)
+    op, _ = peer.thread_op(0, ACCOUNTS)
+    op()
+    refuse = sqlite3.connect(path, isolation_level=None)
+    refuse.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    with pytest.raises(apsw.ConstraintError):
+        op()  # its debit and credit ran, then the ledger refused: all undone
+    refuse.execute("DROP TRIGGER refuse")
+    refuse.close()
+    op()
+    peer.close()
+    assert verify(path, ACCOUNTS, acknowledged=2) == []
