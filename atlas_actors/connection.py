@@ -291,6 +291,29 @@ def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
     return after if after != before else None
 
 
+_RETURNS_ROWS = "returns rows"
+_INSERTS = "inserts"
+_OTHER = "other"
+_write_kinds: dict[str, str] = {}
+
+
+def _write_kind(sql: str) -> str:
+    """Classify a writing statement for :meth:`TrackedConnection.write` (cached)."""
+    if _returns_rows(sql):
+        kind = _RETURNS_ROWS
+    elif sql.lstrip()[:7].lower().startswith(("insert", "replace")):
+        kind = _INSERTS  # its lastrowid is SQLite's last insert rowid if it changed rows
+    else:
+        kind = _OTHER  # a rowid that moved is the only sign of an insert (a trigger's)
+    if len(_write_kinds) < 10_000:
+        _write_kinds[sql] = kind
+    return kind
+
+
+_new_result = tuple.__new__
+"""``_new_result(WriteResult, (rowcount, lastrowid, rows))``: a result built in C, without
+the named tuple's Python-level ``__new__``."""
+
 _ids = itertools.count(1)
 
 
@@ -460,32 +483,51 @@ class TrackedConnection:
 
     def write(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement and report what it changed (writer only)."""
+        # The writer's hottest function (once per statement): helpers inlined, the
+        # statement's kind classified once, the result built without the named
+        # tuple's Python-level __new__.
         connection = self.connection
-        before = connection.last_insert_rowid()
-        if _returns_rows(sql):
-            rows: list[Row] = self.query(sql, params)
-        else:
-            # No rows to name: skip the description (it raises once a statement is done).
-            self._queries += 1
-            weight = self._sample_weight(sql)
-            started = perf_counter() if weight else 0.0
+        kind = _write_kinds.get(sql) or _write_kind(sql)
+        if kind is _RETURNS_ROWS:
+            before = connection.last_insert_rowid()
+            rows = self.query(sql, params)
+            rowcount = connection.changes()
+            after = connection.last_insert_rowid()
+            return _new_result(
+                WriteResult, (rowcount, _lastrowid(sql, rowcount, before, after), tuple(rows))
+            )
+        before = 0 if kind is _INSERTS else connection.last_insert_rowid()
+        self._queries += 1
+        counted = self._runs
+        uses = counted.get(sql, 0)
+        if uses or len(counted) < _MAX_COUNTED:
+            counted[sql] = uses + 1
+        if uses < _TIME_FIRST or (uses - _TIME_FIRST) % SAMPLE_EVERY == 0:  # sample_weight
+            weight = 1 if uses < _TIME_FIRST else SAMPLE_EVERY
+            started = perf_counter()
             try:
                 self.cursor.execute(sql, params)
             except Exception as error:
                 self._errors += 1
                 raise wrap_sqlite_error(error, sql) from error
-            if weight:
-                self.last_latency = latency = perf_counter() - started
-                self._latency += latency * weight
-                self._timed += weight
-                self._sample_bytes(params, (), weight)
-            rows = []
+            self.last_latency = latency = perf_counter() - started
+            self._latency += latency * weight
+            self._timed += weight
+            self._sample_bytes(params, (), weight)
+        else:
+            try:
+                self.cursor.execute(sql, params)
+            except Exception as error:
+                self._errors += 1
+                raise wrap_sqlite_error(error, sql) from error
         rowcount = connection.changes()
-        return WriteResult(
-            rowcount=rowcount,
-            lastrowid=_lastrowid(sql, rowcount, before, connection.last_insert_rowid()),
-            rows=tuple(rows),
-        )
+        if kind is _INSERTS:
+            return _new_result(
+                WriteResult,
+                (rowcount, connection.last_insert_rowid() if rowcount > 0 else None, ()),
+            )
+        after = connection.last_insert_rowid()
+        return _new_result(WriteResult, (rowcount, after if after != before else None, ()))
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""

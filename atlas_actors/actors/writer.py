@@ -51,7 +51,7 @@ from atlas_actors.actors.writer_ops import (
     mark_writer_thread,
 )
 from atlas_actors.cache.dependencies import RowImage
-from atlas_actors.cache.statements import analyze
+from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import TrackedConnection
 from atlas_actors.errors import (
@@ -298,6 +298,7 @@ class WriterActor(RoleActor):
         if kind in OP_TYPES:
             if self._lease is None:
                 self._run(message)
+                self._drain()
             else:
                 self._stash.append(message)
         elif kind is LeaseRequest:
@@ -330,6 +331,30 @@ class WriterActor(RoleActor):
             self._commit()
         return result
 
+    def _drain(self) -> None:
+        """Run the writes queued behind the one just run, until the batch is full.
+
+        Taken straight from the mailbox rather than one per turn of pykka's loop, which
+        costs several Python calls per message. Anything else ends the drain and goes
+        back in front, so the loop handles it next, in order.
+        """
+        mailbox = self.mailbox
+        limit = self.config.max_batch_size
+        delay = self.config.max_batch_delay
+        while (
+            self._lease is None
+            and self._in_transaction
+            and len(self._batch) < limit
+            and time.monotonic() - self._batch_started < delay
+        ):
+            letter = mailbox.take_nowait()
+            if letter is None:
+                return
+            if type(letter) not in OP_TYPES:
+                mailbox.put_back(letter)
+                return
+            self._run(letter)
+
     def on_receive(self, message: Any) -> Any:
         """Obey a control message."""
         if isinstance(message, Crash):
@@ -358,7 +383,7 @@ class WriterActor(RoleActor):
             connection.cursor.execute("BEGIN IMMEDIATE")
             # Holding the write lock, data_version says if another process committed.
             # The wal-index counter says it without a call into SQLite (each releases
-            # the GIL, see _grouped): unchanged since our last commit means nobody did.
+            # the GIL, the module docstring): unchanged since our last commit means nobody did.
             change = self.hooks.wal_change()
             if change is not None and change == self._change_expected:
                 data_version = self._data_version
@@ -441,33 +466,25 @@ class WriterActor(RoleActor):
         self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
     ) -> None:
         if op.replayable and not self._group_failed and op.id not in self._alone:
-            self._grouped(op, cursor, connection, span)
-            return
-        self._alone.discard(op.id)
-        self._close_group(cursor)
-        cursor.execute("SAVEPOINT op")
-        try:
-            result = op.run(connection)
-        except Exception as error:
-            self._undo(op, cursor, error, span)
-            return
-        cursor.execute("RELEASE op")
-        self._batch.append((op, result))
-        if self.hooks.track_tables:
-            self._note_writes(op, connection)
-
-    def _grouped(
-        self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
-    ) -> None:
-        """Run a replayable write inside the batch's open group (opening one if needed)."""
-        if self._group_start is None:
-            cursor.execute(f"SAVEPOINT {_GROUP}")
-            self._group_start = len(self._batch)
-        try:
-            result = op.run(connection)
-        except Exception as error:
-            self._split_group(op, cursor, connection, error, span)
-            return
+            # A replayable write runs inside the batch's open group (opened if needed).
+            if self._group_start is None:
+                cursor.execute(f"SAVEPOINT {_GROUP}")
+                self._group_start = len(self._batch)
+            try:
+                result = op.run(connection)
+            except Exception as error:
+                self._split_group(op, cursor, connection, error, span)
+                return
+        else:
+            self._alone.discard(op.id)
+            self._close_group(cursor)
+            cursor.execute("SAVEPOINT op")
+            try:
+                result = op.run(connection)
+            except Exception as error:
+                self._undo(op, cursor, error, span)
+                return
+            cursor.execute("RELEASE op")
         self._batch.append((op, result))
         if self.hooks.track_tables:
             self._note_writes(op, connection)
@@ -510,19 +527,22 @@ class WriterActor(RoleActor):
         tables = self._batch_tables
         if tables is None:
             return
-        if isinstance(op, UnitOfWorkOp):
+        kind = type(op)
+        if kind is UnitOfWorkOp:
             self._batch_tables = None  # a function's statements are not known
             return
-        statements = op.statements if isinstance(op, WriteAllOp) else [(op.sql, None)]
+        statements = op.statements if kind is WriteAllOp else [(op.sql, None)]  # type: ignore[attr-defined]
         for sql, params in statements:
             if sql is None:
                 self._batch_tables = None
                 return
-            try:
-                info = analyze(connection.connection, sql, params)
-            except apsw.Error:
-                self._batch_tables = None  # cannot tell: the cache drops everything
-                return
+            info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
+            if info is None:
+                try:
+                    info = analyze(connection.connection, sql, params)
+                except apsw.Error:
+                    self._batch_tables = None  # cannot tell: the cache drops everything
+                    return
             tables.update(info.writes)
             if not info.plain:
                 self._batch_plain = False

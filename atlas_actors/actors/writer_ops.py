@@ -143,7 +143,11 @@ class WriteAllOp(WriterOp):
 
     def run(self, connection: TrackedConnection) -> list[WriteResult]:
         """Run each statement in order; the first failure undoes them all."""
-        return [connection.write(sql, params) for sql, params in self.statements]
+        write = connection.write
+        results = []
+        for sql, params in self.statements:  # a loop: a comprehension is one more frame
+            results.append(write(sql, params))
+        return results
 
 
 class UnitOfWorkOp(WriterOp):

@@ -22,7 +22,7 @@ import apsw
 from atlas_actors.cache.dependencies import TableShape, Template, fold, table_shape, template
 from atlas_actors.query._sqlinfo import null_bindings
 
-__all__ = ["DETERMINISTIC_FUNCTIONS", "StatementInfo", "analyze"]
+__all__ = ["DETERMINISTIC_FUNCTIONS", "KNOWN_STATEMENTS", "StatementInfo", "analyze"]
 
 _DETERMINISTIC_NAMES = """
     abs char coalesce concat concat_ws format glob hex ifnull iif if instr length like
@@ -124,6 +124,9 @@ class _Capture:
 
 
 _known: dict[str, StatementInfo] = {}
+KNOWN_STATEMENTS = _known
+"""What :func:`analyze` learnt, by statement text (cleared in place on schema changes):
+a hot path may look its statement up here before paying for the call."""
 _shapes: dict[str, TableShape | None] = {}
 _UNKNOWN = object()
 _epoch = [0]  # bumped by forget(): analyses begun before it are not kept
