@@ -236,3 +236,37 @@ def test_closing_during_a_lease_runs_the_writes_queued_behind_it(
     assert outcomes == {1: "ok", 2: "ok", 3: "ConstraintError", 4: "ok"}
     again = open_storage(db_path)
     assert [a for (a,) in again.query("SELECT a FROM t ORDER BY a")] == [1, 2, 3, 4]
+
+
+def test_a_drained_batch_stops_at_a_transaction_and_keeps_mailbox_order(
+    db: atlas.Storage,
+) -> None:
+    """The writer runs queued writes in one go, but never past another kind of message.
+
+    Queued: write A, a transaction's lease request, write B. The transaction must see A
+    and not B: B is queued behind it, as the mailbox's order says.
+    """
+    db.execute("CREATE TABLE seen(x INTEGER)")
+    gate = threading.Event()
+    blocker = db.writer.run(lambda _: gate.wait(10))
+    mailbox = db._writer_mailbox
+    wait_until(lambda: mailbox.qsize() == 0)  # the writer holds the blocker
+    first = db.writer.execute("INSERT INTO seen VALUES (1)")
+    counted: list[int] = []
+
+    def transaction() -> None:
+        with db.transaction() as tx:
+            counted.append(tx.query("SELECT count(*) FROM seen")[0][0])
+            tx.execute("INSERT INTO seen VALUES (2)")
+
+    worker = threading.Thread(target=transaction)
+    worker.start()
+    wait_until(lambda: mailbox.qsize() == 2)  # write A, then the lease request
+    second = db.writer.execute("INSERT INTO seen VALUES (3)")
+    gate.set()
+    blocker.get(10)
+    first.get(10)
+    second.get(10)
+    worker.join(10)
+    assert counted == [1]
+    assert [row[0] for row in db.query("SELECT x FROM seen ORDER BY rowid")] == [1, 2, 3]
