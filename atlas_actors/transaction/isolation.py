@@ -57,8 +57,11 @@ PREVENTS: Final[dict[str, frozenset[str]]] = {
 anomaly with real threads and checks this table against the one in docs/isolation.md)."""
 
 
+_LEVELS: Final[frozenset[str]] = frozenset(get_args(IsolationLevel))
+
+
 def check_isolation(level: str) -> IsolationLevel:
     """Return ``level`` if it names an isolation level, else raise ValidationError."""
-    if level not in get_args(IsolationLevel):
+    if level not in _LEVELS:
         raise ValidationError(f"isolation={level!r}; use one of {list(get_args(IsolationLevel))}")
     return level  # type: ignore[return-value]

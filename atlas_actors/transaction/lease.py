@@ -76,14 +76,14 @@ class Lease:
         """Run ``fn`` on the lent connection, unless the lease was revoked."""
         with self.lock:
             if self.state is not LeaseState.ACTIVE:
-                raise self._ended()
+                raise self.ended_error()
             return fn(self.connection)
 
     def give_back(self, fn: Callable[[TrackedConnection], object]) -> None:
         """Run ``fn`` (release or roll back the savepoint) and end the lease."""
         with self.lock:
             if self.state is not LeaseState.ACTIVE:
-                raise self._ended()
+                raise self.ended_error()
             try:
                 fn(self.connection)
             finally:
@@ -111,7 +111,8 @@ class Lease:
         finally:
             self.lock.release()
 
-    def _ended(self) -> AtlasError:
+    def ended_error(self) -> AtlasError:
+        """The error for a use of this lease once it has ended (revoked or returned)."""
         if self.error is not None:
             return self.error
         return TransactionError(f"transaction {self.tx_id} has ended; begin a new one")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import apsw
 
 from atlas_actors.actors.writer_ops import LeaseRequest, LeaseReturn
-from atlas_actors.cache.statements import analyze
+from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
 from atlas_actors.errors import (
     AtlasError,
@@ -35,7 +35,7 @@ from atlas_actors.errors import (
 from atlas_actors.rows import Row
 from atlas_actors.transaction.deadlock import WaitForGraph
 from atlas_actors.transaction.isolation import IsolationLevel, check_isolation
-from atlas_actors.transaction.lease import Lease
+from atlas_actors.transaction.lease import Lease, LeaseState
 
 if TYPE_CHECKING:
     from atlas_actors.actors.pool import PooledConnection
@@ -80,27 +80,25 @@ class Transaction:
         self._error: AtlasError | None = None
         self._nested = 0
         self._writes: set[str] | None = set()
+        self._tracks_writes = self._storage.config.cache
+        """Whether the tables written are noted (only a cache needs them)."""
 
     # -- statements --------------------------------------------------------------------
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement in the transaction."""
-        lease = self._writer()
-        result = self._on_writer(lease, lambda c: self._track(c, sql, params).write(sql, params))
-        self.operations += 1
+        result: WriteResult = self._statement(sql, params, reading=False)
         return result
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
         """Run a read in the transaction (what it sees depends on the isolation level)."""
-        self._check_active()
         if self._lease is None and self.isolation != "serializable":
+            self._check_active()
             rows = self._read_before_writing(sql, params)
-        else:
-            rows = self._on_writer(
-                self._writer(), lambda c: self._track(c, sql, params).query(sql, params)
-            )
-        self.operations += 1
-        return rows
+            self.operations += 1
+            return rows
+        result: list[Row] = self._statement(sql, params, reading=True)
+        return result
 
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease)."""
@@ -197,38 +195,74 @@ class Transaction:
             raise self._error
         raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
 
+    def _statement(self, sql: str, params: Params, *, reading: bool) -> Any:
+        """Run a statement on the lent connection (taking the lease first if needed).
+
+        The tables it changes are noted for the cache (``_writes``; None once any is
+        unknown). This runs for every statement of a transaction, so what
+        :meth:`_on_writer` and ``Lease.run`` do is written out here: each Python call
+        saved is paid again at every GIL hand-over when many threads run transactions.
+        """
+        lease = self._lease
+        if lease is None or self.state != "active":
+            lease = self._writer()
+        try:
+            with lease.lock:
+                if lease.state is not LeaseState.ACTIVE:
+                    raise lease.ended_error()
+                connection = lease.connection
+                writes = self._writes
+                if writes is not None and self._tracks_writes:
+                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                    if info is None:
+                        try:
+                            info = analyze(connection.connection, sql, params)
+                        except apsw.Error:
+                            self._writes = None  # the statement fails below, typed
+                    if info is not None:
+                        writes.update(info.writes)
+                if reading:
+                    result: Any = connection.query(sql, params)
+                else:
+                    result = connection.write(sql, params)
+        except TransactionError as error:  # revoked: timed out or the writer crashed
+            self._fail(error)
+            raise
+        except AtlasError as error:
+            self._statement_failed(lease, error)
+            raise
+        self.operations += 1
+        return result
+
     def _on_writer(self, lease: Lease, fn: Callable[[TrackedConnection], T]) -> T:
+        """Run ``fn`` on the lent connection (savepoint commands; statements: _statement)."""
         try:
             return lease.run(fn)
         except TransactionError as error:  # revoked: timed out or the writer crashed
             self._fail(error)
             raise
         except AtlasError as error:
-            self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
-            if not lease.connection.connection.in_transaction:
-                # SQLite rolled the whole batch back (SQLITE_FULL, IOERR): so is this one.
-                self._fail(
-                    TransactionAborted(
-                        f"transaction {self.id} was rolled back by SQLite after an error"
-                    )
-                )
-                self._give_back(commit=False, lost=True)
+            self._statement_failed(lease, error)
             raise
 
-    def _track(self, connection: TrackedConnection, sql: str, params: Params) -> TrackedConnection:
-        """Note the tables ``sql`` changes, for the cache (None once any is unknown)."""
-        if self._writes is not None and self._storage.config.cache:
-            try:
-                self._writes.update(analyze(connection.connection, sql, params).writes)
-            except apsw.Error:
-                self._writes = None  # the statement fails below with a typed error
-        return connection
+    def _statement_failed(self, lease: Lease, error: AtlasError) -> None:
+        """Log ``error``; if SQLite rolled the whole batch back, so is this transaction."""
+        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        if not lease.connection.connection.in_transaction:
+            # SQLite rolled the whole batch back (SQLITE_FULL, IOERR): so is this one.
+            self._fail(
+                TransactionAborted(
+                    f"transaction {self.id} was rolled back by SQLite after an error"
+                )
+            )
+            self._give_back(commit=False, lost=True)
 
     def _writer(self) -> Lease:
         self._check_active()
         if self._lease is None:
             self._lease = self._manager.acquire_lease(self)
-            self._drop_reader()  # from now on the writer serves every statement
+            if self._reader is not None:
+                self._drop_reader()  # from now on the writer serves every statement
         return self._lease
 
     def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
