@@ -48,6 +48,25 @@ def test_disk_full_degrades_to_read_only_and_recovers_by_itself(open_storage: ob
     assert {i for i in acknowledged if i % 2} <= stored  # nothing acknowledged lost
 
 
+def test_while_the_disk_stays_full_one_write_per_interval_is_tried(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=60, disk_full_probe_interval=0.3
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    with pytest.raises(errors.DiskFullError):
+        for i in range(1000):
+            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    time.sleep(0.4)  # a probe is due
+    refused = []
+    for i in range(5):
+        with pytest.raises(errors.DiskFullError) as caught:
+            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [10_000 + i])
+        refused.append("writes are refused" in str(caught.value))
+    # The first is the probe (tried, and the disk is still full); the next four come
+    # within the interval after it and are refused without touching the disk.
+    assert refused == [False, True, True, True, True]
+
+
 def _try(db: atlas.Storage, sql: str) -> bool:
     try:
         db.write(sql)

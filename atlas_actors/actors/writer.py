@@ -441,10 +441,13 @@ class WriterActor(RoleActor):
             self._alone.discard(op.id)
             self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
             return
-        if self._disk_full is not None and now < self._next_probe:
-            self._alone.discard(op.id)
-            self._fail(op, self._disk_full_error(now))
-            return
+        if self._disk_full is not None:
+            if now < self._next_probe:
+                self._alone.discard(op.id)
+                self._fail(op, self._disk_full_error(now))
+                return
+            # This write is the probe: whatever it finds, the next is an interval away.
+            self._next_probe = now + self.config.disk_full_probe_interval
         if not replayed:  # counted once, however often it runs
             self.counters.started += 1
             self.counters.queue_wait += now - op.enqueued_at
