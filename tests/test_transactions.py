@@ -10,6 +10,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.errors import (
     ConstraintError,
+    TransactionAborted,
     TransactionConflict,
     TransactionError,
     TransactionTimeout,
@@ -218,6 +219,26 @@ def test_a_lease_held_past_its_timeout_is_rolled_back_and_writes_resume(
     with pytest.raises(TransactionTimeout):
         tx.commit()
     assert _n(counter) == 1
+
+
+def test_a_statement_that_makes_sqlite_roll_back_everything_gives_the_lease_back_at_once(
+    open_storage: object,
+) -> None:
+    db: atlas.Storage = open_storage(transaction_timeout=5.0)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    db.write("INSERT INTO t VALUES (1)")
+    with pytest.raises(TransactionAborted), db.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (2)")
+        try:
+            tx.execute("INSERT OR ROLLBACK INTO t VALUES (1)")  # SQLite ends the batch
+        except ConstraintError:
+            tx.execute("INSERT INTO t VALUES (3)")  # the transaction is over
+    started = time.monotonic()
+    db.write("INSERT INTO t VALUES (4)")
+    # Not after the lease's 5 s timeout: the transaction gave the writer back itself.
+    assert time.monotonic() - started < 2.0
+    assert [row.id for row in db.query("SELECT id FROM t ORDER BY id")] == [1, 4]
+    assert db.supervisor.status().restarts == 0  # no writer crash on the way
 
 
 def test_status_shows_the_lease_holder_and_what_waits_behind_it(counter: atlas.Storage) -> None:

@@ -249,13 +249,17 @@ class Transaction:
         """Log ``error``; if SQLite rolled the whole batch back, so is this transaction."""
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
         if not lease.connection.connection.in_transaction:
-            # SQLite rolled the whole batch back (SQLITE_FULL, IOERR): so is this one.
-            self._fail(
-                TransactionAborted(
-                    f"transaction {self.id} was rolled back by SQLite after an error"
+            # SQLite rolled the whole batch back (SQLITE_FULL, IOERR, ON CONFLICT
+            # ROLLBACK): so is this one. The lease goes back first (_fail forgets it), so
+            # the writer replays the batch's other writes and serves the next at once.
+            try:
+                self._give_back(commit=False, lost=True)
+            finally:
+                self._fail(
+                    TransactionAborted(
+                        f"transaction {self.id} was rolled back by SQLite after an error"
+                    )
                 )
-            )
-            self._give_back(commit=False, lost=True)
 
     def _writer(self) -> Lease:
         self._check_active()
