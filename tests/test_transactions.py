@@ -281,3 +281,5 @@ def test_run_retries_a_conflicting_repeatable_read_transaction(counter: atlas.St
 def test_unknown_isolation_levels_are_rejected(counter: atlas.Storage) -> None:
     with pytest.raises(ValidationError, match="isolation='snapshot'"):
         counter.transaction(isolation="snapshot")
+    with pytest.raises(ValidationError, match=r"isolation=\['serializable'\]"):
+        counter.transaction(isolation=["serializable"])  # type: ignore[arg-type]
