@@ -37,6 +37,7 @@ Passes: ``full`` (this disk) and ``slow`` (every fsync delayed 2 ms by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import queue
 import random
@@ -112,7 +113,8 @@ BASELINE = "sqlite3"
 
 
 _LeaseMessage = tuple[str, threading.Lock, list[apsw.Error | None]]
-"""A ``bare-lease`` caller's message: "request" or "return", its lock, its result box."""
+"""A ``bare-lease`` caller's message ("request", "return", or "lost": SQLite rolled the
+batch back), its lock, its result box."""
 
 
 def _pairs(seed: int, accounts: int) -> list[tuple[int, int]]:
@@ -312,6 +314,7 @@ class BareLeasePeer(Peer):
         execute = self.connection.cursor().execute
         while (message := self.queue.get()) is not None:
             kind, lock, box = message
+            lost: list[tuple[threading.Lock, list[apsw.Error | None]]] = []
             with self.mutex:
                 if kind == "request":
                     if self.lent:
@@ -321,8 +324,13 @@ class BareLeasePeer(Peer):
                 else:
                     self.lent = False
                     self.acks.append((lock, box))
+                    if kind == "lost":  # SQLite rolled the batch back: nothing of it is in
+                        lost, self.acks, self.chained = self.acks, [], 0
                     grant = self.waiting.popleft() if self.waiting else None
                 commit = grant is None or len(self.acks) >= BARE_BATCH
+            for waiter, result in lost:
+                result[:] = [apsw.AbortError("the batch was rolled back by SQLite")]
+                waiter.release()
             if commit and (grant is not None or self.queue.empty()) and self.acks:
                 self._commit(execute)
             if grant is not None:
@@ -356,32 +364,36 @@ class BareLeasePeer(Peer):
             granted.acquire()
             put(("request", granted, []))
             granted.acquire()  # the connection is this thread's now
-            execute = self.connection.cursor().execute
-            failed: apsw.Error | None = None
-            execute("SAVEPOINT tx")
+            connection = self.connection
+            execute = connection.cursor().execute
+            failed: BaseException | None = None
             try:
+                execute("SAVEPOINT tx")
                 amount = _amount(execute(SELECT, (a,)).fetchall()[0][0])
                 execute(DEBIT, (amount, a))
                 execute(CREDIT, (amount, b))
                 execute(LEDGER, (a, -amount, ref))
                 execute(LEDGER, (b, amount, ref))
                 execute("RELEASE tx")
-            except apsw.Error as error:
-                execute("ROLLBACK TO tx; RELEASE tx")
-                failed = error  # the lease still goes on (or back) below
+            except BaseException as error:  # the lease still goes on (or back) below
+                failed = error
+                with contextlib.suppress(apsw.Error):
+                    if connection.in_transaction:
+                        execute("ROLLBACK TO tx; RELEASE tx")
             done = threading.Lock()
             done.acquire()
             box: list[apsw.Error | None] = [None]
-            with self.mutex:
-                successor = None
-                if self.waiting and self.chained < BARE_BATCH:
-                    successor = self.waiting.popleft()
-                    self.acks.append((done, box))
-                    self.chained += 1
+            successor = None
+            if connection.in_transaction:
+                with self.mutex:
+                    if self.waiting and self.chained < BARE_BATCH:
+                        successor = self.waiting.popleft()
+                        self.acks.append((done, box))
+                        self.chained += 1
             if successor is not None:
                 successor.release()  # straight to the next transaction waiting
             else:
-                put(("return", done, box))
+                put(("return" if connection.in_transaction else "lost", done, box))
             done.acquire()  # committed
             error = failed if failed is not None else box[0]
             if error is not None:

@@ -383,13 +383,13 @@ class BareWriterPeer(Peer):
                 try:
                     for sql, params in statements:
                         execute(sql, params)
-                    box.append(None)
                     execute("RELEASE op")
+                    box.append(None)
                 except apsw.Error as error:
                     execute("ROLLBACK TO op; RELEASE op")
                     box.append(error)
             execute("COMMIT")
-        except apsw.Error as error:  # BEGIN or COMMIT failed: nothing of the batch is in
+        except apsw.Error as error:  # nothing of the batch is in (BEGIN, COMMIT, ROLLBACK TO)
             if self.connection.in_transaction:
                 execute("ROLLBACK")
             for _, _, box in batch:

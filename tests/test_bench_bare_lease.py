@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 import threading
@@ -59,3 +60,33 @@ def test_a_failing_transfer_is_undone_and_the_lease_goes_on(tmp_path: Path) -> N
     op()
     peer.close()
     assert verify(path, ACCOUNTS, acknowledged=2) == []
+
+
+@pytest.mark.parametrize("how", ["sqlite rolls back everything", "not an SQLite error"])
+def test_the_lease_comes_back_after_any_failure(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "lease.db"
+    prepare(path, ACCOUNTS)
+    peer = BareLeasePeer()
+    peer.open(path, "NORMAL", cache=False)
+    op, _ = peer.thread_op(0, ACCOUNTS)
+    op()
+    change = sqlite3.connect(path, isolation_level=None)
+    if how == "sqlite rolls back everything":
+        change.execute(
+            "CREATE TRIGGER r BEFORE INSERT ON ledger BEGIN SELECT RAISE(ROLLBACK, 'no'); END"
+        )
+    else:  # the transfer's amount refuses a balance that is not an integer (TypeError)
+        change.execute("UPDATE accounts SET balance = balance + 0.5")
+    change.close()
+    with pytest.raises((apsw.Error, TypeError)):
+        op()
+    finished = threading.Event()
+
+    def another() -> None:
+        with contextlib.suppress(apsw.Error, TypeError):
+            peer.thread_op(1, ACCOUNTS)[0]()
+        finished.set()
+
+    threading.Thread(target=another, daemon=True).start()
+    assert finished.wait(10), "the next transaction never got the connection"
+    peer.close()
