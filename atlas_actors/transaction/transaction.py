@@ -225,11 +225,8 @@ class Transaction:
                     result: Any = connection.query(sql, params)
                 else:
                     result = connection.write(sql, params)
-        except TransactionError as error:  # revoked: timed out or the writer crashed
-            self._fail(error)
-            raise
         except AtlasError as error:
-            self._statement_failed(lease, error)
+            self._failed_on_writer(lease, error)
             raise
         self.operations += 1
         return result
@@ -238,15 +235,15 @@ class Transaction:
         """Run ``fn`` on the lent connection (savepoint commands; statements: _statement)."""
         try:
             return lease.run(fn)
-        except TransactionError as error:  # revoked: timed out or the writer crashed
-            self._fail(error)
-            raise
         except AtlasError as error:
-            self._statement_failed(lease, error)
+            self._failed_on_writer(lease, error)
             raise
 
-    def _statement_failed(self, lease: Lease, error: AtlasError) -> None:
-        """Log ``error``; if SQLite rolled the whole batch back, so is this transaction."""
+    def _failed_on_writer(self, lease: Lease, error: AtlasError) -> None:
+        """Account ``error`` from the lent connection (the caller raises it)."""
+        if isinstance(error, TransactionError):  # revoked: timed out or the writer crashed
+            self._fail(error)
+            return
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
         if not lease.connection.connection.in_transaction:
             # SQLite rolled the whole batch back (SQLITE_FULL, IOERR, ON CONFLICT
