@@ -18,11 +18,17 @@ from transactions import BareLeasePeer, prepare, verify
 ACCOUNTS = 50
 
 
-def test_many_threads_every_acknowledged_transfer_lands(tmp_path: Path) -> None:
+def _opened(tmp_path: Path) -> tuple[Path, BareLeasePeer]:
+    """A fresh accounts file and the yardstick open on it."""
     path = tmp_path / "lease.db"
     prepare(path, ACCOUNTS)
     peer = BareLeasePeer()
     peer.open(path, "NORMAL", cache=False)
+    return path, peer
+
+
+def test_many_threads_every_acknowledged_transfer_lands(tmp_path: Path) -> None:
+    path, peer = _opened(tmp_path)
     done = [0] * 8
 
     def worker(index: int) -> None:
@@ -43,10 +49,7 @@ def test_many_threads_every_acknowledged_transfer_lands(tmp_path: Path) -> None:
 
 
 def test_a_failing_transfer_is_undone_and_the_lease_goes_on(tmp_path: Path) -> None:
-    path = tmp_path / "lease.db"
-    prepare(path, ACCOUNTS)
-    peer = BareLeasePeer()
-    peer.open(path, "NORMAL", cache=False)
+    path, peer = _opened(tmp_path)
     op, _ = peer.thread_op(0, ACCOUNTS)
     op()
     refuse = sqlite3.connect(path, isolation_level=None)
@@ -64,10 +67,7 @@ def test_a_failing_transfer_is_undone_and_the_lease_goes_on(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("how", ["sqlite rolls back everything", "not an SQLite error"])
 def test_the_lease_comes_back_after_any_failure(tmp_path: Path, how: str) -> None:
-    path = tmp_path / "lease.db"
-    prepare(path, ACCOUNTS)
-    peer = BareLeasePeer()
-    peer.open(path, "NORMAL", cache=False)
+    path, peer = _opened(tmp_path)
     op, _ = peer.thread_op(0, ACCOUNTS)
     op()
     change = sqlite3.connect(path, isolation_level=None)
