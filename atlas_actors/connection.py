@@ -502,24 +502,21 @@ class TrackedConnection:
         uses = counted.get(sql, 0)
         if uses or len(counted) < _MAX_COUNTED:
             counted[sql] = uses + 1
-        if uses < _TIME_FIRST or (uses - _TIME_FIRST) % SAMPLE_EVERY == 0:  # sample_weight
-            weight = 1 if uses < _TIME_FIRST else SAMPLE_EVERY
-            started = perf_counter()
-            try:
-                self.cursor.execute(sql, params)
-            except Exception as error:
-                self._errors += 1
-                raise wrap_sqlite_error(error, sql) from error
+        if uses < _TIME_FIRST:  # sample_weight(uses), inlined
+            weight = 1
+        else:
+            weight = SAMPLE_EVERY if (uses - _TIME_FIRST) % SAMPLE_EVERY == 0 else 0
+        started = perf_counter() if weight else 0.0
+        try:
+            self.cursor.execute(sql, params)
+        except Exception as error:
+            self._errors += 1
+            raise wrap_sqlite_error(error, sql) from error
+        if weight:
             self.last_latency = latency = perf_counter() - started
             self._latency += latency * weight
             self._timed += weight
             self._sample_bytes(params, (), weight)
-        else:
-            try:
-                self.cursor.execute(sql, params)
-            except Exception as error:
-                self._errors += 1
-                raise wrap_sqlite_error(error, sql) from error
         rowcount = connection.changes()
         if kind is _INSERTS:
             return _new_result(

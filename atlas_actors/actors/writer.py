@@ -382,8 +382,9 @@ class WriterActor(RoleActor):
         try:
             connection.cursor.execute("BEGIN IMMEDIATE")
             # Holding the write lock, data_version says if another process committed.
-            # The wal-index counter says it without a call into SQLite (each releases
-            # the GIL, the module docstring): unchanged since our last commit means nobody did.
+            # The wal-index counter says it without a call into SQLite (each call
+            # releases the GIL: see the module docstring): unchanged since our last
+            # commit means nobody did.
             change = self.hooks.wal_change()
             if change is not None and change == self._change_expected:
                 data_version = self._data_version
