@@ -62,6 +62,6 @@ _LEVELS: Final[frozenset[str]] = frozenset(get_args(IsolationLevel))
 
 def check_isolation(level: str) -> IsolationLevel:
     """Return ``level`` if it names an isolation level, else raise ValidationError."""
-    if type(level) is not str or level not in _LEVELS:  # (a list is not hashable)
+    if not isinstance(level, str) or level not in _LEVELS:  # (a list is not hashable)
         raise ValidationError(f"isolation={level!r}; use one of {list(get_args(IsolationLevel))}")
     return level  # type: ignore[return-value]
