@@ -67,6 +67,37 @@ def test_while_the_disk_stays_full_one_write_per_interval_is_tried(open_storage:
     assert refused == [False, True, True, True, True]
 
 
+def test_a_probe_that_fails_for_its_own_reason_reports_that_reason(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=60, disk_full_probe_interval=0.3
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    with pytest.raises(errors.DiskFullError):
+        for i in range(1000):
+            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    time.sleep(0.4)  # a probe is due
+    # The probe is a duplicate key (it needs no page): it fails in its group, runs
+    # again alone, and reports its own error, not a refusal.
+    with pytest.raises(errors.ConstraintError):
+        db.write("INSERT INTO blobs VALUES (0, x'00')")
+
+
+def test_a_transaction_that_writes_nothing_does_not_end_disk_full(open_storage: object) -> None:
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=60, disk_full_probe_interval=30
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    recovered = threading.Event()
+    db.events.on("recovered", lambda e: recovered.set())
+    with pytest.raises(errors.DiskFullError):
+        for i in range(1000):
+            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    with db.transaction() as tx:
+        tx.query("SELECT count(*) FROM blobs")
+    assert not recovered.wait(0.5)
+    assert db.health().status == "degraded"
+
+
 def _try(db: atlas.Storage, sql: str) -> bool:
     try:
         db.write(sql)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import logging
 import threading
 import time
 
@@ -9,6 +12,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import (
+    AtlasError,
     ConstraintError,
     TransactionAborted,
     TransactionConflict,
@@ -16,6 +20,7 @@ from atlas_actors.errors import (
     TransactionTimeout,
     ValidationError,
 )
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -283,3 +288,91 @@ def test_unknown_isolation_levels_are_rejected(counter: atlas.Storage) -> None:
         counter.transaction(isolation="snapshot")
     with pytest.raises(ValidationError, match=r"isolation=\['serializable'\]"):
         counter.transaction(isolation=["serializable"])  # type: ignore[arg-type]
+
+
+def test_after_a_lost_batch_earlier_writes_run_before_those_stashed_behind_the_lease(
+    open_storage: object,
+) -> None:
+    """Write A (in the batch) was sent before write B (stashed behind the lease)."""
+    db: atlas.Storage = open_storage(transaction_timeout=5.0)  # type: ignore[operator]
+    db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    db.write("INSERT INTO kv VALUES (1, 'start')")
+    gate = threading.Event()
+    blocker = db.writer.run(lambda _: gate.wait(10))
+    mailbox = db._writer_mailbox
+    wait_until(lambda: mailbox.qsize() == 0)
+    first = db.writer.execute("UPDATE kv SET v = 'A' WHERE k = 1")
+    leased, go = threading.Event(), threading.Event()
+
+    def transaction() -> None:
+        with contextlib.suppress(AtlasError), db.transaction() as tx:
+            tx.query("SELECT 1")  # takes the lease (serializable)
+            leased.set()
+            go.wait(10)
+            tx.execute("INSERT OR ROLLBACK INTO kv VALUES (1, 'x')")  # SQLite ends the batch
+
+    worker = threading.Thread(target=transaction)
+    worker.start()
+    wait_until(lambda: mailbox.qsize() == 2)  # A, then the lease request
+    gate.set()
+    assert leased.wait(10)
+    second = db.writer.execute("UPDATE kv SET v = 'B' WHERE k = 1")  # stashed behind it
+    assert wait_until(lambda: db.transactions.status().queued == 1)
+    go.set()
+    worker.join(10)
+    first.get(10)
+    second.get(10)
+    blocker.get(10)
+    assert db.query("SELECT v FROM kv WHERE k = 1")[0][0] == "B"
+
+
+class _SlowLog(logging.Handler):
+    """A log sink slow enough for the lease to expire while the error is logged."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Constraint" in record.getMessage():
+            time.sleep(1.0)
+
+
+def test_a_lost_batch_whose_lease_expires_meanwhile_does_not_crash_the_writer(
+    open_storage: object,
+) -> None:
+    db: atlas.Storage = open_storage(transaction_timeout=0.3)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    db.write("INSERT INTO t VALUES (1)")
+    logger = logging.getLogger("atlas_actors")
+    handler, level = _SlowLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with pytest.raises(AtlasError), db.transaction() as tx:
+            tx.execute("INSERT OR ROLLBACK INTO t VALUES (1)")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    db.write("INSERT INTO t VALUES (2)")
+    assert db.supervisor.status().restarts == 0
+
+
+def test_a_statement_interrupted_past_the_lease_timeout_does_not_crash_the_writer(
+    open_storage: object,
+) -> None:
+    db: atlas.Storage = open_storage(transaction_timeout=0.3)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x INTEGER)")
+    with pytest.raises(AtlasError), db.transaction() as tx:
+        tx.execute(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < 100000000) INSERT INTO t SELECT x FROM c"
+        )
+    db.write("INSERT INTO t VALUES (2)")
+    assert db.supervisor.status().restarts == 0
+    assert db.query("SELECT x FROM t") == [(2,)]
+
+
+class _Level(enum.StrEnum):
+    SERIALIZABLE = "serializable"
+
+
+def test_an_isolation_level_may_be_a_str_subclass(counter: atlas.Storage) -> None:
+    with counter.transaction(isolation=_Level.SERIALIZABLE) as tx:
+        assert tx.query("SELECT n FROM counter")[0].n == 0

@@ -189,6 +189,8 @@ class WriterActor(RoleActor):
         """Whether the pre-update hook is installed on the connection now."""
         self._disk_full: DiskFullError | None = None
         self._next_probe = 0.0
+        self._probe = 0
+        """Id of the write that probes the full disk now (0: none)."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -442,12 +444,14 @@ class WriterActor(RoleActor):
             self._alone.discard(op.id)
             self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
             return
-        if self._disk_full is not None:
+        if self._disk_full is not None and op.id != self._probe:
             if now < self._next_probe:
                 self._alone.discard(op.id)
                 self._fail(op, self._disk_full_error(now))
                 return
-            # This write is the probe: whatever it finds, the next is an interval away.
+            # This write is the probe (and so are its reruns, after a split group):
+            # whatever it finds, the next probe is an interval away.
+            self._probe = op.id
             self._next_probe = now + self.config.disk_full_probe_interval
         if not replayed:  # counted once, however often it runs
             self.counters.started += 1
@@ -621,8 +625,8 @@ class WriterActor(RoleActor):
         if batch:
             counters.commit_seq += 1
             self.hooks.version((counters.commit_seq, self._data_version))
-            if self._disk_full is not None:
-                self._leave_disk_full()
+            if self._disk_full is not None and self._wrote_frames:
+                self._leave_disk_full()  # (a commit that wrote nothing proves nothing)
         counters.batches += 1
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
@@ -922,10 +926,10 @@ class WriterActor(RoleActor):
         self._absorb_chain()
         if message.lost:
             # SQLite rolled back the batch under the transaction: replay the others.
-            self._in_transaction = False
-            self._lost_batch(TransactionAborted(f"transaction {message.tx_id} lost the batch"))
+            self._batch_lost(TransactionAborted(f"transaction {message.tx_id} lost the batch"))
             message.future.set_result(None)
-        elif message.commit:
+            return
+        if message.commit:
             self._add_return(message)
         else:
             message.future.set_result(None)
@@ -948,16 +952,34 @@ class WriterActor(RoleActor):
     def _revoke(self, lease: Lease, error: AtlasError) -> None:
         """Take ``lease`` back and roll its transaction back (unless it was returned)."""
         savepoint = lease.savepoint
+        lost = False
 
         def undo(connection: TrackedConnection) -> None:
-            connection.cursor.execute(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
+            nonlocal lost
+            if connection.connection.in_transaction:
+                connection.cursor.execute(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
+            else:
+                lost = True  # SQLite rolled the whole batch back already (no savepoint left)
 
         if not lease.revoke(error, undo):
             return  # given back meanwhile (its LeaseReturn is on its way, or handed over)
         self._lease = None
         self.hooks.lease_ended(lease)
         self._absorb_chain()
+        if lost:
+            self._batch_lost(TransactionAborted(f"transaction {lease.tx_id} lost the batch"))
+        else:
+            self._release_stash()
+
+    def _batch_lost(self, error: AtlasError) -> None:
+        """SQLite rolled the batch back during a lease: replay it, then what waited behind.
+
+        The batch's writes go in front of the lease queue and the stash: they were sent
+        first.
+        """
+        self._in_transaction = False
         self._release_stash()
+        self._lost_batch(error)  # puts the batch's writes in front of those
 
     def _release_stash(self) -> None:
         """Hand what waited behind the lease back to the mailbox, in front, in order."""
