@@ -395,9 +395,9 @@ class BareLeasePeer(Peer):
             else:
                 put(("return" if connection.in_transaction else "lost", done, box))
             done.acquire()  # committed
-            error = failed if failed is not None else box[0]
-            if error is not None:
-                raise error
+            outcome = failed if failed is not None else box[0]
+            if outcome is not None:
+                raise outcome
             return None
 
         return op, noop

@@ -1,0 +1,42 @@
+"""bench/instructions.py: its workloads run, and the count arithmetic is right."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from instructions import WORKLOADS, parse_collected, per_operation, run_transactions, run_writes
+
+
+@pytest.mark.parametrize("peer", WORKLOADS["writes"])
+def test_the_writes_workload_runs_and_lands(tmp_path: Path, peer: str) -> None:
+    path = tmp_path / "w.db"
+    run_writes(peer, 30, path)
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT count(*) FROM tasks").fetchone() == (30,)
+    assert connection.execute("SELECT value FROM counters").fetchone() == (30,)
+    connection.close()
+
+
+@pytest.mark.parametrize("peer", WORKLOADS["transactions"])
+def test_the_transactions_workload_runs(tmp_path: Path, peer: str) -> None:
+    path = tmp_path / "t.db"
+    run_transactions(peer, 10, path)
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT count(*) FROM ledger").fetchone() == (20,)
+    connection.close()
+
+
+def test_counts_are_read_from_valgrind_and_divided_per_operation() -> None:
+    stderr = "==1== Events    : Ir\n==1== Collected : 2221610287\n==1== I   refs: ..."
+    assert parse_collected(stderr, "x") == 2_221_610_287
+    with pytest.raises(RuntimeError, match="no count for x"):
+        parse_collected("valgrind: command not found", "x")
+    assert per_operation(100, 1_100, 5_000_000, 85_000_000) == 80_000
+    with pytest.raises(ValueError):
+        per_operation(100, 100, 1, 2)
