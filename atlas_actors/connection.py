@@ -12,6 +12,7 @@ import contextlib
 import enum
 import itertools
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 
 import apsw
 
-from atlas_actors.errors import wrap_sqlite_error
+from atlas_actors.errors import ValidationError, shorten, wrap_sqlite_error
 from atlas_actors.rows import Row, row_class_for
 from atlas_actors.rows import _by_description as _row_classes
 
@@ -32,6 +33,7 @@ __all__ = [
     "TrackedConnection",
     "WriteResult",
     "open_connection",
+    "refuse_transaction_control",
 ]
 
 Params = Sequence[Any] | dict[str, Any] | None
@@ -294,12 +296,19 @@ def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
 _RETURNS_ROWS = "returns rows"
 _INSERTS = "inserts"
 _OTHER = "other"
+_CONTROL = "transaction control"
 _write_kinds: dict[str, str] = {}
+_CONTROL_STATEMENT = re.compile(
+    r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def _write_kind(sql: str) -> str:
     """Classify a writing statement for :meth:`TrackedConnection.write` (cached)."""
-    if _returns_rows(sql):
+    if _CONTROL_STATEMENT.match(sql):
+        kind = _CONTROL  # the writer owns the transaction: refused
+    elif _returns_rows(sql):
         kind = _RETURNS_ROWS
     elif sql.lstrip()[:7].lower().startswith(("insert", "replace")):
         kind = _INSERTS  # its lastrowid is SQLite's last insert rowid if it changed rows
@@ -308,6 +317,20 @@ def _write_kind(sql: str) -> str:
     if len(_write_kinds) < 10_000:
         _write_kinds[sql] = kind
     return kind
+
+
+def refuse_transaction_control(sql: str) -> None:
+    """Raise ValidationError if ``sql`` begins, ends or marks a transaction itself.
+
+    Through the writer such a statement would commit, roll back or leave open the
+    writer's batch, which holds other callers' writes and the transaction savepoints.
+    """
+    if (_write_kinds.get(sql) or _write_kind(sql)) is _CONTROL:
+        raise ValidationError(
+            f"{shorten(sql)!r} controls a transaction, and the writer owns the "
+            "transaction its statements run in: use db.transaction() (and tx.commit(), "
+            "tx.rollback(), tx.savepoint(name), tx.rollback_to(name), tx.release(name))"
+        )
 
 
 _new_result = tuple.__new__
@@ -488,6 +511,8 @@ class TrackedConnection:
         # tuple's Python-level __new__.
         connection = self.connection
         kind = _write_kinds.get(sql) or _write_kind(sql)
+        if kind is _CONTROL:
+            refuse_transaction_control(sql)
         if kind is _RETURNS_ROWS:
             before = connection.last_insert_rowid()
             rows = self.query(sql, params)
@@ -528,6 +553,7 @@ class TrackedConnection:
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""
+        refuse_transaction_control(sql)
         connection = self.connection
         started = time.perf_counter()
         before_changes = connection.total_changes()

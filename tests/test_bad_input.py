@@ -79,3 +79,51 @@ def test_failing_writes_in_the_future_api_fail_their_own_future(db: atlas.Storag
     assert good.get(5).rowcount == 1
     assert isinstance(bad.exception(5), errors.ConstraintError)
     assert also_good.get(5).rowcount == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COMMIT",
+        "rollback",
+        "BEGIN IMMEDIATE",
+        "SAVEPOINT a",
+        "RELEASE a",
+        "END",
+        "/* a comment */ COMMIT",
+        "-- a comment\n  ROLLBACK",
+    ],
+)
+def test_transaction_control_through_the_writer_is_refused(db: atlas.Storage, sql: str) -> None:
+    """It would commit, roll back or leave open the writer's batch of others' writes."""
+    db.write("INSERT INTO tasks(title) VALUES ('before')")
+    pending = [
+        db.writer.execute("INSERT INTO tasks(title) VALUES (?)", [f"t{i}"]) for i in range(20)
+    ]
+    refused = db.writer.execute(sql)
+    pending += [
+        db.writer.execute("INSERT INTO tasks(title) VALUES (?)", [f"u{i}"]) for i in range(20)
+    ]
+    with pytest.raises(errors.ValidationError, match="controls a transaction"):
+        refused.get(10)
+    for future in pending:
+        future.get(10)
+    with pytest.raises(errors.ValidationError):
+        db.write_many(sql, [None])
+    assert db.query("SELECT count(*) FROM tasks")[0][0] == 41
+    assert db.supervisor.status().restarts == 0
+
+
+def test_transaction_control_inside_a_transaction_is_refused_and_it_goes_on(
+    db: atlas.Storage,
+) -> None:
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO tasks(title) VALUES ('kept')")
+        with pytest.raises(errors.ValidationError, match=r"tx\.rollback\(\)"):
+            tx.execute("ROLLBACK")
+        with pytest.raises(errors.ValidationError):
+            tx.query("COMMIT")
+        tx.execute("INSERT INTO tasks(title) VALUES ('also kept')")
+    db.write("INSERT INTO tasks(title) VALUES ('after')")  # the writer is free
+    titles = [row.title for row in db.query("SELECT title FROM tasks ORDER BY id")]
+    assert titles == ["kept", "also kept", "after"]

@@ -24,7 +24,12 @@ import apsw
 
 from atlas_actors.actors.writer_ops import LeaseRequest, LeaseReturn
 from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
-from atlas_actors.connection import Params, TrackedConnection, WriteResult
+from atlas_actors.connection import (
+    Params,
+    TrackedConnection,
+    WriteResult,
+    refuse_transaction_control,
+)
 from atlas_actors.errors import (
     AtlasError,
     OperationTimeout,
@@ -222,6 +227,7 @@ class Transaction:
                     if info is not None:
                         writes.update(info.writes)
                 if reading:
+                    refuse_transaction_control(sql)  # (write() refuses them itself)
                     result: Any = connection.query(sql, params)
                 else:
                     result = connection.write(sql, params)
