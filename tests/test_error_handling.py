@@ -6,6 +6,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -49,13 +50,7 @@ def test_disk_full_degrades_to_read_only_and_recovers_by_itself(open_storage: ob
 
 
 def test_while_the_disk_stays_full_one_write_per_interval_is_tried(open_storage: object) -> None:
-    db: atlas.Storage = open_storage(  # type: ignore[operator]
-        max_page_count=60, disk_full_probe_interval=0.3
-    )
-    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
-    with pytest.raises(errors.DiskFullError):
-        for i in range(1000):
-            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    db = _full_disk(open_storage, probe_interval=0.3)
     time.sleep(0.4)  # a probe is due
     refused = []
     for i in range(5):
@@ -68,13 +63,7 @@ def test_while_the_disk_stays_full_one_write_per_interval_is_tried(open_storage:
 
 
 def test_a_probe_that_fails_for_its_own_reason_reports_that_reason(open_storage: object) -> None:
-    db: atlas.Storage = open_storage(  # type: ignore[operator]
-        max_page_count=60, disk_full_probe_interval=0.3
-    )
-    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
-    with pytest.raises(errors.DiskFullError):
-        for i in range(1000):
-            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    db = _full_disk(open_storage, probe_interval=0.3)
     time.sleep(0.4)  # a probe is due
     # The probe is a duplicate key (it needs no page): it fails in its group, runs
     # again alone, and reports its own error, not a refusal.
@@ -83,19 +72,28 @@ def test_a_probe_that_fails_for_its_own_reason_reports_that_reason(open_storage:
 
 
 def test_a_transaction_that_writes_nothing_does_not_end_disk_full(open_storage: object) -> None:
-    db: atlas.Storage = open_storage(  # type: ignore[operator]
-        max_page_count=60, disk_full_probe_interval=30
-    )
-    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
     recovered = threading.Event()
-    db.events.on("recovered", lambda e: recovered.set())
-    with pytest.raises(errors.DiskFullError):
-        for i in range(1000):
-            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    db = _full_disk(open_storage, probe_interval=30, on_recovered=recovered.set)
     with db.transaction() as tx:
         tx.query("SELECT count(*) FROM blobs")
     assert not recovered.wait(0.5)
     assert db.health().status == "degraded"
+
+
+def _full_disk(
+    open_storage: object, *, probe_interval: float, on_recovered: Callable[[], None] | None = None
+) -> atlas.Storage:
+    """A storage whose database has hit its page limit (writes refused, reads go on)."""
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=60, disk_full_probe_interval=probe_interval
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    if on_recovered is not None:
+        db.events.on("recovered", lambda _: on_recovered())
+    with pytest.raises(errors.DiskFullError):
+        for i in range(1000):
+            db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    return db
 
 
 def _try(db: atlas.Storage, sql: str) -> bool:
