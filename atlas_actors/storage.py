@@ -33,7 +33,12 @@ from atlas_actors.actors.writer_ops import (
     in_writer_thread,
 )
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import ConnectionMetrics, Params, WriteResult
+from atlas_actors.connection import (
+    ConnectionMetrics,
+    Params,
+    WriteResult,
+    refuse_transaction_control,
+)
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
 from atlas_actors.future import Future
 from atlas_actors.query import Query
@@ -260,6 +265,7 @@ class Storage(Runtime):
     ) -> Future[list[Row]]:
         """Queue a read for a reader actor; returns a future of its rows."""
         self.check_usable()
+        refuse_transaction_control(sql)  # BEGIN would pin a shared reader's snapshot
         deadline = time.monotonic() + (self.config.default_timeout if timeout is None else timeout)
         future: Future[list[Row]] = Future(deadline, "query", sql)
         op = ReadOp(future, threading.get_ident(), self.tracing.current_context(), sql, params)

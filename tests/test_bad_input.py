@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import atlas_actors as atlas
@@ -127,3 +129,32 @@ def test_transaction_control_inside_a_transaction_is_refused_and_it_goes_on(
     db.write("INSERT INTO tasks(title) VALUES ('after')")  # the writer is free
     titles = [row.title for row in db.query("SELECT title FROM tasks ORDER BY id")]
     assert titles == ["kept", "also kept", "after"]
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_transaction_control_on_the_readers_is_refused(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    """BEGIN would leave a shared reader on an old snapshot: every later read stale."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+    db.write("INSERT INTO t VALUES (1, 0)")
+    with pytest.raises(errors.ValidationError, match="controls a transaction"):
+        db.query("BEGIN")
+    with pytest.raises(errors.ValidationError):
+        db.submit_query("BEGIN").get(10)
+    for _ in range(20):
+        db.query("SELECT v FROM t")
+    db.write("UPDATE t SET v = 1")
+    assert {db.query("SELECT v FROM t")[0][0] for _ in range(50)} == {1}
+
+
+def test_transaction_control_in_a_snapshot_read_is_refused(db: atlas.Storage) -> None:
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+    db.write("INSERT INTO t VALUES (1, 0)")
+    with db.transaction(isolation="repeatable_read") as tx:
+        assert tx.query("SELECT v FROM t")[0][0] == 0  # the snapshot is pinned
+        with pytest.raises(errors.ValidationError):
+            tx.query("COMMIT")  # would end the snapshot
+        db.write("UPDATE t SET v = 1")
+        assert tx.query("SELECT v FROM t")[0][0] == 0

@@ -376,3 +376,46 @@ class _Level(enum.StrEnum):
 def test_an_isolation_level_may_be_a_str_subclass(counter: atlas.Storage) -> None:
     with counter.transaction(isolation=_Level.SERIALIZABLE) as tx:
         assert tx.query("SELECT n FROM counter")[0].n == 0
+
+
+class _SlowInterruptLog(logging.Handler):
+    """Slow enough that the writer replays the lost batch while the error is logged."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "interrupted" in record.getMessage():
+            time.sleep(0.3)
+
+
+def _count_to(n: int, table: str) -> str:
+    return (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+        f"WHERE x < {n}) INSERT INTO {table} SELECT x FROM c"
+    )
+
+
+def test_a_statement_interrupted_by_its_lease_timeout_raises_the_timeout(
+    open_storage: object,
+) -> None:
+    """The writer revokes the lease, finds the batch lost and runs it again meanwhile:
+    the transaction must not touch the connection it no longer holds."""
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        transaction_timeout=0.3, max_batch_delay=30.0
+    )
+    db.execute("CREATE TABLE a(x)")
+    db.execute("CREATE TABLE big(x)")
+    slow = db.writer.execute(_count_to(1_000_000, "a"))  # runs again after the loss
+    time.sleep(0.05)
+    logger = logging.getLogger("atlas_actors")
+    handler, level = _SlowInterruptLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with pytest.raises(TransactionTimeout), db.transaction() as tx:
+            tx.query("SELECT 1")  # the lease, in the slow write's batch
+            tx.execute(_count_to(100_000_000, "big"))  # interrupted past the timeout
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert slow.get(30).rowcount == 1_000_000
+    assert db.supervisor.status().restarts == 0
+    assert db.query("SELECT count(*) FROM big") == [(0,)]

@@ -44,6 +44,7 @@ from atlas_actors.connection import (
     ConnectionState,
     Params,
     TrackedConnection,
+    refuse_transaction_control,
 )
 from atlas_actors.errors import (
     AtlasError,
@@ -571,6 +572,9 @@ class ReaderPool:
 
     def _query_general(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
         """:meth:`query` when the fast path does not apply (claims through _take if needed)."""
+        # A statement's first runs all come here, so a refused one never reaches the
+        # fast path: BEGIN would leave a shared reader on an old snapshot for good.
+        refuse_transaction_control(sql)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if (
             connection is None
@@ -612,6 +616,7 @@ class ReaderPool:
         The first time a statement text is seen, it is analyzed (prepared in EXPLAIN
         mode with an authorizer) on the claimed connection before it runs.
         """
+        refuse_transaction_control(sql)  # (as in _query_general)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if connection is None or not connection.lock.acquire(False):
             connection = self._take(timeout)

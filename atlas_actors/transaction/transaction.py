@@ -99,6 +99,7 @@ class Transaction:
         """Run a read in the transaction (what it sees depends on the isolation level)."""
         if self._lease is None and self.isolation != "serializable":
             self._check_active()
+            refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
             rows = self._read_before_writing(sql, params)
             self.operations += 1
             return rows
@@ -232,7 +233,9 @@ class Transaction:
                 else:
                     result = connection.write(sql, params)
         except AtlasError as error:
-            self._failed_on_writer(lease, error)
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
             raise
         self.operations += 1
         return result
@@ -242,16 +245,29 @@ class Transaction:
         try:
             return lease.run(fn)
         except AtlasError as error:
-            self._failed_on_writer(lease, error)
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
             raise
 
-    def _failed_on_writer(self, lease: Lease, error: AtlasError) -> None:
-        """Account ``error`` from the lent connection (the caller raises it)."""
+    def _failed_on_writer(self, lease: Lease, error: AtlasError) -> AtlasError:
+        """Account ``error`` from the lent connection; return the error to raise.
+
+        That is ``error``, unless the writer revoked the lease meanwhile (a timeout
+        interrupting the statement, say): then the lease's own error says what happened.
+        """
         if isinstance(error, TransactionError):  # revoked: timed out or the writer crashed
             self._fail(error)
-            return
+            return error
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
-        if not lease.connection.connection.in_transaction:
+        with lease.lock:  # the writer may have revoked the lease and be using the connection
+            revoked = lease.state is not LeaseState.ACTIVE
+            lost = not revoked and not lease.connection.connection.in_transaction
+        if revoked:
+            ended = lease.ended_error()  # the writer rolled it back (or replayed the batch)
+            self._fail(ended)
+            return ended
+        if lost:
             # SQLite rolled the whole batch back (SQLITE_FULL, IOERR, ON CONFLICT
             # ROLLBACK): so is this one. The lease goes back first (_fail forgets it), so
             # the writer replays the batch's other writes and serves the next at once.
@@ -263,6 +279,7 @@ class Transaction:
                         f"transaction {self.id} was rolled back by SQLite after an error"
                     )
                 )
+        return error
 
     def _writer(self) -> Lease:
         self._check_active()
