@@ -1,10 +1,13 @@
 """Instructions per operation: atlas beside its yardsticks, counted by valgrind.
 
 Timings of single calls move by half on a shared machine; the number of instructions a
-process executes does not (``valgrind --tool=callgrind`` counts them, about 50x slower
-than a normal run). Each workload runs twice in a child process, with a few and with
-many operations, and the difference divided by the difference in operations is the cost
-of one operation, start-up excluded:
+process executes moves far less (``valgrind --tool=callgrind`` counts them, about 50x
+slower than a normal run). It still moves: thread interleavings and garbage collection
+differ from run to run (identical runs of 20 operations differed by 3.6 million
+instructions in total), so keep ``--many`` well above ``--few`` (at least 500 more) and
+compare figures of the same settings. Each workload runs twice in a child process, with
+a few and with many operations, and the difference divided by the difference in
+operations is the cost of one operation, start-up excluded:
 
 * ``writes``: one thread queues ``write_all([insert, update])`` calls behind a writer
   that is busy, then lets it run them (so they are group-committed, as under load);
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -40,6 +44,9 @@ WORKLOADS = {
     "transactions": ("atlas.tx", "bare-lease"),
 }
 """Workload → (atlas's variant, the yardstick)."""
+
+MIN_SPAN = 500
+"""Fewest operations between the two runs: below it, run-to-run noise swamps the cost."""
 
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
@@ -122,8 +129,12 @@ def count(workload: str, peer_name: str, operations: int, directory: Path) -> in
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts every run
     )
-    return parse_collected(result.stderr, f"{workload} {peer_name} x{operations}")
+    what = f"{workload} {peer_name} x{operations}"
+    if result.returncode != 0:
+        raise RuntimeError(f"the child for {what} failed:\n{result.stderr[-2000:]}")
+    return parse_collected(result.stderr, what)
 
 
 def parse_collected(stderr: str, what: str) -> int:
@@ -168,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = run_writes if workload == "writes" else run_transactions
         runner(peer_name, int(operations), Path(path))
         return 0
+    if args.many - args.few < MIN_SPAN:
+        print(f"--many must exceed --few by at least {MIN_SPAN}", file=sys.stderr)
+        return 2
     workloads = args.workloads.split(",")
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
