@@ -10,7 +10,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from instructions import WORKLOADS, parse_collected, per_operation, run_transactions, run_writes
+from instructions import (
+    MIN_SPAN,
+    WORKLOADS,
+    main,
+    parse_collected,
+    per_operation,
+    run_transactions,
+    run_writes,
+)
 
 
 @pytest.mark.parametrize("peer", WORKLOADS["writes"])
@@ -40,3 +48,10 @@ def test_counts_are_read_from_valgrind_and_divided_per_operation() -> None:
     assert per_operation(100, 1_100, 5_000_000, 85_000_000) == 80_000
     with pytest.raises(ValueError):
         per_operation(100, 100, 1, 2)
+
+
+def test_a_span_too_small_to_rise_above_the_noise_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--few", "100", "--many", str(100 + MIN_SPAN - 1)]) == 2
+    assert "at least" in capsys.readouterr().err
