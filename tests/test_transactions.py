@@ -7,6 +7,7 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -327,11 +328,29 @@ def test_after_a_lost_batch_earlier_writes_run_before_those_stashed_behind_the_l
 
 
 class _SlowLog(logging.Handler):
-    """A log sink slow enough for the lease to expire while the error is logged."""
+    """A log sink that takes ``delay`` seconds over messages containing ``word``."""
+
+    def __init__(self, word: str, delay: float) -> None:
+        super().__init__()
+        self.word, self.delay = word, delay
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "Constraint" in record.getMessage():
-            time.sleep(1.0)
+        if self.word in record.getMessage():
+            time.sleep(self.delay)
+
+
+@contextlib.contextmanager
+def _slow_logging(word: str, delay: float) -> Iterator[None]:
+    """atlas's log goes through a slow sink (a network or a full disk, say) meanwhile."""
+    logger = logging.getLogger("atlas_actors")
+    handler, level = _SlowLog(word, delay), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_a_lost_batch_whose_lease_expires_meanwhile_does_not_crash_the_writer(
@@ -340,16 +359,9 @@ def test_a_lost_batch_whose_lease_expires_meanwhile_does_not_crash_the_writer(
     db: atlas.Storage = open_storage(transaction_timeout=0.3)  # type: ignore[operator]
     db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
     db.write("INSERT INTO t VALUES (1)")
-    logger = logging.getLogger("atlas_actors")
-    handler, level = _SlowLog(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        with pytest.raises(AtlasError), db.transaction() as tx:
-            tx.execute("INSERT OR ROLLBACK INTO t VALUES (1)")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    # The lease expires while the statement's error is logged.
+    with _slow_logging("Constraint", 1.0), pytest.raises(AtlasError), db.transaction() as tx:
+        tx.execute("INSERT OR ROLLBACK INTO t VALUES (1)")
     db.write("INSERT INTO t VALUES (2)")
     assert db.supervisor.status().restarts == 0
 
@@ -378,14 +390,6 @@ def test_an_isolation_level_may_be_a_str_subclass(counter: atlas.Storage) -> Non
         assert tx.query("SELECT n FROM counter")[0].n == 0
 
 
-class _SlowInterruptLog(logging.Handler):
-    """Slow enough that the writer replays the lost batch while the error is logged."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "interrupted" in record.getMessage():
-            time.sleep(0.3)
-
-
 def _count_to(n: int, table: str) -> str:
     return (
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
@@ -405,17 +409,14 @@ def test_a_statement_interrupted_by_its_lease_timeout_raises_the_timeout(
     db.execute("CREATE TABLE big(x)")
     slow = db.writer.execute(_count_to(1_000_000, "a"))  # runs again after the loss
     time.sleep(0.05)
-    logger = logging.getLogger("atlas_actors")
-    handler, level = _SlowInterruptLog(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        with pytest.raises(TransactionTimeout), db.transaction() as tx:
-            tx.query("SELECT 1")  # the lease, in the slow write's batch
-            tx.execute(_count_to(100_000_000, "big"))  # interrupted past the timeout
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    # The writer replays the lost batch while the interruption is logged.
+    with (
+        _slow_logging("interrupted", 0.3),
+        pytest.raises(TransactionTimeout),
+        db.transaction() as tx,
+    ):
+        tx.query("SELECT 1")  # the lease, in the slow write's batch
+        tx.execute(_count_to(100_000_000, "big"))  # interrupted past the timeout
     assert slow.get(30).rowcount == 1_000_000
     assert db.supervisor.status().restarts == 0
     assert db.query("SELECT count(*) FROM big") == [(0,)]
