@@ -267,18 +267,17 @@ def recheck_due(uses: int) -> bool:
 
 _PLAIN_WRITES = frozenset({"insert", "update", "delete", "replac", "create", "drop", "alter"})
 """Statement prefixes that return no rows (unless they say RETURNING)."""
-_returns_rows_cache: dict[str, bool] = {}
 
 
 def _returns_rows(sql: str) -> bool:
-    """Guess whether ``sql`` may return rows, cached per statement text."""
-    answer = _returns_rows_cache.get(sql)
-    if answer is None:
-        lowered = sql.lower()
-        answer = "returning" in lowered or lowered.lstrip()[:6] not in _PLAIN_WRITES
-        if len(_returns_rows_cache) < 10_000:
-            _returns_rows_cache[sql] = answer
-    return answer
+    """Guess whether ``sql`` may return rows (:func:`_write_kind` caches the answer)."""
+    lowered = sql.lower()
+    return "returning" in lowered or lowered.lstrip()[:6] not in _PLAIN_WRITES
+
+
+def _inserts(sql: str) -> bool:
+    """True for an INSERT or REPLACE (its lastrowid is SQLite's if it changed rows)."""
+    return sql.lstrip()[:7].lower().startswith(("insert", "replace"))
 
 
 def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
@@ -288,7 +287,7 @@ def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
     the previous one (``INSERT OR REPLACE`` of the same row twice). For other statements
     (say one starting with WITH) a rowid that moved is the only sign of an insert.
     """
-    if sql.lstrip()[:7].lower().startswith(("insert", "replace")):
+    if _inserts(sql):
         return after if rowcount > 0 else None
     return after if after != before else None
 
@@ -310,8 +309,8 @@ def _write_kind(sql: str) -> str:
         kind = _CONTROL  # the writer owns the transaction: refused
     elif _returns_rows(sql):
         kind = _RETURNS_ROWS
-    elif sql.lstrip()[:7].lower().startswith(("insert", "replace")):
-        kind = _INSERTS  # its lastrowid is SQLite's last insert rowid if it changed rows
+    elif _inserts(sql):
+        kind = _INSERTS
     else:
         kind = _OTHER  # a rowid that moved is the only sign of an insert (a trigger's)
     if len(_write_kinds) < 10_000:
@@ -326,11 +325,15 @@ def refuse_transaction_control(sql: str) -> None:
     writer's batch, which holds other callers' writes and the transaction savepoints.
     """
     if (_write_kinds.get(sql) or _write_kind(sql)) is _CONTROL:
-        raise ValidationError(
-            f"{shorten(sql)!r} controls a transaction, and the writer owns the "
-            "transaction its statements run in: use db.transaction() (and tx.commit(), "
-            "tx.rollback(), tx.savepoint(name), tx.rollback_to(name), tx.release(name))"
-        )
+        raise _control_error(sql)
+
+
+def _control_error(sql: str) -> ValidationError:
+    return ValidationError(
+        f"{shorten(sql)!r} controls a transaction, and the writer owns the "
+        "transaction its statements run in: use db.transaction() (and tx.commit(), "
+        "tx.rollback(), tx.savepoint(name), tx.rollback_to(name), tx.release(name))"
+    )
 
 
 _new_result = tuple.__new__
@@ -512,7 +515,7 @@ class TrackedConnection:
         connection = self.connection
         kind = _write_kinds.get(sql) or _write_kind(sql)
         if kind is _CONTROL:
-            refuse_transaction_control(sql)
+            raise _control_error(sql)
         if kind is _RETURNS_ROWS:
             before = connection.last_insert_rowid()
             rows = self.query(sql, params)

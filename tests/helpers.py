@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+def run_in_threads(count: int, work: Callable[[int], object], timeout: float = 60.0) -> None:
+    """Run ``work(index)`` in ``count`` threads at once and wait for them all."""
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
 
 
 def delay_on_crash(

@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from transactions import BareLeasePeer, prepare, verify
 
+from tests.helpers import run_in_threads
+
 ACCOUNTS = 50
 
 
@@ -38,11 +40,7 @@ def test_many_threads_every_acknowledged_transfer_lands(tmp_path: Path) -> None:
             done[index] += 1
         finish()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_in_threads(8, worker)
     peer.close()
     assert done == [60] * 8
     assert verify(path, ACCOUNTS, acknowledged=480) == []

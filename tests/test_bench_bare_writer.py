@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from writes import SCHEMA, BareWriterPeer
 
+from tests.helpers import run_in_threads
+
 
 def _prepared(tmp_path: Path) -> Path:
     path = tmp_path / "bare.db"
@@ -37,11 +39,7 @@ def test_many_threads_each_operation_lands_once(tmp_path: Path) -> None:
             done[index] += 1
         finish()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_in_threads(8, worker)
     peer.close()
     assert done == [50] * 8
     connection = sqlite3.connect(path)

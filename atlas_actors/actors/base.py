@@ -159,16 +159,12 @@ class Mailbox:
 
     def get(self) -> Letter:
         """Take the next message, replayed ones first; blocks while there is none."""
-        if self._front:
-            try:
-                return self._front.popleft()
-            except IndexError:
-                pass
-        envelope = self._queue.get()
-        if self._senders_waiting:
-            with self._room:
-                self._room.notify()
-        return envelope
+        letter = self.take_nowait()
+        if letter is None:
+            letter = self._queue.get()
+            if self._senders_waiting:
+                self._wake_a_sender()
+        return letter
 
     def take_nowait(self) -> Letter | None:
         """Take the next message like :meth:`get`, or None at once if there is none."""
@@ -182,9 +178,13 @@ class Mailbox:
         except queue.Empty:
             return None
         if self._senders_waiting:
-            with self._room:
-                self._room.notify()
+            self._wake_a_sender()
         return envelope
+
+    def _wake_a_sender(self) -> None:
+        """A message was taken: one sender waiting for room may queue its own."""
+        with self._room:
+            self._room.notify()
 
     def put_back(self, envelope: Letter) -> None:
         """Return a message just taken to the front, to be taken again first."""
