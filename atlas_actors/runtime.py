@@ -127,6 +127,7 @@ class Runtime:
         self._shm: ShmCounter | None = None
         self.transactions = TransactionManager(self)  # type: ignore[arg-type]
         """Transactions: ``begin()``, ``run(fn)``, ``status()``."""
+        self.transactions.graph.track(LEASE, self.lease_owners, "transaction {}")
         self._supervisor_ref = SupervisorActor.start(
             config=config,
             events=self.events,
@@ -468,7 +469,6 @@ class Runtime:
         self._leases[lease.tx_id] = lease
         self.lease_owners[lease.owner] = lease.tx_id
         self.guarded_threads.add(lease.owner)
-        self.transactions.graph.hold(lease.owner, LEASE, f"transaction {lease.tx_id}")
 
     def _lease_ended(self, lease: Lease) -> None:
         self._leases.pop(lease.tx_id, None)
@@ -476,7 +476,6 @@ class Runtime:
         self.lease_owners.pop(lease.owner, None)
         if lease.owner not in self.writer_threads:
             self.guarded_threads.discard(lease.owner)
-        self.transactions.graph.release(lease.owner, LEASE)
 
     def writer_lease_status(self) -> tuple[int | None, int, float]:
         """(transaction holding the lease, writes waiting behind it, oldest wait)."""

@@ -37,7 +37,14 @@ __all__ = [
     "mark_writer_thread",
 ]
 
-_local = threading.local()
+
+class _ThreadFlags(threading.local):
+    writer = False
+    """True in a writer's thread. A class default, not getattr(..., False): a missing
+    attribute raises and catches an AttributeError, asked on every wait for the writer."""
+
+
+_local = _ThreadFlags()
 
 
 def mark_writer_thread() -> None:
@@ -47,7 +54,7 @@ def mark_writer_thread() -> None:
 
 def in_writer_thread() -> bool:
     """True in a writer actor's thread (code run by ``run_in_writer``)."""
-    return getattr(_local, "writer", False)
+    return _local.writer
 
 
 class WriterOp(Op):

@@ -6,17 +6,26 @@ it wants, and what *they* wait for, and so on; if the path comes back to the ses
 the wait would never end, so it is refused at once with :class:`DeadlockError` naming
 the cycle. A resource with several units (the reader pool) only closes a cycle when
 every holder leads back to the waiter and the pool cannot grow.
+
+A wait can only close a cycle if the waiting session holds something, so the common
+case (a session holding nothing) is answered without a lock. A resource whose holders
+some other part keeps already (the writer lease) is *tracked* instead of copied: the
+graph reads that mapping when it searches.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from atlas_actors.errors import DeadlockError
 
 __all__ = ["WaitForGraph"]
+
+
+def _always() -> bool:
+    return True
 
 
 class WaitForGraph:
@@ -25,49 +34,84 @@ class WaitForGraph:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holders: defaultdict[str, dict[int, str]] = defaultdict(dict)
+        self._held: dict[int, int] = {}
+        """Session → how many resources it holds (recorded ones; tracked ones apart)."""
+        self._tracked: dict[str, tuple[Mapping[int, object], str]] = {}
         self._waiting: dict[int, str] = {}
+
+    def track(self, resource: str, holders: Mapping[int, object], label: str) -> None:
+        """Take ``resource``'s holders from a live mapping (session → what it holds by).
+
+        ``label`` formats a value of the mapping for messages (``"transaction {}"``).
+        The mapping's owner keeps it up to date; the graph only reads it.
+        """
+        self._tracked[resource] = (holders, label)
 
     def hold(self, session: int, resource: str, label: str) -> None:
         """Record that ``session`` holds ``resource`` (``label`` names it in messages)."""
         with self._lock:
-            self._holders[resource][session] = label
+            holders = self._holders[resource]
+            if session not in holders:
+                self._held[session] = self._held.get(session, 0) + 1
+            holders[session] = label
 
     def release(self, session: int, resource: str) -> None:
         """Record that ``session`` no longer holds ``resource``."""
         with self._lock:
-            self._holders[resource].pop(session, None)
+            if self._holders[resource].pop(session, None) is not None:
+                left = self._held.pop(session) - 1
+                if left:
+                    self._held[session] = left
 
     def holders(self, resource: str) -> dict[int, str]:
         """Sessions holding ``resource``, with their labels."""
         with self._lock:
-            return dict(self._holders[resource])
+            return self._holders_of(resource)
+
+    def _holders_of(self, resource: str) -> dict[int, str]:
+        tracked = self._tracked.get(resource)
+        if tracked is None:
+            return dict(self._holders.get(resource, {}))
+        mapping, label = tracked
+        return {session: label.format(value) for session, value in list(mapping.items())}
+
+    def _holds_anything(self, session: int) -> bool:
+        if session in self._held:
+            return True
+        for mapping, _ in self._tracked.values():  # noqa: SIM110 (no generator per call)
+            if session in mapping:
+                return True
+        return False
 
     def check(
         self,
         session: int,
         resource: str,
         *,
-        all_units_taken: Callable[[], bool] = lambda: True,
-        advice: str = "",
+        all_units_taken: Callable[[], bool] = _always,
+        advice: str | Callable[[], str] = "",
     ) -> None:
-        """Raise DeadlockError if ``session`` waiting for ``resource`` closes a cycle."""
+        """Raise DeadlockError if ``session`` waiting for ``resource`` closes a cycle.
+
+        ``advice`` (text, or a function making it) says what to do instead.
+        """
+        if not self._holds_anything(session):
+            return  # every cycle through a wait passes through something the waiter holds
         with self._lock:
             cycle = self._cycle(session, resource, all_units_taken())
         if cycle is not None:
+            text = advice() if callable(advice) else advice
             raise DeadlockError(
-                cycle,
-                advice or "the wait could never end; end the transaction you hold first",
+                cycle, text or "the wait could never end; end the transaction you hold first"
             )
 
     def waiting(self, session: int, resource: str) -> None:
         """Record that ``session`` now waits for ``resource`` (call ``done_waiting`` after)."""
-        with self._lock:
-            self._waiting[session] = resource
+        self._waiting[session] = resource  # one dict store: atomic, no lock needed
 
     def done_waiting(self, session: int) -> None:
         """Record that ``session`` stopped waiting."""
-        with self._lock:
-            self._waiting.pop(session, None)
+        self._waiting.pop(session, None)
 
     def waits(self) -> dict[int, str]:
         """Sessions currently waiting, with the resource each waits for."""
@@ -87,7 +131,7 @@ class WaitForGraph:
         path: list[str],
         seen: set[int],
     ) -> list[str] | None:
-        holders = self._holders.get(resource, {})
+        holders = self._holders_of(resource)
         if not holders:
             return None
         multi = len(holders) > 1 or resource.startswith("pool:")

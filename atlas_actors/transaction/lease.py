@@ -79,13 +79,13 @@ class Lease:
                 raise self.ended_error()
             return fn(self.connection)
 
-    def give_back(self, fn: Callable[[TrackedConnection], object]) -> None:
-        """Run ``fn`` (release or roll back the savepoint) and end the lease."""
+    def give_back(self, sql: str) -> None:
+        """Run ``sql`` (release or roll back the savepoint) and end the lease."""
         with self.lock:
             if self.state is not LeaseState.ACTIVE:
                 raise self.ended_error()
             try:
-                fn(self.connection)
+                self.connection.cursor.execute(sql)
             finally:
                 self.state = LeaseState.RETURNED
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -139,19 +140,22 @@ class Transaction:
 
     def commit(self) -> None:
         """Commit; returns once the changes are committed (and synced, with FULL)."""
-        self._check_active()
+        if self.state != "active":
+            self._check_active()
         lease = self._lease
         try:
             if lease is not None:
-                savepoint = lease.savepoint
-                lease.give_back(lambda c: c.cursor.execute(f"RELEASE {savepoint}"))
-                self._give_back(commit=True, tables=self._writes)
+                lease.give_back(f"RELEASE {lease.savepoint}")
+                self._lease = None
+                self._manager.return_lease(self, lease, commit=True, tables=self._writes)
         except AtlasError as error:
             self._fail(error)
             raise
         finally:
-            self._drop_reader()
-        self._finish("committed")
+            if self._reader is not None:
+                self._drop_reader()
+        self.state = "committed"
+        self._manager.ended(self)
 
     def rollback(self) -> None:
         """Undo the whole transaction. Harmless once it has ended."""
@@ -163,9 +167,7 @@ class Transaction:
             if lease is not None:
                 savepoint = lease.savepoint
                 try:
-                    lease.give_back(
-                        lambda c: c.cursor.execute(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
-                    )
+                    lease.give_back(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
                 except TransactionError:
                     pass  # revoked already: the writer rolled it back
                 else:
@@ -183,7 +185,9 @@ class Transaction:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._manager.pop(self)
+        stack = self._manager._stack()
+        if stack and stack[-1] is self:
+            stack.pop()
         if exc_type is None:
             if self.state == "active":
                 self.commit()
@@ -282,7 +286,8 @@ class Transaction:
         return error
 
     def _writer(self) -> Lease:
-        self._check_active()
+        if self.state != "active":
+            self._check_active()
         if self._lease is None:
             self._lease = self._manager.acquire_lease(self)
             if self._reader is not None:
@@ -328,14 +333,10 @@ class Transaction:
                 reader.query("ROLLBACK")
             self._manager.unpin_reader(self, reader)
 
-    def _give_back(
-        self, *, commit: bool, lost: bool = False, tables: set[str] | None = None
-    ) -> None:
+    def _give_back(self, *, commit: bool, lost: bool = False) -> None:
         lease, self._lease = self._lease, None
-        if lease is None:
-            return
-        written = frozenset(tables) if tables is not None else None
-        self._manager.return_lease(self, lease, commit=commit, lost=lost, tables=written)
+        if lease is not None:
+            self._manager.return_lease(self, lease, commit=commit, lost=lost)
 
     def _fail(self, error: AtlasError) -> None:
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
@@ -523,12 +524,6 @@ class TransactionManager:
             stack = self._local.stack = []
         return stack
 
-    def pop(self, tx: Transaction) -> None:
-        """Leave ``tx``'s ``with`` block."""
-        stack = self._stack()
-        if stack and stack[-1] is tx:
-            stack.pop()
-
     def ended(self, tx: Transaction) -> None:
         """Count an ended transaction and forget it."""
         with self._lock:
@@ -542,38 +537,36 @@ class TransactionManager:
     def acquire_lease(self, tx: Transaction) -> Lease:
         """Borrow the write connection for ``tx`` (waiting behind other transactions)."""
         me = threading.get_ident()
-        self.graph.check(
+        graph = self.graph
+        graph.check(
             me,
             LEASE,
-            advice=f"transaction {tx.id} would wait for the writer lease its own thread "
-            "holds: commit or roll back the other transaction first",
+            advice=lambda: (
+                f"transaction {tx.id} would wait for the writer lease its own "
+                "thread holds: commit or roll back the other transaction first"
+            ),
         )
-        expected = self._expected_version(tx)
+        expected = None
+        if tx.isolation == "repeatable_read" and tx._reader is not None:
+            # A snapshot whose version could not be pinned conflicts on purpose.
+            expected = tx._snapshot if tx._snapshot is not None else (-1, -1)
         storage = self.storage
-        deadline_timeout = storage.config.default_timeout
-        self.graph.waiting(me, LEASE)
+        graph.waiting(me, LEASE)
         try:
-            future = storage.writer.submit(
+            lease: Lease = storage.writer.submit(
                 LeaseRequest,
                 f"transaction {tx.id}: lease",
                 None,
                 (tx.id, tx._timeout, expected),
-                deadline_timeout,
+                storage.config.default_timeout,
                 traced=False,
-            )
-            lease: Lease = future.get()
+            ).get()
         except AtlasError as error:
             tx._fail(error)
             raise
         finally:
-            self.graph.done_waiting(me)
+            graph.done_waiting(me)
         return lease
-
-    def _expected_version(self, tx: Transaction) -> tuple[int, int] | None:
-        if tx.isolation != "repeatable_read" or tx._reader is None:
-            return None
-        # A snapshot whose version could not be pinned conflicts on purpose.
-        return tx._snapshot if tx._snapshot is not None else (-1, -1)
 
     def return_lease(
         self,
@@ -582,23 +575,24 @@ class TransactionManager:
         *,
         commit: bool,
         lost: bool = False,
-        tables: frozenset[str] | None = None,
+        tables: set[str] | None = None,
     ) -> None:
         """Give the write connection back; on commit, wait for the group commit.
 
-        A commit first offers the connection straight to the next transaction waiting
-        for it (``lease.hand_over``), saving the trip through the writer.
+        ``tables`` are those the transaction changed (None: unknown). A commit first
+        offers the connection straight to the next transaction waiting for it
+        (``lease.hand_over``), saving the trip through the writer.
         """
         hand_over = lease.hand_over if commit and not lost else None
         future = self.storage.writer.submit(
             LeaseReturn,
             f"transaction {tx.id}: {'commit' if commit else 'rollback'}",
             None,
-            (tx.id, commit, lost, tables),
+            (tx.id, commit, lost, frozenset(tables) if tables is not None else None),
             None,
             traced=False,
             check=False,
-            deliver=(lambda op: hand_over(lease, op)) if hand_over is not None else None,
+            deliver=partial(hand_over, lease) if hand_over is not None else None,
         )
         try:
             future.get()

@@ -1,0 +1,87 @@
+"""The wait-for graph on its own (pure logic, no threads): cycles, tracked holders."""
+
+from __future__ import annotations
+
+import pytest
+
+from atlas_actors.errors import DeadlockError
+from atlas_actors.transaction.deadlock import WaitForGraph
+
+
+def test_a_wait_for_what_the_session_holds_itself_is_a_cycle() -> None:
+    graph = WaitForGraph()
+    graph.hold(1, "lease", "transaction 7")
+    with pytest.raises(DeadlockError, match="transaction 7"):
+        graph.check(1, "lease")
+
+
+def test_a_cycle_through_another_session_names_every_step() -> None:
+    graph = WaitForGraph()
+    graph.hold(1, "a", "tx 1")
+    graph.hold(2, "b", "tx 2")
+    graph.waiting(2, "a")  # 2 holds b and waits for a, which 1 holds
+    with pytest.raises(DeadlockError) as caught:
+        graph.check(1, "b")  # 1 waiting for b would close the cycle
+    text = str(caught.value)
+    assert "held by thread 2 (tx 2)" in text
+    assert "which waits for a" in text
+    assert "held by thread 1 (tx 1)" in text
+    graph.done_waiting(2)
+    graph.check(1, "b")  # 2 no longer waits: no cycle
+
+
+def test_holders_of_a_tracked_resource_come_from_the_live_mapping() -> None:
+    graph = WaitForGraph()
+    owners: dict[int, int] = {}
+    graph.track("lease", owners, "transaction {}")
+    graph.check(1, "lease")  # nobody holds it
+    owners[1] = 42
+    assert graph.holders("lease") == {1: "transaction 42"}
+    with pytest.raises(DeadlockError, match="transaction 42"):
+        graph.check(1, "lease")
+    del owners[1]
+    graph.check(1, "lease")
+
+
+def test_a_session_that_holds_nothing_is_never_refused() -> None:
+    graph = WaitForGraph()
+    graph.hold(2, "a", "tx 2")
+    graph.waiting(2, "a")  # inconsistent on purpose: 2 waits for what it holds
+    graph.check(1, "a")  # 1 holds nothing, so no cycle can pass through it
+
+
+def test_holding_twice_counts_once_and_one_release_frees() -> None:
+    graph = WaitForGraph()
+    graph.hold(1, "a", "first")
+    graph.hold(1, "a", "second")
+    assert graph.holders("a") == {1: "second"}
+    graph.release(1, "a")
+    assert graph.holders("a") == {}
+    graph.release(1, "a")  # releasing what is not held changes nothing
+    graph.check(1, "a")
+
+
+def test_advice_may_be_made_only_when_a_cycle_is_found() -> None:
+    graph = WaitForGraph()
+    made: list[int] = []
+
+    def advice() -> str:
+        made.append(1)
+        return "commit first"
+
+    graph.check(1, "a", advice=advice)
+    assert made == []
+    graph.hold(1, "a", "tx 1")
+    with pytest.raises(DeadlockError, match="commit first"):
+        graph.check(1, "a", advice=advice)
+    assert made == [1]
+
+
+def test_a_pool_cycle_needs_every_unit_taken() -> None:
+    graph = WaitForGraph()
+    graph.hold(1, "lease", "tx 1")
+    graph.hold(2, "pool:readers", "tx 2")
+    graph.waiting(2, "lease")
+    graph.check(1, "pool:readers", all_units_taken=lambda: False)  # the pool can grow
+    with pytest.raises(DeadlockError):
+        graph.check(1, "pool:readers", all_units_taken=lambda: True)
