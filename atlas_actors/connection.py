@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, NamedTuple
@@ -303,9 +303,35 @@ _CONTROL_STATEMENT = re.compile(
 )
 
 
+def _statements(sql: str) -> Iterator[str]:
+    """The statements of ``sql``, each with its ``;`` (SQLite decides where one ends).
+
+    ``sql`` is cut at a ``;`` only where ``sqlite3_complete`` says a statement ends, so
+    a ``;`` in a string, a comment or a trigger's body does not cut it.
+    """
+    start = 0
+    end = sql.find(";")
+    while end >= 0:
+        if apsw.complete(sql[start : end + 1]):
+            yield sql[start : end + 1]
+            start = end + 1
+        end = sql.find(";", end + 1)
+    if sql[start:].strip():
+        yield sql[start:]
+
+
+def _controls_a_transaction(sql: str) -> bool:
+    """True if any statement of ``sql`` begins, ends or marks a transaction."""
+    if _CONTROL_STATEMENT.match(sql):
+        return True
+    if ";" not in sql.rstrip().rstrip(";"):
+        return False  # one statement
+    return any(_CONTROL_STATEMENT.match(statement) for statement in _statements(sql))
+
+
 def _write_kind(sql: str) -> str:
     """Classify a writing statement for :meth:`TrackedConnection.write` (cached)."""
-    if _CONTROL_STATEMENT.match(sql):
+    if _controls_a_transaction(sql):
         kind = _CONTROL  # the writer owns the transaction: refused
     elif _returns_rows(sql):
         kind = _RETURNS_ROWS

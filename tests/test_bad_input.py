@@ -94,6 +94,9 @@ def test_failing_writes_in_the_future_api_fail_their_own_future(db: atlas.Storag
         "END",
         "/* a comment */ COMMIT",
         "-- a comment\n  ROLLBACK",
+        "INSERT INTO tasks(title) VALUES ('x'); COMMIT",
+        "UPDATE tasks SET title = title;\n/* then */ rollback;",
+        "INSERT INTO tasks(title) VALUES ('y'); SAVEPOINT a; INSERT INTO tasks(title) VALUES ('z')",
     ],
 )
 def test_transaction_control_through_the_writer_is_refused(db: atlas.Storage, sql: str) -> None:
@@ -114,6 +117,20 @@ def test_transaction_control_through_the_writer_is_refused(db: atlas.Storage, sq
         db.write_many(sql, [None])
     assert db.query("SELECT count(*) FROM tasks")[0][0] == 41
     assert db.supervisor.status().restarts == 0
+
+
+def test_several_statements_without_transaction_control_run(db: atlas.Storage) -> None:
+    """Only a statement of its own counts: not a word in a string, comment or trigger."""
+    db.write(
+        "CREATE TABLE log(entry TEXT); "
+        "CREATE TRIGGER logged AFTER INSERT ON tasks BEGIN "
+        "INSERT INTO log(entry) VALUES ('commit'); END;"
+    )
+    db.write("INSERT INTO tasks(title) VALUES ('a; COMMIT'); -- ROLLBACK\n")
+    db.write("INSERT INTO tasks(title) VALUES ('b'); /* END */ INSERT INTO tasks(title) SELECT 'c'")
+    titles = [row.title for row in db.query("SELECT title FROM tasks ORDER BY id")]
+    assert titles == ["a; COMMIT", "b", "c"]
+    assert db.query("SELECT count(*) FROM log")[0][0] == 3
 
 
 def test_transaction_control_inside_a_transaction_is_refused_and_it_goes_on(
@@ -143,6 +160,8 @@ def test_transaction_control_on_the_readers_is_refused(
         db.query("BEGIN")
     with pytest.raises(errors.ValidationError):
         db.submit_query("BEGIN").get(10)
+    with pytest.raises(errors.ValidationError):
+        db.query("SELECT v FROM t; BEGIN")  # the read runs, then pins the snapshot
     for _ in range(20):
         db.query("SELECT v FROM t")
     db.write("UPDATE t SET v = 1")
