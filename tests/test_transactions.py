@@ -82,6 +82,18 @@ def test_savepoints_roll_back_and_release(counter: atlas.Storage) -> None:
     assert _n(counter) == 4
 
 
+def test_a_savepoint_may_not_take_the_name_of_a_transactions_own(counter: atlas.Storage) -> None:
+    """Named tx<id>, rolling the transaction back would undo only what followed it."""
+    with pytest.raises(RuntimeError, match="undo"), counter.transaction() as tx:
+        tx.execute("UPDATE counter SET n = 1")
+        for name in (f"tx{tx.id}", f"TX{tx.id}", "tx12345"):
+            with pytest.raises(ValidationError, match="reserved"):
+                tx.savepoint(name)
+        tx.execute("UPDATE counter SET n = 2")
+        raise RuntimeError("undo the whole transaction")
+    assert _n(counter) == 0
+
+
 def test_nested_blocks_in_one_thread_become_savepoints(counter: atlas.Storage) -> None:
     with counter.transaction() as outer:
         outer.execute("UPDATE counter SET n = 1")

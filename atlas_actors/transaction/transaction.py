@@ -53,6 +53,7 @@ T = TypeVar("T")
 
 _ids = itertools.count(1)
 _SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_RESERVED_SAVEPOINT = re.compile(r"tx[0-9]+\Z", re.IGNORECASE)
 _SNAPSHOT_ATTEMPTS = 20
 LEASE = "the writer lease"
 
@@ -626,4 +627,11 @@ def _check_savepoint_name(name: str) -> None:
         raise ValidationError(
             f"savepoint name {name!r}: use letters, digits and underscores, "
             "not starting with a digit"
+        )
+    if _RESERVED_SAVEPOINT.match(name):
+        # SQLite would release or roll back to this one instead of the transaction's
+        # own (names are case-insensitive, the most recent wins).
+        raise ValidationError(
+            f"savepoint name {name!r} is reserved (tx<number> names the transactions' "
+            "own savepoints): choose another"
         )
