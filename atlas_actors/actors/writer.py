@@ -843,9 +843,26 @@ class WriterActor(RoleActor):
             or time.monotonic() - self._batch_started >= config.max_batch_delay
         ):
             return False
-        request = self._next_chainable()
-        if request is None:
-            return False
+        queue = self._lease_queue
+        while True:  # the first queued request this return may be granted (claimed)
+            try:
+                request = queue.popleft()
+            except IndexError:
+                return False
+            if request.expected_version is not None:
+                queue.appendleft(request)  # the writer compares it with committed state
+                return False
+            if not request.claim():
+                continue  # its caller gave up waiting
+            if time.monotonic() <= request.deadline:
+                break
+            request.fail(
+                OperationTimeout(
+                    "waiting for the writer lease",
+                    time.monotonic() - request.enqueued_at,
+                    applied=False,
+                )
+            )
         savepoint = f"tx{request.tx_id}"
         try:
             lease.connection.cursor.execute(f"SAVEPOINT {savepoint}")
@@ -864,30 +881,6 @@ class WriterActor(RoleActor):
         self.hooks.lease_granted(successor)
         request.future.set_result(successor)
         return True
-
-    def _next_chainable(self) -> LeaseRequest | None:
-        """The first queued request a returning transaction may grant (claimed), or None."""
-        queue = self._lease_queue
-        while True:
-            try:
-                request = queue.popleft()
-            except IndexError:
-                return None
-            if request.expected_version is not None:
-                queue.appendleft(request)  # the writer compares it with committed state
-                return None
-            if not request.claim():
-                continue  # its caller gave up waiting
-            if time.monotonic() > request.deadline:
-                request.fail(
-                    OperationTimeout(
-                        "waiting for the writer lease",
-                        time.monotonic() - request.enqueued_at,
-                        applied=False,
-                    )
-                )
-                continue
-            return request
 
     def _absorb_chain(self) -> None:
         """Add the returns handed over during the lease to the batch (writer thread)."""

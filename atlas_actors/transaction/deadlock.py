@@ -75,14 +75,6 @@ class WaitForGraph:
         mapping, label = tracked
         return {session: label.format(value) for session, value in list(mapping.items())}
 
-    def _holds_anything(self, session: int) -> bool:
-        if session in self._held:
-            return True
-        for mapping, _ in self._tracked.values():  # noqa: SIM110 (no generator per call)
-            if session in mapping:
-                return True
-        return False
-
     def check(
         self,
         session: int,
@@ -95,8 +87,12 @@ class WaitForGraph:
 
         ``advice`` (text, or a function making it) says what to do instead.
         """
-        if not self._holds_anything(session):
-            return  # every cycle through a wait passes through something the waiter holds
+        if session not in self._held:
+            for mapping, _ in self._tracked.values():
+                if session in mapping:
+                    break
+            else:
+                return  # every cycle through a wait passes through something the waiter holds
         with self._lock:
             cycle = self._cycle(session, resource, all_units_taken())
         if cycle is not None:

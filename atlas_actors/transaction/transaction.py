@@ -186,7 +186,7 @@ class Transaction:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        stack = self._manager._stack()
+        stack = self._manager._local.stack
         if stack and stack[-1] is self:
             stack.pop()
         if exc_type is None:
@@ -433,6 +433,13 @@ class TransactionsStatus:
     """Transactions rolled back (by their owner or by a timeout, conflict or crash)."""
 
 
+class _PerThread(threading.local):
+    """Each thread's open ``with db.transaction()`` blocks, innermost last."""
+
+    def __init__(self) -> None:
+        self.stack: list[Transaction] = []
+
+
 class TransactionManager:
     """``db.transactions``: begin, run with retries, status; deadlock detection."""
 
@@ -441,7 +448,7 @@ class TransactionManager:
         self.graph = WaitForGraph()
         """Who holds and waits for the writer lease and pinned readers."""
         self._active: dict[int, Transaction] = {}
-        self._local = threading.local()
+        self._local = _PerThread()
         self._lock = threading.Lock()
         self.committed = 0
         self.rolled_back = 0
@@ -462,7 +469,7 @@ class TransactionManager:
         self, isolation: str = "serializable", *, timeout: float | None = None
     ) -> Transaction | _Savepoint:
         """A context manager: a new transaction, or a savepoint when one is open here."""
-        stack = self._stack()
+        stack = self._local.stack
         if stack and stack[-1].state == "active":
             outer = stack[-1]
             outer._nested += 1
@@ -518,12 +525,6 @@ class TransactionManager:
         )
 
     # -- used by Transaction -----------------------------------------------------------
-
-    def _stack(self) -> list[Transaction]:
-        stack: list[Transaction] | None = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
 
     def ended(self, tx: Transaction) -> None:
         """Count an ended transaction and forget it."""
