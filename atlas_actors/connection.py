@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, NamedTuple
@@ -303,30 +303,30 @@ _CONTROL_STATEMENT = re.compile(
 )
 
 
-def _statements(sql: str) -> Iterator[str]:
-    """The statements of ``sql``, each with its ``;`` (SQLite decides where one ends).
-
-    ``sql`` is cut at a ``;`` only where ``sqlite3_complete`` says a statement ends, so
-    a ``;`` in a string, a comment or a trigger's body does not cut it.
-    """
-    start = 0
-    end = sql.find(";")
-    while end >= 0:
-        if apsw.complete(sql[start : end + 1]):
-            yield sql[start : end + 1]
-            start = end + 1
-        end = sql.find(";", end + 1)
-    if sql[start:].strip():
-        yield sql[start:]
+_QUOTED_OR_SEMICOLON = re.compile(
+    r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|`[^`]*`|--[^\n]*|/\*.*?(?:\*/|\Z)|;", re.DOTALL
+)
+"""A quoted string or name, a comment, or a ``;`` (one pass finds the ``;`` outside them)."""
 
 
 def _controls_a_transaction(sql: str) -> bool:
-    """True if any statement of ``sql`` begins, ends or marks a transaction."""
+    """True if any statement of ``sql`` begins, ends or marks a transaction.
+
+    A later statement counts where a ``;`` outside quotes and comments is followed by
+    such a keyword and SQLite says the text up to it is complete (``sqlite3_complete``:
+    not inside a trigger's body, whose last statement is followed by ``END``). The text
+    is scanned once; only those rare candidates are checked again.
+    """
     if _CONTROL_STATEMENT.match(sql):
         return True
-    if ";" not in sql.rstrip().rstrip(";"):
-        return False  # one statement
-    return any(_CONTROL_STATEMENT.match(statement) for statement in _statements(sql))
+    if ";" not in sql:
+        return False
+    for found in _QUOTED_OR_SEMICOLON.finditer(sql):
+        if found.group() == ";":
+            end = found.end()
+            if _CONTROL_STATEMENT.match(sql, end) and apsw.complete(sql[:end]):
+                return True
+    return False
 
 
 def _write_kind(sql: str) -> str:

@@ -467,13 +467,15 @@ class Runtime:
 
     def _lease_granted(self, lease: Lease) -> None:
         self._leases[lease.tx_id] = lease
-        self.lease_owners[lease.owner] = lease.tx_id
+        with self.transactions.graph.lock:  # the graph reads lease_owners (tracked)
+            self.lease_owners[lease.owner] = lease.tx_id
         self.guarded_threads.add(lease.owner)
 
     def _lease_ended(self, lease: Lease) -> None:
         self._leases.pop(lease.tx_id, None)
         self._expiry_sent.discard(lease.tx_id)
-        self.lease_owners.pop(lease.owner, None)
+        with self.transactions.graph.lock:
+            self.lease_owners.pop(lease.owner, None)
         if lease.owner not in self.writer_threads:
             self.guarded_threads.discard(lease.owner)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import apsw
 import pytest
 
 import atlas_actors as atlas
 from atlas_actors import errors
+from atlas_actors.connection import _controls_a_transaction
 
 
 @pytest.mark.parametrize(
@@ -177,3 +179,28 @@ def test_transaction_control_in_a_snapshot_read_is_refused(db: atlas.Storage) ->
             tx.query("COMMIT")  # would end the snapshot
         db.write("UPDATE t SET v = 1")
         assert tx.query("SELECT v FROM t")[0][0] == 0
+
+
+def test_semicolons_in_strings_and_comments_cost_no_sqlite_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The text is scanned once: a big multi-row INSERT must not stall the writer.
+
+    (Checking every ';' with sqlite3_complete on the text before it took seconds for a
+    few hundred kilobytes, in the writer's thread.)
+    """
+    checked: list[int] = []
+    complete = apsw.complete
+
+    def counting_complete(sql: str) -> bool:
+        checked.append(len(sql))
+        return complete(sql)
+
+    monkeypatch.setattr(apsw, "complete", counting_complete)
+    rows = ",".join(f"('row {i}; COMMIT /* ; */', '-- ; end')" for i in range(5000))
+    assert not _controls_a_transaction(f"INSERT INTO t(a, b) VALUES {rows}")
+    assert checked == []
+    trigger = "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; END"
+    assert not _controls_a_transaction(f"{trigger}; INSERT INTO t(a) VALUES (1)")
+    assert checked == [trigger.index(";") + 1]  # only the text up to the ";" before END
+    assert _controls_a_transaction(f"{trigger}; COMMIT")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import apsw
 import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import DeadlockError
+from atlas_actors.transaction.lease import Lease
+from atlas_actors.transaction.transaction import LEASE
 
 
 def test_a_function_in_the_writer_that_writes_through_the_storage_gets_deadlock_error(
@@ -110,3 +114,45 @@ def test_a_cycle_through_the_reader_pool_is_detected(open_storage: object) -> No
     holder.commit()
     other.join(10)
     assert outcome and type(outcome[0]).__name__ == "TransactionConflict"  # x changed
+
+
+class _Owners(dict[int, int]):
+    """Lease owners whose reading lets another thread act in the middle of a search."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_read: Callable[[], None] | None = None
+
+    def items(self) -> Any:
+        snapshot = list(super().items())
+        if self.during_read is not None:
+            act, self.during_read = self.during_read, None
+            worker = threading.Thread(target=act)
+            worker.start()
+            worker.join(0.3)  # lets it run now, unless it waits for the search's lock
+        return snapshot
+
+
+def test_a_cycle_search_sees_one_state_while_a_lease_ends(db: atlas.Storage) -> None:
+    """Thread 2 ends its lease, then waits for a reader, while thread 1 (holding the
+    reader) searches for a cycle: thread 1 must not join the two moments into one."""
+    graph = db.transactions.graph
+    owners = _Owners()
+    db.lease_owners = owners  # the runtime changes it, the graph reads it
+    graph.track(LEASE, owners, "transaction {}")
+    assert db.writer_connection is not None
+    lease = Lease(7, "tx7", db.writer_connection, owner=2, timeout=10.0)
+    db._lease_granted(lease)
+    graph.hold(1, "pool:readers", "transaction 8")
+    moved_on = threading.Event()
+
+    def thread_2_moves_on() -> None:
+        db._lease_ended(lease)
+        graph.waiting(2, "pool:readers")
+        moved_on.set()
+
+    owners.during_read = thread_2_moves_on
+    graph.check(1, LEASE)  # 2 held the lease and waited for nothing: no cycle
+    assert moved_on.wait(5)
+    graph.check(1, LEASE)  # nobody holds the lease now
+    graph.done_waiting(2)

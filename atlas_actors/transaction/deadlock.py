@@ -8,9 +8,11 @@ the cycle. A resource with several units (the reader pool) only closes a cycle w
 every holder leads back to the waiter and the pool cannot grow.
 
 A wait can only close a cycle if the waiting session holds something, so the common
-case (a session holding nothing) is answered without a lock. A resource whose holders
-some other part keeps already (the writer lease) is *tracked* instead of copied: the
-graph reads that mapping when it searches.
+case (a session holding nothing) is answered without a lock (what a session holds only
+changes by its own actions while it is not waiting). A resource whose holders some
+other part keeps already (the writer lease) is *tracked* instead of copied: the graph
+reads that mapping when it searches, and its owner changes it under :attr:`lock`, so a
+search sees one consistent state.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class WaitForGraph:
     """Holders and waiters of named resources; thread-safe."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = self.lock = threading.Lock()
+        """Held while the graph searches: hold it to change a tracked mapping."""
         self._holders: defaultdict[str, dict[int, str]] = defaultdict(dict)
         self._held: dict[int, int] = {}
         """Session → how many resources it holds (recorded ones; tracked ones apart)."""
@@ -43,7 +46,8 @@ class WaitForGraph:
         """Take ``resource``'s holders from a live mapping (session → what it holds by).
 
         ``label`` formats a value of the mapping for messages (``"transaction {}"``).
-        The mapping's owner keeps it up to date; the graph only reads it.
+        The mapping's owner keeps it up to date, under :attr:`lock`; the graph only
+        reads it.
         """
         self._tracked[resource] = (holders, label)
 
@@ -103,11 +107,13 @@ class WaitForGraph:
 
     def waiting(self, session: int, resource: str) -> None:
         """Record that ``session`` now waits for ``resource`` (call ``done_waiting`` after)."""
-        self._waiting[session] = resource  # one dict store: atomic, no lock needed
+        with self._lock:
+            self._waiting[session] = resource
 
     def done_waiting(self, session: int) -> None:
         """Record that ``session`` stopped waiting."""
-        self._waiting.pop(session, None)
+        with self._lock:
+            self._waiting.pop(session, None)
 
     def waits(self) -> dict[int, str]:
         """Sessions currently waiting, with the resource each waits for."""
