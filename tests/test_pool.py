@@ -495,3 +495,25 @@ def test_a_write_statement_is_sampled_by_its_own_runs() -> None:
         connection.write("INSERT INTO t VALUES (?)", [n])
         connection.write("UPDATE c SET n = n + 1")
     assert connection.metrics().bytes_transferred == pytest.approx(8 * runs, rel=0.05)
+
+
+def test_the_fast_path_names_the_rows_of_results_of_every_size(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One row is built on its own (point reads), several by mapping: all answer to names.
+    db = _uncached(open_storage)
+    db.write_many("INSERT INTO tasks(title) VALUES (?)", [["b"], ["c"]])
+    from_id = "SELECT id, title FROM tasks WHERE id >= ? ORDER BY id"
+    cases = {1: ["a", "b", "c"], 3: ["c"], 4: []}
+    for _ in range(8):  # past a statement's first runs, which take the general path
+        for first in cases:
+            db.query(from_id, [first])
+
+    def general(*_: object) -> None:
+        raise AssertionError("the fast path was expected")
+
+    monkeypatch.setattr(db.pool, "_query_general", general)
+    for first, titles in cases.items():
+        rows = db.query(from_id, [first])
+        assert [row.title for row in rows] == titles
+        assert [row["id"] for row in rows] == list(range(first, 4))
