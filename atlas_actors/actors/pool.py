@@ -71,6 +71,16 @@ T = TypeVar("T")
 
 _MAX_READS_PER_WAKEUP = 64
 
+# sample_weight and recheck_due as the fast path tests them: by the remainders of a
+# statement's run count (at least _TIME_FIRST there), with no subtraction, and the
+# second remainder taken one run in SAMPLE_EVERY (_RECHECK_EVERY is a multiple of it).
+_TIMED_AT = _TIME_FIRST % SAMPLE_EVERY
+"""``sample_weight(uses)`` is SAMPLE_EVERY exactly when ``uses % SAMPLE_EVERY`` is this."""
+_RECHECK_AT = (_TIME_FIRST - 1) % _RECHECK_EVERY
+"""``recheck_due(uses)`` exactly when ``uses % _RECHECK_EVERY`` is this."""
+_RECHECK_PHASE = _RECHECK_AT % SAMPLE_EVERY
+"""``uses % SAMPLE_EVERY`` whenever a recheck is due."""
+
 
 @dataclass(frozen=True, slots=True)
 class PoolStatus:
@@ -509,10 +519,11 @@ class ReaderPool:
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         entry = self._names.get(sql, _UNKNOWN)
         uses: int = entry[1]  # runs of the statement so far
+        phase = uses % SAMPLE_EVERY
         if (
             connection is None
             or uses < _TIME_FIRST  # unknown, or its first runs (all timed: sample_weight)
-            or (uses - _TIME_FIRST) % _RECHECK_EVERY == _RECHECK_EVERY - 1  # recheck_due
+            or (phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT)  # recheck_due
             or self.events.watches_checkouts
             or not connection.lock.acquire(False)
         ):
@@ -522,7 +533,7 @@ class ReaderPool:
             return self._query_general(sql, params, timeout)
         count = connection._queries + 1
         connection._queries = count
-        timed = (uses - _TIME_FIRST) % SAMPLE_EVERY == 0  # sample_weight, inlined
+        timed = phase == _TIMED_AT  # sample_weight, inlined
         started = perf_counter() if timed else 0.0
         cursor = connection.cursor
         try:
