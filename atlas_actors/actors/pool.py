@@ -64,9 +64,6 @@ __all__ = ["PoolStatus", "PooledConnection", "ReaderPool"]
 
 log = logging.getLogger(__name__)
 
-_UNKNOWN: list[Any] = [None, -1]
-"""The names entry of a statement the pool has not learned (never written to)."""
-
 T = TypeVar("T")
 
 _MAX_READS_PER_WAKEUP = 64
@@ -516,13 +513,15 @@ class ReaderPool:
         # (the thread's own connection free, the statement's row class known, no
         # checkout listener) and updates the connection's counters itself; anything
         # else takes _query_general.
-        connection: TrackedConnection | None = getattr(self._local, "connection", None)
-        entry = self._names.get(sql, _UNKNOWN)
+        try:  # (cheaper than getattr with a default and dict.get, when both are there)
+            connection: TrackedConnection = self._local.connection  # (never set to None)
+            entry = self._names[sql]
+        except (AttributeError, KeyError):
+            return self._query_general(sql, params, timeout)  # a new thread or statement
         uses: int = entry[1]  # runs of the statement so far
         phase = uses % SAMPLE_EVERY
         if (
-            connection is None
-            or uses < _TIME_FIRST  # unknown, or its first runs (all timed: sample_weight)
+            uses < _TIME_FIRST  # its first runs (all timed: sample_weight)
             or (phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT)  # recheck_due
             or self.events.watches_checkouts
             or not connection.lock.acquire(False)
