@@ -12,7 +12,15 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.connection import SAMPLE_EVERY, TrackedConnection
+from atlas_actors.actors.pool import _RECHECK_AT, _RECHECK_PHASE, _TIMED_AT
+from atlas_actors.connection import (
+    _RECHECK_EVERY,
+    _TIME_FIRST,
+    SAMPLE_EVERY,
+    TrackedConnection,
+    recheck_due,
+    sample_weight,
+)
 from atlas_actors.errors import OperationTimeout, ValidationError
 from atlas_actors.faults import FaultyVFS
 from tests.helpers import wait_until
@@ -495,3 +503,45 @@ def test_a_write_statement_is_sampled_by_its_own_runs() -> None:
         connection.write("INSERT INTO t VALUES (?)", [n])
         connection.write("UPDATE c SET n = n + 1")
     assert connection.metrics().bytes_transferred == pytest.approx(8 * runs, rel=0.05)
+
+
+def test_the_fast_path_names_the_rows_of_results_of_every_size(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One row is built on its own (point reads), several by mapping: all answer to names.
+    db = _uncached(open_storage)
+    db.write_many("INSERT INTO tasks(title) VALUES (?)", [["b"], ["c"]])
+    from_id = "SELECT id, title FROM tasks WHERE id >= ? ORDER BY id"
+    cases = {1: ["a", "b", "c"], 3: ["c"], 4: []}
+    for _ in range(8):  # past a statement's first runs, which take the general path
+        for first in cases:
+            db.query(from_id, [first])
+
+    def general(*_: object) -> None:
+        raise AssertionError("the fast path was expected")
+
+    monkeypatch.setattr(db.pool, "_query_general", general)
+    for first, titles in cases.items():
+        rows = db.query(from_id, [first])
+        assert [row.title for row in rows] == titles
+        assert [row["id"] for row in rows] == list(range(first, 4))
+
+
+def test_the_fast_paths_remainders_time_and_recheck_the_runs_the_rules_name() -> None:
+    for uses in range(_TIME_FIRST, 3 * _RECHECK_EVERY):
+        phase = uses % SAMPLE_EVERY
+        assert (phase == _TIMED_AT) == (sample_weight(uses) == SAMPLE_EVERY), uses
+        rechecks = phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT
+        assert rechecks == recheck_due(uses), uses
+
+
+def test_renamed_columns_are_learned_at_the_next_recheck(open_storage: object) -> None:
+    # Same width, new names: only the periodic check against SQLite's names tells.
+    db = _uncached(open_storage)
+    star = "SELECT * FROM tasks WHERE id = ?"
+    assert db.query(star, [1])[0].keys() == ("id", "title")
+    other = apsw.Connection(db.path)
+    other.execute("ALTER TABLE tasks RENAME COLUMN title TO name")
+    other.close()
+    keys = [db.query(star, [1])[0].keys() for _ in range(_RECHECK_EVERY + _TIME_FIRST)]
+    assert keys[-1] == ("id", "name")
