@@ -31,7 +31,7 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
-from atlas_actors.future import Future
+from atlas_actors.future import Future, SqlText, sql_text
 from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -47,11 +47,10 @@ class WriterFuture(Future[T]):
 
     __slots__ = ("guard",)
 
-    def __init__(self, deadline: float, verb: str, sql: str | None = None) -> None:
-        super().__init__(deadline, verb, sql)
-        self.guard: Callable[[str], None] | None = None
-        """Raises DeadlockError if the calling thread would wait on itself (it holds
-        the writer lease); set for writes, not for the lease's own messages."""
+    guard: Callable[[str], None] | None
+    """Raises DeadlockError if the calling thread would wait on itself (it holds the
+    writer lease); set for writes, None for the lease's own messages (set by
+    :meth:`WriterHandle.submit`, which creates every writer future)."""
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the writer's result (see :meth:`Future.get`)."""
@@ -104,8 +103,7 @@ class WriterHandle:
     ) -> WriterFuture[list[WriteResult]]:
         """Run several statements as one unit: all commit or none does."""
         statements = [(sql, params) for sql, params in statements]
-        text = "; ".join(sql for sql, _ in statements)
-        return self.submit(WriteAllOp, "write_all", text, (statements, text), timeout, traced=True)
+        return self.submit(WriteAllOp, "write_all", statements, (statements,), timeout, traced=True)
 
     def run(
         self, fn: Callable[[apsw.Connection], T], *, timeout: float | None = None
@@ -128,7 +126,7 @@ class WriterHandle:
         self,
         op_class: type[Op],
         verb: str,
-        sql: str | None,
+        sql: SqlText,
         args: tuple[Any, ...],
         timeout: float | None,
         *,
@@ -142,24 +140,30 @@ class WriterHandle:
         back must always get through). ``deliver(op)`` may take the op instead of the
         mailbox (True: taken).
         """
-        if check:
-            self._storage.check_writable()
-        else:
-            self._storage.check_usable()
+        storage = self._storage
+        if storage._state != "running" or (check and storage.write_block is not None):
+            # check_writable() / check_usable(), called only when they raise: this runs
+            # once per write.
+            if check:
+                storage.check_writable()
+            else:
+                storage.check_usable()
         deadline = time.monotonic() + (self._default_timeout if timeout is None else timeout)
         future: WriterFuture[Any] = WriterFuture(deadline, verb, sql)
         tracing = self._tracing
         context = None
         if tracing.enabled:
             if traced:
-                span = tracing.start_client_span("atlas.writer.submit", sql)
+                span = tracing.start_client_span("atlas.writer.submit", sql_text(sql))
                 if span is not None:
                     context = trace.set_span_in_context(span)
                     future.add_done_callback(lambda f: _end_span(span, f))
             else:
                 context = tracing.current_context()
         if op_class is not LeaseReturn and op_class is not LeaseRequest:
-            future.guard = self._storage._check_self_wait
+            future.guard = storage._check_self_wait
+        else:
+            future.guard = None
         op = op_class(future, threading.get_ident(), context, *args)
         if deliver is None or not deliver(op):
             self._mailbox.send(op)
