@@ -102,7 +102,9 @@ class WriterHandle:
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> WriterFuture[list[WriteResult]]:
         """Run several statements as one unit: all commit or none does."""
-        statements = [(sql, params) for sql, params in statements]
+        statements = list(statements)  # a copy: the caller may reuse its list
+        for _sql, _params in statements:  # each a pair, checked here, not in the writer
+            pass
         return self.submit(WriteAllOp, "write_all", statements, (statements,), timeout, traced=True)
 
     def run(

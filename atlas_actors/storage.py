@@ -133,7 +133,9 @@ class Storage(Runtime):
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
-        statements = [(sql, params) for sql, params in statements]
+        statements = list(statements)  # a copy: the caller may reuse its list
+        for _sql, _params in statements:  # each a pair, checked here, not in the writer
+            pass
         results: list[WriteResult] = self._write(
             WriteAllOp, "write_all", statements, (statements,), timeout
         )

@@ -158,3 +158,22 @@ def test_transaction_control_in_a_snapshot_read_is_refused(db: atlas.Storage) ->
             tx.query("COMMIT")  # would end the snapshot
         db.write("UPDATE t SET v = 1")
         assert tx.query("SELECT v FROM t")[0][0] == 0
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        [("INSERT INTO tasks(title) VALUES ('x')",)],
+        [("INSERT INTO tasks(title) VALUES ('x')", None, None)],
+        ["INSERT INTO tasks(title) VALUES ('x')"],
+    ],
+)
+def test_write_all_refuses_statements_that_are_not_pairs_at_the_call(
+    db: atlas.Storage, statements: list[object]
+) -> None:
+    with pytest.raises(ValueError, match="unpack"):
+        db.write_all(statements)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unpack"):
+        db.writer.write_all(statements)  # type: ignore[arg-type]
+    assert db.write_all([("INSERT INTO tasks(title) VALUES ('y')", None)])[0].rowcount == 1
+    assert db.query("SELECT title FROM tasks") == [("y",)]
