@@ -31,7 +31,7 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
-from atlas_actors.future import Future, SqlText, sql_text
+from atlas_actors.future import _PENDING, Future, SqlText, sql_text
 from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class WriterFuture(Future[T]):
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the writer's result (see :meth:`Future.get`)."""
-        if not self.done():
+        if self._value is _PENDING:  # not self.done(), inlined
             if in_writer_thread():
                 raise DeadlockError(
                     ["writer thread", f"waits on {self.operation}", "writer thread"],
@@ -63,7 +63,7 @@ class WriterFuture(Future[T]):
                 )
             if self.guard is not None:
                 self.guard(f"waits on {self.operation}")
-        return super().get(timeout)
+        return Future.get(self, timeout)
 
 
 class WriterHandle:
@@ -78,6 +78,7 @@ class WriterHandle:
         self._mailbox = mailbox
         self._tracing = storage.tracing
         self._default_timeout = storage.config.default_timeout
+        self._guard = storage._check_self_wait  # bound once, not per write
 
     def execute(
         self, sql: str, params: Params = None, *, timeout: float | None = None
@@ -163,7 +164,7 @@ class WriterHandle:
             else:
                 context = tracing.current_context()
         if op_class is not LeaseReturn and op_class is not LeaseRequest:
-            future.guard = storage._check_self_wait
+            future.guard = self._guard
         else:
             future.guard = None
         op = op_class(future, threading.get_ident(), context, *args)

@@ -28,6 +28,7 @@ The messages it receives are defined in ``writer_ops.py``.
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -421,7 +422,8 @@ class WriterActor(RoleActor):
         next, in order. One loop with its attributes read once: this runs per write.
         """
         mailbox = self.mailbox
-        take = mailbox.take_nowait
+        front = mailbox._front
+        take_queued = mailbox._queue.get_nowait
         counters = self.counters
         alone = self._alone
         tracing = self.tracing
@@ -465,9 +467,16 @@ class WriterActor(RoleActor):
             now = monotonic()
             if now - self._batch_started >= delay:
                 return
-            letter = take()
-            if letter is None:
-                return
+            # mailbox.take_nowait(), inlined (only this thread takes from the mailbox).
+            if front:
+                letter = front.popleft()  # a replayed op, or a control message
+            else:
+                try:
+                    letter = take_queued()
+                except queue.Empty:
+                    return
+                if mailbox._senders_waiting:
+                    mailbox._wake_a_sender()
             if type(letter) not in OP_TYPES:
                 mailbox.put_back(letter)
                 return
