@@ -120,7 +120,7 @@ class Future(Generic[T]):
             remaining = self.deadline - time.monotonic()
             if timeout is not None and timeout < remaining:
                 remaining = timeout
-            if remaining <= 0 or not self._done.acquire(timeout=remaining):
+            if remaining <= 0 or not self._done.acquire(True, remaining):
                 self._timed_out(remaining if timeout is None else timeout)
             else:
                 # Pass the lock on: every later waiter must find it free too.

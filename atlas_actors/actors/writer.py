@@ -70,6 +70,7 @@ from atlas_actors.errors import (
     wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
+from atlas_actors.future import _PENDING
 from atlas_actors.telemetry.tracing import Tracing
 from atlas_actors.transaction.lease import Lease
 
@@ -454,6 +455,19 @@ class WriterActor(RoleActor):
                         with tracing.consumer_span(op.span_name, op.trace_context, op.sql) as span:
                             self._savepoint(op, cursor, connection, span)
                             self._spans.append(span)
+                    elif (
+                        self._group_start is not None
+                        and op.replayable
+                        and not self._group_failed
+                        and op.id not in alone
+                    ):
+                        # One more write in the open group: _savepoint's first case, inlined.
+                        try:
+                            result = op.run(connection)
+                        except Exception as error:
+                            self._split_group(op, cursor, connection, error, None)
+                        else:
+                            self._batch.append((op, result))
                     else:
                         self._savepoint(op, cursor, connection, None)
                     self._current = None
@@ -561,17 +575,22 @@ class WriterActor(RoleActor):
         tables = self._batch_tables
         if tables is None:
             return
+        noted: set[str] = set()  # a batch runs the same few statements again and again
         for op, _ in batch:
-            if isinstance(op, WriteAllOp):
-                statements: Sequence[tuple[str, Params]] = op.statements
-            elif isinstance(op, WriteOp | WriteManyOp):
-                statements = ((op.statement, None),)
-            elif isinstance(op, UnitOfWorkOp):
+            kind = type(op)
+            if kind is WriteAllOp:
+                statements: Sequence[tuple[str, Params]] = op.statements  # type: ignore[attr-defined]
+            elif kind is WriteOp or kind is WriteManyOp:
+                statements = ((op.statement, None),)  # type: ignore[attr-defined]
+            elif kind is UnitOfWorkOp:
                 self._batch_tables = None  # a function's statements are not known
                 return
             else:
                 continue
             for sql, params in statements:
+                if sql in noted:
+                    continue
+                noted.add(sql)
                 info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
                 if info is None:
                     try:
@@ -661,7 +680,12 @@ class WriterActor(RoleActor):
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
         for op, result in batch:
-            op.future.set_result(result)
+            future = op.future
+            if future._value is _PENDING:  # future.set_result(result) inlined: once per write
+                future._value = result
+                future._done.release()
+                if future._callbacks is not None:
+                    future._run_callbacks()
         if self.wal_frames >= self.config.checkpoint_frames:
             self._checkpoint("PASSIVE")  # after acknowledging: nobody waits on it
 

@@ -214,6 +214,21 @@ class WriterStats:
 class WriterCounters:
     """Mutable counters shared by the writer's incarnations (written by one thread)."""
 
+    __slots__ = (
+        "batches",
+        "checkpoints",
+        "commit_seq",
+        "failed",
+        "handovers",
+        "last_checkpoint",
+        "max_batch",
+        "queue_wait",
+        "regrouped",
+        "started",
+        "wal_frames",
+        "writes",
+    )
+
     def __init__(self) -> None:
         self.writes = 0
         self.failed = 0
