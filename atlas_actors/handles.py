@@ -47,10 +47,10 @@ class WriterFuture(Future[T]):
 
     __slots__ = ("guard",)
 
-    guard: Callable[[str], None] | None
-    """Raises DeadlockError if the calling thread would wait on itself (it holds the
-    writer lease); set for writes, None for the lease's own messages (set by
-    :meth:`WriterHandle.submit`, which creates every writer future)."""
+    guard: Callable[[WriterFuture[Any]], None] | None
+    """``guard(future)`` raises DeadlockError if the calling thread would wait on itself
+    (it holds the writer lease); set for writes, None for the lease's own messages (set
+    by :meth:`WriterHandle.submit`, which creates every writer future)."""
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the writer's result (see :meth:`Future.get`)."""
@@ -62,7 +62,7 @@ class WriterFuture(Future[T]):
                     "another write: use the connection it was given instead",
                 )
             if self.guard is not None:
-                self.guard(f"waits on {self.operation}")
+                self.guard(self)
         return Future.get(self, timeout)
 
 
@@ -78,7 +78,7 @@ class WriterHandle:
         self._mailbox = mailbox
         self._tracing = storage.tracing
         self._default_timeout = storage.config.default_timeout
-        self._guard = storage._check_self_wait  # bound once, not per write
+        self._guard = self._check_wait  # bound once, not per write
 
     def execute(
         self, sql: str, params: Params = None, *, timeout: float | None = None
@@ -120,6 +120,12 @@ class WriterHandle:
         """
         name = getattr(fn, "__qualname__", repr(fn))
         return self.submit(UnitOfWorkOp, f"run_in_writer {name}", None, (fn,), timeout, traced=True)
+
+    def _check_wait(self, future: WriterFuture[Any]) -> None:
+        """The deadlock guard of ``future.get()``; its message is built only to raise."""
+        storage = self._storage
+        if threading.get_ident() in storage.guarded_threads:  # lease holders among them
+            storage._check_self_wait(f"waits on {future.operation}")
 
     def stats(self) -> WriterStats:
         """The writer's counters: writes, batches, mean batch size, queue wait."""
