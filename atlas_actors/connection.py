@@ -292,8 +292,23 @@ def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
     return after if after != before else None
 
 
+_SINGLE_CHANGE = re.compile(r"\s*(?:UPDATE|DELETE)\b[^;]*;?\s*", re.IGNORECASE)
+"""One UPDATE or DELETE (a semicolon anywhere but at the end: maybe a script)."""
+
+
+def _inserts_nothing(sql: str) -> bool:
+    """True for a single UPDATE or DELETE: its lastrowid is always None.
+
+    Rows a trigger inserts leave SQLite's last insert rowid as it was once the trigger
+    ends (https://sqlite.org/c3ref/last_insert_rowid.html), so only a script or a
+    statement starting with WITH can move it.
+    """
+    return _SINGLE_CHANGE.fullmatch(sql) is not None
+
+
 _RETURNS_ROWS = "returns rows"
 _INSERTS = "inserts"
+_INSERTS_NOTHING = "inserts nothing"
 _OTHER = "other"
 _CONTROL = "transaction control"
 _write_kinds: dict[str, str] = {}
@@ -337,6 +352,8 @@ def _write_kind(sql: str) -> str:
         kind = _RETURNS_ROWS
     elif _inserts(sql):
         kind = _INSERTS
+    elif _inserts_nothing(sql):
+        kind = _INSERTS_NOTHING
     else:
         kind = _OTHER  # a rowid that moved is the only sign of an insert (a trigger's)
     if len(_write_kinds) < 10_000:
@@ -365,6 +382,10 @@ def _control_error(sql: str) -> ValidationError:
 _new_result = tuple.__new__
 """``_new_result(WriteResult, (rowcount, lastrowid, rows))``: a result built in C, without
 the named tuple's Python-level ``__new__``."""
+
+_NO_ROWID_RESULTS = tuple(WriteResult(rowcount, None) for rowcount in range(256))
+"""The results of writes that inserted no row, by rowcount: shared, since a tuple is
+immutable and building one costs as much as a statement's bookkeeping."""
 
 _ids = itertools.count(1)
 
@@ -550,7 +571,7 @@ class TrackedConnection:
             return _new_result(
                 WriteResult, (rowcount, _lastrowid(sql, rowcount, before, after), tuple(rows))
             )
-        before = 0 if kind is _INSERTS else connection.last_insert_rowid()
+        before = connection.last_insert_rowid() if kind is _OTHER else 0
         self._queries += 1
         counted = self._runs
         uses = counted.get(sql, 0)
@@ -573,12 +594,15 @@ class TrackedConnection:
             self._sample_bytes(params, (), weight)
         rowcount = connection.changes()
         if kind is _INSERTS:
-            return _new_result(
-                WriteResult,
-                (rowcount, connection.last_insert_rowid() if rowcount > 0 else None, ()),
-            )
-        after = connection.last_insert_rowid()
-        return _new_result(WriteResult, (rowcount, after if after != before else None, ()))
+            if rowcount > 0:
+                return _new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ()))
+        elif kind is _OTHER:
+            after = connection.last_insert_rowid()
+            if after != before:
+                return _new_result(WriteResult, (rowcount, after, ()))
+        if rowcount < 256:
+            return _NO_ROWID_RESULTS[rowcount]
+        return _new_result(WriteResult, (rowcount, None, ()))
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""

@@ -15,17 +15,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.errors import OperationTimeout, shorten
 
-__all__ = ["Future"]
+__all__ = ["Future", "SqlText", "sql_text"]
 
 T = TypeVar("T")
 
 _PENDING = object()
 _CALLBACKS_LOCK = threading.Lock()  # callbacks are rare (tracing); one lock is enough
+
+SqlText = str | Sequence[tuple[str, Any]] | None
+"""What a call runs, for messages: statement text, a ``write_all``'s statements (their
+text is joined only when a message needs it: most calls never do), or None."""
+
+
+@overload
+def sql_text(sql: str | Sequence[tuple[str, Any]]) -> str: ...
+@overload
+def sql_text(sql: None) -> None: ...
+def sql_text(sql: SqlText) -> str | None:
+    """The text of ``sql``: a ``write_all``'s statements joined with ``"; "``."""
+    if sql is None or isinstance(sql, str):
+        return sql
+    return "; ".join(statement for statement, _ in sql)
 
 
 class Future(Generic[T]):
@@ -33,7 +48,7 @@ class Future(Generic[T]):
 
     __slots__ = ("_callbacks", "_claim", "_done", "_error", "_sql", "_value", "_verb", "deadline")
 
-    def __init__(self, deadline: float, verb: str, sql: str | None = None) -> None:
+    def __init__(self, deadline: float, verb: str, sql: SqlText = None) -> None:
         self.deadline = deadline
         """``time.monotonic()`` value after which waiting stops."""
         self._verb = verb
@@ -48,9 +63,10 @@ class Future(Generic[T]):
     @property
     def operation(self) -> str:
         """What the call does, for messages (``write 'INSERT INTO tasks ...'``)."""
-        if self._sql is None:
+        sql = sql_text(self._sql)
+        if sql is None:
             return self._verb
-        return f"{self._verb} {shorten(self._sql)!r}"
+        return f"{self._verb} {shorten(sql)!r}"
 
     # -- the actor's side ---------------------------------------------------------------
 
@@ -63,7 +79,9 @@ class Future(Generic[T]):
         if self._value is not _PENDING:
             return
         self._value = value
-        self._finish()
+        self._done.release()  # _finish() inlined: the writer resolves every write here
+        if self._callbacks is not None:
+            self._run_callbacks()
 
     def set_exception(self, error: BaseException) -> None:
         """Resolve with ``error`` (raised by ``get()``) and wake every waiter."""
@@ -102,7 +120,7 @@ class Future(Generic[T]):
             remaining = self.deadline - time.monotonic()
             if timeout is not None and timeout < remaining:
                 remaining = timeout
-            if remaining <= 0 or not self._done.acquire(timeout=remaining):
+            if remaining <= 0 or not self._done.acquire(True, remaining):
                 self._timed_out(remaining if timeout is None else timeout)
             else:
                 # Pass the lock on: every later waiter must find it free too.

@@ -31,7 +31,7 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
-from atlas_actors.future import Future
+from atlas_actors.future import _PENDING, Future, SqlText, sql_text
 from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -47,15 +47,14 @@ class WriterFuture(Future[T]):
 
     __slots__ = ("guard",)
 
-    def __init__(self, deadline: float, verb: str, sql: str | None = None) -> None:
-        super().__init__(deadline, verb, sql)
-        self.guard: Callable[[str], None] | None = None
-        """Raises DeadlockError if the calling thread would wait on itself (it holds
-        the writer lease); set for writes, not for the lease's own messages."""
+    guard: Callable[[WriterFuture[Any]], None] | None
+    """``guard(future)`` raises DeadlockError if the calling thread would wait on itself
+    (it holds the writer lease); set for writes, None for the lease's own messages (set
+    by :meth:`WriterHandle.submit`, which creates every writer future)."""
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the writer's result (see :meth:`Future.get`)."""
-        if not self.done():
+        if self._value is _PENDING:  # not self.done(), inlined
             if in_writer_thread():
                 raise DeadlockError(
                     ["writer thread", f"waits on {self.operation}", "writer thread"],
@@ -63,8 +62,8 @@ class WriterFuture(Future[T]):
                     "another write: use the connection it was given instead",
                 )
             if self.guard is not None:
-                self.guard(f"waits on {self.operation}")
-        return super().get(timeout)
+                self.guard(self)
+        return Future.get(self, timeout)
 
 
 class WriterHandle:
@@ -79,6 +78,7 @@ class WriterHandle:
         self._mailbox = mailbox
         self._tracing = storage.tracing
         self._default_timeout = storage.config.default_timeout
+        self._guard = self._check_wait  # bound once, not per write
 
     def execute(
         self, sql: str, params: Params = None, *, timeout: float | None = None
@@ -103,9 +103,10 @@ class WriterHandle:
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> WriterFuture[list[WriteResult]]:
         """Run several statements as one unit: all commit or none does."""
-        statements = [(sql, params) for sql, params in statements]
-        text = "; ".join(sql for sql, _ in statements)
-        return self.submit(WriteAllOp, "write_all", text, (statements, text), timeout, traced=True)
+        statements = list(statements)  # a copy: the caller may reuse its list
+        for _sql, _params in statements:  # each a pair, checked here, not in the writer
+            pass
+        return self.submit(WriteAllOp, "write_all", statements, (statements,), timeout, traced=True)
 
     def run(
         self, fn: Callable[[apsw.Connection], T], *, timeout: float | None = None
@@ -120,6 +121,12 @@ class WriterHandle:
         name = getattr(fn, "__qualname__", repr(fn))
         return self.submit(UnitOfWorkOp, f"run_in_writer {name}", None, (fn,), timeout, traced=True)
 
+    def _check_wait(self, future: WriterFuture[Any]) -> None:
+        """The deadlock guard of ``future.get()``; its message is built only to raise."""
+        storage = self._storage
+        if threading.get_ident() in storage.guarded_threads:  # lease holders among them
+            storage._check_self_wait(f"waits on {future.operation}")
+
     def stats(self) -> WriterStats:
         """The writer's counters: writes, batches, mean batch size, queue wait."""
         return self._storage.writer_counters.snapshot()
@@ -128,7 +135,7 @@ class WriterHandle:
         self,
         op_class: type[Op],
         verb: str,
-        sql: str | None,
+        sql: SqlText,
         args: tuple[Any, ...],
         timeout: float | None,
         *,
@@ -142,24 +149,30 @@ class WriterHandle:
         back must always get through). ``deliver(op)`` may take the op instead of the
         mailbox (True: taken).
         """
-        if check:
-            self._storage.check_writable()
-        else:
-            self._storage.check_usable()
+        storage = self._storage
+        if storage._state != "running" or (check and storage.write_block is not None):
+            # check_writable() / check_usable(), called only when they raise: this runs
+            # once per write.
+            if check:
+                storage.check_writable()
+            else:
+                storage.check_usable()
         deadline = time.monotonic() + (self._default_timeout if timeout is None else timeout)
         future: WriterFuture[Any] = WriterFuture(deadline, verb, sql)
         tracing = self._tracing
         context = None
         if tracing.enabled:
             if traced:
-                span = tracing.start_client_span("atlas.writer.submit", sql)
+                span = tracing.start_client_span("atlas.writer.submit", sql_text(sql))
                 if span is not None:
                     context = trace.set_span_in_context(span)
                     future.add_done_callback(lambda f: _end_span(span, f))
             else:
                 context = tracing.current_context()
         if op_class is not LeaseReturn and op_class is not LeaseRequest:
-            future.guard = self._storage._check_self_wait
+            future.guard = self._guard
+        else:
+            future.guard = None
         op = op_class(future, threading.get_ident(), context, *args)
         if deliver is None or not deliver(op):
             self._mailbox.send(op)

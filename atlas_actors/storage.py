@@ -40,7 +40,7 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
-from atlas_actors.future import Future
+from atlas_actors.future import Future, sql_text
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
@@ -133,10 +133,11 @@ class Storage(Runtime):
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
-        statements = [(sql, params) for sql, params in statements]
-        text = "; ".join(sql for sql, _ in statements)
+        statements = list(statements)  # a copy: the caller may reuse its list
+        for _sql, _params in statements:  # each a pair, checked here, not in the writer
+            pass
         results: list[WriteResult] = self._write(
-            WriteAllOp, "write_all", text, (statements, text), timeout
+            WriteAllOp, "write_all", statements, (statements,), timeout
         )
         return results
 
@@ -160,16 +161,16 @@ class Storage(Runtime):
         self,
         op_class: type[WriterOp],
         verb: str,
-        sql: str,
+        sql: str | Sequence[tuple[str, Params]],
         args: tuple[Any, ...],
         timeout: float | None,
     ) -> Any:
         """Send a write op and wait for its acknowledgement (the sync API's one path)."""
         if threading.get_ident() in self.guarded_threads:
-            self._guard(f"{verb} {sql!r}")
+            self._guard(f"{verb} {sql_text(sql)!r}")
         try:
             if self.tracing.enabled:
-                with self.tracing.client_span(f"atlas.{verb}", sql):
+                with self.tracing.client_span(f"atlas.{verb}", sql_text(sql)):
                     future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)
                     return Future.get(future)
             future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)

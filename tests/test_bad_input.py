@@ -204,3 +204,22 @@ def test_semicolons_in_strings_and_comments_cost_no_sqlite_check(
     assert not _controls_a_transaction(f"{trigger}; INSERT INTO t(a) VALUES (1)")
     assert checked == [trigger.index(";") + 1]  # only the text up to the ";" before END
     assert _controls_a_transaction(f"{trigger}; COMMIT")
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        [("INSERT INTO tasks(title) VALUES ('x')",)],
+        [("INSERT INTO tasks(title) VALUES ('x')", None, None)],
+        ["INSERT INTO tasks(title) VALUES ('x')"],
+    ],
+)
+def test_write_all_refuses_statements_that_are_not_pairs_at_the_call(
+    db: atlas.Storage, statements: list[object]
+) -> None:
+    with pytest.raises(ValueError, match="unpack"):
+        db.write_all(statements)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unpack"):
+        db.writer.write_all(statements)  # type: ignore[arg-type]
+    assert db.write_all([("INSERT INTO tasks(title) VALUES ('y')", None)])[0].rowcount == 1
+    assert db.query("SELECT title FROM tasks") == [("y",)]

@@ -98,3 +98,18 @@ def test_a_queued_read_times_out_when_no_reader_is_free(open_storage: object) ->
         future.get()
     lease.release()
     assert db.submit_query("SELECT 2").get(5) == [(2,)]
+
+
+def test_a_write_all_that_times_out_names_its_statements(db: atlas.Storage) -> None:
+    release = threading.Event()
+    _hold_the_writer(db, release)
+    with pytest.raises(OperationTimeout) as caught:
+        db.write_all(
+            [("INSERT INTO tasks(title) VALUES ('late')", None), ("DELETE FROM tasks", None)],
+            timeout=0.1,
+        )
+    release.set()
+    assert caught.value.applied is False
+    assert "write_all \"INSERT INTO tasks(title) VALUES ('late'); DELETE FROM tasks\"" in str(
+        caught.value
+    )

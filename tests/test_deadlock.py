@@ -53,6 +53,9 @@ def test_a_plain_write_from_the_thread_holding_a_transaction_gets_deadlock_error
         started = time.monotonic()
         with pytest.raises(DeadlockError, match="holds the writer lease"):
             db.write("INSERT INTO tasks(title) VALUES ('plain')")
+        with pytest.raises(DeadlockError) as caught:
+            db.write_all([("DELETE FROM tasks", None), ("DELETE FROM kv", None)])
+        assert "write_all 'DELETE FROM tasks; DELETE FROM kv'" in caught.value.cycle
         with pytest.raises(DeadlockError):
             db.run_in_writer(lambda c: None)
         # Through the proxy: submitting is fine, waiting on it from here is not.

@@ -270,3 +270,29 @@ def test_a_drained_batch_stops_at_a_transaction_and_keeps_mailbox_order(
     worker.join(10)
     assert counted == [1]
     assert [row[0] for row in db.query("SELECT x FROM seen ORDER BY rowid")] == [1, 2, 3]
+
+
+def test_a_write_sent_back_by_a_failed_group_invalidates_the_cache_when_it_commits(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # The tables a batch changed are worked out from the writes it commits, as it
+    # commits: a write the failed group sent back into the next batch counts there.
+    db = _unique_t(open_storage, taken=-1, max_batch_delay=0.010)
+    db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    db.write("INSERT INTO kv VALUES (1, 'old')")
+    read = "SELECT v FROM kv WHERE k = 1"
+    db.query(read)
+    assert db.query(read) == [("old",)]
+    hits = db.cache.stats().hits
+    assert db.query(read) == [("old",)]
+    assert db.cache.stats().hits == hits + 1, "the read is cached"
+    before = db.writer.stats()
+    _, release = _gate(db)
+    update = db.writer.execute("UPDATE kv SET v = 'new' WHERE k = 1", timeout=5.0)
+    failing = db.writer.execute(SLOW_FAILING_INSERT, timeout=5.0)
+    release.set()
+    assert update.get(6).rowcount == 1
+    with pytest.raises(ConstraintError):
+        failing.get(6)
+    assert db.writer.stats().regrouped - before.regrouped == 2
+    assert db.query(read) == [("new",)]

@@ -100,3 +100,21 @@ def test_without_a_provider_no_span_is_made(db: atlas.Storage) -> None:
     assert db.tracing.enabled is False
     assert db.tracing.current_context() is None
     db.write("INSERT INTO tasks(title) VALUES ('a')")  # and nothing breaks
+
+
+def test_write_all_spans_carry_the_statements_text(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    statements = [
+        ("INSERT INTO tasks(title) VALUES (?)", ["a"]),
+        ("UPDATE tasks SET title = 'b'", None),
+    ]
+    text = "INSERT INTO tasks(title) VALUES (?); UPDATE tasks SET title = 'b'"
+    traced.write_all(statements)
+    traced.writer.write_all(statements).get(5)
+    texts: dict[str, list[object]] = {}
+    for span in exporter.get_finished_spans():
+        texts.setdefault(span.name, []).append(span.attributes.get("db.query.text"))
+    assert texts["atlas.write_all"] == [text]  # db.write_all: client span
+    assert texts["atlas.writer.submit"] == [text]  # db.writer.write_all: client span
+    assert texts["atlas.writer.write_all"] == [text, text]  # one consumer span each

@@ -31,6 +31,28 @@ def test_lastrowid_is_reported_even_when_an_insert_reuses_the_previous_rowid(
     assert ignored == atlas.WriteResult(rowcount=0, lastrowid=None)
 
 
+def test_lastrowid_follows_inserts_only_whatever_triggers_and_scripts_do(
+    db: atlas.Storage,
+) -> None:
+    db.execute(
+        "CREATE TABLE log(x); CREATE TRIGGER logged AFTER UPDATE ON tasks "
+        "BEGIN INSERT INTO log VALUES (new.title); END"
+    )
+    db.write_many("INSERT INTO tasks(title) VALUES (?)", [[str(i)] for i in range(300)])
+    # A trigger's inserts leave the last insert rowid as it was: one UPDATE or DELETE
+    # never reports one, however many rows it changed (and its trigger inserted).
+    assert db.write("UPDATE tasks SET n = 1 WHERE id = 1") == atlas.WriteResult(1, None)
+    assert db.write("UPDATE tasks SET n = 2") == atlas.WriteResult(300, None)
+    assert db.write("DELETE FROM tasks WHERE id > 290;") == atlas.WriteResult(10, None)
+    assert db.write("UPDATE tasks SET title = 'a;b' WHERE id = 2").lastrowid is None
+    # A script is more than one statement: its insert is reported.
+    script = db.write("UPDATE tasks SET n = 3 WHERE id = 3; INSERT INTO tasks(title) VALUES ('s')")
+    assert script.lastrowid == 291
+    assert db.write_all(
+        [("UPDATE tasks SET n = 4 WHERE id = 4", None), ("DELETE FROM tasks WHERE id = 5", None)]
+    ) == [atlas.WriteResult(1, None), atlas.WriteResult(1, None)]
+
+
 def test_returning_clauses_return_named_rows(db: atlas.Storage) -> None:
     result = db.write("INSERT INTO tasks(title) VALUES (?) RETURNING id, title", ["a"])
     assert result.rows == ((1, "a"),)

@@ -28,9 +28,10 @@ The messages it receives are defined in ``writer_ops.py``.
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,8 @@ from atlas_actors.actors.writer_ops import (
     LeaseReturn,
     UnitOfWorkOp,
     WriteAllOp,
+    WriteManyOp,
+    WriteOp,
     WriterCounters,
     WriterOp,
     WriterStats,
@@ -53,7 +56,7 @@ from atlas_actors.actors.writer_ops import (
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import TrackedConnection
+from atlas_actors.connection import Params, TrackedConnection
 from atlas_actors.errors import (
     ActorCrashedError,
     AtlasError,
@@ -67,6 +70,7 @@ from atlas_actors.errors import (
     wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
+from atlas_actors.future import _PENDING
 from atlas_actors.telemetry.tracing import Tracing
 from atlas_actors.transaction.lease import Lease
 
@@ -239,7 +243,7 @@ class WriterActor(RoleActor):
         # the close, so they are handled, not failed with the closed mailbox.
         while (op := self.mailbox.take_replayed()) is not None:
             if isinstance(op, WriterOp):
-                self._run(op)
+                self._run(op, drain=False)
             else:
                 op.fail(self.closed_error())
         if self._in_transaction:
@@ -300,7 +304,6 @@ class WriterActor(RoleActor):
         if kind in OP_TYPES:
             if self._lease is None:
                 self._run(message)
-                self._drain()
             else:
                 self._stash.append(message)
         elif kind is LeaseRequest:
@@ -332,30 +335,6 @@ class WriterActor(RoleActor):
         ):
             self._commit()
         return result
-
-    def _drain(self) -> None:
-        """Run the writes queued behind the one just run, until the batch is full.
-
-        Taken straight from the mailbox rather than one per turn of pykka's loop, which
-        costs several Python calls per message. Anything else ends the drain and goes
-        back in front, so the loop handles it next, in order.
-        """
-        mailbox = self.mailbox
-        limit = self.config.max_batch_size
-        delay = self.config.max_batch_delay
-        while (
-            self._lease is None
-            and self._in_transaction
-            and len(self._batch) < limit
-            and time.monotonic() - self._batch_started < delay
-        ):
-            letter = mailbox.take_nowait()
-            if letter is None:
-                return
-            if type(letter) not in OP_TYPES:
-                mailbox.put_back(letter)
-                return
-            self._run(letter)
 
     def on_receive(self, message: Any) -> Any:
         """Obey a control message."""
@@ -435,40 +414,99 @@ class WriterActor(RoleActor):
             self._schema_version = schema_version
             self.hooks.schema_changed()
 
-    def _run(self, op: WriterOp) -> None:
-        replayed = op.claimed  # run before, rolled back and put back in the mailbox
-        if not op.claim():
-            return  # the caller timed out and withdrew it before it started
-        now = time.monotonic()
-        if now > op.deadline:
-            self._alone.discard(op.id)
-            self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
-            return
-        if self._disk_full is not None and op.id != self._probe:
-            if now < self._next_probe:
-                self._alone.discard(op.id)
-                self._fail(op, self._disk_full_error(now))
-                return
-            # This write is the probe (and so are its reruns, after a split group):
-            # whatever it finds, the next probe is an interval away.
-            self._probe = op.id
-            self._next_probe = now + self.config.disk_full_probe_interval
-        if not replayed:  # counted once, however often it runs
-            self.counters.started += 1
-            self.counters.queue_wait += now - op.enqueued_at
-        if not self._in_transaction and not self._begin(op):
-            return
+    def _run(self, op: WriterOp, drain: bool = True) -> None:
+        """Run ``op`` in the batch (opened if needed), then (``drain``) the writes behind it.
+
+        Those run until the batch reaches its bounds, taken straight from the mailbox
+        rather than one per turn of pykka's loop (several Python calls per message);
+        anything else ends the drain and goes back in front, so the loop handles it
+        next, in order. One loop with its attributes read once: this runs per write.
+        """
+        mailbox = self.mailbox
+        front = mailbox._front
+        take_queued = mailbox._queue.get_nowait
+        counters = self.counters
+        alone = self._alone
+        tracing = self.tracing
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
-        self._current = op
-        tracing = self.tracing
-        if tracing.enabled:
-            with tracing.consumer_span(op.span_name, op.trace_context, op.sql) as span:
-                self._savepoint(op, connection.cursor, connection, span)
-                self._spans.append(span)
-        else:
-            self._savepoint(op, connection.cursor, connection, None)
-        self._current = None
+        cursor = connection.cursor
+        limit = self.config.max_batch_size
+        delay = self.config.max_batch_delay
+        monotonic = time.monotonic
+        now = monotonic()
+        while True:
+            replayed = op.claimed  # run before, rolled back and put back in the mailbox
+            if not replayed:
+                # op.claim() inlined.
+                op.claimed = op.future._claim.acquire(False)
+            if not op.claimed:
+                pass  # the caller timed out and withdrew it before it started
+            elif now > op.deadline:
+                alone.discard(op.id)
+                self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
+            elif self._disk_full is None or op.id == self._probe or self._probes(op, now):
+                if not replayed:  # counted once, however often it runs
+                    counters.started += 1
+                    counters.queue_wait += now - op.enqueued_at
+                if self._in_transaction or self._begin(op):
+                    self._current = op
+                    if tracing.enabled:
+                        with tracing.consumer_span(op.span_name, op.trace_context, op.sql) as span:
+                            self._savepoint(op, cursor, connection, span)
+                            self._spans.append(span)
+                    elif (
+                        self._group_start is not None
+                        and op.replayable
+                        and not self._group_failed
+                        and op.id not in alone
+                    ):
+                        # One more write in the open group: _savepoint's first case, inlined.
+                        try:
+                            result = op.run(connection)
+                        except Exception as error:
+                            self._split_group(op, cursor, connection, error, None)
+                        else:
+                            self._batch.append((op, result))
+                    else:
+                        self._savepoint(op, cursor, connection, None)
+                    self._current = None
+            if (
+                not drain
+                or self._lease is not None
+                or not self._in_transaction
+                or len(self._batch) >= limit
+            ):
+                return
+            now = monotonic()
+            if now - self._batch_started >= delay:
+                return
+            # mailbox.take_nowait(), inlined (only this thread takes from the mailbox).
+            if front:
+                letter = front.popleft()  # a replayed op, or a control message
+            else:
+                try:
+                    letter = take_queued()
+                except queue.Empty:
+                    return
+                if mailbox._senders_waiting:
+                    mailbox._wake_a_sender()
+            if type(letter) not in OP_TYPES:
+                mailbox.put_back(letter)
+                return
+            op = letter
+
+    def _probes(self, op: WriterOp, now: float) -> bool:
+        """The disk is full: make ``op`` the probe write if one is due, else fail it."""
+        if now < self._next_probe:
+            self._alone.discard(op.id)
+            self._fail(op, self._disk_full_error(now))
+            return False
+        # This write is the probe (and so are its reruns, after a split group):
+        # whatever it finds, the next probe is an interval away.
+        self._probe = op.id
+        self._next_probe = now + self.config.disk_full_probe_interval
+        return True
 
     def _savepoint(
         self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
@@ -494,8 +532,6 @@ class WriterActor(RoleActor):
                 return
             cursor.execute("RELEASE op")
         self._batch.append((op, result))
-        if self.hooks.track_tables:
-            self._note_writes(op, connection)
 
     def _split_group(
         self,
@@ -530,30 +566,41 @@ class WriterActor(RoleActor):
             self._group_start = None
             cursor.execute(f"RELEASE {_GROUP}")
 
-    def _note_writes(self, op: WriterOp, connection: TrackedConnection) -> None:
-        """Add the tables ``op`` changed to the batch's (None once any is unknown)."""
+    def _note_writes(self, batch: list[tuple[Op, Any]], raw: apsw.Connection) -> None:
+        """Add the tables the batch's writes changed to the batch's (None once any is unknown).
+
+        Once per batch, before its COMMIT, rather than once per write: a loop costs less
+        than a call. A transaction's return noted its tables as it joined the batch.
+        """
         tables = self._batch_tables
         if tables is None:
             return
-        kind = type(op)
-        if kind is UnitOfWorkOp:
-            self._batch_tables = None  # a function's statements are not known
-            return
-        statements = op.statements if kind is WriteAllOp else [(op.sql, None)]  # type: ignore[attr-defined]
-        for sql, params in statements:
-            if sql is None:
-                self._batch_tables = None
+        noted: set[str] = set()  # a batch runs the same few statements again and again
+        for op, _ in batch:
+            kind = type(op)
+            if kind is WriteAllOp:
+                statements: Sequence[tuple[str, Params]] = op.statements  # type: ignore[attr-defined]
+            elif kind is WriteOp or kind is WriteManyOp:
+                statements = ((op.statement, None),)  # type: ignore[attr-defined]
+            elif kind is UnitOfWorkOp:
+                self._batch_tables = None  # a function's statements are not known
                 return
-            info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
-            if info is None:
-                try:
-                    info = analyze(connection.connection, sql, params)
-                except apsw.Error:
-                    self._batch_tables = None  # cannot tell: the cache drops everything
-                    return
-            tables.update(info.writes)
-            if not info.plain:
-                self._batch_plain = False
+            else:
+                continue
+            for sql, params in statements:
+                if sql in noted:
+                    continue
+                noted.add(sql)
+                info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
+                if info is None:
+                    try:
+                        info = analyze(raw, sql, params)
+                    except apsw.Error:
+                        self._batch_tables = None  # cannot tell: the cache drops everything
+                        return
+                tables.update(info.writes)
+                if not info.plain:
+                    self._batch_plain = False
 
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
@@ -598,6 +645,8 @@ class WriterActor(RoleActor):
         spans, self._spans = self._spans, []
         self._in_transaction = False
         tracing = self.tracing
+        if self.hooks.track_tables:
+            self._note_writes(batch, connection.connection)
         tables, self._batch_tables = self._batch_tables, set()
         changes_now = connection.connection.total_changes()
         changed = bool(batch) or changes_now != self._changes_at_begin
@@ -631,7 +680,12 @@ class WriterActor(RoleActor):
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
         for op, result in batch:
-            op.future.set_result(result)
+            future = op.future
+            if future._value is _PENDING:  # future.set_result(result) inlined: once per write
+                future._value = result
+                future._done.release()
+                if future._callbacks is not None:
+                    future._run_callbacks()
         if self.wal_frames >= self.config.checkpoint_frames:
             self._checkpoint("PASSIVE")  # after acknowledging: nobody waits on it
 

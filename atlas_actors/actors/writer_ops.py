@@ -18,7 +18,7 @@ import apsw
 
 from atlas_actors.actors.base import Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
-from atlas_actors.future import Future
+from atlas_actors.future import Future, sql_text
 
 __all__ = [
     "OP_TYPES",
@@ -60,15 +60,20 @@ def in_writer_thread() -> bool:
 class WriterOp(Op):
     """A unit of work for the writer, run under its own savepoint."""
 
-    __slots__ = ("sql",)
+    __slots__ = ("statement",)
     span_name = "atlas.writer.write"
 
     def __init__(
         self, future: Future[Any], session: int, trace_context: Any, sql: str | None
     ) -> None:
         super().__init__(future, session, trace_context)
-        self.sql = sql
-        """The statement text, for spans and errors (None for a function)."""
+        self.statement = sql
+        """The one statement's text (None: a function, or several statements)."""
+
+    @property
+    def sql(self) -> str | None:
+        """The text of what the op runs, for spans and errors (None for a function)."""
+        return self.statement
 
     def run(self, connection: TrackedConnection) -> Any:
         """Do the work on the writer's connection and return the future's value."""
@@ -78,7 +83,8 @@ class WriterOp(Op):
 class WriteOp(WriterOp):
     """One statement (or a script of several) with its parameters → :class:`WriteResult`."""
 
-    __slots__ = ("params", "statement")
+    __slots__ = ("params",)
+    statement: str
 
     def __init__(
         self, future: Future[Any], session: int, trace_context: Any, sql: str, params: Params
@@ -91,7 +97,6 @@ class WriteOp(WriterOp):
         self.enqueued_at = monotonic()
         self.trace_context = trace_context
         self.claimed = False
-        self.sql = sql
         self.statement = sql
         self.params = params
 
@@ -103,7 +108,8 @@ class WriteOp(WriterOp):
 class WriteManyOp(WriterOp):
     """One statement run once per parameter set → one :class:`WriteResult` (total rowcount)."""
 
-    __slots__ = ("seq_of_params", "statement")
+    __slots__ = ("seq_of_params",)
+    statement: str
     span_name = "atlas.writer.write_many"
 
     def __init__(
@@ -115,7 +121,6 @@ class WriteManyOp(WriterOp):
         seq_of_params: Sequence[Params],
     ) -> None:
         super().__init__(future, session, trace_context, sql)
-        self.statement = sql
         self.seq_of_params = seq_of_params
 
     def run(self, connection: TrackedConnection) -> WriteResult:
@@ -135,7 +140,6 @@ class WriteAllOp(WriterOp):
         session: int,
         trace_context: Any,
         statements: Sequence[tuple[str, Params]],
-        text: str | None = None,
     ) -> None:
         # Op.__init__ inlined: this runs once per write.
         self.id = next(_op_ids)
@@ -145,8 +149,13 @@ class WriteAllOp(WriterOp):
         self.enqueued_at = monotonic()
         self.trace_context = trace_context
         self.claimed = False
-        self.sql = text if text is not None else "; ".join(sql for sql, _ in statements)
+        self.statement = None
         self.statements = statements
+
+    @property
+    def sql(self) -> str:
+        """The statements' text joined with ``"; "`` (built only for spans and errors)."""
+        return sql_text(self.statements)
 
     def run(self, connection: TrackedConnection) -> list[WriteResult]:
         """Run each statement in order; the first failure undoes them all."""
@@ -211,6 +220,21 @@ class WriterStats:
 
 class WriterCounters:
     """Mutable counters shared by the writer's incarnations (written by one thread)."""
+
+    __slots__ = (
+        "batches",
+        "checkpoints",
+        "commit_seq",
+        "failed",
+        "handovers",
+        "last_checkpoint",
+        "max_batch",
+        "queue_wait",
+        "regrouped",
+        "started",
+        "wal_frames",
+        "writes",
+    )
 
     def __init__(self) -> None:
         self.writes = 0
