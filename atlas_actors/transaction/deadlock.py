@@ -34,7 +34,7 @@ class WaitForGraph:
     """Holders and waiters of named resources; thread-safe."""
 
     def __init__(self) -> None:
-        self._lock = self.lock = threading.Lock()
+        self.lock = threading.Lock()
         """Held while the graph searches: hold it to change a tracked mapping."""
         self._holders: defaultdict[str, dict[int, str]] = defaultdict(dict)
         self._held: dict[int, int] = {}
@@ -53,7 +53,7 @@ class WaitForGraph:
 
     def hold(self, session: int, resource: str, label: str) -> None:
         """Record that ``session`` holds ``resource`` (``label`` names it in messages)."""
-        with self._lock:
+        with self.lock:
             holders = self._holders[resource]
             if session not in holders:
                 self._held[session] = self._held.get(session, 0) + 1
@@ -61,7 +61,7 @@ class WaitForGraph:
 
     def release(self, session: int, resource: str) -> None:
         """Record that ``session`` no longer holds ``resource``."""
-        with self._lock:
+        with self.lock:
             if self._holders[resource].pop(session, None) is not None:
                 left = self._held.pop(session) - 1
                 if left:
@@ -69,7 +69,7 @@ class WaitForGraph:
 
     def holders(self, resource: str) -> dict[int, str]:
         """Sessions holding ``resource``, with their labels."""
-        with self._lock:
+        with self.lock:
             return self._holders_of(resource)
 
     def _holders_of(self, resource: str) -> dict[int, str]:
@@ -97,7 +97,7 @@ class WaitForGraph:
                     break
             else:
                 return  # every cycle through a wait passes through something the waiter holds
-        with self._lock:
+        with self.lock:
             cycle = self._cycle(session, resource, all_units_taken())
         if cycle is not None:
             text = advice() if callable(advice) else advice
@@ -107,17 +107,17 @@ class WaitForGraph:
 
     def waiting(self, session: int, resource: str) -> None:
         """Record that ``session`` now waits for ``resource`` (call ``done_waiting`` after)."""
-        with self._lock:
+        with self.lock:
             self._waiting[session] = resource
 
     def done_waiting(self, session: int) -> None:
         """Record that ``session`` stopped waiting."""
-        with self._lock:
+        with self.lock:
             self._waiting.pop(session, None)
 
     def waits(self) -> dict[int, str]:
         """Sessions currently waiting, with the resource each waits for."""
-        with self._lock:
+        with self.lock:
             return dict(self._waiting)
 
     def _cycle(self, start: int, resource: str, exhausted: bool) -> list[str] | None:
