@@ -324,24 +324,45 @@ _QUOTED_OR_SEMICOLON = re.compile(
 """A quoted string or name, a comment, or a ``;`` (one pass finds the ``;`` outside them)."""
 
 
-def _controls_a_transaction(sql: str) -> bool:
-    """True if any statement of ``sql`` begins, ends or marks a transaction.
+def _any_statement(sql: str, pattern: re.Pattern[str]) -> bool:
+    """True if ``pattern`` matches at the start of any statement of ``sql``.
 
-    A later statement counts where a ``;`` outside quotes and comments is followed by
-    such a keyword and SQLite says the text up to it is complete (``sqlite3_complete``:
-    not inside a trigger's body, whose last statement is followed by ``END``). The text
-    is scanned once; only those rare candidates are checked again.
+    A later statement counts where a ``;`` outside quotes and comments is followed by a
+    match and SQLite says the text up to it is complete (``sqlite3_complete``: not inside
+    a trigger's body, whose last statement is followed by ``END``). The text is scanned
+    once; only those rare candidates are checked again.
     """
-    if _CONTROL_STATEMENT.match(sql):
+    if pattern.match(sql):
         return True
     if ";" not in sql:
         return False
     for found in _QUOTED_OR_SEMICOLON.finditer(sql):
         if found.group() == ";":
             end = found.end()
-            if _CONTROL_STATEMENT.match(sql, end) and apsw.complete(sql[:end]):
+            if pattern.match(sql, end) and apsw.complete(sql[:end]):
                 return True
     return False
+
+
+def _controls_a_transaction(sql: str) -> bool:
+    """True if any statement of ``sql`` begins, ends or marks a transaction."""
+    return _any_statement(sql, _CONTROL_STATEMENT)
+
+
+_SCHEMA_STATEMENT = re.compile(
+    r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:CREATE|DROP|ALTER)\b", re.IGNORECASE | re.DOTALL
+)
+_schema_statements: dict[str, bool] = {}
+
+
+def changes_schema(sql: str) -> bool:
+    """True if a statement of ``sql`` creates, drops or alters something (cached)."""
+    found = _schema_statements.get(sql)
+    if found is None:
+        found = _any_statement(sql, _SCHEMA_STATEMENT)
+        if len(_schema_statements) < 10_000:
+            _schema_statements[sql] = found
+    return found
 
 
 def _write_kind(sql: str) -> str:

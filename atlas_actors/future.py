@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.errors import OperationTimeout, shorten
 
-__all__ = ["Future", "SqlText", "sql_text"]
+__all__ = ["Future", "SqlText", "check_statements", "sql_text"]
 
 T = TypeVar("T")
 
@@ -40,7 +40,21 @@ def sql_text(sql: SqlText) -> str | None:
     """The text of ``sql``: a ``write_all``'s statements joined with ``"; "``."""
     if sql is None or isinstance(sql, str):
         return sql
-    return "; ".join(statement for statement, _ in sql)
+    return "; ".join(str(statement) for statement, _ in sql)  # str(): never raise here
+
+
+def check_statements(statements: Sequence[tuple[str, Any]]) -> None:
+    """Raise at the call if an entry of a ``write_all`` is not an (SQL text, params) pair.
+
+    In the writer, a malformed entry would fail its op there, after the caller had let go
+    of it; and every message about it (errors, timeouts, spans) joins the text.
+    """
+    for position, (sql, _params) in enumerate(statements):
+        if type(sql) is not str:
+            raise TypeError(
+                f"write_all statement {position}: the SQL must be str, not "
+                f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
+            )
 
 
 class Future(Generic[T]):

@@ -31,7 +31,7 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
-from atlas_actors.future import _PENDING, Future, SqlText, sql_text
+from atlas_actors.future import _PENDING, Future, SqlText, check_statements, sql_text
 from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -104,8 +104,7 @@ class WriterHandle:
     ) -> WriterFuture[list[WriteResult]]:
         """Run several statements as one unit: all commit or none does."""
         statements = list(statements)  # a copy: the caller may reuse its list
-        for _sql, _params in statements:  # each a pair, checked here, not in the writer
-            pass
+        check_statements(statements)  # here, not in the writer
         return self.submit(WriteAllOp, "write_all", statements, (statements,), timeout, traced=True)
 
     def run(

@@ -40,7 +40,7 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
-from atlas_actors.future import Future, sql_text
+from atlas_actors.future import Future, check_statements, sql_text
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
@@ -134,8 +134,7 @@ class Storage(Runtime):
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
         statements = list(statements)  # a copy: the caller may reuse its list
-        for _sql, _params in statements:  # each a pair, checked here, not in the writer
-            pass
+        check_statements(statements)  # here, not in the writer
         results: list[WriteResult] = self._write(
             WriteAllOp, "write_all", statements, (statements,), timeout
         )

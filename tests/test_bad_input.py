@@ -223,3 +223,15 @@ def test_write_all_refuses_statements_that_are_not_pairs_at_the_call(
         db.writer.write_all(statements)  # type: ignore[arg-type]
     assert db.write_all([("INSERT INTO tasks(title) VALUES ('y')", None)])[0].rowcount == 1
     assert db.query("SELECT title FROM tasks") == [("y",)]
+
+
+@pytest.mark.parametrize("sql", [None, b"INSERT INTO tasks(title) VALUES ('x')", 123])
+def test_write_all_refuses_sql_that_is_not_text_at_the_call(db: atlas.Storage, sql: object) -> None:
+    """In the writer it failed only after the caller's deadline, and crashed the writer
+    with the write lock held, so every later write timed out."""
+    for write_all in (db.write_all, db.writer.write_all):
+        with pytest.raises(TypeError, match="statement 1: the SQL must be str"):
+            write_all([("INSERT INTO tasks(title) VALUES ('ok')", None), (sql, None)])  # type: ignore[list-item]
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
+    assert db.query("SELECT title FROM tasks") == [("after",)]
+    assert db.supervisor.status().restarts == 0

@@ -27,6 +27,7 @@ The messages it receives are defined in ``writer_ops.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -56,7 +57,7 @@ from atlas_actors.actors.writer_ops import (
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import Params, TrackedConnection
+from atlas_actors.connection import Params, TrackedConnection, changes_schema
 from atlas_actors.errors import (
     ActorCrashedError,
     AtlasError,
@@ -481,10 +482,13 @@ class WriterActor(RoleActor):
             now = monotonic()
             if now - self._batch_started >= delay:
                 return
-            # mailbox.take_nowait(), inlined (only this thread takes from the mailbox).
+            # mailbox.take_nowait(), inlined (only this thread takes from the mailbox,
+            # but a closing mailbox's fail_all() may empty the front meanwhile).
+            letter = None
             if front:
-                letter = front.popleft()  # a replayed op, or a control message
-            else:
+                with contextlib.suppress(IndexError):
+                    letter = front.popleft()  # a replayed op, or a control message
+            if letter is None:
                 try:
                     letter = take_queued()
                 except queue.Empty:
@@ -591,6 +595,13 @@ class WriterActor(RoleActor):
                 if sql in noted:
                     continue
                 noted.add(sql)
+                if changes_schema(sql):
+                    # What the batch's other statements wrote is analysed here, after they
+                    # ran: a trigger this DDL dropped (a temp one changes no version the
+                    # writer checks) would no longer show. The cache drops everything.
+                    self._batch_plain = False
+                    self._batch_tables = None
+                    return
                 info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
                 if info is None:
                     try:

@@ -174,6 +174,27 @@ def test_a_trigger_written_table_is_invalidated_too(kv: atlas.Storage) -> None:
     assert kv.query("SELECT v FROM other WHERE k = 6") == [("via trigger",)]
 
 
+def test_a_temp_trigger_dropped_in_the_same_batch_still_invalidates_what_it_wrote(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """The batch's tables are worked out at COMMIT: by then the trigger is gone, and the
+    INSERT alone no longer shows that it wrote to b."""
+    db = open_storage(cache_disk_min_seconds=0, max_batch_delay=2.0)
+    db.execute("CREATE TABLE a(x); CREATE TABLE b(x); CREATE TABLE busy(x)")
+    db.execute("CREATE TEMP TRIGGER copy AFTER INSERT ON a BEGIN INSERT INTO b VALUES (new.x); END")
+    count = "SELECT count(*) AS n FROM b"
+    assert [db.query(count)[0].n for _ in range(3)] == [0, 0, 0]  # cached now
+    slow = db.writer.execute(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) "
+        "INSERT INTO busy SELECT x FROM c"
+    )
+    insert = db.writer.execute("INSERT INTO a VALUES (42)")  # queued behind it: one batch
+    drop = db.writer.execute("DROP TRIGGER IF EXISTS temp.copy")
+    slow.get(10), insert.get(10), drop.get(10)
+    assert db.writer.stats().max_batch >= 2
+    assert db.query(count)[0].n == 1
+
+
 def test_schema_changes_and_writer_restarts_drop_everything(kv: atlas.Storage) -> None:
     _cached(kv, 7)
     assert kv.cache.stats().size >= 1
