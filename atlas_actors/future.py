@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.errors import OperationTimeout, shorten
 
-__all__ = ["Future", "SqlText", "check_statements", "sql_text"]
+__all__ = ["Future", "SqlText", "not_text", "sql_text"]
 
 T = TypeVar("T")
 
@@ -43,18 +43,17 @@ def sql_text(sql: SqlText) -> str | None:
     return "; ".join(str(statement) for statement, _ in sql)  # str(): never raise here
 
 
-def check_statements(statements: Sequence[tuple[str, Any]]) -> None:
-    """Raise at the call if an entry of a ``write_all`` is not an (SQL text, params) pair.
+def not_text(statements: Sequence[tuple[object, Any]]) -> TypeError:
+    """The error for a ``write_all`` whose statements include SQL that is not text.
 
-    In the writer, a malformed entry would fail its op there, after the caller had let go
-    of it; and every message about it (errors, timeouts, spans) joins the text.
+    Raised at the call: in the writer the op would fail only after its caller had let go
+    of it, and every message about it (errors, timeouts, spans) joins the text.
     """
-    for position, (sql, _params) in enumerate(statements):
-        if type(sql) is not str:
-            raise TypeError(
-                f"write_all statement {position}: the SQL must be str, not "
-                f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
-            )
+    position, sql = next((i, s) for i, (s, _) in enumerate(statements) if type(s) is not str)
+    return TypeError(
+        f"write_all statement {position}: the SQL must be str, not "
+        f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
+    )
 
 
 class Future(Generic[T]):

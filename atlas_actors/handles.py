@@ -31,7 +31,7 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
-from atlas_actors.future import _PENDING, Future, SqlText, check_statements, sql_text
+from atlas_actors.future import _PENDING, Future, SqlText, not_text, sql_text
 from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -104,7 +104,9 @@ class WriterHandle:
     ) -> WriterFuture[list[WriteResult]]:
         """Run several statements as one unit: all commit or none does."""
         statements = list(statements)  # a copy: the caller may reuse its list
-        check_statements(statements)  # here, not in the writer
+        for sql, _params in statements:  # pairs of SQL text and parameters
+            if type(sql) is not str:
+                raise not_text(statements)  # here: in the writer it would fail late
         return self.submit(WriteAllOp, "write_all", statements, (statements,), timeout, traced=True)
 
     def run(

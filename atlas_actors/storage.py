@@ -40,7 +40,7 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
-from atlas_actors.future import Future, check_statements, sql_text
+from atlas_actors.future import Future, not_text, sql_text
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
@@ -134,7 +134,9 @@ class Storage(Runtime):
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
         statements = list(statements)  # a copy: the caller may reuse its list
-        check_statements(statements)  # here, not in the writer
+        for sql, _params in statements:  # pairs of SQL text and parameters
+            if type(sql) is not str:
+                raise not_text(statements)  # here: in the writer it would fail late
         results: list[WriteResult] = self._write(
             WriteAllOp, "write_all", statements, (statements,), timeout
         )
