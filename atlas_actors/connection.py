@@ -312,9 +312,10 @@ _INSERTS_NOTHING = "inserts nothing"
 _OTHER = "other"
 _CONTROL = "transaction control"
 _write_kinds: dict[str, str] = {}
+_LEADING = r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+"""Whitespace and comments before a statement's first keyword."""
 _CONTROL_STATEMENT = re.compile(
-    r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b",
-    re.IGNORECASE | re.DOTALL,
+    _LEADING + r"(?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE | re.DOTALL
 )
 
 
@@ -349,9 +350,7 @@ def _controls_a_transaction(sql: str) -> bool:
     return _any_statement(sql, _CONTROL_STATEMENT)
 
 
-_SCHEMA_STATEMENT = re.compile(
-    r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:CREATE|DROP|ALTER)\b", re.IGNORECASE | re.DOTALL
-)
+_SCHEMA_STATEMENT = re.compile(_LEADING + r"(?:CREATE|DROP|ALTER)\b", re.IGNORECASE | re.DOTALL)
 _schema_statements: dict[str, bool] = {}
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.errors import OperationTimeout, shorten
 
-__all__ = ["Future", "SqlText", "not_text", "sql_text"]
+__all__ = ["Future", "SqlText", "sql_text", "statement_pairs"]
 
 T = TypeVar("T")
 
@@ -43,17 +43,21 @@ def sql_text(sql: SqlText) -> str | None:
     return "; ".join(str(statement) for statement, _ in sql)  # str(): never raise here
 
 
-def not_text(statements: Sequence[tuple[object, Any]]) -> TypeError:
-    """The error for a ``write_all`` whose statements include SQL that is not text.
+def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A copy of a ``write_all``'s (SQL text, params) pairs, checked at the call.
 
-    Raised at the call: in the writer the op would fail only after its caller had let go
-    of it, and every message about it (errors, timeouts, spans) joins the text.
+    In the writer a malformed entry would fail only after its caller had let go of it,
+    and every message about it (errors, timeouts, spans) joins the text.
     """
-    position, sql = next((i, s) for i, (s, _) in enumerate(statements) if type(s) is not str)
-    return TypeError(
-        f"write_all statement {position}: the SQL must be str, not "
-        f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
-    )
+    pairs = list(statements)  # a copy: the caller may reuse its list
+    for sql, _params in pairs:  # ValueError unless a pair
+        if type(sql) is not str:
+            position = next(i for i, (s, _) in enumerate(pairs) if type(s) is not str)
+            raise TypeError(
+                f"write_all statement {position}: the SQL must be str, not "
+                f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
+            )
+    return pairs
 
 
 class Future(Generic[T]):

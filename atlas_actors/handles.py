@@ -31,7 +31,7 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
-from atlas_actors.future import _PENDING, Future, SqlText, not_text, sql_text
+from atlas_actors.future import _PENDING, Future, SqlText, sql_text, statement_pairs
 from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -103,10 +103,7 @@ class WriterHandle:
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> WriterFuture[list[WriteResult]]:
         """Run several statements as one unit: all commit or none does."""
-        statements = list(statements)  # a copy: the caller may reuse its list
-        for sql, _params in statements:  # pairs of SQL text and parameters
-            if type(sql) is not str:
-                raise not_text(statements)  # here: in the writer it would fail late
+        statements = statement_pairs(statements)
         return self.submit(WriteAllOp, "write_all", statements, (statements,), timeout, traced=True)
 
     def run(

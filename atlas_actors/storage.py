@@ -40,7 +40,7 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
-from atlas_actors.future import Future, not_text, sql_text
+from atlas_actors.future import Future, sql_text, statement_pairs
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
@@ -133,10 +133,7 @@ class Storage(Runtime):
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
-        statements = list(statements)  # a copy: the caller may reuse its list
-        for sql, _params in statements:  # pairs of SQL text and parameters
-            if type(sql) is not str:
-                raise not_text(statements)  # here: in the writer it would fail late
+        statements = statement_pairs(statements)
         results: list[WriteResult] = self._write(
             WriteAllOp, "write_all", statements, (statements,), timeout
         )

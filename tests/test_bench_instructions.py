@@ -21,23 +21,28 @@ from instructions import (
 )
 
 
+def _first_row(path: Path, sql: str) -> tuple[object, ...]:
+    connection = sqlite3.connect(path)
+    try:
+        row: tuple[object, ...] = connection.execute(sql).fetchone()
+        return row
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize("peer", WORKLOADS["writes"])
 def test_the_writes_workload_runs_and_lands(tmp_path: Path, peer: str) -> None:
     path = tmp_path / "w.db"
     run_writes(peer, 30, path)
-    connection = sqlite3.connect(path)
-    assert connection.execute("SELECT count(*) FROM tasks").fetchone() == (30,)
-    assert connection.execute("SELECT value FROM counters").fetchone() == (30,)
-    connection.close()
+    assert _first_row(path, "SELECT count(*) FROM tasks") == (30,)
+    assert _first_row(path, "SELECT value FROM counters") == (30,)
 
 
 @pytest.mark.parametrize("peer", WORKLOADS["transactions"])
 def test_the_transactions_workload_runs(tmp_path: Path, peer: str) -> None:
     path = tmp_path / "t.db"
     run_transactions(peer, 10, path)
-    connection = sqlite3.connect(path)
-    assert connection.execute("SELECT count(*) FROM ledger").fetchone() == (20,)
-    connection.close()
+    assert _first_row(path, "SELECT count(*) FROM ledger") == (20,)
 
 
 def test_counts_are_read_from_valgrind_and_divided_per_operation() -> None:

@@ -908,14 +908,14 @@ class WriterActor(RoleActor):
             or time.monotonic() - self._batch_started >= config.max_batch_delay
         ):
             return False
-        queue = self._lease_queue
+        waiting = self._lease_queue
         while True:  # the first queued request this return may be granted (claimed)
             try:
-                request = queue.popleft()
+                request = waiting.popleft()
             except IndexError:
                 return False
             if request.expected_version is not None:
-                queue.appendleft(request)  # the writer compares it with committed state
+                waiting.appendleft(request)  # the writer compares it with committed state
                 return False
             if not request.claim():
                 continue  # its caller gave up waiting
