@@ -176,6 +176,40 @@ class WriterHandle:
             self._mailbox.send(op)
         return future
 
+    def submit_lease(
+        self,
+        op_class: type[Op],
+        verb: str,
+        args: tuple[Any, ...],
+        *,
+        writable: bool,
+        deliver: Callable[[Any], bool] | None = None,
+    ) -> WriterFuture[Any]:
+        """Queue a transaction's lease message (internal: ``LeaseRequest``/``LeaseReturn``).
+
+        :meth:`submit` without what lease messages never need: a span of their own (the
+        caller's context goes along) and the deadlock guard on waiting (the transaction
+        checks the wait-for graph itself). ``writable=False`` skips the writes-stopped
+        check (a transaction giving its lease back must always get through);
+        ``deliver(op)`` may take the op instead of the mailbox (True: taken).
+        """
+        storage = self._storage
+        if storage._state != "running" or (writable and storage.write_block is not None):
+            if writable:
+                storage.check_writable()
+            else:
+                storage.check_usable()
+        future: WriterFuture[Any] = WriterFuture(
+            time.monotonic() + self._default_timeout, verb, None
+        )
+        future.guard = None
+        tracing = self._tracing
+        context = tracing.current_context() if tracing.enabled else None
+        op = op_class(future, threading.get_ident(), context, *args)
+        if deliver is None or not deliver(op):
+            self._mailbox.send(op)
+        return future
+
 
 def _end_span(span: trace.Span, future: Future[Any]) -> None:
     error = future.exception(0) if future.done() else None

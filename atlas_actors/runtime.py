@@ -230,6 +230,7 @@ class Runtime:
                 corruption=self._corruption,
                 lease_granted=self._lease_granted,
                 lease_ended=self._lease_ended,
+                lease_passed=self._lease_passed,
             ),
             connect=lambda: self._connect(writer=True),
             role=role,
@@ -478,6 +479,22 @@ class Runtime:
             self.lease_owners.pop(lease.owner, None)
         if lease.owner not in self.writer_threads:
             self.guarded_threads.discard(lease.owner)
+
+    def _lease_passed(self, returned: Lease, granted: Lease) -> None:
+        # _lease_ended(returned) then _lease_granted(granted), under one lock: this runs
+        # once per transaction at a hand-over.
+        leases = self._leases
+        leases.pop(returned.tx_id, None)
+        leases[granted.tx_id] = granted
+        self._expiry_sent.discard(returned.tx_id)
+        owners = self.lease_owners
+        with self.transactions.graph.lock:
+            owners.pop(returned.owner, None)
+            owners[granted.owner] = granted.tx_id
+        guarded = self.guarded_threads
+        if returned.owner not in self.writer_threads:
+            guarded.discard(returned.owner)
+        guarded.add(granted.owner)
 
     def writer_lease_status(self) -> tuple[int | None, int, float]:
         """(transaction holding the lease, writes waiting behind it, oldest wait)."""

@@ -85,3 +85,17 @@ def test_a_pool_cycle_needs_every_unit_taken() -> None:
     graph.check(1, "pool:readers", all_units_taken=lambda: False)  # the pool can grow
     with pytest.raises(DeadlockError):
         graph.check(1, "pool:readers", all_units_taken=lambda: True)
+
+
+def test_check_says_whether_the_wait_needs_recording() -> None:
+    # Only a session that holds something can lie on another session's cycle, so only
+    # its waits are recorded (the transactions skip waiting()/done_waiting() otherwise).
+    graph = WaitForGraph()
+    owners: dict[int, int] = {}
+    graph.track("lease", owners, "transaction {}")
+    assert graph.check(1, "lease") is False  # holds nothing
+    graph.hold(1, "pool:readers", "transaction 5")
+    assert graph.check(1, "lease") is True  # holds a reader, nobody holds the lease
+    graph.release(1, "pool:readers")
+    owners[2] = 9
+    assert graph.check(2, "pool:readers") is True  # holds the (tracked) lease

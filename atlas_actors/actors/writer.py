@@ -133,6 +133,9 @@ class WriterHooks:
     """A transaction borrowed the connection."""
     lease_ended: Callable[[Lease], None] = _ignore
     """The lease came back, expired or was revoked."""
+    lease_passed: Callable[[Lease, Lease], None] = _ignore
+    """The first lease came back and the second was granted in its place (a hand-over,
+    in the returning transaction's thread): ``lease_ended`` then ``lease_granted``."""
 
 
 class WriterActor(RoleActor):
@@ -902,10 +905,11 @@ class WriterActor(RoleActor):
         one needs a version check, or the batch reached its bounds.
         """
         config = self.config
+        now = time.monotonic()
         if (
             self._lease is not lease
             or self._chain_length >= config.max_batch_size
-            or time.monotonic() - self._batch_started >= config.max_batch_delay
+            or now - self._batch_started >= config.max_batch_delay
         ):
             return False
         waiting = self._lease_queue
@@ -919,31 +923,29 @@ class WriterActor(RoleActor):
                 return False
             if not request.claim():
                 continue  # its caller gave up waiting
-            if time.monotonic() <= request.deadline:
+            if now <= request.deadline:
                 break
             request.fail(
                 OperationTimeout(
-                    "waiting for the writer lease",
-                    time.monotonic() - request.enqueued_at,
-                    applied=False,
+                    "waiting for the writer lease", now - request.enqueued_at, applied=False
                 )
             )
         savepoint = f"tx{request.tx_id}"
+        connection = lease.connection
         try:
-            lease.connection.cursor.execute(f"SAVEPOINT {savepoint}")
+            connection.cursor.execute("SAVEPOINT " + savepoint)
         except apsw.Error as error:
             request.fail(wrap_sqlite_error(error, "SAVEPOINT"))
             return False
         successor = Lease(
-            request.tx_id, savepoint, lease.connection, request.owner, request.lease_timeout
+            request.tx_id, savepoint, connection, request.owner, request.lease_timeout
         )
-        successor.hand_over = self._hand_over
+        successor.hand_over = lease.hand_over  # (this method, bound once at the grant)
         self._chained.append(ret)
         self._chain_length += 1
         self.counters.handovers += 1
         self._lease = successor
-        self.hooks.lease_ended(lease)
-        self.hooks.lease_granted(successor)
+        self.hooks.lease_passed(lease, successor)
         request.future.set_result(successor)
         return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
@@ -317,15 +318,15 @@ class LeaseReturn(Op):
         tx_id: int,
         commit: bool,
         lost: bool = False,
-        tables: frozenset[str] | None = None,
+        tables: AbstractSet[str] | None = None,
     ) -> None:
         super().__init__(future, session, trace_context)
         self.tx_id = tx_id
         self.commit = commit
         self.lost = lost
+        """SQLite rolled the whole batch back under the transaction (SQLITE_FULL...)."""
         self.tables = tables
         """Tables the transaction changed (None: unknown)."""
-        """SQLite rolled the whole batch back under the transaction (SQLITE_FULL...)."""
 
 
 class CheckpointOp(Op):

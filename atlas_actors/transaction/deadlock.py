@@ -9,10 +9,11 @@ every holder leads back to the waiter and the pool cannot grow.
 
 A wait can only close a cycle if the waiting session holds something, so the common
 case (a session holding nothing) is answered without a lock (what a session holds only
-changes by its own actions while it is not waiting). A resource whose holders some
-other part keeps already (the writer lease) is *tracked* instead of copied: the graph
-reads that mapping when it searches, and its owner changes it under :attr:`lock`, so a
-search sees one consistent state.
+changes by its own actions while it is not waiting), and its wait is not recorded: a
+search only follows the waits of holders, so it could never pass through it. A resource
+whose holders some other part keeps already (the writer lease) is *tracked* instead of
+copied: the graph reads that mapping when it searches, and its owner changes it under
+:attr:`lock`, so a search sees one consistent state.
 """
 
 from __future__ import annotations
@@ -86,17 +87,19 @@ class WaitForGraph:
         *,
         all_units_taken: Callable[[], bool] = _always,
         advice: str | Callable[[], str] = "",
-    ) -> None:
+    ) -> bool:
         """Raise DeadlockError if ``session`` waiting for ``resource`` closes a cycle.
 
-        ``advice`` (text, or a function making it) says what to do instead.
+        ``advice`` (text, or a function making it) says what to do instead. Returns
+        whether ``session`` holds anything: only then can another session's search pass
+        through its wait, so only then need the wait be recorded (:meth:`waiting`).
         """
         if session not in self._held:
             for mapping, _ in self._tracked.values():
                 if session in mapping:
                     break
             else:
-                return  # every cycle through a wait passes through something the waiter holds
+                return False  # every cycle through a wait passes through what the waiter holds
         with self.lock:
             cycle = self._cycle(session, resource, all_units_taken())
         if cycle is not None:
@@ -104,6 +107,7 @@ class WaitForGraph:
             raise DeadlockError(
                 cycle, text or "the wait could never end; end the transaction you hold first"
             )
+        return True
 
     def waiting(self, session: int, resource: str) -> None:
         """Record that ``session`` now waits for ``resource`` (call ``done_waiting`` after)."""

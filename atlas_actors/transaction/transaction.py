@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +55,7 @@ _SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _RESERVED_SAVEPOINT = re.compile(r"tx[0-9]+\Z", re.IGNORECASE)
 _SNAPSHOT_ATTEMPTS = 20
 LEASE = "the writer lease"
+_ACTIVE = LeaseState.ACTIVE
 
 
 class Transaction:
@@ -94,7 +94,30 @@ class Transaction:
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement in the transaction."""
-        result: WriteResult = self._statement(sql, params, reading=False)
+        # Every statement of a transaction runs this (or query's copy of it), so Lease.run
+        # and _on_writer are written out: each Python call saved is paid again at every
+        # GIL hand-over when many threads run transactions.
+        lease = self._lease
+        if lease is None or self.state != "active":
+            lease = self._writer()
+        try:
+            with lease.lock:
+                if lease.state is not _ACTIVE:
+                    raise lease.ended_error()
+                writes = self._writes
+                if writes is not None and self._tracks_writes:
+                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                    if info is None:
+                        self._note_tables(writes, sql, params, lease.connection)
+                    else:
+                        writes.update(info.writes)
+                result = lease.connection.write(sql, params)
+        except AtlasError as error:
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
+            raise
+        self.operations += 1
         return result
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
@@ -105,8 +128,29 @@ class Transaction:
             rows = self._read_before_writing(sql, params)
             self.operations += 1
             return rows
-        result: list[Row] = self._statement(sql, params, reading=True)
-        return result
+        lease = self._lease
+        if lease is None or self.state != "active":
+            lease = self._writer()
+        try:
+            with lease.lock:
+                if lease.state is not _ACTIVE:
+                    raise lease.ended_error()
+                writes = self._writes
+                if writes is not None and self._tracks_writes:
+                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                    if info is None:
+                        self._note_tables(writes, sql, params, lease.connection)
+                    else:
+                        writes.update(info.writes)
+                refuse_transaction_control(sql)  # (write() refuses them itself)
+                rows = lease.connection.query(sql, params)
+        except AtlasError as error:
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
+            raise
+        self.operations += 1
+        return rows
 
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease)."""
@@ -206,47 +250,19 @@ class Transaction:
             raise self._error
         raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
 
-    def _statement(self, sql: str, params: Params, *, reading: bool) -> Any:
-        """Run a statement on the lent connection (taking the lease first if needed).
-
-        The tables it changes are noted for the cache (``_writes``; None once any is
-        unknown). This runs for every statement of a transaction, so what
-        :meth:`_on_writer` and ``Lease.run`` do is written out here: each Python call
-        saved is paid again at every GIL hand-over when many threads run transactions.
-        """
-        lease = self._lease
-        if lease is None or self.state != "active":
-            lease = self._writer()
+    def _note_tables(
+        self, writes: set[str], sql: str, params: Params, connection: TrackedConnection
+    ) -> None:
+        """Add the tables ``sql`` changes to ``writes``, analysing it first (a new text)."""
         try:
-            with lease.lock:
-                if lease.state is not LeaseState.ACTIVE:
-                    raise lease.ended_error()
-                connection = lease.connection
-                writes = self._writes
-                if writes is not None and self._tracks_writes:
-                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
-                    if info is None:
-                        try:
-                            info = analyze(connection.connection, sql, params)
-                        except apsw.Error:
-                            self._writes = None  # the statement fails below, typed
-                    if info is not None:
-                        writes.update(info.writes)
-                if reading:
-                    refuse_transaction_control(sql)  # (write() refuses them itself)
-                    result: Any = connection.query(sql, params)
-                else:
-                    result = connection.write(sql, params)
-        except AtlasError as error:
-            raised = self._failed_on_writer(lease, error)
-            if raised is not error:
-                raise raised from error
-            raise
-        self.operations += 1
-        return result
+            info = analyze(connection.connection, sql, params)
+        except apsw.Error:
+            self._writes = None  # unknown from now on; the statement fails next, typed
+            return
+        writes.update(info.writes)
 
     def _on_writer(self, lease: Lease, fn: Callable[[TrackedConnection], T]) -> T:
-        """Run ``fn`` on the lent connection (savepoint commands; statements: _statement)."""
+        """Run ``fn`` on the lent connection (savepoint commands; statements: execute)."""
         try:
             return lease.run(fn)
         except AtlasError as error:
@@ -540,7 +556,7 @@ class TransactionManager:
         """Borrow the write connection for ``tx`` (waiting behind other transactions)."""
         me = threading.get_ident()
         graph = self.graph
-        graph.check(
+        holds = graph.check(
             me,
             LEASE,
             advice=lambda: (
@@ -553,21 +569,21 @@ class TransactionManager:
             # A snapshot whose version could not be pinned conflicts on purpose.
             expected = tx._snapshot if tx._snapshot is not None else (-1, -1)
         storage = self.storage
-        graph.waiting(me, LEASE)
+        if holds:
+            graph.waiting(me, LEASE)
         try:
-            lease: Lease = storage.writer.submit(
+            lease: Lease = storage.writer.submit_lease(
                 LeaseRequest,
                 f"transaction {tx.id}: lease",
-                None,
                 (tx.id, tx._timeout, expected),
-                storage.config.default_timeout,
-                traced=False,
+                writable=True,
             ).get()
         except AtlasError as error:
             tx._fail(error)
             raise
         finally:
-            graph.done_waiting(me)
+            if holds:
+                graph.done_waiting(me)
         return lease
 
     def return_lease(
@@ -585,16 +601,12 @@ class TransactionManager:
         offers the connection straight to the next transaction waiting for it
         (``lease.hand_over``), saving the trip through the writer.
         """
-        hand_over = lease.hand_over if commit and not lost else None
-        future = self.storage.writer.submit(
+        future = self.storage.writer.submit_lease(
             LeaseReturn,
             f"transaction {tx.id}: {'commit' if commit else 'rollback'}",
-            None,
-            (tx.id, commit, lost, frozenset(tables) if tables is not None else None),
-            None,
-            traced=False,
-            check=False,
-            deliver=partial(hand_over, lease) if hand_over is not None else None,
+            (tx.id, commit, lost, tables),  # (the transaction has ended: tables stays as is)
+            writable=False,
+            deliver=lease.pass_on if commit and not lost else None,
         )
         try:
             future.get()
@@ -608,12 +620,14 @@ class TransactionManager:
         """Take a reader connection for ``tx``'s snapshot."""
         me = threading.get_ident()
         pool = self.storage.pool
-        self.graph.check(me, "pool:readers", all_units_taken=pool.exhausted)
-        self.graph.waiting(me, "pool:readers")
+        holds = self.graph.check(me, "pool:readers", all_units_taken=pool.exhausted)
+        if holds:
+            self.graph.waiting(me, "pool:readers")
         try:
             reader = pool.acquire()
         finally:
-            self.graph.done_waiting(me)
+            if holds:
+                self.graph.done_waiting(me)
         self.graph.hold(me, "pool:readers", f"transaction {tx.id}")
         return reader
 
