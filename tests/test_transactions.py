@@ -89,6 +89,8 @@ def test_a_savepoint_may_not_take_the_name_of_a_transactions_own(counter: atlas.
         for name in (f"tx{tx.id}", f"TX{tx.id}", "tx12345"):
             with pytest.raises(ValidationError, match="reserved"):
                 tx.savepoint(name)
+        for name in ("tx0", "tx05", "tx_1", "txn1"):  # never a transaction's (no id 0, no 0s)
+            tx.savepoint(name)
         tx.execute("UPDATE counter SET n = 2")
         raise RuntimeError("undo the whole transaction")
     assert _n(counter) == 0

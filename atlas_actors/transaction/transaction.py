@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 _ids = itertools.count(1)
 _SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-_RESERVED_SAVEPOINT = re.compile(r"tx[0-9]+\Z", re.IGNORECASE)
+_RESERVED_SAVEPOINT = re.compile(r"tx[1-9][0-9]*\Z", re.IGNORECASE)  # tx<id>, ids from 1
 _SNAPSHOT_ATTEMPTS = 20
 LEASE = "the writer lease"
 _ACTIVE = LeaseState.ACTIVE
