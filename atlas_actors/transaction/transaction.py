@@ -94,30 +94,7 @@ class Transaction:
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement in the transaction."""
-        # Every statement of a transaction runs this (or query's copy of it), so Lease.run
-        # and _on_writer are written out: each Python call saved is paid again at every
-        # GIL hand-over when many threads run transactions.
-        lease = self._lease
-        if lease is None or self.state != "active":
-            lease = self._writer()
-        try:
-            with lease.lock:
-                if lease.state is not _ACTIVE:
-                    raise lease.ended_error()
-                writes = self._writes
-                if writes is not None and self._tracks_writes:
-                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
-                    if info is None:
-                        self._note_tables(writes, sql, params, lease.connection)
-                    else:
-                        writes.update(info.writes)
-                result = lease.connection.write(sql, params)
-        except AtlasError as error:
-            raised = self._failed_on_writer(lease, error)
-            if raised is not error:
-                raise raised from error
-            raise
-        self.operations += 1
+        result: WriteResult = self._statement(sql, params, False)
         return result
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
@@ -128,29 +105,8 @@ class Transaction:
             rows = self._read_before_writing(sql, params)
             self.operations += 1
             return rows
-        lease = self._lease
-        if lease is None or self.state != "active":
-            lease = self._writer()
-        try:
-            with lease.lock:
-                if lease.state is not _ACTIVE:
-                    raise lease.ended_error()
-                writes = self._writes
-                if writes is not None and self._tracks_writes:
-                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
-                    if info is None:
-                        self._note_tables(writes, sql, params, lease.connection)
-                    else:
-                        writes.update(info.writes)
-                refuse_transaction_control(sql)  # (write() refuses them itself)
-                rows = lease.connection.query(sql, params)
-        except AtlasError as error:
-            raised = self._failed_on_writer(lease, error)
-            if raised is not error:
-                raise raised from error
-            raise
-        self.operations += 1
-        return rows
+        result: list[Row] = self._statement(sql, params, True)
+        return result
 
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease)."""
@@ -250,6 +206,41 @@ class Transaction:
             raise self._error
         raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
 
+    def _statement(self, sql: str, params: Params, reading: bool) -> Any:
+        """Run a statement on the lent connection (taking the lease first if needed).
+
+        The tables it changes are noted for the cache (``_writes``; None once any is
+        unknown). This runs for every statement of a transaction, so what
+        :meth:`_on_writer` and ``Lease.run`` do is written out here: each Python call
+        saved is paid again at every GIL hand-over when many threads run transactions.
+        """
+        lease = self._lease
+        if lease is None or self.state != "active":
+            lease = self._writer()
+        try:
+            with lease.lock:
+                if lease.state is not _ACTIVE:
+                    raise lease.ended_error()
+                writes = self._writes
+                if writes is not None and self._tracks_writes:
+                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                    if info is None:
+                        self._note_tables(writes, sql, params, lease.connection)
+                    else:
+                        writes.update(info.writes)
+                if reading:
+                    refuse_transaction_control(sql)  # (write() refuses them itself)
+                    result: Any = lease.connection.query(sql, params)
+                else:
+                    result = lease.connection.write(sql, params)
+        except AtlasError as error:
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
+            raise
+        self.operations += 1
+        return result
+
     def _note_tables(
         self, writes: set[str], sql: str, params: Params, connection: TrackedConnection
     ) -> None:
@@ -262,7 +253,7 @@ class Transaction:
         writes.update(info.writes)
 
     def _on_writer(self, lease: Lease, fn: Callable[[TrackedConnection], T]) -> T:
-        """Run ``fn`` on the lent connection (savepoint commands; statements: execute)."""
+        """Run ``fn`` on the lent connection (savepoint commands; statements: _statement)."""
         try:
             return lease.run(fn)
         except AtlasError as error:
