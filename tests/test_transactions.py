@@ -15,6 +15,7 @@ import atlas_actors as atlas
 from atlas_actors.errors import (
     AtlasError,
     ConstraintError,
+    DeadlockError,
     TransactionAborted,
     TransactionConflict,
     TransactionError,
@@ -124,11 +125,20 @@ def test_a_failing_statement_fails_alone_and_the_transaction_goes_on(
 def test_32_threads_times_100_serializable_increments_give_exactly_3200(
     counter: atlas.Storage,
 ) -> None:
+    guarded: list[bool] = []
+
     def increments() -> None:
-        for _ in range(100):
+        for i in range(100):
             with counter.transaction(isolation="serializable") as tx:
                 n = tx.query("SELECT n FROM counter WHERE id = 1")[0].n
                 tx.execute("UPDATE counter SET n = ? WHERE id = 1", [n + 1])
+                if i == 50:  # most leases come by hand-over: the guard knows the holder
+                    try:
+                        counter.write("UPDATE counter SET n = n WHERE id = 1", timeout=5)
+                    except DeadlockError:
+                        guarded.append(True)
+                    else:  # pragma: no cover (the failure this test is for)
+                        guarded.append(False)
 
     threads = [threading.Thread(target=increments) for _ in range(32)]
     for thread in threads:
@@ -136,10 +146,14 @@ def test_32_threads_times_100_serializable_increments_give_exactly_3200(
     for thread in threads:
         thread.join(120)
     assert _n(counter) == 3200
+    assert guarded == [True] * 32
     status = counter.transactions.status()
     assert status.committed >= 3200 and not status.active and status.lease_holder is None
     assert counter.writer.stats().mean_batch > 1  # transactions were group-committed
     assert counter.writer.stats().handovers > 0  # and passed the lease on directly
+    # Every lease given back: no thread is left recorded as holding one.
+    assert counter.lease_owners == {}
+    assert counter.guarded_threads <= counter.writer_threads
 
 
 def test_handed_over_leases_keep_transactions_whole_among_plain_writes_and_rollbacks(
