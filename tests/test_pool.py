@@ -17,6 +17,7 @@ from atlas_actors.connection import (
     _RECHECK_EVERY,
     _TIME_FIRST,
     SAMPLE_EVERY,
+    Claim,
     TrackedConnection,
     recheck_due,
     sample_weight,
@@ -41,6 +42,24 @@ def test_acquire_lends_a_connection_until_release(db: atlas.Storage) -> None:
     with pytest.raises(ValidationError, match="released"):
         lease.execute("SELECT 1")
     assert db.pool.status() == before
+
+
+def test_a_connection_claim_lets_one_user_in_at_a_time() -> None:
+    claim = Claim()
+    assert not claim.locked() and claim.acquire(False) and claim.locked()
+    assert not claim.acquire(False)
+    with pytest.raises(KeyError):
+        claim.token.pop()  # the hot path's claim fails while another holds it
+    started = time.monotonic()
+    assert not claim.acquire(timeout=0.05)
+    assert time.monotonic() - started >= 0.05
+    threading.Timer(0.05, claim.release).start()
+    assert claim.acquire(timeout=5.0)  # given back by another thread meanwhile
+    claim.release()
+    with pytest.raises(RuntimeError, match="not held"):
+        claim.release()
+    claim.token.add(True)  # a stray give-back on the hot path: still one token
+    assert claim.acquire(False) and not claim.acquire(False)
 
 
 def test_pool_release_takes_back_what_acquire_lent(db: atlas.Storage) -> None:

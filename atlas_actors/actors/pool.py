@@ -524,9 +524,12 @@ class ReaderPool:
             uses < _TIME_FIRST  # its first runs (all timed: sample_weight)
             or (phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT)  # recheck_due
             or self.events.watches_checkouts
-            or not connection.lock.acquire(False)
         ):
             return self._query_general(sql, params, timeout)
+        try:
+            connection.lock.token.pop()  # claimed (Claim.acquire(False), cheaper)
+        except KeyError:
+            return self._query_general(sql, params, timeout)  # in use: lent to a waiter
         if not connection.usable:
             connection.lock.release()
             return self._query_general(sql, params, timeout)
@@ -569,7 +572,7 @@ class ReaderPool:
         if count >= self._recycle_queries:
             self.release(connection)
         else:
-            connection.lock.release()
+            connection.lock.token.add(True)  # released (Claim.release(), cheaper)
             if self._pending or self._waiting:
                 self._wake_next()
         if timed and self._record_query is not None:
