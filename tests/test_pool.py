@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from atlas_actors.connection import (
     recheck_due,
     sample_weight,
 )
-from atlas_actors.errors import OperationTimeout, ValidationError
+from atlas_actors.errors import OperationTimeout, StorageClosedError, ValidationError
 from atlas_actors.faults import FaultyVFS
 from tests.helpers import wait_until
 
@@ -411,6 +412,43 @@ def test_a_failing_read_on_the_fast_path_fails_alone_and_is_counted(
     assert sum(m.errors for m in db.connection_metrics().values()) == errors_before + 2
     assert db.query(_POINT, [1]) == [(1, "a")]  # the connection was given back
     assert db.pool.status().active == 0
+
+
+def test_db_query_without_cache_keeps_the_storage_contract(
+    open_storage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without a span to open or a cache to ask, db.query is the pool's read function:
+    # what Storage.query does around the pool must still happen there.
+    caplog.set_level(logging.INFO, logger="atlas_actors.errors")
+    db = _uncached(open_storage)
+    _warm(db)
+    with pytest.raises(atlas.errors.ParameterError):
+        db.query(_POINT, [1, 2])  # fails on the fast path: reported as a query's error
+    with pytest.raises(atlas.errors.SQLError):
+        db.query("SELECT nope FROM tasks")  # fails on the general path
+    records = [r for r in caplog.records if r.name == "atlas_actors.errors"]
+    assert [r.atlas["operation"] for r in records] == ["query", "query"]  # type: ignore[attr-defined]
+    assert db.metrics.snapshot()["errors"] == 2
+    built = atlas.Query().select(["id", "title"]).from_("tasks").where([("id", "eq", 1)])
+    assert db.query(built) == [(1, "a")]  # a built query is served too
+    with pytest.raises(TypeError):
+        db.query(_POINT, [1], 5.0)  # type: ignore[misc]  # timeout is keyword-only
+    db.close()
+    with pytest.raises(StorageClosedError):
+        db.query(_POINT, [1])
+    assert db.metrics.snapshot()["errors"] == 2  # refusing a closed storage is no error
+
+
+def test_a_storage_subclass_overriding_query_is_called(db_path: Path) -> None:
+    class Counting(atlas.Storage):
+        calls = 0
+
+        def query(self, *args: Any, **kwargs: Any) -> list[atlas.Row]:
+            Counting.calls += 1
+            return super().query(*args, **kwargs)
+
+    with Counting(db_path, atlas.StorageConfig(cache=False)) as db:
+        assert db.query("SELECT 1") == [(1,)] and Counting.calls == 1
 
 
 def test_the_fast_path_recycles_connections_after_their_query_budget(
