@@ -563,10 +563,11 @@ class TrackedConnection:
     def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
         """:meth:`query` for the pool's hot path: row classes cached, runs sampled.
 
-        ``names`` maps statement text to ``[row class or None, uses]``, shared by the
-        pool's connections and emptied on every schema change the storage sees. Asking
-        SQLite for the column names costs several calls into it per read (each one a
-        chance for another thread to take the GIL), so the class is reused and checked
+        ``names`` maps statement text to ``[row class or None, uses, width]`` (width:
+        the class's number of columns, -1 without a class), shared by the pool's
+        connections and emptied on every schema change the storage sees. Asking SQLite
+        for the column names costs several calls into it per read (each one a chance
+        for another thread to take the GIL), so the class is reused and checked
         against SQLite's names every ``_RECHECK_EVERY`` uses, and at once if the width
         of a row differs from it. ``uses`` also decides which runs are timed
         (:func:`sample_weight`). ``last_latency`` is set on timed runs only (0 else).
@@ -582,21 +583,20 @@ class TrackedConnection:
             if entry is not None and not recheck_due(uses):
                 entry[1] = uses + 1
                 raw = cursor.fetchall()
-                cls = entry[0]
-                if raw and (cls is None or len(raw[0]) != len(cls._fields)):
+                if raw and len(raw[0]) != entry[2]:
                     names.pop(sql, None)  # unknown or stale: learn them (other threads may too)
                     self._queries -= 1
                     return self.query_fast(sql, params, names)
-                rows: list[Row] = list(map(cls, raw)) if raw else []
+                rows: list[Row] = list(map(entry[0], raw)) if raw else []
             else:
                 try:
                     description = cursor.get_description()
                 except apsw.ExecutionCompleteError:
                     rows = []  # finished without a row: nothing to name
-                    names[sql] = [None, uses + 1]
+                    names[sql] = [None, uses + 1, -1]
                 else:
                     cls = _row_classes.get(description) or row_class_for(description)
-                    names[sql] = [cls, uses + 1]
+                    names[sql] = [cls, uses + 1, len(cls._fields)]
                     rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1

@@ -592,6 +592,19 @@ def test_the_fast_paths_remainders_time_and_recheck_the_runs_the_rules_name() ->
         assert rechecks == recheck_due(uses), uses
 
 
+def test_a_statement_that_found_no_rows_for_long_names_its_first_rows(
+    open_storage: object,
+) -> None:
+    # Known to the fast path without a row class (it never returned a row): its
+    # first rows must still get their names, not fail or come back unnamed.
+    db = _uncached(open_storage)
+    later = "SELECT id, title FROM tasks WHERE title = ?"
+    for _ in range(2 * _TIME_FIRST):
+        assert db.query(later, ["b"]) == []
+    db.write("INSERT INTO tasks(title) VALUES ('b')")
+    assert [row.title for row in db.query(later, ["b"])] == ["b"]
+
+
 def test_renamed_columns_are_learned_at_the_next_recheck(open_storage: object) -> None:
     # Same width, new names: only the periodic check against SQLite's names tells.
     db = _uncached(open_storage)
