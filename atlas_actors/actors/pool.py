@@ -535,6 +535,7 @@ class ReaderPool:
         record_query = self._record_query
 
         def query(sql: str, params: Params = None, *, timeout: float | None = None) -> list[Row]:
+            """Claim a connection, run ``sql`` in this thread, give the connection back."""
             if type(sql) is not str or pool.closed is not None:
                 return fallback(sql, params, timeout=timeout)
             try:
