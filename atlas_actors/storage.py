@@ -100,9 +100,10 @@ class Storage(Runtime):
         _open_storages.add(self)
         if not self.tracing.enabled and not self._cached and type(self).query is Storage.query:
             # No span to open, no cache to ask: db.query is the pool's read function, so
-            # a point read runs in one Python frame (1,200 fewer instructions than
-            # through this class's query: callgrind, one thread). What it does not
-            # serve (built queries, a closed storage) comes to Storage.query.
+            # a point read runs in one Python frame (746 fewer instructions per read
+            # than through this class's query: callgrind, one thread, 5,000 point
+            # reads). What it does not serve (built queries, a closed storage) comes
+            # to Storage.query.
             self.query = self.pool.read_function(  # type: ignore[method-assign]
                 types.MethodType(Storage.query, self), self._report_query
             )
