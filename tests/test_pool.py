@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from pathlib import Path
@@ -17,11 +18,12 @@ from atlas_actors.connection import (
     _RECHECK_EVERY,
     _TIME_FIRST,
     SAMPLE_EVERY,
+    Claim,
     TrackedConnection,
     recheck_due,
     sample_weight,
 )
-from atlas_actors.errors import OperationTimeout, ValidationError
+from atlas_actors.errors import OperationTimeout, StorageClosedError, ValidationError
 from atlas_actors.faults import FaultyVFS
 from tests.helpers import wait_until
 
@@ -41,6 +43,24 @@ def test_acquire_lends_a_connection_until_release(db: atlas.Storage) -> None:
     with pytest.raises(ValidationError, match="released"):
         lease.execute("SELECT 1")
     assert db.pool.status() == before
+
+
+def test_a_connection_claim_lets_one_user_in_at_a_time() -> None:
+    claim = Claim()
+    assert not claim.locked() and claim.acquire(False) and claim.locked()
+    assert not claim.acquire(False)
+    with pytest.raises(KeyError):
+        claim.token.pop()  # the hot path's claim fails while another holds it
+    started = time.monotonic()
+    assert not claim.acquire(timeout=0.05)
+    assert time.monotonic() - started >= 0.05
+    threading.Timer(0.05, claim.release).start()
+    assert claim.acquire(timeout=5.0)  # given back by another thread meanwhile
+    claim.release()
+    with pytest.raises(RuntimeError, match="not held"):
+        claim.release()
+    claim.token.add(True)  # a stray give-back on the hot path: still one token
+    assert claim.acquire(False) and not claim.acquire(False)
 
 
 def test_pool_release_takes_back_what_acquire_lent(db: atlas.Storage) -> None:
@@ -394,6 +414,43 @@ def test_a_failing_read_on_the_fast_path_fails_alone_and_is_counted(
     assert db.pool.status().active == 0
 
 
+def test_db_query_without_cache_keeps_the_storage_contract(
+    open_storage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without a span to open or a cache to ask, db.query is the pool's read function:
+    # what Storage.query does around the pool must still happen there.
+    caplog.set_level(logging.INFO, logger="atlas_actors.errors")
+    db = _uncached(open_storage)
+    _warm(db)
+    with pytest.raises(atlas.errors.ParameterError):
+        db.query(_POINT, [1, 2])  # fails on the fast path: reported as a query's error
+    with pytest.raises(atlas.errors.SQLError):
+        db.query("SELECT nope FROM tasks")  # fails on the general path
+    records = [r for r in caplog.records if r.name == "atlas_actors.errors"]
+    assert [r.atlas["operation"] for r in records] == ["query", "query"]  # type: ignore[attr-defined]
+    assert db.metrics.snapshot()["errors"] == 2
+    built = atlas.Query().select(["id", "title"]).from_("tasks").where([("id", "eq", 1)])
+    assert db.query(built) == [(1, "a")]  # a built query is served too
+    with pytest.raises(TypeError):
+        db.query(_POINT, [1], 5.0)  # type: ignore[misc]  # timeout is keyword-only
+    db.close()
+    with pytest.raises(StorageClosedError):
+        db.query(_POINT, [1])
+    assert db.metrics.snapshot()["errors"] == 2  # refusing a closed storage is no error
+
+
+def test_a_storage_subclass_overriding_query_is_called(db_path: Path) -> None:
+    class Counting(atlas.Storage):
+        calls = 0
+
+        def query(self, *args: Any, **kwargs: Any) -> list[atlas.Row]:
+            Counting.calls += 1
+            return super().query(*args, **kwargs)
+
+    with Counting(db_path, atlas.StorageConfig(cache=False)) as db:
+        assert db.query("SELECT 1") == [(1,)] and Counting.calls == 1
+
+
 def test_the_fast_path_recycles_connections_after_their_query_budget(
     open_storage: object,
 ) -> None:
@@ -533,6 +590,19 @@ def test_the_fast_paths_remainders_time_and_recheck_the_runs_the_rules_name() ->
         assert (phase == _TIMED_AT) == (sample_weight(uses) == SAMPLE_EVERY), uses
         rechecks = phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT
         assert rechecks == recheck_due(uses), uses
+
+
+def test_a_statement_that_found_no_rows_for_long_names_its_first_rows(
+    open_storage: object,
+) -> None:
+    # Known to the fast path without a row class (it never returned a row): its
+    # first rows must still get their names, not fail or come back unnamed.
+    db = _uncached(open_storage)
+    later = "SELECT id, title FROM tasks WHERE title = ?"
+    for _ in range(2 * _TIME_FIRST):
+        assert db.query(later, ["b"]) == []
+    db.write("INSERT INTO tasks(title) VALUES ('b')")
+    assert [row.title for row in db.query(later, ["b"])] == ["b"]
 
 
 def test_renamed_columns_are_learned_at_the_next_recheck(open_storage: object) -> None:

@@ -225,6 +225,8 @@ class ReaderPool:
         self._recycle_queries = config.recycle_after_queries or float("inf")
         self._recycle_seconds = config.recycle_after_seconds or float("inf")
         self.closed: AtlasError | None = None
+        self.query = self.read_function(self._query_general)
+        """``query(sql, params=None, *, timeout=None)``: a read run in the calling thread."""
 
     # -- membership (the supervisor and reader actors) ---------------------------------
 
@@ -503,78 +505,111 @@ class ReaderPool:
         finally:
             lease.release()
 
-    def query(self, sql: str, params: Params, timeout: float | None = None) -> list[Row]:
-        """Claim a connection, run ``sql`` in this thread, give the connection back."""
+    def read_function(
+        self,
+        fallback: Callable[..., list[Row]],
+        report: Callable[[AtlasError], object] | None = None,
+    ) -> Callable[..., list[Row]]:
+        """A ``query(sql, params=None, *, timeout=None)`` that claims, reads and releases.
+
+        It runs ``sql`` in the calling thread on a claimed connection and returns the
+        rows. Calls it does not serve (SQL that is not a ``str``, a closed pool) go to
+        ``fallback(sql, params, timeout=timeout)`` as they are; ``report`` (if given)
+        sees every :class:`AtlasError` it raises otherwise, before it propagates. The
+        pool's own :attr:`query` is one; ``db.query`` is another when it has no span
+        to open and no cache to ask, so that a read runs in one Python frame.
+        """
         # The hottest path of all, kept flat on purpose: at 16 threads every call and
         # attribute lookup here costs several times its single-thread price (each read
         # hands the GIL over twice, and the next holder starts with cold caches), so a
         # layer less was worth 10-40% more reads/s in A/B runs here (which is also why
-        # the release block below repeats _query_general's). It covers the common case
-        # (the thread's own connection free, the statement's row class known, no
-        # checkout listener) and updates the connection's counters itself; anything
-        # else takes _query_general.
-        try:  # (cheaper than getattr with a default and dict.get, when both are there)
-            connection: TrackedConnection = self._local.connection  # (never set to None)
-            entry = self._names[sql]
-        except (AttributeError, KeyError):
-            return self._query_general(sql, params, timeout)  # a new thread or statement
-        uses: int = entry[1]  # runs of the statement so far
-        phase = uses % SAMPLE_EVERY
-        if (
-            uses < _TIME_FIRST  # its first runs (all timed: sample_weight)
-            or (phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT)  # recheck_due
-            or self.events.watches_checkouts
-            or not connection.lock.acquire(False)
-        ):
-            return self._query_general(sql, params, timeout)
-        if not connection.usable:
-            connection.lock.release()
-            return self._query_general(sql, params, timeout)
-        count = connection._queries + 1
-        connection._queries = count
-        timed = phase == _TIMED_AT  # sample_weight, inlined
-        started = perf_counter() if timed else 0.0
-        cursor = connection.cursor
-        try:
-            cursor.execute(sql, params)
-            raw = cursor.fetchall()
-        except BaseException as error:
-            self._failed(connection, sql, error)
-        try:
-            cls = entry[0]
-            stale = False
-            if not raw:
-                rows: list[Row] = []
-            elif cls is None or len(raw[0]) != len(cls._fields):
-                stale = True  # its columns changed (a schema change not heard of yet)
-            elif len(raw) == 1:
-                rows = [cls(raw[0])]  # a point read: without map() and list(), 5% fewer
-                # instructions per read (callgrind, one thread)
-            else:
-                rows = list(map(cls, raw))
-            if stale:
-                connection._queries -= 1
-                self._names.pop(sql, None)
-            else:
-                entry[1] = uses + 1
-                if timed:
-                    latency = perf_counter() - started
-                    connection.count_timed(latency, SAMPLE_EVERY, params, rows)
-        except BaseException:
-            self.release(connection)  # whatever failed, the connection goes back
-            raise
-        if stale:
-            connection.lock.release()
-            return self._query_general(sql, params, timeout)
-        if count >= self._recycle_queries:
-            self.release(connection)
-        else:
-            connection.lock.release()
-            if self._pending or self._waiting:
-                self._wake_next()
-        if timed and self._record_query is not None:
-            self._record_query(sql, latency, calls=SAMPLE_EVERY)
-        return rows
+        # the release block below repeats _query_general's, and why this is a closure:
+        # db.query itself, not a call into it). It covers the common case (the
+        # thread's own connection free, the statement's row class known, no checkout
+        # listener) and updates the connection's counters itself; anything else takes
+        # _query_general.
+        pool = self
+        local = self._local
+        events = self.events
+        recycle_after = self._recycle_queries
+        record_query = self._record_query
+
+        def query(sql: str, params: Params = None, *, timeout: float | None = None) -> list[Row]:
+            """Claim a connection, run ``sql`` in this thread, give the connection back."""
+            if type(sql) is not str or pool.closed is not None:
+                return fallback(sql, params, timeout=timeout)
+            try:
+                try:  # (cheaper than getattr with a default and dict.get, when both are there)
+                    connection: TrackedConnection = local.connection  # (never set to None)
+                    entry = pool._names[sql]
+                except (AttributeError, KeyError):
+                    return pool._query_general(sql, params, timeout)  # a new thread or statement
+                uses: int = entry[1]  # runs of the statement so far
+                phase = uses % SAMPLE_EVERY
+                if (
+                    uses < _TIME_FIRST  # its first runs (all timed: sample_weight)
+                    or (phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT)
+                    or events.watches_checkouts
+                ):
+                    return pool._query_general(sql, params, timeout)
+                try:
+                    connection.lock.token.pop()  # claimed (Claim.acquire(False), cheaper)
+                except KeyError:
+                    return pool._query_general(sql, params, timeout)  # lent to a waiter
+                if not connection.usable:
+                    connection.lock.release()
+                    return pool._query_general(sql, params, timeout)
+                count = connection._queries + 1
+                connection._queries = count
+                timed = phase == _TIMED_AT  # sample_weight, inlined
+                started = perf_counter() if timed else 0.0
+                cursor = connection.cursor
+                try:
+                    cursor.execute(sql, params)
+                    raw: list[Any] = cursor.fetchall()
+                except BaseException as error:
+                    pool._failed(connection, sql, error)
+                try:
+                    stale = False
+                    if not raw:
+                        rows: list[Row] = []
+                    elif len(raw[0]) != entry[2]:  # no row class yet, or not this wide:
+                        stale = True  # its columns changed (a schema change not heard of)
+                    elif len(raw) == 1:
+                        raw[0] = entry[0](raw[0])  # a point read: in fetchall's own list
+                        rows = raw  # (214 fewer instructions per read than a new list,
+                        # callgrind, one thread; that had 5% fewer than map() and list())
+                    else:
+                        rows = list(map(entry[0], raw))
+                    if stale:
+                        connection._queries -= 1
+                        pool._names.pop(sql, None)
+                    else:
+                        entry[1] = uses + 1
+                        if timed:
+                            latency = perf_counter() - started
+                            connection.count_timed(latency, SAMPLE_EVERY, params, rows)
+                except BaseException:
+                    pool.release(connection)  # whatever failed, the connection goes back
+                    raise
+                if stale:
+                    connection.lock.release()
+                    return pool._query_general(sql, params, timeout)
+                if count >= recycle_after:
+                    pool.release(connection)
+                else:
+                    connection.lock.token.add(True)  # released (Claim.release(), cheaper)
+                    if pool._pending or pool._waiting:
+                        pool._wake_next()
+                if timed and record_query is not None:
+                    record_query(sql, latency, calls=SAMPLE_EVERY)
+                return rows
+            except AtlasError as error:
+                if report is not None:
+                    report(error)
+                raise
+
+        return query
 
     def _failed(self, connection: TrackedConnection, sql: str, error: BaseException) -> NoReturn:
         """Give back a connection whose statement failed and raise the typed error."""
@@ -588,7 +623,7 @@ class ReaderPool:
         raise error
 
     def _query_general(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
-        """:meth:`query` when the fast path does not apply (claims through _take if needed)."""
+        """:attr:`query` when the fast path does not apply (claims through _take if needed)."""
         # A statement's first runs all come here, so a refused one never reaches the
         # fast path: BEGIN would leave a shared reader on an old snapshot for good.
         refuse_transaction_control(sql)
@@ -628,7 +663,7 @@ class ReaderPool:
     def query_analyzed(
         self, sql: str, params: Params, timeout: float | None = None
     ) -> tuple[list[Row], StatementInfo, float]:
-        """Like :meth:`query`, also returning what the statement touches and its latency.
+        """Like :attr:`query`, also returning what the statement touches and its latency.
 
         The first time a statement text is seen, it is analyzed (prepared in EXPLAIN
         mode with an authorizer) on the claimed connection before it runs.

@@ -207,19 +207,19 @@ class CacheManager:
             reuse[2] -= 1
             next(self._skipped)
             next(self._misses)
-            return self._pool.query(sql, params, timeout)
+            return self._pool.query(sql, params, timeout=timeout)
         external = self.external
         if fresh and external is not None and external.check():
             self.invalidate_all("another process committed")
         l1 = self.l1
         if l1 is None:
-            return self._pool.query(sql, params, timeout)  # the cache actor is restarting
+            return self._pool.query(sql, params, timeout=timeout)  # the cache actor is restarting
         bound = params_key(params)
         key: Hashable = (self._normalize(sql), bound)
         try:
             entry = l1.get(key)
         except TypeError:  # unhashable parameters: SQLite will say what is wrong
-            return self._pool.query(sql, params, timeout)
+            return self._pool.query(sql, params, timeout=timeout)
         if entry is not None:
             next(self._l1_hits)
             if reuse is not None:
