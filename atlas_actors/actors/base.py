@@ -114,7 +114,7 @@ class Op:
         """Take the right to run this op; False if its caller withdrew it (timed out)."""
         if not self.claimed:
             # Future.claim() inlined: this runs once per operation.
-            self.claimed = self.future._claim.acquire(False)
+            self.claimed = next(self.future._claim, False)
         return self.claimed
 
     def describe(self) -> str:

@@ -440,7 +440,7 @@ class WriterActor(RoleActor):
             replayed = op.claimed  # run before, rolled back and put back in the mailbox
             if not replayed:
                 # op.claim() inlined.
-                op.claimed = op.future._claim.acquire(False)
+                op.claimed = next(op.future._claim, False)
             if not op.claimed:
                 pass  # the caller timed out and withdrew it before it started
             elif now > op.deadline:
