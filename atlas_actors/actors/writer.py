@@ -53,6 +53,7 @@ from atlas_actors.actors.writer_ops import (
     WriterOp,
     WriterStats,
     mark_writer_thread,
+    unmark_writer_thread,
 )
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
@@ -198,6 +199,12 @@ class WriterActor(RoleActor):
         """Id of the write that probes the full disk now (0: none)."""
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def _actor_loop(self) -> None:
+        try:
+            super()._actor_loop()
+        finally:
+            unmark_writer_thread()  # the thread ends: its ident may go to another
 
     def on_start(self) -> None:
         """Open and check the write connection (in the actor's thread)."""
