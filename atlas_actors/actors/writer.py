@@ -32,7 +32,7 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -586,39 +586,38 @@ class WriterActor(RoleActor):
         tables = self._batch_tables
         if tables is None:
             return
-        noted: set[str] = set()  # a batch runs the same few statements again and again
+        # The batch's statements by text (with parameters to bind for the analysis):
+        # dict.update gathers a write_all's pairs in C, and a batch runs the same few
+        # statements again and again.
+        statements: dict[str, Params] = {}
+        gather = statements.update
         for op, _ in batch:
             kind = type(op)
             if kind is WriteAllOp:
-                statements: Sequence[tuple[str, Params]] = op.statements  # type: ignore[attr-defined]
+                gather(op.statements)  # type: ignore[attr-defined]
             elif kind is WriteOp or kind is WriteManyOp:
-                statements = ((op.statement, None),)  # type: ignore[attr-defined]
+                statements[op.statement] = None  # type: ignore[attr-defined]
             elif kind is UnitOfWorkOp:
                 self._batch_tables = None  # a function's statements are not known
                 return
-            else:
-                continue
-            for sql, params in statements:
-                if sql in noted:
-                    continue
-                noted.add(sql)
-                if changes_schema(sql):
-                    # What the batch's other statements wrote is analysed here, after they
-                    # ran: a trigger this DDL dropped (a temp one changes no version the
-                    # writer checks) would no longer show. The cache drops everything.
-                    self._batch_plain = False
-                    self._batch_tables = None
+        for sql, params in statements.items():
+            if changes_schema(sql):
+                # What the batch's other statements wrote is analysed here, after they
+                # ran: a trigger this DDL dropped (a temp one changes no version the
+                # writer checks) would no longer show. The cache drops everything.
+                self._batch_plain = False
+                self._batch_tables = None
+                return
+            info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
+            if info is None:
+                try:
+                    info = analyze(raw, sql, params)
+                except apsw.Error:
+                    self._batch_tables = None  # cannot tell: the cache drops everything
                     return
-                info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
-                if info is None:
-                    try:
-                        info = analyze(raw, sql, params)
-                    except apsw.Error:
-                        self._batch_tables = None  # cannot tell: the cache drops everything
-                        return
-                tables.update(info.writes)
-                if not info.plain:
-                    self._batch_plain = False
+            tables.update(info.writes)
+            if not info.plain:
+                self._batch_plain = False
 
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
