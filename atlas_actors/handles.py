@@ -33,7 +33,7 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
-from atlas_actors.future import _PENDING, Future, SqlText, sql_text, statement_pairs
+from atlas_actors.future import _PENDING, Future, SqlText, sql_text, statement_type_error
 from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -118,7 +118,10 @@ class WriterHandle:
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> WriterFuture[list[WriteResult]]:
         """Run several statements as one unit: all commit or none does."""
-        statements = statement_pairs(statements)
+        statements = list(statements)  # statement_pairs(), inlined: a copy, checked
+        for sql, _params in statements:  # ValueError unless a pair
+            if type(sql) is not str:
+                raise statement_type_error(statements)
         if self._tracing.enabled:
             return self.submit(
                 WriteAllOp, "write_all", statements, (statements,), timeout, traced=True
@@ -131,7 +134,15 @@ class WriterHandle:
         deadline = now + (self._default_timeout if timeout is None else timeout)
         future: WriterFuture[list[WriteResult]] = WriterFuture(deadline, "write_all", statements)
         future.handle = self
-        self._mailbox.send(WriteAllOp(future, get_ident(), None, statements, now))
+        op = WriteAllOp(future, get_ident(), None, statements, now)
+        mailbox = self._mailbox
+        queued = mailbox._queue
+        if mailbox.closed is None and queued.qsize() < mailbox.capacity:
+            queued.put(op)  # mailbox.send(op) when open with room, inlined
+            if mailbox.closed is not None:
+                mailbox.fail_all(mailbox.closed)  # closed while we queued
+        else:
+            mailbox.send(op)  # raises, or waits for room
         return future
 
     def run(
