@@ -10,7 +10,8 @@ Waiting uses one ``threading.Lock`` per future (held until the result is set): t
 cheapest blocking primitive CPython has, which matters on the write path where every
 call waits once. The claim needs no blocking, only an atomic test-and-set: ``next()`` on
 an iterator over one item, which succeeds once (a C call that holds the GIL). It costs
-a third of creating a second lock and ``acquire(False)`` on it, once per call.
+a third of creating a second lock and ``acquire(False)`` on it, once per call; a range's
+iterator, unlike a tuple's, is not tracked by the garbage collector.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ __all__ = ["Future", "SqlText", "sql_text", "statement_pairs", "statement_type_e
 T = TypeVar("T")
 
 _PENDING = object()
-_ONE_CLAIM = (True,)
-"""What a future's claim iterator yields, once: ``next(claims, False)`` is the claim."""
+_ONE_CLAIM = range(1, 2)
+"""What a future's claim iterator yields 1 from, once: ``next(claim, 0) == 1`` claims."""
 _CALLBACKS_LOCK = threading.Lock()  # callbacks are rare (tracing); one lock is enough
 
 SqlText = str | Sequence[tuple[str, Any]] | None
@@ -81,7 +82,7 @@ class Future(Generic[T]):
         self._sql = sql
         self._done = threading.Lock()
         self._done.acquire()
-        self._claim: Iterator[bool] = iter(_ONE_CLAIM)
+        self._claim: Iterator[int] = iter(_ONE_CLAIM)
         self._value: Any = _PENDING
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Future[T]], None]] | None = None
@@ -98,7 +99,7 @@ class Future(Generic[T]):
 
     def claim(self) -> bool:
         """Take the right to run the operation; False if a timed-out caller withdrew it."""
-        return next(self._claim, False)
+        return next(self._claim, 0) == 1
 
     def set_result(self, value: T) -> None:
         """Resolve with ``value`` and wake every waiter."""

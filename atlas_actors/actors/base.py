@@ -114,7 +114,7 @@ class Op:
         """Take the right to run this op; False if its caller withdrew it (timed out)."""
         if not self.claimed:
             # Future.claim() inlined: this runs once per operation.
-            self.claimed = next(self.future._claim, False)
+            self.claimed = next(self.future._claim, 0) == 1
         return self.claimed
 
     def describe(self) -> str:

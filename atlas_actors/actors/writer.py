@@ -447,7 +447,7 @@ class WriterActor(RoleActor):
             replayed = op.claimed  # run before, rolled back and put back in the mailbox
             if not replayed:
                 # op.claim() inlined.
-                op.claimed = next(op.future._claim, False)
+                op.claimed = next(op.future._claim, 0) == 1
             if not op.claimed:
                 pass  # the caller timed out and withdrew it before it started
             elif now > op.deadline:
