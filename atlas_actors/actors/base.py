@@ -73,9 +73,13 @@ class Op:
         "enqueued_at",
         "future",
         "id",
+        "result",
         "session",
         "trace_context",
     )
+
+    result: Any
+    """What running the op produced, held until its batch commits (set by the writer)."""
 
     replayable = True
     """True when a rolled-back attempt had no effect, so a new incarnation may run it again."""

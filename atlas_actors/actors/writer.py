@@ -158,7 +158,8 @@ class WriterActor(RoleActor):
         self.hooks = hooks
         self.connect = connect
         self.connection: TrackedConnection | None = None
-        self._batch: list[tuple[Op, Any]] = []
+        self._batch: list[Op] = []
+        """The batch's ops in order, each with its ``result`` (acknowledged at COMMIT)."""
         self._spans: list[Any] = []
         self._in_transaction = False
         self._group_start: int | None = None
@@ -275,8 +276,8 @@ class WriterActor(RoleActor):
         batch, self._batch = self._batch, []
         self._spans = []
         self._in_transaction = False
-        replay = [op for op, _ in batch if op.replayable]
-        for op, _ in batch:
+        replay = [op for op in batch if op.replayable]
+        for op in batch:
             if not op.replayable:
                 op.fail(self._crash_error(op, error))
         # Never handled: safe to hand to the next incarnation.
@@ -475,7 +476,8 @@ class WriterActor(RoleActor):
                         except Exception as error:
                             self._split_group(op, cursor, connection, error, None)
                         else:
-                            self._batch.append((op, result))
+                            op.result = result
+                            self._batch.append(op)
                     else:
                         self._savepoint(op, cursor, connection, None)
                     self._current = None
@@ -542,7 +544,8 @@ class WriterActor(RoleActor):
                 self._undo(op, cursor, error, span)
                 return
             cursor.execute("RELEASE op")
-        self._batch.append((op, result))
+        op.result = result
+        self._batch.append(op)
 
     def _split_group(
         self,
@@ -564,7 +567,7 @@ class WriterActor(RoleActor):
             self._undo(op, cursor, error, span)  # SQLite dropped the whole batch: replay
             return
         cursor.execute(f"ROLLBACK TO {_GROUP}; RELEASE {_GROUP}")
-        again: list[Op] = [queued for queued, _ in self._batch[start:]]
+        again = self._batch[start:]
         del self._batch[start:]
         again.append(op)
         self.counters.regrouped += len(again)
@@ -577,7 +580,7 @@ class WriterActor(RoleActor):
             self._group_start = None
             cursor.execute(f"RELEASE {_GROUP}")
 
-    def _note_writes(self, batch: list[tuple[Op, Any]], raw: apsw.Connection) -> None:
+    def _note_writes(self, batch: list[Op], raw: apsw.Connection) -> None:
         """Add the tables the batch's writes changed to the batch's (None once any is unknown).
 
         Once per batch, before its COMMIT, rather than once per write: a loop costs less
@@ -591,7 +594,7 @@ class WriterActor(RoleActor):
         # statements again and again.
         statements: dict[str, Params] = {}
         gather = statements.update
-        for op, _ in batch:
+        for op in batch:
             kind = type(op)
             if kind is WriteAllOp:
                 gather(op.statements)  # type: ignore[attr-defined]
@@ -638,8 +641,8 @@ class WriterActor(RoleActor):
     def _lost_batch(self, error: BaseException) -> None:
         batch, self._batch = self._batch, []
         self._spans = []
-        replay = [queued for queued, _ in batch if queued.replayable]
-        for queued, _ in batch:
+        replay = [queued for queued in batch if queued.replayable]
+        for queued in batch:
             if not queued.replayable:
                 queued.fail(self._crash_error(queued, error))
         self.mailbox.replay(replay)
@@ -696,10 +699,10 @@ class WriterActor(RoleActor):
         counters.batches += 1
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
-        for op, result in batch:
+        for op in batch:
             future = op.future
-            if future._value is _PENDING:  # future.set_result(result) inlined: once per write
-                future._value = result
+            if future._value is _PENDING:  # future.set_result(op.result) inlined: once per write
+                future._value = op.result
                 future._done.release()
                 if future._callbacks is not None:
                     future._run_callbacks()
@@ -709,7 +712,7 @@ class WriterActor(RoleActor):
     def _commit_failed(
         self,
         connection: TrackedConnection,
-        batch: Iterable[tuple[Op, Any]],
+        batch: Iterable[Op],
         error: apsw.Error,
     ) -> None:
         """COMMIT failed: SQLite rolled back (or we do): every op of the batch fails."""
@@ -728,7 +731,7 @@ class WriterActor(RoleActor):
                 "now, but may reappear after a crash and WAL recovery. Check before "
                 "retrying a non-idempotent write.",
             )
-        for op, _ in batch:
+        for op in batch:
             self._fail(op, wrapped, "COMMIT")
 
     _CHECKPOINT_MODES = {
@@ -960,7 +963,8 @@ class WriterActor(RoleActor):
             self._add_return(self._chained.popleft())
 
     def _add_return(self, message: LeaseReturn) -> None:
-        self._batch.append((message, None))  # acknowledged with the batch's COMMIT
+        message.result = None
+        self._batch.append(message)  # acknowledged with the batch's COMMIT
         self._batch_plain = False  # a transaction's statements are not analysed for it
         if self._batch_tables is not None:
             if message.tables is None:
