@@ -134,10 +134,19 @@ class Storage(Runtime):
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
         statements = statement_pairs(statements)
-        results: list[WriteResult] = self._write(
-            WriteAllOp, "write_all", statements, (statements,), timeout
-        )
-        return results
+        if self.tracing.enabled or threading.get_ident() in self.guarded_threads:
+            results: list[WriteResult] = self._write(
+                WriteAllOp, "write_all", statements, (statements,), timeout
+            )
+            return results
+        # _write() without a span or a guard to check, queued by the writer handle's
+        # untraced path rather than the generic submit(): this runs once per write.
+        try:
+            return Future.get(self.writer.queue_write_all(statements, timeout))
+        except AtlasError as error:
+            if not error.reported:
+                self.errors.handle(error, {"operation": "write_all"})
+            raise
 
     def run_in_writer(
         self, fn: Callable[[apsw.Connection], T], *, timeout: float | None = None
