@@ -123,12 +123,14 @@ class WriterHandle:
             return self.submit(
                 WriteAllOp, "write_all", statements, (statements,), timeout, traced=True
             )
-        return self.queue_write_all(statements, timeout)
+        return self.queue_write_all(statements, timeout, get_ident())
 
     def queue_write_all(
-        self, statements: list[tuple[str, Params]], timeout: float | None
+        self, statements: list[tuple[str, Params]], timeout: float | None, session: int
     ) -> WriterFuture[list[WriteResult]]:
         """Queue checked ``write_all`` pairs, untraced (internal: both write_alls' hot path).
+
+        ``session`` is the calling thread's ident (the caller has it already).
 
         :meth:`submit` for this one case, without its generic call with ``*args`` (~1k
         instructions) and with the mailbox's send inlined: this runs once per write.
@@ -140,7 +142,7 @@ class WriterHandle:
         deadline = now + (self._default_timeout if timeout is None else timeout)
         future: WriterFuture[list[WriteResult]] = WriterFuture(deadline, "write_all", statements)
         future.handle = self
-        op = WriteAllOp(future, get_ident(), None, statements, now)
+        op = WriteAllOp(future, session, None, statements, now)
         mailbox = self._mailbox
         queued = mailbox._queue
         if mailbox.closed is None and queued.qsize() < mailbox.capacity:

@@ -134,7 +134,8 @@ class Storage(Runtime):
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
         statements = statement_pairs(statements)
-        if self.tracing.enabled or threading.get_ident() in self.guarded_threads:
+        me = threading.get_ident()
+        if self.tracing.enabled or me in self.guarded_threads:
             results: list[WriteResult] = self._write(
                 WriteAllOp, "write_all", statements, (statements,), timeout
             )
@@ -142,7 +143,7 @@ class Storage(Runtime):
         # _write() without a span or a guard to check, queued by the writer handle's
         # untraced path rather than the generic submit(): this runs once per write.
         try:
-            return Future.get(self.writer.queue_write_all(statements, timeout))
+            return Future.get(self.writer.queue_write_all(statements, timeout, me))
         except AtlasError as error:
             if not error.reported:
                 self.errors.handle(error, {"operation": "write_all"})
