@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.errors import OperationTimeout, shorten
 
-__all__ = ["Future", "SqlText", "sql_text", "statement_pairs"]
+__all__ = ["Future", "SqlText", "sql_text", "statement_pairs", "statement_type_error"]
 
 T = TypeVar("T")
 
@@ -57,12 +57,17 @@ def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, An
     pairs = list(statements)  # a copy: the caller may reuse its list
     for sql, _params in pairs:  # ValueError unless a pair
         if type(sql) is not str:
-            position = next(i for i, (s, _) in enumerate(pairs) if type(s) is not str)
-            raise TypeError(
-                f"write_all statement {position}: the SQL must be str, not "
-                f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
-            )
+            raise statement_type_error(pairs)
     return pairs
+
+
+def statement_type_error(pairs: Sequence[tuple[object, Any]]) -> TypeError:
+    """The error for ``write_all`` pairs whose SQL is not a str (built only to raise)."""
+    position, sql = next((i, s) for i, (s, _) in enumerate(pairs) if type(s) is not str)
+    return TypeError(
+        f"write_all statement {position}: the SQL must be str, not "
+        f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
+    )
 
 
 class Future(Generic[T]):

@@ -133,17 +133,16 @@ class Storage(Runtime):
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
-        statements = statement_pairs(statements)
-        me = threading.get_ident()
-        if self.tracing.enabled or me in self.guarded_threads:
+        if self.tracing.enabled or threading.get_ident() in self.guarded_threads:
+            statements = statement_pairs(statements)
             results: list[WriteResult] = self._write(
                 WriteAllOp, "write_all", statements, (statements,), timeout
             )
             return results
-        # _write() without a span or a guard to check, queued by the writer handle's
-        # untraced path rather than the generic submit(): this runs once per write.
+        # _write() without a span or a guard to check: the writer handle's write_all
+        # copies and checks the pairs and queues the op without the generic submit().
         try:
-            return Future.get(self.writer.queue_write_all(statements, timeout, me))
+            return Future.get(self.writer.write_all(statements, timeout=timeout))
         except AtlasError as error:
             if not error.reported:
                 self.errors.handle(error, {"operation": "write_all"})
