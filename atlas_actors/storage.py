@@ -143,11 +143,20 @@ class Storage(Runtime):
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
-        statements = statement_pairs(statements)
-        results: list[WriteResult] = self._write(
-            WriteAllOp, "write_all", statements, (statements,), timeout
-        )
-        return results
+        if self.tracing.enabled or threading.get_ident() in self.guarded_threads:
+            statements = statement_pairs(statements)
+            results: list[WriteResult] = self._write(
+                WriteAllOp, "write_all", statements, (statements,), timeout
+            )
+            return results
+        # _write() without a span or a guard to check: the writer handle's write_all
+        # copies and checks the pairs and queues the op without the generic submit().
+        try:
+            return Future.get(self.writer.write_all(statements, timeout=timeout))
+        except AtlasError as error:
+            if not error.reported:
+                self.errors.handle(error, {"operation": "write_all"})
+            raise
 
     def run_in_writer(
         self, fn: Callable[[apsw.Connection], T], *, timeout: float | None = None

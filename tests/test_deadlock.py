@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import apsw
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.actors.writer_ops import _writer_threads, in_writer_thread
 from atlas_actors.errors import DeadlockError
 from atlas_actors.transaction.lease import Lease
 from atlas_actors.transaction.transaction import LEASE
@@ -38,6 +40,27 @@ def test_waiting_on_a_writer_future_inside_the_writer_gets_deadlock_error(
     with pytest.raises(DeadlockError) as caught:
         db.run_in_writer(waits)
     assert caught.value.cycle[0] == "writer thread"
+
+
+def test_the_writer_thread_mark_covers_other_storages_and_ends_with_the_thread(
+    db: atlas.Storage, open_storage: Callable[..., atlas.Storage], tmp_path: Path
+) -> None:
+    # The guard knows writer threads by ident; an ident is reused once its thread ends.
+    other = open_storage(tmp_path / "other.db")
+    other.execute("CREATE TABLE t(x)")
+
+    def waits(connection: apsw.Connection) -> int:
+        with pytest.raises(DeadlockError):
+            other.writer.execute("INSERT INTO t VALUES (1)").get(timeout=5)
+        return threading.get_ident()
+
+    ident = db.run_in_writer(waits)
+    assert in_writer_thread() is False
+    db.close()
+    deadline = time.monotonic() + 5
+    while ident in _writer_threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ident not in _writer_threads
 
 
 def test_reads_from_inside_the_writer_are_allowed(db: atlas.Storage) -> None:

@@ -73,9 +73,13 @@ class Op:
         "enqueued_at",
         "future",
         "id",
+        "result",
         "session",
         "trace_context",
     )
+
+    result: Any
+    """What running the op produced, held until its batch commits (set by the writer)."""
 
     replayable = True
     """True when a rolled-back attempt had no effect, so a new incarnation may run it again."""
@@ -114,7 +118,7 @@ class Op:
         """Take the right to run this op; False if its caller withdrew it (timed out)."""
         if not self.claimed:
             # Future.claim() inlined: this runs once per operation.
-            self.claimed = self.future._claim.acquire(False)
+            self.claimed = next(self.future._claim, 0) == 1
         return self.claimed
 
     def describe(self) -> str:

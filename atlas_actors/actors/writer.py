@@ -32,7 +32,7 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ from atlas_actors.actors.writer_ops import (
     WriterOp,
     WriterStats,
     mark_writer_thread,
+    unmark_writer_thread,
 )
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
@@ -160,7 +161,8 @@ class WriterActor(RoleActor):
         self.hooks = hooks
         self.connect = connect
         self.connection: TrackedConnection | None = None
-        self._batch: list[tuple[Op, Any]] = []
+        self._batch: list[Op] = []
+        """The batch's ops in order, each with its ``result`` (acknowledged at COMMIT)."""
         self._spans: list[Any] = []
         self._in_transaction = False
         self._group_start: int | None = None
@@ -201,6 +203,12 @@ class WriterActor(RoleActor):
         """Id of the write that probes the full disk now (0: none)."""
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def _actor_loop(self) -> None:
+        try:
+            super()._actor_loop()
+        finally:
+            unmark_writer_thread()  # the thread ends: its ident may go to another
 
     def on_start(self) -> None:
         """Open and check the write connection (in the actor's thread)."""
@@ -271,8 +279,8 @@ class WriterActor(RoleActor):
         batch, self._batch = self._batch, []
         self._spans = []
         self._in_transaction = False
-        replay = [op for op, _ in batch if op.replayable]
-        for op, _ in batch:
+        replay = [op for op in batch if op.replayable]
+        for op in batch:
             if not op.replayable:
                 op.fail(self._crash_error(op, error))
         # Never handled: safe to hand to the next incarnation.
@@ -432,9 +440,11 @@ class WriterActor(RoleActor):
         counters = self.counters
         alone = self._alone
         tracing = self.tracing
+        traced = tracing.enabled
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
         cursor = connection.cursor
+        write = connection.write
         limit = self.config.max_batch_size
         delay = self.config.max_batch_delay
         monotonic = time.monotonic
@@ -443,7 +453,7 @@ class WriterActor(RoleActor):
             replayed = op.claimed  # run before, rolled back and put back in the mailbox
             if not replayed:
                 # op.claim() inlined.
-                op.claimed = op.future._claim.acquire(False)
+                op.claimed = next(op.future._claim, 0) == 1
             if not op.claimed:
                 pass  # the caller timed out and withdrew it before it started
             elif now > op.deadline:
@@ -455,7 +465,7 @@ class WriterActor(RoleActor):
                     counters.queue_wait += now - op.enqueued_at
                 if self._in_transaction or self._begin(op):
                     self._current = op
-                    if tracing.enabled:
+                    if traced:
                         with tracing.consumer_span(op.span_name, op.trace_context, op.sql) as span:
                             self._savepoint(op, cursor, connection, span)
                             self._spans.append(span)
@@ -465,22 +475,25 @@ class WriterActor(RoleActor):
                         and not self._group_failed
                         and op.id not in alone
                     ):
-                        # One more write in the open group: _savepoint's first case, inlined.
+                        # One more write in the open group: _savepoint's first case, inlined,
+                        # and for a write_all WriteAllOp.run too (one call less per write).
                         try:
-                            result = op.run(connection)
+                            if type(op) is WriteAllOp:
+                                result = []
+                                for sql, params in op.statements:
+                                    result.append(write(sql, params))
+                            else:
+                                result = op.run(connection)
                         except Exception as error:
                             self._split_group(op, cursor, connection, error, None)
                         else:
-                            self._batch.append((op, result))
+                            op.result = result
+                            self._batch.append(op)
                     else:
                         self._savepoint(op, cursor, connection, None)
                     self._current = None
-            if (
-                not drain
-                or self._lease is not None
-                or not self._in_transaction
-                or len(self._batch) >= limit
-            ):
+            # (No lease can begin in this loop: only the message loop grants one.)
+            if not drain or not self._in_transaction or len(self._batch) >= limit:
                 return
             now = monotonic()
             if now - self._batch_started >= delay:
@@ -538,7 +551,8 @@ class WriterActor(RoleActor):
                 self._undo(op, cursor, error, span)
                 return
             cursor.execute("RELEASE op")
-        self._batch.append((op, result))
+        op.result = result
+        self._batch.append(op)
 
     def _split_group(
         self,
@@ -560,7 +574,7 @@ class WriterActor(RoleActor):
             self._undo(op, cursor, error, span)  # SQLite dropped the whole batch: replay
             return
         cursor.execute(f"ROLLBACK TO {_GROUP}; RELEASE {_GROUP}")
-        again: list[Op] = [queued for queued, _ in self._batch[start:]]
+        again = self._batch[start:]
         del self._batch[start:]
         again.append(op)
         self.counters.regrouped += len(again)
@@ -573,7 +587,7 @@ class WriterActor(RoleActor):
             self._group_start = None
             cursor.execute(f"RELEASE {_GROUP}")
 
-    def _note_writes(self, batch: list[tuple[Op, Any]], raw: apsw.Connection) -> None:
+    def _note_writes(self, batch: list[Op], raw: apsw.Connection) -> None:
         """Add the tables the batch's writes changed to the batch's (None once any is unknown).
 
         Once per batch, before its COMMIT, rather than once per write: a loop costs less
@@ -582,39 +596,38 @@ class WriterActor(RoleActor):
         tables = self._batch_tables
         if tables is None:
             return
-        noted: set[str] = set()  # a batch runs the same few statements again and again
-        for op, _ in batch:
+        # The batch's statements by text (with parameters to bind for the analysis):
+        # dict.update gathers a write_all's pairs in C, and a batch runs the same few
+        # statements again and again.
+        statements: dict[str, Params] = {}
+        gather = statements.update
+        for op in batch:
             kind = type(op)
             if kind is WriteAllOp:
-                statements: Sequence[tuple[str, Params]] = op.statements  # type: ignore[attr-defined]
+                gather(op.statements)  # type: ignore[attr-defined]
             elif kind is WriteOp or kind is WriteManyOp:
-                statements = ((op.statement, None),)  # type: ignore[attr-defined]
+                statements[op.statement] = None  # type: ignore[attr-defined]
             elif kind is UnitOfWorkOp:
                 self._batch_tables = None  # a function's statements are not known
                 return
-            else:
-                continue
-            for sql, params in statements:
-                if sql in noted:
-                    continue
-                noted.add(sql)
-                if changes_schema(sql):
-                    # What the batch's other statements wrote is analysed here, after they
-                    # ran: a trigger this DDL dropped (a temp one changes no version the
-                    # writer checks) would no longer show. The cache drops everything.
-                    self._batch_plain = False
-                    self._batch_tables = None
+        for sql, params in statements.items():
+            if changes_schema(sql):
+                # What the batch's other statements wrote is analysed here, after they
+                # ran: a trigger this DDL dropped (a temp one changes no version the
+                # writer checks) would no longer show. The cache drops everything.
+                self._batch_plain = False
+                self._batch_tables = None
+                return
+            info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
+            if info is None:
+                try:
+                    info = analyze(raw, sql, params)
+                except apsw.Error:
+                    self._batch_tables = None  # cannot tell: the cache drops everything
                     return
-                info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
-                if info is None:
-                    try:
-                        info = analyze(raw, sql, params)
-                    except apsw.Error:
-                        self._batch_tables = None  # cannot tell: the cache drops everything
-                        return
-                tables.update(info.writes)
-                if not info.plain:
-                    self._batch_plain = False
+            tables.update(info.writes)
+            if not info.plain:
+                self._batch_plain = False
 
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
@@ -635,8 +648,8 @@ class WriterActor(RoleActor):
     def _lost_batch(self, error: BaseException) -> None:
         batch, self._batch = self._batch, []
         self._spans = []
-        replay = [queued for queued, _ in batch if queued.replayable]
-        for queued, _ in batch:
+        replay = [queued for queued in batch if queued.replayable]
+        for queued in batch:
             if not queued.replayable:
                 queued.fail(self._crash_error(queued, error))
         self.mailbox.replay(replay)
@@ -693,10 +706,10 @@ class WriterActor(RoleActor):
         counters.batches += 1
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
-        for op, result in batch:
+        for op in batch:
             future = op.future
-            if future._value is _PENDING:  # future.set_result(result) inlined: once per write
-                future._value = result
+            if future._value is _PENDING:  # future.set_result(op.result) inlined: once per write
+                future._value = op.result
                 future._done.release()
                 if future._callbacks is not None:
                     future._run_callbacks()
@@ -706,7 +719,7 @@ class WriterActor(RoleActor):
     def _commit_failed(
         self,
         connection: TrackedConnection,
-        batch: Iterable[tuple[Op, Any]],
+        batch: Iterable[Op],
         error: apsw.Error,
     ) -> None:
         """COMMIT failed: SQLite rolled back (or we do): every op of the batch fails."""
@@ -725,7 +738,7 @@ class WriterActor(RoleActor):
                 "now, but may reappear after a crash and WAL recovery. Check before "
                 "retrying a non-idempotent write.",
             )
-        for op, _ in batch:
+        for op in batch:
             self._fail(op, wrapped, "COMMIT")
 
     _CHECKPOINT_MODES = {
@@ -956,7 +969,8 @@ class WriterActor(RoleActor):
             self._add_return(self._chained.popleft())
 
     def _add_return(self, message: LeaseReturn) -> None:
-        self._batch.append((message, None))  # acknowledged with the batch's COMMIT
+        message.result = None
+        self._batch.append(message)  # acknowledged with the batch's COMMIT
         self._batch_plain = False  # a transaction's statements are not analysed for it
         if self._batch_tables is not None:
             if message.tables is None:

@@ -36,26 +36,29 @@ __all__ = [
     "WriterStats",
     "in_writer_thread",
     "mark_writer_thread",
+    "unmark_writer_thread",
 ]
 
 
-class _ThreadFlags(threading.local):
-    writer = False
-    """True in a writer's thread. A class default, not getattr(..., False): a missing
-    attribute raises and catches an AttributeError, asked on every wait for the writer."""
-
-
-_local = _ThreadFlags()
+_writer_threads: set[int] = set()
+"""Idents of the threads running a writer now (of any storage). A set, not a
+``threading.local``: the wait for a write asks it every time, and a thread-local
+attribute costs more than ``get_ident()``, which that wait needs anyway."""
 
 
 def mark_writer_thread() -> None:
     """Mark the calling thread as a writer's (for the deadlock guard)."""
-    _local.writer = True
+    _writer_threads.add(threading.get_ident())
+
+
+def unmark_writer_thread() -> None:
+    """The calling writer thread is ending (its ident may be reused by another)."""
+    _writer_threads.discard(threading.get_ident())
 
 
 def in_writer_thread() -> bool:
     """True in a writer actor's thread (code run by ``run_in_writer``)."""
-    return _local.writer
+    return threading.get_ident() in _writer_threads
 
 
 class WriterOp(Op):
@@ -141,13 +144,15 @@ class WriteAllOp(WriterOp):
         session: int,
         trace_context: Any,
         statements: Sequence[tuple[str, Params]],
+        enqueued_at: float | None = None,
     ) -> None:
-        # Op.__init__ inlined: this runs once per write.
+        # Op.__init__ inlined: this runs once per write. ``enqueued_at``: the caller's
+        # clock reading, when it has one (a call to the clock costs as much as this).
         self.id = next(_op_ids)
         self.future = future
         self.session = session
         self.deadline = future.deadline
-        self.enqueued_at = monotonic()
+        self.enqueued_at = monotonic() if enqueued_at is None else enqueued_at
         self.trace_context = trace_context
         self.claimed = False
         self.statement = None

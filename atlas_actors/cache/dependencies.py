@@ -79,7 +79,9 @@ _NOT_ALIASES = frozenset(
 
 def fold(name: str) -> str:
     """``name`` as SQLite compares identifiers: ASCII letters in lower case, nothing else."""
-    return name.translate(_FOLD)
+    # For ASCII text lower() is the same fold and far cheaper: translate() looks each
+    # character up in a dict (~3k instructions for a table name, at every commit).
+    return name.lower() if name.isascii() else name.translate(_FOLD)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1095,3 +1095,10 @@ def test_writes_outside_the_dependency_leave_the_result_alone(conn: apsw.Connect
         assert dependency.matches_any(hook.images) == matched, write
         if not matched:
             assert before == after, write
+
+
+def test_fold_lowers_ascii_letters_only() -> None:
+    # SQLite folds identifiers' ASCII letters and nothing else (lower() would fold Ä).
+    assert fold("Tasks_2") == "tasks_2"
+    assert fold("ÄB") == "Äb"
+    assert fold("İX") == "İx"  # lower() would make it two characters
