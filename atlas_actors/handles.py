@@ -22,8 +22,6 @@ from opentelemetry import trace
 from atlas_actors.actors.base import Mailbox, Op
 from atlas_actors.actors.supervisor import KillMode, SupervisorActor, SupervisorStatus
 from atlas_actors.actors.writer_ops import (
-    LeaseRequest,
-    LeaseReturn,
     UnitOfWorkOp,
     WriteAllOp,
     WriteManyOp,
@@ -176,23 +174,14 @@ class WriterHandle:
         timeout: float | None,
         *,
         traced: bool,
-        check: bool = True,
-        deliver: Callable[[Any], bool] | None = None,
     ) -> WriterFuture[Any]:
         """Queue an op in the writer's mailbox (internal; the public methods call it).
 
-        ``check=False`` skips the writes-stopped check (a transaction giving its lease
-        back must always get through). ``deliver(op)`` may take the op instead of the
-        mailbox (True: taken).
+        Lease messages have their own :meth:`submit_lease`.
         """
         storage = self._storage
-        if storage._state != "running" or (check and storage.write_block is not None):
-            # check_writable() / check_usable(), called only when they raise: this runs
-            # once per write.
-            if check:
-                storage.check_writable()
-            else:
-                storage.check_usable()
+        if storage._state != "running" or storage.write_block is not None:
+            storage.check_writable()  # (called only when it raises: this runs per write)
         deadline = time.monotonic() + (self._default_timeout if timeout is None else timeout)
         future: WriterFuture[Any] = WriterFuture(deadline, verb, sql)
         tracing = self._tracing
@@ -205,13 +194,8 @@ class WriterHandle:
                     future.add_done_callback(lambda f: _end_span(span, f))
             else:
                 context = tracing.current_context()
-        if op_class is not LeaseReturn and op_class is not LeaseRequest:
-            future.handle = self
-        else:
-            future.handle = None
-        op = op_class(future, threading.get_ident(), context, *args)
-        if deliver is None or not deliver(op):
-            self._mailbox.send(op)
+        future.handle = self
+        self._mailbox.send(op_class(future, threading.get_ident(), context, *args))
         return future
 
     def submit_lease(
@@ -240,7 +224,7 @@ class WriterHandle:
         future: WriterFuture[Any] = WriterFuture(
             time.monotonic() + self._default_timeout, verb, None
         )
-        future.guard = None
+        future.handle = None  # (the transaction checks the wait-for graph itself)
         tracing = self._tracing
         context = tracing.current_context() if tracing.enabled else None
         op = op_class(future, threading.get_ident(), context, *args)
