@@ -476,6 +476,7 @@ class TrackedConnection:
         "_queries",
         "_runs",
         "_timed",
+        "_written",
         "affinity",
         "connection",
         "created_at",
@@ -508,8 +509,10 @@ class TrackedConnection:
         self._latency = 0.0
         self._bytes = 0
         self._runs: dict[str, int] = {}
-        """Runs of each statement through write(), query() and write_many(), which decide
-        the ones sampled."""
+        """Runs of each statement through query() and write_many(), which decide the
+        ones sampled."""
+        self._written: dict[str, list[Any]] = {}
+        """``[kind, runs]`` of each statement through write(): one lookup for both."""
         self.last_latency = 0.0
         """Seconds the last statement took (0 when it was not timed)."""
         self.last_weight = 1
@@ -626,9 +629,11 @@ class TrackedConnection:
         # statement's kind classified once, the result built without the named
         # tuple's Python-level __new__.
         connection = self.connection
-        kind = _write_kinds.get(sql) or _write_kind(sql)
-        if kind is _CONTROL:
-            raise _control_error(sql)
+        try:
+            entry = self._written[sql]
+        except KeyError:
+            entry = self._learn_write(sql)
+        kind = entry[0]
         if kind is _RETURNS_ROWS:
             before = connection.last_insert_rowid()
             rows = self.query(sql, params)
@@ -639,10 +644,8 @@ class TrackedConnection:
             )
         before = connection.last_insert_rowid() if kind is _OTHER else 0
         self._queries += 1
-        counted = self._runs
-        uses = counted.get(sql, 0)
-        if uses or len(counted) < _MAX_COUNTED:
-            counted[sql] = uses + 1
+        uses = entry[1]
+        entry[1] = uses + 1
         if uses < _TIME_FIRST:  # sample_weight(uses), inlined
             weight = 1
         else:
@@ -669,6 +672,16 @@ class TrackedConnection:
         if rowcount < 256:
             return _NO_ROWID_RESULTS[rowcount]
         return _new_result(WriteResult, (rowcount, None, ()))
+
+    def _learn_write(self, sql: str) -> list[Any]:
+        """``[kind, 0]`` for a statement new to :meth:`write`; refuses transaction control."""
+        kind = _write_kinds.get(sql) or _write_kind(sql)
+        if kind is _CONTROL:
+            raise _control_error(sql)
+        entry: list[Any] = [kind, 0]
+        if len(self._written) < _MAX_COUNTED:  # (past the bound, each run is timed)
+            self._written[sql] = entry
+        return entry
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""
