@@ -320,11 +320,13 @@ class Runtime:
             log.debug("supervisor gone; failure of %s not reported", role)
 
     def _on_escalate(self, error: StorageUnavailable) -> None:
+        # The pool first: db.query's fast path (no cache, no tracing) checks only the
+        # pool, so it must refuse before the storage reports itself failed.
+        self.pool.close(error)
         with self._lock:
             self._failure = error
             if self._state == "running":
                 self._state = "failed"
-        self.pool.close(error)
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued writes, stop every actor, close every connection. Idempotent."""

@@ -296,3 +296,25 @@ def test_restart_events_carry_the_role_and_incarnation(db: atlas.Storage) -> Non
     db.supervisor.kill("reader-1")
     assert done.wait(5)
     assert events[0].role == "reader-1" and events[0].detail["incarnation"] == 2
+
+
+def test_escalation_closes_the_reader_pool_before_the_storage_reports_failed(
+    open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without cache or tracing, db.query's fast path checks only the pool: were the
+    # storage failed first, a read in between would still be served.
+    db = open_storage(cache=False)
+    for _ in range(10):  # past a statement's first runs: the fast path serves it
+        db.query("SELECT 1")
+    states: list[str] = []
+    close = db.pool.close
+
+    def watched(error: Any = None) -> None:
+        states.append(db._state)
+        close(error)
+
+    monkeypatch.setattr(db.pool, "close", watched)
+    db._on_escalate(StorageUnavailable("restart intensity exceeded (in a test)"))
+    assert states == ["running"]  # the pool refused before the state said failed
+    with pytest.raises(StorageUnavailable):
+        db.query("SELECT 1")
