@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -182,3 +183,16 @@ def test_a_cycle_search_sees_one_state_while_a_lease_ends(db: atlas.Storage) -> 
     assert moved_on.wait(5)
     graph.check(1, LEASE)  # nobody holds the lease now
     graph.done_waiting(2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_inherits_no_writer_threads(db: atlas.Storage) -> None:
+    # The child runs none of its parent's writers, and its own threads may be given
+    # their idents: a stale one would refuse a plain wait there as a deadlock.
+    db.write("INSERT INTO tasks(title) VALUES ('before the fork')")
+    assert _writer_threads  # the writer's thread, at least
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child: reports through its exit status)
+        os._exit(0 if not _writer_threads else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

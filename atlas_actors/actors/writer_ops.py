@@ -8,6 +8,7 @@ connection to an interactive transaction (see ``transaction/lease.py``).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
@@ -44,6 +45,11 @@ _writer_threads: set[int] = set()
 """Idents of the threads running a writer now (of any storage). A set, not a
 ``threading.local``: the wait for a write asks it every time, and a thread-local
 attribute costs more than ``get_ident()``, which that wait needs anyway."""
+
+if hasattr(os, "register_at_fork"):  # (not on Windows)
+    # A forked child runs none of its parent's writers, and its new threads may get
+    # their idents: a stale one would refuse a plain wait as a deadlock.
+    os.register_at_fork(after_in_child=_writer_threads.clear)
 
 
 def mark_writer_thread() -> None:
