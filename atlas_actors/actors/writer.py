@@ -134,9 +134,10 @@ class WriterHooks:
     """A transaction borrowed the connection."""
     lease_ended: Callable[[Lease], None] = _ignore
     """The lease came back, expired or was revoked."""
-    lease_passed: Callable[[Lease, Lease], None] = _ignore
+    lease_passed: Callable[[Lease, Lease], None] | None = None
     """The first lease came back and the second was granted in its place (a hand-over,
-    in the returning transaction's thread): ``lease_ended`` then ``lease_granted``."""
+    in the returning transaction's thread): ``lease_ended`` then ``lease_granted`` in
+    one call. None: those two are called instead."""
 
 
 class WriterActor(RoleActor):
@@ -958,7 +959,12 @@ class WriterActor(RoleActor):
         self._chain_length += 1
         self.counters.handovers += 1
         self._lease = successor
-        self.hooks.lease_passed(lease, successor)
+        hooks = self.hooks
+        if hooks.lease_passed is not None:
+            hooks.lease_passed(lease, successor)
+        else:
+            hooks.lease_ended(lease)
+            hooks.lease_granted(successor)
         request.future.set_result(successor)
         return True
 
