@@ -7,7 +7,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,6 +16,7 @@ from atlas_actors.errors import (
     AtlasError,
     ConstraintError,
     DeadlockError,
+    OperationTimeout,
     TransactionAborted,
     TransactionConflict,
     TransactionError,
@@ -126,6 +127,7 @@ def test_32_threads_times_100_serializable_increments_give_exactly_3200(
     counter: atlas.Storage,
 ) -> None:
     guarded: list[bool] = []
+    noop = "UPDATE counter SET n = n WHERE id = 1"
 
     def increments() -> None:
         for i in range(100):
@@ -133,12 +135,16 @@ def test_32_threads_times_100_serializable_increments_give_exactly_3200(
                 n = tx.query("SELECT n FROM counter WHERE id = 1")[0].n
                 tx.execute("UPDATE counter SET n = ? WHERE id = 1", [n + 1])
                 if i == 50:  # most leases come by hand-over: the guard knows the holder
-                    try:
-                        counter.write("UPDATE counter SET n = n WHERE id = 1", timeout=5)
-                    except DeadlockError:
-                        guarded.append(True)
-                    else:  # pragma: no cover (the failure this test is for)
-                        guarded.append(False)
+                    for plain in (
+                        lambda: counter.write(noop, timeout=5),
+                        lambda: counter.write_all([(noop, None)], timeout=5),
+                    ):
+                        try:
+                            plain()
+                        except DeadlockError:
+                            guarded.append(True)
+                        else:  # pragma: no cover (the failure this test is for)
+                            guarded.append(False)
 
     threads = [threading.Thread(target=increments) for _ in range(32)]
     for thread in threads:
@@ -146,7 +152,7 @@ def test_32_threads_times_100_serializable_increments_give_exactly_3200(
     for thread in threads:
         thread.join(120)
     assert _n(counter) == 3200
-    assert guarded == [True] * 32
+    assert guarded == [True] * 64
     status = counter.transactions.status()
     assert status.committed >= 3200 and not status.active and status.lease_holder is None
     assert counter.writer.stats().mean_batch > 1  # transactions were group-committed
@@ -448,3 +454,32 @@ def test_a_statement_interrupted_by_its_lease_timeout_raises_the_timeout(
     assert slow.get(30).rowcount == 1_000_000
     assert db.supervisor.status().restarts == 0
     assert db.query("SELECT count(*) FROM big") == [(0,)]
+
+
+def test_a_commit_whose_wait_times_out_says_it_may_have_been_applied(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # The lease goes straight to the next transaction, which holds it past the first
+    # one's deadline: the first one's commit is acknowledged only with the batch, after
+    # its wait ran out. It is committed then, so its timeout must not say "not applied".
+    db = open_storage(default_timeout=0.3, max_batch_delay=5.0)
+    db.execute("CREATE TABLE t(x INTEGER)")
+    second_holds = threading.Event()
+
+    def second() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (2)")
+            second_holds.set()
+            time.sleep(0.8)
+
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO t VALUES (1)")
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert wait_until(lambda: db.transactions.status().queued >= 1, timeout=2)
+    with pytest.raises(OperationTimeout) as caught:
+        tx.commit()  # hands the lease to second(), then waits for the batch
+    assert second_holds.is_set()
+    assert caught.value.applied is None
+    thread.join(5)
+    assert sorted(r.x for r in db.query("SELECT x FROM t")) == [1, 2]

@@ -92,8 +92,35 @@ class WaitForGraph:
 
         ``advice`` (text, or a function making it) says what to do instead. Returns
         whether ``session`` holds anything: only then can another session's search pass
-        through its wait, so only then need the wait be recorded (:meth:`waiting`).
+        through its wait.
         """
+        return self._enter(session, resource, all_units_taken, advice, record=False)
+
+    def begin_wait(
+        self,
+        session: int,
+        resource: str,
+        *,
+        all_units_taken: Callable[[], bool] = _always,
+        advice: str | Callable[[], str] = "",
+    ) -> bool:
+        """:meth:`check`, then record the wait in the same locked step if it may matter.
+
+        Returns True when the wait was recorded (``session`` holds something): call
+        :meth:`done_waiting` after it. Checked and recorded as one step, two sessions
+        that each hold what the other is about to wait for cannot both pass the check.
+        """
+        return self._enter(session, resource, all_units_taken, advice, record=True)
+
+    def _enter(
+        self,
+        session: int,
+        resource: str,
+        all_units_taken: Callable[[], bool],
+        advice: str | Callable[[], str],
+        *,
+        record: bool,
+    ) -> bool:
         if session not in self._held:
             for mapping, _ in self._tracked.values():
                 if session in mapping:
@@ -102,6 +129,8 @@ class WaitForGraph:
                 return False  # every cycle through a wait passes through what the waiter holds
         with self.lock:
             cycle = self._cycle(session, resource, all_units_taken())
+            if cycle is None and record:
+                self._waiting[session] = resource
         if cycle is not None:
             text = advice() if callable(advice) else advice
             raise DeadlockError(
@@ -120,7 +149,7 @@ class WaitForGraph:
             self._waiting.pop(session, None)
 
     def waits(self) -> dict[int, str]:
-        """Sessions currently waiting, with the resource each waits for."""
+        """Recorded waits: sessions that hold something, with the resource each waits for."""
         with self.lock:
             return dict(self._waiting)
 

@@ -545,9 +545,14 @@ class TransactionManager:
 
     def acquire_lease(self, tx: Transaction) -> Lease:
         """Borrow the write connection for ``tx`` (waiting behind other transactions)."""
+        expected = None
+        if tx.isolation == "repeatable_read" and tx._reader is not None:
+            # A snapshot whose version could not be pinned conflicts on purpose.
+            expected = tx._snapshot if tx._snapshot is not None else (-1, -1)
+        storage = self.storage
         me = threading.get_ident()
         graph = self.graph
-        holds = graph.check(
+        recorded = graph.begin_wait(
             me,
             LEASE,
             advice=lambda: (
@@ -555,13 +560,6 @@ class TransactionManager:
                 "thread holds: commit or roll back the other transaction first"
             ),
         )
-        expected = None
-        if tx.isolation == "repeatable_read" and tx._reader is not None:
-            # A snapshot whose version could not be pinned conflicts on purpose.
-            expected = tx._snapshot if tx._snapshot is not None else (-1, -1)
-        storage = self.storage
-        if holds:
-            graph.waiting(me, LEASE)
         try:
             lease: Lease = storage.writer.submit_lease(
                 LeaseRequest,
@@ -573,7 +571,7 @@ class TransactionManager:
             tx._fail(error)
             raise
         finally:
-            if holds:
+            if recorded:
                 graph.done_waiting(me)
         return lease
 
@@ -599,6 +597,10 @@ class TransactionManager:
             writable=False,
             deliver=lease.pass_on if commit and not lost else None,
         )
+        # A return is never withdrawn: the writer commits (or rolls back) with its batch
+        # whatever the wait does, so a timeout must say "may have been applied", not
+        # "not applied" (an unclaimed future withdraws itself on timeout).
+        future.claim()
         try:
             future.get()
         except OperationTimeout:
@@ -611,13 +613,11 @@ class TransactionManager:
         """Take a reader connection for ``tx``'s snapshot."""
         me = threading.get_ident()
         pool = self.storage.pool
-        holds = self.graph.check(me, "pool:readers", all_units_taken=pool.exhausted)
-        if holds:
-            self.graph.waiting(me, "pool:readers")
+        recorded = self.graph.begin_wait(me, "pool:readers", all_units_taken=pool.exhausted)
         try:
             reader = pool.acquire()
         finally:
-            if holds:
+            if recorded:
                 self.graph.done_waiting(me)
         self.graph.hold(me, "pool:readers", f"transaction {tx.id}")
         return reader
