@@ -562,6 +562,21 @@ def test_a_write_statement_is_sampled_by_its_own_runs() -> None:
     assert connection.metrics().bytes_transferred == pytest.approx(8 * runs, rel=0.05)
 
 
+def test_write_learns_a_statement_once_and_refuses_transaction_control_every_time() -> None:
+    connection = TrackedConnection(apsw.Connection(":memory:"), "writer")
+    connection.connection.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, a)")
+    for _ in range(2):  # refused again: a refused statement is never remembered as safe
+        with pytest.raises(ValidationError, match="controls a transaction"):
+            connection.write("BEGIN")
+    assert connection.write("INSERT INTO t(a) VALUES (?)", [1])[:2] == (1, 1)
+    returned = connection.write("INSERT INTO t(a) VALUES (?) RETURNING id, a", [2])
+    assert (returned.rowcount, returned.lastrowid) == (1, 2)
+    assert [(row.id, row.a) for row in returned.rows] == [(2, 2)]
+    for n in range(3):
+        assert connection.write("UPDATE t SET a = ? WHERE id = 1", [n])[:2] == (1, None)
+    assert connection.queries == 5  # each run counted, the refused ones not
+
+
 def test_the_fast_path_names_the_rows_of_results_of_every_size(
     open_storage: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
