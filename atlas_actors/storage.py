@@ -10,6 +10,7 @@ reads go through the reader pool (``db.query``); transactions borrow the writer
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -104,9 +105,10 @@ class Storage(Runtime):
             # than through this class's query: callgrind, one thread, 5,000 point
             # reads). What it does not serve (built queries, a closed storage) comes
             # to Storage.query.
-            self.query = self.pool.read_function(  # type: ignore[method-assign]
-                types.MethodType(Storage.query, self), self._report_query
-            )
+            query = types.MethodType(Storage.query, self)
+            fast = self.pool.read_function(query, self._report_query)
+            functools.update_wrapper(fast, query)  # help(db.query): the public docs
+            self.query = fast  # type: ignore[method-assign]
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued writes, stop every actor, close every connection. Idempotent."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import threading
@@ -431,6 +432,9 @@ def test_db_query_without_cache_keeps_the_storage_contract(
     assert db.metrics.snapshot()["errors"] == 2
     built = atlas.Query().select(["id", "title"]).from_("tasks").where([("id", "eq", 1)])
     assert db.query(built) == [(1, "a")]  # a built query is served too
+    # help(db.query) documents the public method, not the pool's function.
+    assert db.query.__doc__ == atlas.Storage.query.__doc__
+    assert str(inspect.signature(db.query)).startswith("(sql: 'str | Buildable'")
     with pytest.raises(TypeError):
         db.query(_POINT, [1], 5.0)  # type: ignore[misc]  # timeout is keyword-only
     db.close()
