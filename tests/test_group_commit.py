@@ -136,6 +136,30 @@ def test_a_failure_among_writes_sharing_a_savepoint_undoes_only_its_own_writes(
     assert db.writer_counters.started - started_before == 7
 
 
+def test_write_all_units_in_a_shared_group_fail_alone_and_keep_their_results(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # The writer runs a write_all's statements in place, in the group's savepoint: a
+    # unit failing in its second statement undoes its first, the units grouped with it
+    # run again alone, and the results they report are those of the run that committed.
+    db = _unique_t(open_storage, taken=3)
+    before = db.writer.stats()
+    _, release = _gate(db)
+    insert = "INSERT INTO t(a) VALUES (?)"
+    ok = db.writer.write_all([(insert, [60]), (insert, [61])])
+    bad = db.writer.write_all([(insert, [70]), (insert, [3])])  # 3 is taken
+    last = db.writer.write_all([(insert, [80])])
+    release.set()
+    results = ok.get(5)
+    with pytest.raises(ConstraintError):
+        bad.get(5)
+    assert [r.rowcount for r in last.get(5)] == [1]
+    rowids = {a: rowid for rowid, a in db.query("SELECT rowid, a FROM t")}
+    assert sorted(rowids) == [3, 60, 61, 80]  # nothing of the failed unit
+    assert [r.lastrowid for r in results] == [rowids[60], rowids[61]]
+    assert db.writer.stats().regrouped - before.regrouped >= 1
+
+
 def test_a_failing_write_after_a_transaction_in_the_same_batch_leaves_the_transaction(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
