@@ -101,17 +101,17 @@ def test_check_says_whether_the_wait_needs_recording() -> None:
     assert graph.check(2, "pool:readers") is True  # holds the (tracked) lease
 
 
-def test_begin_wait_checks_and_records_in_one_step() -> None:
+def test_a_recorded_check_checks_and_records_in_one_step() -> None:
     # Two sessions each holding what the other is about to wait for: the second to
     # begin its wait finds the first one's, recorded in the same locked step as its check.
     graph = WaitForGraph()
     graph.hold(1, "a", "tx 1")
     graph.hold(2, "b", "tx 2")
-    assert graph.begin_wait(1, "b") is True
+    assert graph.check(1, "b", record=True) is True
     assert graph.waits() == {1: "b"}
     with pytest.raises(DeadlockError, match="held by thread 1"):
-        graph.begin_wait(2, "a")
+        graph.check(2, "a", record=True)
     assert graph.waits() == {1: "b"}  # the refused wait is not recorded
     graph.done_waiting(1)
-    assert graph.begin_wait(3, "a") is False  # holds nothing: not recorded
+    assert graph.check(3, "a", record=True) is False  # holds nothing: not recorded
     assert graph.waits() == {}

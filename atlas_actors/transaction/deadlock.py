@@ -87,40 +87,16 @@ class WaitForGraph:
         *,
         all_units_taken: Callable[[], bool] = _always,
         advice: str | Callable[[], str] = "",
+        record: bool = False,
     ) -> bool:
         """Raise DeadlockError if ``session`` waiting for ``resource`` closes a cycle.
 
         ``advice`` (text, or a function making it) says what to do instead. Returns
         whether ``session`` holds anything: only then can another session's search pass
-        through its wait.
+        through its wait. ``record``: also record the wait then, in the same locked step
+        as the check (call :meth:`done_waiting` after it), so two sessions that each hold
+        what the other is about to wait for cannot both pass.
         """
-        return self._enter(session, resource, all_units_taken, advice, record=False)
-
-    def begin_wait(
-        self,
-        session: int,
-        resource: str,
-        *,
-        all_units_taken: Callable[[], bool] = _always,
-        advice: str | Callable[[], str] = "",
-    ) -> bool:
-        """:meth:`check`, then record the wait in the same locked step if it may matter.
-
-        Returns True when the wait was recorded (``session`` holds something): call
-        :meth:`done_waiting` after it. Checked and recorded as one step, two sessions
-        that each hold what the other is about to wait for cannot both pass the check.
-        """
-        return self._enter(session, resource, all_units_taken, advice, record=True)
-
-    def _enter(
-        self,
-        session: int,
-        resource: str,
-        all_units_taken: Callable[[], bool],
-        advice: str | Callable[[], str],
-        *,
-        record: bool,
-    ) -> bool:
         if session not in self._held:
             for mapping, _ in self._tracked.values():
                 if session in mapping:

@@ -552,13 +552,14 @@ class TransactionManager:
         storage = self.storage
         me = threading.get_ident()
         graph = self.graph
-        recorded = graph.begin_wait(
+        recorded = graph.check(
             me,
             LEASE,
             advice=lambda: (
                 f"transaction {tx.id} would wait for the writer lease its own "
                 "thread holds: commit or roll back the other transaction first"
             ),
+            record=True,
         )
         try:
             lease: Lease = storage.writer.submit_lease(
@@ -613,7 +614,7 @@ class TransactionManager:
         """Take a reader connection for ``tx``'s snapshot."""
         me = threading.get_ident()
         pool = self.storage.pool
-        recorded = self.graph.begin_wait(me, "pool:readers", all_units_taken=pool.exhausted)
+        recorded = self.graph.check(me, "pool:readers", all_units_taken=pool.exhausted, record=True)
         try:
             reader = pool.acquire()
         finally:
