@@ -148,6 +148,11 @@ def set_cache_size(connection: apsw.Connection, kib: int) -> None:
     connection.pragma("cache_size", -kib)
 
 
+def set_mmap_size(connection: apsw.Connection, size: int) -> None:
+    """Read up to ``size`` bytes of the file through memory-mapped I/O (0: off)."""
+    connection.pragma("mmap_size", size)
+
+
 def enable_foreign_keys(connection: apsw.Connection) -> None:
     """Enforce FOREIGN KEY constraints (SQLite leaves them off by default)."""
     connection.pragma("foreign_keys", 1)
@@ -197,12 +202,16 @@ def open_connection(
     busy_backoff: tuple[float, float] = (0.0005, 0.05),
     on_busy: Callable[[float], None] | None = None,
     cache_size_kib: int = 16_384,
+    mmap_bytes: int = 0,
     max_value_bytes: int = 16 * 1024 * 1024,
     max_page_count: int = 0,
     journal_size_limit: int = 64 * 1024 * 1024,
     vfs: str | None = None,
 ) -> apsw.Connection:
-    """Open and configure a connection to ``path`` for the writer or a reader."""
+    """Open and configure a connection to ``path`` for the writer or a reader.
+
+    ``mmap_bytes`` applies to a reader only (the writer never maps the file).
+    """
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
     try:
         connection = (
@@ -223,6 +232,8 @@ def open_connection(
             set_journal_size_limit(connection, journal_size_limit)
         else:
             set_query_only(connection)
+            if mmap_bytes:
+                set_mmap_size(connection, mmap_bytes)
         set_cache_size(connection, cache_size_kib)
         enable_foreign_keys(connection)
         set_value_limit(connection, max_value_bytes)

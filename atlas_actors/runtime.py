@@ -198,6 +198,7 @@ class Runtime:
             busy_backoff=(config.busy_backoff_base, config.busy_backoff_cap),
             on_busy=self._count_busy,
             cache_size_kib=config.cache_size_kib,
+            mmap_bytes=config.reader_mmap_bytes,
             max_value_bytes=config.max_value_bytes,
             max_page_count=config.max_page_count if writer else 0,
             journal_size_limit=config.wal_size_limit,

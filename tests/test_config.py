@@ -46,6 +46,7 @@ def test_unparsable_environment_values_name_the_variable(env: dict[str, str], me
         ({"synchronous": "SOMETIMES"}, "synchronous='SOMETIMES'"),
         ({"default_timeout": 0}, "default_timeout=0"),
         ({"max_batch_delay": -1}, "max_batch_delay=-1"),
+        ({"reader_mmap_bytes": -1}, "reader_mmap_bytes=-1"),
         ({"readers": 8, "max_readers": 4}, "max_readers=4 < readers=8"),
     ],
 )

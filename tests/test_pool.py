@@ -634,3 +634,15 @@ def test_renamed_columns_are_learned_at_the_next_recheck(open_storage: object) -
     other.close()
     keys = [db.query(star, [1])[0].keys() for _ in range(_RECHECK_EVERY + _TIME_FIRST)]
     assert keys[-1] == ("id", "name")
+
+
+def test_readers_map_the_file_and_the_writer_does_not(open_storage: object) -> None:
+    # Readers share the OS cache of the file through read-only mappings; 0 turns it off.
+    db = _uncached(open_storage)
+    mapped = db.config.reader_mmap_bytes
+    assert mapped > 0
+    assert db.pool.run_function(lambda c: c.pragma("mmap_size")) == mapped
+    assert db.run_in_writer(lambda c: c.pragma("mmap_size")) == 0
+    assert db.query("SELECT title FROM tasks") == [("a",)]  # read through the mapping
+    unmapped = _uncached(open_storage, path=db.path + "-b", reader_mmap_bytes=0)
+    assert unmapped.pool.run_function(lambda c: c.pragma("mmap_size")) == 0
