@@ -14,6 +14,9 @@ operations is the cost of one operation, start-up excluded:
   atlas's ``db.writer.write_all`` against ``bare-writer`` (``bench/writes.py``).
 * ``transactions``: one thread runs the 5-statement transfer of ``bench/transactions.py``
   (each commits alone); ``atlas.tx`` against ``bare-lease``.
+* ``reads``: one thread runs ``bench/reads.py``'s point read by primary key, over
+  10,000 rows; ``atlas.query`` (cache off) against ``sqlite3`` (a connection of the
+  standard library, the peer ``reads.py`` judges against).
 
 The counts are for the whole process (the caller, the writer and every other thread).
 Needs valgrind (Debian: ``apt install valgrind``). Run ``--help`` for the options.
@@ -33,6 +36,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import reads
 import transactions
 import writes
 from _common import environment, print_environment, remove_db, scratch_dir, table
@@ -42,6 +46,7 @@ import atlas_actors as atlas
 WORKLOADS = {
     "writes": ("atlas", "bare-writer"),
     "transactions": ("atlas.tx", "bare-lease"),
+    "reads": ("atlas.query", "sqlite3"),
 }
 """Workload → (atlas's variant, the yardstick)."""
 
@@ -111,6 +116,29 @@ def run_transactions(peer_name: str, operations: int, path: Path) -> None:
     peer.close()
 
 
+READ_ROWS = 10_000
+"""Rows in the reads workload's table."""
+
+
+def run_reads(peer_name: str, operations: int, path: Path) -> None:
+    """Run ``operations`` of ``bench/reads.py``'s point reads in one thread."""
+    remove_db(path)
+    reads.prepare(path, READ_ROWS)
+    db = atlas.open(path, cache=False) if peer_name.startswith("atlas") else None
+    try:
+        op, cleanup = reads.make_factory(peer_name, path, READ_ROWS, db)(0)
+        for _ in range(operations):
+            op()
+        cleanup()
+    finally:
+        if db is not None:
+            db.close()
+
+
+RUNNERS = {"writes": run_writes, "transactions": run_transactions, "reads": run_reads}
+"""Workload → the function a child process runs."""
+
+
 def count(workload: str, peer_name: str, operations: int, directory: Path) -> int:
     """Instructions of a child process running ``operations`` of the workload."""
     result = subprocess.run(
@@ -156,7 +184,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Instructions per operation (valgrind's callgrind, deterministic) of atlas and "
-            "of the yardstick beside it, for writes and transactions."
+            "of the yardstick beside it, for writes, transactions and point reads."
         ),
         epilog="Takes a few minutes: every child runs about 50x slower under valgrind.",
     )
@@ -176,8 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         workload, peer_name, operations, path = args.child
-        runner = run_writes if workload == "writes" else run_transactions
-        runner(peer_name, int(operations), Path(path))
+        RUNNERS[workload](peer_name, int(operations), Path(path))
         return 0
     if args.many - args.few < MIN_SPAN:
         print(f"--many must exceed --few by at least {MIN_SPAN}", file=sys.stderr)

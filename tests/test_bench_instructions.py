@@ -16,6 +16,7 @@ from instructions import (
     main,
     parse_collected,
     per_operation,
+    run_reads,
     run_transactions,
     run_writes,
 )
@@ -43,6 +44,13 @@ def test_the_transactions_workload_runs(tmp_path: Path, peer: str) -> None:
     path = tmp_path / "t.db"
     run_transactions(peer, 10, path)
     assert _first_row(path, "SELECT count(*) FROM ledger") == (20,)
+
+
+@pytest.mark.parametrize("peer", WORKLOADS["reads"])
+def test_the_reads_workload_runs_the_benchmarks_checked_read(tmp_path: Path, peer: str) -> None:
+    path = tmp_path / "r.db"
+    run_reads(peer, 50, path)  # reads.py's op raises on a wrong row
+    assert _first_row(path, "SELECT count(*) FROM tasks") == (10_000,)
 
 
 def test_counts_are_read_from_valgrind_and_divided_per_operation() -> None:
