@@ -271,6 +271,22 @@ def sample_weight(uses: int) -> int:
     return SAMPLE_EVERY if (uses - _TIME_FIRST) % SAMPLE_EVERY == 0 else 0
 
 
+def _timed_run(entry: list[Any]) -> int:
+    """Time a run of a :meth:`TrackedConnection.write` entry: its weight, as ever.
+
+    The weight is :func:`sample_weight`'s, and the entry counts down to the next timed
+    run. A countdown, not a run count: an untimed run (nearly all of them) then costs one
+    test and one store.
+    """
+    timed = entry[2] = entry[2] + 1
+    if timed <= _TIME_FIRST:
+        if timed == _TIME_FIRST:
+            entry[3] = entry[0] is _INSERTS or entry[0] is _INSERTS_NOTHING
+        return 1  # the next run is timed too
+    entry[1] = SAMPLE_EVERY - 1
+    return SAMPLE_EVERY
+
+
 def recheck_due(uses: int) -> bool:
     """True when the run after ``uses`` earlier ones re-reads the column names."""
     return uses >= _TIME_FIRST and (uses - _TIME_FIRST) % _RECHECK_EVERY == _RECHECK_EVERY - 1
@@ -487,6 +503,7 @@ class TrackedConnection:
         "_queries",
         "_runs",
         "_timed",
+        "_untimed_pairs",
         "_written",
         "affinity",
         "connection",
@@ -523,7 +540,10 @@ class TrackedConnection:
         """Runs of each statement through query() and write_many(), which decide the
         ones sampled."""
         self._written: dict[str, list[Any]] = {}
-        """``[kind, runs]`` of each statement through write(): one lookup for both."""
+        """``[kind, untimed, timed, fast]`` of each statement through write() (one
+        lookup for all four; see ``_learn_write``)."""
+        self._untimed_pairs = 0
+        """:meth:`write_pairs` calls left before the next timed one."""
         self.last_latency = 0.0
         """Seconds the last statement took (0 when it was not timed)."""
         self.last_weight = 1
@@ -655,12 +675,12 @@ class TrackedConnection:
             )
         before = connection.last_insert_rowid() if kind is _OTHER else 0
         self._queries += 1
-        uses = entry[1]
-        entry[1] = uses + 1
-        if uses < _TIME_FIRST:  # sample_weight(uses), inlined
-            weight = 1
+        untimed = entry[1]
+        if untimed:
+            entry[1] = untimed - 1
+            weight = 0
         else:
-            weight = SAMPLE_EVERY if (uses - _TIME_FIRST) % SAMPLE_EVERY == 0 else 0
+            weight = _timed_run(entry)
         started = perf_counter() if weight else 0.0
         try:
             self.cursor.execute(sql, params)
@@ -684,12 +704,71 @@ class TrackedConnection:
             return _NO_ROWID_RESULTS[rowcount]
         return _new_result(WriteResult, (rowcount, None, ()))
 
+    def write_pairs(self, statements: Iterable[tuple[str, Params]]) -> list[WriteResult]:
+        """:meth:`write` each (sql, params) pair in turn: a ``write_all``'s statements.
+
+        The writer's hottest loop once the commit is cheap, and its Python is paid
+        about three times over there (each SQLite call hands the GIL to the waiting
+        callers, and the writer waits to get it back). So a known INSERT, UPDATE or
+        DELETE past its first runs (``entry[3]``) is :meth:`write` written out, with
+        the connection's methods looked up once per call; anything else goes to it.
+        Those are timed by the call, not each on its own count: one call in
+        ``SAMPLE_EVERY`` on average, at random so that no pattern of calls is always
+        or never timed.
+        """
+        untimed = self._untimed_pairs
+        if untimed:
+            self._untimed_pairs = untimed - 1
+            weight = 0
+        else:
+            self._untimed_pairs = random.randrange(2 * SAMPLE_EVERY - 1)  # mean gap SAMPLE_EVERY
+            weight = SAMPLE_EVERY
+        written = self._written
+        execute = self.cursor.execute
+        connection = self.connection
+        results: list[WriteResult] = []
+        append = results.append
+        fast = 0
+        for sql, params in statements:
+            entry = written.get(sql)
+            if entry is None or not entry[3]:
+                append(self.write(sql, params))  # (counts itself)
+                continue
+            fast += 1
+            started = perf_counter() if weight else 0.0
+            try:
+                execute(sql, params)
+            except Exception as error:
+                self._errors += 1
+                self._queries += fast
+                raise wrap_sqlite_error(error, sql) from error
+            if weight:
+                self.last_latency = latency = perf_counter() - started
+                self._latency += latency * weight
+                self._timed += weight
+                self._sample_bytes(params, (), weight)
+            rowcount = connection.changes()
+            if entry[0] is _INSERTS and rowcount > 0:
+                append(_new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ())))
+            elif rowcount < 256:
+                append(_NO_ROWID_RESULTS[rowcount])
+            else:
+                append(_new_result(WriteResult, (rowcount, None, ())))
+        self._queries += fast
+        return results
+
     def _learn_write(self, sql: str) -> list[Any]:
-        """``[kind, 0]`` for a statement new to :meth:`write`; refuses transaction control."""
+        """A new entry for a statement new to :meth:`write`; refuses transaction control.
+
+        ``[kind, untimed, timed, fast]``: the statement's kind, the runs left before the
+        next timed one, the timed runs so far (:func:`_timed_run`), and whether
+        :meth:`write_pairs` may run it itself (an INSERT, UPDATE or DELETE past its
+        first runs, which are all timed).
+        """
         kind = _write_kinds.get(sql) or _write_kind(sql)
         if kind is _CONTROL:
             raise _control_error(sql)
-        entry: list[Any] = [kind, 0]
+        entry: list[Any] = [kind, 0, 0, False]
         if len(self._written) < _MAX_COUNTED:  # (past the bound, each run is timed)
             self._written[sql] = entry
         return entry

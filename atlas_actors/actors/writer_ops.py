@@ -171,11 +171,7 @@ class WriteAllOp(WriterOp):
 
     def run(self, connection: TrackedConnection) -> list[WriteResult]:
         """Run each statement in order; the first failure undoes them all."""
-        write = connection.write
-        results = []
-        for sql, params in self.statements:  # a loop: a comprehension is one more frame
-            results.append(write(sql, params))
-        return results
+        return connection.write_pairs(self.statements)
 
 
 class UnitOfWorkOp(WriterOp):
