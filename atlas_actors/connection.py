@@ -280,8 +280,6 @@ def _timed_run(entry: list[Any]) -> int:
     """
     timed = entry[2] = entry[2] + 1
     if timed <= _TIME_FIRST:
-        if timed == _TIME_FIRST:
-            entry[3] = entry[0] is _INSERTS or entry[0] is _INSERTS_NOTHING
         return 1  # the next run is timed too
     entry[1] = SAMPLE_EVERY - 1
     return SAMPLE_EVERY
@@ -499,6 +497,7 @@ class TrackedConnection:
     __slots__ = (
         "_bytes",
         "_errors",
+        "_in_place",
         "_latency",
         "_queries",
         "_runs",
@@ -540,8 +539,11 @@ class TrackedConnection:
         """Runs of each statement through query() and write_many(), which decide the
         ones sampled."""
         self._written: dict[str, list[Any]] = {}
-        """``[kind, untimed, timed, fast]`` of each statement through write() (one
-        lookup for all four; see ``_learn_write``)."""
+        """``[kind, untimed, timed]`` of each statement through write() (one lookup for
+        all three; see ``_learn_write``)."""
+        self._in_place: dict[str, bool] = {}
+        """Statements :meth:`write_pairs` runs itself (INSERT, UPDATE or DELETE past
+        their first runs through write()) → whether they insert."""
         self._untimed_pairs = 0
         """:meth:`write_pairs` calls left before the next timed one."""
         self.last_latency = 0.0
@@ -681,6 +683,8 @@ class TrackedConnection:
             weight = 0
         else:
             weight = _timed_run(entry)
+            if entry[2] == _TIME_FIRST and (kind is _INSERTS or kind is _INSERTS_NOTHING):
+                self._in_place[sql] = kind is _INSERTS  # past its first runs: see write_pairs
         started = perf_counter() if weight else 0.0
         try:
             self.cursor.execute(sql, params)
@@ -710,7 +714,7 @@ class TrackedConnection:
         The writer's hottest loop once the commit is cheap, and its Python is paid
         about three times over there (each SQLite call hands the GIL to the waiting
         callers, and the writer waits to get it back). So a known INSERT, UPDATE or
-        DELETE past its first runs (``entry[3]``) is :meth:`write` written out, with
+        DELETE past its first runs (in ``_in_place``) is :meth:`write` written out, with
         the connection's methods looked up once per call; anything else goes to it.
         Those are timed by the call, not each on its own count: one call in
         ``SAMPLE_EVERY`` on average, at random so that no pattern of calls is always
@@ -723,52 +727,53 @@ class TrackedConnection:
         else:
             self._untimed_pairs = random.randrange(2 * SAMPLE_EVERY - 1)  # mean gap SAMPLE_EVERY
             weight = SAMPLE_EVERY
-        written = self._written
+        in_place = self._in_place.get
         execute = self.cursor.execute
         connection = self.connection
         results: list[WriteResult] = []
         append = results.append
-        fast = 0
-        for sql, params in statements:
-            entry = written.get(sql)
-            if entry is None or not entry[3]:
-                append(self.write(sql, params))  # (counts itself)
-                continue
-            fast += 1
-            started = perf_counter() if weight else 0.0
-            try:
-                execute(sql, params)
-            except Exception as error:
-                self._errors += 1
-                self._queries += fast
-                raise wrap_sqlite_error(error, sql) from error
-            if weight:
-                self.last_latency = latency = perf_counter() - started
-                self._latency += latency * weight
-                self._timed += weight
-                self._sample_bytes(params, (), weight)
-            rowcount = connection.changes()
-            if entry[0] is _INSERTS and rowcount > 0:
-                append(_new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ())))
-            elif rowcount < 256:
-                append(_NO_ROWID_RESULTS[rowcount])
-            else:
-                append(_new_result(WriteResult, (rowcount, None, ())))
-        self._queries += fast
+        passed_on = 0  # statements run by write(), which counts them itself
+        try:
+            for sql, params in statements:
+                inserts = in_place(sql)
+                if inserts is None:
+                    append(self.write(sql, params))
+                    passed_on += 1
+                    continue
+                started = perf_counter() if weight else 0.0
+                try:
+                    execute(sql, params)
+                except Exception as error:
+                    self._errors += 1
+                    self._queries += 1
+                    raise wrap_sqlite_error(error, sql) from error
+                if weight:
+                    self.last_latency = latency = perf_counter() - started
+                    self._latency += latency * weight
+                    self._timed += weight
+                    self._sample_bytes(params, (), weight)
+                rowcount = connection.changes()
+                if inserts and rowcount > 0:
+                    rowid = connection.last_insert_rowid()
+                    append(_new_result(WriteResult, (rowcount, rowid, ())))
+                elif rowcount < 256:
+                    append(_NO_ROWID_RESULTS[rowcount])
+                else:
+                    append(_new_result(WriteResult, (rowcount, None, ())))
+        finally:
+            self._queries += len(results) - passed_on  # those run here, failing or not
         return results
 
     def _learn_write(self, sql: str) -> list[Any]:
         """A new entry for a statement new to :meth:`write`; refuses transaction control.
 
-        ``[kind, untimed, timed, fast]``: the statement's kind, the runs left before the
-        next timed one, the timed runs so far (:func:`_timed_run`), and whether
-        :meth:`write_pairs` may run it itself (an INSERT, UPDATE or DELETE past its
-        first runs, which are all timed).
+        ``[kind, untimed, timed]``: the statement's kind, the runs left before the next
+        timed one, and the timed runs so far (:func:`_timed_run`).
         """
         kind = _write_kinds.get(sql) or _write_kind(sql)
         if kind is _CONTROL:
             raise _control_error(sql)
-        entry: list[Any] = [kind, 0, 0, False]
+        entry: list[Any] = [kind, 0, 0]
         if len(self._written) < _MAX_COUNTED:  # (past the bound, each run is timed)
             self._written[sql] = entry
         return entry

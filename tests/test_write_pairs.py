@@ -46,8 +46,10 @@ def test_write_pairs_hands_what_it_does_not_run_itself_to_write() -> None:
     assert rowids == [2 * _TIME_FIRST + 1, 2 * _TIME_FIRST + 2, 2 * _TIME_FIRST + 3, None]
     assert results[1].rows == ((2 * _TIME_FIRST + 2,),)
     assert results[3].rowcount == 2 * _TIME_FIRST + 3
+    before = connection.queries
     with pytest.raises(ValidationError, match="controls a transaction"):
         connection.write_pairs([(INSERT, [200]), ("COMMIT", None)])
+    assert connection.queries == before + 1  # the INSERT ran (its caller undoes it)
 
 
 def test_write_pairs_counts_more_than_256_changes_and_fails_typed_counting_the_run() -> None:
