@@ -709,16 +709,30 @@ class TrackedConnection:
         return _new_result(WriteResult, (rowcount, None, ()))
 
     def write_pairs(self, statements: Iterable[tuple[str, Params]]) -> list[WriteResult]:
-        """:meth:`write` each (sql, params) pair in turn: a ``write_all``'s statements.
+        """:meth:`write` each (sql, params) pair in turn: a ``write_all``'s statements."""
+        done: list[list[WriteResult]] = []
+        self.write_units((statements,), done)
+        return done[0]
+
+    def write_units(
+        self,
+        units: Iterable[Iterable[tuple[str, Params]]],
+        done: list[list[WriteResult]],
+    ) -> None:
+        """:meth:`write_pairs` for each unit in turn, its results appended to ``done``.
+
+        If a statement fails, its error propagates and ``done`` holds the results of
+        the units before its own.
 
         The writer's hottest loop once the commit is cheap, and its Python is paid
         about three times over there (each SQLite call hands the GIL to the waiting
-        callers, and the writer waits to get it back). So a known INSERT, UPDATE or
+        callers, and the writer waits to get it back). So the writer runs the writes
+        it finds queued together, through one call, and a known INSERT, UPDATE or
         DELETE past its first runs (in ``_in_place``) is :meth:`write` written out, with
         the connection's methods looked up once per call; anything else goes to it.
         Those are timed by the call, not each on its own count: one call in
-        ``SAMPLE_EVERY`` on average, at random so that no pattern of calls is always
-        or never timed.
+        ``SAMPLE_EVERY`` on average, at random, so that every statement has the same
+        chance whatever the pattern of calls.
         """
         untimed = self._untimed_pairs
         if untimed:
@@ -730,39 +744,45 @@ class TrackedConnection:
         in_place = self._in_place.get
         execute = self.cursor.execute
         connection = self.connection
+        ran = 0  # statements of the units done (run here or by write())
+        passed_on = 0  # those of them run by write(), which counts them itself
         results: list[WriteResult] = []
-        append = results.append
-        passed_on = 0  # statements run by write(), which counts them itself
         try:
-            for sql, params in statements:
-                inserts = in_place(sql)
-                if inserts is None:
-                    append(self.write(sql, params))
-                    passed_on += 1
-                    continue
-                started = perf_counter() if weight else 0.0
-                try:
-                    execute(sql, params)
-                except Exception as error:
-                    self._errors += 1
-                    self._queries += 1
-                    raise wrap_sqlite_error(error, sql) from error
-                if weight:
-                    self.last_latency = latency = perf_counter() - started
-                    self._latency += latency * weight
-                    self._timed += weight
-                    self._sample_bytes(params, (), weight)
-                rowcount = connection.changes()
-                if inserts and rowcount > 0:
-                    rowid = connection.last_insert_rowid()
-                    append(_new_result(WriteResult, (rowcount, rowid, ())))
-                elif rowcount < 256:
-                    append(_NO_ROWID_RESULTS[rowcount])
-                else:
-                    append(_new_result(WriteResult, (rowcount, None, ())))
+            for unit in units:
+                results = []
+                append = results.append
+                for sql, params in unit:
+                    inserts = in_place(sql)
+                    if inserts is None:
+                        append(self.write(sql, params))
+                        passed_on += 1
+                        continue
+                    started = perf_counter() if weight else 0.0
+                    try:
+                        execute(sql, params)
+                    except Exception as error:
+                        self._errors += 1
+                        self._queries += 1
+                        raise wrap_sqlite_error(error, sql) from error
+                    if weight:
+                        self.last_latency = latency = perf_counter() - started
+                        self._latency += latency * weight
+                        self._timed += weight
+                        self._sample_bytes(params, (), weight)
+                    rowcount = connection.changes()
+                    if inserts and rowcount > 0:
+                        rowid = connection.last_insert_rowid()
+                        append(_new_result(WriteResult, (rowcount, rowid, ())))
+                    elif rowcount < 256:
+                        append(_NO_ROWID_RESULTS[rowcount])
+                    else:
+                        append(_new_result(WriteResult, (rowcount, None, ())))
+                done.append(results)
+                ran += len(results)
+                results = []
         finally:
-            self._queries += len(results) - passed_on  # those run here, failing or not
-        return results
+            # Those run here, failing or not (a failing unit's first statements too).
+            self._queries += ran + len(results) - passed_on
 
     def _learn_write(self, sql: str) -> list[Any]:
         """A new entry for a statement new to :meth:`write`; refuses transaction control.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import AtlasError, ConstraintError
+from atlas_actors.errors import AtlasError, ConstraintError, OperationTimeout
 from tests.helpers import wait_until
 
 
@@ -158,6 +159,50 @@ def test_write_all_units_in_a_shared_group_fail_alone_and_keep_their_results(
     assert sorted(rowids) == [3, 60, 61, 80]  # nothing of the failed unit
     assert [r.lastrowid for r in results] == [rowids[60], rowids[61]]
     assert db.writer.stats().regrouped - before.regrouped >= 1
+
+
+def test_queued_write_alls_run_together_fail_alone_and_keep_mailbox_order(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # Behind the first write, the writer runs the write_all calls it finds queued with
+    # one call. A failing one among them must still fail alone; those taken after it,
+    # and the plain write that ended the run, must run after it in mailbox order;
+    # calls whose deadline passed in the queue must not run at all.
+    db = _unique_t(open_storage, taken=3)
+    before = db.writer.stats()
+    _, release = _gate(db)
+    insert = "INSERT INTO t(a) VALUES (?)"
+    first = db.writer.write_all([(insert, [10])])  # opens the group
+    grouped = [db.writer.write_all([(insert, [a]), (insert, [a + 1])]) for a in (20, 30)]
+    expired = db.writer.write_all([(insert, [35])], timeout=0.05)
+    withdrawn = db.writer.write_all([(insert, [36])], timeout=0.05)
+    bad = db.writer.write_all([(insert, [40]), (insert, [3])])  # 3 is taken
+    after_bad = db.writer.write_all([(insert, [50])])
+    plain = db.writer.execute("INSERT INTO t(a) VALUES (60)")
+    last = db.writer.write_all([(insert, [70]), (insert, [71])])
+    with pytest.raises(OperationTimeout) as timed_out:
+        withdrawn.get()
+    assert timed_out.value.applied is False
+    time.sleep(0.06)  # expired's deadline passes while it waits in the queue
+    release.set()
+    first.get(5)
+    for future in grouped:
+        future.get(5)
+    with pytest.raises(OperationTimeout) as timed_out:
+        expired.get(5)
+    assert timed_out.value.applied is False
+    with pytest.raises(ConstraintError):
+        bad.get(5)
+    after_bad.get(5)
+    plain.get(5)
+    results = last.get(5)
+    in_order = [a for (a,) in db.query("SELECT a FROM t ORDER BY rowid")]
+    assert in_order == [3, 10, 20, 21, 30, 31, 50, 60, 70, 71]
+    rowids = dict(db.query("SELECT a, rowid FROM t"))
+    assert [r.lastrowid for r in results] == [rowids[70], rowids[71]]
+    after = db.writer.stats()
+    assert after.regrouped - before.regrouped == 4  # first, grouped and bad ran alone
+    assert after.failed - before.failed == 2  # bad, and expired
 
 
 def test_a_failing_write_after_a_transaction_in_the_same_batch_leaves_the_transaction(

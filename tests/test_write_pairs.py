@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import apsw
 import pytest
 
@@ -98,3 +100,35 @@ def test_an_op_the_writer_dies_of_fails_as_maybe_applied_and_the_writer_restarts
         db.writer.run(commits).get(5)
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
     assert [row.title for row in db.query("SELECT title FROM tasks")] == ["after"]
+
+
+def test_write_alls_from_many_threads_land_once_with_their_own_results(
+    open_storage: object,
+) -> None:
+    # Small batches and a small mailbox: the writer's runs of queued write_alls end
+    # at the batch bound, and senders wait for room while it takes them.
+    db: atlas.Storage = open_storage(max_batch_size=8, mailbox_size=4)  # type: ignore[operator]
+    db.execute("CREATE TABLE log(thread INTEGER, seq INTEGER, UNIQUE (thread, seq))")
+    db.execute("CREATE TABLE seen(thread INTEGER PRIMARY KEY, n INTEGER)")
+    threads, per_thread = 24, 60
+    insert = "INSERT INTO log(thread, seq) VALUES (?, ?)"
+    bump = "UPDATE seen SET n = n + 1 WHERE thread = ?"
+    db.write_many("INSERT INTO seen(thread, n) VALUES (?, 0)", [[t] for t in range(threads)])
+    wrong: list[object] = []
+
+    def work(thread: int) -> None:
+        for seq in range(per_thread):
+            results = db.write_all([(insert, [thread, seq]), (bump, [thread])])
+            row = db.query("SELECT thread, seq FROM log WHERE rowid = ?", [results[0].lastrowid])
+            if row != [(thread, seq)] or results[1][:2] != (1, None):
+                wrong.append((thread, seq, results, row))
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not wrong
+    assert db.query("SELECT count(*) FROM log") == [(threads * per_thread,)]
+    assert db.query("SELECT min(n), max(n) FROM seen") == [(per_thread, per_thread)]
+    assert db.writer.stats().max_batch <= 8
