@@ -164,10 +164,10 @@ def test_write_all_units_in_a_shared_group_fail_alone_and_keep_their_results(
 def test_queued_write_alls_run_together_fail_alone_and_keep_mailbox_order(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
-    # Behind the first write, the writer runs the write_all calls it finds queued with
-    # one call. A failing one among them must still fail alone; those taken after it,
-    # and the plain write that ended the run, must run after it in mailbox order;
-    # calls whose deadline passed in the queue must not run at all.
+    # Behind the first write, the writer runs the write and write_all calls it finds
+    # queued with one call. A failing one among them must still fail alone; those
+    # taken after it, and the executemany that ended the run, must run after it in
+    # mailbox order; calls whose deadline passed in the queue must not run at all.
     db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
     _, release = _gate(db)
@@ -178,7 +178,8 @@ def test_queued_write_alls_run_together_fail_alone_and_keep_mailbox_order(
     withdrawn = db.writer.write_all([(insert, [36])], timeout=0.05)
     bad = db.writer.write_all([(insert, [40]), (insert, [3])])  # 3 is taken
     after_bad = db.writer.write_all([(insert, [50])])
-    plain = db.writer.execute("INSERT INTO t(a) VALUES (60)")
+    single = db.writer.execute("INSERT INTO t(a) VALUES (55)")
+    many = db.writer.executemany(insert, [[60]])
     last = db.writer.write_all([(insert, [70]), (insert, [71])])
     with pytest.raises(OperationTimeout) as timed_out:
         withdrawn.get()
@@ -194,10 +195,11 @@ def test_queued_write_alls_run_together_fail_alone_and_keep_mailbox_order(
     with pytest.raises(ConstraintError):
         bad.get(5)
     after_bad.get(5)
-    plain.get(5)
+    assert single.get(5).lastrowid == db.query("SELECT rowid FROM t WHERE a = 55")[0][0]
+    many.get(5)
     results = last.get(5)
     in_order = [a for (a,) in db.query("SELECT a FROM t ORDER BY rowid")]
-    assert in_order == [3, 10, 20, 21, 30, 31, 50, 60, 70, 71]
+    assert in_order == [3, 10, 20, 21, 30, 31, 50, 55, 60, 70, 71]
     rowids = dict(db.query("SELECT a, rowid FROM t"))
     assert [r.lastrowid for r in results] == [rowids[70], rowids[71]]
     after = db.writer.stats()

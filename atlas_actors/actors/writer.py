@@ -140,6 +140,12 @@ class WriterHooks:
     one call. None: those two are called instead."""
 
 
+def _set_results(ops: Sequence[Op], done: Sequence[list[WriteResult]]) -> None:
+    """Give each op its unit's results (a ``write`` its one result), as far as ``done``."""
+    for op, results in zip(ops, done, strict=False):
+        op.result = results if type(op) is WriteAllOp else results[0]
+
+
 class WriterActor(RoleActor):
     """Owns the write connection; runs writes in group-committed batches."""
 
@@ -541,19 +547,19 @@ class WriterActor(RoleActor):
             counters.queue_wait += waited
 
     def _run_queued(self, now: float) -> Any:
-        """Run the ``write_all`` calls queued in the open group, together.
+        """Run the writes (``write_all`` and ``write`` calls) queued, in the group, together.
 
         One call of ``write_units`` runs them all: the writer's Python per write, paid
         about three times over under load (see ``TrackedConnection.write_units``), is
         then one check per write instead of a turn of :meth:`_run`'s loop. Ops taken
         from the queue are new: never claimed, run or put back. Returns the first
-        message taken that is not a ``write_all``, for :meth:`_run` to handle after
-        them, or None once the queue is empty or the batch full. Called only with the
-        group open, untraced, the disk not full and nothing in front of the mailbox.
+        message taken that is neither, for :meth:`_run` to handle after them, or None
+        once the queue is empty or the batch full. Called only with the group open,
+        untraced, the disk not full and nothing in front of the mailbox.
         """
         mailbox = self.mailbox
         take = mailbox._queue.get_nowait
-        ready: list[WriteAllOp] = []
+        ready: list[WriteAllOp | WriteOp] = []
         units: list[Sequence[tuple[str, Params]]] = []
         room = self.config.max_batch_size - len(self._batch)
         waited = 0.0
@@ -566,18 +572,24 @@ class WriterActor(RoleActor):
                 break
             if mailbox._senders_waiting:
                 mailbox._wake_a_sender()
-            if type(letter) is not WriteAllOp:
+            kind = type(letter)
+            if kind is WriteAllOp:
+                units.append(letter.statements)
+            elif kind is WriteOp:
+                units.append(((letter.statement, letter.params),))
+            else:
                 break
             op, letter = letter, None
             op.claimed = next(op.future._claim, 0) == 1  # op.claim(), inlined
             if not op.claimed:
-                continue  # the caller timed out and withdrew it before it started
+                units.pop()  # the caller timed out and withdrew it before it started
+                continue
             if now > op.deadline:
+                units.pop()
                 self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
                 continue
             waited += now - op.enqueued_at
             ready.append(op)
-            units.append(op.statements)
             room -= 1
         if not ready:
             return letter
@@ -591,8 +603,7 @@ class WriterActor(RoleActor):
             connection.write_units(units, done)
         except BaseException as error:
             failed = len(done)
-            for op, result in zip(ready, done, strict=False):
-                op.result = result
+            _set_results(ready, done)
             self._batch.extend(ready[:failed])
             # Taken after the failing one: put back as they came (claimed, never run).
             if letter is not None:
@@ -603,8 +614,7 @@ class WriterActor(RoleActor):
                 raise
             self._split_group(ready[failed], connection.cursor, connection, error, None)
             return None
-        for op, result in zip(ready, done, strict=True):
-            op.result = result
+        _set_results(ready, done)
         self._batch.extend(ready)
         return letter
 
