@@ -16,12 +16,23 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from atlas_actors.connection import TrackedConnection
-from atlas_actors.errors import AtlasError, TransactionError
+import apsw
 
-__all__ = ["Lease", "LeaseState"]
+from atlas_actors.connection import TrackedConnection
+from atlas_actors.errors import AtlasError, TransactionError, wrap_sqlite_error
+
+__all__ = ["Lease", "LeaseState", "run_command"]
 
 T = TypeVar("T")
+
+
+def run_command(connection: TrackedConnection, sql: str) -> None:
+    """Run a savepoint command; SQLite's errors come back typed, counted as statements'."""
+    try:
+        connection.cursor.execute(sql)
+    except apsw.Error as error:
+        connection.count_error()
+        raise wrap_sqlite_error(error, sql) from error
 
 
 class LeaseState(enum.Enum):
@@ -85,12 +96,16 @@ class Lease:
             return fn(self.connection)
 
     def give_back(self, sql: str) -> None:
-        """Run ``sql`` (release or roll back the savepoint) and end the lease."""
+        """Run ``sql`` (release or roll back the savepoint) and end the lease.
+
+        The lease ends even if SQLite refuses ``sql``: its owner must still send it back
+        to the writer, which waits for it.
+        """
         with self.lock:
             if self.state is not LeaseState.ACTIVE:
                 raise self.ended_error()
             try:
-                self.connection.cursor.execute(sql)
+                run_command(self.connection, sql)
             finally:
                 self.state = LeaseState.RETURNED
 

@@ -40,7 +40,7 @@ from atlas_actors.errors import (
 from atlas_actors.rows import Row
 from atlas_actors.transaction.deadlock import WaitForGraph
 from atlas_actors.transaction.isolation import IsolationLevel, check_isolation
-from atlas_actors.transaction.lease import Lease, LeaseState
+from atlas_actors.transaction.lease import Lease, LeaseState, run_command
 
 if TYPE_CHECKING:
     from atlas_actors.actors.pool import PooledConnection
@@ -111,7 +111,7 @@ class Transaction:
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease)."""
         _check_savepoint_name(name)
-        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'SAVEPOINT "{name}"'))
+        self._savepoint_command(f'SAVEPOINT "{name}"')
         self._savepoints.append(name)
 
     savepoint = create_savepoint
@@ -119,14 +119,22 @@ class Transaction:
     def rollback_to(self, name: str) -> None:
         """Undo everything since savepoint ``name`` (which stays open)."""
         index = self._savepoint_index(name)
-        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'ROLLBACK TO "{name}"'))
+        self._savepoint_command(f'ROLLBACK TO "{name}"')
         del self._savepoints[index + 1 :]
 
     def release(self, name: str) -> None:
         """Forget savepoint ``name`` (and those after it), keeping their changes."""
         index = self._savepoint_index(name)
-        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'RELEASE "{name}"'))
+        self._savepoint_command(f'RELEASE "{name}"')
         del self._savepoints[index:]
+
+    def _savepoint_command(self, sql: str) -> None:
+        """Run ``sql`` on the lent connection; an error is handled as a statement's.
+
+        (SQLite may refuse one: an I/O error in ROLLBACK TO, say, which can also roll
+        the writer's whole batch back.)
+        """
+        self._on_writer(self._writer(), lambda connection: run_command(connection, sql))
 
     def _savepoint_index(self, name: str) -> int:
         _check_savepoint_name(name)
@@ -150,6 +158,12 @@ class Transaction:
                 self._lease = None
                 self._manager.return_lease(self, lease, commit=True, tables=self._writes)
         except AtlasError as error:
+            if (
+                lease is not None
+                and self._lease is lease
+                and not isinstance(error, TransactionError)
+            ):
+                self._send_back_refused(lease)  # (TransactionError: revoked already)
             self._fail(error)
             raise
         finally:
@@ -171,6 +185,12 @@ class Transaction:
                     lease.give_back(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
                 except TransactionError:
                     pass  # revoked already: the writer rolled it back
+                except AtlasError as error:
+                    if not self._send_back_refused(lease):
+                        self._fail(error)  # SQLite kept the batch, and maybe these changes
+                        raise
+                    # SQLite rolled the whole batch back, this transaction with it.
+                    self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
                 else:
                     self._give_back(commit=False)
         finally:
@@ -261,6 +281,18 @@ class Transaction:
             if raised is not error:
                 raise raised from error
             raise
+
+    def _send_back_refused(self, lease: Lease) -> bool:
+        """SQLite refused to end ``lease``'s savepoint: send the lease back all the same.
+
+        The writer waits for a lease given back (a timeout cannot revoke it), so it goes
+        back at once, not committed; True if SQLite rolled the writer's whole batch back
+        (the writer then replays the batch's other writes).
+        """
+        self._lease = None
+        lost = not lease.connection.connection.in_transaction
+        self._manager.return_lease(self, lease, commit=False, lost=lost)
+        return lost
 
     def _failed_on_writer(self, lease: Lease, error: AtlasError) -> AtlasError:
         """Account ``error`` from the lent connection; return the error to raise.
