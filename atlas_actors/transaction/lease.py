@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import enum
 import threading
-import time
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, TypeVar
 
 import apsw
@@ -31,8 +31,12 @@ def run_command(connection: TrackedConnection, sql: str) -> None:
     try:
         connection.cursor.execute(sql)
     except apsw.Error as error:
-        connection.count_error()
-        raise wrap_sqlite_error(error, sql) from error
+        raise _refused(connection, error, sql) from error
+
+
+def _refused(connection: TrackedConnection, error: apsw.Error, sql: str) -> BaseException:
+    connection.count_error()
+    return wrap_sqlite_error(error, sql)
 
 
 class LeaseState(enum.Enum):
@@ -41,6 +45,11 @@ class LeaseState(enum.Enum):
     ACTIVE = "active"
     RETURNED = "returned"
     REVOKED = "revoked"
+
+
+_ACTIVE = LeaseState.ACTIVE
+_RETURNED = LeaseState.RETURNED
+_Lock = threading.Lock
 
 
 class Lease:
@@ -73,10 +82,11 @@ class Lease:
         self.connection = connection
         self.owner = owner
         """Thread id of the transaction's owner."""
-        self.granted_at = time.monotonic()
-        self.deadline = self.granted_at + timeout
-        self.lock = threading.Lock()
-        self.state = LeaseState.ACTIVE
+        # (Locals and module names spare attribute lookups: one lease per transaction.)
+        self.granted_at = now = monotonic()
+        self.deadline = now + timeout
+        self.lock = _Lock()
+        self.state = _ACTIVE
         self.error: AtlasError | None = None
         """Why the lease was revoked, raised by every later use."""
         self.hand_over: Callable[[Lease, Any], bool] | None = None
@@ -91,7 +101,7 @@ class Lease:
     def run(self, fn: Callable[[TrackedConnection], T]) -> T:
         """Run ``fn`` on the lent connection, unless the lease was revoked."""
         with self.lock:
-            if self.state is not LeaseState.ACTIVE:
+            if self.state is not _ACTIVE:
                 raise self.ended_error()
             return fn(self.connection)
 
@@ -102,12 +112,15 @@ class Lease:
         to the writer, which waits for it.
         """
         with self.lock:
-            if self.state is not LeaseState.ACTIVE:
+            if self.state is not _ACTIVE:
                 raise self.ended_error()
+            connection = self.connection
             try:
-                run_command(self.connection, sql)
+                connection.cursor.execute(sql)  # (run_command, written out: once per commit)
+            except apsw.Error as error:
+                raise _refused(connection, error, sql) from error
             finally:
-                self.state = LeaseState.RETURNED
+                self.state = _RETURNED
 
     def revoke(self, error: AtlasError, undo: Callable[[TrackedConnection], object] | None) -> bool:
         """Take the connection back (writer side); False if it had been returned already.

@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,10 +57,26 @@ _RESERVED_SAVEPOINT = re.compile(r"tx[1-9][0-9]*\Z", re.IGNORECASE)  # tx<id>, i
 _SNAPSHOT_ATTEMPTS = 20
 LEASE = "the writer lease"
 _ACTIVE = LeaseState.ACTIVE
+_NO_TABLES: frozenset[str] = frozenset()
 
 
 class Transaction:
     """One interactive transaction: statements, savepoints, commit, rollback."""
+
+    # What most transactions never change is a class attribute: a transaction is made
+    # in its caller's thread once per transaction, and each line is paid again at the
+    # GIL hand-overs when many threads run transactions.
+    operations = 0
+    """Statements run so far."""
+    state = "active"
+    """``active``, ``committed``, ``rolled_back`` or ``failed``."""
+    _lease: Lease | None = None
+    """The writer lease while held; None once the transaction has ended."""
+    _reader: PooledConnection | None = None
+    _snapshot: tuple[int, int] | None = None
+    _savepoints: tuple[str, ...] = ()
+    _error: AtlasError | None = None
+    _nested = 0
 
     def __init__(
         self,
@@ -72,29 +89,41 @@ class Transaction:
         self.isolation: IsolationLevel = isolation
         self.start_time = time.time()
         """Wall-clock start (``time.time()``)."""
-        self.operations = 0
-        """Statements run so far."""
-        self.state = "active"
-        """``active``, ``committed``, ``rolled_back`` or ``failed``."""
         self.owner = threading.get_ident()
         self._manager = manager
         self._storage = manager.storage
-        self._timeout = self._storage.config.transaction_timeout if timeout is None else timeout
-        self._lease: Lease | None = None
-        self._reader: PooledConnection | None = None
-        self._snapshot: tuple[int, int] | None = None
-        self._savepoints: list[str] = []
-        self._error: AtlasError | None = None
-        self._nested = 0
-        self._writes: set[str] | None = set()
-        self._tracks_writes = self._storage.config.cache
-        """Whether the tables written are noted (only a cache needs them)."""
+        self._timeout = manager.transaction_timeout if timeout is None else timeout
+        self._writes: set[str] | None = set() if manager.tracks_writes else None
+        """The tables written, noted only for a cache; None if not noted or unknown."""
 
     # -- statements --------------------------------------------------------------------
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement in the transaction."""
-        result: WriteResult = self._statement(sql, params, False)
+        # Most of a transaction's statements come here, so what _writer(), Lease.run and
+        # _query_on_writer do is written out: each Python call saved is paid again at
+        # every GIL hand-over when many threads run transactions.
+        lease = self._lease
+        if lease is None:  # (also once the transaction has ended: _writer raises)
+            lease = self._writer()
+        try:
+            with lease.lock:  # the writer takes it before revoking the lease
+                if lease.state is not _ACTIVE:
+                    raise lease.ended_error()
+                writes = self._writes
+                if writes is not None:
+                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                    if info is None:
+                        self._note_tables(writes, sql, params, lease.connection)
+                    else:
+                        writes.update(info.writes)
+                result = lease.connection.write(sql, params)
+        except AtlasError as error:
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
+            raise
+        self.operations += 1
         return result
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
@@ -105,14 +134,13 @@ class Transaction:
             rows = self._read_before_writing(sql, params)
             self.operations += 1
             return rows
-        result: list[Row] = self._statement(sql, params, True)
-        return result
+        return self._query_on_writer(sql, params)
 
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease)."""
         _check_savepoint_name(name)
         self._savepoint_command(f'SAVEPOINT "{name}"')
-        self._savepoints.append(name)
+        self._savepoints = (*self._savepoints, name)
 
     savepoint = create_savepoint
 
@@ -120,13 +148,13 @@ class Transaction:
         """Undo everything since savepoint ``name`` (which stays open)."""
         index = self._savepoint_index(name)
         self._savepoint_command(f'ROLLBACK TO "{name}"')
-        del self._savepoints[index + 1 :]
+        self._savepoints = self._savepoints[: index + 1]
 
     def release(self, name: str) -> None:
         """Forget savepoint ``name`` (and those after it), keeping their changes."""
         index = self._savepoint_index(name)
         self._savepoint_command(f'RELEASE "{name}"')
-        del self._savepoints[index:]
+        self._savepoints = self._savepoints[:index]
 
     def _savepoint_command(self, sql: str) -> None:
         """Run ``sql`` on the lent connection; an error is handled as a statement's.
@@ -142,7 +170,7 @@ class Transaction:
             return len(self._savepoints) - 1 - self._savepoints[::-1].index(name)
         except ValueError:
             raise ValidationError(
-                f"no savepoint {name!r} in transaction {self.id}; open: {self._savepoints}"
+                f"no savepoint {name!r} in transaction {self.id}; open: {list(self._savepoints)}"
             ) from None
 
     # -- ending ------------------------------------------------------------------------
@@ -156,7 +184,12 @@ class Transaction:
             if lease is not None:
                 lease.give_back(f"RELEASE {lease.savepoint}")
                 self._lease = None
-                self._manager.return_lease(self, lease, commit=True, tables=self._writes)
+                self._manager.return_lease(
+                    self,
+                    lease,
+                    commit=True,
+                    tables=self._writes if self._manager.tracks_writes else _NO_TABLES,
+                )
         except AtlasError as error:
             if (
                 lease is not None
@@ -177,7 +210,7 @@ class Transaction:
         if self.state != "active":
             self._drop_reader()
             return
-        lease = self._lease
+        lease, self._lease = self._lease, None  # (an ended transaction holds no lease)
         try:
             if lease is not None:
                 savepoint = lease.savepoint
@@ -192,7 +225,7 @@ class Transaction:
                     # SQLite rolled the whole batch back, this transaction with it.
                     self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
                 else:
-                    self._give_back(commit=False)
+                    self._manager.return_lease(self, lease, commit=False)
         finally:
             self._drop_reader()
             self._finish("rolled_back")
@@ -226,40 +259,35 @@ class Transaction:
             raise self._error
         raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
 
-    def _statement(self, sql: str, params: Params, reading: bool) -> Any:
-        """Run a statement on the lent connection (taking the lease first if needed).
+    def _query_on_writer(self, sql: str, params: Params) -> list[Row]:
+        """Run a read on the lent connection (taking the lease first if needed).
 
-        The tables it changes are noted for the cache (``_writes``; None once any is
-        unknown). This runs for every statement of a transaction, so what
-        :meth:`_on_writer` and ``Lease.run`` do is written out here: each Python call
-        saved is paid again at every GIL hand-over when many threads run transactions.
+        As :meth:`execute` (whose comments say why it is written out), the tables it
+        changes noted too: ``INSERT ... RETURNING`` reads.
         """
         lease = self._lease
-        if lease is None or self.state != "active":
+        if lease is None:
             lease = self._writer()
         try:
             with lease.lock:
                 if lease.state is not _ACTIVE:
                     raise lease.ended_error()
                 writes = self._writes
-                if writes is not None and self._tracks_writes:
-                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                if writes is not None:
+                    info = KNOWN_STATEMENTS.get(sql)
                     if info is None:
                         self._note_tables(writes, sql, params, lease.connection)
                     else:
                         writes.update(info.writes)
-                if reading:
-                    refuse_transaction_control(sql)  # (write() refuses them itself)
-                    result: Any = lease.connection.query(sql, params)
-                else:
-                    result = lease.connection.write(sql, params)
+                refuse_transaction_control(sql)  # (write() refuses them itself)
+                rows = lease.connection.query(sql, params)
         except AtlasError as error:
             raised = self._failed_on_writer(lease, error)
             if raised is not error:
                 raise raised from error
             raise
         self.operations += 1
-        return result
+        return rows
 
     def _note_tables(
         self, writes: set[str], sql: str, params: Params, connection: TrackedConnection
@@ -273,7 +301,7 @@ class Transaction:
         writes.update(info.writes)
 
     def _on_writer(self, lease: Lease, fn: Callable[[TrackedConnection], T]) -> T:
-        """Run ``fn`` on the lent connection (savepoint commands; statements: _statement)."""
+        """Run ``fn`` on the lent connection (savepoint commands; statements: execute)."""
         try:
             return lease.run(fn)
         except AtlasError as error:
@@ -324,6 +352,12 @@ class Transaction:
                     )
                 )
         return error
+
+    def _lease_advice(self) -> str:
+        return (
+            f"transaction {self.id} would wait for the writer lease its own "
+            "thread holds: commit or roll back the other transaction first"
+        )
 
     def _writer(self) -> Lease:
         if self.state != "active":
@@ -484,6 +518,11 @@ class TransactionManager:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        config = storage.config
+        self.transaction_timeout: float = config.transaction_timeout
+        """How long a transaction may hold the writer lease unless it says otherwise."""
+        self.tracks_writes: bool = config.cache
+        """Whether transactions note the tables they write (only a cache needs them)."""
         self.graph = WaitForGraph()
         """Who holds and waits for the writer lease and pinned readers."""
         self._active: dict[int, Transaction] = {}
@@ -499,9 +538,9 @@ class TransactionManager:
     ) -> Transaction:
         """Begin a transaction; end it with ``commit()`` or ``rollback()``."""
         self.storage.check_usable()
-        tx = Transaction(self, check_isolation(isolation), timeout)
-        with self._lock:
-            self._active[tx.id] = tx
+        level = "serializable" if isolation == "serializable" else check_isolation(isolation)
+        tx = Transaction(self, level, timeout)
+        self._active[tx.id] = tx  # (one step under the GIL; status() copies in one too)
         return tx
 
     def transaction(
@@ -513,7 +552,11 @@ class TransactionManager:
             outer = stack[-1]
             outer._nested += 1
             return _Savepoint(outer, outer._nested)
-        tx = self.begin(isolation, timeout=timeout)
+        # begin(), written out: this runs once per transaction (see execute()).
+        self.storage.check_usable()
+        level = "serializable" if isolation == "serializable" else check_isolation(isolation)
+        tx = Transaction(self, level, timeout)
+        self._active[tx.id] = tx
         stack.append(tx)
         return tx
 
@@ -552,8 +595,7 @@ class TransactionManager:
     def status(self) -> TransactionsStatus:
         """Active transactions, the lease holder and what queues behind it."""
         holder, queued, oldest = self.storage.writer_lease_status()
-        with self._lock:
-            active = tuple(tx.info() for tx in self._active.values())
+        active = tuple(tx.info() for tx in list(self._active.values()))  # (copied in one step)
         return TransactionsStatus(
             active=active,
             lease_holder=holder,
@@ -567,9 +609,9 @@ class TransactionManager:
 
     def ended(self, tx: Transaction) -> None:
         """Count an ended transaction and forget it."""
+        if self._active.pop(tx.id, None) is None:
+            return  # counted already (popped in one step: once per transaction)
         with self._lock:
-            if self._active.pop(tx.id, None) is None:
-                return
             if tx.state == "committed":
                 self.committed += 1
             else:
@@ -584,15 +626,7 @@ class TransactionManager:
         storage = self.storage
         me = threading.get_ident()
         graph = self.graph
-        recorded = graph.check(
-            me,
-            LEASE,
-            advice=lambda: (
-                f"transaction {tx.id} would wait for the writer lease its own "
-                "thread holds: commit or roll back the other transaction first"
-            ),
-            record=True,
-        )
+        recorded = graph.check(me, LEASE, advice=tx._lease_advice, record=True)
         try:
             lease: Lease = storage.writer.submit_lease(
                 LeaseRequest,
@@ -615,7 +649,7 @@ class TransactionManager:
         *,
         commit: bool,
         lost: bool = False,
-        tables: set[str] | None = None,
+        tables: AbstractSet[str] | None = None,
     ) -> None:
         """Give the write connection back; on commit, wait for the group commit.
 
