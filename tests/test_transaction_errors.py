@@ -75,3 +75,45 @@ def test_a_refused_rollback_still_gives_the_lease_back(big: atlas.Storage, vfs: 
         vfs.fail_reads = None
     assert tx.state == "rolled_back"
     _writer_works(big)
+
+
+# -- the tables a transaction wrote, looked up at commit (for the cache) -----------------
+
+_READ = "SELECT v FROM kv WHERE k = ?"
+
+
+@pytest.fixture
+def kv(open_storage: Callable[..., atlas.Storage]) -> atlas.Storage:
+    db = open_storage(cache_disk_min_seconds=0)
+    db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    db.write_many("INSERT INTO kv VALUES (?, ?)", [(i, f"v{i}") for i in range(10)])
+    return db
+
+
+def _cached(db: atlas.Storage, k: int) -> str:
+    """Read twice: a result is admitted to the cache the second time it is missed."""
+    db.query(_READ, [k])
+    return str(db.query(_READ, [k])[0].v)
+
+
+def test_a_statement_new_to_the_analysis_invalidates_what_it_wrote(kv: atlas.Storage) -> None:
+    assert _cached(kv, 1) == "v1"
+    with kv.transaction() as tx:  # texts never run before: analysed at commit
+        tx.execute("UPDATE kv SET v = 'a' WHERE k = 1 /* first */")
+        tx.query("INSERT INTO kv VALUES (100, 'r') RETURNING k")  # a read that writes
+    assert _cached(kv, 1) == "a"
+    assert _cached(kv, 100) == "r"
+    with kv.transaction() as tx:
+        tx.query("UPDATE kv SET v = 'b' WHERE k = 100 RETURNING k")
+    assert _cached(kv, 100) == "b"
+
+
+def test_a_table_dropped_after_its_write_leaves_the_tables_unknown(kv: atlas.Storage) -> None:
+    kv.execute("CREATE TABLE scratch(x)")
+    assert _cached(kv, 2) == "v2"
+    with kv.transaction() as tx:
+        tx.execute("INSERT INTO scratch VALUES (1) /* new */")  # cannot be analysed at commit
+        tx.execute("UPDATE kv SET v = 'c' WHERE k = 2 /* new too */")
+        tx.execute("DROP TABLE scratch")
+    assert _cached(kv, 2) == "c"
+    assert tx.operations == 3
