@@ -100,9 +100,9 @@ class Transaction:
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement in the transaction."""
-        # Most of a transaction's statements come here, so what _writer(), Lease.run and
-        # _query_on_writer do is written out: each Python call saved is paid again at
-        # every GIL hand-over when many threads run transactions.
+        # Most of a transaction's statements come here, so what Lease.run and a shared
+        # helper would do is written out (in query() too): each Python call saved is
+        # paid again at every GIL hand-over when many threads run transactions.
         lease = self._lease
         if lease is None:  # (also once the transaction has ended: _writer raises)
             lease = self._writer()
@@ -128,13 +128,37 @@ class Transaction:
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
         """Run a read in the transaction (what it sees depends on the isolation level)."""
-        if self._lease is None and self.isolation != "serializable":
-            self._check_active()
-            refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
-            rows = self._read_before_writing(sql, params)
-            self.operations += 1
-            return rows
-        return self._query_on_writer(sql, params)
+        lease = self._lease
+        if lease is None:
+            if self.isolation != "serializable":
+                self._check_active()
+                refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
+                rows = self._read_before_writing(sql, params)
+                self.operations += 1
+                return rows
+            lease = self._writer()
+        # On the lent connection: as execute(), written out for the same reason. Its
+        # tables are noted too (INSERT ... RETURNING reads).
+        try:
+            with lease.lock:
+                if lease.state is not _ACTIVE:
+                    raise lease.ended_error()
+                writes = self._writes
+                if writes is not None:
+                    info = KNOWN_STATEMENTS.get(sql)
+                    if info is None:
+                        self._note_tables(writes, sql, params, lease.connection)
+                    else:
+                        writes.update(info.writes)
+                refuse_transaction_control(sql)  # (write() refuses them itself)
+                rows = lease.connection.query(sql, params)
+        except AtlasError as error:
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
+            raise
+        self.operations += 1
+        return rows
 
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease)."""
@@ -203,7 +227,10 @@ class Transaction:
             if self._reader is not None:
                 self._drop_reader()
         self.state = "committed"
-        self._manager.ended(self)
+        manager = self._manager
+        if manager._active.pop(self.id, None) is not None:  # ended(), written out
+            with manager._lock:
+                manager.committed += 1
 
     def rollback(self) -> None:
         """Undo the whole transaction. Harmless once it has ended."""
@@ -258,36 +285,6 @@ class Transaction:
         if self._error is not None:
             raise self._error
         raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
-
-    def _query_on_writer(self, sql: str, params: Params) -> list[Row]:
-        """Run a read on the lent connection (taking the lease first if needed).
-
-        As :meth:`execute` (whose comments say why it is written out), the tables it
-        changes noted too: ``INSERT ... RETURNING`` reads.
-        """
-        lease = self._lease
-        if lease is None:
-            lease = self._writer()
-        try:
-            with lease.lock:
-                if lease.state is not _ACTIVE:
-                    raise lease.ended_error()
-                writes = self._writes
-                if writes is not None:
-                    info = KNOWN_STATEMENTS.get(sql)
-                    if info is None:
-                        self._note_tables(writes, sql, params, lease.connection)
-                    else:
-                        writes.update(info.writes)
-                refuse_transaction_control(sql)  # (write() refuses them itself)
-                rows = lease.connection.query(sql, params)
-        except AtlasError as error:
-            raised = self._failed_on_writer(lease, error)
-            if raised is not error:
-                raise raised from error
-            raise
-        self.operations += 1
-        return rows
 
     def _note_tables(
         self, writes: set[str], sql: str, params: Params, connection: TrackedConnection
@@ -360,13 +357,37 @@ class Transaction:
         )
 
     def _writer(self) -> Lease:
+        """The writer lease: borrowed (waiting behind other transactions) if not held."""
         if self.state != "active":
             self._check_active()
-        if self._lease is None:
-            self._lease = self._manager.acquire_lease(self)
-            if self._reader is not None:
-                self._drop_reader()  # from now on the writer serves every statement
-        return self._lease
+        lease = self._lease
+        if lease is not None:
+            return lease
+        expected = None
+        if self.isolation == "repeatable_read" and self._reader is not None:
+            # A snapshot whose version could not be pinned conflicts on purpose.
+            expected = self._snapshot if self._snapshot is not None else (-1, -1)
+        manager = self._manager
+        me = threading.get_ident()
+        graph = manager.graph
+        recorded = graph.check(me, LEASE, advice=self._lease_advice, record=True)
+        try:
+            granted: Lease = manager.storage.writer.submit_lease(
+                LeaseRequest,
+                f"transaction {self.id}: lease",
+                (self.id, self._timeout, expected),
+                writable=True,
+            ).get()
+        except AtlasError as error:
+            self._fail(error)
+            raise
+        finally:
+            if recorded:
+                graph.done_waiting(me)
+        self._lease = granted
+        if self._reader is not None:
+            self._drop_reader()  # from now on the writer serves every statement
+        return granted
 
     def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
         try:
@@ -553,7 +574,9 @@ class TransactionManager:
             outer._nested += 1
             return _Savepoint(outer, outer._nested)
         # begin(), written out: this runs once per transaction (see execute()).
-        self.storage.check_usable()
+        storage = self.storage
+        if storage._state != "running":  # (check_usable(), its test inlined)
+            storage.check_usable()
         level = "serializable" if isolation == "serializable" else check_isolation(isolation)
         tx = Transaction(self, level, timeout)
         self._active[tx.id] = tx
@@ -616,31 +639,6 @@ class TransactionManager:
                 self.committed += 1
             else:
                 self.rolled_back += 1
-
-    def acquire_lease(self, tx: Transaction) -> Lease:
-        """Borrow the write connection for ``tx`` (waiting behind other transactions)."""
-        expected = None
-        if tx.isolation == "repeatable_read" and tx._reader is not None:
-            # A snapshot whose version could not be pinned conflicts on purpose.
-            expected = tx._snapshot if tx._snapshot is not None else (-1, -1)
-        storage = self.storage
-        me = threading.get_ident()
-        graph = self.graph
-        recorded = graph.check(me, LEASE, advice=tx._lease_advice, record=True)
-        try:
-            lease: Lease = storage.writer.submit_lease(
-                LeaseRequest,
-                f"transaction {tx.id}: lease",
-                (tx.id, tx._timeout, expected),
-                writable=True,
-            ).get()
-        except AtlasError as error:
-            tx._fail(error)
-            raise
-        finally:
-            if recorded:
-                graph.done_waiting(me)
-        return lease
 
     def return_lease(
         self,
