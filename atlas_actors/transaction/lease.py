@@ -91,12 +91,8 @@ class Lease:
         """Why the lease was revoked, raised by every later use."""
         self.hand_over: Callable[[Lease, Any], bool] | None = None
         """Set by the writer: passes the connection on to the next transaction waiting
-        (``hand_over(lease, lease_return)``; False if none may take it now)."""
-
-    def pass_on(self, lease_return: Any) -> bool:
-        """Offer the connection straight to the next transaction waiting (``hand_over``)."""
-        hand_over = self.hand_over
-        return hand_over is not None and hand_over(self, lease_return)
+        (``hand_over(lease, lease_return)``; False if none may take it now). A commit
+        offers its return to it before sending it to the writer."""
 
     def run(self, fn: Callable[[TrackedConnection], T]) -> T:
         """Run ``fn`` on the lent connection, unless the lease was revoked."""

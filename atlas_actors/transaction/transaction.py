@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,6 +59,8 @@ _SNAPSHOT_ATTEMPTS = 20
 LEASE = "the writer lease"
 _ACTIVE = LeaseState.ACTIVE
 _NO_TABLES: frozenset[str] = frozenset()
+_now = time.time  # (module names: Transaction() runs once per transaction)
+_get_ident = threading.get_ident
 
 
 class Transaction:
@@ -87,9 +90,9 @@ class Transaction:
         self.id = next(_ids)
         """Unique id (the writer names its savepoint ``tx<id>``)."""
         self.isolation: IsolationLevel = isolation
-        self.start_time = time.time()
+        self.start_time = _now()
         """Wall-clock start (``time.time()``)."""
-        self.owner = threading.get_ident()
+        self.owner = _get_ident()
         self._manager = manager
         self._storage = manager.storage
         self._timeout = manager.transaction_timeout if timeout is None else timeout
@@ -660,7 +663,11 @@ class TransactionManager:
             f"transaction {tx.id}: {'commit' if commit else 'rollback'}",
             (tx.id, commit, lost, tables),  # (the transaction has ended: tables stays as is)
             writable=False,
-            deliver=lease.pass_on if commit and not lost else None,
+            deliver=(
+                partial(hand_over, lease)  # (a partial calls it from C: no Python frame)
+                if commit and not lost and (hand_over := lease.hand_over) is not None
+                else None
+            ),
         )
         # A return is never withdrawn: the writer commits (or rolls back) with its batch
         # whatever the wait does, so a timeout must say "may have been applied", not
