@@ -41,6 +41,8 @@ class WaitForGraph:
         self._held: dict[int, int] = {}
         """Session → how many resources it holds (recorded ones; tracked ones apart)."""
         self._tracked: dict[str, tuple[Mapping[int, object], str]] = {}
+        self._tracked_holders: tuple[Mapping[int, object], ...] = ()
+        """The tracked mappings (what :meth:`check`'s lock-free answer looks at)."""
         self._waiting: dict[int, str] = {}
 
     def track(self, resource: str, holders: Mapping[int, object], label: str) -> None:
@@ -51,6 +53,7 @@ class WaitForGraph:
         reads it.
         """
         self._tracked[resource] = (holders, label)
+        self._tracked_holders = tuple(mapping for mapping, _ in self._tracked.values())
 
     def hold(self, session: int, resource: str, label: str) -> None:
         """Record that ``session`` holds ``resource`` (``label`` names it in messages)."""
@@ -98,7 +101,7 @@ class WaitForGraph:
         what the other is about to wait for cannot both pass.
         """
         if session not in self._held:
-            for mapping, _ in self._tracked.values():
+            for mapping in self._tracked_holders:
                 if session in mapping:
                     break
             else:

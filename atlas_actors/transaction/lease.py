@@ -12,16 +12,31 @@ from __future__ import annotations
 
 import enum
 import threading
-import time
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, TypeVar
 
-from atlas_actors.connection import TrackedConnection
-from atlas_actors.errors import AtlasError, TransactionError
+import apsw
 
-__all__ = ["Lease", "LeaseState"]
+from atlas_actors.connection import TrackedConnection
+from atlas_actors.errors import AtlasError, TransactionError, wrap_sqlite_error
+
+__all__ = ["Lease", "LeaseState", "run_command"]
 
 T = TypeVar("T")
+
+
+def run_command(connection: TrackedConnection, sql: str) -> None:
+    """Run a savepoint command; SQLite's errors come back typed, counted as statements'."""
+    try:
+        connection.cursor.execute(sql)
+    except apsw.Error as error:
+        raise _refused(connection, error, sql) from error
+
+
+def _refused(connection: TrackedConnection, error: apsw.Error, sql: str) -> BaseException:
+    connection.count_error()
+    return wrap_sqlite_error(error, sql)
 
 
 class LeaseState(enum.Enum):
@@ -30,6 +45,11 @@ class LeaseState(enum.Enum):
     ACTIVE = "active"
     RETURNED = "returned"
     REVOKED = "revoked"
+
+
+_ACTIVE = LeaseState.ACTIVE
+_RETURNED = LeaseState.RETURNED
+_Lock = threading.Lock
 
 
 class Lease:
@@ -62,37 +82,41 @@ class Lease:
         self.connection = connection
         self.owner = owner
         """Thread id of the transaction's owner."""
-        self.granted_at = time.monotonic()
-        self.deadline = self.granted_at + timeout
-        self.lock = threading.Lock()
-        self.state = LeaseState.ACTIVE
+        # (Locals and module names spare attribute lookups: one lease per transaction.)
+        self.granted_at = now = monotonic()
+        self.deadline = now + timeout
+        self.lock = _Lock()
+        self.state = _ACTIVE
         self.error: AtlasError | None = None
         """Why the lease was revoked, raised by every later use."""
         self.hand_over: Callable[[Lease, Any], bool] | None = None
         """Set by the writer: passes the connection on to the next transaction waiting
-        (``hand_over(lease, lease_return)``; False if none may take it now)."""
-
-    def pass_on(self, lease_return: Any) -> bool:
-        """Offer the connection straight to the next transaction waiting (``hand_over``)."""
-        hand_over = self.hand_over
-        return hand_over is not None and hand_over(self, lease_return)
+        (``hand_over(lease, lease_return)``; False if none may take it now). A commit
+        offers its return to it before sending it to the writer."""
 
     def run(self, fn: Callable[[TrackedConnection], T]) -> T:
         """Run ``fn`` on the lent connection, unless the lease was revoked."""
         with self.lock:
-            if self.state is not LeaseState.ACTIVE:
+            if self.state is not _ACTIVE:
                 raise self.ended_error()
             return fn(self.connection)
 
     def give_back(self, sql: str) -> None:
-        """Run ``sql`` (release or roll back the savepoint) and end the lease."""
+        """Run ``sql`` (release or roll back the savepoint) and end the lease.
+
+        The lease ends even if SQLite refuses ``sql``: its owner must still send it back
+        to the writer, which waits for it.
+        """
         with self.lock:
-            if self.state is not LeaseState.ACTIVE:
+            if self.state is not _ACTIVE:
                 raise self.ended_error()
+            connection = self.connection
             try:
-                self.connection.cursor.execute(sql)
+                connection.cursor.execute(sql)  # (run_command, written out: once per commit)
+            except apsw.Error as error:
+                raise _refused(connection, error, sql) from error
             finally:
-                self.state = LeaseState.RETURNED
+                self.state = _RETURNED
 
     def revoke(self, error: AtlasError, undo: Callable[[TrackedConnection], object] | None) -> bool:
         """Take the connection back (writer side); False if it had been returned already.

@@ -16,7 +16,9 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,7 +42,7 @@ from atlas_actors.errors import (
 from atlas_actors.rows import Row
 from atlas_actors.transaction.deadlock import WaitForGraph
 from atlas_actors.transaction.isolation import IsolationLevel, check_isolation
-from atlas_actors.transaction.lease import Lease, LeaseState
+from atlas_actors.transaction.lease import Lease, LeaseState, run_command
 
 if TYPE_CHECKING:
     from atlas_actors.actors.pool import PooledConnection
@@ -56,10 +58,28 @@ _RESERVED_SAVEPOINT = re.compile(r"tx[1-9][0-9]*\Z", re.IGNORECASE)  # tx<id>, i
 _SNAPSHOT_ATTEMPTS = 20
 LEASE = "the writer lease"
 _ACTIVE = LeaseState.ACTIVE
+_NO_TABLES: frozenset[str] = frozenset()
+_now = time.time  # (module names: Transaction() runs once per transaction)
+_get_ident = threading.get_ident
 
 
 class Transaction:
     """One interactive transaction: statements, savepoints, commit, rollback."""
+
+    # What most transactions never change is a class attribute: a transaction is made
+    # in its caller's thread once per transaction, and each line is paid again at the
+    # GIL hand-overs when many threads run transactions.
+    operations = 0
+    """Statements run so far."""
+    state = "active"
+    """``active``, ``committed``, ``rolled_back`` or ``failed``."""
+    _lease: Lease | None = None
+    """The writer lease while held; None once the transaction has ended."""
+    _reader: PooledConnection | None = None
+    _snapshot: tuple[int, int] | None = None
+    _savepoints: tuple[str, ...] = ()
+    _error: AtlasError | None = None
+    _nested = 0
 
     def __init__(
         self,
@@ -70,63 +90,106 @@ class Transaction:
         self.id = next(_ids)
         """Unique id (the writer names its savepoint ``tx<id>``)."""
         self.isolation: IsolationLevel = isolation
-        self.start_time = time.time()
+        self.start_time = _now()
         """Wall-clock start (``time.time()``)."""
-        self.operations = 0
-        """Statements run so far."""
-        self.state = "active"
-        """``active``, ``committed``, ``rolled_back`` or ``failed``."""
-        self.owner = threading.get_ident()
+        self.owner = _get_ident()
         self._manager = manager
         self._storage = manager.storage
-        self._timeout = self._storage.config.transaction_timeout if timeout is None else timeout
-        self._lease: Lease | None = None
-        self._reader: PooledConnection | None = None
-        self._snapshot: tuple[int, int] | None = None
-        self._savepoints: list[str] = []
-        self._error: AtlasError | None = None
-        self._nested = 0
-        self._writes: set[str] | None = set()
-        self._tracks_writes = self._storage.config.cache
-        """Whether the tables written are noted (only a cache needs them)."""
+        self._timeout = manager.transaction_timeout if timeout is None else timeout
+        self._writes: set[str] | None = set() if manager.tracks_writes else None
+        """The tables written, noted only for a cache; None if not noted or unknown."""
 
     # -- statements --------------------------------------------------------------------
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """Run a writing statement in the transaction."""
-        result: WriteResult = self._statement(sql, params, False)
+        # Most of a transaction's statements come here, so what Lease.run and a shared
+        # helper would do is written out (in query() too): each Python call saved is
+        # paid again at every GIL hand-over when many threads run transactions.
+        lease = self._lease
+        if lease is None:  # (also once the transaction has ended: _writer raises)
+            lease = self._writer()
+        try:
+            with lease.lock:  # the writer takes it before revoking the lease
+                if lease.state is not _ACTIVE:
+                    raise lease.ended_error()
+                writes = self._writes
+                if writes is not None:
+                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                    if info is None:
+                        self._note_tables(writes, sql, params, lease.connection)
+                    else:
+                        writes.update(info.writes)
+                result = lease.connection.write(sql, params)
+        except AtlasError as error:
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
+            raise
+        self.operations += 1
         return result
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
         """Run a read in the transaction (what it sees depends on the isolation level)."""
-        if self._lease is None and self.isolation != "serializable":
-            self._check_active()
-            refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
-            rows = self._read_before_writing(sql, params)
-            self.operations += 1
-            return rows
-        result: list[Row] = self._statement(sql, params, True)
-        return result
+        lease = self._lease
+        if lease is None:
+            if self.isolation != "serializable":
+                self._check_active()
+                refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
+                rows = self._read_before_writing(sql, params)
+                self.operations += 1
+                return rows
+            lease = self._writer()
+        # On the lent connection: as execute(), written out for the same reason. Its
+        # tables are noted too (INSERT ... RETURNING reads).
+        try:
+            with lease.lock:
+                if lease.state is not _ACTIVE:
+                    raise lease.ended_error()
+                writes = self._writes
+                if writes is not None:
+                    info = KNOWN_STATEMENTS.get(sql)
+                    if info is None:
+                        self._note_tables(writes, sql, params, lease.connection)
+                    else:
+                        writes.update(info.writes)
+                refuse_transaction_control(sql)  # (write() refuses them itself)
+                rows = lease.connection.query(sql, params)
+        except AtlasError as error:
+            raised = self._failed_on_writer(lease, error)
+            if raised is not error:
+                raise raised from error
+            raise
+        self.operations += 1
+        return rows
 
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease)."""
         _check_savepoint_name(name)
-        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'SAVEPOINT "{name}"'))
-        self._savepoints.append(name)
+        self._savepoint_command(f'SAVEPOINT "{name}"')
+        self._savepoints = (*self._savepoints, name)
 
     savepoint = create_savepoint
 
     def rollback_to(self, name: str) -> None:
         """Undo everything since savepoint ``name`` (which stays open)."""
         index = self._savepoint_index(name)
-        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'ROLLBACK TO "{name}"'))
-        del self._savepoints[index + 1 :]
+        self._savepoint_command(f'ROLLBACK TO "{name}"')
+        self._savepoints = self._savepoints[: index + 1]
 
     def release(self, name: str) -> None:
         """Forget savepoint ``name`` (and those after it), keeping their changes."""
         index = self._savepoint_index(name)
-        self._on_writer(self._writer(), lambda c: c.cursor.execute(f'RELEASE "{name}"'))
-        del self._savepoints[index:]
+        self._savepoint_command(f'RELEASE "{name}"')
+        self._savepoints = self._savepoints[:index]
+
+    def _savepoint_command(self, sql: str) -> None:
+        """Run ``sql`` on the lent connection; an error is handled as a statement's.
+
+        (SQLite may refuse one: an I/O error in ROLLBACK TO, say, which can also roll
+        the writer's whole batch back.)
+        """
+        self._on_writer(self._writer(), lambda connection: run_command(connection, sql))
 
     def _savepoint_index(self, name: str) -> int:
         _check_savepoint_name(name)
@@ -134,7 +197,7 @@ class Transaction:
             return len(self._savepoints) - 1 - self._savepoints[::-1].index(name)
         except ValueError:
             raise ValidationError(
-                f"no savepoint {name!r} in transaction {self.id}; open: {self._savepoints}"
+                f"no savepoint {name!r} in transaction {self.id}; open: {list(self._savepoints)}"
             ) from None
 
     # -- ending ------------------------------------------------------------------------
@@ -148,22 +211,36 @@ class Transaction:
             if lease is not None:
                 lease.give_back(f"RELEASE {lease.savepoint}")
                 self._lease = None
-                self._manager.return_lease(self, lease, commit=True, tables=self._writes)
+                self._manager.return_lease(
+                    self,
+                    lease,
+                    commit=True,
+                    tables=self._writes if self._manager.tracks_writes else _NO_TABLES,
+                )
         except AtlasError as error:
+            if (
+                lease is not None
+                and self._lease is lease
+                and not isinstance(error, TransactionError)
+            ):
+                self._send_back_refused(lease)  # (TransactionError: revoked already)
             self._fail(error)
             raise
         finally:
             if self._reader is not None:
                 self._drop_reader()
         self.state = "committed"
-        self._manager.ended(self)
+        manager = self._manager
+        if manager._active.pop(self.id, None) is not None:  # ended(), written out
+            with manager._lock:
+                manager.committed += 1
 
     def rollback(self) -> None:
         """Undo the whole transaction. Harmless once it has ended."""
         if self.state != "active":
             self._drop_reader()
             return
-        lease = self._lease
+        lease, self._lease = self._lease, None  # (an ended transaction holds no lease)
         try:
             if lease is not None:
                 savepoint = lease.savepoint
@@ -171,8 +248,14 @@ class Transaction:
                     lease.give_back(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
                 except TransactionError:
                     pass  # revoked already: the writer rolled it back
+                except AtlasError as error:
+                    if not self._send_back_refused(lease):
+                        self._fail(error)  # SQLite kept the batch, and maybe these changes
+                        raise
+                    # SQLite rolled the whole batch back, this transaction with it.
+                    self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
                 else:
-                    self._give_back(commit=False)
+                    self._manager.return_lease(self, lease, commit=False)
         finally:
             self._drop_reader()
             self._finish("rolled_back")
@@ -206,41 +289,6 @@ class Transaction:
             raise self._error
         raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
 
-    def _statement(self, sql: str, params: Params, reading: bool) -> Any:
-        """Run a statement on the lent connection (taking the lease first if needed).
-
-        The tables it changes are noted for the cache (``_writes``; None once any is
-        unknown). This runs for every statement of a transaction, so what
-        :meth:`_on_writer` and ``Lease.run`` do is written out here: each Python call
-        saved is paid again at every GIL hand-over when many threads run transactions.
-        """
-        lease = self._lease
-        if lease is None or self.state != "active":
-            lease = self._writer()
-        try:
-            with lease.lock:
-                if lease.state is not _ACTIVE:
-                    raise lease.ended_error()
-                writes = self._writes
-                if writes is not None and self._tracks_writes:
-                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
-                    if info is None:
-                        self._note_tables(writes, sql, params, lease.connection)
-                    else:
-                        writes.update(info.writes)
-                if reading:
-                    refuse_transaction_control(sql)  # (write() refuses them itself)
-                    result: Any = lease.connection.query(sql, params)
-                else:
-                    result = lease.connection.write(sql, params)
-        except AtlasError as error:
-            raised = self._failed_on_writer(lease, error)
-            if raised is not error:
-                raise raised from error
-            raise
-        self.operations += 1
-        return result
-
     def _note_tables(
         self, writes: set[str], sql: str, params: Params, connection: TrackedConnection
     ) -> None:
@@ -253,7 +301,7 @@ class Transaction:
         writes.update(info.writes)
 
     def _on_writer(self, lease: Lease, fn: Callable[[TrackedConnection], T]) -> T:
-        """Run ``fn`` on the lent connection (savepoint commands; statements: _statement)."""
+        """Run ``fn`` on the lent connection (savepoint commands; statements: execute)."""
         try:
             return lease.run(fn)
         except AtlasError as error:
@@ -261,6 +309,18 @@ class Transaction:
             if raised is not error:
                 raise raised from error
             raise
+
+    def _send_back_refused(self, lease: Lease) -> bool:
+        """SQLite refused to end ``lease``'s savepoint: send the lease back all the same.
+
+        The writer waits for a lease given back (a timeout cannot revoke it), so it goes
+        back at once, not committed; True if SQLite rolled the writer's whole batch back
+        (the writer then replays the batch's other writes).
+        """
+        self._lease = None
+        lost = not lease.connection.connection.in_transaction
+        self._manager.return_lease(self, lease, commit=False, lost=lost)
+        return lost
 
     def _failed_on_writer(self, lease: Lease, error: AtlasError) -> AtlasError:
         """Account ``error`` from the lent connection; return the error to raise.
@@ -293,14 +353,44 @@ class Transaction:
                 )
         return error
 
+    def _lease_advice(self) -> str:
+        return (
+            f"transaction {self.id} would wait for the writer lease its own "
+            "thread holds: commit or roll back the other transaction first"
+        )
+
     def _writer(self) -> Lease:
+        """The writer lease: borrowed (waiting behind other transactions) if not held."""
         if self.state != "active":
             self._check_active()
-        if self._lease is None:
-            self._lease = self._manager.acquire_lease(self)
-            if self._reader is not None:
-                self._drop_reader()  # from now on the writer serves every statement
-        return self._lease
+        lease = self._lease
+        if lease is not None:
+            return lease
+        expected = None
+        if self.isolation == "repeatable_read" and self._reader is not None:
+            # A snapshot whose version could not be pinned conflicts on purpose.
+            expected = self._snapshot if self._snapshot is not None else (-1, -1)
+        manager = self._manager
+        me = threading.get_ident()
+        graph = manager.graph
+        recorded = graph.check(me, LEASE, advice=self._lease_advice, record=True)
+        try:
+            granted: Lease = manager.storage.writer.submit_lease(
+                LeaseRequest,
+                f"transaction {self.id}: lease",
+                (self.id, self._timeout, expected),
+                writable=True,
+            ).get()
+        except AtlasError as error:
+            self._fail(error)
+            raise
+        finally:
+            if recorded:
+                graph.done_waiting(me)
+        self._lease = granted
+        if self._reader is not None:
+            self._drop_reader()  # from now on the writer serves every statement
+        return granted
 
     def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
         try:
@@ -452,6 +542,11 @@ class TransactionManager:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        config = storage.config
+        self.transaction_timeout: float = config.transaction_timeout
+        """How long a transaction may hold the writer lease unless it says otherwise."""
+        self.tracks_writes: bool = config.cache
+        """Whether transactions note the tables they write (only a cache needs them)."""
         self.graph = WaitForGraph()
         """Who holds and waits for the writer lease and pinned readers."""
         self._active: dict[int, Transaction] = {}
@@ -467,9 +562,9 @@ class TransactionManager:
     ) -> Transaction:
         """Begin a transaction; end it with ``commit()`` or ``rollback()``."""
         self.storage.check_usable()
-        tx = Transaction(self, check_isolation(isolation), timeout)
-        with self._lock:
-            self._active[tx.id] = tx
+        level = "serializable" if isolation == "serializable" else check_isolation(isolation)
+        tx = Transaction(self, level, timeout)
+        self._active[tx.id] = tx  # (one step under the GIL; status() copies in one too)
         return tx
 
     def transaction(
@@ -481,7 +576,13 @@ class TransactionManager:
             outer = stack[-1]
             outer._nested += 1
             return _Savepoint(outer, outer._nested)
-        tx = self.begin(isolation, timeout=timeout)
+        # begin(), written out: this runs once per transaction (see execute()).
+        storage = self.storage
+        if storage._state != "running":  # (check_usable(), its test inlined)
+            storage.check_usable()
+        level = "serializable" if isolation == "serializable" else check_isolation(isolation)
+        tx = Transaction(self, level, timeout)
+        self._active[tx.id] = tx
         stack.append(tx)
         return tx
 
@@ -520,8 +621,7 @@ class TransactionManager:
     def status(self) -> TransactionsStatus:
         """Active transactions, the lease holder and what queues behind it."""
         holder, queued, oldest = self.storage.writer_lease_status()
-        with self._lock:
-            active = tuple(tx.info() for tx in self._active.values())
+        active = tuple(tx.info() for tx in list(self._active.values()))  # (copied in one step)
         return TransactionsStatus(
             active=active,
             lease_holder=holder,
@@ -535,46 +635,13 @@ class TransactionManager:
 
     def ended(self, tx: Transaction) -> None:
         """Count an ended transaction and forget it."""
+        if self._active.pop(tx.id, None) is None:
+            return  # counted already (popped in one step: once per transaction)
         with self._lock:
-            if self._active.pop(tx.id, None) is None:
-                return
             if tx.state == "committed":
                 self.committed += 1
             else:
                 self.rolled_back += 1
-
-    def acquire_lease(self, tx: Transaction) -> Lease:
-        """Borrow the write connection for ``tx`` (waiting behind other transactions)."""
-        expected = None
-        if tx.isolation == "repeatable_read" and tx._reader is not None:
-            # A snapshot whose version could not be pinned conflicts on purpose.
-            expected = tx._snapshot if tx._snapshot is not None else (-1, -1)
-        storage = self.storage
-        me = threading.get_ident()
-        graph = self.graph
-        recorded = graph.check(
-            me,
-            LEASE,
-            advice=lambda: (
-                f"transaction {tx.id} would wait for the writer lease its own "
-                "thread holds: commit or roll back the other transaction first"
-            ),
-            record=True,
-        )
-        try:
-            lease: Lease = storage.writer.submit_lease(
-                LeaseRequest,
-                f"transaction {tx.id}: lease",
-                (tx.id, tx._timeout, expected),
-                writable=True,
-            ).get()
-        except AtlasError as error:
-            tx._fail(error)
-            raise
-        finally:
-            if recorded:
-                graph.done_waiting(me)
-        return lease
 
     def return_lease(
         self,
@@ -583,7 +650,7 @@ class TransactionManager:
         *,
         commit: bool,
         lost: bool = False,
-        tables: set[str] | None = None,
+        tables: AbstractSet[str] | None = None,
     ) -> None:
         """Give the write connection back; on commit, wait for the group commit.
 
@@ -596,7 +663,11 @@ class TransactionManager:
             f"transaction {tx.id}: {'commit' if commit else 'rollback'}",
             (tx.id, commit, lost, tables),  # (the transaction has ended: tables stays as is)
             writable=False,
-            deliver=lease.pass_on if commit and not lost else None,
+            deliver=(
+                partial(hand_over, lease)  # (a partial calls it from C: no Python frame)
+                if commit and not lost and (hand_over := lease.hand_over) is not None
+                else None
+            ),
         )
         # A return is never withdrawn: the writer commits (or rolls back) with its batch
         # whatever the wait does, so a timeout must say "may have been applied", not
