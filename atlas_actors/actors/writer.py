@@ -1152,7 +1152,11 @@ class WriterActor(RoleActor):
         self.hooks.lease_ended(lease)
         self._absorb_chain()
         if message.lost:
-            # SQLite rolled back the batch under the transaction: replay the others.
+            # SQLite rolled back the batch under the transaction, or refused to end its
+            # savepoint (which may still hold its changes): no part of it may commit.
+            connection = self.connection
+            if connection is not None and connection.connection.in_transaction:
+                connection.cursor.execute("ROLLBACK")  # (raising: the writer restarts)
             self._batch_lost(TransactionAborted(f"transaction {message.tx_id} lost the batch"))
             message.future.set_result(None)
             return

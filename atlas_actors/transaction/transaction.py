@@ -249,10 +249,9 @@ class Transaction:
                 except TransactionError:
                     pass  # revoked already: the writer rolled it back
                 except AtlasError as error:
-                    if not self._send_back_refused(lease):
-                        self._fail(error)  # SQLite kept the batch, and maybe these changes
-                        raise
-                    # SQLite rolled the whole batch back, this transaction with it.
+                    # The whole batch is rolled back (by SQLite, or the writer now),
+                    # this transaction with it: the rollback happened.
+                    self._send_back_refused(lease)
                     self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
                 else:
                     self._manager.return_lease(self, lease, commit=False)
@@ -310,17 +309,16 @@ class Transaction:
                 raise raised from error
             raise
 
-    def _send_back_refused(self, lease: Lease) -> bool:
+    def _send_back_refused(self, lease: Lease) -> None:
         """SQLite refused to end ``lease``'s savepoint: send the lease back all the same.
 
         The writer waits for a lease given back (a timeout cannot revoke it), so it goes
-        back at once, not committed; True if SQLite rolled the writer's whole batch back
-        (the writer then replays the batch's other writes).
+        back at once, as a lost batch: if SQLite kept the batch, the savepoint may still
+        hold this transaction's changes, and the batch's COMMIT would commit them. The
+        writer rolls the batch back (unless SQLite did) and replays its other writes.
         """
         self._lease = None
-        lost = not lease.connection.connection.in_transaction
-        self._manager.return_lease(self, lease, commit=False, lost=lost)
-        return lost
+        self._manager.return_lease(self, lease, commit=False, lost=True)
 
     def _failed_on_writer(self, lease: Lease, error: AtlasError) -> AtlasError:
         """Account ``error`` from the lent connection; return the error to raise.
