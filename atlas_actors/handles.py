@@ -22,7 +22,6 @@ from opentelemetry import trace
 from atlas_actors.actors.base import Mailbox, Op
 from atlas_actors.actors.supervisor import KillMode, SupervisorActor, SupervisorStatus
 from atlas_actors.actors.writer_ops import (
-    LeaseRequest,
     UnitOfWorkOp,
     WriteAllOp,
     WriteManyOp,
@@ -214,8 +213,7 @@ class WriterHandle:
         caller's context goes along) and the deadlock guard on waiting (the transaction
         checks the wait-for graph itself). ``writable=False`` skips the writes-stopped
         check (a transaction giving its lease back must always get through);
-        ``deliver(op)`` may take the op instead of the mailbox (True: taken); a
-        ``LeaseRequest`` is offered to the queue behind the lease out by default.
+        ``deliver(op)`` may take the op instead of the mailbox (True: taken).
         """
         storage = self._storage
         if storage._state != "running" or (writable and storage.write_block is not None):
@@ -230,8 +228,6 @@ class WriterHandle:
         tracing = self._tracing
         context = tracing.current_context() if tracing.enabled else None
         op = op_class(future, threading.get_ident(), context, *args)
-        if deliver is None and op_class is LeaseRequest:
-            deliver = storage.queue_lease_request  # behind the lease out, if one is
         if deliver is None or not deliver(op):
             self._mailbox.send(op)
         return future

@@ -27,7 +27,7 @@ from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
-from atlas_actors.actors.writer_ops import LeaseExpired, LeaseRequest, WriterCounters
+from atlas_actors.actors.writer_ops import LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.manager import CacheManager
@@ -86,9 +86,6 @@ class Runtime:
         self.lease_owners: dict[int, int] = {}
         """Thread id → transaction id, for threads holding the writer lease."""
         self._leases: dict[int, Lease] = {}  # granted, by transaction id
-        self.queue_lease_request: Callable[[LeaseRequest], bool] | None = None
-        """The current writer's ``queue_lease_request`` (None before it first starts):
-        a lease request joins the queue behind a lease through it, or is sent."""
         self._expiry_sent: set[int] = set()
         self.guarded_threads: set[int] = set()
         """writer_threads and lease owners: the only threads the deadlock guard checks."""
@@ -235,7 +232,6 @@ class Runtime:
                 lease_granted=self._lease_granted,
                 lease_ended=self._lease_ended,
                 lease_passed=self._lease_passed,
-                lease_queue=self._set_lease_queue,
             ),
             connect=lambda: self._connect(writer=True),
             role=role,
@@ -472,9 +468,6 @@ class Runtime:
                 self._expiry_sent.add(lease.tx_id)
                 # In front of the mailbox: a stuck transaction blocks every write behind it.
                 self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
-
-    def _set_lease_queue(self, queue: Callable[[LeaseRequest], bool]) -> None:
-        self.queue_lease_request = queue
 
     def _lease_granted(self, lease: Lease) -> None:
         self._leases[lease.tx_id] = lease

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -139,14 +138,6 @@ class WriterHooks:
     """The first lease came back and the second was granted in its place (a hand-over,
     in the returning transaction's thread): ``lease_ended`` then ``lease_granted`` in
     one call. None: those two are called instead."""
-    lease_queue: Callable[[Callable[[LeaseRequest], bool]], None] = _ignore
-    """The incarnation's :meth:`WriterActor.queue_lease_request`, given once as it
-    starts: a transaction's lease request may join the queue through it."""
-
-
-def _op_id(op: Op) -> int:
-    """An op's id: the order its thread created (and sent) it in."""
-    return op.id
 
 
 def _set_results(ops: Sequence[Op], done: Sequence[list[WriteResult]]) -> None:
@@ -201,9 +192,6 @@ class WriterActor(RoleActor):
         # Lease requests that arrived during a lease with nothing stashed before them;
         # a returning transaction may hand the connection straight to the first one.
         self._lease_queue: deque[LeaseRequest] = deque()
-        self._lease_mutex = threading.Lock()
-        """Held to end a lease, and by :meth:`queue_lease_request` (other threads)."""
-        self._lease_queue_open = True
         self._chained: deque[LeaseReturn] = deque()  # handed over, acked at COMMIT
         self._chain_length = 0
         self._schema_version = 0
@@ -245,7 +233,6 @@ class WriterActor(RoleActor):
         raw.set_wal_hook(self._on_wal)
         self._rows_hooked = False
         self.hooks.connected(connection)
-        self.hooks.lease_queue(self.queue_lease_request)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
     def _verify(self, connection: TrackedConnection) -> None:
@@ -267,8 +254,6 @@ class WriterActor(RoleActor):
                 self._lease,
                 TransactionAborted("the storage is closing; the transaction was rolled back"),
             )
-        with self._lease_mutex:
-            self._lease_queue_open = False  # what is queued now is all there will be
         self._absorb_chain()
         self.mailbox.replay([*self._take_lease_queue(), *self._stash])
         self._stash = []
@@ -287,9 +272,7 @@ class WriterActor(RoleActor):
     def on_crash(self, current: Op | None, error: BaseException | None) -> None:
         """Roll back the open batch; replay what had no effect, fail what may have."""
         super().on_crash(current, error)
-        with self._lease_mutex:
-            lease, self._lease = self._lease, None
-            self._lease_queue_open = False  # the queue goes to the next incarnation below
+        lease, self._lease = self._lease, None
         if lease is not None:
             lease.revoke(
                 TransactionAborted(
@@ -1050,13 +1033,8 @@ class WriterActor(RoleActor):
                 request = waiting.popleft()
             except IndexError:
                 return False
-            if request.expected_version is not None or (
-                self._stash and self._stash[0].id < request.id
-            ):
-                # The writer compares it with committed state; or a write sent before it
-                # waits behind the lease (a request queued itself as the writer took
-                # that write up: queue_lease_request), and must run first.
-                waiting.appendleft(request)
+            if request.expected_version is not None:
+                waiting.appendleft(request)  # the writer compares it with committed state
                 return False
             if not request.claim():
                 continue  # its caller gave up waiting
@@ -1091,29 +1069,6 @@ class WriterActor(RoleActor):
         request.future.set_result(successor)
         return True
 
-    def queue_lease_request(self, request: LeaseRequest) -> bool:
-        """Queue ``request`` behind the lease out, in the requesting thread; True if done.
-
-        While transactions chain, a request sent as a message only wakes the writer to
-        be queued here: a thread hand-over per transaction, and the writer's Python
-        competing for the GIL with the transaction holding the lease. So a request
-        joins the queue itself when a lease is out and nothing waits before it: no
-        write behind the lease and no message in the mailbox, which it must not
-        overtake. False: send it as a message. Ending a lease takes the same mutex, so
-        a request queued here is always taken up: handed the connection by the
-        transaction before it, or put back in the mailbox when the lease ends.
-        """
-        with self._lease_mutex:
-            if (
-                self._lease is None
-                or self._stash
-                or not self._lease_queue_open
-                or not self.mailbox.empty()
-            ):
-                return False
-            self._lease_queue.append(request)
-            return True
-
     def _absorb_chain(self) -> None:
         """Add the returns handed over during the lease to the batch (writer thread)."""
         self._chain_length = 0
@@ -1147,8 +1102,7 @@ class WriterActor(RoleActor):
                 )
             )
             return
-        with self._lease_mutex:  # no request joins the queue after this
-            self._lease = None
+        self._lease = None
         self.hooks.lease_ended(lease)
         self._absorb_chain()
         if message.lost:
@@ -1194,8 +1148,7 @@ class WriterActor(RoleActor):
 
         if not lease.revoke(error, undo):
             return  # given back meanwhile (its LeaseReturn is on its way, or handed over)
-        with self._lease_mutex:  # no request joins the queue after this
-            self._lease = None
+        self._lease = None
         self.hooks.lease_ended(lease)
         self._absorb_chain()
         if lost:
@@ -1216,11 +1169,6 @@ class WriterActor(RoleActor):
     def _release_stash(self) -> None:
         """Hand what waited behind the lease back to the mailbox, in front, in order."""
         waiting = [*self._take_lease_queue(), *self._stash]
-        if self._stash and len(waiting) > len(self._stash):
-            # Requests queued themselves (queue_lease_request) while the writer stashed
-            # writes sent before them: by op id, each thread's messages are in the
-            # order it sent them.
-            waiting.sort(key=_op_id)
         self._stash = []
         if waiting:
             self.mailbox.replay(waiting)
