@@ -251,7 +251,9 @@ _SAMPLE_ROWS = 16
 SAMPLE_EVERY = 64
 """Once a statement is known, one run in this many is timed and stands for them all.
 
-Each statement counts its own runs, so statements that alternate are each sampled.
+Each statement counts its own runs, so statements that alternate are each sampled
+(the writer's runs of queued writes, ``write_units``, time one call in this many, at
+random, which gives every statement the same chance too).
 At 16 threads, timing one read in eight cost about a tenth of the reads/s (A/B in
 ``bench/reads.py``'s setting): every extra call is paid again at each GIL hand-over.
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.actors.writer import _RUN_MAX
 from atlas_actors.errors import AtlasError, ConstraintError, OperationTimeout
 from tests.helpers import wait_until
 
@@ -367,3 +368,53 @@ def test_a_write_sent_back_by_a_failed_group_invalidates_the_cache_when_it_commi
         failing.get(6)
     assert db.writer.stats().regrouped - before.regrouped == 2
     assert db.query(read) == [("new",)]
+
+
+SLOW_INSERT = (
+    "INSERT INTO t(a) SELECT ? + 0 * count(*) FROM (WITH RECURSIVE c(x) AS "
+    "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000) SELECT x FROM c)"
+)
+"""Inserts one row after counting to 20,000 (a few milliseconds)."""
+
+
+def test_a_run_of_queued_writes_stops_at_the_batch_delay(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # The writer runs the writes it finds queued together, but never more than
+    # _RUN_MAX at a time: between runs it checks max_batch_delay, so a queue of slow
+    # writes does not keep a batch open (and its writes unacknowledged) for long.
+    db = _unique_t(open_storage, taken=-1, max_batch_delay=0.05)
+    _, release = _gate(db)
+    futures = [db.writer.write_all([(SLOW_INSERT, [a])]) for a in range(100)]
+    release.set()
+    assert [f.get(10)[0].rowcount for f in futures] == [1] * 100
+    # Not all 100 (and the gate) in one batch: a run stops at _RUN_MAX, then the delay.
+    assert _RUN_MAX < 100
+    assert 1 < db.writer.stats().max_batch < 100
+
+
+def test_writes_taken_up_before_a_callback_crashes_the_writer_still_run(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # A done-callback runs in the thread that resolves the future: here the writer,
+    # failing an expired write among those it takes from the queue. If the callback
+    # raises, the writer dies of it; the writes it had already taken must run anyway.
+    db = _unique_t(open_storage, taken=-1)
+    _, release = _gate(db)
+    insert = "INSERT INTO t(a) VALUES (?)"
+    first = db.writer.write_all([(insert, [1])])  # opens the group
+    taken = db.writer.write_all([(insert, [2])])
+    expired = db.writer.write_all([(insert, [3])], timeout=0.05)
+
+    def explode(_: object) -> None:
+        raise RuntimeError("a callback that fails")
+
+    expired.add_done_callback(explode)
+    after = db.writer.write_all([(insert, [4])])
+    time.sleep(0.06)
+    release.set()
+    for future in (first, taken, after):
+        assert future.get(5)[0].rowcount == 1
+    with pytest.raises(OperationTimeout):
+        expired.get(5)
+    assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [-1, 1, 2, 4]

@@ -140,6 +140,11 @@ class WriterHooks:
     one call. None: those two are called instead."""
 
 
+_RUN_MAX = 32
+"""Most queued writes :meth:`WriterActor._run_queued` runs together: between runs the
+writer checks ``max_batch_delay`` (a run of many slow statements could overrun it)."""
+
+
 def _set_results(ops: Sequence[Op], done: Sequence[list[WriteResult]]) -> None:
     """Give each op its unit's results (a ``write`` its one result), as far as ``done``."""
     for op, results in zip(ops, done, strict=False):
@@ -508,6 +513,8 @@ class WriterActor(RoleActor):
                     except BaseException:
                         # The actor dies of it (a bug, or SQLite misused): on_crash fails
                         # this op as maybe applied. Set only now, not around every op.
+                        # (pykka stops the actor without on_crash for a BaseException
+                        # that is no Exception.)
                         self._current = op
                         raise
                 # (No lease can begin in this loop: only the message loop grants one.)
@@ -530,7 +537,8 @@ class WriterActor(RoleActor):
                 ):
                     letter = self._run_queued(now)
                     if letter is None:
-                        return  # nothing queued any more, or the batch is full
+                        return  # nothing queued any more, the batch full, or a unit failed
+                    now = monotonic()  # (the run took time: letter's deadline is checked next)
                 if letter is None:
                     try:
                         letter = take_queued()
@@ -552,45 +560,54 @@ class WriterActor(RoleActor):
         One call of ``write_units`` runs them all: the writer's Python per write, paid
         about three times over under load (see ``TrackedConnection.write_units``), is
         then one check per write instead of a turn of :meth:`_run`'s loop. Ops taken
-        from the queue are new: never claimed, run or put back. Returns the first
-        message taken that is neither, for :meth:`_run` to handle after them, or None
-        once the queue is empty or the batch full. Called only with the group open,
-        untraced, the disk not full and nothing in front of the mailbox.
+        from the queue are new: never claimed, run or put back. At most ``_RUN_MAX``
+        run together, so :meth:`_run` checks ``max_batch_delay`` between runs.
+        Returns the first message taken that is neither, for :meth:`_run` to handle
+        after them; or None once the queue is empty, the batch full, or a unit failed
+        (the ops to run next are then in front of the mailbox). Called only with the
+        group open, untraced, the disk not full and nothing in front of the mailbox.
         """
         mailbox = self.mailbox
         take = mailbox._queue.get_nowait
         ready: list[WriteAllOp | WriteOp] = []
         units: list[Sequence[tuple[str, Params]]] = []
-        room = self.config.max_batch_size - len(self._batch)
+        room = min(self.config.max_batch_size - len(self._batch), _RUN_MAX)
         waited = 0.0
         letter: Any = None
-        while room > 0:
-            try:
-                letter = take()
-            except queue.Empty:
-                letter = None
-                break
-            if mailbox._senders_waiting:
-                mailbox._wake_a_sender()
-            kind = type(letter)
-            if kind is WriteAllOp:
-                units.append(letter.statements)
-            elif kind is WriteOp:
-                units.append(((letter.statement, letter.params),))
-            else:
-                break
-            op, letter = letter, None
-            op.claimed = next(op.future._claim, 0) == 1  # op.claim(), inlined
-            if not op.claimed:
-                units.pop()  # the caller timed out and withdrew it before it started
-                continue
-            if now > op.deadline:
-                units.pop()
-                self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
-                continue
-            waited += now - op.enqueued_at
-            ready.append(op)
-            room -= 1
+        try:
+            while room > 0:
+                try:
+                    letter = take()
+                except queue.Empty:
+                    letter = None
+                    break
+                if mailbox._senders_waiting:
+                    mailbox._wake_a_sender()
+                kind = type(letter)
+                if kind is WriteAllOp:
+                    units.append(letter.statements)
+                elif kind is WriteOp:
+                    units.append(((letter.statement, letter.params),))
+                else:
+                    break
+                op, letter = letter, None
+                op.claimed = next(op.future._claim, 0) == 1  # op.claim(), inlined
+                if not op.claimed:
+                    units.pop()  # the caller timed out and withdrew it before it started
+                    continue
+                if now > op.deadline:
+                    units.pop()
+                    error = OperationTimeout(op.describe(), now - op.enqueued_at, applied=False)
+                    self._fail(op, error)
+                    continue
+                waited += now - op.enqueued_at
+                ready.append(op)
+                room -= 1
+        except BaseException:
+            # (A done-callback raising in _fail, say.) Those claimed here never ran: the
+            # next incarnation runs them.
+            mailbox.replay(ready)
+            raise
         if not ready:
             return letter
         counters = self.counters
@@ -609,10 +626,16 @@ class WriterActor(RoleActor):
             if letter is not None:
                 mailbox.put_back(letter)
             mailbox.replay(ready[failed + 1 :])
-            if not isinstance(error, Exception):
-                self._current = ready[failed]  # the actor dies of it: maybe applied
+            try:
+                if not isinstance(error, Exception):
+                    raise
+                self._split_group(ready[failed], connection.cursor, connection, error, None)
+            except BaseException:
+                # The actor dies of it: the failing op was running (on_crash fails it
+                # as maybe applied; pykka stops the actor without on_crash for a
+                # BaseException that is no Exception, as in _run).
+                self._current = ready[failed]
                 raise
-            self._split_group(ready[failed], connection.cursor, connection, error, None)
             return None
         _set_results(ready, done)
         self._batch.extend(ready)
@@ -1110,7 +1133,9 @@ class WriterActor(RoleActor):
             # savepoint (which may still hold its changes): no part of it may commit.
             connection = self.connection
             if connection is not None and connection.connection.in_transaction:
-                connection.cursor.execute("ROLLBACK")  # (raising: the writer restarts)
+                self._current = message  # if ROLLBACK raises, the writer restarts: fail it
+                connection.cursor.execute("ROLLBACK")
+                self._current = None
             self._batch_lost(TransactionAborted(f"transaction {message.tx_id} lost the batch"))
             message.future.set_result(None)
             return

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 def run_command(connection: TrackedConnection, sql: str) -> None:
-    """Run a savepoint command; SQLite's errors come back typed, counted as statements'."""
+    """Run a savepoint command; SQLite's errors come back typed, counted as errors."""
     try:
         connection.cursor.execute(sql)
     except apsw.Error as error:

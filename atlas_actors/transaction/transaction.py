@@ -218,13 +218,15 @@ class Transaction:
                     tables=self._writes if self._manager.tracks_writes else _NO_TABLES,
                 )
         except AtlasError as error:
-            if (
-                lease is not None
-                and self._lease is lease
-                and not isinstance(error, TransactionError)
-            ):
-                self._send_back_refused(lease)  # (TransactionError: revoked already)
-            self._fail(error)
+            try:
+                if (
+                    lease is not None
+                    and self._lease is lease
+                    and not isinstance(error, TransactionError)
+                ):
+                    self._send_back_refused(lease)  # (TransactionError: revoked already)
+            finally:
+                self._fail(error)  # (even if sending the lease back failed too)
             raise
         finally:
             if self._reader is not None:
@@ -251,8 +253,8 @@ class Transaction:
                 except AtlasError as error:
                     # The whole batch is rolled back (by SQLite, or the writer now),
                     # this transaction with it: the rollback happened.
-                    self._send_back_refused(lease)
                     self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+                    self._send_back_refused(lease)
                 else:
                     self._manager.return_lease(self, lease, commit=False)
         finally:
