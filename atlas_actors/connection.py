@@ -694,10 +694,7 @@ class TrackedConnection:
             self._errors += 1
             raise wrap_sqlite_error(error, sql) from error
         if weight:
-            self.last_latency = latency = perf_counter() - started
-            self._latency += latency * weight
-            self._timed += weight
-            self._sample_bytes(params, (), weight)
+            self._timed_write(perf_counter() - started, params, weight)
         rowcount = connection.changes()
         if kind is _INSERTS:
             if rowcount > 0:
@@ -767,10 +764,7 @@ class TrackedConnection:
                         self._queries += 1
                         raise wrap_sqlite_error(error, sql) from error
                     if weight:
-                        self.last_latency = latency = perf_counter() - started
-                        self._latency += latency * weight
-                        self._timed += weight
-                        self._sample_bytes(params, (), weight)
+                        self._timed_write(perf_counter() - started, params, weight)
                     rowcount = connection.changes()
                     if inserts and rowcount > 0:
                         rowid = connection.last_insert_rowid()
@@ -785,6 +779,13 @@ class TrackedConnection:
         finally:
             # Those run here, failing or not (a failing unit's first statements too).
             self._queries += ran + len(results) - passed_on
+
+    def _timed_write(self, latency: float, params: Params, weight: int) -> None:
+        """Account a timed write that took ``latency`` seconds (standing for ``weight`` runs)."""
+        self.last_latency = latency
+        self._latency += latency * weight
+        self._timed += weight
+        self._sample_bytes(params, (), weight)
 
     def _learn_write(self, sql: str) -> list[Any]:
         """A new entry for a statement new to :meth:`write`; refuses transaction control.
