@@ -16,6 +16,7 @@ iterator, unlike a tuple's, is not tracked by the garbage collector.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ __all__ = ["Future", "SqlText", "sql_text", "statement_pairs", "statement_type_e
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
 _PENDING = object()
 _ONE_CLAIM = range(1, 2)
 """What a future's claim iterator yields 1 from, once: ``next(claim, 0) == 1`` claims."""
@@ -128,7 +130,13 @@ class Future(Generic[T]):
         with _CALLBACKS_LOCK:
             callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
-            callback(self)
+            try:
+                callback(self)
+            except Exception:
+                # As concurrent.futures does: the thread resolving the future is often an
+                # actor's, resolving a whole batch; one caller's bug must not stop the
+                # others' results (or restart the actor).
+                log.exception("done-callback %r of %r failed", callback, self)
 
     # -- the caller's side --------------------------------------------------------------
 
@@ -180,7 +188,7 @@ class Future(Generic[T]):
         """Call ``callback(self)`` once resolved (at once if it already is).
 
         The callback runs in the thread that resolves the future: keep it short and
-        never wait on the storage from it.
+        never wait on the storage from it. An exception it raises is logged, not raised.
         """
         with _CALLBACKS_LOCK:
             if self._callbacks is None:

@@ -9,7 +9,12 @@ pykka facts this module relies on (pykka 4, ``pykka/_actor.py``):
   ``on_failure`` in the actor's thread; one raised while handling an ``ask`` goes back to
   the caller and the actor lives on;
 * ``on_start`` failing stops the actor *without* calling ``on_failure``;
-* on stopping, pykka drains the inbox and fails queued asks with ``ActorDeadError``.
+* on stopping, pykka drains the inbox and fails queued asks with ``ActorDeadError``;
+* a ``BaseException`` that is no ``Exception`` (``SystemExit``, a test framework's
+  outcome) raised while handling a message makes pykka stop the actor gracefully
+  (``on_stop``) and then *every* actor of the process. The actors here raise it again
+  as :class:`Escaped`, an ``Exception``: a crash of that actor alone, restarted by the
+  supervisor.
 
 A role (``writer``, ``reader-2``) keeps one :class:`Mailbox` for its whole life. Each
 incarnation of the role reads from it, so a message that a dead incarnation never took
@@ -46,7 +51,7 @@ from atlas_actors.errors import (
 )
 from atlas_actors.future import Future
 
-__all__ = ["Crash", "InjectedCrash", "Mailbox", "Op", "RoleActor"]
+__all__ = ["Crash", "Escaped", "InjectedCrash", "Mailbox", "Op", "RoleActor"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,20 @@ _op_ids = itertools.count(1)
 
 class InjectedCrash(RuntimeError):
     """Raised inside an actor by ``db.supervisor.kill(role, how="crash")``."""
+
+
+class Escaped(Exception):
+    """A ``BaseException`` that is no ``Exception``, raised in an actor, carried as one.
+
+    pykka would stop every actor of the process for the original (see the module
+    docstring); as an ``Exception`` it fails the one actor, which the supervisor
+    restarts. A function run in the writer that raises one fails only its own call,
+    whose caller gets the original (as ``concurrent.futures`` does).
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__} raised inside an actor: {original!r}")
+        self.original = original
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +340,12 @@ class RoleActor(pykka.ThreadingActor):
     def _handle_receive(self, message: Any) -> Any:
         if type(message) is _Wake:
             return None
-        return super()._handle_receive(message)
+        try:
+            return super()._handle_receive(message)
+        except Exception:
+            raise
+        except BaseException as error:
+            raise Escaped(error) from error
 
     def _actor_loop_teardown(self) -> None:
         # Unlike pykka's default, keep the mailbox for the next incarnation unless the

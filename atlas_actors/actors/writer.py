@@ -38,7 +38,7 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor
+from atlas_actors.actors.base import Crash, Escaped, InjectedCrash, Op, RoleActor
 from atlas_actors.actors.writer_ops import (
     OP_TYPES,
     CheckpointOp,
@@ -322,43 +322,48 @@ class WriterActor(RoleActor):
     # -- messages ----------------------------------------------------------------------
 
     def _handle_receive(self, message: Any) -> Any:
-        kind = type(message)
-        result = None
-        # Write ops skip pykka's generic dispatch: this is the hot path.
-        if kind in OP_TYPES:
-            if self._lease is None:
-                self._run(message)
+        try:
+            kind = type(message)
+            result = None
+            # Write ops skip pykka's generic dispatch: this is the hot path.
+            if kind in OP_TYPES:
+                if self._lease is None:
+                    self._run(message)
+                else:
+                    self._stash.append(message)
+            elif kind is LeaseRequest:
+                if self._lease is None:
+                    self._grant(message)
+                elif self._stash:
+                    self._stash.append(message)
+                else:
+                    self._lease_queue.append(message)
+            elif kind is LeaseReturn:
+                self._take_back(message)
+            elif kind is LeaseExpired:
+                self._expire(message.tx_id)
+            elif kind is CheckpointOp:
+                if self._lease is None:
+                    self._run_checkpoint(message)
+                else:
+                    self._stash.append(message)
             else:
-                self._stash.append(message)
-        elif kind is LeaseRequest:
-            if self._lease is None:
-                self._grant(message)
-            elif self._stash:
-                self._stash.append(message)
-            else:
-                self._lease_queue.append(message)
-        elif kind is LeaseReturn:
-            self._take_back(message)
-        elif kind is LeaseExpired:
-            self._expire(message.tx_id)
-        elif kind is CheckpointOp:
-            if self._lease is None:
-                self._run_checkpoint(message)
-            else:
-                self._stash.append(message)
-        else:
-            result = super()._handle_receive(message)
-        if (
-            self._in_transaction
-            and self._lease is None
-            and (
-                self.mailbox.empty()
-                or len(self._batch) >= self.config.max_batch_size
-                or time.monotonic() - self._batch_started >= self.config.max_batch_delay
-            )
-        ):
-            self._commit()
-        return result
+                result = super()._handle_receive(message)
+            if (
+                self._in_transaction
+                and self._lease is None
+                and (
+                    self.mailbox.empty()
+                    or len(self._batch) >= self.config.max_batch_size
+                    or time.monotonic() - self._batch_started >= self.config.max_batch_delay
+                )
+            ):
+                self._commit()
+            return result
+        except Exception:
+            raise
+        except BaseException as error:
+            raise Escaped(error) from error  # a crash of the writer alone: see base.py
 
     def on_receive(self, message: Any) -> Any:
         """Obey a control message."""
@@ -831,13 +836,17 @@ class WriterActor(RoleActor):
         counters.batches += 1
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
+        called_back = None  # (callbacks run once every write is acknowledged)
         for op in batch:
             future = op.future
             if future._value is _PENDING:  # future.set_result(op.result) inlined: once per write
                 future._value = op.result
                 future._done.release()
                 if future._callbacks is not None:
-                    future._run_callbacks()
+                    called_back = [*(called_back or ()), future]
+        if called_back is not None:
+            for future in called_back:
+                future._run_callbacks()
         if self.wal_frames >= self.config.checkpoint_frames:
             self._checkpoint("PASSIVE")  # after acknowledging: nobody waits on it
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.actors.base import Op, _op_ids
+from atlas_actors.actors.base import Escaped, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
 from atlas_actors.future import Future, sql_text
 
@@ -195,8 +195,22 @@ class UnitOfWorkOp(WriterOp):
         self.fn = fn
 
     def run(self, connection: TrackedConnection) -> Any:
-        """Call the function with the raw apsw connection."""
-        return self.fn(connection.connection)
+        """Call the function with the raw apsw connection.
+
+        If it raises a ``BaseException`` that is no ``Exception`` (``SystemExit``, a test
+        framework's outcome), that fails this call alone, as any exception would: its
+        savepoint is rolled back, and its caller gets the original (:meth:`fail`).
+        """
+        try:
+            return self.fn(connection.connection)
+        except Exception:
+            raise
+        except BaseException as error:
+            raise Escaped(error) from error
+
+    def fail(self, error: BaseException) -> None:
+        """Resolve the future with ``error`` (the function's own, if it escaped)."""
+        super().fail(error.original if isinstance(error, Escaped) else error)
 
 
 OP_TYPES = frozenset({WriteOp, WriteManyOp, WriteAllOp, UnitOfWorkOp})
