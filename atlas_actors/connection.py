@@ -502,6 +502,7 @@ class TrackedConnection:
         "_in_place",
         "_latency",
         "_queries",
+        "_read",
         "_runs",
         "_timed",
         "_untimed_pairs",
@@ -538,8 +539,9 @@ class TrackedConnection:
         self._latency = 0.0
         self._bytes = 0
         self._runs: dict[str, int] = {}
-        """Runs of each statement through query() and write_many(), which decide the
-        ones sampled."""
+        """Runs of each statement through write_many(), which decide the ones sampled."""
+        self._read: dict[str, list[Any]] = {}
+        """``[None, untimed, timed]`` of each statement through query() (see write())."""
         self._written: dict[str, list[Any]] = {}
         """``[kind, untimed, timed]`` of each statement through write() (one lookup for
         all three; see ``_learn_write``)."""
@@ -579,9 +581,27 @@ class TrackedConnection:
         )
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
-        """Run ``sql`` and return its rows; SQLite errors come back as AtlasError."""
-        started = perf_counter()
+        """Run ``sql`` and return its rows; SQLite errors come back as AtlasError.
+
+        Timed as :meth:`write` times a statement: its first runs, then one in
+        ``SAMPLE_EVERY`` by its own count. ``last_latency`` is 0 for an untimed run,
+        and ``last_weight`` says how many runs a timed one stands for.
+        """
+        try:
+            entry = self._read[sql]
+        except KeyError:
+            entry = [None, 0, 0]  # [unused, untimed, timed], as write()'s (_timed_run)
+            if len(self._read) < _MAX_COUNTED:  # (past the bound, each run is timed)
+                self._read[sql] = entry
+        untimed = entry[1]
+        if untimed:
+            entry[1] = untimed - 1
+            weight = 0
+        else:
+            weight = _timed_run(entry)
+        started = perf_counter() if weight else 0.0
         cursor = self.cursor
+        self._queries += 1
         try:
             cursor.execute(sql, params)
             try:
@@ -593,9 +613,11 @@ class TrackedConnection:
                 rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1
-            self._queries += 1
             raise wrap_sqlite_error(error, sql) from error
-        self._account(sql, started, params, rows)
+        if weight:
+            self.count_timed(perf_counter() - started, weight, params, rows)
+        else:
+            self.last_latency = 0.0
         return rows
 
     def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
@@ -669,6 +691,25 @@ class TrackedConnection:
         except KeyError:
             entry = self._learn_write(sql)
         kind = entry[0]
+        untimed = entry[1]  # (0 for statements returning rows: they are always timed)
+        if untimed and kind is not _OTHER:
+            # An INSERT, UPDATE or DELETE between timed runs: what nearly every run of
+            # a known statement is, so it goes first, straight to SQLite. A
+            # transaction's statements on the lent connection all come here, while
+            # the transactions behind it wait.
+            entry[1] = untimed - 1
+            self._queries += 1
+            try:
+                self.cursor.execute(sql, params)
+            except Exception as error:
+                self._errors += 1
+                raise wrap_sqlite_error(error, sql) from error
+            rowcount = connection.changes()
+            if kind is _INSERTS and rowcount > 0:
+                return _new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ()))
+            if rowcount < 256:
+                return _NO_ROWID_RESULTS[rowcount]
+            return _new_result(WriteResult, (rowcount, None, ()))
         if kind is _RETURNS_ROWS:
             before = connection.last_insert_rowid()
             rows = self.query(sql, params)
@@ -679,8 +720,7 @@ class TrackedConnection:
             )
         before = connection.last_insert_rowid() if kind is _OTHER else 0
         self._queries += 1
-        untimed = entry[1]
-        if untimed:
+        if untimed:  # (a statement of kind _OTHER between timed runs)
             entry[1] = untimed - 1
             weight = 0
         else:

@@ -646,3 +646,29 @@ def test_readers_map_the_file_and_the_writer_does_not(open_storage: object) -> N
     assert db.query("SELECT title FROM tasks") == [("a",)]  # read through the mapping
     unmapped = _uncached(open_storage, path=db.path + "-b", reader_mmap_bytes=0)
     assert unmapped.pool.run_function(lambda c: c.pragma("mmap_size")) == 0
+
+
+def test_reads_on_a_held_connection_are_sampled_and_recorded_by_the_runs_they_stand_for(
+    open_storage: object,
+) -> None:
+    # query() (held connections, transactions) times a statement's first runs, then one
+    # in SAMPLE_EVERY: the workload must still count every run (each timed one
+    # standing for those in between), and the connection every run too.
+    db = _uncached(open_storage)
+    db.workload.reset()
+    runs = 16 * SAMPLE_EVERY
+    lease = db.pool.acquire()
+    try:
+        connection = lease._live()
+        queries = connection.queries
+        timed = 0
+        for _ in range(runs):
+            assert lease.query(_POINT, [1]) == [(1, "a")]
+            timed += connection.last_latency > 0
+        metrics = connection.metrics()
+    finally:
+        lease.release()
+    assert timed < runs // 8  # sampled, not every run timed
+    assert metrics.queries - queries == runs and metrics.latency > 0
+    calls = {s.example: s.calls for s in db.workload.snapshot()}
+    assert abs(calls[_POINT] - runs) <= 0.05 * runs, calls

@@ -695,8 +695,9 @@ class ReaderPool:
             rows = connection.query(sql, params)
         except ReadOnlyError as error:
             raise _read_only(error, sql) from error
-        if self._record_query is not None:
-            self._record_query(sql, connection.last_latency)
+        latency = connection.last_latency
+        if latency and self._record_query is not None:
+            self._record_query(sql, latency, calls=connection.last_weight)  # a timed run
         return rows
 
     def run_function(self, fn: Callable[[apsw.Connection], T], timeout: float | None = None) -> T:

@@ -146,14 +146,15 @@ class Transaction:
             with lease.lock:
                 if lease.state is not _ACTIVE:
                     raise lease.ended_error()
+                info = KNOWN_STATEMENTS.get(sql)
+                if info is None or not info.plain:  # (a plain one controls no transaction)
+                    refuse_transaction_control(sql)  # (write() refuses them itself)
                 writes = self._writes
                 if writes is not None:
-                    info = KNOWN_STATEMENTS.get(sql)
                     if info is None:
                         self._note_tables(writes, sql, params, lease.connection)
                     else:
                         writes.update(info.writes)
-                refuse_transaction_control(sql)  # (write() refuses them itself)
                 rows = lease.connection.query(sql, params)
         except AtlasError as error:
             raised = self._failed_on_writer(lease, error)
