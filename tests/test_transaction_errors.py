@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import AtlasError, DiskIOError, TransactionError
+from atlas_actors.errors import AtlasError, DiskIOError, OperationTimeout, TransactionError
 from atlas_actors.faults import FaultyVFS
 
 
@@ -117,3 +119,33 @@ def test_a_table_dropped_after_its_write_leaves_the_tables_unknown(kv: atlas.Sto
         tx.execute("DROP TABLE scratch")
     assert _cached(kv, 2) == "c"
     assert tx.operations == 3
+
+
+def test_a_lease_granted_after_its_wait_timed_out_goes_back_at_once(
+    open_storage: Callable[..., atlas.Storage], db_path: Path
+) -> None:
+    # The writer took the request, then waited for SQLite's write lock (held by another
+    # connection) past the caller's deadline: the caller gave up ("may have been
+    # applied"), and the lease granted afterwards had nobody to give it back. It then
+    # stopped every write until its own timeout, and made its thread's next write a
+    # deadlock with itself.
+    db = open_storage(default_timeout=0.5, busy_timeout=3.0, transaction_timeout=20.0)
+    db.execute("CREATE TABLE t(a)")
+    other = apsw.Connection(str(db_path))
+    other.execute("BEGIN IMMEDIATE")
+    unlock = threading.Timer(0.8, other.execute, ["COMMIT"])
+    unlock.start()
+    try:
+        with pytest.raises(OperationTimeout) as timed_out, db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (1)")
+        assert timed_out.value.applied is None  # the writer had taken the request
+    finally:
+        unlock.join()
+        other.close()
+    assert db.write("INSERT INTO t VALUES (2)", timeout=2).rowcount == 1  # this thread
+    elsewhere = threading.Thread(target=db.write, args=("INSERT INTO t VALUES (3)",))
+    elsewhere.start()
+    elsewhere.join(2)
+    assert not elsewhere.is_alive()
+    assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [2, 3]
+    assert db.transactions.status().lease_holder is None

@@ -39,6 +39,7 @@ from atlas_actors.errors import (
     TransactionError,
     ValidationError,
 )
+from atlas_actors.future import Future
 from atlas_actors.rows import Row
 from atlas_actors.transaction.deadlock import WaitForGraph
 from atlas_actors.transaction.isolation import IsolationLevel, check_isolation
@@ -376,12 +377,17 @@ class Transaction:
         graph = manager.graph
         recorded = graph.check(me, LEASE, advice=self._lease_advice, record=True)
         try:
-            granted: Lease = manager.storage.writer.submit_lease(
+            request = manager.storage.writer.submit_lease(
                 LeaseRequest,
                 f"transaction {self.id}: lease",
                 (self.id, self._timeout, expected),
                 writable=True,
-            ).get()
+            )
+            try:
+                granted: Lease = request.get()
+            except BaseException:
+                self._abandon(request)
+                raise
         except AtlasError as error:
             self._fail(error)
             raise
@@ -392,6 +398,37 @@ class Transaction:
         if self._reader is not None:
             self._drop_reader()  # from now on the writer serves every statement
         return granted
+
+    def _abandon(self, request: Future[Lease]) -> None:
+        """The wait for the lease ended without it (a timeout, an interrupt): let it go.
+
+        Withdrawn if nobody took the request yet. Else the writer (or a committing
+        transaction) took it and grants the lease shortly, once SQLite's write lock is
+        free: the lease goes straight back, rolled back. Held by a thread that stopped
+        waiting, it would stop every other write until its timeout, and make that
+        thread's next write a deadlock with itself.
+        """
+        if request.claim():
+            return  # withdrawn: the writer skips it
+        # Past the call's deadline: what the writer waits for (the write lock) is bounded.
+        request.deadline = time.monotonic() + self._storage.config.busy_timeout + 1.0
+        try:
+            lease = request.get()
+        except BaseException:
+            return  # refused (or still not granted: then the lease's timeout ends it)
+        savepoint = lease.savepoint
+        try:
+            try:
+                lease.give_back(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
+            except TransactionError:
+                return  # revoked already: the writer has it back
+            except AtlasError as error:
+                self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+                self._send_back_refused(lease)
+                return
+            self._manager.return_lease(self, lease, commit=False)
+        except AtlasError as error:  # the caller gets the error that ended its wait
+            self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
 
     def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
         try:
