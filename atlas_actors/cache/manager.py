@@ -37,6 +37,7 @@ from atlas_actors.cache.disk import DiskStore
 from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
+from atlas_actors.query._tokens import significant, tokenize
 from atlas_actors.rows import Row, row_class
 
 if TYPE_CHECKING:
@@ -228,9 +229,14 @@ class CacheManager:
         return self._miss(key, sql, params, bound, timeout, l1, reuse)
 
     def _normalize(self, sql: str) -> str:
+        """``sql`` as a cache key: its tokens one space apart, without comments.
+
+        Texts that differ only in layout share an entry; a string literal or a quoted
+        name keeps its own spaces (``'a b'`` and ``'a  b'`` are other statements).
+        """
         normal = self._normal.get(sql)
         if normal is None:
-            normal = " ".join(sql.split())
+            normal = " ".join(token.text for token in significant(tokenize(sql)))
             if len(self._normal) < 20_000:
                 self._normal[sql] = normal
         return normal

@@ -66,6 +66,23 @@ def test_a_repeated_read_is_served_from_memory(kv: atlas.Storage) -> None:
     assert 0 <= after.page_cache_hit_rate <= 1
 
 
+def test_statements_that_differ_only_inside_a_literal_are_cached_apart(
+    kv: atlas.Storage,
+) -> None:
+    # The key ignores layout between tokens, never what a quoted token holds.
+    kv.write_many("INSERT INTO other VALUES (?, ?)", [(100, "a b"), (101, "a  b"), (102, "a--b")])
+    one = "SELECT k FROM other WHERE v = 'a b'"
+    assert _cached_query(kv, one) == [(100,)]
+    assert kv.query("SELECT k FROM other WHERE v = 'a  b'") == [(101,)]
+    named = 'SELECT k AS "the key" FROM other WHERE k = 100'
+    assert _cached_query(kv, named)[0]._fields == ("the key",)
+    assert kv.query(named.replace("the key", "the  key"))[0]._fields == ("the  key",)
+    assert kv.query("SELECT k FROM other WHERE v = 'a--b'") == [(102,)]
+    hits = kv.cache.stats().l1_hits
+    assert kv.query("SELECT k FROM other /* a comment */ WHERE v = 'a b'") == [(100,)]
+    assert kv.cache.stats().l1_hits == hits + 1  # the same statement: the same entry
+
+
 def test_the_caller_cannot_change_what_the_cache_holds(kv: atlas.Storage) -> None:
     _cached(kv, 2)
     rows = kv.query(READ, [2])
