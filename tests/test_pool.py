@@ -672,3 +672,17 @@ def test_reads_on_a_held_connection_are_sampled_and_recorded_by_the_runs_they_st
     assert metrics.queries - queries == runs and metrics.latency > 0
     calls = {s.example: s.calls for s in db.workload.snapshot()}
     assert abs(calls[_POINT] - runs) <= 0.05 * runs, calls
+
+
+def test_a_transaction_left_open_on_a_lent_connection_ends_when_it_goes_back(
+    open_storage: object,
+) -> None:
+    # With one reader, the next read gets that very connection: it must see the write
+    # acknowledged after the borrower's snapshot, not the snapshot.
+    db = _uncached(open_storage, readers=1, max_readers=1)
+    with db.pool.connection() as lent:
+        lent.execute("BEGIN")
+        assert lent.execute("SELECT count(*) FROM tasks") == [(1,)]
+    db.write("INSERT INTO tasks(title) VALUES ('b')")
+    assert db.query("SELECT count(*) FROM tasks") == [(2,)]
+    assert db.pool.status().total == 1

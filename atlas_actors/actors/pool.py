@@ -438,6 +438,14 @@ class ReaderPool:
             return
         if "checkin" in self.events.active:
             self._emit("checkin", connection)
+        if connection.connection.in_transaction and connection.usable:
+            # Left open by its borrower (BEGIN through a lent connection): every later
+            # read on it would see that old snapshot, not the acknowledged writes since.
+            try:
+                connection.cursor.execute("ROLLBACK")
+            except apsw.Error:
+                log.warning("could not end the transaction a borrower left open on %s", connection)
+                connection.usable = False  # disposed of below
         if not connection.usable or self.closed is not None:
             self._dispose(connection)
             return
