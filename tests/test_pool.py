@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import itertools
 import logging
@@ -686,3 +687,31 @@ def test_a_transaction_left_open_on_a_lent_connection_ends_when_it_goes_back(
     db.write("INSERT INTO tasks(title) VALUES ('b')")
     assert db.query("SELECT count(*) FROM tasks") == [(2,)]
     assert db.pool.status().total == 1
+
+
+def test_a_waiter_interrupted_as_a_connection_reaches_it_gives_the_connection_back(
+    open_storage: object,
+) -> None:
+    # The release hands the only connection to the waiting thread, which is interrupted
+    # (an asynchronous KeyboardInterrupt, as Ctrl-C is for the main thread) as it wakes.
+    db = _uncached(open_storage, readers=1, max_readers=1)
+    held = db.pool.acquire()
+    outcome: list[object] = []
+
+    def wait_for_a_read() -> None:
+        try:
+            outcome.append(db.query("SELECT count(*) FROM tasks", timeout=10))
+        except BaseException as error:  # the interrupt, caught to end the thread quietly
+            outcome.append(error)
+
+    waiter = threading.Thread(target=wait_for_a_read)
+    waiter.start()
+    assert wait_until(lambda: db.pool.status().waiting_requests == 1, timeout=5)
+    held.release()  # hands the connection over to the waiter, still claimed
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(waiter.ident or 0), ctypes.py_object(KeyboardInterrupt)
+    )
+    waiter.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], KeyboardInterrupt), outcome
+    assert db.query("SELECT count(*) FROM tasks", timeout=2) == [(1,)]
+    assert db.pool.status().active == 0

@@ -365,11 +365,17 @@ class ReaderPool:
                             self._serve(connection)
                             break
                     self._maybe_grow()
-        finally:
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, say): a connection handed over meanwhile
+            # goes back, or nobody ever releases it.
             with self._cond:
-                if waiter.connection is None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                    self._waiting -= 1
+                self._forget(waiter)
+                handed = waiter.connection  # (_serve sets it under the lock)
+            if handed is not None:
+                self.release(handed)
+            raise
+        with self._cond:
+            self._forget(waiter)
         connection = waiter.connection
         if connection is not None:
             self._adopt_if_free(connection)
@@ -381,6 +387,12 @@ class ReaderPool:
             limit,
             applied=False,
         )
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of the queue if no connection reached it (under the lock)."""
+        if waiter.connection is None and waiter in self._waiters:
+            self._waiters.remove(waiter)
+            self._waiting -= 1
 
     def _adopt_if_free(self, connection: TrackedConnection) -> None:
         """Make a handed-over connection the calling thread's own if nobody's it is.
