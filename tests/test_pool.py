@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import inspect
 import itertools
@@ -715,3 +716,41 @@ def test_a_waiter_interrupted_as_a_connection_reaches_it_gives_the_connection_ba
     assert len(outcome) == 1 and isinstance(outcome[0], KeyboardInterrupt), outcome
     assert db.query("SELECT count(*) FROM tasks", timeout=2) == [(1,)]
     assert db.pool.status().active == 0
+
+
+def test_readers_retired_by_a_shrink_while_reading_close_when_their_reads_end(
+    open_storage: object,
+) -> None:
+    # Both connections are busy when the pool shrinks to one: the reader marked retiring
+    # must close once its read ends, whichever path gave the connection back (first
+    # round: the general one; second: the fast path of threads with a connection of
+    # their own and a statement they know).
+    db = _uncached(open_storage, readers=2, max_readers=2)
+    count = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+        "SELECT count(*) FROM c"
+    )
+
+    def running() -> list[str]:
+        children = db.supervisor.status().children
+        return [c.role for c in children if c.role.startswith("reader") and c.state == "running"]
+
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        for warm in (False, True):
+            if warm:  # each thread learns the statement on a connection of its own
+                gate = threading.Barrier(2)
+
+                def learn(_: int, gate: threading.Barrier = gate) -> None:
+                    gate.wait(5)
+                    for _ in range(8):
+                        db.query(count, [1])
+
+                list(threads.map(learn, range(2)))
+            reads = [threads.submit(db.query, count, [400_000]) for _ in range(2)]
+            assert wait_until(lambda: db.pool.status().active == 2, timeout=5)
+            db.pool.resize(1)
+            assert [r.result(10) for r in reads] == [[(400_000,)]] * 2
+            assert wait_until(lambda: len(running()) == 1, timeout=5), running()
+            assert db.pool.status().total == 1
+            db.pool.resize(2)
+            assert wait_until(lambda: db.pool.status().total == 2, timeout=5)

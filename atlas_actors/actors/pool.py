@@ -615,7 +615,7 @@ class ReaderPool:
                 if stale:
                     connection.lock.release()
                     return pool._query_general(sql, params, timeout)
-                if count >= recycle_after:
+                if count >= recycle_after or not connection.usable:  # (retired meanwhile)
                     pool.release(connection)
                 else:
                     connection.lock.token.add(True)  # released (Claim.release(), cheaper)
@@ -666,7 +666,11 @@ class ReaderPool:
             self.release(connection)
             raise
         latency = connection.last_latency
-        if connection.queries >= self._recycle_queries or "checkin" in self.events.active:
+        if (
+            connection.queries >= self._recycle_queries
+            or "checkin" in self.events.active
+            or not connection.usable  # retired while it ran (a shrink): closed by release()
+        ):
             self.release(connection)
         else:
             connection.lock.release()
@@ -782,7 +786,11 @@ class ReaderPool:
         for connection in self._connections:
             if connection.affinity is not None and connection.affinity not in alive:
                 connection.affinity = None  # its thread ended: free for adoption
-            if connection.owner.retiring or not connection.lock.acquire(False):
+            if connection.owner.retiring:
+                if not connection.usable and connection.lock.acquire(False):
+                    self.release(connection)  # its reader retired while it was lent: close
+                continue
+            if not connection.lock.acquire(False):
                 continue  # in use: next tick
             if not connection.usable:
                 self._let_go(connection)
