@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -199,6 +200,12 @@ class WriterActor(RoleActor):
         self._lease_queue: deque[LeaseRequest] = deque()
         self._chained: deque[LeaseReturn] = deque()  # handed over, acked at COMMIT
         self._chain_length = 0
+        self._handing_over = threading.Lock()
+        """Held by a hand-over (in a committing transaction's thread) while it changes
+        the lease, and by a stop or crash before they take the lease back."""
+        self._ending = False
+        """Set (under ``_handing_over``) once this incarnation stops or crashes: no
+        transaction hands the lease on any more."""
         self._schema_version = 0
         self._batch_tables: set[str] | None = set()
         self._wrote_frames = False
@@ -253,12 +260,30 @@ class WriterActor(RoleActor):
 
     def on_stop(self) -> None:
         """Graceful stop: end a lease, run what waited behind it, commit, close."""
-        if self._lease is not None:
+        self._stop_handing_over()
+        lease = self._lease
+        if lease is not None:
             # Puts what waited behind the lease back in front of the mailbox.
             self._revoke(
-                self._lease,
+                lease,
                 TransactionAborted("the storage is closing; the transaction was rolled back"),
             )
+            if self._lease is lease:
+                # Given back, and its return not here yet: that commit would not be
+                # acknowledged (its caller hears the storage closed, or that the lease
+                # was lost), so nothing of the batch may commit. Its writes run again.
+                self._lease = None
+                self.hooks.lease_ended(lease)
+                self._absorb_chain()
+                connection = self.connection
+                if connection is not None and connection.connection.in_transaction:
+                    connection.cursor.execute("ROLLBACK")
+                self._batch_lost(
+                    TransactionAborted(
+                        f"the storage closed before transaction {lease.tx_id}'s commit "
+                        "reached the writer; the batch was rolled back: run it again"
+                    )
+                )
         self._absorb_chain()
         self.mailbox.replay([*self._take_lease_queue(), *self._stash])
         self._stash = []
@@ -277,6 +302,7 @@ class WriterActor(RoleActor):
     def on_crash(self, current: Op | None, error: BaseException | None) -> None:
         """Roll back the open batch; replay what had no effect, fail what may have."""
         super().on_crash(current, error)
+        self._stop_handing_over()
         lease, self._lease = self._lease, None
         if lease is not None:
             lease.revoke(
@@ -302,6 +328,11 @@ class WriterActor(RoleActor):
         self._close("crash")  # closing rolls the open transaction back
         if replay:
             self.mailbox.replay(replay)
+
+    def _stop_handing_over(self) -> None:
+        """From now on no transaction hands the lease on; one doing so has finished."""
+        with self._handing_over:
+            self._ending = True
 
     @staticmethod
     def _crash_error(op: Op, error: BaseException | None) -> AtlasError:
@@ -1051,54 +1082,58 @@ class WriterActor(RoleActor):
         and lets the writer commit; that happens when no transaction waits, the next
         one needs a version check, or the batch reached its bounds.
         """
-        config = self.config
-        now = time.monotonic()
-        if (
-            self._lease is not lease
-            or self._chain_length >= config.max_batch_size
-            or now - self._batch_started >= config.max_batch_delay
-        ):
-            return False
-        waiting = self._lease_queue
-        while True:  # the first queued request this return may be granted (claimed)
-            try:
-                request = waiting.popleft()
-            except IndexError:
+        # Under a lock a stop or crash takes too: either it comes first (and nothing is
+        # handed on), or the hand-over is done, its successor in place, before it looks.
+        with self._handing_over:
+            config = self.config
+            now = time.monotonic()
+            if (
+                self._ending
+                or self._lease is not lease
+                or self._chain_length >= config.max_batch_size
+                or now - self._batch_started >= config.max_batch_delay
+            ):
                 return False
-            if request.expected_version is not None:
-                waiting.appendleft(request)  # the writer compares it with committed state
-                return False
-            if not request.claim():
-                continue  # its caller gave up waiting
-            if now <= request.deadline:
-                break
-            request.fail(
-                OperationTimeout(
-                    "waiting for the writer lease", now - request.enqueued_at, applied=False
+            waiting = self._lease_queue
+            while True:  # the first queued request this return may be granted (claimed)
+                try:
+                    request = waiting.popleft()
+                except IndexError:
+                    return False
+                if request.expected_version is not None:
+                    waiting.appendleft(request)  # the writer compares it with committed state
+                    return False
+                if not request.claim():
+                    continue  # its caller gave up waiting
+                if now <= request.deadline:
+                    break
+                request.fail(
+                    OperationTimeout(
+                        "waiting for the writer lease", now - request.enqueued_at, applied=False
+                    )
                 )
+            savepoint = f"tx{request.tx_id}"
+            connection = lease.connection
+            try:
+                connection.cursor.execute("SAVEPOINT " + savepoint)
+            except apsw.Error as error:
+                request.fail(wrap_sqlite_error(error, "SAVEPOINT"))
+                return False
+            successor = Lease(
+                request.tx_id, savepoint, connection, request.owner, request.lease_timeout
             )
-        savepoint = f"tx{request.tx_id}"
-        connection = lease.connection
-        try:
-            connection.cursor.execute("SAVEPOINT " + savepoint)
-        except apsw.Error as error:
-            request.fail(wrap_sqlite_error(error, "SAVEPOINT"))
-            return False
-        successor = Lease(
-            request.tx_id, savepoint, connection, request.owner, request.lease_timeout
-        )
-        successor.hand_over = lease.hand_over  # (this method, bound once at the grant)
-        self._chained.append(ret)
-        self._chain_length += 1
-        self.counters.handovers += 1
-        self._lease = successor
-        hooks = self.hooks
-        if hooks.lease_passed is not None:
-            hooks.lease_passed(lease, successor)
-        else:
-            hooks.lease_ended(lease)
-            hooks.lease_granted(successor)
-        request.future.set_result(successor)
+            successor.hand_over = lease.hand_over  # (this method, bound once at the grant)
+            self._chained.append(ret)
+            self._chain_length += 1
+            self.counters.handovers += 1
+            self._lease = successor
+            hooks = self.hooks
+            if hooks.lease_passed is not None:
+                hooks.lease_passed(lease, successor)
+            else:
+                hooks.lease_ended(lease)
+                hooks.lease_granted(successor)
+        request.future.set_result(successor)  # wakes the next transaction
         return True
 
     def _absorb_chain(self) -> None:

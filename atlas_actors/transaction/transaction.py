@@ -336,7 +336,10 @@ class Transaction:
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
         with lease.lock:  # the writer may have revoked the lease and be using the connection
             revoked = lease.state is not LeaseState.ACTIVE
-            lost = not revoked and not lease.connection.connection.in_transaction
+            try:
+                lost = not revoked and not lease.connection.connection.in_transaction
+            except apsw.Error:
+                lost = True  # closed under it (the writer crashed): nothing of it is left
         if revoked:
             ended = lease.ended_error()  # the writer rolled it back (or replayed the batch)
             self._fail(ended)
