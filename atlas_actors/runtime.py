@@ -31,7 +31,7 @@ from atlas_actors.actors.writer_ops import LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.manager import CacheManager
-from atlas_actors.cache.statements import forget as forget_statements
+from atlas_actors.cache.statements import StatementAnalyses
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import TrackedConnection, open_connection
 from atlas_actors.errors import (
@@ -102,12 +102,15 @@ class Runtime:
         self._reader_ids = itertools.count()
         self.workload = WorkloadRecorder()
         """Every read's statement and latency, for ``optimizer.advise()``."""
+        self.statements = StatementAnalyses()
+        """What this database's statements read and write (the cache's invalidation)."""
         self.pool = ReaderPool(
             config=config,
             events=self.events,
             grow=self._grow_reader,
             retire=self._retire_reader,
             record_query=self.workload.record,
+            statements=self.statements,
         )
         """The reader pool: ``acquire()``, ``status()``, ``resize(n)``."""
         self.optimizer = Optimizer(
@@ -234,6 +237,7 @@ class Runtime:
                 lease_passed=self._lease_passed,
             ),
             connect=lambda: self._connect(writer=True),
+            statements=self.statements,
             role=role,
             incarnation=incarnation,
             mailbox=mailbox,
@@ -430,7 +434,7 @@ class Runtime:
 
     def _schema_changed(self) -> None:
         self._schema_generation += 1
-        forget_statements()  # views and triggers may read or write other tables now
+        self.statements.forget()  # views and triggers may read or write other tables now
         self.pool.forget_names()  # SELECT * and views may name other columns now
         self.cache.invalidate_all("the schema changed")
 

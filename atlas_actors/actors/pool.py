@@ -34,7 +34,7 @@ import apsw
 from pykka._envelope import Envelope
 
 from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
-from atlas_actors.cache.statements import StatementInfo, analyze
+from atlas_actors.cache.statements import StatementAnalyses, StatementInfo
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import (
     _RECHECK_EVERY,
@@ -197,9 +197,12 @@ class ReaderPool:
         grow: Callable[[], bool],
         retire: Callable[[str], None],
         record_query: Callable[..., None] | None = None,
+        statements: StatementAnalyses | None = None,
     ) -> None:
         self.config = config
         self.events = events
+        self.statements = statements or StatementAnalyses()
+        """What the storage's statements touch (shared with its writer)."""
         self._grow = grow
         self._retire = retire
         self._record_query = record_query
@@ -700,7 +703,7 @@ class ReaderPool:
             connection.lock.release()
             connection = self._take(timeout)
         try:
-            info = analyze(connection.connection, sql, params)
+            info = self.statements.analyze(connection.connection, sql, params)
             rows = connection.query_fast(sql, params, self._names)
             latency = connection.last_latency
         except ReadOnlyError as error:

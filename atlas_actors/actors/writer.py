@@ -57,7 +57,7 @@ from atlas_actors.actors.writer_ops import (
     unmark_writer_thread,
 )
 from atlas_actors.cache.dependencies import RowImage
-from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
+from atlas_actors.cache.statements import StatementAnalyses
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import Params, TrackedConnection, WriteResult, changes_schema
 from atlas_actors.errors import (
@@ -164,9 +164,12 @@ class WriterActor(RoleActor):
         counters: WriterCounters,
         hooks: WriterHooks,
         connect: Callable[[], apsw.Connection],
+        statements: StatementAnalyses | None = None,
         **base: Any,
     ) -> None:
         super().__init__(**base)
+        self.statements = statements or StatementAnalyses()
+        """What the database's statements touch (the storage's, shared with readers)."""
         self.config = config
         self.events = events
         self.tracing = tracing
@@ -771,6 +774,7 @@ class WriterActor(RoleActor):
             elif kind is UnitOfWorkOp:
                 self._batch_tables = None  # a function's statements are not known
                 return
+        known = self.statements.known
         for sql, params in statements.items():
             if changes_schema(sql):
                 # What the batch's other statements wrote is analysed here, after they
@@ -779,10 +783,10 @@ class WriterActor(RoleActor):
                 self._batch_plain = False
                 self._batch_tables = None
                 return
-            info = KNOWN_STATEMENTS.get(sql)  # analyze()'s own cache, without the call
+            info = known.get(sql)  # analyze()'s own cache, without the call
             if info is None:
                 try:
-                    info = analyze(raw, sql, params)
+                    info = self.statements.analyze(raw, sql, params)
                 except apsw.Error:
                     self._batch_tables = None  # cannot tell: the cache drops everything
                     return

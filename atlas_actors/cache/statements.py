@@ -3,8 +3,8 @@
 SQLite calls the authorizer while it prepares a statement, once per table, column and
 function the statement (and its views and triggers) touches
 (https://sqlite.org/c3ref/set_authorizer.html). Preparing a statement in EXPLAIN mode
-runs nothing, so :func:`analyze` learns a statement's tables and functions without side
-effects; the answer is kept per statement text.
+runs nothing, so :meth:`StatementAnalyses.analyze` learns a statement's tables and
+functions without side effects; each storage keeps the answers per statement text.
 
 A result is cacheable only when it is deterministic: every function it calls is known
 to give the same answer for the same input and database content. Date and time
@@ -22,7 +22,7 @@ import apsw
 from atlas_actors.cache.dependencies import TableShape, Template, fold, table_shape, template
 from atlas_actors.query._sqlinfo import null_bindings
 
-__all__ = ["DETERMINISTIC_FUNCTIONS", "KNOWN_STATEMENTS", "StatementInfo", "analyze"]
+__all__ = ["DETERMINISTIC_FUNCTIONS", "StatementAnalyses", "StatementInfo", "analyze"]
 
 _DETERMINISTIC_NAMES = """
     abs char coalesce concat concat_ws format glob hex ifnull iif if instr length like
@@ -123,81 +123,96 @@ class _Capture:
         return apsw.SQLITE_OK
 
 
-_known: dict[str, StatementInfo] = {}
-KNOWN_STATEMENTS = _known
-"""What :func:`analyze` learnt, by statement text (cleared in place on schema changes):
-a hot path may look its statement up here before paying for the call."""
-_shapes: dict[str, TableShape | None] = {}
 _UNKNOWN = object()
-_epoch = [0]  # bumped by forget(): analyses begun before it are not kept
-_known_lock = threading.Lock()
+
+
+class StatementAnalyses:
+    """What :meth:`analyze` learnt about statements on one database, by statement text.
+
+    One per storage: the same text means other tables on another database (its own
+    triggers, views, column order), so two storages in one process never share one.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[str, StatementInfo] = {}
+        """The analyses by statement text (cleared in place on schema changes): a hot
+        path may look its statement up here before paying for the call."""
+        self._shapes: dict[str, TableShape | None] = {}
+        self._epoch = 0  # bumped by forget(): analyses begun before it are not kept
+        self._lock = threading.Lock()
+
+    def analyze(self, connection: apsw.Connection, sql: str, params: Any = None) -> StatementInfo:
+        """Learn what ``sql`` touches by preparing it in EXPLAIN mode (cached per text).
+
+        Must run in the thread that currently owns ``connection``. Raises what SQLite
+        raises for an invalid statement.
+        """
+        info = self.known.get(sql)
+        if info is not None:
+            return info
+        epoch = self._epoch  # a schema change meanwhile: use the answer once, keep nothing
+        capture = _Capture()
+        previous = connection.authorizer
+        connection.authorizer = capture
+        if params is None:
+            params = null_bindings(sql)  # EXPLAIN needs every parameter bound; values don't matter
+        try:
+            connection.cursor().execute(sql, params, explain=1).fetchall()
+        finally:
+            connection.authorizer = previous
+        cacheable = (
+            capture.deterministic
+            and not capture.writes
+            and not capture.schema
+            and not capture.other_database
+            and bool(capture.reads)
+        )
+        info = StatementInfo(
+            reads=frozenset(capture.reads),
+            writes=frozenset(capture.writes),
+            cacheable=cacheable,
+            schema=capture.schema,
+            template=self._template(connection, sql, capture.reads) if cacheable else None,
+            plain=capture.plain,
+        )
+        with self._lock:
+            if len(self.known) < 20_000 and epoch == self._epoch:
+                self.known[sql] = info
+        return info
+
+    def _template(self, connection: apsw.Connection, sql: str, reads: set[str]) -> Template | None:
+        """The statement's equality terms, if it reads one ordinary table by name."""
+        if len(reads) != 1:
+            return None
+        (read,) = reads
+
+        def shape_of(name: str) -> TableShape | None:
+            if fold(name) != fold(read):
+                return None  # the statement names something else (a view, say)
+            known = self._shapes.get(read, _UNKNOWN)
+            if known is not _UNKNOWN:
+                return known  # type: ignore[return-value]
+            epoch = self._epoch
+            shape = table_shape(connection, read)
+            with self._lock:
+                if epoch == self._epoch:
+                    self._shapes[read] = shape
+            return shape
+
+        return template(sql, shape_of)
+
+    def forget(self) -> None:
+        """Drop every cached analysis (after a schema change: views may have changed)."""
+        with self._lock:
+            self._epoch += 1
+            self.known.clear()
+            self._shapes.clear()
 
 
 def analyze(connection: apsw.Connection, sql: str, params: Any = None) -> StatementInfo:
-    """Learn what ``sql`` touches by preparing it in EXPLAIN mode (cached per text).
+    """What ``sql`` touches on ``connection``'s database, analysed afresh (nothing kept).
 
-    Must run in the thread that currently owns ``connection``. Raises what SQLite
-    raises for an invalid statement.
+    A storage keeps its own analyses (:class:`StatementAnalyses`); this is for one-off
+    use. Must run in the thread that owns ``connection``.
     """
-    info = _known.get(sql)
-    if info is not None:
-        return info
-    epoch = _epoch[0]  # a schema change meanwhile: use the answer once, keep nothing
-    capture = _Capture()
-    previous = connection.authorizer
-    connection.authorizer = capture
-    if params is None:
-        params = null_bindings(sql)  # EXPLAIN needs every parameter bound; values don't matter
-    try:
-        connection.cursor().execute(sql, params, explain=1).fetchall()
-    finally:
-        connection.authorizer = previous
-    cacheable = (
-        capture.deterministic
-        and not capture.writes
-        and not capture.schema
-        and not capture.other_database
-        and bool(capture.reads)
-    )
-    info = StatementInfo(
-        reads=frozenset(capture.reads),
-        writes=frozenset(capture.writes),
-        cacheable=cacheable,
-        schema=capture.schema,
-        template=_template(connection, sql, capture.reads) if cacheable else None,
-        plain=capture.plain,
-    )
-    with _known_lock:
-        if len(_known) < 20_000 and epoch == _epoch[0]:
-            _known[sql] = info
-    return info
-
-
-def _template(connection: apsw.Connection, sql: str, reads: set[str]) -> Template | None:
-    """The statement's equality terms, if it reads one ordinary table by name."""
-    if len(reads) != 1:
-        return None
-    (read,) = reads
-
-    def shape_of(name: str) -> TableShape | None:
-        if fold(name) != fold(read):
-            return None  # the statement names something else (a view, say)
-        known = _shapes.get(read, _UNKNOWN)
-        if known is not _UNKNOWN:
-            return known  # type: ignore[return-value]
-        epoch = _epoch[0]
-        shape = table_shape(connection, read)
-        with _known_lock:
-            if epoch == _epoch[0]:
-                _shapes[read] = shape
-        return shape
-
-    return template(sql, shape_of)
-
-
-def forget() -> None:
-    """Drop every cached analysis (after a schema change: views may have changed)."""
-    with _known_lock:
-        _epoch[0] += 1
-        _known.clear()
-        _shapes.clear()
+    return StatementAnalyses().analyze(connection, sql, params)

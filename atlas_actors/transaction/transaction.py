@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import apsw
 
 from atlas_actors.actors.writer_ops import LeaseRequest, LeaseReturn
-from atlas_actors.cache.statements import KNOWN_STATEMENTS, analyze
 from atlas_actors.connection import (
     Params,
     TrackedConnection,
@@ -97,6 +96,7 @@ class Transaction:
         self._manager = manager
         self._storage = manager.storage
         self._timeout = manager.transaction_timeout if timeout is None else timeout
+        self._known = manager.statements.known
         self._writes: set[str] | None = set() if manager.tracks_writes else None
         """The tables written, noted only for a cache; None if not noted or unknown."""
 
@@ -116,7 +116,7 @@ class Transaction:
                     raise lease.ended_error()
                 writes = self._writes
                 if writes is not None:
-                    info = KNOWN_STATEMENTS.get(sql)  # analyze()'s cache, without the call
+                    info = self._known.get(sql)  # analyze()'s cache, without the call
                     if info is None:
                         self._note_tables(writes, sql, params, lease.connection)
                     else:
@@ -147,7 +147,7 @@ class Transaction:
             with lease.lock:
                 if lease.state is not _ACTIVE:
                     raise lease.ended_error()
-                info = KNOWN_STATEMENTS.get(sql)
+                info = self._known.get(sql)
                 if info is None or not info.plain:  # (a plain one controls no transaction)
                     refuse_transaction_control(sql)  # (write() refuses them itself)
                 writes = self._writes
@@ -297,7 +297,7 @@ class Transaction:
     ) -> None:
         """Add the tables ``sql`` changes to ``writes``, analysing it first (a new text)."""
         try:
-            info = analyze(connection.connection, sql, params)
+            info = self._manager.statements.analyze(connection.connection, sql, params)
         except apsw.Error:
             self._writes = None  # unknown from now on; the statement fails next, typed
             return
@@ -586,6 +586,8 @@ class TransactionManager:
         config = storage.config
         self.transaction_timeout: float = config.transaction_timeout
         """How long a transaction may hold the writer lease unless it says otherwise."""
+        self.statements = storage.statements
+        """What the database's statements touch (the storage's analyses)."""
         self.tracks_writes: bool = config.cache
         """Whether transactions note the tables they write (only a cache needs them)."""
         self.graph = WaitForGraph()

@@ -595,3 +595,31 @@ def test_watching_the_wal_index_keeps_sqlites_lock_on_it(kv: atlas.Storage, db_p
             [sys.executable, "-c", CHILD_WRITE, str(db_path), f"lock {round_}"], check=True
         )
         assert counter() == before + 1
+
+
+def test_two_storages_never_share_what_a_statement_touches(
+    open_storage: Callable[..., atlas.Storage], tmp_path: Path
+) -> None:
+    # The same text on another database: here a trigger writes a second table, and a
+    # table's columns stand in another order (a row-level template's column index).
+    plain = open_storage(tmp_path / "plain.db", cache_disk_min_seconds=0)
+    other = open_storage(tmp_path / "other.db", cache_disk_min_seconds=0)
+    plain.execute("CREATE TABLE t(a INTEGER, b INTEGER)")
+    other.execute(
+        "CREATE TABLE t(b INTEGER, a INTEGER); CREATE TABLE audit(x);"
+        "CREATE TRIGGER t_audit AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (new.a); END"
+    )
+    insert, count, by_a = (
+        "INSERT INTO t(a, b) VALUES (?, ?)",
+        "SELECT count(*) FROM audit",
+        "SELECT b FROM t WHERE a = ?",
+    )
+    plain.write(insert, [5, 1])  # analysed on the storage without the trigger
+    plain.query(by_a, [5])  # and its template, with a as column 0
+    other.write(insert, [5, 1])
+    assert _cached_query(other, count) == [(1,)]
+    assert other.query(by_a, [5]) == other.query(by_a, [5]) == [(1,)]
+    other.write(insert, [6, 2])  # its trigger writes audit
+    other.write("UPDATE t SET b = 99 WHERE a = 5")
+    assert other.query(count) == [(2,)]
+    assert other.query(by_a, [5]) == [(99,)]
