@@ -111,6 +111,7 @@ class Runtime:
             retire=self._retire_reader,
             record_query=self.workload.record,
             statements=self.statements,
+            check_wait=self._check_reader_wait,
         )
         """The reader pool: ``acquire()``, ``status()``, ``resize(n)``."""
         self.optimizer = Optimizer(
@@ -472,6 +473,29 @@ class Runtime:
                 self._expiry_sent.add(lease.tx_id)
                 # In front of the mailbox: a stuck transaction blocks every write behind it.
                 self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
+
+    def _check_reader_wait(self) -> Callable[[], None] | None:
+        """Before a caller queues for a reader: refuse a wait that closes a cycle.
+
+        Only a thread holding something can close one: the writer lease (a transaction
+        holding it, reading outside it while the only readers are pinned by snapshots
+        that wait for the lease). Returns what ends the recorded wait, or None.
+        """
+        me = threading.get_ident()
+        if me not in self.guarded_threads:
+            return None
+        graph = self.transactions.graph
+        if not graph.check(
+            me,
+            "pool:readers",
+            all_units_taken=self.pool.exhausted,
+            record=True,
+            advice="this thread holds the writer lease, and the readers are taken by "
+            "transactions waiting for it: read through the transaction (tx.query), or "
+            "commit first",
+        ):
+            return None
+        return lambda: graph.done_waiting(me)
 
     def _lease_granted(self, lease: Lease) -> None:
         self._leases[lease.tx_id] = lease

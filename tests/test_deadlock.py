@@ -17,6 +17,7 @@ from atlas_actors.actors.writer_ops import _writer_threads, in_writer_thread
 from atlas_actors.errors import DeadlockError
 from atlas_actors.transaction.lease import Lease
 from atlas_actors.transaction.transaction import LEASE
+from tests.helpers import wait_until
 
 
 def test_a_function_in_the_writer_that_writes_through_the_storage_gets_deadlock_error(
@@ -141,6 +142,46 @@ def test_a_cycle_through_the_reader_pool_is_detected(open_storage: object) -> No
     holder.commit()
     other.join(10)
     assert outcome and type(outcome[0]).__name__ == "TransactionConflict"  # x changed
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
+def test_a_plain_read_by_the_lease_holder_closing_a_cycle_is_refused(
+    open_storage: object, cache: bool
+) -> None:
+    # As above, but the holder's wait is a plain db.query: it needs a reader, the only
+    # one pinned by a snapshot that waits for the holder's lease.
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        readers=1, max_readers=1, cache=cache, default_timeout=10.0
+    )
+    db.execute("CREATE TABLE t(x)")
+    reader_pinned, other_waiting = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def pins_a_reader_then_wants_the_lease() -> None:
+        tx = db.transactions.begin("repeatable_read")
+        tx.query("SELECT count(*) FROM t")  # pins the only reader
+        reader_pinned.set()
+        other_waiting.set()
+        try:
+            tx.execute("INSERT INTO t VALUES (1)")  # waits for the lease
+            tx.commit()
+        except BaseException as error:
+            outcome.append(error)
+            tx.rollback()
+
+    holder = db.transactions.begin("serializable")
+    holder.execute("INSERT INTO t VALUES (0)")  # holds the lease
+    other = threading.Thread(target=pins_a_reader_then_wants_the_lease)
+    other.start()
+    assert reader_pinned.wait(5) and other_waiting.wait(5)
+    assert wait_until(lambda: bool(db.transactions.graph.waits()))  # it waits for the lease
+    started = time.monotonic()
+    with pytest.raises(DeadlockError, match="pool:readers"):
+        db.query("SELECT count(*) FROM t WHERE x >= 0")
+    assert time.monotonic() - started < 2  # at once, not at a deadline
+    holder.commit()
+    other.join(10)
+    assert outcome and type(outcome[0]).__name__ == "TransactionConflict"
 
 
 class _Owners(dict[int, int]):

@@ -198,11 +198,15 @@ class ReaderPool:
         retire: Callable[[str], None],
         record_query: Callable[..., None] | None = None,
         statements: StatementAnalyses | None = None,
+        check_wait: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
         self.config = config
         self.events = events
         self.statements = statements or StatementAnalyses()
         """What the storage's statements touch (shared with its writer)."""
+        self._check_wait = check_wait
+        """Called before a caller queues for a connection: raises DeadlockError if the
+        wait would close a cycle; returns what to call once it ends (or None)."""
         self._grow = grow
         self._retire = retire
         self._record_query = record_query
@@ -353,6 +357,21 @@ class ReaderPool:
                     return connection
             if self.closed is not None:
                 raise self.closed
+        waited = None if self._check_wait is None else self._check_wait()
+        try:
+            return self._queue_for_connection(waiter, deadline, limit)
+        finally:
+            if waited is not None:
+                waited()
+
+    def _queue_for_connection(
+        self, waiter: _Waiter, deadline: float, limit: float
+    ) -> TrackedConnection:
+        """:meth:`_wait_for_connection`'s wait, in the queue of waiters."""
+        with self._cond:
+            connection = None if self._waiters else self._claim()
+            if connection is not None:
+                return connection  # freed meanwhile
             self._waiters.append(waiter)
             self._waiting += 1
             self._maybe_grow()
