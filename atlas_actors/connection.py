@@ -133,7 +133,8 @@ def set_busy_handler(
         remaining = deadline - (now - started[0])
         if remaining <= 0:
             return False
-        delay = min(cap, base * 2**count) * (0.5 + rng.random())
+        # (2.0 ** 32 and up: past any cap; 2 ** 1024 overflowed a float, in SQLite's callback)
+        delay = min(cap, base * 2.0 ** min(count, 32)) * (0.5 + rng.random())
         delay = min(delay, remaining)
         if on_wait is not None:
             on_wait(delay)

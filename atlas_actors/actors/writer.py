@@ -883,7 +883,26 @@ class WriterActor(RoleActor):
             for future in called_back:
                 future._run_callbacks()
         if self.wal_frames >= self.config.checkpoint_frames:
+            self._checkpoint_after_commit()
+
+    def _checkpoint_after_commit(self) -> None:
+        """The automatic PASSIVE checkpoint, after the batch was acknowledged.
+
+        Its failure is no write's: another process checkpointing (SQLITE_BUSY at once,
+        whatever the busy handler) or a full disk while copying pages into the database
+        file must not crash the writer, which would meet it again on its next commit
+        and escalate.
+        """
+        try:
             self._checkpoint("PASSIVE")  # after acknowledging: nobody waits on it
+        except apsw.BusyError:
+            log.debug("automatic checkpoint skipped: another connection is checkpointing")
+        except apsw.Error as error:
+            # Logged and counted; the WAL keeps the frames, and a later commit retries.
+            wrapped = wrap_sqlite_error(error, "PRAGMA wal_checkpoint(PASSIVE)")
+            if isinstance(wrapped, CorruptionError):
+                self.hooks.corruption(wrapped)
+            self.hooks.error(wrapped, "PRAGMA wal_checkpoint(PASSIVE)")
 
     def _commit_failed(
         self,

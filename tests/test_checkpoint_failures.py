@@ -1,0 +1,61 @@
+"""Failures outside any write's own work: the automatic checkpoint, long busy waits.
+
+Neither may crash the writer. A crash there comes back on the next commit (the WAL is
+still past the threshold, the lock still held), and a few of them escalate the whole
+storage to StorageUnavailable for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import BusyError
+from atlas_actors.faults import FaultyVFS
+
+
+def _restarts(db: atlas.Storage) -> int:
+    return next(c.restarts for c in db.supervisor.status().children if c.role == "writer")
+
+
+@pytest.mark.parametrize("failure", [apsw.FullError, apsw.IOError], ids=["full", "io"])
+def test_a_failing_automatic_checkpoint_leaves_the_writer_serving(
+    open_storage: Callable[..., atlas.Storage], failure: type[apsw.Error]
+) -> None:
+    # Writes to the database file fail (a checkpoint copies pages there); appends to the
+    # WAL, which every write needs, still succeed.
+    vfs = FaultyVFS()
+    db = open_storage(vfs=vfs.name, cache=False, checkpoint_frames=2, verify_on_restart=False)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    vfs.only = Path(db.path).name
+    vfs.fail_writes = failure
+    for _ in range(12):  # each commit past checkpoint_frames tries a checkpoint
+        assert db.write("INSERT INTO t(v) VALUES (randomblob(3000))").rowcount == 1
+    assert _restarts(db) == 0 and db.health().status != "failed"
+    vfs.fail_writes = None
+    assert db.wal.checkpoint("passive") is not None  # copies what was left behind
+    assert db.query("SELECT count(*) FROM t") == [(12,)]
+
+
+def test_a_busy_wait_of_many_retries_ends_in_a_typed_busy_error(
+    open_storage: Callable[..., atlas.Storage], db_path: Path
+) -> None:
+    # A tiny backoff cap makes SQLite call the busy handler thousands of times within
+    # the busy timeout: 2 ** 1024 overflowed a float inside SQLite's callback, which
+    # crashed the writer instead of reporting the lock.
+    db = open_storage(busy_timeout=1.0, busy_backoff_base=0.0001, busy_backoff_cap=0.0002)
+    db.execute("CREATE TABLE t(x)")
+    other = apsw.Connection(str(db_path))
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BusyError):
+            db.write("INSERT INTO t VALUES (1)")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert _restarts(db) == 0
+    assert db.write("INSERT INTO t VALUES (2)").rowcount == 1
