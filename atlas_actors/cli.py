@@ -12,7 +12,8 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import apsw
 from tqdm import tqdm
@@ -21,6 +22,8 @@ from atlas_actors.config import ENV_PREFIX, StorageConfig
 from atlas_actors.errors import AtlasError, wrap_sqlite_error
 from atlas_actors.storage import open as open_storage
 from atlas_actors.workload import WorkloadReport, run_workload
+
+T = TypeVar("T")
 
 __all__ = ["main"]
 
@@ -31,6 +34,20 @@ commit), a pool of reader actors and a supervisor that restarts what fails.
 Any configuration field can be set with an ATLAS_<FIELD> environment variable
 (for example ATLAS_READERS=8); `atlas-actors config` lists them all.
 """
+
+
+def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str], T]:
+    """An argparse type: ``kind`` of the text, refused unless above zero (``zero``: or 0)."""
+
+    def parse(text: str) -> T:
+        value: Any = kind(text)
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'above 0'}, not {text}"
+            )
+        return value  # type: ignore[no-any-return]
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,11 +66,15 @@ def _parser() -> argparse.ArgumentParser:
         "embedded SQLite file through the actor runtime, for a fixed time.",
     )
     demo.add_argument("--db", default="atlas.db", help="database file (default: %(default)s)")
-    demo.add_argument("--threads", type=int, default=16, help="worker threads (default: 16)")
-    demo.add_argument("--seconds", type=float, default=10.0, help="duration (default: 10)")
+    demo.add_argument(
+        "--threads", type=_positive(int), default=16, help="worker threads (default: 16)"
+    )
+    demo.add_argument(
+        "--seconds", type=_positive(float), default=10.0, help="duration (default: 10)"
+    )
     demo.add_argument(
         "--chaos",
-        type=float,
+        type=_positive(float, zero=True),
         default=0.0,
         metavar="SECONDS",
         help="crash the writer or a reader every SECONDS to watch restarts (default: off)",
@@ -61,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--synchronous",
         choices=["FULL", "NORMAL", "OFF"],
-        help="durability of commits (default: FULL, every acknowledged write synced)",
+        help="durability of commits (default: ATLAS_SYNCHRONOUS if set, else FULL: "
+        "every acknowledged write synced)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -92,8 +92,9 @@ class StorageConfig:
     """Largest string or blob accepted in a statement or a parameter (``SQLITE_LIMIT_LENGTH``)."""
 
     restart_max: int = 5
-    """Restart intensity: at most this many restarts of one actor within
-    ``restart_window`` seconds; one more and the storage fails (StorageUnavailable)."""
+    """Restart intensity: at most this many restarts (of all the storage's actors
+    together, as in OTP) within ``restart_window`` seconds; one more and the storage
+    fails (StorageUnavailable)."""
 
     restart_window: float = 10.0
     """The window of the restart intensity, in seconds."""

@@ -34,6 +34,11 @@ from atlas_actors.connection import _controls_a_transaction
             "pass values of type",
         ),
         (
+            lambda db: db.query("SELECT * FROM tasks WHERE title = ?", [object()]),
+            errors.ParameterError,
+            "pass values of type",
+        ),
+        (
             lambda db: db.write("INSERT INTO tasks(title) VALUES (?)", ["x" * 2_000_000]),
             errors.TooBigError,
             "too big",

@@ -95,3 +95,22 @@ def test_help_lists_the_commands() -> None:
         [sys.executable, "-m", "atlas_actors.cli", "--help"], capture_output=True, text=True
     ).stdout
     assert "demo" in out and "check" in out and "config" in out and "ATLAS_" in out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--threads", "0", "must be above 0"),
+        ("--threads", "-1", "must be above 0"),
+        ("--seconds", "-1", "must be above 0"),
+        ("--chaos", "-1", "must be 0 or more"),
+    ],
+)
+def test_demo_refuses_counts_and_durations_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--db", str(tmp_path / "x.db"), option, value])
+    assert exited.value.code == 2  # argparse's usage error, before anything runs
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()

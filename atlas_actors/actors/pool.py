@@ -727,7 +727,7 @@ class ReaderPool:
             latency = connection.last_latency
         except ReadOnlyError as error:
             raise _read_only(error, sql) from error
-        except apsw.Error as error:
+        except (apsw.Error, TypeError) as error:  # (TypeError: an unbindable parameter)
             raise wrap_sqlite_error(error, sql) from error
         finally:
             self.release(connection)
