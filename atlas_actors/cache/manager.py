@@ -37,7 +37,6 @@ from atlas_actors.cache.disk import DiskStore
 from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
-from atlas_actors.query._tokens import significant, tokenize
 from atlas_actors.rows import Row, row_class
 
 if TYPE_CHECKING:
@@ -169,7 +168,6 @@ class CacheManager:
         # lock by every reading thread: the counts are estimates, a lost update is fine.
         self._dropped = itertools.count()
         self._reads_at_ask = -1
-        self._normal: dict[str, str] = {}
         self._costs: dict[str, list[float]] = {}
         self._doorkeeper: dict[Hashable, None] = {}
         self.fill: Callable[[Entry], None] | None = None
@@ -216,7 +214,9 @@ class CacheManager:
         if l1 is None:
             return self._pool.query(sql, params, timeout=timeout)  # the cache actor is restarting
         bound = params_key(params)
-        key: Hashable = (self._normalize(sql), bound)
+        # The exact text: SQLite names a result's columns after it (count( * ) and
+        # count(*) are other names), and a literal's spaces are its content.
+        key: Hashable = (sql, bound)
         try:
             entry = l1.get(key)
         except TypeError:  # unhashable parameters: SQLite will say what is wrong
@@ -227,19 +227,6 @@ class CacheManager:
                 reuse[0] += 1
             return list(entry.rows)
         return self._miss(key, sql, params, bound, timeout, l1, reuse)
-
-    def _normalize(self, sql: str) -> str:
-        """``sql`` as a cache key: its tokens one space apart, without comments.
-
-        Texts that differ only in layout share an entry; a string literal or a quoted
-        name keeps its own spaces (``'a b'`` and ``'a  b'`` are other statements).
-        """
-        normal = self._normal.get(sql)
-        if normal is None:
-            normal = " ".join(token.text for token in significant(tokenize(sql)))
-            if len(self._normal) < 20_000:
-                self._normal[sql] = normal
-        return normal
 
     def _miss(
         self,
@@ -439,7 +426,7 @@ class CacheManager:
             if not isinstance(sql, str) or not isinstance(params, list):
                 continue
             bound = tuple(params)
-            key = (self._normalize(sql), bound)
+            key = (sql, bound)
             with self._lock:  # validate and store atomically (see _store)
                 entry = self._revive(key, sql, bound, document, values)
                 stored = entry is not None and l1.put(entry)
@@ -625,7 +612,7 @@ class CacheManager:
             sql, params = (query, None) if isinstance(query, str) else query
             # Asked for on purpose: admitted at once, not on a second request, and
             # through the cache even if the statement was skipping it.
-            self._doorkeeper[(self._normalize(sql), params_key(params))] = None
+            self._doorkeeper[(sql, params_key(params))] = None
             reuse = self._reuse.get(sql)
             if reuse is not None:
                 reuse[2] = 0
