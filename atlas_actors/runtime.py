@@ -489,6 +489,7 @@ class Runtime:
             me,
             "pool:readers",
             all_units_taken=self.pool.exhausted,
+            units_in_use=self.pool.in_use,
             record=True,
             advice="this thread holds the writer lease, and the readers are taken by "
             "transactions waiting for it: read through the transaction (tx.query), or "

@@ -184,6 +184,38 @@ def test_a_plain_read_by_the_lease_holder_closing_a_cycle_is_refused(
     assert outcome and type(outcome[0]).__name__ == "TransactionConflict"
 
 
+def test_a_reader_busy_with_an_ordinary_read_is_no_deadlock(open_storage: object) -> None:
+    # As above, but a second reader is only borrowed for a moment (no transaction): it
+    # comes free, so the lease holder's read waits for it instead of being refused.
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        readers=2, max_readers=2, cache=False, default_timeout=10.0
+    )
+    db.execute("CREATE TABLE t(x)")
+    pinned = threading.Event()
+
+    def pins_a_reader_then_wants_the_lease() -> None:
+        tx = db.transactions.begin("repeatable_read")
+        tx.query("SELECT count(*) FROM t")
+        pinned.set()
+        try:
+            tx.execute("INSERT INTO t VALUES (1)")
+            tx.commit()
+        except atlas.errors.AtlasError:
+            tx.rollback()
+
+    holder = db.transactions.begin("serializable")
+    holder.execute("INSERT INTO t VALUES (0)")
+    borrowed = db.pool.acquire()
+    other = threading.Thread(target=pins_a_reader_then_wants_the_lease)
+    other.start()
+    assert pinned.wait(5)
+    assert wait_until(lambda: bool(db.transactions.graph.waits()))
+    threading.Timer(0.3, borrowed.release).start()
+    assert db.query("SELECT count(*) FROM t") == [(0,)]  # after the borrower is done
+    holder.commit()
+    other.join(10)
+
+
 class _Owners(dict[int, int]):
     """Lease owners whose reading lets another thread act in the middle of a search."""
 

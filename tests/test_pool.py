@@ -754,3 +754,17 @@ def test_readers_retired_by_a_shrink_while_reading_close_when_their_reads_end(
             assert db.pool.status().total == 1
             db.pool.resize(2)
             assert wait_until(lambda: db.pool.status().total == 2, timeout=5)
+
+
+def test_a_waiter_queueing_as_the_pool_closes_is_told_at_once(open_storage: object) -> None:
+    # close() lands between the caller's check and its joining the queue of waiters
+    # (injected where the deadlock check runs): it must not wait out its timeout.
+    db = _uncached(open_storage, readers=1, max_readers=1)
+    pool = db.pool
+    held = pool.acquire()
+    pool._check_wait = lambda: pool.close()  # type: ignore[assignment,func-returns-value]
+    started = time.monotonic()
+    with pytest.raises(atlas.errors.AtlasError):
+        pool.run_function(lambda _: 1, timeout=3.0)
+    assert time.monotonic() - started < 1
+    held.release()

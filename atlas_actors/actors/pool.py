@@ -372,6 +372,8 @@ class ReaderPool:
             connection = None if self._waiters else self._claim()
             if connection is not None:
                 return connection  # freed meanwhile
+            if self.closed is not None:
+                raise self.closed  # closed meanwhile: nobody would wake this waiter
             self._waiters.append(waiter)
             self._waiting += 1
             self._maybe_grow()
@@ -853,6 +855,10 @@ class ReaderPool:
             self._starting += 1
             if not self._grow():
                 self._starting -= 1  # not even asked for (the storage is stopping)
+
+    def in_use(self) -> int:
+        """Connections claimed now (by any caller: a read, a borrower, a snapshot)."""
+        return sum(1 for connection in self._connections if connection.lock.locked())
 
     def exhausted(self) -> bool:
         """True when no connection is free and the pool cannot grow."""

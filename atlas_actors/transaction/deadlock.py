@@ -89,6 +89,7 @@ class WaitForGraph:
         resource: str,
         *,
         all_units_taken: Callable[[], bool] = _always,
+        units_in_use: Callable[[], int] | None = None,
         advice: str | Callable[[], str] = "",
         record: bool = False,
     ) -> bool:
@@ -98,7 +99,9 @@ class WaitForGraph:
         whether ``session`` holds anything: only then can another session's search pass
         through its wait. ``record``: also record the wait then, in the same locked step
         as the check (call :meth:`done_waiting` after it), so two sessions that each hold
-        what the other is about to wait for cannot both pass.
+        what the other is about to wait for cannot both pass. ``units_in_use``: how many
+        units of ``resource`` are taken, by recorded holders or not; more than the
+        recorded holders means one will come free (a plain read's), so no cycle.
         """
         if session not in self._held:
             for mapping in self._tracked_holders:
@@ -107,7 +110,10 @@ class WaitForGraph:
             else:
                 return False  # every cycle through a wait passes through what the waiter holds
         with self.lock:
-            cycle = self._cycle(session, resource, all_units_taken())
+            exhausted = all_units_taken()
+            if exhausted and units_in_use is not None:
+                exhausted = units_in_use() <= len(self._holders_of(resource))
+            cycle = self._cycle(session, resource, exhausted)
             if cycle is None and record:
                 self._waiting[session] = resource
         if cycle is not None:

@@ -728,7 +728,13 @@ class TransactionManager:
         """Take a reader connection for ``tx``'s snapshot."""
         me = threading.get_ident()
         pool = self.storage.pool
-        recorded = self.graph.check(me, "pool:readers", all_units_taken=pool.exhausted, record=True)
+        recorded = self.graph.check(
+            me,
+            "pool:readers",
+            all_units_taken=pool.exhausted,
+            units_in_use=pool.in_use,
+            record=True,
+        )
         try:
             reader = pool.acquire()
         finally:
