@@ -129,6 +129,7 @@ class Future(Generic[T]):
         # Whoever swaps the list out under the lock runs it; the other side finds None.
         with _CALLBACKS_LOCK:
             callbacks, self._callbacks = self._callbacks, None
+        escaped: BaseException | None = None
         for callback in callbacks or ():
             try:
                 callback(self)
@@ -137,6 +138,10 @@ class Future(Generic[T]):
                 # actor's, resolving a whole batch; one caller's bug must not stop the
                 # others' results (or restart the actor).
                 log.exception("done-callback %r of %r failed", callback, self)
+            except BaseException as error:  # (SystemExit...): raised once all have run
+                escaped = escaped or error
+        if escaped is not None:
+            raise escaped
 
     # -- the caller's side --------------------------------------------------------------
 

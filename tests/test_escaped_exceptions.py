@@ -22,6 +22,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.future import Future
+from tests.helpers import wait_until
 
 
 class Bail(BaseException):
@@ -154,3 +155,24 @@ def test_a_base_exception_in_a_write_rolls_its_batch_back(
     rows = [a for (a,) in db.query("SELECT a FROM t ORDER BY a")]
     assert rows == [1], rows  # 2 was never committed on its own
     assert _restarts(db) == 1
+
+
+def test_every_done_callback_of_a_batch_runs_even_after_one_raises_a_base_exception(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = _storage(open_storage)
+    release = _hold_writer(db)
+    futures = [db.writer.execute("INSERT INTO t(a) VALUES (?)", [n]) for n in range(3)]
+    ran: list[int] = []
+
+    def bail(_: Future[object]) -> None:
+        raise Bail("the first callback")
+
+    futures[0].add_done_callback(bail)
+    futures[0].add_done_callback(lambda _: ran.append(0))  # same future, after it
+    futures[1].add_done_callback(lambda _: ran.append(1))
+    futures[2].add_done_callback(lambda _: ran.append(2))
+    release.set()
+    assert [f.get(5).rowcount for f in futures] == [1, 1, 1]
+    assert wait_until(lambda: sorted(ran) == [0, 1, 2]), ran
+    assert wait_until(lambda: _restarts(db) == 1)  # then the writer died of it

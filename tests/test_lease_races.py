@@ -156,3 +156,42 @@ def test_a_stop_after_a_release_never_commits_a_transaction_told_it_failed(
     assert committed_said == (db.query("SELECT v FROM t") == [("tx",)])
     assert db.lease_owners == {}  # this thread holds no lease any more
     assert db.write("INSERT INTO t(v) VALUES ('plain')", timeout=3).rowcount == 1
+
+
+def test_close_after_a_release_fails_the_batchs_other_units_as_rolled_back(
+    open_storage: Callable[..., atlas.Storage],
+    monkeypatch: pytest.MonkeyPatch,
+    db_path: Path,
+) -> None:
+    # The batch a returned transaction's changes are in is rolled back at the close:
+    # a run_in_writer function of that batch is told so (not that the writer crashed).
+    db = open_storage(cache=False, max_batch_delay=5.0)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    _pause_after_release(monkeypatch, until=lambda: db._state != "running", then=lambda: None)
+    entered, gate = threading.Event(), threading.Event()
+    db.writer.run(lambda _: (entered.set(), gate.wait(10)))
+    assert entered.wait(5)
+    unit = db.writer.run(lambda c: c.execute("INSERT INTO t(v) VALUES ('unit')"))
+    outcome: list[object] = []
+
+    def commit_one() -> None:
+        tx = db.transactions.begin()
+        try:
+            tx.execute("INSERT INTO t(v) VALUES ('tx')")
+            tx.commit()
+            outcome.append("committed")
+        except AtlasError as error:
+            outcome.append(error)
+
+    committer = threading.Thread(target=commit_one)
+    committer.start()
+    time.sleep(0.1)
+    gate.set()  # the unit runs, then the transaction gets the lease and releases
+    assert wait_until(lambda: db.transactions.status().lease_holder is not None)
+    time.sleep(0.1)
+    db.close()
+    committer.join(10)
+    with pytest.raises(TransactionAborted, match="rolled back"):
+        unit.get(5)
+    assert isinstance(outcome[0], AtlasError)
+    assert _rows(db_path) == []

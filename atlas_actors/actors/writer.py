@@ -281,12 +281,16 @@ class WriterActor(RoleActor):
                 connection = self.connection
                 if connection is not None and connection.connection.in_transaction:
                     connection.cursor.execute("ROLLBACK")
-                self._batch_lost(
-                    TransactionAborted(
-                        f"the storage closed before transaction {lease.tx_id}'s commit "
-                        "reached the writer; the batch was rolled back: run it again"
-                    )
+                closing = TransactionAborted(
+                    f"the storage closed before transaction {lease.tx_id}'s commit "
+                    "reached the writer, and the batch holding this call's changes was "
+                    "rolled back with it: nothing of it was committed"
                 )
+                for ended in self._batch:  # (the others run again below)
+                    if not ended.replayable:
+                        ended.fail(closing)
+                self._batch = [kept for kept in self._batch if kept.replayable]
+                self._batch_lost(closing)
         self._absorb_chain()
         self.mailbox.replay([*self._take_lease_queue(), *self._stash])
         self._stash = []
@@ -878,10 +882,18 @@ class WriterActor(RoleActor):
                 future._value = op.result
                 future._done.release()
                 if future._callbacks is not None:
-                    called_back = [*(called_back or ()), future]
+                    if called_back is None:
+                        called_back = []
+                    called_back.append(future)
         if called_back is not None:
+            escaped: BaseException | None = None
             for future in called_back:
-                future._run_callbacks()
+                try:
+                    future._run_callbacks()
+                except BaseException as error:  # (no Exception: those are logged)
+                    escaped = escaped or error  # every callback runs; then the writer dies
+            if escaped is not None:
+                raise escaped
         if self.wal_frames >= self.config.checkpoint_frames:
             self._checkpoint_after_commit()
 
