@@ -233,6 +233,7 @@ class Runtime:
                 version=self._set_version,
                 error=self._writer_error,
                 corruption=self._corruption,
+                disk_full=lambda: self.disk_full,
                 lease_granted=self._lease_granted,
                 lease_ended=self._lease_ended,
                 lease_passed=self._lease_passed,

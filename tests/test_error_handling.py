@@ -14,6 +14,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import errors
+from atlas_actors.faults import FaultyVFS
 from tests.helpers import wait_until
 
 
@@ -78,6 +79,30 @@ def test_a_transaction_that_writes_nothing_does_not_end_disk_full(open_storage: 
         tx.query("SELECT count(*) FROM blobs")
     assert not recovered.wait(0.5)
     assert db.health().status == "degraded"
+
+
+def test_a_writer_restarted_while_the_disk_is_full_carries_on_and_recovers(
+    open_storage: object,
+) -> None:
+    # Space comes back while the storage is degraded, and the writer restarts before
+    # any probe: the new incarnation must still tell the storage once a commit succeeds
+    # (its first write is a probe), or health says degraded for ever.
+    vfs = FaultyVFS()
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        vfs=vfs.name, cache=False, disk_full_probe_interval=30
+    )
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    recovered = threading.Event()
+    db.events.on("recovered", lambda _: recovered.set())
+    vfs.fail_writes = apsw.FullError
+    with pytest.raises(errors.DiskFullError):
+        db.write("INSERT INTO t DEFAULT VALUES")
+    assert db.health().status == "degraded"
+    vfs.fail_writes = None  # space is back
+    db.supervisor.kill("writer")
+    assert db.write("INSERT INTO t DEFAULT VALUES").rowcount == 1
+    assert recovered.wait(2)
+    assert db.health().status == "ok"
 
 
 def _full_disk(

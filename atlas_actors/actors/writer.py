@@ -109,6 +109,8 @@ class WriterHooks:
     """An operation failed with this error (statement text or None): log and count it."""
     corruption: Callable[[CorruptionError], None] = _ignore
     """SQLite reported corruption: the storage stops writes and verifies the file."""
+    disk_full: Callable[[], bool] = lambda: False
+    """Whether the storage is degraded by a full disk (an earlier incarnation said so)."""
     schema_changed: Callable[[], None] = _ignore
     """A commit (ours or another process's) changed the schema."""
     began: Callable[[], None] = _ignore
@@ -247,6 +249,12 @@ class WriterActor(RoleActor):
         # (https://sqlite.org/c3ref/wal_autocheckpoint.html): the writer runs them.
         raw.set_wal_hook(self._on_wal)
         self._rows_hooked = False
+        if self.hooks.disk_full():
+            # An earlier incarnation found the disk full: this one goes on from there,
+            # its first write a probe (which ends the mode, and tells the storage, once
+            # a commit succeeds again).
+            self._disk_full = self._disk_full_error(time.monotonic())
+            self._next_probe = 0.0
         self.hooks.connected(connection)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
