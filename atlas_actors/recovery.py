@@ -71,6 +71,8 @@ class VerifyResult:
     """True when SQLite reported no problem."""
     problems: tuple[str, ...]
     """What ``integrity_check`` reported (empty when ok)."""
+    unchecked: bool = False
+    """True when the check could not run (an I/O error, a lock): no verdict on the file."""
 
 
 class ErrorHandler:
@@ -148,12 +150,17 @@ class ErrorHandler:
             )
         if strategy == "stop_and_verify":
             verdict = self.verify()
+            if verdict.ok:
+                self._storage.resume_writes()
+                return RecoveryResult(strategy, True, "integrity_check passed: writes resumed")
+            if verdict.unchecked:
+                return RecoveryResult(
+                    strategy, False, f"could not run integrity_check: {verdict.problems[:1]}"
+                )
             return RecoveryResult(
                 strategy,
-                verdict.ok,
-                "integrity_check passed: writes resumed"
-                if verdict.ok
-                else f"integrity_check failed: {verdict.problems[:3]}; restore from a backup",
+                False,
+                f"integrity_check failed: {verdict.problems[:3]}; restore from a backup",
             )
         return RecoveryResult(strategy, False, str(diagnostics.context.get("advice", "")))
 
@@ -212,5 +219,9 @@ class ErrorHandler:
             finally:
                 connection.close()
         except apsw.Error as error:
-            return VerifyResult(False, (str(wrap_sqlite_error(error, pragma)),))
+            wrapped = wrap_sqlite_error(error, pragma)
+            # A damaged file may refuse to open or read: that is a verdict. An I/O error
+            # or a lock is not; the check could not run.
+            unchecked = not isinstance(wrapped, CorruptionError)
+            return VerifyResult(False, (str(wrapped),), unchecked=unchecked)
         return VerifyResult(rows == ["ok"], () if rows == ["ok"] else tuple(rows))

@@ -360,16 +360,34 @@ class Storage(Runtime):
 
     def _verify(self) -> None:
         verdict = self.errors.verify(full=True)
+        for delay in (0.5, 1.0, 2.0, 4.0):  # a check that could not run is tried again
+            if not verdict.unchecked or self._state != "running":
+                break
+            time.sleep(delay)
+            verdict = self.errors.verify(full=True)
         if verdict.ok:
-            self.write_block = None
-            log.warning("integrity_check passed after a corruption report: writes resumed")
-            self.events.emit("recovered", "storage", reason="corruption")
+            self.resume_writes()
+            return
+        if verdict.unchecked:
+            # The check itself could not run (I/O, a lock): that says nothing of the
+            # file. Writes stay stopped; db.errors.recover() checks again.
+            log.error("could not verify the database: %s", verdict.problems[:3])
             return
         self.write_block = CorruptionError(
             f"the database is damaged (integrity_check: {list(verdict.problems[:3])}); "
             "writes stay stopped: restore from a backup, or copy the data out"
         )
         log.error("integrity_check failed: %s", verdict.problems[:10])
+
+    def resume_writes(self) -> bool:
+        """After a check of the file passed: lift the stop on writes; False if none."""
+        with self._lock:
+            if self.write_block is None:
+                return False
+            self.write_block = None
+        log.warning("integrity_check passed after a corruption report: writes resumed")
+        self.events.emit("recovered", "storage", reason="corruption")
+        return True
 
     def __repr__(self) -> str:
         return f"<Storage {self.path!r} {self._state}>"

@@ -168,6 +168,34 @@ def test_corruption_stops_writes_verifies_and_reports(tmp_path: Path) -> None:
         assert db.query("SELECT count(*) FROM notes") == [(500,)]
 
 
+def test_recover_resumes_writes_once_the_file_checks_out(open_storage: object) -> None:
+    # A read fault (FaultyVFS) passes for corruption, and the automatic check, run while
+    # it lasts, finds the file "damaged". Once it is gone, recover() checks again: when
+    # it says "writes resumed", writes must resume.
+    vfs = FaultyVFS()
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        vfs=vfs.name, cache=False, readers=1, max_readers=1, cache_size_kib=16
+    )
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    db.write_many("INSERT INTO t(v) VALUES (randomblob(2000))", [[]] * 300)
+    db.wal.checkpoint("truncate")  # the rows live in the main file now
+    vfs.only = Path(db.path).name
+    vfs.fail_reads = apsw.CorruptError
+    tx = db.transactions.begin()
+    with pytest.raises(errors.CorruptionError):
+        tx.query("SELECT * FROM t")
+    assert wait_until(lambda: "damaged" in str(db.write_block))
+    vfs.fail_reads = None
+    tx.rollback()
+    failed = db.transactions.begin()
+    with pytest.raises(errors.CorruptionError):
+        failed.execute("INSERT INTO t(v) VALUES (1)")
+    result = db.errors.recover(failed)
+    assert (result.strategy, result.recovered) == ("stop_and_verify", True), result
+    assert db.write("INSERT INTO t(v) VALUES (1)").rowcount == 1
+    assert db.health().status == "ok"
+
+
 def test_every_error_is_logged_once_with_structured_context(
     db: atlas.Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
