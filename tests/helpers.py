@@ -51,3 +51,20 @@ def delay_on_crash(
                 after()
 
     monkeypatch.setattr(actor_class, "on_crash", on_crash)
+
+
+def gate_writer(db: Any) -> tuple[threading.Event, threading.Event]:
+    """Block ``db``'s writer in a function until the returned ``release`` is set.
+
+    Everything sent meanwhile waits in the mailbox, so it runs as one batch after it.
+    Returns (entered, release).
+    """
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        entered.set()
+        release.wait(10)
+
+    db.writer.run(hold)
+    assert entered.wait(5)
+    return entered, release

@@ -12,7 +12,6 @@ escapes is a crash of the writer alone, which the supervisor restarts.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.future import Future
-from tests.helpers import wait_until
+from tests.helpers import gate_writer, wait_until
 
 
 class Bail(BaseException):
@@ -39,19 +38,6 @@ def _restarts(db: atlas.Storage, role: str = "writer") -> int:
     return next(c.restarts for c in db.supervisor.status().children if c.role == role)
 
 
-def _hold_writer(db: atlas.Storage) -> threading.Event:
-    """Block the writer until the returned event is set (what is sent meanwhile waits)."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hold(_: object) -> None:
-        entered.set()
-        release.wait(10)
-
-    db.writer.run(hold)
-    assert entered.wait(5)
-    return release
-
-
 @pytest.mark.parametrize("raised", [SystemExit("bye"), Bail("stop")], ids=["SystemExit", "own"])
 def test_a_function_raising_a_base_exception_fails_its_own_call_only(
     open_storage: Callable[..., atlas.Storage], raised: BaseException
@@ -62,7 +48,7 @@ def test_a_function_raising_a_base_exception_fails_its_own_call_only(
         connection.execute("INSERT INTO t(a) VALUES (1)")
         raise raised
 
-    release = _hold_writer(db)
+    _, release = gate_writer(db)
     before = db.writer.execute("INSERT INTO t(a) VALUES (0)")  # in the same batch
     failing = db.writer.run(insert_then_raise, timeout=5)
     after = db.writer.execute("INSERT INTO t(a) VALUES (2)")
@@ -82,7 +68,7 @@ def test_a_failing_done_callback_is_logged_and_every_write_of_the_batch_acknowle
     open_storage: Callable[..., atlas.Storage], caplog: pytest.LogCaptureFixture
 ) -> None:
     db = _storage(open_storage)
-    release = _hold_writer(db)
+    _, release = gate_writer(db)
     futures = [db.writer.execute("INSERT INTO t(a) VALUES (?)", [n]) for n in range(6)]
 
     def explode(_: Future[object]) -> None:
@@ -107,7 +93,7 @@ def test_a_base_exception_escaping_the_writer_restarts_it_alone(
     # storage's) keep running.
     db = _storage(open_storage)
     other = _storage(open_storage, path=tmp_path / "other.db")
-    release = _hold_writer(db)
+    _, release = gate_writer(db)
     futures = [db.writer.execute("INSERT INTO t(a) VALUES (?)", [n]) for n in range(6)]
 
     def bail(_: Future[object]) -> None:
@@ -143,7 +129,7 @@ def test_a_base_exception_in_a_write_rolls_its_batch_back(
         connection.create_scalar_function("fragile", fragile, 1)
 
     db.run_in_writer(register)
-    release = _hold_writer(db)
+    _, release = gate_writer(db)
     before = db.writer.execute("INSERT INTO t(a) VALUES (1)")
     half = db.writer.write_all(
         [("INSERT INTO t(a) VALUES (2)", None), ("INSERT INTO t(a) VALUES (fragile(99))", None)]
@@ -161,7 +147,7 @@ def test_every_done_callback_of_a_batch_runs_even_after_one_raises_a_base_except
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
     db = _storage(open_storage)
-    release = _hold_writer(db)
+    _, release = gate_writer(db)
     futures = [db.writer.execute("INSERT INTO t(a) VALUES (?)", [n]) for n in range(3)]
     ran: list[int] = []
 

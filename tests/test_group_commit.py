@@ -14,7 +14,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.actors.writer import _RUN_MAX
 from atlas_actors.errors import AtlasError, ConstraintError, OperationTimeout
-from tests.helpers import wait_until
+from tests.helpers import gate_writer, wait_until
 
 
 def test_64_threads_times_200_writes_all_land_exactly_once(db: atlas.Storage) -> None:
@@ -85,22 +85,6 @@ def _unique_t(
     return db
 
 
-def _gate(db: atlas.Storage) -> tuple[threading.Event, threading.Event]:
-    """Block the writer in a function until the returned ``release`` is set.
-
-    Everything sent meanwhile waits in the mailbox, so it runs as one batch after it.
-    """
-    entered, release = threading.Event(), threading.Event()
-
-    def hold(_: object) -> None:
-        entered.set()
-        release.wait(10)
-
-    db.writer.run(hold)
-    assert entered.wait(5)
-    return entered, release
-
-
 def test_a_failure_among_writes_sharing_a_savepoint_undoes_only_its_own_writes(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
@@ -110,7 +94,7 @@ def test_a_failure_among_writes_sharing_a_savepoint_undoes_only_its_own_writes(
     db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
     started_before = db.writer_counters.started
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     first = db.writer.execute("INSERT INTO t(a) VALUES (1)")
     partial = db.writer.execute("INSERT OR FAIL INTO t(a) VALUES (10), (11), (3), (12)")
     many = db.writer.executemany("INSERT INTO t(a) VALUES (?)", [(20,), (21,)])
@@ -146,7 +130,7 @@ def test_write_all_units_in_a_shared_group_fail_alone_and_keep_their_results(
     # run again alone, and the results they report are those of the run that committed.
     db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     insert = "INSERT INTO t(a) VALUES (?)"
     ok = db.writer.write_all([(insert, [60]), (insert, [61])])
     bad = db.writer.write_all([(insert, [70]), (insert, [3])])  # 3 is taken
@@ -171,7 +155,7 @@ def test_queued_write_alls_run_together_fail_alone_and_keep_mailbox_order(
     # mailbox order; calls whose deadline passed in the queue must not run at all.
     db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     insert = "INSERT INTO t(a) VALUES (?)"
     first = db.writer.write_all([(insert, [10])])  # opens the group
     grouped = [db.writer.write_all([(insert, [a]), (insert, [a + 1])]) for a in (20, 30)]
@@ -215,7 +199,7 @@ def test_a_failing_write_after_a_transaction_in_the_same_batch_leaves_the_transa
     # before the transaction's own opens, so a later failure cannot roll it back.
     db = _unique_t(open_storage, taken=3)
     before = db.writer.stats()
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     mailbox = db.writer._mailbox
     first = db.writer.execute("INSERT INTO t(a) VALUES (1)")
     committed = threading.Event()
@@ -257,7 +241,7 @@ def test_writes_sent_back_by_a_failed_group_run_alone_even_in_the_next_batch(
     # run alone, or the failing one fails its group again, and again, until deadlines.
     db = _unique_t(open_storage, taken=-1, max_batch_delay=max_batch_delay)
     before = db.writer.stats()
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     innocent = db.writer.execute("INSERT INTO t(a) VALUES (-2)", timeout=5.0)
     failing = db.writer.execute(SLOW_FAILING_INSERT, timeout=5.0)
     quick_failure = db.writer.execute("INSERT INTO t(a) VALUES (-1)", timeout=5.0)
@@ -359,7 +343,7 @@ def test_a_write_sent_back_by_a_failed_group_invalidates_the_cache_when_it_commi
     assert db.query(read) == [("old",)]
     assert db.cache.stats().hits == hits + 1, "the read is cached"
     before = db.writer.stats()
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     update = db.writer.execute("UPDATE kv SET v = 'new' WHERE k = 1", timeout=5.0)
     failing = db.writer.execute(SLOW_FAILING_INSERT, timeout=5.0)
     release.set()
@@ -384,7 +368,7 @@ def test_a_run_of_queued_writes_stops_at_the_batch_delay(
     # _RUN_MAX at a time: between runs it checks max_batch_delay, so a queue of slow
     # writes does not keep a batch open (and its writes unacknowledged) for long.
     db = _unique_t(open_storage, taken=-1, max_batch_delay=0.05)
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     futures = [db.writer.write_all([(SLOW_INSERT, [a])]) for a in range(100)]
     release.set()
     assert [f.get(10)[0].rowcount for f in futures] == [1] * 100
@@ -405,7 +389,7 @@ def test_writes_taken_up_before_a_callback_crashes_the_writer_still_run(
     # a callback is only logged, but the writer dies of a BaseException that is no
     # Exception (test_escaped_exceptions.py); the writes it had taken must run anyway.
     db = _unique_t(open_storage, taken=-1)
-    _, release = _gate(db)
+    _, release = gate_writer(db)
     insert = "INSERT INTO t(a) VALUES (?)"
     first = db.writer.write_all([(insert, [1])])  # opens the group
     taken = db.writer.write_all([(insert, [2])])

@@ -24,7 +24,7 @@ from atlas_actors.actors import writer as writer_module
 from atlas_actors.actors.writer_ops import in_writer_thread
 from atlas_actors.errors import AtlasError, TransactionAborted
 from atlas_actors.transaction import lease as lease_module
-from tests.helpers import wait_until
+from tests.helpers import gate_writer, wait_until
 
 
 def _rows(path: Path) -> list[str]:
@@ -168,9 +168,7 @@ def test_close_after_a_release_fails_the_batchs_other_units_as_rolled_back(
     db = open_storage(cache=False, max_batch_delay=5.0)
     db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     _pause_after_release(monkeypatch, until=lambda: db._state != "running", then=lambda: None)
-    entered, gate = threading.Event(), threading.Event()
-    db.writer.run(lambda _: (entered.set(), gate.wait(10)))
-    assert entered.wait(5)
+    _, gate = gate_writer(db)
     unit = db.writer.run(lambda c: c.execute("INSERT INTO t(v) VALUES ('unit')"))
     outcome: list[object] = []
 

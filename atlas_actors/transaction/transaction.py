@@ -247,18 +247,7 @@ class Transaction:
         lease, self._lease = self._lease, None  # (an ended transaction holds no lease)
         try:
             if lease is not None:
-                savepoint = lease.savepoint
-                try:
-                    lease.give_back(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
-                except TransactionError:
-                    pass  # revoked already: the writer rolled it back
-                except AtlasError as error:
-                    # The whole batch is rolled back (by SQLite, or the writer now),
-                    # this transaction with it: the rollback happened.
-                    self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
-                    self._send_back_refused(lease)
-                else:
-                    self._manager.return_lease(self, lease, commit=False)
+                self._roll_back_lease(lease)
         finally:
             self._drop_reader()
             self._finish("rolled_back")
@@ -419,19 +408,25 @@ class Transaction:
             lease = request.get()
         except BaseException:
             return  # refused (or still not granted: then the lease's timeout ends it)
-        savepoint = lease.savepoint
         try:
-            try:
-                lease.give_back(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
-            except TransactionError:
-                return  # revoked already: the writer has it back
-            except AtlasError as error:
-                self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
-                self._send_back_refused(lease)
-                return
-            self._manager.return_lease(self, lease, commit=False)
+            self._roll_back_lease(lease)
         except AtlasError as error:  # the caller gets the error that ended its wait
             self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+
+    def _roll_back_lease(self, lease: Lease) -> None:
+        """Roll ``lease``'s savepoint back and give the lease back to the writer."""
+        savepoint = lease.savepoint
+        try:
+            lease.give_back(f"ROLLBACK TO {savepoint}; RELEASE {savepoint}")
+        except TransactionError:
+            return  # revoked already: the writer rolled it back
+        except AtlasError as error:
+            # The whole batch is rolled back (by SQLite, or the writer now), this
+            # transaction with it: the rollback happened.
+            self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+            self._send_back_refused(lease)
+            return
+        self._manager.return_lease(self, lease, commit=False)
 
     def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
         try:
