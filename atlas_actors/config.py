@@ -156,10 +156,12 @@ class StorageConfig:
     """Results larger than this are not cached."""
 
     checkpoint_frames: int = 1000
-    """WAL frames after which the supervisor runs a PASSIVE checkpoint."""
+    """WAL frames after which the writer runs a PASSIVE checkpoint (and again after as
+    many more, when readers kept the last one from finishing)."""
 
     wal_size_limit: int = 64 * 1024 * 1024
-    """WAL bytes past which checkpoints escalate to RESTART/TRUNCATE."""
+    """WAL bytes past which the writer truncates the WAL (TRUNCATE checkpoint, a short wait
+    for readers); also SQLite's ``journal_size_limit``."""
 
     def __post_init__(self) -> None:
         _validate(self)

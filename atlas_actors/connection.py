@@ -13,8 +13,9 @@ import enum
 import itertools
 import random
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, NamedTuple
@@ -105,6 +106,24 @@ def set_synchronous(connection: apsw.Connection, level: str) -> None:
     connection.pragma("synchronous", level)
 
 
+_busy_limits = threading.local()
+
+
+@contextlib.contextmanager
+def busy_wait_limit(seconds: float) -> Iterator[None]:
+    """Within: this thread's busy handlers give up after ``seconds`` (or their deadline).
+
+    For work that may wait on locks but should rather be tried again later (a RESTART
+    checkpoint waiting for readers) than hold the writer for the whole busy timeout.
+    """
+    previous = getattr(_busy_limits, "seconds", None)
+    _busy_limits.seconds = seconds
+    try:
+        yield
+    finally:
+        _busy_limits.seconds = previous
+
+
 def set_busy_handler(
     connection: apsw.Connection,
     *,
@@ -130,7 +149,9 @@ def set_busy_handler(
         now = time.monotonic()
         if count == 0:
             started[0] = now
-        remaining = deadline - (now - started[0])
+        limit = getattr(_busy_limits, "seconds", None)  # (busy_wait_limit)
+        allowed = deadline if limit is None else min(deadline, limit)
+        remaining = allowed - (now - started[0])
         if remaining <= 0:
             return False
         # (2.0 ** 32 and up: past any cap; 2 ** 1024 overflowed a float, in SQLite's callback)

@@ -7,6 +7,8 @@ storage to StorageUnavailable for good.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,3 +61,45 @@ def test_a_busy_wait_of_many_retries_ends_in_a_typed_busy_error(
         other.close()
     assert _restarts(db) == 0
     assert db.write("INSERT INTO t VALUES (2)").rowcount == 1
+
+
+def test_a_wal_past_its_size_limit_is_truncated_while_readers_keep_overlapping(
+    open_storage: Callable[..., atlas.Storage], db_path: Path
+) -> None:
+    # Two connections (another process's, say) take turns reading, so one always holds a
+    # read transaction: PASSIVE checkpoints never finish and the WAL never starts over.
+    # Past wal_size_limit the writer truncates it (waiting a moment for old readers).
+    limit = 256 * 1024
+    db = open_storage(cache=False, wal_size_limit=limit, checkpoint_frames=20)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    stop = threading.Event()
+
+    def overlapping_readers() -> None:
+        first, second = (apsw.Connection(str(db_path)) for _ in range(2))
+        first.execute("BEGIN")
+        first.execute("SELECT count(*) FROM t").fetchall()
+        while not stop.is_set():
+            for opening, closing in ((second, first), (first, second)):
+                opening.execute("BEGIN")
+                opening.execute("SELECT count(*) FROM t").fetchall()
+                closing.execute("COMMIT")
+                time.sleep(0.02)
+        first.close()
+        second.close()
+
+    readers = threading.Thread(target=overlapping_readers)
+    readers.start()
+    wal = Path(f"{db_path}-wal")
+    sizes: list[int] = []
+    try:
+        for n in range(1500):
+            db.write("INSERT INTO t(v) VALUES (randomblob(2000))")
+            if n % 100 == 99:
+                db.write("DELETE FROM t WHERE id <= ?", [n - 50])  # the table stays small
+            sizes.append(wal.stat().st_size)
+    finally:
+        stop.set()
+        readers.join(10)
+    past = sizes.index(next(size for size in sizes if size > limit))
+    assert min(sizes[past:]) < limit, max(sizes)  # it came back under the limit
+    assert max(sizes) < 40 * limit  # without truncation: the whole run's frames, ~50x

@@ -59,7 +59,13 @@ from atlas_actors.actors.writer_ops import (
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.statements import StatementAnalyses
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import Params, TrackedConnection, WriteResult, changes_schema
+from atlas_actors.connection import (
+    Params,
+    TrackedConnection,
+    WriteResult,
+    busy_wait_limit,
+    changes_schema,
+)
 from atlas_actors.errors import (
     ActorCrashedError,
     AtlasError,
@@ -143,6 +149,10 @@ class WriterHooks:
     one call. None: those two are called instead."""
 
 
+_TRUNCATE_WAIT = 0.1
+"""Seconds the writer waits for readers when it truncates a WAL past its size limit."""
+_TRUNCATE_BACKOFF = 9.0
+"""Writing time between two such truncations, as a multiple of the last one's."""
 _RUN_MAX = 32
 """Most queued writes :meth:`WriterActor._run_queued` runs together: between runs the
 writer checks ``max_batch_delay`` (a run of many slow statements could overrun it)."""
@@ -215,6 +225,13 @@ class WriterActor(RoleActor):
         self._batch_tables: set[str] | None = set()
         self._wrote_frames = False
         self.wal_frames = 0
+        self._checkpoint_due = self.config.checkpoint_frames
+        """WAL frames at which the next automatic checkpoint runs."""
+        self._checkpointed_at = 0
+        """Frames in the WAL at the last checkpoint (fewer after a commit: it restarted)."""
+        self._page_size = 4096
+        self._truncate_after = 0.0
+        """``time.monotonic()`` before which no TRUNCATE is tried (see _truncate_wal)."""
         """Frames in the WAL after the last commit (from the WAL hook)."""
         self._changes_at_begin = 0
         self._row_changes: dict[str, list[RowImage] | None] = {}
@@ -247,6 +264,7 @@ class WriterActor(RoleActor):
         # The WAL hook says, after each COMMIT, whether it wrote frames and how many
         # the WAL holds. Installing it turns SQLite's automatic checkpoints off
         # (https://sqlite.org/c3ref/wal_autocheckpoint.html): the writer runs them.
+        self._page_size = int(raw.pragma("page_size"))
         raw.set_wal_hook(self._on_wal)
         self._rows_hooked = False
         if self.hooks.disk_full():
@@ -902,7 +920,7 @@ class WriterActor(RoleActor):
                     escaped = escaped or error  # every callback runs; then the writer dies
             if escaped is not None:
                 raise escaped
-        if self.wal_frames >= self.config.checkpoint_frames:
+        if self.wal_frames >= self._checkpoint_due:
             self._checkpoint_after_commit()
 
     def _checkpoint_after_commit(self) -> None:
@@ -914,7 +932,13 @@ class WriterActor(RoleActor):
         and escalate.
         """
         try:
-            self._checkpoint("PASSIVE")  # after acknowledging: nobody waits on it
+            frames, copied = self._checkpoint("PASSIVE")  # after acknowledging
+            if (
+                copied < frames
+                and self._wal_bytes(frames) > self.config.wal_size_limit
+                and time.monotonic() >= self._truncate_after
+            ):
+                self._truncate_wal()
         except apsw.BusyError:
             log.debug("automatic checkpoint skipped: another connection is checkpointing")
         except apsw.Error as error:
@@ -923,6 +947,31 @@ class WriterActor(RoleActor):
             if isinstance(wrapped, CorruptionError):
                 self.hooks.corruption(wrapped)
             self.hooks.error(wrapped, "PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _wal_bytes(self, frames: int) -> int:
+        """Bytes of a WAL holding ``frames`` frames (https://sqlite.org/fileformat2.html#walformat)."""
+        return 32 + frames * (24 + self._page_size)
+
+    def _truncate_wal(self) -> None:
+        """The WAL is past ``wal_size_limit`` and readers keep PASSIVE from finishing.
+
+        With readers whose transactions overlap (checkpoint starvation), PASSIVE never
+        copies the last frames and the WAL never starts over: it would grow for ever.
+        TRUNCATE waits for the readers on old frames to finish (new ones read the
+        database file), then empties the file. The wait is short: this holds the write
+        lock, and if readers stay, a later commit tries again.
+        """
+        started = time.monotonic()
+        with busy_wait_limit(_TRUNCATE_WAIT):
+            try:
+                self._checkpoint("TRUNCATE")
+            except apsw.BusyError:
+                log.info("WAL past wal_size_limit, still in use by readers: truncated later")
+        # The wait held the write lock: the next one comes after nine times as long of
+        # writing, so waiting for readers takes at most a tenth of the writer's time (the
+        # WAL may pass its limit by what is written meanwhile).
+        finished = time.monotonic()
+        self._truncate_after = finished + _TRUNCATE_BACKOFF * (finished - started)
 
     def _commit_failed(
         self,
@@ -965,6 +1014,11 @@ class WriterActor(RoleActor):
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
         log_frames, copied = connection.connection.wal_checkpoint(mode=self._CHECKPOINT_MODES[mode])
+        # Next time past another checkpoint_frames frames, unless the WAL starts over
+        # (_on_wal): readers on old frames keep PASSIVE from finishing, and trying after
+        # every commit would only copy (and sync) a few frames each time.
+        self._checkpointed_at = log_frames
+        self._checkpoint_due = log_frames + self.config.checkpoint_frames
         counters = self.counters
         counters.checkpoints += 1
         counters.last_checkpoint = time.time()
@@ -988,6 +1042,9 @@ class WriterActor(RoleActor):
     def _on_wal(self, connection: apsw.Connection, database: str, frames: int) -> int:
         if database == "main":
             self._wrote_frames = True
+            if frames < self._checkpointed_at:  # the WAL started over
+                self._checkpointed_at = 0
+                self._checkpoint_due = self.config.checkpoint_frames
             self.wal_frames = frames
             self.counters.wal_frames = frames
         return apsw.SQLITE_OK

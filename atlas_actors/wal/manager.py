@@ -2,9 +2,10 @@
 
 The writer owns the WAL hook (so SQLite's automatic checkpoint is off): after each
 commit it learns how many frames the WAL holds and, past ``checkpoint_frames``, runs a
-PASSIVE checkpoint once the batch is acknowledged. ``journal_size_limit`` shrinks the
-file back whenever the WAL restarts. This class reports on that and runs checkpoints on
-demand (through the writer, between batches).
+PASSIVE checkpoint once the batch is acknowledged, and a TRUNCATE one when readers keep
+the WAL past ``wal_size_limit`` (see ``WriterActor._truncate_wal``).
+``journal_size_limit`` shrinks the file back whenever the WAL restarts. This class reports
+on that and runs checkpoints on demand (through the writer, between batches).
 """
 
 from __future__ import annotations
