@@ -151,6 +151,8 @@ class WriterHooks:
 
 _TRUNCATE_WAIT = 0.1
 """Seconds the writer waits for readers when it truncates a WAL past its size limit."""
+_CHECKPOINT_WAIT = 1.0
+"""Seconds an explicit RESTART or TRUNCATE checkpoint waits for readers, at most."""
 _TRUNCATE_BACKOFF = 9.0
 """Writing time between two such truncations, as a multiple of the last one's."""
 _RUN_MAX = 32
@@ -1032,10 +1034,26 @@ class WriterActor(RoleActor):
             return
         if self._in_transaction:
             self._commit()  # a checkpoint cannot run inside the batch's transaction
+        sql = f"PRAGMA wal_checkpoint({op.mode})"
         try:
-            result = self._checkpoint(op.mode)
+            if op.mode in ("RESTART", "TRUNCATE"):
+                # These wait for readers on old frames while holding the write lock:
+                # not for the whole busy timeout, with every write waiting behind.
+                with busy_wait_limit(min(self.config.busy_timeout, _CHECKPOINT_WAIT)):
+                    result = self._checkpoint(op.mode)
+            else:
+                result = self._checkpoint(op.mode)
+        except apsw.BusyError as error:
+            refused = wrap_sqlite_error(error, sql)
+            refused.args = (
+                f"{sql} could not finish: readers still use the WAL (transactions of "
+                "this storage, a repeatable_read snapshot say, or of other processes). "
+                "What they allow was copied; try again once they end",
+            )
+            self._fail(op, refused)
+            return
         except apsw.Error as error:
-            self._fail(op, wrap_sqlite_error(error, f"PRAGMA wal_checkpoint({op.mode})"))
+            self._fail(op, wrap_sqlite_error(error, sql))
             return
         op.future.set_result(result)
 
