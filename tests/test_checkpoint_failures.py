@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import apsw
 import pytest
@@ -39,7 +40,8 @@ def test_a_failing_automatic_checkpoint_leaves_the_writer_serving(
         assert db.write("INSERT INTO t(v) VALUES (randomblob(3000))").rowcount == 1
     assert _restarts(db) == 0 and db.health().status != "failed"
     vfs.fail_writes = None
-    assert db.wal.checkpoint("passive") is not None  # copies what was left behind
+    frames, copied = db.wal.checkpoint("passive")  # copies what was left behind
+    assert copied == frames > 0
     assert db.query("SELECT count(*) FROM t") == [(12,)]
 
 
@@ -108,8 +110,9 @@ def test_a_wal_past_its_size_limit_is_truncated_while_readers_keep_overlapping(
     assert went_past and came_back  # without truncation it only ever grows
 
 
-def test_an_explicit_truncate_held_up_by_a_snapshot_gives_up_soon_and_says_why(
-    open_storage: Callable[..., atlas.Storage],
+@pytest.mark.parametrize("mode", ["truncate", "restart", "full"])
+def test_an_explicit_checkpoint_held_up_by_a_snapshot_gives_up_soon_and_says_why(
+    open_storage: Callable[..., atlas.Storage], mode: Literal["truncate", "restart", "full"]
 ) -> None:
     # TRUNCATE waits for readers on old frames while it holds the write lock: here this
     # storage's own repeatable_read snapshot. Not for the whole busy timeout (every
@@ -131,7 +134,7 @@ def test_an_explicit_truncate_held_up_by_a_snapshot_gives_up_soon_and_says_why(
     meanwhile.start()
     started = time.monotonic()
     with pytest.raises(BusyError, match="readers still use the WAL"):
-        db.wal.checkpoint("truncate")
+        db.wal.checkpoint(mode)
     assert time.monotonic() - started < 2.5
     meanwhile.join(10)
     assert waited and waited[0] < 2.5

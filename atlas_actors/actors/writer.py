@@ -150,7 +150,7 @@ class WriterHooks:
 
 
 _TRUNCATE_WAIT = 0.1
-"""Seconds the writer waits for readers when it truncates a WAL past its size limit."""
+"""Seconds the writer first waits for readers when it truncates a WAL past its limit."""
 _CHECKPOINT_WAIT = 1.0
 """Seconds an explicit RESTART or TRUNCATE checkpoint waits for readers, at most."""
 _TRUNCATE_BACKOFF = 9.0
@@ -233,6 +233,8 @@ class WriterActor(RoleActor):
         """Frames in the WAL at the last checkpoint (fewer after a commit: it restarted)."""
         self._page_size = 4096
         self._truncate_after = 0.0
+        self._truncate_wait = _TRUNCATE_WAIT
+        """Seconds the next TRUNCATE waits for readers (see _truncate_wal)."""
         """``time.monotonic()`` before which no TRUNCATE is tried (see _truncate_wal)."""
         """Frames in the WAL after the last commit (from the WAL hook)."""
         self._changes_at_begin = 0
@@ -945,10 +947,10 @@ class WriterActor(RoleActor):
             log.debug("automatic checkpoint skipped: another connection is checkpointing")
         except apsw.Error as error:
             # Logged and counted; the WAL keeps the frames, and a later commit retries.
-            wrapped = wrap_sqlite_error(error, "PRAGMA wal_checkpoint(PASSIVE)")
+            wrapped = wrap_sqlite_error(error, "PRAGMA wal_checkpoint")
             if isinstance(wrapped, CorruptionError):
                 self.hooks.corruption(wrapped)
-            self.hooks.error(wrapped, "PRAGMA wal_checkpoint(PASSIVE)")
+            self.hooks.error(wrapped, "PRAGMA wal_checkpoint")
 
     def _wal_bytes(self, frames: int) -> int:
         """Bytes of a WAL holding ``frames`` frames (https://sqlite.org/fileformat2.html#walformat)."""
@@ -960,20 +962,26 @@ class WriterActor(RoleActor):
         With readers whose transactions overlap (checkpoint starvation), PASSIVE never
         copies the last frames and the WAL never starts over: it would grow for ever.
         TRUNCATE waits for the readers on old frames to finish (new ones read the
-        database file), then empties the file. The wait is short: this holds the write
-        lock, and if readers stay, a later commit tries again.
+        database file), then empties the file. This holds the write lock, so the wait
+        starts short and doubles after each try that readers outlasted (up to
+        ``busy_timeout``: long reads are waited out in the end), and halves after a
+        success.
         """
         started = time.monotonic()
-        with busy_wait_limit(_TRUNCATE_WAIT):
-            try:
+        try:
+            with busy_wait_limit(self._truncate_wait):
                 self._checkpoint("TRUNCATE")
-            except apsw.BusyError:
-                log.info("WAL past wal_size_limit, still in use by readers: truncated later")
-        # The wait held the write lock: the next one comes after nine times as long of
-        # writing, so waiting for readers takes at most a tenth of the writer's time (the
-        # WAL may pass its limit by what is written meanwhile).
-        finished = time.monotonic()
-        self._truncate_after = finished + _TRUNCATE_BACKOFF * (finished - started)
+        except apsw.BusyError:
+            self._truncate_wait = min(2 * self._truncate_wait, self.config.busy_timeout)
+            log.info("WAL past wal_size_limit, still in use by readers: truncated later")
+        else:
+            self._truncate_wait = max(_TRUNCATE_WAIT, self._truncate_wait / 2)
+        finally:
+            # The wait held the write lock: the next try comes after nine times as long
+            # of writing, so waiting for readers takes at most a tenth of the writer's
+            # time (the WAL may pass its limit by what is written meanwhile).
+            finished = time.monotonic()
+            self._truncate_after = finished + _TRUNCATE_BACKOFF * (finished - started)
 
     def _commit_failed(
         self,
@@ -1036,7 +1044,7 @@ class WriterActor(RoleActor):
             self._commit()  # a checkpoint cannot run inside the batch's transaction
         sql = f"PRAGMA wal_checkpoint({op.mode})"
         try:
-            if op.mode in ("RESTART", "TRUNCATE"):
+            if op.mode != "PASSIVE":
                 # These wait for readers on old frames while holding the write lock:
                 # not for the whole busy timeout, with every write waiting behind.
                 with busy_wait_limit(min(self.config.busy_timeout, _CHECKPOINT_WAIT)):
@@ -1046,9 +1054,12 @@ class WriterActor(RoleActor):
         except apsw.BusyError as error:
             refused = wrap_sqlite_error(error, sql)
             refused.args = (
-                f"{sql} could not finish: readers still use the WAL (transactions of "
-                "this storage, a repeatable_read snapshot say, or of other processes). "
-                "What they allow was copied; try again once they end",
+                f"{sql}: another connection is checkpointing; nothing was copied, try again later"
+                if op.mode == "PASSIVE"  # (PASSIVE never waits for readers)
+                else f"{sql} could not finish: readers still use the WAL (transactions "
+                "of this storage, a repeatable_read snapshot say, or of other "
+                "processes), or another process holds the write lock. What they allow "
+                "was copied; try again once they end",
             )
             self._fail(op, refused)
             return
