@@ -485,19 +485,15 @@ class Runtime:
         me = threading.get_ident()
         if me not in self.guarded_threads:
             return None
-        graph = self.transactions.graph
-        if not graph.check(
+        transactions = self.transactions
+        if not transactions.check_reader_wait(
             me,
-            "pool:readers",
-            all_units_taken=self.pool.exhausted,
-            units_in_use=self.pool.in_use,
-            record=True,
-            advice="this thread holds the writer lease, and the readers are taken by "
+            "this thread holds the writer lease, and the readers are taken by "
             "transactions waiting for it: read through the transaction (tx.query), or "
             "commit first",
         ):
             return None
-        return lambda: graph.done_waiting(me)
+        return lambda: transactions.graph.done_waiting(me)
 
     def _lease_granted(self, lease: Lease) -> None:
         self._leases[lease.tx_id] = lease

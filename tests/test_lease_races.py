@@ -56,6 +56,17 @@ def _pause_after_release(
     monkeypatch.setattr(lease_module.Lease, "give_back", paused)
 
 
+def _commit_one(db: atlas.Storage, outcome: list[object]) -> None:
+    """Insert a row in a transaction and commit; note "committed" or the error."""
+    tx = db.transactions.begin()
+    try:
+        tx.execute("INSERT INTO t(v) VALUES ('tx')")
+        tx.commit()
+        outcome.append("committed")
+    except AtlasError as error:
+        outcome.append(error)
+
+
 def test_a_crash_during_a_hand_over_fails_both_transactions_and_frees_their_threads(
     open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,16 +126,7 @@ def test_close_after_a_release_never_commits_a_transaction_told_it_failed(
     _pause_after_release(monkeypatch, until=lambda: db._state != "running", then=lambda: None)
     outcome: list[object] = []
 
-    def commit_one() -> None:
-        tx = db.transactions.begin()
-        tx.execute("INSERT INTO t(v) VALUES ('tx')")
-        try:
-            tx.commit()
-            outcome.append("committed")
-        except AtlasError as error:
-            outcome.append(error)
-
-    committer = threading.Thread(target=commit_one)
+    committer = threading.Thread(target=_commit_one, args=(db, outcome))
     committer.start()
     assert wait_until(lambda: db.transactions.status().lease_holder is not None)
     time.sleep(0.05)
@@ -172,16 +174,7 @@ def test_close_after_a_release_fails_the_batchs_other_units_as_rolled_back(
     unit = db.writer.run(lambda c: c.execute("INSERT INTO t(v) VALUES ('unit')"))
     outcome: list[object] = []
 
-    def commit_one() -> None:
-        tx = db.transactions.begin()
-        try:
-            tx.execute("INSERT INTO t(v) VALUES ('tx')")
-            tx.commit()
-            outcome.append("committed")
-        except AtlasError as error:
-            outcome.append(error)
-
-    committer = threading.Thread(target=commit_one)
+    committer = threading.Thread(target=_commit_one, args=(db, outcome))
     committer.start()
     time.sleep(0.1)
     gate.set()  # the unit runs, then the transaction gets the lease and releases

@@ -152,7 +152,7 @@ class WriterHooks:
 _TRUNCATE_WAIT = 0.1
 """Seconds the writer first waits for readers when it truncates a WAL past its limit."""
 _CHECKPOINT_WAIT = 1.0
-"""Seconds an explicit RESTART or TRUNCATE checkpoint waits for readers, at most."""
+"""Seconds an explicit FULL, RESTART or TRUNCATE checkpoint waits for readers, at most."""
 _TRUNCATE_BACKOFF = 9.0
 """Writing time between two such truncations, as a multiple of the last one's."""
 _RUN_MAX = 32
@@ -227,16 +227,17 @@ class WriterActor(RoleActor):
         self._batch_tables: set[str] | None = set()
         self._wrote_frames = False
         self.wal_frames = 0
+        """Frames in the WAL after the last commit (from the WAL hook)."""
         self._checkpoint_due = self.config.checkpoint_frames
         """WAL frames at which the next automatic checkpoint runs."""
         self._checkpointed_at = 0
         """Frames in the WAL at the last checkpoint (fewer after a commit: it restarted)."""
         self._page_size = 4096
+        """The database's page size (read at start): a WAL frame's size, with its header."""
         self._truncate_after = 0.0
+        """``time.monotonic()`` before which no TRUNCATE is tried (see _truncate_wal)."""
         self._truncate_wait = _TRUNCATE_WAIT
         """Seconds the next TRUNCATE waits for readers (see _truncate_wal)."""
-        """``time.monotonic()`` before which no TRUNCATE is tried (see _truncate_wal)."""
-        """Frames in the WAL after the last commit (from the WAL hook)."""
         self._changes_at_begin = 0
         self._row_changes: dict[str, list[RowImage] | None] = {}
         self._row_hook_calls = 0
@@ -1044,12 +1045,14 @@ class WriterActor(RoleActor):
             self._commit()  # a checkpoint cannot run inside the batch's transaction
         sql = f"PRAGMA wal_checkpoint({op.mode})"
         try:
-            if op.mode != "PASSIVE":
-                # These wait for readers on old frames while holding the write lock:
-                # not for the whole busy timeout, with every write waiting behind.
-                with busy_wait_limit(min(self.config.busy_timeout, _CHECKPOINT_WAIT)):
-                    result = self._checkpoint(op.mode)
-            else:
+            # FULL, RESTART and TRUNCATE wait for readers on old frames while holding
+            # the write lock: not for the whole busy timeout, every write behind them.
+            waiting = (
+                busy_wait_limit(min(self.config.busy_timeout, _CHECKPOINT_WAIT))
+                if op.mode != "PASSIVE"
+                else contextlib.nullcontext()
+            )
+            with waiting:
                 result = self._checkpoint(op.mode)
         except apsw.BusyError as error:
             refused = wrap_sqlite_error(error, sql)

@@ -719,17 +719,28 @@ class TransactionManager:
             tx._error = error
             raise
 
-    def pin_reader(self, tx: Transaction) -> PooledConnection:
-        """Take a reader connection for ``tx``'s snapshot."""
-        me = threading.get_ident()
+    def check_reader_wait(self, me: int, advice: str = "") -> bool:
+        """Refuse (DeadlockError) a wait of thread ``me`` for a reader that closes a cycle.
+
+        Every reader taken, each by a transaction waiting (in the end) for something
+        ``me`` holds: a reader busy with an ordinary read counts as one that comes free.
+        True if the wait was recorded (call ``graph.done_waiting(me)`` after it).
+        """
         pool = self.storage.pool
-        recorded = self.graph.check(
+        return self.graph.check(
             me,
             "pool:readers",
             all_units_taken=pool.exhausted,
             units_in_use=pool.in_use,
+            advice=advice,
             record=True,
         )
+
+    def pin_reader(self, tx: Transaction) -> PooledConnection:
+        """Take a reader connection for ``tx``'s snapshot."""
+        me = threading.get_ident()
+        pool = self.storage.pool
+        recorded = self.check_reader_wait(me)
         try:
             reader = pool.acquire()
         finally:
