@@ -92,10 +92,6 @@ class WriterHandle:
         self._default_timeout = storage.config.default_timeout
         self.guarded_threads = storage.guarded_threads
         """The threads whose waits the deadlock guard checks (the storage's set)."""
-        self.last_sent: dict[int, threading.Lock] = {}
-        """Thread id → the done-lock of the last op that thread queued (held while that
-        op is pending): a lease request bypasses the mailbox only when nothing its own
-        thread sent before it can still be on its way (see :meth:`sent_all_done`)."""
 
     def execute(
         self, sql: str, params: Params = None, *, timeout: float | None = None
@@ -137,9 +133,7 @@ class WriterHandle:
         deadline = now + (self._default_timeout if timeout is None else timeout)
         future: WriterFuture[list[WriteResult]] = WriterFuture(deadline, "write_all", statements)
         future.handle = self
-        me = get_ident()
-        op = WriteAllOp(future, me, None, statements, now)
-        self.last_sent[me] = future._done
+        op = WriteAllOp(future, get_ident(), None, statements, now)
         mailbox = self._mailbox
         queued = mailbox._queue
         if mailbox.closed is None and queued.qsize() < mailbox.capacity:
@@ -201,15 +195,8 @@ class WriterHandle:
             else:
                 context = tracing.current_context()
         future.handle = self
-        me = threading.get_ident()
-        self.last_sent[me] = future._done
-        self._mailbox.send(op_class(future, me, context, *args))
+        self._mailbox.send(op_class(future, threading.get_ident(), context, *args))
         return future
-
-    def sent_all_done(self, me: int) -> bool:
-        """True if every op thread ``me`` queued through this handle is resolved."""
-        done = self.last_sent.get(me)
-        return done is None or not done.locked()
 
     def submit_lease(
         self,

@@ -27,7 +27,7 @@ from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
-from atlas_actors.actors.writer_ops import LeaseExpired, LeaseRequest, WriterCounters
+from atlas_actors.actors.writer_ops import LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.manager import CacheManager
@@ -94,8 +94,6 @@ class Runtime:
         self.disk_full = False
         """True while the writer refuses writes because the disk is full."""
         self.writer_connection: TrackedConnection | None = None
-        self.lease_intake: Callable[[LeaseRequest], bool] | None = None
-        """The writer incarnation's ``take_lease_request`` (None before the first starts)."""
         self._state = "starting"
         self._failure: StorageUnavailable | None = None
         self._lock = threading.Lock()
@@ -239,7 +237,6 @@ class Runtime:
                 lease_granted=self._lease_granted,
                 lease_ended=self._lease_ended,
                 lease_passed=self._lease_passed,
-                lease_intake=self._set_lease_intake,
             ),
             connect=lambda: self._connect(writer=True),
             statements=self.statements,
@@ -429,9 +426,6 @@ class Runtime:
         self.guarded_threads.add(threading.get_ident())
         self.writer_connection = connection
         self._writer_ready.set()
-
-    def _set_lease_intake(self, intake: Callable[[LeaseRequest], bool]) -> None:
-        self.lease_intake = intake
 
     def _writer_disconnected(self) -> None:
         # Thread ids are reused once a thread ends: forget this one now.

@@ -147,9 +147,6 @@ class WriterHooks:
     """The first lease came back and the second was granted in its place (a hand-over,
     in the returning transaction's thread): ``lease_ended`` then ``lease_granted`` in
     one call. None: those two are called instead."""
-    lease_intake: Callable[[Callable[[LeaseRequest], bool]], None] = _ignore
-    """The incarnation started: lease requests may be offered to this function, in the
-    requesting thread, before the mailbox (see ``WriterActor.take_lease_request``)."""
 
 
 _TRUNCATE_WAIT = 0.1
@@ -282,7 +279,6 @@ class WriterActor(RoleActor):
             self._disk_full = self._disk_full_error(time.monotonic())
             self._next_probe = 0.0
         self.hooks.connected(connection)
-        self.hooks.lease_intake(self.take_lease_request)
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
     def _verify(self, connection: TrackedConnection) -> None:
@@ -1207,23 +1203,6 @@ class WriterActor(RoleActor):
         self.hooks.lease_granted(lease)
         request.future.set_result(lease)
 
-    def take_lease_request(self, request: LeaseRequest) -> bool:
-        """Queue ``request`` behind the lease now out, without a trip through the mailbox.
-
-        Runs in the requesting thread. While a transaction holds the lease, the writer
-        would only move a request from its mailbox to the lease queue, which costs a
-        wake-up of the writer thread (and its Python, under the GIL the lease holder
-        needs) per transaction. The request goes there directly instead, if nothing
-        else waits in front of it: the mailbox and the stash are empty (the caller
-        makes sure none of its own thread's earlier messages is still on its way).
-        False: send it to the mailbox as usual.
-        """
-        with self._handing_over:
-            if self._ending or self._lease is None or self._stash or not self.mailbox.empty():
-                return False
-            self._lease_queue.append(request)
-            return True
-
     def _hand_over(self, lease: Lease, ret: LeaseReturn) -> bool:
         """Pass a committed transaction's connection straight to the next one waiting.
 
@@ -1322,8 +1301,7 @@ class WriterActor(RoleActor):
                 )
             )
             return
-        with self._handing_over:  # no request joins the lease queue from now on
-            self._lease = None
+        self._lease = None
         self.hooks.lease_ended(lease)
         self._absorb_chain()
         if message.lost:
@@ -1371,8 +1349,7 @@ class WriterActor(RoleActor):
 
         if not lease.revoke(error, undo):
             return  # given back meanwhile (its LeaseReturn is on its way, or handed over)
-        with self._handing_over:  # no request joins the lease queue from now on
-            self._lease = None
+        self._lease = None
         self.hooks.lease_ended(lease)
         self._absorb_chain()
         if lost:

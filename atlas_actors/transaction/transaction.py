@@ -369,17 +369,11 @@ class Transaction:
         graph = manager.graph
         recorded = graph.check(me, LEASE, advice=self._lease_advice, record=True)
         try:
-            storage = manager.storage
-            writer = storage.writer
-            request = writer.submit_lease(
+            request = manager.storage.writer.submit_lease(
                 LeaseRequest,
                 f"transaction {self.id}: lease",
                 (self.id, self._timeout, expected),
                 writable=True,
-                # Straight to the lease queue while another transaction holds the lease,
-                # unless a message of this thread may still be on its way to the writer
-                # (the request must not overtake it).
-                deliver=storage.lease_intake if writer.sent_all_done(me) else None,
             )
             try:
                 granted: Lease = request.get()
