@@ -119,8 +119,9 @@ class StorageConfig:
     that must resume writing fast (SQLite's own checks still report corruption)."""
 
     transaction_timeout: float = 10.0
-    """Seconds an interactive transaction may hold the writer lease before it is rolled
-    back (its owner's next call raises TransactionTimeout): every write waits behind it."""
+    """Seconds an interactive transaction may hold the writer lease (every write waits
+    behind it) or a ``repeatable_read`` snapshot (the WAL cannot be checkpointed past
+    it) before it is rolled back; its owner's next call raises TransactionTimeout."""
 
     max_page_count: int = 0
     """Largest database size in pages (``PRAGMA max_page_count``); 0 leaves SQLite's

@@ -163,7 +163,7 @@ class TransactionError(AtlasError):
 
 
 class TransactionTimeout(TransactionError, TransientError):
-    """The transaction held the writer lease past its timeout and was rolled back."""
+    """The transaction held the writer lease or its snapshot past its timeout: rolled back."""
 
     category = "timeout"
     transient = True

@@ -467,8 +467,9 @@ class Runtime:
         raise NotImplementedError
 
     def _tick(self, now: float) -> None:
-        """The supervisor's periodic tick: pool maintenance and lease deadlines."""
+        """The supervisor's periodic tick: pool maintenance, lease and snapshot deadlines."""
         self.pool.maintain(now)
+        self.transactions.expire_snapshots(now)
         for lease in list(self._leases.values()):
             if now >= lease.deadline and lease.tx_id not in self._expiry_sent:
                 self._expiry_sent.add(lease.tx_id)

@@ -36,6 +36,7 @@ from atlas_actors.errors import (
     OperationTimeout,
     TransactionAborted,
     TransactionError,
+    TransactionTimeout,
     ValidationError,
 )
 from atlas_actors.future import Future
@@ -76,6 +77,15 @@ class Transaction:
     _lease: Lease | None = None
     """The writer lease while held; None once the transaction has ended."""
     _reader: PooledConnection | None = None
+    _reader_lock: threading.RLock | None = None
+    """Held by the owner while it uses its pinned reader, and by the tick that ends a
+    snapshot kept past the timeout (created with the first pinned reader)."""
+    _pinned_at = 0.0
+    """``time.monotonic()`` when the reader was pinned."""
+    _pinned_by = 0
+    """Thread id that pinned the reader (its hold in the wait-for graph)."""
+    _expiring = False
+    """Set by the tick that found the snapshot past its timeout with the reader busy."""
     _snapshot: tuple[int, int] | None = None
     _savepoints: tuple[str, ...] = ()
     _error: AtlasError | None = None
@@ -360,6 +370,14 @@ class Transaction:
         lease = self._lease
         if lease is not None:
             return lease
+        lock = self._reader_lock
+        if lock is None or self._reader is None:
+            return self._take_lease()
+        with lock:  # the snapshot's timeout cannot end it halfway through
+            self._check_active()
+            return self._take_lease()
+
+    def _take_lease(self) -> Lease:
         expected = None
         if self.isolation == "repeatable_read" and self._reader is not None:
             # A snapshot whose version could not be pinned conflicts on purpose.
@@ -438,16 +456,30 @@ class Transaction:
                     fresh = self.isolation != "read_uncommitted"
                     return storage.cache.read(sql, params, None, fresh=fresh)
                 return storage.pool.query(sql, params)
-            if self._reader is not None:
-                return self._reader.query(sql, params)
-            return self._open_snapshot(sql, params)
+            if self._reader is None:
+                return self._open_snapshot(sql, params)
+            with self._reader_lock or contextlib.nullcontext():
+                reader = self._reader
+                if reader is None:  # the snapshot's timeout ended it
+                    self._check_active()
+                    raise TransactionError(f"transaction {self.id} lost its snapshot")
+                return reader.query(sql, params)
         except AtlasError as error:
+            if self._expiring and not isinstance(error, TransactionError):
+                # Interrupted by the tick: the snapshot is past the timeout.
+                expired = self._snapshot_expired()
+                self._storage.errors.handle(expired, {"operation": "transaction", "tx": self.id})
+                raise expired from error
             self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
             raise
 
     def _open_snapshot(self, sql: str, params: Params) -> list[Row]:
         """Pin a reader and start a read transaction whose version is known exactly."""
+        if self._reader_lock is None:
+            self._reader_lock = threading.RLock()
         reader = self._manager.pin_reader(self)
+        self._pinned_by = threading.get_ident()
+        self._pinned_at = time.monotonic()
         self._reader = reader
         for _ in range(_SNAPSHOT_ATTEMPTS):
             before = self._storage.writer_version
@@ -461,11 +493,56 @@ class Transaction:
         return rows
 
     def _drop_reader(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            with contextlib.suppress(AtlasError):  # no read transaction was open
-                reader.query("ROLLBACK")
-            self._manager.unpin_reader(self, reader)
+        lock = self._reader_lock
+        if lock is None:
+            return  # never pinned one
+        with lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                with contextlib.suppress(AtlasError):  # no read transaction was open
+                    reader.query("ROLLBACK")
+                self._manager.unpin_reader(self, reader)
+
+    def expire_snapshot(self, now: float) -> bool:
+        """End this transaction's snapshot if it is older than its timeout (the tick).
+
+        A pinned snapshot keeps every WAL frame committed after it from being
+        checkpointed, so one kept open (an idle ``repeatable_read`` transaction) would
+        let the WAL grow without bound. Past the transaction's ``timeout`` the snapshot
+        is rolled back, its reader goes back to the pool, and the owner's next call
+        raises ``TransactionTimeout``. A statement running on the reader is interrupted
+        first; the snapshot then ends at a later tick. True once it has ended.
+        """
+        lock = self._reader_lock
+        if lock is None or self._reader is None or now - self._pinned_at < self._timeout:
+            return False
+        if not lock.acquire(timeout=0.01):
+            # The owner is using the reader (or waits for the lease, which then ends
+            # the snapshot itself): stop a running statement; try again next tick.
+            self._expiring = True
+            reader = self._reader
+            if reader is not None:
+                reader.interrupt()
+            return False
+        try:
+            if self._reader is None or self.state != "active":
+                return False
+            error = self._snapshot_expired()
+            self._error = error
+            self._drop_reader()
+            self._finish("failed")
+        finally:
+            lock.release()
+        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        return True
+
+    def _snapshot_expired(self) -> TransactionTimeout:
+        held = time.monotonic() - self._pinned_at
+        return TransactionTimeout(
+            f"transaction {self.id} kept its snapshot for {held:.1f}s, past its timeout; "
+            "it was rolled back so that the WAL can be checkpointed. Keep transactions "
+            "short, or pass a longer timeout"
+        )
 
     def _give_back(self, *, commit: bool, lost: bool = False) -> None:
         lease, self._lease = self._lease, None
@@ -750,9 +827,15 @@ class TransactionManager:
         return reader
 
     def unpin_reader(self, tx: Transaction, reader: PooledConnection) -> None:
-        """Give ``tx``'s reader back to the pool."""
+        """Give ``tx``'s reader back to the pool (from any thread: the tick may)."""
         reader.release()
-        self.graph.release(threading.get_ident(), "pool:readers")
+        self.graph.release(tx._pinned_by, "pool:readers")
+
+    def expire_snapshots(self, now: float) -> None:
+        """End the snapshots kept past their transaction's timeout (the storage's tick)."""
+        for tx in list(self._active.values()):  # (copied in one step)
+            if tx._reader is not None:
+                tx.expire_snapshot(now)
 
 
 def _check_savepoint_name(name: str) -> None:

@@ -1,0 +1,140 @@
+"""A snapshot kept past its transaction's timeout is ended, so the WAL stays bounded.
+
+A ``repeatable_read`` transaction pins a reader with an open read transaction; SQLite
+cannot checkpoint past the oldest snapshot, so one left open would let the WAL grow
+without bound (DESIGN.md's WAL policy: recycle readers that pin old snapshots). Past
+the transaction's ``timeout`` the tick rolls the snapshot back, gives the reader back
+to the pool, and the owner's next call raises ``TransactionTimeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import TransactionTimeout
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Any:
+    with atlas.open(
+        tmp_path / "snap.db", cache=False, wal_size_limit=128 * 1024, readers=2
+    ) as storage:
+        storage.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        yield storage
+
+
+def _wal_size(db: atlas.Storage) -> int:
+    return os.path.getsize(f"{db.path}-wal")
+
+
+def _write_for(db: atlas.Storage, seconds: float) -> int:
+    written = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        db.write_all([("INSERT INTO t(v) VALUES (?)", ["x" * 500])] * 20)
+        written += 20
+    return written
+
+
+def test_an_idle_snapshot_past_its_timeout_is_ended_and_the_wal_shrinks(
+    db: atlas.Storage,
+) -> None:
+    tx = db.transactions.begin("repeatable_read", timeout=0.5)
+    assert tx.query("SELECT count(*) AS n FROM t")[0].n == 0
+    assert db.pool.status().active == 1  # the pinned reader
+
+    _write_for(db, 0.4)  # within the timeout: the snapshot holds the WAL back
+    assert tx.state == "active"
+    assert tx.query("SELECT count(*) AS n FROM t")[0].n == 0  # still the same snapshot
+    assert _wal_size(db) > 128 * 1024
+
+    assert wait_until(lambda: tx.state == "failed", timeout=5)
+    assert db.pool.status().active == 0  # the reader went back to the pool
+    with pytest.raises(TransactionTimeout, match="kept its snapshot"):
+        tx.query("SELECT count(*) AS n FROM t")
+    with pytest.raises(TransactionTimeout):
+        tx.commit()
+    tx.rollback()  # harmless once ended
+    assert db.transactions.status().active == ()
+
+    # Nothing pins the WAL now: the writer truncates it back under its limit.
+    assert wait_until(lambda: (_write_for(db, 0.1), _wal_size(db) <= 128 * 1024)[1], timeout=10)
+
+
+def test_a_statement_running_past_the_timeout_is_interrupted(db: atlas.Storage) -> None:
+    endless = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT count(*) AS n FROM c"
+    )
+    tx = db.transactions.begin("repeatable_read", timeout=0.3)
+    tx.query("SELECT count(*) AS n FROM t")  # pins the snapshot
+    started = time.monotonic()
+    with pytest.raises(TransactionTimeout, match="kept its snapshot"):
+        tx.query(endless)
+    assert time.monotonic() - started < 5
+    assert wait_until(lambda: tx.state == "failed", timeout=5)
+    assert db.pool.status().active == 0
+    assert db.query("SELECT count(*) AS n FROM t")[0].n == 0  # the runtime keeps serving
+
+
+def test_a_snapshot_within_its_timeout_is_left_alone(db: atlas.Storage) -> None:
+    with db.transaction("repeatable_read", timeout=30) as tx:
+        before = tx.query("SELECT count(*) AS n FROM t")[0].n
+        db.write("INSERT INTO t(v) VALUES ('later')")
+        time.sleep(0.3)  # several ticks
+        assert tx.query("SELECT count(*) AS n FROM t")[0].n == before
+    assert tx.state == "committed"
+
+
+def test_a_transaction_that_goes_on_to_write_keeps_its_lease_timeout_only(
+    db: atlas.Storage,
+) -> None:
+    """Once it writes, the lease replaces the snapshot: the tick no longer looks at it."""
+    tx = db.transactions.begin("repeatable_read", timeout=5)
+    tx.query("SELECT count(*) AS n FROM t")
+    tx.execute("INSERT INTO t(v) VALUES ('mine')")
+    assert db.pool.status().active == 0  # the reader was given back at the first write
+    tx.commit()
+    assert db.query("SELECT count(*) AS n FROM t")[0].n == 1
+
+
+def test_the_owner_racing_the_tick_never_loses_a_reader(db: atlas.Storage) -> None:
+    """Owners committing, reading and rolling back while the tick ends their snapshots:
+    every reader comes back to the pool exactly once, and the pool keeps serving."""
+    errors: list[BaseException] = []
+
+    def owner(index: int) -> None:
+        for round_ in range(30):
+            tx = db.transactions.begin("repeatable_read", timeout=0.01 * (round_ % 4))
+            try:
+                tx.query("SELECT count(*) AS n FROM t")
+                time.sleep(0.002 * (index % 3))
+                tx.query("SELECT count(*) AS n FROM t")
+                if round_ % 2:
+                    tx.commit()
+                else:
+                    tx.rollback()
+            except TransactionTimeout:
+                tx.rollback()
+            except BaseException as error:  # pragma: no cover (the assertion says)
+                errors.append(error)
+
+    threads = [threading.Thread(target=owner, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert wait_until(lambda: db.pool.status().active == 0)
+    status = db.pool.status()
+    assert status.idle == status.total  # (the pool may have grown for the pinned ones)
+    assert db.transactions.status().active == ()
+    assert db.query("SELECT count(*) AS n FROM t")[0].n == 0
