@@ -138,3 +138,25 @@ def test_the_owner_racing_the_tick_never_loses_a_reader(db: atlas.Storage) -> No
     assert status.idle == status.total  # (the pool may have grown for the pinned ones)
     assert db.transactions.status().active == ()
     assert db.query("SELECT count(*) AS n FROM t")[0].n == 0
+
+
+def test_a_thread_that_ends_with_its_snapshot_open_leaves_nothing_behind(
+    db: atlas.Storage,
+) -> None:
+    """Its reader comes back and its hold leaves the wait-for graph (thread ids are
+    reused: a new thread must not inherit a hold on the readers)."""
+    pinned: list[int] = []
+
+    def forgetful() -> None:
+        tx = db.transactions.begin("repeatable_read", timeout=0.2)
+        tx.query("SELECT count(*) AS n FROM t")
+        pinned.append(threading.get_ident())  # and the thread ends, tx still open
+
+    thread = threading.Thread(target=forgetful)
+    thread.start()
+    thread.join(10)
+    graph = db.transactions.graph
+    assert list(graph.holders("pool:readers")) == pinned
+    assert wait_until(lambda: db.pool.status().active == 0, timeout=5)
+    assert graph.holders("pool:readers") == {}
+    assert db.transactions.status().active == ()
