@@ -172,16 +172,6 @@ class PooledConnection:
 
     query = execute
 
-    def interrupt(self) -> None:
-        """Stop the statement running on this connection (from any thread).
-
-        It fails with ``SQLITE_INTERRUPT`` in the thread running it; harmless when none
-        runs, or once the connection was released.
-        """
-        connection = self._connection
-        if connection is not None:
-            connection.connection.interrupt()
-
     def release(self) -> None:
         """Give the connection back to the pool (safe to call twice)."""
         connection, self._connection = self._connection, None

@@ -78,14 +78,14 @@ class Transaction:
     """The writer lease while held; None once the transaction has ended."""
     _reader: PooledConnection | None = None
     _reader_lock: threading.RLock | None = None
-    """Held by the owner while it uses its pinned reader, and by the tick that ends a
-    snapshot kept past the timeout (created with the first pinned reader)."""
+    """Created with the first snapshot (``repeatable_read``). The owner holds it through
+    every call that reads the snapshot, takes the lease or ends the transaction, and
+    the tick that ends a snapshot past the timeout takes it only when it is free: the
+    two never act on the transaction at once."""
     _pinned_at = 0.0
     """``time.monotonic()`` when the reader was pinned."""
     _pinned_by = 0
     """Thread id that pinned the reader (its hold in the wait-for graph)."""
-    _expiring = False
-    """Set by the tick that found the snapshot past its timeout with the reader busy."""
     _snapshot: tuple[int, int] | None = None
     _savepoints: tuple[str, ...] = ()
     _error: AtlasError | None = None
@@ -219,6 +219,9 @@ class Transaction:
         if self.state != "active":
             self._check_active()
         lease = self._lease
+        if lease is None and self._reader_lock is not None:
+            self._commit_snapshot(self._reader_lock)
+            return
         try:
             if lease is not None:
                 lease.give_back(f"RELEASE {lease.savepoint}")
@@ -249,8 +252,26 @@ class Transaction:
             with manager._lock:
                 manager.committed += 1
 
+    def _commit_snapshot(self, lock: threading.RLock) -> None:
+        """Commit a transaction that has read a snapshot (it may hold the lease by now)."""
+        with lock:  # the tick cannot end the snapshot halfway through
+            self._check_active()
+            if self._lease is not None:
+                self.commit()  # (granted before we took the lock: the lease path)
+                return
+            self._drop_reader()
+            self._finish("committed")
+
     def rollback(self) -> None:
         """Undo the whole transaction. Harmless once it has ended."""
+        lock = self._reader_lock
+        if lock is None:
+            self._rollback()
+            return
+        with lock:  # the tick cannot end the snapshot halfway through
+            self._rollback()
+
+    def _rollback(self) -> None:
         if self.state != "active":
             self._drop_reader()
             return
@@ -371,10 +392,12 @@ class Transaction:
         if lease is not None:
             return lease
         lock = self._reader_lock
-        if lock is None or self._reader is None:
+        if lock is None:
             return self._take_lease()
-        with lock:  # the snapshot's timeout cannot end it halfway through
+        with lock:  # the tick cannot end the snapshot while the lease is on its way
             self._check_active()
+            if self._reader is not None and self._snapshot_too_old():
+                raise self._expire()
             return self._take_lease()
 
     def _take_lease(self) -> Lease:
@@ -456,27 +479,28 @@ class Transaction:
                     fresh = self.isolation != "read_uncommitted"
                     return storage.cache.read(sql, params, None, fresh=fresh)
                 return storage.pool.query(sql, params)
-            if self._reader is None:
-                return self._open_snapshot(sql, params)
-            with self._reader_lock or contextlib.nullcontext():
+            lock = self._reader_lock
+            if lock is None:
+                lock = self._reader_lock = threading.RLock()
+            with lock:  # the tick cannot end the snapshot while it is read
+                self._check_active()  # (the tick may have ended it just now)
                 reader = self._reader
-                if reader is None:  # the snapshot's timeout ended it
-                    self._check_active()
-                    raise TransactionError(f"transaction {self.id} lost its snapshot")
+                if reader is None:
+                    return self._open_snapshot(sql, params)
+                if self._snapshot_too_old():
+                    raise self._expire()
                 return reader.query(sql, params)
+        except TransactionTimeout:
+            raise  # (logged once, where the snapshot ended)
         except AtlasError as error:
-            if self._expiring and not isinstance(error, TransactionError):
-                # Interrupted by the tick: the snapshot is past the timeout.
-                expired = self._snapshot_expired()
-                self._storage.errors.handle(expired, {"operation": "transaction", "tx": self.id})
-                raise expired from error
             self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
             raise
 
     def _open_snapshot(self, sql: str, params: Params) -> list[Row]:
-        """Pin a reader and start a read transaction whose version is known exactly."""
-        if self._reader_lock is None:
-            self._reader_lock = threading.RLock()
+        """Pin a reader and start a read transaction whose version is known exactly.
+
+        Called holding the reader lock.
+        """
         reader = self._manager.pin_reader(self)
         self._pinned_by = threading.get_ident()
         self._pinned_at = time.monotonic()
@@ -510,39 +534,39 @@ class Transaction:
         checkpointed, so one kept open (an idle ``repeatable_read`` transaction) would
         let the WAL grow without bound. Past the transaction's ``timeout`` the snapshot
         is rolled back, its reader goes back to the pool, and the owner's next call
-        raises ``TransactionTimeout``. A statement running on the reader is interrupted
-        first; the snapshot then ends at a later tick. True once it has ended.
+        raises ``TransactionTimeout``. While the owner is in a call (a statement, the
+        wait for the lease) the tick leaves it alone: that call, or the owner's next,
+        ends it. True once it has ended.
         """
         lock = self._reader_lock
         if lock is None or self._reader is None or now - self._pinned_at < self._timeout:
             return False
-        if not lock.acquire(timeout=0.01):
-            # The owner is using the reader (or waits for the lease, which then ends
-            # the snapshot itself): stop a running statement; try again next tick.
-            self._expiring = True
-            reader = self._reader
-            if reader is not None:
-                reader.interrupt()
-            return False
+        if not lock.acquire(blocking=False):
+            return False  # the owner is in a call: it, or a later tick, ends the snapshot
         try:
             if self._reader is None or self.state != "active":
                 return False
-            error = self._snapshot_expired()
-            self._error = error
-            self._drop_reader()
-            self._finish("failed")
+            self._expire()
+            return True
         finally:
             lock.release()
-        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
-        return True
 
-    def _snapshot_expired(self) -> TransactionTimeout:
+    def _snapshot_too_old(self) -> bool:
+        return time.monotonic() - self._pinned_at >= self._timeout
+
+    def _expire(self) -> TransactionTimeout:
+        """Roll the snapshot back and fail the transaction (holding the reader lock)."""
         held = time.monotonic() - self._pinned_at
-        return TransactionTimeout(
+        error = TransactionTimeout(
             f"transaction {self.id} kept its snapshot for {held:.1f}s, past its timeout; "
             "it was rolled back so that the WAL can be checkpointed. Keep transactions "
             "short, or pass a longer timeout"
         )
+        self._error = error
+        self._drop_reader()
+        self._finish("failed")
+        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        return error
 
     def _give_back(self, *, commit: bool, lost: bool = False) -> None:
         lease, self._lease = self._lease, None
