@@ -195,7 +195,11 @@ class WriterHandle:
             else:
                 context = tracing.current_context()
         future.handle = self
-        self._mailbox.send(op_class(future, threading.get_ident(), context, *args))
+        try:
+            self._mailbox.send(op_class(future, threading.get_ident(), context, *args))
+        except BaseException as error:  # never queued (full, closed): nobody resolves it
+            future.set_exception(error)  # (ends the call's span, through its callback)
+            raise
         return future
 
     def submit_lease(

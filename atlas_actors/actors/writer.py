@@ -193,7 +193,9 @@ class WriterActor(RoleActor):
         self.connection: TrackedConnection | None = None
         self._batch: list[Op] = []
         """The batch's ops in order, each with its ``result`` (acknowledged at COMMIT)."""
-        self._spans: list[Any] = []
+        self._spans: dict[int, Any] = {}
+        """Op id → the consumer span of its last run (traced only): the commit links those
+        of the ops it commits, not of runs rolled back and run again, nor failed ones."""
         self._in_transaction = False
         self._group_start: int | None = None
         """Index in the batch of the first write of the open group (None: no group)."""
@@ -353,7 +355,7 @@ class WriterActor(RoleActor):
             self.hooks.lease_ended(lease)
         self._absorb_chain()
         batch, self._batch = self._batch, []
-        self._spans = []
+        self._spans = {}
         self._in_transaction = False
         replay = [op for op in batch if op.replayable]
         for op in batch:
@@ -563,7 +565,7 @@ class WriterActor(RoleActor):
                                 op.span_name, op.trace_context, op.sql
                             ) as span:
                                 self._savepoint(op, cursor, connection, span)
-                                self._spans.append(span)
+                                self._spans[op.id] = span
                         elif (
                             self._group_start is not None
                             and not self._group_failed
@@ -847,7 +849,7 @@ class WriterActor(RoleActor):
 
     def _lost_batch(self, error: BaseException) -> None:
         batch, self._batch = self._batch, []
-        self._spans = []
+        self._spans = {}
         replay = [queued for queued in batch if queued.replayable]
         for queued in batch:
             if not queued.replayable:
@@ -869,7 +871,7 @@ class WriterActor(RoleActor):
         connection = self.connection
         assert connection is not None, "a batch is open only with a connection"
         batch, self._batch = self._batch, []
-        spans, self._spans = self._spans, []
+        spans, self._spans = self._spans, {}
         self._in_transaction = False
         tracing = self.tracing
         if self.hooks.track_tables:
@@ -878,13 +880,17 @@ class WriterActor(RoleActor):
         changes_now = connection.connection.total_changes()
         changed = bool(batch) or changes_now != self._changes_at_begin
         rows = self._take_row_changes(changes_now)
-        with tracing.batch_span("atlas.writer.commit", spans, **{"atlas.batch.size": len(batch)}):
+        members = [spans[op.id] for op in batch if op.id in spans] if spans else []
+        with tracing.batch_span(
+            "atlas.writer.commit", members, **{"atlas.batch.size": len(batch)}
+        ) as span:
             if changed:
                 self.hooks.will_commit()
             self._wrote_frames = False
             try:
                 connection.cursor.execute("COMMIT")
             except apsw.Error as error:
+                Tracing.record_error(span, wrap_sqlite_error(error, "COMMIT"))
                 if changed:
                     self.hooks.commit_failed()
                 self._commit_failed(connection, batch, error)
