@@ -41,7 +41,7 @@ from atlas_actors.errors import (
     StorageClosedError,
     StorageUnavailable,
 )
-from atlas_actors.events import EventBus
+from atlas_actors.events import EventBus, LifecycleEvent
 from atlas_actors.handles import SupervisorHandle, WriterHandle
 from atlas_actors.query import Optimizer, Schema, WorkloadRecorder
 from atlas_actors.recovery import ErrorHandler
@@ -577,6 +577,48 @@ class Runtime:
                 "rolled_back": manager.rolled_back,
             }
 
+        def wal() -> dict[str, float]:
+            counters = self.writer_counters
+            try:
+                size = os.path.getsize(f"{self.path}-wal")
+            except OSError:
+                size = 0  # (no WAL file between sessions)
+            return {
+                "bytes": size,
+                "frames": counters.wal_frames,
+                "checkpoints": counters.checkpoints,
+            }
+
+        def latency() -> dict[str, float]:
+            # Mean seconds per timed statement (connections time one run in a few).
+            readers = self.pool.connection_metrics().values()
+            timed = [m.latency for m in readers if m.latency > 0]
+            writer = self.writer_connection
+            return {
+                "writer_seconds": writer.metrics().latency if writer is not None else 0.0,
+                "readers_seconds": sum(timed) / len(timed) if timed else 0.0,
+            }
+
         self.metrics.gauge("pool", pool)
         self.metrics.gauge("writer", writer)
         self.metrics.gauge("transactions", transactions)
+        self.metrics.gauge("wal", wal)
+        self.metrics.gauge("latency", latency)
+        if self.config.cache:
+
+            def cache() -> dict[str, float]:
+                stats = self.cache.stats()
+                return {
+                    "hits": stats.hits,
+                    "misses": stats.misses,
+                    "size": stats.size,
+                    "memory_usage": stats.memory_usage,
+                }
+
+            self.metrics.gauge("cache", cache)
+
+        def restarted(event: LifecycleEvent) -> None:
+            self.metrics.add("restarts")
+            self.metrics.add(f"restarts.{event.role.split('-')[0]}")
+
+        self.events.on("restart", restarted)

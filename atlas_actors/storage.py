@@ -317,7 +317,7 @@ class Storage(Runtime):
                 status=self._state,
                 writer=None,
                 pool=pool,
-                restarts=0,
+                restarts=int(self.metrics.get("restarts")),
                 failure=str(self._failure) if self._failure else None,
             )
         status = self.supervisor.status()

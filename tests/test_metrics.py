@@ -1,11 +1,14 @@
-"""Metrics on their own: failing gauges are logged once, reads create no counters."""
+"""Metrics: failing gauges are logged once, reads create no counters; a storage's gauges."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
+import atlas_actors as atlas
+from atlas_actors.connection import SAMPLE_EVERY
 from atlas_actors.telemetry.metrics import Metrics
 
 LOGGER = "atlas_actors.telemetry.metrics"
@@ -53,3 +56,25 @@ def test_reading_a_missing_counter_returns_zero_without_creating_it() -> None:
     metrics.add("errors", 2)
     assert metrics.get("errors") == 3
     assert metrics.snapshot() == {"errors": 3}
+
+
+def test_a_storage_reports_wal_latency_and_cache_gauges(tmp_path: Path) -> None:
+    with atlas.open(tmp_path / "m.db") as db:
+        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        for i in range(SAMPLE_EVERY * 2):  # (statements are timed one run in a few)
+            db.write("INSERT INTO t(v) VALUES (?)", [str(i)])
+            db.query("SELECT v FROM t WHERE id = ?", [1])
+        before = db.metrics.snapshot()
+        db.query("SELECT v FROM t WHERE id = ?", [1])
+        after = db.metrics.snapshot()
+    assert before["wal.frames"] > 0 and before["wal.bytes"] > 0
+    assert before["wal.checkpoints"] >= 0
+    assert before["latency.writer_seconds"] > 0 and before["latency.readers_seconds"] > 0
+    assert after["cache.hits"] == before["cache.hits"] + 1  # the repeated read was cached
+    assert before["cache.size"] >= 1 and before["cache.memory_usage"] > 0
+    assert "restarts" not in before  # none yet (counted by the supervision tests)
+
+
+def test_a_storage_without_a_cache_reports_no_cache_gauge(tmp_path: Path) -> None:
+    with atlas.open(tmp_path / "m.db", cache=False) as db:
+        assert not any(name.startswith("cache.") for name in db.metrics.snapshot())

@@ -213,6 +213,9 @@ def test_a_restart_storm_escalates_to_storage_unavailable(open_storage: object) 
         db.query("SELECT * FROM t")
     health = db.health()
     assert health.status == "failed" and "writer failed" in (health.failure or "")
+    assert health.restarts == 2  # (not 0 once failed: the restarts are why)
+    metrics = db.metrics.snapshot()
+    assert metrics["restarts"] == 2 and metrics["restarts.writer"] == 2
 
 
 def test_a_role_that_cannot_be_recreated_escalates_instead_of_staying_down(

@@ -1,9 +1,10 @@
 """Metrics: counters bumped by the runtime, gauges read on demand.
 
 ``db.metrics.snapshot()`` returns every counter (busy retries, errors by category,
-transactions by outcome, restarts, ...) and every gauge (pool, writer, transactions) as
-one flat dict. Counters are bumped off the hot paths only: per-statement counts live on
-the connections (``ConnectionMetrics``) and the writer, and are read as gauges.
+transaction retries, restarts in all and by role, ...) and every gauge (pool, writer,
+transactions, WAL, latency, cache) as one flat dict. Counters are bumped off the hot
+paths only: per-statement counts live on the connections (``ConnectionMetrics``) and the
+writer, and are read as gauges.
 """
 
 from __future__ import annotations
