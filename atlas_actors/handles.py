@@ -37,7 +37,7 @@ from atlas_actors.telemetry.tracing import Tracing
 if TYPE_CHECKING:
     from atlas_actors.storage import Storage
 
-__all__ = ["SupervisorHandle", "WriterFuture", "WriterHandle"]
+__all__ = ["SupervisorHandle", "WriterFuture", "WriterHandle", "end_span"]
 
 T = TypeVar("T")
 
@@ -191,7 +191,7 @@ class WriterHandle:
                 span = tracing.start_client_span("atlas.writer.submit", sql_text(sql))
                 if span is not None:
                     context = trace.set_span_in_context(span)
-                    future.add_done_callback(lambda f: _end_span(span, f))
+                    future.add_done_callback(lambda f: end_span(span, f))
             else:
                 context = tracing.current_context()
         future.handle = self
@@ -237,7 +237,8 @@ class WriterHandle:
         return future
 
 
-def _end_span(span: trace.Span, future: Future[Any]) -> None:
+def end_span(span: trace.Span, future: Future[Any]) -> None:
+    """End the CLIENT span of a call that returned ``future``, failed if the call failed."""
     error = future.exception(0) if future.done() else None
     if error is not None:
         Tracing.record_error(span, error)

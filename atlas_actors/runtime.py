@@ -48,7 +48,8 @@ from atlas_actors.recovery import ErrorHandler
 from atlas_actors.telemetry.metrics import Metrics
 from atlas_actors.telemetry.tracing import Tracing
 from atlas_actors.transaction.lease import Lease
-from atlas_actors.transaction.transaction import LEASE, TransactionManager
+from atlas_actors.transaction.traced import TracedTransaction
+from atlas_actors.transaction.transaction import LEASE, Transaction, TransactionManager
 
 __all__ = ["Runtime"]
 
@@ -129,7 +130,11 @@ class Runtime:
         """The result cache: ``db.cache.stats()``, ``invalidate(pattern)``, ``warm()``."""
         self._cache_started = False
         self._shm: ShmCounter | None = None
-        self.transactions = TransactionManager(self)  # type: ignore[arg-type]
+        self.transactions = TransactionManager(
+            self,  # type: ignore[arg-type]
+            # Spans cost a storage without tracing nothing: its transactions make none.
+            TracedTransaction if self.tracing.enabled else Transaction,
+        )
         """Transactions: ``begin()``, ``run(fn)``, ``status()``."""
         self.transactions.graph.track(LEASE, self.lease_owners, "transaction {}")
         self._supervisor_ref = SupervisorActor.start(

@@ -43,6 +43,7 @@ from atlas_actors.connection import (
 )
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
 from atlas_actors.future import Future, sql_text, statement_pairs
+from atlas_actors.handles import end_span
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
@@ -291,7 +292,14 @@ class Storage(Runtime):
         refuse_transaction_control(sql)  # BEGIN would pin a shared reader's snapshot
         deadline = time.monotonic() + (self.config.default_timeout if timeout is None else timeout)
         future: Future[list[Row]] = Future(deadline, "query", sql)
-        op = ReadOp(future, threading.get_ident(), self.tracing.current_context(), sql, params)
+        context = None
+        tracing = self.tracing
+        if tracing.enabled:
+            span = tracing.start_client_span("atlas.submit_query", sql)
+            context = trace.set_span_in_context(span) if span is not None else None
+            if span is not None:
+                future.add_done_callback(functools.partial(end_span, span))
+        op = ReadOp(future, threading.get_ident(), context, sql, params)
         self.pool.submit(op)
         return future
 

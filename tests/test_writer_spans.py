@@ -120,3 +120,65 @@ def test_a_failed_commit_marks_its_span_failed(
     commits = [s for s in exporter.get_finished_spans() if s.name == "atlas.writer.commit"]
     assert commits and commits[0].status.status_code is StatusCode.ERROR
     assert commits[0].attributes["error.type"]
+
+
+def test_a_transaction_makes_a_span_with_its_calls_and_lease_messages_under_it(
+    tmp_path: Path, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
+) -> None:
+    provider, exporter, unended = spans
+    with atlas.open(tmp_path / "tx.db", tracer_provider=provider) as db:
+        db.execute("CREATE TABLE t(x INTEGER UNIQUE)")
+        exporter.clear()
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (?)", [1])
+            tx.query("SELECT count(*) AS n FROM t")
+        with pytest.raises(AtlasError), db.transaction() as failing:
+            failing.execute("INSERT INTO t VALUES (?)", [1])  # taken: the block rolls back
+    finished = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in finished}
+    transactions = [s for s in finished if s.name == "atlas.transaction"]
+    assert len(transactions) == 2
+    committed, rolled_back = sorted(transactions, key=lambda s: s.start_time or 0)
+    assert committed.attributes["atlas.transaction.state"] == "committed"
+    assert rolled_back.attributes["atlas.transaction.state"] == "rolled_back"
+
+    def under(span: ReadableSpan) -> list[str]:
+        """Names of ``span``'s ancestors, nearest first."""
+        names = []
+        while span.parent is not None and span.parent.span_id in by_id:
+            span = by_id[span.parent.span_id]
+            names.append(span.name)
+        return names
+
+    calls = [s for s in finished if s.name.startswith("atlas.tx.")]
+    assert sorted({s.name for s in calls}) == [
+        "atlas.tx.commit",
+        "atlas.tx.execute",
+        "atlas.tx.query",
+        "atlas.tx.rollback",
+    ]
+    assert all(under(s)[-1] == "atlas.transaction" for s in calls)
+    failed = [
+        s
+        for s in calls
+        if s.name == "atlas.tx.execute" and s.status.status_code is StatusCode.ERROR
+    ]
+    assert len(failed) == 1  # the taken value's statement
+    leases = [s for s in finished if s.name == "atlas.writer.lease"]
+    assert len(leases) == 2 and all("atlas.transaction" in under(s) for s in leases)
+    assert [s.name for s in unended.open.values()] == []
+
+
+def test_a_queued_read_makes_a_client_span_around_the_readers(
+    tmp_path: Path, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
+) -> None:
+    provider, exporter, _ = spans
+    with atlas.open(tmp_path / "q.db", tracer_provider=provider) as db:
+        exporter.clear()
+        assert db.submit_query("SELECT 1 AS one").get(5)[0].one == 1
+    finished = exporter.get_finished_spans()
+    client = [s for s in finished if s.name == "atlas.submit_query"]
+    consumer = [s for s in finished if s.name == "atlas.reader.query"]
+    assert len(client) == 1 and len(consumer) == 1
+    assert consumer[0].parent is not None
+    assert consumer[0].parent.span_id == client[0].context.span_id

@@ -410,14 +410,31 @@ class WriterActor(RoleActor):
                 else:
                     self._lease_queue.append(message)
             elif kind is LeaseReturn:
-                self._take_back(message)
+                if self.tracing.enabled:
+                    with self.tracing.consumer_span(
+                        "atlas.writer.lease_return",
+                        message.trace_context,
+                        None,
+                        **{"atlas.transaction.id": message.tx_id},
+                    ):
+                        self._take_back(message)
+                else:
+                    self._take_back(message)
             elif kind is LeaseExpired:
                 self._expire(message.tx_id)
             elif kind is CheckpointOp:
-                if self._lease is None:
-                    self._run_checkpoint(message)
-                else:
+                if self._lease is not None:
                     self._stash.append(message)
+                elif self.tracing.enabled:
+                    with self.tracing.consumer_span(
+                        "atlas.writer.checkpoint", message.trace_context
+                    ) as span:
+                        self._run_checkpoint(message)
+                        error = message.future.exception(0) if message.future.done() else None
+                        if error is not None:
+                            Tracing.record_error(span, error)
+                else:
+                    self._run_checkpoint(message)
             else:
                 result = super()._handle_receive(message)
             if (
@@ -1165,6 +1182,22 @@ class WriterActor(RoleActor):
     # -- the lease ---------------------------------------------------------------------
 
     def _grant(self, request: LeaseRequest) -> None:
+        if not self.tracing.enabled:
+            self._grant_lease(request)
+            return
+        with self.tracing.consumer_span(
+            "atlas.writer.lease",
+            request.trace_context,
+            None,
+            **{"atlas.transaction.id": request.tx_id},
+        ) as span:
+            self._grant_lease(request)
+            future = request.future
+            error = future.exception(0) if future.done() else None
+            if error is not None:
+                Tracing.record_error(span, error)
+
+    def _grant_lease(self, request: LeaseRequest) -> None:
         if not request.claim():
             return
         now = time.monotonic()
@@ -1271,6 +1304,14 @@ class WriterActor(RoleActor):
             else:
                 hooks.lease_ended(lease)
                 hooks.lease_granted(successor)
+        if self.tracing.enabled:  # the request was handled here: its span, after the fact
+            with self.tracing.consumer_span(
+                "atlas.writer.lease",
+                request.trace_context,
+                None,
+                **{"atlas.transaction.id": request.tx_id, "atlas.lease.handed_over": True},
+            ):
+                pass
         request.future.set_result(successor)  # wakes the next transaction
         return True
 

@@ -257,7 +257,7 @@ class Transaction:
         with lock:  # the tick cannot end the snapshot halfway through
             self._check_active()
             if self._lease is not None:
-                self.commit()  # (granted before we took the lock: the lease path)
+                Transaction.commit(self)  # (granted before we took the lock: the lease path)
                 return
             self._drop_reader()
             self._finish("committed")
@@ -677,7 +677,9 @@ class _PerThread(threading.local):
 class TransactionManager:
     """``db.transactions``: begin, run with retries, status; deadlock detection."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(
+        self, storage: Storage, transaction_class: type[Transaction] = Transaction
+    ) -> None:
         self.storage = storage
         config = storage.config
         self.transaction_timeout: float = config.transaction_timeout
@@ -688,6 +690,8 @@ class TransactionManager:
         """Whether transactions note the tables they write (only a cache needs them)."""
         self.graph = WaitForGraph()
         """Who holds and waits for the writer lease and pinned readers."""
+        self._transaction_class = transaction_class
+        """What begin() makes (the storage passes a traced subclass when tracing is on)."""
         self._active: dict[int, Transaction] = {}
         self._local = _PerThread()
         self._lock = threading.Lock()
@@ -702,7 +706,7 @@ class TransactionManager:
         """Begin a transaction; end it with ``commit()`` or ``rollback()``."""
         self.storage.check_usable()
         level = "serializable" if isolation == "serializable" else check_isolation(isolation)
-        tx = Transaction(self, level, timeout)
+        tx = self._transaction_class(self, level, timeout)
         self._active[tx.id] = tx  # (one step under the GIL; status() copies in one too)
         return tx
 
@@ -720,7 +724,7 @@ class TransactionManager:
         if storage._state != "running":  # (check_usable(), its test inlined)
             storage.check_usable()
         level = "serializable" if isolation == "serializable" else check_isolation(isolation)
-        tx = Transaction(self, level, timeout)
+        tx = self._transaction_class(self, level, timeout)
         self._active[tx.id] = tx
         stack.append(tx)
         return tx
