@@ -109,7 +109,7 @@ def test_write_all_spans_carry_the_statements_text(
         ("INSERT INTO tasks(title) VALUES (?)", ["a"]),
         ("UPDATE tasks SET title = 'b'", None),
     ]
-    text = "INSERT INTO tasks(title) VALUES (?); UPDATE tasks SET title = 'b'"
+    text = "INSERT INTO tasks(title) VALUES (?); UPDATE tasks SET title = ?"  # literal hidden
     traced.write_all(statements)
     traced.writer.write_all(statements).get(5)
     texts: dict[str, list[object]] = {}

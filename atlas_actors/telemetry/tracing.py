@@ -8,11 +8,14 @@ Messages carry the caller's OpenTelemetry ``Context`` object itself: inside one 
 that is the cheapest carrier (no serialising through a propagator per message), and an
 actor starts its CONSUMER span with that context as parent, so a trace follows a call
 across mailboxes. Attribute names follow the database semantic conventions
-(https://opentelemetry.io/docs/specs/semconv/database/database-spans/).
+(https://opentelemetry.io/docs/specs/semconv/database/database-spans/). As those ask,
+``db.query.text`` is sanitized: the literal values written in the SQL become ``?``
+(:func:`sanitize_query_text`); bound parameter values are never recorded at all.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -22,19 +25,82 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-__all__ = ["Tracing", "operation_name"]
+# _TOKEN is the tokenizer's own pattern: one alternative per token kind, named by kind.
+# Matching it directly (re.sub, re.finditer) avoids building a Token per token.
+from atlas_actors.query._tokens import _TOKEN
+
+__all__ = ["Tracing", "operation_name", "sanitize_query_text"]
 
 _INSTRUMENTATION = "atlas_actors"
 _MAX_QUERY_TEXT = 2048
+_LITERAL_KINDS = frozenset({"string", "number", "blob"})
+_MAYBE_LITERAL = re.compile(r"['0-9]")  # every string, blob and number has one of these
+_MAIN_VERBS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
+
+
+def _hide_literal(match: re.Match[str]) -> str:
+    return "?" if match.lastgroup in _LITERAL_KINDS else match.group()
+
+
+def sanitize_query_text(sql: str) -> str:
+    """Return ``sql`` with its string, number and blob literals replaced by ``?``.
+
+    Everything else is kept as written: keywords, identifiers (quoted ones too),
+    parameters (``?``, ``?NNN``, ``:name``, ``@name``, ``$name``), comments and spacing.
+    The OpenTelemetry database conventions ask for this before recording the text of a
+    statement that may carry values in it (``db.query.text``). Text that cannot hold a
+    literal (no quote, no digit) is returned as is without being tokenized. A literal
+    cut short by truncation (an unterminated string) is still replaced.
+    """
+    if _MAYBE_LITERAL.search(sql) is None:
+        return sql
+    return _TOKEN.sub(_hide_literal, sql)
 
 
 def operation_name(sql: str) -> str:
-    """The statement's first keyword, upper-cased (``db.operation.name``)."""
+    """The statement's verb, upper-cased (``db.operation.name``).
+
+    Leading comments are skipped. For a statement with common table expressions
+    (``WITH ... AS (...) INSERT ...``) it is the main statement's verb: the first
+    SELECT, INSERT, UPDATE, DELETE or REPLACE outside parentheses after the ``WITH``
+    (``WITH`` itself if there is none). ``UNKNOWN`` when the text has no leading word.
+    """
     stripped = sql.lstrip()
-    end = 0
-    while end < len(stripped) and (stripped[end].isalpha() or stripped[end] == "_"):
-        end += 1
-    return stripped[:end].upper() or "UNKNOWN"
+    if stripped[:1].isalpha() or stripped[:1] == "_":  # the common case: no comment
+        end = 1
+        while end < len(stripped) and (stripped[end].isalnum() or stripped[end] == "_"):
+            end += 1
+        verb = stripped[:end].upper()
+        if verb != "WITH":
+            return verb
+    return _verb_from_tokens(sql)
+
+
+def _verb_from_tokens(sql: str) -> str:
+    """The verb of a statement that starts with a comment or a ``WITH`` (see above)."""
+    verb: str | None = None
+    depth = 0
+    for match in _TOKEN.finditer(sql):  # lazy: stops at the verb, however long the text
+        kind = match.lastgroup
+        if kind in ("space", "comment"):
+            continue
+        if verb is None:
+            if kind != "word":
+                return "UNKNOWN"
+            verb = match.group().upper()
+            if verb != "WITH":
+                return verb
+        elif kind == "op":
+            text = match.group()
+            if text == "(":
+                depth += 1
+            elif text == ")":
+                depth -= 1
+            elif text == ";" and depth == 0:
+                break
+        elif kind == "word" and depth == 0 and match.group().upper() in _MAIN_VERBS:
+            return match.group().upper()
+    return verb or "UNKNOWN"
 
 
 class Tracing:
@@ -51,8 +117,9 @@ class Tracing:
     def _attributes(self, sql: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
         attributes: dict[str, Any] = dict(self._base)
         if sql is not None:
-            # Parameter values are never recorded: they are bound, so the text has none.
-            attributes["db.query.text"] = sql[:_MAX_QUERY_TEXT]
+            # Bound parameter values are never recorded; literals written in the text
+            # are replaced by "?" (cut first: the cost is bounded by the cut length).
+            attributes["db.query.text"] = sanitize_query_text(sql[:_MAX_QUERY_TEXT])
             attributes["db.operation.name"] = operation_name(sql)
         if extra:
             attributes.update(extra)
@@ -65,12 +132,32 @@ class Tracing:
     def client_span(
         self, name: str, sql: str | None = None, **extra: Any
     ) -> AbstractContextManager[Span | None]:
-        """A CLIENT span around a public call, current for its duration."""
+        """A CLIENT span around a public call, current for its duration.
+
+        If the call raises, the span is marked failed by :meth:`record_error` (status
+        ERROR, ``error.type``, the SQLite result code) and the error propagates.
+        """
         if self._tracer is None:
             return nullcontext()
-        return self._tracer.start_as_current_span(
-            name, kind=SpanKind.CLIENT, attributes=self._attributes(sql, extra)
-        )
+        return self._failing_span(self._tracer, name, self._attributes(sql, extra))
+
+    @contextmanager
+    def _failing_span(
+        self, tracer: trace.Tracer, name: str, attributes: dict[str, Any]
+    ) -> Iterator[Span | None]:
+        # The SDK's own handling is off so the exception is recorded once, by record_error.
+        with tracer.start_as_current_span(
+            name,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except BaseException as error:
+                self.record_error(span, error)
+                raise
 
     def start_client_span(self, name: str, sql: str | None = None, **extra: Any) -> Span | None:
         """Start (not activate) a CLIENT span, for calls that return a future."""
