@@ -157,7 +157,10 @@ class StatementAnalyses:
         if params is None:
             params = null_bindings(sql)  # EXPLAIN needs every parameter bound; values don't matter
         try:
-            connection.cursor().execute(sql, params, explain=1).fetchall()
+            # EXPLAIN QUERY PLAN (explain=2): preparing is what calls the authorizer, and
+            # stepping through a script prepares each of its statements. Plain EXPLAIN's
+            # rows carry a blob literal's bytes as text, which apsw cannot decode.
+            connection.cursor().execute(sql, params, explain=2).fetchall()
         finally:
             connection.authorizer = previous
         cacheable = (
