@@ -5,6 +5,16 @@ Events: ``connect``, ``checkout``, ``checkin``, ``health_check_failed``, ``recyc
 corruption checks). Handlers run in the thread that emits the
 event (an actor's or a caller's): keep them short and never wait on the storage from one.
 A handler that raises is logged and otherwise ignored, so it cannot break the runtime.
+
+``checkout`` and ``checkin`` come in pairs, one pair per lease of a reader connection,
+both with the connection's id: a ``db.query`` run on it (a cache hit uses none), a batch
+of queued reads from ``db.submit_query``, a ``pool.acquire()`` until its ``release()``,
+a transaction's pinned reader until the transaction ends. The checkin comes when the
+lease ends, also when the connection then closes instead of going back. A connection
+opening, being health-checked or recycled by the pool is no lease and emits neither.
+Only leases that begin while someone listens to either event are tracked, so a handler
+subscribed in the middle of a lease sees no checkin for it; with nobody listening the
+read path pays nothing for them.
 """
 
 from __future__ import annotations
@@ -70,20 +80,45 @@ class EventBus:
         """True while someone listens to ``checkout`` or ``checkin`` (the read path's test)."""
 
     def on(self, name: str, handler: Handler) -> Callable[[], None]:
-        """Call ``handler(event)`` on every ``name`` event; returns a function that unsubscribes."""
+        """Call ``handler(event)`` on every ``name`` event; returns a function that unsubscribes.
+
+        Subscribing the same handler twice calls it twice per event; the returned
+        function undoes this one subscription, once (see :meth:`off`).
+        """
         if name not in EVENT_NAMES:
             raise ValidationError(f"unknown event {name!r}; known events: {sorted(EVENT_NAMES)}")
         with self._lock:
             self._handlers[name] = (*self._handlers.get(name, ()), handler)
             self._changed()
-        return lambda: self.off(name, handler)
+        pending = [True]
+
+        def unsubscribe() -> None:
+            """Undo this subscription; calling it again does nothing."""
+            try:
+                pending.pop()  # (atomic: of two threads calling it at once, one wins)
+            except IndexError:
+                return
+            self.off(name, handler)
+
+        return unsubscribe
 
     def off(self, name: str, handler: Handler) -> None:
-        """Stop calling ``handler`` for ``name`` events (no error if it was not subscribed)."""
+        """Undo one subscription of ``handler`` to ``name`` (no error if there is none).
+
+        Handlers are compared with ``==``, so ``off(name, obj.method)`` undoes
+        ``on(name, obj.method)`` although each attribute access makes a new bound method.
+        A handler subscribed several times loses only its most recent subscription
+        (each ``on()`` needs its own ``off()``, as the function ``on()`` returns does).
+        An event being delivered meanwhile still reaches the handlers it started with.
+        """
         with self._lock:
-            remaining = tuple(h for h in self._handlers.get(name, ()) if h is not handler)
-            self._handlers[name] = remaining
-            self._changed()
+            handlers = self._handlers.get(name, ())
+            for index in range(len(handlers) - 1, -1, -1):
+                if handlers[index] == handler:
+                    # A new tuple: emit() iterates the one it read, unchanged.
+                    self._handlers[name] = handlers[:index] + handlers[index + 1 :]
+                    self._changed()
+                    return
 
     def _changed(self) -> None:
         self.active = frozenset(n for n, hs in self._handlers.items() if hs)
@@ -100,7 +135,11 @@ class EventBus:
         connection_id: str | None = None,
         **detail: Any,
     ) -> None:
-        """Deliver an event to its handlers, in the calling thread."""
+        """Deliver an event to its handlers, in the calling thread.
+
+        The handlers are those subscribed when delivery starts: one that subscribes or
+        unsubscribes a handler meanwhile changes the next events, not this one.
+        """
         handlers = self._handlers.get(name)
         if not handlers:
             return

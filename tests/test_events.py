@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -47,3 +48,118 @@ def test_unknown_event_names_are_rejected() -> None:
     with pytest.raises(ValidationError, match="unknown event 'restrat'"):
         EventBus().on("restrat", print)
     assert not EventBus().wants("restart")
+
+
+class _Listener:
+    """A handler as a bound method: each attribute access makes a new method object."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_restart(self, event: LifecycleEvent) -> None:
+        self.seen.append(event.name)
+
+
+def test_off_removes_a_bound_method_subscribed_earlier(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(cache=False, readers=1)
+    listener = _Listener()
+    db.events.on("restart", listener.on_restart)
+    db.events.off("restart", listener.on_restart)  # an equal, not the same, object
+    assert not db.events.wants("restart")
+    assert "restart" not in db.events.active
+    restarted = threading.Event()
+    db.events.on("restart", lambda e: restarted.set())
+    db.supervisor.kill("writer")
+    assert restarted.wait(5)
+    assert listener.seen == []
+
+
+def test_off_removes_one_subscription_of_a_handler_subscribed_twice() -> None:
+    bus = EventBus()
+    calls: list[str] = []
+
+    def handler(event: LifecycleEvent) -> None:
+        calls.append(event.name)
+
+    unsubscribe_first = bus.on("recycle", handler)
+    bus.on("recycle", handler)
+    unsubscribe_first()
+    unsubscribe_first()  # undoes its own subscription only, and only once
+    bus.emit("recycle", "reader-0")
+    assert calls == ["recycle"]
+    bus.off("recycle", handler)
+    bus.emit("recycle", "reader-0")
+    assert calls == ["recycle"]
+    assert not bus.wants("recycle") and "recycle" not in bus.active
+    bus.off("recycle", handler)  # not subscribed any more: no error
+
+
+def test_off_removes_the_most_recent_subscription() -> None:
+    bus = EventBus()
+    order: list[str] = []
+    first, second = _Listener(), _Listener()
+    bus.on("restart", lambda e: order.append("a"))
+    bus.on("restart", first.on_restart)
+    bus.on("restart", lambda e: order.append("b"))
+    bus.on("restart", first.on_restart)
+    bus.on("restart", second.on_restart)
+    bus.off("restart", first.on_restart)
+    bus.emit("restart", "writer")
+    assert order == ["a", "b"] and first.seen == ["restart"] and second.seen == ["restart"]
+
+
+def test_handlers_may_subscribe_and_unsubscribe_while_an_event_is_delivered() -> None:
+    bus = EventBus()
+    calls: list[str] = []
+
+    def late(event: LifecycleEvent) -> None:
+        calls.append("late")
+
+    def once(event: LifecycleEvent) -> None:
+        calls.append("once")
+        bus.off("recycle", once)
+        bus.on("recycle", late)  # from the next event on
+
+    bus.on("recycle", once)
+    bus.on("recycle", lambda e: calls.append("other"))
+    bus.emit("recycle", "reader-0")
+    assert calls == ["once", "other"]
+    bus.emit("recycle", "reader-0")
+    assert calls == ["once", "other", "other", "late"]
+
+
+def test_subscribing_and_unsubscribing_from_many_threads_loses_nothing() -> None:
+    bus = EventBus()
+    listeners = [_Listener() for _ in range(8)]
+    stop = threading.Event()
+    emitted = 0
+
+    def churn(listener: _Listener) -> None:
+        for _ in range(200):
+            off = bus.on("restart", listener.on_restart)
+            bus.on("restart", listener.on_restart)
+            off()
+            bus.off("restart", listener.on_restart)
+
+    def emit() -> None:
+        nonlocal emitted
+        while not stop.is_set():
+            bus.emit("restart", "writer")
+            emitted += 1
+
+    emitter = threading.Thread(target=emit)
+    emitter.start()
+    threads = [threading.Thread(target=churn, args=(listener,)) for listener in listeners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    stop.set()
+    emitter.join(30)
+    assert emitted > 0
+    assert not bus.wants("restart") and bus.active == frozenset()
+    before = [len(listener.seen) for listener in listeners]
+    bus.emit("restart", "writer")
+    assert [len(listener.seen) for listener in listeners] == before

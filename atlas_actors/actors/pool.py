@@ -227,6 +227,11 @@ class ReaderPool:
         self._growth_backoff = 0.0  # seconds; doubles per failed growth, 0 once one starts
         self._no_growth_until = 0.0  # time.monotonic(): no growth before (after a failure)
         self._local = threading.local()
+        self._leases: set[TrackedConnection] = set()
+        """Connections whose ``checkout`` event was emitted and ``checkin`` is due: a lease
+        is tracked only if it began while someone listened, so this stays empty (and the
+        read path skips it) with nobody listening. Each connection is added and removed
+        by its one holder at a time."""
         self._rotor = itertools.count()
         self._names: dict[str, list[Any]] = {}
         self._recycle_queries = config.recycle_after_queries or float("inf")
@@ -271,7 +276,11 @@ class ReaderPool:
         return len(self._readers) + self._starting
 
     def checkin(self, connection: TrackedConnection, *, checked: bool = False) -> None:
-        """A claimed connection becomes available (returned, recycled, checked or new)."""
+        """A claimed connection becomes available (returned, recycled, checked or new).
+
+        The ``checkin`` event is emitted only for a lease that emitted a ``checkout``
+        (queued reads, say): not for a new connection, a health check or a recycle.
+        """
         if checked:
             connection.last_check = time.monotonic()
         if connection not in self._connections:
@@ -281,9 +290,11 @@ class ReaderPool:
         self.release(connection)
 
     def forget(self, connection: TrackedConnection) -> None:
-        """Take ``connection`` out of the pool (it is closing)."""
+        """Take ``connection`` out of the pool (it is closing); a lease on it ends here."""
         with self._cond:
             self._connections = [c for c in self._connections if c is not connection]
+        if self._leases and connection in self._leases:
+            self._check_in(connection)  # its reader crashed holding it, say
 
     # -- claiming and releasing --------------------------------------------------------
 
@@ -337,8 +348,8 @@ class ReaderPool:
         if connection is None:
             limit = self.config.default_timeout if timeout is None else timeout
             connection = self._wait_for_connection(time.monotonic() + limit, limit)
-        if "checkout" in self.events.active:
-            self._emit("checkout", connection)
+        if self.events.watches_checkouts:
+            self._check_out(connection)
         return connection
 
     def _wait_for_connection(self, deadline: float, limit: float) -> TrackedConnection:
@@ -472,8 +483,8 @@ class ReaderPool:
         if isinstance(connection, PooledConnection):
             connection.release()
             return
-        if "checkin" in self.events.active:
-            self._emit("checkin", connection)
+        if self._leases and connection in self._leases:
+            self._check_in(connection)
         if connection.connection.in_transaction and connection.usable:
             # Left open by its borrower (BEGIN through a lent connection): every later
             # read on it would see that old snapshot, not the acknowledged writes since.
@@ -514,9 +525,22 @@ class ReaderPool:
                         return
                     self._serve(connection)
 
-    def _emit(self, name: str, connection: TrackedConnection) -> None:
-        if name in self.events.active:
-            self.events.emit(name, connection.role, connection.id)
+    def _check_out(self, connection: TrackedConnection) -> None:
+        """Begin a lease of a claimed connection: track it, emit ``checkout``.
+
+        Called only while someone listens to ``checkout`` or ``checkin``
+        (``events.watches_checkouts``), so that a lease begun then ends with exactly one
+        ``checkin`` (:meth:`_check_in`) even if the listeners change meanwhile.
+        """
+        self._leases.add(connection)
+        if "checkout" in self.events.active:
+            self.events.emit("checkout", connection.role, connection.id)
+
+    def _check_in(self, connection: TrackedConnection) -> None:
+        """End the lease :meth:`_check_out` began (by the connection's holder): ``checkin``."""
+        self._leases.discard(connection)
+        if "checkin" in self.events.active:
+            self.events.emit("checkin", connection.role, connection.id)
 
     def _send(self, connection: TrackedConnection, message: Any) -> None:
         """Hand a claimed connection to its reader actor with ``message``."""
@@ -672,15 +696,13 @@ class ReaderPool:
         # fast path: BEGIN would leave a shared reader on an old snapshot for good.
         refuse_transaction_control(sql)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
-        if (
-            connection is None
-            or "checkout" in self.events.active
-            or not connection.lock.acquire(False)
-        ):
-            connection = self._take(timeout)
+        if connection is None or not connection.lock.acquire(False):
+            connection = self._take(timeout)  # (which checks out)
         elif not connection.usable:
             connection.lock.release()
             connection = self._take(timeout)
+        elif self.events.watches_checkouts:
+            self._check_out(connection)
         try:
             rows = connection.query_fast(sql, params, self._names)
         except ReadOnlyError as error:
@@ -692,7 +714,7 @@ class ReaderPool:
         latency = connection.last_latency
         if (
             connection.queries >= self._recycle_queries
-            or "checkin" in self.events.active
+            or self._leases  # (perhaps this one's: release() ends it)
             or not connection.usable  # retired while it ran (a shrink): closed by release()
         ):
             self.release(connection)
@@ -719,10 +741,12 @@ class ReaderPool:
         refuse_transaction_control(sql)  # (as in _query_general)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if connection is None or not connection.lock.acquire(False):
-            connection = self._take(timeout)
+            connection = self._take(timeout)  # (which checks out)
         elif not connection.usable:
             connection.lock.release()
             connection = self._take(timeout)
+        elif self.events.watches_checkouts:
+            self._check_out(connection)
         try:
             info = self.statements.analyze(connection.connection, sql, params)
             rows = connection.query_fast(sql, params, self._names)
@@ -799,6 +823,8 @@ class ReaderPool:
             if not ops:
                 connection.lock.release()
                 return
+            if self.events.watches_checkouts:
+                self._check_out(connection)  # lent to its reader: it checks in when done
             self._send(connection, RunReads(connection, ops))
 
     # -- maintenance (the supervisor's tick) -------------------------------------------
