@@ -12,9 +12,10 @@ of queued reads from ``db.submit_query``, a ``pool.acquire()`` until its ``relea
 a transaction's pinned reader until the transaction ends. The checkin comes when the
 lease ends, also when the connection then closes instead of going back. A connection
 opening, being health-checked or recycled by the pool is no lease and emits neither.
-Only leases that begin while someone listens to either event are tracked, so a handler
-subscribed in the middle of a lease sees no checkin for it; with nobody listening the
-read path pays nothing for them.
+Only leases that begin while someone listens to either event are tracked, so with
+nobody listening the read path pays nothing for them. The pairs are per lease, not per
+handler: one subscribed in the middle of a lease that someone else watched from its
+start may see that lease's checkin without its checkout.
 """
 
 from __future__ import annotations
@@ -68,11 +69,20 @@ class LifecycleEvent:
 Handler = Callable[[LifecycleEvent], None]
 
 
+class _Subscription:
+    """One ``on()``: its own object, so that undoing it removes this one and no other."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+
 class EventBus:
     """Subscribe to and emit lifecycle events; emitting with no subscriber is nearly free."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, tuple[Handler, ...]] = {}
+        self._handlers: dict[str, tuple[_Subscription, ...]] = {}
         self._lock = threading.Lock()
         self.active: frozenset[str] = frozenset()
         """Names of events that have at least one handler (a cheap test for hot paths)."""
@@ -87,18 +97,14 @@ class EventBus:
         """
         if name not in EVENT_NAMES:
             raise ValidationError(f"unknown event {name!r}; known events: {sorted(EVENT_NAMES)}")
+        subscription = _Subscription(handler)
         with self._lock:
-            self._handlers[name] = (*self._handlers.get(name, ()), handler)
+            self._handlers[name] = (*self._handlers.get(name, ()), subscription)
             self._changed()
-        pending = [True]
 
         def unsubscribe() -> None:
-            """Undo this subscription; calling it again does nothing."""
-            try:
-                pending.pop()  # (atomic: of two threads calling it at once, one wins)
-            except IndexError:
-                return
-            self.off(name, handler)
+            """Undo this subscription (not another of an equal handler); then a no-op."""
+            self._remove(name, lambda entry: entry is subscription)
 
         return unsubscribe
 
@@ -111,14 +117,20 @@ class EventBus:
         (each ``on()`` needs its own ``off()``, as the function ``on()`` returns does).
         An event being delivered meanwhile still reaches the handlers it started with.
         """
+        if not self._remove(name, lambda entry: entry.handler is handler):
+            self._remove(name, lambda entry: entry.handler == handler)
+
+    def _remove(self, name: str, matches: Callable[[_Subscription], bool]) -> bool:
+        """Remove the most recent subscription to ``name`` that ``matches``; True if one."""
         with self._lock:
             handlers = self._handlers.get(name, ())
             for index in range(len(handlers) - 1, -1, -1):
-                if handlers[index] == handler:
+                if matches(handlers[index]):
                     # A new tuple: emit() iterates the one it read, unchanged.
                     self._handlers[name] = handlers[:index] + handlers[index + 1 :]
                     self._changed()
-                    return
+                    return True
+            return False
 
     def _changed(self) -> None:
         self.active = frozenset(n for n, hs in self._handlers.items() if hs)
@@ -144,8 +156,8 @@ class EventBus:
         if not handlers:
             return
         event = LifecycleEvent(name=name, role=role, connection_id=connection_id, detail=detail)
-        for handler in handlers:
+        for subscription in handlers:
             try:
-                handler(event)
+                subscription.handler(event)
             except Exception:
-                log.exception("event handler %r for %r failed", handler, name)
+                log.exception("event handler %r for %r failed", subscription.handler, name)

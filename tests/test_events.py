@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 
@@ -162,3 +163,40 @@ def test_subscribing_and_unsubscribing_from_many_threads_loses_nothing() -> None
     before = [len(listener.seen) for listener in listeners]
     bus.emit("restart", "writer")
     assert [len(listener.seen) for listener in listeners] == before
+
+
+def test_the_function_on_returns_undoes_its_own_subscription_among_equal_ones() -> None:
+    @dataclasses.dataclass
+    class Recorder:
+        name: str
+        calls: list[str]
+
+        def __call__(self, event: LifecycleEvent) -> None:
+            self.calls.append(self.name)
+
+    calls: list[str] = []
+    bus = EventBus()
+    undo_a = bus.on("recycle", Recorder("same", calls))
+    b = Recorder("same", calls)
+    assert b == Recorder("same", calls)  # equal handlers, distinct objects
+    bus.on("recycle", b)
+    undo_a()
+    bus.emit("recycle", "reader-0")
+    assert calls == ["same"]
+    remaining = bus._handlers["recycle"]
+    assert len(remaining) == 1 and remaining[0].handler is b  # a's went, b's stayed
+
+    order: list[str] = []
+
+    def h(event: LifecycleEvent) -> None:
+        order.append("h")
+
+    def g(event: LifecycleEvent) -> None:
+        order.append("g")
+
+    undo_first_h = bus.on("connect", h)
+    bus.on("connect", g)
+    bus.on("connect", h)
+    undo_first_h()
+    bus.emit("connect", "writer")
+    assert order == ["g", "h"]  # the first h went, not the last
