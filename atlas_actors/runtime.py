@@ -474,12 +474,12 @@ class Runtime:
     def _tick(self, now: float) -> None:
         """The supervisor's periodic tick: pool maintenance, lease and snapshot deadlines."""
         self.pool.maintain(now)
-        self.transactions.expire_snapshots(now)
         for lease in list(self._leases.values()):
             if now >= lease.deadline and lease.tx_id not in self._expiry_sent:
                 self._expiry_sent.add(lease.tx_id)
                 # In front of the mailbox: a stuck transaction blocks every write behind it.
                 self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
+        self.transactions.expire_snapshots(now)
 
     def _check_reader_wait(self) -> Callable[[], None] | None:
         """Before a caller queues for a reader: refuse a wait that closes a cycle.

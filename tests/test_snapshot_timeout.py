@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import TransactionTimeout
+from atlas_actors.errors import TransactionTimeout, ValidationError
+from atlas_actors.transaction.transaction import Transaction
 from tests.helpers import wait_until
 
 
@@ -120,21 +121,25 @@ def test_the_owner_racing_the_tick_never_loses_a_reader(db: atlas.Storage) -> No
     every reader comes back to the pool exactly once, and the pool keeps serving."""
     errors: list[BaseException] = []
 
+    timed_out = [0]
+
     def owner(index: int) -> None:
-        for round_ in range(30):
-            tx = db.transactions.begin("repeatable_read", timeout=0.01 * (round_ % 4))
-            try:
-                tx.query("SELECT count(*) AS n FROM t")
-                time.sleep(0.002 * (index % 3))
-                tx.query("SELECT count(*) AS n FROM t")
-                if round_ % 2:
-                    tx.commit()
-                else:
+        try:
+            for round_ in range(30):
+                tx = db.transactions.begin("repeatable_read", timeout=0.001 + 0.01 * (round_ % 4))
+                try:
+                    tx.query("SELECT count(*) AS n FROM t")
+                    time.sleep(0.002 * (index % 3))
+                    tx.query("SELECT count(*) AS n FROM t")
+                    if round_ % 2:
+                        tx.commit()
+                    else:
+                        tx.rollback()
+                except TransactionTimeout:
+                    timed_out[0] += 1
                     tx.rollback()
-            except TransactionTimeout:
-                tx.rollback()
-            except BaseException as error:  # pragma: no cover (the assertion says)
-                errors.append(error)
+        except BaseException as error:  # pragma: no cover (the assertion says)
+            errors.append(error)
 
     threads = [threading.Thread(target=owner, args=(i,)) for i in range(4)]
     for thread in threads:
@@ -142,6 +147,7 @@ def test_the_owner_racing_the_tick_never_loses_a_reader(db: atlas.Storage) -> No
     for thread in threads:
         thread.join(60)
     assert errors == []
+    assert timed_out[0] > 0  # (the race happened)
     assert wait_until(lambda: db.pool.status().active == 0)
     status = db.pool.status()
     assert status.idle == status.total  # (the pool may have grown for the pinned ones)
@@ -211,3 +217,59 @@ def test_the_owner_racing_the_tick_sees_one_truth(tmp_path: Path) -> None:
             assert outcomes.get("commit", 0) > 0 and timed_out > 0  # both sides of the race
     finally:
         sys.setswitchinterval(switch)
+
+
+def test_a_nested_block_inside_an_expired_transaction_fails_instead_of_committing(
+    db: atlas.Storage,
+) -> None:
+    """Outside its transaction a nested block would commit alone what it computed from
+    the expired snapshot, over a write committed since (a lost update)."""
+    db.execute("INSERT INTO t(id, v) VALUES (1, '0')")
+    with pytest.raises(TransactionTimeout), db.transaction("repeatable_read", timeout=0.1) as tx:
+        seen = int(tx.query("SELECT v FROM t WHERE id = 1")[0].v)
+        db.write("UPDATE t SET v = '100' WHERE id = 1")  # committed after the snapshot
+        assert wait_until(lambda: tx.state == "failed", timeout=5)  # the tick ended it
+        with db.transaction() as nested:
+            nested.execute("UPDATE t SET v = ? WHERE id = 1", [str(seen + 1)])
+    assert db.query("SELECT v FROM t WHERE id = 1")[0].v == "100"
+    assert db.transactions.status().active == ()
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), "5", True])
+def test_a_transaction_timeout_must_be_a_positive_number(db: atlas.Storage, timeout: Any) -> None:
+    with pytest.raises(ValidationError, match="positive number of seconds"):
+        db.transactions.begin("repeatable_read", timeout=timeout)
+    with (
+        pytest.raises(ValidationError, match="positive number of seconds"),
+        db.transaction(timeout=timeout),
+    ):
+        pass  # pragma: no cover (never entered)
+    assert db.transactions.status().active == ()
+    with db.transaction(timeout=2) as tx:  # the runtime keeps serving
+        tx.execute("INSERT INTO t(v) VALUES ('ok')")
+
+
+def test_a_snapshot_that_cannot_be_ended_stops_no_lease_deadline(
+    db: atlas.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tick ends leases past their timeout whatever happens to a snapshot."""
+
+    def broken(self: Any, now: float) -> bool:
+        raise RuntimeError("a bug in ending a snapshot")
+
+    monkeypatch.setattr(Transaction, "expire_snapshot", broken)
+    reader = db.transactions.begin("repeatable_read", timeout=0.05)
+    reader.query("SELECT count(*) AS n FROM t")  # pinned: the tick tries it each time
+
+    def hold() -> None:  # another thread takes the lease and idles with it
+        db.transactions.begin(timeout=0.2).execute("INSERT INTO t(v) VALUES ('held')")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holder.join(5)
+    started = time.monotonic()
+    db.write("INSERT INTO t(v) VALUES ('waited')", timeout=5)
+    assert time.monotonic() - started < 3  # the lease was revoked at its timeout
+    assert db.transactions.status().lease_holder is None
+    monkeypatch.undo()
+    reader.rollback()

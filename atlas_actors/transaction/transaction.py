@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import math
 import random
 import re
 import threading
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["Transaction", "TransactionInfo", "TransactionManager", "TransactionsStatus"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 _SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
@@ -706,6 +710,8 @@ class TransactionManager:
         """Begin a transaction; end it with ``commit()`` or ``rollback()``."""
         self.storage.check_usable()
         level = "serializable" if isolation == "serializable" else check_isolation(isolation)
+        if timeout is not None:
+            timeout = _checked_timeout(timeout)
         tx = self._transaction_class(self, level, timeout)
         self._active[tx.id] = tx  # (one step under the GIL; status() copies in one too)
         return tx
@@ -715,15 +721,22 @@ class TransactionManager:
     ) -> Transaction | _Savepoint:
         """A context manager: a new transaction, or a savepoint when one is open here."""
         stack = self._local.stack
-        if stack and stack[-1].state == "active":
+        if stack:
             outer = stack[-1]
-            outer._nested += 1
-            return _Savepoint(outer, outer._nested)
+            if outer.state == "active":
+                outer._nested += 1
+                return _Savepoint(outer, outer._nested)
+            if outer.state == "failed":
+                # Inside a block whose transaction failed (a timeout, say): a new
+                # transaction here would commit on its own what the block computed.
+                outer._check_active()
         # begin(), written out: this runs once per transaction (see execute()).
         storage = self.storage
         if storage._state != "running":  # (check_usable(), its test inlined)
             storage.check_usable()
         level = "serializable" if isolation == "serializable" else check_isolation(isolation)
+        if timeout is not None:
+            timeout = _checked_timeout(timeout)
         tx = self._transaction_class(self, level, timeout)
         self._active[tx.id] = tx
         stack.append(tx)
@@ -863,7 +876,24 @@ class TransactionManager:
         """End the snapshots kept past their transaction's timeout (the storage's tick)."""
         for tx in list(self._active.values()):  # (copied in one step)
             if tx._reader is not None:
-                tx.expire_snapshot(now)
+                try:
+                    tx.expire_snapshot(now)
+                except Exception:  # one transaction's must not stop the others' (or the tick)
+                    log.exception("ending the snapshot of transaction %s failed", tx.id)
+
+
+def _checked_timeout(timeout: object) -> float:
+    """``timeout`` as seconds, or ValidationError unless a positive finite number."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf
+    ):
+        raise ValidationError(
+            f"transaction timeout {timeout!r}: give a positive number of seconds, "
+            "or None for the storage's transaction_timeout"
+        )
+    return float(timeout)
 
 
 def _check_savepoint_name(name: str) -> None:
