@@ -197,8 +197,9 @@ class WriterHandle:
         future.handle = self
         try:
             self._mailbox.send(op_class(future, threading.get_ident(), context, *args))
-        except BaseException as error:  # never queued (full, closed): nobody resolves it
-            future.set_exception(error)  # (ends the call's span, through its callback)
+        except BaseException as error:  # not queued (full, closed): nobody would resolve it
+            if future.claim():  # (queued after all, and taken by the writer: it resolves it)
+                future.set_exception(error)  # (ends the call's span, through its callback)
             raise
         return future
 

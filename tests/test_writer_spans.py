@@ -164,6 +164,14 @@ def test_a_transaction_makes_a_span_with_its_calls_and_lease_messages_under_it(
         if s.name == "atlas.tx.execute" and s.status.status_code is StatusCode.ERROR
     ]
     assert len(failed) == 1  # the taken value's statement
+    commit_calls = {s.context.span_id for s in calls if s.name == "atlas.tx.commit"}
+    linked = {
+        link.context.span_id
+        for s in finished
+        if s.name == "atlas.writer.commit"
+        for link in s.links
+    }
+    assert commit_calls and commit_calls <= linked  # the group commit links the transaction
     leases = [s for s in finished if s.name == "atlas.writer.lease"]
     assert len(leases) == 2 and all("atlas.transaction" in under(s) for s in leases)
     assert [s.name for s in unended.open.values()] == []

@@ -1324,6 +1324,10 @@ class WriterActor(RoleActor):
     def _add_return(self, message: LeaseReturn) -> None:
         message.result = None
         self._batch.append(message)  # acknowledged with the batch's COMMIT
+        if message.trace_context is not None:  # traced: the commit links the transaction's
+            span = Tracing.span_in(message.trace_context)  # commit call (atlas.tx.commit)
+            if span is not None:
+                self._spans[message.id] = span
         self._batch_plain = False  # a transaction's statements are not analysed for it
         if self._batch_tables is not None:
             if message.tables is None:
