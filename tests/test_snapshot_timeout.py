@@ -273,3 +273,15 @@ def test_a_snapshot_that_cannot_be_ended_stops_no_lease_deadline(
     assert db.transactions.status().lease_holder is None
     monkeypatch.undo()
     reader.rollback()
+
+
+def test_two_snapshots_of_one_thread_keep_its_hold_until_both_end(db: atlas.Storage) -> None:
+    first = db.transactions.begin("repeatable_read", timeout=0.1)
+    second = db.transactions.begin("repeatable_read", timeout=30)
+    first.query("SELECT count(*) AS n FROM t")
+    second.query("SELECT count(*) AS n FROM t")
+    graph = db.transactions.graph
+    assert wait_until(lambda: first.state == "failed", timeout=5)  # the tick ended one
+    assert list(graph.holders("pool:readers")) == [threading.get_ident()]  # still holds one
+    second.rollback()
+    assert graph.holders("pool:readers") == {}

@@ -50,15 +50,24 @@ def test_a_session_that_holds_nothing_is_never_refused() -> None:
     graph.check(1, "a")  # 1 holds nothing, so no cycle can pass through it
 
 
-def test_holding_twice_counts_once_and_one_release_frees() -> None:
+def test_holding_twice_needs_two_releases() -> None:
+    """Two snapshots of one thread pin two readers: ending one leaves the other held."""
     graph = WaitForGraph()
     graph.hold(1, "a", "first")
     graph.hold(1, "a", "second")
     assert graph.holders("a") == {1: "second"}
     graph.release(1, "a")
+    assert graph.holders("a") == {1: "second"}
+    with pytest.raises(DeadlockError):
+        graph.check(1, "a")  # still its own
+    graph.release(1, "a")
     assert graph.holders("a") == {}
     graph.release(1, "a")  # releasing what is not held changes nothing
     graph.check(1, "a")
+    graph.hold(1, "a", "again")
+    assert graph.holders("a") == {1: "again"}  # (no count left over from before)
+    graph.release(1, "a")
+    assert graph.holders("a") == {}
 
 
 def test_advice_may_be_made_only_when_a_cycle_is_found() -> None:

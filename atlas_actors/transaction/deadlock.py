@@ -40,6 +40,9 @@ class WaitForGraph:
         self._holders: defaultdict[str, dict[int, str]] = defaultdict(dict)
         self._held: dict[int, int] = {}
         """Session → how many resources it holds (recorded ones; tracked ones apart)."""
+        self._times: dict[tuple[int, str], int] = {}
+        """(session, resource) → how many times it holds it (two snapshots pin two
+        readers): it still holds the resource until it released every one."""
         self._tracked: dict[str, tuple[Mapping[int, object], str]] = {}
         self._tracked_holders: tuple[Mapping[int, object], ...] = ()
         """The tracked mappings (what :meth:`check`'s lock-free answer looks at)."""
@@ -56,16 +59,26 @@ class WaitForGraph:
         self._tracked_holders = tuple(mapping for mapping, _ in self._tracked.values())
 
     def hold(self, session: int, resource: str, label: str) -> None:
-        """Record that ``session`` holds ``resource`` (``label`` names it in messages)."""
+        """Record that ``session`` holds ``resource`` (once more, if it holds it already).
+
+        ``label`` names it in messages.
+        """
         with self.lock:
             holders = self._holders[resource]
             if session not in holders:
                 self._held[session] = self._held.get(session, 0) + 1
             holders[session] = label
+            key = (session, resource)
+            self._times[key] = self._times.get(key, 0) + 1
 
     def release(self, session: int, resource: str) -> None:
-        """Record that ``session`` no longer holds ``resource``."""
+        """Record that ``session`` holds ``resource`` once less (no longer, after the last)."""
         with self.lock:
+            key = (session, resource)
+            times = self._times.pop(key, 0) - 1
+            if times > 0:
+                self._times[key] = times
+                return
             if self._holders[resource].pop(session, None) is not None:
                 left = self._held.pop(session) - 1
                 if left:
