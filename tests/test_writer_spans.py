@@ -190,3 +190,25 @@ def test_a_queued_read_makes_a_client_span_around_the_readers(
     assert len(client) == 1 and len(consumer) == 1
     assert consumer[0].parent is not None
     assert consumer[0].parent.span_id == client[0].context.span_id
+
+
+def test_a_failed_calls_span_hides_the_literals_its_error_quotes(
+    tmp_path: Path, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
+) -> None:
+    provider, exporter, _ = spans
+    with atlas.open(tmp_path / "secret.db", tracer_provider=provider) as db:
+        db.execute("CREATE TABLE users(email TEXT UNIQUE)")
+        db.execute("INSERT INTO users VALUES ('alice@example.com')")
+        with pytest.raises(AtlasError, match=r"alice@example\.com"):  # the caller sees it
+            db.execute("INSERT INTO users VALUES ('alice@example.com')")
+        _, release = gate_writer(db)
+        with pytest.raises(OperationTimeout):
+            db.writer.execute("INSERT INTO users VALUES ('bob@example.com')").get(0.05)
+        release.set()
+    failed = [s for s in exporter.get_finished_spans() if s.status.status_code is StatusCode.ERROR]
+    assert {s.name for s in failed} >= {"atlas.write", "atlas.writer.write", "atlas.writer.submit"}
+    for span in failed:
+        texts = [span.status.description or ""]
+        texts += [str(v) for event in span.events for v in (event.attributes or {}).values()]
+        assert not any("@example.com" in text for text in texts), span.name
+    assert any("INSERT INTO users VALUES (?)" in (s.status.description or "") for s in failed)

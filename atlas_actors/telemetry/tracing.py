@@ -15,7 +15,9 @@ across mailboxes. Attribute names follow the database semantic conventions
 
 from __future__ import annotations
 
+import ast
 import re
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -27,9 +29,10 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 # _TOKEN is the tokenizer's own pattern: one alternative per token kind, named by kind.
 # Matching it directly (re.sub, re.finditer) avoids building a Token per token.
+from atlas_actors.errors import shorten
 from atlas_actors.query._tokens import _TOKEN
 
-__all__ = ["Tracing", "operation_name", "sanitize_query_text"]
+__all__ = ["Tracing", "operation_name", "safe_error_message", "sanitize_query_text"]
 
 _INSTRUMENTATION = "atlas_actors"
 _MAX_QUERY_TEXT = 2048
@@ -40,6 +43,30 @@ _MAIN_VERBS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
 
 def _hide_literal(match: re.Match[str]) -> str:
     return "?" if match.lastgroup in _LITERAL_KINDS else match.group()
+
+
+def safe_error_message(error: BaseException, message: str | None = None) -> str:
+    """``error``'s message with the statement it quotes sanitized (see below).
+
+    The library's errors quote their statement as ``repr(shorten(sql))``: a SQLite
+    error keeps the text in ``error.sql``, a timeout in its ``operation`` (``verb
+    'sql'``). Any other message is returned as it is.
+    """
+    text = str(error) if message is None else message
+    sql = getattr(error, "sql", None)
+    if isinstance(sql, str) and sql:
+        return text.replace(repr(shorten(sql)), repr(shorten(sanitize_query_text(sql))))
+    operation = getattr(error, "operation", None)
+    if isinstance(operation, str) and " " in operation:
+        verb, quoted = operation.split(" ", 1)
+        try:
+            statement = ast.literal_eval(quoted)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(statement, str):
+            safe = f"{verb} {sanitize_query_text(statement)!r}"
+            return text.replace(operation, safe)
+    return text
 
 
 def sanitize_query_text(sql: str) -> str:
@@ -212,12 +239,25 @@ class Tracing:
 
     @staticmethod
     def record_error(span: Span | None, error: BaseException) -> None:
-        """Mark ``span`` failed with ``error`` (its type as ``error.type``)."""
+        """Mark ``span`` failed with ``error`` (its type as ``error.type``).
+
+        The message recorded quotes the statement with its literals hidden, as
+        ``db.query.text`` does (the error's own message quotes it as written).
+        """
         if span is None:
             return
-        span.record_exception(error)
+        message = str(error)
+        safe = safe_error_message(error, message)
+        attributes = None
+        if safe != message:
+            stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            attributes = {
+                "exception.message": safe,
+                "exception.stacktrace": stack.replace(message, safe),
+            }
+        span.record_exception(error, attributes=attributes)
         span.set_attribute("error.type", type(error).__qualname__)
         code = getattr(error, "extended_result_code", None) or getattr(error, "result_code", None)
         if code is not None:
             span.set_attribute("db.response.status_code", str(code))
-        span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+        span.set_status(Status(StatusCode.ERROR, safe[:200]))
