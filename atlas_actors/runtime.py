@@ -41,7 +41,7 @@ from atlas_actors.errors import (
     StorageClosedError,
     StorageUnavailable,
 )
-from atlas_actors.events import EventBus, LifecycleEvent
+from atlas_actors.events import EventBus
 from atlas_actors.handles import SupervisorHandle, WriterHandle
 from atlas_actors.query import Optimizer, Schema, WorkloadRecorder
 from atlas_actors.recovery import ErrorHandler
@@ -143,6 +143,7 @@ class Runtime:
             on_escalate=self._on_escalate,
             on_tick=self._tick,
             db_name=self.name,
+            on_restart=self._count_restart,
         )
         self._supervisor = self._supervisor_ref.proxy()
         self.supervisor = SupervisorHandle(self._supervisor_ref, config.default_timeout)
@@ -432,6 +433,11 @@ class Runtime:
         self.writer_connection = connection
         self._writer_ready.set()
 
+    def _count_restart(self, role: str) -> None:
+        """A restart the supervisor counted (as its status does): into the metrics."""
+        self.metrics.add("restarts")
+        self.metrics.add(f"restarts.{role.partition('-')[0]}")
+
     def _writer_disconnected(self) -> None:
         # Thread ids are reused once a thread ends: forget this one now.
         me = threading.get_ident()
@@ -621,9 +627,3 @@ class Runtime:
                 }
 
             self.metrics.gauge("cache", cache)
-
-        def restarted(event: LifecycleEvent) -> None:
-            self.metrics.add("restarts")
-            self.metrics.add(f"restarts.{event.role.split('-')[0]}")
-
-        self.events.on("restart", restarted)

@@ -68,7 +68,8 @@ def test_off_removes_a_bound_method_subscribed_earlier(
     listener = _Listener()
     db.events.on("restart", listener.on_restart)
     db.events.off("restart", listener.on_restart)  # an equal, not the same, object
-    # (The storage itself listens to restarts, to count them: wants() stays True.)
+    assert not db.events.wants("restart")
+    assert "restart" not in db.events.active
     restarted = threading.Event()
     db.events.on("restart", lambda e: restarted.set())
     db.supervisor.kill("writer")

@@ -19,7 +19,7 @@ from atlas_actors.actors.supervisor import CLEANUP_GRACE, ChildStatus
 from atlas_actors.actors.writer import WriterActor
 from atlas_actors.errors import StorageUnavailable, ValidationError
 from atlas_actors.runtime import Runtime
-from tests.helpers import delay_on_crash
+from tests.helpers import delay_on_crash, wait_until
 
 
 def _child(db: atlas.Storage, role: str) -> ChildStatus:
@@ -321,3 +321,22 @@ def test_escalation_closes_the_reader_pool_before_the_storage_reports_failed(
     assert states == ["running"]  # the pool refused before the state said failed
     with pytest.raises(StorageUnavailable):
         db.query("SELECT 1")
+
+
+def test_restarts_are_counted_when_scheduled_as_the_supervisor_counts_them(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """A restart still waiting out its backoff counts: in the metrics, in health(), and
+    once the storage failed (a restart that never happened is still why it failed)."""
+    db = open_storage(
+        readers=1, restart_max=1, restart_backoff_initial=0.5, restart_backoff_jitter=0.0
+    )
+    db.supervisor.kill("reader-0")
+    assert wait_until(lambda: db.supervisor.status().restarts == 1)
+    assert db.metrics.get("restarts") == 1 and db.metrics.get("restarts.reader") == 1
+    assert db.health().restarts == 1
+    escalated = threading.Event()
+    db.events.on("escalate", lambda e: escalated.set())
+    db.supervisor.kill("writer")  # past restart_max: the storage fails
+    assert escalated.wait(5)
+    assert db.health().status == "failed" and db.health().restarts == 1

@@ -127,12 +127,15 @@ class SupervisorActor(pykka.ThreadingActor):
         on_escalate: Callable[[StorageUnavailable], None],
         on_tick: Callable[[float], None],
         db_name: str,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.events = events
         self.on_escalate = on_escalate
         self.on_tick = on_tick
+        self.on_restart = on_restart
+        """Told the role of every restart counted (scheduled), for the metrics."""
         self.db_name = db_name
         self._children: dict[str, _Child] = {}
         self._state = "running"
@@ -330,6 +333,11 @@ class SupervisorActor(pykka.ThreadingActor):
         recent.append(now)
         child.restarts += 1
         self._restarts += 1
+        if self.on_restart is not None:
+            try:
+                self.on_restart(child.role)
+            except Exception:
+                log.exception("counting the restart of %s failed", child.role)
         delay = min(
             self.config.restart_backoff_initial * 2 ** (len(recent) - 1),
             self.config.restart_backoff_max,
