@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import TransactionTimeout, ValidationError
+from atlas_actors.errors import DeadlockError, TransactionTimeout, ValidationError
 from atlas_actors.transaction.transaction import Transaction
 from tests.helpers import wait_until
 
@@ -285,3 +285,17 @@ def test_two_snapshots_of_one_thread_keep_its_hold_until_both_end(db: atlas.Stor
     assert list(graph.holders("pool:readers")) == [threading.get_ident()]  # still holds one
     second.rollback()
     assert graph.holders("pool:readers") == {}
+
+
+def test_a_thread_pinning_every_reader_twice_over_is_refused_a_third(tmp_path: Path) -> None:
+    with atlas.open(tmp_path / "d.db", readers=2, max_readers=2, default_timeout=5) as db:
+        pinned = [db.transactions.begin("repeatable_read") for _ in range(2)]
+        for tx in pinned:
+            tx.query("SELECT 1 AS one")  # this thread pins both readers
+        third = db.transactions.begin("repeatable_read")
+        started = time.monotonic()
+        with pytest.raises(DeadlockError):
+            third.query("SELECT 1 AS one")  # would wait for a reader only it can free
+        assert time.monotonic() - started < 1
+        for tx in (*pinned, third):
+            tx.rollback()

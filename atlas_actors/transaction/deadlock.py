@@ -84,6 +84,13 @@ class WaitForGraph:
                 if left:
                     self._held[session] = left
 
+    def _units_held(self, resource: str) -> int:
+        """Units of ``resource`` its holders hold (a recorded session may hold several)."""
+        if resource in self._tracked:
+            return len(self._holders_of(resource))  # (one each)
+        holders = self._holders.get(resource, {})
+        return sum(self._times.get((session, resource), 1) for session in holders)
+
     def holders(self, resource: str) -> dict[int, str]:
         """Sessions holding ``resource``, with their labels."""
         with self.lock:
@@ -125,7 +132,7 @@ class WaitForGraph:
         with self.lock:
             exhausted = all_units_taken()
             if exhausted and units_in_use is not None:
-                exhausted = units_in_use() <= len(self._holders_of(resource))
+                exhausted = units_in_use() <= self._units_held(resource)
             cycle = self._cycle(session, resource, exhausted)
             if cycle is None and record:
                 self._waiting[session] = resource
