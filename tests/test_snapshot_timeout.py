@@ -299,3 +299,20 @@ def test_a_thread_pinning_every_reader_twice_over_is_refused_a_third(tmp_path: P
         assert time.monotonic() - started < 1
         for tx in (*pinned, third):
             tx.rollback()
+
+
+def test_a_failed_transaction_never_entered_as_a_block_does_not_refuse_later_ones(
+    db: atlas.Storage,
+) -> None:
+    """Only open with-blocks make a nested db.transaction() a savepoint (or refuse it)."""
+    stray = db.transaction(timeout=0.1)  # used without `with`
+    stray.execute("INSERT INTO t(v) VALUES ('stray')")
+    time.sleep(0.3)  # past its lease's timeout: revoked
+    with pytest.raises(TransactionTimeout):
+        stray.execute("INSERT INTO t(v) VALUES ('too late')")
+    assert stray.state == "failed"
+    stray.rollback()
+    for i in range(2):
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t(v) VALUES (?)", [f"later {i}"])
+    assert [r.v for r in db.query("SELECT v FROM t ORDER BY id")] == ["later 0", "later 1"]

@@ -288,6 +288,9 @@ class Transaction:
             self._finish("rolled_back")
 
     def __enter__(self) -> Transaction:
+        # On the thread's stack while its block is open: a db.transaction() inside
+        # becomes a savepoint of it (and is refused once it has failed).
+        self._manager._local.stack.append(self)
         return self
 
     def __exit__(
@@ -739,8 +742,7 @@ class TransactionManager:
             timeout = _checked_timeout(timeout)
         tx = self._transaction_class(self, level, timeout)
         self._active[tx.id] = tx
-        stack.append(tx)
-        return tx
+        return tx  # (its __enter__ puts it on the stack: only open blocks are there)
 
     def run(
         self,
