@@ -8,6 +8,7 @@ the values passed to :func:`atlas_actors.open`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -251,8 +252,13 @@ def _validate(config: StorageConfig) -> None:
     )
     for name in non_negative:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(f"{name}={value!r}; it must be a number >= 0")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ConfigError(f"{name}={value!r}; it must be a finite number >= 0")
     strictly_positive = (
         "default_timeout",
         "restart_window",
@@ -268,8 +274,13 @@ def _validate(config: StorageConfig) -> None:
     )
     for name in strictly_positive:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{name}={value!r}; it must be a number > 0")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ConfigError(f"{name}={value!r}; it must be a finite number > 0")
     if config.max_readers < config.readers:
         raise ConfigError(
             f"max_readers={config.max_readers} < readers={config.readers}; "

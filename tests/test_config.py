@@ -48,6 +48,9 @@ def test_unparsable_environment_values_name_the_variable(env: dict[str, str], me
         ({"max_batch_delay": -1}, "max_batch_delay=-1"),
         ({"reader_mmap_bytes": -1}, "reader_mmap_bytes=-1"),
         ({"readers": 8, "max_readers": 4}, "max_readers=4 < readers=8"),
+        ({"transaction_timeout": float("nan")}, "transaction_timeout=nan"),
+        ({"default_timeout": float("inf")}, "default_timeout=inf"),
+        ({"busy_timeout": float("nan")}, "busy_timeout=nan"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_and_value(

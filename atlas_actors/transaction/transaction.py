@@ -895,7 +895,12 @@ def _checked_timeout(timeout: object) -> float:
             f"transaction timeout {timeout!r}: give a positive number of seconds, "
             "or None for the storage's transaction_timeout"
         )
-    return float(timeout)
+    try:
+        return float(timeout)
+    except OverflowError:  # (an int too large for a float)
+        raise ValidationError(
+            f"transaction timeout {timeout!r}: too large; give a positive number of seconds"
+        ) from None
 
 
 def _check_savepoint_name(name: str) -> None:
