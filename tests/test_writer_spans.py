@@ -201,6 +201,8 @@ def test_a_failed_calls_span_hides_the_literals_its_error_quotes(
         db.execute("INSERT INTO users VALUES ('alice@example.com')")
         with pytest.raises(AtlasError, match=r"alice@example\.com"):  # the caller sees it
             db.execute("INSERT INTO users VALUES ('alice@example.com')")
+        with pytest.raises(AtlasError, match="syntax error"):  # SQLite quotes the token
+            db.execute("INSERT INTO users VALUES (1 'carol@example.com')")
         _, release = gate_writer(db)
         with pytest.raises(OperationTimeout):
             db.writer.execute("INSERT INTO users VALUES ('bob@example.com')").get(0.05)
@@ -212,3 +214,21 @@ def test_a_failed_calls_span_hides_the_literals_its_error_quotes(
         texts += [str(v) for event in span.events for v in (event.attributes or {}).values()]
         assert not any("@example.com" in text for text in texts), span.name
     assert any("INSERT INTO users VALUES (?)" in (s.status.description or "") for s in failed)
+
+
+def test_a_refused_calls_span_hides_the_literals_too(
+    traced: atlas.Storage, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
+) -> None:
+    _, exporter, _ = spans
+    _, release = gate_writer(traced)
+    queued = traced.writer.execute("INSERT INTO t VALUES (1)")  # the mailbox's one place
+    with pytest.raises(OperationTimeout, match="mailbox is full"):
+        traced.writer.execute("INSERT INTO t VALUES (424242)", timeout=0.2)
+    release.set()
+    queued.get(5)
+    failed = [s for s in exporter.get_finished_spans() if s.status.status_code is StatusCode.ERROR]
+    assert failed
+    for span in failed:
+        texts = [span.status.description or ""]
+        texts += [str(v) for event in span.events for v in (event.attributes or {}).values()]
+        assert not any("424242" in text for text in texts), span.name

@@ -45,28 +45,37 @@ def _hide_literal(match: re.Match[str]) -> str:
     return "?" if match.lastgroup in _LITERAL_KINDS else match.group()
 
 
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+"""A Python string's repr at the start of a text (how errors quote a statement)."""
+_NEAR = re.compile(r'near "((?:[^"]|"")*)"')
+"""SQLite's own message quoting the token it stopped at (``near "'x'": syntax error``)."""
+
+
 def safe_error_message(error: BaseException, message: str | None = None) -> str:
-    """``error``'s message with the statement it quotes sanitized (see below).
+    """``error``'s message (or ``message``, any text about it) with its statement sanitized.
 
     The library's errors quote their statement as ``repr(shorten(sql))``: a SQLite
     error keeps the text in ``error.sql``, a timeout in its ``operation`` (``verb
-    'sql'``). Any other message is returned as it is.
+    'sql'``, perhaps followed by why). SQLite's own part of a message may quote the
+    token it stopped at, a literal perhaps: sanitized too.
     """
     text = str(error) if message is None else message
     sql = getattr(error, "sql", None)
-    if isinstance(sql, str) and sql:
-        return text.replace(repr(shorten(sql)), repr(shorten(sanitize_query_text(sql))))
     operation = getattr(error, "operation", None)
-    if isinstance(operation, str) and " " in operation:
-        verb, quoted = operation.split(" ", 1)
-        try:
-            statement = ast.literal_eval(quoted)
-        except (ValueError, SyntaxError):
-            return text
-        if isinstance(statement, str):
-            safe = f"{verb} {sanitize_query_text(statement)!r}"
-            return text.replace(operation, safe)
-    return text
+    if isinstance(sql, str) and sql:
+        text = text.replace(repr(shorten(sql)), repr(shorten(sanitize_query_text(sql))))
+    elif isinstance(operation, str):
+        verb, _, rest = operation.partition(" ")
+        quoted = _QUOTED.match(rest)
+        if quoted is not None:
+            try:
+                statement = ast.literal_eval(quoted.group())
+            except (ValueError, SyntaxError):
+                statement = None
+            if isinstance(statement, str):
+                safe = f"{verb} {sanitize_query_text(statement)!r}{rest[quoted.end() :]}"
+                text = text.replace(operation, safe)
+    return _NEAR.sub(lambda near: f'near "{sanitize_query_text(near.group(1))}"', text)
 
 
 def sanitize_query_text(sql: str) -> str:
@@ -248,13 +257,11 @@ class Tracing:
             return
         message = str(error)
         safe = safe_error_message(error, message)
+        stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        safe_stack = safe_error_message(error, stack)  # (its causes' messages too)
         attributes = None
-        if safe != message:
-            stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            attributes = {
-                "exception.message": safe,
-                "exception.stacktrace": stack.replace(message, safe),
-            }
+        if safe != message or safe_stack != stack:
+            attributes = {"exception.message": safe, "exception.stacktrace": safe_stack}
         span.record_exception(error, attributes=attributes)
         span.set_attribute("error.type", type(error).__qualname__)
         code = getattr(error, "extended_result_code", None) or getattr(error, "result_code", None)
