@@ -391,23 +391,19 @@ class Transaction:
             "thread holds: commit or roll back the other transaction first"
         )
 
-    def _writer(self) -> Lease:
+    def _writer(self, locked: bool = False) -> Lease:
         """The writer lease: borrowed (waiting behind other transactions) if not held."""
         if self.state != "active":
             self._check_active()
         lease = self._lease
         if lease is not None:
             return lease
-        lock = self._reader_lock
-        if lock is None:
-            return self._take_lease()
-        with lock:  # the tick cannot end the snapshot while the lease is on its way
-            self._check_active()
-            if self._reader is not None and self._snapshot_too_old():
-                raise self._expire()
-            return self._take_lease()
-
-    def _take_lease(self) -> Lease:
+        if self._reader_lock is not None and not locked:
+            with self._reader_lock:  # the tick cannot end the snapshot meanwhile
+                if self._reader is not None and self._snapshot_too_old():
+                    self._check_active()
+                    raise self._expire()
+                return self._writer(locked=True)  # (state and lease checked again)
         expected = None
         if self.isolation == "repeatable_read" and self._reader is not None:
             # A snapshot whose version could not be pinned conflicts on purpose.
