@@ -9,8 +9,25 @@ from typing import Any
 
 import pykka
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import atlas_actors as atlas
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    """The spans finished during the test (OpenTelemetry's in-memory exporter)."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    """A tracer provider that exports every span to ``exporter`` as it ends."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
 
 
 @pytest.fixture

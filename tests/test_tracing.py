@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -15,15 +14,8 @@ import atlas_actors as atlas
 
 
 @pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def traced(db_path: Path, exporter: InMemorySpanExporter):
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    with atlas.open(db_path, tracer_provider=provider) as storage:
+def traced(db_path: Path, exporter: InMemorySpanExporter, tracer_provider: TracerProvider):
+    with atlas.open(db_path, tracer_provider=tracer_provider) as storage:
         storage.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT)")
         exporter.clear()
         yield storage

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import atlas_actors as atlas
@@ -16,15 +15,10 @@ from atlas_actors.telemetry.tracing import operation_name, sanitize_query_text
 
 
 @pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def traced(db_path: Path, exporter: InMemorySpanExporter) -> Iterator[atlas.Storage]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    with atlas.open(db_path, tracer_provider=provider) as storage:
+def traced(
+    db_path: Path, exporter: InMemorySpanExporter, tracer_provider: TracerProvider
+) -> Iterator[atlas.Storage]:
+    with atlas.open(db_path, tracer_provider=tracer_provider) as storage:
         storage.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT, ssn TEXT, pic)")
         exporter.clear()
         yield storage
