@@ -588,18 +588,6 @@ class Runtime:
                 "rolled_back": manager.rolled_back,
             }
 
-        def wal() -> dict[str, float]:
-            counters = self.writer_counters
-            try:
-                size = os.path.getsize(f"{self.path}-wal")
-            except OSError:
-                size = 0  # (no WAL file between sessions)
-            return {
-                "bytes": size,
-                "frames": counters.wal_frames,
-                "checkpoints": counters.checkpoints,
-            }
-
         def latency() -> dict[str, float]:
             # Mean seconds per timed statement (connections time one run in a few).
             readers = self.pool.connection_metrics().values()
@@ -613,7 +601,6 @@ class Runtime:
         self.metrics.gauge("pool", pool)
         self.metrics.gauge("writer", writer)
         self.metrics.gauge("transactions", transactions)
-        self.metrics.gauge("wal", wal)
         self.metrics.gauge("latency", latency)
         if self.config.cache:
 

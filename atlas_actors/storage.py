@@ -99,6 +99,7 @@ class Storage(Runtime):
         self._cached = config.cache
         self.wal = WalManager(self)
         """The write-ahead log: ``checkpoint()``, ``monitor()``, ``cleanup()``, ``verify()``."""
+        self.metrics.gauge("wal", self._wal_gauge)
         _open_storages.add(self)
         if not self.tracing.enabled and not self._cached and type(self).query is Storage.query:
             # No span to open, no cache to ask: db.query is the pool's read function, so
@@ -343,6 +344,10 @@ class Storage(Runtime):
             restarts=status.restarts,
             failure=reason,
         )
+
+    def _wal_gauge(self) -> dict[str, float]:
+        stats = self.wal.monitor()
+        return {"bytes": stats.size, "frames": stats.frames, "checkpoints": stats.checkpoints}
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:
         """Counters of every open connection (writer and readers), by connection id."""
