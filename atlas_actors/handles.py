@@ -32,12 +32,12 @@ from atlas_actors.actors.writer_ops import (
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout
 from atlas_actors.future import _PENDING, Future, SqlText, sql_text, statement_type_error
-from atlas_actors.telemetry.tracing import Tracing
+from atlas_actors.telemetry.tracing import Tracing, batch_attributes
 
 if TYPE_CHECKING:
     from atlas_actors.storage import Storage
 
-__all__ = ["SupervisorHandle", "WriterFuture", "WriterHandle", "end_span"]
+__all__ = ["SupervisorHandle", "WriterFuture", "WriterHandle", "batch_call_attributes", "end_span"]
 
 T = TypeVar("T")
 
@@ -188,7 +188,11 @@ class WriterHandle:
         context = None
         if tracing.enabled:
             if traced:
-                span = tracing.start_client_span("atlas.writer.submit", sql_text(sql))
+                span = tracing.start_client_span(
+                    "atlas.writer.submit",
+                    sql_text(sql),
+                    **batch_call_attributes(op_class, sql, args),
+                )
                 if span is not None:
                     context = trace.set_span_in_context(span)
                     future.add_done_callback(lambda f: end_span(span, f))
@@ -236,6 +240,13 @@ class WriterHandle:
         if deliver is None or not deliver(op):
             self._mailbox.send(op)
         return future
+
+
+def batch_call_attributes(
+    op_class: type[Op], sql: SqlText, args: tuple[Any, ...]
+) -> dict[str, Any]:
+    """The batch attributes of a call's span (``write_many``: one set per operation)."""
+    return batch_attributes(sql, len(args[1]) if op_class is WriteManyOp else None)
 
 
 def end_span(span: trace.Span, future: Future[Any]) -> None:

@@ -43,7 +43,7 @@ from atlas_actors.connection import (
 )
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
 from atlas_actors.future import Future, sql_text, statement_pairs
-from atlas_actors.handles import end_span
+from atlas_actors.handles import batch_call_attributes, end_span
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.runtime import Runtime
@@ -191,7 +191,9 @@ class Storage(Runtime):
             self._guard(f"{verb} {sql_text(sql)!r}")
         try:
             if self.tracing.enabled:
-                with self.tracing.client_span(f"atlas.{verb}", sql_text(sql)):
+                with self.tracing.client_span(
+                    f"atlas.{verb}", sql_text(sql), **batch_call_attributes(op_class, sql, args)
+                ):
                     future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)
                     return Future.get(future)
             future = self.writer.submit(op_class, verb, sql, args, timeout, traced=False)

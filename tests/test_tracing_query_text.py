@@ -107,3 +107,28 @@ def test_sanitize_query_text(sql: str, expected: str | None) -> None:
 )
 def test_operation_name(sql: str, expected: str) -> None:
     assert operation_name(sql) == expected
+
+
+def test_batches_carry_their_size_and_a_batch_operation_name(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    """A write_all of several statements, or a write_many of several parameter sets, is a
+    batch (db.operation.batch.size, BATCH <verb>); a batch of one is a plain operation."""
+    insert = "INSERT INTO users(email) VALUES (?)"
+    traced.write_all([(insert, ["a"]), (insert, ["b"])])
+    traced.write_all([(insert, ["c"]), ("DELETE FROM users WHERE email = ?", ["a"])])
+    traced.write_all([(insert, ["d"])])
+    traced.write_many(insert, [["e"], ["f"], ["g"]])
+    traced.writer.executemany(insert, [["h"], ["i"]]).get(5)
+    seen = [
+        (s.name, s.attributes.get("db.operation.name"), s.attributes.get("db.operation.batch.size"))
+        for s in exporter.get_finished_spans()
+        if s.name.startswith(("atlas.write_", "atlas.writer.write_", "atlas.writer.submit"))
+    ]
+    assert ("atlas.write_all", "BATCH INSERT", 2) in seen
+    assert ("atlas.writer.write_all", "BATCH INSERT", 2) in seen
+    assert ("atlas.write_all", "BATCH", 2) in seen
+    assert ("atlas.write_all", "INSERT", None) in seen  # a batch of one
+    assert ("atlas.write_many", "BATCH INSERT", 3) in seen
+    assert ("atlas.writer.write_many", "BATCH INSERT", 3) in seen
+    assert ("atlas.writer.submit", "BATCH INSERT", 2) in seen

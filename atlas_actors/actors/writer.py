@@ -579,7 +579,7 @@ class WriterActor(RoleActor):
                             pass
                         elif traced:
                             with tracing.consumer_span(
-                                op.span_name, op.trace_context, op.sql
+                                op.span_name, op.trace_context, op.sql, **op.batch_attributes()
                             ) as span:
                                 self._savepoint(op, cursor, connection, span)
                                 self._spans[op.id] = span

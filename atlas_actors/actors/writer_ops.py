@@ -21,6 +21,7 @@ import apsw
 from atlas_actors.actors.base import Escaped, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
 from atlas_actors.future import Future, sql_text
+from atlas_actors.telemetry.tracing import batch_attributes
 
 __all__ = [
     "OP_TYPES",
@@ -85,6 +86,10 @@ class WriterOp(Op):
         """The text of what the op runs, for spans and errors (None for a function)."""
         return self.statement
 
+    def batch_attributes(self) -> dict[str, Any]:
+        """Its span's batch attributes (``tracing.batch_attributes``): none but a batch's."""
+        return {}
+
     def run(self, connection: TrackedConnection) -> Any:
         """Do the work on the writer's connection and return the future's value."""
         raise NotImplementedError
@@ -137,6 +142,10 @@ class WriteManyOp(WriterOp):
         """Run the statement for every parameter set."""
         return connection.write_many(self.statement, self.seq_of_params)
 
+    def batch_attributes(self) -> dict[str, Any]:
+        """A batch of its parameter sets (two or more)."""
+        return batch_attributes(self.statement, len(self.seq_of_params))
+
 
 class WriteAllOp(WriterOp):
     """Several statements, all or nothing → a list of :class:`WriteResult`."""
@@ -172,6 +181,10 @@ class WriteAllOp(WriterOp):
     def run(self, connection: TrackedConnection) -> list[WriteResult]:
         """Run each statement in order; the first failure undoes them all."""
         return connection.write_pairs(self.statements)
+
+    def batch_attributes(self) -> dict[str, Any]:
+        """A batch of its statements (two or more)."""
+        return batch_attributes(self.statements)
 
 
 class UnitOfWorkOp(WriterOp):

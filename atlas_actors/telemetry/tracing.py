@@ -32,7 +32,13 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from atlas_actors.errors import shorten
 from atlas_actors.query._tokens import _TOKEN
 
-__all__ = ["Tracing", "operation_name", "safe_error_message", "sanitize_query_text"]
+__all__ = [
+    "Tracing",
+    "batch_attributes",
+    "operation_name",
+    "safe_error_message",
+    "sanitize_query_text",
+]
 
 _INSTRUMENTATION = "atlas_actors"
 _MAX_QUERY_TEXT = 2048
@@ -49,6 +55,32 @@ _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
 """A Python string's repr at the start of a text (how errors quote a statement)."""
 _NEAR = re.compile(r'near "((?:[^"]|"")*)"')
 """SQLite's own message quoting the token it stopped at (``near "'x'": syntax error``)."""
+
+
+def batch_attributes(
+    sql: str | Sequence[tuple[str, Any]] | None, parameter_sets: int | None = None
+) -> dict[str, Any]:
+    """``db.operation.batch.size`` and ``db.operation.name`` of a batch, or nothing.
+
+    A ``write_all``'s statements, or one statement run with several parameter sets
+    (``write_many``), are a batch of that many operations; a batch of one is a plain
+    operation (the database conventions). A batch's name is ``BATCH`` and its
+    statements' verb when they share one (``BATCH INSERT``).
+    """
+    if isinstance(sql, str):
+        if parameter_sets is None or parameter_sets == 1:
+            return {}
+        return {
+            "db.operation.batch.size": parameter_sets,
+            "db.operation.name": f"BATCH {operation_name(sql)}",
+        }
+    if sql is None or len(sql) == 1:
+        return {}
+    names = {operation_name(statement) for statement, _ in sql}
+    return {
+        "db.operation.batch.size": len(sql),
+        "db.operation.name": f"BATCH {names.pop()}" if len(names) == 1 else "BATCH",
+    }
 
 
 def safe_error_message(error: BaseException, message: str | None = None) -> str:
