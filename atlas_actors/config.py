@@ -252,12 +252,7 @@ def _validate(config: StorageConfig) -> None:
     )
     for name in non_negative:
         value = getattr(config, name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-        ):
+        if not _finite_number(value) or value < 0:
             raise ConfigError(f"{name}={value!r}; it must be a finite number >= 0")
     strictly_positive = (
         "default_timeout",
@@ -274,15 +269,15 @@ def _validate(config: StorageConfig) -> None:
     )
     for name in strictly_positive:
         value = getattr(config, name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
+        if not _finite_number(value) or value <= 0:
             raise ConfigError(f"{name}={value!r}; it must be a finite number > 0")
     if config.max_readers < config.readers:
         raise ConfigError(
             f"max_readers={config.max_readers} < readers={config.readers}; "
             "raise max_readers or lower readers"
         )
+
+
+def _finite_number(value: object) -> bool:
+    """True for an int or float that is finite (NaN and infinities are not; nor bools)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

@@ -167,6 +167,7 @@ def test_a_transaction_makes_a_span_with_its_calls_and_lease_messages_under_it(
         if s.name == "atlas.tx.execute" and s.status.status_code is StatusCode.ERROR
     ]
     assert len(failed) == 1  # the taken value's statement
+    assert [e.name for e in failed[0].events] == ["exception"]  # recorded once
     commit_calls = {s.context.span_id for s in calls if s.name == "atlas.tx.commit"}
     linked = {
         link.context.span_id

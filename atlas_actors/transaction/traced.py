@@ -52,12 +52,8 @@ class TracedTransaction(Transaction):
     def _traced(self, name: str, sql: str | None, call: Callable[[], T]) -> T:
         token = otel_context.attach(self._span_context) if self._span_context else None
         try:
-            with self._tracing.client_span(name, sql) as span:
-                try:
-                    return call()
-                except BaseException as error:
-                    Tracing.record_error(span, error)
-                    raise
+            with self._tracing.client_span(name, sql):  # (records an error itself)
+                return call()
         finally:
             if token is not None:
                 otel_context.detach(token)
