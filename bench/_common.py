@@ -187,6 +187,23 @@ class CellResult:
         """The figures of ``label`` (zeros when no op of that label finished)."""
         return self.kinds.get(label) or KindFigures()
 
+    def trouble(self) -> str | None:
+        """What went wrong in this cell (errors, broken invariants, hangs), or None."""
+        if not (self.errors or self.mismatches or self.hung):
+            return None
+        mismatched = f", {len(self.mismatches)} mismatches" if self.mismatches else ""
+        return f"{self.peer} x{self.threads}: {self.errors} errors{mismatched}, {self.hung} hung"
+
+    def trouble_notes(self, width: int = 60) -> list[str]:
+        """Table notes: the commonest error (cut to ``width``) and hung threads."""
+        notes = []
+        if self.error_kinds:
+            kind, count = next(iter(self.error_kinds.items()))
+            notes.append(f"{count}x {kind[:width]}")
+        if self.hung:
+            notes.append(f"{self.hung} threads HUNG")
+        return notes
+
 
 def round_ratios(mine: CellResult, base: CellResult, kind: str | None = None) -> list[float]:
     """Per-round throughput ratios ``mine / base`` (the peers ran side by side per round);
@@ -492,6 +509,14 @@ class Target:
     def verdict(self) -> str:
         """``PASS``, ``MISS`` or ``n/a``."""
         return {True: "PASS", False: "MISS", None: "n/a"}[self.passed]
+
+
+def clean_cells_target(cells: Sequence[CellResult], wanted: str) -> Target:
+    """The target that every atlas cell (peer name ``atlas...``) ran without trouble."""
+    mine = [c for c in cells if c.peer.startswith("atlas")]
+    bad = [trouble for c in mine if (trouble := c.trouble()) is not None]
+    measured = "; ".join(bad) if bad else f"{len(mine)} cells clean"
+    return Target(wanted, measured, not bad if mine else None)
 
 
 def print_targets(targets: Sequence[Target], title: str = "Targets (issue 2)") -> None:

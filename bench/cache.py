@@ -692,11 +692,7 @@ def print_cells(cells: Sequence[CellResult]) -> None:
         base = find_cell(cells, BASELINE, cell.threads)
         reads, writes = cell.kind("read"), cell.kind("write")
         notes = []
-        if cell.error_kinds:
-            kind, count = next(iter(cell.error_kinds.items()))
-            notes.append(f"{count}x {kind[:70]}")
-        if cell.hung:
-            notes.append(f"{cell.hung} threads HUNG")
+        notes += cell.trouble_notes(70)
         rows.append(
             [
                 cell.peer,
@@ -809,11 +805,7 @@ def judge(cells: Sequence[CellResult], label: str, threads: int = 16) -> list[Ta
 def judge_clean(cells: Sequence[CellResult], label: str) -> list[Target]:
     """No stale or wrong read, error or hang in any atlas cell."""
     atlas_cells = [c for c in cells if c.peer.startswith("atlas")]
-    bad = [
-        f"{c.peer} x{c.threads}: {c.errors} errors, {c.hung} hung"
-        for c in atlas_cells
-        if c.errors or c.hung
-    ]
+    bad = [trouble for c in atlas_cells if (trouble := c.trouble()) is not None]
     kinds = list(dict.fromkeys(k for c in atlas_cells for k in c.error_kinds))
     checks = sum(c.extra.get("checks", 0) for c in atlas_cells)
     measured = f"{len(atlas_cells)} cells clean, {checks:,} checks"

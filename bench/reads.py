@@ -40,6 +40,7 @@ from _common import (
     Target,
     WrongResultError,
     add_run_options,
+    clean_cells_target,
     environment,
     finish,
     fmt,
@@ -198,11 +199,7 @@ def print_cells(cells: Sequence[CellResult], pool_sizes: dict[tuple[str, int], i
         notes = []
         if (cell.peer, cell.threads) in pool_sizes:
             notes.append(f"pool grew to {pool_sizes[(cell.peer, cell.threads)]}")
-        if cell.error_kinds:
-            kind, count = next(iter(cell.error_kinds.items()))
-            notes.append(f"{count}x {kind[:60]}")
-        if cell.hung:
-            notes.append(f"{cell.hung} threads HUNG")
+        notes += cell.trouble_notes()
         rows.append(
             [
                 cell.peer,
@@ -238,17 +235,9 @@ def judge(cells: Sequence[CellResult]) -> list[Target]:
         if rounds:
             figures += f"; rounds {rounds}"
         targets.append(Target(wanted, f"{fmt_ratio(value, 3)} ({figures})", value >= 0.8))
-    atlas_cells = [c for c in cells if c.peer.startswith("atlas")]
-    bad = [
-        f"{c.peer} x{c.threads}: {c.errors} errors, {c.hung} hung"
-        for c in atlas_cells
-        if c.errors or c.hung
-    ]
     targets.append(
-        Target(
-            "reads: zero errors (wrong rows included) or hangs in every atlas cell",
-            "; ".join(bad) if bad else f"{len(atlas_cells)} cells clean",
-            not bad,
+        clean_cells_target(
+            cells, "reads: zero errors (wrong rows included) or hangs in every atlas cell"
         )
     )
     return targets

@@ -58,6 +58,7 @@ from _common import (
     Segment,
     Target,
     add_run_options,
+    clean_cells_target,
     environment,
     find_cell,
     finish,
@@ -542,11 +543,7 @@ def print_pass(name: str, cells: Sequence[CellResult], info: dict[str, Any]) -> 
             notes.append(f"batch mean {cell.extra['mean_batch']:.1f} max {cell.extra['max_batch']}")
             if cell.extra["rolled_back"]:
                 notes.append(f"{cell.extra['rolled_back']} rolled back")
-        if cell.error_kinds:
-            kind, count = next(iter(cell.error_kinds.items()))
-            notes.append(f"{count}x {kind[:60]}")
-        if cell.hung:
-            notes.append(f"{cell.hung} threads HUNG")
+        notes += cell.trouble_notes()
         versus = ratio(cell.ops_per_s, base.ops_per_s) if base else float("nan")
         rows.append(
             [
@@ -605,17 +602,9 @@ def judge(name: str, cells: Sequence[CellResult], threads: int = 16) -> list[Tar
                 None,
             )
         )
-    mine_all = [c for c in cells if c.peer.startswith("atlas")]
-    bad = [
-        f"{c.peer} x{c.threads}: {c.errors} errors, {len(c.mismatches)} mismatches, {c.hung} hung"
-        for c in mine_all
-        if c.errors or c.mismatches or c.hung
-    ]
     targets.append(
-        Target(
-            f"{name}: zero errors, broken invariants or hangs in every atlas cell",
-            "; ".join(bad) if bad else f"{len(mine_all)} cells clean",
-            not bad if mine_all else None,
+        clean_cells_target(
+            cells, f"{name}: zero errors, broken invariants or hangs in every atlas cell"
         )
     )
     return targets

@@ -57,6 +57,7 @@ from _common import (
     Segment,
     Target,
     add_run_options,
+    clean_cells_target,
     environment,
     find_cell,
     finish,
@@ -531,11 +532,7 @@ def print_pass(name: str, cells: Sequence[CellResult], info: dict[str, Any]) -> 
         notes = []
         if "mean_batch" in cell.extra:
             notes.append(f"batch mean {cell.extra['mean_batch']:.1f} max {cell.extra['max_batch']}")
-        if cell.error_kinds:
-            kind, count = next(iter(cell.error_kinds.items()))
-            notes.append(f"{count}x {kind[:60]}")
-        if cell.hung:
-            notes.append(f"{cell.hung} threads HUNG")
+        notes += cell.trouble_notes()
         rows.append(
             [
                 cell.peer,
@@ -615,17 +612,9 @@ def judge(name: str, cells: Sequence[CellResult]) -> list[Target]:
         targets.append(throughput(64, 1.5, 0.1))
     elif name == "normal":
         targets.append(throughput(64, 1.0))
-    mine = [c for c in cells if c.peer == "atlas"]
-    bad = [
-        f"x{c.threads}: {c.errors} errors, {len(c.mismatches)} mismatches, {c.hung} hung"
-        for c in mine
-        if c.errors or c.mismatches or c.hung
-    ]
     targets.append(
-        Target(
-            f"{name}: zero errors, lost/extra writes or hangs in every atlas cell",
-            "; ".join(bad) if bad else f"{len(mine)} cells clean",
-            not bad if mine else None,
+        clean_cells_target(
+            cells, f"{name}: zero errors, lost/extra writes or hangs in every atlas cell"
         )
     )
     return targets
