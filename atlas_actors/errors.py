@@ -15,10 +15,13 @@ Classes (by category):
   :class:`ReadOnlyError`
 * runtime: :class:`StorageUnavailable`, :class:`StorageClosedError`,
   :class:`ActorCrashedError`, :class:`DeadlockError`
+* transactions: :class:`TransactionError`, :class:`TransactionTimeout`,
+  :class:`TransactionConflict`, :class:`TransactionAborted`, :class:`WrongThreadError`
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -52,6 +55,7 @@ __all__ = [
     "TransactionTimeout",
     "TransientError",
     "ValidationError",
+    "WrongThreadError",
     "analyze",
     "shorten",
     "wrap_sqlite_error",
@@ -181,7 +185,21 @@ class TransactionConflict(TransactionError, TransientError):
 
 
 class TransactionAborted(TransactionError):
-    """The transaction was rolled back (its reason is in the message); nothing committed."""
+    """The transaction was rolled back (its reason is in the message); nothing committed.
+
+    When SQLite's error rolled it back, that error is its ``__cause__`` (with the
+    SQLite codes), and :func:`analyze` diagnoses the cause.
+    """
+
+
+class WrongThreadError(TransactionError):
+    """A transaction was used from a thread other than the one that began it.
+
+    The deadlock guard knows who holds the writer lease and pinned readers by thread:
+    a transaction belongs to its thread. The transaction itself goes on unharmed.
+    """
+
+    category = "validation"
 
 
 class ValidationError(AtlasError, ValueError):
@@ -320,16 +338,23 @@ _BY_APSW_CLASS: dict[type[BaseException], tuple[type[SQLiteError], str]] = {
     ),
     apsw.NotADBError: (CorruptionError, "the file is not a SQLite database"),
     apsw.ReadOnlyError: (ReadOnlyError, "open the database read-write, or check permissions"),
+    apsw.CantOpenError: (
+        DiskIOError,
+        "check that the path names a file in an existing directory that this process "
+        "may write (WAL creates -wal and -shm files next to the database)",
+    ),
 }
 
 
 def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseException:
     """Translate an exception raised by apsw into the matching :class:`AtlasError`.
 
-    apsw errors become the :class:`SQLiteError` subclass of their result code; a
-    ``TypeError`` (apsw's answer to an unbindable parameter) becomes a
-    :class:`ParameterError`; anything else, atlas errors included, is returned
-    unchanged. The result is meant to be raised ``from exc``.
+    apsw errors become the :class:`SQLiteError` subclass of their result code; apsw's
+    answers to bad parameters become a :class:`ParameterError`: a ``TypeError`` (an
+    unbindable value), an ``OverflowError`` (an int past 64 bits) and a ``KeyError``
+    naming one of ``sql``'s ``:name`` placeholders (a missing named value). Anything
+    else, atlas errors included, is returned unchanged. The result is meant to be
+    raised ``from exc``.
     """
     if isinstance(exc, AtlasError):
         return exc
@@ -338,6 +363,18 @@ def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseExcepti
     if isinstance(exc, TypeError):
         return ParameterError(
             f"{message}{where}: pass values of type None, int, float, str or bytes",
+            sql=sql,
+        )
+    if isinstance(exc, OverflowError):
+        return ParameterError(
+            f"{message}{where}: integers must fit in 64 bits (-2**63 to 2**63-1); store "
+            "larger ones as text or blobs",
+            sql=sql,
+        )
+    if isinstance(exc, KeyError) and sql and _names_placeholder(sql, exc):
+        return ParameterError(
+            f"no value for the named parameter :{exc.args[0]}{where}: pass a dict with a "
+            "value for every :name placeholder",
             sql=sql,
         )
     if not isinstance(exc, apsw.Error):
@@ -357,6 +394,12 @@ def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseExcepti
         result_code=result_code,
         extended_result_code=extended_code,
     )
+
+
+def _names_placeholder(sql: str, error: KeyError) -> bool:
+    """True if ``error``'s key is a named placeholder of ``sql`` (apsw's missing value)."""
+    key = error.args[0] if len(error.args) == 1 else None
+    return isinstance(key, str) and re.search(rf"[:@$]{re.escape(key)}\b", sql) is not None
 
 
 def shorten(sql: str, limit: int = 120) -> str:
@@ -399,9 +442,18 @@ _STRATEGIES: dict[str, tuple[Severity, bool, str, str]] = {
 
 
 def analyze(error: BaseException) -> ErrorDiagnostics:
-    """Classify ``error``: severity, whether it is recoverable, and how (pure)."""
-    if not isinstance(error, AtlasError):
+    """Classify ``error``: severity, whether it is recoverable, and how (pure).
+
+    An apsw error is classified as its wrapped form; a :class:`TransactionAborted` that
+    SQLite's error caused, as that cause (the type stays the aborted one's); any other
+    exception (from user code, say) is of category ``unknown``.
+    """
+    if isinstance(error, apsw.Error):
         error = wrap_sqlite_error(error)
+    if isinstance(error, TransactionAborted) and isinstance(error.__cause__, SQLiteError):
+        cause = analyze(error.__cause__)
+        via = {**cause.context, "message": str(error), "cause": cause.type}
+        return ErrorDiagnostics(type(error).__name__, cause.severity, cause.recoverable, via)
     if not isinstance(error, AtlasError):
         return ErrorDiagnostics(
             type=type(error).__name__,

@@ -74,3 +74,43 @@ def test_errors_are_reachable_after_a_plain_import() -> None:
 def test_long_statements_are_shortened_in_messages() -> None:
     wrapped = errors.wrap_sqlite_error(apsw.SQLError("bad"), "SELECT " + "x, " * 100)
     assert "…" in str(wrapped) and len(str(wrapped)) < 250
+
+
+def test_analyze_leaves_other_exceptions_unknown() -> None:
+    # A TypeError from user code is no bad parameter.
+    for error in (TypeError("unsupported operand"), KeyError("x"), ValueError("bad")):
+        diagnostics = errors.analyze(error)
+        assert diagnostics.type == type(error).__name__
+        assert diagnostics.context["category"] == "unknown"
+    assert errors.analyze(_raise("SELECT nope FROM t")).type == "SQLError"
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "says"),
+    [
+        ("INSERT INTO t VALUES (:a, :b)", {"a": 2}, "named parameter :b"),
+        ("INSERT INTO t VALUES (?, ?)", (2, 2**64), "64 bits"),
+        ("INSERT INTO t VALUES (?, ?)", (2, object()), "pass values of type"),
+    ],
+)
+def test_apsws_answers_to_bad_parameters_become_parameter_errors(
+    sql: str, params: object, says: str
+) -> None:
+    wrapped = errors.wrap_sqlite_error(_raise(sql, params), sql)  # type: ignore[arg-type]
+    assert isinstance(wrapped, errors.ParameterError)
+    assert says in str(wrapped)
+    assert errors.analyze(wrapped).context["strategy"] == "fix_input"
+
+
+def test_a_key_error_that_names_no_placeholder_stays_as_it_is() -> None:
+    error = KeyError("elsewhere")
+    assert errors.wrap_sqlite_error(error, "INSERT INTO t VALUES (:a)") is error
+
+
+def test_a_file_sqlite_cannot_open_says_what_to_check(tmp_path: object) -> None:
+    try:
+        apsw.Connection(f"{tmp_path}/missing/dir/db.sqlite")
+    except apsw.CantOpenError as error:
+        wrapped = errors.wrap_sqlite_error(error, "open")
+    assert isinstance(wrapped, errors.DiskIOError)
+    assert "existing directory" in str(wrapped)
