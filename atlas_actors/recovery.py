@@ -130,11 +130,12 @@ class ErrorHandler:
     ) -> RecoveryResult:
         """Clean up after ``transaction`` failed, and apply its error's strategy.
 
-        The transaction is rolled back (its lease or reader released). With ``retry``,
+        The error is the one that ended the transaction, or else the last one its calls
+        raised. The transaction is rolled back (its lease or reader released). With ``retry``,
         a transient failure is retried in fresh transactions of the same isolation, with
         exponential backoff and jitter, up to ``attempts`` times.
         """
-        error = transaction._error
+        error = transaction._error or transaction._last_error
         transaction.rollback()
         if error is None:
             return RecoveryResult("none", True, f"transaction {transaction.id} had no error")

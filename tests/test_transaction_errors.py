@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,17 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import AtlasError, DiskIOError, OperationTimeout, TransactionError
+from atlas_actors.errors import (
+    AtlasError,
+    ConstraintError,
+    DiskFullError,
+    DiskIOError,
+    OperationTimeout,
+    SQLError,
+    TransactionAborted,
+    TransactionError,
+    TransactionTimeout,
+)
 from atlas_actors.faults import FaultyVFS
 
 
@@ -149,3 +160,73 @@ def test_a_lease_granted_after_its_wait_timed_out_goes_back_at_once(
     assert not elsewhere.is_alive()
     assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [2, 3]
     assert db.transactions.status().lease_holder is None
+
+
+# -- what recover() and the counters make of a transaction's errors ---------------------
+
+
+def test_recover_applies_the_strategy_of_a_statements_error_that_left_it_active(
+    db: atlas.Storage,
+) -> None:
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO tasks(title) VALUES ('a')")
+    with pytest.raises(ConstraintError):
+        tx.execute("INSERT INTO tasks(title) VALUES ('a')")  # UNIQUE: the transaction goes on
+    assert tx.state == "active"
+    result = db.errors.recover(tx)
+    assert (result.strategy, result.recovered) == ("fix_input", False)
+    assert tx.state == "rolled_back"
+    assert db.query("SELECT count(*) FROM tasks") == [(0,)]
+
+
+def test_a_transaction_sqlite_rolled_back_for_a_full_disk_is_diagnosed_as_disk_full(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(disk_full_probe_interval=0.1)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    db.write("INSERT INTO t(v) VALUES (zeroblob(1000))")
+    pages = db.query("PRAGMA page_count")[0][0]
+    db.run_in_writer(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 3}").fetchall())
+    tx = db.transactions.begin()
+    with pytest.raises(DiskFullError):
+        for _ in range(50):
+            tx.execute("INSERT INTO t(v) VALUES (zeroblob(4000))")
+    assert tx.state == "failed"
+    assert isinstance(tx._error, TransactionAborted)
+    assert isinstance(tx._error.__cause__, DiskFullError)  # its codes kept
+    diagnostics = db.errors.analyze(tx._error)
+    assert diagnostics.type == "TransactionAborted"
+    assert diagnostics.context["strategy"] == "read_only"
+    assert diagnostics.context["extended_result_code"] == apsw.SQLITE_FULL
+    retried: list[int] = []
+    result = db.errors.recover(tx, retry=lambda t: retried.append(1))
+    assert (result.strategy, result.recovered, retried) == ("read_only", False, [])
+
+
+def test_a_statement_interrupted_by_the_lease_timeout_is_reported_once(
+    open_storage: Callable[..., atlas.Storage], caplog: pytest.LogCaptureFixture
+) -> None:
+    db = open_storage()
+    db.execute("CREATE TABLE t(v)")
+    caplog.set_level(logging.WARNING, logger="atlas_actors.errors")
+    with pytest.raises(TransactionTimeout), db.transaction(timeout=0.3) as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+        tx.query(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < 100000000) SELECT count(*) FROM c"
+        )
+    reported = [r for r in caplog.records if r.name == "atlas_actors.errors"]
+    assert [r.atlas["type"] for r in reported] == ["TransactionTimeout"]  # type: ignore[attr-defined]
+    counted = {k: v for k, v in db.metrics.snapshot().items() if k.startswith("errors")}
+    assert counted == {"errors": 1, "errors.timeout": 1}
+
+
+def test_a_failed_first_read_leaves_no_snapshot_to_conflict_with(db: atlas.Storage) -> None:
+    db.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER)")
+    db.write("INSERT INTO acct VALUES (1, 100)")
+    with db.transaction(isolation="repeatable_read") as tx:
+        with pytest.raises(SQLError):
+            tx.query("SELECT bal FROM acct WHERE idd = 1")  # a typo, caught
+        balance = tx.query("SELECT bal FROM acct WHERE id = 1")[0].bal
+        tx.execute("UPDATE acct SET bal = ? WHERE id = 1", [balance - 10])  # no conflict
+    assert db.query("SELECT bal FROM acct") == [(90,)]

@@ -481,5 +481,12 @@ def test_a_commit_whose_wait_times_out_says_it_may_have_been_applied(
         tx.commit()  # hands the lease to second(), then waits for the batch
     assert second_holds.is_set()
     assert caught.value.applied is None
+    # Neither committed nor rolled back yet: the writer's answer settles it.
+    assert tx.state == "committing"
+    with pytest.raises(TransactionError, match="committing"):
+        tx.execute("INSERT INTO t VALUES (3)")
     thread.join(5)
     assert sorted(r.x for r in db.query("SELECT x FROM t")) == [1, 2]
+    assert wait_until(lambda: tx.state == "committed", timeout=2)
+    status = db.transactions.status()
+    assert (status.committed, status.rolled_back, status.active) == (2, 0, ())

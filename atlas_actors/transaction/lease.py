@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable
 from time import monotonic
 from typing import Any, TypeVar
@@ -50,6 +51,8 @@ class LeaseState(enum.Enum):
 _ACTIVE = LeaseState.ACTIVE
 _RETURNED = LeaseState.RETURNED
 _Lock = threading.Lock
+_REVOKE_WAIT = 5.0
+"""Seconds the writer waits for an interrupted statement to let the lease go, at most."""
 
 
 class Lease:
@@ -63,6 +66,7 @@ class Lease:
         "hand_over",
         "lock",
         "owner",
+        "revoking",
         "savepoint",
         "state",
         "tx_id",
@@ -87,6 +91,8 @@ class Lease:
         self.deadline = now + timeout
         self.lock = _Lock()
         self.state = _ACTIVE
+        self.revoking = False
+        """Set by the writer before it interrupts a statement to take the lease back."""
         self.error: AtlasError | None = None
         """Why the lease was revoked, raised by every later use."""
         self.hand_over: Callable[[Lease, Any], bool] | None = None
@@ -126,8 +132,9 @@ class Lease:
         transaction's savepoint back.
         """
         if not self.lock.acquire(timeout=0.05):
+            self.revoking = True
             self.connection.connection.interrupt()
-            if not self.lock.acquire(timeout=5.0):
+            if not self.lock.acquire(timeout=_REVOKE_WAIT):
                 return False
         try:
             if self.state is not LeaseState.ACTIVE:
@@ -139,6 +146,16 @@ class Lease:
             return True
         finally:
             self.lock.release()
+
+    def await_revocation(self) -> None:
+        """The owner's statement was interrupted by :meth:`revoke`: wait until it ends.
+
+        Without holding the lock, which the writer waits for (a lock is not fair: the
+        owner taking it again at once would see the lease still active).
+        """
+        deadline = monotonic() + _REVOKE_WAIT
+        while self.state is _ACTIVE and monotonic() < deadline:
+            time.sleep(0.0005)
 
     def ended_error(self) -> AtlasError:
         """The error for a use of this lease once it has ended (revoked or returned)."""

@@ -70,25 +70,17 @@ class TracedTransaction(Transaction):
             "atlas.tx.query", sql, lambda: super(TracedTransaction, self).query(sql, params)
         )
 
-    def create_savepoint(self, name: str) -> None:
-        """As :meth:`Transaction.create_savepoint`, in a span."""
+    # Savepoints (the public calls' and nested blocks'), each in a span.
+    def _open_savepoint(self, name: str) -> None:
+        self._traced("atlas.tx.savepoint", None, partial(Transaction._open_savepoint, self, name))
+
+    def _rollback_to_savepoint(self, name: str) -> None:
         self._traced(
-            "atlas.tx.savepoint",
-            None,
-            lambda: super(TracedTransaction, self).create_savepoint(name),
+            "atlas.tx.rollback_to", None, partial(Transaction._rollback_to_savepoint, self, name)
         )
 
-    savepoint = create_savepoint
-
-    def rollback_to(self, name: str) -> None:
-        """As :meth:`Transaction.rollback_to`, in a span."""
-        self._traced(
-            "atlas.tx.rollback_to", None, lambda: super(TracedTransaction, self).rollback_to(name)
-        )
-
-    def release(self, name: str) -> None:
-        """As :meth:`Transaction.release`, in a span."""
-        self._traced("atlas.tx.release", None, partial(Transaction.release, self, name))
+    def _release_savepoint(self, name: str) -> None:
+        self._traced("atlas.tx.release", None, partial(Transaction._release_savepoint, self, name))
 
     def commit(self) -> None:
         """As :meth:`Transaction.commit`, in a span; ends the transaction's span."""

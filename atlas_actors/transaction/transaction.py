@@ -35,16 +35,18 @@ from atlas_actors.connection import (
 )
 from atlas_actors.errors import (
     AtlasError,
+    DeadlockError,
     OperationTimeout,
     TransactionAborted,
     TransactionError,
     TransactionTimeout,
     ValidationError,
+    WrongThreadError,
 )
 from atlas_actors.future import Future
 from atlas_actors.rows import Row
 from atlas_actors.transaction.deadlock import WaitForGraph
-from atlas_actors.transaction.isolation import IsolationLevel, check_isolation
+from atlas_actors.transaction.isolation import PREVENTS, IsolationLevel, check_isolation
 from atlas_actors.transaction.lease import Lease, LeaseState, run_command
 
 if TYPE_CHECKING:
@@ -59,7 +61,8 @@ log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 _SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-_RESERVED_SAVEPOINT = re.compile(r"tx[1-9][0-9]*\Z", re.IGNORECASE)  # tx<id>, ids from 1
+_RESERVED_SAVEPOINT = re.compile(r"(tx[1-9][0-9]*|nested_[0-9]+_[0-9]+)\Z", re.IGNORECASE)
+"""The transactions' own savepoints: ``tx<id>`` (ids from 1) and nested blocks'."""
 _SNAPSHOT_ATTEMPTS = 20
 LEASE = "the writer lease"
 _ACTIVE = LeaseState.ACTIVE
@@ -77,7 +80,9 @@ class Transaction:
     operations = 0
     """Statements run so far."""
     state = "active"
-    """``active``, ``committed``, ``rolled_back`` or ``failed``."""
+    """``active``, ``committed``, ``rolled_back`` or ``failed``; ``committing`` after a
+    ``commit()`` that timed out waiting for the acknowledgement, until the writer's
+    answer comes."""
     _lease: Lease | None = None
     """The writer lease while held; None once the transaction has ended."""
     _reader: PooledConnection | None = None
@@ -93,6 +98,10 @@ class Transaction:
     _snapshot: tuple[int, int] | None = None
     _savepoints: tuple[str, ...] = ()
     _error: AtlasError | None = None
+    """What ended the transaction (a timeout, a conflict, a lost batch), if anything did."""
+    _last_error: AtlasError | None = None
+    """The last error one of its calls raised (``db.errors.recover`` applies its strategy
+    when nothing ended the transaction: a constraint violation leaves it active)."""
     _nested = 0
 
     def __init__(
@@ -180,21 +189,37 @@ class Transaction:
         return rows
 
     def create_savepoint(self, name: str) -> None:
-        """Mark a point to roll back to (takes the writer lease)."""
+        """Mark a point to roll back to (takes the writer lease).
+
+        Names are matched as SQLite matches them: without regard to case, the most
+        recent of equal names first.
+        """
         _check_savepoint_name(name)
-        self._savepoint_command(f'SAVEPOINT "{name}"')
-        self._savepoints = (*self._savepoints, name)
+        self._open_savepoint(name)
 
     savepoint = create_savepoint
 
     def rollback_to(self, name: str) -> None:
         """Undo everything since savepoint ``name`` (which stays open)."""
+        _check_savepoint_name(name)
+        self._rollback_to_savepoint(name)
+
+    def release(self, name: str) -> None:
+        """Forget savepoint ``name`` (and those after it), keeping their changes."""
+        _check_savepoint_name(name)
+        self._release_savepoint(name)
+
+    # The three without the name check: a nested block's savepoint has a reserved name.
+    def _open_savepoint(self, name: str) -> None:
+        self._savepoint_command(f'SAVEPOINT "{name}"')
+        self._savepoints = (*self._savepoints, name)
+
+    def _rollback_to_savepoint(self, name: str) -> None:
         index = self._savepoint_index(name)
         self._savepoint_command(f'ROLLBACK TO "{name}"')
         self._savepoints = self._savepoints[: index + 1]
 
-    def release(self, name: str) -> None:
-        """Forget savepoint ``name`` (and those after it), keeping their changes."""
+    def _release_savepoint(self, name: str) -> None:
         index = self._savepoint_index(name)
         self._savepoint_command(f'RELEASE "{name}"')
         self._savepoints = self._savepoints[:index]
@@ -208,9 +233,10 @@ class Transaction:
         self._on_writer(self._writer(), lambda connection: run_command(connection, sql))
 
     def _savepoint_index(self, name: str) -> int:
-        _check_savepoint_name(name)
+        """Where the most recent savepoint SQLite takes for ``name`` is (ASCII case folded)."""
+        folded = [open_name.lower() for open_name in self._savepoints]
         try:
-            return len(self._savepoints) - 1 - self._savepoints[::-1].index(name)
+            return len(folded) - 1 - folded[::-1].index(name.lower())
         except ValueError:
             raise ValidationError(
                 f"no savepoint {name!r} in transaction {self.id}; open: {list(self._savepoints)}"
@@ -237,6 +263,10 @@ class Transaction:
                     tables=self._writes if self._manager.tracks_writes else _NO_TABLES,
                 )
         except AtlasError as error:
+            if self.state == "committing":
+                # Given back, its COMMIT not acknowledged in time: settled later.
+                self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+                raise
             try:
                 if (
                     lease is not None
@@ -360,7 +390,8 @@ class Transaction:
         if isinstance(error, TransactionError):  # revoked: timed out or the writer crashed
             self._fail(error)
             return error
-        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        if lease.revoking:
+            lease.await_revocation()  # the writer interrupted the statement (a timeout)
         with lease.lock:  # the writer may have revoked the lease and be using the connection
             revoked = lease.state is not LeaseState.ACTIVE
             try:
@@ -368,22 +399,34 @@ class Transaction:
             except apsw.Error:
                 lost = True  # closed under it (the writer crashed): nothing of it is left
         if revoked:
-            ended = lease.ended_error()  # the writer rolled it back (or replayed the batch)
+            # The writer rolled it back (a timeout interrupting the statement, say): the
+            # lease's error is the one raised, and the one reported (once).
+            ended = lease.ended_error()
             self._fail(ended)
             return ended
+        self._last_error = error
+        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
         if lost:
             # SQLite rolled the whole batch back (SQLITE_FULL, IOERR, ON CONFLICT
             # ROLLBACK): so is this one. The lease goes back first (_fail forgets it), so
             # the writer replays the batch's other writes and serves the next at once.
+            aborted = TransactionAborted(
+                f"transaction {self.id} was rolled back by SQLite after an error: {error}"
+            )
+            aborted.__cause__ = error  # (its codes: analyze() and recover() diagnose it)
             try:
                 self._give_back(commit=False, lost=True)
             finally:
-                self._fail(
-                    TransactionAborted(
-                        f"transaction {self.id} was rolled back by SQLite after an error"
-                    )
-                )
+                self._fail(aborted)
         return error
+
+    def _wrong_thread(self, me: int) -> WrongThreadError:
+        return WrongThreadError(
+            f"transaction {self.id} was begun by thread {self.owner} and used from thread "
+            f"{me}: a transaction belongs to the thread that began it (the deadlock guard "
+            "tracks who holds the writer lease by thread); begin it in the thread that "
+            "runs its statements"
+        )
 
     def _lease_advice(self) -> str:
         return (
@@ -404,14 +447,24 @@ class Transaction:
                     self._check_active()
                     raise self._expire()
                 return self._writer(locked=True)  # (state and lease checked again)
+        me = threading.get_ident()
+        if me != self.owner:
+            refused = self._wrong_thread(me)
+            self._storage.errors.handle(refused, {"operation": "transaction", "tx": self.id})
+            raise refused
         expected = None
         if self.isolation == "repeatable_read" and self._reader is not None:
             # A snapshot whose version could not be pinned conflicts on purpose.
             expected = self._snapshot if self._snapshot is not None else (-1, -1)
         manager = self._manager
-        me = threading.get_ident()
         graph = manager.graph
-        recorded = graph.check(me, LEASE, advice=self._lease_advice, record=True)
+        try:
+            recorded = graph.check(me, LEASE, advice=self._lease_advice, record=True)
+        except DeadlockError as error:
+            # Refused before it waited: reported, and the transaction stays usable (its
+            # owner may end the other one and go on).
+            self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+            raise
         try:
             request = manager.storage.writer.submit_lease(
                 LeaseRequest,
@@ -496,6 +549,7 @@ class Transaction:
         except TransactionTimeout:
             raise  # (logged once, where the snapshot ended)
         except AtlasError as error:
+            self._last_error = error
             self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
             raise
 
@@ -504,18 +558,28 @@ class Transaction:
 
         Called holding the reader lock.
         """
+        me = threading.get_ident()
+        if me != self.owner:
+            raise self._wrong_thread(me)
         reader = self._manager.pin_reader(self)
         self._pinned_by = threading.get_ident()
         self._pinned_at = time.monotonic()
         self._reader = reader
-        for _ in range(_SNAPSHOT_ATTEMPTS):
-            before = self._storage.writer_version
-            reader.query("BEGIN")
-            rows = reader.query(sql, params)  # the snapshot starts at the first read
-            if self._storage.writer_version == before:
-                self._snapshot = before
-                return rows
-            reader.query("ROLLBACK")  # a commit raced the snapshot's start: try again
+        try:
+            for _ in range(_SNAPSHOT_ATTEMPTS):
+                before = self._storage.writer_version
+                reader.query("BEGIN")
+                rows = reader.query(sql, params)  # the snapshot starts at the first read
+                if self._storage.writer_version == before:
+                    self._snapshot = before
+                    return rows
+                reader.query("ROLLBACK")  # a commit raced the snapshot's start: try again
+        except BaseException:
+            # No snapshot whose version is known (a typo in the first read, say): none
+            # at all, so that the next read starts one afresh instead of the first write
+            # conflicting with a version never recorded.
+            self._drop_reader()
+            raise
         self._snapshot = None  # could not pin a version: the first write will conflict
         return rows
 
@@ -571,6 +635,27 @@ class Transaction:
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
         return error
 
+    def _settle_later(self, future: Future[Any]) -> None:
+        """Its commit's acknowledgement did not come in time: the writer's answer ends it.
+
+        The lease is back with the writer, which commits (or fails) it with its batch
+        whatever the wait did; meanwhile the transaction is ``committing``, neither
+        committed nor rolled back.
+        """
+        self.state = "committing"
+
+        def settled(done: Future[Any]) -> None:
+            try:
+                done.get(0)
+            except AtlasError as error:
+                self._error = error
+                self.state = "failed"
+            else:
+                self.state = "committed"
+            self._manager.ended(self)
+
+        future.add_done_callback(settled)
+
     def _give_back(self, *, commit: bool, lost: bool = False) -> None:
         lease, self._lease = self._lease, None
         if lease is not None:
@@ -615,7 +700,7 @@ class _Savepoint:
         return getattr(self.outer, name)
 
     def __enter__(self) -> Transaction:
-        self.outer.create_savepoint(self.name)
+        self.outer._open_savepoint(self.name)
         return self.outer
 
     def __exit__(
@@ -628,10 +713,10 @@ class _Savepoint:
         if self.outer.state != "active":
             return
         if exc_type is None:
-            self.outer.release(self.name)
+            self.outer._release_savepoint(self.name)
         else:
-            self.outer.rollback_to(self.name)
-            self.outer.release(self.name)
+            self.outer._rollback_to_savepoint(self.name)
+            self.outer._release_savepoint(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,6 +808,7 @@ class TransactionManager:
         if stack:
             outer = stack[-1]
             if outer.state == "active":
+                _check_nested(outer, isolation, timeout)
                 outer._nested += 1
                 return _Savepoint(outer, outer._nested)
             if outer.state == "failed":
@@ -830,6 +916,8 @@ class TransactionManager:
         try:
             future.get()
         except OperationTimeout:
+            if commit and not lost:
+                tx._settle_later(future)
             raise
         except AtlasError as error:
             tx._error = error
@@ -899,6 +987,26 @@ def _checked_timeout(timeout: object) -> float:
         ) from None
 
 
+def _check_nested(outer: Transaction, isolation: str, timeout: float | None) -> None:
+    """Refuse a nested block that asks for more than the savepoint of ``outer`` gives.
+
+    Its arguments are checked as a transaction's; a level that prevents anomalies
+    ``outer``'s does not is refused (the block runs in ``outer``), and the block's
+    ``timeout`` cannot outlast ``outer``'s, which bounds it.
+    """
+    level = "serializable" if isolation == "serializable" else check_isolation(isolation)
+    if timeout is not None:
+        _checked_timeout(timeout)
+    missing = PREVENTS[level] - PREVENTS[outer.isolation]
+    if missing:
+        raise ValidationError(
+            f"a db.transaction() inside transaction {outer.id}'s block is a savepoint of "
+            f"it and runs at its level, {outer.isolation}, which does not prevent "
+            f"{', '.join(sorted(missing))} as {level} does: begin the outer transaction "
+            f"at {level}, or run this one after it ends"
+        )
+
+
 def _check_savepoint_name(name: str) -> None:
     if not isinstance(name, str) or not _SAVEPOINT_NAME.match(name):
         raise ValidationError(
@@ -909,6 +1017,6 @@ def _check_savepoint_name(name: str) -> None:
         # SQLite would release or roll back to this one instead of the transaction's
         # own (names are case-insensitive, the most recent wins).
         raise ValidationError(
-            f"savepoint name {name!r} is reserved (tx<number> names the transactions' "
-            "own savepoints): choose another"
+            f"savepoint name {name!r} is reserved (tx<number> and nested_<number>_<number> "
+            "name the transactions' own savepoints): choose another"
         )

@@ -1,0 +1,125 @@
+"""Transactions used in ways that cannot work are refused, typed, and leave nothing behind.
+
+Nested blocks that ask for more than a savepoint gives, savepoint names SQLite would
+take for others, a transaction used from a thread that did not begin it, and a wait
+refused as a deadlock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.errors import DeadlockError, ValidationError, WrongThreadError
+
+
+@pytest.fixture
+def rows(db: atlas.Storage) -> atlas.Storage:
+    db.execute("CREATE TABLE log(v TEXT)")
+    return db
+
+
+def _logged(db: atlas.Storage) -> list[str]:
+    return [str(row.v) for row in db.query("SELECT v FROM log ORDER BY rowid")]
+
+
+def test_a_nested_block_asking_for_a_stronger_level_is_refused(rows: atlas.Storage) -> None:
+    with rows.transaction(isolation="read_committed") as outer:
+        outer.execute("INSERT INTO log VALUES ('outer')")
+        with pytest.raises(ValidationError, match=r"read_committed.*lost_update"):
+            rows.transaction(isolation="serializable")
+        with pytest.raises(ValidationError, match="isolation"):
+            rows.transaction(isolation="chaos")
+        with pytest.raises(ValidationError, match="timeout"):
+            rows.transaction(timeout=-1)
+        # What the outer level gives, or less, is a savepoint of it.
+        with rows.transaction(isolation="read_uncommitted") as inner:
+            assert inner is outer
+            outer.execute("INSERT INTO log VALUES ('inner')")
+    assert _logged(rows) == ["outer", "inner"]
+
+
+def test_a_nested_serializable_block_inside_repeatable_read_is_a_savepoint(
+    rows: atlas.Storage,
+) -> None:
+    # repeatable_read prevents every anomaly serializable does (docs/isolation.md).
+    with rows.transaction(isolation="repeatable_read") as outer, rows.transaction() as inner:
+        assert inner is outer
+        inner.execute("INSERT INTO log VALUES ('inner')")
+    assert _logged(rows) == ["inner"]
+
+
+def test_savepoint_names_match_as_sqlite_matches_them(rows: atlas.Storage) -> None:
+    with rows.transaction() as tx:
+        tx.savepoint("a")
+        tx.execute("INSERT INTO log VALUES ('after a')")
+        tx.savepoint("A")  # the same name to SQLite: the most recent one wins
+        tx.execute("INSERT INTO log VALUES ('after A')")
+        tx.rollback_to("a")  # SQLite rolls back to "A", which stays open
+        assert tx.query("SELECT v FROM log") == [("after a",)]
+        tx.release("A")  # releases "A" only: "a" is still open
+        tx.rollback_to("A")  # ... and is the one SQLite takes now
+        assert tx.query("SELECT v FROM log") == []
+    assert _logged(rows) == []
+
+
+@pytest.mark.parametrize("name", ["nested_1_1", "NESTED_12_3", "tx1", "TX42"])
+def test_the_transactions_own_savepoint_names_are_reserved(rows: atlas.Storage, name: str) -> None:
+    with rows.transaction() as tx:
+        with pytest.raises(ValidationError, match="reserved"):
+            tx.savepoint(name)
+        tx.savepoint("nested")  # (a name that only looks alike is fine)
+
+
+def _in_thread(work: Callable[[], object]) -> BaseException | None:
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("isolation", ["serializable", "repeatable_read", "read_committed"])
+def test_a_transaction_used_from_another_thread_is_refused_and_holds_nothing(
+    rows: atlas.Storage, isolation: str
+) -> None:
+    tx = rows.transactions.begin(isolation)
+    first = "SELECT count(*) FROM log" if isolation == "repeatable_read" else None
+    error = _in_thread(
+        lambda: tx.query(first) if first else tx.execute("INSERT INTO log VALUES ('x')")
+    )
+    assert isinstance(error, WrongThreadError)
+    assert str(tx.owner) in str(error)
+    if isolation != "repeatable_read":
+        assert tx.state == "active"  # refused before it took anything
+    # Nothing was taken for the other thread: an unrelated thread's write goes through
+    # (before the fix, it could inherit the dead thread's lease hold).
+    assert _in_thread(lambda: rows.write("INSERT INTO log VALUES ('unrelated')", timeout=3)) is None
+    assert rows.transactions.status().lease_holder is None
+    tx.execute("INSERT INTO log VALUES ('owner')")  # its owner goes on
+    tx.commit()
+    assert sorted(_logged(rows)) == ["owner", "unrelated"]
+
+
+def test_a_second_transaction_refused_as_a_deadlock_is_reported_once(rows: atlas.Storage) -> None:
+    before = rows.metrics.snapshot().get("errors.deadlock", 0)
+    with rows.transaction() as first:
+        first.execute("INSERT INTO log VALUES ('first')")
+        second = rows.transactions.begin()
+        with pytest.raises(DeadlockError):
+            second.execute("INSERT INTO log VALUES ('second')")
+        assert second.state == "active"  # refused before it waited: usable later
+    assert rows.metrics.snapshot()["errors.deadlock"] == before + 1
+    second.execute("INSERT INTO log VALUES ('second')")
+    second.commit()
+    assert _logged(rows) == ["first", "second"]
