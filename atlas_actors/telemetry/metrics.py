@@ -5,6 +5,10 @@ transaction retries, restarts in all and by role, ...) and every gauge (pool, wr
 transactions, WAL, latency, cache) as one flat dict. Counters are bumped off the hot
 paths only: per-statement counts live on the connections (``ConnectionMetrics``) and the
 writer, and are read as gauges.
+
+:data:`CATALOGUE` names every metric a storage reports, each with its kind (a counter
+only grows; a gauge goes up and down) and what it measures: the OpenTelemetry export,
+the alert rules, the dashboard and ``docs/architecture.md`` are checked against it.
 """
 
 from __future__ import annotations
@@ -12,11 +16,96 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["Metrics"]
+from atlas_actors.errors import AtlasError
+
+__all__ = ["CATALOGUE", "ERROR_CATEGORIES", "MetricInfo", "MetricKind", "Metrics"]
 
 log = logging.getLogger(__name__)
+
+MetricKind = Literal["counter", "gauge"]
+"""``counter``: only grows (restarts, errors, writes); ``gauge``: a level (pool size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """One metric of :data:`CATALOGUE`."""
+
+    kind: MetricKind
+    """``counter`` (cumulative since the storage opened) or ``gauge`` (read when asked)."""
+    description: str
+    """What it measures, with its unit."""
+
+
+def _error_categories() -> tuple[str, ...]:
+    """Every ``category`` of the error taxonomy, plus ``unknown`` (a foreign exception)."""
+    found = {"unknown"}
+    pending: list[type[AtlasError]] = [AtlasError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.category)
+        pending.extend(cls.__subclasses__())
+    return tuple(sorted(found))
+
+
+ERROR_CATEGORIES = _error_categories()
+"""The categories ``errors.<category>`` counts errors by (``db.errors.analyze``)."""
+
+
+def _catalogue() -> dict[str, MetricInfo]:
+    counter: MetricKind = "counter"
+    gauge: MetricKind = "gauge"
+    entries: dict[str, tuple[MetricKind, str]] = {
+        "busy_retries": (counter, "busy-handler retries on a lock held by another process"),
+        "busy_wait_seconds": (counter, "seconds slept by the busy handler"),
+        "errors": (counter, "errors reported to callers (each counted once)"),
+        "transaction_retries": (counter, "transactions run again by transactions.run()"),
+        "restarts": (counter, "actor restarts (a crashed actor or a failed connection)"),
+        "restarts.writer": (counter, "writer restarts"),
+        "restarts.reader": (counter, "reader restarts"),
+        "restarts.cache": (counter, "cache actor restarts"),
+        "storage.failed": (gauge, "1 once the storage failed (restart intensity exceeded)"),
+        "storage.disk_full": (gauge, "1 while writes are refused because the disk is full"),
+        "storage.writes_stopped": (gauge, "1 while writes are stopped for a corruption check"),
+        "pool.total": (gauge, "reader connections open"),
+        "pool.active": (gauge, "reader connections lent out"),
+        "pool.idle": (gauge, "reader connections ready"),
+        "pool.waiting_requests": (gauge, "callers waiting for a reader"),
+        "writer.writes": (counter, "write operations acknowledged"),
+        "writer.failed": (counter, "write operations that failed"),
+        "writer.batches": (counter, "group commits"),
+        "writer.mean_batch": (gauge, "mean operations per group commit since the open"),
+        "writer.queue_wait_seconds": (gauge, "mean seconds an operation waited in the mailbox"),
+        "writer.started": (counter, "operations the writer took out of its mailbox"),
+        "writer.queue_wait_total_seconds": (
+            counter,
+            "seconds operations waited in the writer's mailbox, summed",
+        ),
+        "transactions.committed": (counter, "transactions committed"),
+        "transactions.rolled_back": (counter, "transactions rolled back"),
+        "transactions.active": (gauge, "transactions begun and not ended"),
+        "transactions.lease_queued": (gauge, "writes and lease requests behind the lease"),
+        "latency.writer_seconds": (gauge, "mean seconds per timed statement of the writer"),
+        "latency.readers_seconds": (gauge, "mean seconds per timed statement of the readers"),
+        "wal.bytes": (gauge, "bytes of the -wal file"),
+        "wal.frames": (gauge, "frames in the WAL after the last commit"),
+        "wal.checkpoints": (counter, "checkpoints run"),
+        "cache.hits": (counter, "reads served from the result cache"),
+        "cache.misses": (counter, "cacheable reads the cache could not serve"),
+        "cache.size": (gauge, "entries in the in-memory cache"),
+        "cache.memory_usage": (gauge, "bytes of the in-memory cache"),
+    }
+    for category in ERROR_CATEGORIES:
+        entries[f"errors.{category}"] = (counter, f"errors of category {category}")
+    return {name: MetricInfo(kind, text) for name, (kind, text) in sorted(entries.items())}
+
+
+CATALOGUE: Mapping[str, MetricInfo] = _catalogue()
+"""Every metric name a storage reports (``cache.*`` with the cache on; a counter appears
+in snapshots once first bumped)."""
 
 
 class Metrics:
