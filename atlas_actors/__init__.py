@@ -20,6 +20,7 @@ from atlas_actors.future import Future
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
 from atlas_actors.storage import HealthReport, Storage, open
+from atlas_actors.telemetry.alerts import Alert, AlertRule
 from atlas_actors.transaction.transaction import (
     Transaction,
     TransactionInfo,
@@ -27,6 +28,8 @@ from atlas_actors.transaction.transaction import (
 )
 
 __all__ = [
+    "Alert",
+    "AlertRule",
     "ChildStatus",
     "ConnectionMetrics",
     "ConnectionState",

@@ -165,6 +165,11 @@ class StorageConfig:
     """WAL bytes past which the writer truncates the WAL (TRUNCATE checkpoint, a short wait
     for readers); also SQLite's ``journal_size_limit``."""
 
+    alert_interval: float | None = 10.0
+    """Seconds between evaluations of the alert rules (``db.alerts``) by the supervisor's
+    tick: one metrics snapshot each time, nothing on the write or read paths. 0 or None
+    (``ATLAS_ALERT_INTERVAL=off``): rules are evaluated only by ``db.alerts.check()``."""
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -208,6 +213,9 @@ def _parse(name: str, annotation: object, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "float | None":
+            lowered = raw.strip().lower()
+            return None if lowered in {"", "none", "off"} else float(raw)
         return raw.strip().upper() if name == "synchronous" else raw
     except ValueError:
         raise ConfigError(
@@ -271,6 +279,13 @@ def _validate(config: StorageConfig) -> None:
         value = getattr(config, name)
         if not _finite_number(value) or value <= 0:
             raise ConfigError(f"{name}={value!r}; it must be a finite number > 0")
+    if config.alert_interval is not None and (
+        not _finite_number(config.alert_interval) or config.alert_interval < 0
+    ):
+        raise ConfigError(
+            f"alert_interval={config.alert_interval!r}; it must be a finite number >= 0, "
+            "or None (0 and None turn the periodic evaluation off)"
+        )
     if config.max_readers < config.readers:
         raise ConfigError(
             f"max_readers={config.max_readers} < readers={config.readers}; "

@@ -2,8 +2,9 @@
 
 Events: ``connect``, ``checkout``, ``checkin``, ``health_check_failed``, ``recycle``,
 ``disconnect``, ``restart``, ``escalate``, ``degraded`` and ``recovered`` (disk full,
-corruption checks). Handlers run in the thread that emits the
-event (an actor's or a caller's): keep them short and never wait on the storage from one.
+corruption checks), and ``alert`` (an alert rule changed state: ``db.alerts``). Handlers
+run in the thread that emits the event (an actor's or a caller's): keep them short and
+never wait on the storage from one.
 A handler that raises is logged and otherwise ignored, so it cannot break the runtime.
 
 ``checkout`` and ``checkin`` come in pairs, one pair per lease of a reader connection,
@@ -45,6 +46,7 @@ EVENT_NAMES = frozenset(
         "escalate",
         "degraded",
         "recovered",
+        "alert",
     }
 )
 """Every event name :class:`EventBus` accepts."""

@@ -45,6 +45,8 @@ from atlas_actors.events import EventBus
 from atlas_actors.handles import SupervisorHandle, WriterHandle
 from atlas_actors.query import Optimizer, Schema, WorkloadRecorder
 from atlas_actors.recovery import ErrorHandler
+from atlas_actors.telemetry.alerting import Alerts
+from atlas_actors.telemetry.alerts import default_rules
 from atlas_actors.telemetry.metrics import Metrics
 from atlas_actors.telemetry.tracing import Tracing
 from atlas_actors.transaction.lease import Lease
@@ -137,6 +139,14 @@ class Runtime:
         )
         """Transactions: ``begin()``, ``run(fn)``, ``status()``."""
         self.transactions.graph.track(LEASE, self.lease_owners, "transaction {}")
+        self.alerts = Alerts(
+            rules=default_rules(config),
+            snapshot=self.metrics.snapshot,
+            events=self.events,
+            interval=config.alert_interval,
+            db_name=self.name,
+        )
+        """Alert rules over the metrics: ``rules()``, ``add_rule()``, ``check()``, ``firing()``."""
         self._supervisor_ref = SupervisorActor.start(
             config=config,
             events=self.events,
@@ -340,6 +350,11 @@ class Runtime:
             self._failure = error
             if self._state == "running":
                 self._state = "failed"
+        # The supervisor ticks no more once failed: evaluate now, so storage_failed fires.
+        try:
+            self.alerts.check()
+        except Exception:
+            log.exception("evaluating the alert rules after the failure failed")
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued writes, stop every actor, close every connection. Idempotent."""
@@ -478,14 +493,20 @@ class Runtime:
         raise NotImplementedError
 
     def _tick(self, now: float) -> None:
-        """The supervisor's periodic tick: pool maintenance, lease and snapshot deadlines."""
-        self.pool.maintain(now)
-        for lease in list(self._leases.values()):
-            if now >= lease.deadline and lease.tx_id not in self._expiry_sent:
-                self._expiry_sent.add(lease.tx_id)
-                # In front of the mailbox: a stuck transaction blocks every write behind it.
-                self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
-        self.transactions.expire_snapshots(now)
+        """The supervisor's periodic tick: pool maintenance, lease and snapshot deadlines.
+
+        Then the alert rules, at their own interval, also when the maintenance raised.
+        """
+        try:
+            self.pool.maintain(now)
+            for lease in list(self._leases.values()):
+                if now >= lease.deadline and lease.tx_id not in self._expiry_sent:
+                    self._expiry_sent.add(lease.tx_id)
+                    # In front of the mailbox: a stuck transaction blocks every write behind it.
+                    self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
+            self.transactions.expire_snapshots(now)
+        finally:
+            self.alerts.tick(now)  # (never raises)
 
     def _check_reader_wait(self) -> Callable[[], None] | None:
         """Before a caller queues for a reader: refuse a wait that closes a cycle.
@@ -562,6 +583,13 @@ class Runtime:
     # -- metrics -----------------------------------------------------------------------
 
     def _register_gauges(self) -> None:
+        def storage() -> dict[str, float]:
+            return {
+                "failed": float(self._state == "failed"),
+                "disk_full": float(self.disk_full),
+                "writes_stopped": float(self.write_block is not None),
+            }
+
         def pool() -> dict[str, float]:
             status = self.pool.status()
             return {
@@ -572,20 +600,27 @@ class Runtime:
             }
 
         def writer() -> dict[str, float]:
-            stats = self.writer_counters.snapshot()
+            counters = self.writer_counters
+            stats = counters.snapshot()
             return {
                 "writes": stats.writes,
                 "failed": stats.failed,
                 "batches": stats.batches,
                 "mean_batch": stats.mean_batch,
                 "queue_wait_seconds": stats.queue_wait,
+                # The sums behind the mean: their growth over a window is a windowed mean
+                # (the performance_degradation alert), which the mean since open is not.
+                "started": counters.started,
+                "queue_wait_total_seconds": counters.queue_wait,
             }
 
         def transactions() -> dict[str, float]:
-            manager = self.transactions
+            status = self.transactions.status()
             return {
-                "committed": manager.committed,
-                "rolled_back": manager.rolled_back,
+                "committed": status.committed,
+                "rolled_back": status.rolled_back,
+                "active": len(status.active),
+                "lease_queued": status.queued,
             }
 
         def latency() -> dict[str, float]:
@@ -598,6 +633,7 @@ class Runtime:
                 "readers_seconds": sum(timed) / len(timed) if timed else 0.0,
             }
 
+        self.metrics.gauge("storage", storage)
         self.metrics.gauge("pool", pool)
         self.metrics.gauge("writer", writer)
         self.metrics.gauge("transactions", transactions)
