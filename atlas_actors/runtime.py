@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import apsw
 import pykka
+from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from pykka._envelope import Envelope
 
@@ -47,6 +48,7 @@ from atlas_actors.query import Optimizer, Schema, WorkloadRecorder
 from atlas_actors.recovery import ErrorHandler
 from atlas_actors.telemetry.alerting import Alerts
 from atlas_actors.telemetry.alerts import default_rules
+from atlas_actors.telemetry.export import Observed, observe
 from atlas_actors.telemetry.metrics import Metrics
 from atlas_actors.telemetry.tracing import Tracing
 from atlas_actors.transaction.lease import Lease
@@ -67,6 +69,7 @@ class Runtime:
         config: StorageConfig,
         *,
         tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: otel_metrics.MeterProvider | None = None,
         vfs: str | None = None,
     ) -> None:
         self.path = path
@@ -170,6 +173,15 @@ class Runtime:
             self.close()
             raise
         self._state = "running"
+        self._observed: Observed | None = None
+        if meter_provider is not None:
+            self._observed = observe(meter_provider, path, self._exported_snapshot)
+
+    def _exported_snapshot(self) -> dict[str, float] | None:
+        """The metrics for the OpenTelemetry export; None once closing (not observed)."""
+        if self._state in ("closing", "closed"):
+            return None
+        return self.metrics.snapshot()
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -375,6 +387,7 @@ class Runtime:
             with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
                 self._supervisor_ref.stop(block=True, timeout=timeout)
             self.optimizer.close()
+            self._observed = None  # its provider's instruments observe it no more
             if self._shm is not None:
                 self.cache.external = None
                 self._shm.close()

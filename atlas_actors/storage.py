@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 import apsw
+from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 
 from atlas_actors.actors.pool import PoolStatus
@@ -93,9 +94,16 @@ class Storage(Runtime):
         config: StorageConfig,
         *,
         tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: otel_metrics.MeterProvider | None = None,
         vfs: str | None = None,
     ) -> None:
-        super().__init__(os.fspath(path), config, tracer_provider=tracer_provider, vfs=vfs)
+        super().__init__(
+            os.fspath(path),
+            config,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            vfs=vfs,
+        )
         self._cached = config.cache
         self.wal = WalManager(self)
         """The write-ahead log: ``checkpoint()``, ``monitor()``, ``cleanup()``, ``verify()``."""
@@ -413,6 +421,7 @@ def open(
     config: StorageConfig | None = None,
     *,
     tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: otel_metrics.MeterProvider | None = None,
     vfs: str | None = None,
     **options: Any,
 ) -> Storage:
@@ -420,14 +429,17 @@ def open(
 
     Options are :class:`StorageConfig` fields (``readers=4``, ``synchronous="NORMAL"``,
     ...), applied over ``config`` or over the defaults and ``ATLAS_*`` variables.
-    ``tracer_provider`` turns tracing on (the global provider is never touched); ``vfs``
-    names an apsw VFS to open connections with (fault injection). Use it as a context
-    manager, or call ``close()``.
+    ``tracer_provider`` turns tracing on and ``meter_provider`` exports the metrics as
+    observable instruments (``atlas.<metric>``; the global providers are never
+    touched); ``vfs`` names an apsw VFS to open connections with (fault injection).
+    Use it as a context manager, or call ``close()``.
     """
     base = config if config is not None else StorageConfig.from_env()
     if options:
         base = StorageConfig.from_env({}, **{**asdict(base), **options})
-    return Storage(path, base, tracer_provider=tracer_provider, vfs=vfs)
+    return Storage(
+        path, base, tracer_provider=tracer_provider, meter_provider=meter_provider, vfs=vfs
+    )
 
 
 @atexit.register

@@ -38,6 +38,10 @@ class MetricInfo:
     """``counter`` (cumulative since the storage opened) or ``gauge`` (read when asked)."""
     description: str
     """What it measures, with its unit."""
+    bumped: bool = False
+    """A counter of :meth:`Metrics.add`: absent from snapshots until first bumped (read
+    it as 0). The others are read from gauges, and absent only when their gauge is
+    (``cache.*`` with the cache off, a gauge that failed)."""
 
 
 def _error_categories() -> tuple[str, ...]:
@@ -100,7 +104,11 @@ def _catalogue() -> dict[str, MetricInfo]:
     }
     for category in ERROR_CATEGORIES:
         entries[f"errors.{category}"] = (counter, f"errors of category {category}")
-    return {name: MetricInfo(kind, text) for name, (kind, text) in sorted(entries.items())}
+    bumped = ("busy_", "errors", "restarts", "transaction_retries")
+    return {
+        name: MetricInfo(kind, text, bumped=name.startswith(bumped))
+        for name, (kind, text) in sorted(entries.items())
+    }
 
 
 CATALOGUE: Mapping[str, MetricInfo] = _catalogue()
