@@ -624,7 +624,7 @@ class Runtime:
                 # The sums behind the mean: their growth over a window is a windowed mean
                 # (the performance_degradation alert), which the mean since open is not.
                 "started": counters.started,
-                "queue_wait_total_seconds": counters.queue_wait,
+                "queue_waited_seconds": counters.queue_wait,
             }
 
         def transactions() -> dict[str, float]:

@@ -476,7 +476,7 @@ def default_rules(config: StorageConfig) -> list[AlertRule]:
         AlertRule(
             name="performance_degradation",
             severity="critical",
-            metrics=("writer.queue_wait_total_seconds", "writer.started"),
+            metrics=("writer.queue_waited_seconds", "writer.started"),
             condition="ratio",
             window=60.0,
             threshold=1.0,

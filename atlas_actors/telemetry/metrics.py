@@ -84,7 +84,7 @@ def _catalogue() -> dict[str, MetricInfo]:
         "writer.mean_batch": (gauge, "mean operations per group commit since the open"),
         "writer.queue_wait_seconds": (gauge, "mean seconds an operation waited in the mailbox"),
         "writer.started": (counter, "operations the writer took out of its mailbox"),
-        "writer.queue_wait_total_seconds": (
+        "writer.queue_waited_seconds": (
             counter,
             "seconds operations waited in the writer's mailbox, summed",
         ),
