@@ -88,3 +88,11 @@ def test_every_file_the_compose_setup_mounts_exists() -> None:
     assert "collector.yaml" in mounted and "grafana/dashboards" in mounted
     for path in mounted:
         assert (OTEL / path).exists(), path
+
+
+def test_every_metric_and_default_rule_is_documented_in_the_architecture_notes() -> None:
+    notes = (OTEL.parent / "docs" / "architecture.md").read_text()
+    undocumented = [name for name in CATALOGUE if f"`{name}`" not in notes]
+    assert not undocumented, undocumented
+    rules = [r.name for r in default_rules(StorageConfig()) if f"`{r.name}`" not in notes]
+    assert not rules, rules
