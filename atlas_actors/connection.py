@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import math
 import random
 import re
 import threading
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 
 import apsw
 
-from atlas_actors.errors import ValidationError, shorten, wrap_sqlite_error
+from atlas_actors.errors import OperationTimeout, ValidationError, shorten, wrap_sqlite_error
 from atlas_actors.rows import Row, row_class_for
 from atlas_actors.rows import _by_description as _row_classes
 
@@ -286,6 +287,16 @@ _RECHECK_EVERY = 256
 of ``SAMPLE_EVERY``)."""
 _MAX_COUNTED = 4096
 """Distinct statements a connection counts runs of (generated SQL stays bounded)."""
+DEADLINE_CHECK_STEPS = 100_000
+"""A reader's running statement checks its deadline every this many SQLite VM steps.
+
+About a millisecond of a CPU-bound statement here (SQLite runs 100-150 million steps a
+second on one core), so a read stops within a few milliseconds of its deadline. SQLite
+counts the steps of each prepared statement over all its runs (apsw keeps statements
+prepared), so a point read of ~10 steps reaches the check once in ~10,000 runs, and
+then only compares two numbers. Fewer steps would check more often for nothing: every
+check takes the GIL back from the other threads.
+"""
 
 
 def sample_weight(uses: int) -> int:
@@ -519,7 +530,10 @@ class TrackedConnection:
     """
 
     __slots__ = (
+        "_anchored",
         "_bytes",
+        "_deadline",
+        "_default_timeout",
         "_errors",
         "_in_place",
         "_latency",
@@ -540,6 +554,7 @@ class TrackedConnection:
         "last_weight",
         "lock",
         "owner",
+        "read_timeout",
         "role",
         "seen_queries",
         "state",
@@ -586,11 +601,83 @@ class TrackedConnection:
         """``queries`` when the pool last looked (to tell when it was last used)."""
         self.affinity: int | None = None
         """The thread that adopted this connection as its own (reader pool)."""
+        self.read_timeout: float | None = None
+        """Seconds the statement about to run may take (None: the storage's
+        ``default_timeout``), enforced once :meth:`bound_statements` was called. The
+        pool's hot read path sets it alone, one store per read: its deadline starts at
+        the statement's first check, counted by ``_queries``. Others call :meth:`bound`."""
+        self._anchored = -1
+        """``_queries`` when the running statement's deadline was fixed (-1: not yet)."""
+        self._deadline = math.inf
+        """``time.monotonic()`` past which the running statement is interrupted."""
+        self._default_timeout = math.inf
+        """``read_timeout`` when that is None (set by :meth:`bound_statements`)."""
 
     @property
     def queries(self) -> int:
         """Statements run so far."""
         return self._queries
+
+    # -- statement deadlines (reader connections) ----------------------------------------
+
+    def bound_statements(self, default_timeout: float) -> None:
+        """Interrupt a statement that runs past its deadline (``read_timeout`` seconds).
+
+        Installs a progress handler, called by SQLite every ``DEADLINE_CHECK_STEPS`` VM
+        steps of a running statement, that returns True past the deadline: SQLite then
+        stops the statement with SQLITE_INTERRUPT, which :meth:`timed_out` turns into
+        :class:`OperationTimeout`. An interrupted read changes nothing and leaves the
+        connection as it was: no statement open, and a read transaction (a pinned
+        snapshot) still open (SQLite rolls back only a writing statement).
+
+        The deadline is fixed at the statement's first check, from ``read_timeout``,
+        whenever ``_queries`` moved since the last one (a new counted statement) or
+        :meth:`bound` was called; until then the running statement keeps it.
+        """
+        self._default_timeout = default_timeout
+        tracked = self
+        monotonic = time.monotonic
+
+        def past_deadline() -> bool:
+            now = monotonic()
+            queries = tracked._queries
+            if queries != tracked._anchored:  # a statement not checked before
+                tracked._anchored = queries
+                seconds = tracked.read_timeout
+                tracked._deadline = now + (default_timeout if seconds is None else seconds)
+            return now >= tracked._deadline
+
+        self.connection.set_progress_handler(past_deadline, DEADLINE_CHECK_STEPS)
+
+    def bound(self, seconds: float | None) -> None:
+        """Give the statements run next ``seconds`` (None: ``default_timeout``), together.
+
+        For every path but the pool's hot one, and for statements that do not count in
+        ``queries`` (a health check, a rollback, a borrower's own): one deadline, from
+        the first check, covers them until the next counted statement.
+        """
+        self.read_timeout = seconds
+        self._anchored = -1
+
+    def timed_out(self, error: BaseException, operation: str) -> OperationTimeout | None:
+        """The :class:`OperationTimeout` to raise for ``error``, if it is this deadline's.
+
+        That is an interrupt (SQLITE_INTERRUPT) once the running statement's deadline
+        has passed. ``applied`` is False: the read was stopped and changed nothing, so
+        it is safe to retry.
+        """
+        if not isinstance(error, apsw.InterruptError) or time.monotonic() < self._deadline:
+            return None
+        seconds = self.read_timeout
+        return OperationTimeout(
+            f"{operation} (stopped at its deadline)",
+            self._default_timeout if seconds is None else seconds,
+            applied=False,
+        )
+
+    def read_error(self, error: Exception, sql: str) -> BaseException:
+        """What a failed read raises: :meth:`timed_out`, else the wrapped SQLite error."""
+        return self.timed_out(error, f"query {shorten(sql)!r}") or wrap_sqlite_error(error, sql)
 
     def metrics(self) -> ConnectionMetrics:
         """A snapshot of this connection's counters."""
@@ -635,7 +722,7 @@ class TrackedConnection:
                 rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1
-            raise wrap_sqlite_error(error, sql) from error
+            raise self.read_error(error, sql) from error
         if weight:
             self.count_timed(perf_counter() - started, weight, params, rows)
         else:
@@ -682,7 +769,7 @@ class TrackedConnection:
                     rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1
-            raise wrap_sqlite_error(error, sql) from error
+            raise self.read_error(error, sql) from error
         if weight:
             self.last_latency = latency = perf_counter() - started
             self.count_timed(latency, weight, params, rows)

@@ -166,9 +166,16 @@ class PooledConnection:
         """``time.monotonic()`` of the connection's last use."""
         return self._live().last_used
 
-    def execute(self, sql: str, params: Params = None) -> list[Row]:
-        """Run a read statement on this connection and return its rows."""
-        return self._pool.run(self._live(), sql, params)
+    def execute(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> list[Row]:
+        """Run a read statement on this connection and return its rows.
+
+        A statement still running ``timeout`` seconds after it started (None: the
+        storage's ``default_timeout``) is stopped and raises ``OperationTimeout``; the
+        connection stays as it was (a read transaction begun on it stays open).
+        """
+        return self._pool.run(self._live(), sql, params, timeout)
 
     query = execute
 
@@ -347,7 +354,11 @@ class ReaderPool:
         connection = None if self._waiting else self._claim()
         if connection is None:
             limit = self.config.default_timeout if timeout is None else timeout
-            connection = self._wait_for_connection(time.monotonic() + limit, limit)
+            deadline = time.monotonic() + limit
+            connection = self._wait_for_connection(deadline, limit)
+            connection.bound(max(0.0, deadline - time.monotonic()))  # what the wait left
+        else:
+            connection.bound(timeout)
         if self.events.watches_checkouts:
             self._check_out(connection)
         return connection
@@ -488,6 +499,7 @@ class ReaderPool:
         if connection.connection.in_transaction and connection.usable:
             # Left open by its borrower (BEGIN through a lent connection): every later
             # read on it would see that old snapshot, not the acknowledged writes since.
+            connection.bound(None)  # (not the last read's deadline, maybe past)
             try:
                 connection.cursor.execute("ROLLBACK")
             except apsw.Error:
@@ -628,7 +640,8 @@ class ReaderPool:
                     connection.lock.release()
                     return pool._query_general(sql, params, timeout)
                 count = connection._queries + 1
-                connection._queries = count
+                connection._queries = count  # (also tells the deadline check: a new read)
+                connection.read_timeout = timeout  # the statement's bound: one store, no clock
                 timed = phase == _TIMED_AT  # sample_weight, inlined
                 started = perf_counter() if timed else 0.0
                 cursor = connection.cursor
@@ -685,8 +698,9 @@ class ReaderPool:
         # a ReadOnlyError that _query_general explains cannot come up here.)
         if isinstance(error, Exception):
             connection.count_error()  # while the connection is still this thread's
+            raised = connection.read_error(error, sql)
             self.release(connection)
-            raise wrap_sqlite_error(error, sql) from error
+            raise raised from error
         self.release(connection)
         raise error
 
@@ -697,12 +711,14 @@ class ReaderPool:
         refuse_transaction_control(sql)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if connection is None or not connection.lock.acquire(False):
-            connection = self._take(timeout)  # (which checks out)
+            connection = self._take(timeout)  # (which checks out and bounds the statement)
         elif not connection.usable:
             connection.lock.release()
             connection = self._take(timeout)
-        elif self.events.watches_checkouts:
-            self._check_out(connection)
+        else:
+            connection.bound(timeout)
+            if self.events.watches_checkouts:
+                self._check_out(connection)
         try:
             rows = connection.query_fast(sql, params, self._names)
         except ReadOnlyError as error:
@@ -741,12 +757,14 @@ class ReaderPool:
         refuse_transaction_control(sql)  # (as in _query_general)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if connection is None or not connection.lock.acquire(False):
-            connection = self._take(timeout)  # (which checks out)
+            connection = self._take(timeout)  # (which checks out and bounds the statement)
         elif not connection.usable:
             connection.lock.release()
             connection = self._take(timeout)
-        elif self.events.watches_checkouts:
-            self._check_out(connection)
+        else:
+            connection.bound(timeout)
+            if self.events.watches_checkouts:
+                self._check_out(connection)
         try:
             info = self.statements.analyze(connection.connection, sql, params)
             rows = connection.query_fast(sql, params, self._names)
@@ -761,8 +779,19 @@ class ReaderPool:
             self._record_query(sql, latency, calls=connection.last_weight)  # a timed run
         return rows, info, latency
 
-    def run(self, connection: TrackedConnection, sql: str, params: Params) -> list[Row]:
-        """Run a read on a borrowed connection, recording it in the workload."""
+    def run(
+        self,
+        connection: TrackedConnection,
+        sql: str,
+        params: Params,
+        timeout: float | None = None,
+    ) -> list[Row]:
+        """Run a read on a borrowed connection, recording it in the workload.
+
+        The statement is stopped ``timeout`` seconds (None: ``default_timeout``) after
+        it started: ``OperationTimeout``.
+        """
+        connection.bound(timeout)
         try:
             rows = connection.query(sql, params)
         except ReadOnlyError as error:
@@ -773,10 +802,21 @@ class ReaderPool:
         return rows
 
     def run_function(self, fn: Callable[[apsw.Connection], T], timeout: float | None = None) -> T:
-        """Borrow a connection and call ``fn`` with the raw apsw connection (read-only)."""
+        """Borrow a connection and call ``fn`` with the raw apsw connection (read-only).
+
+        ``timeout`` bounds the wait for a connection and, from there, the statements
+        ``fn`` runs (together): past it, SQLite interrupts the one running
+        (``apsw.InterruptError`` inside ``fn``).
+        """
         connection = self._take(timeout)
         try:
             return fn(connection.connection)
+        except apsw.InterruptError as error:
+            name = getattr(fn, "__qualname__", None) or repr(fn)
+            timed_out = connection.timed_out(error, f"read {name}")
+            if timed_out is None:
+                raise
+            raise timed_out from error
         finally:
             self.release(connection)
 

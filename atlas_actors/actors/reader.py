@@ -79,6 +79,7 @@ def run_read(connection: TrackedConnection, op: ReadOp, tracing: Tracing) -> Non
     if now > op.deadline:
         op.fail(OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
         return
+    connection.bound(op.deadline - now)  # stopped where the caller stops waiting
     with tracing.consumer_span("atlas.reader.query", op.trace_context, op.sql) as span:
         try:
             rows = connection.query(op.sql, op.params)
@@ -117,6 +118,7 @@ class ReaderActor(RoleActor):
     def _open(self) -> TrackedConnection:
         raw = self.connect()
         connection = TrackedConnection(raw, self.role, owner=self)
+        connection.bound_statements(self.config.default_timeout)  # every read has a deadline
         connection.lock.acquire()  # claimed by this actor until it is checked in
         self.connection = connection
         self.events.emit("connect", self.role, connection.id, incarnation=self.incarnation)
@@ -205,6 +207,7 @@ class ReaderActor(RoleActor):
         if not self._mine(connection):
             return
         self._holding = connection
+        connection.bound(None)  # (not the last read's deadline, maybe past)
         try:
             connection.cursor.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         except Exception as error:
