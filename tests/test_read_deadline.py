@@ -61,15 +61,28 @@ def _connection_ids(db: atlas.Storage) -> set[str]:
     ],
 )
 def test_a_read_past_its_timeout_is_stopped_and_its_connection_serves_the_next(
-    open_storage: Callable[..., atlas.Storage], cache: bool, warm: bool
+    open_storage: Callable[..., atlas.Storage],
+    monkeypatch: pytest.MonkeyPatch,
+    cache: bool,
+    warm: bool,
 ) -> None:
     db = _open(open_storage, cache=cache)
     if warm:
         for n in range(10):  # past the first (timed) runs, with a row class known
             assert db.query(COUNT, [n + 2]) == [(n + 2,)]
     before = _connection_ids(db)
+    general: list[str] = []
+    original = db.pool._query_general
+
+    def spy(sql: str, params: Any, timeout: float | None) -> Any:
+        general.append(sql)
+        return original(sql, params, timeout)
+
+    monkeypatch.setattr(db.pool, "_query_general", spy)
 
     error = _stopped_in_time(lambda: db.query(COUNT, SLOW, timeout=TIMEOUT))
+    if warm and not cache:
+        assert general == []  # it ran on the hot path
     assert error.applied is False  # a read stopped changes nothing: safe to retry
     assert error.timeout == TIMEOUT
     assert "stopped at its deadline" in str(error)

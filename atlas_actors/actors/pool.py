@@ -598,6 +598,8 @@ class ReaderPool:
         sees every :class:`AtlasError` it raises otherwise, before it propagates. The
         pool's own :attr:`query` is one; ``db.query`` is another when it has no span
         to open and no cache to ask, so that a read runs in one Python frame.
+        ``timeout`` (None: ``default_timeout``) bounds the wait for a connection and
+        the statement: one still running past it is stopped (``OperationTimeout``).
         """
         # The hottest path of all, kept flat on purpose: at 16 threads every call and
         # attribute lookup here costs several times its single-thread price (each read
