@@ -3,6 +3,11 @@
 ``row[0]``, ``row["title"]`` and ``row.title`` all work; ``row.keys()`` lists the
 columns and ``row.as_dict()`` copies the row into a dict. A row class is made once per
 distinct list of column names and reused, so building a row costs one tuple.
+
+Attribute access finds the tuple's and the row's own methods first: a column named
+``count``, ``index``, ``keys`` or ``as_dict`` (``SELECT count(*) AS count``) is read with
+``row["count"]``, which always means the column (``row.count`` is ``tuple.count``).
+Rows pickle and copy: a row is rebuilt from its column names and values.
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ __all__ = ["Row", "make_rows", "row_class", "row_class_for"]
 
 
 class Row(tuple[Any, ...]):
-    """A result row: a tuple with access by column name."""
+    """A result row: a tuple with access by column name.
+
+    ``row["name"]`` always reads the column; ``row.name`` does too unless ``name`` is
+    a method of the row (``count``, ``index``, ``keys``, ``as_dict``): use
+    ``row["count"]`` for those.
+    """
 
     __slots__ = ()
     _fields: ClassVar[tuple[str, ...]] = ()
@@ -53,6 +63,10 @@ class Row(tuple[Any, ...]):
         """A new dict mapping column names to values (later duplicates win)."""
         return dict(zip(self._fields, self, strict=True))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and copy) as the column names and values: the class is made per names."""
+        return (_rebuild, (self._fields, tuple(self)))
+
     def __repr__(self) -> str:
         inner = ", ".join(
             f"{name}={value!r}" for name, value in zip(self._fields, self, strict=False)
@@ -79,6 +93,11 @@ def row_class(names: Sequence[str]) -> type[Row]:
                 if len(_classes) < 4096:  # bound memory when names are generated
                     _classes[key] = cls
     return cls
+
+
+def _rebuild(names: tuple[str, ...], values: tuple[Any, ...]) -> Row:
+    """Unpickle a row: its class for ``names`` (the cached one), holding ``values``."""
+    return row_class(names)(values)
 
 
 _by_description: dict[Any, type[Row]] = {}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -68,3 +72,40 @@ def test_threads_learning_a_statements_columns_at_once_all_get_their_rows(
         for thread in threads:
             thread.join(10)
     assert failures == []
+
+
+def test_rows_from_a_query_pickle_and_copy_with_their_names(db: atlas.Storage) -> None:
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, title TEXT, data BLOB)")
+    db.write("INSERT INTO t(title, data) VALUES (?, ?)", ["write docs", b"\x00\x01"])
+    (row,) = db.query("SELECT * FROM t")
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(row, protocol=protocol))
+        assert back == row and type(back) is type(row)  # the cached class for the names
+        assert back.title == "write docs" and back["data"] == b"\x00\x01"
+    for copied in (copy.copy(row), copy.deepcopy(row), copy.deepcopy([row])[0]):
+        assert copied == row and copied.keys() == ("id", "title", "data")
+        assert copied.as_dict() == row.as_dict()
+
+
+def test_a_row_pickled_in_one_process_is_read_by_name_in_another() -> None:
+    (row,) = make_rows(["id", "title"], [(7, "ship it")])
+    code = (
+        "import pickle, sys; row = pickle.loads(sys.stdin.buffer.read()); "
+        "print(row.title, row['id'], row.keys())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=pickle.dumps(row),
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert out.decode().strip() == "ship it 7 ('id', 'title')"
+
+
+def test_columns_named_like_tuple_methods_are_read_by_subscript() -> None:
+    # Documented: attribute access finds the methods first; row["count"] is the column.
+    (row,) = make_rows(["status", "count", "index"], [("open", 2, 1)])
+    assert row["count"] == 2 and row["index"] == 1 and row.status == "open"
+    assert row.count("open") == 1 and row.index(2) == 1  # still a tuple
+    assert 'row["count"]' in (Row.__doc__ or "")
