@@ -95,10 +95,18 @@ class EventBus:
         """Call ``handler(event)`` on every ``name`` event; returns a function that unsubscribes.
 
         Subscribing the same handler twice calls it twice per event; the returned
-        function undoes this one subscription, once (see :meth:`off`).
+        function undoes this one subscription, once (see :meth:`off`). An unknown
+        ``name`` or a ``handler`` that is not callable raises
+        :class:`~atlas_actors.errors.ValidationError` here, not when an event comes.
         """
         if name not in EVENT_NAMES:
             raise ValidationError(f"unknown event {name!r}; known events: {sorted(EVENT_NAMES)}")
+        if not callable(handler):
+            raise ValidationError(
+                f"the handler for {name!r} events must be callable, not "
+                f"{type(handler).__name__} {handler!r}: pass a function that takes the "
+                "event, e.g. db.events.on(name, lambda event: print(event.role))"
+            )
         subscription = _Subscription(handler)
         with self._lock:
             self._handlers[name] = (*self._handlers.get(name, ()), subscription)

@@ -51,6 +51,14 @@ def test_unknown_event_names_are_rejected() -> None:
     assert not EventBus().wants("restart")
 
 
+@pytest.mark.parametrize("handler", ["not a function", None, 42])
+def test_a_handler_that_is_not_callable_is_refused_when_subscribing(handler: object) -> None:
+    bus = EventBus()
+    with pytest.raises(ValidationError, match=r"must be callable.*pass a function"):
+        bus.on("restart", handler)  # type: ignore[arg-type]
+    assert not bus.wants("restart")  # nothing was subscribed
+
+
 class _Listener:
     """A handler as a bound method: each attribute access makes a new method object."""
 
