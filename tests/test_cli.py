@@ -97,6 +97,18 @@ def test_help_lists_the_commands() -> None:
     assert "demo" in out and "check" in out and "config" in out and "ATLAS_" in out
 
 
+def test_python_dash_m_atlas_actors_runs_the_command() -> None:
+    help_run = subprocess.run(
+        [sys.executable, "-m", "atlas_actors", "--help"], capture_output=True, text=True
+    )
+    assert help_run.returncode == 0, help_run.stderr
+    assert "demo" in help_run.stdout and "check" in help_run.stdout
+    config_run = subprocess.run(
+        [sys.executable, "-m", "atlas_actors", "config"], capture_output=True, text=True
+    )
+    assert config_run.returncode == 0 and "ATLAS_READERS" in config_run.stdout
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
