@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -37,13 +38,17 @@ Any configuration field can be set with an ATLAS_<FIELD> environment variable
 
 
 def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str], T]:
-    """An argparse type: ``kind`` of the text, refused unless above zero (``zero``: or 0)."""
+    """An argparse type: ``kind`` of the text, finite, refused unless above zero (``zero``: or 0).
+
+    ``nan`` and ``inf`` parse as floats but are no duration: ``nan`` compares false with
+    everything, so it would pass the range test and make the run end at once or never.
+    """
 
     def parse(text: str) -> T:
         value: Any = kind(text)
-        if value < 0 or (value == 0 and not zero):
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
             raise argparse.ArgumentTypeError(
-                f"must be {'0 or more' if zero else 'above 0'}, not {text}"
+                f"must be a finite number {'0 or more' if zero else 'above 0'}, not {text}"
             )
         return value  # type: ignore[no-any-return]
 

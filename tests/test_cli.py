@@ -112,10 +112,14 @@ def test_python_dash_m_atlas_actors_runs_the_command() -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--threads", "0", "must be above 0"),
-        ("--threads", "-1", "must be above 0"),
-        ("--seconds", "-1", "must be above 0"),
-        ("--chaos", "-1", "must be 0 or more"),
+        ("--threads", "0", "must be a finite number above 0"),
+        ("--threads", "-1", "must be a finite number above 0"),
+        ("--seconds", "-1", "must be a finite number above 0"),
+        ("--chaos", "-1", "must be a finite number 0 or more"),
+        ("--seconds", "nan", "must be a finite number above 0"),
+        ("--seconds", "inf", "must be a finite number above 0"),
+        ("--chaos", "nan", "must be a finite number 0 or more"),
+        ("--chaos", "inf", "must be a finite number 0 or more"),
     ],
 )
 def test_demo_refuses_counts_and_durations_out_of_range(
