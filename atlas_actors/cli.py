@@ -37,6 +37,21 @@ Any configuration field can be set with an ATLAS_<FIELD> environment variable
 """
 
 
+_CHECK_BUSY_TIMEOUT = 5.0
+"""Default seconds ``check`` waits for another process's lock on the file."""
+
+_CHECK_EXIT_STATUSES = """\
+exit status:
+  0  the check passed
+  1  the file could not be checked: missing, a directory, not readable, or locked
+     by another process for longer than --timeout (nothing is known about its state)
+  2  the check found problems: the file is damaged (or is not a SQLite database)
+"""
+
+_DAMAGE = (apsw.CorruptError, apsw.NotADBError)
+"""apsw errors that are findings about the file; any other means it could not be checked."""
+
+
 def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str], T]:
     """An argparse type: ``kind`` of the text, finite, refused unless above zero (``zero``: or 0).
 
@@ -95,9 +110,20 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="verify a database file (quick_check, or integrity_check with --full)",
+        description="Verify a database file, read-only: SQLite's quick_check, or the "
+        "slower and more thorough integrity_check with --full.",
+        epilog=_CHECK_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("db", help="database file")
     check.add_argument("--full", action="store_true", help="run the slower integrity_check")
+    check.add_argument(
+        "--timeout",
+        type=_positive(float, zero=True),
+        default=_CHECK_BUSY_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for a lock another process holds (default: %(default)g)",
+    )
 
     commands.add_parser("config", help="print the configuration in effect and its variables")
     return parser
@@ -114,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "check":
-            return _check(args.db, full=args.full)
+            return _check(args.db, full=args.full, timeout=args.timeout)
         return _config()
     except AtlasError as error:
         print(f"atlas-actors: {error}", file=sys.stderr)
@@ -165,23 +191,34 @@ def _print_report(report: WorkloadReport, readers: int) -> None:
     print(f"  lost writes  {verdict} (every acknowledged insert checked)")
 
 
-def _check(path: str, *, full: bool) -> int:
+def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> int:
+    """Check ``path``: 0 if sound, 1 if it could not be checked, 2 if it is damaged."""
     if not os.path.exists(path):
-        print(f"atlas-actors: {path}: no such file", file=sys.stderr)
-        return 1
+        return _could_not_check(path, "no such file")
+    if os.path.isdir(path):
+        return _could_not_check(path, "it is a directory; pass the database file in it")
     pragma = "integrity_check" if full else "quick_check"
     try:
         connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
+            connection.set_busy_timeout(int(timeout * 1000))
             problems = [row[0] for row in connection.execute(f"PRAGMA {pragma}")]
             mode = connection.pragma("journal_mode")
             pages = connection.pragma("page_count")
             page_size = connection.pragma("page_size")
         finally:
             connection.close()
-    except apsw.Error as error:
+    except _DAMAGE as error:
         print(f"{path}: {pragma}: 1 problem(s)\n  {wrap_sqlite_error(error, pragma)}")
         return 2
+    except (apsw.BusyError, apsw.LockedError) as error:
+        return _could_not_check(
+            path,
+            f"{error}: another process held a lock on it for over {timeout:g}s; "
+            "retry when it is done, or pass a longer --timeout",
+        )
+    except apsw.Error as error:
+        return _could_not_check(path, str(wrap_sqlite_error(error, pragma)))
     wal = path + "-wal"
     wal_bytes = os.path.getsize(wal) if os.path.exists(wal) else 0
     print(f"{path}: journal_mode={mode} size={pages * page_size} bytes wal={wal_bytes} bytes")
@@ -192,6 +229,12 @@ def _check(path: str, *, full: bool) -> int:
     for problem in problems[:20]:
         print(f"  {problem}")
     return 2
+
+
+def _could_not_check(path: str, reason: str) -> int:
+    """Say that ``path`` could not be checked (which is no finding about it); returns 1."""
+    print(f"atlas-actors: could not check {path}: {reason}", file=sys.stderr)
+    return 1
 
 
 def _config() -> int:

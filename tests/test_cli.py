@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import apsw
@@ -71,6 +72,76 @@ def test_check_reports_a_damaged_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["check", str(path), "--full"]) == 2
     assert "problem" in capsys.readouterr().out
     assert main(["check", str(tmp_path / "missing.db")]) == 1
+
+
+def _hold_an_exclusive_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process holding ``path``'s write lock until its stdin closes."""
+    code = (
+        "import sqlite3, sys\n"
+        f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+        "c.execute('CREATE TABLE IF NOT EXISTS t(x)')\n"
+        "c.execute('BEGIN EXCLUSIVE'); c.execute('INSERT INTO t VALUES (1)')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+        "c.execute('COMMIT')\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_check_of_a_file_locked_by_another_process_could_not_check_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "locked.db"
+    holder = _hold_an_exclusive_lock(path)
+    try:
+        assert main(["check", str(path), "--timeout", "0.2"]) == 1  # not 2: no damage
+        captured = capsys.readouterr()
+        assert "problem" not in captured.out
+        assert f"could not check {path}: database is locked" in captured.err
+        assert "--timeout" in captured.err
+        # Within the busy timeout, check waits for the lock instead of failing.
+        release = threading.Timer(0.3, holder.communicate, kwargs={"input": ""})
+        release.start()
+        assert main(["check", str(path), "--timeout", "20"]) == 0
+        assert "quick_check: ok" in capsys.readouterr().out
+        release.join()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_check_of_a_directory_or_a_missing_file_could_not_check_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(tmp_path)]) == 1
+    assert f"could not check {tmp_path}: it is a directory" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "missing.db")]) == 1
+    assert "could not check" in capsys.readouterr().err
+
+
+def test_check_reports_a_file_that_is_not_a_database_as_a_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are notes, not a database\n" * 100)
+    assert main(["check", str(path)]) == 2
+    assert "problem" in capsys.readouterr().out
+
+
+def test_check_help_documents_the_exit_statuses() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "atlas_actors.cli", "check", "--help"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "exit status" in out
+    assert "0  the check passed" in out
+    assert "1  the file could not be checked" in out
+    assert "2  the check found problems" in out
 
 
 def test_config_lists_every_variable(
