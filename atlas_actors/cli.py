@@ -8,12 +8,16 @@ verifies a database file; ``config`` prints the configuration in effect.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Any, TypeVar
 
 import apsw
@@ -83,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run a task-manager workload and print throughput, latency and restarts",
         description="Many threads create, update, comment on and read tasks in an "
-        "embedded SQLite file through the actor runtime, for a fixed time.",
+        "embedded SQLite file through the actor runtime, for a fixed time. Ctrl-C ends "
+        "the run early and prints what it measured so far (exit status 130).",
     )
     demo.add_argument("--db", default="atlas.db", help="database file (default: %(default)s)")
     demo.add_argument(
@@ -145,14 +150,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AtlasError as error:
         print(f"atlas-actors: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\natlas-actors: interrupted", file=sys.stderr)
+        return _INTERRUPTED
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Run the workload; 0, 2 if writes were lost, 130 if interrupted with Ctrl-C."""
     options = {"synchronous": args.synchronous} if args.synchronous else {}
     if args.chaos:
         options["restart_max"] = 1000  # crashes are the point here: never escalate
     print(f"atlas-actors demo: {args.threads} threads for {args.seconds:g}s on {args.db}")
-    with open_storage(args.db, **options) as db:
+    interrupted = threading.Event()
+    with _first_ctrl_c_sets(interrupted), open_storage(args.db, **options) as db:
         bar = tqdm(
             total=None,
             unit="op",
@@ -167,10 +177,45 @@ def _demo(args: argparse.Namespace) -> int:
                 seconds=args.seconds,
                 kill_every=args.chaos,
                 progress=bar.update,
+                stop=interrupted,
             )
         pool = db.pool.status()
+    if interrupted.is_set():
+        done = report.writes.count + report.reads.count
+        print(f"\ninterrupted after {report.seconds:.1f}s of {args.seconds:g}s", end="")
+        print("; the run so far:" if done else " before any operation ran")
+        if done:
+            _print_report(report, pool.total)
+        return _INTERRUPTED
     _print_report(report, pool.total)
     return 0 if report.lost_writes == 0 else 2
+
+
+_INTERRUPTED = 128 + signal.SIGINT
+"""The exit status of a command ended with Ctrl-C (130), as shells report it."""
+
+
+@contextlib.contextmanager
+def _first_ctrl_c_sets(event: threading.Event) -> Iterator[None]:
+    """While inside, the first Ctrl-C (SIGINT) sets ``event``; a second one interrupts.
+
+    The demo then stops its workers and prints what it measured. A second Ctrl-C
+    raises ``KeyboardInterrupt`` as usual, for a shutdown that takes too long. Outside
+    the main thread (no signal handlers there) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        event.set()  # nothing waits on it, so its lock is free here
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_report(report: WorkloadReport, readers: int) -> None:

@@ -106,6 +106,8 @@ class WorkloadReport:
     """Mean writes per group commit."""
     lost_writes: int
     """Acknowledged task inserts missing from the database afterwards (must be 0)."""
+    interrupted: bool = False
+    """True if ``stop`` ended the run before its ``seconds`` were up."""
 
     @property
     def operations_per_second(self) -> float:
@@ -183,20 +185,25 @@ def run_workload(
     kill_every: float = 0.0,
     seed: int = 0,
     progress: Callable[[int], object] | None = None,
+    stop: threading.Event | None = None,
 ) -> WorkloadReport:
     """Run the task-manager mix from ``threads`` threads for ``seconds``.
 
     ``kill_every`` > 0 crashes the writer or a reader (alternately) that often, to show
     the supervisor at work. ``progress(n)`` is called with the number of operations
-    finished since its last call, about ten times a second.
+    finished since its last call, about ten times a second. Setting ``stop`` (from
+    another thread or a signal handler) ends the run early, within about 0.1 s: the
+    workers finish their current call, the report covers the run so far and says
+    ``interrupted``.
     """
+    interrupt = stop if stop is not None else threading.Event()
     create_schema(db)
     restarts_before = db.supervisor.status().restarts
-    stop = threading.Event()
+    halt = threading.Event()  # the workers' own: set when the run ends, however
     workers = [_Worker(random.Random(seed * 1000 + i)) for i in range(threads)]
 
     def loop(worker: _Worker) -> None:
-        while not stop.is_set():
+        while not halt.is_set():
             try:
                 _one_operation(db, worker)
             except AtlasError as error:
@@ -212,7 +219,10 @@ def run_workload(
     next_kill = started + kill_every if kill_every > 0 else float("inf")
     reported = 0
     try:
-        while (now := time.monotonic()) - started < seconds:
+        while (now := time.monotonic()) - started < seconds and not interrupt.is_set():
+            # Sleep, not interrupt.wait(): a signal handler may set the event, and
+            # Event.set() from a handler deadlocks if the thread it interrupted is
+            # inside wait() on the same event, holding its lock.
             time.sleep(min(0.1, max(0.0, seconds - (now - started))))
             if time.monotonic() >= next_kill:
                 kills += _inject_crash(db, kills)
@@ -221,8 +231,9 @@ def run_workload(
                 done = sum(len(w.write_latency) + len(w.read_latency) for w in workers)
                 progress(done - reported)
                 reported = done
+        cut_short = interrupt.is_set()
     finally:
-        stop.set()
+        halt.set()
         for thread in pool:
             thread.join(db.config.default_timeout)
     elapsed = time.monotonic() - started
@@ -240,6 +251,7 @@ def run_workload(
         restarts=db.supervisor.status().restarts - restarts_before,
         mean_batch=db.writer.stats().mean_batch,
         lost_writes=len(created) - present,
+        interrupted=cut_short,
     )
 
 

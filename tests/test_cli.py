@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import apsw
@@ -52,6 +54,41 @@ def test_demo_with_chaos_restarts_actors_and_still_loses_nothing(
     injected = int(crashes.split()[1])
     assert injected >= 2 and f"{injected} restarts" in crashes
     assert "lost writes  none" in out and "errors       none" in out
+
+
+def test_ctrl_c_stops_the_demo_and_prints_the_run_so_far(tmp_path: Path) -> None:
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atlas_actors.cli",
+            "demo",
+            "--db",
+            str(tmp_path / "demo.db"),
+            "--seconds",
+            "60",
+            "--threads",
+            "2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None and "atlas-actors demo:" in demo.stdout.readline()
+        time.sleep(1.0)  # the storage opens and the workers run
+        demo.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = demo.communicate(timeout=30)
+    finally:
+        demo.kill()
+        demo.wait()
+    assert time.monotonic() - sent < 10  # not the 60 s asked for
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert demo.returncode == 130, err
+    assert "interrupted after" in out and "of 60s; the run so far:" in out
+    assert "operations" in out and "lost writes  none" in out
 
 
 def test_check_reports_a_damaged_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
