@@ -26,7 +26,7 @@ from tqdm import tqdm
 from atlas_actors.config import ENV_PREFIX, StorageConfig
 from atlas_actors.errors import AtlasError, wrap_sqlite_error
 from atlas_actors.storage import open as open_storage
-from atlas_actors.workload import WorkloadReport, run_workload
+from atlas_actors.workload import WorkloadReport, run_workload, schema_conflicts
 
 T = TypeVar("T")
 
@@ -160,6 +160,16 @@ def _demo(args: argparse.Namespace) -> int:
     options = {"synchronous": args.synchronous} if args.synchronous else {}
     if args.chaos:
         options["restart_max"] = 1000  # crashes are the point here: never escalate
+    conflicts = _foreign_schema(args.db)
+    if conflicts:
+        print(
+            f"atlas-actors: {args.db} already has tables of another application "
+            f"({'; '.join(conflicts)}); the demo makes its own tasks, projects and comments "
+            "tables and would fail on these. Leave this file alone and pass another one, "
+            "for example: atlas-actors demo --db atlas-demo.db",
+            file=sys.stderr,
+        )
+        return 1
     print(f"atlas-actors demo: {args.threads} threads for {args.seconds:g}s on {args.db}")
     interrupted = threading.Event()
     with _first_ctrl_c_sets(interrupted), open_storage(args.db, **options) as db:
@@ -189,6 +199,26 @@ def _demo(args: argparse.Namespace) -> int:
         return _INTERRUPTED
     _print_report(report, pool.total)
     return 0 if report.lost_writes == 0 else 2
+
+
+def _foreign_schema(path: str) -> list[str]:
+    """The demo's tables that ``path`` holds with other columns (read-only; [] if none).
+
+    Checked before the storage opens, which would switch the file to WAL mode and add
+    the demo's tables to someone else's database. A file that cannot be read here is
+    left to the storage to report.
+    """
+    if not os.path.isfile(path):
+        return []
+    try:
+        connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            connection.set_busy_timeout(5000)
+            return schema_conflicts(connection)
+        finally:
+            connection.close()
+    except apsw.Error:
+        return []
 
 
 _INTERRUPTED = 128 + signal.SIGINT

@@ -14,10 +14,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import apsw
+
 from atlas_actors.errors import AtlasError
 from atlas_actors.storage import Storage
 
-__all__ = ["SCHEMA", "LatencySummary", "WorkloadReport", "create_schema", "run_workload"]
+__all__ = [
+    "SCHEMA",
+    "LatencySummary",
+    "WorkloadReport",
+    "create_schema",
+    "run_workload",
+    "schema_conflicts",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects(
@@ -44,9 +53,33 @@ CREATE TABLE IF NOT EXISTS comments(
 """
 """The task-manager tables the workload uses."""
 
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "projects": ("id", "name"),
+    "tasks": ("id", "project_id", "title", "status", "assignee", "priority", "updated_at"),
+    "comments": ("id", "task_id", "body", "created_at"),
+}
+"""The columns of each table in :data:`SCHEMA` (what the workload reads and writes)."""
+
 _STATUSES = ("open", "doing", "review", "done")
 _PEOPLE = ("ada", "brian", "chen", "dana", "eve", "farid")
 _PROJECTS = 20
+
+
+def schema_conflicts(connection: apsw.Connection) -> list[str]:
+    """What in this database stops the workload: its tables that lack columns it uses.
+
+    ``CREATE TABLE IF NOT EXISTS`` keeps a table of another application that has the
+    same name (a ``tasks`` table of one's own, say), and the workload would then fail on
+    its first statement. Returns one line per such table (``tasks: no column
+    project_id, ...``); empty if the tables are missing or the workload's own.
+    """
+    conflicts = []
+    for table, wanted in COLUMNS.items():
+        have = {row[1] for row in connection.execute("SELECT * FROM pragma_table_info(?)", [table])}
+        missing = [column for column in wanted if column not in have]
+        if have and missing:
+            conflicts.append(f"{table}: no column {', '.join(missing)}")
+    return conflicts
 
 
 def create_schema(db: Storage) -> None:

@@ -56,6 +56,36 @@ def test_demo_with_chaos_restarts_actors_and_still_loses_nothing(
     assert "lost writes  none" in out and "errors       none" in out
 
 
+def test_demo_refuses_a_file_with_another_applications_tasks_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "atlas.db"
+    connection = apsw.Connection(str(path))  # the README example's table, say
+    connection.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT, status TEXT)")
+    connection.execute("INSERT INTO tasks(title, status) VALUES ('mine', 'open')")
+    connection.close()
+    assert main(["demo", "--db", str(path), "--seconds", "0.3", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path} already has tables of another application" in err
+    assert "tasks: no column project_id, assignee, priority, updated_at" in err
+    assert "pass another one" in err and "--db" in err and "Traceback" not in err
+    connection = apsw.Connection(str(path))  # untouched: no demo tables, no WAL mode
+    try:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_schema")]
+        assert tables == ["tasks"]
+        assert connection.pragma("journal_mode") == "delete"
+    finally:
+        connection.close()
+
+
+def test_demo_runs_again_on_its_own_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo = ["demo", "--db", str(tmp_path / "d.db"), "--seconds", "0.3", "--no-progress"]
+    assert main(demo) == 0
+    assert main(demo) == 0, capsys.readouterr().err
+
+
 def test_ctrl_c_stops_the_demo_and_prints_the_run_so_far(tmp_path: Path) -> None:
     demo = subprocess.Popen(
         [

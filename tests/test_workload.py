@@ -6,8 +6,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import apsw
+
 import atlas_actors as atlas
-from atlas_actors.workload import run_workload
+from atlas_actors.workload import COLUMNS, SCHEMA, run_workload, schema_conflicts
 
 
 def test_setting_stop_ends_the_run_early_with_a_report_of_it(
@@ -30,3 +32,19 @@ def test_a_run_that_lasts_its_time_is_not_interrupted(
 ) -> None:
     report = run_workload(open_storage(), threads=2, seconds=0.3, stop=threading.Event())
     assert not report.interrupted and report.seconds >= 0.3
+
+
+def test_the_columns_it_checks_are_those_of_its_schema() -> None:
+    connection = apsw.Connection(":memory:")
+    assert schema_conflicts(connection) == []  # no tables: nothing in the way
+    connection.execute(SCHEMA)
+    for table, columns in COLUMNS.items():
+        names = tuple(row[1] for row in connection.execute(f"PRAGMA table_info({table})"))
+        assert names == columns
+    assert schema_conflicts(connection) == []
+
+
+def test_a_table_of_the_same_name_with_other_columns_is_a_conflict() -> None:
+    connection = apsw.Connection(":memory:")
+    connection.execute("CREATE TABLE projects(id INTEGER PRIMARY KEY, title TEXT)")
+    assert schema_conflicts(connection) == ["projects: no column name"]
