@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
+from types import SimpleNamespace
 from typing import Any, Literal, get_args
 
 from atlas_actors.errors import ConfigError
@@ -179,18 +181,42 @@ class StorageConfig:
         environ: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> StorageConfig:
-        """Build a config from defaults, ``ATLAS_*`` variables, then ``overrides``."""
+        """Build a config from defaults, ``ATLAS_*`` variables, then ``overrides``.
+
+        The three are merged first and the result is validated once, so an override
+        may fix what a variable alone would make invalid (``ATLAS_MAX_READERS=1`` with
+        ``readers=1``); a variable that an override replaces is not read at all. When
+        a refused value came from a variable, the error names the variable.
+        """
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.name, f.type, raw)
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             known = ", ".join(f.name for f in fields(cls))
             raise ConfigError(f"unknown configuration option(s) {unknown}; known: {known}")
+        values: dict[str, Any] = {}
+        from_env: dict[str, str] = {}
+        for f in fields(cls):
+            if f.name in overrides:
+                continue
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+                from_env[f.name] = raw
         values.update(overrides)
+        if from_env:
+            merged = {f.name: _default(f) for f in fields(cls) if f.name not in values}
+            problem = _find_problem(SimpleNamespace(**merged, **values))
+            if problem is not None:
+                names = [name for name in problem[0] if name in from_env]
+                if names:
+                    variables = ", ".join(
+                        f"{ENV_PREFIX}{name.upper()}={shlex.quote(from_env[name])}"
+                        for name in names
+                    )
+                    raise ConfigError(
+                        f"{variables}: {problem[1]} (fix or unset the environment variable, "
+                        "or pass the option to atlas_actors.open)"
+                    )
         return cls(**values)
 
     def replace(self, **changes: Any) -> StorageConfig:
@@ -223,10 +249,29 @@ def _parse(name: str, annotation: object, raw: str) -> Any:
         ) from None
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """The default value of field ``f``."""
+    if f.default is not MISSING:
+        return f.default
+    assert f.default_factory is not MISSING  # (every field has a default)
+    return f.default_factory()
+
+
 def _validate(config: StorageConfig) -> None:
     """Reject values that cannot work, naming the field and the value."""
+    problem = _find_problem(config)
+    if problem is not None:
+        raise ConfigError(problem[1])
+
+
+def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
+    """The first value of ``config`` that cannot work: (the fields at fault, why); or None.
+
+    ``config`` is anything with the fields as attributes (a StorageConfig, or the merged
+    values :meth:`StorageConfig.from_env` checks before it builds one).
+    """
     if config.synchronous not in get_args(Synchronous):
-        raise ConfigError(
+        return ("synchronous",), (
             f"synchronous={config.synchronous!r}; use one of {list(get_args(Synchronous))}"
         )
     positive = (
@@ -239,7 +284,7 @@ def _validate(config: StorageConfig) -> None:
     for name in positive:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}={value!r}; it must be an integer >= 1")
+            return (name,), f"{name}={value!r}; it must be an integer >= 1"
     non_negative = (
         "reader_idle_timeout",
         "recycle_after_queries",
@@ -261,7 +306,7 @@ def _validate(config: StorageConfig) -> None:
     for name in non_negative:
         value = getattr(config, name)
         if not _finite_number(value) or value < 0:
-            raise ConfigError(f"{name}={value!r}; it must be a finite number >= 0")
+            return (name,), f"{name}={value!r}; it must be a finite number >= 0"
     strictly_positive = (
         "default_timeout",
         "restart_window",
@@ -278,19 +323,20 @@ def _validate(config: StorageConfig) -> None:
     for name in strictly_positive:
         value = getattr(config, name)
         if not _finite_number(value) or value <= 0:
-            raise ConfigError(f"{name}={value!r}; it must be a finite number > 0")
+            return (name,), f"{name}={value!r}; it must be a finite number > 0"
     if config.alert_interval is not None and (
         not _finite_number(config.alert_interval) or config.alert_interval < 0
     ):
-        raise ConfigError(
+        return ("alert_interval",), (
             f"alert_interval={config.alert_interval!r}; it must be a finite number >= 0, "
             "or None (0 and None turn the periodic evaluation off)"
         )
     if config.max_readers < config.readers:
-        raise ConfigError(
+        return ("max_readers", "readers"), (
             f"max_readers={config.max_readers} < readers={config.readers}; "
             "raise max_readers or lower readers"
         )
+    return None
 
 
 def _finite_number(value: object) -> bool:

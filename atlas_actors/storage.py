@@ -434,9 +434,13 @@ def open(
     touched); ``vfs`` names an apsw VFS to open connections with (fault injection).
     Use it as a context manager, or call ``close()``.
     """
-    base = config if config is not None else StorageConfig.from_env()
-    if options:
-        base = StorageConfig.from_env({}, **{**asdict(base), **options})
+    if config is None:
+        # Defaults, ATLAS_* variables and options merged, then validated once.
+        base = StorageConfig.from_env(**options)
+    elif options:
+        base = StorageConfig.from_env({}, **{**asdict(config), **options})
+    else:
+        base = config
     return Storage(
         path, base, tracer_provider=tracer_provider, meter_provider=meter_provider, vfs=vfs
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+import atlas_actors as atlas
 from atlas_actors import StorageConfig
 from atlas_actors.errors import ConfigError
 
@@ -70,3 +72,61 @@ def test_replace_validates_the_copy() -> None:
     assert config.replace(readers=4).readers == 4
     with pytest.raises(ConfigError):
         config.replace(mailbox_size=0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "options", "expected"),
+    [
+        # Each variable alone is invalid (or clashes with a default); the option fixes it.
+        (("ATLAS_MAX_READERS", "1"), {"readers": 1}, {"readers": 1, "max_readers": 1}),
+        (("ATLAS_READERS", "40"), {"max_readers": 40}, {"readers": 40, "max_readers": 40}),
+        (("ATLAS_SYNCHRONOUS", "fast"), {"synchronous": "NORMAL"}, {"synchronous": "NORMAL"}),
+    ],
+)
+def test_open_applies_its_options_over_the_environment_before_validating(
+    monkeypatch: pytest.MonkeyPatch,
+    db_path: Path,
+    variable: tuple[str, str],
+    options: dict[str, object],
+    expected: dict[str, object],
+) -> None:
+    monkeypatch.setenv(*variable)
+    with atlas.open(db_path, **options) as db:
+        assert {name: getattr(db.config, name) for name in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ATLAS_READERS": "0"}, r"^ATLAS_READERS=0: readers=0; it must be an integer >= 1"),
+        (
+            {"ATLAS_MAX_READERS": "1", "ATLAS_READERS": "3"},
+            r"^ATLAS_MAX_READERS=1, ATLAS_READERS=3: max_readers=1 < readers=3",
+        ),
+        ({"ATLAS_SYNCHRONOUS": "fast"}, r"^ATLAS_SYNCHRONOUS=fast: synchronous='FAST'"),
+        ({"ATLAS_CACHE_TTL": "-1"}, r"^ATLAS_CACHE_TTL=-1: cache_ttl=-1"),
+    ],
+)
+def test_a_refused_value_from_the_environment_names_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        StorageConfig.from_env(env)
+    assert "unset the environment variable" in str(caught.value)
+
+
+def test_open_names_the_variable_that_made_the_configuration_invalid(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    monkeypatch.setenv("ATLAS_MAX_READERS", "1")
+    with pytest.raises(ConfigError, match=r"^ATLAS_MAX_READERS=1: max_readers=1 < readers=2"):
+        atlas.open(db_path, readers=2)
+    # An invalid option passed to open is named as the option, not as a variable.
+    with pytest.raises(ConfigError, match=r"^readers=0; it must be"):
+        atlas.open(db_path, readers=0)
+    assert not db_path.exists()
+
+
+def test_an_option_replaces_a_variable_without_reading_it() -> None:
+    config = StorageConfig.from_env({"ATLAS_READERS": "many"}, readers=3)
+    assert config.readers == 3
