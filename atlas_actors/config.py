@@ -8,6 +8,7 @@ the values passed to :func:`atlas_actors.open`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import shlex
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from types import SimpleNamespace
 from typing import Any, Literal, get_args
+
+import apsw
 
 from atlas_actors.errors import ConfigError
 
@@ -147,7 +150,7 @@ class StorageConfig:
     """Bound of the on-disk level (L2), in bytes."""
 
     cache_dir: str = ""
-    """L2's directory; empty: ``<database>.cache`` next to the database."""
+    """L2's directory (a str or a path); empty: ``<database>.cache`` next to the database."""
 
     cache_ttl: float = 300.0
     """Seconds a cached result may be served (it is dropped earlier if its tables change)."""
@@ -173,6 +176,8 @@ class StorageConfig:
     (``ATLAS_ALERT_INTERVAL=off``): rules are evaluated only by ``db.alerts.check()``."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.cache_dir, os.PathLike):  # (a pathlib.Path is welcome)
+            object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
         _validate(self)
 
     @classmethod
@@ -249,6 +254,23 @@ def _parse(name: str, annotation: object, raw: str) -> Any:
         ) from None
 
 
+_BOOL_FIELDS = tuple(f.name for f in fields(StorageConfig) if str(f.type) == "bool")
+
+
+@functools.cache
+def _sqlite_max_length() -> int:
+    """The largest string or blob this SQLite library accepts (its ``SQLITE_MAX_LENGTH``).
+
+    ``sqlite3_limit`` silently lowers a larger ``SQLITE_LIMIT_LENGTH`` to it, and past a
+    C int it overflows, so ``max_value_bytes`` is checked against it.
+    """
+    connection = apsw.Connection(":memory:")
+    try:
+        return int(connection.limit(apsw.SQLITE_LIMIT_LENGTH, -1))
+    finally:
+        connection.close()
+
+
 def _default(f: dataclasses.Field[Any]) -> Any:
     """The default value of field ``f``."""
     if f.default is not MISSING:
@@ -273,6 +295,31 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
     if config.synchronous not in get_args(Synchronous):
         return ("synchronous",), (
             f"synchronous={config.synchronous!r}; use one of {list(get_args(Synchronous))}"
+        )
+    for name in _BOOL_FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            # ('off' or 'false' is a true value: it would silently mean the opposite.)
+            return (name,), (
+                f"{name}={value!r}; it must be a bool: pass {name}=True or {name}=False"
+            )
+    if not isinstance(config.cache_dir, str | os.PathLike):
+        return ("cache_dir",), (
+            f"cache_dir={config.cache_dir!r}; it must be a directory path (a str or a "
+            "pathlib.Path), or '' for <database>.cache next to the database"
+        )
+    value = config.max_value_bytes
+    if isinstance(value, int) and not isinstance(value, bool):
+        limit = _sqlite_max_length()
+        if value > limit:
+            return ("max_value_bytes",), (
+                f"max_value_bytes={value!r} is above SQLite's largest string or blob "
+                f"({limit} bytes, SQLITE_MAX_LENGTH); pass at most {limit}"
+            )
+    else:
+        return ("max_value_bytes",), (
+            f"max_value_bytes={value!r}; it must be an integer number of bytes, "
+            f"1 to {_sqlite_max_length()}"
         )
     positive = (
         "readers",

@@ -9,6 +9,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import StorageConfig
+from atlas_actors import config as config_module
 from atlas_actors.errors import ConfigError
 
 
@@ -53,6 +54,17 @@ def test_unparsable_environment_values_name_the_variable(env: dict[str, str], me
         ({"transaction_timeout": float("nan")}, "transaction_timeout=nan"),
         ({"default_timeout": float("inf")}, "default_timeout=inf"),
         ({"busy_timeout": float("nan")}, "busy_timeout=nan"),
+        # A string such as 'off' is truthy: accepted, it meant the opposite.
+        ({"cache": "off"}, r"cache='off'; it must be a bool: pass cache=True or cache=False"),
+        ({"cache": 0}, r"cache=0; it must be a bool"),
+        ({"cache_disk": "false"}, r"cache_disk='false'; it must be a bool"),
+        ({"verify_on_restart": "no"}, r"verify_on_restart='no'; it must be a bool"),
+        ({"cache_dir": 123}, r"cache_dir=123; it must be a directory path"),
+        ({"cache_dir": None}, r"cache_dir=None; it must be a directory path"),
+        # Past SQLite's SQLITE_MAX_LENGTH (a C int at most): a raw OverflowError before.
+        ({"max_value_bytes": 2**31}, r"max_value_bytes=2147483648 is above .*pass at most \d+"),
+        ({"max_value_bytes": 1.5e6}, r"max_value_bytes=1500000.0; it must be an integer"),
+        ({"max_value_bytes": 0}, r"max_value_bytes=0"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_and_value(
@@ -130,3 +142,15 @@ def test_open_names_the_variable_that_made_the_configuration_invalid(
 def test_an_option_replaces_a_variable_without_reading_it() -> None:
     config = StorageConfig.from_env({"ATLAS_READERS": "many"}, readers=3)
     assert config.readers == 3
+
+
+def test_max_value_bytes_may_be_sqlites_own_limit_and_cache_dir_a_path(tmp_path: Path) -> None:
+    limit = config_module._sqlite_max_length()
+    assert StorageConfig(max_value_bytes=limit).max_value_bytes == limit
+    config = StorageConfig(cache_dir=tmp_path / "l2")  # type: ignore[arg-type]
+    assert config.cache_dir == str(tmp_path / "l2")
+
+
+def test_open_refuses_an_oversize_value_limit_with_a_config_error(db_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_value_bytes=2147483648"):
+        atlas.open(db_path, max_value_bytes=2**31)
