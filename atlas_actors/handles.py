@@ -30,7 +30,7 @@ from atlas_actors.actors.writer_ops import (
     _writer_threads,
 )
 from atlas_actors.connection import Params, WriteResult
-from atlas_actors.errors import DeadlockError, OperationTimeout
+from atlas_actors.errors import DeadlockError, OperationTimeout, StorageUnavailable
 from atlas_actors.future import _PENDING, Future, SqlText, sql_text, statement_type_error
 from atlas_actors.telemetry.tracing import Tracing, batch_attributes
 
@@ -260,13 +260,21 @@ def end_span(span: trace.Span, future: Future[Any]) -> None:
 class SupervisorHandle:
     """``db.supervisor``: status and fault injection."""
 
-    def __init__(self, ref: pykka.ActorRef[SupervisorActor], timeout: float) -> None:
+    def __init__(
+        self,
+        ref: pykka.ActorRef[SupervisorActor],
+        timeout: float,
+        unavailable: Callable[[], StorageUnavailable] | None = None,
+    ) -> None:
         self._proxy = ref.proxy()
         self._timeout = timeout
+        self.unavailable = unavailable
+        """Returns the error a call raises once the supervisor has stopped (the storage's
+        own: :class:`StorageClosedError` after ``close()``); None: a generic one."""
 
     def status(self) -> SupervisorStatus:
         """Each child with role, incarnation, restarts and state."""
-        return self._ask(self._proxy.status(), "supervisor.status()")  # type: ignore[no-any-return]
+        return self._ask(self._proxy.status, "supervisor.status()")  # type: ignore[no-any-return]
 
     def kill(self, role: str, how: KillMode = "crash") -> int:
         """Inject a failure into ``role`` (``writer``, ``reader-0``, ...).
@@ -274,10 +282,22 @@ class SupervisorHandle:
         ``how="crash"``: the actor fails as if it had a bug; ``how="stop"``: it stops
         silently and the liveness check must notice. Returns the incarnation hit.
         """
-        return self._ask(self._proxy.kill(role, how), f"supervisor.kill({role!r})")  # type: ignore[no-any-return]
+        return self._ask(  # type: ignore[no-any-return]
+            lambda: self._proxy.kill(role, how), f"supervisor.kill({role!r})"
+        )
 
-    def _ask(self, future: pykka.Future[Any], what: str) -> Any:
+    def _ask(self, call: Callable[[], pykka.Future[Any]], what: str) -> Any:
         try:
-            return future.get(timeout=self._timeout)
+            return call().get(timeout=self._timeout)
         except pykka.Timeout:
             raise OperationTimeout(what, self._timeout, applied=None) from None
+        except pykka.ActorDeadError:  # the storage was closed (its supervisor stopped)
+            raise self._gone(what) from None
+
+    def _gone(self, what: str) -> StorageUnavailable:
+        if self.unavailable is not None:
+            return self.unavailable()
+        return StorageUnavailable(
+            f"{what}: the storage's supervisor has stopped (the storage was closed); "
+            "open it again with atlas_actors.open(path)"
+        )

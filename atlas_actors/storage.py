@@ -104,6 +104,8 @@ class Storage(Runtime):
             meter_provider=meter_provider,
             vfs=vfs,
         )
+        # db.supervisor after close() raises what every other handle raises.
+        self.supervisor.unavailable = self._unavailable
         self._cached = config.cache
         self.wal = WalManager(self)
         """The write-ahead log: ``checkpoint()``, ``monitor()``, ``cleanup()``, ``verify()``."""

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import AtlasError, StorageClosedError
+from atlas_actors.errors import AtlasError, StorageClosedError, StorageUnavailable
+from atlas_actors.handles import SupervisorHandle
 
 
 def test_close_is_idempotent_and_later_calls_raise_storage_closed(db_path: Path) -> None:
@@ -58,3 +59,16 @@ def test_threads_are_named_after_their_role_and_database(db: atlas.Storage) -> N
     names = {t.name for t in threading.enumerate()}
     assert "writer:atlas.db#1" in names and "reader-0:atlas.db#1" in names
     assert "supervisor:atlas.db" in names
+
+
+def test_the_supervisor_handle_of_a_closed_storage_raises_storage_closed(db_path: Path) -> None:
+    db = atlas.open(db_path)
+    unbound = SupervisorHandle(db._supervisor_ref, 1.0)  # (no storage to ask)
+    assert {child.role for child in db.supervisor.status().children} >= {"writer"}
+    db.close()
+    with pytest.raises(StorageClosedError, match="open it again"):
+        db.supervisor.status()
+    with pytest.raises(StorageClosedError):
+        db.supervisor.kill("writer")
+    with pytest.raises(StorageUnavailable, match=r"status\(\): the storage's supervisor has"):
+        unbound.status()
