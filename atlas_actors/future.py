@@ -22,9 +22,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
-from atlas_actors.errors import OperationTimeout, shorten
+from atlas_actors.errors import OperationTimeout, ValidationError, shorten
 
-__all__ = ["Future", "SqlText", "sql_text", "statement_pairs", "statement_type_error"]
+__all__ = [
+    "Future",
+    "SqlText",
+    "StatementTypeError",
+    "sql_text",
+    "sql_type_error",
+    "statement_pairs",
+    "statement_type_error",
+]
 
 T = TypeVar("T")
 
@@ -57,19 +65,51 @@ def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, An
     and every message about it (errors, timeouts, spans) joins the text.
     """
     pairs = list(statements)  # a copy: the caller may reuse its list
-    for sql, _params in pairs:  # ValueError unless a pair
-        if type(sql) is not str:
-            raise statement_type_error(pairs)
+    try:
+        for sql, _params in pairs:  # ValueError or TypeError unless a pair
+            if type(sql) is not str:
+                raise statement_type_error(pairs)
+    except (ValueError, TypeError) as error:
+        if isinstance(error, StatementTypeError):
+            raise
+        raise statement_type_error(pairs) from None
     return pairs
 
 
-def statement_type_error(pairs: Sequence[tuple[object, Any]]) -> TypeError:
-    """The error for ``write_all`` pairs whose SQL is not a str (built only to raise)."""
-    position, sql = next((i, s) for i, (s, _) in enumerate(pairs) if type(s) is not str)
-    return TypeError(
-        f"write_all statement {position}: the SQL must be str, not "
-        f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
-    )
+class StatementTypeError(ValidationError, TypeError):
+    """What a call was given to run is not SQL text (or, to ``write_all``, not pairs).
+
+    A :class:`ValidationError` (so a ``ValueError``) that is also a ``TypeError``: it
+    replaces the ``ValueError`` or ``TypeError`` Python raised before, whichever a
+    caller catches.
+    """
+
+
+def statement_type_error(pairs: Sequence[object], verb: str = "write_all") -> StatementTypeError:
+    """The error for ``write_all`` statements that are not (str, params) pairs.
+
+    Built only to raise, after the check at the call failed: the success path pays
+    nothing for the message.
+    """
+    for position, entry in enumerate(pairs):
+        if isinstance(entry, str | bytes) or not isinstance(entry, Sequence) or len(entry) != 2:
+            return StatementTypeError(
+                f"{verb} statement {position}: {entry!r:.60} is not a (sql, params) pair; "
+                f"pass (sql, params) pairs, e.g. {verb}([(sql, None), (sql, [1, 2])])"
+            )
+        sql = entry[0]
+        if type(sql) is not str:
+            return StatementTypeError(
+                f"{verb} statement {position}: the SQL must be str, not "
+                f"{type(sql).__name__} ({sql!r:.60}); pass (sql, params) pairs"
+            )
+    return StatementTypeError(f"{verb}: pass (sql, params) pairs with the SQL as str")
+
+
+def sql_type_error(sql: object, *, built: bool = True) -> StatementTypeError:
+    """The error for a statement that is not SQL text (nor, if ``built``, a query)."""
+    expected = "a str or a Query (anything with build())" if built else "a str (SQL text)"
+    return StatementTypeError(f"sql must be {expected}, not {type(sql).__name__} ({sql!r:.60})")
 
 
 class Future(Generic[T]):

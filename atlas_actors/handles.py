@@ -31,7 +31,14 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import DeadlockError, OperationTimeout, StorageUnavailable
-from atlas_actors.future import _PENDING, Future, SqlText, sql_text, statement_type_error
+from atlas_actors.future import (
+    _PENDING,
+    Future,
+    SqlText,
+    StatementTypeError,
+    sql_text,
+    statement_type_error,
+)
 from atlas_actors.telemetry.tracing import Tracing, batch_attributes
 
 if TYPE_CHECKING:
@@ -119,9 +126,14 @@ class WriterHandle:
         # The hot path of db.write_all too: statement_pairs() and, untraced, submit()
         # inlined (no generic call with *args, ~1k instructions; no Mailbox.send call).
         statements = list(statements)  # a copy: the caller may reuse its list
-        for sql, _params in statements:  # ValueError unless a pair
-            if type(sql) is not str:
-                raise statement_type_error(statements)
+        try:
+            for sql, _params in statements:  # ValueError or TypeError unless a pair
+                if type(sql) is not str:
+                    raise statement_type_error(statements)
+        except (ValueError, TypeError) as error:  # (only a failed check pays for this)
+            if isinstance(error, StatementTypeError):
+                raise
+            raise statement_type_error(statements) from None
         if self._tracing.enabled:
             return self.submit(
                 WriteAllOp, "write_all", statements, (statements,), timeout, traced=True

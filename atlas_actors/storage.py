@@ -43,7 +43,7 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
-from atlas_actors.future import Future, sql_text, statement_pairs
+from atlas_actors.future import Future, sql_text, sql_type_error, statement_pairs
 from atlas_actors.handles import batch_call_attributes, end_span
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
@@ -213,6 +213,11 @@ class Storage(Runtime):
             if not error.reported:
                 self.errors.handle(error, {"operation": verb})
             raise
+        except TypeError:
+            # (Checked only once it failed: the success path pays nothing.)
+            if type(sql) is str or op_class is WriteAllOp:
+                raise
+            raise sql_type_error(sql, built=False) from None
 
     def _guard(self, what: str) -> None:
         """Refuse a wait on the writer that could never end (DESIGN guarantee 6)."""
@@ -294,7 +299,11 @@ class Storage(Runtime):
             # Checked against the live schema: unknown names fail with a suggestion.
             sql, bound = query.build(schema=self.schema())
             return sql, list(bound)
-        sql, params = query.build()
+        try:
+            build = query.build
+        except AttributeError:  # (None, a number, bytes: not a statement)
+            raise sql_type_error(query) from None
+        sql, params = build()
         return sql, list(params)
 
     def submit_query(
@@ -302,7 +311,10 @@ class Storage(Runtime):
     ) -> Future[list[Row]]:
         """Queue a read for a reader actor; returns a future of its rows."""
         self.check_usable()
-        refuse_transaction_control(sql)  # BEGIN would pin a shared reader's snapshot
+        try:
+            refuse_transaction_control(sql)  # BEGIN would pin a shared reader's snapshot
+        except TypeError:
+            raise sql_type_error(sql, built=False) from None
         deadline = time.monotonic() + (self.config.default_timeout if timeout is None else timeout)
         future: Future[list[Row]] = Future(deadline, "query", sql)
         context = None

@@ -217,15 +217,22 @@ def test_semicolons_in_strings_and_comments_cost_no_sqlite_check(
         [("INSERT INTO tasks(title) VALUES ('x')",)],
         [("INSERT INTO tasks(title) VALUES ('x')", None, None)],
         ["INSERT INTO tasks(title) VALUES ('x')"],
+        # The natural mistake: SQL strings instead of pairs (a bare "too many values
+        # to unpack" before).
+        ["INSERT INTO tasks(title) VALUES ('x')", "INSERT INTO tasks(title) VALUES ('z')"],
+        [1],
     ],
 )
 def test_write_all_refuses_statements_that_are_not_pairs_at_the_call(
     db: atlas.Storage, statements: list[object]
 ) -> None:
-    with pytest.raises(ValueError, match="unpack"):
-        db.write_all(statements)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unpack"):
-        db.writer.write_all(statements)  # type: ignore[arg-type]
+    not_a_pair = r"statement 0: .* is not a \(sql, params\) pair; pass \(sql, params\) pairs"
+    for write_all in (db.write_all, db.writer.write_all):
+        with pytest.raises(errors.ValidationError, match=not_a_pair) as caught:
+            write_all(statements)  # type: ignore[arg-type]
+        # Both of what Python raised before (too many values: ValueError; an int:
+        # TypeError) still catch it.
+        assert isinstance(caught.value, ValueError) and isinstance(caught.value, TypeError)
     assert db.write_all([("INSERT INTO tasks(title) VALUES ('y')", None)])[0].rowcount == 1
     assert db.query("SELECT title FROM tasks") == [("y",)]
 
@@ -235,8 +242,36 @@ def test_write_all_refuses_sql_that_is_not_text_at_the_call(db: atlas.Storage, s
     """In the writer it failed only after the caller's deadline, and crashed the writer
     with the write lock held, so every later write timed out."""
     for write_all in (db.write_all, db.writer.write_all):
-        with pytest.raises(TypeError, match="statement 1: the SQL must be str"):
+        with pytest.raises(TypeError, match="statement 1: the SQL must be str") as caught:
             write_all([("INSERT INTO tasks(title) VALUES ('ok')", None), (sql, None)])  # type: ignore[list-item]
+        assert isinstance(caught.value, errors.ValidationError)
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
     assert db.query("SELECT title FROM tasks") == [("after",)]
     assert db.supervisor.status().restarts == 0
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_sql_that_is_not_text_is_a_typed_error_at_the_call(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    """A bare TypeError ("expected string or bytes-like object") and AttributeError
+    ("'int' object has no attribute 'build'") before."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(x)")
+    calls: list[tuple[Callable[[], object], str, object]] = [
+        (lambda: db.write(None), "a str", None),  # type: ignore[arg-type]
+        (lambda: db.execute(None), "a str", None),  # type: ignore[arg-type]
+        (lambda: db.write_many(None, [[1]]), "a str", None),  # type: ignore[arg-type]
+        (lambda: db.submit_query(None), "a str", None),  # type: ignore[arg-type]
+        (lambda: db.query(None), "a str or a Query", None),  # type: ignore[arg-type]
+        (lambda: db.query(42), "a str or a Query", 42),  # type: ignore[arg-type]
+        (lambda: db.query_one(42), "a str or a Query", 42),  # type: ignore[arg-type]
+    ]
+    for call, expected, sql in calls:
+        with pytest.raises(errors.ValidationError, match=f"sql must be {expected}") as caught:
+            call()
+        assert isinstance(caught.value, TypeError)  # (what callers caught before)
+        assert f"not {type(sql).__name__} ({sql!r})" in str(caught.value)
+    assert db.supervisor.status().restarts == 0
+    db.write("INSERT INTO t VALUES (1)")
+    assert db.query("SELECT x FROM t") == [(1,)]
