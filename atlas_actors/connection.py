@@ -234,8 +234,16 @@ def open_connection(
     """Open and configure a connection to ``path`` for the writer or a reader.
 
     ``mmap_bytes`` applies to a reader only (the writer never maps the file).
+
+    A reader is opened ``SQLITE_OPEN_READONLY``: SQLite itself refuses its writes, so
+    no statement run through a reader (``PRAGMA query_only = 0`` first, an ``ATTACH``)
+    can make it a second writer. Readers open after the writer has created the file
+    and put it in WAL mode; a read-only connection still shares the ``-shm`` index.
     """
-    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+    if writer:
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+    else:
+        flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
     try:
         connection = (
             apsw.Connection(path, flags=flags, vfs=vfs)
