@@ -42,7 +42,13 @@ from atlas_actors.connection import (
     WriteResult,
     refuse_transaction_control,
 )
-from atlas_actors.errors import AtlasError, CorruptionError, DeadlockError
+from atlas_actors.errors import (
+    AtlasError,
+    CorruptionError,
+    DeadlockError,
+    StorageUnavailable,
+    ValidationError,
+)
 from atlas_actors.future import Future, sql_text, sql_type_error, statement_pairs
 from atlas_actors.handles import batch_call_attributes, end_span
 from atlas_actors.query import Query
@@ -97,8 +103,10 @@ class Storage(Runtime):
         meter_provider: otel_metrics.MeterProvider | None = None,
         vfs: str | None = None,
     ) -> None:
+        path = os.fspath(path)
+        _check_database_path(path, vfs=vfs)
         super().__init__(
-            os.fspath(path),
+            path,
             config,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -428,6 +436,62 @@ class Storage(Runtime):
 
     def __repr__(self) -> str:
         return f"<Storage {self.path!r} {self._state}>"
+
+
+def _check_database_path(path: str, *, vfs: str | None = None) -> None:
+    """Refuse, before SQLite is asked, a path a storage cannot be opened at.
+
+    SQLite says only "unable to open database file" (or, for ``:memory:``, that WAL
+    could not be set): this names what is wrong with the path and what to do. A
+    storage needs a file, in a directory where it may create the ``-wal`` and ``-shm``
+    files WAL keeps next to the database. With a ``vfs`` (which may not use the file
+    system) and for ``file:`` URIs only the in-memory check is made.
+    """
+    lowered = path.lower()
+    if (
+        not path.strip()
+        or lowered == ":memory:"
+        or (lowered.startswith("file:") and (":memory:" in lowered or "mode=memory" in lowered))
+    ):
+        raise ValidationError(
+            f"atlas_actors.open({path!r}): a storage needs a database file (its writer and "
+            "its readers are separate connections, and WAL keeps -wal and -shm files "
+            "next to it), not a temporary or in-memory database; pass a file path, e.g. "
+            "a file in a temporary directory for tests"
+        )
+    if vfs is not None or lowered.startswith("file:"):
+        return
+    if os.path.isdir(path):
+        raise ValidationError(
+            f"atlas_actors.open({path!r}): that is a directory; pass the path of a database "
+            f"file, e.g. {os.path.join(path, 'atlas.db')!r}"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValidationError(
+            f"atlas_actors.open({path!r}): the directory {directory!r} does not exist (the "
+            "database is created there, with the -wal and -shm files WAL keeps next to "
+            "it); create it first (os.makedirs) or pass a path in an existing directory"
+        )
+    if os.access(directory, os.W_OK | os.X_OK):
+        return
+    missing = [
+        os.path.basename(name)
+        for name in (path, f"{path}-wal", f"{path}-shm")
+        if not os.access(name, os.R_OK | os.W_OK)
+    ]
+    if missing:
+        needed = (
+            "the -wal and -shm files WAL keeps next to the database"
+            if os.path.exists(path)
+            else "the database file, and the -wal and -shm files WAL keeps next to it"
+        )
+        raise StorageUnavailable(
+            f"cannot open {path!r}: its directory {directory!r} is not writable, and "
+            f"SQLite must create {needed} there (missing or not writable: "
+            f"{', '.join(missing)}); make the directory writable for this user, or move "
+            "the database to a writable directory"
+        )
 
 
 def open(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import AtlasError, StorageClosedError, StorageUnavailable
+from atlas_actors.errors import AtlasError, StorageClosedError, StorageUnavailable, ValidationError
 from atlas_actors.handles import SupervisorHandle
 
 
@@ -37,8 +38,68 @@ def test_queued_writes_are_committed_before_close_returns(db_path: Path) -> None
 
 
 def test_opening_an_impossible_path_fails_fast_with_a_typed_error(tmp_path: Path) -> None:
-    with pytest.raises(AtlasError, match="unable to open"):
+    with pytest.raises(AtlasError, match="does not exist"):
         atlas.open(tmp_path / "missing-dir" / "db.sqlite", default_timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        # SQLite said only "unable to open database file" for these two.
+        ("adir", r"'.*adir'\): that is a directory; pass the path of a database file, e\.g\. "),
+        (
+            "no/such/dir/x.db",
+            r"the directory '.*no/such/dir' does not exist \(.*-wal and -shm.*\); create it",
+        ),
+        # "journal_mode could not be set to WAL (got 'memory')" for these.
+        (":memory:", r"needs a database file .* not a temporary or in-memory database"),
+        ("file::memory:?cache=shared", r"not a temporary or in-memory database"),
+        ("", r"needs a database file"),
+    ],
+)
+def test_a_path_no_storage_can_use_is_refused_before_sqlite_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, message: str
+) -> None:
+    (tmp_path / "adir").mkdir()
+    monkeypatch.chdir(tmp_path)  # (a relative name is looked up there)
+    with pytest.raises(ValidationError, match=message):
+        atlas.open(str(tmp_path / name) if name.startswith(("adir", "no/")) else name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]  # nothing created
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_read_only_directory_is_named_with_the_wal_files_it_must_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "a.db"
+    if exists:
+        with atlas.open(path) as db:  # closed: its -wal and -shm files are removed
+            db.execute("CREATE TABLE t(x)")
+    if os.geteuid() == 0:
+        # Root may write anywhere but on a read-only mount; make os.access answer as
+        # it does there.
+        access = os.access
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda name, mode: (
+                not mode & os.W_OK and access(name, mode)
+                if os.fspath(name).startswith(str(directory))
+                else access(name, mode)
+            ),
+        )
+    else:
+        directory.chmod(0o555)
+    try:
+        needed = "the -wal and -shm files" if exists else "the database file, and the -wal"
+        with pytest.raises(StorageUnavailable, match=f"directory '{directory}' is not writable"):
+            atlas.open(path)
+        with pytest.raises(StorageUnavailable, match=f"must create {needed}.*make the directory"):
+            atlas.open(path)
+    finally:
+        directory.chmod(0o755)
 
 
 def test_the_file_is_in_wal_mode_with_the_configured_durability(db: atlas.Storage) -> None:
