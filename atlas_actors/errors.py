@@ -404,7 +404,7 @@ def _names_placeholder(sql: str, error: KeyError) -> bool:
 
 def shorten(sql: str, limit: int = 120) -> str:
     """Return ``sql`` on one line, cut to ``limit`` characters, for messages."""
-    flat = " ".join(sql.split())
+    flat = " ".join((sql if isinstance(sql, str) else repr(sql)).split())  # (never raise)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 

@@ -55,7 +55,10 @@ def sql_text(sql: SqlText) -> str | None:
     """The text of ``sql``: a ``write_all``'s statements joined with ``"; "``."""
     if sql is None or isinstance(sql, str):
         return sql
-    return "; ".join(str(statement) for statement, _ in sql)  # str(): never raise here
+    try:
+        return "; ".join(str(statement) for statement, _ in sql)  # str(): never raise here
+    except (TypeError, ValueError):
+        return repr(sql)  # not pairs (refused at the call): messages never raise
 
 
 def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:

@@ -221,11 +221,6 @@ class Storage(Runtime):
             if not error.reported:
                 self.errors.handle(error, {"operation": verb})
             raise
-        except TypeError:
-            # (Checked only once it failed: the success path pays nothing.)
-            if type(sql) is str or op_class is WriteAllOp:
-                raise
-            raise sql_type_error(sql, built=False) from None
 
     def _guard(self, what: str) -> None:
         """Refuse a wait on the writer that could never end (DESIGN guarantee 6)."""

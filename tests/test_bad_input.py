@@ -262,6 +262,12 @@ def test_sql_that_is_not_text_is_a_typed_error_at_the_call(
         (lambda: db.write(None), "a str", None),  # type: ignore[arg-type]
         (lambda: db.execute(None), "a str", None),  # type: ignore[arg-type]
         (lambda: db.write_many(None, [[1]]), "a str", None),  # type: ignore[arg-type]
+        # These crashed the writer (whose clean-up then crashed too, keeping the lock).
+        (lambda: db.write(42), "a str", 42),  # type: ignore[arg-type]
+        (lambda: db.write(b"INSERT INTO t VALUES (1)"), "a str", b"INSERT INTO t VALUES (1)"),  # type: ignore[arg-type]
+        (lambda: db.write_many(42, [[1]]), "a str", 42),  # type: ignore[arg-type]
+        (lambda: db.writer.execute(None).get(), "a str", None),  # type: ignore[arg-type]
+        (lambda: db.writer.execute(42).get(), "a str", 42),  # type: ignore[arg-type]
         (lambda: db.submit_query(None), "a str", None),  # type: ignore[arg-type]
         (lambda: db.query(None), "a str or a Query", None),  # type: ignore[arg-type]
         (lambda: db.query(42), "a str or a Query", 42),  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from atlas_actors.actors.base import Crash
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import CLEANUP_GRACE, ChildStatus
 from atlas_actors.actors.writer import WriterActor
-from atlas_actors.errors import StorageUnavailable, ValidationError
+from atlas_actors.errors import AtlasError, StorageUnavailable, ValidationError
 from atlas_actors.runtime import Runtime
 from tests.helpers import delay_on_crash, wait_until
 
@@ -340,3 +340,24 @@ def test_restarts_are_counted_when_scheduled_as_the_supervisor_counts_them(
     db.supervisor.kill("writer")  # past restart_max: the storage fails
     assert escalated.wait(5)
     assert db.health().status == "failed" and db.health().restarts == 1
+
+
+def test_a_crash_whose_clean_up_fails_still_lets_the_next_writer_write(
+    db: atlas.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crashed writer's connection holds SQLite's write lock (a lease is out): if
+    its clean-up fails halfway, the connection must still close, or every later
+    incarnation's BEGIN IMMEDIATE meets SQLITE_BUSY for good."""
+
+    def failing_clean_up(self: WriterActor) -> list[object]:
+        raise RuntimeError("the clean-up failed")
+
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO tasks(title) VALUES ('in the lease')")
+    monkeypatch.setattr(WriterActor, "_take_lease_queue", failing_clean_up)
+    db.supervisor.kill("writer")
+    monkeypatch.undo()
+    with pytest.raises(AtlasError):
+        tx.commit()  # revoked by the crash: rolled back
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')", timeout=5).rowcount == 1
+    assert db.query("SELECT title FROM tasks") == [("after",)]

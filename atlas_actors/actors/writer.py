@@ -341,6 +341,14 @@ class WriterActor(RoleActor):
 
     def on_crash(self, current: Op | None, error: BaseException | None) -> None:
         """Roll back the open batch; replay what had no effect, fail what may have."""
+        try:
+            self._clean_up_crash(current, error)
+        finally:
+            # Whatever failed above: a connection left open keeps SQLite's write lock,
+            # and every later incarnation's BEGIN IMMEDIATE would meet SQLITE_BUSY.
+            self._close("crash")  # closing rolls the open transaction back
+
+    def _clean_up_crash(self, current: Op | None, error: BaseException | None) -> None:
         super().on_crash(current, error)
         self._stop_handing_over()
         lease, self._lease = self._lease, None
@@ -365,7 +373,7 @@ class WriterActor(RoleActor):
         replay.extend(self._take_lease_queue())
         replay.extend(self._stash)
         self._stash = []
-        self._close("crash")  # closing rolls the open transaction back
+        self._close("crash")  # (before the replay: the next incarnation runs it)
         if replay:
             self.mailbox.replay(replay)
 

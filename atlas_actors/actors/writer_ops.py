@@ -20,7 +20,7 @@ import apsw
 
 from atlas_actors.actors.base import Escaped, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
-from atlas_actors.future import Future, sql_text
+from atlas_actors.future import Future, sql_text, sql_type_error
 from atlas_actors.telemetry.tracing import batch_attributes
 
 __all__ = [
@@ -105,6 +105,8 @@ class WriteOp(WriterOp):
         self, future: Future[Any], session: int, trace_context: Any, sql: str, params: Params
     ) -> None:
         # Op.__init__ inlined: this runs once per write.
+        if type(sql) is not str:  # (refused here, in the caller: it would crash the writer)
+            raise sql_type_error(sql, built=False)
         self.id = next(_op_ids)
         self.future = future
         self.session = session
@@ -135,6 +137,8 @@ class WriteManyOp(WriterOp):
         sql: str,
         seq_of_params: Sequence[Params],
     ) -> None:
+        if type(sql) is not str:
+            raise sql_type_error(sql, built=False)
         super().__init__(future, session, trace_context, sql)
         self.seq_of_params = seq_of_params
 
