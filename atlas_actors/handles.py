@@ -171,7 +171,7 @@ class WriterHandle:
 
     def check_wait(self, future: WriterFuture[Any]) -> None:
         """The deadlock guard of ``future.get()`` in a guarded thread (a lease holder's)."""
-        self._storage._check_self_wait(f"waits on {future.operation}")
+        self._storage._guard(f"waits on {future.operation}")  # (reported: logged, counted)
 
     def stats(self) -> WriterStats:
         """The writer's counters: writes, batches, mean batch size, queue wait."""

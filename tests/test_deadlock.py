@@ -88,6 +88,7 @@ def test_a_plain_write_from_the_thread_holding_a_transaction_gets_deadlock_error
         with pytest.raises(DeadlockError, match="holds the writer lease"):
             queued.get(timeout=30)
         assert time.monotonic() - started < 1.0
+        assert db.metrics.snapshot()["errors.deadlock"] == 4  # each refusal reported
     assert queued.get(timeout=5).rowcount == 1  # it ran once the transaction committed
     assert sorted(r.title for r in db.query("SELECT title FROM tasks")) == ["in tx", "queued"]
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
