@@ -286,6 +286,30 @@ def _validate(config: StorageConfig) -> None:
         raise ConfigError(problem[1])
 
 
+MAX_SECONDS = 1e9
+"""The longest duration a setting (or a call's ``timeout``) may give, in seconds: every
+wait stays within what a lock's timeout takes (``threading.TIMEOUT_MAX``)."""
+_SECONDS_FIELDS = (
+    "default_timeout",
+    "transaction_timeout",
+    "busy_timeout",
+    "busy_backoff_base",
+    "busy_backoff_cap",
+    "max_batch_delay",
+    "reader_idle_timeout",
+    "recycle_after_seconds",
+    "health_check_interval",
+    "restart_window",
+    "restart_backoff_initial",
+    "restart_backoff_max",
+    "liveness_interval",
+    "disk_full_probe_interval",
+    "cache_ttl",
+    "cache_disk_min_seconds",
+    "alert_interval",
+)
+
+
 def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
     """The first value of ``config`` that cannot work: (the fields at fault, why); or None.
 
@@ -371,6 +395,14 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         value = getattr(config, name)
         if not _finite_number(value) or value <= 0:
             return (name,), f"{name}={value!r}; it must be a finite number > 0"
+    for name in _SECONDS_FIELDS:
+        value = getattr(config, name)
+        if value is not None and value > MAX_SECONDS:
+            # Past it, waits fail inside Python (a lock's timeout past time_t) instead.
+            return (name,), (
+                f"{name}={value!r} seconds is too long; pass at most {MAX_SECONDS:.0e} "
+                "(about 30 years)"
+            )
     if config.alert_interval is not None and (
         not _finite_number(config.alert_interval) or config.alert_interval < 0
     ):

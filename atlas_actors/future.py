@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
+from atlas_actors.config import MAX_SECONDS
 from atlas_actors.errors import OperationTimeout, ValidationError, shorten
 
 __all__ = [
     "Future",
     "SqlText",
     "StatementTypeError",
+    "checked_timeout",
     "sql_text",
     "sql_type_error",
     "statement_pairs",
@@ -59,6 +61,25 @@ def sql_text(sql: SqlText) -> str | None:
         return "; ".join(str(statement) for statement, _ in sql)  # str(): never raise here
     except (TypeError, ValueError):
         return repr(sql)  # not pairs (refused at the call): messages never raise
+
+
+def checked_timeout(timeout: object) -> float:
+    """A call's ``timeout=`` (not None) as seconds, or :class:`ValidationError`.
+
+    Zero or less means "do not wait". NaN, a value past ``MAX_SECONDS`` (a lock's
+    timeout cannot take it) or anything but a number is refused at the call, before the
+    operation is queued: a NaN deadline would never expire.
+    """
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not timeout <= MAX_SECONDS  # (False for NaN)
+    ):
+        raise ValidationError(
+            f"timeout={timeout!r}: pass a number of seconds, at most {MAX_SECONDS:.0e}, "
+            "or None for the storage's default_timeout"
+        )
+    return timeout
 
 
 def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:

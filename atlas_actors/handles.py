@@ -36,6 +36,7 @@ from atlas_actors.future import (
     Future,
     SqlText,
     StatementTypeError,
+    checked_timeout,
     sql_text,
     statement_type_error,
 )
@@ -142,7 +143,7 @@ class WriterHandle:
         if storage._state != "running" or storage.write_block is not None:
             storage.check_writable()
         now = monotonic()
-        deadline = now + (self._default_timeout if timeout is None else timeout)
+        deadline = now + (self._default_timeout if timeout is None else checked_timeout(timeout))
         future: WriterFuture[list[WriteResult]] = WriterFuture(deadline, "write_all", statements)
         future.handle = self
         op = WriteAllOp(future, get_ident(), None, statements, now)
@@ -194,7 +195,9 @@ class WriterHandle:
         storage = self._storage
         if storage._state != "running" or storage.write_block is not None:
             storage.check_writable()  # (called only when it raises: this runs per write)
-        deadline = time.monotonic() + (self._default_timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (
+            self._default_timeout if timeout is None else checked_timeout(timeout)
+        )
         future: WriterFuture[Any] = WriterFuture(deadline, verb, sql)
         tracing = self._tracing
         context = None

@@ -49,7 +49,13 @@ from atlas_actors.errors import (
     StorageUnavailable,
     ValidationError,
 )
-from atlas_actors.future import Future, sql_text, sql_type_error, statement_pairs
+from atlas_actors.future import (
+    Future,
+    checked_timeout,
+    sql_text,
+    sql_type_error,
+    statement_pairs,
+)
 from atlas_actors.handles import batch_call_attributes, end_span
 from atlas_actors.query import Query
 from atlas_actors.rows import Row
@@ -271,6 +277,8 @@ class Storage(Runtime):
             raise self._unavailable()
         if type(sql) is not str:
             sql, params = self._build(sql)  # type: ignore[arg-type]
+        if timeout is not None:
+            timeout = checked_timeout(timeout)  # (a cache hit would not look at it)
         try:
             if self.tracing.enabled:
                 with self.tracing.client_span("atlas.query", sql):
@@ -318,7 +326,9 @@ class Storage(Runtime):
             refuse_transaction_control(sql)  # BEGIN would pin a shared reader's snapshot
         except TypeError:
             raise sql_type_error(sql, built=False) from None
-        deadline = time.monotonic() + (self.config.default_timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (
+            self.config.default_timeout if timeout is None else checked_timeout(timeout)
+        )
         future: Future[list[Row]] = Future(deadline, "query", sql)
         context = None
         tracing = self.tracing

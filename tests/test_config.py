@@ -65,6 +65,9 @@ def test_unparsable_environment_values_name_the_variable(env: dict[str, str], me
         ({"max_value_bytes": 2**31}, r"max_value_bytes=2147483648 is above .*pass at most \d+"),
         ({"max_value_bytes": 1.5e6}, r"max_value_bytes=1500000.0; it must be an integer"),
         ({"max_value_bytes": 0}, r"max_value_bytes=0"),
+        # Past what a lock's timeout takes (a raw OverflowError at the first wait before).
+        ({"default_timeout": 1e12}, r"default_timeout=1000000000000.0 seconds is too long"),
+        ({"busy_timeout": 2e9}, r"busy_timeout=2000000000.0 seconds is too long"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_and_value(

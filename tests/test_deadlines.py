@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import OperationTimeout
+from atlas_actors.errors import OperationTimeout, ValidationError
 
 
 def _hold_the_writer(db: atlas.Storage, release: threading.Event) -> threading.Event:
@@ -113,3 +114,27 @@ def test_a_write_all_that_times_out_names_its_statements(db: atlas.Storage) -> N
     assert "write_all \"INSERT INTO tasks(title) VALUES ('late'); DELETE FROM tasks\"" in str(
         caught.value
     )
+
+
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("timeout", [float("nan"), 1e12, "5", True])
+def test_a_timeout_that_cannot_work_is_refused_at_the_call(
+    open_storage: Callable[..., atlas.Storage], cache: bool, timeout: object
+) -> None:
+    """A NaN deadline never expired (the write ran, its caller got a raw ValueError);
+    one past a lock's longest timeout raised a raw OverflowError after queuing."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(x)")
+    calls: list[Callable[[], object]] = [
+        lambda: db.write("INSERT INTO t VALUES (1)", timeout=timeout),  # type: ignore[arg-type]
+        lambda: db.write_all([("INSERT INTO t VALUES (1)", None)], timeout=timeout),  # type: ignore[arg-type]
+        lambda: db.writer.execute("INSERT INTO t VALUES (1)", timeout=timeout),  # type: ignore[arg-type]
+        lambda: db.query("SELECT x FROM t", timeout=timeout),  # type: ignore[arg-type]
+        lambda: db.submit_query("SELECT x FROM t", timeout=timeout),  # type: ignore[arg-type]
+    ]
+    db.query("SELECT x FROM t")  # (cached: a hit must not skip the check)
+    for call in calls:
+        with pytest.raises(ValidationError, match="timeout="):
+            call()
+    assert db.query("SELECT count(*) FROM t", timeout=5) == [(0,)]  # nothing was queued
+    assert db.supervisor.status().restarts == 0

@@ -35,6 +35,8 @@ def test_a_nested_block_asking_for_a_stronger_level_is_refused(rows: atlas.Stora
             rows.transaction(isolation="chaos")
         with pytest.raises(ValidationError, match="timeout"):
             rows.transaction(timeout=-1)
+        with pytest.raises(ValidationError, match="at most"):
+            rows.transaction(timeout=1e12)
         # What the outer level gives, or less, is a savepoint of it.
         with rows.transaction(isolation="read_uncommitted") as inner:
             assert inner is outer

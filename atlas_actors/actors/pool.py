@@ -55,6 +55,7 @@ from atlas_actors.errors import (
     wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
+from atlas_actors.future import checked_timeout
 from atlas_actors.rows import Row
 
 if TYPE_CHECKING:
@@ -353,7 +354,7 @@ class ReaderPool:
         # starve one until its deadline.
         connection = None if self._waiting else self._claim()
         if connection is None:
-            limit = self.config.default_timeout if timeout is None else timeout
+            limit = self.config.default_timeout if timeout is None else checked_timeout(timeout)
             deadline = time.monotonic() + limit
             connection = self._wait_for_connection(deadline, limit)
             connection.bound(max(0.0, deadline - time.monotonic()))  # what the wait left
@@ -620,6 +621,8 @@ class ReaderPool:
             """Claim a connection, run ``sql`` in this thread, give the connection back."""
             if type(sql) is not str or pool.closed is not None:
                 return fallback(sql, params, timeout=timeout)
+            if timeout is not None:
+                timeout = checked_timeout(timeout)
             try:
                 try:  # (cheaper than getattr with a default and dict.get, when both are there)
                     connection: TrackedConnection = local.connection  # (never set to None)
@@ -711,6 +714,8 @@ class ReaderPool:
         # A statement's first runs all come here, so a refused one never reaches the
         # fast path: BEGIN would leave a shared reader on an old snapshot for good.
         refuse_transaction_control(sql)
+        if timeout is not None:
+            timeout = checked_timeout(timeout)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if connection is None or not connection.lock.acquire(False):
             connection = self._take(timeout)  # (which checks out and bounds the statement)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import random
 import re
 import threading
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import apsw
 
 from atlas_actors.actors.writer_ops import LeaseRequest, LeaseReturn
+from atlas_actors.config import MAX_SECONDS
 from atlas_actors.connection import (
     Params,
     TrackedConnection,
@@ -973,18 +973,13 @@ def _checked_timeout(timeout: object) -> float:
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
-        or not 0 < timeout < math.inf
+        or not 0 < timeout <= MAX_SECONDS
     ):
         raise ValidationError(
-            f"transaction timeout {timeout!r}: give a positive number of seconds, "
-            "or None for the storage's transaction_timeout"
+            f"transaction timeout {timeout!r}: give a positive number of seconds (at most "
+            f"{MAX_SECONDS:.0e}), or None for the storage's transaction_timeout"
         )
-    try:
-        return float(timeout)
-    except OverflowError:  # (an int too large for a float)
-        raise ValidationError(
-            f"transaction timeout {timeout!r}: too large; give a positive number of seconds"
-        ) from None
+    return float(timeout)
 
 
 def _check_nested(outer: Transaction, isolation: str, timeout: float | None) -> None:
