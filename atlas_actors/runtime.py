@@ -47,7 +47,7 @@ from atlas_actors.handles import SupervisorHandle, WriterHandle
 from atlas_actors.query import Optimizer, Schema, WorkloadRecorder
 from atlas_actors.recovery import ErrorHandler
 from atlas_actors.telemetry.alerting import Alerts
-from atlas_actors.telemetry.alerts import default_rules
+from atlas_actors.telemetry.default_alerts import default_rules
 from atlas_actors.telemetry.export import Observed, observe
 from atlas_actors.telemetry.metrics import Metrics
 from atlas_actors.telemetry.tracing import Tracing

@@ -9,7 +9,8 @@ import pytest
 
 from atlas_actors.config import StorageConfig
 from atlas_actors.errors import ValidationError
-from atlas_actors.telemetry.alerts import AlertEvaluator, AlertRule, default_rules
+from atlas_actors.telemetry.alerts import AlertEvaluator, AlertRule
+from atlas_actors.telemetry.default_alerts import default_rules
 from atlas_actors.telemetry.metrics import CATALOGUE
 
 

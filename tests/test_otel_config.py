@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas_actors.config import StorageConfig
-from atlas_actors.telemetry.alerts import default_rules
+from atlas_actors.telemetry.default_alerts import default_rules
 from atlas_actors.telemetry.metrics import CATALOGUE
 from atlas_actors.telemetry.prometheus import prometheus_name, prometheus_rules
 
