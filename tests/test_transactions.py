@@ -490,3 +490,39 @@ def test_a_commit_whose_wait_times_out_says_it_may_have_been_applied(
     assert wait_until(lambda: tx.state == "committed", timeout=2)
     status = db.transactions.status()
     assert (status.committed, status.rolled_back, status.active) == (2, 0, ())
+
+
+def test_run_does_not_retry_a_commit_that_may_still_be_applied(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # As above, through run(): retrying the timed-out commit committed fn's writes twice.
+    db = open_storage(default_timeout=0.3, max_batch_delay=5.0)
+    db.execute("CREATE TABLE t(x INTEGER)")
+    second_holds = threading.Event()
+    release_second = threading.Event()
+
+    def second() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (2)")
+            second_holds.set()
+            release_second.wait(5)
+            time.sleep(0.5)
+
+    attempts: list[atlas.Transaction] = []
+
+    def fn(tx: atlas.Transaction) -> None:
+        attempts.append(tx)
+        tx.execute("INSERT INTO t VALUES (1)")
+        if len(attempts) == 1:
+            thread.start()
+            assert wait_until(lambda: db.transactions.status().queued >= 1, timeout=2)
+            release_second.set()
+
+    thread = threading.Thread(target=second)
+    with pytest.raises(OperationTimeout) as caught:
+        db.transactions.run(fn, retries=3)
+    assert caught.value.applied is None
+    assert len(attempts) == 1
+    thread.join(5)
+    assert wait_until(lambda: attempts[0].state == "committed", timeout=2)
+    assert sorted(r.x for r in db.query("SELECT x FROM t")) == [1, 2]

@@ -838,7 +838,9 @@ class TransactionManager:
 
         ``fn`` may run more than once (after a ``TransactionConflict``, a
         ``TransactionTimeout`` or a busy database), so it must not have effects outside
-        the transaction. Backoff between attempts is exponential with jitter.
+        the transaction. Backoff between attempts is exponential with jitter. A commit
+        whose acknowledgement timed out is never retried (it may still be applied): its
+        ``OperationTimeout`` (``applied=None``) is raised.
         """
         attempt = 0
         while True:
@@ -848,8 +850,8 @@ class TransactionManager:
                 tx.commit()
                 return result
             except AtlasError as error:
-                tx.rollback()
-                if not error.transient or attempt >= retries:
+                tx.rollback()  # (nothing to undo once committing: the writer decides)
+                if not error.transient or attempt >= retries or tx.state == "committing":
                     raise
                 attempt += 1
                 self.storage.metrics.add("transaction_retries")
