@@ -687,6 +687,10 @@ class TrackedConnection:
         """What a failed read raises: :meth:`timed_out`, else the wrapped SQLite error."""
         return self.timed_out(error, f"query {shorten(sql)!r}") or wrap_sqlite_error(error, sql)
 
+    def timed_totals(self) -> tuple[float, int]:
+        """(seconds, statements) of the timed runs: each stands for ``weight`` runs."""
+        return self._latency, self._timed
+
     def metrics(self) -> ConnectionMetrics:
         """A snapshot of this connection's counters."""
         timed = self._timed

@@ -384,7 +384,14 @@ class Storage(Runtime):
 
     def _wal_gauge(self) -> dict[str, float]:
         stats = self.wal.monitor()
-        return {"bytes": stats.size, "frames": stats.frames, "checkpoints": stats.checkpoints}
+        return {
+            "bytes": stats.size,
+            "frames": stats.frames,
+            "checkpoints": stats.checkpoints,
+            # Once a checkpoint copied every frame, the next write starts the file over
+            # (and truncates it to journal_size_limit): its size is no backlog then.
+            "pending_bytes": stats.size if stats.frames else 0,
+        }
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:
         """Counters of every open connection (writer and readers), by connection id."""

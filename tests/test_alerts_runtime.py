@@ -3,6 +3,7 @@ are refused, a failing rule stops nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -240,3 +241,74 @@ def test_a_bad_alert_interval_is_refused(value: float) -> None:
     with pytest.raises(errors.ConfigError, match="alert_interval="):
         atlas.StorageConfig(alert_interval=value)
     assert atlas.StorageConfig().alert_interval == 10.0
+
+
+_SLOW_READ = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+    "SELECT count(*) FROM c"
+)
+
+
+def test_slow_queries_weighs_every_read_and_forgets_old_ones(open_storage: Open) -> None:
+    """A mean of per-connection means let one slow read on one reader outweigh
+    thousands of fast reads on another, and kept the alert firing until a recycle."""
+    db = open_storage(cache=False, readers=2, max_readers=2, alert_interval=0)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    db.write_many("INSERT INTO t(v) VALUES (?)", [[str(i)] for i in range(100)])
+    rule = next(r for r in db.alerts.rules() if r.name == "slow_queries")
+    # 0.2 ms: above the mean of one slow read among 5,000 fast ones (~0.05 ms), below the
+    # mean once a dozen more slow ones come; the old mean of means was ~100 ms at once.
+    db.alerts.add_rule(dataclasses.replace(rule, name="slow_now", for_=0.0, threshold=0.0002))
+    db.alerts.check()  # the window's start
+
+    def slow() -> None:
+        db.query(_SLOW_READ)  # well over the threshold, alone on its reader
+
+    def fast() -> None:
+        for i in range(5000):
+            db.query("SELECT v FROM t WHERE id = ?", [i % 100 + 1])
+
+    threads = [threading.Thread(target=slow), threading.Thread(target=fast)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    snapshot = db.metrics.snapshot()
+    assert snapshot["latency.reads"] >= 5000
+    assert snapshot["latency.readers_seconds"] < 0.0002  # the mean over every read
+    assert "slow_now" not in [alert.name for alert in db.alerts.check()]
+    for _ in range(12):
+        db.query(_SLOW_READ)  # now most reads of the window are slow
+    assert "slow_now" in [alert.name for alert in db.alerts.check()]
+    db.pool.resize(2)  # (recycling keeps the sums: they only grow)
+    assert db.metrics.snapshot()["latency.reads"] >= snapshot["latency.reads"]
+
+
+_BIG_WRITE = (
+    "INSERT INTO t SELECT randomblob(1000) FROM "
+    "(WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 5000) "
+    "SELECT i FROM c)"
+)
+
+
+def test_wal_growth_fires_for_a_wal_checkpoints_cannot_finish_not_for_an_idle_one(
+    open_storage: Open,
+) -> None:
+    """The rule read the file's size, which stays large after a checkpoint that copied
+    everything until the next write starts the WAL over: it fired on idle storages."""
+    db = open_storage(wal_size_limit=1 << 20, alert_interval=0, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    rule = next(r for r in db.alerts.rules() if r.name == "wal_growth")
+    db.alerts.add_rule(dataclasses.replace(rule, name="wal_growth_now", for_=0.0))
+    db.write(_BIG_WRITE)  # ~5 MB of frames, all checkpointed after the commit
+    assert wait_until(lambda: db.metrics.snapshot()["wal.checkpoints"] >= 1)
+    snapshot = db.metrics.snapshot()
+    assert snapshot["wal.bytes"] > 1 << 20  # the file is still large, yet
+    assert snapshot["wal.pending_bytes"] == 0  # nothing waits for a checkpoint
+    assert "wal_growth_now" not in [alert.name for alert in db.alerts.check()]
+    with db.transaction(isolation="repeatable_read") as tx:
+        tx.query("SELECT count(*) FROM t")  # a snapshot the checkpoint cannot pass
+        db.write(_BIG_WRITE)
+        db.write(_BIG_WRITE)
+        assert db.metrics.snapshot()["wal.pending_bytes"] > 1 << 20
+        assert "wal_growth_now" in [alert.name for alert in db.alerts.check()]

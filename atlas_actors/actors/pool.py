@@ -223,6 +223,7 @@ class ReaderPool:
         self.ceiling = config.max_readers
         """Most readers the pool grows to."""
         self._connections: list[TrackedConnection] = []  # replaced, never changed in place
+        self._gone_timing = (0.0, 0)  # read_timing() of the connections taken out
         self._pending: deque[ReadOp] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._waiting = 0  # len(self._waiters), read without the lock on the hot path
@@ -300,6 +301,10 @@ class ReaderPool:
     def forget(self, connection: TrackedConnection) -> None:
         """Take ``connection`` out of the pool (it is closing); a lease on it ends here."""
         with self._cond:
+            if any(c is connection for c in self._connections):
+                seconds, count = self._gone_timing
+                timed = connection.timed_totals()
+                self._gone_timing = (seconds + timed[0], count + timed[1])
             self._connections = [c for c in self._connections if c is not connection]
         if self._leases and connection in self._leases:
             self._check_in(connection)  # its reader crashed holding it, say
@@ -994,6 +999,21 @@ class ReaderPool:
             idle=len(connections) - active,
             waiting_requests=self._waiting + len(self._pending),
         )
+
+    def read_timing(self) -> tuple[float, int]:
+        """(seconds, statements) of the timed reads of every reader connection ever.
+
+        Two counters that only grow (a recycled connection's share is kept), so their
+        growth over a window gives the mean time of a read over that window.
+        """
+        with self._cond:
+            seconds, count = self._gone_timing
+            connections = self._connections
+        for connection in connections:
+            timed = connection.timed_totals()
+            seconds += timed[0]
+            count += timed[1]
+        return seconds, count
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:
         """Counters of every open reader connection, by connection id."""

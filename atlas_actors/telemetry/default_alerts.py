@@ -141,19 +141,22 @@ def default_rules(config: StorageConfig) -> list[AlertRule]:
         AlertRule(
             name="slow_queries",
             severity="warning",
-            metrics=("latency.readers_seconds",),
+            metrics=("latency.read_seconds", "latency.reads"),
+            condition="ratio",
+            window=300.0,
             threshold=0.1,
+            min_count=10,
             for_=300.0,
             description=(
-                "Reads took more than 100 ms per statement on average (since each reader "
-                "connection opened) for 5 minutes. db.optimizer.advise() names the slow "
-                "statements and the indexes they miss."
+                "Reads took more than 100 ms per statement on average over the last 5 "
+                "minutes, for 5 minutes. db.optimizer.advise() names the slow statements "
+                "and the indexes they miss."
             ),
         ),
         AlertRule(
             name="wal_growth",
             severity="warning",
-            metrics=("wal.bytes",),
+            metrics=("wal.pending_bytes",),
             threshold=float(config.wal_size_limit),
             for_=60.0,
             description=(
