@@ -164,7 +164,8 @@ class StorageConfig:
 
     checkpoint_frames: int = 1000
     """WAL frames after which the writer runs a PASSIVE checkpoint (and again after as
-    many more, when readers kept the last one from finishing)."""
+    many more, when readers kept the last one from finishing); fewer when that many
+    would pass ``wal_size_limit``."""
 
     wal_size_limit: int = 64 * 1024 * 1024
     """WAL bytes past which the writer truncates the WAL (TRUNCATE checkpoint, a short wait

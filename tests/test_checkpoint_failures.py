@@ -141,3 +141,19 @@ def test_an_explicit_checkpoint_held_up_by_a_snapshot_gives_up_soon_and_says_why
     snapshot.rollback()
     assert db.wal.checkpoint("truncate") is not None  # no reader left: it finishes
     assert db.query("SELECT count(*) FROM t") == [(3,)]
+
+
+def test_a_wal_limit_below_checkpoint_frames_pages_holds_without_readers(
+    open_storage: Callable[..., atlas.Storage], db_path: Path
+) -> None:
+    """The WAL was checkpointed only every checkpoint_frames frames (1000 of 4 KiB): a
+    256 KiB limit let it reach 4 MB with nobody reading."""
+    limit = 256 * 1024
+    db = open_storage(wal_size_limit=limit, synchronous="NORMAL", cache=False)
+    db.execute("CREATE TABLE w(id INTEGER PRIMARY KEY, b BLOB)")
+    largest = 0
+    for _ in range(600):
+        db.write("INSERT INTO w(b) VALUES (zeroblob(3000))")
+        largest = max(largest, (db_path.parent / f"{db_path.name}-wal").stat().st_size)
+    assert db.config.checkpoint_frames * 4096 > 10 * limit
+    assert largest <= 1.1 * limit  # (the checkpoint comes after the commit that passes it)

@@ -272,6 +272,7 @@ class WriterActor(RoleActor):
         # the WAL holds. Installing it turns SQLite's automatic checkpoints off
         # (https://sqlite.org/c3ref/wal_autocheckpoint.html): the writer runs them.
         self._page_size = int(raw.pragma("page_size"))
+        self._checkpoint_due = self._first_checkpoint_due()
         raw.set_wal_hook(self._on_wal)
         self._rows_hooked = False
         if self.hooks.disk_full():
@@ -984,6 +985,16 @@ class WriterActor(RoleActor):
                 self.hooks.corruption(wrapped)
             self.hooks.error(wrapped, "PRAGMA wal_checkpoint")
 
+    def _first_checkpoint_due(self) -> int:
+        """Frames at which a WAL that started over is first checkpointed.
+
+        ``checkpoint_frames``, or fewer when that many frames would pass
+        ``wal_size_limit``: with a small limit the WAL is copied (and then starts over)
+        before it passes it, not only once it is several times its size.
+        """
+        within_limit = (self.config.wal_size_limit - 32) // (24 + self._page_size)
+        return max(1, min(self.config.checkpoint_frames, within_limit))
+
     def _wal_bytes(self, frames: int) -> int:
         """Bytes of a WAL holding ``frames`` frames (https://sqlite.org/fileformat2.html#walformat)."""
         return 32 + frames * (24 + self._page_size)
@@ -1107,7 +1118,7 @@ class WriterActor(RoleActor):
             self._wrote_frames = True
             if frames < self._checkpointed_at:  # the WAL started over
                 self._checkpointed_at = 0
-                self._checkpoint_due = self.config.checkpoint_frames
+                self._checkpoint_due = self._first_checkpoint_due()
             self.wal_frames = frames
             self.counters.wal_frames = frames
         return apsw.SQLITE_OK
