@@ -1139,8 +1139,12 @@ class WriterActor(RoleActor):
             changes[table] = None  # a blob written in place has no new image
             return
         op = update.op
-        old = update.old if op != "INSERT" else ()
-        new = update.new if op != "DELETE" else ()
+        try:
+            old = update.old if op != "INSERT" else ()
+            new = update.new if op != "DELETE" else ()
+        except apsw.Error:  # a VIRTUAL generated column: apsw cannot read its images
+            changes[table] = None  # the table counts as wholly changed
+            return
         if old is None or new is None:
             changes[table] = None  # cannot happen; if it did, drop the table whole
             return
