@@ -535,7 +535,13 @@ class WriterActor(RoleActor):
             self._rows_hooked = wanted
 
     def _check_schema(self, connection: TrackedConnection) -> None:
-        schema_version = int(connection.connection.pragma("schema_version"))
+        raw = connection.connection
+        # temp's cookie too (shifted; 0 on a new connection, so on_start's value still
+        # holds): a TEMP trigger on a main table changes what its writes reach, and
+        # only that cookie.
+        schema_version = int(raw.pragma("schema_version")) + (
+            int(raw.pragma("schema_version", schema="temp")) << 32
+        )
         if schema_version != self._schema_version:
             self._schema_version = schema_version
             self.hooks.schema_changed()

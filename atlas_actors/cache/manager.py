@@ -446,13 +446,19 @@ class CacheManager:
         """A commit changed ``tables`` (None: unknown, so everything is dropped).
 
         ``rows`` maps a table to the images of its changed rows (None: unknown); a
-        table of ``tables`` missing from it had no row changed. Without ``rows``
-        (None), every entry of ``tables`` is dropped.
+        table of ``tables`` missing from it had no row changed, and a table of it
+        missing from ``tables`` changed too. Without ``rows`` (None), every entry of
+        ``tables`` is dropped.
         """
         if tables is None:
             self.invalidate_all("a write whose tables are unknown")
             return
         tables = list(tables)
+        if rows:
+            # A table the hook saw change counts even if the statements' analysis
+            # missed it (a trigger it did not know of).
+            named = {fold(table) for table in tables}
+            tables += [table for table in rows if fold(table) not in named]
         if not tables:
             return
         known = {fold(table): images for table, images in rows.items()} if rows else {}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors import errors
 
 
 @pytest.fixture
@@ -42,3 +43,49 @@ def test_writes_to_a_table_with_a_virtual_generated_column_succeed_and_invalidat
     storage.write("DELETE FROM g WHERE id = 1")
     assert [tuple(r) for r in storage.query(read)] == []
     assert [tuple(r) for r in storage.query("SELECT count(*) FROM g")] == [(1,)]
+
+
+def _audited(db: atlas.Storage) -> None:
+    db.execute("CREATE TABLE a(id INTEGER PRIMARY KEY, x); CREATE TABLE audit(n)")
+    db.execute("CREATE TABLE other(x)")
+
+
+def test_a_temp_trigger_created_after_its_tables_statements_were_analysed_invalidates(
+    storage: atlas.Storage,
+) -> None:
+    # CREATE TEMP TRIGGER changes no cookie of main's: the writer kept its analysis of
+    # the INSERT from before the trigger (writes: a alone).
+    _audited(storage)
+    insert = "INSERT INTO a(x) VALUES (?)"
+    storage.write(insert, [0])  # analysed now
+    storage.execute(
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON main.a "
+        "BEGIN INSERT INTO main.audit(n) VALUES (new.x); END"
+    )
+    count = "SELECT count(*) FROM audit"
+    assert _cached(storage, count) == [(0,)]
+    # No read since the last batch and no entry that depends on rows: the next batch
+    # runs without the pre-update hook, so the analysis alone says what it wrote.
+    storage.write("INSERT INTO other VALUES (1)")
+    storage.write(insert, [1])
+    assert _truth(storage, count) == [(1,)]
+    assert [tuple(r) for r in storage.query(count)] == [(1,)]
+
+
+def test_tables_the_pre_update_hook_saw_change_are_invalidated_even_if_not_analysed(
+    storage: atlas.Storage,
+) -> None:
+    # A reader analysed the INSERT first (a read-only connection: it refuses to run
+    # it), without the writer's temp trigger; the hook saw audit's new row.
+    _audited(storage)
+    storage.execute(
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON main.a "
+        "BEGIN INSERT INTO main.audit(n) VALUES (new.x); END"
+    )
+    insert = "INSERT INTO a(x) VALUES (?)"
+    with pytest.raises(errors.AtlasError):
+        storage.query(insert, [0])
+    count = "SELECT count(*) FROM audit"
+    assert _cached(storage, count) == [(0,)]
+    storage.write(insert, [1])
+    assert [tuple(r) for r in storage.query(count)] == [(1,)]
