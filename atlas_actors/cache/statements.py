@@ -178,6 +178,10 @@ class StatementAnalyses:
             template=self._template(connection, sql, capture.reads) if cacheable else None,
             plain=capture.plain,
         )
+        if capture.writes and connection.readonly("main"):
+            # A reader (which will refuse to run it) sees none of the writer's TEMP
+            # triggers: what it says the statement writes is not for the writer.
+            return info
         with self._lock:
             if len(self.known) < 20_000 and epoch == self._epoch:
                 self.known[sql] = info

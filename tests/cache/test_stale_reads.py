@@ -89,3 +89,23 @@ def test_tables_the_pre_update_hook_saw_change_are_invalidated_even_if_not_analy
     assert _cached(storage, count) == [(0,)]
     storage.write(insert, [1])
     assert [tuple(r) for r in storage.query(count)] == [(1,)]
+
+
+def test_a_readers_analysis_of_a_write_is_not_what_the_writer_uses(
+    storage: atlas.Storage,
+) -> None:
+    # As above, but the batch runs without the pre-update hook: only the analysis can
+    # tell that the writer's temp trigger writes audit, and a reader's cannot.
+    _audited(storage)
+    storage.execute(
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON main.a "
+        "BEGIN INSERT INTO main.audit(n) VALUES (new.x); END"
+    )
+    insert = "INSERT INTO a(x) VALUES (?)"
+    with pytest.raises(errors.AtlasError):
+        storage.query(insert, [0])
+    count = "SELECT count(*) FROM audit"
+    assert _cached(storage, count) == [(0,)]
+    storage.write("INSERT INTO other VALUES (1)")  # (the next batch: no hook)
+    storage.write(insert, [1])
+    assert [tuple(r) for r in storage.query(count)] == [(1,)]
