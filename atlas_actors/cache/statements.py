@@ -8,7 +8,9 @@ functions without side effects; each storage keeps the answers per statement tex
 
 A result is cacheable only when it is deterministic: every function it calls is known
 to give the same answer for the same input and database content. Date and time
-functions are not (``date('now')``), nor are ``random()`` or user functions.
+functions are not (``date('now')``), nor are ``random()`` or user functions. And only
+when it reads ordinary tables and views of ``main`` (and the schema): no write the
+cache is told of changes ``sqlite_sequence``, ``pragma_page_count`` or a virtual table.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ _VOLATILE_BUILTIN_NAMES = """
     """
 _VOLATILE_BUILTINS = frozenset(_VOLATILE_BUILTIN_NAMES.split())
 """Built-in functions that are not deterministic but cannot change the database."""
+
+_PURE_TABLE_FUNCTIONS = frozenset(
+    {"json_each", "json_tree", "jsonb_each", "jsonb_tree", "generate_series"}
+)
+"""Eponymous virtual tables whose rows depend only on their arguments."""
 
 _WRITES = {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE}
 _PLAIN_ACTIONS = {
@@ -123,6 +130,30 @@ class _Capture:
         return apsw.SQLITE_OK
 
 
+def _invalidated_by_writes(connection: apsw.Connection, name: str) -> bool:
+    """True if every change to what reading ``name`` returns is a write the cache sees.
+
+    That is an ordinary table or view of main: the authorizer names the tables a
+    statement writes (triggers included), and a schema change drops everything. Not
+    so for the rest, which the authorizer reports as reads of ``main`` all the same:
+    ``sqlite_sequence`` (SQLite updates it for AUTOINCREMENT inserts, unreported) and
+    the other ``sqlite_*`` tables but the schema; eponymous virtual tables such as
+    ``pragma_page_count`` (no statement writes them) but pure ones; virtual tables
+    (an ``fts5vocab`` one changes with its FTS table, an external-content FTS table
+    with its content table, a module's with whatever it reads) and their shadow tables
+    (written by the module, unreported).
+    """
+    folded = fold(name)
+    if folded.startswith("sqlite_"):
+        return folded == "sqlite_master"  # (how the authorizer names sqlite_schema)
+    if folded in _PURE_TABLE_FUNCTIONS:
+        return True
+    found = connection.execute(
+        "SELECT type FROM pragma_table_list(?) WHERE schema = 'main'", (name,)
+    ).fetchall()
+    return bool(found) and found[0][0] in ("table", "view")
+
+
 _UNKNOWN = object()
 
 
@@ -169,6 +200,7 @@ class StatementAnalyses:
             and not capture.schema
             and not capture.other_database
             and bool(capture.reads)
+            and all(_invalidated_by_writes(connection, read) for read in capture.reads)
         )
         info = StatementInfo(
             reads=frozenset(capture.reads),

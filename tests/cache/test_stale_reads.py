@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import apsw
 import pytest
 
 import atlas_actors as atlas
 from atlas_actors import errors
+from atlas_actors.cache.statements import analyze
 
 
 @pytest.fixture
@@ -109,3 +111,76 @@ def test_a_readers_analysis_of_a_write_is_not_what_the_writer_uses(
     storage.write("INSERT INTO other VALUES (1)")  # (the next batch: no hook)
     storage.write(insert, [1])
     assert [tuple(r) for r in storage.query(count)] == [(1,)]
+
+
+def test_sqlite_sequence_is_read_afresh_after_an_autoincrement_insert(
+    storage: atlas.Storage,
+) -> None:
+    # SQLite updates sqlite_sequence itself: the authorizer never reports that write.
+    storage.execute("CREATE TABLE s(id INTEGER PRIMARY KEY AUTOINCREMENT, x)")
+    storage.write("INSERT INTO s(x) VALUES (1)")
+    seq = "SELECT seq FROM sqlite_sequence WHERE name = 's'"
+    assert _cached(storage, seq) == [(1,)]
+    assert storage.write("INSERT INTO s(x) VALUES (2)").lastrowid == 2
+    assert [tuple(r) for r in storage.query(seq)] == [(2,)]
+
+
+def test_pragma_functions_are_read_afresh(storage: atlas.Storage) -> None:
+    # No statement writes pragma_page_count or pragma_user_version: nothing would
+    # ever invalidate them.
+    storage.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT)")
+    pages = "SELECT page_count FROM pragma_page_count"
+    version = "SELECT user_version FROM pragma_user_version"
+    before = _cached(storage, pages)[0][0]
+    assert _cached(storage, version) == [(0,)]
+    storage.write_many("INSERT INTO t(body) VALUES (?)", [["x" * 3000] for _ in range(50)])
+    storage.execute("PRAGMA user_version = 7")
+    assert storage.query(pages)[0][0] == _truth(storage, pages)[0][0] > before
+    assert [tuple(r) for r in storage.query(version)] == [(7,)]
+
+
+def test_a_vocabulary_table_is_read_afresh_after_its_fts_table_changes(
+    storage: atlas.Storage,
+) -> None:
+    # Writes name the FTS table; the fts5vocab table over it changes all the same.
+    try:
+        storage.execute(
+            "CREATE VIRTUAL TABLE docs USING fts5(body); "
+            "CREATE VIRTUAL TABLE words USING fts5vocab(docs, row)"
+        )
+    except errors.AtlasError:
+        pytest.skip("fts5 is not available")
+    storage.write("INSERT INTO docs VALUES ('alpha')")
+    terms = "SELECT term FROM words ORDER BY term"
+    assert _cached(storage, terms) == [("alpha",)]
+    storage.write("INSERT INTO docs VALUES ('beta')")
+    assert [tuple(r) for r in storage.query(terms)] == [("alpha",), ("beta",)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "cacheable"),
+    [
+        ("SELECT * FROM t", True),
+        ("SELECT * FROM v", True),
+        ("SELECT name FROM sqlite_schema", True),  # a schema change drops everything
+        ("SELECT value FROM t, json_each(t.j)", True),
+        ("SELECT * FROM json_tree('[1, [2]]')", True),
+        ("SELECT t.j FROM t JOIN json_tree(t.j)", True),
+        ("SELECT seq FROM sqlite_sequence", False),
+        ("SELECT * FROM sqlite_stat1", False),
+        ("SELECT * FROM pragma_page_count", False),
+        ("SELECT * FROM main.pragma_freelist_count()", False),
+        ("SELECT * FROM pragma_table_info('t')", False),
+        ("SELECT * FROM page_count_view", False),
+        ("SELECT * FROM t WHERE id IN (SELECT user_version FROM pragma_user_version)", False),
+    ],
+)
+def test_only_reads_the_cache_can_see_change_are_cacheable(sql: str, cacheable: bool) -> None:
+    connection = apsw.Connection(":memory:")
+    connection.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, j TEXT); "
+        "CREATE VIEW v AS SELECT * FROM t; "
+        "CREATE VIEW page_count_view AS SELECT * FROM pragma_page_count; "
+        "INSERT INTO t(j) VALUES ('[1]'); ANALYZE"
+    )
+    assert analyze(connection, sql).cacheable is cacheable
