@@ -523,15 +523,18 @@ class CacheManager:
     def invalidate(self, pattern: str) -> int:
         """Drop entries whose tables, or whose statement, match the glob ``pattern``.
 
-        ``"tasks"`` or ``"task*"`` match table names; ``"tasks:*"`` matches every
-        entry reading ``tasks`` too (the part before ``:`` is the table); any other
-        pattern is matched against the statement text. Returns the entries dropped.
+        ``"tasks"`` or ``"task*"`` match table names, in any case as SQLite's names
+        do; ``"tasks:*"`` matches every entry reading ``tasks`` too (the part before
+        ``:`` is the table); any other pattern is matched against the statement text
+        (case-sensitively: a literal's case is its content). Returns the entries dropped.
         """
         table_pattern = pattern.split(":", 1)[0] if ":" in pattern else pattern
         l1 = self.l1
         entries = l1.entries() if l1 is not None else []
         known = set(self._versions) | {t for e in entries for t in e.tables}
-        tables = [t for t in known if fnmatch.fnmatchcase(t, table_pattern)]
+        # As SQLite compares names: "tasks" is the table declared "Tasks".
+        folded_pattern = fold(table_pattern)
+        tables = [t for t in known if fnmatch.fnmatchcase(fold(t), folded_pattern)]
         keys = [e.key for e in entries if fnmatch.fnmatchcase(e.sql, pattern)]
         before = len(l1) if l1 is not None else 0
         if tables:

@@ -184,3 +184,13 @@ def test_only_reads_the_cache_can_see_change_are_cacheable(sql: str, cacheable: 
         "INSERT INTO t(j) VALUES ('[1]'); ANALYZE"
     )
     assert analyze(connection, sql).cacheable is cacheable
+
+
+@pytest.mark.parametrize("pattern", ["tasks", "TASKS", "tasks:*", "TA?KS", "Tasks"])
+def test_invalidate_matches_table_names_in_any_case(storage: atlas.Storage, pattern: str) -> None:
+    storage.execute("CREATE TABLE Tasks(id INTEGER PRIMARY KEY, title TEXT)")
+    storage.write("INSERT INTO tasks VALUES (1, 'a')")
+    _cached(storage, "SELECT title FROM tasks WHERE id = 1")
+    assert storage.cache.stats().size == 1
+    assert storage.cache.invalidate(pattern) == 1
+    assert storage.cache.stats().size == 0
