@@ -15,7 +15,10 @@ ours (a needless drop), never miss one that was not.
 
 The writer calls :meth:`ExternalChanges.writer_holds_lock` right after ``BEGIN
 IMMEDIATE`` (nobody else can commit until it commits), :meth:`before_commit` just
-before its ``COMMIT`` and :meth:`after_commit` right after; readers call :meth:`check`.
+before its ``COMMIT`` and :meth:`after_commit` right after; readers call :meth:`moved` (a
+memory read and a comparison: it runs on every cached read) and, when it did, :meth:`settle`
+with the cache's drop, which runs before the counter's new value is published, so no
+reader can take the published value as "nothing new" while old entries remain.
 A write transaction moves the counter by exactly one when it writes WAL frames and not
 at all otherwise, and SQLite's WAL hook tells the writer which it was; if it wrote
 nothing but a reader already took some increment for the announced one, that increment
@@ -92,18 +95,41 @@ class ExternalChanges:
         self._seen = counter()
         self._own = 0
 
-    def check(self) -> bool:
-        """True if another process committed since the last check (or writer sync)."""
-        value = self._counter()
-        if value == self._seen:
-            return False
-        with self._lock:
-            return self._advance(value)
+    def moved(self) -> bool:
+        """True if the counter moved since the last settled value (no lock: the fast path).
 
-    def writer_holds_lock(self) -> bool:
-        """The writer holds the write lock: settle the count; True if others committed."""
+        The move may be this storage's own commit; :meth:`settle` tells.
+        """
+        return self._counter() != self._seen
+
+    def settle(self, on_change: Callable[[], object] | None = None) -> bool:
+        """Account for the counter's moves; True if another process committed.
+
+        ``on_change`` (dropping the cache) runs *before* the new value is published,
+        under the lock: a reader that finds the counter equal to the published value
+        (:meth:`moved` is False) is then sure the drop for every commit up to it is
+        done, and one that finds it different waits here for the drop in progress.
+        Without ``on_change``, the caller drops after the return, and a reader may hit
+        an old entry until it has.
+        """
         with self._lock:
-            return self._advance(self._counter())
+            return self._settle(self._counter(), on_change)
+
+    def check(self, on_change: Callable[[], object] | None = None) -> bool:
+        """True if another process committed since the last check (or writer sync).
+
+        :meth:`moved`, then :meth:`settle` if it did (``on_change``: as there).
+        """
+        if self._counter() == self._seen:
+            return False
+        return self.settle(on_change)
+
+    def writer_holds_lock(self, on_change: Callable[[], object] | None = None) -> bool:
+        """The writer holds the write lock: settle the count; True if others committed.
+
+        ``on_change``: as for :meth:`settle`.
+        """
+        return self.settle(on_change)
 
     def before_commit(self) -> None:
         """The writer (holding the write lock) will COMMIT: announce one increment."""
@@ -123,9 +149,14 @@ class ExternalChanges:
                 return False
             return True
 
-    def _advance(self, value: int) -> bool:
+    def _settle(self, value: int, on_change: Callable[[], object] | None) -> bool:
+        # Under the lock. Nothing is published until on_change has returned (if it
+        # raises, the next check tries again).
         delta = (value - self._seen) & 0xFFFFFFFF
-        self._seen = value
         ours = min(delta, self._own)
+        external = delta > ours
+        if external and on_change is not None:
+            on_change()
         self._own -= ours
-        return delta > ours
+        self._seen = value
+        return external

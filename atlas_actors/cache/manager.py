@@ -208,8 +208,11 @@ class CacheManager:
             next(self._misses)
             return self._pool.query(sql, params, timeout=timeout)
         external = self.external
-        if fresh and external is not None and external.check():
-            self.invalidate_all("another process committed")
+        if fresh and external is not None and external.moved():
+            # Someone committed (maybe us). If another process did, everything is
+            # dropped before the counter's new value is published: a reader that
+            # sees it published must find no old entry (changes.py).
+            external.settle(lambda: self.invalidate_all("another process committed"))
         l1 = self.l1
         if l1 is None:
             return self._pool.query(sql, params, timeout=timeout)  # the cache actor is restarting
