@@ -21,6 +21,7 @@ from typing import Any
 import pykka
 
 from atlas_actors.actors.base import Crash, InjectedCrash, RoleActor
+from atlas_actors.cache.changes import ShmCounter
 from atlas_actors.cache.disk import DiskStore, fingerprint
 from atlas_actors.cache.lru import ByteLRU, Entry
 from atlas_actors.cache.manager import CacheManager
@@ -124,19 +125,48 @@ class CacheActor(RoleActor):
         return super().on_receive(message)
 
     def on_stop(self) -> None:
-        """Record the session as cleanly closed (the database files are final now)."""
+        """Record the session as cleanly closed (the database files are final now).
+
+        The fingerprint only tells the next session about changes made after it is
+        taken; one made by another process before it, since the last read checked, is
+        in it already. So it is taken first, then the wal-index counter is checked: a
+        commit before the fingerprint is seen here (the session is then recorded as
+        not clean, and the next start drops L2), one after it changes the files.
+
+        If this storage's connections were the last, closing them deleted the ``-shm``
+        file and the counter read here is frozen: a process that opened the database
+        since has its own wal-index. If one exists now, the session is not clean
+        either. Left: a process that opens, commits and closes again in the moment
+        between this storage's last connection closing and the fingerprint.
+        """
         self._detach()
         l2 = self.l2
         if l2 is not None:
+            files = fingerprint(self.database)
             l2.save_meta(
                 {
-                    "clean": True,
+                    "clean": not self._others_committed(),
                     "epoch": self.manager.epoch,
                     "versions": self.manager.versions(),
-                    "fingerprint": fingerprint(self.database),
+                    "fingerprint": files,
                 }
             )
             l2.close()
+
+    def _others_committed(self) -> bool:
+        """True if another process may have committed since the last check."""
+        external = self.manager.external
+        if external is None:
+            return False  # no wal-index to watch (the storage warned at start)
+        try:
+            # Dropping too keeps the count honest should anything still read.
+            if external.check(lambda: self.manager.invalidate_all("another process committed")):
+                return True
+            counter = external.counter
+            return isinstance(counter, ShmCounter) and counter.replaced()
+        except (ValueError, OSError):  # the wal-index mapping is gone: cannot tell
+            log.warning("cannot check for other processes' commits at close: L2 not kept")
+            return True
 
     def on_crash(self, current: Any, error: BaseException | None) -> None:
         """Reads bypass the cache until the next incarnation."""

@@ -55,7 +55,8 @@ class ShmCounter:
     """
 
     def __init__(self, database: str) -> None:
-        self._fd = os.open(f"{database}-shm", os.O_RDONLY)
+        self._path = f"{database}-shm"
+        self._fd = os.open(self._path, os.O_RDONLY)
         try:
             self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as error:
@@ -70,6 +71,17 @@ class ShmCounter:
         """The counter's current value."""
         value: int = self._unpack(self._map, _ICHANGE_OFFSET)[0]
         return value
+
+    def replaced(self) -> bool:
+        """True if the mapped file was deleted and another wal-index took its place.
+
+        The last connection to close deletes the ``-shm`` file; a process that opens the
+        database after that gets a new one, and its commits move that one's counter,
+        not this. Only worth asking once this storage's connections are closed.
+        """
+        if os.fstat(self._fd).st_nlink > 0:
+            return False
+        return os.path.exists(self._path)
 
     def close(self) -> None:
         """Unmap and close the file (only once the storage's connections are closed)."""
@@ -91,6 +103,8 @@ class ExternalChanges:
 
     def __init__(self, counter: Callable[[], int]) -> None:
         self._counter = counter
+        self.counter = counter
+        """What it reads (a :class:`ShmCounter` in a storage)."""
         self._lock = threading.Lock()
         self._seen = counter()
         self._own = 0

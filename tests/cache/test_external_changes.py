@@ -1,18 +1,123 @@
-"""Other processes' commits: a reader never serves what one of them changed."""
+"""Other processes' commits: noticed at a clean close, and never half-noticed by a reader."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.actors import cache as cache_actor
 from atlas_actors.cache.changes import ExternalChanges
+from atlas_actors.cache.disk import fingerprint
+from tests.helpers import wait_until
+
+READ = "SELECT v FROM kv WHERE k = ?"
+
+CHILD_WRITE = textwrap.dedent(
+    """
+    import sys, apsw
+    connection = apsw.Connection(sys.argv[1])
+    connection.set_busy_timeout(5000)
+    connection.execute("UPDATE kv SET v = ? WHERE k = 1", (sys.argv[2],))
+    connection.close()
+    """
+)
+
+
+def _v(db: atlas.Storage, k: int) -> str:
+    return str(db.query(READ, [k])[0].v)
+
+
+def _cache_on_disk(db: atlas.Storage) -> None:
+    db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT); CREATE TABLE other(x)")
+    db.write("INSERT INTO kv VALUES (1, 'old')")
+    assert _v(db, 1) == _v(db, 1) == "old"  # admitted on the second miss, bound for L2
+    assert wait_until(lambda: db.cache.stats().l2_entries == 1)
+
+
+def test_a_commit_by_another_process_before_a_clean_close_is_not_served_after_it(
+    db_path: Path,
+) -> None:
+    # The close records the files as they are, the other process's commit included: the
+    # next session must not take L2 for a picture of them.
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        _cache_on_disk(db)
+        subprocess.run([sys.executable, "-c", CHILD_WRITE, str(db_path), "new"], check=True)
+        # closed without reading again: only the close can notice
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        stats = db.cache.stats()
+        assert stats.l2_entries == 0 and stats.size == 0  # dropped at start, none warmed
+        assert _v(db, 1) == "new"
+
+
+HOLDING_WRITE = textwrap.dedent(
+    """
+    import sys, apsw
+    connection = apsw.Connection(sys.argv[1])
+    connection.set_busy_timeout(5000)
+    connection.execute("UPDATE kv SET v = 'new' WHERE k = 1")
+    print("committed", flush=True)
+    sys.stdin.read()  # the database stays open until the test says
+    connection.close()
+    """
+)
+
+
+def test_a_commit_by_a_process_that_opened_after_our_last_connection_is_noticed(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our last connection's close deletes the -shm file, so the counter the close checks
+    # is frozen; a process opening the database next has a wal-index of its own. Here
+    # one commits in the gap between our connections closing and the fingerprint.
+    children: list[subprocess.Popen[str]] = []
+
+    def fingerprint_after_a_commit(database: str) -> dict[str, Any]:
+        if not children:
+            child = subprocess.Popen(
+                [sys.executable, "-c", HOLDING_WRITE, str(db_path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            children.append(child)
+            assert child.stdout is not None and child.stdout.readline().strip() == "committed"
+        return fingerprint(database)
+
+    try:
+        with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+            _cache_on_disk(db)
+            monkeypatch.setattr(cache_actor, "fingerprint", fingerprint_after_a_commit)
+        monkeypatch.undo()
+        assert len(children) == 1
+        # Reopened while that process still has the database open: the files are as
+        # the fingerprint saw them.
+        with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+            assert db.cache.stats().l2_entries == 0
+            assert _v(db, 1) == "new"
+    finally:
+        for child in children:
+            child.communicate("", timeout=10)
+
+
+def test_our_own_writes_before_a_clean_close_keep_the_disk_level(db_path: Path) -> None:
+    # The close-time check subtracts this storage's commits: they are not another's.
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        _cache_on_disk(db)
+        db.write_many("INSERT INTO other VALUES (?)", [(i,) for i in range(3)])
+        # closed without reading again: the counter moved by our commits only
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert wait_until(lambda: db.cache.stats().size == 1)
+        assert _v(db, 1) == "old"
+        assert db.cache.stats().l1_hits == 1
 
 
 def test_the_drop_runs_before_the_new_count_is_published() -> None:
