@@ -422,8 +422,13 @@ class Runtime:
 
     def _writer_began(self) -> None:
         external = self.cache.external
-        if external is not None and external.writer_holds_lock():
-            self.cache.invalidate_all("another process committed")
+        if external is not None:
+            # The drop before the count is published, as a reader's check does: readers
+            # that see the counter move wait for it instead of hitting old entries.
+            external.writer_holds_lock(self._drop_for_another_process)
+
+    def _drop_for_another_process(self) -> None:
+        self.cache.invalidate_all("another process committed")
 
     def _writer_will_commit(self) -> None:
         external = self.cache.external

@@ -198,3 +198,37 @@ def test_no_reader_serves_data_older_than_a_commit_it_started_after(
         other.close()
     assert n > 10, "too few commits to tell"
     assert not stale, f"stale reads (committed, read): {stale[:5]}"
+
+
+def test_a_read_while_the_writer_drops_for_another_process_waits_for_the_drop(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer is the first to see another process's commit (at its BEGIN): it
+    published the new count and dropped the cache after, so a read in between was
+    served the entry from before that commit."""
+    db = atlas.open(db_path)
+    try:
+        db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT); CREATE TABLE other(x)")
+        db.write("INSERT INTO kv VALUES (1, 'old')")
+        assert _v(db, 1) == _v(db, 1) == "old"  # cached
+        other = apsw.Connection(str(db_path))
+        other.execute("UPDATE kv SET v = 'new' WHERE k = 1")
+        other.close()
+        manager = type(db.cache)
+        original = manager.invalidate_all
+        dropping = threading.Event()
+
+        def slow_drop(self: Any, reason: str) -> None:
+            if threading.current_thread().name.startswith("writer"):
+                dropping.set()
+                time.sleep(0.3)  # a large cache takes a while to clear
+            original(self, reason)
+
+        monkeypatch.setattr(manager, "invalidate_all", slow_drop)
+        writing = threading.Thread(target=lambda: db.write("INSERT INTO other VALUES (1)"))
+        writing.start()  # the writer's BEGIN notices the other process's commit first
+        assert dropping.wait(5)
+        assert _v(db, 1) == "new"  # waits for the drop instead of taking the old entry
+        writing.join(5)
+    finally:
+        db.close()
