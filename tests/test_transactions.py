@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from atlas_actors.errors import (
     TransactionTimeout,
     ValidationError,
 )
+from atlas_actors.transaction.transaction import Transaction
 from tests.helpers import wait_until
 
 
@@ -525,4 +527,47 @@ def test_run_does_not_retry_a_commit_that_may_still_be_applied(
     assert len(attempts) == 1
     thread.join(5)
     assert wait_until(lambda: attempts[0].state == "committed", timeout=2)
+    assert sorted(r.x for r in db.query("SELECT x FROM t")) == [1, 2]
+
+
+def test_run_does_not_retry_a_commit_that_settled_just_after_its_timeout(
+    open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The acknowledgement lands between the timeout and run()'s decision (a slow log
+    # handler, say): the state reads 'committed' then, and was taken as retryable.
+    db = open_storage(default_timeout=0.3, max_batch_delay=5.0)
+    db.execute("CREATE TABLE t(x INTEGER)")
+    settle = Transaction._settle_later
+
+    def settle_then_wait(tx: Transaction, future: Any) -> None:
+        settle(tx, future)
+        # The writer acknowledges (the callback settles the state); get() would not
+        # wait, the future's deadline having passed.
+        assert future._done.acquire(True, 5)
+        future._done.release()
+
+    monkeypatch.setattr(Transaction, "_settle_later", settle_then_wait)
+    release_second = threading.Event()
+
+    def second() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (2)")
+            release_second.wait(5)
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=second)
+    runs: list[int] = []
+
+    def fn(tx: atlas.Transaction) -> str:
+        runs.append(1)
+        tx.execute("INSERT INTO t VALUES (1)")
+        if len(runs) == 1:
+            thread.start()
+            assert wait_until(lambda: db.transactions.status().queued >= 1, timeout=2)
+            release_second.set()
+        return "done"
+
+    assert db.transactions.run(fn, retries=3) == "done"  # its commit is known to hold
+    assert runs == [1]
+    thread.join(5)
     assert sorted(r.x for r in db.query("SELECT x FROM t")) == [1, 2]

@@ -103,6 +103,8 @@ class Transaction:
     """The last error one of its calls raised (``db.errors.recover`` applies its strategy
     when nothing ended the transaction: a constraint violation leaves it active)."""
     _nested = 0
+    _commit_sent = False
+    """Set once a commit went to the writer and its wait timed out (never reset)."""
 
     def __init__(
         self,
@@ -642,6 +644,7 @@ class Transaction:
         whatever the wait did; meanwhile the transaction is ``committing``, neither
         committed nor rolled back.
         """
+        self._commit_sent = True
         self.state = "committing"
 
         def settled(done: Future[Any]) -> None:
@@ -851,7 +854,13 @@ class TransactionManager:
                 return result
             except AtlasError as error:
                 tx.rollback()  # (nothing to undo once committing: the writer decides)
-                if not error.transient or attempt >= retries or tx.state == "committing":
+                if tx._commit_sent:
+                    # Its commit went to the writer and the wait timed out: never run it
+                    # again. (Its state may have settled since: read it only now.)
+                    if tx.state == "committed":
+                        return result
+                    raise
+                if not error.transient or attempt >= retries:
                     raise
                 attempt += 1
                 self.storage.metrics.add("transaction_retries")
