@@ -27,9 +27,15 @@ from atlas_actors.cache.lru import ByteLRU, Entry
 from atlas_actors.cache.manager import CacheManager
 from atlas_actors.config import StorageConfig
 
-__all__ = ["CacheActor", "StoreOnDisk"]
+__all__ = ["CACHE_RULES", "CacheActor", "StoreOnDisk"]
 
 log = logging.getLogger(__name__)
+
+CACHE_RULES = 2
+"""The version of what may be cached and how entries are kept; a clean session's disk
+level is reused only under the same one. Raise it whenever a change would make an
+entry stored before it wrong to serve (2: reads of ``sqlite_*`` tables, ``pragma_*``
+functions and virtual tables are no longer cached)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +90,15 @@ class CacheActor(RoleActor):
         """Reuse the last session's versions if it closed cleanly on the same files."""
         meta = l2.load_meta()
         same_files = meta is not None and meta.get("fingerprint") == fingerprint(self.database)
-        if meta is not None and meta.get("clean") and same_files:
+        same_rules = meta is not None and meta.get("rules") == CACHE_RULES
+        if meta is not None and meta.get("clean") and same_files and same_rules:
             versions = meta.get("versions")
             epoch = meta.get("epoch")
             if isinstance(versions, dict) and isinstance(epoch, int):
                 self.manager.restore(epoch, {str(k): int(v) for k, v in versions.items()})
         else:
-            # Unknown history (a crash, or the files changed): nothing on disk is trusted.
+            # Unknown history (a crash, the files changed, or entries stored under other
+            # rules of what may be cached): nothing on disk is trusted.
             self.manager.restore(secrets.randbits(31), {})
             l2.clear()
         l2.save_meta({"clean": False, "epoch": self.manager.epoch})
@@ -146,6 +154,7 @@ class CacheActor(RoleActor):
             l2.save_meta(
                 {
                     "clean": not self._others_committed(),
+                    "rules": CACHE_RULES,
                     "epoch": self.manager.epoch,
                     "versions": self.manager.versions(),
                     "fingerprint": files,

@@ -146,12 +146,14 @@ def _invalidated_by_writes(connection: apsw.Connection, name: str) -> bool:
     folded = fold(name)
     if folded.startswith("sqlite_"):
         return folded == "sqlite_master"  # (how the authorizer names sqlite_schema)
-    if folded in _PURE_TABLE_FUNCTIONS:
-        return True
-    found = connection.execute(
-        "SELECT type FROM pragma_table_list(?) WHERE schema = 'main'", (name,)
-    ).fetchall()
-    return bool(found) and found[0][0] in ("table", "view")
+    # The PRAGMA statement, not the pragma_table_list function: a table of that name
+    # would shadow the function (and so would one named json_each: main's own object
+    # comes before the pure functions' names).
+    quoted = name.replace('"', '""')
+    found = connection.execute(f'PRAGMA main.table_list("{quoted}")').fetchall()
+    if found:
+        return str(found[0][2]) in ("table", "view")
+    return folded in _PURE_TABLE_FUNCTIONS
 
 
 _UNKNOWN = object()

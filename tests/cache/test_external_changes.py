@@ -17,7 +17,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.actors import cache as cache_actor
 from atlas_actors.cache.changes import ExternalChanges
-from atlas_actors.cache.disk import fingerprint
+from atlas_actors.cache.disk import DiskStore, fingerprint
 from tests.helpers import wait_until
 
 READ = "SELECT v FROM kv WHERE k = ?"
@@ -232,3 +232,19 @@ def test_a_read_while_the_writer_drops_for_another_process_waits_for_the_drop(
         writing.join(5)
     finally:
         db.close()
+
+
+def test_a_disk_level_kept_under_other_caching_rules_is_dropped(db_path: Path) -> None:
+    """Entries an older version stored (a read it cached and this one no longer does)
+    were warmed and served after the upgrade until their TTL."""
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        _cache_on_disk(db)
+    l2 = DiskStore(str(db_path) + ".cache", 1 << 20)
+    try:
+        meta = l2.load_meta()
+        assert meta is not None and meta["clean"] and meta["rules"] == cache_actor.CACHE_RULES
+        l2.save_meta({**meta, "rules": cache_actor.CACHE_RULES - 1})
+    finally:
+        l2.close()
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert db.cache.stats().l2_entries == 0

@@ -137,19 +137,21 @@ def test_pragma_functions_are_read_afresh(storage: atlas.Storage) -> None:
     assert [tuple(r) for r in storage.query(version)] == [(7,)]
 
 
+@pytest.mark.parametrize("name", ["words", "json_each"])
 def test_a_vocabulary_table_is_read_afresh_after_its_fts_table_changes(
-    storage: atlas.Storage,
+    storage: atlas.Storage, name: str
 ) -> None:
-    # Writes name the FTS table; the fts5vocab table over it changes all the same.
+    # Writes name the FTS table; the fts5vocab table over it changes all the same. Named
+    # like a pure table-valued function, main's own table is what the name reads.
     try:
         storage.execute(
             "CREATE VIRTUAL TABLE docs USING fts5(body); "
-            "CREATE VIRTUAL TABLE words USING fts5vocab(docs, row)"
+            f"CREATE VIRTUAL TABLE {name} USING fts5vocab(docs, row)"
         )
     except errors.AtlasError:
         pytest.skip("fts5 is not available")
     storage.write("INSERT INTO docs VALUES ('alpha')")
-    terms = "SELECT term FROM words ORDER BY term"
+    terms = f"SELECT term FROM {name} ORDER BY term"
     assert _cached(storage, terms) == [("alpha",)]
     storage.write("INSERT INTO docs VALUES ('beta')")
     assert [tuple(r) for r in storage.query(terms)] == [("alpha",), ("beta",)]
@@ -192,3 +194,15 @@ def test_invalidate_matches_table_names_in_any_case(storage: atlas.Storage, patt
     assert storage.cache.stats().size == 1
     assert storage.cache.invalidate(pattern) == 1
     assert storage.cache.stats().size == 0
+
+
+def test_a_table_named_like_the_pragma_the_analysis_asks_breaks_no_read(
+    storage: atlas.Storage,
+) -> None:
+    # It shadowed the pragma_table_list function: every analysis, so every read, failed.
+    storage.execute("CREATE TABLE pragma_table_list(x); CREATE TABLE t(v)")
+    storage.write("INSERT INTO t VALUES (1)")
+    assert _cached(storage, "SELECT v FROM t") == [(1,)]
+    assert _cached(storage, "SELECT count(*) FROM pragma_table_list") == [(0,)]
+    storage.write("INSERT INTO pragma_table_list VALUES (1)")
+    assert [tuple(r) for r in storage.query("SELECT count(*) FROM pragma_table_list")] == [(1,)]
