@@ -66,14 +66,14 @@ def sql_text(sql: SqlText) -> str | None:
 def checked_timeout(timeout: object) -> float:
     """A call's ``timeout=`` (not None) as seconds, or :class:`ValidationError`.
 
-    Zero or less means "do not wait". NaN, a value past ``MAX_SECONDS`` (a lock's
-    timeout cannot take it) or anything but a number is refused at the call, before the
-    operation is queued: a NaN deadline would never expire.
+    Zero or less means "do not wait". NaN, a value past ``MAX_SECONDS`` either way (a
+    lock's timeout cannot take it, nor a float a huge int) or anything but a number is
+    refused at the call, before the operation is queued: a NaN deadline never expires.
     """
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
-        or not timeout <= MAX_SECONDS  # (False for NaN)
+        or not -MAX_SECONDS <= timeout <= MAX_SECONDS  # (False for NaN)
     ):
         raise ValidationError(
             f"timeout={timeout!r}: pass a number of seconds, at most {MAX_SECONDS:.0e}, "

@@ -138,3 +138,9 @@ def test_a_timeout_that_cannot_work_is_refused_at_the_call(
             call()
     assert db.query("SELECT count(*) FROM t", timeout=5) == [(0,)]  # nothing was queued
     assert db.supervisor.status().restarts == 0
+
+
+def test_a_negative_timeout_too_large_for_a_float_is_refused(db: atlas.Storage) -> None:
+    with pytest.raises(ValidationError, match="timeout="):
+        db.write("INSERT INTO tasks(title) VALUES ('x')", timeout=-(10**400))
+    assert db.write("INSERT INTO tasks(title) VALUES ('x')", timeout=5).rowcount == 1
