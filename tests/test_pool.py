@@ -9,6 +9,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -768,3 +769,47 @@ def test_a_waiter_queueing_as_the_pool_closes_is_told_at_once(open_storage: obje
         pool.run_function(lambda _: 1, timeout=3.0)
     assert time.monotonic() - started < 1
     held.release()
+
+
+def test_shrinking_while_queued_reads_run_leaves_no_reader_behind(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """A reader retired while a batch of reads was on its way to it closed its
+    connection but was never retired: its actor and thread lived on (331 after 100
+    shrinks in a review's repro)."""
+    db = open_storage(
+        readers=2, max_readers=32, cache=False, health_check_interval=0, reader_idle_timeout=0.5
+    )
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    db.write("INSERT INTO t(v) VALUES ('x')")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                db.submit_query("SELECT v FROM t").get()
+            except BaseException as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for _ in range(25):
+        db.pool.resize(16)
+        time.sleep(0.02)
+        db.pool.resize(2)
+        time.sleep(0.02)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert failures == []
+
+    def readers_left() -> int:
+        children = db.supervisor.status().children
+        return sum(1 for child in children if child.role.startswith("reader"))
+
+    assert wait_until(lambda: readers_left() == 2, timeout=5), readers_left()
+    assert wait_until(
+        lambda: sum(t.name.startswith("reader-") for t in threading.enumerate()) == 2, timeout=5
+    )

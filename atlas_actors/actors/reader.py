@@ -178,9 +178,9 @@ class ReaderActor(RoleActor):
         """True if ``connection`` is this incarnation's; else dispose of the stale one."""
         if connection is self.connection and connection.usable:
             return True
-        self.pool.forget(connection)
-        if connection.state is not ConnectionState.CLOSED:
-            self._close(connection, "stale")
+        # (A shrink marked this reader retiring while the message was on its way: the
+        # pool retires it here, or nothing ever would and its thread would live on.)
+        self.pool._dispose(connection)
         return False
 
     def _run_reads(self, message: RunReads) -> None:
