@@ -361,3 +361,40 @@ def test_a_crash_whose_clean_up_fails_still_lets_the_next_writer_write(
         tx.commit()  # revoked by the crash: rolled back
     assert db.write("INSERT INTO tasks(title) VALUES ('after')", timeout=5).rowcount == 1
     assert db.query("SELECT title FROM tasks") == [("after",)]
+
+
+def test_writes_queued_while_the_writer_waits_to_restart_fail_at_once_on_close(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """Nothing handled them: their callers waited out their whole deadline after close()."""
+    db = open_storage(default_timeout=10.0, restart_backoff_initial=3.0, restart_backoff_max=3.0)
+    db.execute("CREATE TABLE t(k TEXT)")
+    db.supervisor.kill("writer")
+    assert wait_until(lambda: _writer_state(db) == "restarting")
+    queued = [db.writer.execute("INSERT INTO t VALUES (?)", [str(i)]) for i in range(3)]
+    db.close()
+    started = time.monotonic()
+    for future in queued:
+        with pytest.raises(StorageUnavailable, match="closed"):
+            future.get()
+    assert time.monotonic() - started < 1.0
+
+
+def _writer_state(db: atlas.Storage) -> str:
+    return next(c.state for c in db.supervisor.status().children if c.role == "writer")
+
+
+def test_after_escalation_the_children_stopped_with_it_say_so(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(restart_max=2, restart_window=10, restart_backoff_initial=0.01)
+    for _ in range(3):
+        assert wait_until(lambda: _writer_state(db) in ("running", "failed"))
+        if _writer_state(db) == "failed":
+            break
+        db.supervisor.kill("writer")
+        time.sleep(0.1)
+    assert wait_until(lambda: db.supervisor.status().state == "failed")
+    states = {c.role: c.state for c in db.supervisor.status().children}
+    assert states.pop("writer") == "failed"
+    assert set(states.values()) == {"stopped"}, states  # not 'running' with no thread

@@ -29,7 +29,7 @@ from pykka.messages import _ActorStop
 
 from atlas_actors.actors.base import Crash, Mailbox, RoleActor
 from atlas_actors.config import StorageConfig
-from atlas_actors.errors import StorageUnavailable, ValidationError
+from atlas_actors.errors import StorageClosedError, StorageUnavailable, ValidationError
 from atlas_actors.events import EventBus
 
 __all__ = ["CLEANUP_GRACE", "ChildStatus", "KillMode", "SupervisorActor", "SupervisorStatus"]
@@ -360,7 +360,8 @@ class SupervisorActor(pykka.ThreadingActor):
             "restarting in a loop; check the logs, fix the cause and reopen the storage"
         )
         for child in self._children.values():
-            child.state = "failed" if child.state == "restarting" else child.state
+            # The one that failed for the last time, and the others stopped with it.
+            child.state = "failed" if child.state == "restarting" else "stopped"
             child.mailbox.closed = error
             actor = child.actor
             if actor is not None and actor.actor_ref.is_alive():
@@ -428,6 +429,14 @@ class SupervisorActor(pykka.ThreadingActor):
                     actor.actor_ref.stop(block=True, timeout=max(0.01, deadline - time.monotonic()))
                 except pykka.Timeout:
                     log.warning("%s did not stop within %.1fs", child.role, timeout)
+            else:
+                # No incarnation to handle what is queued (one waiting out its restart
+                # backoff, say): its callers get the closed error now, not at their
+                # deadlines.
+                closed = child.mailbox.closed
+                child.mailbox.fail_all(
+                    closed if closed is not None else StorageClosedError(self.db_name)
+                )
             child.state = "stopped"
 
 
