@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -398,3 +399,28 @@ def test_after_escalation_the_children_stopped_with_it_say_so(
     states = {c.role: c.state for c in db.supervisor.status().children}
     assert states.pop("writer") == "failed"
     assert set(states.values()) == {"stopped"}, states  # not 'running' with no thread
+
+
+def test_a_second_kill_of_the_same_incarnation_does_not_kill_the_next(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """The role's mailbox outlives incarnations: a Crash queued for one that died was
+    handled by the next, an extra restart counted against the intensity."""
+    db = open_storage(restart_backoff_initial=0.01)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(connection: object) -> None:
+        busy.set()
+        release.wait(5)
+
+    held = db.writer.run(hold)
+    assert busy.wait(5)
+    assert db.supervisor.kill("writer") == db.supervisor.kill("writer") == 1  # both queued
+    release.set()
+    with contextlib.suppress(AtlasError):
+        held.get(5)
+    assert wait_until(lambda: _writer_state(db) == "running")
+    time.sleep(0.3)  # (the second Crash reaches incarnation 2, which must ignore it)
+    writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+    assert (writer.incarnation, writer.restarts, writer.state) == (2, 1, "running")
+    assert db.write("CREATE TABLE t(x)", timeout=5).rowcount == 0

@@ -81,6 +81,9 @@ class Crash:
     """Fault injection: make the receiving actor fail as if it had a bug."""
 
     reason: str = "injected crash"
+    incarnation: int | None = None
+    """The incarnation aimed at (None: whichever gets it). The role's mailbox outlives
+    its incarnations: one queued for an incarnation that died meanwhile is ignored."""
 
 
 class Op:
@@ -375,6 +378,11 @@ class RoleActor(pykka.ThreadingActor):
     def reported(self) -> bool:
         """True once this incarnation told the supervisor it died."""
         return self._reported
+
+    def crash_if_mine(self, crash: Crash) -> None:
+        """Fail as :class:`Crash` asks, unless it was aimed at an earlier incarnation."""
+        if crash.incarnation is None or crash.incarnation == self.incarnation:
+            raise InjectedCrash(crash.reason)
 
     def report_failure(self, error: BaseException | None) -> None:
         """Tell the supervisor this incarnation died (once)."""

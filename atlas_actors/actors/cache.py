@@ -20,7 +20,7 @@ from typing import Any
 
 import pykka
 
-from atlas_actors.actors.base import Crash, InjectedCrash, RoleActor
+from atlas_actors.actors.base import Crash, RoleActor
 from atlas_actors.cache.changes import ShmCounter
 from atlas_actors.cache.disk import DiskStore, fingerprint
 from atlas_actors.cache.lru import ByteLRU, Entry
@@ -129,7 +129,7 @@ class CacheActor(RoleActor):
                 )
             return None
         if isinstance(message, Crash):
-            raise InjectedCrash(message.reason)
+            self.crash_if_mine(message)
         return super().on_receive(message)
 
     def on_stop(self) -> None:

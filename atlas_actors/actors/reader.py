@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from atlas_actors.actors.base import Crash, InjectedCrash, Op, RoleActor
+from atlas_actors.actors.base import Crash, Op, RoleActor
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import ConnectionState, Params, TrackedConnection
 from atlas_actors.errors import OperationTimeout, wrap_sqlite_error
@@ -169,7 +169,7 @@ class ReaderActor(RoleActor):
         elif isinstance(message, Recycle):
             self._recycle(message.connection, message.reason)
         elif isinstance(message, Crash):
-            raise InjectedCrash(message.reason)
+            self.crash_if_mine(message)
         else:
             return super().on_receive(message)
         return None

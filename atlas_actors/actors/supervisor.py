@@ -407,7 +407,8 @@ class SupervisorActor(pykka.ThreadingActor):
             raise ValidationError(f"{role} is {child.state}; nothing to kill")
         if how == "crash":
             # In front of the mailbox: the actor fails before handling anything else.
-            child.mailbox.replay_control(Envelope(Crash(f"kill({role!r}, how='crash')")))
+            crash = Crash(f"kill({role!r}, how='crash')", child.incarnation)
+            child.mailbox.replay_control(Envelope(crash))
         elif how == "stop":
             actor.actor_ref.stop(block=False)
         else:

@@ -39,7 +39,7 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.actors.base import Crash, Escaped, InjectedCrash, Op, RoleActor
+from atlas_actors.actors.base import Crash, Escaped, Op, RoleActor
 from atlas_actors.actors.writer_ops import (
     OP_TYPES,
     CheckpointOp,
@@ -465,7 +465,7 @@ class WriterActor(RoleActor):
     def on_receive(self, message: Any) -> Any:
         """Obey a control message."""
         if isinstance(message, Crash):
-            raise InjectedCrash(message.reason)
+            self.crash_if_mine(message)
         return super().on_receive(message)
 
     def stats(self) -> WriterStats:
