@@ -563,6 +563,7 @@ class TrackedConnection:
         "lock",
         "owner",
         "read_timeout",
+        "recycle_at",
         "role",
         "seen_queries",
         "state",
@@ -609,6 +610,9 @@ class TrackedConnection:
         """``queries`` when the pool last looked (to tell when it was last used)."""
         self.affinity: int | None = None
         """The thread that adopted this connection as its own (reader pool)."""
+        self.recycle_at: float = math.inf
+        """``queries`` at which its release hands it to its reader (a reader pool's):
+        the query budget, or 0 once maintenance is due while it was in use."""
         self.read_timeout: float | None = None
         """Seconds the statement about to run may take (None: the storage's
         ``default_timeout``), enforced once :meth:`bound_statements` was called. The

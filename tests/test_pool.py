@@ -813,3 +813,54 @@ def test_shrinking_while_queued_reads_run_leaves_no_reader_behind(
     assert wait_until(
         lambda: sum(t.name.startswith("reader-") for t in threading.enumerate()) == 2, timeout=5
     )
+
+
+def _read_in_loops(db: atlas.Storage, seconds: float) -> None:
+    """Four threads reading their own connections in a loop for ``seconds``."""
+    db.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)")
+    db.write("INSERT OR REPLACE INTO t VALUES (1, 'x')")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert db.query("SELECT v FROM t WHERE id = 1") == [("x",)]
+            except BaseException as error:
+                failures.append(error)
+                return
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert failures == []
+
+
+# Maintenance acted only on a connection it found free at a tick: a thread reading in a
+# loop gets its own back first, so under load nothing was ever recycled by age or
+# health-checked (0 recycles in 5 s in a review's repro).
+
+
+def test_readers_busy_in_a_loop_are_still_recycled_by_age(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(readers=2, cache=False, recycle_after_seconds=0.3)
+    recycled: list[object] = []
+    db.events.on("recycle", recycled.append)
+    _read_in_loops(db, 1.5)
+    assert len(recycled) >= 4  # each busy connection, every 0.3 s or so
+
+
+def test_readers_busy_in_a_loop_are_still_health_checked(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(readers=2, cache=False, health_check_interval=0.1)
+    _read_in_loops(db, 1.5)
+    now = time.monotonic()
+    old = [c for c in db.pool._connections if now - c.created_at > 1.0]
+    assert old  # (the busy ones, never recycled)
+    assert all(0 < now - c.last_check < 0.6 for c in old), [now - c.last_check for c in old]

@@ -292,6 +292,7 @@ class ReaderPool:
         """
         if checked:
             connection.last_check = time.monotonic()
+        connection.recycle_at = self._recycle_queries  # (0 while maintenance was due)
         if connection not in self._connections:
             with self._cond:
                 if self.closed is None and connection.usable:
@@ -514,8 +515,8 @@ class ReaderPool:
         if not connection.usable or self.closed is not None:
             self._dispose(connection)
             return
-        if connection.queries >= self._recycle_queries:
-            self._send(connection, Recycle(connection, f"{connection.queries} queries"))
+        if connection.queries >= connection.recycle_at:
+            self._send(connection, self._maintenance(connection))
             return
         connection.lock.release()
         if self._pending or self._waiting:
@@ -619,7 +620,6 @@ class ReaderPool:
         pool = self
         local = self._local
         events = self.events
-        recycle_after = self._recycle_queries
         record_query = self._record_query
 
         def query(sql: str, params: Params = None, *, timeout: float | None = None) -> list[Row]:
@@ -686,7 +686,7 @@ class ReaderPool:
                 if stale:
                     connection.lock.release()
                     return pool._query_general(sql, params, timeout)
-                if count >= recycle_after or not connection.usable:  # (retired meanwhile)
+                if count >= connection.recycle_at or not connection.usable:  # (retired meanwhile)
                     pool.release(connection)
                 else:
                     connection.lock.token.add(True)  # released (Claim.release(), cheaper)
@@ -741,7 +741,7 @@ class ReaderPool:
             raise
         latency = connection.last_latency
         if (
-            connection.queries >= self._recycle_queries
+            connection.queries >= connection.recycle_at
             or self._leases  # (perhaps this one's: release() ends it)
             or not connection.usable  # retired while it ran (a shrink): closed by release()
         ):
@@ -893,7 +893,13 @@ class ReaderPool:
                     self.release(connection)  # its reader retired while it was lent: close
                 continue
             if not connection.lock.acquire(False):
-                continue  # in use: next tick
+                # In use (a thread reading in a loop may never leave it free at a tick):
+                # due maintenance then runs at its next release.
+                if connection.last_check == 0.0:
+                    connection.last_check = now  # (its health-check interval starts)
+                elif self._due(connection, now, interval):
+                    connection.recycle_at = 0
+                continue
             if not connection.usable:
                 self._let_go(connection)
                 continue
@@ -914,6 +920,21 @@ class ReaderPool:
                 self._retire_reader(connection)
             else:
                 self._let_go(connection)
+
+    def _due(self, connection: TrackedConnection, now: float, interval: float) -> bool:
+        """True if ``connection`` is old enough to recycle, or due a health check."""
+        if now - connection.created_at >= self._recycle_seconds:
+            return True
+        return bool(interval) and now - connection.last_check >= interval
+
+    def _maintenance(self, connection: TrackedConnection) -> Recycle | HealthCheck:
+        """What a claimed connection past its ``recycle_at`` goes to its reader for."""
+        now = time.monotonic()
+        if connection.queries >= self._recycle_queries:
+            return Recycle(connection, f"{connection.queries} queries")
+        if now - connection.created_at >= self._recycle_seconds:
+            return Recycle(connection, f"{now - connection.created_at:.0f}s old")
+        return HealthCheck(connection)
 
     def withdraw_idle(self, connection: TrackedConnection) -> bool:
         """Claim ``connection`` if it is free; True if the caller now holds it."""
