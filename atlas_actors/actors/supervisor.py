@@ -90,6 +90,8 @@ class _Child:
     recent: deque[float] = field(default_factory=deque)
     dying_since: float | None = None
     """When the liveness check first saw the incarnation stopped with its thread alive."""
+    killed: int = 0
+    """The incarnation ``kill()`` was last aimed at (one kill per incarnation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,14 +407,19 @@ class SupervisorActor(pykka.ThreadingActor):
         actor = child.actor
         if actor is None or child.state != "running":
             raise ValidationError(f"{role} is {child.state}; nothing to kill")
+        if child.killed == child.incarnation:
+            # (A second stop or crash would wait in the role's mailbox, which outlives
+            # the incarnation, and kill the next one.)
+            raise ValidationError(f"{role} incarnation {child.incarnation} is being killed")
+        if how not in ("crash", "stop"):
+            raise ValidationError(f"how={how!r}; use 'crash' or 'stop'")
+        child.killed = child.incarnation
         if how == "crash":
             # In front of the mailbox: the actor fails before handling anything else.
             crash = Crash(f"kill({role!r}, how='crash')", child.incarnation)
             child.mailbox.replay_control(Envelope(crash))
-        elif how == "stop":
-            actor.actor_ref.stop(block=False)
         else:
-            raise ValidationError(f"how={how!r}; use 'crash' or 'stop'")
+            actor.actor_ref.stop(block=False)
         return child.incarnation
 
     def stop_children(self, timeout: float) -> None:
@@ -431,9 +438,13 @@ class SupervisorActor(pykka.ThreadingActor):
                 except pykka.Timeout:
                     log.warning("%s did not stop within %.1fs", child.role, timeout)
             else:
-                # No incarnation to handle what is queued (one waiting out its restart
-                # backoff, say): its callers get the closed error now, not at their
-                # deadlines.
+                # Stopped already, or no incarnation at all (one waiting out its restart
+                # backoff, say). A stopped one's thread may still be running what it
+                # accepted (pykka marks it stopped before on_stop): let it finish. Then
+                # whatever is left gets the closed error now, not at its deadline.
+                thread = actor.thread if actor is not None else None
+                if thread is not None and thread.is_alive():
+                    thread.join(max(0.01, deadline - time.monotonic()))
                 closed = child.mailbox.closed
                 child.mailbox.fail_all(
                     closed if closed is not None else StorageClosedError(self.db_name)
