@@ -611,8 +611,8 @@ class TrackedConnection:
         self.affinity: int | None = None
         """The thread that adopted this connection as its own (reader pool)."""
         self.recycle_at: float = math.inf
-        """``queries`` at which its release hands it to its reader (a reader pool's):
-        the query budget, or 0 once maintenance is due while it was in use."""
+        """``queries`` at which its release hands it to its reader to recycle (a reader
+        pool's): the query budget, or 0 once it is old enough while in use."""
         self.read_timeout: float | None = None
         """Seconds the statement about to run may take (None: the storage's
         ``default_timeout``), enforced once :meth:`bound_statements` was called. The

@@ -292,8 +292,8 @@ class ReaderPool:
         """
         if checked:
             connection.last_check = time.monotonic()
-        connection.recycle_at = self._recycle_queries  # (0 while maintenance was due)
         if connection not in self._connections:
+            connection.recycle_at = self._recycle_queries  # (a new one; 0 once it is due)
             with self._cond:
                 if self.closed is None and connection.usable:
                     self._connections = [*self._connections, connection]
@@ -516,7 +516,7 @@ class ReaderPool:
             self._dispose(connection)
             return
         if connection.queries >= connection.recycle_at:
-            self._send(connection, self._maintenance(connection))
+            self._send(connection, Recycle(connection, self._recycle_reason(connection)))
             return
         connection.lock.release()
         if self._pending or self._waiting:
@@ -893,11 +893,12 @@ class ReaderPool:
                     self.release(connection)  # its reader retired while it was lent: close
                 continue
             if not connection.lock.acquire(False):
-                # In use (a thread reading in a loop may never leave it free at a tick):
-                # due maintenance then runs at its next release.
-                if connection.last_check == 0.0:
-                    connection.last_check = now  # (its health-check interval starts)
-                elif self._due(connection, now, interval):
+                # In use (a thread reading in a loop may never leave it free at a tick).
+                # Its own reads exercise it, which is what a health check would (and
+                # taking it away for one would only make its thread grow the pool); an
+                # age recycle is due at its next release.
+                connection.last_check = now
+                if now - connection.created_at >= self._recycle_seconds:
                     connection.recycle_at = 0
                 continue
             if not connection.usable:
@@ -921,20 +922,11 @@ class ReaderPool:
             else:
                 self._let_go(connection)
 
-    def _due(self, connection: TrackedConnection, now: float, interval: float) -> bool:
-        """True if ``connection`` is old enough to recycle, or due a health check."""
-        if now - connection.created_at >= self._recycle_seconds:
-            return True
-        return bool(interval) and now - connection.last_check >= interval
-
-    def _maintenance(self, connection: TrackedConnection) -> Recycle | HealthCheck:
-        """What a claimed connection past its ``recycle_at`` goes to its reader for."""
-        now = time.monotonic()
+    def _recycle_reason(self, connection: TrackedConnection) -> str:
+        """Why a claimed connection past its ``recycle_at`` is recycled."""
         if connection.queries >= self._recycle_queries:
-            return Recycle(connection, f"{connection.queries} queries")
-        if now - connection.created_at >= self._recycle_seconds:
-            return Recycle(connection, f"{now - connection.created_at:.0f}s old")
-        return HealthCheck(connection)
+            return f"{connection.queries} queries"
+        return f"{time.monotonic() - connection.created_at:.0f}s old"
 
     def withdraw_idle(self, connection: TrackedConnection) -> bool:
         """Claim ``connection`` if it is free; True if the caller now holds it."""
