@@ -609,13 +609,7 @@ class Runtime:
             }
 
         def pool() -> dict[str, float]:
-            status = self.pool.status()
-            return {
-                "total": status.total,
-                "active": status.active,
-                "idle": status.idle,
-                "waiting_requests": status.waiting_requests,
-            }
+            return _fields(self.pool.status(), "total", "active", "idle", "waiting_requests")
 
         def writer() -> dict[str, float]:
             counters = self.writer_counters
@@ -661,12 +655,11 @@ class Runtime:
         if self.config.cache:
 
             def cache() -> dict[str, float]:
-                stats = self.cache.stats()
-                return {
-                    "hits": stats.hits,
-                    "misses": stats.misses,
-                    "size": stats.size,
-                    "memory_usage": stats.memory_usage,
-                }
+                return _fields(self.cache.stats(), "hits", "misses", "size", "memory_usage")
 
             self.metrics.gauge("cache", cache)
+
+
+def _fields(record: object, *names: str) -> dict[str, float]:
+    """A gauge's values: the fields ``names`` of a status record."""
+    return {name: getattr(record, name) for name in names}

@@ -714,23 +714,31 @@ class ReaderPool:
         self.release(connection)
         raise error
 
+    def _claim_for_read(self, timeout: float | None) -> TrackedConnection:
+        """The thread's own connection if it is free, else one from :meth:`_take`.
+
+        Claimed, checked out (when someone listens) and bounded by ``timeout`` (None:
+        ``default_timeout``): the paths of a read that the fast path does not serve.
+        """
+        if timeout is not None:
+            timeout = checked_timeout(timeout)
+        connection: TrackedConnection | None = getattr(self._local, "connection", None)
+        if connection is None or not connection.lock.acquire(False):
+            return self._take(timeout)  # (which checks out and bounds the statement)
+        if not connection.usable:
+            connection.lock.release()
+            return self._take(timeout)
+        connection.bound(timeout)
+        if self.events.watches_checkouts:
+            self._check_out(connection)
+        return connection
+
     def _query_general(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
         """:attr:`query` when the fast path does not apply (claims through _take if needed)."""
         # A statement's first runs all come here, so a refused one never reaches the
         # fast path: BEGIN would leave a shared reader on an old snapshot for good.
         refuse_transaction_control(sql)
-        if timeout is not None:
-            timeout = checked_timeout(timeout)
-        connection: TrackedConnection | None = getattr(self._local, "connection", None)
-        if connection is None or not connection.lock.acquire(False):
-            connection = self._take(timeout)  # (which checks out and bounds the statement)
-        elif not connection.usable:
-            connection.lock.release()
-            connection = self._take(timeout)
-        else:
-            connection.bound(timeout)
-            if self.events.watches_checkouts:
-                self._check_out(connection)
+        connection = self._claim_for_read(timeout)
         try:
             rows = connection.query_fast(sql, params, self._names)
         except ReadOnlyError as error:
@@ -767,16 +775,7 @@ class ReaderPool:
         mode with an authorizer) on the claimed connection before it runs.
         """
         refuse_transaction_control(sql)  # (as in _query_general)
-        connection: TrackedConnection | None = getattr(self._local, "connection", None)
-        if connection is None or not connection.lock.acquire(False):
-            connection = self._take(timeout)  # (which checks out and bounds the statement)
-        elif not connection.usable:
-            connection.lock.release()
-            connection = self._take(timeout)
-        else:
-            connection.bound(timeout)
-            if self.events.watches_checkouts:
-                self._check_out(connection)
+        connection = self._claim_for_read(timeout)
         try:
             info = self.statements.analyze(connection.connection, sql, params)
             rows = connection.query_fast(sql, params, self._names)
