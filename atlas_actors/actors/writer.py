@@ -1357,7 +1357,8 @@ class WriterActor(RoleActor):
             span = Tracing.span_in(message.trace_context)  # commit call (atlas.tx.commit)
             if span is not None:
                 self._spans[message.id] = span
-        self._batch_plain = False  # a transaction's statements are not analysed for it
+        if not message.plain:
+            self._batch_plain = False  # (the transaction noted it: see Transaction._plain)
         if self._batch_tables is not None:
             if message.tables is None:
                 self._batch_tables = None

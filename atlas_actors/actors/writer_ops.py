@@ -345,7 +345,7 @@ class LeaseReturn(Op):
     or rolled back.
     """
 
-    __slots__ = ("commit", "lost", "tables", "tx_id")
+    __slots__ = ("commit", "lost", "plain", "tables", "tx_id")
     replayable = False  # a crash rolls the transaction back: it must fail, not rerun
 
     def __init__(
@@ -357,6 +357,7 @@ class LeaseReturn(Op):
         commit: bool,
         lost: bool = False,
         tables: AbstractSet[str] | None = None,
+        plain: bool = False,
     ) -> None:
         super().__init__(future, session, trace_context)
         self.tx_id = tx_id
@@ -365,6 +366,8 @@ class LeaseReturn(Op):
         """SQLite rolled the whole batch back under the transaction (SQLITE_FULL...)."""
         self.tables = tables
         """Tables the transaction changed (None: unknown)."""
+        self.plain = plain
+        """Each of the transaction's statements is known to leave the schema alone."""
 
 
 class CheckpointOp(Op):

@@ -103,6 +103,9 @@ class Transaction:
     """The last error one of its calls raised (``db.errors.recover`` applies its strategy
     when nothing ended the transaction: a constraint violation leaves it active)."""
     _nested = 0
+    _plain = True
+    """Every statement it ran is known to leave the schema alone (``StatementInfo.plain``;
+    noted with the tables it writes): the writer then skips its schema check."""
     _commit_sent = False
     """Set once a commit went to the writer and its wait timed out (never reset)."""
 
@@ -146,6 +149,8 @@ class Transaction:
                         self._note_tables(writes, sql, params, lease.connection)
                     else:
                         writes.update(info.writes)
+                        if not info.plain:
+                            self._plain = False
                 result = lease.connection.write(sql, params)
         except AtlasError as error:
             raised = self._failed_on_writer(lease, error)
@@ -181,6 +186,8 @@ class Transaction:
                         self._note_tables(writes, sql, params, lease.connection)
                     else:
                         writes.update(info.writes)
+                        if not info.plain:
+                            self._plain = False
                 rows = lease.connection.query(sql, params)
         except AtlasError as error:
             raised = self._failed_on_writer(lease, error)
@@ -263,6 +270,7 @@ class Transaction:
                     lease,
                     commit=True,
                     tables=self._writes if self._manager.tracks_writes else _NO_TABLES,
+                    plain=self._plain and self._writes is not None,
                 )
         except AtlasError as error:
             if self.state == "committing":
@@ -361,6 +369,8 @@ class Transaction:
             self._writes = None  # unknown from now on; the statement fails next, typed
             return
         writes.update(info.writes)
+        if not info.plain:
+            self._plain = False
 
     def _on_writer(self, lease: Lease, fn: Callable[[TrackedConnection], T]) -> T:
         """Run ``fn`` on the lent connection (savepoint commands; statements: execute)."""
@@ -902,17 +912,19 @@ class TransactionManager:
         commit: bool,
         lost: bool = False,
         tables: AbstractSet[str] | None = None,
+        plain: bool = False,
     ) -> None:
         """Give the write connection back; on commit, wait for the group commit.
 
-        ``tables`` are those the transaction changed (None: unknown). A commit first
+        ``tables`` are those the transaction changed (None: unknown); ``plain``: each
+        of its statements is known to leave the schema alone. A commit first
         offers the connection straight to the next transaction waiting for it
         (``lease.hand_over``), saving the trip through the writer.
         """
         future = self.storage.writer.submit_lease(
             LeaseReturn,
             f"transaction {tx.id}: {'commit' if commit else 'rollback'}",
-            (tx.id, commit, lost, tables),  # (the transaction has ended: tables stays as is)
+            (tx.id, commit, lost, tables, plain),  # (the transaction has ended: tables stays)
             writable=False,
             deliver=(
                 partial(hand_over, lease)  # (a partial calls it from C: no Python frame)

@@ -180,6 +180,31 @@ def test_transactions_invalidate_what_they_changed(kv: atlas.Storage) -> None:
     assert _v(kv, 5) == "tx"
 
 
+@pytest.mark.parametrize(
+    ("known", "method"),
+    [(False, "execute"), (True, "execute"), (False, "query"), (True, "query")],
+    ids=["new-text", "analysed-before", "query-new-text", "query-analysed-before"],
+)
+def test_a_schema_change_inside_a_transaction_drops_what_it_changed(
+    kv: atlas.Storage, known: bool, method: str
+) -> None:
+    # A transaction of statements that leave the schema alone skips the writer's schema
+    # check; one holding DDL must not, whether its text is new to the analysis (noted at
+    # the statement) or known from before (noted from the analysis's cache).
+    alter = "ALTER TABLE kv ADD COLUMN extra INTEGER DEFAULT 7"
+    if known:
+        kv.run_in_writer(lambda connection: kv.statements.analyze(connection, alter))
+    assert _cached_query(kv, "SELECT * FROM kv WHERE k = 3") == [(3, "v3")]
+    with kv.transaction() as tx:
+        tx.execute("UPDATE kv SET v = 'tx' WHERE k = 4")  # plain: known after the first
+        getattr(tx, method)(alter)
+    assert kv.query("SELECT * FROM kv WHERE k = 3") == [(3, "v3", 7)]
+    # And a later plain transaction's commit skips the check without harm.
+    with kv.transaction() as tx:
+        tx.execute("UPDATE kv SET v = 'again' WHERE k = 4")
+    assert _cached_query(kv, "SELECT * FROM kv WHERE k = 4") == [(4, "again", 7)]
+
+
 def test_a_trigger_written_table_is_invalidated_too(kv: atlas.Storage) -> None:
     kv.execute(
         "CREATE TRIGGER mirror AFTER UPDATE ON kv BEGIN "
