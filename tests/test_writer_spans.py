@@ -3,6 +3,7 @@ exactly the writes it committed, and a failed COMMIT is marked failed."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from opentelemetry.trace import Span, StatusCode
 import atlas_actors as atlas
 from atlas_actors.errors import AtlasError, OperationTimeout
 from atlas_actors.faults import FaultyVFS
-from tests.helpers import gate_writer
+from tests.helpers import gate_writer, wait_until
 
 
 class _Unended(SpanProcessor):
@@ -218,3 +219,56 @@ def test_a_failed_calls_span_hides_the_literals_its_error_quotes(
         texts += [str(v) for event in span.events for v in (event.attributes or {}).values()]
         assert not any("@example.com" in text for text in texts), span.name
     assert any("INSERT INTO users VALUES (?)" in (s.status.description or "") for s in failed)
+
+
+def test_a_lease_refused_at_a_hand_over_still_gets_its_failed_span(
+    traced: atlas.Storage, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
+) -> None:
+    # The next transaction waiting gets the connection from the committing one's
+    # thread (a hand-over); SQLite refusing its SAVEPOINT (here: an authorizer) fails
+    # that request there, and its lease span must say so, as the writer's grant does.
+    _, exporter, unended = spans
+    first = traced.transactions.begin()
+    first.execute("INSERT INTO t VALUES (1)")  # holds the lease from here
+    refused = f"tx{first.id + 1}"
+    writer = traced.writer_connection
+    assert writer is not None
+
+    def deny_the_next_savepoint(action: int, arg1: object, arg2: object, *_: object) -> int:
+        if action == apsw.SQLITE_SAVEPOINT and arg1 == "BEGIN" and arg2 == refused:
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+    writer.connection.authorizer = deny_the_next_savepoint
+    outcome: list[BaseException | None] = []
+
+    def second() -> None:
+        try:
+            with traced.transaction() as tx:
+                assert f"tx{tx.id}" == refused
+                tx.execute("INSERT INTO t VALUES (2)")
+        except BaseException as error:
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert wait_until(lambda: traced.transactions.status().queued == 1)
+    first.commit()  # hands the connection over: the SAVEPOINT is refused there
+    thread.join(10)
+    writer.connection.authorizer = None
+    assert len(outcome) == 1 and isinstance(outcome[0], AtlasError), outcome
+    leases = [
+        span
+        for span in exporter.get_finished_spans()
+        if span.name == "atlas.writer.lease"
+        and span.attributes is not None
+        and span.attributes.get("atlas.transaction.id") == first.id + 1
+    ]
+    assert len(leases) == 1, [span.name for span in exporter.get_finished_spans()]
+    assert leases[0].status.status_code is StatusCode.ERROR
+    assert leases[0].attributes is not None
+    assert leases[0].attributes.get("atlas.lease.handed_over") is True
+    assert traced.query("SELECT x FROM t") == [(1,)]
+    assert not unended.open

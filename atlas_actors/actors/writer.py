@@ -1284,65 +1284,78 @@ class WriterActor(RoleActor):
         """
         # Under a lock a stop or crash takes too: either it comes first (and nothing is
         # handed on), or the hand-over is done, its successor in place, before it looks.
-        with self._handing_over:
-            config = self.config
-            now = time.monotonic()
-            if (
-                self._ending
-                or self._lease is not lease
-                or self._chain_length >= config.max_batch_size
-                or now - self._batch_started >= config.max_batch_delay
-            ):
-                return False
-            waiting = self._lease_queue
-            while True:  # the first queued request this return may be granted (claimed)
-                try:
-                    request = waiting.popleft()
-                except IndexError:
+        refused: list[tuple[LeaseRequest, BaseException]] | None = None  # (rare: traced after)
+        try:
+            with self._handing_over:
+                config = self.config
+                now = time.monotonic()
+                if (
+                    self._ending
+                    or self._lease is not lease
+                    or self._chain_length >= config.max_batch_size
+                    or now - self._batch_started >= config.max_batch_delay
+                ):
                     return False
-                if request.expected_version is not None:
-                    waiting.appendleft(request)  # the writer compares it with committed state
-                    return False
-                if not request.claim():
-                    continue  # its caller gave up waiting
-                if now <= request.deadline:
-                    break
-                request.fail(
-                    OperationTimeout(
+                waiting = self._lease_queue
+                while True:  # the first queued request this return may be granted (claimed)
+                    try:
+                        request = waiting.popleft()
+                    except IndexError:
+                        return False
+                    if request.expected_version is not None:
+                        waiting.appendleft(request)  # the writer compares it with committed state
+                        return False
+                    if not request.claim():
+                        continue  # its caller gave up waiting
+                    if now <= request.deadline:
+                        break
+                    late = OperationTimeout(
                         "waiting for the writer lease", now - request.enqueued_at, applied=False
                     )
+                    request.fail(late)
+                    refused = [*(refused or ()), (request, late)]
+                savepoint = f"tx{request.tx_id}"
+                connection = lease.connection
+                try:
+                    connection.cursor.execute("SAVEPOINT " + savepoint)
+                except apsw.Error as error:
+                    failed = wrap_sqlite_error(error, "SAVEPOINT")
+                    request.fail(failed)
+                    refused = [*(refused or ()), (request, failed)]
+                    return False
+                successor = Lease(
+                    request.tx_id, savepoint, connection, request.owner, request.lease_timeout
                 )
-            savepoint = f"tx{request.tx_id}"
-            connection = lease.connection
-            try:
-                connection.cursor.execute("SAVEPOINT " + savepoint)
-            except apsw.Error as error:
-                request.fail(wrap_sqlite_error(error, "SAVEPOINT"))
-                return False
-            successor = Lease(
-                request.tx_id, savepoint, connection, request.owner, request.lease_timeout
-            )
-            successor.hand_over = lease.hand_over  # (this method, bound once at the grant)
-            self._chained.append(ret)
-            self._chain_length += 1
-            self.counters.handovers += 1
-            self._lease = successor
-            hooks = self.hooks
-            if hooks.lease_passed is not None:
-                hooks.lease_passed(lease, successor)
-            else:
-                hooks.lease_ended(lease)
-                hooks.lease_granted(successor)
+                successor.hand_over = lease.hand_over  # (this method, bound once at the grant)
+                self._chained.append(ret)
+                self._chain_length += 1
+                self.counters.handovers += 1
+                self._lease = successor
+                hooks = self.hooks
+                if hooks.lease_passed is not None:
+                    hooks.lease_passed(lease, successor)
+                else:
+                    hooks.lease_ended(lease)
+                    hooks.lease_granted(successor)
+        finally:
+            if refused is not None and self.tracing.enabled:
+                for failed_request, failure in refused:
+                    self._trace_hand_over(failed_request, failure)
         if self.tracing.enabled:  # the request was handled here: its span, after the fact
-            with self.tracing.consumer_span(
-                "atlas.writer.lease",
-                request.trace_context,
-                None,
-                **{"atlas.transaction.id": request.tx_id, "atlas.lease.handed_over": True},
-            ):
-                pass
+            self._trace_hand_over(request, None)
         request.future.set_result(successor)  # wakes the next transaction
         return True
+
+    def _trace_hand_over(self, request: LeaseRequest, error: BaseException | None) -> None:
+        """The span of a lease request handled at a hand-over (made after the fact)."""
+        with self.tracing.consumer_span(
+            "atlas.writer.lease",
+            request.trace_context,
+            None,
+            **{"atlas.transaction.id": request.tx_id, "atlas.lease.handed_over": True},
+        ) as span:
+            if error is not None:
+                Tracing.record_error(span, error)
 
     def _absorb_chain(self) -> None:
         """Add the returns handed over during the lease to the batch (writer thread)."""
