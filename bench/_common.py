@@ -623,6 +623,24 @@ def find_cell(cells: Sequence[CellResult], peer: str, threads: int) -> CellResul
     return next((c for c in cells if c.peer == peer and c.threads == threads), None)
 
 
+def yardstick_note(
+    cells: Sequence[CellResult], yardstick: str, mine: CellResult, base: CellResult
+) -> str:
+    """``; <yardstick> 1.23x, atlas 78% of it`` when the yardstick peer ran in the cell.
+
+    A yardstick (``bare-writer``, ``bare-lease``) does what atlas's design does and
+    nothing else: its ratio to the baseline is the most that design can reach on this
+    machine, and atlas's share of it is atlas's own overhead. Empty if it did not run.
+    """
+    bare = find_cell(cells, yardstick, mine.threads)
+    if bare is None or not bare.ops_per_s:
+        return ""
+    return (
+        f"; {yardstick} {fmt_ratio(ratio(bare.ops_per_s, base.ops_per_s), 3)}, "
+        f"atlas {ratio(mine.ops_per_s, bare.ops_per_s):.0%} of it"
+    )
+
+
 def add_run_options(
     parser: argparse.ArgumentParser,
     *,

@@ -81,6 +81,7 @@ from _common import (
     spread,
     table,
     time_fsync,
+    yardstick_note,
 )
 
 import atlas_actors as atlas
@@ -593,6 +594,7 @@ def judge(name: str, cells: Sequence[CellResult], threads: int = 16) -> list[Tar
         )
         if len(rounds) > 1:
             measured += f"; rounds median {fmt_ratio(median(rounds))}, {spread(rounds)}"
+        measured += yardstick_note(cells, "bare-lease", mine, base)
         targets.append(Target(wanted, measured, speed >= at_least))
     if not variants:
         targets.append(

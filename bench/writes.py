@@ -79,6 +79,7 @@ from _common import (
     spread,
     table,
     time_fsync,
+    yardstick_note,
 )
 from playhouse.sqliteq import SqliteQueueDatabase  # type: ignore[import-untyped]
 from sqlalchemy import (
@@ -594,6 +595,7 @@ def judge(name: str, cells: Sequence[CellResult]) -> list[Target]:
         rounds = spread(round_ratios(mine, base))
         if rounds:
             measured += f", rounds {rounds}"
+        measured += yardstick_note(cells, "bare-writer", mine, base)
         if p99_at_most is not None:
             p99 = ratio(mine.p99_ms, base.p99_ms)
             measured += (

@@ -12,7 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from writes import SCHEMA, BareWriterPeer
+from _common import CellResult
+from writes import SCHEMA, BareWriterPeer, judge
 
 from tests.helpers import run_in_threads
 
@@ -90,3 +91,16 @@ def test_the_failure_is_raised_and_the_operation_undone(tmp_path: Path) -> None:
     # The failed operation's INSERT was undone with it (its savepoint).
     assert connection.execute("SELECT count(*) FROM tasks").fetchone() == (1,)
     connection.close()
+
+
+def test_the_writes_target_names_the_yardstick_and_atlas_share_of_it() -> None:
+    cells = [
+        CellResult("atlas", 64, ops_per_s=36_000.0),
+        CellResult("conn-per-thread", 64, ops_per_s=50_000.0),
+        CellResult("bare-writer", 64, ops_per_s=43_000.0),
+    ]
+    (normal, _) = judge("normal", cells)
+    assert normal.passed is False
+    assert "; bare-writer 0.860x, atlas 84% of it" in normal.measured
+    (without, _) = judge("normal", cells[:2])
+    assert "bare-writer" not in without.measured
