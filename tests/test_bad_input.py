@@ -281,3 +281,51 @@ def test_sql_that_is_not_text_is_a_typed_error_at_the_call(
     assert db.supervisor.status().restarts == 0
     db.write("INSERT INTO t VALUES (1)")
     assert db.query("SELECT x FROM t") == [(1,)]
+
+
+def _in_transaction(isolation: str, method: str, sql: str, params: object) -> Callable[..., object]:
+    def call(db: atlas.Storage) -> None:
+        with db.transaction(isolation=isolation) as tx:  # type: ignore[arg-type]
+            getattr(tx, method)(sql, params)
+
+    return call
+
+
+_BIG = ("SELECT * FROM tasks WHERE n = ?", [2**70])
+_MISSING = ("SELECT * FROM tasks WHERE n = :x", {"y": 1})
+_OBJECT = ("SELECT * FROM tasks WHERE n = ?", [object()])
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda db: db.query(*_BIG), id="query-big-int"),
+        pytest.param(lambda db: db.query(*_MISSING), id="query-missing-name"),
+        pytest.param(lambda db: db.query_one(*_MISSING), id="query_one-missing-name"),
+        pytest.param(lambda db: db.query(*_OBJECT), id="query-object"),
+        pytest.param(_in_transaction("serializable", "query", *_BIG), id="tx-query-big-int"),
+        pytest.param(_in_transaction("serializable", "query", *_MISSING), id="tx-query-missing"),
+        pytest.param(_in_transaction("serializable", "query", *_OBJECT), id="tx-query-object"),
+        pytest.param(_in_transaction("read_committed", "query", *_BIG), id="rc-query-big-int"),
+        pytest.param(_in_transaction("read_committed", "query", *_MISSING), id="rc-query-missing"),
+        pytest.param(
+            _in_transaction("serializable", "execute", "UPDATE tasks SET n = ?", [2**70]),
+            id="tx-execute-big-int",
+        ),
+    ],
+)
+def test_bad_parameters_are_typed_whether_the_cache_analyses_the_statement_or_not(
+    open_storage: Callable[..., atlas.Storage], cache: bool, call: Callable[..., object]
+) -> None:
+    # With the cache on, a statement's first run is analysed first (bound to the same
+    # parameters): apsw's answers there must come out as typed as the run's own.
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, n INTEGER)")
+    db.write("INSERT INTO tasks(n) VALUES (1)")
+    with pytest.raises(errors.ParameterError):
+        call(db)
+    assert db.query("SELECT n FROM tasks") == [(1,)]
+    with db.transaction() as tx:
+        tx.execute("UPDATE tasks SET n = 2")
+    assert db.query("SELECT n FROM tasks") == [(2,)]

@@ -782,7 +782,8 @@ class ReaderPool:
             latency = connection.last_latency
         except ReadOnlyError as error:
             raise _read_only(error, sql) from error
-        except (apsw.Error, TypeError) as error:  # (TypeError: an unbindable parameter)
+        except (apsw.Error, TypeError, OverflowError, KeyError) as error:
+            # (apsw's answers to bad parameters, from the analysis too: typed here)
             raise wrap_sqlite_error(error, sql) from error
         finally:
             self.release(connection)

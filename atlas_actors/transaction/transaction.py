@@ -42,6 +42,7 @@ from atlas_actors.errors import (
     TransactionTimeout,
     ValidationError,
     WrongThreadError,
+    wrap_sqlite_error,
 )
 from atlas_actors.future import Future
 from atlas_actors.rows import Row
@@ -365,6 +366,13 @@ class Transaction:
         """Add the tables ``sql`` changes to ``writes``, analysing it first (a new text)."""
         try:
             info = self._manager.statements.analyze(connection.connection, sql, params)
+        except (TypeError, OverflowError, KeyError) as error:
+            # Parameters the statement cannot bind either (apsw's answers): typed now.
+            wrapped = wrap_sqlite_error(error, sql)
+            if isinstance(wrapped, AtlasError):
+                raise wrapped from error
+            self._writes = None  # (not about the parameters: as below)
+            return
         except apsw.Error:
             self._writes = None  # unknown from now on; the statement fails next, typed
             return
