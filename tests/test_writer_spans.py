@@ -222,12 +222,21 @@ def test_a_failed_calls_span_hides_the_literals_its_error_quotes(
 
 
 def test_a_lease_refused_at_a_hand_over_still_gets_its_failed_span(
-    traced: atlas.Storage, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
+    tmp_path: Path, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
 ) -> None:
     # The next transaction waiting gets the connection from the committing one's
     # thread (a hand-over); SQLite refusing its SAVEPOINT (here: an authorizer) fails
     # that request there, and its lease span must say so, as the writer's grant does.
-    _, exporter, unended = spans
+    # (A batch open past max_batch_delay is handed back to the writer instead: the
+    # test's own waits must not reach it.)
+    provider, exporter, unended = spans
+    with atlas.open(tmp_path / "h.db", tracer_provider=provider, max_batch_delay=30.0) as traced:
+        traced.execute("CREATE TABLE t(x INTEGER UNIQUE)")
+        _refuse_a_hand_over(traced, exporter)
+    assert not unended.open
+
+
+def _refuse_a_hand_over(traced: atlas.Storage, exporter: InMemorySpanExporter) -> None:
     first = traced.transactions.begin()
     first.execute("INSERT INTO t VALUES (1)")  # holds the lease from here
     refused = f"tx{first.id + 1}"
@@ -271,4 +280,3 @@ def test_a_lease_refused_at_a_hand_over_still_gets_its_failed_span(
     assert leases[0].attributes is not None
     assert leases[0].attributes.get("atlas.lease.handed_over") is True
     assert traced.query("SELECT x FROM t") == [(1,)]
-    assert not unended.open
