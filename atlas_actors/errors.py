@@ -310,7 +310,11 @@ class CorruptionError(SQLiteError):
 
 
 class ReadOnlyError(SQLiteError):
-    """A write was attempted on a read-only database or connection (SQLITE_READONLY)."""
+    """A write was attempted on a read-only database or connection (SQLITE_READONLY).
+
+    A storage opened on a file this process may not write (or with a ``mode=ro`` URI)
+    is read-only from the start: it serves reads, and every write raises this at once.
+    """
 
     category = "read_only"
 
@@ -437,7 +441,12 @@ _STRATEGIES: dict[str, tuple[Severity, bool, str, str]] = {
     "disk_full": ("high", True, "read_only", "free space; writes resume by themselves"),
     "io": ("high", True, "retry_then_verify", "check the disk; retry"),
     "corruption": ("high", False, "stop_and_verify", "restore from a backup"),
-    "read_only": ("medium", False, "check_permissions", "open the file read-write"),
+    "read_only": (
+        "medium",
+        False,
+        "check_permissions",
+        "make the file and its directory writable (chmod u+w), then reopen the storage",
+    ),
 }
 
 

@@ -9,6 +9,7 @@ public API is :class:`atlas_actors.storage.Storage`, its subclass.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import logging
 import os
@@ -39,6 +40,7 @@ from atlas_actors.errors import (
     AtlasError,
     CorruptionError,
     OperationTimeout,
+    ReadOnlyError,
     StorageClosedError,
     StorageUnavailable,
 )
@@ -71,6 +73,7 @@ class Runtime:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: otel_metrics.MeterProvider | None = None,
         vfs: str | None = None,
+        read_only: ReadOnlyError | None = None,
     ) -> None:
         self.path = path
         self.config = config
@@ -95,8 +98,11 @@ class Runtime:
         self._expiry_sent: set[int] = set()
         self.guarded_threads: set[int] = set()
         """writer_threads and lease owners: the only threads the deadlock guard checks."""
-        self.write_block: AtlasError | None = None
-        """Set while writes are stopped (a corruption check); writes raise it."""
+        self.read_only = read_only is not None
+        """True when SQLite can open the file only for reading: writes are refused."""
+        self.write_block: AtlasError | None = read_only
+        """Set while writes are refused (a read-only file, a corruption check); each
+        write raises a copy of it in its caller, before anything is queued."""
         self.disk_full = False
         """True while the writer refuses writes because the disk is full."""
         self.writer_connection: TrackedConnection | None = None
@@ -222,6 +228,9 @@ class Runtime:
 
     def _connect(self, *, writer: bool) -> apsw.Connection:
         config = self.config
+        # The writer of a read-only file opens it as the readers do: it writes nothing
+        # (writes are refused before they reach it), nor can it set WAL mode.
+        writer = writer and not self.read_only
         return open_connection(
             self.path,
             writer=writer,
@@ -400,12 +409,14 @@ class Runtime:
             raise self._unavailable()
 
     def check_writable(self) -> None:
-        """Raise unless writes are accepted (serving, and not stopped for a check)."""
+        """Raise unless writes are accepted (serving, not read-only, not stopped for a check)."""
         if self._state != "running":
             raise self._unavailable()
         block = self.write_block
         if block is not None:
-            raise block
+            refused = _again(block)
+            self.errors.handle(refused, {"operation": "write"})  # (as the writer's would be)
+            raise refused
 
     def _unavailable(self) -> StorageUnavailable:
         if self._failure is not None:
@@ -658,6 +669,21 @@ class Runtime:
                 return _fields(self.cache.stats(), "hits", "misses", "size", "memory_usage")
 
             self.metrics.gauge("cache", cache)
+
+
+def _again(error: AtlasError) -> AtlasError:
+    """A new copy of a standing error, for one caller to raise.
+
+    Raising one instance again and again would grow its traceback with every raise,
+    share it between threads, and report (log, count) it only the first time.
+    """
+    try:
+        again = copy.copy(error)
+    except Exception:  # (an error that cannot be rebuilt from its args)
+        return error
+    again.__traceback__ = again.__cause__ = again.__context__ = None
+    again.reported = False
+    return again
 
 
 def _fields(record: object, *names: str) -> dict[str, float]:

@@ -10,15 +10,17 @@ reads go through the reader pool (``db.query``); transactions borrow the writer
 from __future__ import annotations
 
 import atexit
+import builtins
 import functools
 import logging
 import os
 import threading
 import time
 import types
+import urllib.parse
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import apsw
@@ -46,8 +48,10 @@ from atlas_actors.errors import (
     AtlasError,
     CorruptionError,
     DeadlockError,
+    ReadOnlyError,
     StorageUnavailable,
     ValidationError,
+    wrap_sqlite_error,
 )
 from atlas_actors.future import (
     Future,
@@ -86,6 +90,7 @@ class HealthReport:
 
     status: str
     """``ok``; ``degraded`` (an actor restarting, the disk full, a corruption check);
+    ``read_only`` (the file may not be written: reads are served, writes refused);
     ``failed`` or ``closed``."""
     writer: ChildStatus | None
     """The writer's supervision status."""
@@ -94,7 +99,7 @@ class HealthReport:
     restarts: int
     """Actor restarts since the storage opened."""
     failure: str | None
-    """Why the storage failed or degraded, if it did."""
+    """Why the storage failed, degraded or is read-only, and what to do."""
 
 
 class Storage(Runtime):
@@ -111,12 +116,28 @@ class Storage(Runtime):
     ) -> None:
         path = os.fspath(path)
         _check_database_path(path, vfs=vfs)
+        read_only: ReadOnlyError | None = None
+        journal_mode = _read_only_journal_mode(path, vfs=vfs)
+        if journal_mode is not None:
+            read_only = _read_only_error(path)
+            log.info("%s", read_only)
+            if journal_mode != "wal" and config.cache:
+                # The cache learns of other processes' commits from the wal-index, which
+                # a database in rollback-journal mode has not: its entries could go stale.
+                config = replace(config, cache=False)
+                log.info(
+                    "%r is read-only and in %s journal mode, not WAL: the result cache is "
+                    "off (no wal-index tells of other processes' writes)",
+                    path,
+                    journal_mode,
+                )
         super().__init__(
             path,
             config,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             vfs=vfs,
+            read_only=read_only,
         )
         # db.supervisor after close() raises what every other handle raises.
         self.supervisor.unavailable = self._unavailable
@@ -370,12 +391,12 @@ class Storage(Runtime):
         writer = next((c for c in status.children if c.role == "writer"), None)
         restarting = any(c.state == "restarting" for c in status.children)
         blocked = self.write_block
-        degraded = restarting or blocked is not None or self.disk_full
+        degraded = restarting or self.disk_full or (blocked is not None and not self.read_only)
         reason = status.failure or (str(blocked) if blocked else None)
         if self.disk_full and reason is None:
             reason = "the disk is full: writes are refused until space returns"
         return HealthReport(
-            status="degraded" if degraded else "ok",
+            status="degraded" if degraded else "read_only" if self.read_only else "ok",
             writer=writer,
             pool=pool,
             restarts=status.restarts,
@@ -437,9 +458,12 @@ class Storage(Runtime):
         log.error("integrity_check failed: %s", verdict.problems[:10])
 
     def resume_writes(self) -> bool:
-        """After a check of the file passed: lift the stop on writes; False if none."""
+        """After a check of the file passed: lift the stop on writes; False if none.
+
+        Only a stop for corruption: a read-only file stays read-only.
+        """
         with self._lock:
-            if self.write_block is None:
+            if not isinstance(self.write_block, CorruptionError):
                 return False
             self.write_block = None
         log.warning("integrity_check passed after a corruption report: writes resumed")
@@ -487,23 +511,93 @@ def _check_database_path(path: str, *, vfs: str | None = None) -> None:
         )
     if os.access(directory, os.W_OK | os.X_OK):
         return
+    exists = os.path.exists(path)
+    wal_files = [f"{path}-wal", f"{path}-shm"]
+    if exists and all(os.access(name, os.R_OK | os.W_OK) for name in wal_files):
+        return  # (another process has it open: WAL works, read-write or read-only)
+    if exists and not os.access(path, os.W_OK) and not _in_wal_mode(path):
+        return  # a read-only file in rollback-journal mode: it is read as it is
     missing = [
         os.path.basename(name)
-        for name in (path, f"{path}-wal", f"{path}-shm")
+        for name in (path, *wal_files)
         if not os.access(name, os.R_OK | os.W_OK)
     ]
-    if missing:
-        needed = (
-            "the -wal and -shm files WAL keeps next to the database"
-            if os.path.exists(path)
-            else "the database file, and the -wal and -shm files WAL keeps next to it"
+    needed = (
+        "the -wal and -shm files WAL keeps next to the database"
+        if exists
+        else "the database file, and the -wal and -shm files WAL keeps next to it"
+    )
+    ship = ""
+    if exists and not os.access(path, os.W_OK):
+        ship = (
+            "; or, to serve it read-only from here, take it out of WAL mode where it can "
+            f"be written first (sqlite3 {os.path.basename(path)} "
+            "'PRAGMA journal_mode=DELETE')"
         )
-        raise StorageUnavailable(
-            f"cannot open {path!r}: its directory {directory!r} is not writable, and "
-            f"SQLite must create {needed} there (missing or not writable: "
-            f"{', '.join(missing)}); make the directory writable for this user, or move "
-            "the database to a writable directory"
+    raise StorageUnavailable(
+        f"cannot open {path!r}: its directory {directory!r} is not writable, and "
+        f"SQLite must create {needed} there (missing or not writable: "
+        f"{', '.join(missing)}); make the directory writable for this user, or move "
+        f"the database to a writable directory{ship}"
+    )
+
+
+def _in_wal_mode(path: str) -> bool:
+    """Whether the database file's header says WAL (https://sqlite.org/fileformat2.html)."""
+    try:
+        with builtins.open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18:20] == b"\x02\x02"
+
+
+def _read_only_journal_mode(path: str, *, vfs: str | None = None) -> str | None:
+    """The journal mode of an existing database SQLite opens only for reading, else None.
+
+    SQLite opens a file this process may not write (or a ``mode=ro`` URI) read-only
+    without a word (https://sqlite.org/c3ref/db_readonly.html): ask it, opening the file
+    as the writer does but without creating it. None for a writable or missing file, and
+    for one that cannot be opened at all (the writer's open says why).
+    """
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
+    try:
+        connection = (
+            apsw.Connection(path, flags=flags, vfs=vfs)
+            if vfs
+            else apsw.Connection(path, flags=flags)
         )
+    except apsw.Error:
+        return None
+    try:
+        if not connection.readonly("main"):
+            return None
+        return str(connection.pragma("journal_mode")).lower()
+    except apsw.Error as error:
+        raise wrap_sqlite_error(error, f"open {path}") from error
+    finally:
+        connection.close()
+
+
+def _read_only_error(path: str) -> ReadOnlyError:
+    """What every write to the read-only database at ``path`` raises."""
+    file = _file_name(path)
+    directory = os.path.dirname(os.path.abspath(file))
+    return ReadOnlyError(
+        f"{path!r} is read-only (SQLite could not open it for writing): this storage "
+        "serves reads (db.query, repeatable_read transactions) and refuses every write. "
+        "To write, make the file and its directory writable for this user (e.g. "
+        f"chmod u+w {file} {directory}), then open the storage again",
+        result_code=apsw.SQLITE_READONLY,
+    )
+
+
+def _file_name(path: str) -> str:
+    """The file a path or a ``file:`` URI names (for messages)."""
+    if not path.lower().startswith("file:"):
+        return path
+    name = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+    return name or path
 
 
 def open(
