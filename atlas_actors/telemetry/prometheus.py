@@ -1,27 +1,43 @@
-"""The metrics and alert rules as Prometheus sees them (through an OpenTelemetry collector).
+"""The metrics and alert rules as Prometheus sees them.
 
+Through an OpenTelemetry collector, or scraped from the application (:func:`register`).
 The collector's Prometheus exporter names an instrument ``atlas.writer.writes`` as
 ``atlas_writer_writes_total`` (dots become underscores; a monotonic sum gains
 ``_total``; no unit is set, so no unit suffix) and the attribute ``db.namespace`` as
-the label ``db_namespace``. :func:`prometheus_rules` writes :func:`default_rules` as a
-Prometheus rule file; ``otel/prometheus/alerts.yml`` is its output (a test keeps the two
-equal)::
+the label ``db_namespace``; :func:`register` exposes the same series.
+:func:`prometheus_rules` writes :func:`default_rules` as a Prometheus rule file;
+``otel/prometheus/alerts.yml`` is its output (a test keeps the two equal)::
 
     python -m atlas_actors.telemetry.prometheus > otel/prometheus/alerts.yml
+
+Only :func:`register` needs the ``prometheus`` extra
+(``pip install 'atlas-actors[prometheus]'``: the ``prometheus-client`` package).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from atlas_actors.config import StorageConfig
 from atlas_actors.telemetry.alerts import AlertRule
 from atlas_actors.telemetry.default_alerts import default_rules
 from atlas_actors.telemetry.metrics import CATALOGUE
 
-__all__ = ["prometheus_name", "prometheus_rules", "promql"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+    from atlas_actors.storage import Storage
+
+__all__ = ["StorageCollector", "prometheus_name", "prometheus_rules", "promql", "register"]
+
+INSTALL_HINT = "pip install 'atlas-actors[prometheus]'"
+"""How to install what :func:`register` needs."""
 
 
 def prometheus_name(name: str) -> str:
@@ -94,6 +110,98 @@ def prometheus_rules(rules: Iterable[AlertRule]) -> str:
             f"          description: {json.dumps(rule.description)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _client() -> None:
+    """Import ``prometheus_client``, or say how to install it."""
+    try:
+        import prometheus_client  # noqa: F401, PLC0415 (optional: the prometheus extra)
+    except ImportError as error:
+        raise ImportError(
+            "exposing atlas-actors metrics to Prometheus needs the prometheus-client "
+            f"package: {INSTALL_HINT}",
+            name="prometheus_client",
+        ) from error
+
+
+class StorageCollector:
+    """A ``prometheus_client`` collector of the metrics of the storages added to it.
+
+    At each scrape it takes one ``db.metrics.snapshot()`` per open storage and yields
+    every catalogue metric as :func:`prometheus_name` names it, labelled
+    ``db_namespace`` = the database file: the series the alert rules of
+    :func:`prometheus_rules` read. A counter not bumped yet is 0; a closed (or
+    collected) storage is no longer scraped.
+    """
+
+    def __init__(self) -> None:
+        _client()
+        self._lock = threading.Lock()
+        self._storages: weakref.WeakSet[Storage] = weakref.WeakSet()
+
+    def add(self, storage: Storage) -> None:
+        """Scrape ``storage`` too (for as long as it is open)."""
+        with self._lock:
+            self._storages.add(storage)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families of one scrape (called by the registry)."""
+        from prometheus_client.core import (  # noqa: PLC0415 (optional: the prometheus extra)
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        with self._lock:
+            storages = list(self._storages)
+        taken = []
+        for storage in storages:
+            snapshot = storage._exported_snapshot()
+            if snapshot is not None:
+                taken.append((storage.path, snapshot))
+        for name, info in CATALOGUE.items():
+            family: CounterMetricFamily | GaugeMetricFamily
+            if info.kind == "counter":
+                family = CounterMetricFamily(
+                    prometheus_name(name), info.description, labels=["db_namespace"]
+                )
+            else:
+                family = GaugeMetricFamily(
+                    prometheus_name(name), info.description, labels=["db_namespace"]
+                )
+            for path, snapshot in taken:
+                value = snapshot.get(name, 0 if info.bumped else None)
+                if value is not None:
+                    family.add_metric([path], value)
+            yield family
+
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, StorageCollector] = (
+    weakref.WeakKeyDictionary()
+)
+_collectors_lock = threading.Lock()
+
+
+def register(storage: Storage, registry: CollectorRegistry | None = None) -> StorageCollector:
+    """Expose ``storage``'s metrics on ``registry`` (``prometheus_client``'s default).
+
+    One collector per registry serves every storage registered on it. Serve the
+    registry as usual, e.g. ``prometheus_client.start_http_server(9464)``. Needs the
+    ``prometheus`` extra: ``pip install 'atlas-actors[prometheus]'``.
+    """
+    _client()
+    if registry is None:
+        from prometheus_client import REGISTRY  # noqa: PLC0415 (optional)
+
+        registry = REGISTRY
+    with _collectors_lock:
+        collector = _collectors.get(registry)
+        if collector is None:
+            collector = _collectors[registry] = StorageCollector()
+            collector.add(storage)
+            registry.register(collector)
+            return collector
+    collector.add(storage)
+    return collector
 
 
 if __name__ == "__main__":
