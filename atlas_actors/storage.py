@@ -117,9 +117,10 @@ class Storage(Runtime):
         path = os.fspath(path)
         _check_database_path(path, vfs=vfs)
         read_only: ReadOnlyError | None = None
-        journal_mode = _read_only_journal_mode(path, vfs=vfs)
-        if journal_mode is not None:
-            read_only = _read_only_error(path)
+        found = _read_only_files(path, vfs=vfs)
+        if found is not None:
+            stuck, journal_mode = found
+            read_only = _read_only_error(path, stuck)
             log.info("%s", read_only)
             if journal_mode != "wal" and config.cache:
                 # The cache learns of other processes' commits from the wal-index, which
@@ -552,13 +553,15 @@ def _in_wal_mode(path: str) -> bool:
     return len(header) == 20 and header[18:20] == b"\x02\x02"
 
 
-def _read_only_journal_mode(path: str, *, vfs: str | None = None) -> str | None:
-    """The journal mode of an existing database SQLite opens only for reading, else None.
+def _read_only_files(path: str, *, vfs: str | None = None) -> tuple[list[str], str] | None:
+    """What keeps an existing database read-only, with its journal mode; None if nothing.
 
     SQLite opens a file this process may not write (or a ``mode=ro`` URI) read-only
     without a word (https://sqlite.org/c3ref/db_readonly.html): ask it, opening the file
-    as the writer does but without creating it. None for a writable or missing file, and
-    for one that cannot be opened at all (the writer's open says why).
+    as the writer does but without creating it. A writable file whose existing ``-wal``
+    or ``-shm`` file is not writable is read-only as well (SQLite opens those read-only
+    too), and those files are named. None for a writable or missing file, and for one
+    that cannot be opened at all (the writer's open says why).
     """
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
     try:
@@ -570,24 +573,35 @@ def _read_only_journal_mode(path: str, *, vfs: str | None = None) -> str | None:
     except apsw.Error:
         return None
     try:
-        if not connection.readonly("main"):
-            return None
-        return str(connection.pragma("journal_mode")).lower()
+        if connection.readonly("main"):
+            return [], str(connection.pragma("journal_mode")).lower()
     except apsw.Error as error:
         raise wrap_sqlite_error(error, f"open {path}") from error
     finally:
         connection.close()
+    if vfs is not None or path.lower().startswith("file:"):
+        return None
+    stuck = [
+        name
+        for name in (f"{path}-wal", f"{path}-shm")
+        if os.path.exists(name) and not os.access(name, os.W_OK)
+    ]
+    return (stuck, "wal") if stuck else None
 
 
-def _read_only_error(path: str) -> ReadOnlyError:
-    """What every write to the read-only database at ``path`` raises."""
+def _read_only_error(path: str, stuck: Sequence[str] = ()) -> ReadOnlyError:
+    """What every write to the read-only database at ``path`` raises.
+
+    ``stuck``: the ``-wal``/``-shm`` files that keep a writable file read-only.
+    """
     file = _file_name(path)
     directory = os.path.dirname(os.path.abspath(file))
+    what = " and ".join(stuck) if stuck else "it"
     return ReadOnlyError(
-        f"{path!r} is read-only (SQLite could not open it for writing): this storage "
-        "serves reads (db.query, repeatable_read transactions) and refuses every write. "
-        "To write, make the file and its directory writable for this user (e.g. "
-        f"chmod u+w {file} {directory}), then open the storage again",
+        f"{path!r} is read-only (SQLite could not open {what} for writing): this "
+        "storage serves reads (db.query, repeatable_read transactions) and refuses every "
+        "write. To write, make the file and its directory writable for this user (e.g. "
+        f"chmod u+w {' '.join([file, *stuck, directory])}), then open the storage again",
         result_code=apsw.SQLITE_READONLY,
     )
 

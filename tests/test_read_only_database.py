@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 import atlas_actors as atlas
@@ -216,6 +217,32 @@ def test_a_read_only_wal_file_in_a_read_only_directory_is_refused_with_what_to_d
     assert f"its directory '{directory}' is not writable" in message
     assert "-wal and -shm" in message
     assert "PRAGMA journal_mode=DELETE" in message  # how to ship it read-only
+
+
+def test_a_read_only_wal_file_next_to_a_writable_database_is_named(
+    db_path: Path, make_read_only: MakeReadOnly, open_storage: Callable[..., atlas.Storage]
+) -> None:
+    # Another process keeps the -wal file there; SQLite opens it read-only, and with it
+    # the database, though the database file itself is writable.
+    other = apsw.Connection(str(db_path))
+    try:
+        other.execute("PRAGMA journal_mode=WAL").fetchall()
+        other.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)").fetchall()
+        wal = db_path.parent / f"{db_path.name}-wal"
+        make_read_only(wal)
+        db = open_storage()
+        health = db.health()
+        assert health.status == "read_only"
+        assert health.failure is not None
+        assert f"could not open {wal} for writing" in health.failure
+        assert f"chmod u+w {db_path} {wal} {db_path.parent}" in health.failure
+        assert db.query("SELECT x FROM t") == [(1,)]
+        with pytest.raises(ReadOnlyError, match=f"could not open {wal} for writing"):
+            db.write("INSERT INTO t VALUES (2)")
+        assert db.writer_counters.started == 0
+        db.close()
+    finally:
+        other.close()
 
 
 def test_a_uri_opened_read_only_gives_a_read_only_storage(
