@@ -454,8 +454,10 @@ class Runtime:
     ) -> None:
         try:
             external = self.cache.external
-            if external is not None and external.after_commit(wrote):
-                self.cache.invalidate_all("another process committed")
+            if external is not None:
+                # Another process's commit behind ours is dropped for before its count
+                # is published (changes.py).
+                external.after_commit(wrote, self._drop_for_another_process)
             self.cache.tables_written(tables, rows)
         except BaseException:
             # Never acknowledge a write while a stale entry may survive.
@@ -465,7 +467,7 @@ class Runtime:
     def _writer_commit_failed(self) -> None:
         external = self.cache.external
         if external is not None:
-            external.after_commit(wrote=False)
+            external.after_commit(False, self._drop_for_another_process)
         self.cache.invalidate_all("a commit failed")
 
     def _writer_connected(self, connection: TrackedConnection) -> None:

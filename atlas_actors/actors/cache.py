@@ -171,6 +171,8 @@ class CacheActor(RoleActor):
             # Dropping too keeps the count honest should anything still read.
             if external.check(lambda: self.manager.invalidate_all("another process committed")):
                 return True
+            if external.moved():
+                return True  # a COMMIT the writer never settled: ours or another's
             counter = external.counter
             return isinstance(counter, ShmCounter) and counter.replaced()
         except (ValueError, OSError):  # the wal-index mapping is gone: cannot tell

@@ -9,20 +9,26 @@ as they happen, so
     external commits = (iChange now - iChange last seen) - own commits since
 
 and any external commit means the cache cannot know which tables changed: it drops
-everything. The accounting is exact in one direction only, the safe one: an own commit
-that writes nothing is never counted, so the detector may report a change that was
+everything. The accounting errs in one direction only, the safe one: a step it cannot
+attribute counts as another process's, so the detector may report a change that was
 ours (a needless drop), never miss one that was not.
 
 The writer calls :meth:`ExternalChanges.writer_holds_lock` right after ``BEGIN
 IMMEDIATE`` (nobody else can commit until it commits), :meth:`before_commit` just
 before its ``COMMIT`` and :meth:`after_commit` right after; readers call :meth:`moved` (a
 memory read and a comparison: it runs on every cached read) and, when it did, :meth:`settle`
-with the cache's drop, which runs before the counter's new value is published, so no
-reader can take the published value as "nothing new" while old entries remain.
+with the cache's drop. Every path drops before the counter's new value is published,
+so no reader can take the published value as "nothing new" while old entries remain.
+
 A write transaction moves the counter by exactly one when it writes WAL frames and not
-at all otherwise, and SQLite's WAL hook tells the writer which it was; if it wrote
-nothing but a reader already took some increment for the announced one, that increment
-was another process's, and ``after_commit`` says so.
+at all otherwise, and SQLite's WAL hook tells the writer which it was, after the COMMIT
+released the write lock, when another process may already have committed. So the one
+step past the value announced by :meth:`before_commit` is unknown until
+:meth:`after_commit`: a reader that sees only that step (it may be another process's
+commit behind one of ours that wrote nothing) waits for the writer to settle it, a
+matter of microseconds; one that sees more drops everything, which covers that step
+whatever it was, and so does one whose wait runs out (a writer that died after its
+COMMIT).
 """
 
 from __future__ import annotations
@@ -31,12 +37,17 @@ import mmap
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 __all__ = ["ExternalChanges", "ShmCounter", "shm_counter"]
 
+WRITER_SETTLES = 0.05
+"""Seconds a reader waits, at most, for the writer to settle a step that may be its COMMIT."""
+
 _ICHANGE = struct.Struct("=I")  # native order, at offset 8 of the first header copy
 _ICHANGE_OFFSET = 8
+_MASK = 0xFFFFFFFF
 
 
 class ShmCounter:
@@ -101,13 +112,17 @@ def shm_counter(database: str) -> ShmCounter | None:
 class ExternalChanges:
     """Counts commits not made by this storage; thread-safe."""
 
-    def __init__(self, counter: Callable[[], int]) -> None:
+    def __init__(self, counter: Callable[[], int], writer_settles: float = WRITER_SETTLES) -> None:
         self._counter = counter
         self.counter = counter
         """What it reads (a :class:`ShmCounter` in a storage)."""
+        self._writer_settles = writer_settles
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
         self._seen = counter()
-        self._own = 0
+        self._pending: int | None = None
+        # The counter's value when the writer announced its COMMIT, until it settles
+        # it: the step from there is ours if that COMMIT wrote frames, else another's.
 
     def moved(self) -> bool:
         """True if the counter moved since the last settled value (no lock: the fast path).
@@ -125,9 +140,24 @@ class ExternalChanges:
         done, and one that finds it different waits here for the drop in progress.
         Without ``on_change``, the caller drops after the return, and a reader may hit
         an old entry until it has.
+
+        A single move that may be the writer's announced COMMIT is waited on until the
+        writer settles it (:meth:`after_commit`), for ``writer_settles`` seconds at most;
+        then it is taken for another process's.
         """
         with self._lock:
-            return self._settle(self._counter(), on_change)
+            value = self._counter()
+            deadline = None
+            while self._unsure(value):
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._writer_settles
+                elif now >= deadline:
+                    self._pending = None  # never settled: count it as another's
+                    break
+                self._settled.wait(deadline - now)
+                value = self._counter()
+            return self._settle(value, on_change)
 
     def check(self, on_change: Callable[[], object] | None = None) -> bool:
         """True if another process committed since the last check (or writer sync).
@@ -141,36 +171,53 @@ class ExternalChanges:
     def writer_holds_lock(self, on_change: Callable[[], object] | None = None) -> bool:
         """The writer holds the write lock: settle the count; True if others committed.
 
-        ``on_change``: as for :meth:`settle`.
+        An announcement still pending here was never settled (a writer that died after
+        its COMMIT): its step is taken for another process's. ``on_change``: as for
+        :meth:`settle`.
         """
-        return self.settle(on_change)
+        with self._lock:
+            self._pending = None
+            self._settled.notify_all()
+            return self._settle(self._counter(), on_change)
 
     def before_commit(self) -> None:
-        """The writer (holding the write lock) will COMMIT: announce one increment."""
+        """The writer (holding the write lock) will COMMIT: announce its step."""
         with self._lock:
-            self._own += 1
+            self._pending = self._counter()
 
-    def after_commit(self, wrote: bool) -> bool:
+    def after_commit(self, wrote: bool, on_change: Callable[[], object] | None = None) -> bool:
         """Settle the announcement (``wrote``: the WAL hook fired for the COMMIT).
 
-        True if a reader took another process's commit for the announced one.
+        The announced step is ours if the COMMIT wrote, another process's if not; every
+        other move since the last settled value is another's. True if there was any:
+        ``on_change`` then ran before the new value was published (as for :meth:`settle`).
         """
-        if wrote:
-            return False  # ours happened; readers account for it as they see it
         with self._lock:
-            if self._own > 0:
-                self._own -= 1  # nothing was written: withdraw the announcement
-                return False
-            return True
+            pending, self._pending = self._pending, None
+            self._settled.notify_all()
+            return self._settle(self._counter(), on_change, pending if wrote else None)
 
-    def _settle(self, value: int, on_change: Callable[[], object] | None) -> bool:
-        # Under the lock. Nothing is published until on_change has returned (if it
-        # raises, the next check tries again).
-        delta = (value - self._seen) & 0xFFFFFFFF
-        ours = min(delta, self._own)
-        external = delta > ours
-        if external and on_change is not None:
+    def _unsure(self, value: int) -> bool:
+        """True if the only move up to ``value`` is the announced step (under the lock)."""
+        pending = self._pending
+        return pending is not None and pending == self._seen and value == (pending + 1) & _MASK
+
+    def _settle(
+        self, value: int, on_change: Callable[[], object] | None, own: int | None = None
+    ) -> bool:
+        # Under the lock, and not _unsure(value). Nothing is published until on_change
+        # has returned (if it raises, the next check tries again). ``own``: the value
+        # our step, known to have been written, starts from.
+        seen = self._seen
+        delta = (value - seen) & _MASK
+        if not delta:
+            return False
+        if own is not None and (own - seen) & _MASK < delta and delta == 1:
+            self._seen = value  # just our own step
+            return False
+        if on_change is not None:
             on_change()
-        self._own -= ours
+        if self._pending is not None and (self._pending - seen) & _MASK < delta:
+            self._pending = None  # whichever the announced step was, the drop covers it
         self._seen = value
-        return external
+        return True

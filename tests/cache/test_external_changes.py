@@ -15,6 +15,7 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors import runtime
 from atlas_actors.actors import cache as cache_actor
 from atlas_actors.cache.changes import ExternalChanges
 from atlas_actors.cache.disk import DiskStore, fingerprint
@@ -248,3 +249,49 @@ def test_a_disk_level_kept_under_other_caching_rules_is_dropped(db_path: Path) -
         l2.close()
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         assert db.cache.stats().l2_entries == 0
+
+
+@pytest.mark.parametrize("writer_settles_meanwhile", [True, False])
+def test_another_process_commit_behind_ours_that_wrote_nothing_is_never_served_stale(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, writer_settles_meanwhile: bool
+) -> None:
+    """Our COMMIT wrote no page; another process committed right after it. A reader
+    took that commit's increment for ours and published it, and the writer dropped the
+    cache only later, when it learnt ours wrote nothing: a read in between was served
+    the entry from before the other process's (acknowledged) commit. The reader now
+    waits for the writer to settle the step, or drops if it does not in time."""
+    committed = runtime.Runtime._writer_committed
+    armed, paused, resume = threading.Event(), threading.Event(), threading.Event()
+
+    def pause_before_settling(self: Any, tables: Any, wrote: bool, rows: Any) -> None:
+        if armed.is_set() and not wrote and not paused.is_set():
+            paused.set()  # our COMMIT returned; the writer has not settled it yet
+            resume.wait(10)
+        committed(self, tables, wrote, rows)
+
+    monkeypatch.setattr(runtime.Runtime, "_writer_committed", pause_before_settling)
+    db = atlas.open(db_path, cache_disk=False)
+    try:
+        db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+        db.write("INSERT INTO kv VALUES (1, 'old')")
+        assert _v(db, 1) == _v(db, 1) == "old"  # cached
+        armed.set()
+        writing = threading.Thread(target=lambda: db.write("UPDATE kv SET v = 'x' WHERE k = -1"))
+        writing.start()  # changes no row: its COMMIT writes no WAL frame
+        served: list[str] = []
+        reading = threading.Thread(target=lambda: served.append(_v(db, 1)))
+        try:
+            assert paused.wait(5)
+            subprocess.run([sys.executable, "-c", CHILD_WRITE, str(db_path), "new"], check=True)
+            reading.start()  # the other process's commit is durable: it must be seen
+            if writer_settles_meanwhile:
+                time.sleep(0.01)
+                resume.set()
+            reading.join(10)
+        finally:
+            resume.set()
+            writing.join(10)
+        assert served == ["new"]
+        assert _v(db, 1) == "new"
+    finally:
+        db.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -255,14 +256,28 @@ def test_own_commits_are_not_mistaken_for_other_processes() -> None:
     assert not changes.check()
 
 
-def test_a_reader_seeing_our_commit_before_the_writer_settles_is_fine() -> None:
+def _settle_in_a_thread(changes: ExternalChanges) -> tuple[threading.Thread, list[bool]]:
+    """A reader's check, started; its answer lands in the list."""
+    answer: list[bool] = []
+    reader = threading.Thread(target=lambda: answer.append(changes.check()))
+    reader.start()
+    return reader, answer
+
+
+def test_a_reader_seeing_our_commit_before_the_writer_settles_waits_for_it() -> None:
+    # One step past the announcement may be ours or another process's: only the writer
+    # knows (did the COMMIT write frames?), so the reader waits for it to say.
     counter = Counter()
-    changes = ExternalChanges(counter)
+    changes = ExternalChanges(counter, writer_settles=10)
     changes.writer_holds_lock()
     changes.before_commit()
     counter.value += 1
-    assert not changes.check()  # the reader takes the increment for ours: right
-    assert not changes.after_commit(wrote=True)
+    reader, answer = _settle_in_a_thread(changes)
+    reader.join(0.05)
+    assert reader.is_alive() and changes.moved()  # waiting, nothing published
+    assert not changes.after_commit(wrote=True)  # it was ours: nothing to drop
+    reader.join(5)
+    assert answer == [False] and not changes.moved()
 
 
 def test_an_external_commit_racing_ours_is_detected() -> None:
@@ -271,7 +286,21 @@ def test_an_external_commit_racing_ours_is_detected() -> None:
     changes.writer_holds_lock()
     changes.before_commit()
     counter.value += 2  # our COMMIT, and another process's right after it
-    assert not changes.after_commit(wrote=True)
+    assert changes.after_commit(wrote=True)
+    assert not changes.check()
+
+
+def test_a_reader_seeing_two_steps_past_the_announcement_drops_for_both() -> None:
+    counter = Counter()
+    changes = ExternalChanges(counter)
+    changes.writer_holds_lock()
+    changes.before_commit()
+    counter.value += 2  # at least one is another process's
+    dropped: list[bool] = []
+    assert changes.check(lambda: dropped.append(changes.moved()))
+    assert dropped == [True] and not changes.moved()
+    assert not changes.after_commit(wrote=False)  # the drop covered our step too
+    counter.value += 1
     assert changes.check()
 
 
@@ -288,13 +317,21 @@ def test_a_commit_before_our_begin_is_detected_at_begin() -> None:
 
 def test_a_commit_that_wrote_nothing_never_hides_an_external_one() -> None:
     counter = Counter()
-    changes = ExternalChanges(counter)
+    changes = ExternalChanges(counter, writer_settles=10)
+    changes.writer_holds_lock()
     changes.before_commit()
-    # Our COMMIT wrote no frame (say, only a TEMP table), and a reader took another
-    # process's commit for ours before the writer settled.
+    # Our COMMIT wrote no frame (say, only a TEMP table), and another process committed
+    # before the writer settled: a reader cannot tell that step from ours.
     counter.value += 1
-    assert not changes.check()
-    assert changes.after_commit(wrote=False)  # so the writer reports it
+    reader, answer = _settle_in_a_thread(changes)
+    reader.join(0.05)
+    assert reader.is_alive() and changes.moved()
+    dropped: list[bool] = []
+    assert changes.after_commit(False, lambda: dropped.append(changes.moved()))
+    assert dropped == [True]  # the drop ran before the step was published
+    reader.join(5)
+    assert answer == [False]  # the writer dropped for it, before the reader went on
+    assert not changes.moved()
 
 
 def test_a_commit_that_wrote_nothing_withdraws_its_announcement() -> None:
@@ -304,6 +341,30 @@ def test_a_commit_that_wrote_nothing_withdraws_its_announcement() -> None:
     assert not changes.after_commit(wrote=False)
     counter.value += 1  # then another process
     assert changes.check()
+
+
+def test_an_announcement_never_settled_counts_as_another_process_at_the_next_begin() -> None:
+    counter = Counter()
+    changes = ExternalChanges(counter, writer_settles=10)
+    changes.writer_holds_lock()
+    changes.before_commit()
+    counter.value += 1  # the COMMIT happened; the writer died before settling it
+    reader, answer = _settle_in_a_thread(changes)
+    assert changes.writer_holds_lock()  # its next incarnation: cannot tell, so drop
+    reader.join(5)
+    assert answer == [False] and not changes.moved()
+
+
+def test_a_reader_waits_for_the_writer_to_settle_only_so_long() -> None:
+    counter = Counter()
+    changes = ExternalChanges(counter, writer_settles=0.01)
+    changes.writer_holds_lock()
+    changes.before_commit()
+    counter.value += 1  # the writer never settles it
+    dropped: list[bool] = []
+    assert changes.check(lambda: dropped.append(changes.moved()))  # taken for another's
+    assert dropped == [True] and not changes.moved()
+    assert not changes.after_commit(wrote=True)  # the drop covered it
 
 
 def test_the_counter_wraps_around() -> None:
