@@ -21,8 +21,8 @@ from typing import Any
 import pykka
 
 from atlas_actors.actors.base import Crash, RoleActor
-from atlas_actors.cache.changes import ShmCounter
-from atlas_actors.cache.disk import DiskStore, fingerprint
+from atlas_actors.cache.changes import ExternalChanges, ShmCounter
+from atlas_actors.cache.disk import DiskStore, fingerprint, outlast_timestamps
 from atlas_actors.cache.lru import ByteLRU, Entry
 from atlas_actors.cache.manager import CacheManager
 from atlas_actors.config import StorageConfig
@@ -133,27 +133,26 @@ class CacheActor(RoleActor):
         return super().on_receive(message)
 
     def on_stop(self) -> None:
-        """Record the session as cleanly closed (the database files are final now).
+        """Record the session as cleanly closed, if nothing may have changed unseen.
 
-        The fingerprint only tells the next session about changes made after it is
-        taken; one made by another process before it, since the last read checked, is
-        in it already. So it is taken first, then the wal-index counter is checked: a
-        commit before the fingerprint is seen here (the session is then recorded as
-        not clean, and the next start drops L2), one after it changes the files.
-
-        If this storage's connections were the last, closing them deleted the ``-shm``
-        file and the counter read here is frozen: a process that opened the database
-        since has its own wal-index. If one exists now, the session is not clean
-        either. Left: a process that opens, commits and closes again in the moment
-        between this storage's last connection closing and the fingerprint.
+        The next session trusts L2 if the files still match the fingerprint recorded
+        here, so no commit after this storage's last check may be missing from both.
+        The storage's connections are closed by now, but the wal-index counter's own
+        (``changes.py``) is not: every commit still moves the counter. Through it the
+        WAL is emptied into the database file, and the fingerprint is taken, then the
+        counter checked: a commit before the fingerprint is seen here (the session is
+        recorded as not clean, and the next start drops L2); one after it lands in the
+        WAL, which was empty, and reaches the file only with new times (see
+        :func:`~atlas_actors.cache.disk.outlast_timestamps`). Closing that connection
+        last then deletes the empty WAL and leaves the file as fingerprinted.
         """
         self._detach()
         l2 = self.l2
         if l2 is not None:
-            files = fingerprint(self.database)
+            clean, files = self._final_state()
             l2.save_meta(
                 {
-                    "clean": not self._others_committed(),
+                    "clean": clean,
                     "rules": CACHE_RULES,
                     "epoch": self.manager.epoch,
                     "versions": self.manager.versions(),
@@ -162,19 +161,26 @@ class CacheActor(RoleActor):
             )
             l2.close()
 
-    def _others_committed(self) -> bool:
-        """True if another process may have committed since the last check."""
+    def _final_state(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the cache matches the files for sure, and their fingerprint."""
         external = self.manager.external
         if external is None:
-            return False  # no wal-index to watch (the storage warned at start)
+            # No wal-index to watch (the storage warned at start): as they look now.
+            return True, fingerprint(self.database)
+        counter = external.counter
+        settled = isinstance(counter, ShmCounter) and counter.empty_wal()
+        settled = settled and outlast_timestamps(self.database)
+        files = fingerprint(self.database)
+        clean = settled and files["wal"] == 0 and not self._others_committed(external)
+        return clean, files
+
+    def _others_committed(self, external: ExternalChanges) -> bool:
+        """True if another process may have committed since the last check."""
         try:
             # Dropping too keeps the count honest should anything still read.
             if external.check(lambda: self.manager.invalidate_all("another process committed")):
                 return True
-            if external.moved():
-                return True  # a COMMIT the writer never settled: ours or another's
-            counter = external.counter
-            return isinstance(counter, ShmCounter) and counter.replaced()
+            return external.moved()  # a COMMIT the writer never settled: ours or another's
         except (ValueError, OSError):  # the wal-index mapping is gone: cannot tell
             log.warning("cannot check for other processes' commits at close: L2 not kept")
             return True

@@ -33,12 +33,15 @@ COMMIT).
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
 import threading
 import time
 from collections.abc import Callable
+
+import apsw
 
 __all__ = ["ExternalChanges", "ShmCounter", "shm_counter"]
 
@@ -48,6 +51,10 @@ WRITER_SETTLES = 0.05
 _ICHANGE = struct.Struct("=I")  # native order, at offset 8 of the first header copy
 _ICHANGE_OFFSET = 8
 _MASK = 0xFFFFFFFF
+_EMPTY_WAL_WAIT = 0.2
+"""Seconds a close waits, at most, for other processes' readers to leave the WAL."""
+
+log = logging.getLogger(__name__)
 
 
 class ShmCounter:
@@ -55,22 +62,34 @@ class ShmCounter:
 
     A read-only shared mapping of the ``-shm`` file: a plain memory read, which keeps
     the GIL (a ``pread`` per read would release it and invite a thread switch on every
-    cached read). SQLite only truncates the file when no connection holds it open, and
-    this storage holds connections open for as long as it reads the counter.
+    cached read).
 
-    The file descriptor stays open until :meth:`close`, after the storage's connections
-    have closed: POSIX drops *every* lock a process holds on a file when it closes *any*
+    It holds a connection of its own to the database, from before the mapping until
+    :meth:`close`, after the storage's connections: while one is open, the wal-index
+    stays the one every process uses (SQLite deletes it, and the next process to open
+    the database builds another, only when the last connection closes; this one keeps
+    its shared lock on it), so no commit can happen without moving the counter. The
+    storage's last connection closing no longer leaves a moment for another process to
+    open, commit and close unseen before the cache records the files (``actors/cache.py``).
+
+    The file descriptor stays open until :meth:`close`, after that connection has
+    closed: POSIX drops *every* lock a process holds on a file when it closes *any*
     descriptor of it, and SQLite's shared lock on the ``-shm`` file is what tells other
-    processes that this one uses the wal-index (without it, the next process to open the
-    database rebuilds the wal-index under our feet).
+    processes that this one uses the wal-index.
     """
 
     def __init__(self, database: str) -> None:
         self._path = f"{database}-shm"
-        self._fd = os.open(self._path, os.O_RDONLY)
+        self._hold = _hold(database)
+        try:
+            self._fd = os.open(self._path, os.O_RDONLY)
+        except OSError:
+            self._hold.close()
+            raise
         try:
             self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as error:
+            self._hold.close()
             os.close(self._fd)
             raise OSError(f"cannot map the wal-index: {error}") from error
         if len(self._map) < _ICHANGE_OFFSET + 4:
@@ -83,21 +102,51 @@ class ShmCounter:
         value: int = self._unpack(self._map, _ICHANGE_OFFSET)[0]
         return value
 
-    def replaced(self) -> bool:
-        """True if the mapped file was deleted and another wal-index took its place.
+    def empty_wal(self, wait: float = _EMPTY_WAL_WAIT) -> bool:
+        """Copy the WAL into the database file and truncate it (a TRUNCATE checkpoint).
 
-        The last connection to close deletes the ``-shm`` file; a process that opens the
-        database after that gets a new one, and its commits move that one's counter,
-        not this. Only worth asking once this storage's connections are closed.
+        Through the held connection, once the storage's own have closed. False if it
+        could not finish: other processes' readers on the WAL for longer than ``wait``
+        seconds, or another process checkpointing.
         """
-        if os.fstat(self._fd).st_nlink > 0:
+        self._hold.set_busy_timeout(int(wait * 1000))
+        try:
+            self._hold.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.Error as error:
+            log.info("the WAL could not be emptied at close: %s", error)
             return False
-        return os.path.exists(self._path)
+        return True
 
     def close(self) -> None:
-        """Unmap and close the file (only once the storage's connections are closed)."""
+        """Unmap, close the held connection, close the file (after the storage's connections).
+
+        If the held connection is the database's last, SQLite deletes the WAL (and the
+        ``-shm``) as it closes: after :meth:`empty_wal`, without touching the database file.
+        """
         self._map.close()
-        os.close(self._fd)
+        try:
+            self._hold.close()
+        finally:
+            os.close(self._fd)
+
+
+def _hold(database: str) -> apsw.Connection:
+    """A connection that has read ``database`` once, so it holds the wal-index open."""
+    try:
+        connection = apsw.Connection(
+            database, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
+        )
+    except apsw.Error as error:
+        raise OSError(f"cannot open {database}: {error}") from error
+    try:
+        connection.set_busy_timeout(5000)
+        # A read transaction opens the wal-index (a WAL database's connection keeps it
+        # and its shared lock on the file until it closes).
+        connection.execute("PRAGMA schema_version").fetchall()
+    except apsw.Error as error:
+        connection.close()
+        raise OSError(f"cannot read {database}: {error}") from error
+    return connection
 
 
 def shm_counter(database: str) -> ShmCounter | None:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import stat
+import time
 from typing import Any
 
 import diskcache
@@ -24,7 +25,7 @@ from diskcache.core import MODE_PICKLE
 
 from atlas_actors.cache.codec import CodecError, decode, encode
 
-__all__ = ["DiskStore", "SafeDisk", "fingerprint"]
+__all__ = ["DiskStore", "SafeDisk", "fingerprint", "outlast_timestamps"]
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,60 @@ class SafeDisk(diskcache.Disk):  # type: ignore[misc]
 
 
 def fingerprint(database: str) -> dict[str, Any]:
-    """What the database files look like (size and mtime of the file, its WAL)."""
-    result: dict[str, Any] = {}
-    for suffix in ("", "-wal"):
-        try:
-            info = os.stat(database + suffix)
-        except FileNotFoundError:
-            result[suffix or "db"] = None
-        else:
-            result[suffix or "db"] = [info.st_size, info.st_mtime_ns]
-    return result
+    """The database file's identity, size and times, and the WAL's size (0: none).
+
+    Any commit leaves its pages in the WAL until a checkpoint writes them to the file,
+    and a WAL only shrinks (or goes) after one: a commit since a fingerprint with an
+    empty WAL changes one or the other (the times too, once :func:`outlast_timestamps`
+    returned True).
+    """
+    try:
+        info = os.stat(database)
+    except FileNotFoundError:
+        files = None
+    else:
+        files = [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+    try:
+        wal = os.stat(database + "-wal").st_size
+    except FileNotFoundError:
+        wal = 0
+    return {"db": files, "wal": wal}
+
+
+def _timestamp_tick() -> float:
+    """Seconds between two file timestamps that may compare equal, at most (Linux)."""
+    try:
+        coarse = time.clock_getres(5)  # CLOCK_REALTIME_COARSE: what file times read
+    except (AttributeError, OSError):
+        return _TICK_FALLBACK
+    return min(max(2 * coarse, 0.002), _TICK_FALLBACK)
+
+
+_TICK_FALLBACK = 0.02
+_WHOLE_SECONDS = 1_000_000_000
+
+
+def outlast_timestamps(database: str, limit: float = 0.05) -> bool:
+    """Wait until a write to ``database`` could no longer get the times it has now.
+
+    File times come from a clock that ticks every few milliseconds: a write in the tick
+    of the last one leaves them unchanged. Waiting until that tick has passed (at most
+    a few milliseconds, and only when the file was written just now) makes every later
+    write show. False if that would take longer than ``limit`` seconds (a file system
+    with whole-second times, or times in the future): the times cannot be trusted.
+    """
+    try:
+        info = os.stat(database)
+    except FileNotFoundError:
+        return True
+    stamp = max(info.st_mtime_ns, info.st_ctime_ns)
+    tick = 2.0 if stamp % _WHOLE_SECONDS == 0 else _timestamp_tick()
+    left = (stamp - time.time_ns()) / 1e9 + tick
+    if left > limit:
+        return False
+    if left > 0:
+        time.sleep(left)
+    return True
 
 
 def _secure_directory(directory: str) -> bool:

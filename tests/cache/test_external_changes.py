@@ -76,9 +76,10 @@ HOLDING_WRITE = textwrap.dedent(
 def test_a_commit_by_a_process_that_opened_after_our_last_connection_is_noticed(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Our last connection's close deletes the -shm file, so the counter the close checks
-    # is frozen; a process opening the database next has a wal-index of its own. Here
-    # one commits in the gap between our connections closing and the fingerprint.
+    # Were the counter's wal-index gone with our last connection, a process opening the
+    # database next would have a wal-index of its own, and its commits would not move
+    # the counter the close checks. Here one commits as the fingerprint is taken and
+    # keeps the database open.
     children: list[subprocess.Popen[str]] = []
 
     def fingerprint_after_a_commit(database: str) -> dict[str, Any]:
@@ -295,3 +296,53 @@ def test_another_process_commit_behind_ours_that_wrote_nothing_is_never_served_s
         assert _v(db, 1) == "new"
     finally:
         db.close()
+
+
+def test_a_process_that_opens_commits_and_closes_just_before_the_close_is_recorded_is_noticed(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close took its fingerprint of the files after this storage's last connection
+    had closed: a process that opened, committed and closed in between left no
+    wal-index behind and its change in the files, which the fingerprint took for the
+    state the cache matched. The next session served its entry from before that commit."""
+    commits: list[str] = []
+
+    def fingerprint_after_a_commit(database: str) -> dict[str, Any]:
+        if not commits:
+            commits.append("new")
+            subprocess.run([sys.executable, "-c", CHILD_WRITE, str(db_path), "new"], check=True)
+        return fingerprint(database)
+
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        _cache_on_disk(db)
+        monkeypatch.setattr(cache_actor, "fingerprint", fingerprint_after_a_commit)
+    monkeypatch.undo()
+    assert commits == ["new"]
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert db.cache.stats().l2_entries == 0
+        assert _v(db, 1) == "new"
+
+
+@pytest.mark.parametrize("when", ["before our last connection closes", "after the close"])
+def test_a_commit_after_the_close_recorded_the_files_changes_them(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    # After the counter's last check, a commit lands in the WAL the close emptied, and
+    # reaches the database file with new times: the fingerprint no longer matches.
+    save_meta = DiskStore.save_meta
+
+    def save_then_commit(self: DiskStore, meta: dict[str, Any]) -> None:
+        save_meta(self, meta)
+        if meta.get("clean"):  # the close's record, not the start's
+            subprocess.run([sys.executable, "-c", CHILD_WRITE, str(db_path), "new"], check=True)
+
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        _cache_on_disk(db)
+        if when == "before our last connection closes":
+            monkeypatch.setattr(DiskStore, "save_meta", save_then_commit)
+    monkeypatch.undo()
+    if when == "after the close":
+        subprocess.run([sys.executable, "-c", CHILD_WRITE, str(db_path), "new"], check=True)
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert db.cache.stats().l2_entries == 0
+        assert _v(db, 1) == "new"

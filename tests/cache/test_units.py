@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 import apsw
 import pytest
 
+from atlas_actors.cache import disk
 from atlas_actors.cache.changes import ExternalChanges
 from atlas_actors.cache.codec import CodecError, decode, encode
 from atlas_actors.cache.dependencies import ROWID, Dependency
@@ -375,3 +377,22 @@ def test_the_counter_wraps_around() -> None:
     counter.value = 0
     assert not changes.after_commit(wrote=True)
     assert not changes.check()
+
+
+def test_a_write_after_outlasting_the_timestamps_changes_them(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a")
+    assert disk.outlast_timestamps(str(path))
+    before = disk.fingerprint(str(path))
+    path.write_bytes(b"b")  # same size
+    assert disk.fingerprint(str(path)) != before
+
+
+def test_timestamps_in_the_future_are_not_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a")
+    later = time.time_ns() + 10 * 1_000_000_000
+    os.utime(path, ns=(later, later))
+    started = time.monotonic()
+    assert not disk.outlast_timestamps(str(path))
+    assert time.monotonic() - started < 1
