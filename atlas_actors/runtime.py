@@ -618,7 +618,8 @@ class Runtime:
             return {
                 "failed": float(self._state == "failed"),
                 "disk_full": float(self.disk_full),
-                "writes_stopped": float(self.write_block is not None),
+                "writes_stopped": float(self.write_block is not None and not self.read_only),
+                "read_only": float(self.read_only),
             }
 
         def pool() -> dict[str, float]:

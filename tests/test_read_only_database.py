@@ -114,6 +114,10 @@ def test_a_read_only_file_opens_serves_reads_and_says_so_at_once(
     # A check of the file that passes lifts a stop for corruption, never this one.
     assert db.resume_writes() is False
     assert db.health().status == "read_only"
+    # Metrics say which it is (a dashboard's "writes stopped" panel is for the check).
+    snapshot = db.metrics.snapshot()
+    assert snapshot["storage.read_only"] == 1.0
+    assert snapshot["storage.writes_stopped"] == 0.0
 
 
 _WRITES: dict[str, Callable[[atlas.Storage], Any]] = {

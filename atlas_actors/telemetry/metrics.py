@@ -74,6 +74,7 @@ def _catalogue() -> dict[str, MetricInfo]:
         "storage.failed": (gauge, "1 once the storage failed (restart intensity exceeded)"),
         "storage.disk_full": (gauge, "1 while writes are refused because the disk is full"),
         "storage.writes_stopped": (gauge, "1 while writes are stopped for a corruption check"),
+        "storage.read_only": (gauge, "1 when the file may only be read: writes are refused"),
         "pool.total": (gauge, "reader connections open"),
         "pool.active": (gauge, "reader connections lent out"),
         "pool.idle": (gauge, "reader connections ready"),
