@@ -456,3 +456,56 @@ def _writer_alive(db: atlas.Storage) -> bool:
     supervisor = db._supervisor_ref._actor_weakref()  # type: ignore[attr-defined]
     actor = supervisor._children["writer"].actor
     return actor is not None and actor.actor_ref.is_alive()
+
+
+def test_the_restart_event_comes_once_the_new_incarnation_runs(
+    open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer restart verifies the file first (quick_check): slow on a large file.
+    # "restart" says the writer is back, so it must not come while that still runs.
+    db = open_storage()
+    db.execute("CREATE TABLE t(x)")
+    original = WriterActor.on_start
+    starting, finish = threading.Event(), threading.Event()
+
+    def slow_start(self: WriterActor) -> None:
+        if self.incarnation == 2:
+            starting.set()
+            finish.wait(10)
+        original(self)
+
+    monkeypatch.setattr(WriterActor, "on_start", slow_start)
+    restarted = _wait_for_restart(db, "writer")
+    db.supervisor.kill("writer")
+    assert starting.wait(5)
+    assert not restarted(0.3)  # still starting
+    finish.set()
+    assert restarted(5)
+    db.write("INSERT INTO t VALUES (1)", timeout=1)  # running: it writes at once
+
+
+def test_an_incarnation_that_fails_to_start_is_not_announced_as_a_restart(
+    open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = open_storage()
+    original = WriterActor.on_start
+
+    def failing_start(self: WriterActor) -> None:
+        if self.incarnation == 2:
+            raise RuntimeError("cannot open the file (in a test)")
+        original(self)
+
+    monkeypatch.setattr(WriterActor, "on_start", failing_start)
+    incarnations: list[int] = []
+    third = threading.Event()
+
+    def seen(event: atlas.LifecycleEvent) -> None:
+        incarnations.append(event.detail["incarnation"])
+        if event.detail["incarnation"] == 3:
+            third.set()
+
+    db.events.on("restart", seen)
+    db.supervisor.kill("writer")
+    assert third.wait(5)
+    assert incarnations == [3]  # not 2, which never ran
+    assert _child(db, "writer").restarts == 2

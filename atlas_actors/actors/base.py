@@ -323,6 +323,9 @@ class RoleActor(pykka.ThreadingActor):
         self._actor_ref.actor_inbox = mailbox
         self.mailbox = mailbox
         self.thread: threading.Thread | None = None
+        self.on_running: Callable[[], None] | None = None
+        """Called in the actor's thread once ``on_start`` returned (set by the supervisor
+        before the thread starts): the incarnation is up, not merely starting."""
 
     def _start_actor_loop(self) -> None:
         # Threads named after their role and database, so a thread dump reads.
@@ -339,6 +342,13 @@ class RoleActor(pykka.ThreadingActor):
         except Exception as error:
             self._handle_failure(type(error), error, error.__traceback__)
             self.report_failure(error)
+            return
+        running = self.on_running
+        if running is not None:
+            try:
+                running()
+            except Exception:
+                log.exception("announcing that %s runs failed", self.role)
 
     def _handle_receive(self, message: Any) -> Any:
         if type(message) is _Wake:

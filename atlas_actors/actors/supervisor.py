@@ -112,6 +112,14 @@ class Restart:
 
 
 @dataclass(frozen=True, slots=True)
+class Running:
+    """Incarnation ``incarnation`` of ``role`` finished ``on_start``: it serves now."""
+
+    role: str
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Periodic liveness check and maintenance."""
 
@@ -241,6 +249,12 @@ class SupervisorActor(pykka.ThreadingActor):
             raise  # the first start: whoever added the role gets the error
         # pykka's Actor.start() builds the actor itself; we need the instance built by
         # the factory, so register and start it the way Actor.start() does.
+        if child.state == "restarting":
+            # "restart" is announced once the new incarnation runs, not when its thread
+            # starts: its on_start (opening the file, the writer's quick_check) may fail.
+            ref = self.actor_ref
+            running = Running(child.role, child.incarnation)
+            actor.on_running = lambda: _tell_quietly(ref, running)
         pykka.ActorRegistry.register(actor.actor_ref)
         log.debug("starting %s incarnation %d (%s)", child.role, child.incarnation, type(actor))
         try:
@@ -271,8 +285,15 @@ class SupervisorActor(pykka.ThreadingActor):
                 and self._state == "running"
             ):
                 self._start(child)
-                if child.actor is not None:  # not when building it failed (counted above)
-                    self.events.emit("restart", child.role, incarnation=child.incarnation)
+        elif isinstance(message, Running):
+            child = self._children.get(message.role)
+            if (
+                child is not None
+                and child.incarnation == message.incarnation
+                and child.state == "running"
+                and self._state == "running"
+            ):
+                self.events.emit("restart", child.role, incarnation=child.incarnation)
         elif isinstance(message, Tick):
             self._tick()
         else:
