@@ -60,7 +60,23 @@ class StorageConfig:
     """A reader's connection is reopened after this age in seconds (0: never)."""
 
     health_check_interval: float = 10.0
-    """Seconds between health checks of idle reader connections (0: off)."""
+    """Seconds between health checks of idle reader connections (0: off). A connection
+    that fails its check is closed and reopened by the pool (no restart: a failed check
+    is no crash), see ``reader_reconnect_backoff_initial``."""
+
+    reader_reconnect_backoff_initial: float = 0.05
+    """While reader connections cannot be reopened (a read fault, the file gone), the
+    pool tries one reader at a time, first this many seconds after the fault was seen,
+    then twice as long after each failed try (plus ``restart_backoff_jitter``); the
+    first success reopens every other reader at once."""
+
+    reader_reconnect_backoff_max: float = 2.0
+    """Cap of the delay between two tries to reopen a reader connection, in seconds."""
+
+    reader_fault_timeout: float = 10.0
+    """Seconds readers may go on failing to reopen their connections before the storage
+    fails (StorageUnavailable, as when the restart intensity is exceeded): a fault that
+    lasts is reported, never waited out for ever."""
 
     max_batch_size: int = 512
     """Most writes the writer groups into one transaction (one COMMIT, one fsync)."""
@@ -300,6 +316,9 @@ _SECONDS_FIELDS = (
     "reader_idle_timeout",
     "recycle_after_seconds",
     "health_check_interval",
+    "reader_reconnect_backoff_initial",
+    "reader_reconnect_backoff_max",
+    "reader_fault_timeout",
     "restart_window",
     "restart_backoff_initial",
     "restart_backoff_max",
@@ -362,6 +381,7 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         "recycle_after_queries",
         "recycle_after_seconds",
         "health_check_interval",
+        "reader_reconnect_backoff_initial",
         "max_batch_delay",
         "busy_timeout",
         "busy_backoff_base",
@@ -383,6 +403,8 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         "default_timeout",
         "restart_window",
         "restart_backoff_max",
+        "reader_reconnect_backoff_max",
+        "reader_fault_timeout",
         "liveness_interval",
         "max_value_bytes",
         "wal_size_limit",

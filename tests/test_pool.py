@@ -341,29 +341,39 @@ def test_connections_are_recycled_after_their_query_budget(open_storage: object)
     assert len(ids) > 2  # fresh connections replaced the used ones
 
 
-def test_a_failing_health_check_restarts_the_reader(db_path: Path, open_storage: object) -> None:
+def test_a_failing_health_check_reopens_the_connection_without_a_restart(
+    db_path: Path, open_storage: object
+) -> None:
+    # A failed check is a fault of the file, not a crash: the pool reopens the
+    # connection (with backoff) and the supervisor counts no restart.
     vfs = FaultyVFS()
     try:
         db: atlas.Storage = open_storage(  # type: ignore[operator]
             readers=2, health_check_interval=0.05, vfs=vfs.name
         )
         db.execute("CREATE TABLE t(x)")
-        failed, restarted = threading.Event(), threading.Event()
-        db.events.on("health_check_failed", lambda e: failed.set())
-        db.events.on("restart", lambda e: restarted.set() if e.role.startswith("reader") else None)
+        failed: list[str | None] = []
+        reopened: list[atlas.LifecycleEvent] = []
+        states: list[str] = []
+        db.events.on("health_check_failed", lambda e: failed.append(e.connection_id))
+        db.events.on("recycle", reopened.append)
+        db.events.on("degraded", lambda e: states.append(f"degraded:{e.role}"))
+        db.events.on("recovered", lambda e: states.append(f"recovered:{e.role}"))
         vfs.only = "atlas.db-wal"
         db.write("INSERT INTO t VALUES (1)")  # readers must read the WAL to see it
         vfs.fail_reads = apsw.IOError
-        assert failed.wait(5)
+        assert wait_until(lambda: failed and db.pool.fault() is not None)
+        fault = db.pool.fault()
+        assert fault is not None and "injected read failure" in fault.error
         vfs.fail_reads = None
-        assert restarted.wait(5)
+        assert wait_until(lambda: db.pool.fault() is None and db.pool.status().total == 2)
         assert db.query("SELECT x FROM t") == [(1,)]
-        restarted_readers = [
-            c for c in db.supervisor.status().children if c.role.startswith("reader") and c.restarts
-        ]
-        assert restarted_readers and "injected read failure" in (
-            restarted_readers[0].last_error or ""
-        )
+        assert {e.detail["replaced"] for e in reopened} <= set(failed)
+        assert failed[0] in {e.detail["replaced"] for e in reopened}
+        assert states[0] == "degraded:pool" and states[-1] == "recovered:pool"
+        status = db.supervisor.status()
+        assert status.restarts == 0
+        assert all(c.incarnation == 1 for c in status.children)
     finally:
         vfs.unregister()
 

@@ -51,7 +51,7 @@ from atlas_actors.errors import (
 )
 from atlas_actors.future import Future
 
-__all__ = ["Crash", "Escaped", "InjectedCrash", "Mailbox", "Op", "RoleActor"]
+__all__ = ["Crash", "Escaped", "InjectedCrash", "Mailbox", "Op", "RoleActor", "Unrecoverable"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,15 @@ _op_ids = itertools.count(1)
 
 class InjectedCrash(RuntimeError):
     """Raised inside an actor by ``db.supervisor.kill(role, how="crash")``."""
+
+
+class Unrecoverable(Exception):
+    """A part of the storage cannot recover by itself: the supervisor escalates.
+
+    Raised by the maintenance the supervisor's tick runs (readers that cannot reopen
+    their connections); the supervisor escalates with its message, as when the restart
+    intensity is exceeded.
+    """
 
 
 class Escaped(Exception):

@@ -15,12 +15,37 @@ share the connections:
 
 The pool keeps ``readers`` connections and grows up to ``max_readers`` when callers find
 none free; readers above the floor retire after ``reader_idle_timeout`` idle seconds.
+
+**Connection faults** (a failed health check, a connection that cannot be opened) are
+the pool's to handle, as in HikariCP or SQLAlchemy's pool, not the supervisor's: a
+failed check is no crash, and a fault of the file or the disk is seen by every reader
+at once, so restarting each reader would count one fault as N restarts and exceed the
+restart intensity (8 readers, a 150 ms read error: the storage failed). A reader that
+loses its connection lives on without one (``connection_lost``), and the pool runs a
+circuit breaker over all of them:
+
+* the first loss opens a *fault* (``fault()``, a ``degraded`` event); losses while it is
+  open are the same fault;
+* while it is open the readers do not all retry: one at a time is sent :class:`Reopen`,
+  ``reader_reconnect_backoff_initial`` after the fault began, then after twice as long
+  each time that try fails (with jitter, up to ``reader_reconnect_backoff_max``); the
+  pool does not grow meanwhile;
+* the first connection opened and checked closes the fault (``recovered``) and every
+  other reader reopens at once;
+* a fault that outlasts ``reader_fault_timeout`` seconds fails the storage (the
+  supervisor escalates: ``StorageUnavailable``), so a lasting fault (the file gone,
+  unreadable) ends in the documented failed state, never a wait for ever.
+
+Callers meanwhile get what their read gets (a typed error from a connection still
+lent), or wait for a connection until their deadline (``OperationTimeout``, which names
+the fault) and are served as soon as one is back.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -33,7 +58,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import apsw
 from pykka._envelope import Envelope
 
-from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, RunReads
+from atlas_actors.actors.base import Unrecoverable
+from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, Reopen, RunReads
 from atlas_actors.cache.statements import StatementAnalyses, StatementInfo
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import (
@@ -61,7 +87,7 @@ from atlas_actors.rows import Row
 if TYPE_CHECKING:
     from atlas_actors.actors.reader import ReaderActor
 
-__all__ = ["PoolStatus", "PooledConnection", "ReaderPool"]
+__all__ = ["PoolStatus", "PooledConnection", "ReaderFault", "ReaderPool"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +118,41 @@ class PoolStatus:
     """Connections free to claim."""
     waiting_requests: int
     """Callers waiting for a connection plus queued reads waiting for a reader."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderFault:
+    """Readers that lost their connections and have not reopened them yet (``fault()``)."""
+
+    since: float
+    """``time.monotonic()`` when the first connection was lost."""
+    error: str
+    """The last error: of a failed check, or of the last try to reopen."""
+    readers_down: int
+    """Readers without a connection now."""
+    attempts: int
+    """Tries to reopen that failed since the fault began."""
+    next_attempt: float
+    """``time.monotonic()`` of the next try (one reader at a time)."""
+
+    def describe(self, now: float) -> str:
+        """One line for errors and logs."""
+        return (
+            f"{self.readers_down} reader(s) reconnecting for {now - self.since:.1f}s "
+            f"({self.attempts} tries to reopen failed), after: {self.error}"
+        )
+
+
+class _Fault:
+    """The open fault of :class:`ReaderPool` (mutable, under the pool's lock)."""
+
+    __slots__ = ("attempts", "error", "next_attempt", "since")
+
+    def __init__(self, since: float, error: str, next_attempt: float) -> None:
+        self.since = since
+        self.error = error
+        self.attempts = 0
+        self.next_attempt = next_attempt
 
 
 def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
@@ -243,6 +304,14 @@ class ReaderPool:
         by its one holder at a time."""
         self._rotor = itertools.count()
         self._names: dict[str, list[Any]] = {}
+        self._down: dict[str, ReaderActor] = {}
+        """Readers without a connection (a fault), by role, until they reopen one."""
+        self._reopening: set[str] = set()
+        """Roles of ``_down`` sent :class:`Reopen` whose answer is pending."""
+        self._probing: str | None = None
+        """The one role trying to reopen while the fault is open."""
+        self._fault: _Fault | None = None
+        self._random = random.Random()
         self._recycle_queries = config.recycle_after_queries or float("inf")
         self._recycle_seconds = config.recycle_after_seconds or float("inf")
         self.closed: AtlasError | None = None
@@ -251,14 +320,148 @@ class ReaderPool:
 
     # -- membership (the supervisor and reader actors) ---------------------------------
 
-    def reader_ready(self, reader: ReaderActor) -> None:
-        """A reader incarnation opened its connection (it arrives next, via ``checkin``)."""
+    def reader_ready(self, reader: ReaderActor, *, connected: bool = True) -> None:
+        """A reader incarnation opened its connection (it arrives next, via ``checkin``).
+
+        ``connected=False``: a restarted incarnation that could not open one; it reports
+        ``connection_lost`` next. An open that succeeded ends a fault: every other reader
+        without a connection is sent :class:`Reopen` at once.
+        """
+        recovered: _Fault | None = None
         with self._cond:
             if reader.role not in self._ready_roles and self._starting:
                 self._starting -= 1  # one of the readers asked for by growth or resize
                 self._growth_backoff = self._no_growth_until = 0.0
             self._readers[reader.role] = reader
             self._ready_roles.add(reader.role)
+            if connected:
+                self._down.pop(reader.role, None)
+                self._reopening.discard(reader.role)
+                if self._probing == reader.role:
+                    self._probing = None
+                recovered, self._fault = self._fault, None
+                if recovered is not None:
+                    reason = f"reconnect after: {recovered.error}"
+                    self._send_reopen(list(self._down), reason)
+        if recovered is not None:
+            seconds = time.monotonic() - recovered.since
+            log.warning(
+                "reader connections are back: %s reopened after %.2fs (%s)",
+                reader.role,
+                seconds,
+                recovered.error,
+            )
+            self.events.emit("recovered", "pool", reason="reader_fault", seconds=seconds)
+
+    def connection_lost(self, reader: ReaderActor, error: BaseException) -> None:
+        """``reader`` has no connection now: its check, or its try to open one, failed.
+
+        It waits without one until :meth:`maintain` sends it :class:`Reopen` (see the
+        module docstring). A reader being retired is retired now instead.
+        """
+        if reader.retiring:
+            self._retire(reader.role)
+            return
+        now = time.monotonic()
+        with self._cond:
+            if self._readers.get(reader.role) is not reader:
+                return  # an older incarnation, or the role is gone
+            self._down[reader.role] = reader
+            self._reopening.discard(reader.role)
+            # Text only: the error's traceback holds the frames of a failed open, and
+            # with them its half-open connection (a file descriptor) until it is freed.
+            why = str(error)
+            fault = self._fault
+            began = fault is None
+            if fault is None:
+                fault = self._fault = _Fault(now, why, now + self._backoff(0))
+            fault.error = why
+            if self._probing == reader.role:
+                self._probing = None
+                fault.attempts += 1
+                fault.next_attempt = now + self._backoff(fault.attempts)
+            down = len(self._down)
+        if began:
+            log.warning(
+                "%s lost its reader connection (%s); reopening with backoff, one reader at "
+                "a time, for up to %gs (reader_fault_timeout)",
+                reader.role,
+                why,
+                self.config.reader_fault_timeout,
+            )
+            self.events.emit("degraded", "pool", reason="reader_fault", error=why)
+        else:
+            log.info("%s has no reader connection (%d down): %s", reader.role, down, why)
+
+    def reopen_not_needed(self, reader: ReaderActor) -> None:
+        """``reader`` got :class:`Reopen` but has a connection (or is retiring): no try."""
+        with self._cond:
+            self._reopening.discard(reader.role)
+            if self._probing == reader.role:
+                self._probing = None
+            if reader.connection is not None:
+                self._down.pop(reader.role, None)
+
+    def fault(self) -> ReaderFault | None:
+        """The open fault (readers that lost their connections), or None."""
+        with self._cond:
+            return self._fault_unlocked()
+
+    def _fault_unlocked(self) -> ReaderFault | None:
+        fault = self._fault
+        return None if fault is None else self._snapshot(fault)
+
+    def _snapshot(self, fault: _Fault) -> ReaderFault:
+        return ReaderFault(
+            since=fault.since,
+            error=fault.error,
+            readers_down=len(self._down),
+            attempts=fault.attempts,
+            next_attempt=fault.next_attempt,
+        )
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds before the next try to reopen, after ``failures`` failed tries."""
+        config = self.config
+        delay = min(
+            config.reader_reconnect_backoff_initial * 2.0**failures,
+            config.reader_reconnect_backoff_max,
+        )
+        return delay * (1 + config.restart_backoff_jitter * self._random.random())
+
+    def _send_reopen(self, roles: list[str], reason: str) -> None:
+        """Send :class:`Reopen` to these readers of ``_down`` (holding the lock)."""
+        for role in roles:
+            reader = self._down.get(role)
+            if reader is not None and role not in self._reopening:
+                self._reopening.add(role)
+                reader.mailbox.put(Envelope(Reopen(reason)))
+
+    def _reconnect(self, now: float) -> None:
+        """The tick's part in a fault: the next try to reopen, or escalation."""
+        with self._cond:
+            fault = self._fault
+            if self.closed is not None:
+                return
+            if fault is None:
+                self._send_reopen(list(self._down), "reconnect")  # (none are left waiting)
+                return
+            if not self._down:
+                # Every reader that lost its connection was retired: nothing is down.
+                self._fault = None
+                return
+            timeout = self.config.reader_fault_timeout
+            if now - fault.since >= timeout:
+                raise Unrecoverable(
+                    f"the readers could not reconnect within reader_fault_timeout="
+                    f"{timeout:g}s: {self._snapshot(fault).describe(now)}"
+                )
+            if self._probing is None and now >= fault.next_attempt:
+                waiting = [role for role in self._down if role not in self._reopening]
+                if waiting:
+                    # The one down longest first (dicts keep insertion order).
+                    self._probing = waiting[0]
+                    self._send_reopen(waiting[:1], f"reconnect after: {fault.error}")
 
     def was_ready(self, role: str) -> bool:
         """True once the reader ``role`` opened its connection (even if retired since)."""
@@ -268,6 +471,10 @@ class ReaderPool:
         """A reader role was removed (retired or the pool shut down)."""
         with self._cond:
             self._readers.pop(role, None)
+            self._down.pop(role, None)
+            self._reopening.discard(role)
+            if self._probing == role:
+                self._probing = None
 
     def expected_growth_failed(self) -> None:
         """A reader started for growth could not start: stop counting it, and back off.
@@ -435,8 +642,10 @@ class ReaderPool:
             return connection
         if self.closed is not None:
             raise self.closed
+        fault = self._fault_unlocked()
+        why = "" if fault is None else f"; {fault.describe(time.monotonic())}"
         raise OperationTimeout(
-            f"waiting for a reader connection ({self.status_unlocked()})",
+            f"waiting for a reader connection ({self.status_unlocked()}{why})",
             limit,
             applied=False,
         )
@@ -484,6 +693,7 @@ class ReaderPool:
         return (
             len(self._readers) + self._starting >= self.ceiling
             or time.monotonic() < self._no_growth_until
+            or self._fault is not None  # a new reader would only fail to open as well
         )
 
     def _serve(self, connection: TrackedConnection) -> None:
@@ -882,7 +1092,12 @@ class ReaderPool:
     # -- maintenance (the supervisor's tick) -------------------------------------------
 
     def maintain(self, now: float) -> None:
-        """Health checks, age recycling, and retiring readers idle above the floor."""
+        """Health checks, age recycling, and retiring readers idle above the floor.
+
+        Also the next try to reopen a lost connection; raises :class:`Unrecoverable`
+        once readers failed to for ``reader_fault_timeout`` (the supervisor escalates).
+        """
+        self._reconnect(now)
         interval = self.config.health_check_interval
         alive = {thread.ident for thread in threading.enumerate()}
         for connection in self._connections:
@@ -977,8 +1192,17 @@ class ReaderPool:
             self._shrink(surplus)
 
     def _shrink(self, count: int) -> None:
-        # Free connections first: they close at once. Busy ones are marked retiring and
-        # close when they are released, so no call in flight fails.
+        # Readers without a connection first (a fault), then free connections: they
+        # close at once. Busy ones are marked retiring and close when they are
+        # released, so no call in flight fails.
+        with self._cond:
+            down = list(self._down.values())[:count]
+            for reader in down:
+                reader.retiring = True
+                self._readers.pop(reader.role, None)
+        for reader in down:
+            self._retire(reader.role)
+            count -= 1
         for connection in list(self._connections):
             if count <= 0:
                 return

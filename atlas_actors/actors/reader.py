@@ -7,6 +7,14 @@ pool may also *lend* the connection to a caller's thread for a synchronous read 
 ``pool.py``): a thread hop costs about three point reads here, so the synchronous path
 runs the statement where the caller is. Whoever holds the connection (the reader, or
 the caller it is lent to) is its only user until it goes back to the pool.
+
+A connection that fails its health check, or that cannot be opened (a recycle, a
+restart), is a fault of the file or the disk, not a bug of the reader: the reader
+closes it, tells the pool (``connection_lost``) and lives on without one until the pool
+sends :class:`Reopen`. The pool spaces those tries out and makes one reader try at a
+time while the fault lasts (see ``ReaderPool``), so that a fault every reader sees is
+one fault. Only an exception that is no SQLite error crashes the reader (a bug: the
+supervisor restarts it, under its restart intensity).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import apsw
 from atlas_actors.actors.base import Crash, Op, RoleActor
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import ConnectionState, Params, TrackedConnection
-from atlas_actors.errors import OperationTimeout, wrap_sqlite_error
+from atlas_actors.errors import AtlasError, OperationTimeout, wrap_sqlite_error
 from atlas_actors.events import EventBus
 from atlas_actors.future import Future
 from atlas_actors.telemetry.tracing import Tracing
@@ -30,9 +38,20 @@ from atlas_actors.telemetry.tracing import Tracing
 if TYPE_CHECKING:
     from atlas_actors.actors.pool import ReaderPool
 
-__all__ = ["HealthCheck", "ReadOp", "ReaderActor", "Recycle", "RunReads"]
+__all__ = [
+    "HEALTH_CHECK_SQL",
+    "HealthCheck",
+    "ReadOp",
+    "ReaderActor",
+    "Recycle",
+    "Reopen",
+    "RunReads",
+]
 
 log = logging.getLogger(__name__)
+
+HEALTH_CHECK_SQL = "SELECT count(*) FROM sqlite_schema"
+"""What a health check runs: it reads the schema, so it fails when the file cannot be read."""
 
 
 class ReadOp(Op):
@@ -69,6 +88,14 @@ class Recycle:
 
     connection: TrackedConnection
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reopen:
+    """The pool's go-ahead for a reader without a connection to open (and check) one."""
+
+    reason: str
+    """Why the reader has none: the error it lost its last one to."""
 
 
 def run_read(connection: TrackedConnection, op: ReadOp, tracing: Tracing) -> None:
@@ -114,10 +141,19 @@ class ReaderActor(RoleActor):
         """Set by the pool when the pool shrinks: the connection closes when it returns."""
         self._holding: TrackedConnection | None = None
         self._unfinished: list[ReadOp] = []
+        self._lost: str | None = None
+        """The id of the connection this reader lost last (a fault), until it reopens."""
 
-    def _open(self) -> TrackedConnection:
+    def _open(self, *, check: bool = False) -> TrackedConnection:
+        """Open a connection (and run a health check on it first, if ``check``)."""
         raw = self.connect()
         connection = TrackedConnection(raw, self.role, owner=self)
+        if check:
+            try:
+                connection.cursor.execute(HEALTH_CHECK_SQL).fetchall()
+            except apsw.Error as error:
+                connection.close()
+                raise wrap_sqlite_error(error, "health check") from error
         connection.bound_statements(self.config.default_timeout)  # every read has a deadline
         connection.lock.acquire()  # claimed by this actor until it is checked in
         self.connection = connection
@@ -125,8 +161,22 @@ class ReaderActor(RoleActor):
         return connection
 
     def on_start(self) -> None:
-        """Open the connection and give it to the pool."""
-        connection = self._open()
+        """Open the connection and give it to the pool.
+
+        The first incarnation of a role raises if it cannot (``open()`` or the pool's
+        growth learns of it at once); a restarted one checks its connection first, and
+        if it cannot open a sound one, joins the pool without a connection and reopens
+        it when the pool says (see the module docstring).
+        """
+        try:
+            connection = self._open(check=self.incarnation > 1)
+        except AtlasError as error:
+            if self.incarnation == 1:
+                raise
+            log.warning("%s could not open its connection: %s", self.role, str(error))
+            self.pool.reader_ready(self, connected=False)
+            self.pool.connection_lost(self, error)
+            return
         self.pool.reader_ready(self)
         self.pool.checkin(connection)
 
@@ -168,6 +218,8 @@ class ReaderActor(RoleActor):
             self._health_check(message.connection)
         elif isinstance(message, Recycle):
             self._recycle(message.connection, message.reason)
+        elif isinstance(message, Reopen):
+            self._reopen(message.reason)
         elif isinstance(message, Crash):
             self.crash_if_mine(message)
         else:
@@ -209,14 +261,24 @@ class ReaderActor(RoleActor):
         self._holding = connection
         connection.bound(None)  # (not the last read's deadline, maybe past)
         try:
-            connection.cursor.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-        except Exception as error:
+            connection.cursor.execute(HEALTH_CHECK_SQL).fetchall()
+        except apsw.Error as error:
             wrapped = wrap_sqlite_error(error, "health check")
             self.events.emit("health_check_failed", self.role, connection.id, error=repr(wrapped))
-            log.warning("%s failed its health check: %s", self.role, wrapped)
-            raise wrapped from error  # crash: the supervisor restarts the reader
+            log.debug("%s failed its health check: %s", self.role, wrapped)
+            self._lose(connection, wrapped, "health check failed")
+            return
         self._holding = None
         self.pool.checkin(connection, checked=True)
+
+    def _lose(self, connection: TrackedConnection, error: BaseException, reason: str) -> None:
+        """Close ``connection`` (held by this reader) and go on without one: a fault."""
+        self.pool.forget(connection)
+        self._close(connection, reason)
+        self.connection = None
+        self._holding = None
+        self._lost = connection.id
+        self.pool.connection_lost(self, error)
 
     def _recycle(self, connection: TrackedConnection, reason: str) -> None:
         if not self._mine(connection):
@@ -224,7 +286,35 @@ class ReaderActor(RoleActor):
         self._holding = connection
         self.pool.forget(connection)
         self._close(connection, "recycle")
-        fresh = self._open()
-        self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)
+        self.connection = None
         self._holding = None
+        try:
+            fresh = self._open()
+        except AtlasError as error:
+            log.debug("%s could not reopen its connection: %s", self.role, str(error))
+            self._lost = connection.id
+            self.pool.connection_lost(self, error)
+            return
+        self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)
         self.pool.checkin(fresh)
+
+    def _reopen(self, reason: str) -> None:
+        """Open a fresh connection in place of the one lost, and check it before use."""
+        if self.connection is not None or self.retiring:
+            # A new incarnation opened one at its start (or this one was retired): the
+            # pool need not wait for this try any more.
+            self.pool.reopen_not_needed(self)
+            return
+        try:
+            fresh = self._open(check=True)
+        except AtlasError as error:
+            self.events.emit(
+                "health_check_failed", self.role, None, error=repr(error), reopening=True
+            )
+            log.debug("%s could not reopen its connection: %s", self.role, str(error))
+            self.pool.connection_lost(self, error)
+            return
+        replaced, self._lost = self._lost, None
+        self.events.emit("recycle", self.role, fresh.id, replaced=replaced, reason=reason)
+        self.pool.reader_ready(self)
+        self.pool.checkin(fresh, checked=True)

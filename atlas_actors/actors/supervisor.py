@@ -8,7 +8,13 @@ state, every call raises ``StorageUnavailable``, and the children are stopped.
 
 Failures reach the supervisor two ways: a child's ``on_failure`` reports itself
 (:class:`ChildFailed`), and a liveness check on every tick notices a child that stopped
-without a word. The tick also runs the reader pool's maintenance.
+without a word. The tick also runs the reader pool's maintenance, which raises
+:class:`~atlas_actors.actors.base.Unrecoverable` when readers cannot reopen their
+connections for ``reader_fault_timeout``: the supervisor escalates then too.
+
+Restarts are for crashes (bugs). A reader connection that fails its health check or
+cannot be opened is a fault of the file, which every reader sees at once: the pool
+reopens such connections with its own backoff (``pool.py``), and they count no restart.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import pykka
 from pykka._envelope import Envelope
 from pykka.messages import _ActorStop
 
-from atlas_actors.actors.base import Crash, Mailbox, RoleActor
+from atlas_actors.actors.base import Crash, Mailbox, RoleActor, Unrecoverable
 from atlas_actors.config import StorageConfig
 from atlas_actors.errors import StorageClosedError, StorageUnavailable, ValidationError
 from atlas_actors.events import EventBus
@@ -328,6 +334,8 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._state == "running":
             try:
                 self.on_tick(now)
+            except Unrecoverable as error:
+                self._escalate(str(error))
             except Exception:
                 log.exception("maintenance tick failed")
 
