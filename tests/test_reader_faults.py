@@ -18,7 +18,8 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import AtlasError, OperationTimeout, StorageUnavailable
+from atlas_actors import StorageConfig
+from atlas_actors.errors import AtlasError, ConfigError, OperationTimeout, StorageUnavailable
 from atlas_actors.faults import FaultyVFS
 from tests.helpers import wait_until
 
@@ -271,3 +272,23 @@ def test_a_database_file_gone_for_good_fails_the_storage_once_readers_must_reope
         assert db.supervisor.status().restarts == 0
     finally:
         os.rename(path + ".moved", path)
+
+
+def test_the_reconnect_settings_take_environment_overrides_and_are_validated() -> None:
+    env = {
+        "ATLAS_READER_FAULT_TIMEOUT": "30",
+        "ATLAS_READER_RECONNECT_BACKOFF_INITIAL": "0.1",
+        "ATLAS_READER_RECONNECT_BACKOFF_MAX": "5",
+    }
+    config = StorageConfig.from_env(env)
+    assert config.reader_fault_timeout == 30.0
+    assert config.reader_reconnect_backoff_initial == 0.1
+    assert config.reader_reconnect_backoff_max == 5.0
+    for bad in (
+        {"reader_fault_timeout": 0},
+        {"reader_reconnect_backoff_max": 0},
+        {"reader_reconnect_backoff_initial": -1},
+        {"reader_fault_timeout": float("nan")},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            StorageConfig(**bad)  # type: ignore[arg-type]
