@@ -1,8 +1,11 @@
 """Lifecycle events that user code can subscribe to (``db.events.on("restart", fn)``).
 
 Events: ``connect``, ``checkout``, ``checkin``, ``health_check_failed``, ``recycle``,
-``disconnect``, ``restart``, ``escalate``, ``degraded`` and ``recovered`` (disk full,
-corruption checks), and ``alert`` (an alert rule changed state: ``db.alerts``). Handlers
+``disconnect``, ``restart`` (once the new incarnation has started), ``escalate``,
+``degraded`` and ``recovered`` (disk full, corruption checks; role ``pool``: readers
+lost their connections and reconnect, then all have again), and ``alert`` (an alert
+rule changed state: ``db.alerts``). ``health_check_failed`` with ``reopening=True`` is a
+failed try to reopen a reader's connection during such a fault. Handlers
 run in the thread that emits the event (an actor's or a caller's): keep them short and
 never wait on the storage from one.
 A handler that raises is logged and otherwise ignored, so it cannot break the runtime.

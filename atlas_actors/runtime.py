@@ -623,7 +623,10 @@ class Runtime:
             }
 
         def pool() -> dict[str, float]:
-            return _fields(self.pool.status(), "total", "active", "idle", "waiting_requests")
+            figures = _fields(self.pool.status(), "total", "active", "idle", "waiting_requests")
+            fault = self.pool.fault()
+            figures["readers_down"] = float(fault.readers_down if fault is not None else 0)
+            return figures
 
         def writer() -> dict[str, float]:
             counters = self.writer_counters

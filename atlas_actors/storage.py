@@ -89,7 +89,8 @@ class HealthReport:
     """``db.health()``: is the storage serving, and how are its parts."""
 
     status: str
-    """``ok``; ``degraded`` (an actor restarting, the disk full, a corruption check);
+    """``ok``; ``degraded`` (an actor restarting, readers reconnecting after a connection
+    fault, the disk full, a corruption check);
     ``read_only`` (the file may not be written: reads are served, writes refused);
     ``failed`` or ``closed``."""
     writer: ChildStatus | None
@@ -392,10 +393,18 @@ class Storage(Runtime):
         writer = next((c for c in status.children if c.role == "writer"), None)
         restarting = any(c.state == "restarting" for c in status.children)
         blocked = self.write_block
-        degraded = restarting or self.disk_full or (blocked is not None and not self.read_only)
+        fault = self.pool.fault()
+        degraded = (
+            restarting
+            or self.disk_full
+            or fault is not None
+            or (blocked is not None and not self.read_only)
+        )
         reason = status.failure or (str(blocked) if blocked else None)
         if self.disk_full and reason is None:
             reason = "the disk is full: writes are refused until space returns"
+        if fault is not None and reason is None:
+            reason = fault.describe(time.monotonic())
         return HealthReport(
             status="degraded" if degraded else "read_only" if self.read_only else "ok",
             writer=writer,

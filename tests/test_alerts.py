@@ -183,6 +183,7 @@ def test_default_rules_read_only_metrics_the_storage_reports() -> None:
         "high_error_rate",
         "deadlock",
         "performance_degradation",
+        "readers_down",  # (not the plan's: a connection fault is no restart since stop 18)
     }
     assert by_name["wal_growth"].threshold == StorageConfig().wal_size_limit
     small = {r.name: r for r in default_rules(StorageConfig(wal_size_limit=1024))}

@@ -75,6 +75,27 @@ def test_a_short_read_fault_every_reader_sees_does_not_fail_the_storage(
     assert db.supervisor.status().restarts == 0  # a failed check is no crash
 
 
+def test_health_metrics_and_alerts_tell_of_the_fault_while_it_lasts(
+    open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS
+) -> None:
+    # No restart is counted for a connection fault, so actor_restarts stays quiet: the
+    # health report, pool.readers_down and its own alert rule must tell instead.
+    db = _open(open_storage, vfs, readers=2, max_readers=2)
+    vfs.fail_reads = apsw.IOError
+    db.write("INSERT INTO t VALUES (2)")  # (the reader that read the first has it cached)
+    assert wait_until(lambda: _readers_down(db), 5)
+    health = db.health()
+    assert health.status == "degraded"
+    assert health.failure is not None and "reconnecting" in health.failure
+    assert db.metrics.snapshot()["pool.readers_down"] >= 1
+    rule = next(r for r in db.alerts.rules() if r.name == "readers_down")
+    assert rule.compute([(time.monotonic(), db.metrics.snapshot())]) == 2
+    vfs.fail_reads = None
+    assert wait_until(lambda: db.pool.status().total == 2, 10)
+    assert db.health().status == "ok"
+    assert db.metrics.snapshot()["pool.readers_down"] == 0
+
+
 def test_reads_during_a_shared_fault_fail_typed_or_time_out_and_resume_after_it(
     open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS
 ) -> None:

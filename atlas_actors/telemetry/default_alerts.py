@@ -67,6 +67,20 @@ def default_rules(config: StorageConfig) -> list[AlertRule]:
             ),
         ),
         AlertRule(
+            name="readers_down",
+            severity="critical",
+            metrics=("pool.readers_down",),
+            comparison=">=",
+            threshold=1,
+            for_=30.0,
+            description=(
+                "Readers lost their connections (a failed health check, a fault reading "
+                "the file) and have not reopened them for 30 s: the pool reopens them with "
+                "backoff, and reads wait or fail meanwhile; past reader_fault_timeout the "
+                "storage fails. Read the logged error and check the disk and the file."
+            ),
+        ),
+        AlertRule(
             name="high_error_rate",
             severity="critical",
             metrics=storage_errors,

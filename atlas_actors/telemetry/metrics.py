@@ -79,6 +79,7 @@ def _catalogue() -> dict[str, MetricInfo]:
         "pool.active": (gauge, "reader connections lent out"),
         "pool.idle": (gauge, "reader connections ready"),
         "pool.waiting_requests": (gauge, "callers waiting for a reader"),
+        "pool.readers_down": (gauge, "readers that lost their connection and reconnect"),
         "writer.writes": (counter, "write operations acknowledged"),
         "writer.failed": (counter, "write operations that failed"),
         "writer.batches": (counter, "group commits"),
