@@ -250,6 +250,9 @@ def open_connection(
             if vfs
             else apsw.Connection(path, flags=flags)
         )
+    except apsw.Error as error:
+        raise wrap_sqlite_error(error, f"open {path}") from error
+    try:
         set_busy_handler(
             connection,
             deadline=busy_timeout,
@@ -271,8 +274,14 @@ def open_connection(
         refuse_double_quoted_strings(connection)
         if max_page_count:
             set_max_page_count(connection, max_page_count)
-    except apsw.Error as error:
-        raise wrap_sqlite_error(error, f"open {path}") from error
+    except BaseException as error:
+        # Closed now, not when it is collected: it holds the file open (and its VFS in
+        # use), and a failed open is often retried.
+        with contextlib.suppress(apsw.Error):
+            connection.close()
+        if isinstance(error, apsw.Error):
+            raise wrap_sqlite_error(error, f"open {path}") from error
+        raise
     return connection
 
 
