@@ -9,6 +9,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import errors
+from atlas_actors.actors.pool import _read_only
 from atlas_actors.connection import _controls_a_transaction
 
 
@@ -329,3 +330,17 @@ def test_bad_parameters_are_typed_whether_the_cache_analyses_the_statement_or_no
     with db.transaction() as tx:
         tx.execute("UPDATE tasks SET n = 2")
     assert db.query("SELECT n FROM tasks") == [(2,)]
+
+
+def test_only_a_write_through_the_read_path_is_told_to_use_db_write() -> None:
+    wrote = errors.ReadOnlyError(
+        "attempt to write a readonly database", result_code=8, extended_result_code=8
+    )
+    assert "use db.write" in str(_read_only(wrote, "INSERT INTO t VALUES (1)"))
+    # A hot journal on a read-only file (SQLITE_READONLY_ROLLBACK): db.write cannot help.
+    hot = errors.ReadOnlyError(
+        "attempt to write a readonly database",
+        result_code=8,
+        extended_result_code=apsw.SQLITE_READONLY_ROLLBACK,
+    )
+    assert _read_only(hot, "SELECT 1") is hot

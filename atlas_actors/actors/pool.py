@@ -156,7 +156,14 @@ class _Fault:
 
 
 def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
-    """Explain a write attempted through the read path."""
+    """Explain a write attempted through the read path.
+
+    Only for plain ``SQLITE_READONLY`` (the statement writes): the extended codes say the
+    file cannot be read as it is (a hot journal on a read-only file, a moved database,
+    ...), which no other call fixes, so they keep SQLite's own advice.
+    """
+    if error.extended_result_code not in (None, apsw.SQLITE_READONLY):
+        return error
     return ReadOnlyError(
         f"{error}; db.query runs on read-only connections: use db.write or "
         "db.execute for statements that change data",
