@@ -11,11 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_actors.query._scopes import scopes, source_map
 from atlas_actors.query._tokens import (
     Token,
-    dequote,
     is_word,
-    matching_paren,
     outside_parens,
     parameter_numbers,
     significant,
@@ -27,13 +26,6 @@ __all__ = ["SqlInfo", "null_bindings", "sql_info"]
 AGGREGATE_FUNCTIONS = frozenset(
     {"COUNT", "SUM", "AVG", "MIN", "MAX", "TOTAL", "GROUP_CONCAT", "STRING_AGG"}
 )
-_AFTER_TABLE = frozenset(
-    {
-        "WHERE", "JOIN", "INNER", "LEFT", "RIGHT", "FULL", "CROSS", "NATURAL", "OUTER", "ON",
-        "USING", "GROUP", "ORDER", "LIMIT", "HAVING", "WINDOW", "UNION", "EXCEPT",
-        "INTERSECT", "INDEXED", "NOT", "RETURNING", "SET", "VALUES", "OFFSET", "AS",
-    }
-)  # fmt: skip
 UNKNOWN = -(2**63)
 """A LIMIT bound to a parameter whose value is not known."""
 
@@ -76,68 +68,9 @@ def _parameter_count(tokens: Sequence[Token]) -> int:
     return max((number for number, _ in parameter_numbers(tokens).values()), default=0)
 
 
-def _cte_names(tokens: Sequence[Token]) -> set[str]:
-    names = set()
-    for i, t in enumerate(tokens):
-        if is_word(t, "AS") and i + 1 < len(tokens) and tokens[i + 1].text == "(":
-            j = i - 1
-            if j >= 0 and tokens[j].text == ")":  # name(col, ...) AS (
-                depth = 0
-                while j >= 0:
-                    depth += tokens[j].text == ")"
-                    depth -= tokens[j].text == "("
-                    if depth == 0:
-                        break
-                    j -= 1
-                j -= 1
-            if j >= 0 and tokens[j].kind in ("word", "quoted"):
-                names.add(dequote(tokens[j]).lower())
-    return names
-
-
 def _aliases(tokens: Sequence[Token]) -> dict[str, str | None]:
-    ctes = _cte_names(tokens)
-    out: dict[str, str | None] = {}
-    for i, t in enumerate(tokens):
-        if is_word(t, "FROM", "JOIN"):
-            j = i + 1
-            while j < len(tokens):
-                j = _table_item(tokens, j, ctes, out)
-                if t.upper == "JOIN" or j >= len(tokens) or tokens[j].text != ",":
-                    break
-                j += 1
-    return out
-
-
-def _table_item(tokens: Sequence[Token], j: int, ctes: set[str], out: dict[str, str | None]) -> int:
-    name: str | None = None
-    if tokens[j].text == "(":
-        j = matching_paren(tokens, j) + 1
-    elif tokens[j].kind in ("word", "quoted") and not is_word(tokens[j], "SELECT"):
-        name = dequote(tokens[j]).lower()
-        j += 1
-        if j + 1 < len(tokens) and tokens[j].text == "." and tokens[j + 1].kind != "op":
-            name = dequote(tokens[j + 1]).lower()  # schema.table
-            j += 2
-        if j < len(tokens) and tokens[j].text == "(":  # table-valued function
-            j = matching_paren(tokens, j) + 1
-            name = None
-        elif name in ctes:
-            out[name] = None
-            name = None
-        elif name is not None:
-            out.setdefault(name, name)
-    else:
-        return j
-    if j < len(tokens) and is_word(tokens[j], "AS"):
-        j += 1
-    if j < len(tokens) and (
-        tokens[j].kind == "quoted"
-        or (tokens[j].kind == "word" and tokens[j].upper not in _AFTER_TABLE)
-    ):
-        out[dequote(tokens[j]).lower()] = name
-        j += 1
-    return j
+    """Every name a loop can carry → its table (None: derived); the first scope wins."""
+    return dict(source_map(scopes(tokens)))
 
 
 def _value(

@@ -37,7 +37,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from atlas_actors.query._sqlinfo import sql_info
+from atlas_actors.query._scopes import owner, scopes
 from atlas_actors.query._tokens import (
     Token,
     dequote,
@@ -95,7 +95,6 @@ class LikeSemantics:
 class _Ctx:
     schema: Schema
     like: LikeSemantics
-    tables: dict[str, str | None]
     warnings: list[str]
 
 
@@ -113,20 +112,6 @@ def _column(tokens: Sequence[Token], i: int) -> tuple[str | None, str, int] | No
     ):
         return dequote(tokens[i]), dequote(tokens[i + 2]), i + 3
     return None, dequote(tokens[i]), i + 1
-
-
-def _resolve(ctx: _Ctx, qualifier: str | None, name: str) -> TableInfo | None:
-    """Return the table that owns the column, if exactly one of the statement's does."""
-    if qualifier is not None:
-        table = ctx.tables.get(qualifier.lower())
-        info = ctx.schema.tables.get(table) if table else None
-        return info if info is not None and info.column(name) is not None else None
-    owners = {
-        t: ctx.schema.tables[t]
-        for t in ctx.tables.values()
-        if t is not None and t in ctx.schema.tables and ctx.schema.tables[t].column(name)
-    }
-    return next(iter(owners.values())) if len(owners) == 1 else None
 
 
 def _before_ok(tokens: Sequence[Token], i: int, allowed: frozenset[str]) -> bool:
@@ -214,6 +199,7 @@ def _eq_term(
 def like_prefix_range(sql: str, ctx: _Ctx) -> str | None:
     """Rule ``like_prefix_range`` (see the module docstring)."""
     tokens = significant(tokenize(sql))
+    in_scope = scopes(tokens)
     edits: list[tuple[int, int, str]] = []
     for i, t in enumerate(tokens):
         if not is_word(t, "LIKE") or i + 1 >= len(tokens) or tokens[i + 1].kind != "string":
@@ -233,7 +219,9 @@ def like_prefix_range(sql: str, ctx: _Ctx) -> str | None:
                     f"{col[1]!r} can help; a full-text index (FTS5) can"
                 )
             continue
-        table = _resolve(ctx, col[0], col[1])
+        # Only a column whose table is certain: a range on another table's column of
+        # another affinity would change the result (12 LIKE '12%' but not 12 < '13').
+        table = owner(in_scope[start], ctx.schema, col[0], col[1])
         ranges = _like_ranges(ctx, table, col[1], prefix) if table is not None else None
         if not ranges:
             continue
@@ -369,6 +357,7 @@ def drop_subquery_order_by(sql: str, ctx: _Ctx) -> str | None:
 def not_in_nullable(sql: str, ctx: _Ctx) -> None:
     """Warning ``not_in_nullable``: never rewrites (see the module docstring)."""
     tokens = significant(tokenize(sql))
+    in_scope = scopes(tokens)
     for i in range(len(tokens) - 3):
         if not (is_word(tokens[i], "NOT") and is_word(tokens[i + 1], "IN")):
             continue
@@ -376,9 +365,8 @@ def not_in_nullable(sql: str, ctx: _Ctx) -> None:
             continue
         close = matching_paren(tokens, i + 2)
         col = _column(tokens, i + 4)
-        inner = sql_info(sql[tokens[i + 3].start : tokens[close - 1].end])
-        sub = _Ctx(ctx.schema, ctx.like, dict(inner.aliases), ctx.warnings)
-        table = _resolve(sub, col[0], col[1]) if col and col[2] < close else None
+        found = col is not None and col[2] < close
+        table = owner(in_scope[i + 4], ctx.schema, col[0], col[1]) if col and found else None
         info = table.column(col[1]) if table is not None and col is not None else None
         if info is not None and (info.not_null or _is_rowid(table, info.name)):
             continue
@@ -418,10 +406,9 @@ def apply_rules(
     for name, rule in RULES.items():
         if rules is not None and name not in rules:
             continue
-        ctx = _Ctx(schema, like, dict(sql_info(sql).aliases), warnings)
-        out = rule(sql, ctx)
+        out = rule(sql, _Ctx(schema, like, warnings))
         if out is not None and out != sql:
             sql = out
             applied.append(name)
-    not_in_nullable(sql, _Ctx(schema, like, dict(sql_info(sql).aliases), warnings))
+    not_in_nullable(sql, _Ctx(schema, like, warnings))
     return sql, applied, list(dict.fromkeys(warnings))
