@@ -273,7 +273,9 @@ class Optimizer:
             # LIKE's behaviour is a connection setting and a compile option: ask, do not
             # assume (https://www.sqlite.org/pragma.html#pragma_case_sensitive_like).
             ((insensitive, blobs),) = conn.execute("SELECT 'a' LIKE 'A', x'61' LIKE 'a'")
-            return self._schema_on(conn), LikeSemantics(not insensitive, bool(blobs))
+            ((encoding,),) = conn.execute("PRAGMA encoding")
+            like = LikeSemantics(not insensitive, bool(blobs), str(encoding))
+            return self._schema_on(conn), like
 
         schema, like = self._run(job, sql)
         out, applied, warnings = apply_rules(sql, schema, like, rules)

@@ -22,6 +22,9 @@ fully recognise; everything else is left as written. Each rule states why it is 
     affinity (numbers are then stored as text) and blobs must not match LIKE (SQLite
     built with SQLITE_LIKE_DOESNT_MATCH_BLOBS, checked at run time) unless the table is
     STRICT. And an index must lead with ``c`` in ``c``'s collation, else nothing gains.
+    The bounds are computed in code point order, which is BINARY's on UTF-8 databases
+    only: on UTF-16 ones the rule does nothing. ``c``'s table must be certain
+    (:mod:`~atlas_actors.query._scopes`).
 ``drop_subquery_order_by``
     ``IN (SELECT ... ORDER BY ...)`` and ``EXISTS (SELECT ... ORDER BY ...)`` lose the
     ORDER BY when the subquery has no LIMIT: sets have no order.
@@ -89,6 +92,10 @@ class LikeSemantics:
     """``PRAGMA case_sensitive_like`` is on (``'a' LIKE 'A'`` is false)."""
     blobs_match: bool
     """A blob can match LIKE (``x'61' LIKE 'a'`` is true)."""
+    encoding: str = "UTF-8"
+    """``PRAGMA encoding``. Ranges are computed in code point order, which is BINARY's
+    order for UTF-8 only: UTF-16 text is compared as bytes (``'ÿ'`` is FF 00 in
+    UTF-16le, above ``'Ā'``, 00 01), so no range is built on other encodings."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +297,12 @@ def _like_ranges(ctx: _Ctx, table: TableInfo, name: str, prefix: str) -> list[tu
                 f"like_prefix_range: index {others[0]!r} on {name!r} does not use the column's "
                 f"collation {collation}, so it cannot serve a range on it"
             )
+        return []
+    if ctx.like.encoding.upper() != "UTF-8":
+        ctx.warnings.append(
+            f"like_prefix_range: the database encoding is {ctx.like.encoding}, where text "
+            "sorts by its UTF-16 bytes, not by code point: no range is built"
+        )
         return []
     if collation == "NOCASE":  # NOCASE and LIKE both fold ASCII letters only
         folded = prefix.translate(_ASCII_LOWER)

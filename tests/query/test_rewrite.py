@@ -260,3 +260,24 @@ def test_nocase_bounds_are_folded_before_the_last_letter_is_incremented(
     assert applied == ["like_prefix_range"] and "'z'" in out and "'{'" in out
     assert len(conn.execute(out).fetchall()) == 2
     same_rows(conn, sql, out)
+
+
+@pytest.mark.parametrize("encoding", ["UTF-16le", "UTF-16be"])
+def test_like_prefix_range_leaves_utf16_databases_alone(tmp_path: Path, encoding: str) -> None:
+    # BINARY compares UTF-16 text as bytes: 'ÿ' (FF 00 in UTF-16le) sorts above 'Ā'
+    # (00 01), so the code point range ['ÿ', 'Ā') would hold no row at all.
+    conn = apsw.Connection(str(tmp_path / "utf16.db"))
+    conn.execute(f"PRAGMA encoding = '{encoding}'")
+    conn.execute("CREATE TABLE words(id INTEGER PRIMARY KEY, w TEXT); CREATE INDEX ww ON words(w)")
+    with conn:
+        conn.executemany("INSERT INTO words(w) VALUES (?)", [(f"w{i}",) for i in range(3000)])
+        conn.executemany(
+            "INSERT INTO words(w) VALUES (?)", [("ÿes",), ("ÿx",), ("仿佛",), ("\U0001f600",)]
+        )
+    opt = Optimizer(lambda fn: fn(conn))
+    for sql in ("SELECT w FROM words WHERE w LIKE 'ÿ%'", "SELECT w FROM words WHERE w LIKE '仿%'"):
+        result = opt.rewrite(sql)
+        assert result.applied_rules == () and result.sql == sql
+        assert any("encoding" in w for w in result.warnings)
+        same_rows(conn, sql, result.sql)
+    conn.close()
