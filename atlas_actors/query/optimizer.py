@@ -19,10 +19,13 @@ from typing import Any, TypeVar
 import apsw
 
 from atlas_actors.errors import AtlasError, ConfigError, QueryValidationError, wrap_sqlite_error
-from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.future import sql_type_error
+from atlas_actors.query._names import closest, quote_catalog_name
 from atlas_actors.query._sqlinfo import null_bindings, sql_info
-from atlas_actors.query._tokens import significant, tokenize
+from atlas_actors.query._tokens import is_word, significant, tokenize
+from atlas_actors.query.builder import Query
 from atlas_actors.query.capture import Workbench
+from atlas_actors.query.conditions import check_count
 from atlas_actors.query.cost import build_plan, estimate_cost
 from atlas_actors.query.indexes import (
     Candidate,
@@ -33,12 +36,12 @@ from atlas_actors.query.indexes import (
     evaluate,
 )
 from atlas_actors.query.plan import QueryPlan, parse_rows
-from atlas_actors.query.rewrite import LikeSemantics, RewriteResult, apply_rules
+from atlas_actors.query.rewrite import RULES, LikeSemantics, RewriteResult, apply_rules
 from atlas_actors.query.schema import Schema
 from atlas_actors.query.stats import Stats, collect
 from atlas_actors.query.workload import WorkloadRecorder
 
-__all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "single_statement"]
+__all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "analyzable", "single_statement"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -65,6 +68,48 @@ def single_statement(sql: str) -> str:
             "expected one statement, got several; analyze them one at a time"
         )
     return sql
+
+
+_ANALYZABLE = ("SELECT", "VALUES", "WITH", "INSERT", "REPLACE", "UPDATE", "DELETE")
+
+
+def analyzable(sql: str) -> str:
+    """Return ``sql`` if it is one SELECT, INSERT, UPDATE or DELETE, else raise.
+
+    Analysis prepares the statement on a pooled read connection, and preparing is not
+    always harmless: SQLite applies flag pragmas such as ``PRAGMA case_sensitive_like
+    = ON`` while preparing them, which would change every later read on that
+    connection. So anything but a query or a DML statement is refused.
+    """
+    single_statement(sql)
+    first = significant(tokenize(sql))[0]
+    if not is_word(first, *_ANALYZABLE):
+        raise QueryValidationError(
+            f"the optimizer analyzes SELECT, INSERT, UPDATE and DELETE statements, not "
+            f"{first.text.upper()} ones: preparing one can already change the read "
+            "connection it runs on (PRAGMA case_sensitive_like = ON does); run statements "
+            "that are meant to do something with db.execute()"
+        )
+    return sql
+
+
+def check_rules(rules: object) -> tuple[str, ...] | None:
+    """Return ``rules`` as a tuple of known rule names (None: all), else raise."""
+    if rules is None:
+        return None
+    known = ", ".join(RULES)
+    if isinstance(rules, str | bytes) or not isinstance(rules, Sequence | set | frozenset):
+        raise QueryValidationError(
+            f"rules= takes a list of rule names, e.g. rules=['or_to_in'], not {rules!r}; "
+            f"known: {known}"
+        )
+    for name in rules:
+        if name not in RULES:
+            raise QueryValidationError(
+                f"unknown rewrite rule {name!r}; known: {known}",
+                suggestion=closest(str(name), RULES),
+            )
+    return tuple(rules)
 
 
 def result_columns(conn: apsw.Connection, sql: str, bindings: Any) -> int:
@@ -110,9 +155,36 @@ class Optimizer:
     def _run(self, fn: Callable[[apsw.Connection], T], sql: str | None = None) -> T:
         try:
             result: T = self._read(fn)
-        except apsw.Error as exc:
-            raise wrap_sqlite_error(exc, sql) from exc
+        except Exception as exc:
+            # apsw's errors, and its answers to bad parameters (TypeError, OverflowError,
+            # a KeyError naming a :placeholder), become typed atlas errors.
+            wrapped = wrap_sqlite_error(exc, sql)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
         return result
+
+    def _statement(self, sql: object, params: Params | None) -> tuple[str, Params | None]:
+        """Return the SQL text and parameters to analyze: text, or a built query.
+
+        Like ``db.query``, a :class:`Query` (built against the live schema, so unknown
+        names fail with a suggestion) or anything with ``build() -> (sql, params)``.
+        """
+        if type(sql) is not str:
+            if params is not None:
+                raise QueryValidationError(
+                    "a built query carries its own parameters: pass params only with SQL text"
+                )
+            if isinstance(sql, Query):
+                sql, params = sql.build(schema=self.schema())
+            else:
+                build = getattr(sql, "build", None)
+                if build is None:
+                    raise sql_type_error(sql)
+                sql, params = build()
+            if type(sql) is not str:
+                raise sql_type_error(sql)
+        return analyzable(sql), params
 
     def _schema_on(self, conn: apsw.Connection) -> Schema:
         version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
@@ -142,13 +214,14 @@ class Optimizer:
 
     # -- analysis ----------------------------------------------------------------------
 
-    def analyze(self, sql: str, params: Params | None = None) -> QueryPlan:
+    def analyze(self, sql: str | Query, params: Params | None = None) -> QueryPlan:
         """Return the plan SQLite chooses for ``sql``, with row and cost estimates.
 
+        ``sql`` is one SELECT, INSERT, UPDATE or DELETE, as text or a built query.
         Parameters are optional: without them every parameter is NULL for planning, which
         is what SQLite plans with anyway unless STAT4 is compiled in.
         """
-        single_statement(sql)
+        sql, params = self._statement(sql, params)
 
         def job(conn: apsw.Connection) -> QueryPlan:
             schema = self._schema_on(conn)
@@ -174,17 +247,23 @@ class Optimizer:
 
     def estimate_cost(self, plan: QueryPlan) -> float:
         """Return the estimated work of ``plan`` (VM steps; lower is cheaper)."""
+        if not isinstance(plan, QueryPlan):
+            raise QueryValidationError(
+                f"estimate_cost() takes the QueryPlan analyze() returns, not {plan!r:.60}"
+            )
         return estimate_cost(plan)
 
     # -- index advice ------------------------------------------------------------------
 
-    def suggest_indexes(self, sql: str, params: Params | None = None) -> list[IndexSuggestion]:
+    def suggest_indexes(
+        self, sql: str | Query, params: Params | None = None
+    ) -> list[IndexSuggestion]:
         """Return indexes that would make ``sql`` cheaper, best first (see ``indexes.py``).
 
         Reads the live database (schema, statistics, a random sample of the candidate
         columns); creates nothing there. Pass a suggestion to :meth:`apply` to create it.
         """
-        single_statement(sql)
+        sql, params = self._statement(sql, params)
 
         def job(conn: apsw.Connection) -> tuple[Inputs, list[Any], list[str]]:
             schema = self._schema_on(conn)
@@ -211,8 +290,11 @@ class Optimizer:
             return []
         try:
             return evaluate(inputs, cands, stats)
-        except apsw.Error as exc:
-            raise wrap_sqlite_error(exc, sql) from exc
+        except Exception as exc:
+            wrapped = wrap_sqlite_error(exc, sql)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
 
     def apply(self, suggestion: IndexSuggestion, *, analyze: bool | None = None) -> None:
         """Create the suggested index through the writer. Never called automatically.
@@ -224,6 +306,11 @@ class Optimizer:
         if self._write is None:
             raise ConfigError(
                 "this Optimizer has no writer: construct it with write=... to apply indexes"
+            )
+        if not isinstance(suggestion, IndexSuggestion):
+            raise QueryValidationError(
+                f"apply() takes an IndexSuggestion from suggest_indexes() or advise(), "
+                f"not {suggestion!r:.60}"
             )
         self._write(suggestion.create_sql)
         if analyze is None:
@@ -240,6 +327,7 @@ class Optimizer:
         the longer one. ``estimated_gain`` is then VM steps saved over all recorded calls.
         Nothing is created: pass the ones you want to :meth:`apply`.
         """
+        top = check_count(top, "top")
         if self.workload is None:
             raise ConfigError("this Optimizer has no workload: pass workload=WorkloadRecorder()")
         merged: dict[tuple[str, tuple[tuple[str, str, bool], ...]], IndexSuggestion] = {}
@@ -257,7 +345,11 @@ class Optimizer:
     # -- rewrites ----------------------------------------------------------------------
 
     def rewrite(
-        self, sql: str, params: Params | None = None, *, rules: Sequence[str] | None = None
+        self,
+        sql: str | Query,
+        params: Params | None = None,
+        *,
+        rules: Sequence[str] | None = None,
     ) -> RewriteResult:
         """Return an equivalent, cheaper statement after the named rules (``rewrite.py``).
 
@@ -265,9 +357,10 @@ class Optimizer:
         the rewrite is not estimated cheaper, the original statement is returned with a
         warning naming the rules that would have applied (the estimate may be wrong for
         skewed data: measure before adopting a rewrite). ``rules`` limits the run to
-        some rule names.
+        some rule names (an unknown name is refused).
         """
-        single_statement(sql)
+        sql, params = self._statement(sql, params)
+        rules = check_rules(rules)
 
         def job(conn: apsw.Connection) -> tuple[Schema, LikeSemantics]:
             # LIKE's behaviour is a connection setting and a compile option: ask, do not
