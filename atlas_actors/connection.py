@@ -35,6 +35,7 @@ __all__ = [
     "TrackedConnection",
     "WriteResult",
     "open_connection",
+    "refuse_connection_settings",
     "refuse_transaction_control",
 ]
 
@@ -474,6 +475,90 @@ def _control_error(sql: str) -> ValidationError:
         "transaction its statements run in: use db.transaction() (and tx.commit(), "
         "tx.rollback(), tx.savepoint(name), tx.rollback_to(name), tx.release(name))"
     )
+
+
+_READ_PRAGMAS = frozenset(
+    {
+        # the argument names what to read (https://www.sqlite.org/pragma.html)
+        "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo",
+        "index_list", "foreign_key_list", "foreign_key_check", "integrity_check",
+        "quick_check",
+        # read-only: an argument is ignored
+        "collation_list", "compile_options", "database_list", "function_list",
+        "module_list", "pragma_list", "data_version", "freelist_count", "page_count",
+    }
+)  # fmt: skip
+"""Pragmas that only read, even when given an argument."""
+_ACTION_PRAGMAS = frozenset({"optimize", "shrink_memory", "wal_checkpoint", "incremental_vacuum"})
+"""Pragmas that do something (ANALYZE, free memory, checkpoint, free pages) even bare."""
+_GAP = r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+_PRAGMA_NAME = r'(?:"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*)'
+_PRAGMA_STATEMENT = re.compile(
+    rf"{_LEADING}PRAGMA\b{_GAP}(?P<first>{_PRAGMA_NAME})"
+    rf"(?:{_GAP}\.{_GAP}(?P<second>{_PRAGMA_NAME}))?{_GAP}(?P<value>[=(])?",
+    re.IGNORECASE | re.DOTALL,
+)
+_MAY_HOLD_PRAGMA = re.compile("pragma", re.IGNORECASE)
+_pragma_verdicts: dict[str, str | None] = {}
+
+
+def refuse_connection_settings(sql: str) -> None:
+    """Raise ValidationError if a statement of ``sql`` is a PRAGMA that changes something.
+
+    Read connections are pooled: ``PRAGMA case_sensitive_like = ON`` (SQLite applies it
+    while preparing), ``PRAGMA foreign_keys = 0`` or ``PRAGMA query_only(0)`` on one
+    would change what every later read on that connection does. Allowed: a bare pragma
+    (``PRAGMA user_version`` reads the value) and the read-only pragmas whose argument
+    names what to read (``PRAGMA table_info(t)``, ``index_list``, ``integrity_check``,
+    ...). Refused: any other pragma given a value (``= v`` or ``(v)``, unknown names
+    included: SQLite ignores those silently), and the pragmas that act even without one
+    (``optimize``, ``shrink_memory``, ``wal_checkpoint``, ``incremental_vacuum``).
+    Pure: it reads only the text (cached per text).
+    """
+    verdict = _pragma_verdicts.get(sql, "")
+    if verdict == "":
+        verdict = _setting_pragma(sql) if _MAY_HOLD_PRAGMA.search(sql) else None
+        if len(_pragma_verdicts) < 10_000:
+            _pragma_verdicts[sql] = verdict
+    if verdict is not None:
+        raise ValidationError(
+            f"{shorten(sql)!r}: PRAGMA {verdict} changes the connection or the database, "
+            "and reads run on shared connections where every later read would see it. "
+            "Run it through the writer with db.execute() (database values such as "
+            "user_version, maintenance such as wal_checkpoint; or db.wal.checkpoint()); "
+            "connection options are set by atlas.open()'s configuration. Reads such as "
+            "PRAGMA user_version or PRAGMA table_info(t) are fine"
+        )
+
+
+def _setting_pragma(sql: str) -> str | None:
+    """Return the name of the first pragma in ``sql`` that is not a plain read, or None."""
+    for start in _statement_starts(sql):
+        found = _PRAGMA_STATEMENT.match(sql, start)
+        if found is None:
+            continue
+        name = _pragma_name(found["second"] or found["first"])
+        if name in _ACTION_PRAGMAS or (found["value"] and name not in _READ_PRAGMAS):
+            return name
+    return None
+
+
+def _pragma_name(token: str) -> str:
+    if token[0] in '"`':
+        return token[1:-1].replace(token[0] * 2, token[0]).lower()
+    if token[0] == "[":
+        return token[1:-1].lower()
+    return token.lower()
+
+
+def _statement_starts(sql: str) -> Iterator[int]:
+    """Yield where each statement of ``sql`` starts (as :func:`_any_statement` splits)."""
+    yield 0
+    if ";" not in sql:
+        return
+    for found in _QUOTED_OR_SEMICOLON.finditer(sql):
+        if found.group() == ";" and apsw.complete(sql[: found.end()]):
+            yield found.end()
 
 
 _new_result = tuple.__new__
