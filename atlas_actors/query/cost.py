@@ -24,7 +24,15 @@ from typing import Any
 
 from atlas_actors.query._sqlinfo import UNKNOWN, SqlInfo
 from atlas_actors.query.capture import Capture, Term
-from atlas_actors.query.plan import Access, PlanNode, QueryPlan, QueryStep, StepType, classify
+from atlas_actors.query.plan import (
+    Access,
+    PlanNames,
+    PlanNode,
+    QueryPlan,
+    QueryStep,
+    StepType,
+    classify,
+)
 from atlas_actors.query.schema import Schema
 from atlas_actors.query.stats import Stats
 
@@ -48,6 +56,7 @@ class _Ctx:
     info: SqlInfo
     schema: Schema
     columns: int
+    names: PlanNames = field(default_factory=PlanNames)
     steps: list[QueryStep] = field(default_factory=list)
     derived: dict[str, float] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)
@@ -83,7 +92,7 @@ def build_plan(
     columns: int = 4,
 ) -> QueryPlan:
     """Estimate every step of the parsed plan ``roots`` and return the :class:`QueryPlan`."""
-    ctx = _Ctx(stats, capture, info, schema, columns)
+    ctx = _Ctx(stats, capture, info, schema, columns, _plan_names(schema, info))
     limit = ASSUMED_LIMIT if info.limit == UNKNOWN else info.limit
     out, last = _limited(roots, ctx, 0, limit=limit, single_row=info.single_row)
     if last is not None:
@@ -94,6 +103,16 @@ def build_plan(
         used_indexes=tuple(dict.fromkeys(ctx.used)),
         sql=sql,
         analyzed=stats.analyzed,
+    )
+
+
+def _plan_names(schema: Schema, info: SqlInfo) -> PlanNames:
+    """The names this statement's plan lines may print (for names with blanks)."""
+    tables = schema.tables.values()
+    return PlanNames.of(
+        [*(t.name for t in tables), *info.aliases],
+        (i.name for t in tables for i in t.indexes),
+        (c.name for t in tables for c in t.columns),
     )
 
 
@@ -136,7 +155,7 @@ def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False
     rows, position = 1.0, int(correlated)
     width = ctx.columns if depth == 0 else 2
     for node in nodes:
-        a = classify(node.detail)
+        a = classify(node.detail, ctx.names)
         base: dict[str, Any] = {"detail": node.detail, "depth": depth}
         if a.kind in _LOOPS:
             loop = _loop(node, a, ctx, position)
@@ -158,7 +177,7 @@ def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False
                         detail=leaf.detail,
                         depth=depth + 1,
                         rows=0.0,
-                        index=classify(leaf.detail).index,
+                        index=classify(leaf.detail, ctx.names).index,
                     )
         elif a.kind == "sort":
             cost = rows * (2 + width + 0.1 * math.log2(max(rows, 2.0)))
@@ -221,7 +240,7 @@ def _compound(node: PlanNode, ctx: _Ctx, depth: int) -> float:
     """Cost the parts of a UNION / INTERSECT / EXCEPT; return the rows of all parts."""
     total = 0.0
     for part in node.children:
-        if classify(part.detail).kind != "compound":
+        if classify(part.detail, ctx.names).kind != "compound":
             total += _nest([part], ctx, depth + 1).rows
             continue
         ctx.add("subquery", None, 0.0, detail=part.detail, depth=depth + 1, rows=0.0)
@@ -253,7 +272,7 @@ def _loop(node: PlanNode, a: Access, ctx: _Ctx, position: int) -> _Loop:
         return _Loop(None, 1.0, 1.0, ROW)
     if a.kind == "or":
         leaves = [leaf for c in node.children for leaf in (c.children or [c])]
-        branches = [_loop(leaf, classify(leaf.detail), ctx, position) for leaf in leaves]
+        branches = [_loop(leaf, classify(leaf.detail, ctx.names), ctx, position) for leaf in leaves]
         visited = sum(b.visited for b in branches)
         table = next((b.table for b in branches if b.table), None)
         return _Loop(table, visited, visited, sum(b.cost for b in branches) + visited * ROW)

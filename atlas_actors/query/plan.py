@@ -11,12 +11,22 @@ column of the output is documented as unused and is ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Access", "PlanNode", "QueryPlan", "QueryStep", "StepType", "classify", "parse_rows"]
+__all__ = [
+    "Access",
+    "PlanNames",
+    "PlanNode",
+    "QueryPlan",
+    "QueryStep",
+    "StepType",
+    "classify",
+    "parse_rows",
+]
 
 StepType = Literal["scan", "index", "join", "filter", "sort", "subquery"]
 
@@ -129,35 +139,97 @@ class Access:
     """For sorts, what the b-tree is for (``ORDER BY``, ``GROUP BY``, ``DISTINCT``)."""
 
 
-_SCAN = re.compile(
-    r"SCAN (?:TABLE )?(?P<name>\S+)(?: AS (?P<alias>\S+))?"
-    r"(?: USING (?P<cov>COVERING )?INDEX (?P<index>\S+))?"
-)
-_SEARCH = re.compile(
-    r"SEARCH (?:TABLE )?(?P<name>\S+)(?: AS (?P<alias>\S+))?"
-    r"(?: (?P<exists>EXISTS))?"
-    r"(?: USING (?:(?P<auto>AUTOMATIC (?:PARTIAL )?)?(?P<cov>COVERING )?"
-    r"INDEX(?: (?P<index>[^\s(]+))?"
-    r"|(?P<ipk>INTEGER PRIMARY KEY)|(?P<pk>PRIMARY KEY)))?"
-    r"(?: \((?P<cons>.*)\))?"
-)
-_TERM = re.compile(r"(?:ANY\((?P<any>[^)]+)\)|(?P<col>[^\s=<>!]+)(?P<op>=|>=|<=|>|<| IS ))")
-_SUBQUERY = re.compile(
-    r"(?:(?P<corr>CORRELATED )?(?:SCALAR|LIST) SUBQUERY|(?:CO-ROUTINE|MATERIALIZE|REUSE)"
-    r"|SUBQUERY)(?: (?P<name>\S+))?"
-)
+# A name SQLite prints as it is, spaces included ("SEARCH my table USING INDEX i (a b=?)"),
+# so names that contain a space or an operator are matched against the statement's own
+# names, longest first; any other name is one run of non-blanks.
+_ANY = r"\S+"
+
+
+@dataclass(frozen=True)
+class PlanNames:
+    """The names a plan's lines may print that one run of non-blanks would cut short.
+
+    Build it with :meth:`of` from every table, alias, index and column name the
+    statement may use; only names with a blank or an operator character are kept.
+    """
+
+    loops: tuple[str, ...] = ()
+    """Tables, aliases, subquery and CTE names."""
+    indexes: tuple[str, ...] = ()
+    """Index names."""
+    columns: tuple[str, ...] = ()
+    """Column names."""
+
+    @classmethod
+    def of(cls, loops: Iterable[str], indexes: Iterable[str], columns: Iterable[str]) -> PlanNames:
+        """Keep the names a blank-delimited match would misread, longest first."""
+
+        def odd(names: Iterable[str]) -> tuple[str, ...]:
+            found = {n for n in names if n and _ODD.search(n)}
+            return tuple(sorted(found, key=lambda n: (-len(n), n)))
+
+        return cls(odd(loops), odd(indexes), odd(columns))
+
+
+_ODD = re.compile(r"[\s()=<>!]")
+_NO_NAMES = PlanNames()
+
+
+def _names(known: tuple[str, ...], fallback: str, *, whole: bool) -> str:
+    """A pattern for one name: a known one (case-insensitive), else ``fallback``."""
+    if not known:
+        return fallback
+    alternatives = "|".join(re.escape(n) for n in known)
+    end = r"(?=\s|$)" if whole else ""
+    return f"(?:(?i:{alternatives}){end}|{fallback})"
+
+
+@functools.lru_cache(maxsize=64)
+def _patterns(names: PlanNames) -> tuple[re.Pattern[str], ...]:
+    loop = _names(names.loops, _ANY, whole=True)
+    index = _names(names.indexes, r"[^\s(]+", whole=True)
+    column = _names(names.columns, r"[^\s=<>!]+", whole=False)
+    any_column = _names(names.columns, r"[^)]+", whole=False)
+    scan = re.compile(
+        rf"SCAN (?:TABLE )?(?P<name>{loop})(?: AS (?P<alias>{loop}))?"
+        rf"(?: USING (?P<cov>COVERING )?INDEX (?P<index>{index}))?"
+    )
+    search = re.compile(
+        rf"SEARCH (?:TABLE )?(?P<name>{loop})(?: AS (?P<alias>{loop}))?"
+        r"(?: (?P<exists>EXISTS))?"
+        r"(?: USING (?:(?P<auto>AUTOMATIC (?:PARTIAL )?)?(?P<cov>COVERING )?"
+        rf"INDEX(?: (?P<index>{index}))?"
+        r"|(?P<ipk>INTEGER PRIMARY KEY)|(?P<pk>PRIMARY KEY)))?"
+        r"(?: \((?P<cons>.*)\))?"
+    )
+    term = re.compile(
+        rf"(?:ANY\((?P<any>{any_column})\)|(?P<col>{column})(?P<op>=|>=|<=|>|<| IS ))"
+    )
+    subquery = re.compile(
+        r"(?:(?P<corr>CORRELATED )?(?:SCALAR|LIST) SUBQUERY|(?:CO-ROUTINE|MATERIALIZE|REUSE)"
+        rf"|SUBQUERY)(?: (?P<name>{loop}))?"
+    )
+    bloom = re.compile(rf"BLOOM FILTER ON (?P<name>{loop})")
+    right = re.compile(rf"RIGHT-JOIN (?P<name>{loop})")
+    return scan, search, term, subquery, bloom, right
+
+
 _COMPOUND = (
     "COMPOUND QUERY", "LEFT-MOST SUBQUERY", "UNION ALL", "UNION USING", "INTERSECT USING",
     "EXCEPT USING", "MERGE (", "LEFT", "RIGHT",
 )  # fmt: skip
 
 
-def classify(detail: str) -> Access:
-    """Read one EXPLAIN QUERY PLAN detail line (see the module doc on stability)."""
+def classify(detail: str, names: PlanNames = _NO_NAMES) -> Access:
+    """Read one EXPLAIN QUERY PLAN detail line (see the module doc on stability).
+
+    ``names`` are the statement's names that contain blanks (see :class:`PlanNames`).
+    """
+    scan, search, term, subquery, bloom, right = _patterns(names)
     if detail.startswith("SCAN CONSTANT ROW"):
         return Access("constant")
     if detail.startswith("SCAN "):
-        m = _SCAN.match(detail)
+        m = scan.match(detail)
         assert m is not None  # the pattern only requires "SCAN x"
         return Access(
             "scan",
@@ -167,9 +239,9 @@ def classify(detail: str) -> Access:
             left_join=detail.endswith(" LEFT-JOIN"),
         )
     if detail.startswith("SEARCH "):
-        m = _SEARCH.match(detail)
+        m = search.match(detail)
         assert m is not None
-        eq, ranges = _constraints(m["cons"] or "")
+        eq, ranges = _constraints(m["cons"] or "", term)
         skip = (m["cons"] or "").count("ANY(")
         return Access(
             "search",
@@ -189,25 +261,29 @@ def classify(detail: str) -> Access:
     if detail.startswith("MULTI-INDEX OR"):
         return Access("or")
     if detail.startswith("BLOOM FILTER ON "):
-        return Access("bloom", name=detail.split()[3])
+        m = bloom.match(detail)
+        return Access("bloom", name=m["name"] if m else None)
     if detail.startswith("CREATE BLOOM FILTER"):  # over the rows of an IN subquery
         return Access("bloom")
     if detail.startswith("RIGHT-JOIN "):
-        return Access("right_join", name=detail.split()[1])
+        m = right.match(detail)
+        return Access("right_join", name=m["name"] if m else None)
     if detail.endswith("FOR IN-OPERATOR"):
         return Access("in_probe")
     if detail.startswith(_COMPOUND):
         return Access("compound", what=detail)
-    m = _SUBQUERY.match(detail)
+    m = subquery.match(detail)
     if m is not None:
         return Access("subquery", name=m["name"], correlated=bool(m["corr"]), what=detail)
     return Access("other", what=detail)
 
 
-def _constraints(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+def _constraints(
+    text: str, term: re.Pattern[str]
+) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
     eq: list[str] = []
     ranges: dict[str, int] = {}
-    for m in _TERM.finditer(text):
+    for m in term.finditer(text):
         if m["any"]:
             eq.append(m["any"])
         elif m["op"] in ("=", " IS "):

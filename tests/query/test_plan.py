@@ -10,7 +10,7 @@ import pytest
 from atlas_actors.errors import QueryValidationError, SQLError
 from atlas_actors.query import Optimizer, QueryPlan
 from atlas_actors.query._sqlinfo import UNKNOWN, null_bindings, sql_info
-from atlas_actors.query.plan import classify
+from atlas_actors.query.plan import PlanNames, classify
 
 from .workload_fixtures import QUERIES, populate
 
@@ -217,3 +217,75 @@ def test_the_optimizer_works_again_after_close(tasks_db: apsw.Connection) -> Non
     assert opt.analyze("SELECT * FROM tasks WHERE status = 'open'").used_indexes == (
         "tasks_status",
     )
+
+
+SPACED = PlanNames.of(
+    loops=["my table", "m x", "my", "other"],
+    indexes=["spaced c", "plain"],
+    columns=["a b", "a", "c"],
+)
+
+
+@pytest.mark.parametrize(
+    ("detail", "name", "index", "eq", "ranges"),
+    [
+        ("SEARCH my table USING INDEX spaced c (c=?)", "my table", "spaced c", ("c",), ()),
+        ("SCAN my table USING COVERING INDEX spaced c", "my table", "spaced c", (), ()),
+        ("SCAN m x", "m x", None, (), ()),
+        ("SCAN TABLE my table AS m x", "m x", None, (), ()),  # before 3.36
+        ("SEARCH my USING INDEX plain (a b=? AND c>?)", "my", "plain", ("a b",), (("c", 1),)),
+        ("SEARCH other USING INDEX plain (ANY(a b) AND a>? AND a<?)", "other", "plain",
+         ("a b",), (("a", 2),)),
+        ("SEARCH unknown USING INDEX x (d=?)", "unknown", "x", ("d",), ()),
+    ],
+)  # fmt: skip
+def test_names_with_blanks_are_read_whole(
+    detail: str,
+    name: str,
+    index: str | None,
+    eq: tuple[str, ...],
+    ranges: tuple[tuple[str, int], ...],
+) -> None:
+    a = classify(detail, SPACED)
+    assert (a.name, a.index, a.eq, a.ranges) == (name, index, eq, ranges)
+
+
+def test_other_lines_name_loops_with_blanks_too() -> None:
+    assert classify("BLOOM FILTER ON my table (c=?)", SPACED).name == "my table"
+    assert classify("RIGHT-JOIN my table", SPACED).name == "my table"
+    assert classify("MATERIALIZE m x", SPACED).name == "m x"
+    # longest first: "my" does not swallow the start of "my table"
+    assert classify("SCAN my table", SPACED).name == "my table"
+    assert classify("SCAN my", SPACED).name == "my"
+
+
+def test_plans_of_tables_and_columns_with_blanks_are_estimated(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "spaces.db"))
+    for name, index in (('"my table"', "spaced_c"), ("my_table", "plain_c")):
+        conn.execute(f"CREATE TABLE {name}(a INTEGER, c TEXT); CREATE INDEX {index} ON {name}(c)")
+        with conn:
+            conn.executemany(
+                f"INSERT INTO {name} VALUES (?, ?)", [(i % 500, f"c{i}") for i in range(5000)]
+            )
+    conn.execute('CREATE TABLE cols(id INTEGER PRIMARY KEY, "a b" INTEGER)')
+    conn.execute('CREATE INDEX cols_ab ON cols("a b")')
+    with conn:
+        conn.executemany('INSERT INTO cols("a b") VALUES (?)', [(i % 300,) for i in range(6000)])
+    opt = Optimizer(lambda fn: fn(conn))
+    spaced = opt.analyze("SELECT * FROM \"my table\" WHERE c = 'c5'")
+    plain = opt.analyze("SELECT * FROM my_table WHERE c = 'c5'")
+    assert spaced.steps[0].table == "my table" and spaced.used_indexes == ("spaced_c",)
+    assert spaced.cost == plain.cost
+    scan = opt.analyze('SELECT * FROM "my table" WHERE a = 7')
+    assert scan.steps[0].table == "my table"
+    same = opt.analyze("SELECT * FROM my_table WHERE a = 7").cost  # (a is sampled: ±)
+    assert scan.cost == pytest.approx(same, rel=0.01)
+    aliased = opt.analyze('SELECT * FROM my_table AS "m x" WHERE a = 7')
+    assert aliased.steps[0].table == "my_table"
+    assert aliased.cost == pytest.approx(scan.cost, rel=0.01)
+    assert [s.columns for s in opt.suggest_indexes('SELECT * FROM "my table" WHERE a = 7')] == [
+        ("a",)
+    ]
+    by_column = opt.analyze('SELECT * FROM cols WHERE "a b" = 5')
+    assert by_column.estimated_rows == pytest.approx(20, rel=0.5)  # 6,000 rows / 300 values
+    conn.close()
