@@ -14,7 +14,9 @@ from typing import Any
 from atlas_actors.query._scopes import scopes, source_map
 from atlas_actors.query._tokens import (
     Token,
+    dequote,
     is_word,
+    matching_paren,
     outside_parens,
     parameter_numbers,
     significant,
@@ -45,6 +47,12 @@ class SqlInfo:
     count_only: bool = False
     """``SELECT count(*) FROM t`` alone, which SQLite answers from the b-tree page counts
     (the OP_Count opcode) instead of visiting rows."""
+    in_lists: Mapping[str, int | None] = field(default_factory=dict)
+    """Lower-case column → values of its ``c IN (...)`` list (None: a subquery or a
+    table); the largest when the name has several lists."""
+    group_by: tuple[str, ...] | None = None
+    """The top-level GROUP BY terms: lower-case column names without qualifier, ``""``
+    for anything else; None without a GROUP BY (or in a compound)."""
 
 
 def sql_info(sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> SqlInfo:
@@ -56,6 +64,8 @@ def sql_info(sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) 
         single_row=_single_row(tokens),
         parameters=_parameter_count(tokens),
         count_only=_count_only(tokens),
+        in_lists=_in_lists(tokens),
+        group_by=_group_by(tokens),
     )
 
 
@@ -154,3 +164,66 @@ def _count_only(tokens: Sequence[Token]) -> bool:
     elif rest[0] != "FROM":
         rest = rest[1:]
     return len(rest) == 2 and rest[0] == "FROM" and tokens[-1].kind in ("word", "quoted")
+
+
+def _in_lists(tokens: Sequence[Token]) -> dict[str, int | None]:
+    """Read every ``c IN (v, ...)`` (``NOT IN`` cannot drive a search: left out)."""
+    out: dict[str, int | None] = {}
+    for i in range(1, len(tokens) - 1):
+        column = tokens[i - 1]
+        if not is_word(tokens[i], "IN") or column.kind not in ("word", "quoted"):
+            continue
+        if (i >= 2 and is_word(tokens[i - 2], "NOT")) or is_word(column, "NOT"):
+            continue
+        size: int | None = None  # IN table, IN (SELECT ...): not known here
+        if tokens[i + 1].text == "(" and not (
+            i + 2 < len(tokens) and is_word(tokens[i + 2], "SELECT", "WITH", "VALUES")
+        ):
+            close = matching_paren(tokens, i + 1)
+            depth, commas = 0, 0
+            for t in tokens[i + 2 : close]:
+                depth += t.text == "("
+                depth -= t.text == ")"
+                commas += depth == 0 and t.text == ","
+            size = 0 if close == i + 2 else commas + 1
+        name = dequote(column).lower()
+        old = out.get(name, 0)
+        out[name] = None if size is None or old is None else max(old, size)
+    return out
+
+
+def _group_by(tokens: Sequence[Token]) -> tuple[str, ...] | None:
+    top = outside_parens(tokens)
+    if any(is_word(tokens[i], "UNION", "EXCEPT", "INTERSECT") for i in top):
+        return None
+    at = next(
+        (i for i in top if is_word(tokens[i], "GROUP") and is_word(_at(tokens, i + 1), "BY")),
+        None,
+    )
+    if at is None:
+        return None
+    terms: list[list[Token]] = [[]]
+    depth = 0
+    for t in tokens[at + 2 :]:
+        if depth == 0 and (is_word(t, "HAVING", "WINDOW", "ORDER", "LIMIT") or t.text == ";"):
+            break
+        depth += t.text == "("
+        depth -= t.text == ")"
+        if depth == 0 and t.text == ",":
+            terms.append([])
+        else:
+            terms[-1].append(t)
+    return tuple(_term_column(term) for term in terms)
+
+
+def _at(tokens: Sequence[Token], i: int) -> Token | None:
+    return tokens[i] if i < len(tokens) else None
+
+
+def _term_column(term: list[Token]) -> str:
+    """``c`` or ``q.c`` → ``c`` (lower case); any other expression → ``""``."""
+    if len(term) == 3 and term[1].text == ".":
+        term = term[2:]
+    if len(term) == 1 and term[0].kind in ("word", "quoted"):
+        return dequote(term[0]).lower()
+    return ""

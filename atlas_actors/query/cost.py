@@ -13,7 +13,9 @@ rows with the textbook selectivities SQLite's planner itself assumes without STA
 (https://www.sqlite.org/queryplanner-ng.html): 1/4 per range bound, 1/10 for an equality
 on a column nothing is known about, the measured rows-per-value when statistics know it.
 A LIMIT (and the implicit LIMIT 1 of a scalar subquery) stops a loop nest early unless a
-sort or an aggregate has to see every row first.
+sort or an aggregate has to see every row first. A search driven by ``c IN (...)`` runs
+once per value (:func:`_in_values`); a GROUP BY makes one group per 10 rows, or one per
+index key when it is served in the order of the outer loop's index (:func:`_groups`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ __all__ = ["build_plan", "estimate_cost"]
 ROW, TERM, SEEK, LOOKUP, AGG_ROW = 1.0, 2.0, 3.0, 1.0, 3.0
 ASSUMED_LIMIT = 20
 """Rows assumed for ``LIMIT ?`` when the parameter's value is not known."""
+ASSUMED_IN_ROWS = 25.0
+"""Values assumed for an ``IN (SELECT ...)`` whose subquery was not costed (SQLite's
+planner assumes 25 as well: ``whereLoopAddBtreeIndex``)."""
+GROUPS_PER_ROW = 0.1
+"""Groups per input row when nothing tells: 10 rows per group."""
 _LOOPS = ("scan", "search", "constant", "or")
 
 
@@ -61,6 +68,8 @@ class _Ctx:
     derived: dict[str, float] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)
     once: int = 0  # > 0 while costing something that runs once whatever the outer loops do
+    # rows of the LIST SUBQUERY lines of the nest being costed, for IN (SELECT ...) searches
+    lists: list[float] = field(default_factory=list)
 
     def add(self, kind: StepType, table: str | None, cost: float, **details: Any) -> int:
         details.setdefault("recognized", True)
@@ -94,7 +103,9 @@ def build_plan(
     """Estimate every step of the parsed plan ``roots`` and return the :class:`QueryPlan`."""
     ctx = _Ctx(stats, capture, info, schema, columns, _plan_names(schema, info))
     limit = ASSUMED_LIMIT if info.limit == UNKNOWN else info.limit
-    out, last = _limited(roots, ctx, 0, limit=limit, single_row=info.single_row)
+    out, last = _limited(
+        roots, ctx, 0, limit=limit, single_row=info.single_row, group_by=info.group_by
+    )
     if last is not None:
         ctx.bump(last, out * (1 + columns))  # building and returning the result rows
     return QueryPlan(
@@ -131,10 +142,11 @@ def _limited(
     limit: int | None,
     single_row: bool,
     correlated: bool = False,
+    group_by: tuple[str, ...] | None = None,
 ) -> tuple[float, int | None]:
     """Cost a nest that stops after ``limit`` rows unless a sort must see them all."""
     start = len(ctx.steps)
-    nest = _nest(nodes, ctx, depth, correlated)
+    nest = _nest(nodes, ctx, depth, correlated, group_by)
     rows = nest.rows
     if limit is not None and not (nest.blocking or single_row) and rows > 0:
         ctx.scale(start, min(1.0, max(limit, 1) / rows))
@@ -145,20 +157,32 @@ def _limited(
     return rows, nest.last_loop
 
 
-def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False) -> _Nest:
+def _nest(
+    nodes: list[PlanNode],
+    ctx: _Ctx,
+    depth: int,
+    correlated: bool = False,
+    group_by: tuple[str, ...] | None = None,
+) -> _Nest:
     """Cost sibling nodes: loops nest; sorts and subqueries act on the rows so far.
 
     In a correlated subquery the outer row is already there, so even the first loop can
-    apply join terms (they join with the outer query).
+    apply join terms (they join with the outer query). ``group_by``: the nest is the
+    statement's, which groups by these columns (see :func:`_groups`).
     """
     result = _Nest(1.0)
     rows, position = 1.0, int(correlated)
     width = ctx.columns if depth == 0 else 2
+    outer_lists, ctx.lists = ctx.lists, _list_rows(nodes, ctx, depth)
+    outermost: tuple[Access, str | None] | None = None
+    grouped = False
     for node in nodes:
         a = classify(node.detail, ctx.names)
         base: dict[str, Any] = {"detail": node.detail, "depth": depth}
         if a.kind in _LOOPS:
             loop = _loop(node, a, ctx, position)
+            if outermost is None:
+                outermost = (a, loop.table)
             first = position == int(correlated)
             kind: StepType = (
                 "join" if not first else ("index" if a.kind in ("search", "or") else "scan")
@@ -182,8 +206,9 @@ def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False
         elif a.kind == "sort":
             cost = rows * (2 + width + 0.1 * math.log2(max(rows, 2.0)))
             if a.what.startswith("GROUP BY"):
+                grouped = True
                 cost += rows * AGG_ROW
-                rows = max(1.0, rows / 10)  # groups: nothing tells; assume 10 rows each
+                rows = max(1.0, rows * GROUPS_PER_ROW)  # groups: nothing tells
             result.blocking = result.blocking or not a.what.startswith("RIGHT PART")
             ctx.add("sort", None, cost, **base, rows=rows, what=a.what)
         elif a.kind == "subquery":
@@ -203,8 +228,56 @@ def _nest(nodes: list[PlanNode], ctx: _Ctx, depth: int, correlated: bool = False
             rows += _nest(node.children, ctx, depth + 1).rows * 0.1
         else:
             ctx.add("filter", None, 0.0, **base, rows=rows, recognized=False)
+    ctx.lists = outer_lists
+    if group_by is not None and not grouped and result.last_loop is not None:
+        # Grouped in index order, as the rows come (no temporary b-tree line).
+        ctx.bump(result.last_loop, rows * AGG_ROW)
+        rows = _groups(ctx, outermost, group_by, rows)
     result.rows = rows
     return result
+
+
+def _groups(
+    ctx: _Ctx, outermost: tuple[Access, str | None] | None, group_by: tuple[str, ...], rows: float
+) -> float:
+    """Groups out of ``rows`` for a GROUP BY served in the order of the outermost loop.
+
+    The loop's index starts with the GROUP BY columns: one group per distinct key
+    (statistics, or the index probes); the rowid order: one group per row; otherwise
+    (expressions, a join's order): :data:`GROUPS_PER_ROW`.
+    """
+    if outermost is not None and all(group_by):
+        a, table = outermost
+        info = ctx.schema.tables.get(table) if table else None
+        if info is not None and table is not None:
+            wanted = set(group_by)
+            if wanted <= {"rowid", "oid", "_rowid_"} | _rowid_aliases(ctx.schema, table):
+                return rows
+            index = next((i for i in info.indexes if a.index and i.name == a.index), None)
+            lead = (
+                {(c.name or "").lower() for c in index.columns[: len(group_by)]} if index else set()
+            )
+            if index is not None and lead == wanted:
+                per_key = ctx.stats.rows_per_key(table, index.name, len(group_by))
+                keys = ctx.stats.table(table).rows / max(per_key, 1.0)
+                return max(1.0, min(rows, keys))
+    return max(1.0, rows * GROUPS_PER_ROW)
+
+
+def _list_rows(nodes: list[PlanNode], ctx: _Ctx, depth: int) -> list[float]:
+    """Rows of each uncorrelated ``LIST SUBQUERY`` among ``nodes``, estimated on scratch.
+
+    They are printed after the loop their IN drives, so they are estimated first, on a
+    scratch context (their steps are costed again where they stand).
+    """
+    out = []
+    for node in nodes:
+        a = classify(node.detail, ctx.names)
+        if a.kind == "subquery" and a.what.startswith("LIST SUBQUERY"):
+            scratch = _Ctx(ctx.stats, ctx.capture, ctx.info, ctx.schema, 2, ctx.names)
+            rows, _ = _limited(node.children, scratch, depth + 1, limit=None, single_row=False)
+            out.append(rows)
+    return out
 
 
 def _subquery(node: PlanNode, a: Access, ctx: _Ctx, depth: int, outer: float) -> float:
@@ -320,6 +393,8 @@ def _search(
         rows = 1.0 if a.eq else n
     elif a.automatic:
         rows = min(n, ctx.stats.eq_rows(table, a.eq[0]) or 10.0) if a.eq else n
+    elif a.index and {c.lower() for c in a.eq} & {"rowid"}:
+        rows = 1.0  # the whole key, rowid included: one entry per lookup
     elif a.index:
         rows = ctx.stats.rows_per_key(table, a.index, len(a.eq))
     elif not a.eq and not a.ranges:
@@ -338,9 +413,38 @@ def _search(
     seeks = 1.0
     if a.skip and a.index:  # skip-scan: one seek per distinct value of each skipped column
         seeks = max(1.0, n / ctx.stats.rows_per_key(table, a.index, a.skip))
+    seeks *= _in_values(a, ctx, table, terms=terms, known=known)
     for _col, bounds in a.ranges[:1]:
         rows *= 0.25 if bounds == 1 else 1 / 16
     return max(min(rows * seeks, n), 1.0 if n >= 1 else 0.0), seeks
+
+
+def _in_values(a: Access, ctx: _Ctx, table: str, *, terms: dict[str, Term], known: bool) -> float:
+    """Lookups a search makes for its ``IN`` columns: the product of their list sizes.
+
+    SQLite prints ``c=?`` for an ``IN`` that drives a search, and runs the search once
+    per value. A column counts when the statement has ``c IN (...)`` and the planner
+    offered an IN constraint on it; the list's values are counted in the text, an
+    ``IN (SELECT ...)`` takes the rows of the next ``LIST SUBQUERY`` of the nest (or
+    :data:`ASSUMED_IN_ROWS`), rounded up to whole lookups as ANALYZE rounds its
+    rows-per-key figures (so the count does not depend on how the subquery reads).
+    """
+    factor = 1.0
+    for col in a.eq:
+        names = {col.lower()}
+        if col.lower() == "rowid" and known:
+            names |= _rowid_aliases(ctx.schema, table)
+        name = next((c for c in names if c in ctx.info.in_lists and terms.get(c)), None)
+        term = terms.get(name) if name else None
+        if name is None or term is None or not term.in_list:
+            continue
+        size = ctx.info.in_lists[name]
+        if size is not None:
+            values = float(size)
+        else:
+            values = math.ceil(ctx.lists.pop(0)) if ctx.lists else ASSUMED_IN_ROWS
+        factor *= max(values, 1.0)
+    return factor
 
 
 def _selectivity(term: Term, n: float, eq_rows: float | None) -> float:

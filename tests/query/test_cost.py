@@ -8,6 +8,7 @@ import apsw
 import pytest
 
 from atlas_actors.query import Optimizer
+from atlas_actors.query.cost import AGG_ROW, ROW
 from atlas_actors.query.sampling import gee_distinct, probe_index_stat, sample_columns
 from atlas_actors.query.schema import Schema
 from atlas_actors.query.stats import Stats
@@ -127,3 +128,65 @@ def test_stats_prefer_stat1_and_flag_it(tmp_path: Path) -> None:
     after = Stats.from_connection(conn, Schema.from_connection(conn))
     assert after.analyzed
     assert after.rows_per_key("tasks", "tasks_status", 1) == pytest.approx(200)
+
+
+@pytest.fixture(scope="module")
+def in_db(tmp_path_factory: pytest.TempPathFactory) -> apsw.Connection:
+    conn = apsw.Connection(str(tmp_path_factory.mktemp("in") / "in.db"))
+    conn.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, status TEXT, title TEXT)")
+    conn.execute("CREATE INDEX tasks_status ON tasks(status)")
+    conn.execute("CREATE TABLE tags(task_id INTEGER, tag TEXT)")
+    with conn:
+        conn.executemany(
+            "INSERT INTO tasks(status, title) VALUES (?, ?)",
+            [(f"s{i % 20}", f"t{i}") for i in range(8000)],
+        )
+        conn.executemany(
+            "INSERT INTO tags VALUES (?, ?)", [(i + 1, f"g{i % 2}") for i in range(0, 8000, 3)]
+        )
+    return conn
+
+
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        ("SELECT * FROM tasks WHERE id = 5", 1),
+        ("SELECT * FROM tasks WHERE id IN (" + ",".join(map(str, range(1, 2001))) + ")", 2000),
+        ("SELECT * FROM tasks WHERE id IN (?, ?, ?)", 3),
+        ("SELECT * FROM tasks WHERE status = 's1'", 400),
+        ("SELECT * FROM tasks WHERE status IN ('s1', 's2', 's3', 's4', 's5')", 2000),
+        # the subquery's own estimate: 2,667 tags, half of them g1
+        ("SELECT * FROM tasks WHERE id IN (SELECT task_id FROM tags WHERE tag = 'g1')", 1334),
+        # the IN drives the rowid part of the index key: one entry per value
+        ("SELECT * FROM tasks WHERE status = 's1' AND id IN (1, 2, 3, 4)", 4),
+    ],
+)
+def test_an_in_list_that_drives_a_search_counts_one_lookup_per_value(
+    in_db: apsw.Connection, sql: str, rows: float
+) -> None:
+    opt = Optimizer(lambda fn: fn(in_db))
+    plan = opt.analyze(sql)
+    assert plan.estimated_rows == pytest.approx(rows, rel=0.2), plan.describe()
+    if " IN (" in sql and rows > 1:  # dearer than a single lookup
+        single = sql.split(" IN (", maxsplit=1)[0] + " = 1"
+        assert plan.cost > opt.analyze(single).cost
+
+
+def test_a_group_by_in_index_order_yields_one_row_per_key(in_db: apsw.Connection) -> None:
+    opt = Optimizer(lambda fn: fn(in_db))
+    by_index = opt.analyze("SELECT status, count(*) FROM tasks GROUP BY status")
+    assert by_index.steps[0].details["index"] == "tasks_status"
+    assert by_index.estimated_rows == pytest.approx(20, rel=0.2)
+    by_rowid = opt.analyze("SELECT id, count(*) FROM tasks GROUP BY id")
+    assert by_rowid.estimated_rows == 8000
+    sorted_groups = opt.analyze("SELECT title, count(*) FROM tasks GROUP BY title")
+    assert [s.type for s in sorted_groups.steps] == ["scan", "sort"]
+    assert sorted_groups.estimated_rows == 800  # no statistics: 10 rows a group
+    # the aggregate's work per row is counted either way
+    assert by_index.steps[0].cost >= 8000 * (ROW + AGG_ROW)
+
+
+def test_an_in_list_that_only_filters_multiplies_nothing(in_db: apsw.Connection) -> None:
+    opt = Optimizer(lambda fn: fn(in_db))
+    filtered = opt.analyze("SELECT * FROM tasks WHERE status = 's1' AND title IN ('t1', 't2')")
+    assert filtered.steps[0].details["rows"] <= 400

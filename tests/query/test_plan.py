@@ -289,3 +289,16 @@ def test_plans_of_tables_and_columns_with_blanks_are_estimated(tmp_path: Path) -
     by_column = opt.analyze('SELECT * FROM cols WHERE "a b" = 5')
     assert by_column.estimated_rows == pytest.approx(20, rel=0.5)  # 6,000 rows / 300 values
     conn.close()
+
+
+def test_in_lists_and_group_by_terms_are_read() -> None:
+    info = sql_info(
+        "SELECT * FROM t WHERE a IN (1, 2, (3)) AND t.b IN (?, ?) AND c IN (SELECT x FROM u) "
+        'AND d NOT IN (1, 2) AND e IN () AND f IN u AND a IN (4) GROUP BY t.a, lower(b), "c" '
+        "HAVING count(*) > 1"
+    )
+    assert info.in_lists == {"a": 3, "b": 2, "c": None, "e": 0, "f": None}
+    assert info.group_by == ("a", "", "c")
+    assert sql_info("SELECT a FROM t").group_by is None
+    assert sql_info("SELECT a FROM t GROUP BY a UNION SELECT 1").group_by is None
+    assert sql_info("SELECT (SELECT a FROM t GROUP BY a)").group_by is None
