@@ -173,6 +173,10 @@ class Query(Subquery):
             raise QueryValidationError("order_by() takes a list, e.g. [('due', 'asc')]")
         keys: list[tuple[OrderKey, Direction]] = []
         for item in columns:
+            if isinstance(item, tuple) and len(item) != 2:
+                raise QueryValidationError(
+                    f"an order_by item is a column or a (column, 'asc'|'desc') pair, got {item!r}"
+                )
             key, direction = item if isinstance(item, tuple) else (item, "asc")
             if isinstance(key, str):
                 check_reference(key)

@@ -73,11 +73,19 @@ class Column:
     """The result column's name (``AS alias``)."""
 
     def __post_init__(self) -> None:
-        if self.name != "*" and not self.name.endswith(".*"):
+        if not isinstance(self.name, str):
+            raise QueryValidationError(f"invalid column {self.name!r}: expected a string")
+        star = self.name == "*" or self.name.endswith(".*")
+        if not star:
             check_reference(self.name)
-        elif self.name.endswith(".*"):
+        elif self.name != "*":
             check_name(self.name[:-2], "table")
         if self.alias is not None:
+            if star:
+                raise QueryValidationError(
+                    f"{self.name!r} selects several columns and cannot be renamed: drop "
+                    "alias=, or select the columns one by one with Column(name, alias=...)"
+                )
             check_name(self.alias, "alias")
 
 
@@ -184,10 +192,13 @@ def _check_list(op: str, value: object) -> tuple[Any, ...] | Subquery:
             f"{op} takes a list of values or a Query, got {type(value).__name__}"
         )
     items = tuple(value)
-    if any(v is None for v in items):
+    # x IN (1, NULL) filters as x IN (1) does (NULL is not true), but x NOT IN (1, NULL)
+    # is never true (https://www.sqlite.org/lang_expr.html#the_in_and_not_in_operators).
+    if op == "not_in" and any(v is None for v in items):
         raise QueryValidationError(
-            f"{op} with None in the list is a trap (NOT IN with a NULL is never true); "
-            "combine is_null with any_of instead"
+            "not_in with None in the list is never true (x NOT IN (1, NULL) is NULL for "
+            "every x but 1); drop the None, and add any_of(..., (column, 'is_null')) if "
+            "NULLs should match"
         )
     return items
 
@@ -261,10 +272,19 @@ def check_direction(direction: object) -> Direction:
     raise QueryValidationError(f"order direction must be 'asc' or 'desc', got {direction!r}")
 
 
+MAX_COUNT = 2**63 - 1
+"""The largest value SQLite can bind (a signed 64-bit integer)."""
+
+
 def check_count(value: object, what: str) -> int:
-    """Return ``value`` if it is a non-negative int (bool excluded), else raise."""
+    """Return ``value`` if it is an int from 0 to 2**63-1 (bool excluded), else raise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise QueryValidationError(f"{what} must be a non-negative int, got {value!r}")
+    if value > MAX_COUNT:
+        raise QueryValidationError(
+            f"{what} must be at most 2**63-1 (SQLite's largest integer), got {value}; "
+            f"for no {what}, leave it out"
+        )
     return value
 
 

@@ -26,6 +26,8 @@ __all__ = ["ColumnInfo", "IndexColumn", "IndexInfo", "Schema", "TableInfo", "aff
 
 Affinity = Literal["TEXT", "NUMERIC", "INTEGER", "REAL", "BLOB"]
 ROWID_NAMES = ("rowid", "oid", "_rowid_")
+LEGACY_NAMES = {"sqlite_master": "sqlite_schema"}
+"""Old names SQLite still accepts for its catalog (https://www.sqlite.org/schematab.html)."""
 
 
 def affinity_of(declared_type: str, *, strict: bool = False) -> Affinity:
@@ -164,6 +166,8 @@ class Schema:
     def table(self, name: str) -> TableInfo:
         """Return the table or view called ``name``; raise with a did-you-mean on a miss."""
         found = self.tables.get(name.lower())
+        if found is None and name.lower() in LEGACY_NAMES:
+            found = self.tables.get(LEGACY_NAMES[name.lower()])
         if found is None:
             raise QueryValidationError(
                 f"no such table: {name!r}",

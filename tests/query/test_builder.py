@@ -6,7 +6,16 @@ import apsw
 import pytest
 
 from atlas_actors.errors import QueryValidationError
-from atlas_actors.query import Aggregate, AllOf, Column, Condition, JoinCondition, Query, any_of
+from atlas_actors.query import (
+    Aggregate,
+    AllOf,
+    Column,
+    Condition,
+    JoinCondition,
+    Query,
+    Schema,
+    any_of,
+)
 
 
 def rows(conn: apsw.Connection, q: Query) -> list[tuple[object, ...]]:
@@ -259,3 +268,38 @@ def test_queries_are_immutable_so_a_base_can_be_shared() -> None:
 def test_select_accepts_columns_with_aliases_and_table_stars() -> None:
     q = Query().select([Column("title", alias="t"), "tasks.*"]).from_("tasks")
     assert q.build()[0] == 'SELECT "title" AS "t", "tasks".* FROM "tasks"'
+
+
+@pytest.mark.parametrize("name", ["*", "tasks.*"])
+def test_a_star_cannot_be_renamed(name: str) -> None:
+    with pytest.raises(QueryValidationError, match="cannot be renamed"):
+        Column(name, alias="x")
+    with pytest.raises(QueryValidationError, match="expected a string"):
+        Column(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("item", [("due", "asc", "x"), ("due",), ()])
+def test_an_order_by_item_is_a_column_or_a_pair(item: tuple[str, ...]) -> None:
+    with pytest.raises(QueryValidationError, match=r"\(column, 'asc'\|'desc'\) pair"):
+        Query().from_("tasks").order_by([item])  # type: ignore[list-item]
+
+
+def test_none_inside_an_in_list_filters_like_the_list_without_it(db: apsw.Connection) -> None:
+    # x IN (1, NULL) is NULL, not true, for every x but 1: as a filter, it is x IN (1)
+    with_none = Query().select(["id"]).from_("tasks").where([("priority", "in", [1, None])])
+    without = Query().select(["id"]).from_("tasks").where([("priority", "in", [1])])
+    assert rows(db, with_none) == rows(db, without) and len(rows(db, without)) == 2
+
+
+def test_sqlite_master_is_sqlite_schema(db: apsw.Connection) -> None:
+    q = Query().select(["name"]).from_("sqlite_master").where([("type", "eq", "table")])
+    sql, params = q.build(schema=Schema.from_connection(db))
+    assert sorted(r[0] for r in db.execute(sql, params)) == ["projects", "tasks"]
+
+
+def test_limit_and_offset_fit_in_64_bits(db: apsw.Connection) -> None:
+    for verb in ("limit", "offset"):
+        with pytest.raises(QueryValidationError, match=r"at most 2\*\*63-1"):
+            getattr(Query().from_("tasks"), verb)(2**63)
+    q = Query().select(["id"]).from_("tasks").limit(2**63 - 1).offset(2**63 - 1)
+    assert rows(db, q) == []
