@@ -14,6 +14,8 @@ from pathlib import Path
 
 import apsw
 import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
 
 from atlas_actors.query import Optimizer
 from atlas_actors.query._scopes import owner, scopes
@@ -137,3 +139,36 @@ def test_owners_follow_sqlite_name_resolution(conn: apsw.Connection) -> None:
     assert owner_at(sql, "u") == "b"
     # IS DISTINCT FROM is no FROM clause
     assert owner_at("SELECT 1 FROM b WHERE c IS DISTINCT FROM a AND u", "u") == "b"
+
+
+SOURCES = ["a", "b", "a AS x", "b AS x", "a x", "b AS a", "(SELECT c, id FROM a) AS x"]
+COLUMNS = ["c", "x.c", "a.c", "b.c", "t", "u", "x.t", "x.u"]
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    outer=st.sampled_from(SOURCES),
+    inner=st.sampled_from(SOURCES),
+    first=st.sampled_from(COLUMNS),
+    second=st.sampled_from(COLUMNS),
+    shape=st.sampled_from(["select", "update", "delete"]),
+)
+def test_rewritten_statements_return_the_same_rows(
+    conn: apsw.Connection, outer: str, inner: str, first: str, second: str, shape: str
+) -> None:
+    where = f"{first} LIKE '12%' AND EXISTS (SELECT 1 FROM {inner} WHERE {second} LIKE '1%')"
+    if shape == "select":
+        sql = f"SELECT count(*) FROM {outer} WHERE {where}"
+    else:
+        assume(not outer.startswith("("))
+        verb = "UPDATE {} SET id = id" if shape == "update" else "DELETE FROM {}"
+        sql = f"{verb.format(outer)} WHERE {where} RETURNING 1"
+    try:
+        expected = rows(conn, sql)
+    except apsw.SQLError:
+        assume(False)  # not a valid statement (no such column, ambiguous, ...)
+    out, applied, _w = apply_rules(sql, Schema.from_connection(conn), LIKE)
+    event(f"rewritten: {bool(applied)}")
+    assert rows(conn, out) == expected, (sql, out)
