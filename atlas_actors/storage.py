@@ -42,6 +42,7 @@ from atlas_actors.connection import (
     ConnectionMetrics,
     Params,
     WriteResult,
+    refuse_connection_settings,
     refuse_transaction_control,
 )
 from atlas_actors.errors import (
@@ -347,6 +348,7 @@ class Storage(Runtime):
         self.check_usable()
         try:
             refuse_transaction_control(sql)  # BEGIN would pin a shared reader's snapshot
+            refuse_connection_settings(sql)  # (a reader's settings hold for later reads)
         except TypeError:
             raise sql_type_error(sql, built=False) from None
         deadline = time.monotonic() + (

@@ -70,6 +70,7 @@ from atlas_actors.connection import (
     ConnectionState,
     Params,
     TrackedConnection,
+    refuse_connection_settings,
     refuse_transaction_control,
 )
 from atlas_actors.errors import (
@@ -953,8 +954,10 @@ class ReaderPool:
     def _query_general(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
         """:attr:`query` when the fast path does not apply (claims through _take if needed)."""
         # A statement's first runs all come here, so a refused one never reaches the
-        # fast path: BEGIN would leave a shared reader on an old snapshot for good.
+        # fast path: BEGIN would leave a shared reader on an old snapshot for good, and
+        # a PRAGMA setting would hold for every later read on that connection.
         refuse_transaction_control(sql)
+        refuse_connection_settings(sql)
         connection = self._claim_for_read(timeout)
         try:
             rows = connection.query_fast(sql, params, self._names)
@@ -992,6 +995,7 @@ class ReaderPool:
         mode with an authorizer) on the claimed connection before it runs.
         """
         refuse_transaction_control(sql)  # (as in _query_general)
+        refuse_connection_settings(sql)
         connection = self._claim_for_read(timeout)
         try:
             info = self.statements.analyze(connection.connection, sql, params)
@@ -1018,8 +1022,10 @@ class ReaderPool:
         """Run a read on a borrowed connection, recording it in the workload.
 
         The statement is stopped ``timeout`` seconds (None: ``default_timeout``) after
-        it started: ``OperationTimeout``.
+        it started: ``OperationTimeout``. A PRAGMA setting is refused: it would hold
+        for the reads of whoever borrows the connection next.
         """
+        refuse_connection_settings(sql)
         connection.bound(timeout)
         try:
             rows = connection.query(sql, params)

@@ -31,6 +31,7 @@ from atlas_actors.connection import (
     Params,
     TrackedConnection,
     WriteResult,
+    refuse_connection_settings,
     refuse_transaction_control,
 )
 from atlas_actors.errors import (
@@ -168,6 +169,7 @@ class Transaction:
             if self.isolation != "serializable":
                 self._check_active()
                 refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
+                refuse_connection_settings(sql)  # (the reader goes back to the pool)
                 rows = self._read_before_writing(sql, params)
                 self.operations += 1
                 return rows
