@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import apsw
 import pytest
 
 import atlas_actors as atlas
@@ -25,13 +26,18 @@ def test_a_reader_made_writable_by_a_pragma_still_cannot_write(
     db = open_storage(cache=cache, readers=1, max_readers=1, recycle_after_queries=3)
     db.execute("CREATE TABLE t(x)")
     for _ in range(4):
-        db.query("PRAGMA query_only = 0")
+        with pytest.raises(errors.ValidationError, match="query_only"):
+            db.query("PRAGMA query_only = 0")  # refused first (a setting on a shared reader)
+        # Past that check, on the raw connection: the open itself still refuses writes.
+        db.pool.run_function(lambda connection: connection.execute("PRAGMA query_only = 0"))
         with pytest.raises(errors.ReadOnlyError, match=r"use db\.write or db\.execute"):
             db.query("INSERT INTO t VALUES (1)")
         with pytest.raises(errors.ReadOnlyError):
             db.submit_query("INSERT INTO t VALUES (2)").get(10)
-    with pytest.raises(errors.ReadOnlyError):
-        db.query("PRAGMA query_only = 0; CREATE TABLE u(y)")
+    with pytest.raises(apsw.ReadOnlyError):  # (a function gets the raw connection's errors)
+        db.pool.run_function(
+            lambda connection: connection.execute("PRAGMA query_only = 0; CREATE TABLE u(y)")
+        )
     assert db.query("SELECT count(*) FROM t WHERE 1 = 1") == [(0,)]
     assert db.writer.stats().writes == 1  # the CREATE TABLE
     db.write("INSERT INTO t VALUES (3)")  # the writer still writes
