@@ -136,6 +136,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # (here, not at exit: a closed pipe raises where it is caught)
+    except BrokenPipeError:
+        # The reader of our output went away (``atlas-actors config | head -1``): quiet,
+        # as other command-line tools are. Python would report the pipe again when it
+        # flushes stdout at exit, so stdout goes to /dev/null from here.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return _BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.verbose else logging.CRITICAL,
@@ -223,6 +239,8 @@ def _foreign_schema(path: str) -> list[str]:
 
 _INTERRUPTED = 128 + signal.SIGINT
 """The exit status of a command ended with Ctrl-C (130), as shells report it."""
+_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""The status a shell reports for a command whose output pipe closed (``| head``)."""
 
 
 @contextlib.contextmanager

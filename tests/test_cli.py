@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -245,6 +246,26 @@ def test_python_dash_m_atlas_actors_runs_the_command() -> None:
         [sys.executable, "-m", "atlas_actors", "config"], capture_output=True, text=True
     )
     assert config_run.returncode == 0 and "ATLAS_READERS" in config_run.stdout
+
+
+@pytest.mark.parametrize("command", [["config"], ["--help"], ["check", "--help"]])
+def test_output_into_a_closed_pipe_ends_quietly(command: list[str]) -> None:
+    # `atlas-actors config | head -1`: the reader goes away before the output comes.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "atlas_actors", *command],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in run.stderr and "BrokenPipeError" not in run.stderr, run.stderr
+    # (argparse's help ignores the closed pipe itself and exits 0)
+    assert run.returncode == (0 if "--help" in command else 128 + signal.SIGPIPE)
 
 
 @pytest.mark.parametrize(
