@@ -35,6 +35,7 @@ __all__ = [
     "TrackedConnection",
     "WriteResult",
     "open_connection",
+    "raw_connection",
     "refuse_connection_settings",
     "refuse_transaction_control",
 ]
@@ -217,6 +218,13 @@ def set_max_page_count(connection: apsw.Connection, pages: int) -> None:
     connection.pragma("max_page_count", pages)
 
 
+def raw_connection(path: str, flags: int, vfs: str | None = None) -> apsw.Connection:
+    """An apsw connection to ``path`` with ``flags``, through ``vfs`` if one is named."""
+    if vfs:
+        return apsw.Connection(path, flags=flags, vfs=vfs)
+    return apsw.Connection(path, flags=flags)
+
+
 def open_connection(
     path: str,
     *,
@@ -246,11 +254,7 @@ def open_connection(
     else:
         flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
     try:
-        connection = (
-            apsw.Connection(path, flags=flags, vfs=vfs)
-            if vfs
-            else apsw.Connection(path, flags=flags)
-        )
+        connection = raw_connection(path, flags, vfs)
     except apsw.Error as error:
         raise wrap_sqlite_error(error, f"open {path}") from error
     try:

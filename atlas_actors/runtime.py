@@ -207,7 +207,7 @@ class Runtime:
             raise OperationTimeout("starting the writer", timeout, applied=None)
         if self._start_error is not None:
             raise self._start_error
-        self._shm = shm_counter(self.path)
+        self._shm = shm_counter(self.path, self.vfs)
         if self.config.cache:
             if self._shm is not None:
                 self.cache.external = ExternalChanges(self._shm)

@@ -42,6 +42,7 @@ from atlas_actors.connection import (
     ConnectionMetrics,
     Params,
     WriteResult,
+    raw_connection,
     refuse_connection_settings,
     refuse_transaction_control,
 )
@@ -576,11 +577,7 @@ def _read_only_files(path: str, *, vfs: str | None = None) -> tuple[list[str], s
     """
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
     try:
-        connection = (
-            apsw.Connection(path, flags=flags, vfs=vfs)
-            if vfs
-            else apsw.Connection(path, flags=flags)
-        )
+        connection = raw_connection(path, flags, vfs)
     except apsw.Error:
         return None
     try:

@@ -43,6 +43,8 @@ from collections.abc import Callable
 
 import apsw
 
+from atlas_actors.connection import raw_connection
+
 __all__ = ["ExternalChanges", "ShmCounter", "shm_counter"]
 
 WRITER_SETTLES = 0.05
@@ -78,9 +80,9 @@ class ShmCounter:
     processes that this one uses the wal-index.
     """
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, vfs: str | None = None) -> None:
         self._path = f"{database}-shm"
-        self._hold = _hold(database)
+        self._hold = _hold(database, vfs)
         try:
             self._fd = os.open(self._path, os.O_RDONLY)
         except OSError:
@@ -126,15 +128,21 @@ class ShmCounter:
         self._map.close()
         try:
             self._hold.close()
+        except apsw.Error as error:  # (a failing VFS: the storage closes all the same)
+            log.warning("closing the wal-index's held connection failed: %s", error)
         finally:
             os.close(self._fd)
 
 
-def _hold(database: str) -> apsw.Connection:
-    """A connection that has read ``database`` once, so it holds the wal-index open."""
+def _hold(database: str, vfs: str | None) -> apsw.Connection:
+    """A connection that has read ``database`` once, so it holds the wal-index open.
+
+    Through the storage's ``vfs``, as its other connections: a VFS may be what makes the
+    file readable at all (one that encrypts, say).
+    """
     try:
-        connection = apsw.Connection(
-            database, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
+        connection = raw_connection(
+            database, apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI, vfs
         )
     except apsw.Error as error:
         raise OSError(f"cannot open {database}: {error}") from error
@@ -149,10 +157,10 @@ def _hold(database: str) -> apsw.Connection:
     return connection
 
 
-def shm_counter(database: str) -> ShmCounter | None:
+def shm_counter(database: str, vfs: str | None = None) -> ShmCounter | None:
     """A reader of ``database``'s wal-index change counter, or None without a wal-index."""
     try:
-        counter = ShmCounter(database)
+        counter = ShmCounter(database, vfs)
     except OSError:
         return None
     return counter

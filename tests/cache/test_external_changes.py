@@ -346,3 +346,48 @@ def test_a_commit_after_the_close_recorded_the_files_changes_them(
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         assert db.cache.stats().l2_entries == 0
         assert _v(db, 1) == "new"
+
+
+class _ScrambledFile(apsw.VFSFile):
+    """Every byte of the database and its WAL inverted on disk (not the -shm index)."""
+
+    def __init__(self, name: object, flags: list[int]) -> None:
+        text = str(name.filename() if hasattr(name, "filename") else name)  # type: ignore[attr-defined]
+        self._scramble = not text.endswith("-shm")
+        super().__init__("", name, flags)  # type: ignore[arg-type]
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        data = super().xRead(amount, offset)
+        return bytes(b ^ 0xFF for b in data) if self._scramble else data
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        super().xWrite(bytes(b ^ 0xFF for b in data) if self._scramble else data, offset)
+
+
+class _ScramblingVFS(apsw.VFS):
+    """A VFS without which the file cannot be read (as an encrypting one)."""
+
+    def __init__(self) -> None:
+        self.name = "scrambling"
+        super().__init__(self.name, "")
+
+    def xOpen(self, name: object, flags: list[int]) -> apsw.VFSFile:  # type: ignore[override]
+        return _ScrambledFile(name, flags)
+
+
+def test_the_wal_index_is_held_through_the_storages_vfs(tmp_path: Path) -> None:
+    # The connection that holds the wal-index open (and empties the WAL at close) must
+    # read the file as the storage's other connections do: through its VFS. Through the
+    # default one, a file only its VFS can read fails to open, and the cache loses its
+    # view of other processes' commits.
+    vfs = _ScramblingVFS()
+    try:
+        with atlas.open(tmp_path / "scrambled.db", vfs=vfs.name) as db:
+            db.execute("CREATE TABLE t(x)")
+            db.write("INSERT INTO t VALUES (1)")
+            assert db.query("SELECT x FROM t") == [(1,)]
+            assert db.cache.external is not None
+        with atlas.open(tmp_path / "scrambled.db", vfs=vfs.name) as db:
+            assert db.query("SELECT x FROM t") == [(1,)]
+    finally:
+        vfs.unregister()
