@@ -496,9 +496,14 @@ _READ_PRAGMAS = frozenset(
 _ACTION_PRAGMAS = frozenset({"optimize", "shrink_memory", "wal_checkpoint", "incremental_vacuum"})
 """Pragmas that do something (ANALYZE, free memory, checkpoint, free pages) even bare."""
 _GAP = r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
-_PRAGMA_NAME = r'(?:"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*)'
+_PRAGMA_NAME = (  # (SQLite takes a name in any quotes, single ones too)
+    r'(?:"(?:[^"]|"")*"|\'(?:[^\']|\'\')*\'|\[[^\]]*\]|`(?:[^`]|``)*`'
+    r"|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*)"
+)
+_EXPLAIN = rf"(?:EXPLAIN\b{_GAP}(?:QUERY\b{_GAP}PLAN\b{_GAP})?)?"
+"""An EXPLAIN in front changes nothing: SQLite applies a flag pragma while preparing."""
 _PRAGMA_STATEMENT = re.compile(
-    rf"{_LEADING}PRAGMA\b{_GAP}(?P<first>{_PRAGMA_NAME})"
+    rf"{_LEADING}{_EXPLAIN}PRAGMA\b{_GAP}(?P<first>{_PRAGMA_NAME})"
     rf"(?:{_GAP}\.{_GAP}(?P<second>{_PRAGMA_NAME}))?{_GAP}(?P<value>[=(])?",
     re.IGNORECASE | re.DOTALL,
 )
@@ -548,7 +553,7 @@ def _setting_pragma(sql: str) -> str | None:
 
 
 def _pragma_name(token: str) -> str:
-    if token[0] in '"`':
+    if token[0] in "\"`'":
         return token[1:-1].replace(token[0] * 2, token[0]).lower()
     if token[0] == "[":
         return token[1:-1].lower()

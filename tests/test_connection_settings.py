@@ -34,8 +34,18 @@ REFUSED = [
     "PRAGMA wal_checkpoint(TRUNCATE)",
     "PRAGMA shrink_memory",
     "PRAGMA incremental_vacuum(10)",
+    # Review 18b: a name in single quotes, and EXPLAIN in front (SQLite applies a flag
+    # pragma while preparing, so EXPLAIN stops nothing).
+    "PRAGMA 'case_sensitive_like' = 1",
+    "PRAGMA main.'case_sensitive_like' = 1",
+    "EXPLAIN PRAGMA case_sensitive_like = 1",
+    "EXPLAIN QUERY PLAN PRAGMA case_sensitive_like = 1",
+    "explain /* x */ query plan pragma foreign_keys(0)",
 ]
 ALLOWED = [
+    "PRAGMA 'user_version'",
+    "EXPLAIN PRAGMA table_info(t)",
+    "EXPLAIN SELECT 1",
     "PRAGMA user_version",
     "PRAGMA foreign_keys",
     "PRAGMA main.journal_mode",
