@@ -186,6 +186,10 @@ def test_default_rules_read_only_metrics_the_storage_reports() -> None:
         "readers_down",  # (not the plan's: a connection fault is no restart since stop 18)
     }
     assert by_name["wal_growth"].threshold == StorageConfig().wal_size_limit
+    # readers_down fires before a lasting fault fails the storage, whatever the timeout.
+    for timeout in (StorageConfig().reader_fault_timeout, 4.0, 600.0):
+        rule = {r.name: r for r in default_rules(StorageConfig(reader_fault_timeout=timeout))}
+        assert 0 < rule["readers_down"].for_ < timeout
     small = {r.name: r for r in default_rules(StorageConfig(wal_size_limit=1024))}
     assert small["wal_growth"].threshold == 1024
     assert "errors.validation" not in by_name["high_error_rate"].metrics  # the caller's fault

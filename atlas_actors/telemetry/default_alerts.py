@@ -37,8 +37,9 @@ def default_rules(config: StorageConfig) -> list[AlertRule]:
             threshold=1,
             description=(
                 "The storage failed: its actors failed more than restart_max times within "
-                "restart_window and every call raises StorageUnavailable. Read the logs for "
-                "the first failure, fix its cause, then reopen the storage."
+                "restart_window, or its readers could not reconnect within "
+                "reader_fault_timeout, and every call raises StorageUnavailable. Read the "
+                "logs for the first failure, fix its cause, then reopen the storage."
             ),
         ),
         AlertRule(
@@ -72,12 +73,14 @@ def default_rules(config: StorageConfig) -> list[AlertRule]:
             metrics=("pool.readers_down",),
             comparison=">=",
             threshold=1,
-            for_=30.0,
+            # Before the fault fails the storage, or the rule could never fire.
+            for_=min(30.0, config.reader_fault_timeout / 2),
             description=(
                 "Readers lost their connections (a failed health check, a fault reading "
-                "the file) and have not reopened them for 30 s: the pool reopens them with "
-                "backoff, and reads wait or fail meanwhile; past reader_fault_timeout the "
-                "storage fails. Read the logged error and check the disk and the file."
+                "the file) and have not reopened them for half of reader_fault_timeout "
+                "(at most 30 s): the pool reopens them with backoff, reads wait or fail "
+                "meanwhile, and at reader_fault_timeout the storage fails. Read the logged "
+                "error and check the disk and the file."
             ),
         ),
         AlertRule(
