@@ -13,7 +13,11 @@ fully recognise; everything else is left as written. Each rule states why it is 
 ``like_prefix_range``
     ``c LIKE 'abc%'`` → ``(range AND c LIKE 'abc%')`` where the range bounds ``c`` by the
     literal prefix, so an index on ``c`` can be used. The LIKE stays, so the range only
-    has to contain every match. LIKE ignores collations and, by default, folds ASCII case
+    has to contain every match. Only a LIKE that is a whole operand (of a boolean
+    AND/OR/NOT, or a whole WHERE/ON/HAVING/WHEN term) is rewritten: LIKE, BETWEEN, IS
+    and = share one precedence level, so ``x BETWEEN 0 AND c LIKE 'a%'`` is
+    ``(x BETWEEN 0 AND c) LIKE 'a%'``, and so is ``x IS NOT c LIKE 'a%'``. LIKE ignores
+    collations and, by default, folds ASCII case
     (https://www.sqlite.org/lang_expr.html#like); the range compares with ``c``'s
     collation. So: case-sensitive LIKE (``PRAGMA case_sensitive_like = ON``) needs a
     BINARY column (one range); case-insensitive LIKE on a NOCASE column gets one range on
@@ -61,9 +65,16 @@ _OR_AFTER = frozenset(
     {"OR", ")", "GROUP", "ORDER", "LIMIT", "WINDOW", "UNION", "EXCEPT", "INTERSECT", ";",
      "THEN", "ELSE", "END", "RETURNING"}
 )  # fmt: skip
-# Around a LIKE replaced by a parenthesized expression: any lower-precedence neighbour.
-_LIKE_BEFORE = _OR_BEFORE | {"AND", "NOT"}
+# Around a LIKE replaced by a parenthesized expression: only neighbours that make
+# "c LIKE 'p%'" a whole operand. LIKE shares its (left-associative) precedence level with
+# BETWEEN, IS, IN, = and <>; ESCAPE, <, ||, COLLATE ... bind tighter. So the token after
+# the pattern must bind looser (AND, OR) or end the expression, and the one before must
+# start one: WHERE, ON, HAVING, WHEN, "(", a boolean OR, a boolean AND (not the AND of
+# "x BETWEEN y AND"), or a prefix NOT that itself starts an operand (not "x IS NOT").
 _LIKE_AFTER = _OR_AFTER | {"AND"}
+# Where a backward scan for the BETWEEN owning an AND stops: no BETWEEN before these
+# (at the AND's nesting level) can own it.
+_BETWEEN_STOP = frozenset({"WHERE", "ON", "HAVING", "WHEN", "THEN", "ELSE", "SELECT", ",", ";"})
 _VALUE_KINDS = frozenset({"string", "number", "blob", "param"})
 MAX_CASE_VARIANTS = 16
 
@@ -213,10 +224,10 @@ def like_prefix_range(sql: str, ctx: _Ctx) -> str | None:
             continue
         start = i - 3 if i >= 3 and tokens[i - 2].text == "." else i - 1
         col = _column(tokens, start) if start >= 0 else None
-        if col is None or col[2] != i or not _before_ok(tokens, start, _LIKE_BEFORE):
-            continue
+        if col is None or col[2] != i or not _starts_operand(tokens, start):
+            continue  # e.g. "x BETWEEN 0 AND c LIKE 'p%'" is "(x BETWEEN 0 AND c) LIKE 'p%'"
         if not _after_ok(tokens, i + 2, _LIKE_AFTER):
-            continue  # an ESCAPE clause, COLLATE, or a larger expression: leave it
+            continue  # an ESCAPE clause, COLLATE, "= 0", "IS NULL" ...: leave it
         pattern = dequote_string(tokens[i + 1].text)
         prefix = _literal_prefix(pattern)
         if not prefix:
@@ -240,6 +251,57 @@ def like_prefix_range(sql: str, ctx: _Ctx) -> str | None:
         original = sql[tokens[start].start : tokens[i + 1].end]
         edits.append((tokens[start].start, tokens[i + 1].end, f"({rendered} AND {original})"))
     return _splice(sql, edits) if edits else None
+
+
+def _starts_operand(tokens: Sequence[Token], i: int) -> bool:
+    """Whether an expression at ``i`` starts a whole operand.
+
+    That is, of a boolean AND/OR/NOT, or a whole WHERE/ON/HAVING/WHEN term, or a
+    parenthesized one: nothing before ``i`` binds at LIKE's precedence level or tighter.
+    Conservative: False when unsure.
+    """
+    if i == 0:
+        return True
+    prev = tokens[i - 1]
+    if prev.kind not in ("word", "op"):
+        return False
+    if prev.upper in _OR_BEFORE:
+        return True
+    if is_word(prev, "NOT"):  # a prefix NOT starting an operand; never "x IS NOT"
+        return _starts_operand(tokens, i - 1)
+    if is_word(prev, "AND"):
+        return not _between_and(tokens, i - 1)
+    return False
+
+
+def _between_and(tokens: Sequence[Token], k: int) -> bool:
+    """Whether the AND at ``k`` may belong to a ``BETWEEN x AND y``.
+
+    Each BETWEEN takes the first AND after it at its own nesting level; parentheses and
+    CASE ... END nest.
+    """
+    depth, j = 0, k - 1
+    level: list[Token] = []  # tokens at the AND's level, back to where no owner can be
+    while j >= 0:
+        t = tokens[j]
+        if t.text == ")" or is_word(t, "END"):
+            depth += 1
+        elif t.text == "(" or is_word(t, "CASE"):
+            if depth == 0:
+                break
+            depth -= 1
+        elif depth == 0:
+            if t.kind in ("word", "op") and t.upper in _BETWEEN_STOP:
+                break
+            level.append(t)
+        j -= 1
+    pending = 0  # BETWEENs still waiting for their AND
+    for t in reversed(level):
+        if is_word(t, "BETWEEN"):
+            pending += 1
+        elif is_word(t, "AND") and pending:
+            pending -= 1
+    return pending > 0
 
 
 def dequote_string(text: str) -> str:

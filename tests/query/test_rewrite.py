@@ -110,6 +110,58 @@ def test_or_to_in_leaves_chains_glued_to_and_alone(conn: apsw.Connection) -> Non
         assert apply_rules(sql, schema, like)[1] == [], sql
 
 
+# Where ``{column} LIKE 'p%'`` may sit. LIKE, BETWEEN, IS, IN, = and <> share one
+# left-associative precedence level in SQLite (https://www.sqlite.org/lang_expr.html#operators),
+# so after "x BETWEEN 0 AND" or "x IS NOT" the LIKE's left operand is the whole
+# comparison, and an operator of that level (or tighter) after the pattern takes the LIKE
+# as its own left operand. (text, whole operand?) for what comes before and after.
+LIKE_BEFORE = [
+    ("", True),
+    ("NOT ", True),
+    ("NOT NOT ", True),
+    ("id > 0 AND ", True),
+    ("id < 0 OR ", True),
+    ("a BETWEEN 0 AND 1 AND ", True),  # the second AND is a boolean one
+    ("a BETWEEN 0 AND 1 AND NOT ", True),
+    ("a BETWEEN 0 AND ", False),
+    ("a NOT BETWEEN 1 AND ", False),
+    ("a BETWEEN (SELECT 0) AND ", False),
+    ("a BETWEEN CASE WHEN a BETWEEN 0 AND 1 THEN 0 END AND ", False),
+    ("a IS NOT ", False),
+    ("a IS NOT NOT ", False),  # whole operand of the inner NOT, but no need to be clever
+    ("a IS ", False),
+    ("a = ", False),
+]
+LIKE_AFTER = [
+    ("", True),
+    (" AND id > 0", True),
+    (" OR id < 0", True),
+    (" = 0", False),
+    (" == 1", False),
+    (" <> 1", False),
+    (" IS NULL", False),
+    (" IS NOT 1", False),
+    (" ISNULL", False),
+    (" NOT NULL", False),
+    (" BETWEEN 0 AND 0", False),
+    (" NOT BETWEEN 1 AND 1", False),
+    (" IN (0)", False),
+    (" < 1", False),
+    (" LIKE '0'", False),
+    (" || 'x'", False),
+    (" COLLATE NOCASE", False),
+    (" ESCAPE '!'", False),
+]
+
+
+def halves(options: list[tuple[str, bool]]) -> st.SearchStrategy[tuple[str, bool]]:
+    """Whole-operand and glued contexts, each about half of the time."""
+    return st.one_of(
+        st.sampled_from([o for o in options if o[1]]),
+        st.sampled_from([o for o in options if not o[1]]),
+    )
+
+
 @pytest.mark.parametrize("case_sensitive", [False, True])
 @pytest.mark.parametrize("column", ["b", "d"])
 def test_like_prefix_range_returns_the_same_rows(
@@ -123,24 +175,62 @@ def test_like_prefix_range_returns_the_same_rows(
             rows=st.lists(st.tuples(cells, cells, cells, cells), max_size=15),
             prefix=st.text(alphabet="aAbBzZéÉ1 -", min_size=1, max_size=4),
             rest=st.sampled_from(["%", "%z", "_%", "_", ""]),
+            before=halves(LIKE_BEFORE),
+            after=halves(LIKE_AFTER),
         )
-        def check(rows: list[tuple[Any, ...]], prefix: str, rest: str) -> None:
+        def check(
+            rows: list[tuple[Any, ...]],
+            prefix: str,
+            rest: str,
+            before: tuple[str, bool],
+            after: tuple[str, bool],
+        ) -> None:
             # give some rows the prefix (in either case) so that matches are common
             rows = [
                 (r[0], prefix + str(r[1]), r[2], prefix.swapcase() + str(r[3])) if i % 3 else r
                 for i, r in enumerate(rows)
             ]
+            # and some small numbers in a, so that a misread operand shows in the rows
+            rows += [(n, text, n, text) for n in (0, 1) for text in (prefix + "x", "=")]
             load(conn, rows, [])
-            sql = f"SELECT id FROM t WHERE {column} LIKE {literal(prefix + rest)} AND id > 0"
+            like = f"{column} LIKE {literal(prefix + rest)}"
+            sql = f"SELECT id FROM t WHERE {before[0]}{like}{after[0]}"
             out, applied, _w = apply_rules(sql, Schema.from_connection(conn), semantics(conn))
-            if column == "d" and case_sensitive:
-                assume(applied)  # NOCASE column, case-sensitive LIKE: still a valid range
-            assert applied == ["like_prefix_range"], sql
+            if before[1] and after[1]:
+                if column == "d" and case_sensitive:
+                    assume(applied)  # NOCASE column, case-sensitive LIKE: still a valid range
+                assert applied == ["like_prefix_range"], sql
+            else:
+                assert applied == [], sql  # the LIKE is not an operand of its own
             same_rows(conn, sql, out)
 
         check()
     finally:
         conn.execute("PRAGMA case_sensitive_like = 0")
+
+
+@pytest.mark.parametrize(
+    ("where", "glued"),
+    [
+        # the reviewer's repro: the first LIKE is an operand, the second is not
+        ("b LIKE 'ab%' AND a BETWEEN 0 AND b LIKE 'ab%'", "a BETWEEN 0 AND b LIKE 'ab%'"),
+        ("b LIKE 'ab%' AND a IS NOT b LIKE 'ab%'", "a IS NOT b LIKE 'ab%'"),
+        ("a BETWEEN 0 AND t.b LIKE 'ab%' OR id > 0", "a BETWEEN 0 AND t.b LIKE 'ab%'"),
+        ("(a NOT BETWEEN 1 AND NOT b LIKE 'ab%')", "a NOT BETWEEN 1 AND NOT b LIKE 'ab%'"),
+        ("a BETWEEN b BETWEEN 0 AND 1 AND b LIKE 'ab%'", "AND b LIKE 'ab%'"),
+        ("CASE WHEN a BETWEEN 0 AND b LIKE 'ab%' THEN 1 END", "a BETWEEN 0 AND b LIKE 'ab%'"),
+        ("b LIKE 'ab%' IS NOT NULL", "b LIKE 'ab%' IS NOT NULL"),
+    ],
+)
+def test_like_prefix_range_leaves_a_like_that_is_no_operand_alone(
+    conn: apsw.Connection, where: str, glued: str
+) -> None:
+    load(conn, [(0, "abc", None, "abc"), (1, "abd", None, "ABD"), (2, "x", None, "x")], [])
+    sql = f"SELECT id FROM t WHERE {where}"
+    out, applied, _w = apply_rules(sql, Schema.from_connection(conn), semantics(conn))
+    assert glued in out, out
+    assert applied == (["like_prefix_range"] if where.startswith("b LIKE 'ab%' AND") else [])
+    same_rows(conn, sql, out)
 
 
 @PROPS
