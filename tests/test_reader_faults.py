@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import apsw
 import pytest
@@ -267,6 +268,146 @@ def test_shrinking_the_pool_during_a_fault_retires_readers_without_a_connection(
     assert wait_until(lambda: db.pool.status().total == 1, 10)
     assert db.query("SELECT x FROM t") == [(1,), (2,)]
     assert readers() == 1 and db.supervisor.status().restarts == 0
+
+
+class GatedOpenVFS(FaultyVFS):
+    """A :class:`FaultyVFS` whose opens of the database file wait while ``gate`` is shut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+        """Set once an open of the database file waits at the shut gate."""
+        self.opens_waiting = 0
+        """How many opens wait at the gate now."""
+
+    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
+        filename = str(name.filename() if hasattr(name, "filename") else name)
+        if filename.endswith("atlas.db") and not self.gate.is_set():
+            with self.lock:
+                self.opens_waiting += 1
+            self.waiting.set()
+            self.gate.wait(30)
+            with self.lock:
+                self.opens_waiting -= 1
+        return super().xOpen(name, flags)
+
+
+@pytest.fixture
+def gated_vfs() -> Iterator[GatedOpenVFS]:
+    """A :class:`GatedOpenVFS` that fails reads of the WAL on demand."""
+    vfs = GatedOpenVFS()
+    vfs.only = "atlas.db-wal"
+    yield vfs
+    vfs.gate.set()
+    vfs.unregister()
+
+
+def _reader_roles(db: atlas.Storage) -> list[str]:
+    return [c.role for c in db.supervisor.status().children if c.role.startswith("reader")]
+
+
+def test_a_reader_retired_while_it_reopens_is_not_counted_by_the_pool_any_more(
+    open_storage: Callable[..., atlas.Storage], gated_vfs: GatedOpenVFS
+) -> None:
+    # resize() retires the reader whose (slow) reopen is under way: once its open
+    # succeeds it must not join the pool again, or the pool counts a reader the
+    # supervisor no longer has, and a later resize(2) never starts the second one.
+    db = _open(open_storage, gated_vfs, readers=2, max_readers=2, reader_idle_timeout=600)
+    gated_vfs.fail_reads = apsw.IOError
+    db.write("INSERT INTO t VALUES (2)")  # (the reader that read the first has it cached)
+    assert wait_until(lambda: _readers_down(db), 5)
+    gated_vfs.gate.clear()  # the next try to reopen waits in its open ...
+    assert gated_vfs.waiting.wait(10)
+    gated_vfs.fail_reads = None  # ... and then succeeds
+    db.pool.resize(1)  # retires the reader down longest: the one reopening
+    assert wait_until(lambda: len(_reader_roles(db)) == 1)
+    gated_vfs.gate.set()
+    assert wait_until(lambda: db.pool.fault() is None and db.pool.status().total == 1, 10)
+    db.pool.resize(2)
+    assert wait_until(lambda: len(_reader_roles(db)) == 2 and db.pool.status().total == 2, 10)
+    assert db.query("SELECT x FROM t") == [(1,), (2,)]
+
+
+def test_a_reader_retired_while_it_recycles_its_connection_does_not_lend_the_new_one(
+    open_storage: Callable[..., atlas.Storage], gated_vfs: GatedOpenVFS
+) -> None:
+    # A reader in the middle of a recycle has no connection for resize() to mark
+    # unusable: once its new one is open it must see it is retiring, or that connection
+    # joins the pool and the reader is never retired.
+    db = _open(
+        open_storage,
+        gated_vfs,
+        readers=2,
+        max_readers=2,
+        health_check_interval=0,
+        recycle_after_queries=50,
+        reader_idle_timeout=600,
+    )
+    leases = [db.pool.acquire() for _ in range(2)]
+    for lease in leases:
+        for _ in range(50):
+            lease.query("SELECT 1")  # due for a recycle when released
+    gated_vfs.gate.clear()
+    for lease in leases:
+        lease.release()
+    assert wait_until(lambda: gated_vfs.opens_waiting == 2)  # both reopening
+    db.pool.resize(1)  # neither has a connection: the first is marked retiring
+    gated_vfs.gate.set()
+    assert wait_until(lambda: len(_reader_roles(db)) == 1 and db.pool.status().total == 1)
+    assert db.query("SELECT x FROM t") == [(1,)]
+
+
+def test_a_reader_marked_retiring_after_it_lost_its_connection_is_retired(
+    open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS
+) -> None:
+    # A reader that loses its connection while resize() is under way (after it looked
+    # for readers without a connection) is marked retiring like a busy one; it has no
+    # connection to give back, so the pool must retire it itself, or it stays down for
+    # good and its fault, never closed, fails the storage after reader_fault_timeout.
+    db = _open(
+        open_storage,
+        vfs,
+        readers=3,
+        max_readers=3,
+        health_check_interval=0,
+        recycle_after_queries=50,
+        reader_idle_timeout=600,
+    )
+    first, _, last = list(db.pool._readers)  # the order the busy ones are picked in
+    leases = {}
+    for _ in range(3):
+        lease = db.pool.acquire()
+        leases[lease.id.partition("#")[0]] = lease
+    losing, kept = leases.pop(first), leases.pop(last)
+    retired_first = next(iter(leases))
+    for _ in range(50):
+        losing.query("SELECT 1")  # due for a recycle when released
+    escalated = threading.Event()
+    db.events.on("escalate", lambda e: escalated.set())
+    hooked = threading.Event()
+
+    def lose_a_connection(event: Any) -> None:
+        # Runs in resize()'s thread, between its passes over the readers: the reader
+        # `first` now cannot reopen its connection (a fault) and waits without one.
+        if event.role != retired_first or hooked.is_set():
+            return
+        hooked.set()
+        vfs.fail_reads = apsw.IOError
+        losing.release()
+        assert wait_until(lambda: (f := db.pool.fault()) is not None and f.readers_down == 1)
+
+    db.events.on("disconnect", lose_a_connection)
+    leases[retired_first].release()
+    db.pool.resize(1)  # retires `retired_first` (free), then marks `first` retiring
+    assert hooked.is_set()
+    vfs.fail_reads = None
+    assert wait_until(lambda: db.pool.fault() is None, 5)
+    assert wait_until(lambda: _reader_roles(db) == [last])
+    kept.release()
+    assert db.query("SELECT x FROM t") == [(1,)]
+    assert db.health().status == "ok" and not escalated.is_set()
 
 
 def test_a_database_file_gone_for_good_fails_the_storage_once_readers_must_reopen(

@@ -328,15 +328,24 @@ class ReaderPool:
 
     # -- membership (the supervisor and reader actors) ---------------------------------
 
-    def reader_ready(self, reader: ReaderActor, *, connected: bool = True) -> None:
+    def reader_ready(
+        self, reader: ReaderActor, *, connected: bool = True, reopened: bool = False
+    ) -> bool:
         """A reader incarnation opened its connection (it arrives next, via ``checkin``).
 
         ``connected=False``: a restarted incarnation that could not open one; it reports
         ``connection_lost`` next. An open that succeeded ends a fault: every other reader
         without a connection is sent :class:`Reopen` at once.
+
+        ``reopened``: the same incarnation, back from a fault (:class:`Reopen`). False if
+        it was retired meanwhile (a shrink, during its open, which may take long): it is
+        not counted again, and must close what it opened and call
+        :meth:`retire_unconnected`.
         """
         recovered: _Fault | None = None
         with self._cond:
+            if reader.retiring or (reopened and self._readers.get(reader.role) is not reader):
+                return False
             if reader.role not in self._ready_roles and self._starting:
                 self._starting -= 1  # one of the readers asked for by growth or resize
                 self._growth_backoff = self._no_growth_until = 0.0
@@ -360,6 +369,15 @@ class ReaderPool:
                 recovered.error,
             )
             self.events.emit("recovered", "pool", reason="reader_fault", seconds=seconds)
+        return True
+
+    def retire_unconnected(self, reader: ReaderActor) -> None:
+        """Retire ``reader``, retired by a shrink while it had no connection to give back.
+
+        (A reader is retired when its connection is disposed of; one without a
+        connection, or that closed the one it opened meanwhile, has none to dispose of.)
+        """
+        self._retire(reader.role)
 
     def connection_lost(self, reader: ReaderActor, error: BaseException) -> None:
         """``reader`` has no connection now: its check, or its try to open one, failed.
@@ -367,28 +385,20 @@ class ReaderPool:
         It waits without one until :meth:`maintain` sends it :class:`Reopen` (see the
         module docstring). A reader being retired is retired now instead.
         """
-        if reader.retiring:
-            self._retire(reader.role)
-            return
-        now = time.monotonic()
+        # Text only: the error's traceback holds the frames of a failed open, and with
+        # them its half-open connection (a file descriptor) until it is freed.
+        why = str(error)
         with self._cond:
-            if self._readers.get(reader.role) is not reader:
-                return  # an older incarnation, or the role is gone
-            self._down[reader.role] = reader
-            self._reopening.discard(reader.role)
-            # Text only: the error's traceback holds the frames of a failed open, and
-            # with them its half-open connection (a file descriptor) until it is freed.
-            why = str(error)
-            fault = self._fault
-            began = fault is None
-            if fault is None:
-                fault = self._fault = _Fault(now, why, now + self._backoff(0))
-            fault.error = why
-            if self._probing == reader.role:
-                self._probing = None
-                fault.attempts += 1
-                fault.next_attempt = now + self._backoff(fault.attempts)
-            down = len(self._down)
+            # Decided under the lock, as a shrink marks readers retiring under it: one it
+            # marks after this reader joined ``_down`` is retired by the shrink itself.
+            retired = reader.retiring
+            if not retired:
+                if self._readers.get(reader.role) is not reader:
+                    return  # an older incarnation, or the role is gone
+                began, down = self._mark_down(reader, why)
+        if retired:
+            self.retire_unconnected(reader)
+            return
         if began:
             log.warning(
                 "%s lost its reader connection (%s); reopening with backoff, one reader at "
@@ -401,14 +411,37 @@ class ReaderPool:
         else:
             log.info("%s has no reader connection (%d down): %s", reader.role, down, why)
 
+    def _mark_down(self, reader: ReaderActor, why: str) -> tuple[bool, int]:
+        """Count ``reader`` down, in the fault (opened now if none was): (began, down)."""
+        now = time.monotonic()
+        self._down[reader.role] = reader
+        self._reopening.discard(reader.role)
+        fault = self._fault
+        began = fault is None
+        if fault is None:
+            fault = self._fault = _Fault(now, why, now + self._backoff(0))
+        fault.error = why
+        if self._probing == reader.role:
+            self._probing = None
+            fault.attempts += 1
+            fault.next_attempt = now + self._backoff(fault.attempts)
+        return began, len(self._down)
+
     def reopen_not_needed(self, reader: ReaderActor) -> None:
-        """``reader`` got :class:`Reopen` but has a connection (or is retiring): no try."""
+        """``reader`` got :class:`Reopen` but has a connection (or is retiring): no try.
+
+        A retiring one without a connection is retired now: else it would stay down,
+        and its fault open, for good.
+        """
         with self._cond:
             self._reopening.discard(reader.role)
             if self._probing == reader.role:
                 self._probing = None
             if reader.connection is not None:
                 self._down.pop(reader.role, None)
+            retire = reader.connection is None and reader.retiring
+        if retire:
+            self.retire_unconnected(reader)
 
     def fault(self) -> ReaderFault | None:
         """The open fault (readers that lost their connections), or None."""
@@ -1231,6 +1264,11 @@ class ReaderPool:
                 self._readers.pop(reader.role, None)
                 if reader.connection is not None:
                     reader.connection.usable = False
+            # One that lost its connection since the first pass has none to give back:
+            # retired now. (One opening a connection sees it is retiring once opened.)
+            down = [r for r in busy if self._down.get(r.role) is r]
+        for reader in down:
+            self.retire_unconnected(reader)
 
     # -- status and shutdown -----------------------------------------------------------
 

@@ -206,6 +206,13 @@ class ReaderActor(RoleActor):
         for op in unfinished:
             self.pool.submit(op)
 
+    def _retired_while_opening(self, connection: TrackedConnection) -> None:
+        """Close the connection just opened, not lent yet: the pool shrank meanwhile."""
+        self.connection = None
+        self._lost = None
+        self._close(connection, "retired")
+        self.pool.retire_unconnected(self)
+
     def _close(self, connection: TrackedConnection, reason: str) -> None:
         connection.close()
         self.events.emit("disconnect", self.role, connection.id, reason=reason)
@@ -295,6 +302,10 @@ class ReaderActor(RoleActor):
             self._lost = connection.id
             self.pool.connection_lost(self, error)
             return
+        if self.retiring:
+            # Marked while it had none (a shrink): ``usable`` could not be cleared on it.
+            self._retired_while_opening(fresh)
+            return
         self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)
         self.pool.checkin(fresh)
 
@@ -314,7 +325,11 @@ class ReaderActor(RoleActor):
             log.debug("%s could not reopen its connection: %s", self.role, str(error))
             self.pool.connection_lost(self, error)
             return
+        # Retired while it opened (the open may take long)? Then the pool must not count
+        # it again, nor lend what it opened.
+        if not self.pool.reader_ready(self, reopened=True):
+            self._retired_while_opening(fresh)
+            return
         replaced, self._lost = self._lost, None
         self.events.emit("recycle", self.role, fresh.id, replaced=replaced, reason=reason)
-        self.pool.reader_ready(self)
         self.pool.checkin(fresh, checked=True)
