@@ -410,6 +410,36 @@ def test_a_reader_marked_retiring_after_it_lost_its_connection_is_retired(
     assert db.health().status == "ok" and not escalated.is_set()
 
 
+def test_a_fault_whose_readers_were_all_retired_ends_with_a_recovered_event(
+    open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS
+) -> None:
+    db = _open(open_storage, vfs, readers=3, max_readers=3, reader_idle_timeout=600)
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    recovered = threading.Event()
+    db.events.on("degraded", lambda e: events.append(("degraded", e.role, e.detail)))
+
+    def on_recovered(event: Any) -> None:
+        events.append(("recovered", event.role, event.detail))
+        recovered.set()
+
+    db.events.on("recovered", on_recovered)
+    lent = db.pool.acquire()  # in use: not health-checked, so it keeps its connection
+    vfs.fail_reads = apsw.IOError
+    db.write("INSERT INTO t VALUES (2)")
+    assert wait_until(lambda: (f := db.pool.fault()) is not None and f.readers_down == 2)
+    db.pool.resize(1)  # retires both readers without a connection: nothing is down
+    assert recovered.wait(5)
+    assert db.pool.fault() is None
+    vfs.fail_reads = None
+    lent.release()
+    assert db.query("SELECT x FROM t") == [(1,), (2,)]
+    assert db.health().status == "ok"
+    pool_events = [(name, detail) for name, role, detail in events if role == "pool"]
+    assert [name for name, _ in pool_events] == ["degraded", "recovered"]
+    detail = pool_events[1][1]
+    assert detail["reason"] == "reader_fault" and detail["retired"] is True
+
+
 def test_a_database_file_gone_for_good_fails_the_storage_once_readers_must_reopen(
     open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS
 ) -> None:

@@ -487,22 +487,38 @@ class ReaderPool:
             if fault is None:
                 self._send_reopen(list(self._down), "reconnect")  # (none are left waiting)
                 return
-            if not self._down:
+            ended = not self._down
+            if ended:
                 # Every reader that lost its connection was retired: nothing is down.
                 self._fault = None
-                return
-            timeout = self.config.reader_fault_timeout
-            if now - fault.since >= timeout:
-                raise Unrecoverable(
-                    f"the readers could not reconnect within reader_fault_timeout="
-                    f"{timeout:g}s: {self._snapshot(fault).describe(now)}"
-                )
-            if self._probing is None and now >= fault.next_attempt:
-                waiting = [role for role in self._down if role not in self._reopening]
-                if waiting:
-                    # The one down longest first (dicts keep insertion order).
-                    self._probing = waiting[0]
-                    self._send_reopen(waiting[:1], f"reconnect after: {fault.error}")
+            else:
+                self._next_try(fault, now)
+        if ended:
+            seconds = now - fault.since
+            log.warning(
+                "the reader fault is over after %.2fs: every reader without a connection "
+                "was retired (%s)",
+                seconds,
+                fault.error,
+            )
+            self.events.emit(
+                "recovered", "pool", reason="reader_fault", seconds=seconds, retired=True
+            )
+
+    def _next_try(self, fault: _Fault, now: float) -> None:
+        """Send the next try to reopen if it is due, or escalate (holding the lock)."""
+        timeout = self.config.reader_fault_timeout
+        if now - fault.since >= timeout:
+            raise Unrecoverable(
+                f"the readers could not reconnect within reader_fault_timeout="
+                f"{timeout:g}s: {self._snapshot(fault).describe(now)}"
+            )
+        if self._probing is None and now >= fault.next_attempt:
+            waiting = [role for role in self._down if role not in self._reopening]
+            if waiting:
+                # The one down longest first (dicts keep insertion order).
+                self._probing = waiting[0]
+                self._send_reopen(waiting[:1], f"reconnect after: {fault.error}")
 
     def was_ready(self, role: str) -> bool:
         """True once the reader ``role`` opened its connection (even if retired since)."""
