@@ -31,7 +31,8 @@ circuit breaker over all of them:
   each time that try fails (with jitter, up to ``reader_reconnect_backoff_max``); the
   pool does not grow meanwhile;
 * the first connection opened and checked closes the fault (``recovered``) and every
-  other reader reopens at once;
+  other reader reopens at once; so does a shrink that retires every reader without a
+  connection (``recovered`` with ``retired=True``, on the next tick);
 * a fault that outlasts ``reader_fault_timeout`` seconds fails the storage (the
   supervisor escalates: ``StorageUnavailable``), so a lasting fault (the file gone,
   unreadable) ends in the documented failed state, never a wait for ever.
