@@ -38,6 +38,7 @@ __all__ = [
     "raw_connection",
     "refuse_connection_settings",
     "refuse_transaction_control",
+    "refuse_writer_settings",
 ]
 
 Params = Sequence[Any] | dict[str, Any] | None
@@ -508,7 +509,12 @@ _PRAGMA_STATEMENT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _MAY_HOLD_PRAGMA = re.compile("pragma", re.IGNORECASE)
+_WRITER_PRAGMAS = frozenset({"user_version", "application_id", "optimize", "incremental_vacuum"})
+"""What the writer may run besides reads: values and upkeep of the database file, not
+settings of its connection (``locking_mode = EXCLUSIVE`` or ``query_only = 1`` would make
+every later write fail; ``synchronous`` is the storage's configuration)."""
 _pragma_verdicts: dict[str, str | None] = {}
+_writer_pragma_verdicts: dict[str, str | None] = {}
 
 
 def refuse_connection_settings(sql: str) -> None:
@@ -530,23 +536,56 @@ def refuse_connection_settings(sql: str) -> None:
         if len(_pragma_verdicts) < 10_000:
             _pragma_verdicts[sql] = verdict
     if verdict is not None:
+        raise _settings_error(sql, verdict)
+
+
+def refuse_writer_settings(sql: str) -> None:
+    """Raise ValidationError if ``sql`` holds a PRAGMA that changes the writer's connection.
+
+    The writer's connection serves every caller: ``PRAGMA locking_mode = EXCLUSIVE`` or
+    ``PRAGMA query_only = 1`` on it made every later write fail, and ``foreign_keys``
+    or ``case_sensitive_like`` would change every caller's writes. Allowed besides what
+    :func:`refuse_connection_settings` allows: the database's own values and upkeep
+    (``user_version``, ``application_id``, ``optimize``, ``incremental_vacuum``).
+    Checked where the writer first sees a statement's text (cached per text).
+    """
+    verdict = _writer_pragma_verdicts.get(sql, "")
+    if verdict == "":
+        verdict = (
+            _setting_pragma(sql, allowed=_WRITER_PRAGMAS) if _MAY_HOLD_PRAGMA.search(sql) else None
+        )
+        if len(_writer_pragma_verdicts) < 10_000:
+            _writer_pragma_verdicts[sql] = verdict
+    if verdict is not None:
         raise ValidationError(
-            f"{shorten(sql)!r}: PRAGMA {verdict} changes the connection or the database, "
-            "and reads run on shared connections where every later read would see it. "
-            "Run it through the writer with db.execute() (database values such as "
-            "user_version, maintenance such as wal_checkpoint; or db.wal.checkpoint()); "
-            "connection options are set by atlas.open()'s configuration. Reads such as "
-            "PRAGMA user_version or PRAGMA table_info(t) are fine"
+            f"{shorten(sql)!r}: PRAGMA {verdict} changes the writer's connection, which "
+            "every caller's writes share (locking_mode or query_only would stop them all). "
+            "Set connection options through atlas.open()'s configuration; the database's "
+            "own values (user_version, application_id) and upkeep (optimize, "
+            "incremental_vacuum; db.wal.checkpoint()) may be run"
         )
 
 
-def _setting_pragma(sql: str) -> str | None:
-    """Return the name of the first pragma in ``sql`` that is not a plain read, or None."""
+def _settings_error(sql: str, verdict: str) -> ValidationError:
+    return ValidationError(
+        f"{shorten(sql)!r}: PRAGMA {verdict} changes the connection or the database, "
+        "and reads run on shared connections where every later read would see it. "
+        "Run it through the writer with db.execute() (database values such as "
+        "user_version, maintenance such as wal_checkpoint; or db.wal.checkpoint()); "
+        "connection options are set by atlas.open()'s configuration. Reads such as "
+        "PRAGMA user_version or PRAGMA table_info(t) are fine"
+    )
+
+
+def _setting_pragma(sql: str, allowed: frozenset[str] = frozenset()) -> str | None:
+    """The name of the first pragma in ``sql`` that is no plain read (nor ``allowed``)."""
     for start in _statement_starts(sql):
         found = _PRAGMA_STATEMENT.match(sql, start)
         if found is None:
             continue
         name = _pragma_name(found["second"] or found["first"])
+        if name in allowed:
+            continue
         if name in _ACTION_PRAGMAS or (found["value"] and name not in _READ_PRAGMAS):
             return name
     return None
@@ -1064,6 +1103,7 @@ class TrackedConnection:
         kind = _write_kinds.get(sql) or _write_kind(sql)
         if kind is _CONTROL:
             raise _control_error(sql)
+        refuse_writer_settings(sql)
         entry: list[Any] = [kind, 0, 0]
         if len(self._written) < _MAX_COUNTED:  # (past the bound, each run is timed)
             self._written[sql] = entry
@@ -1072,6 +1112,7 @@ class TrackedConnection:
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""
         refuse_transaction_control(sql)
+        refuse_writer_settings(sql)
         connection = self.connection
         started = time.perf_counter()
         before_changes = connection.total_changes()

@@ -35,16 +35,15 @@ def vfs() -> Iterator[FaultyVFS]:
 @pytest.fixture
 def big(open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS) -> atlas.Storage:
     """A storage on ``vfs`` whose table spans far more pages than a tiny page cache holds."""
-    db = open_storage(vfs=vfs.name)
+    db = open_storage(vfs=vfs.name, cache_size_kib=20)  # (5 pages of 4 KiB)
     db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
     db.write_many("INSERT INTO t(v) VALUES (zeroblob(3000))", [()] * 300)
     return db
 
 
 def _change_every_page(tx: atlas.Transaction) -> None:
-    # With a page cache of a few pages, rolling the change back must read pages again
-    # (from the WAL or the database file): a read failure then fails the rollback.
-    tx.execute("PRAGMA cache_size = 5")
+    # With a page cache of a few pages (the fixture's), rolling the change back must read
+    # pages again (from the WAL or the database file): a read failure then fails it.
     tx.execute("UPDATE t SET v = randomblob(3000)")
 
 

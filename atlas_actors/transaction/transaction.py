@@ -33,6 +33,7 @@ from atlas_actors.connection import (
     WriteResult,
     refuse_connection_settings,
     refuse_transaction_control,
+    refuse_writer_settings,
 )
 from atlas_actors.errors import (
     AtlasError,
@@ -148,6 +149,8 @@ class Transaction:
                 if writes is not None:
                     info = self._known.get(sql)  # analyze()'s cache, without the call
                     if info is None:
+                        # (before the analysis: preparing a PRAGMA applies it)
+                        refuse_writer_settings(sql)
                         self._note_tables(writes, sql, params, lease.connection)
                     else:
                         writes.update(info.writes)
@@ -183,6 +186,7 @@ class Transaction:
                 info = self._known.get(sql)
                 if info is None or not info.plain:  # (a plain one controls no transaction)
                     refuse_transaction_control(sql)  # (write() refuses them itself)
+                    refuse_writer_settings(sql)
                 writes = self._writes
                 if writes is not None:
                     if info is None:
