@@ -571,7 +571,7 @@ def _settings_error(sql: str, verdict: str) -> ValidationError:
         f"{shorten(sql)!r}: PRAGMA {verdict} changes the connection or the database, "
         "and reads run on shared connections where every later read would see it. "
         "Run it through the writer with db.execute() (database values such as "
-        "user_version, maintenance such as wal_checkpoint; or db.wal.checkpoint()); "
+        "user_version, upkeep such as optimize; db.wal.checkpoint() for a checkpoint); "
         "connection options are set by atlas.open()'s configuration. Reads such as "
         "PRAGMA user_version or PRAGMA table_info(t) are fine"
     )
