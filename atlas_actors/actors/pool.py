@@ -362,14 +362,7 @@ class ReaderPool:
                     reason = f"reconnect after: {recovered.error}"
                     self._send_reopen(list(self._down), reason)
         if recovered is not None:
-            seconds = time.monotonic() - recovered.since
-            log.warning(
-                "reader connections are back: %s reopened after %.2fs (%s)",
-                reader.role,
-                seconds,
-                recovered.error,
-            )
-            self.events.emit("recovered", "pool", reason="reader_fault", seconds=seconds)
+            self._fault_over(recovered, time.monotonic(), f"{reader.role} reopened")
         return True
 
     def retire_unconnected(self, reader: ReaderActor) -> None:
@@ -495,16 +488,21 @@ class ReaderPool:
             else:
                 self._next_try(fault, now)
         if ended:
-            seconds = now - fault.since
-            log.warning(
-                "the reader fault is over after %.2fs: every reader without a connection "
-                "was retired (%s)",
-                seconds,
-                fault.error,
-            )
+            self._fault_over(fault, now, "its readers were retired", retired=True)
+
+    def _fault_over(self, fault: _Fault, now: float, how: str, *, retired: bool = False) -> None:
+        """Log the end of ``fault`` and emit its ``recovered`` event (its caller cleared it).
+
+        ``retired``: it ended because every reader down was retired (the event says so).
+        """
+        seconds = now - fault.since
+        log.warning("the reader fault is over after %.2fs: %s (%s)", seconds, how, fault.error)
+        if retired:
             self.events.emit(
                 "recovered", "pool", reason="reader_fault", seconds=seconds, retired=True
             )
+        else:
+            self.events.emit("recovered", "pool", reason="reader_fault", seconds=seconds)
 
     def _next_try(self, fault: _Fault, now: float) -> None:
         """Send the next try to reopen if it is due, or escalate (holding the lock)."""
