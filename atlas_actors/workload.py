@@ -289,13 +289,16 @@ def run_workload(
 
 
 def _inject_crash(db: Storage, kills: int) -> int:
-    """Crash the writer or a reader (alternately); 1 if a crash was injected."""
-    running = [c for c in db.supervisor.status().children if c.state == "running"]
-    roles = [c.role for c in running if (c.role == "writer") == (kills % 2 == 0)]
+    """Crash the writer or a reader (alternately, the readers in turn); 1 if one was."""
+    running = [c.role for c in db.supervisor.status().children if c.state == "running"]
+    if kills % 2 == 0:
+        roles = [role for role in running if role == "writer"]
+    else:
+        roles = [role for role in running if role.startswith("reader-")]
     if not roles:
         return 0
     try:
-        db.supervisor.kill(roles[0])
+        db.supervisor.kill(roles[(kills // 2) % len(roles)])
     except AtlasError:
         return 0  # it was restarting already
     return 1

@@ -5,11 +5,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import apsw
 
 import atlas_actors as atlas
-from atlas_actors.workload import COLUMNS, SCHEMA, run_workload, schema_conflicts
+from atlas_actors.workload import (
+    COLUMNS,
+    SCHEMA,
+    _inject_crash,
+    run_workload,
+    schema_conflicts,
+)
+from tests.helpers import wait_until
 
 
 def test_setting_stop_ends_the_run_early_with_a_report_of_it(
@@ -48,3 +56,24 @@ def test_a_table_of_the_same_name_with_other_columns_is_a_conflict() -> None:
     connection = apsw.Connection(":memory:")
     connection.execute("CREATE TABLE projects(id INTEGER PRIMARY KEY, title TEXT)")
     assert schema_conflicts(connection) == ["projects: no column name"]
+
+
+def test_chaos_crashes_the_writer_and_each_reader_in_turn(tmp_path: Path) -> None:
+    """``--chaos`` promises "the writer or a reader": never the cache, every reader."""
+    with atlas.open(tmp_path / "chaos.db", readers=2, max_readers=2) as db:
+        crashed: list[str] = []
+        for kills in range(4):
+            before = {c.role: c.restarts for c in db.supervisor.status().children}
+            assert _inject_crash(db, kills) == 1
+
+            def restarted(before: dict[str, int] = before) -> list[str]:
+                children = db.supervisor.status().children
+                return [
+                    c.role
+                    for c in children
+                    if c.restarts > before.get(c.role, 0) and c.state == "running"
+                ]
+
+            assert wait_until(restarted)
+            crashed += restarted()
+        assert crashed == ["writer", "reader-0", "writer", "reader-1"]
