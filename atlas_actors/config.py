@@ -195,6 +195,8 @@ class StorageConfig:
     def __post_init__(self) -> None:
         if isinstance(self.cache_dir, os.PathLike):  # (a pathlib.Path is welcome)
             object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+        if isinstance(self.synchronous, str):  # ('full' as ATLAS_SYNCHRONOUS=full is)
+            object.__setattr__(self, "synchronous", self.synchronous.strip().upper())
         _validate(self)
 
     @classmethod
@@ -418,6 +420,14 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         value = getattr(config, name)
         if not _finite_number(value) or value <= 0:
             return (name,), f"{name}={value!r}; it must be a finite number > 0"
+    # (before the bound below, which compares: a str there raises TypeError)
+    if config.alert_interval is not None and (
+        not _finite_number(config.alert_interval) or config.alert_interval < 0
+    ):
+        return ("alert_interval",), (
+            f"alert_interval={config.alert_interval!r}; it must be a finite number >= 0, "
+            "or None (0 and None turn the periodic evaluation off)"
+        )
     for name in _SECONDS_FIELDS:
         value = getattr(config, name)
         if value is not None and value > MAX_SECONDS:
@@ -426,13 +436,6 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
                 f"{name}={value!r} seconds is too long; pass at most {MAX_SECONDS:.0e} "
                 "(about 30 years)"
             )
-    if config.alert_interval is not None and (
-        not _finite_number(config.alert_interval) or config.alert_interval < 0
-    ):
-        return ("alert_interval",), (
-            f"alert_interval={config.alert_interval!r}; it must be a finite number >= 0, "
-            "or None (0 and None turn the periodic evaluation off)"
-        )
     if config.max_readers < config.readers:
         return ("max_readers", "readers"), (
             f"max_readers={config.max_readers} < readers={config.readers}; "

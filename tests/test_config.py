@@ -157,3 +157,18 @@ def test_max_value_bytes_may_be_sqlites_own_limit_and_cache_dir_a_path(tmp_path:
 def test_open_refuses_an_oversize_value_limit_with_a_config_error(db_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_value_bytes=2147483648"):
         atlas.open(db_path, max_value_bytes=2**31)
+
+
+@pytest.mark.parametrize("name", config_module._SECONDS_FIELDS)
+@pytest.mark.parametrize("value", ["off", b"1", [1]])
+def test_a_duration_of_the_wrong_type_is_a_config_error_naming_it(name: str, value: object) -> None:
+    """Every duration is type-checked before it is compared with the longest wait."""
+    with pytest.raises(ConfigError, match=name):
+        StorageConfig(**{name: value})
+
+
+def test_synchronous_is_taken_in_any_case_as_the_variable_is() -> None:
+    assert StorageConfig(synchronous="full").synchronous == "FULL"  # type: ignore[arg-type]
+    assert StorageConfig(synchronous=" Normal ").synchronous == "NORMAL"  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="synchronous='SOMETIMES'"):
+        StorageConfig(synchronous="sometimes")  # type: ignore[arg-type]
