@@ -18,12 +18,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import apsw
 from tqdm import tqdm
 
-from atlas_actors.config import ENV_PREFIX, StorageConfig
+from atlas_actors.config import ENV_PREFIX, StorageConfig, Synchronous
 from atlas_actors.errors import AtlasError, wrap_sqlite_error
 from atlas_actors.storage import open as open_storage
 from atlas_actors.workload import WorkloadReport, run_workload, schema_conflicts
@@ -52,6 +52,15 @@ exit status:
   2  the check found problems: the file is damaged (or is not a SQLite database)
 """
 
+_DEMO_EXIT_STATUSES = """\
+exit status:
+  0  the run ended and every acknowledged write was found in the file
+  1  the run could not start: the file is missing, not a database, or holds another
+     application's tasks table (the message says which)
+  2  writes were lost: some acknowledged writes were not found after the run
+  130  interrupted with Ctrl-C (what was measured so far is printed)
+"""
+
 _DAMAGE = (apsw.CorruptError, apsw.NotADBError)
 """apsw errors that are findings about the file; any other means it could not be checked."""
 
@@ -64,7 +73,12 @@ def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str]
     """
 
     def parse(text: str) -> T:
-        value: Any = kind(text)
+        try:
+            value: Any = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'a whole number' if kind is int else 'a number'}, not {text!r}"
+            ) from None
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
             raise argparse.ArgumentTypeError(
                 f"must be a finite number {'0 or more' if zero else 'above 0'}, not {text}"
@@ -81,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log restarts and warnings")
+    # Also after the command (`atlas-actors demo -v`); absent there, the top level's stays.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log restarts and warnings",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -89,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Many threads create, update, comment on and read tasks in an "
         "embedded SQLite file through the actor runtime, for a fixed time. Ctrl-C ends "
         "the run early and prints what it measured so far (exit status 130).",
+        epilog=_DEMO_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[verbose],
     )
     demo.add_argument("--db", default="atlas.db", help="database file (default: %(default)s)")
     demo.add_argument(
@@ -106,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--synchronous",
-        choices=["FULL", "NORMAL", "OFF"],
+        type=str.upper,  # (as ATLAS_SYNCHRONOUS: any case)
+        choices=get_args(Synchronous),
         help="durability of commits (default: ATLAS_SYNCHRONOUS if set, else FULL: "
         "every acknowledged write synced)",
     )
@@ -115,10 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="verify a database file (quick_check, or integrity_check with --full)",
-        description="Verify a database file, read-only: SQLite's quick_check, or the "
+        description="Verify a database file, read-only: SQLite's quick_check, or the\n"
         "slower and more thorough integrity_check with --full.",
         epilog=_CHECK_EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[verbose],
     )
     check.add_argument("db", help="database file")
     check.add_argument("--full", action="store_true", help="run the slower integrity_check")
@@ -130,7 +158,14 @@ def _parser() -> argparse.ArgumentParser:
         help="how long to wait for a lock another process holds (default: %(default)g)",
     )
 
-    commands.add_parser("config", help="print the configuration in effect and its variables")
+    commands.add_parser(
+        "config",
+        help="print the configuration in effect and its variables",
+        description="Print every configuration field as the ATLAS_<FIELD> variable that "
+        "sets it, with the value in effect here (defaults, then ATLAS_* variables). "
+        "atlas_actors.open(path, **options) takes the same fields in lower case.",
+        parents=[verbose],
+    )
     return parser
 
 
@@ -332,9 +367,10 @@ def _could_not_check(path: str, reason: str) -> int:
 
 def _config() -> int:
     config = StorageConfig.from_env()
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        print(f"{ENV_PREFIX}{field.name.upper():<28} {value!r}")
+    names = [f"{ENV_PREFIX}{field.name.upper()}" for field in dataclasses.fields(config)]
+    width = max(map(len, names))
+    for name, field in zip(names, dataclasses.fields(config), strict=True):
+        print(f"{name:<{width}} {getattr(config, field.name)!r}")
     return 0
 
 

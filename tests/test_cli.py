@@ -279,6 +279,10 @@ def test_output_into_a_closed_pipe_ends_quietly(command: list[str]) -> None:
         ("--seconds", "inf", "must be a finite number above 0"),
         ("--chaos", "nan", "must be a finite number 0 or more"),
         ("--chaos", "inf", "must be a finite number 0 or more"),
+        ("--threads", "abc", "--threads: must be a whole number, not 'abc'"),
+        ("--threads", "2.5", "--threads: must be a whole number, not '2.5'"),
+        ("--seconds", "soon", "--seconds: must be a number, not 'soon'"),
+        ("--synchronous", "sometimes", "--synchronous: invalid choice: 'SOMETIMES'"),
     ],
 )
 def test_demo_refuses_counts_and_durations_out_of_range(
@@ -289,3 +293,33 @@ def test_demo_refuses_counts_and_durations_out_of_range(
     assert exited.value.code == 2  # argparse's usage error, before anything runs
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()
+
+
+def test_demo_takes_any_synchronous_mode_in_any_case_and_verbose_after_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ATLAS_SYNCHRONOUS does (EXTRA too); ``-v`` also after ``demo``."""
+    for mode in ("normal", "EXTRA"):
+        demo = ["demo", "-v", "--db", str(tmp_path / f"{mode}.db"), "--seconds", "0.2"]
+        assert main([*demo, "--threads", "2", "--no-progress", "--synchronous", mode]) == 0
+        assert "lost writes  none" in capsys.readouterr().out
+
+
+def test_demo_and_config_help_say_what_they_do() -> None:
+    def help_of(command: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "atlas_actors", command, "--help"],
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    demo = help_of("demo")
+    assert "2  writes were lost" in demo and "130  interrupted" in demo
+    assert "ATLAS_<FIELD>" in help_of("config")
+
+
+def test_config_aligns_its_values(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    columns = {len(line) - len(line.split()[-1]) for line in lines}
+    assert len(lines) > 40 and len(columns) == 1, lines
