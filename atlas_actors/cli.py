@@ -330,7 +330,9 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
         connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
             connection.set_busy_timeout(int(timeout * 1000))
-            problems = [row[0] for row in connection.execute(f"PRAGMA {pragma}")]
+            # (SQLite may give several problems in one row, a line each)
+            rows = connection.execute(f"PRAGMA {pragma}")
+            problems = [line for (text,) in rows for line in str(text).splitlines() if line]
             mode = connection.pragma("journal_mode")
             pages = connection.pragma("page_count")
             page_size = connection.pragma("page_size")

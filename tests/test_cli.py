@@ -142,6 +142,29 @@ def test_check_reports_a_damaged_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["check", str(tmp_path / "missing.db")]) == 1
 
 
+def test_check_counts_and_lists_each_problem_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite may report several problems in one row, a line each: each counts."""
+    path = tmp_path / "index.db"
+    connection = apsw.Connection(str(path))
+    connection.execute("CREATE TABLE t(x); CREATE INDEX t_x ON t(x);")
+    connection.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
+        "INSERT INTO t SELECT randomblob(50) FROM n"
+    )
+    connection.close()
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    data[page_size * 3 + 100 : page_size * 3 + 600] = b"\x55" * 500  # inside a b-tree page
+    path.write_bytes(bytes(data))
+    assert main(["check", str(path)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    count = int(out[1].split(": ")[1].split()[0])  # quick_check: N problem(s)
+    listed = [line for line in out[2:] if line.startswith("  ")]
+    assert count > 1 and len(listed) == min(count, 20), out
+
+
 def _hold_an_exclusive_lock(path: Path) -> subprocess.Popen[str]:
     """Another process holding ``path``'s write lock until its stdin closes."""
     code = (
