@@ -133,3 +133,18 @@ def test_the_supervisor_handle_of_a_closed_storage_raises_storage_closed(db_path
         db.supervisor.kill("writer")
     with pytest.raises(StorageUnavailable, match=r"status\(\): the storage's supervisor has"):
         unbound.status()
+
+
+def test_a_failed_open_leaves_no_cache_directory_behind(tmp_path: Path) -> None:
+    """Opening a file that is not a database fails, and takes back what it made."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just text, not a database\n" * 100)
+    with pytest.raises(AtlasError, match="not a database"):
+        atlas.open(notes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # A directory that was there before stays.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(AtlasError):
+        atlas.open(notes, cache_dir=kept)
+    assert kept.is_dir()
