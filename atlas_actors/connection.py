@@ -824,9 +824,10 @@ class TrackedConnection:
             return None
         seconds = self.read_timeout
         return OperationTimeout(
-            f"{operation} (stopped at its deadline)",
+            operation,
             self._default_timeout if seconds is None else seconds,
             applied=False,
+            outcome="it was stopped at its deadline and changed nothing, so it is safe to retry",
         )
 
     def read_error(self, error: Exception, sql: str) -> BaseException:

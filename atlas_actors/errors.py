@@ -92,15 +92,18 @@ class OperationTimeout(TransientError, TimeoutError):
 
     category = "timeout"
 
-    def __init__(self, operation: str, timeout: float, *, applied: bool | None) -> None:
+    def __init__(
+        self, operation: str, timeout: float, *, applied: bool | None, outcome: str = ""
+    ) -> None:
+        """``outcome`` replaces the sentence ``applied`` implies (a read stopped midway)."""
         self.operation = operation
         self.timeout = timeout
         self.applied = applied
-        if applied is False:
-            outcome = "it was withdrawn before it started, so it is safe to retry"
-        else:
+        if not outcome:
             outcome = (
-                "it had already started and may still complete; check its effect "
+                "it was withdrawn before it started, so it is safe to retry"
+                if applied is False
+                else "it had already started and may still complete; check its effect "
                 "before retrying a write"
             )
         super().__init__(

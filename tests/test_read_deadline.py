@@ -85,7 +85,8 @@ def test_a_read_past_its_timeout_is_stopped_and_its_connection_serves_the_next(
         assert general == []  # it ran on the hot path
     assert error.applied is False  # a read stopped changes nothing: safe to retry
     assert error.timeout == TIMEOUT
-    assert "stopped at its deadline" in str(error)
+    assert "stopped at its deadline and changed nothing" in str(error)
+    assert "before it started" not in str(error)  # (it ran, and was stopped)
 
     # The same connection, free and with no statement left open, serves the next reads.
     assert db.pool.status().active == 0
