@@ -603,6 +603,15 @@ def _read_only_error(path: str, stuck: Sequence[str] = ()) -> ReadOnlyError:
     ``stuck``: the ``-wal``/``-shm`` files that keep a writable file read-only.
     """
     file = _file_name(path)
+    asked = _read_only_uri_parameters(path)
+    if asked:
+        return ReadOnlyError(
+            f"{path!r} is read-only: its URI asks for it ({' and '.join(asked)}). This "
+            "storage serves reads (db.query, repeatable_read transactions) and refuses "
+            f"every write. To write, open the storage with {file!r} or a URI without "
+            f"{' and '.join(asked)}",
+            result_code=apsw.SQLITE_READONLY,
+        )
     directory = os.path.dirname(os.path.abspath(file))
     what = " and ".join(stuck) if stuck else "it"
     return ReadOnlyError(
@@ -612,6 +621,18 @@ def _read_only_error(path: str, stuck: Sequence[str] = ()) -> ReadOnlyError:
         f"chmod u+w {' '.join([file, *stuck, directory])}), then open the storage again",
         result_code=apsw.SQLITE_READONLY,
     )
+
+
+def _read_only_uri_parameters(path: str) -> list[str]:
+    """The parameters of a ``file:`` URI that make SQLite open it read-only, as given."""
+    if not path.lower().startswith("file:"):
+        return []
+    query = urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query)
+    return [
+        f"{name}={value}"
+        for name, value in query
+        if (name == "mode" and value == "ro") or (name == "immutable" and value not in ("", "0"))
+    ]
 
 
 def _file_name(path: str) -> str:

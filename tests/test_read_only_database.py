@@ -257,8 +257,11 @@ def test_a_uri_opened_read_only_gives_a_read_only_storage(
     db = open_storage(f"file:{db_path}?mode=ro")
     assert db.health().status == "read_only"
     assert db.query("SELECT x FROM t") == [(1,)]
-    with pytest.raises(ReadOnlyError, match="is read-only"):
+    with pytest.raises(ReadOnlyError, match="is read-only") as refused:
         db.write("INSERT INTO t VALUES (2)")
+    # The file is writable: the advice is about the URI, not about permissions.
+    assert "its URI asks for it (mode=ro)" in str(refused.value)
+    assert "chmod" not in str(refused.value) and "chmod" not in (db.health().failure or "")
     with atlas.open(db_path) as writable:
         assert writable.health().status == "ok"
         writable.write("INSERT INTO t VALUES (3)")
