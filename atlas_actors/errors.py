@@ -333,7 +333,11 @@ _BY_APSW_CLASS: dict[type[BaseException], tuple[type[SQLiteError], str]] = {
     apsw.BindingsError: (ParameterError, "pass one value per placeholder"),
     apsw.RangeError: (ParameterError, "pass one value per placeholder"),
     apsw.MismatchError: (ParameterError, "pass a value of the column's type"),
-    apsw.TooBigError: (TooBigError, "store smaller values or raise SQLite's limits"),
+    apsw.TooBigError: (
+        TooBigError,
+        "store smaller values, or raise the storage's max_value_bytes option "
+        "(ATLAS_MAX_VALUE_BYTES) up to SQLite's own limit",
+    ),
     apsw.FullError: (
         DiskFullError,
         "free disk space (or raise max_page_count); reads keep working",

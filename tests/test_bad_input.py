@@ -42,12 +42,13 @@ from atlas_actors.connection import _controls_a_transaction
         (
             lambda db: db.write("INSERT INTO tasks(title) VALUES (?)", ["x" * 2_000_000]),
             errors.TooBigError,
-            "too big",
+            "too big.*raise the storage's max_value_bytes option",
         ),
         (
             lambda db: db.query("INSERT INTO tasks(title) VALUES ('sneaky')"),
             errors.ReadOnlyError,
-            "use db.write or db.execute",
+            r"^attempt to write a readonly database in .*: db.query runs on read-only "
+            "connections: use db.write or db.execute",
         ),
         (
             lambda db: db.write("INSERT INTO tasks(title) VALUES (NULL)"),

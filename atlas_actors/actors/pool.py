@@ -80,6 +80,7 @@ from atlas_actors.errors import (
     ReadOnlyError,
     StorageUnavailable,
     ValidationError,
+    shorten,
     wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
@@ -166,9 +167,12 @@ def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
     """
     if error.extended_result_code not in (None, apsw.SQLITE_READONLY):
         return error
+    # SQLite's words without the general advice (to open the file read-write): the
+    # statement writes, and the read path is read-only on purpose.
+    said = str(error.__cause__ or "attempt to write a readonly database")
     return ReadOnlyError(
-        f"{error}; db.query runs on read-only connections: use db.write or "
-        "db.execute for statements that change data",
+        f"{said} in {shorten(sql)!r}: db.query runs on read-only connections: use "
+        "db.write or db.execute for statements that change data",
         sql=sql,
         result_code=error.result_code,
         extended_result_code=error.extended_result_code,
