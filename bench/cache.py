@@ -846,13 +846,13 @@ def print_sweep(series: dict[str, Any]) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
-            "A task manager's read mix (Zipf task ids and project pages, ~10%% writes) "
+            "A task manager's read mix (Zipf task ids and project pages, ~10% writes) "
             "through atlas with its cache on and off and a sqlite3 connection per thread, "
             "side by side; cache hit rates over the recorded window; the issue-5 targets."
         ),
         epilog=(
-            "--quick: 16 threads, 10%% writes, 6 s per cell in 3 rounds (about 35 s). "
-            "Default: 4,16 threads, 12 s per cell in 6 rounds of 2 s, at 10%%, 1%% and 0%% "
+            "--quick: 16 threads, 10% writes, 6 s per cell in 3 rounds (about 35 s). "
+            "Default: 4,16 threads, 12 s per cell in 6 rounds of 2 s, at 10%, 1% and 0% "
             "writes (about 5.5 minutes). Ratios are the result; absolute numbers depend on "
             "the machine and its load."
         ),
