@@ -14,7 +14,12 @@ from atlas_actors.actors.pool import PooledConnection, PoolStatus
 from atlas_actors.actors.supervisor import ChildStatus, SupervisorStatus
 from atlas_actors.actors.writer_ops import WriterStats
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import ConnectionMetrics, ConnectionState, WriteResult
+from atlas_actors.connection import (
+    ConnectionInfo,
+    ConnectionMetrics,
+    ConnectionState,
+    WriteResult,
+)
 from atlas_actors.events import LifecycleEvent
 from atlas_actors.future import Future
 from atlas_actors.query import Query
@@ -31,6 +36,7 @@ __all__ = [
     "Alert",
     "AlertRule",
     "ChildStatus",
+    "ConnectionInfo",
     "ConnectionMetrics",
     "ConnectionState",
     "Future",

@@ -29,11 +29,13 @@ from atlas_actors.rows import _by_description as _row_classes
 
 __all__ = [
     "Claim",
+    "ConnectionInfo",
     "ConnectionMetrics",
     "ConnectionState",
     "Params",
     "TrackedConnection",
     "WriteResult",
+    "no_connection",
     "open_connection",
     "raw_connection",
     "refuse_connection_settings",
@@ -46,14 +48,48 @@ Params = Sequence[Any] | dict[str, Any] | None
 
 
 class ConnectionState(enum.Enum):
-    """Where a connection is in its life."""
+    """Where a connection is in its life (``db.connections()`` shows each one's).
+
+    A reader connection's life: CONNECTING → IDLE ⇄ ACTIVE → RECYCLING (replaced) or
+    CLOSED; FAILED if its reader crashed while a caller had it. The writer's: CONNECTING
+    → IDLE ⇄ ACTIVE → CLOSED (a crash closes it at once; the role is CONNECTING again
+    until its next incarnation has opened and checked its own).
+    """
 
     CONNECTING = "connecting"
+    """Being opened, not serving yet: a role starting (the storage opening, a reader
+    added by ``pool.resize`` or growth), a crashed actor waiting out its restart
+    backoff or reopening, a reader reopening after a connection fault (the whole
+    backoff between its tries included). While no connection is open yet the role's
+    :class:`ConnectionInfo` has ``id=None``; a reader connection just opened (its
+    ``connect`` event) is CONNECTING, with its id, until it joins the pool a moment
+    later."""
     IDLE = "idle"
+    """Open and serving, and nobody uses it right now: a reader connection free to be
+    claimed (a thread that adopted it claims it first, but adoption is no claim), the
+    writer with no write transaction open."""
     ACTIVE = "active"
+    """In use right now: a reader connection claimed, that is lent by
+    ``pool.acquire()`` until released, running a read of ``db.query`` (for that
+    statement only), a batch of queued reads, a transaction's reads or its reader's
+    health check; the writer inside a write transaction (a group-commit batch from its
+    BEGIN to its COMMIT, a transaction holding the writer lease). Observed without
+    cost to the reads: a connection is in use exactly while its claim is held, which
+    the read path takes anyway (the pool's maintenance also claims a free one for a
+    moment at each tick)."""
     RECYCLING = "recycling"
+    """Chosen by the pool to be replaced (``recycle_after_queries`` statements run, or
+    ``recycle_after_seconds`` old: one in use when it comes of age is chosen when it is
+    given back): lent no more, from that moment until its reader has closed it and its
+    replacement has joined the pool (the ``recycle`` event). If no replacement can be
+    opened (a connection fault), the role is CONNECTING instead."""
     FAILED = "failed"
+    """Its reader crashed (a bug) while a caller had it: unusable, closed (CLOSED)
+    when the caller gives it back. A connection its actor holds is closed at once."""
     CLOSED = "closed"
+    """Closed: by the storage's close, a reader retired by a shrink, a recycle, a lost
+    health check, a crash. A closed role (the storage closed) without a connection
+    shows CLOSED with ``id=None``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +104,40 @@ class ConnectionMetrics:
     """Mean seconds per statement (0.0 before the first)."""
     bytes_transferred: int
     """Approximate bytes of parameters sent and values returned."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """One connection of the storage, or one role waiting for its connection.
+
+    ``db.connections()`` returns one per connection: the writer's and every reader
+    role's (a role whose connection is being replaced or reopened shows as RECYCLING
+    or CONNECTING; a connection still lent after its reader crashed or was retired
+    shows too, beside the role's next one).
+    """
+
+    id: str | None
+    """The connection's id (``reader-0#7``: role and a number unique in the process), as
+    in the lifecycle events; None for a role with no connection open (CONNECTING, or
+    CLOSED once the storage closed)."""
+    role: str
+    """The actor role that owns it: ``writer`` or ``reader-N``."""
+    state: ConnectionState
+    """Where it is in its life (see :class:`ConnectionState`)."""
+    metrics: ConnectionMetrics
+    """Its counters (all zero for a role with no connection)."""
+    last_used: float | None
+    """``time.monotonic()`` when it was last seen used, as of the last maintenance tick
+    (every ``liveness_interval``: reads are not timestamped one by one); its opening
+    time if it has not been used since. None for a role with no connection."""
+
+
+_NO_METRICS = ConnectionMetrics(queries=0, errors=0, latency=0.0, bytes_transferred=0)
+
+
+def no_connection(role: str, state: ConnectionState) -> ConnectionInfo:
+    """The :class:`ConnectionInfo` of ``role`` while it has no connection open."""
+    return ConnectionInfo(id=None, role=role, state=state, metrics=_NO_METRICS, last_used=None)
 
 
 class WriteResult(NamedTuple):
@@ -718,7 +788,10 @@ class TrackedConnection:
         self.id = f"{role}#{next(_ids)}"
         self.role = role
         self.owner = owner
-        self.state = ConnectionState.IDLE
+        self.state = ConnectionState.CONNECTING
+        """Stored state: CONNECTING until it serves (a reader's joins the pool, the
+        writer's is checked), then IDLE; ACTIVE only while lent by ``pool.acquire()``
+        (:meth:`current_state` also sees the other claims), RECYCLING, FAILED, CLOSED."""
         self.created_at = time.monotonic()
         self.last_used = self.created_at
         self._queries = 0
@@ -771,6 +844,34 @@ class TrackedConnection:
     def queries(self) -> int:
         """Statements run so far."""
         return self._queries
+
+    def current_state(self) -> ConnectionState:
+        """:attr:`state`, and ACTIVE for an IDLE one claimed right now (a reader's).
+
+        The read path claims a connection for each read anyway, so this costs it
+        nothing (a writer's connection is never claimed: its owner tells).
+        """
+        state = self.state
+        if state is ConnectionState.IDLE and self.lock.locked():
+            return ConnectionState.ACTIVE
+        return state
+
+    def info(self, state: ConnectionState | None = None) -> ConnectionInfo:
+        """How ``db.connections()`` shows it (``state``: :meth:`current_state` if None)."""
+        return ConnectionInfo(
+            id=self.id,
+            role=self.role,
+            state=self.current_state() if state is None else state,
+            metrics=self.metrics(),
+            last_used=self.last_used,
+        )
+
+    def seen_at(self, now: float) -> None:
+        """A maintenance tick at ``now``: ``last_used`` is now if it ran statements since."""
+        queries = self._queries
+        if queries != self.seen_queries:
+            self.seen_queries = queries
+            self.last_used = now
 
     # -- statement deadlines (reader connections) ----------------------------------------
 

@@ -36,7 +36,7 @@ from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.manager import CacheManager
 from atlas_actors.cache.statements import StatementAnalyses
 from atlas_actors.config import StorageConfig
-from atlas_actors.connection import TrackedConnection, open_connection
+from atlas_actors.connection import ConnectionState, TrackedConnection, open_connection
 from atlas_actors.errors import (
     AtlasError,
     CorruptionError,
@@ -323,8 +323,15 @@ class Runtime:
     ) -> pykka.Future[None]:
         role = f"reader-{next(self._reader_ids)}"
         mailbox = Mailbox(role, self.config.mailbox_size)
+        self.pool.reader_starting(role)  # CONNECTING in db.connections() until it is ready
+
+        def failed(error: Exception) -> None:
+            self.pool.reader_gone(role)
+            if on_error is not None:
+                on_error(error)
+
         future: pykka.Future[None] = self._supervisor.add_child(
-            role, self._make_reader, mailbox, on_error
+            role, self._make_reader, mailbox, failed
         )
         return future
 
@@ -360,6 +367,7 @@ class Runtime:
             # many open files, say): the pool did not grow. Restarting it until the
             # restart intensity escalates would fail a storage whose readers all work.
             self._growth_failed(error)
+            self.pool.reader_gone(role)
             with contextlib.suppress(pykka.ActorDeadError):  # closing: nothing to remove
                 self._supervisor.remove_child(role)
             return
@@ -481,6 +489,7 @@ class Runtime:
             self.cache.invalidate_all("the writer restarted")
         self.writer_threads.add(threading.get_ident())
         self.guarded_threads.add(threading.get_ident())
+        connection.state = ConnectionState.IDLE  # opened (and checked, after a restart)
         self.writer_connection = connection
         self._writer_ready.set()
 
@@ -534,6 +543,9 @@ class Runtime:
         Then the alert rules, at their own interval, also when the maintenance raised.
         """
         try:
+            writer = self.writer_connection
+            if writer is not None:
+                writer.seen_at(now)  # (its last_used, as the pool's maintenance does readers')
             self.pool.maintain(now)
             for lease in list(self._leases.values()):
                 if now >= lease.deadline and lease.tx_id not in self._expiry_sent:

@@ -39,9 +39,12 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import (
+    ConnectionInfo,
     ConnectionMetrics,
+    ConnectionState,
     Params,
     WriteResult,
+    no_connection,
     raw_connection,
     refuse_connection_settings,
     refuse_transaction_control,
@@ -426,6 +429,35 @@ class Storage(Runtime):
             # (and truncates it to journal_size_limit): its size is no backlog then.
             "pending_bytes": stats.size if stats.frames else 0,
         }
+
+    def connections(self) -> tuple[ConnectionInfo, ...]:
+        """Every connection (writer first, then each reader role's) with its state.
+
+        Each :class:`~atlas_actors.ConnectionInfo` has its id, role, state, metrics and
+        last use; reader roles come by number. A role whose connection is being opened
+        or reopened is CONNECTING (``id=None`` until one is open), one being replaced
+        by a recycle is RECYCLING; see
+        :class:`~atlas_actors.ConnectionState` for what each state means. Works on a
+        closed storage too (everything CLOSED). Costs the read path nothing.
+        """
+        return (self._writer_info(), *self.pool.connection_infos())
+
+    def _writer_info(self) -> ConnectionInfo:
+        writer = self.writer_connection
+        if writer is None or writer.state in (ConnectionState.CLOSED, ConnectionState.FAILED):
+            if self._state == "running":
+                # A crashed writer waiting out its backoff, or its next incarnation
+                # opening (and checking) its connection: no connection serves yet.
+                return no_connection("writer", ConnectionState.CONNECTING)
+            if writer is None:
+                return no_connection("writer", ConnectionState.CLOSED)
+            return writer.info()
+        state = writer.state
+        # (A plain attribute of the writer, read without touching its connection: apsw
+        # refuses a connection used from two threads at once.)
+        if state is ConnectionState.IDLE and getattr(writer.owner, "_in_transaction", False):
+            state = ConnectionState.ACTIVE  # a batch or a transaction's lease is open
+        return writer.info(state)
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:
         """Counters of every open connection (writer and readers), by connection id."""

@@ -67,10 +67,12 @@ from atlas_actors.connection import (
     _RECHECK_EVERY,
     _TIME_FIRST,
     SAMPLE_EVERY,
+    ConnectionInfo,
     ConnectionMetrics,
     ConnectionState,
     Params,
     TrackedConnection,
+    no_connection,
     refuse_connection_settings,
     refuse_transaction_control,
 )
@@ -158,6 +160,12 @@ class _Fault:
         self.next_attempt = next_attempt
 
 
+def _by_role(info: ConnectionInfo) -> tuple[int, str]:
+    """Sort key: reader-2 before reader-10, a role's connections by id."""
+    number = info.role.rpartition("-")[2]
+    return (int(number) if number.isdigit() else -1, info.id or "")
+
+
 def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
     """Explain a write attempted through the read path.
 
@@ -228,7 +236,7 @@ class PooledConnection:
 
     @property
     def state(self) -> ConnectionState:
-        """The connection's state (ACTIVE while lent)."""
+        """The connection's state: ACTIVE while lent, FAILED if its reader crashed meanwhile."""
         return self._live().state
 
     @property
@@ -258,7 +266,8 @@ class PooledConnection:
         """Give the connection back to the pool (safe to call twice)."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.state = ConnectionState.IDLE
+            if connection.state is ConnectionState.ACTIVE:  # (not a FAILED one: it closes)
+                connection.state = ConnectionState.IDLE
             self._pool.release(connection)
 
     def __enter__(self) -> PooledConnection:
@@ -307,6 +316,8 @@ class ReaderPool:
         # per reader started, kept: a retired role's late crash report must not look
         # like a failed growth, nor its restart like a reader growth asked for)
         self._starting = 0
+        self._starting_roles: dict[str, None] = {}
+        """Roles asked for (growth, resize) whose first connection is not open yet."""
         self._growth_backoff = 0.0  # seconds; doubles per failed growth, 0 once one starts
         self._no_growth_until = 0.0  # time.monotonic(): no growth before (after a failure)
         self._local = threading.local()
@@ -356,6 +367,7 @@ class ReaderPool:
                 self._growth_backoff = self._no_growth_until = 0.0
             self._readers[reader.role] = reader
             self._ready_roles.add(reader.role)
+            self._starting_roles.pop(reader.role, None)
             if connected:
                 self._down.pop(reader.role, None)
                 self._reopening.discard(reader.role)
@@ -527,9 +539,18 @@ class ReaderPool:
         """True once the reader ``role`` opened its connection (even if retired since)."""
         return role in self._ready_roles
 
+    def reader_starting(self, role: str) -> None:
+        """The reader ``role`` is being started: CONNECTING until it is ready or gone.
+
+        Without the lock: growth asks for a reader while holding it (one dict store,
+        made before the reader can start, so nothing it would guard can interleave).
+        """
+        self._starting_roles[role] = None
+
     def reader_gone(self, role: str) -> None:
-        """A reader role was removed (retired or the pool shut down)."""
+        """A reader role was removed (retired, failed to start, or the pool shut down)."""
         with self._cond:
+            self._starting_roles.pop(role, None)
             self._readers.pop(role, None)
             self._down.pop(role, None)
             self._reopening.discard(role)
@@ -563,6 +584,8 @@ class ReaderPool:
             connection.recycle_at = self._recycle_queries  # (a new one; 0 once it is due)
             with self._cond:
                 if self.closed is None and connection.usable:
+                    if connection.state is ConnectionState.CONNECTING:
+                        connection.state = ConnectionState.IDLE  # it serves from now on
                     self._connections = [*self._connections, connection]
         self.release(connection)
 
@@ -786,7 +809,7 @@ class ReaderPool:
             self._dispose(connection)
             return
         if connection.queries >= connection.recycle_at:
-            self._send(connection, Recycle(connection, self._recycle_reason(connection)))
+            self._recycle(connection, self._recycle_reason(connection))
             return
         connection.lock.release()
         if self._pending or self._waiting:
@@ -834,6 +857,11 @@ class ReaderPool:
     def _send(self, connection: TrackedConnection, message: Any) -> None:
         """Hand a claimed connection to its reader actor with ``message``."""
         connection.owner.mailbox.put(Envelope(message))
+
+    def _recycle(self, connection: TrackedConnection, reason: str) -> None:
+        """Choose a claimed connection for recycling: RECYCLING until it is replaced."""
+        connection.state = ConnectionState.RECYCLING
+        self._send(connection, Recycle(connection, reason))
 
     def _dispose(self, connection: TrackedConnection) -> None:
         """Close a claimed connection that must not be lent again; retire its reader if asked."""
@@ -1178,6 +1206,7 @@ class ReaderPool:
                 # taking it away for one would only make its thread grow the pool); an
                 # age recycle is due at its next release.
                 connection.last_check = now
+                connection.seen_at(now)
                 if now - connection.created_at >= self._recycle_seconds:
                     connection.recycle_at = 0
                 continue
@@ -1186,12 +1215,10 @@ class ReaderPool:
                 continue
             if connection.last_check == 0.0:
                 connection.last_check = now
-            if connection.queries != connection.seen_queries:
-                connection.seen_queries = connection.queries
-                connection.last_used = now
+            connection.seen_at(now)
             if now - connection.created_at >= self._recycle_seconds:
                 age = now - connection.created_at
-                self._send(connection, Recycle(connection, f"{age:.0f}s old"))
+                self._recycle(connection, f"{age:.0f}s old")
             elif interval and now - connection.last_check >= interval:
                 self._send(connection, HealthCheck(connection))
             elif (
@@ -1321,6 +1348,37 @@ class ReaderPool:
             seconds += timed[0]
             count += timed[1]
         return seconds, count
+
+    def connection_infos(self) -> list[ConnectionInfo]:
+        """Every reader connection and every reader role waiting for one, by role.
+
+        The pool's connections (a lent one whose reader crashed or retired too), then
+        each reader role without one there: RECYCLING while its reader replaces it,
+        CONNECTING while it opens or reopens one (a new role, a restart, a fault's
+        backoff); once the pool is closed, such a role is CLOSED. Reads nothing a read
+        path writes but the counters, so it costs the reads nothing.
+        """
+        with self._cond:
+            connections = self._connections
+            readers = list(self._readers.items())
+            starting = list(self._starting_roles)
+            closed = self.closed is not None
+        waiting = ConnectionState.CLOSED if closed else ConnectionState.CONNECTING
+        infos = [connection.info() for connection in connections]
+        shown = {id(connection) for connection in connections}
+        for role, reader in readers:
+            recycling = reader.recycling
+            current = reader.connection
+            if recycling is not None:
+                if id(recycling) not in shown:
+                    infos.append(recycling.info(ConnectionState.RECYCLING))
+            elif current is None:
+                infos.append(no_connection(role, waiting))
+            elif id(current) not in shown:
+                infos.append(current.info())  # (opened, joining; or closed by a shutdown)
+        if not closed:
+            infos.extend(no_connection(role, waiting) for role in starting)
+        return sorted(infos, key=_by_role)
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:
         """Counters of every open reader connection, by connection id."""

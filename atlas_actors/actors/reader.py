@@ -143,6 +143,9 @@ class ReaderActor(RoleActor):
         self._unfinished: list[ReadOp] = []
         self._lost: str | None = None
         """The id of the connection this reader lost last (a fault), until it reopens."""
+        self.recycling: TrackedConnection | None = None
+        """The connection this reader is recycling, until its replacement joined the
+        pool (``db.connections()`` shows the role RECYCLING meanwhile)."""
 
     def _open(self, *, check: bool = False) -> TrackedConnection:
         """Open a connection (and run a health check on it first, if ``check``)."""
@@ -193,6 +196,7 @@ class ReaderActor(RoleActor):
     def on_crash(self, current: Op | None, error: BaseException | None) -> None:
         """Mark the connection dead; give unfinished reads to other readers."""
         super().on_crash(current, error)
+        self.recycling = None  # (the role is CONNECTING now: it restarts)
         connection, self.connection = self.connection, None
         holding, self._holding = self._holding, None
         if connection is not None:
@@ -209,6 +213,7 @@ class ReaderActor(RoleActor):
     def _retired_while_opening(self, connection: TrackedConnection) -> None:
         """Close the connection just opened, not lent yet: the pool shrank meanwhile."""
         self.connection = None
+        self.recycling = None
         self._lost = None
         self._close(connection, "retired")
         self.pool.retire_unconnected(self)
@@ -290,6 +295,8 @@ class ReaderActor(RoleActor):
     def _recycle(self, connection: TrackedConnection, reason: str) -> None:
         if not self._mine(connection):
             return
+        # RECYCLING (the pool chose it) until the fresh one has joined the pool.
+        self.recycling = connection
         self._holding = connection
         self.pool.forget(connection)
         self._close(connection, "recycle")
@@ -300,14 +307,17 @@ class ReaderActor(RoleActor):
         except AtlasError as error:
             log.debug("%s could not reopen its connection: %s", self.role, str(error))
             self._lost = connection.id
+            self.recycling = None  # no replacement: the role is CONNECTING (a fault)
             self.pool.connection_lost(self, error)
             return
         if self.retiring:
             # Marked while it had none (a shrink): ``usable`` could not be cleared on it.
             self._retired_while_opening(fresh)
             return
-        self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)
         self.pool.checkin(fresh)
+        self.recycling = None
+        # Once replaced: a handler sees the fresh connection serving, the old one gone.
+        self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)
 
     def _reopen(self, reason: str) -> None:
         """Open a fresh connection in place of the one lost, and check it before use."""
@@ -331,5 +341,6 @@ class ReaderActor(RoleActor):
             self._retired_while_opening(fresh)
             return
         replaced, self._lost = self._lost, None
-        self.events.emit("recycle", self.role, fresh.id, replaced=replaced, reason=reason)
         self.pool.checkin(fresh, checked=True)
+        # Once it serves (IDLE): the role was CONNECTING until here.
+        self.events.emit("recycle", self.role, fresh.id, replaced=replaced, reason=reason)
