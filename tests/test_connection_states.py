@@ -1,0 +1,248 @@
+"""Connection states, each observed for real in ``db.connections()``.
+
+Real files in tmp_path, real threads, real faults: a VFS that fails reads of the WAL
+(:class:`~atlas_actors.faults.FaultyVFS`), injected crashes (``db.supervisor.kill``),
+and opens of the database file held at a gate where a state must be caught mid-way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors import ConnectionInfo, ConnectionState
+from atlas_actors.connection import TrackedConnection
+from atlas_actors.faults import FaultyVFS
+from tests.helpers import wait_until
+
+CONNECTING = ConnectionState.CONNECTING
+IDLE = ConnectionState.IDLE
+ACTIVE = ConnectionState.ACTIVE
+RECYCLING = ConnectionState.RECYCLING
+FAILED = ConnectionState.FAILED
+CLOSED = ConnectionState.CLOSED
+
+
+class GatedOpenVFS(FaultyVFS):
+    """A :class:`FaultyVFS` whose opens of the database file wait while ``gate`` is shut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+        """Set once an open of the database file waits at the shut gate."""
+
+    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
+        filename = str(name.filename() if hasattr(name, "filename") else name)
+        if filename.endswith("atlas.db") and not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(10)
+        return super().xOpen(name, flags)
+
+
+@pytest.fixture
+def vfs() -> Iterator[GatedOpenVFS]:
+    """Fails reads of the WAL on demand (``fail_reads``), holds opens at ``gate``."""
+    gated = GatedOpenVFS()
+    gated.only = "atlas.db-wal"
+    yield gated
+    gated.gate.set()
+    gated.unregister()
+
+
+def _open(path: Path, **options: Any) -> atlas.Storage:
+    options = {"readers": 2, "max_readers": 2, "cache": False, "default_timeout": 10.0} | options
+    return atlas.open(path / "atlas.db", **options)
+
+
+def _role(db: atlas.Storage, role: str) -> list[tuple[str | None, ConnectionState]]:
+    return [(c.id, c.state) for c in db.connections() if c.role == role]
+
+
+def _serving(db: atlas.Storage, role: str) -> bool:
+    """True once ``role`` has one connection, open and serving (IDLE or ACTIVE)."""
+    found = _role(db, role)
+    return len(found) == 1 and found[0][0] is not None and found[0][1] in (IDLE, ACTIVE)
+
+
+def test_the_snapshot_covers_the_writer_and_every_reader_idle_or_active(tmp_path: Path) -> None:
+    assert "ConnectionInfo" in atlas.__all__
+    with _open(tmp_path) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.write("INSERT INTO t VALUES (1)")
+        assert db.query("SELECT x FROM t") == [(1,)]  # (this thread adopts a connection)
+        infos = db.connections()
+        assert all(isinstance(info, ConnectionInfo) for info in infos)
+        assert [info.role for info in infos] == ["writer", "reader-0", "reader-1"]
+        # A thread's adopted connection is no claim: between its reads it is IDLE.
+        assert [info.state for info in infos] == [IDLE, IDLE, IDLE]
+        assert {info.id for info in infos} == set(db.connection_metrics())
+        writer = infos[0]
+        assert writer.metrics.queries >= 2 and writer.last_used is not None
+
+        lease = db.pool.acquire()
+        assert lease.query("SELECT x FROM t") == [(1,)]
+        assert lease.state is ACTIVE
+        assert _role(db, lease.id.partition("#")[0]) == [(lease.id, ACTIVE)]
+        others = [c for c in db.connections() if c.id != lease.id]
+        assert all(c.state is IDLE for c in others)
+        lent = next(c for c in db.connections() if c.id == lease.id)
+        assert lent.metrics.queries >= 1
+        lease_id = lease.id
+        lease.release()
+        assert next(c for c in db.connections() if c.id == lease_id).state is IDLE
+
+        # The writer is ACTIVE while a write transaction is open on it.
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (2)")
+            assert _role(db, "writer")[0][1] is ACTIVE
+        assert _role(db, "writer")[0][1] is IDLE
+
+
+def test_a_reader_reopening_after_a_fault_is_connecting_until_it_serves(
+    tmp_path: Path, vfs: GatedOpenVFS
+) -> None:
+    with _open(tmp_path, vfs=vfs.name, health_check_interval=0.05) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.write("INSERT INTO t VALUES (1)")  # readers must read the WAL to see it
+        before = {c.role: c.id for c in db.connections()}
+        seen: list[tuple[str | None, list[tuple[str | None, ConnectionState]]]] = []
+        db.events.on("recycle", lambda e: seen.append((e.connection_id, _role(db, e.role))))
+        vfs.fail_reads = apsw.IOError
+        db.write("INSERT INTO t VALUES (2)")  # (a reader that read the first has it cached)
+        # Both lost their connections (failed checks) and retry with backoff: no id yet.
+        assert wait_until(
+            lambda: [c.state for c in db.connections()[1:]] == [CONNECTING, CONNECTING]
+        )
+        down = db.connections()[1:]
+        assert [(c.id, c.metrics.queries, c.last_used) for c in down] == [(None, 0, None)] * 2
+        assert db.pool.fault() is not None
+        vfs.fail_reads = None
+        assert wait_until(lambda: _serving(db, "reader-0") and _serving(db, "reader-1"))
+        after = {c.role: c.id for c in db.connections()}
+        assert after["reader-0"] != before["reader-0"] and after["writer"] == before["writer"]
+        # The recycle event of a reopen comes once the fresh connection serves.
+        assert wait_until(lambda: len(seen) == 2)
+        for fresh, states in seen:
+            assert states == [(fresh, IDLE)] or states == [(fresh, ACTIVE)]
+
+
+def test_a_restarting_reader_is_connecting_until_its_next_incarnation_serves(
+    tmp_path: Path,
+) -> None:
+    options = {"restart_backoff_initial": 0.3, "restart_backoff_jitter": 0.0}
+    with _open(tmp_path, **options) as db:
+        old = _role(db, "reader-0")[0][0]
+        restarted = threading.Event()
+        db.events.on("restart", lambda e: restarted.set())
+        db.supervisor.kill("reader-0")
+        assert wait_until(lambda: _role(db, "reader-0") == [(None, CONNECTING)])
+        assert not restarted.is_set()
+        assert restarted.wait(5)
+        assert wait_until(lambda: _serving(db, "reader-0"))
+        assert _role(db, "reader-0")[0][0] != old
+
+
+def test_a_restarting_writer_is_connecting_until_its_next_incarnation_serves(
+    tmp_path: Path,
+) -> None:
+    options = {"restart_backoff_initial": 0.3, "restart_backoff_jitter": 0.0}
+    with _open(tmp_path, **options) as db:
+        old = _role(db, "writer")[0][0]
+        assert old is not None
+        restarted = threading.Event()
+        states_at_restart: list[list[tuple[str | None, ConnectionState]]] = []
+
+        def on_restart(event: atlas.LifecycleEvent) -> None:
+            states_at_restart.append(_role(db, "writer"))
+            restarted.set()
+
+        db.events.on("restart", on_restart)
+        db.supervisor.kill("writer")
+        assert wait_until(lambda: _role(db, "writer") == [(None, CONNECTING)])
+        assert not restarted.is_set()  # (still in its backoff)
+        assert restarted.wait(5)
+        [(fresh, state)] = states_at_restart[0]
+        assert fresh not in (None, old) and state is IDLE
+        db.write("CREATE TABLE t(x)")
+        assert _role(db, "writer") == [(fresh, IDLE)]
+
+
+def test_a_reader_added_by_resize_is_connecting_until_it_has_opened(
+    tmp_path: Path, vfs: GatedOpenVFS
+) -> None:
+    with _open(tmp_path, vfs=vfs.name, readers=1, max_readers=2) as db:
+        assert [c.role for c in db.connections()] == ["writer", "reader-0"]
+        vfs.gate.clear()
+        db.pool.resize(2)
+        assert vfs.waiting.wait(5)  # reader-1 opens its connection, held at the gate
+        assert _role(db, "reader-1") == [(None, CONNECTING)]
+        assert _serving(db, "reader-0")
+        vfs.gate.set()
+        assert wait_until(lambda: _serving(db, "reader-1"))
+
+
+def test_a_connection_is_recycling_from_its_choice_until_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closing = threading.Event()
+    go_on = threading.Event()
+    close = TrackedConnection.close
+
+    def slow_close(self: TrackedConnection) -> None:
+        if self.state is RECYCLING:
+            closing.set()  # the reader is closing it: its replacement is not open yet
+            go_on.wait(5)
+        close(self)
+
+    monkeypatch.setattr(TrackedConnection, "close", slow_close)
+    options = {"readers": 1, "max_readers": 1, "recycle_after_queries": 5}
+    with _open(tmp_path, health_check_interval=0, **options) as db:
+        seen: list[list[tuple[str | None, ConnectionState]]] = []
+        db.events.on("recycle", lambda e: seen.append(_role(db, e.role)))
+        with db.pool.connection() as lease:
+            old = lease.id
+            for _ in range(5):
+                lease.query("SELECT 1")
+            assert lease.state is ACTIVE
+        # Given back past its query budget: chosen, and RECYCLING from that moment.
+        assert _role(db, "reader-0") == [(old, RECYCLING)]
+        assert closing.wait(5)
+        assert _role(db, "reader-0") == [(old, RECYCLING)]
+        assert not seen
+        go_on.set()
+        assert wait_until(lambda: _serving(db, "reader-0") and _role(db, "reader-0")[0][0] != old)
+        assert wait_until(lambda: len(seen) == 1)
+        [(fresh, state)] = seen[0]  # at the recycle event: replaced, the fresh one serving
+        assert fresh != old and state in (IDLE, ACTIVE)
+
+
+def test_a_connection_lent_when_its_reader_crashes_is_failed_until_given_back(
+    tmp_path: Path,
+) -> None:
+    options = {"readers": 1, "max_readers": 1, "restart_backoff_initial": 0.05}
+    with _open(tmp_path, **options) as db:
+        lease = db.pool.acquire()
+        lent = lease.id
+        db.supervisor.kill("reader-0")
+        assert wait_until(lambda: (lent, FAILED) in _role(db, "reader-0"))
+        assert lease.state is FAILED
+        lease.release()
+        assert wait_until(lambda: _serving(db, "reader-0"))
+        assert all(info.id != lent for info in db.connections())  # closed, gone
+
+
+def test_every_connection_is_closed_after_close(tmp_path: Path) -> None:
+    db = _open(tmp_path)
+    opened = [c.id for c in db.connections()]
+    db.close()
+    infos = db.connections()
+    assert [c.id for c in infos] == opened
+    assert [c.state for c in infos] == [CLOSED] * 3
