@@ -106,6 +106,28 @@ def test_the_snapshot_covers_the_writer_and_every_reader_idle_or_active(tmp_path
         assert _role(db, "writer")[0][1] is IDLE
 
 
+def test_a_reader_connection_is_active_exactly_while_a_read_claims_it(tmp_path: Path) -> None:
+    # Not lent by acquire(): a read's own claim (what db.query takes too) makes it ACTIVE.
+    with _open(tmp_path) as db:
+        entered = threading.Event()
+        go_on = threading.Event()
+        used: list[str] = []
+
+        def read(raw: apsw.Connection) -> None:
+            used.extend(c.id for c in db.connections() if c.state is ACTIVE and c.id)
+            entered.set()
+            go_on.wait(5)
+
+        reader = threading.Thread(target=db.pool.run_function, args=(read,))
+        reader.start()
+        assert entered.wait(5)
+        assert len(used) == 1 and used[0].startswith("reader-")
+        assert [c.state for c in db.connections() if c.id == used[0]] == [ACTIVE]
+        go_on.set()
+        reader.join(5)
+        assert [c.state for c in db.connections() if c.id == used[0]] == [IDLE]
+
+
 def test_a_reader_reopening_after_a_fault_is_connecting_until_it_serves(
     tmp_path: Path, vfs: GatedOpenVFS
 ) -> None:
