@@ -17,7 +17,6 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import ConnectionInfo, ConnectionState
-from atlas_actors.connection import TrackedConnection
 from atlas_actors.faults import FaultyVFS
 from tests.helpers import wait_until
 
@@ -212,34 +211,28 @@ def test_a_reader_added_by_resize_is_connecting_until_it_has_opened(
 
 
 def test_a_connection_is_recycling_from_its_choice_until_it_is_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, vfs: GatedOpenVFS
 ) -> None:
-    closing = threading.Event()
-    go_on = threading.Event()
-    close = TrackedConnection.close
-
-    def slow_close(self: TrackedConnection) -> None:
-        if self.state is RECYCLING:
-            closing.set()  # the reader is closing it: its replacement is not open yet
-            go_on.wait(5)
-        close(self)
-
-    monkeypatch.setattr(TrackedConnection, "close", slow_close)
     options = {"readers": 1, "max_readers": 1, "recycle_after_queries": 5}
-    with _open(tmp_path, health_check_interval=0, **options) as db:
+    with _open(tmp_path, vfs=vfs.name, health_check_interval=0, **options) as db:
         seen: list[list[tuple[str | None, ConnectionState]]] = []
+        closed: list[str | None] = []
         db.events.on("recycle", lambda e: seen.append(_role(db, e.role)))
+        db.events.on("disconnect", lambda e: closed.append(e.connection_id))
+        vfs.gate.clear()  # the replacement's open will wait at the gate
         with db.pool.connection() as lease:
             old = lease.id
             for _ in range(5):
                 lease.query("SELECT 1")
             assert lease.state is ACTIVE
-        # Given back past its query budget: chosen, and RECYCLING from that moment.
+        # Given back past its query budget: chosen, and RECYCLING from that moment ...
         assert _role(db, "reader-0") == [(old, RECYCLING)]
-        assert closing.wait(5)
+        assert vfs.waiting.wait(5)
+        # ... and still while its replacement opens, itself closed by now.
+        assert closed == [old]
         assert _role(db, "reader-0") == [(old, RECYCLING)]
         assert not seen
-        go_on.set()
+        vfs.gate.set()
         assert wait_until(lambda: _serving(db, "reader-0") and _role(db, "reader-0")[0][0] != old)
         assert wait_until(lambda: len(seen) == 1)
         [(fresh, state)] = seen[0]  # at the recycle event: replaced, the fresh one serving
