@@ -1369,6 +1369,8 @@ class ReaderPool:
         for role, reader in readers:
             recycling = reader.recycling
             current = reader.connection
+            if current is not None and id(current) in shown:
+                continue  # listed above (a replacement that has just joined, too)
             if recycling is not None:
                 if id(recycling) not in shown:
                     infos.append(recycling.info(ConnectionState.RECYCLING))
