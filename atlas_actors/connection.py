@@ -50,10 +50,10 @@ Params = Sequence[Any] | dict[str, Any] | None
 class ConnectionState(enum.Enum):
     """Where a connection is in its life (``db.connections()`` shows each one's).
 
-    A reader connection's life: CONNECTING → IDLE ⇄ ACTIVE → RECYCLING (replaced) or
-    CLOSED; FAILED if its reader crashed while a caller had it. The writer's: CONNECTING
-    → IDLE ⇄ ACTIVE → CLOSED (a crash closes it at once; the role is CONNECTING again
-    until its next incarnation has opened and checked its own).
+    A reader connection's life: CONNECTING → IDLE ⇄ ACTIVE → CLOSED, through RECYCLING
+    when it is replaced, or FAILED if its reader crashed while a caller had it. The
+    writer's: CONNECTING → IDLE ⇄ ACTIVE → CLOSED (a crash closes it at once; the role
+    is CONNECTING again until its next incarnation has opened and checked its own).
     """
 
     CONNECTING = "connecting"
@@ -61,22 +61,24 @@ class ConnectionState(enum.Enum):
     added by ``pool.resize`` or growth), a crashed actor waiting out its restart
     backoff or reopening, a reader reopening after a connection fault (the whole
     backoff between its tries included). While no connection is open yet the role's
-    :class:`ConnectionInfo` has ``id=None``; a reader connection just opened (its
-    ``connect`` event) is CONNECTING, with its id, until it joins the pool a moment
-    later."""
+    :class:`ConnectionInfo` has ``id=None``. A connection just opened is CONNECTING
+    too, until it serves: a reader's (its ``connect`` event, with its id) joins the
+    pool a moment later; the writer's is checked first after a restart, its role
+    shown CONNECTING with ``id=None`` until then."""
     IDLE = "idle"
     """Open and serving, and nobody uses it right now: a reader connection free to be
     claimed (a thread that adopted it claims it first, but adoption is no claim), the
     writer with no write transaction open."""
     ACTIVE = "active"
     """In use right now: a reader connection claimed, that is lent by
-    ``pool.acquire()`` until released, running a read of ``db.query`` (for that
-    statement only), a batch of queued reads, a transaction's reads or its reader's
-    health check; the writer inside a write transaction (a group-commit batch from its
-    BEGIN to its COMMIT, a transaction holding the writer lease). Observed without
-    cost to the reads: a connection is in use exactly while its claim is held, which
-    the read path takes anyway (the pool's maintenance also claims a free one for a
-    moment at each tick)."""
+    ``pool.acquire()`` until released (a ``repeatable_read`` transaction's pinned
+    reader, for the whole transaction), running a read of ``db.query`` (for that
+    statement only), a batch of queued reads, or its reader's health check; the writer
+    inside a write transaction (a group-commit batch from its BEGIN to its COMMIT, a
+    transaction holding the writer lease). Observed without cost to the reads: a
+    connection is in use exactly while its claim is held, which the read path takes
+    anyway (the pool's maintenance also claims a free one for a moment at each
+    tick)."""
     RECYCLING = "recycling"
     """Chosen by the pool to be replaced (``recycle_after_queries`` statements run, or
     ``recycle_after_seconds`` old: one in use when it comes of age is chosen when it is
@@ -87,9 +89,11 @@ class ConnectionState(enum.Enum):
     """Its reader crashed (a bug) while a caller had it: unusable, closed (CLOSED)
     when the caller gives it back. A connection its actor holds is closed at once."""
     CLOSED = "closed"
-    """Closed: by the storage's close, a reader retired by a shrink, a recycle, a lost
-    health check, a crash. A closed role (the storage closed) without a connection
-    shows CLOSED with ``id=None``."""
+    """Closed: by the storage's close or failure, a recycle, a lost health check, a
+    crash, a reader retired by a shrink. ``db.connections()`` shows CLOSED once the
+    storage is closed or failed (a reader role that had no connection then with
+    ``id=None``); before, a closed connection leaves the list, its role CONNECTING or
+    RECYCLING until the next one serves (or gone, retired)."""
 
 
 @dataclass(frozen=True, slots=True)
