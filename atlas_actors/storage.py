@@ -30,6 +30,7 @@ from opentelemetry import trace
 from atlas_actors.actors.pool import PoolStatus
 from atlas_actors.actors.reader import ReadOp
 from atlas_actors.actors.supervisor import ChildStatus
+from atlas_actors.actors.writer import WriterActor
 from atlas_actors.actors.writer_ops import (
     WriteAllOp,
     WriteManyOp,
@@ -453,9 +454,14 @@ class Storage(Runtime):
                 return no_connection("writer", ConnectionState.CLOSED)
             return writer.info()
         state = writer.state
-        # (A plain attribute of the writer, read without touching its connection: apsw
-        # refuses a connection used from two threads at once.)
-        if state is ConnectionState.IDLE and getattr(writer.owner, "_in_transaction", False):
+        owner = writer.owner
+        # (Its actor's flag, read without touching the connection: apsw refuses a
+        # connection used from two threads at once.)
+        if (
+            state is ConnectionState.IDLE
+            and isinstance(owner, WriterActor)
+            and owner.in_write_transaction
+        ):
             state = ConnectionState.ACTIVE  # a batch or a transaction's lease is open
         return writer.info(state)
 

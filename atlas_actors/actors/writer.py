@@ -468,6 +468,11 @@ class WriterActor(RoleActor):
             self.crash_if_mine(message)
         return super().on_receive(message)
 
+    @property
+    def in_write_transaction(self) -> bool:
+        """A batch or a transaction's lease is open (read from any thread: one flag)."""
+        return self._in_transaction
+
     def stats(self) -> WriterStats:
         """The writer's counters (ask this through the actor's proxy)."""
         return self.counters.snapshot()
