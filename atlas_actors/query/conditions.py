@@ -38,15 +38,20 @@ Operator = Literal[
     "eq", "neq", "gt", "gte", "lt", "lte", "in", "not_in", "like", "not_like",
     "is_null", "is_not_null",
 ]  # fmt: skip
+"""A condition's comparison: ``eq`` is ``=``, ``neq`` ``!=``, ``gte`` ``>=``, ``in`` takes a
+list, ``is_null``/``is_not_null`` take no value, ``like`` a pattern."""
 OPERATORS: tuple[str, ...] = get_args(Operator)
 """Every operator a condition may use."""
 
 AggregateName = Literal["count", "sum", "avg", "min", "max", "total", "group_concat"]
+"""An aggregate function's name."""
 AGGREGATES: tuple[str, ...] = get_args(AggregateName)
 """The aggregate functions the builder knows (https://www.sqlite.org/lang_aggfunc.html)."""
 
 JoinType = Literal["inner", "left", "right"]
+"""A join's kind (``INNER JOIN``, ``LEFT JOIN``, ``RIGHT JOIN``)."""
 Direction = Literal["asc", "desc"]
+"""An ORDER BY direction."""
 
 _SCALAR_OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "like", "not_like"})
 _NULL_OPS = frozenset({"is_null", "is_not_null"})
@@ -121,6 +126,7 @@ class Aggregate:
 
 
 SelectItem: TypeAlias = "str | Column | Aggregate"
+"""What ``select()`` takes: a column name (``"tasks.title"``), a Column or an Aggregate."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,8 @@ class AllOf:
 
 
 ConditionLike: TypeAlias = "Condition | AnyOf | AllOf | tuple[Any, ...]"
+"""What ``where()`` takes: a Condition, a group of them, or a ``(column, operator, value)``
+tuple (``(column, "is_null")`` without a value)."""
 
 
 def any_of(*conditions: ConditionLike) -> AnyOf:

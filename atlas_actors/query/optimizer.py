@@ -46,6 +46,7 @@ __all__ = ["Optimizer", "Params", "ReadFn", "WriteFn", "analyzable", "single_sta
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 Params = Sequence[Any] | Mapping[str, Any]
+"""A statement's parameters: a sequence for ``?`` placeholders, a mapping for ``:name``."""
 ReadFn = Callable[[Callable[[apsw.Connection], Any]], Any]
 """``read(fn)`` runs ``fn(conn)`` on a read connection and returns its result."""
 WriteFn = Callable[[str], None]

@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 StepType = Literal["scan", "index", "join", "filter", "sort", "subquery"]
+"""What a step of a query plan does (from SQLite's EXPLAIN QUERY PLAN lines)."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from atlas_actors.errors import ValidationError
 __all__ = ["ANOMALIES", "PREVENTS", "IsolationLevel", "check_isolation"]
 
 IsolationLevel = Literal["read_uncommitted", "read_committed", "repeatable_read", "serializable"]
-"""The plan's isolation levels."""
+"""The four isolation levels ``db.transaction(isolation=...)`` takes (docs/isolation.md)."""
 
 ANOMALIES: Final = (
     "dirty_write",
