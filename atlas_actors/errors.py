@@ -46,6 +46,7 @@ __all__ = [
     "ReadOnlyError",
     "SQLError",
     "SQLiteError",
+    "StatementTypeError",
     "StorageClosedError",
     "StorageUnavailable",
     "TooBigError",
@@ -209,6 +210,15 @@ class ValidationError(AtlasError, ValueError):
     """Input was rejected before it reached SQLite (bad name, value, option)."""
 
     category = "validation"
+
+
+class StatementTypeError(ValidationError, TypeError):
+    """What a call was given to run is not SQL text (or, to ``write_all``, not pairs).
+
+    A :class:`ValidationError` (so a ``ValueError``) that is also a ``TypeError``: it
+    replaces the ``ValueError`` or ``TypeError`` Python raised before, whichever a
+    caller catches.
+    """
 
 
 class ConfigError(ValidationError):

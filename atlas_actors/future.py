@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.config import MAX_SECONDS
-from atlas_actors.errors import OperationTimeout, ValidationError, shorten
+from atlas_actors.errors import OperationTimeout, StatementTypeError, ValidationError, shorten
 
 __all__ = [
     "Future",
@@ -98,15 +98,6 @@ def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, An
             raise
         raise statement_type_error(pairs) from None
     return pairs
-
-
-class StatementTypeError(ValidationError, TypeError):
-    """What a call was given to run is not SQL text (or, to ``write_all``, not pairs).
-
-    A :class:`ValidationError` (so a ``ValueError``) that is also a ``TypeError``: it
-    replaces the ``ValueError`` or ``TypeError`` Python raised before, whichever a
-    caller catches.
-    """
 
 
 def statement_type_error(pairs: Sequence[object], verb: str = "write_all") -> StatementTypeError:
