@@ -8,7 +8,9 @@ the values passed to :func:`atlas_actors.open`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import logging
 import math
 import os
 import shlex
@@ -20,6 +22,8 @@ from typing import Any, Literal, get_args
 import apsw
 
 from atlas_actors.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ENV_PREFIX", "StorageConfig", "Synchronous"]
 
@@ -227,6 +231,7 @@ class StorageConfig:
                 values[f.name] = _parse(f.name, f.type, raw)
                 from_env[f.name] = raw
         values.update(overrides)
+        _warn_of_misspelled_variables(env, cls)
         if from_env:
             merged = {f.name: _default(f) for f in fields(cls) if f.name not in values}
             problem = _find_problem(SimpleNamespace(**merged, **values))
@@ -246,6 +251,24 @@ class StorageConfig:
     def replace(self, **changes: Any) -> StorageConfig:
         """Return a copy with ``changes`` applied (validated like the original)."""
         return dataclasses.replace(self, **changes)
+
+
+def _warn_of_misspelled_variables(env: Mapping[str, str], cls: type[StorageConfig]) -> None:
+    """Log a warning for an ``ATLAS_*`` variable that looks like a misspelled field's.
+
+    Ignored otherwise (the application may have ``ATLAS_*`` variables of its own), so a
+    typo (``ATLAS_READRES=8``) would otherwise leave the default in effect unnoticed.
+    """
+    known = [ENV_PREFIX + f.name.upper() for f in fields(cls)]
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if close:
+                log.warning(
+                    "%s is not an atlas-actors setting and is ignored; did you mean %s?",
+                    name,
+                    close[0],
+                )
 
 
 def _parse(name: str, annotation: object, raw: str) -> Any:

@@ -172,3 +172,18 @@ def test_synchronous_is_taken_in_any_case_as_the_variable_is() -> None:
     assert StorageConfig(synchronous=" Normal ").synchronous == "NORMAL"  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="synchronous='SOMETIMES'"):
         StorageConfig(synchronous="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_misspelled_variable_is_warned_of_and_others_are_left_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"ATLAS_READRES": "8", "ATLAS_APP_THEME": "dark", "ATLAS_READERS_X": "1"}
+    with caplog.at_level("WARNING", logger="atlas_actors.config"):
+        config = StorageConfig.from_env(env)
+    assert config.readers == StorageConfig().readers  # (ignored, as before)
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == [
+        "ATLAS_READRES is not an atlas-actors setting and is ignored; did you mean ATLAS_READERS?",
+        "ATLAS_READERS_X is not an atlas-actors setting and is ignored; did you mean "
+        "ATLAS_READERS?",
+    ]
