@@ -232,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         listed = ", ".join(str(f) for f in existing)
         if any(f.is_dir() for f in existing):
             parser.error(f"--db {args.db}: not a database file path ({listed} is a directory)")
+        if not args.db.absolute().parent.is_dir():
+            parser.error(
+                f"--db {args.db}: the directory {args.db.absolute().parent} does not exist; "
+                "create it first or choose another path"
+            )
         if existing and not args.overwrite:
             parser.error(
                 f"--db {args.db}: would replace an existing database ({listed}); "
