@@ -92,8 +92,9 @@ class ConnectionState(enum.Enum):
     """Closed: by the storage's close or failure, a recycle, a lost health check, a
     crash, a reader retired by a shrink. ``db.connections()`` shows CLOSED once the
     storage is closed or failed (a reader role that had no connection then with
-    ``id=None``); before, a closed connection leaves the list, its role CONNECTING or
-    RECYCLING until the next one serves (or gone, retired)."""
+    ``id=None``; a connection still lent then stays ACTIVE until given back); before,
+    a closed connection leaves the list, its role CONNECTING or RECYCLING until the
+    next one serves (or gone, retired)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +117,8 @@ class ConnectionInfo:
 
     ``db.connections()`` returns one per connection: the writer's and every reader
     role's (a role whose connection is being replaced or reopened shows as RECYCLING
-    or CONNECTING; a connection still lent after its reader crashed or was retired
-    shows too, beside the role's next one).
+    or CONNECTING; a connection still lent after its reader crashed, stopped or was
+    retired shows too, beside the role's next one).
     """
 
     id: str | None

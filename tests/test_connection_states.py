@@ -261,3 +261,87 @@ def test_every_connection_is_closed_after_close(tmp_path: Path) -> None:
     infos = db.connections()
     assert [c.id for c in infos] == opened
     assert [c.state for c in infos] == [CLOSED] * 3
+
+
+def test_each_role_shows_once_while_connections_are_recycled_under_reads(
+    tmp_path: Path,
+) -> None:
+    """The snapshot is taken as connections join and leave: never a role twice, missing,
+    or CLOSED while the storage runs (a connection is replaced every third read)."""
+    with _open(tmp_path, readers=1, max_readers=1, recycle_after_queries=3) as db:
+        stop = threading.Event()
+        recycles: list[object] = []
+        db.events.on("recycle", recycles.append)
+        seen: list[list[tuple[str | None, ConnectionState]]] = []
+
+        def read() -> None:
+            while not stop.is_set():
+                db.query("SELECT 1")
+
+        def observe() -> None:
+            while not stop.is_set():
+                seen.append(_role(db, "reader-0"))
+
+        threads = [threading.Thread(target=read), threading.Thread(target=observe)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(recycles) >= 300, timeout=3.0)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        odd = [found for found in seen if len(found) != 1 or found[0][1] is CLOSED]
+        assert len(recycles) >= 50 and len(seen) >= 1000
+        assert odd == [], odd[:5]
+
+
+def test_a_recycle_is_announced_before_the_fresh_connection_is_first_lent(
+    tmp_path: Path,
+) -> None:
+    """A ``recycle`` handler hears of the connection before its first checkout."""
+    with _open(tmp_path, readers=1, max_readers=1, recycle_after_queries=2) as db:
+        events: list[tuple[str, str]] = []
+        for kind in ("recycle", "checkout"):
+            db.events.on(kind, lambda e: events.append((e.name, e.connection_id or "")))
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                db.submit_query("SELECT 1").get()  # (queued reads emit checkouts)
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: sum(kind == "recycle" for kind, _ in events) >= 200, timeout=3.0)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        announced: set[str] = set()
+        early = []
+        recycled = {connection for kind, connection in events if kind == "recycle"}
+        for kind, connection in list(events):
+            if kind == "recycle":
+                announced.add(connection)
+            elif connection in recycled and connection not in announced:
+                early.append(connection)
+        assert len(recycled) >= 20 and early == [], early[:5]
+
+
+def test_a_connection_whose_reader_crashed_as_it_was_lent_stays_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash lands between the hand-over and acquire() marking the connection
+    ACTIVE (forced here: the reader marks it as its crash does): FAILED stays."""
+    with _open(tmp_path, readers=1, max_readers=1) as db:
+        take = db.pool._take
+
+        def crashed_meanwhile(timeout: float | None) -> Any:
+            connection = take(timeout)
+            connection.usable = False  # as ReaderActor.on_crash, in its order
+            connection.state = FAILED
+            return connection
+
+        monkeypatch.setattr(db.pool, "_take", crashed_meanwhile)
+        lease = db.pool.acquire()
+        assert lease.state is FAILED
+        monkeypatch.undo()
+        lease.release()

@@ -160,10 +160,11 @@ class _Fault:
         self.next_attempt = next_attempt
 
 
-def _by_role(info: ConnectionInfo) -> tuple[int, str]:
-    """Sort key: reader-2 before reader-10, a role's connections by id."""
-    number = info.role.rpartition("-")[2]
-    return (int(number) if number.isdigit() else -1, info.id or "")
+def _by_role(info: ConnectionInfo) -> tuple[int, int]:
+    """Sort key: reader-2 before reader-10, a role's connections by number (#9 before #10)."""
+    role = info.role.rpartition("-")[2]
+    number = (info.id or "").rpartition("#")[2]
+    return (int(role) if role.isdigit() else -1, int(number) if number.isdigit() else -1)
 
 
 def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
@@ -580,6 +581,15 @@ class ReaderPool:
         """
         if checked:
             connection.last_check = time.monotonic()
+        self.join(connection)
+        self.release(connection)
+
+    def join(self, connection: TrackedConnection) -> None:
+        """Add a new claimed connection to the pool (IDLE from now on), not lent yet.
+
+        :meth:`checkin` does it first; a reader calls it before, to announce the
+        connection (its ``recycle`` event) before any caller can have it.
+        """
         if connection not in self._connections:
             connection.recycle_at = self._recycle_queries  # (a new one; 0 once it is due)
             with self._cond:
@@ -587,7 +597,6 @@ class ReaderPool:
                     if connection.state is ConnectionState.CONNECTING:
                         connection.state = ConnectionState.IDLE  # it serves from now on
                     self._connections = [*self._connections, connection]
-        self.release(connection)
 
     def forget(self, connection: TrackedConnection) -> None:
         """Take ``connection`` out of the pool (it is closing); a lease on it ends here."""
@@ -879,6 +888,10 @@ class ReaderPool:
         """Borrow a connection for the calling thread (the plan's ``acquire()``)."""
         connection = self._take(timeout)
         connection.state = ConnectionState.ACTIVE
+        if not connection.usable and connection.state is ConnectionState.ACTIVE:
+            # Its reader crashed as it was handed over (it clears ``usable`` first, then
+            # sets FAILED): whichever came first, FAILED is what stays.
+            connection.state = ConnectionState.FAILED
         return PooledConnection(self, connection)
 
     @contextmanager
@@ -1352,34 +1365,44 @@ class ReaderPool:
     def connection_infos(self) -> list[ConnectionInfo]:
         """Every reader connection and every reader role waiting for one, by role.
 
-        The pool's connections (a lent one whose reader crashed or retired too), then
-        each reader role without one there: RECYCLING while its reader replaces it,
-        CONNECTING while it opens or reopens one (a new role, a restart, a fault's
-        backoff); once the pool is closed, such a role is CLOSED. Reads nothing a read
-        path writes but the counters, so it costs the reads nothing.
+        The pool's connections (a lent one whose reader crashed, stopped or retired
+        too), then each reader role none of them serves: RECYCLING while its reader
+        replaces its connection, CONNECTING while it opens or reopens one (a new role,
+        a restart, a fault's backoff); once the pool is closed, such a role is CLOSED.
+        Taken under the pool's lock, under which connections join and leave the pool
+        (a reader marks a recycle before its connection leaves, and unmarks it after
+        the replacement joined): each role shows once. Costs the reads nothing.
         """
         with self._cond:
-            connections = self._connections
-            readers = list(self._readers.items())
-            starting = list(self._starting_roles)
             closed = self.closed is not None
-        waiting = ConnectionState.CLOSED if closed else ConnectionState.CONNECTING
-        infos = [connection.info() for connection in connections]
-        shown = {id(connection) for connection in connections}
-        for role, reader in readers:
-            recycling = reader.recycling
-            current = reader.connection
-            if current is not None and id(current) in shown:
-                continue  # listed above (a replacement that has just joined, too)
-            if recycling is not None:
-                if id(recycling) not in shown:
+            waiting = ConnectionState.CLOSED if closed else ConnectionState.CONNECTING
+            infos: list[ConnectionInfo] = []
+            served: set[str] = set()  # roles a usable connection of the pool stands for
+            for connection in self._connections:
+                info = connection.info()
+                if info.state is ConnectionState.CLOSED and not closed:
+                    continue  # closed just now, on its way out: its role shows below
+                infos.append(info)
+                if connection.usable and info.state is not ConnectionState.FAILED:
+                    served.add(connection.role)
+            for role, reader in self._readers.items():
+                if role in served:
+                    continue
+                recycling, current = reader.recycling, reader.connection
+                if recycling is not None:
                     infos.append(recycling.info(ConnectionState.RECYCLING))
-            elif current is None:
-                infos.append(no_connection(role, waiting))
-            elif id(current) not in shown:
-                infos.append(current.info())  # (opened, joining; or closed by a shutdown)
-        if not closed:
-            infos.extend(no_connection(role, waiting) for role in starting)
+                elif current is not None and (
+                    closed or current.state is not ConnectionState.CLOSED
+                ):
+                    infos.append(current.info())  # opened and about to join; or shut down
+                else:
+                    infos.append(no_connection(role, waiting))
+            if not closed:
+                infos.extend(
+                    no_connection(role, waiting)
+                    for role in self._starting_roles
+                    if role not in self._readers
+                )
         return sorted(infos, key=_by_role)
 
     def connection_metrics(self) -> dict[str, ConnectionMetrics]:

@@ -200,8 +200,8 @@ class ReaderActor(RoleActor):
         connection, self.connection = self.connection, None
         holding, self._holding = self._holding, None
         if connection is not None:
+            connection.usable = False  # (first: acquire() checks it after marking ACTIVE)
             connection.state = ConnectionState.FAILED
-            connection.usable = False
             if holding is connection or self.pool.withdraw_idle(connection):
                 self.pool.forget(connection)
                 self._close(connection, "crash")
@@ -314,10 +314,12 @@ class ReaderActor(RoleActor):
             # Marked while it had none (a shrink): ``usable`` could not be cleared on it.
             self._retired_while_opening(fresh)
             return
-        self.pool.checkin(fresh)
+        self.pool.join(fresh)
         self.recycling = None
-        # Once replaced: a handler sees the fresh connection serving, the old one gone.
+        # Once replaced, before anyone can have the fresh connection: a handler sees it
+        # serving, the old one gone, and hears of it before its first checkout.
         self.events.emit("recycle", self.role, fresh.id, replaced=connection.id, reason=reason)
+        self.pool.checkin(fresh)
 
     def _reopen(self, reason: str) -> None:
         """Open a fresh connection in place of the one lost, and check it before use."""
@@ -341,6 +343,7 @@ class ReaderActor(RoleActor):
             self._retired_while_opening(fresh)
             return
         replaced, self._lost = self._lost, None
-        self.pool.checkin(fresh, checked=True)
-        # Once it serves (IDLE): the role was CONNECTING until here.
+        self.pool.join(fresh)
+        # Once it serves (IDLE; the role was CONNECTING until here), before its first use.
         self.events.emit("recycle", self.role, fresh.id, replaced=replaced, reason=reason)
+        self.pool.checkin(fresh, checked=True)
