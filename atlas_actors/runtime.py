@@ -13,7 +13,6 @@ import copy
 import itertools
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -174,14 +173,10 @@ class Runtime:
         self._register_gauges()
         self.events.on("degraded", self._degraded)
         self.events.on("recovered", self._recovered)
-        # (a failed open takes back the cache directory it made: nothing of it is left)
-        cache_directory_existed = os.path.exists(self.cache.directory)
         try:
             self._start()
         except BaseException:
             self.close()
-            if config.cache and not cache_directory_existed:
-                shutil.rmtree(self.cache.directory, ignore_errors=True)
             raise
         self._state = "running"
         self._observed: Observed | None = None

@@ -439,7 +439,8 @@ class Storage(Runtime):
         or reopened is CONNECTING (``id=None`` until one is open), one being replaced
         by a recycle is RECYCLING; see
         :class:`~atlas_actors.ConnectionState` for what each state means. Works on a
-        closed storage too (everything CLOSED). Costs the read path nothing.
+        closed storage too (everything CLOSED, but a connection still lent: ACTIVE until
+        given back). Costs the read path nothing.
         """
         return (self._writer_info(), *self.pool.connection_infos())
 
@@ -612,6 +613,9 @@ def _read_only_files(path: str, *, vfs: str | None = None) -> tuple[list[str], s
     or ``-shm`` file is not writable is read-only as well (SQLite opens those read-only
     too), and those files are named. None for a writable or missing file, and for one
     that cannot be opened at all (the writer's open says why).
+
+    A file that is no database at all is refused here (typed, as the writer's open
+    would), before the storage makes anything next to it (its cache directory).
     """
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
     try:
@@ -619,6 +623,12 @@ def _read_only_files(path: str, *, vfs: str | None = None) -> tuple[list[str], s
     except apsw.Error:
         return None
     try:
+        try:
+            connection.pragma("schema_version")  # reads the header: is it a database?
+        except apsw.NotADBError as error:
+            raise wrap_sqlite_error(error, f"open {path}") from error
+        except apsw.Error:
+            pass  # (busy, say: the writer's open deals with it)
         if connection.readonly("main"):
             return [], str(connection.pragma("journal_mode")).lower()
     except apsw.Error as error:
@@ -669,8 +679,16 @@ def _read_only_uri_parameters(path: str) -> list[str]:
     return [
         f"{name}={value}"
         for name, value in query
-        if (name == "mode" and value == "ro") or (name == "immutable" and value not in ("", "0"))
+        if (name == "mode" and value == "ro") or (name == "immutable" and _uri_true(value))
     ]
+
+
+def _uri_true(value: str) -> bool:
+    """A URI parameter's boolean as SQLite reads it (sqlite3_uri_boolean)."""
+    lowered = value.lower()
+    if lowered in ("yes", "true", "on"):
+        return True
+    return lowered.lstrip("-").isdigit() and int(lowered) != 0
 
 
 def _file_name(path: str) -> str:

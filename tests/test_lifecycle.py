@@ -135,8 +135,8 @@ def test_the_supervisor_handle_of_a_closed_storage_raises_storage_closed(db_path
         unbound.status()
 
 
-def test_a_failed_open_leaves_no_cache_directory_behind(tmp_path: Path) -> None:
-    """Opening a file that is not a database fails, and takes back what it made."""
+def test_opening_a_file_that_is_no_database_makes_nothing_next_to_it(tmp_path: Path) -> None:
+    """Refused before the storage starts: no cache directory is left behind."""
     notes = tmp_path / "notes.txt"
     notes.write_text("just text, not a database\n" * 100)
     with pytest.raises(AtlasError, match="not a database"):

@@ -22,6 +22,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import ReadOnlyError, StorageUnavailable
+from atlas_actors.storage import _read_only_uri_parameters
 
 MakeReadOnly = Callable[[Path], None]
 
@@ -266,3 +267,22 @@ def test_a_uri_opened_read_only_gives_a_read_only_storage(
         assert writable.health().status == "ok"
         writable.write("INSERT INTO t VALUES (3)")
     assert db.query("SELECT x FROM t ORDER BY x") == [(1,), (3,)]
+
+
+@pytest.mark.parametrize(
+    ("query", "blamed"),
+    [
+        ("mode=ro", ["mode=ro"]),
+        ("immutable=1", ["immutable=1"]),
+        ("immutable=yes", ["immutable=yes"]),
+        ("mode=ro&immutable=on", ["mode=ro", "immutable=on"]),
+        ("immutable=no", []),  # (false for SQLite: a read-only file is then another cause)
+        ("immutable=0", []),
+        ("immutable=off", []),
+        ("mode=rw", []),
+    ],
+)
+def test_only_uri_parameters_sqlite_reads_as_read_only_are_blamed(
+    query: str, blamed: list[str]
+) -> None:
+    assert _read_only_uri_parameters(f"file:/data/atlas.db?{query}") == blamed
