@@ -47,8 +47,8 @@ from atlas_actors.connection import _controls_a_transaction
         (
             lambda db: db.query("INSERT INTO tasks(title) VALUES ('sneaky')"),
             errors.ReadOnlyError,
-            r"^attempt to write a readonly database in .*: db.query runs on read-only "
-            "connections: use db.write or db.execute",
+            r"^attempt to write a readonly database in .*: reads \(db.query, "
+            r"pool.acquire\(\)\) run on read-only connections: use db.write or db.execute",
         ),
         (
             lambda db: db.write("INSERT INTO tasks(title) VALUES (NULL)"),

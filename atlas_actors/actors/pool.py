@@ -180,8 +180,8 @@ def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
     # statement writes, and the read path is read-only on purpose.
     said = str(error.__cause__ or "attempt to write a readonly database")
     return ReadOnlyError(
-        f"{said} in {shorten(sql)!r}: db.query runs on read-only connections: use "
-        "db.write or db.execute for statements that change data",
+        f"{said} in {shorten(sql)!r}: reads (db.query, pool.acquire()) run on read-only "
+        "connections: use db.write or db.execute for statements that change data",
         sql=sql,
         result_code=error.result_code,
         extended_result_code=error.extended_result_code,
