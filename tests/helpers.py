@@ -7,7 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import apsw
 import pytest
+
+from atlas_actors.faults import FaultyVFS
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
@@ -68,3 +71,27 @@ def gate_writer(db: Any) -> tuple[threading.Event, threading.Event]:
     db.writer.run(hold)
     assert entered.wait(5)
     return entered, release
+
+
+class GatedOpenVFS(FaultyVFS):
+    """A :class:`FaultyVFS` whose opens of the database file wait while ``gate`` is shut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+        """Set once an open of the database file waits at the shut gate."""
+        self.opens_waiting = 0
+        """How many opens wait at the gate now."""
+
+    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
+        filename = str(name.filename() if hasattr(name, "filename") else name)
+        if filename.endswith("atlas.db") and not self.gate.is_set():
+            with self.lock:
+                self.opens_waiting += 1
+            self.waiting.set()
+            self.gate.wait(30)
+            with self.lock:
+                self.opens_waiting -= 1
+        return super().xOpen(name, flags)

@@ -17,8 +17,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import ConnectionInfo, ConnectionState
-from atlas_actors.faults import FaultyVFS
-from tests.helpers import wait_until
+from tests.helpers import GatedOpenVFS, wait_until
 
 CONNECTING = ConnectionState.CONNECTING
 IDLE = ConnectionState.IDLE
@@ -26,24 +25,6 @@ ACTIVE = ConnectionState.ACTIVE
 RECYCLING = ConnectionState.RECYCLING
 FAILED = ConnectionState.FAILED
 CLOSED = ConnectionState.CLOSED
-
-
-class GatedOpenVFS(FaultyVFS):
-    """A :class:`FaultyVFS` whose opens of the database file wait while ``gate`` is shut."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.waiting = threading.Event()
-        """Set once an open of the database file waits at the shut gate."""
-
-    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
-        filename = str(name.filename() if hasattr(name, "filename") else name)
-        if filename.endswith("atlas.db") and not self.gate.is_set():
-            self.waiting.set()
-            self.gate.wait(10)
-        return super().xOpen(name, flags)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import atlas_actors as atlas
 from atlas_actors import StorageConfig
 from atlas_actors.errors import AtlasError, ConfigError, OperationTimeout, StorageUnavailable
 from atlas_actors.faults import FaultyVFS
-from tests.helpers import wait_until
+from tests.helpers import GatedOpenVFS, wait_until
 
 
 @pytest.fixture
@@ -268,30 +268,6 @@ def test_shrinking_the_pool_during_a_fault_retires_readers_without_a_connection(
     assert wait_until(lambda: db.pool.status().total == 1, 10)
     assert db.query("SELECT x FROM t") == [(1,), (2,)]
     assert readers() == 1 and db.supervisor.status().restarts == 0
-
-
-class GatedOpenVFS(FaultyVFS):
-    """A :class:`FaultyVFS` whose opens of the database file wait while ``gate`` is shut."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.waiting = threading.Event()
-        """Set once an open of the database file waits at the shut gate."""
-        self.opens_waiting = 0
-        """How many opens wait at the gate now."""
-
-    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
-        filename = str(name.filename() if hasattr(name, "filename") else name)
-        if filename.endswith("atlas.db") and not self.gate.is_set():
-            with self.lock:
-                self.opens_waiting += 1
-            self.waiting.set()
-            self.gate.wait(30)
-            with self.lock:
-                self.opens_waiting -= 1
-        return super().xOpen(name, flags)
 
 
 @pytest.fixture
