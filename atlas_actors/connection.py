@@ -999,7 +999,8 @@ class TrackedConnection:
 
         ``names`` maps statement text to ``[row class or None, uses, width]`` (width:
         the class's number of columns, -1 without a class), shared by the pool's
-        connections and emptied on every schema change the storage sees. Asking SQLite
+        connections, emptied on every schema change the storage sees, and bounded
+        (``_MAX_COUNTED`` texts: past it, a new text is described on every run). Asking SQLite
         for the column names costs several calls into it per read (each one a chance
         for another thread to take the GIL), so the class is reused and checked
         against SQLite's names every ``_RECHECK_EVERY`` uses, and at once if the width
@@ -1023,14 +1024,19 @@ class TrackedConnection:
                     return self.query_fast(sql, params, names)
                 rows: list[Row] = list(map(entry[0], raw)) if raw else []
             else:
+                # Learned for a known text, or a new one while the bound leaves room (an
+                # application that formats values into its SQL makes a text per read).
+                learn = entry is not None or len(names) < _MAX_COUNTED
                 try:
                     description = cursor.get_description()
                 except apsw.ExecutionCompleteError:
                     rows = []  # finished without a row: nothing to name
-                    names[sql] = [None, uses + 1, -1]
+                    if learn:
+                        names[sql] = [None, uses + 1, -1]
                 else:
                     cls = _row_classes.get(description) or row_class_for(description)
-                    names[sql] = [cls, uses + 1, len(cls._fields)]
+                    if learn:
+                        names[sql] = [cls, uses + 1, len(cls._fields)]
                     rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1

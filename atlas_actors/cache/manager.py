@@ -302,7 +302,8 @@ class CacheManager:
         # only ever add to a latency, and must not make a cheap read look dear.
         seen = self._costs.get(sql)
         if seen is None:
-            self._costs[sql] = [latency, 1]
+            if len(self._costs) < _TRACKED_STATEMENTS:  # (as _reuse: a bound on texts)
+                self._costs[sql] = [latency, 1]
         else:
             seen[0] = min(seen[0], latency)
             seen[1] += 1
