@@ -253,7 +253,7 @@ class WriterHandle:
         context = tracing.current_context() if tracing.enabled else None
         op = op_class(future, threading.get_ident(), context, *args)
         if deliver is None or not deliver(op):
-            self._mailbox.send(op)
+            self._mailbox.send(op, bounded=writable)  # (a return ends the hold: never waits)
         return future
 
 

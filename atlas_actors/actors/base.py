@@ -184,6 +184,9 @@ class Mailbox:
         self._front: deque[Letter] = deque()
         self._room = threading.Condition(threading.Lock())
         self._senders_waiting = 0
+        self.held = 0
+        """Ops the actor took out but holds back (the writer's, behind a lease): they
+        count against ``capacity`` as if they were still queued."""
         self.closed: BaseException | None = None
         """Set (to the error senders get) once the role is shut down."""
 
@@ -233,11 +236,15 @@ class Mailbox:
         """Messages waiting (approximate)."""
         return len(self._front) + self._queue.qsize()
 
-    def send(self, op: Op) -> None:
-        """Queue ``op``, waiting for room until its deadline."""
+    def send(self, op: Op, *, bounded: bool = True) -> None:
+        """Queue ``op``, waiting for room until its deadline.
+
+        ``bounded=False``: never waits. What ends a hold (a transaction giving the
+        writer lease back) must get through.
+        """
         if self.closed is not None:
             raise self.closed
-        if self._queue.qsize() >= self.capacity:
+        if bounded and self._queue.qsize() + self.held >= self.capacity:
             self._wait_for_room(op)
         self._queue.put(op)  # an op is its own envelope
         if self.closed is not None:
@@ -248,7 +255,7 @@ class Mailbox:
         with self._room:
             self._senders_waiting += 1
             try:
-                while self._queue.qsize() >= self.capacity:
+                while self._queue.qsize() + self.held >= self.capacity:
                     remaining = op.deadline - time.monotonic()
                     if remaining <= 0:
                         raise OperationTimeout(
@@ -263,6 +270,13 @@ class Mailbox:
                     self._room.wait(min(remaining, 0.05))
             finally:
                 self._senders_waiting -= 1
+
+    def release_held(self) -> None:
+        """The actor holds nothing back any more: senders waiting for room may go on."""
+        self.held = 0
+        if self._senders_waiting:
+            with self._room:
+                self._room.notify_all()
 
     def replay(self, ops: Sequence[Op]) -> None:
         """Put ops back in front, to be taken again before anything else, in order."""

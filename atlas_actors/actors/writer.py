@@ -328,6 +328,7 @@ class WriterActor(RoleActor):
         self._absorb_chain()
         self.mailbox.replay([*self._take_lease_queue(), *self._stash])
         self._stash = []
+        self.mailbox.release_held()
         # Run what is in front now, and what running it puts back there (the writes of
         # a failed group, or of a batch SQLite rolled back): all were accepted before
         # the close, so they are handled, not failed with the closed mailbox.
@@ -374,6 +375,7 @@ class WriterActor(RoleActor):
         replay.extend(self._take_lease_queue())
         replay.extend(self._stash)
         self._stash = []
+        self.mailbox.release_held()
         self._close("crash")  # (before the replay: the next incarnation runs it)
         if replay:
             self.mailbox.replay(replay)
@@ -410,12 +412,12 @@ class WriterActor(RoleActor):
                 if self._lease is None:
                     self._run(message)
                 else:
-                    self._stash.append(message)
+                    self._hold(message)
             elif kind is LeaseRequest:
                 if self._lease is None:
                     self._grant(message)
                 elif self._stash:
-                    self._stash.append(message)
+                    self._hold(message)
                 else:
                     self._lease_queue.append(message)
             elif kind is LeaseReturn:
@@ -433,7 +435,7 @@ class WriterActor(RoleActor):
                 self._expire(message.tx_id)
             elif kind is CheckpointOp:
                 if self._lease is not None:
-                    self._stash.append(message)
+                    self._hold(message)
                 elif self.tracing.enabled:
                     with self.tracing.consumer_span(
                         "atlas.writer.checkpoint", message.trace_context
@@ -1466,9 +1468,18 @@ class WriterActor(RoleActor):
         self._release_stash()
         self._lost_batch(error)  # puts the batch's writes in front of those
 
+    def _hold(self, message: Op) -> None:
+        """Keep ``message`` until the lease ends, counted against the mailbox's bound.
+
+        So while a transaction holds the lease, senders wait for room (backpressure).
+        """
+        self._stash.append(message)
+        self.mailbox.held = len(self._stash)
+
     def _release_stash(self) -> None:
         """Hand what waited behind the lease back to the mailbox, in front, in order."""
         waiting = [*self._take_lease_queue(), *self._stash]
         self._stash = []
+        self.mailbox.release_held()
         if waiting:
             self.mailbox.replay(waiting)
