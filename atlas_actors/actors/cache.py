@@ -104,6 +104,10 @@ class CacheActor(RoleActor):
         l2.save_meta({"clean": False, "epoch": self.manager.epoch})
 
     def _send_to_disk(self, entry: Entry) -> None:
+        # Bounded as a mailbox is (each message holds a whole result): past the bound
+        # the entry stays out of L2, which only saves recomputing it later.
+        if self.mailbox.qsize() >= self.config.mailbox_size:
+            return
         # Between pykka marking a failing incarnation stopped and its on_crash detaching
         # the levels, reads still reach here: the entry then just stays out of L2.
         with contextlib.suppress(pykka.ActorDeadError):
