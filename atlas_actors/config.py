@@ -328,6 +328,9 @@ def _validate(config: StorageConfig) -> None:
         raise ConfigError(problem[1])
 
 
+MAX_READERS = 256
+"""The most reader connections a storage keeps (``readers``, ``max_readers`` and
+``pool.resize()``): each is a thread and a connection."""
 MAX_SECONDS = 1e9
 """The longest duration a setting (or a call's ``timeout``) may give, in seconds: every
 wait stays within what a lock's timeout takes (``threading.TIMEOUT_MAX``)."""
@@ -458,6 +461,12 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
             return (name,), (
                 f"{name}={value!r} seconds is too long; pass at most {MAX_SECONDS:.0e} "
                 "(about 30 years)"
+            )
+    for name in ("readers", "max_readers"):
+        if getattr(config, name) > MAX_READERS:
+            return (name,), (
+                f"{name}={getattr(config, name)!r}; at most {MAX_READERS} (each reader is a "
+                "thread and a connection; reads need about one per core)"
             )
     if config.max_readers < config.readers:
         return ("max_readers", "readers"), (

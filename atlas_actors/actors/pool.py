@@ -62,7 +62,7 @@ from pykka._envelope import Envelope
 from atlas_actors.actors.base import Unrecoverable
 from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, Reopen, RunReads
 from atlas_actors.cache.statements import StatementAnalyses, StatementInfo
-from atlas_actors.config import StorageConfig
+from atlas_actors.config import MAX_READERS, StorageConfig
 from atlas_actors.connection import (
     _RECHECK_EVERY,
     _TIME_FIRST,
@@ -1284,6 +1284,11 @@ class ReaderPool:
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValidationError(f"pool size {size!r}; it must be an integer >= 1")
+        if size > MAX_READERS:
+            raise ValidationError(
+                f"pool size {size}: at most {MAX_READERS} readers (each is a thread and a "
+                "connection; reads need about one per core); pass a smaller size"
+            )
         with self._cond:
             self.floor = size
             self.ceiling = max(self.ceiling, size)

@@ -1,0 +1,120 @@
+"""Guarantee 7: what grows with use is bounded, and overload gives backpressure.
+
+Real storages on real files; the bounds are lowered where reaching the real ones would
+take too long (the code reads them at each use).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pykka
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors import connection as connection_module
+from atlas_actors.actors.cache import CacheActor
+from atlas_actors.cache import manager as manager_module
+from atlas_actors.config import MAX_READERS
+from atlas_actors.errors import ConfigError, OperationTimeout, ValidationError
+from tests.helpers import wait_until
+
+
+def test_reads_of_ever_new_texts_keep_the_pools_name_cache_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application that formats values into its SQL makes a new text per read."""
+    monkeypatch.setattr(connection_module, "_MAX_COUNTED", 50)
+    with atlas.open(tmp_path / "a.db", cache=False) as db:
+        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        db.write("INSERT INTO t(v) VALUES ('x')")
+        for n in range(300):
+            rows = db.query(f"SELECT v, {n} AS n FROM t")
+            assert [(row.v, row.n) for row in rows] == [("x", n)]  # (named: learned or not)
+        assert len(db.pool._names) <= 50
+
+
+def test_reads_of_ever_new_texts_keep_the_caches_cost_table_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "_TRACKED_STATEMENTS", 50)
+    with atlas.open(tmp_path / "a.db", cache=True) as db:
+        db.execute("CREATE TABLE t(v)")
+        for n in range(300):
+            assert db.query(f"SELECT {n} AS n FROM t") == []
+        assert len(db.cache._costs) <= 50
+
+
+def test_writes_queued_behind_a_transaction_meet_backpressure(tmp_path: Path) -> None:
+    """While a transaction holds the writer lease, the writes that wait behind it count
+    against ``mailbox_size``: a sender waits for room (then times out, not applied)
+    instead of piling writes up in memory. The lease comes back through all the same."""
+    with atlas.open(tmp_path / "a.db", mailbox_size=10, cache=False) as db:
+        db.execute("CREATE TABLE t(v)")
+        holding, done = threading.Event(), threading.Event()
+
+        def hold_the_lease() -> None:
+            with db.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES ('tx')")
+                holding.set()
+                done.wait(10)
+
+        holder = threading.Thread(target=hold_the_lease)
+        holder.start()
+        assert holding.wait(10)
+        # Ten fill the bound (held by the writer behind the lease, or still queued) ...
+        accepted = [
+            db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=10) for n in range(10)
+        ]
+        writer = db._writer_actor()
+        assert writer is not None
+        assert wait_until(lambda: len(writer._stash) == 10)
+        # ... and the next senders wait for room, then give up: nothing was queued.
+        for n in range(5):
+            with pytest.raises(OperationTimeout, match="mailbox is full") as refused:
+                db.writer.execute("INSERT INTO t VALUES (?)", [100 + n], timeout=0.1)
+            assert refused.value.applied is False
+        assert len(writer._stash) == 10
+        done.set()  # the transaction commits: its return is never held up by the bound
+        holder.join(10)
+        assert not holder.is_alive()
+        for future in accepted:
+            future.get(10)
+        count = db.query("SELECT count(*) AS n FROM t")[0].n
+        assert count == 1 + len(accepted)
+
+
+def test_results_sent_to_the_disk_cache_stay_within_the_mailbox_bound(tmp_path: Path) -> None:
+    """Each L2 store is a message holding a whole result: past the bound it is skipped."""
+    with atlas.open(
+        tmp_path / "a.db", cache=True, cache_disk_min_seconds=0.0, mailbox_size=5
+    ) as db:
+        db.execute("CREATE TABLE t(v)")
+        db.write("INSERT INTO t VALUES (randomblob(20000))")
+        cache_mailbox = _cache_actor(db).mailbox
+        peak = 0
+        for n in range(400):
+            db.query(f"SELECT v, {n} FROM t")  # a new result to store each time
+            db.query(f"SELECT v, {n} FROM t")
+            peak = max(peak, cache_mailbox.qsize())
+        assert peak <= 5 + 1
+
+
+def _cache_actor(db: atlas.Storage) -> CacheActor:
+    for ref in pykka.ActorRegistry.get_by_class(CacheActor):
+        actor = ref._actor_weakref()  # type: ignore[attr-defined]
+        if isinstance(actor, CacheActor) and actor.manager is db.cache:
+            return actor
+    raise AssertionError("no cache actor")
+
+
+def test_the_pool_is_never_resized_past_its_bound(tmp_path: Path) -> None:
+    with atlas.open(tmp_path / "a.db", cache=False) as db:
+        with pytest.raises(ValidationError, match=f"at most {MAX_READERS} readers"):
+            db.pool.resize(1_000_000)
+        assert db.pool.status().total <= db.config.max_readers  # nothing started
+        db.pool.resize(3)
+        assert wait_until(lambda: db.pool.status().total == 3)
+    with pytest.raises(ConfigError, match=f"at most {MAX_READERS}"):
+        atlas.open(tmp_path / "b.db", readers=MAX_READERS + 1, max_readers=MAX_READERS + 1)
