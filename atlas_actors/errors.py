@@ -372,15 +372,36 @@ def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseExcepti
 
     apsw errors become the :class:`SQLiteError` subclass of their result code; apsw's
     answers to bad parameters become a :class:`ParameterError`: a ``TypeError`` (an
-    unbindable value), an ``OverflowError`` (an int past 64 bits) and a ``KeyError``
-    naming one of ``sql``'s ``:name`` placeholders (a missing named value). Anything
-    else, atlas errors included, is returned unchanged. The result is meant to be
+    unbindable value), an ``OverflowError`` (an int past 64 bits), a ``KeyError``
+    naming one of ``sql``'s ``:name`` placeholders (a missing named value) and a
+    ``UnicodeEncodeError`` of a value (a lone surrogate). apsw's refusals of the text
+    itself (a ``UnicodeEncodeError`` of ``sql``, the ``ValueError`` of a NUL in it)
+    become a :class:`SQLError`. Anything else, atlas errors included, is returned
+    unchanged. The result is meant to be
     raised ``from exc``.
     """
     if isinstance(exc, AtlasError):
         return exc
     message = str(exc) or type(exc).__name__
     where = f" in {shorten(sql)!r}" if sql else ""
+    if isinstance(exc, UnicodeEncodeError):
+        if sql is not None and exc.object == sql:
+            return SQLError(
+                f"{message}{where}: SQL text must be valid Unicode (no lone surrogates); "
+                "fix the text, or decode it with errors='replace'",
+                sql=sql,
+            )
+        return ParameterError(
+            f"{message} (a parameter){where}: text values must be valid Unicode (no lone "
+            "surrogates); decode them with errors='replace', or pass bytes",
+            sql=sql,
+        )
+    if isinstance(exc, ValueError) and sql and "\x00" in sql and "null character" in message:
+        return SQLError(
+            f"{message}{where}: SQL text cannot hold a NUL character ('\\x00'); remove it, "
+            "or pass the value as a parameter (? placeholder)",
+            sql=sql,
+        )
     if isinstance(exc, TypeError):
         return ParameterError(
             f"{message}{where}: pass values of type None, int, float, str or bytes",

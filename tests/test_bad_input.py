@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import apsw
@@ -345,3 +346,56 @@ def test_only_a_write_through_the_read_path_is_told_to_use_db_write() -> None:
         extended_result_code=apsw.SQLITE_READONLY_ROLLBACK,
     )
     assert _read_only(hot, "SELECT 1") is hot
+
+
+_ISOLATIONS = ("serializable", "repeatable_read", "read_committed", "read_uncommitted")
+
+
+def _every_path(
+    db: atlas.Storage, write: str, read: str, params: object = None
+) -> list[Callable[[], object]]:
+    """``write`` (then ``read``) through each entry point, transactions included."""
+    calls: list[Callable[[], object]] = [
+        functools.partial(db.write, write, params),
+        functools.partial(db.query, read, params),
+        functools.partial(db.query_one, read, params),
+        lambda: db.submit_query(read, params).get(10),
+        lambda: db.writer.execute(write, params).get(10),
+        functools.partial(db.write_many, write, [params or ()]),
+        functools.partial(db.write_all, [(write, params)]),
+    ]
+    for isolation in _ISOLATIONS:
+        for method, sql in (("query", read), ("execute", write)):
+            calls.append(functools.partial(_in_transaction(isolation, method, sql, params), db))
+    return calls
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+def test_text_apsw_cannot_encode_is_a_typed_error_on_every_path(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    """A NUL in the SQL text (ValueError) and a lone surrogate (UnicodeEncodeError) in
+    the text or a value escaped raw before: wrap_sqlite_error let them through."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, n)")
+    db.write("INSERT INTO tasks(n) VALUES (1)")
+    for write, read, message in [
+        ("SELECT 1\x00 2", "SELECT 1\x00 2", "cannot hold a NUL character"),
+        ("INSERT INTO tasks(n) VALUES ('\ud800')", "SELECT '\ud800'", "must be valid Unicode"),
+    ]:
+        for call in _every_path(db, write, read):
+            with pytest.raises(errors.SQLError, match=message) as caught:
+                call()
+            assert caught.value.sql in (write, read)
+    for write, read, params in [
+        ("INSERT INTO tasks(n) VALUES (?)", "SELECT * FROM tasks WHERE n = ?", ["\ud800"]),
+        ("INSERT INTO tasks(n) VALUES (:n)", "SELECT :n", {"n": "\ud800"}),
+    ]:
+        for call in _every_path(db, write, read, params):
+            with pytest.raises(errors.ParameterError, match="text values must be valid Unicode"):
+                call()
+    assert db.query("SELECT n FROM tasks") == [(1,)]
+    db.write("INSERT INTO tasks(n) VALUES (?)", ["\ud800".encode("utf-8", "surrogatepass")])
+    assert db.query("SELECT count(*) FROM tasks")[0][0] == 2
+    assert db.supervisor.status().restarts == 0
+    assert db.health().status == "ok"

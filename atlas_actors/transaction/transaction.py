@@ -372,8 +372,9 @@ class Transaction:
         """Add the tables ``sql`` changes to ``writes``, analysing it first (a new text)."""
         try:
             info = self._manager.statements.analyze(connection.connection, sql, params)
-        except (TypeError, OverflowError, KeyError) as error:
-            # Parameters the statement cannot bind either (apsw's answers): typed now.
+        except (TypeError, OverflowError, KeyError, ValueError) as error:
+            # Parameters the statement cannot bind either (apsw's answers), or text it
+            # cannot prepare (a NUL, a lone surrogate): typed now.
             wrapped = wrap_sqlite_error(error, sql)
             if isinstance(wrapped, AtlasError):
                 raise wrapped from error
@@ -578,6 +579,13 @@ class Transaction:
             self._last_error = error
             self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
             raise
+        except ValueError as error:  # (the cache's analysis: apsw refused the text)
+            wrapped = wrap_sqlite_error(error, sql)
+            if not isinstance(wrapped, AtlasError):
+                raise
+            self._last_error = wrapped
+            self._storage.errors.handle(wrapped, {"operation": "transaction", "tx": self.id})
+            raise wrapped from error
 
     def _open_snapshot(self, sql: str, params: Params) -> list[Row]:
         """Pin a reader and start a read transaction whose version is known exactly.
