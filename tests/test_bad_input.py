@@ -399,3 +399,23 @@ def test_text_apsw_cannot_encode_is_a_typed_error_on_every_path(
     assert db.query("SELECT count(*) FROM tasks")[0][0] == 2
     assert db.supervisor.status().restarts == 0
     assert db.health().status == "ok"
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize("isolation", _ISOLATIONS)
+def test_sql_that_is_not_text_in_a_transaction_is_typed_and_it_goes_on(
+    open_storage: Callable[..., atlas.Storage], cache: bool, isolation: str
+) -> None:
+    """A bare TypeError ("expected string or bytes-like object", "unhashable type")."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, n)")
+    with db.transaction(isolation=isolation) as tx:  # type: ignore[arg-type]
+        for sql in (None, 123, ["SELECT 1"], b"SELECT 1"):
+            for method in (tx.query, tx.execute):
+                with pytest.raises(errors.StatementTypeError, match="sql must be a str") as caught:
+                    method(sql)  # type: ignore[arg-type]
+                assert f"not {type(sql).__name__}" in str(caught.value)
+        tx.execute("INSERT INTO tasks(n) VALUES (1)")
+        assert tx.query("SELECT n FROM tasks") == [(1,)]
+    assert db.query("SELECT n FROM tasks") == [(1,)]
+    assert db.supervisor.status().restarts == 0

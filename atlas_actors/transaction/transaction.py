@@ -39,6 +39,7 @@ from atlas_actors.errors import (
     AtlasError,
     DeadlockError,
     OperationTimeout,
+    StatementTypeError,
     TransactionAborted,
     TransactionError,
     TransactionTimeout,
@@ -46,7 +47,7 @@ from atlas_actors.errors import (
     WrongThreadError,
     wrap_sqlite_error,
 )
-from atlas_actors.future import Future
+from atlas_actors.future import Future, sql_type_error
 from atlas_actors.rows import Row
 from atlas_actors.transaction.deadlock import WaitForGraph
 from atlas_actors.transaction.isolation import PREVENTS, IsolationLevel, check_isolation
@@ -162,6 +163,10 @@ class Transaction:
             if raised is not error:
                 raise raised from error
             raise
+        except TypeError:  # (what the text's checks raise for None, a list, bytes...)
+            if type(sql) is str:
+                raise
+            raise self._not_text(sql) from None
         self.operations += 1
         return result
 
@@ -171,8 +176,13 @@ class Transaction:
         if lease is None:
             if self.isolation != "serializable":
                 self._check_active()
-                refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
-                refuse_connection_settings(sql)  # (the reader goes back to the pool)
+                try:
+                    refuse_transaction_control(sql)  # COMMIT would end the pinned snapshot
+                    refuse_connection_settings(sql)  # (the reader goes back to the pool)
+                except TypeError:  # (None, a number, a list, bytes: not SQL text)
+                    if type(sql) is str:
+                        raise
+                    raise self._not_text(sql) from None
                 rows = self._read_before_writing(sql, params)
                 self.operations += 1
                 return rows
@@ -201,8 +211,19 @@ class Transaction:
             if raised is not error:
                 raise raised from error
             raise
+        except TypeError:  # (as in execute)
+            if type(sql) is str:
+                raise
+            raise self._not_text(sql) from None
         self.operations += 1
         return rows
+
+    def _not_text(self, sql: object) -> StatementTypeError:
+        """The error for a statement that is not SQL text; the transaction goes on."""
+        error = sql_type_error(sql, built=False)
+        self._last_error = error
+        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        return error
 
     def create_savepoint(self, name: str) -> None:
         """Mark a point to roll back to (takes the writer lease).
