@@ -936,9 +936,11 @@ class TrackedConnection:
             outcome="it was stopped at its deadline and changed nothing, so it is safe to retry",
         )
 
-    def read_error(self, error: Exception, sql: str) -> BaseException:
+    def read_error(self, error: Exception, sql: str, params: Params = None) -> BaseException:
         """What a failed read raises: :meth:`timed_out`, else the wrapped SQLite error."""
-        return self.timed_out(error, f"query {shorten(sql)!r}") or wrap_sqlite_error(error, sql)
+        return self.timed_out(error, f"query {shorten(sql)!r}") or wrap_sqlite_error(
+            error, sql, params
+        )
 
     def timed_totals(self) -> tuple[float, int]:
         """(seconds, statements) of the timed runs: each stands for ``weight`` runs."""
@@ -987,7 +989,7 @@ class TrackedConnection:
                 rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1
-            raise self.read_error(error, sql) from error
+            raise self.read_error(error, sql, params) from error
         if weight:
             self.count_timed(perf_counter() - started, weight, params, rows)
         else:
@@ -1040,7 +1042,7 @@ class TrackedConnection:
                     rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1
-            raise self.read_error(error, sql) from error
+            raise self.read_error(error, sql, params) from error
         if weight:
             self.last_latency = latency = perf_counter() - started
             self.count_timed(latency, weight, params, rows)
@@ -1083,7 +1085,7 @@ class TrackedConnection:
                 self.cursor.execute(sql, params)
             except Exception as error:
                 self._errors += 1
-                raise wrap_sqlite_error(error, sql) from error
+                raise wrap_sqlite_error(error, sql, params) from error
             rowcount = connection.changes()
             if kind is _INSERTS and rowcount > 0:
                 return _new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ()))
@@ -1112,7 +1114,7 @@ class TrackedConnection:
             self.cursor.execute(sql, params)
         except Exception as error:
             self._errors += 1
-            raise wrap_sqlite_error(error, sql) from error
+            raise wrap_sqlite_error(error, sql, params) from error
         if weight:
             self._timed_write(perf_counter() - started, params, weight)
         rowcount = connection.changes()
@@ -1182,7 +1184,7 @@ class TrackedConnection:
                     except Exception as error:
                         self._errors += 1
                         self._queries += 1
-                        raise wrap_sqlite_error(error, sql) from error
+                        raise wrap_sqlite_error(error, sql, params) from error
                     if weight:
                         self._timed_write(perf_counter() - started, params, weight)
                     rowcount = connection.changes()

@@ -58,6 +58,8 @@ __all__ = [
     "ValidationError",
     "WrongThreadError",
     "analyze",
+    "not_pairs_error",
+    "params_type_error",
     "shorten",
     "wrap_sqlite_error",
 ]
@@ -367,7 +369,9 @@ _BY_APSW_CLASS: dict[type[BaseException], tuple[type[SQLiteError], str]] = {
 }
 
 
-def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseException:
+def wrap_sqlite_error(
+    exc: BaseException, sql: str | None = None, params: object = None
+) -> BaseException:
     """Translate an exception raised by apsw into the matching :class:`AtlasError`.
 
     apsw errors become the :class:`SQLiteError` subclass of their result code; apsw's
@@ -376,12 +380,15 @@ def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseExcepti
     naming one of ``sql``'s ``:name`` placeholders (a missing named value) and a
     ``UnicodeEncodeError`` of a value (a lone surrogate). apsw's refusals of the text
     itself (a ``UnicodeEncodeError`` of ``sql``, the ``ValueError`` of a NUL in it)
-    become a :class:`SQLError`. Anything else, atlas errors included, is returned
-    unchanged. The result is meant to be
-    raised ``from exc``.
+    become a :class:`SQLError`. ``params`` (when given) are the statement's: a str,
+    bytes or bytearray that apsw could not bind (one value per character) is told to
+    be a list. Anything else, atlas errors included, is returned unchanged. The result
+    is meant to be raised ``from exc``.
     """
     if isinstance(exc, AtlasError):
         return exc
+    if type(params) in (str, bytes, bytearray) and isinstance(exc, apsw.BindingsError | TypeError):
+        return params_type_error(params, sql)
     message = str(exc) or type(exc).__name__
     where = f" in {shorten(sql)!r}" if sql else ""
     if isinstance(exc, UnicodeEncodeError):
@@ -435,6 +442,32 @@ def wrap_sqlite_error(exc: BaseException, sql: str | None = None) -> BaseExcepti
         sql=sql,
         result_code=result_code,
         extended_result_code=extended_code,
+    )
+
+
+def params_type_error(params: object, sql: object = None, *, many: bool = False) -> ParameterError:
+    """The error for parameters that are no container of values (``many``: of sets).
+
+    A str, bytes or bytearray is a sequence too, which apsw would bind one character
+    (or byte, as an int) per placeholder.
+    """
+    text = sql if isinstance(sql, str) else None
+    where = f" in {shorten(text)!r}" if text else ""
+    if many:
+        expected = "a list of parameter sets (e.g. [['a'], ['b']])"
+    else:
+        expected = "a list or tuple of values (e.g. ['a']) or a dict of :name values"
+    return ParameterError(
+        f"params must be {expected}, not {type(params).__name__} ({params!r:.60}){where}",
+        sql=text,
+    )
+
+
+def not_pairs_error(statements: object) -> StatementTypeError:
+    """The error for a ``write_all`` given something that is no list of pairs."""
+    return StatementTypeError(
+        f"write_all takes a list of (sql, params) pairs, not {type(statements).__name__} "
+        f"({statements!r:.60}); pass e.g. [('INSERT INTO t VALUES (?)', [1])]"
     )
 
 

@@ -30,7 +30,13 @@ from atlas_actors.actors.writer_ops import (
     _writer_threads,
 )
 from atlas_actors.connection import Params, WriteResult
-from atlas_actors.errors import DeadlockError, OperationTimeout, StorageUnavailable
+from atlas_actors.errors import (
+    DeadlockError,
+    OperationTimeout,
+    StorageUnavailable,
+    not_pairs_error,
+    params_type_error,
+)
 from atlas_actors.future import (
     _PENDING,
     Future,
@@ -111,14 +117,13 @@ class WriterHandle:
         self, sql: str, seq_of_params: Sequence[Params], *, timeout: float | None = None
     ) -> WriterFuture[WriteResult]:
         """Run one statement per parameter set, all or nothing; one :class:`WriteResult`."""
-        return self.submit(
-            WriteManyOp,
-            "write_many",
-            sql,
-            (sql, list(seq_of_params)),
-            timeout,
-            traced=True,
-        )
+        try:
+            if type(seq_of_params) in (str, bytes, bytearray):
+                raise TypeError  # (a str would be sets of one character each)
+            sets = list(seq_of_params)
+        except TypeError:
+            raise params_type_error(seq_of_params, sql, many=True) from None
+        return self.submit(WriteManyOp, "write_many", sql, (sql, sets), timeout, traced=True)
 
     def write_all(
         self, statements: Sequence[tuple[str, Params]], *, timeout: float | None = None
@@ -126,7 +131,10 @@ class WriterHandle:
         """Run several statements as one unit: all commit or none does."""
         # The hot path of db.write_all too: statement_pairs() and, untraced, submit()
         # inlined (no generic call with *args, ~1k instructions; no Mailbox.send call).
-        statements = list(statements)  # a copy: the caller may reuse its list
+        try:
+            statements = list(statements)  # a copy: the caller may reuse its list
+        except TypeError:  # (an int, None: not a list of pairs)
+            raise not_pairs_error(statements) from None
         try:
             for sql, _params in statements:  # ValueError or TypeError unless a pair
                 if type(sql) is not str:

@@ -55,8 +55,11 @@ from atlas_actors.errors import (
     CorruptionError,
     DeadlockError,
     ReadOnlyError,
+    StatementTypeError,
     StorageUnavailable,
     ValidationError,
+    not_pairs_error,
+    params_type_error,
     wrap_sqlite_error,
 )
 from atlas_actors.future import (
@@ -80,6 +83,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _open_storages: weakref.WeakSet[Storage] = weakref.WeakSet()
+
+_TEXT_TYPES = frozenset((str, bytes, bytearray))
+"""Sequences that are no parameter container: apsw would bind each character (byte)."""
 
 
 class Buildable(Protocol):
@@ -182,6 +188,8 @@ class Storage(Runtime):
         self, sql: str, params: Params = None, *, timeout: float | None = None
     ) -> WriteResult:
         """Run a writing statement through the writer; returns once it is acknowledged."""
+        if type(params) in _TEXT_TYPES:  # (bound one character per placeholder otherwise)
+            raise self._bad_params(params_type_error(params, sql), "write")
         result: WriteResult = self._write(WriteOp, "write", sql, (sql, params), timeout)
         return result
 
@@ -192,7 +200,13 @@ class Storage(Runtime):
         self, sql: str, seq_of_params: Sequence[Params], *, timeout: float | None = None
     ) -> WriteResult:
         """Run one statement per parameter set, all or nothing; acknowledged as one."""
-        args = (sql, list(seq_of_params))
+        try:
+            if type(seq_of_params) in _TEXT_TYPES:
+                raise TypeError  # (a str would be sets of one character each)
+            args = (sql, list(seq_of_params))
+        except TypeError:
+            error = params_type_error(seq_of_params, sql, many=True)
+            raise self._bad_params(error, "write_many") from None
         result: WriteResult = self._write(WriteManyOp, "write_many", sql, args, timeout)
         return result
 
@@ -201,7 +215,12 @@ class Storage(Runtime):
     ) -> list[WriteResult]:
         """Run several statements as one unit (all or nothing); one result per statement."""
         if self.tracing.enabled or threading.get_ident() in self.guarded_threads:
-            statements = statement_pairs(statements)
+            try:
+                statements = statement_pairs(statements)
+            except TypeError as error:
+                if isinstance(error, StatementTypeError):
+                    raise
+                raise self._bad_params(not_pairs_error(statements), "write_all") from None
             results: list[WriteResult] = self._write(
                 WriteAllOp, "write_all", statements, (statements,), timeout
             )
@@ -214,6 +233,11 @@ class Storage(Runtime):
             if not error.reported:
                 self.errors.handle(error, {"operation": "write_all"})
             raise
+
+    def _bad_params(self, error: AtlasError, operation: str) -> AtlasError:
+        """Report ``error``, refused at the call, and return it to raise."""
+        self.errors.handle(error, {"operation": operation})
+        return error
 
     def run_in_writer(
         self, fn: Callable[[apsw.Connection], T], *, timeout: float | None = None

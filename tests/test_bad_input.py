@@ -419,3 +419,65 @@ def test_sql_that_is_not_text_in_a_transaction_is_typed_and_it_goes_on(
         assert tx.query("SELECT n FROM tasks") == [(1,)]
     assert db.query("SELECT n FROM tasks") == [(1,)]
     assert db.supervisor.status().restarts == 0
+
+
+_AS_LIST = r"params must be a list or tuple of values \(e\.g\. \['a'\]\)"
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+def test_text_or_bytes_as_the_parameter_container_is_refused(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    """apsw binds a str or bytes one character (byte, as an int) per placeholder:
+    b"a" stored 97, and "ab" filled two placeholders with 'a' and 'b'."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(a, b)")
+    for params in ("a", b"a", bytearray(b"a")):
+        with pytest.raises(errors.ParameterError, match=_AS_LIST):
+            db.write("INSERT INTO t(a) VALUES (?)", params)  # type: ignore[arg-type]
+    with pytest.raises(errors.ParameterError, match=_AS_LIST):
+        db.write("INSERT INTO t(a, b) VALUES (?, ?)", "ab")
+    # What fails in SQLite (a length that does not match) says so on every path.
+    with db.transaction() as tx:
+        with pytest.raises(errors.ParameterError, match=_AS_LIST):
+            tx.execute("INSERT INTO t(a) VALUES (?)", "abc")
+        with pytest.raises(errors.ParameterError, match=_AS_LIST):
+            tx.query("SELECT * FROM t WHERE a = ?", b"abc")
+    with pytest.raises(errors.ParameterError, match=_AS_LIST):
+        db.writer.execute("INSERT INTO t(a) VALUES (?)", "abc").get(10)
+    if cache:  # (the cache keys the read by its parameters)
+        with pytest.raises(errors.ParameterError, match=_AS_LIST):
+            db.query("SELECT * FROM t WHERE a = ?", "a")
+    for sets in ("ab", b"ab"):
+        with pytest.raises(errors.ParameterError, match="params must be a list of parameter sets"):
+            db.write_many("INSERT INTO t(a) VALUES (?)", sets)  # type: ignore[arg-type]
+    assert db.query("SELECT count(*) FROM t") == [(0,)]
+    db.write("INSERT INTO t(a) VALUES (?)", ["a"])
+    assert db.query("SELECT a FROM t WHERE a = ?", ("a",)) == [("a",)]
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+def test_a_parameter_container_that_is_not_one_is_a_typed_error(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    """A bare TypeError ("'int' object is not iterable") from the cache's key, from
+    list() in write_many, write_all and executemany."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(a)")
+    with pytest.raises(errors.ParameterError):
+        db.query("SELECT * FROM t WHERE a = ?", 5)  # type: ignore[arg-type]
+    with pytest.raises(errors.ParameterError, match="params must be a list of parameter sets"):
+        db.write_many("INSERT INTO t(a) VALUES (?)", 5)  # type: ignore[arg-type]
+    with pytest.raises(errors.ParameterError, match="params must be a list of parameter sets"):
+        db.writer.executemany("INSERT INTO t(a) VALUES (?)", None)  # type: ignore[arg-type]
+    for write_all in (db.write_all, db.writer.write_all):
+        with pytest.raises(errors.StatementTypeError, match=r"list of \(sql, params\) pairs"):
+            write_all(5)  # type: ignore[arg-type]
+    with db.transaction() as tx:  # (a thread holding the lease: db.write_all checks more)
+        tx.execute("INSERT INTO t(a) VALUES (0)")
+        with pytest.raises(errors.StatementTypeError, match=r"list of \(sql, params\) pairs"):
+            db.write_all(None)  # type: ignore[arg-type]
+        tx.rollback()
+    db.write_many("INSERT INTO t(a) VALUES (?)", [[1], [2]])
+    assert db.query("SELECT count(*) FROM t") == [(2,)]
+    assert db.supervisor.status().restarts == 0

@@ -37,6 +37,7 @@ from atlas_actors.cache.disk import DiskStore
 from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
+from atlas_actors.errors import params_type_error
 from atlas_actors.rows import Row, row_class
 
 if TYPE_CHECKING:
@@ -112,12 +113,27 @@ def _read(counter: itertools.count[int]) -> int:
 
 
 def params_key(params: Params) -> tuple[Any, ...]:
-    """Parameters as a hashable tuple (dicts by sorted name)."""
+    """Parameters as a hashable tuple (dicts by sorted name).
+
+    A str, bytes or bytearray (apsw would bind one character or byte per placeholder)
+    or what is no container at all is refused: :class:`ParameterError`.
+    """
     if params is None:
         return ()
+    kind = type(params)
+    if kind is list or kind is tuple:  # (first: no more checks than before for these)
+        return tuple(params)
     if isinstance(params, dict):
         return tuple(sorted(params.items()))
-    return tuple(params)
+    if kind in _TEXT_TYPES:
+        raise params_type_error(params)
+    try:
+        return tuple(params)
+    except TypeError:  # (an int: not iterable)
+        raise params_type_error(params) from None
+
+
+_TEXT_TYPES = frozenset((str, bytes, bytearray))
 
 
 class CacheManager:
