@@ -481,3 +481,23 @@ def test_a_parameter_container_that_is_not_one_is_a_typed_error(
     db.write_many("INSERT INTO t(a) VALUES (?)", [[1], [2]])
     assert db.query("SELECT count(*) FROM t") == [(2,)]
     assert db.supervisor.status().restarts == 0
+
+
+def test_the_cache_refuses_what_is_no_pattern_nor_query(db: atlas.Storage) -> None:
+    """invalidate(None) and warm([None]) raised bare TypeErrors."""
+    db.write("INSERT INTO tasks(title) VALUES ('a')")
+    for pattern in (None, 1, b"tasks:*"):
+        with pytest.raises(errors.ValidationError, match="pattern must be a str glob"):
+            db.cache.invalidate(pattern)  # type: ignore[arg-type]
+    for queries, kind in [
+        ([None], errors.StatementTypeError),
+        ([("SELECT 1", None, None)], errors.StatementTypeError),
+        ([(None, None)], errors.StatementTypeError),
+        ([("SELECT * FROM tasks WHERE id = ?", [[1]])], errors.ParameterError),
+        ([("SELECT * FROM tasks WHERE id = ?", 5)], errors.ParameterError),
+    ]:
+        with pytest.raises(kind):
+            db.cache.warm(queries)  # type: ignore[arg-type]
+    assert db.cache.warm(["SELECT title FROM tasks"]) == 1
+    assert db.cache.invalidate("tasks") >= 0
+    assert db.query("SELECT title FROM tasks") == [("a",)]

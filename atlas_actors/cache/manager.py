@@ -21,6 +21,7 @@ Never stale (DESIGN guarantee 3):
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import logging
@@ -37,7 +38,8 @@ from atlas_actors.cache.disk import DiskStore
 from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
-from atlas_actors.errors import params_type_error
+from atlas_actors.errors import StatementTypeError, ValidationError, params_type_error
+from atlas_actors.future import sql_type_error
 from atlas_actors.rows import Row, row_class
 
 if TYPE_CHECKING:
@@ -548,6 +550,11 @@ class CacheManager:
         ``:`` is the table); any other pattern is matched against the statement text
         (case-sensitively: a literal's case is its content). Returns the entries dropped.
         """
+        if type(pattern) is not str:
+            raise ValidationError(
+                f"pattern must be a str glob such as 'tasks', 'task*' or 'tasks:*', not "
+                f"{type(pattern).__name__} ({pattern!r:.60})"
+            )
         table_pattern = pattern.split(":", 1)[0] if ":" in pattern else pattern
         l1 = self.l1
         entries = l1.entries() if l1 is not None else []
@@ -638,10 +645,18 @@ class CacheManager:
         """Run ``queries`` (SQL, or (SQL, params)) so their results are cached."""
         warmed = 0
         for query in queries:
-            sql, params = (query, None) if isinstance(query, str) else query
+            try:
+                sql, params = (query, None) if isinstance(query, str) else query
+            except (TypeError, ValueError):  # (None, a 3-tuple: not SQL nor a pair)
+                raise StatementTypeError(
+                    f"warm takes SQL texts or (sql, params) pairs, not {query!r:.60}"
+                ) from None
+            if type(sql) is not str:
+                raise sql_type_error(sql, built=False)
             # Asked for on purpose: admitted at once, not on a second request, and
             # through the cache even if the statement was skipping it.
-            self._doorkeeper[(sql, params_key(params))] = None
+            with contextlib.suppress(TypeError):  # (unhashable values: the read says so)
+                self._doorkeeper[(sql, params_key(params))] = None
             reuse = self._reuse.get(sql)
             if reuse is not None:
                 reuse[2] = 0
