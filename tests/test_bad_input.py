@@ -501,3 +501,26 @@ def test_the_cache_refuses_what_is_no_pattern_nor_query(db: atlas.Storage) -> No
     assert db.cache.warm(["SELECT title FROM tasks"]) == 1
     assert db.cache.invalidate("tasks") >= 0
     assert db.query("SELECT title FROM tasks") == [("a",)]
+
+
+@pytest.mark.parametrize("sql", [None, 123, ["SELECT 1"], b"SELECT 1"])
+def test_a_borrowed_connection_refuses_sql_that_is_not_text(db: atlas.Storage, sql: object) -> None:
+    """A bare TypeError ("expected string or bytes-like object") before."""
+    with db.pool.acquire() as connection:
+        for run in (connection.execute, connection.query):
+            with pytest.raises(errors.StatementTypeError, match="sql must be a str"):
+                run(sql)  # type: ignore[arg-type]
+        assert connection.execute("SELECT count(*) FROM tasks") == [(0,)]
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "1", [1], 1e20, True])
+def test_a_borrowed_connection_checks_its_timeouts(db: atlas.Storage, timeout: object) -> None:
+    """acquire(timeout=nan) was taken as is when a connection was free: a deadline
+    that never comes (or a TypeError later)."""
+    with pytest.raises(errors.ValidationError, match="pass a number of seconds"):
+        db.pool.acquire(timeout=timeout)  # type: ignore[arg-type]
+    with db.pool.acquire(timeout=5) as connection:
+        with pytest.raises(errors.ValidationError, match="pass a number of seconds"):
+            connection.execute("SELECT 1", timeout=timeout)  # type: ignore[arg-type]
+        assert connection.execute("SELECT 1", timeout=5) == [(1,)]
+    assert db.query("SELECT 1") == [(1,)]

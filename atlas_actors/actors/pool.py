@@ -86,7 +86,7 @@ from atlas_actors.errors import (
     wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
-from atlas_actors.future import checked_timeout
+from atlas_actors.future import checked_timeout, sql_type_error
 from atlas_actors.rows import Row
 
 if TYPE_CHECKING:
@@ -259,7 +259,14 @@ class PooledConnection:
         storage's ``default_timeout``) is stopped and raises ``OperationTimeout``; the
         connection stays as it was (a read transaction begun on it stays open).
         """
-        return self._pool.run(self._live(), sql, params, timeout)
+        if timeout is not None:
+            timeout = checked_timeout(timeout)
+        try:
+            return self._pool.run(self._live(), sql, params, timeout)
+        except TypeError:  # (the text's checks: None, a number, a list, bytes)
+            if type(sql) is str:
+                raise
+            raise sql_type_error(sql, built=False) from None
 
     query = execute
 
@@ -886,6 +893,8 @@ class ReaderPool:
 
     def acquire(self, timeout: float | None = None) -> PooledConnection:
         """Borrow a connection for the calling thread (the plan's ``acquire()``)."""
+        if timeout is not None:
+            timeout = checked_timeout(timeout)  # (a free connection's wait checks none)
         connection = self._take(timeout)
         connection.state = ConnectionState.ACTIVE
         if not connection.usable and connection.state is ConnectionState.ACTIVE:
