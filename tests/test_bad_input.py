@@ -524,3 +524,23 @@ def test_a_borrowed_connection_checks_its_timeouts(db: atlas.Storage, timeout: o
             connection.execute("SELECT 1", timeout=timeout)  # type: ignore[arg-type]
         assert connection.execute("SELECT 1", timeout=5) == [(1,)]
     assert db.query("SELECT 1") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda q: q.select(None), r"select\(\) takes a list"),
+        (lambda q: q.select(5), r"select\(\) takes a list"),
+        (lambda q: q.where(None), r"where\(\) or having\(\) takes a list"),
+        (lambda q: q.having(7), r"where\(\) or having\(\) takes a list"),
+        (lambda q: q.group_by(None), r"group_by\(\) takes a list"),
+        (lambda q: q.order_by(3), r"order_by\(\) takes a list"),
+    ],
+)
+def test_a_query_verb_given_no_list_is_a_typed_error(
+    db: atlas.Storage, build: Callable[[atlas.Query], atlas.Query], message: str
+) -> None:
+    """A bare TypeError ("'NoneType' object is not iterable") before."""
+    with pytest.raises(errors.QueryValidationError, match=message):
+        build(atlas.Query().select(["id"]).from_("tasks"))
+    assert db.query(atlas.Query().select(["id"]).from_("tasks")) == []

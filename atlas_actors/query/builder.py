@@ -10,7 +10,7 @@ building the same query again is a dictionary lookup.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +105,7 @@ class Query(Subquery):
         if isinstance(columns, str):
             raise QueryValidationError("select() takes a list of columns, not a string")
         items: list[SelectItem] = []
-        for item in columns:
+        for item in _listed(columns, "select", "['id', 'title']"):
             if isinstance(item, str):
                 Column(item)  # checks the name
             elif not isinstance(item, Column | Aggregate):
@@ -159,9 +159,10 @@ class Query(Subquery):
         """Group by these columns (or select aliases)."""
         if isinstance(columns, str):
             raise QueryValidationError("group_by() takes a list of columns, not a string")
-        for c in columns:
+        names = _listed(columns, "group_by", "['status']")
+        for c in names:
             check_reference(c)
-        return self._with(_group_by=self._group_by + tuple(columns))
+        return self._with(_group_by=self._group_by + tuple(names))
 
     def having(self, conditions: Sequence[ConditionLike]) -> Query:
         """AND these conditions (on aggregates or aliases) to the HAVING clause."""
@@ -172,7 +173,7 @@ class Query(Subquery):
         if isinstance(columns, str):
             raise QueryValidationError("order_by() takes a list, e.g. [('due', 'asc')]")
         keys: list[tuple[OrderKey, Direction]] = []
-        for item in columns:
+        for item in _listed(columns, "order_by", "[('due', 'asc')]"):
             if isinstance(item, tuple) and len(item) != 2:
                 raise QueryValidationError(
                     f"an order_by item is a column or a (column, 'asc'|'desc') pair, got {item!r}"
@@ -271,7 +272,18 @@ class Query(Subquery):
 def _conditions(conditions: Sequence[ConditionLike]) -> tuple[Condition | AnyOf | AllOf, ...]:
     if isinstance(conditions, tuple | Condition | AnyOf | AllOf):
         raise QueryValidationError("pass a list of conditions, e.g. [('status', 'eq', 'open')]")
-    return tuple(to_condition(c) for c in conditions)
+    listed = _listed(conditions, "where() or having", "[('status', 'eq', 'open')]")
+    return tuple(to_condition(c) for c in listed)
+
+
+def _listed(items: Iterable[Any], verb: str, example: str) -> list[Any]:
+    """``items`` as a list, or :class:`QueryValidationError` if it is none (None, an int)."""
+    try:
+        return list(items)
+    except TypeError:
+        raise QueryValidationError(
+            f"{verb}() takes a list, e.g. {example}, not {type(items).__name__} ({items!r:.60})"
+        ) from None
 
 
 def _ref(ref: str) -> str:
