@@ -544,3 +544,14 @@ def test_a_query_verb_given_no_list_is_a_typed_error(
     with pytest.raises(errors.QueryValidationError, match=message):
         build(atlas.Query().select(["id"]).from_("tasks"))
     assert db.query(atlas.Query().select(["id"]).from_("tasks")) == []
+
+
+def test_the_optimizer_refuses_a_statement_nested_too_deeply(db: atlas.Storage) -> None:
+    """Its analyses recurse per level of parentheses: a RecursionError before."""
+    deep = "SELECT * FROM tasks WHERE " + "(" * 5000 + "n = 1" + ")" * 5000
+    for analyse in (db.optimizer.suggest_indexes, db.optimizer.rewrite, db.optimizer.analyze):
+        with pytest.raises(errors.QueryValidationError, match="nests parentheses 5000 levels"):
+            analyse(deep)
+    nested = "SELECT * FROM tasks WHERE " + "(" * 150 + "n = 1" + ")" * 150
+    assert db.optimizer.analyze(nested) is not None
+    assert db.optimizer.suggest_indexes(nested) is not None

@@ -25,6 +25,7 @@ __all__ = [
     "dequote",
     "is_word",
     "matching_paren",
+    "nesting_depth",
     "outside_parens",
     "parameter_numbers",
     "significant",
@@ -124,6 +125,24 @@ def matching_paren(tokens: Sequence[Token], index: int) -> int:
             if depth == 0:
                 return i
     return len(tokens)
+
+
+def nesting_depth(tokens: Sequence[Token]) -> int:
+    """Return how deep the parentheses of ``tokens`` nest (0: none).
+
+    The analyses built on these tokens (scopes, rewrites) recurse once per level: a
+    caller checks this first, so that a deeply nested text is refused with a clear
+    error instead of exhausting Python's recursion limit.
+    """
+    depth = deepest = 0
+    for token in tokens:
+        if token.kind == "op":
+            if token.text == "(":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif token.text == ")":
+                depth -= 1
+    return deepest
 
 
 def outside_parens(tokens: Sequence[Token]) -> list[int]:

@@ -22,7 +22,7 @@ from atlas_actors.errors import AtlasError, ConfigError, QueryValidationError, w
 from atlas_actors.future import sql_type_error
 from atlas_actors.query._names import closest, quote_catalog_name
 from atlas_actors.query._sqlinfo import null_bindings, sql_info
-from atlas_actors.query._tokens import is_word, significant, tokenize
+from atlas_actors.query._tokens import is_word, nesting_depth, significant, tokenize
 from atlas_actors.query.builder import Query
 from atlas_actors.query.capture import Workbench
 from atlas_actors.query.conditions import check_count
@@ -53,6 +53,10 @@ WriteFn = Callable[[str], None]
 """``write(sql)`` runs one DDL statement through the writer."""
 
 
+MAX_NESTING = 200
+"""Deepest nesting of parentheses the optimizer analyzes (its analyses recurse per level)."""
+
+
 def single_statement(sql: str) -> str:
     """Return ``sql`` if it holds exactly one statement, else raise QueryValidationError.
 
@@ -64,6 +68,12 @@ def single_statement(sql: str) -> str:
         tokens.pop()
     if not tokens:
         raise QueryValidationError("empty statement")
+    depth = nesting_depth(tokens)
+    if depth > MAX_NESTING:
+        raise QueryValidationError(
+            f"the statement nests parentheses {depth} levels deep; the optimizer analyzes "
+            f"at most {MAX_NESTING}: simplify it (flatten the expression, or use a CTE)"
+        )
     if any(t.kind == "op" and t.text == ";" for t in tokens):
         raise QueryValidationError(
             "expected one statement, got several; analyze them one at a time"
