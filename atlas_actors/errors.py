@@ -58,6 +58,7 @@ __all__ = [
     "ValidationError",
     "WrongThreadError",
     "analyze",
+    "built_type_error",
     "not_pairs_error",
     "params_type_error",
     "shorten",
@@ -468,6 +469,14 @@ def not_pairs_error(statements: object) -> StatementTypeError:
     return StatementTypeError(
         f"write_all takes a list of (sql, params) pairs, not {type(statements).__name__} "
         f"({statements!r:.60}); pass e.g. [('INSERT INTO t VALUES (?)', [1])]"
+    )
+
+
+def built_type_error(query: object, built: object) -> StatementTypeError:
+    """The error for a query whose ``build()`` returned no ``(sql, params)`` pair."""
+    return StatementTypeError(
+        f"{type(query).__name__}.build() must return (sql, params): SQL text and a list, "
+        f"tuple or dict of values; it returned {built!r:.60}"
     )
 
 

@@ -58,6 +58,7 @@ from atlas_actors.errors import (
     StatementTypeError,
     StorageUnavailable,
     ValidationError,
+    built_type_error,
     not_pairs_error,
     params_type_error,
     wrap_sqlite_error,
@@ -375,8 +376,14 @@ class Storage(Runtime):
             build = query.build
         except AttributeError:  # (None, a number, bytes: not a statement)
             raise sql_type_error(query) from None
-        sql, params = build()
-        return sql, list(params)
+        built = build()
+        try:
+            sql, params = built
+            if type(sql) is not str:
+                raise TypeError
+            return sql, list(params)
+        except (TypeError, ValueError):  # (not a pair of SQL text and values)
+            raise built_type_error(query, built) from None
 
     def submit_query(
         self, sql: str, params: Params = None, *, timeout: float | None = None

@@ -555,3 +555,25 @@ def test_the_optimizer_refuses_a_statement_nested_too_deeply(db: atlas.Storage) 
     nested = "SELECT * FROM tasks WHERE " + "(" * 150 + "n = 1" + ")" * 150
     assert db.optimizer.analyze(nested) is not None
     assert db.optimizer.suggest_indexes(nested) is not None
+
+
+class _Built:
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+    def build(self) -> object:
+        return self.result
+
+
+@pytest.mark.parametrize(
+    "result", ["SELECT 1", None, ("SELECT 1",), ("SELECT 1", [], 3), (None, []), ("SELECT 1", 5)]
+)
+def test_a_build_that_returns_no_pair_is_a_typed_error(db: atlas.Storage, result: object) -> None:
+    """A bare TypeError or ValueError ("cannot unpack") before."""
+    with pytest.raises(errors.StatementTypeError, match=r"_Built.build\(\) must return"):
+        db.query(_Built(result))  # type: ignore[arg-type]
+    if isinstance(result, tuple) and len(result) == 2:
+        return  # (the optimizer checks the text, and takes the parameters as they are)
+    with pytest.raises(errors.StatementTypeError, match=r"_Built.build\(\) must return"):
+        db.optimizer.analyze(_Built(result))  # type: ignore[arg-type]
+    assert db.query(_Built(("SELECT 1", []))) == [(1,)]  # type: ignore[arg-type]

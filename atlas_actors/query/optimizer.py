@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 
 import apsw
 
-from atlas_actors.errors import AtlasError, ConfigError, QueryValidationError, wrap_sqlite_error
+from atlas_actors.errors import (
+    AtlasError,
+    ConfigError,
+    QueryValidationError,
+    built_type_error,
+    wrap_sqlite_error,
+)
 from atlas_actors.future import sql_type_error
 from atlas_actors.query._names import closest, quote_catalog_name
 from atlas_actors.query._sqlinfo import null_bindings, sql_info
@@ -192,7 +198,11 @@ class Optimizer:
                 build = getattr(sql, "build", None)
                 if build is None:
                     raise sql_type_error(sql)
-                sql, params = build()
+                built = build()
+                try:
+                    sql, params = built
+                except (TypeError, ValueError):  # (not a pair)
+                    raise built_type_error(sql, built) from None
             if type(sql) is not str:
                 raise sql_type_error(sql)
         return analyzable(sql), params
