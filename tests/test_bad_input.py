@@ -495,6 +495,8 @@ def test_the_cache_refuses_what_is_no_pattern_nor_query(db: atlas.Storage) -> No
         ([(None, None)], errors.StatementTypeError),
         ([("SELECT * FROM tasks WHERE id = ?", [[1]])], errors.ParameterError),
         ([("SELECT * FROM tasks WHERE id = ?", 5)], errors.ParameterError),
+        (["SELECT 1\x00 2"], errors.SQLError),
+        ([("SELECT ?", ["\ud800"])], errors.ParameterError),
     ]:
         with pytest.raises(kind):
             db.cache.warm(queries)  # type: ignore[arg-type]

@@ -38,7 +38,12 @@ from atlas_actors.cache.disk import DiskStore
 from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
-from atlas_actors.errors import StatementTypeError, ValidationError, params_type_error
+from atlas_actors.errors import (
+    StatementTypeError,
+    ValidationError,
+    params_type_error,
+    wrap_sqlite_error,
+)
 from atlas_actors.future import sql_type_error
 from atlas_actors.rows import Row, row_class
 
@@ -660,6 +665,12 @@ class CacheManager:
             reuse = self._reuse.get(sql)
             if reuse is not None:
                 reuse[2] = 0
-            self.read(sql, params, None)
+            try:
+                self.read(sql, params, None)
+            except ValueError as error:  # (apsw refused the text: a NUL, a lone surrogate)
+                wrapped = wrap_sqlite_error(error, sql)
+                if wrapped is error:
+                    raise
+                raise wrapped from error
             warmed += 1
         return warmed
