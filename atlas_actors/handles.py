@@ -269,7 +269,10 @@ def batch_call_attributes(
     op_class: type[Op], sql: SqlText, args: tuple[Any, ...]
 ) -> dict[str, Any]:
     """The batch attributes of a call's span (``write_many``: one set per operation)."""
-    return batch_attributes(sql, len(args[1]) if op_class is WriteManyOp else None)
+    try:
+        return batch_attributes(sql, len(args[1]) if op_class is WriteManyOp else None)
+    except TypeError:  # (SQL that is not text: the op refuses it, recorded on the span)
+        return {}
 
 
 def end_span(span: trace.Span, future: Future[Any]) -> None:

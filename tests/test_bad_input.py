@@ -579,3 +579,22 @@ def test_a_build_that_returns_no_pair_is_a_typed_error(db: atlas.Storage, result
     with pytest.raises(errors.StatementTypeError, match=r"_Built.build\(\) must return"):
         db.optimizer.analyze(_Built(result))  # type: ignore[arg-type]
     assert db.query(_Built(("SELECT 1", []))) == [(1,)]  # type: ignore[arg-type]
+
+
+def test_sql_that_is_not_text_is_a_typed_error_with_tracing_on(
+    open_storage: Callable[..., atlas.Storage], tracer_provider: object
+) -> None:
+    """The span's batch attributes took len() of the SQL: a bare TypeError before."""
+    db = open_storage(tracer_provider=tracer_provider)
+    db.execute("CREATE TABLE t(x)")
+    for sql in (None, 123, b"INSERT INTO t VALUES (1)", object()):
+        for call in (
+            lambda: db.write(sql),  # noqa: B023
+            lambda: db.write_many(sql, [[1]]),  # noqa: B023
+            lambda: db.writer.execute(sql).get(10),  # noqa: B023
+            lambda: db.writer.executemany(sql, [[1]]).get(10),  # noqa: B023
+        ):
+            with pytest.raises(errors.StatementTypeError, match="sql must be a str"):
+                call()
+    db.write("INSERT INTO t VALUES (1)")
+    assert db.query("SELECT x FROM t") == [(1,)]
