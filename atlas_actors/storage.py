@@ -343,14 +343,6 @@ class Storage(Runtime):
         except AtlasError as error:
             self.errors.handle(error, {"operation": "query"})
             raise
-        except ValueError as error:
-            # The cache's first run analyses the text (prepares it) before the read,
-            # and apsw refuses a NUL or a lone surrogate with a ValueError: typed here.
-            wrapped = wrap_sqlite_error(error, sql)
-            if not isinstance(wrapped, AtlasError):
-                raise
-            self.errors.handle(wrapped, {"operation": "query"})
-            raise wrapped from error
 
     def _report_query(self, error: AtlasError) -> None:
         self.errors.handle(error, {"operation": "query"})

@@ -42,7 +42,6 @@ from atlas_actors.errors import (
     StatementTypeError,
     ValidationError,
     params_type_error,
-    wrap_sqlite_error,
 )
 from atlas_actors.future import sql_type_error
 from atlas_actors.rows import Row, row_class
@@ -665,12 +664,6 @@ class CacheManager:
             reuse = self._reuse.get(sql)
             if reuse is not None:
                 reuse[2] = 0
-            try:
-                self.read(sql, params, None)
-            except ValueError as error:  # (apsw refused the text: a NUL, a lone surrogate)
-                wrapped = wrap_sqlite_error(error, sql)
-                if wrapped is error:
-                    raise
-                raise wrapped from error
+            self.read(sql, params, None)
             warmed += 1
         return warmed

@@ -22,6 +22,7 @@ from typing import Any
 import apsw
 
 from atlas_actors.cache.dependencies import TableShape, Template, fold, table_shape, template
+from atlas_actors.errors import wrap_sqlite_error
 from atlas_actors.query._sqlinfo import null_bindings
 
 __all__ = ["DETERMINISTIC_FUNCTIONS", "StatementAnalyses", "StatementInfo", "analyze"]
@@ -178,7 +179,7 @@ class StatementAnalyses:
         """Learn what ``sql`` touches by preparing it in EXPLAIN mode (cached per text).
 
         Must run in the thread that currently owns ``connection``. Raises what SQLite
-        raises for an invalid statement.
+        raises for an invalid statement (apsw's refusals of the text, typed).
         """
         info = self.known.get(sql)
         if info is not None:
@@ -194,6 +195,13 @@ class StatementAnalyses:
             # stepping through a script prepares each of its statements. Plain EXPLAIN's
             # rows carry a blob literal's bytes as text, which apsw cannot decode.
             connection.cursor().execute(sql, params, explain=2).fetchall()
+        except ValueError as error:
+            # apsw refused the text (a NUL, a lone surrogate) or a value: typed here, for
+            # every caller (the cache's first read, a transaction's or the writer's).
+            wrapped = wrap_sqlite_error(error, sql, params)
+            if wrapped is error:
+                raise
+            raise wrapped from error
         finally:
             connection.authorizer = previous
         cacheable = (

@@ -600,13 +600,6 @@ class Transaction:
             self._last_error = error
             self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
             raise
-        except ValueError as error:  # (the cache's analysis: apsw refused the text)
-            wrapped = wrap_sqlite_error(error, sql)
-            if not isinstance(wrapped, AtlasError):
-                raise
-            self._last_error = wrapped
-            self._storage.errors.handle(wrapped, {"operation": "transaction", "tx": self.id})
-            raise wrapped from error
 
     def _open_snapshot(self, sql: str, params: Params) -> list[Row]:
         """Pin a reader and start a read transaction whose version is known exactly.
