@@ -596,5 +596,10 @@ def test_sql_that_is_not_text_is_a_typed_error_with_tracing_on(
         ):
             with pytest.raises(errors.StatementTypeError, match="sql must be a str"):
                 call()
+        for isolation in ("serializable", "read_committed"):
+            with db.transaction(isolation=isolation) as tx:  # (a traced transaction)
+                for tx_call in (tx.execute, tx.query):
+                    with pytest.raises(errors.StatementTypeError, match="sql must be a str"):
+                        tx_call(sql)  # type: ignore[arg-type]
     db.write("INSERT INTO t VALUES (1)")
     assert db.query("SELECT x FROM t") == [(1,)]

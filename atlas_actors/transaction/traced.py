@@ -52,7 +52,8 @@ class TracedTransaction(Transaction):
     def _traced(self, name: str, sql: str | None, call: Callable[[], T]) -> T:
         token = otel_context.attach(self._span_context) if self._span_context else None
         try:
-            with self._tracing.client_span(name, sql):  # (records an error itself)
+            # (records an error itself; SQL that is no text is refused by the call, typed)
+            with self._tracing.client_span(name, sql if isinstance(sql, str) else None):
                 return call()
         finally:
             if token is not None:
