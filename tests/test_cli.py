@@ -122,21 +122,26 @@ def test_ctrl_c_stops_the_demo_and_prints_the_run_so_far(tmp_path: Path) -> None
     assert "operations" in out and "lost writes  none" in out
 
 
-def test_check_reports_a_damaged_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "broken.db"
+def _indexed_table_damaged(path: Path, rows: int, value: str, start: int, end: int) -> None:
+    """A table of ``rows`` rows of ``value`` with an index, bytes start..end (in pages
+    from page 3, fractions allowed) overwritten: its b-tree pages are damaged."""
     connection = apsw.Connection(str(path))
     connection.execute("CREATE TABLE t(x); CREATE INDEX t_x ON t(x);")
     connection.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
-        "INSERT INTO t SELECT i FROM n"
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) "
+        f"INSERT INTO t SELECT {value} FROM n"
     )
     connection.close()
-    # Damage the index's pages: integrity_check must notice.
     data = bytearray(path.read_bytes())
     page_size = int.from_bytes(data[16:18], "big")
-    for offset in range(page_size * 3, min(len(data), page_size * 6)):
-        data[offset] = 0xFF
+    first, last = int(page_size * start), min(len(data), int(page_size * end))
+    data[first:last] = b"\x55" * (last - first)
     path.write_bytes(bytes(data))
+
+
+def test_check_reports_a_damaged_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.db"
+    _indexed_table_damaged(path, 2000, "i", 3, 6)  # integrity_check must notice
     assert main(["check", str(path), "--full"]) == 2
     assert "problem" in capsys.readouterr().out
     assert main(["check", str(tmp_path / "missing.db")]) == 1
@@ -147,17 +152,7 @@ def test_check_counts_and_lists_each_problem_once(
 ) -> None:
     """SQLite may report several problems in one row, a line each: each counts."""
     path = tmp_path / "index.db"
-    connection = apsw.Connection(str(path))
-    connection.execute("CREATE TABLE t(x); CREATE INDEX t_x ON t(x);")
-    connection.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
-        "INSERT INTO t SELECT randomblob(50) FROM n"
-    )
-    connection.close()
-    data = bytearray(path.read_bytes())
-    page_size = int.from_bytes(data[16:18], "big")
-    data[page_size * 3 + 100 : page_size * 3 + 600] = b"\x55" * 500  # inside a b-tree page
-    path.write_bytes(bytes(data))
+    _indexed_table_damaged(path, 3000, "randomblob(50)", 3 + 100 / 4096, 3 + 600 / 4096)
     assert main(["check", str(path)]) == 2
     out = capsys.readouterr().out.splitlines()
     count = int(out[1].split(": ")[1].split()[0])  # quick_check: N problem(s)
