@@ -15,6 +15,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors import connection as connection_module
 from atlas_actors.actors.cache import CacheActor
+from atlas_actors.actors.writer import WriterActor
 from atlas_actors.cache import manager as manager_module
 from atlas_actors.config import MAX_READERS
 from atlas_actors.errors import ConfigError, OperationTimeout, ValidationError
@@ -118,3 +119,19 @@ def test_the_pool_is_never_resized_past_its_bound(tmp_path: Path) -> None:
         assert wait_until(lambda: db.pool.status().total == 3)
     with pytest.raises(ConfigError, match=f"at most {MAX_READERS}"):
         atlas.open(tmp_path / "b.db", readers=MAX_READERS + 1, max_readers=MAX_READERS + 1)
+
+
+def test_a_new_writer_incarnation_starts_with_nothing_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An incarnation that died without its crash clean-up (forced here) leaves its held
+    count behind: the next one starts from zero, or the bound would shrink for good."""
+    with atlas.open(tmp_path / "a.db", mailbox_size=10, cache=False) as db:
+        db.execute("CREATE TABLE t(v)")
+        monkeypatch.setattr(WriterActor, "on_crash", lambda self, *_: self._close("crash"))
+        db._writer_mailbox.held = 10  # what a dead incarnation holding ten writes counted
+        restarts = db.supervisor.status().restarts
+        db.supervisor.kill("writer")
+        assert wait_until(lambda: db.supervisor.status().restarts > restarts)
+        db.write("INSERT INTO t VALUES (1)", timeout=5)  # room: nothing is held now
+        assert db.query("SELECT count(*) AS n FROM t")[0].n == 1

@@ -261,6 +261,9 @@ class WriterActor(RoleActor):
     def on_start(self) -> None:
         """Open and check the write connection (in the actor's thread)."""
         mark_writer_thread()
+        # This incarnation holds nothing yet, whatever the last one left counted (one
+        # that died without its crash clean-up would otherwise shrink the bound for good).
+        self.mailbox.release_held()
         raw = self.connect()
         connection = TrackedConnection(raw, "writer", owner=self)
         if self.incarnation > 1 and self.config.verify_on_restart:
