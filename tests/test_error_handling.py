@@ -168,6 +168,35 @@ def test_corruption_stops_writes_verifies_and_reports(tmp_path: Path) -> None:
         assert db.query("SELECT count(*) FROM notes") == [(500,)]
 
 
+def test_a_writer_restart_that_finds_the_file_damaged_stops_writes_but_not_reads(
+    tmp_path: Path,
+) -> None:
+    """The restart's quick_check fails: the corruption strategy, not a crash loop.
+
+    Before, the check failed the writer's start until the restart intensity failed
+    the whole storage, reads of undamaged tables included.
+    """
+    path = tmp_path / "damaged.db"
+    with atlas.open(path, cache=False) as db:
+        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        db.execute("CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT)")
+        db.write_many("INSERT INTO t(v) VALUES (?)", [["x" * 100]] * 3000)
+        db.write("INSERT INTO u(v) VALUES ('kept')")
+        db.wal.checkpoint("truncate")
+        with path.open("r+b") as file:  # a page of t's b-tree, from outside
+            file.seek(4096 * 20 + 200)
+            file.write(b"\x55" * 2000)
+        db.supervisor.kill("writer", how="crash")
+        assert wait_until(lambda: "damaged" in str(db.write_block), timeout=10)
+        writer = next(c for c in db.supervisor.status().children if c.role == "writer")
+        assert writer.state == "running" and writer.incarnation == 2  # no crash loop
+        assert db.query("SELECT v FROM u") == [("kept",)]  # reads go on
+        with pytest.raises(errors.CorruptionError, match="damaged"):
+            db.write("INSERT INTO u(v) VALUES ('more')")
+        assert db.health().status == "degraded"
+        assert db.metrics.snapshot()["errors.corruption"] >= 1
+
+
 def test_recover_resumes_writes_once_the_file_checks_out(open_storage: object) -> None:
     # A read fault (FaultyVFS) passes for corruption, and the automatic check, run while
     # it lasts, finds the file "damaged". Once it is gone, recover() checks again: when

@@ -288,15 +288,24 @@ class WriterActor(RoleActor):
         self.events.emit("connect", "writer", connection.id, incarnation=self.incarnation)
 
     def _verify(self, connection: TrackedConnection) -> None:
-        """After a restart, check the file before serving writes again."""
+        """After a restart, check the file before serving writes again.
+
+        A failed check is corruption like any other: the storage stops writes and runs
+        its integrity_check (resuming them if the file is sound), reads go on, and this
+        incarnation serves on. Failing the start instead would restart the writer until
+        the restart intensity fails the whole storage, its reads too.
+        """
         result = connection.connection.execute("PRAGMA quick_check").fetchall()
         if result != [("ok",)]:
-            connection.close()
-            raise CorruptionError(
-                f"quick_check after a writer restart failed: {result[:5]!r}; "
-                "stop writing, restore from a backup or investigate a copy",
+            error = CorruptionError(
+                f"quick_check after a writer restart failed: {result[:5]!r}; writes are "
+                "stopped while the file is verified; restore from a backup or investigate "
+                "a copy if the check confirms it",
                 sql="PRAGMA quick_check",
+                result_code=apsw.SQLITE_CORRUPT,
             )
+            self.hooks.error(error, "PRAGMA quick_check")
+            self.hooks.corruption(error)
 
     def on_stop(self) -> None:
         """Graceful stop: end a lease, run what waited behind it, commit, close."""
