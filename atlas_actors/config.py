@@ -95,7 +95,8 @@ class StorageConfig:
     """Deadline in seconds of a call that names none; no call waits longer."""
 
     busy_timeout: float = 5.0
-    """Seconds a connection waits on a lock held by another process before SQLITE_BUSY."""
+    """Seconds one wait on a lock held by another process lasts before SQLITE_BUSY (the
+    writer then tries its BEGIN again, until the deadline of the call it serves)."""
 
     busy_backoff_base: float = 0.0005
     """First wait (seconds) of the busy handler; doubles per retry, with jitter."""

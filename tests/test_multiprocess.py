@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import BusyError
+from atlas_actors.errors import TransientError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,17 +113,32 @@ def test_a_write_waits_out_another_process_holding_the_lock(
     assert sorted(r.x for r in db.query("SELECT x FROM t")) == [-1, 1]
 
 
-def test_a_lock_held_past_the_busy_timeout_gives_a_typed_transient_error(
+def test_a_lock_held_past_the_busy_timeout_is_waited_out_until_the_writes_deadline(
+    open_storage: object, db_path: Path
+) -> None:
+    """busy_timeout bounds one wait, not the write: another process's transaction may
+    hold the lock longer (up to its transaction_timeout), and no 'database is locked'
+    may reach a caller whose deadline has not passed."""
+    db: atlas.Storage = open_storage(busy_timeout=0.2)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(x)")
+    holder = _hold_write_lock(db_path, 1.0)
+    started = time.monotonic()
+    assert db.write("INSERT INTO t VALUES (1)").rowcount == 1
+    assert time.monotonic() - started >= 0.7  # several busy waits, one write
+    holder.wait(10)
+    assert db.metrics.get("busy_retries") > 1 and db.metrics.get("errors") == 0
+
+
+def test_a_lock_held_past_the_writes_deadline_gives_a_typed_transient_error(
     open_storage: object, db_path: Path
 ) -> None:
     db: atlas.Storage = open_storage(busy_timeout=0.2)  # type: ignore[operator]
     db.execute("CREATE TABLE t(x)")
-    holder = _hold_write_lock(db_path, 1.0)
-    with pytest.raises(BusyError) as caught:
-        db.write("INSERT INTO t VALUES (1)")
+    holder = _hold_write_lock(db_path, 2.0)
+    with pytest.raises(TransientError) as caught:  # SQLITE_BUSY, or the deadline itself
+        db.write("INSERT INTO t VALUES (1)", timeout=0.6)
     diagnostics = db.errors.analyze(caught.value)
     assert diagnostics.recoverable and diagnostics.context["strategy"] == "retry_with_backoff"
-    assert caught.value.code_name == "SQLITE_BUSY"
     holder.wait(10)
     assert db.write("INSERT INTO t VALUES (2)").rowcount == 1  # serving again
     assert db.metrics.get("errors.transient") >= 1

@@ -502,11 +502,31 @@ class WriterActor(RoleActor):
     # -- group commit ------------------------------------------------------------------
 
     def _begin(self, op: Op) -> bool:
-        """Open the batch's transaction; False (and ``op`` failed) if SQLite refused."""
+        """Open the batch's transaction; False (and ``op`` failed) if SQLite refused.
+
+        Another process holding the write lock past ``busy_timeout`` (a transaction of
+        its own may hold it for its whole ``transaction_timeout``) is waited out until
+        ``op``'s deadline: nothing has run yet, so trying BEGIN again is safe, and the
+        busy handler counts every wait. Only then does ``op`` fail, with SQLITE_BUSY.
+        """
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
+        left: float | None = None  # (the first try waits busy_timeout, as every statement)
+        while True:
+            try:
+                if left is None:
+                    connection.cursor.execute("BEGIN IMMEDIATE")
+                else:
+                    with busy_wait_limit(left):  # a try again ends at the deadline
+                        connection.cursor.execute("BEGIN IMMEDIATE")
+                break
+            except apsw.Error as error:
+                left = op.deadline - time.monotonic()
+                if isinstance(error, apsw.BusyError) and left > 0:
+                    continue  # (each wait ran the busy handler's backoff, counted)
+                self._fail(op, wrap_sqlite_error(error, "BEGIN IMMEDIATE"), "BEGIN IMMEDIATE")
+                return False
         try:
-            connection.cursor.execute("BEGIN IMMEDIATE")
             # Holding the write lock, data_version says if another process committed.
             # The wal-index counter says it without a call into SQLite (each call
             # releases the GIL: see the module docstring): unchanged since our last
