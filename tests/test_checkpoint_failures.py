@@ -17,6 +17,7 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.actors.writer import WriterActor
 from atlas_actors.errors import BusyError
 from atlas_actors.faults import FaultyVFS
 
@@ -56,8 +57,8 @@ def test_a_busy_wait_of_many_retries_ends_in_a_typed_busy_error(
     other = apsw.Connection(str(db_path))
     other.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(BusyError):
-            db.write("INSERT INTO t VALUES (1)")
+        with pytest.raises(BusyError):  # (its deadline passes: the lock is still held)
+            db.write("INSERT INTO t VALUES (1)", timeout=1.5)
     finally:
         other.execute("ROLLBACK")
         other.close()
@@ -157,3 +158,29 @@ def test_a_wal_limit_below_checkpoint_frames_pages_holds_without_readers(
         largest = max(largest, (db_path.parent / f"{db_path.name}-wal").stat().st_size)
     assert db.config.checkpoint_frames * 4096 > 10 * limit
     assert largest <= 1.1 * limit  # (the checkpoint comes after the commit that passes it)
+
+
+def test_a_truncate_that_emptied_the_wal_puts_off_no_later_one(
+    open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a TRUNCATE that readers outlasted backs off (it held the write lock for
+    nothing). One that emptied the WAL did not: the next is due as soon as the WAL
+    passes its limit again. Before, every truncation put the next off by nine times
+    its own length, and short overlapping reads let the WAL reach 100x its limit."""
+    calls: list[str] = []
+    checkpoint = WriterActor._checkpoint
+
+    def readers_in_the_way_of_passive(self: WriterActor, mode: str) -> tuple[int, int]:
+        calls.append(mode)
+        frames, copied = checkpoint(self, mode)
+        return (frames, 0) if mode == "PASSIVE" else (frames, copied)  # as with a reader
+
+    monkeypatch.setattr(WriterActor, "_checkpoint", readers_in_the_way_of_passive)
+    db = open_storage(wal_size_limit=64 * 1024, synchronous="NORMAL", cache=False)
+    db.execute("CREATE TABLE w(id INTEGER PRIMARY KEY, b BLOB)")
+    for _ in range(60):
+        db.write("INSERT INTO w(b) VALUES (zeroblob(3000))")
+    writer = db._writer_actor()
+    assert writer is not None
+    assert "TRUNCATE" in calls  # (it ran, and emptied the WAL: nobody reads)
+    assert writer._truncate_after == 0.0

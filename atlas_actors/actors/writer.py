@@ -149,6 +149,9 @@ class WriterHooks:
     one call. None: those two are called instead."""
 
 
+_BUSY_ANSWER_MARGIN = 0.05
+"""Seconds before a call's deadline at which the writer stops waiting out another
+process's lock for it, so that the call fails with SQLITE_BUSY in time."""
 _TRUNCATE_WAIT = 0.1
 """Seconds the writer first waits for readers when it truncates a WAL past its limit."""
 _CHECKPOINT_WAIT = 1.0
@@ -511,17 +514,19 @@ class WriterActor(RoleActor):
         """
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
-        left: float | None = None  # (the first try waits busy_timeout, as every statement)
+        busy_timeout = self.config.busy_timeout
         while True:
+            # Each wait ends a moment before the deadline, so that the caller hears
+            # SQLITE_BUSY, not a timeout saying the write may still complete.
+            left = op.deadline - time.monotonic() - _BUSY_ANSWER_MARGIN
             try:
-                if left is None:
-                    connection.cursor.execute("BEGIN IMMEDIATE")
+                if left >= busy_timeout:
+                    connection.cursor.execute("BEGIN IMMEDIATE")  # (most batches: no limit)
                 else:
-                    with busy_wait_limit(left):  # a try again ends at the deadline
+                    with busy_wait_limit(max(left, 0.0)):
                         connection.cursor.execute("BEGIN IMMEDIATE")
                 break
             except apsw.Error as error:
-                left = op.deadline - time.monotonic()
                 if isinstance(error, apsw.BusyError) and left > 0:
                     continue  # (each wait ran the busy handler's backoff, counted)
                 self._fail(op, wrap_sqlite_error(error, "BEGIN IMMEDIATE"), "BEGIN IMMEDIATE")
@@ -1062,14 +1067,15 @@ class WriterActor(RoleActor):
         except apsw.BusyError:
             self._truncate_wait = min(2 * self._truncate_wait, self.config.busy_timeout)
             log.info("WAL past wal_size_limit, still in use by readers: truncated later")
-        else:
-            self._truncate_wait = max(_TRUNCATE_WAIT, self._truncate_wait / 2)
-        finally:
-            # The wait held the write lock: the next try comes after nine times as long
-            # of writing, so waiting for readers takes at most a tenth of the writer's
-            # time (the WAL may pass its limit by what is written meanwhile).
+            # The wait readers outlasted held the write lock: the next try comes after
+            # nine times as long of writing, so such waits take at most a tenth of the
+            # writer's time (the WAL may pass its limit by what is written meanwhile).
             finished = time.monotonic()
             self._truncate_after = finished + _TRUNCATE_BACKOFF * (finished - started)
+        else:
+            # Emptied: the next one is due when the WAL has passed its limit again.
+            self._truncate_wait = max(_TRUNCATE_WAIT, self._truncate_wait / 2)
+            self._truncate_after = 0.0
 
     def _commit_failed(
         self,
