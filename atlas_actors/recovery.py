@@ -73,6 +73,8 @@ class VerifyResult:
     """What ``integrity_check`` reported (empty when ok)."""
     unchecked: bool = False
     """True when the check could not run (an I/O error, a lock): no verdict on the file."""
+    error: BaseException | None = None
+    """What kept the check from running (when ``unchecked``), typed: ``DiskIOError``, ..."""
 
 
 class ErrorHandler:
@@ -204,7 +206,11 @@ class ErrorHandler:
         return RecoveryResult(strategy, False, "actors did not restart in time")
 
     def verify(self, *, full: bool = True) -> VerifyResult:
-        """Run ``integrity_check`` (or ``quick_check``) on a fresh read-only connection."""
+        """Run ``integrity_check`` (or ``quick_check``) on a fresh read-only connection.
+
+        When the check cannot run (an I/O error, a lock), the result is ``unchecked`` and
+        carries the typed error in ``error``.
+        """
         pragma = "integrity_check" if full else "quick_check"
         storage = self._storage
         try:
@@ -224,5 +230,7 @@ class ErrorHandler:
             # A damaged file may refuse to open or read: that is a verdict. An I/O error
             # or a lock is not; the check could not run.
             unchecked = not isinstance(wrapped, CorruptionError)
-            return VerifyResult(False, (str(wrapped),), unchecked=unchecked)
+            return VerifyResult(
+                False, (str(wrapped),), unchecked=unchecked, error=wrapped if unchecked else None
+            )
         return VerifyResult(rows == ["ok"], () if rows == ["ok"] else tuple(rows))

@@ -77,5 +77,15 @@ class WalManager:
         return self.checkpoint("truncate")
 
     def verify(self, *, full: bool = False) -> bool:
-        """True if ``quick_check`` (``integrity_check`` with ``full``) finds no problem."""
-        return self._storage.errors.verify(full=full).ok
+        """True if ``quick_check`` (``integrity_check`` with ``full``) finds no problem.
+
+        False means the check ran and found the file damaged. When it could not run (an
+        I/O error, a lock held too long) there is no verdict: raises the typed error
+        (``DiskIOError``, ``BusyError``, ...) instead. ``db.errors.verify()`` returns both
+        outcomes as a :class:`~atlas_actors.recovery.VerifyResult`.
+        """
+        result = self._storage.errors.verify(full=full)
+        if result.unchecked:
+            assert result.error is not None, "an unchecked result carries its error"
+            raise result.error
+        return result.ok
