@@ -24,6 +24,40 @@ def vfs() -> Iterator[FaultyVFS]:
     faulty.unregister()
 
 
+# -- db.wal.monitor(): frames whoever wrote them -----------------------------------------
+
+
+def test_wal_monitor_counts_the_frames_another_process_wrote(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(cache=False, checkpoint_frames=100_000)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    db.write("INSERT INTO t(v) VALUES (1)")
+    db.wal.checkpoint("passive")  # copies everything: nothing waits
+    assert db.wal.monitor().frames == 0
+    assert db.metrics.snapshot()["wal.pending_bytes"] == 0
+    other = apsw.Connection(db.path)  # another process, as far as the storage can tell
+    try:
+        other.set_busy_timeout(5000)
+        other.execute("PRAGMA wal_autocheckpoint=0")
+        with other:
+            for _ in range(300):
+                other.execute("INSERT INTO t(v) VALUES (randomblob(4000))")
+        stats = db.wal.monitor()
+        page_size = db.query("PRAGMA page_size")[0][0]
+        in_file = (stats.size - 32) // (24 + page_size)
+        assert 300 <= stats.frames <= in_file, (stats, in_file)
+        snapshot = db.metrics.snapshot()
+        assert snapshot["wal.frames"] == stats.frames
+        assert snapshot["wal.pending_bytes"] == stats.size > 300 * page_size
+        # The other process checkpoints everything: nothing waits any more.
+        other.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        assert db.wal.monitor().frames == 0
+        assert db.metrics.snapshot()["wal.pending_bytes"] == 0
+    finally:
+        other.close()
+
+
 # -- db.wal.verify(): False is a verdict; no verdict raises -------------------------------
 
 
