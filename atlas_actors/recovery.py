@@ -9,6 +9,10 @@ error:
   backoff and jitter when given the work to retry;
 * actor failure: wait until the supervisor has the actor running again;
 * disk full: the writer serves reads only until space returns (it probes by itself);
+  once the storage accepts writes again, the work is retried as for a transient error;
+* I/O error: run ``PRAGMA quick_check``; only if the file checks out, retry the work
+  with backoff (a COMMIT that failed with an I/O error may or may not have reached the
+  disk: the retried work should be idempotent, or check first);
 * corruption: stop writes, run ``PRAGMA integrity_check``, resume only if it passes.
 """
 
@@ -27,6 +31,7 @@ import apsw
 from atlas_actors.errors import (
     AtlasError,
     CorruptionError,
+    DiskFullError,
     ErrorDiagnostics,
     StorageUnavailable,
     analyze,
@@ -56,9 +61,9 @@ class RecoveryResult:
     recovered: bool
     """True when the work is done or the storage serves again."""
     detail: str
-    """What happened, in words."""
+    """What happened, in words (for an I/O error at COMMIT: that its outcome is uncertain)."""
     attempts: int = 0
-    """Retries made (``retry_with_backoff``)."""
+    """Retries made (``retry_with_backoff``, ``retry``, ``read_only``, ``retry_then_verify``)."""
     result: Any = None
     """What the retried work returned."""
 
@@ -135,7 +140,14 @@ class ErrorHandler:
         The error is the one that ended the transaction, or else the last one its calls
         raised. The transaction is rolled back (its lease or reader released). With ``retry``,
         a transient failure is retried in fresh transactions of the same isolation, with
-        exponential backoff and jitter, up to ``attempts`` times.
+        exponential backoff and jitter, up to ``attempts`` times; so is:
+
+        * a full disk (``read_only``) once the storage accepts writes again (while it
+          refuses them, nothing is retried; a retry that finds the disk still full stops);
+        * an I/O error (``retry_then_verify``) once ``PRAGMA quick_check`` passed; when it
+          found problems or could not run, nothing is retried. A COMMIT that failed with
+          an I/O error may have reached the disk or not (SQLite cannot tell): the detail
+          says so, and the retried work should be idempotent or check first.
         """
         error = transaction._error or transaction._last_error
         transaction.rollback()
@@ -148,9 +160,9 @@ class ErrorHandler:
         if strategy == "restart":
             return self._await_restart(strategy)
         if strategy == "read_only":
-            return RecoveryResult(
-                strategy, False, "writes are refused until disk space returns; reads go on"
-            )
+            return self._retry_disk_full(transaction, retry, attempts, strategy)
+        if strategy == "retry_then_verify":
+            return self._verify_then_retry(transaction, retry, attempts, strategy, diagnostics)
         if strategy == "stop_and_verify":
             verdict = self.verify()
             if verdict.ok:
@@ -173,12 +185,15 @@ class ErrorHandler:
         retry: Callable[[Transaction], T] | None,
         attempts: int,
         strategy: str,
+        note: str = "",
     ) -> RecoveryResult:
         if retry is None:
-            return RecoveryResult(strategy, False, "rolled back; run the transaction again")
+            return RecoveryResult(strategy, False, f"{note}rolled back; run the transaction again")
         last: AtlasError | None = None
+        made = 0
         for attempt in range(1, attempts + 1):
             time.sleep(min(0.2, 0.002 * 2**attempt) * (1 + random.random()))
+            made = attempt
             try:
                 result = self._storage.transactions.run(
                     retry, isolation=transaction.isolation, retries=0
@@ -188,8 +203,68 @@ class ErrorHandler:
                 if not error.transient:
                     break
             else:
-                return RecoveryResult(strategy, True, "retried", attempt, result)
-        return RecoveryResult(strategy, False, f"retries failed: {last}", attempts)
+                return RecoveryResult(strategy, True, f"{note}retried", attempt, result)
+        if isinstance(last, DiskFullError):
+            return RecoveryResult(
+                strategy,
+                False,
+                f"{note}the disk is still full: writes are refused until disk space "
+                f"returns; reads go on ({last})",
+                made,
+            )
+        return RecoveryResult(strategy, False, f"{note}retries failed: {last}", made)
+
+    def _retry_disk_full(
+        self,
+        transaction: Transaction,
+        retry: Callable[[Transaction], T] | None,
+        attempts: int,
+        strategy: str,
+    ) -> RecoveryResult:
+        """Retry only once the storage accepts writes again (its writer left disk-full mode).
+
+        The writer enters that mode when a write of its own hits the full disk, and leaves
+        it after a probe write succeeded; a transaction's failure leaves it as it was, so a
+        retry can still find the disk full: it stops then (DiskFullError is not transient).
+        """
+        if self._storage.disk_full:
+            return RecoveryResult(
+                strategy, False, "writes are refused until disk space returns; reads go on"
+            )
+        return self._retry(transaction, retry, attempts, strategy)
+
+    def _verify_then_retry(
+        self,
+        transaction: Transaction,
+        retry: Callable[[Transaction], T] | None,
+        attempts: int,
+        strategy: str,
+        diagnostics: ErrorDiagnostics,
+    ) -> RecoveryResult:
+        """An I/O error: check the file (quick_check); retry only if it checks out."""
+        sql = str(diagnostics.context.get("sql") or "").strip().upper()
+        note = (
+            "the failed COMMIT's outcome is uncertain (an I/O error after its frames were "
+            "written may still have made it durable); "
+            if sql.startswith(("COMMIT", "END", "RELEASE"))
+            else ""
+        )
+        verdict = self.verify(full=False)
+        if verdict.unchecked:
+            return RecoveryResult(
+                strategy,
+                False,
+                f"{note}could not run quick_check ({verdict.problems[0]}): not retried; "
+                "check the disk",
+            )
+        if not verdict.ok:
+            return RecoveryResult(
+                strategy,
+                False,
+                f"{note}quick_check found problems: {verdict.problems[:3]}; not retried; "
+                "restore from a backup",
+            )
+        return self._retry(transaction, retry, attempts, strategy, f"{note}quick_check passed; ")
 
     def _await_restart(self, strategy: str) -> RecoveryResult:
         deadline = time.monotonic() + self._storage.config.default_timeout

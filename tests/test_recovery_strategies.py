@@ -15,6 +15,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors import errors
 from atlas_actors.faults import FaultyVFS
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -22,6 +23,112 @@ def vfs() -> Iterator[FaultyVFS]:
     faulty = FaultyVFS()
     yield faulty
     faulty.unregister()
+
+
+def _add_row(tx: atlas.Transaction) -> str:
+    tx.execute("INSERT INTO t(v) VALUES ('retried')")
+    return "done"
+
+
+def _retried_rows(db: atlas.Storage) -> int:
+    return int(db.query("SELECT count(*) FROM t WHERE v = 'retried'")[0][0])
+
+
+def _commit_fails_with_an_io_error(db: atlas.Storage, vfs: FaultyVFS) -> atlas.Transaction:
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    tx = db.transactions.begin()
+    vfs.only, vfs.fail_writes = "-wal", apsw.IOError
+    try:
+        with pytest.raises(errors.DiskIOError), tx:
+            _add_row(tx)
+    finally:
+        vfs.fail_writes = None
+    diagnostics = db.errors.analyze(tx._error or tx._last_error)  # type: ignore[arg-type]
+    assert diagnostics.context["strategy"] == "retry_then_verify"
+    return tx
+
+
+# -- I/O error: retry_then_verify -------------------------------------------------------
+
+
+def test_recover_retries_an_io_failure_once_quick_check_passes(
+    open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS
+) -> None:
+    db = open_storage(vfs=vfs.name, cache=False)
+    tx = _commit_fails_with_an_io_error(db, vfs)  # then the disk heals
+    result = db.errors.recover(tx, retry=_add_row)
+    assert (result.strategy, result.recovered, result.attempts, result.result) == (
+        "retry_then_verify",
+        True,
+        1,
+        "done",
+    ), result
+    assert "quick_check passed" in result.detail
+    assert "COMMIT's outcome is uncertain" in result.detail
+    assert _retried_rows(db) == 1
+
+
+def test_recover_does_not_retry_an_io_failure_the_file_check_cannot_run_for(
+    open_storage: Callable[..., atlas.Storage], vfs: FaultyVFS
+) -> None:
+    db = open_storage(vfs=vfs.name, cache=False)
+    tx = _commit_fails_with_an_io_error(db, vfs)
+    retried: list[int] = []
+    vfs.only, vfs.fail_reads = Path(db.path).name, apsw.IOError  # the check cannot read
+    try:
+        result = db.errors.recover(tx, retry=lambda t: retried.append(1))
+    finally:
+        vfs.fail_reads = None
+    assert (result.strategy, result.recovered, result.attempts) == (
+        "retry_then_verify",
+        False,
+        0,
+    ), result
+    assert "could not run quick_check" in result.detail and "not retried" in result.detail
+    assert retried == []
+
+
+# -- disk full: read_only, then retry once writes are accepted again ---------------------
+
+
+def test_recover_retries_a_disk_full_failure_once_the_storage_accepts_writes_again(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(max_page_count=60, disk_full_probe_interval=0.05, cache=False)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    with pytest.raises(errors.DiskFullError):
+        for _ in range(1000):
+            db.write("INSERT INTO t(v) VALUES (zeroblob(2000))")
+    assert wait_until(lambda: db.disk_full)  # the writer refuses writes now
+    failed = []
+    for _ in range(2):
+        tx = db.transactions.begin()
+        with pytest.raises(errors.DiskFullError):
+            tx.execute("INSERT INTO t(v) VALUES (zeroblob(2000))")
+        failed.append(tx)
+    retried: list[int] = []
+    result = db.errors.recover(failed[0], retry=lambda t: retried.append(1))
+    assert (result.strategy, result.recovered, retried) == ("read_only", False, [])
+    assert "writes are refused until disk space returns" in result.detail
+    # Space comes back (rows deleted: their pages are reused); a probe write finds out.
+    assert wait_until(lambda: _deleted(db))
+    assert wait_until(lambda: not db.disk_full)
+    result = db.errors.recover(failed[1], retry=_add_row)
+    assert (result.strategy, result.recovered, result.attempts, result.result) == (
+        "read_only",
+        True,
+        1,
+        "done",
+    ), result
+    assert _retried_rows(db) == 1
+
+
+def _deleted(db: atlas.Storage) -> bool:
+    try:
+        db.write("DELETE FROM t WHERE id % 2 = 0")
+    except errors.DiskFullError:
+        return False
+    return True
 
 
 # -- db.wal.monitor(): frames whoever wrote them -----------------------------------------

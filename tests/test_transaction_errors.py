@@ -197,9 +197,23 @@ def test_a_transaction_sqlite_rolled_back_for_a_full_disk_is_diagnosed_as_disk_f
     assert diagnostics.type == "TransactionAborted"
     assert diagnostics.context["strategy"] == "read_only"
     assert diagnostics.context["extended_result_code"] == apsw.SQLITE_FULL
+    # A transaction's full disk leaves the writer accepting writes: recover() retries,
+    # finds the disk still full and stops there (DiskFullError is not transient).
     retried: list[int] = []
-    result = db.errors.recover(tx, retry=lambda t: retried.append(1))
-    assert (result.strategy, result.recovered, retried) == ("read_only", False, [])
+
+    def fill(t: atlas.Transaction) -> None:
+        retried.append(1)
+        for _ in range(50):
+            t.execute("INSERT INTO t(v) VALUES (zeroblob(4000))")
+
+    result = db.errors.recover(tx, retry=fill)
+    assert (result.strategy, result.recovered, result.attempts, retried) == (
+        "read_only",
+        False,
+        1,
+        [1],
+    ), result
+    assert "the disk is still full: writes are refused until disk space returns" in result.detail
 
 
 def test_a_statement_interrupted_by_the_lease_timeout_is_reported_once(
