@@ -509,7 +509,13 @@ class ErrorDiagnostics:
     """category, strategy, advice, SQLite codes, statement, message."""
 
 
-# category -> (severity, recoverable, strategy, advice)
+# category -> (severity, recoverable, strategy, advice). What db.errors.recover(tx, retry)
+# does for each strategy (atlas_actors.recovery): retry_with_backoff, retry and
+# release_and_retry retry the work with backoff; restart waits for the actors; read_only
+# retries once the storage accepts writes again (refuses while the disk is full);
+# retry_then_verify runs quick_check and retries only if the file checks out (a failed
+# COMMIT's outcome is uncertain); stop_and_verify runs integrity_check and resumes writes
+# if it passes; the others only roll back and report the advice.
 _STRATEGIES: dict[str, tuple[Severity, bool, str, str]] = {
     "validation": ("low", True, "fix_input", "fix the statement or its values"),
     "constraint": ("low", True, "fix_input", "fix the values; nothing was changed"),
