@@ -433,6 +433,15 @@ class Runtime:
             return StorageClosedError(self.path)
         return StorageUnavailable(f"storage {self.path!r} is {self._state}")
 
+    @property
+    def shm_counter(self) -> ShmCounter | None:
+        """The wal-index, mapped while the storage is open (None: it could not be).
+
+        Read through this one mapping only: closing any other descriptor of the ``-shm``
+        file would drop every POSIX lock this process holds on it, SQLite's included.
+        """
+        return self._shm
+
     # -- writer hooks (run in the writer's thread) -------------------------------------
 
     def _wal_change(self) -> int | None:

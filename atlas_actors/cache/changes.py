@@ -51,6 +51,14 @@ WRITER_SETTLES = 0.05
 """Seconds a reader waits, at most, for the writer to settle a step that may be its COMMIT."""
 
 _ICHANGE = struct.Struct("=I")  # native order, at offset 8 of the first header copy
+# The wal-index header (https://sqlite.org/walformat.html#the_wal_index_file_format):
+# two copies of WalIndexHdr (48 bytes each), then WalCkptInfo, whose first field is
+# nBackfill; native byte order.
+_HEADER_BYTES = 48
+_HEADER = struct.Struct("=IIIBBHI")  # iVersion, unused, iChange, isInit, order, page, mxFrame
+_FRAME = struct.Struct("=I")
+_BACKFILL_OFFSET = 2 * _HEADER_BYTES
+_WAL_INDEX_VERSION = 3007000
 _ICHANGE_OFFSET = 8
 _MASK = 0xFFFFFFFF
 _EMPTY_WAL_WAIT = 0.2
@@ -103,6 +111,30 @@ class ShmCounter:
         """The counter's current value."""
         value: int = self._unpack(self._map, _ICHANGE_OFFSET)[0]
         return value
+
+    def frames(self, tries: int = 3) -> int | None:
+        """Frames in the WAL not yet checkpointed, as the wal-index says: every process's.
+
+        ``mxFrame`` (the last valid frame) unless ``nBackfill`` (frames checkpointed)
+        reached it, then 0: the next commit starts the WAL over. None if the header is
+        not initialised, or a writer kept changing it (SQLite's readers compare the two
+        copies of the header and retry, as this does).
+        """
+        data = self._map
+        if len(data) < _BACKFILL_OFFSET + 4:
+            return None
+        for _ in range(tries):
+            header = data[:_HEADER_BYTES]
+            if header != data[_HEADER_BYTES : 2 * _HEADER_BYTES]:
+                continue  # a writer is between updating the two copies
+            version, _unused, _change, initialised, _order, _page, last = _HEADER.unpack(
+                header[: _HEADER.size]
+            )
+            if version != _WAL_INDEX_VERSION or not initialised:
+                return None
+            (backfilled,) = _FRAME.unpack_from(data, _BACKFILL_OFFSET)
+            return 0 if backfilled >= last else int(last)
+        return None
 
     def empty_wal(self, wait: float = _EMPTY_WAL_WAIT) -> bool:
         """Copy the WAL into the database file and truncate it (a TRUNCATE checkpoint).

@@ -11,8 +11,6 @@ on that and runs checkpoints on demand (through the writer, between batches).
 from __future__ import annotations
 
 import os
-import struct
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -68,11 +66,13 @@ class WalManager:
         except OSError:
             size = 0
         last = counters.last_checkpoint
-        frames = wal_index_frames(self._storage.path)
+        shm = self._storage.shm_counter
+        frames = shm.frames() if shm is not None else None
         return WalStats(
             size=size,
-            # Without a wal-index to read (exclusive locking mode keeps it in memory: no
-            # other process can write then), what this process's own WAL hook saw.
+            # Without a wal-index mapped (exclusive locking mode keeps it in memory, and
+            # no other process can write then; a closed storage), what this process's
+            # own WAL hook saw.
             frames=counters.wal_frames if frames is None else frames,
             checkpoints=counters.checkpoints,
             last_checkpoint=datetime.fromtimestamp(last, UTC) if last else None,
@@ -95,41 +95,3 @@ class WalManager:
             assert result.error is not None, "an unchecked result carries its error"
             raise result.error
         return result.ok
-
-
-# The wal-index header (https://sqlite.org/walformat.html#the_wal_index_file_format), in
-# the -shm file, native byte order: two copies of WalIndexHdr (48 bytes each), then
-# WalCkptInfo, whose first field is nBackfill.
-_ORDER = "<" if sys.byteorder == "little" else ">"
-_HEADER = struct.Struct(f"{_ORDER}IIIBBHI")  # iVersion, unused, iChange, isInit, ..., mxFrame
-_BACKFILL = struct.Struct(f"{_ORDER}I")
-_WAL_INDEX_VERSION = 3007000
-
-
-def wal_index_frames(path: str, tries: int = 3) -> int | None:
-    """Frames in the WAL not yet checkpointed, as the wal-index says: every process's.
-
-    ``mxFrame`` (the last valid frame) unless ``nBackfill`` (frames checkpointed) reached
-    it, then 0: the next commit starts the WAL over. None when there is no wal-index to
-    read (no -shm file, or it is not initialised), or a writer kept changing it (SQLite's
-    own readers retry in the same way, comparing the two copies of the header).
-    """
-    try:
-        with open(f"{path}-shm", "rb") as file:
-            for _ in range(tries):
-                data = file.read(136)
-                file.seek(0)
-                if len(data) < 100:
-                    return None
-                if data[:48] != data[48:96]:
-                    continue  # a writer is between updating the two copies
-                version, _unused, _change, initialised, _endian, _page, frames = (
-                    _HEADER.unpack_from(data)
-                )
-                if version != _WAL_INDEX_VERSION or not initialised:
-                    return None
-                (backfilled,) = _BACKFILL.unpack_from(data, 96)
-                return 0 if backfilled >= frames else frames
-    except OSError:
-        return None
-    return None
