@@ -243,6 +243,25 @@ def test_every_error_is_logged_once_with_structured_context(
     assert snapshot["errors.constraint"] == 1 and snapshot["errors.validation"] == 1
 
 
+def test_a_failed_commit_is_logged_once(
+    open_storage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The write's structured record says it; the writer adds no second warning."""
+    vfs = FaultyVFS()
+    db: atlas.Storage = open_storage(vfs=vfs.name, cache=False)  # type: ignore[operator]
+    db.execute("CREATE TABLE t(v)")
+    caplog.set_level(logging.INFO, logger="atlas_actors")
+    vfs.only = f"{Path(db.path).name}-wal"
+    vfs.fail_writes = apsw.IOError
+    with pytest.raises(errors.DiskIOError):
+        db.write("INSERT INTO t VALUES (1)")
+    vfs.fail_writes = None
+    logged = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "injected" in r.getMessage()
+    ]
+    assert [r.name for r in logged] == ["atlas_actors.errors"], [r.getMessage() for r in logged]
+
+
 def test_recover_retries_a_transient_failure_with_backoff(db: atlas.Storage) -> None:
     db.execute("CREATE TABLE c(n INTEGER)")
     db.write("INSERT INTO c VALUES (0)")

@@ -1084,7 +1084,8 @@ class WriterActor(RoleActor):
         error: apsw.Error,
     ) -> None:
         """COMMIT failed: SQLite rolled back (or we do): every op of the batch fails."""
-        log.warning("group commit failed: %s", error)
+        # (each write of the batch reports the error, logged once there with its context)
+        log.debug("group commit failed: %s", error)
         if connection.connection.in_transaction:
             try:
                 connection.cursor.execute("ROLLBACK")
