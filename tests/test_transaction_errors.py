@@ -13,6 +13,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.errors import (
     AtlasError,
+    BusyError,
     ConstraintError,
     DiskFullError,
     DiskIOError,
@@ -138,7 +139,9 @@ def test_a_lease_granted_after_its_wait_timed_out_goes_back_at_once(
     # connection) past the caller's deadline: the caller gave up ("may have been
     # applied"), and the lease granted afterwards had nobody to give it back. It then
     # stopped every write until its own timeout, and made its thread's next write a
-    # deadlock with itself.
+    # deadlock with itself. (The writer now stops waiting for the lock just before the
+    # caller's deadline, so the caller mostly hears SQLITE_BUSY instead; a grant that
+    # still comes late goes back as before.)
     db = open_storage(default_timeout=0.5, busy_timeout=3.0, transaction_timeout=20.0)
     db.execute("CREATE TABLE t(a)")
     other = apsw.Connection(str(db_path))
@@ -146,9 +149,10 @@ def test_a_lease_granted_after_its_wait_timed_out_goes_back_at_once(
     unlock = threading.Timer(0.8, other.execute, ["COMMIT"])
     unlock.start()
     try:
-        with pytest.raises(OperationTimeout) as timed_out, db.transaction() as tx:
+        with pytest.raises((OperationTimeout, BusyError)) as failed, db.transaction() as tx:
             tx.execute("INSERT INTO t VALUES (1)")
-        assert timed_out.value.applied is None  # the writer had taken the request
+        if isinstance(failed.value, OperationTimeout):
+            assert failed.value.applied is None  # the writer had taken the request
     finally:
         unlock.join()
         other.close()
