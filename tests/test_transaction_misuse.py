@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import DeadlockError, ValidationError, WrongThreadError
+from atlas_actors.errors import (
+    DeadlockError,
+    TransactionTimeout,
+    ValidationError,
+    WrongThreadError,
+)
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -125,3 +132,19 @@ def test_a_second_transaction_refused_as_a_deadlock_is_reported_once(rows: atlas
     second.execute("INSERT INTO log VALUES ('second')")
     second.commit()
     assert _logged(rows) == ["first", "second"]
+
+
+def test_an_abandoned_transaction_whose_lease_expired_is_forgotten(tmp_path: Path) -> None:
+    """Begun, given the lease, then never ended: once the writer took the lease back
+    (the timeout), the transaction is counted rolled back and no longer listed."""
+    with atlas.open(tmp_path / "abandoned.db", cache=False) as db:
+        db.execute("CREATE TABLE t(x)")
+        tx = db.transactions.begin(timeout=0.2)
+        tx.execute("INSERT INTO t VALUES (1)")  # holds the lease
+        before = db.transactions.status().rolled_back
+        assert wait_until(lambda: not db.transactions.status().active, timeout=5)
+        assert db.transactions.status().rolled_back == before + 1
+        assert db.query("SELECT count(*) AS n FROM t")[0].n == 0  # rolled back
+        with pytest.raises(TransactionTimeout):  # its owner still hears why, once
+            tx.execute("INSERT INTO t VALUES (2)")
+        assert db.transactions.status().rolled_back == before + 1  # (not counted twice)

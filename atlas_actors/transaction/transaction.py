@@ -1018,9 +1018,19 @@ class TransactionManager:
         self.graph.release(tx._pinned_by, "pool:readers")
 
     def expire_snapshots(self, now: float) -> None:
-        """End the snapshots kept past their transaction's timeout (the storage's tick)."""
+        """End the snapshots kept past their transaction's timeout (the storage's tick).
+
+        Also forget, counted as rolled back, a transaction whose lease the writer took
+        back (its timeout): its owner hears it at its next call, if it ever makes one,
+        and one that never does (abandoned) would otherwise stay listed for good.
+        """
         for tx in list(self._active.values()):  # (copied in one step)
-            if tx._reader is not None:
+            lease = tx._lease
+            if lease is not None and lease.state is LeaseState.REVOKED:
+                if self._active.pop(tx.id, None) is not None:  # (as ended(): counted once)
+                    with self._lock:
+                        self.rolled_back += 1
+            elif tx._reader is not None:
                 try:
                     tx.expire_snapshot(now)
                 except Exception:  # one transaction's must not stop the others' (or the tick)
