@@ -148,3 +148,30 @@ def test_opening_a_file_that_is_no_database_makes_nothing_next_to_it(tmp_path: P
     with pytest.raises(AtlasError):
         atlas.open(notes, cache_dir=kept)
     assert kept.is_dir()
+
+
+def test_the_wal_can_be_watched_while_the_storage_closes(tmp_path: Path) -> None:
+    """wal.monitor() reads the wal-index mapping, which close() unmaps: never a raw error."""
+    for n in range(10):
+        db = atlas.open(tmp_path / f"w{n}.db", cache=False)
+        db.execute("CREATE TABLE t(x)")
+        failures: list[BaseException] = []
+        stop = threading.Event()
+
+        def watch(
+            db: atlas.Storage = db,
+            stop: threading.Event = stop,
+            failures: list[BaseException] = failures,
+        ) -> None:
+            while not stop.is_set():
+                try:
+                    db.wal.monitor()
+                except BaseException as error:
+                    failures.append(error)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        db.close()
+        stop.set()
+        watcher.join(5)
+        assert failures == []

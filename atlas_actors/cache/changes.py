@@ -121,8 +121,15 @@ class ShmCounter:
         copies of the header and retry, as this does).
         """
         data = self._map
-        if len(data) < _BACKFILL_OFFSET + 4:
-            return None
+        try:
+            if len(data) < _BACKFILL_OFFSET + 4:
+                return None
+            return self._frames(data, tries)
+        except ValueError:
+            return None  # unmapped meanwhile: the storage closed
+
+    @staticmethod
+    def _frames(data: mmap.mmap, tries: int) -> int | None:
         for _ in range(tries):
             header = data[:_HEADER_BYTES]
             if header != data[_HEADER_BYTES : 2 * _HEADER_BYTES]:
