@@ -274,6 +274,7 @@ class Runtime:
                 lease_granted=self._lease_granted,
                 lease_ended=self._lease_ended,
                 lease_passed=self._lease_passed,
+                write_block=lambda: self.write_block,
             ),
             connect=lambda: self._connect(writer=True),
             statements=self.statements,
@@ -405,10 +406,10 @@ class Runtime:
                 self._supervisor_ref.stop(block=True, timeout=timeout)
             self.optimizer.close()
             self._observed = None  # its provider's instruments observe it no more
-            if self._shm is not None:
+            shm, self._shm = self._shm, None  # (gone for new readers before it is unmapped)
+            if shm is not None:
                 self.cache.external = None
-                self._shm.close()
-                self._shm = None
+                shm.close()
             self._state = "closed"
 
     def check_usable(self) -> None:

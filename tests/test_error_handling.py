@@ -177,7 +177,7 @@ def test_a_writer_restart_that_finds_the_file_damaged_stops_writes_but_not_reads
     the whole storage, reads of undamaged tables included.
     """
     path = tmp_path / "damaged.db"
-    with atlas.open(path, cache=False) as db:
+    with atlas.open(path, cache=False, restart_backoff_initial=0.3) as db:
         db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         db.execute("CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT)")
         db.write_many("INSERT INTO t(v) VALUES (?)", [["x" * 100]] * 3000)
@@ -187,6 +187,12 @@ def test_a_writer_restart_that_finds_the_file_damaged_stops_writes_but_not_reads
             file.seek(4096 * 20 + 200)
             file.write(b"\x55" * 2000)
         db.supervisor.kill("writer", how="crash")
+        # Writes sent during the restart's backoff pass the call's check (nothing is
+        # known yet) and wait in the mailbox: the failed check must refuse them too.
+        queued = [db.writer.execute("INSERT INTO u(v) VALUES (?)", [n]) for n in range(5)]
+        for future in queued:
+            with pytest.raises(errors.CorruptionError):
+                future.get(10)
         assert wait_until(lambda: "damaged" in str(db.write_block), timeout=10)
         writer = next(c for c in db.supervisor.status().children if c.role == "writer")
         assert writer.state == "running" and writer.incarnation == 2  # no crash loop

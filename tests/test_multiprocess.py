@@ -14,6 +14,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import TransientError
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,3 +143,32 @@ def test_a_lock_held_past_the_writes_deadline_gives_a_typed_transient_error(
     holder.wait(10)
     assert db.write("INSERT INTO t VALUES (2)").rowcount == 1  # serving again
     assert db.metrics.get("errors.transient") >= 1
+
+
+def test_a_write_waiting_out_another_process_lets_a_close_or_a_crash_through(
+    db_path: Path,
+) -> None:
+    """The writer's wait for the lock (up to a call's deadline) must not hold up a
+    close(), nor an injected crash: it gives up, and the write fails, not applied."""
+    db = atlas.open(db_path, busy_timeout=0.2, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    holder = _hold_write_lock(db_path, 3.0)
+    try:
+        crashed = db.writer.execute("INSERT INTO t VALUES (1)", timeout=20)
+        time.sleep(0.4)  # the writer waits for the lock
+        restarts = db.supervisor.status().restarts
+        db.supervisor.kill("writer", how="crash")
+        with pytest.raises(TransientError):  # (SQLITE_BUSY: it gave up for the crash)
+            crashed.get(5)
+        assert wait_until(lambda: db.supervisor.status().restarts > restarts, timeout=2)
+        waiting = db.writer.execute("INSERT INTO t VALUES (2)", timeout=20)
+        time.sleep(0.4)
+        started = time.monotonic()
+        db.close(timeout=2.0)
+        assert time.monotonic() - started < 1.5  # not until the other process let go
+        with pytest.raises(atlas.errors.AtlasError):
+            waiting.get(5)
+    finally:
+        holder.wait(10)
+    with atlas.open(db_path, cache=False) as again:
+        assert again.query("SELECT x FROM t WHERE x > 0") == []  # neither was applied

@@ -271,6 +271,10 @@ class Mailbox:
             finally:
                 self._senders_waiting -= 1
 
+    def control_waiting(self) -> bool:
+        """Whether a control message (not an op) waits in front: a stop, a crash, ..."""
+        return any(not isinstance(letter, Op) for letter in list(self._front))
+
     def release_held(self) -> None:
         """The actor holds nothing back any more: senders waiting for room may go on."""
         self.held = 0

@@ -143,6 +143,9 @@ class WriterHooks:
     """A transaction borrowed the connection."""
     lease_ended: Callable[[Lease], None] = _ignore
     """The lease came back, expired or was revoked."""
+    write_block: Callable[[], AtlasError | None] = lambda: None
+    """Why the storage refuses writes now (stopped for a check, read-only), if it does:
+    asked as each batch begins, for writes accepted before the block came."""
     lease_passed: Callable[[Lease, Lease], None] | None = None
     """The first lease came back and the second was granted in its place (a hand-over,
     in the returning transaction's thread): ``lease_ended`` then ``lease_granted`` in
@@ -510,15 +513,27 @@ class WriterActor(RoleActor):
         Another process holding the write lock past ``busy_timeout`` (a transaction of
         its own may hold it for its whole ``transaction_timeout``) is waited out until
         ``op``'s deadline: nothing has run yet, so trying BEGIN again is safe, and the
-        busy handler counts every wait. Only then does ``op`` fail, with SQLITE_BUSY.
+        busy handler counts every wait. Only then does ``op`` fail, with SQLITE_BUSY;
+        sooner if the storage is closing, a control message (a stop, an injected crash)
+        waits, or the wait reached ``transaction_timeout + busy_timeout`` (a caller's
+        deadline may be years away: the writer serves nobody else meanwhile).
         """
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
+        blocked = self.hooks.write_block()
+        if blocked is not None:
+            # Accepted before writes stopped (queued while a restart found the file
+            # damaged, say): refused now, as the call would be.
+            self._fail(op, blocked)
+            return False
         busy_timeout = self.config.busy_timeout
+        give_up_at = min(
+            op.deadline, time.monotonic() + self.config.transaction_timeout + busy_timeout
+        )
         while True:
             # Each wait ends a moment before the deadline, so that the caller hears
             # SQLITE_BUSY, not a timeout saying the write may still complete.
-            left = op.deadline - time.monotonic() - _BUSY_ANSWER_MARGIN
+            left = give_up_at - time.monotonic() - _BUSY_ANSWER_MARGIN
             try:
                 if left >= busy_timeout:
                     connection.cursor.execute("BEGIN IMMEDIATE")  # (most batches: no limit)
@@ -527,7 +542,12 @@ class WriterActor(RoleActor):
                         connection.cursor.execute("BEGIN IMMEDIATE")
                 break
             except apsw.Error as error:
-                if isinstance(error, apsw.BusyError) and left > 0:
+                if (
+                    isinstance(error, apsw.BusyError)
+                    and left > 0
+                    and self.mailbox.closed is None
+                    and not self.mailbox.control_waiting()
+                ):
                     continue  # (each wait ran the busy handler's backoff, counted)
                 self._fail(op, wrap_sqlite_error(error, "BEGIN IMMEDIATE"), "BEGIN IMMEDIATE")
                 return False
