@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import apsw
 
 __all__ = [
+    "TEXT_TYPES",
     "ActorCrashedError",
     "AtlasError",
     "BusyError",
@@ -388,7 +389,7 @@ def wrap_sqlite_error(
     """
     if isinstance(exc, AtlasError):
         return exc
-    if type(params) in (str, bytes, bytearray) and isinstance(exc, apsw.BindingsError | TypeError):
+    if type(params) in TEXT_TYPES and isinstance(exc, apsw.BindingsError | TypeError):
         return params_type_error(params, sql)
     message = str(exc) or type(exc).__name__
     where = f" in {shorten(sql)!r}" if sql else ""
@@ -444,6 +445,11 @@ def wrap_sqlite_error(
         result_code=result_code,
         extended_result_code=extended_code,
     )
+
+
+TEXT_TYPES = frozenset((str, bytes, bytearray))
+"""Sequences that are no parameter container: apsw would bind one character (or byte,
+as an int) per placeholder."""
 
 
 def params_type_error(params: object, sql: object = None, *, many: bool = False) -> ParameterError:

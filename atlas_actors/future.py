@@ -23,13 +23,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.config import MAX_SECONDS
-from atlas_actors.errors import OperationTimeout, StatementTypeError, ValidationError, shorten
+from atlas_actors.errors import (
+    TEXT_TYPES,
+    OperationTimeout,
+    StatementTypeError,
+    ValidationError,
+    params_type_error,
+    shorten,
+)
 
 __all__ = [
     "Future",
     "SqlText",
     "StatementTypeError",
     "checked_timeout",
+    "parameter_sets",
     "sql_text",
     "sql_type_error",
     "statement_pairs",
@@ -80,6 +88,20 @@ def checked_timeout(timeout: object) -> float:
             "or None for the storage's default_timeout"
         )
     return timeout
+
+
+def parameter_sets(seq_of_params: Iterable[Any], sql: object = None) -> list[Any]:
+    """A copy of a ``write_many``'s parameter sets, or :class:`ParameterError`.
+
+    A str, bytes or what is no iterable is refused at the call (a str would be sets of
+    one character each).
+    """
+    try:
+        if type(seq_of_params) in TEXT_TYPES:
+            raise TypeError
+        return list(seq_of_params)  # a copy: the caller may reuse its list
+    except TypeError:
+        raise params_type_error(seq_of_params, sql, many=True) from None
 
 
 def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:

@@ -35,7 +35,6 @@ from atlas_actors.errors import (
     OperationTimeout,
     StorageUnavailable,
     not_pairs_error,
-    params_type_error,
 )
 from atlas_actors.future import (
     _PENDING,
@@ -43,6 +42,7 @@ from atlas_actors.future import (
     SqlText,
     StatementTypeError,
     checked_timeout,
+    parameter_sets,
     sql_text,
     statement_type_error,
 )
@@ -117,12 +117,7 @@ class WriterHandle:
         self, sql: str, seq_of_params: Sequence[Params], *, timeout: float | None = None
     ) -> WriterFuture[WriteResult]:
         """Run one statement per parameter set, all or nothing; one :class:`WriteResult`."""
-        try:
-            if type(seq_of_params) in (str, bytes, bytearray):
-                raise TypeError  # (a str would be sets of one character each)
-            sets = list(seq_of_params)
-        except TypeError:
-            raise params_type_error(seq_of_params, sql, many=True) from None
+        sets = parameter_sets(seq_of_params, sql)
         return self.submit(WriteManyOp, "write_many", sql, (sql, sets), timeout, traced=True)
 
     def write_all(

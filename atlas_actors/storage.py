@@ -51,6 +51,7 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import (
+    TEXT_TYPES,
     AtlasError,
     CorruptionError,
     DeadlockError,
@@ -66,6 +67,7 @@ from atlas_actors.errors import (
 from atlas_actors.future import (
     Future,
     checked_timeout,
+    parameter_sets,
     sql_text,
     sql_type_error,
     statement_pairs,
@@ -84,9 +86,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _open_storages: weakref.WeakSet[Storage] = weakref.WeakSet()
-
-_TEXT_TYPES = frozenset((str, bytes, bytearray))
-"""Sequences that are no parameter container: apsw would bind each character (byte)."""
 
 
 class Buildable(Protocol):
@@ -189,7 +188,7 @@ class Storage(Runtime):
         self, sql: str, params: Params = None, *, timeout: float | None = None
     ) -> WriteResult:
         """Run a writing statement through the writer; returns once it is acknowledged."""
-        if type(params) in _TEXT_TYPES:  # (bound one character per placeholder otherwise)
+        if type(params) in TEXT_TYPES:  # (bound one character per placeholder otherwise)
             raise self._bad_params(params_type_error(params, sql), "write")
         result: WriteResult = self._write(WriteOp, "write", sql, (sql, params), timeout)
         return result
@@ -202,11 +201,8 @@ class Storage(Runtime):
     ) -> WriteResult:
         """Run one statement per parameter set, all or nothing; acknowledged as one."""
         try:
-            if type(seq_of_params) in _TEXT_TYPES:
-                raise TypeError  # (a str would be sets of one character each)
-            args = (sql, list(seq_of_params))
-        except TypeError:
-            error = params_type_error(seq_of_params, sql, many=True)
+            args = (sql, parameter_sets(seq_of_params, sql))
+        except AtlasError as error:
             raise self._bad_params(error, "write_many") from None
         result: WriteResult = self._write(WriteManyOp, "write_many", sql, args, timeout)
         return result

@@ -344,9 +344,7 @@ class WriterActor(RoleActor):
                 self._batch = [kept for kept in self._batch if kept.replayable]
                 self._batch_lost(closing)
         self._absorb_chain()
-        self.mailbox.replay([*self._take_lease_queue(), *self._stash])
-        self._stash = []
-        self.mailbox.release_held()
+        self.mailbox.replay([*self._take_lease_queue(), *self._take_stash()])
         # Run what is in front now, and what running it puts back there (the writes of
         # a failed group, or of a batch SQLite rolled back): all were accepted before
         # the close, so they are handled, not failed with the closed mailbox.
@@ -391,9 +389,7 @@ class WriterActor(RoleActor):
                 op.fail(self._crash_error(op, error))
         # Never handled: safe to hand to the next incarnation.
         replay.extend(self._take_lease_queue())
-        replay.extend(self._stash)
-        self._stash = []
-        self.mailbox.release_held()
+        replay.extend(self._take_stash())
         self._close("crash")  # (before the replay: the next incarnation runs it)
         if replay:
             self.mailbox.replay(replay)
@@ -1535,10 +1531,14 @@ class WriterActor(RoleActor):
         self._stash.append(message)
         self.mailbox.held = len(self._stash)
 
+    def _take_stash(self) -> list[Op]:
+        """What :meth:`_hold` kept, taken out: the mailbox counts it held no more."""
+        stash, self._stash = self._stash, []
+        self.mailbox.release_held()
+        return stash
+
     def _release_stash(self) -> None:
         """Hand what waited behind the lease back to the mailbox, in front, in order."""
-        waiting = [*self._take_lease_queue(), *self._stash]
-        self._stash = []
-        self.mailbox.release_held()
+        waiting = [*self._take_lease_queue(), *self._take_stash()]
         if waiting:
             self.mailbox.replay(waiting)

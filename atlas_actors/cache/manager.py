@@ -39,6 +39,7 @@ from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
 from atlas_actors.errors import (
+    TEXT_TYPES,
     StatementTypeError,
     ValidationError,
     params_type_error,
@@ -131,15 +132,12 @@ def params_key(params: Params) -> tuple[Any, ...]:
         return tuple(params)
     if isinstance(params, dict):
         return tuple(sorted(params.items()))
-    if kind in _TEXT_TYPES:
+    if kind in TEXT_TYPES:
         raise params_type_error(params)
     try:
         return tuple(params)
     except TypeError:  # (an int: not iterable)
         raise params_type_error(params) from None
-
-
-_TEXT_TYPES = frozenset((str, bytes, bytearray))
 
 
 class CacheManager:
