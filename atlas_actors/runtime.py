@@ -552,12 +552,14 @@ class Runtime:
             if writer is not None:
                 writer.seen_at(now)  # (its last_used, as the pool's maintenance does readers')
             self.pool.maintain(now)
+            abandoned = self.transactions.sweep(now)  # (dropped unended: revoked now)
             for lease in list(self._leases.values()):
-                if now >= lease.deadline and lease.tx_id not in self._expiry_sent:
+                if (
+                    now >= lease.deadline or lease.tx_id in abandoned
+                ) and lease.tx_id not in self._expiry_sent:
                     self._expiry_sent.add(lease.tx_id)
                     # In front of the mailbox: a stuck transaction blocks every write behind it.
                     self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
-            self.transactions.expire_snapshots(now)
         finally:
             self.alerts.tick(now)  # (never raises)
 

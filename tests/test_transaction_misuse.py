@@ -7,7 +7,9 @@ refused as a deadlock.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,3 +150,67 @@ def test_an_abandoned_transaction_whose_lease_expired_is_forgotten(tmp_path: Pat
         with pytest.raises(TransactionTimeout):  # its owner still hears why, once
             tx.execute("INSERT INTO t VALUES (2)")
         assert db.transactions.status().rolled_back == before + 1  # (not counted twice)
+
+
+def test_a_transaction_dropped_unended_is_forgotten_counted_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Begun, used to read, then dropped without commit() or rollback(): it stayed
+    listed as active for good (one entry per such transaction)."""
+    with atlas.open(tmp_path / "dropped.db", cache=False) as db:
+        db.execute("CREATE TABLE t(x)")
+        kept = db.transactions.begin(isolation="read_committed")
+        dropped = db.transactions.begin(isolation="read_committed")
+        dropped.query("SELECT count(*) FROM t")
+        dropped_id = dropped.id
+        before = db.transactions.status().rolled_back
+        del dropped
+        with caplog.at_level(logging.WARNING, logger="atlas_actors.transaction.transaction"):
+            assert wait_until(lambda: db.transactions.status().rolled_back == before + 1)
+        assert [tx.id for tx in db.transactions.status().active] == [kept.id]
+        assert any(
+            "dropped without commit() or rollback()" in r.getMessage()
+            and str(dropped_id) in r.getMessage()
+            for r in caplog.records
+        )
+        time.sleep(0.2)  # (several ticks: the one still held stays, and is counted once)
+        assert [tx.id for tx in db.transactions.status().active] == [kept.id]
+        assert db.transactions.status().rolled_back == before + 1
+        kept.query("SELECT count(*) FROM t")
+        kept.commit()
+        assert db.transactions.status().active == ()
+
+
+def test_a_dropped_transaction_holding_the_lease_gives_it_back_at_once(tmp_path: Path) -> None:
+    """Every write waits behind the writer lease: a transaction dropped while holding
+    it made them wait for its whole timeout (here 30 s) before it was taken back."""
+    with atlas.open(tmp_path / "dropped-lease.db", cache=False) as db:
+        db.execute("CREATE TABLE t(x)")
+        tx = db.transactions.begin(timeout=30)
+        tx.execute("INSERT INTO t VALUES ('dropped')")  # holds the lease
+        del tx
+        written: list[int] = []
+        other = threading.Thread(
+            target=lambda: written.append(db.write("INSERT INTO t VALUES ('other')").rowcount)
+        )
+        started = time.monotonic()
+        other.start()
+        other.join(10)
+        assert written == [1] and time.monotonic() - started < 5
+        # The thread that dropped it no longer holds the lease either.
+        assert db.write("INSERT INTO t VALUES ('same')", timeout=5).rowcount == 1
+        assert sorted(row.x for row in db.query("SELECT x FROM t")) == ["other", "same"]
+        assert db.transactions.status().active == ()
+
+
+def test_a_dropped_snapshot_gives_its_reader_back_at_its_timeout(tmp_path: Path) -> None:
+    """A repeatable_read transaction pins a reader for its snapshot: dropped unended,
+    the reader must still go back to the pool when its timeout ends the snapshot."""
+    with atlas.open(tmp_path / "dropped-snapshot.db", cache=False, readers=2) as db:
+        db.execute("CREATE TABLE t(x)")
+        tx = db.transactions.begin(isolation="repeatable_read", timeout=0.3)
+        tx.query("SELECT count(*) FROM t")  # pins a reader
+        assert db.pool.status().active == 1
+        del tx
+        assert wait_until(lambda: db.pool.status().active == 0)
+        assert wait_until(lambda: db.transactions.status().active == ())

@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ _ACTIVE = LeaseState.ACTIVE
 _NO_TABLES: frozenset[str] = frozenset()
 _now = time.time  # (module names: Transaction() runs once per transaction)
 _get_ident = threading.get_ident
+_ref = weakref.ref
 
 
 class Transaction:
@@ -829,7 +831,12 @@ class TransactionManager:
         """Who holds and waits for the writer lease and pinned readers."""
         self._transaction_class = transaction_class
         """What begin() makes (the storage passes a traced subclass when tracing is on)."""
-        self._active: dict[int, Transaction] = {}
+        self._active: dict[int, weakref.ref[Transaction]] = {}
+        """Transactions not ended yet, held weakly: one its owner dropped unended
+        (abandoned) is collected, and the tick then forgets it (see sweep())."""
+        self._pinned: dict[int, Transaction] = {}
+        """Transactions holding a reader for their snapshot, held strongly: dropped,
+        the tick must still reach them to give the reader back."""
         self._local = _PerThread()
         self._lock = threading.Lock()
         self.committed = 0
@@ -846,7 +853,7 @@ class TransactionManager:
         if timeout is not None:
             timeout = _checked_timeout(timeout)
         tx = self._transaction_class(self, level, timeout)
-        self._active[tx.id] = tx  # (one step under the GIL; status() copies in one too)
+        self._active[tx.id] = _ref(tx)  # (one step under the GIL; status() copies in one too)
         return tx
 
     def transaction(
@@ -872,7 +879,7 @@ class TransactionManager:
         if timeout is not None:
             timeout = _checked_timeout(timeout)
         tx = self._transaction_class(self, level, timeout)
-        self._active[tx.id] = tx
+        self._active[tx.id] = _ref(tx)
         return tx  # (its __enter__ puts it on the stack: only open blocks are there)
 
     def run(
@@ -918,7 +925,8 @@ class TransactionManager:
     def status(self) -> TransactionsStatus:
         """Active transactions, the lease holder and what queues behind it."""
         holder, queued, oldest = self.storage.writer_lease_status()
-        active = tuple(tx.info() for tx in list(self._active.values()))  # (copied in one step)
+        live = [ref() for ref in list(self._active.values())]  # (copied in one step)
+        active = tuple(tx.info() for tx in live if tx is not None)
         return TransactionsStatus(
             active=active,
             lease_holder=holder,
@@ -1010,24 +1018,36 @@ class TransactionManager:
             if recorded:
                 self.graph.done_waiting(me)
         self.graph.hold(me, "pool:readers", f"transaction {tx.id}")
+        self._pinned[tx.id] = tx  # (dropped unended, the tick still gives the reader back)
         return reader
 
     def unpin_reader(self, tx: Transaction, reader: PooledConnection) -> None:
         """Give ``tx``'s reader back to the pool (from any thread: the tick may)."""
+        self._pinned.pop(tx.id, None)
         reader.release()
         self.graph.release(tx._pinned_by, "pool:readers")
 
-    def expire_snapshots(self, now: float) -> None:
-        """End the snapshots kept past their transaction's timeout (the storage's tick).
+    def sweep(self, now: float) -> list[int]:
+        """The storage's tick: forget the transactions that ended unseen, end old snapshots.
 
-        Also forget, counted as rolled back, a transaction whose lease the writer took
-        back (its timeout): its owner hears it at its next call, if it ever makes one,
-        and one that never does (abandoned) would otherwise stay listed for good.
+        * One whose lease the writer took back (its timeout) is forgotten, counted as
+          rolled back: its owner hears it at its next call, if it ever makes one.
+        * One its owner dropped unended (abandoned: collected, so nothing can use it any
+          more) is forgotten, counted as rolled back, with a warning. Returns their
+          ids: the storage takes the writer lease back from any of them now, not at
+          its timeout, which every write waits behind.
+        * A snapshot kept past its transaction's timeout is ended (``expire_snapshot``).
         """
-        for tx in list(self._active.values()):  # (copied in one step)
+        abandoned: list[int] = []
+        for tx_id, ref in list(self._active.items()):  # (copied in one step)
+            tx = ref()
+            if tx is None:
+                if self._active.pop(tx_id, None) is not None:  # (as ended(): counted once)
+                    abandoned.append(tx_id)
+                continue
             lease = tx._lease
             if lease is not None and lease.state is LeaseState.REVOKED:
-                if self._active.pop(tx.id, None) is not None:  # (as ended(): counted once)
+                if self._active.pop(tx.id, None) is not None:
                     with self._lock:
                         self.rolled_back += 1
             elif tx._reader is not None:
@@ -1035,6 +1055,18 @@ class TransactionManager:
                     tx.expire_snapshot(now)
                 except Exception:  # one transaction's must not stop the others' (or the tick)
                     log.exception("ending the snapshot of transaction %s failed", tx.id)
+        if abandoned:
+            with self._lock:
+                self.rolled_back += len(abandoned)
+            shown = ", ".join(map(str, abandoned[:10])) + (", ..." if len(abandoned) > 10 else "")
+            log.warning(
+                "%d transaction(s) dropped without commit() or rollback() (%s): rolled "
+                "back. End every transaction, or use `with db.transaction() as tx:`",
+                len(abandoned),
+                shown,
+                extra={"operation": "transaction", "abandoned": abandoned},
+            )
+        return abandoned
 
 
 def _checked_timeout(timeout: object) -> float:
