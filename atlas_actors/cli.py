@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="verify a database file (quick_check, or integrity_check with --full)",
-        description="Verify a database file, read-only: SQLite's quick_check, or the\n"
+        description="Verify a database file without changing it: SQLite's quick_check, or the\n"
         "slower and more thorough integrity_check with --full.",
         epilog=_CHECK_EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -327,8 +327,9 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
         return _could_not_check(path, "it is a directory; pass the database file in it")
     pragma = "integrity_check" if full else "quick_check"
     try:
-        connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        connection = apsw.Connection(path, flags=_check_open_flags(path))
         try:
+            connection.execute("PRAGMA query_only = 1")  # reads only, however it opened
             connection.set_busy_timeout(int(timeout * 1000))
             # (SQLite may give several problems in one row, a line each)
             rows = connection.execute(f"PRAGMA {pragma}")
@@ -359,6 +360,23 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
     for problem in problems[:20]:
         print(f"  {problem}")
     return 2
+
+
+def _check_open_flags(path: str) -> int:
+    """How ``check`` opens ``path``, so that it leaves the directory as it found it.
+
+    Reading a WAL database creates its -wal and -shm files. SQLite removes them when
+    the last connection closes: that connection takes the EXCLUSIVE lock (so no other
+    connection has the database open), checkpoints, then deletes both. A read-only
+    connection cannot checkpoint, so it leaves them behind. Hence, when none of those
+    files exists (nothing for another connection to be using, nothing to recover),
+    ``check`` opens read-write (with query_only set, so it writes nothing) to leave the
+    cleanup to SQLite. Otherwise, it opens read-only and leaves the files as they are.
+    On a file it may not write, SQLite opens read-only anyway: the files it makes stay.
+    """
+    if any(os.path.lexists(path + suffix) for suffix in ("-wal", "-shm", "-journal")):
+        return apsw.SQLITE_OPEN_READONLY
+    return apsw.SQLITE_OPEN_READWRITE  # (not CREATE: never makes a database)
 
 
 def _could_not_check(path: str, reason: str) -> int:

@@ -200,6 +200,74 @@ def test_check_of_a_file_locked_by_another_process_could_not_check_it(
         holder.wait()
 
 
+def _wal_database(path: Path) -> None:
+    """A WAL database with a table, closed cleanly: no -wal or -shm file left."""
+    connection = apsw.Connection(str(path))
+    connection.pragma("journal_mode", "wal")
+    connection.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+    connection.close()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_check_of_a_closed_wal_database_leaves_no_files_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], full: bool
+) -> None:
+    # Reading a WAL database makes its -wal and -shm files; a read-only check must not
+    # leave them (a read-only connection cannot remove them when it closes).
+    path = tmp_path / "closed.db"
+    _wal_database(path)
+    assert main(["check", str(path), *(["--full"] if full else [])]) == 0
+    assert "journal_mode=wal" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["closed.db"]
+
+
+def test_check_leaves_the_wal_files_of_a_database_another_connection_has_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "open.db"
+    _wal_database(path)
+    other = apsw.Connection(str(path))
+    try:
+        other.execute("INSERT INTO t VALUES (2)")  # in the WAL, not yet checkpointed
+        wal = tmp_path / "open.db-wal"
+        wal_bytes = wal.stat().st_size
+        assert wal_bytes > 0
+        assert main(["check", str(path)]) == 0
+        assert f"wal={wal_bytes} bytes" in capsys.readouterr().out
+        assert wal.stat().st_size == wal_bytes and (tmp_path / "open.db-shm").exists()
+        other.execute("INSERT INTO t VALUES (3)")  # its connection still works
+    finally:
+        other.close()  # the last one: SQLite checkpoints and removes both files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["open.db"]
+    reader = apsw.Connection(str(path))
+    assert reader.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,), (3,)]
+    reader.close()
+
+
+def test_check_of_a_database_file_it_may_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "shipped.db"
+    _wal_database(path)
+    path.chmod(0o444)
+    immutable = False
+    try:
+        if os.geteuid() == 0:  # root writes whatever the mode says; chattr +i binds it
+            chattr = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+            if chattr.returncode != 0:
+                pytest.skip(f"running as root and chattr +i failed: {chattr.stderr.strip()}")
+            immutable = True
+        with pytest.raises(OSError):
+            os.close(os.open(path, os.O_RDWR))
+        assert main(["check", str(path)]) == 0
+        assert "quick_check: ok" in capsys.readouterr().out
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o644)
+
+
 def test_check_of_a_directory_or_a_missing_file_could_not_check_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
