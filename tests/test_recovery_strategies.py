@@ -88,6 +88,57 @@ def test_recover_does_not_retry_an_io_failure_the_file_check_cannot_run_for(
     assert retried == []
 
 
+def _damage_a_leaf_page_of_t(db: atlas.Storage, offset: int, data: bytes) -> int:
+    """Overwrite bytes of a leaf page of table t in the file, for real; its number.
+
+    Everything is checkpointed first (the WAL truncated), so a fresh connection reads
+    the page from the database file, as the damage left it.
+    """
+    db.write_many("INSERT INTO t(v) VALUES (?)", [["x" * 200] for _ in range(500)])
+    db.wal.checkpoint("truncate")
+    root = db.query("SELECT rootpage FROM sqlite_schema WHERE name = 't'")[0][0]
+    page_size = db.query("PRAGMA page_size")[0][0]
+    page = root + 3  # past the root (an interior page): a leaf
+    with Path(db.path).open("r+b") as file:
+        file.seek((page - 1) * page_size + offset)
+        file.write(data)
+    return int(page)
+
+
+@pytest.mark.parametrize(
+    ("offset", "data", "named"),
+    [
+        # Cell pointers zeroed (a leaf's header is 8 bytes): quick_check lists each one.
+        (8, b"\x00" * 16, "Tree {root} page {page} cell 0: Offset 0 out of range"),
+        # The page header smashed: quick_check itself fails with SQLITE_CORRUPT.
+        (0, b"\xff" * 64, "database disk image is malformed"),
+    ],
+    ids=["cell-pointers", "page-header"],
+)
+def test_recover_does_not_retry_an_io_failure_when_quick_check_finds_damage(
+    open_storage: Callable[..., atlas.Storage],
+    vfs: FaultyVFS,
+    offset: int,
+    data: bytes,
+    named: str,
+) -> None:
+    db = open_storage(vfs=vfs.name, cache=False)
+    tx = _commit_fails_with_an_io_error(db, vfs)
+    page = _damage_a_leaf_page_of_t(db, offset, data)  # the disk heals; the file does not
+    root = db.query("SELECT rootpage FROM sqlite_schema WHERE name = 't'")[0][0]
+    retried: list[int] = []
+    result = db.errors.recover(tx, retry=lambda t: retried.append(1))
+    assert (result.strategy, result.recovered, result.attempts) == (
+        "retry_then_verify",
+        False,
+        0,
+    ), result
+    assert "quick_check found problems" in result.detail, result.detail
+    assert named.format(root=root, page=page) in result.detail, result.detail
+    assert "not retried" in result.detail and "restore from a backup" in result.detail
+    assert retried == []
+
+
 # -- disk full: read_only, then retry once writes are accepted again ---------------------
 
 
