@@ -73,6 +73,10 @@ class AtlasError(Exception):
     reported = False
     """Set once the error was logged and counted (each error is reported once)."""
 
+    routine = False
+    """Set on a refusal whose cause was announced already (a write refused while the
+    disk is full): counted like any error, logged at DEBUG, not as a new failure."""
+
     category: ClassVar[str] = "internal"
     """Taxonomy bucket (transient, constraint, validation, disk_full, io, corruption, ...)."""
 

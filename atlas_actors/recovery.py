@@ -118,8 +118,9 @@ class ErrorHandler:
     ) -> None:
         """Log ``error`` with ``context`` as the structured extra ``atlas``."""
         diagnostics = diagnostics or analyze(error)
+        routine = isinstance(error, AtlasError) and error.routine
         log.log(
-            _LEVELS[diagnostics.severity],
+            logging.DEBUG if routine else _LEVELS[diagnostics.severity],
             "%s: %s",
             diagnostics.type,
             error,

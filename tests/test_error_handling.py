@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -61,6 +62,30 @@ def test_while_the_disk_stays_full_one_write_per_interval_is_tried(open_storage:
     # The first is the probe (tried, and the disk is still full); the next four come
     # within the interval after it and are refused without touching the disk.
     assert refused == [False, True, True, True, True]
+
+
+def test_writes_refused_while_the_disk_is_full_are_counted_not_each_logged_as_errors(
+    open_storage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mode's start is one ERROR; each write it refuses (a thousand a second, under
+    load) was another ERROR line with the same advice. They are counted, logged at
+    DEBUG, and their number is told when space returns."""
+    db = _full_disk(open_storage, probe_interval=0.5)
+    before = db.metrics.snapshot()["errors.disk_full"]
+    with caplog.at_level(logging.DEBUG, logger="atlas_actors"):
+        for i in range(30):
+            with pytest.raises(errors.DiskFullError, match="writes are refused"):
+                db.write("INSERT INTO blobs VALUES (?, zeroblob(2000))", [10_000 + i])
+        refusals = [r for r in caplog.records if "writes are refused" in r.getMessage()]
+        assert len(refusals) == 30 and {r.levelno for r in refusals} == {logging.DEBUG}
+        assert db.metrics.snapshot()["errors.disk_full"] == before + 30
+        assert wait_until(lambda: _try(db, "DELETE FROM blobs"))  # space comes back
+        told = [
+            int(found[1])
+            for r in caplog.records
+            if (found := re.search(r"\((\d+) refused meanwhile\)", r.getMessage()))
+        ]
+        assert len(told) == 1 and told[0] >= 30  # (and the tries of the DELETE until then)
 
 
 def test_a_probe_that_fails_for_its_own_reason_reports_that_reason(open_storage: object) -> None:

@@ -253,6 +253,8 @@ class WriterActor(RoleActor):
         """Whether the pre-update hook is installed on the connection now."""
         self._disk_full: DiskFullError | None = None
         self._next_probe = 0.0
+        self._refused_while_full = 0
+        """Writes refused since the disk was found full (told when space returns)."""
         self._probe = 0
         """Id of the write that probes the full disk now (0: none)."""
 
@@ -813,7 +815,10 @@ class WriterActor(RoleActor):
         """The disk is full: make ``op`` the probe write if one is due, else fail it."""
         if now < self._next_probe:
             self._alone.discard(op.id)
-            self._fail(op, self._disk_full_error(now))
+            refused = self._disk_full_error(now)
+            refused.routine = True  # (the mode's start was logged: one ERROR, not one each)
+            self._refused_while_full += 1
+            self._fail(op, refused)
             return False
         # This write is the probe (and so are its reruns, after a split group):
         # whatever it finds, the next probe is an interval away.
@@ -1251,13 +1256,17 @@ class WriterActor(RoleActor):
 
     def _enter_disk_full(self, error: DiskFullError) -> None:
         self._disk_full = error
+        self._refused_while_full = 0
         self._next_probe = time.monotonic() + self.config.disk_full_probe_interval
         log.error("disk full: writes refused until space returns (%s)", error)
         self.events.emit("degraded", "writer", reason="disk_full", error=str(error))
 
     def _leave_disk_full(self) -> None:
         self._disk_full = None
-        log.warning("disk space is back: writes accepted again")
+        log.warning(
+            "disk space is back: writes accepted again (%d refused meanwhile)",
+            self._refused_while_full,
+        )
         self.events.emit("recovered", "writer", reason="disk_full")
 
     def _disk_full_error(self, now: float) -> DiskFullError:
