@@ -224,9 +224,10 @@ class ErrorHandler:
     ) -> RecoveryResult:
         """Retry only once the storage accepts writes again (its writer left disk-full mode).
 
-        The writer enters that mode when a write of its own hits the full disk, and leaves
-        it after a probe write succeeded; a transaction's failure leaves it as it was, so a
-        retry can still find the disk full: it stops then (DiskFullError is not transient).
+        The writer enters that mode when a write of its own or a transaction's statement
+        hits the full disk (a transaction's notice reaches it a moment later), and leaves
+        it once a probe write or a transaction's commit wrote again; a retry can still
+        find the disk full: it stops then (DiskFullError is not transient).
         """
         if self._storage.disk_full:
             return RecoveryResult(

@@ -29,7 +29,7 @@ from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
-from atlas_actors.actors.writer_ops import LeaseExpired, WriterCounters
+from atlas_actors.actors.writer_ops import DiskFullFound, LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.manager import CacheManager
@@ -39,6 +39,7 @@ from atlas_actors.connection import ConnectionState, TrackedConnection, open_con
 from atlas_actors.errors import (
     AtlasError,
     CorruptionError,
+    DiskFullError,
     OperationTimeout,
     ReadOnlyError,
     StorageClosedError,
@@ -562,6 +563,13 @@ class Runtime:
                     self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
         finally:
             self.alerts.tick(now)  # (never raises)
+
+    def disk_full_found(self, error: DiskFullError) -> None:
+        """A transaction found the disk full: the writer refuses plain writes from now on.
+
+        As when a plain write found it: until a probe or a commit writes again.
+        """
+        self._writer_mailbox.replay_control(Envelope(DiskFullFound(error)))
 
     def _check_reader_wait(self) -> Callable[[], None] | None:
         """Before a caller queues for a reader: refuse a wait that closes a cycle.

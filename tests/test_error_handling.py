@@ -88,6 +88,32 @@ def test_writes_refused_while_the_disk_is_full_are_counted_not_each_logged_as_er
         assert len(told) == 1 and told[0] >= 30  # (and the tries of the DELETE until then)
 
 
+def test_a_transaction_finding_the_disk_full_degrades_the_storage_as_a_write_does(
+    open_storage: object,
+) -> None:
+    """A transaction's statement hit SQLITE_FULL and the storage went on as if nothing
+    had: not degraded, every plain write after it trying the disk again, and recover()
+    retrying at once."""
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=60, disk_full_probe_interval=30, cache=False
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    degraded, recovered = threading.Event(), threading.Event()
+    db.events.on("degraded", lambda _: degraded.set())
+    db.events.on("recovered", lambda _: recovered.set())
+    with pytest.raises(errors.DiskFullError):
+        for i in range(1000):
+            with db.transaction() as tx:
+                tx.execute("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+    assert degraded.wait(2) and db.disk_full and db.health().status == "degraded"
+    with pytest.raises(errors.DiskFullError, match="writes are refused until space returns"):
+        db.write("INSERT INTO blobs VALUES (-1, x'00')")  # refused without trying
+    with db.transaction() as tx:  # a transaction that frees space, and commits
+        tx.execute("DELETE FROM blobs WHERE id % 2 = 0")
+    assert recovered.wait(2) and not db.disk_full
+    assert db.write("INSERT INTO blobs VALUES (-1, x'00')").rowcount == 1
+
+
 def test_a_probe_that_fails_for_its_own_reason_reports_that_reason(open_storage: object) -> None:
     db = _full_disk(open_storage, probe_interval=0.3)
     time.sleep(0.4)  # a probe is due

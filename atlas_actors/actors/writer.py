@@ -43,6 +43,7 @@ from atlas_actors.actors.base import Crash, Escaped, Op, RoleActor
 from atlas_actors.actors.writer_ops import (
     OP_TYPES,
     CheckpointOp,
+    DiskFullFound,
     LeaseExpired,
     LeaseRequest,
     LeaseReturn,
@@ -449,6 +450,9 @@ class WriterActor(RoleActor):
                     self._take_back(message)
             elif kind is LeaseExpired:
                 self._expire(message.tx_id)
+            elif kind is DiskFullFound:
+                if self._disk_full is None:
+                    self._enter_disk_full(message.error)
             elif kind is CheckpointOp:
                 if self._lease is not None:
                     self._hold(message)

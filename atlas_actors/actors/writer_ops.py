@@ -20,12 +20,14 @@ import apsw
 
 from atlas_actors.actors.base import Escaped, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
+from atlas_actors.errors import DiskFullError
 from atlas_actors.future import Future, sql_text, sql_type_error
 from atlas_actors.telemetry.tracing import batch_attributes
 
 __all__ = [
     "OP_TYPES",
     "CheckpointOp",
+    "DiskFullFound",
     "LeaseExpired",
     "LeaseRequest",
     "LeaseReturn",
@@ -378,6 +380,16 @@ class CheckpointOp(Op):
     def __init__(self, future: Future[Any], session: int, trace_context: Any, mode: str) -> None:
         super().__init__(future, session, trace_context)
         self.mode = mode
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFullFound:
+    """A transaction's statement found the disk full (sent in front of the mailbox).
+
+    The writer refuses plain writes from now on, as when one of them finds it.
+    """
+
+    error: DiskFullError
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from atlas_actors.connection import (
 from atlas_actors.errors import (
     AtlasError,
     DeadlockError,
+    DiskFullError,
     OperationTimeout,
     StatementTypeError,
     TransactionAborted,
@@ -456,6 +457,8 @@ class Transaction:
             return ended
         self._last_error = error
         self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        if isinstance(error, DiskFullError):
+            self._storage.disk_full_found(error)  # (plain writes are refused from now on)
         if lost:
             # SQLite rolled the whole batch back (SQLITE_FULL, IOERR, ON CONFLICT
             # ROLLBACK): so is this one. The lease goes back first (_fail forgets it), so
