@@ -7,6 +7,7 @@ take too long (the code reads them at each use).
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pykka
@@ -14,11 +15,13 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import connection as connection_module
+from atlas_actors.actors.base import Mailbox, Op
 from atlas_actors.actors.cache import CacheActor
 from atlas_actors.actors.writer import WriterActor
 from atlas_actors.cache import manager as manager_module
 from atlas_actors.config import MAX_READERS
 from atlas_actors.errors import ConfigError, OperationTimeout, ValidationError
+from atlas_actors.future import Future
 from tests.helpers import wait_until
 
 
@@ -84,6 +87,25 @@ def test_writes_queued_behind_a_transaction_meet_backpressure(tmp_path: Path) ->
             future.get(10)
         count = db.query("SELECT count(*) AS n FROM t")[0].n
         assert count == 1 + len(accepted)
+
+
+def test_ops_put_back_in_front_count_against_the_mailbox_bound() -> None:
+    """When a lease ends, the writes held behind it go back in front of the mailbox: they
+    were not counted there, so senders could queue another ``mailbox_size`` on top."""
+    mailbox = Mailbox("writer", 3)
+
+    def op(timeout: float) -> Op:
+        return Op(Future(time.monotonic() + timeout, "write"), 0, None)
+
+    mailbox.replay([op(10) for _ in range(3)])  # (as the writer's _release_stash does)
+    with pytest.raises(OperationTimeout, match="mailbox is full"):
+        mailbox.send(op(0.1))
+    sent = threading.Thread(target=mailbox.send, args=(op(10),))
+    sent.start()
+    assert wait_until(lambda: mailbox._senders_waiting == 1)
+    assert mailbox.take_nowait() is not None  # room for one: the waiting sender goes on
+    sent.join(5)
+    assert not sent.is_alive() and mailbox.qsize() == 3
 
 
 def test_results_sent_to_the_disk_cache_stay_within_the_mailbox_bound(tmp_path: Path) -> None:

@@ -168,8 +168,9 @@ Letter = Any
 class Mailbox:
     """A bounded mailbox that survives the incarnations of one role.
 
-    Ops sent with :meth:`send` count against ``capacity``; a sender finding the mailbox
-    full waits until its deadline (backpressure), then gets :class:`OperationTimeout`.
+    Ops sent with :meth:`send` count against ``capacity``, and so do those the actor
+    holds back (``held``) or put back in front; a sender finding the mailbox full waits
+    until its deadline (backpressure), then gets :class:`OperationTimeout`.
     The bound is checked without a lock, so concurrent senders may overshoot it by at
     most their number. pykka's own control messages (``put``) are never refused, so
     stopping an actor never waits behind a full mailbox. Ops an incarnation had started
@@ -208,9 +209,13 @@ class Mailbox:
         """Take the next message like :meth:`get`, or None at once if there is none."""
         if self._front:
             try:
-                return self._front.popleft()
+                letter = self._front.popleft()
             except IndexError:
                 pass
+            else:
+                if self._senders_waiting:
+                    self._wake_a_sender()
+                return letter
         try:
             envelope = self._queue.get_nowait()
         except queue.Empty:
@@ -244,7 +249,7 @@ class Mailbox:
         """
         if self.closed is not None:
             raise self.closed
-        if bounded and self._queue.qsize() + self.held >= self.capacity:
+        if bounded and self._queue.qsize() + self.held + len(self._front) >= self.capacity:
             self._wait_for_room(op)
         self._queue.put(op)  # an op is its own envelope
         if self.closed is not None:
@@ -255,7 +260,7 @@ class Mailbox:
         with self._room:
             self._senders_waiting += 1
             try:
-                while self._queue.qsize() + self.held >= self.capacity:
+                while self._queue.qsize() + self.held + len(self._front) >= self.capacity:
                     remaining = op.deadline - time.monotonic()
                     if remaining <= 0:
                         raise OperationTimeout(
@@ -292,6 +297,8 @@ class Mailbox:
         front = self._front
         if front and isinstance(front[0], Op):
             op: Op = front.popleft()
+            if self._senders_waiting:
+                self._wake_a_sender()
             return op
         return None
 
