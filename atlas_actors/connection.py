@@ -23,7 +23,14 @@ from typing import Any, NamedTuple
 
 import apsw
 
-from atlas_actors.errors import OperationTimeout, ValidationError, shorten, wrap_sqlite_error
+from atlas_actors.errors import (
+    TEXT_TYPES,
+    OperationTimeout,
+    ValidationError,
+    params_type_error,
+    shorten,
+    wrap_sqlite_error,
+)
 from atlas_actors.rows import Row, row_class_for
 from atlas_actors.rows import _by_description as _row_classes
 
@@ -963,6 +970,9 @@ class TrackedConnection:
         ``SAMPLE_EVERY`` by its own count. ``last_latency`` is 0 for an untimed run,
         and ``last_weight`` says how many runs a timed one stands for.
         """
+        if type(params) in TEXT_TYPES:  # (apsw binds one character per placeholder)
+            self._errors += 1
+            raise params_type_error(params, sql)
         try:
             entry = self._read[sql]
         except KeyError:
@@ -1009,6 +1019,9 @@ class TrackedConnection:
         of a row differs from it. ``uses`` also decides which runs are timed
         (:func:`sample_weight`). ``last_latency`` is set on timed runs only (0 else).
         """
+        if type(params) in TEXT_TYPES:  # (apsw binds one character per placeholder)
+            self._errors += 1
+            raise params_type_error(params, sql)
         self._queries += 1
         entry = names.get(sql)
         uses = 0 if entry is None else entry[1]
@@ -1067,6 +1080,9 @@ class TrackedConnection:
         # The writer's hottest function (once per statement): helpers inlined, the
         # statement's kind classified once, the result built without the named
         # tuple's Python-level __new__.
+        if type(params) in TEXT_TYPES:  # (apsw binds one character per placeholder)
+            self._errors += 1
+            raise params_type_error(params, sql)
         connection = self.connection
         try:
             entry = self._written[sql]

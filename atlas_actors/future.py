@@ -26,6 +26,7 @@ from atlas_actors.config import MAX_SECONDS
 from atlas_actors.errors import (
     TEXT_TYPES,
     OperationTimeout,
+    ParameterError,
     StatementTypeError,
     ValidationError,
     params_type_error,
@@ -99,9 +100,13 @@ def parameter_sets(seq_of_params: Iterable[Any], sql: object = None) -> list[Any
     try:
         if type(seq_of_params) in TEXT_TYPES:
             raise TypeError
-        return list(seq_of_params)  # a copy: the caller may reuse its list
+        sets = list(seq_of_params)  # a copy: the caller may reuse its list
     except TypeError:
         raise params_type_error(seq_of_params, sql, many=True) from None
+    for params in sets:
+        if type(params) in TEXT_TYPES:  # (a set of one character per placeholder)
+            raise params_type_error(params, sql)
+    return sets
 
 
 def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -112,11 +117,13 @@ def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, An
     """
     pairs = list(statements)  # a copy: the caller may reuse its list
     try:
-        for sql, _params in pairs:  # ValueError or TypeError unless a pair
+        for sql, params in pairs:  # ValueError or TypeError unless a pair
             if type(sql) is not str:
                 raise statement_type_error(pairs)
+            if type(params) in TEXT_TYPES:  # (one character per placeholder otherwise)
+                raise params_type_error(params, sql)
     except (ValueError, TypeError) as error:
-        if isinstance(error, StatementTypeError):
+        if isinstance(error, StatementTypeError | ParameterError):
             raise
         raise statement_type_error(pairs) from None
     return pairs

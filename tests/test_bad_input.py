@@ -457,6 +457,34 @@ def test_text_or_bytes_as_the_parameter_container_is_refused(
 
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+def test_text_as_parameters_of_the_right_length_is_refused_on_every_path(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    """ "ab" for two placeholders bound 'a' and 'b' without a word on every path but
+    db.write (writer.execute, write_many's sets, write_all, transactions, reads with
+    the cache off, a pooled connection): wrong data stored, or a read of other rows."""
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(a, b)")
+    write, read = "INSERT INTO t(a, b) VALUES (?, ?)", "SELECT * FROM t WHERE a = ? OR b = ?"
+    for params in ("ab", b"ab"):
+        calls = _every_path(db, write, read, params)
+        calls.append(lambda: db.writer.executemany(write, [params]).get(10))  # noqa: B023
+        calls.append(lambda: _on_a_pooled_connection(db, read, params))  # noqa: B023
+        for call in calls:
+            with pytest.raises(errors.ParameterError, match=_AS_LIST):
+                call()
+    assert db.query("SELECT count(*) FROM t") == [(0,)]
+    db.write(write, ["a", "b"])
+    assert db.query(read, ["a", "b"]) == [("a", "b")]
+    assert db.supervisor.status().restarts == 0
+
+
+def _on_a_pooled_connection(db: atlas.Storage, sql: str, params: object) -> object:
+    with db.pool.connection() as connection:
+        return connection.query(sql, params)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
 def test_a_parameter_container_that_is_not_one_is_a_typed_error(
     open_storage: Callable[..., atlas.Storage], cache: bool
 ) -> None:
