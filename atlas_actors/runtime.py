@@ -504,6 +504,13 @@ class Runtime:
         self.metrics.add("restarts")
         self.metrics.add(f"restarts.{role.partition('-')[0]}")
 
+    def forget_thread(self, ident: int) -> None:
+        """Thread ``ident`` ended: it holds no lease and needs no guard any more."""
+        with self.transactions.graph.lock:  # the graph reads lease_owners (tracked)
+            self.lease_owners.pop(ident, None)
+        if ident not in self.writer_threads:
+            self.guarded_threads.discard(ident)
+
     def _writer_disconnected(self) -> None:
         # Thread ids are reused once a thread ends: forget this one now.
         me = threading.get_ident()

@@ -22,6 +22,7 @@ from atlas_actors.errors import (
     ValidationError,
     WrongThreadError,
 )
+from atlas_actors.transaction.transaction import LEASE
 from tests.helpers import wait_until
 
 
@@ -214,3 +215,49 @@ def test_a_dropped_snapshot_gives_its_reader_back_at_its_timeout(tmp_path: Path)
         del tx
         assert wait_until(lambda: db.pool.status().active == 0)
         assert wait_until(lambda: db.transactions.status().active == ())
+
+
+def test_a_thread_given_the_ident_of_an_ended_lease_holder_is_not_taken_for_it(
+    tmp_path: Path,
+) -> None:
+    """Thread ids are reused: a thread that ended holding the lease (its transaction
+    kept elsewhere) left its id recorded as the holder, so the next thread given that
+    id had its plain write refused as a deadlock instead of waiting for the lease."""
+    with atlas.open(tmp_path / "reuse.db", cache=False) as db:
+        db.execute("CREATE TABLE t(x)")
+        for _ in range(20):  # (a new thread usually gets the id of one just ended)
+            ended, second = _lease_kept_after_its_thread_ended(db)
+            if second[0] == ended:
+                break
+        else:
+            pytest.skip("no thread was given the id of the one that ended")
+        assert second == [ended, 1]
+        assert db.transactions.status().active == ()
+        assert db.transactions.graph.holders(LEASE) == {}
+
+
+def _lease_kept_after_its_thread_ended(db: atlas.Storage) -> tuple[int, list[object]]:
+    """A thread takes the lease and ends; another writes (the thread's id, and 1)."""
+    kept: list[tuple[int, atlas.Transaction]] = []
+
+    def begin_and_end_the_thread() -> None:
+        tx = db.transactions.begin()
+        tx.execute("INSERT INTO t VALUES ('kept')")  # holds the lease
+        kept.append((threading.get_ident(), tx))
+
+    first = threading.Thread(target=begin_and_end_the_thread)
+    first.start()
+    first.join()
+    (ended, tx), results = kept[0], []
+
+    def write() -> None:
+        results.append(threading.get_ident())
+        results.append(db.write("INSERT INTO t VALUES ('later')", timeout=10).rowcount)
+
+    second = threading.Thread(target=write)
+    second.start()
+    time.sleep(0.2)  # its write waits behind the lease (it was refused at once)
+    assert second.is_alive()
+    tx.commit()  # (another thread may end it: the lease goes back)
+    second.join(10)
+    return ended, results

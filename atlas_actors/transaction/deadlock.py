@@ -143,6 +143,16 @@ class WaitForGraph:
             )
         return True
 
+    def forget(self, session: int) -> None:
+        """Session ``session`` ended: drop everything it holds and waits for."""
+        with self.lock:
+            self._waiting.pop(session, None)
+            self._held.pop(session, None)
+            for holders in self._holders.values():
+                holders.pop(session, None)
+            for key in [key for key in self._times if key[0] == session]:
+                del self._times[key]
+
     def waiting(self, session: int, resource: str) -> None:
         """Record that ``session`` now waits for ``resource`` (call ``done_waiting`` after)."""
         with self.lock:

@@ -474,8 +474,9 @@ class Transaction:
         return error
 
     def _wrong_thread(self, me: int) -> WrongThreadError:
+        begun = f"thread {self.owner}" if self.owner else "a thread that has ended"
         return WrongThreadError(
-            f"transaction {self.id} was begun by thread {self.owner} and used from thread "
+            f"transaction {self.id} was begun by {begun} and used from thread "
             f"{me}: a transaction belongs to the thread that began it (the deadlock guard "
             "tracks who holds the writer lease by thread); begin it in the thread that "
             "runs its statements"
@@ -510,6 +511,8 @@ class Transaction:
             # A snapshot whose version could not be pinned conflicts on purpose.
             expected = self._snapshot if self._snapshot is not None else (-1, -1)
         manager = self._manager
+        if manager._local.end is None:
+            manager._watch(me)
         graph = manager.graph
         try:
             recorded = graph.check(me, LEASE, advice=self._lease_advice, record=True)
@@ -788,7 +791,7 @@ class TransactionInfo:
     holds_lease: bool
     """True while it holds the writer lease."""
     owner: int
-    """Thread id of its owner."""
+    """Thread id of its owner (0 once that thread has ended)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,8 +815,31 @@ class TransactionsStatus:
 class _PerThread(threading.local):
     """Each thread's open ``with db.transaction()`` blocks, innermost last."""
 
+    end: _ThreadEnd | None = None
+    """Set once the thread holds or waits for something (see ``TransactionManager._watch``)."""
+
     def __init__(self) -> None:
         self.stack: list[Transaction] = []
+
+
+class _ThreadEnd:
+    """Kept in a thread's locals: tells the manager when the thread has ended.
+
+    CPython drops a thread's locals as it ends, before any later thread can be given
+    its ident: what the ident held must be forgotten by then (``thread_ended``).
+    """
+
+    __slots__ = ("ident", "manager")
+
+    def __init__(self, manager: weakref.ref[TransactionManager], ident: int) -> None:
+        self.manager = manager
+        self.ident = ident
+
+    def __del__(self) -> None:
+        manager = self.manager()
+        if manager is not None:
+            with contextlib.suppress(Exception):  # (at interpreter exit, say)
+                manager.thread_ended(self.ident)
 
 
 class TransactionManager:
@@ -993,6 +1019,28 @@ class TransactionManager:
             tx._error = error
             raise
 
+    def _watch(self, me: int) -> None:
+        """Have the calling thread's end reported to :meth:`thread_ended`."""
+        self._local.end = _ThreadEnd(weakref.ref(self), me)
+
+    def thread_ended(self, ident: int) -> None:
+        """Thread ``ident`` ended: forget what was held and awaited by that ident.
+
+        A later thread may be given the same ident, and must not be taken for the
+        owner of its transactions (a plain write of its own refused as a deadlock, a
+        lease used from it). Its transactions belong to no thread from now on: their
+        lease, if one holds it, ends as any other (another thread may still commit or
+        roll them back; else their timeout, or being dropped, ends them).
+        """
+        self.storage.forget_thread(ident)
+        self.graph.forget(ident)
+        for ref in list(self._active.values()):
+            tx = ref()
+            if tx is not None and tx.owner == ident:
+                tx.owner = 0  # (no thread's ident)
+                if tx._pinned_by == ident:
+                    tx._pinned_by = 0
+
     def check_reader_wait(self, me: int, advice: str = "") -> bool:
         """Refuse (DeadlockError) a wait of thread ``me`` for a reader that closes a cycle.
 
@@ -1013,6 +1061,8 @@ class TransactionManager:
     def pin_reader(self, tx: Transaction) -> PooledConnection:
         """Take a reader connection for ``tx``'s snapshot."""
         me = threading.get_ident()
+        if self._local.end is None:
+            self._watch(me)
         pool = self.storage.pool
         recorded = self.check_reader_wait(me)
         try:
