@@ -140,6 +140,21 @@ def params_key(params: Params) -> tuple[Any, ...]:
         raise params_type_error(params) from None
 
 
+def cache_key(sql: str, bound: tuple[Any, ...]) -> Hashable:
+    """The memory level's key of ``sql`` run with ``bound`` (:func:`params_key`'s tuple).
+
+    ``1 == 1.0`` and both hash alike, but SQLite binds an INTEGER and a REAL
+    (``typeof(?)``; text affinity stores '1' and '1.0'): with a float among the values,
+    the key holds each value's type too. (The disk level keys by ``repr``: apart already.)
+    """
+    values: Iterable[Any] = bound
+    if bound and type(bound[0]) is tuple:  # a dict's (name, value) pairs
+        values = [value for _, value in bound]
+    if float in map(type, values):
+        return (sql, bound, tuple(map(type, values)))
+    return (sql, bound)
+
+
 class CacheManager:
     """The cache's shared state and its read path.
 
@@ -239,7 +254,7 @@ class CacheManager:
         bound = params_key(params)
         # The exact text: SQLite names a result's columns after it (count( * ) and
         # count(*) are other names), and a literal's spaces are its content.
-        key: Hashable = (sql, bound)
+        key = cache_key(sql, bound)
         try:
             entry = l1.get(key)
         except TypeError:  # unhashable parameters: SQLite will say what is wrong
@@ -450,7 +465,7 @@ class CacheManager:
             if not isinstance(sql, str) or not isinstance(params, list):
                 continue
             bound = tuple(params)
-            key = (sql, bound)
+            key = cache_key(sql, bound)
             with self._lock:  # validate and store atomically (see _store)
                 entry = self._revive(key, sql, bound, document, values)
                 stored = entry is not None and l1.put(entry)
@@ -658,7 +673,7 @@ class CacheManager:
             # Asked for on purpose: admitted at once, not on a second request, and
             # through the cache even if the statement was skipping it.
             with contextlib.suppress(TypeError):  # (unhashable values: the read says so)
-                self._doorkeeper[(sql, params_key(params))] = None
+                self._doorkeeper[cache_key(sql, params_key(params))] = None
             reuse = self._reuse.get(sql)
             if reuse is not None:
                 reuse[2] = 0

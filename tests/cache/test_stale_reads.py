@@ -206,3 +206,44 @@ def test_a_table_named_like_the_pragma_the_analysis_asks_breaks_no_read(
     assert _cached(storage, "SELECT count(*) FROM pragma_table_list") == [(0,)]
     storage.write("INSERT INTO pragma_table_list VALUES (1)")
     assert [tuple(r) for r in storage.query("SELECT count(*) FROM pragma_table_list")] == [(1,)]
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["positional", "named"])
+def test_an_int_and_an_equal_float_parameter_are_different_reads(
+    storage: atlas.Storage, named: bool
+) -> None:
+    """1 == 1.0 in Python (and both hash alike), so the cache served the result read
+    with 1 to a read with 1.0: SQLite binds an INTEGER and a REAL, and text affinity
+    stores them as '1' and '1.0'."""
+    storage.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT)")
+    storage.write_all(
+        [("INSERT INTO t(name) VALUES (?)", [1]), ("INSERT INTO t(name) VALUES (?)", [1.0])]
+    )
+    sql = (
+        "SELECT id, typeof(?) FROM t WHERE name = ?"
+        if not named
+        else ("SELECT id, typeof(:v) FROM t WHERE name = :v")
+    )
+
+    def read(value: object) -> list[tuple[object, ...]]:
+        params = {"v": value} if named else [value, value]
+        return [tuple(row) for _ in range(3) for row in storage.query(sql, params)][-1:]
+
+    for value, expected in [(1, (1, "integer")), (1.0, (2, "real")), (2, None), (2.0, None)]:
+        assert read(value) == ([expected] if expected else []), value
+    assert read(1) == [(1, "integer")] and read(1.0) == [(2, "real")]  # (now both cached)
+
+
+def test_a_float_parameter_survives_the_disk_level_across_a_reopen(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(cache_disk_min_seconds=0)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v REAL)")
+    db.write("INSERT INTO t(v) VALUES (1.5)")
+    sql = "SELECT id FROM t WHERE v = ?"
+    for _ in range(3):
+        assert [tuple(r) for r in db.query(sql, [1.5])] == [(1,)]
+    db.close()
+    again = open_storage(cache_disk_min_seconds=0)
+    assert [tuple(r) for r in again.query(sql, [1.5])] == [(1,)]
+    assert [tuple(r) for r in again.query(sql, [1])] == []
