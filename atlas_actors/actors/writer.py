@@ -599,6 +599,14 @@ class WriterActor(RoleActor):
         if wanted != self._rows_hooked:
             raw.preupdate_hook(self._on_row_change if wanted else None)
             self._rows_hooked = wanted
+            if wanted:
+                # SQLite picks the truncate optimization (a DELETE without WHERE that
+                # drops the table's pages, no hook call per row) when it prepares the
+                # statement, if no hook was set then: one kept in apsw's cache from a
+                # batch without the hook would delete rows the hook never sees. Setting
+                # the authorizer expires every prepared statement (they are prepared
+                # again, with the hook, at their next run).
+                raw.authorizer = raw.authorizer
 
     def _check_schema(self, connection: TrackedConnection) -> None:
         raw = connection.connection
@@ -981,6 +989,10 @@ class WriterActor(RoleActor):
         changes_now = connection.connection.total_changes()
         changed = bool(batch) or changes_now != self._changes_at_begin
         rows = self._take_row_changes(changes_now)
+        if rows is None and not self._batch_plain and self.hooks.track_tables:
+            # A statement may have written what its analysis cannot name (a user
+            # function runs any SQL), and no hook saw its rows: drop everything.
+            tables = None
         members = [spans[op.id] for op in batch if op.id in spans] if spans else []
         with tracing.batch_span(
             "atlas.writer.commit", members, **{"atlas.batch.size": len(batch)}

@@ -3,6 +3,7 @@ and writes it made fail: each test is a reviewer's reproduction, on a real stora
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import apsw
@@ -247,3 +248,74 @@ def test_a_float_parameter_survives_the_disk_level_across_a_reopen(
     again = open_storage(cache_disk_min_seconds=0)
     assert [tuple(r) for r in again.query(sql, [1.5])] == [(1,)]
     assert [tuple(r) for r in again.query(sql, [1])] == []
+
+
+_FILL_T = "INSERT INTO t VALUES (1, 'a'), (2, 'b')"
+_POINT = "SELECT v FROM t WHERE id = ?"
+
+
+def _hooked_off_then_on(db: atlas.Storage, *others: str) -> None:
+    """``DELETE FROM t`` prepared in a batch without the pre-update hook, then a read
+    that depends on t's rows (so the next batch runs with the hook)."""
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    for sql in (_FILL_T, "DELETE FROM t", *others):  # (each text analysed once, here)
+        with contextlib.suppress(errors.ConstraintError):
+            db.write(sql)
+    db.write("DELETE FROM t")  # no read since: no hook, so SQLite may truncate
+    db.write(_FILL_T)
+    for _ in range(3):
+        assert [tuple(r) for r in db.query(_POINT, [1])] == [("a",)]
+
+
+def test_a_delete_of_every_row_with_a_replace_in_its_batch_invalidates(
+    storage: atlas.Storage,
+) -> None:
+    """The DELETE, prepared without the hook, truncated the table (no hook call); the
+    REPLACE's conflict deletions made hook calls SQLite's change count leaves out, so
+    the counts matched and t's row-dependent entries survived the acknowledged DELETE."""
+    storage.execute("CREATE TABLE u(id INTEGER PRIMARY KEY, k UNIQUE)")
+    replace = "REPLACE INTO u(id, k) VALUES (1, 20)"  # deletes two rows, counts one change
+    fill_u = "INSERT INTO u VALUES (1, 10), (2, 20)"
+    _hooked_off_then_on(storage, fill_u, replace, "DELETE FROM u", fill_u)
+    storage.write_all([("DELETE FROM t", None), (replace, None)])
+    assert [tuple(r) for r in storage.query(_POINT, [1])] == []
+    assert [tuple(r) for r in storage.pool.query(_POINT, [1])] == []
+
+
+def test_a_delete_of_every_row_beside_a_failing_write_in_its_batch_invalidates(
+    storage: atlas.Storage,
+) -> None:
+    """The same with another caller's UPDATE failing on its third row in the batch:
+    its two undone row changes were hook calls that no change count has."""
+    storage.execute("CREATE TABLE u(id INTEGER PRIMARY KEY, k UNIQUE)")
+    bump = "UPDATE u SET k = k + 1"
+    _hooked_off_then_on(storage, "INSERT INTO u VALUES (1, 10), (2, 20), (3, 30), (4, 31)", bump)
+    deleted = storage.writer.execute("DELETE FROM t")
+    failed = storage.writer.execute(bump)
+    assert deleted.get(10).rowcount == 2
+    with pytest.raises(errors.ConstraintError):
+        failed.get(10)
+    assert [tuple(r) for r in storage.query(_POINT, [1])] == []
+
+
+def test_a_user_function_writing_another_table_invalidates_it(storage: atlas.Storage) -> None:
+    """A function registered on the writer's connection ran an UPDATE of b inside an
+    INSERT into a: without the hook, only a (what the analysis names) was dropped."""
+    storage.execute("CREATE TABLE a(x)")
+    storage.execute("CREATE TABLE b(id INTEGER PRIMARY KEY, n)")
+    storage.write("INSERT INTO b VALUES (1, 0)")
+
+    def register(connection: apsw.Connection) -> None:
+        def bump() -> int:
+            connection.execute("UPDATE b SET n = n + 1")
+            return 1
+
+        connection.create_scalar_function("bump", bump)
+
+    storage.run_in_writer(register)
+    storage.execute("CREATE TABLE other(x)")
+    for n in (1, 2):
+        assert _cached(storage, "SELECT n FROM b") == [(n - 1,)]
+        storage.write("INSERT INTO other VALUES (1)")  # (reads since the last batch: hooked)
+        storage.write("INSERT INTO a VALUES (bump())")  # (none since: not hooked)
+        assert [tuple(r) for r in storage.query("SELECT n FROM b")] == [(n,)]
