@@ -45,7 +45,7 @@ import apsw
 
 from atlas_actors.connection import raw_connection
 
-__all__ = ["ExternalChanges", "ShmCounter", "shm_counter"]
+__all__ = ["ExternalChanges", "ShmCounter", "database_file", "shm_counter"]
 
 WRITER_SETTLES = 0.05
 """Seconds a reader waits, at most, for the writer to settle a step that may be its COMMIT."""
@@ -89,8 +89,14 @@ class ShmCounter:
     """
 
     def __init__(self, database: str, vfs: str | None = None) -> None:
-        self._path = f"{database}-shm"
         self._hold = _hold(database, vfs)
+        # The file SQLite opened (``database`` may be a relative path, a symbolic link
+        # or a ``file:`` URI): its wal-index is next to it.
+        file = self._hold.filename
+        if not file:
+            self._hold.close()
+            raise OSError(f"{database} is not a database file: it has no wal-index")
+        self._path = f"{file}-shm"
         try:
             self._fd = os.open(self._path, os.O_RDONLY)
         except OSError:
@@ -194,6 +200,30 @@ def _hold(database: str, vfs: str | None) -> apsw.Connection:
         connection.close()
         raise OSError(f"cannot read {database}: {error}") from error
     return connection
+
+
+def database_file(database: str, vfs: str | None = None) -> str | None:
+    """The absolute name of the file SQLite opens for ``database``; None if there is none.
+
+    ``database`` as the storage's connections open it: a path, relative or through a
+    symbolic link, or a ``file:`` URI (with or without an authority, percent-encoded,
+    with parameters). SQLite resolves it (``sqlite3_db_filename``: the VFS's full path
+    name), so the ``-wal`` and ``-shm`` files are this name's, and nothing here parses
+    a URI. None for an in-memory or temporary database, or a name that cannot be
+    opened (the writer's open says why).
+
+    The file is created if missing, as the writer's open would a moment later.
+    """
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+    try:
+        connection = raw_connection(database, flags, vfs)
+    except apsw.Error as error:
+        log.debug("cannot open %s to learn its file name: %s", database, error)
+        return None
+    try:
+        return connection.filename or None
+    finally:
+        connection.close()
 
 
 def shm_counter(database: str, vfs: str | None = None) -> ShmCounter | None:
