@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import apsw
 import pykka
@@ -30,7 +31,7 @@ from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
 from atlas_actors.actors.writer_ops import DiskFullFound, LeaseExpired, WriterCounters
-from atlas_actors.cache.changes import ExternalChanges, ShmCounter, shm_counter
+from atlas_actors.cache.changes import ExternalChanges, ShmCounter, database_file
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.manager import CacheManager
 from atlas_actors.cache.statements import StatementAnalyses
@@ -77,6 +78,20 @@ class Runtime:
         read_only: ReadOnlyError | None = None,
     ) -> None:
         self.path = path
+        self.database_file: str | None = None
+        """The file SQLite opens for ``path`` (absolute; a ``file:`` URI resolved) while
+        the cache is on: what the cache's fingerprint looks at, its default directory
+        is named after (None with the cache off)."""
+        if config.cache:
+            self.database_file = database_file(path, vfs)
+            if self.database_file is None:
+                config = replace(config, cache=False)
+                log.warning(
+                    "the result cache is off for %r: SQLite names no file for it, so no "
+                    "wal-index would tell this storage of other processes' writes; open "
+                    "a database file (a path or a file: URI naming one) to cache reads",
+                    path,
+                )
         self.config = config
         self.vfs = vfs
         """The apsw VFS every connection opens with (None: SQLite's default)."""
@@ -137,7 +152,8 @@ class Runtime:
             config,
             self.pool,
             changes=None,
-            directory=config.cache_dir or f"{os.path.abspath(path)}.cache",
+            # Next to the file SQLite opens, whatever names it (a file: URI, say).
+            directory=config.cache_dir or f"{self.database_file or os.path.abspath(path)}.cache",
         )
         """The result cache: ``db.cache.stats()``, ``invalidate(pattern)``, ``warm()``."""
         self._cache_started = False
@@ -208,15 +224,14 @@ class Runtime:
             raise OperationTimeout("starting the writer", timeout, applied=None)
         if self._start_error is not None:
             raise self._start_error
-        self._shm = shm_counter(self.path, self.vfs)
-        if self.config.cache:
-            if self._shm is not None:
-                self.cache.external = ExternalChanges(self._shm)
-            else:
-                log.warning(
-                    "no wal-index to watch: other processes' writes may be served "
-                    "from cache until this storage writes"
-                )
+        try:
+            self._shm = ShmCounter(self.path, self.vfs)
+        except OSError as error:
+            self._shm = None
+            if self.config.cache:
+                self._cache_off(str(error))
+        if self.config.cache and self._shm is not None:
+            self.cache.external = ExternalChanges(self._shm)
         for _ in range(self.config.readers):
             self._add_reader().get(timeout=timeout)
         deadline = time.monotonic() + timeout
@@ -226,6 +241,26 @@ class Runtime:
             if time.monotonic() > deadline:
                 raise OperationTimeout("starting the readers", timeout, applied=None)
             time.sleep(0.001)
+
+    def _cache_off(self, why: str) -> None:
+        """Turn the result cache off (before any read): no wal-index to watch.
+
+        Without the wal-index counter nothing tells this storage of other processes'
+        commits, so a cached result could outlive one: the cache stays off for the
+        session, and L2 is recorded as not to be trusted (``actors/cache.py``).
+        """
+        log.warning(
+            "the result cache is off for %r: the wal-index (the -shm file whose change "
+            "counter tells of other processes' writes) cannot be watched (%s). Reads go "
+            "to SQLite. To cache, open a WAL database file on a local file system, by "
+            "its path or a file: URI naming it, through a VFS that keeps the -shm file "
+            "next to it (SQLite's default does)",
+            self.path,
+            why,
+        )
+        self.config = replace(self.config, cache=False)
+        self.cache.detach(self.cache.l1)  # reads bypass the levels from now on
+        self._supervisor.remove_child("cache").get(timeout=self.config.default_timeout)
 
     def _connect(self, *, writer: bool) -> apsw.Connection:
         config = self.config
@@ -292,7 +327,7 @@ class Runtime:
         return CacheActor(
             config=self.config,
             manager=self.cache,
-            database=self.path,
+            database=self.database_file or self.path,
             first_start=first,
             role=role,
             incarnation=incarnation,
