@@ -169,8 +169,9 @@ class CacheActor(RoleActor):
         """Whether the cache matches the files for sure, and their fingerprint."""
         external = self.manager.external
         if external is None:
-            # No wal-index to watch (the storage warned at start): as they look now.
-            return True, fingerprint(self.database)
+            # No wal-index was watched (the storage turned the cache off, or did not get
+            # as far as mapping it): nothing says that no other process committed.
+            return False, fingerprint(self.database)
         counter = external.counter
         settled = isinstance(counter, ShmCounter) and counter.empty_wal()
         settled = settled and outlast_timestamps(self.database)

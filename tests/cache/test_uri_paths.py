@@ -175,3 +175,21 @@ def test_the_cache_is_off_when_sqlite_names_no_file(
         assert not db.config.cache
         assert any("result cache is off" in record.getMessage() for record in caplog.records)
     assert not (tmp_path / "t.db.cache").exists()
+
+
+def test_a_session_without_a_watched_wal_index_leaves_no_trusted_disk_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing told that session of other processes' commits: its close cannot vouch for
+    # the cache directory, whatever the files look like.
+    path = tmp_path / "t.db"
+    with _open(f"file:{path}") as db:
+        _cached_on_disk(db)
+    with monkeypatch.context() as patched:
+        patched.setattr(changes, "ShmCounter", _refuse_to_map)
+        patched.setattr(runtime, "ShmCounter", _refuse_to_map)
+        with _open(f"file:{path}") as db:
+            assert not db.config.cache
+    with _open(f"file:{path}") as db:
+        assert db.cache.stats().l2_entries == 0
+        assert _v(db) == "old"
