@@ -155,7 +155,7 @@ class Storage(Runtime):
         )
         # db.supervisor after close() raises what every other handle raises.
         self.supervisor.unavailable = self._unavailable
-        self._cached = config.cache
+        self._cached = self.config.cache  # (the runtime may have turned it off: no wal-index)
         self.wal = WalManager(self)
         """The write-ahead log: ``checkpoint()``, ``monitor()``, ``cleanup()``, ``verify()``."""
         self.metrics.gauge("wal", self._wal_gauge)
