@@ -485,9 +485,31 @@ _CONTROL_STATEMENT = re.compile(
 
 
 _QUOTED_OR_SEMICOLON = re.compile(
-    r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|`[^`]*`|--[^\n]*|/\*.*?(?:\*/|\Z)|;", re.DOTALL
+    r"[:@$#](?:[A-Za-z0-9_$\x80-\U0010ffff]|::)+(?:\([^\s)]*\)?)?"
+    r"|'[^']*'|\"[^\"]*\"|\[[^\]]*\]|`[^`]*`|--[^\n]*|/\*.*?(?:\*/|\Z)|;",
+    re.DOTALL,
 )
-"""A quoted string or name, a comment, or a ``;`` (one pass finds the ``;`` outside them)."""
+"""A parameter, a quoted string or name, a comment, or a ``;`` (one pass finds the ``;``
+outside them). A named parameter may end in a TCL-style ``(...)`` running to the next
+``)`` or space, as SQLite's tokenizer reads it: ``$a('x) ; PRAGMA ...`` is one parameter,
+then a second statement, not a string hiding it."""
+
+
+def _complete(text: str) -> bool:
+    """``sqlite3_complete(text)``, reading named parameters as SQLite's tokenizer does.
+
+    ``sqlite3_complete`` has a simpler tokenizer of its own, which does not know the
+    TCL-style suffix of a parameter: it reads ``$a('x) ;`` as an unfinished string. So
+    each parameter is ``?`` for it (only parameters outside strings and comments).
+    """
+    if "(" in text:
+        text = _QUOTED_OR_SEMICOLON.sub(_parameter_as_mark, text)
+    return apsw.complete(text)
+
+
+def _parameter_as_mark(found: re.Match[str]) -> str:
+    text = found.group()
+    return "?" if text[0] in ":@$#" else text
 
 
 def _any_statement(sql: str, pattern: re.Pattern[str]) -> bool:
@@ -505,7 +527,7 @@ def _any_statement(sql: str, pattern: re.Pattern[str]) -> bool:
     for found in _QUOTED_OR_SEMICOLON.finditer(sql):
         if found.group() == ";":
             end = found.end()
-            if pattern.match(sql, end) and apsw.complete(sql[:end]):
+            if pattern.match(sql, end) and _complete(sql[:end]):
                 return True
     return False
 
@@ -687,7 +709,7 @@ def _statement_starts(sql: str) -> Iterator[int]:
     if ";" not in sql:
         return
     for found in _QUOTED_OR_SEMICOLON.finditer(sql):
-        if found.group() == ";" and apsw.complete(sql[: found.end()]):
+        if found.group() == ";" and _complete(sql[: found.end()]):
             yield found.end()
 
 

@@ -178,6 +178,26 @@ def test_transaction_control_on_the_readers_is_refused(
     assert {db.query("SELECT v FROM t")[0][0] for _ in range(50)} == {1}
 
 
+@pytest.mark.parametrize("prefix", ["$", ":", "@", "#"])
+def test_a_statement_hidden_behind_a_tcl_style_parameter_is_seen(
+    db: atlas.Storage, prefix: str
+) -> None:
+    """SQLite reads ``$a('x)`` as one parameter (a TCL-style suffix up to ``)``); the
+    checks read a string from ``'`` on, which hid the ``;`` and the PRAGMA after it:
+    it ran on the pooled readers and made LIKE case-sensitive for every later read."""
+    hidden = f"SELECT {prefix}a('x) ; PRAGMA case_sensitive_like = ON; --'"
+    with pytest.raises(errors.ValidationError, match="case_sensitive_like"):
+        db.query(hidden, [1])
+    with pytest.raises(errors.ValidationError, match="controls a transaction"):
+        db.query(f"SELECT {prefix}a('x) ; BEGIN; --'", [1])
+    assert {db.query("SELECT 'a' LIKE 'A'")[0][0] for _ in range(20)} == {1}
+    with (
+        db.transaction(isolation="read_committed") as tx,
+        pytest.raises(errors.ValidationError),
+    ):
+        tx.query(f"SELECT {prefix}a('x) ; BEGIN; --'", [1])
+
+
 def test_transaction_control_in_a_snapshot_read_is_refused(db: atlas.Storage) -> None:
     db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
     db.write("INSERT INTO t VALUES (1, 0)")

@@ -5,7 +5,10 @@ summary is https://www.sqlite.org/lang_expr.html and
 https://www.sqlite.org/lang_keywords.html): string literals in single quotes with ``''``
 escapes, identifiers quoted with ``"..."``, ```...``` or ``[...]``, blob literals
 ``X'..'``, numbers (decimal, hex, exponent, ``_`` separators since 3.46), the parameter
-forms ``?``, ``?NNN``, ``:name``, ``@name`` and ``$name``, and ``--``/``/* */`` comments.
+forms ``?``, ``?NNN``, ``:name``, ``@name``, ``$name`` and ``#name`` (a name may hold
+``::``, and end in a TCL-style ``(...)`` suffix running to the next ``)`` or space, as
+in ``$a('x)``: one token for SQLite, so one here, or a ``;`` inside it would count as a
+second statement), and ``--``/``/* */`` comments.
 
 It is not a parser: the rewrite rules, the workload fingerprints and the plan analysis
 use it to look at token shapes, always conservatively (a shape they do not recognise is
@@ -43,7 +46,7 @@ _TOKEN = re.compile(
   | (?P<quoted>"(?:[^"]|"")*"?|`(?:[^`]|``)*`?|\[[^\]]*\]?)
   | (?P<number>0[xX][0-9A-Fa-f_]+
       |(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9_]+)?)
-  | (?P<param>\?[0-9]*|[:@$][A-Za-z0-9_\x80-\U0010ffff]+)
+  | (?P<param>\?[0-9]*|[:@$\#](?:[A-Za-z0-9_$\x80-\U0010ffff]|::)+(?:\([^\s)]*\)?)?)
   | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)
   | (?P<op>->>|->|\|\||<=|>=|==|!=|<>|<<|>>|.)
     """,

@@ -154,6 +154,17 @@ def test_a_second_statement_is_refused_and_never_runs(tasks_db: apsw.Connection)
     assert tasks_db.execute("SELECT count(*) FROM tasks").fetchall() == [(3000,)]
 
 
+@pytest.mark.parametrize("prefix", ["$", ":", "@"])
+def test_a_second_statement_behind_a_tcl_style_parameter_is_refused(
+    tasks_db: apsw.Connection, prefix: str
+) -> None:
+    """SQLite reads ``$a('x)`` as one parameter; the tokenizer read a string from ``'``
+    on, so the DROP after the ``;`` ran while the text passed for one statement."""
+    with pytest.raises(QueryValidationError, match="one statement"):
+        analyze(tasks_db, f"SELECT * FROM tasks WHERE due = {prefix}a('x) ; DROP TABLE tasks; --'")
+    assert tasks_db.execute("SELECT count(*) FROM tasks").fetchall() == [(3000,)]
+
+
 def test_sqlite_errors_are_wrapped_in_the_error_taxonomy(tasks_db: apsw.Connection) -> None:
     with pytest.raises(SQLError, match="no such table"):
         analyze(tasks_db, "SELECT * FROM taks")
