@@ -300,9 +300,9 @@ def _odd_parameters(tokens: Sequence[Token]) -> bool:
     for token, following in itertools.pairwise(tokens):
         if token.kind != "param":
             continue
-        if token.text[0] == "$" or (
-            following.start == token.end and following.kind not in ("space", "comment", "op")
-        ):
+        if "$" in token.text or "::" in token.text or "(" in token.text:  # (Tcl forms)
+            return True
+        if following.start == token.end and following.kind not in ("space", "comment", "op"):
             return True
         if following.start == token.end and following.text in (":", "(", "$"):
             return True
