@@ -31,6 +31,7 @@ from atlas_actors.errors import (
     shorten,
     wrap_sqlite_error,
 )
+from atlas_actors.memo import TextMemo
 from atlas_actors.rows import Row, row_class_for
 from atlas_actors.rows import _by_description as _row_classes
 
@@ -476,7 +477,7 @@ _INSERTS = "inserts"
 _INSERTS_NOTHING = "inserts nothing"
 _OTHER = "other"
 _CONTROL = "transaction control"
-_write_kinds: dict[str, str] = {}
+_write_kinds: TextMemo[str] = TextMemo(10_000)
 _LEADING = r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
 """Whitespace and comments before a statement's first keyword."""
 _CONTROL_STATEMENT = re.compile(
@@ -538,7 +539,7 @@ def _controls_a_transaction(sql: str) -> bool:
 
 
 _SCHEMA_STATEMENT = re.compile(_LEADING + r"(?:CREATE|DROP|ALTER)\b", re.IGNORECASE | re.DOTALL)
-_schema_statements: dict[str, bool] = {}
+_schema_statements: TextMemo[bool] = TextMemo(10_000)
 
 
 def changes_schema(sql: str) -> bool:
@@ -546,8 +547,7 @@ def changes_schema(sql: str) -> bool:
     found = _schema_statements.get(sql)
     if found is None:
         found = _any_statement(sql, _SCHEMA_STATEMENT)
-        if len(_schema_statements) < 10_000:
-            _schema_statements[sql] = found
+        _schema_statements.remember(sql, found)
     return found
 
 
@@ -563,8 +563,7 @@ def _write_kind(sql: str) -> str:
         kind = _INSERTS_NOTHING
     else:
         kind = _OTHER  # a rowid that moved is the only sign of an insert (a trigger's)
-    if len(_write_kinds) < 10_000:
-        _write_kinds[sql] = kind
+    _write_kinds.remember(sql, kind)
     return kind
 
 
@@ -617,8 +616,8 @@ _WRITER_PRAGMAS = frozenset({"user_version", "application_id", "optimize", "incr
 """What the writer may run besides reads: values and upkeep of the database file, not
 settings of its connection (``locking_mode = EXCLUSIVE`` or ``query_only = 1`` would make
 every later write fail; ``synchronous`` is the storage's configuration)."""
-_pragma_verdicts: dict[str, str | None] = {}
-_writer_pragma_verdicts: dict[str, str | None] = {}
+_pragma_verdicts: TextMemo[str | None] = TextMemo(10_000)
+_writer_pragma_verdicts: TextMemo[str | None] = TextMemo(10_000)
 
 
 def refuse_connection_settings(sql: str) -> None:
@@ -637,8 +636,7 @@ def refuse_connection_settings(sql: str) -> None:
     verdict = _pragma_verdicts.get(sql, "")
     if verdict == "":
         verdict = _setting_pragma(sql) if _MAY_HOLD_PRAGMA.search(sql) else None
-        if len(_pragma_verdicts) < 10_000:
-            _pragma_verdicts[sql] = verdict
+        _pragma_verdicts.remember(sql, verdict)
     if verdict is not None:
         raise _settings_error(sql, verdict)
 
@@ -658,8 +656,7 @@ def refuse_writer_settings(sql: str) -> None:
         verdict = (
             _setting_pragma(sql, allowed=_WRITER_PRAGMAS) if _MAY_HOLD_PRAGMA.search(sql) else None
         )
-        if len(_writer_pragma_verdicts) < 10_000:
-            _writer_pragma_verdicts[sql] = verdict
+        _writer_pragma_verdicts.remember(sql, verdict)
     if verdict is not None:
         raise ValidationError(
             f"{shorten(sql)!r}: PRAGMA {verdict} changes the writer's connection, which "
@@ -833,11 +830,11 @@ class TrackedConnection:
         self._errors = 0
         self._latency = 0.0
         self._bytes = 0
-        self._runs: dict[str, int] = {}
+        self._runs: TextMemo[int] = TextMemo(_MAX_COUNTED)
         """Runs of each statement through write_many(), which decide the ones sampled."""
-        self._read: dict[str, list[Any]] = {}
+        self._read: TextMemo[list[Any]] = TextMemo(_MAX_COUNTED)
         """``[None, untimed, timed]`` of each statement through query() (see write())."""
-        self._written: dict[str, list[Any]] = {}
+        self._written: TextMemo[list[Any]] = TextMemo(_MAX_COUNTED)
         """``[kind, untimed, timed]`` of each statement through write() (one lookup for
         all three; see ``_learn_write``)."""
         self._in_place: dict[str, bool] = {}
@@ -999,8 +996,7 @@ class TrackedConnection:
             entry = self._read[sql]
         except KeyError:
             entry = [None, 0, 0]  # [unused, untimed, timed], as write()'s (_timed_run)
-            if len(self._read) < _MAX_COUNTED:  # (past the bound, each run is timed)
-                self._read[sql] = entry
+            self._read.remember(sql, entry)  # (past the bound, each run is timed)
         untimed = entry[1]
         if untimed:
             entry[1] = untimed - 1
@@ -1028,7 +1024,7 @@ class TrackedConnection:
             self.last_latency = 0.0
         return rows
 
-    def query_fast(self, sql: str, params: Params, names: dict[str, list[Any]]) -> list[Row]:
+    def query_fast(self, sql: str, params: Params, names: TextMemo[list[Any]]) -> list[Row]:
         """:meth:`query` for the pool's hot path: row classes cached, runs sampled.
 
         ``names`` maps statement text to ``[row class or None, uses, width]`` (width:
@@ -1063,17 +1059,17 @@ class TrackedConnection:
             else:
                 # Learned for a known text, or a new one while the bound leaves room (an
                 # application that formats values into its SQL makes a text per read).
-                learn = entry is not None or len(names) < _MAX_COUNTED
+                learn = entry is not None or names.has_room(sql)
                 try:
                     description = cursor.get_description()
                 except apsw.ExecutionCompleteError:
                     rows = []  # finished without a row: nothing to name
                     if learn:
-                        names[sql] = [None, uses + 1, -1]
+                        names.remember(sql, [None, uses + 1, -1])
                 else:
                     cls = _row_classes.get(description) or row_class_for(description)
                     if learn:
-                        names[sql] = [cls, uses + 1, len(cls._fields)]
+                        names.remember(sql, [cls, uses + 1, len(cls._fields)])
                     rows = list(map(cls, cursor.fetchall()))
         except Exception as error:
             self._errors += 1
@@ -1258,8 +1254,7 @@ class TrackedConnection:
             raise _control_error(sql)
         refuse_writer_settings(sql)
         entry: list[Any] = [kind, 0, 0]
-        if len(self._written) < _MAX_COUNTED:  # (past the bound, each run is timed)
-            self._written[sql] = entry
+        self._written.remember(sql, entry)  # (past the bound, each run is timed)
         return entry
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
@@ -1303,8 +1298,7 @@ class TrackedConnection:
         """Count a run of ``sql``; :func:`sample_weight` of the runs before it."""
         counted = self._runs
         uses = counted.get(sql, 0)
-        if uses or len(counted) < _MAX_COUNTED:
-            counted[sql] = uses + 1
+        counted.remember(sql, uses + 1)
         return sample_weight(uses)
 
     def _sample_bytes(self, params: Params, rows: Sequence[Row] | tuple[()], weight: int) -> None:

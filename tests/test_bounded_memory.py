@@ -15,6 +15,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors import connection as connection_module
+from atlas_actors.actors import pool as pool_module
 from atlas_actors.actors.base import Mailbox, Op
 from atlas_actors.actors.cache import CacheActor
 from atlas_actors.actors.writer import WriterActor
@@ -22,6 +23,7 @@ from atlas_actors.cache import manager as manager_module
 from atlas_actors.config import MAX_READERS
 from atlas_actors.errors import ConfigError, OperationTimeout, ValidationError
 from atlas_actors.future import Future
+from atlas_actors.memo import MAX_MEMO_CHARS
 from tests.helpers import wait_until
 
 
@@ -30,6 +32,7 @@ def test_reads_of_ever_new_texts_keep_the_pools_name_cache_bounded(
 ) -> None:
     """An application that formats values into its SQL makes a new text per read."""
     monkeypatch.setattr(connection_module, "_MAX_COUNTED", 50)
+    monkeypatch.setattr(pool_module, "_MAX_COUNTED", 50)
     with atlas.open(tmp_path / "a.db", cache=False) as db:
         db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         db.write("INSERT INTO t(v) VALUES ('x')")
@@ -37,6 +40,37 @@ def test_reads_of_ever_new_texts_keep_the_pools_name_cache_bounded(
             rows = db.query(f"SELECT v, {n} AS n FROM t")
             assert [(row.v, row.n) for row in rows] == [("x", n)]  # (named: learned or not)
         assert len(db.pool._names) <= 50
+
+
+def test_long_texts_are_bounded_in_characters_not_only_in_number(tmp_path: Path) -> None:
+    """What is remembered per text was bounded in texts only: 20,000 distinct texts of
+    20 KB (values formatted into a bulk INSERT, say) held 400 MB, and the memory cache
+    counted its results' bytes, not their keys': 40,000 short results of long reads
+    held 1.6 GB under a 64 MiB bound."""
+    pad = "x" * 20_000
+    capacity = 1 << 20
+    with atlas.open(tmp_path / "a.db", cache_memory_bytes=capacity) as db:
+        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+        for n in range(300):  # 6 million characters of distinct texts each way
+            db.write(f"INSERT INTO t(v) VALUES ({n}) -- {pad}")
+            for _ in range(2):  # (admitted to the cache on the second miss)
+                assert db.query(f"SELECT v FROM t WHERE id = 1 -- {n} {pad}") == [(0,)]
+        writer = db._writer_actor()
+        assert writer is not None and writer.connection is not None
+        memos: list[dict[str, object]] = [
+            db.transactions.statements.known,
+            writer.connection._written,
+            db.pool._names,
+            db.cache._costs,
+            db.cache._reuse,
+            connection_module._write_kinds,
+            connection_module._schema_statements,
+            connection_module._writer_pragma_verdicts,
+        ]
+        for memo in memos:
+            assert sum(map(len, memo)) <= MAX_MEMO_CHARS
+        l1 = db.cache.l1
+        assert l1 is not None and l1.bytes <= capacity and len(l1) < capacity // 20_000
 
 
 def test_reads_of_ever_new_texts_keep_the_caches_cost_table_bounded(

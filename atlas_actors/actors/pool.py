@@ -64,6 +64,7 @@ from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, Reopen, Run
 from atlas_actors.cache.statements import StatementAnalyses, StatementInfo
 from atlas_actors.config import MAX_READERS, StorageConfig
 from atlas_actors.connection import (
+    _MAX_COUNTED,
     _RECHECK_EVERY,
     _TIME_FIRST,
     SAMPLE_EVERY,
@@ -87,6 +88,7 @@ from atlas_actors.errors import (
 )
 from atlas_actors.events import EventBus
 from atlas_actors.future import checked_timeout, sql_type_error
+from atlas_actors.memo import TextMemo
 from atlas_actors.rows import Row
 
 if TYPE_CHECKING:
@@ -335,7 +337,7 @@ class ReaderPool:
         read path skips it) with nobody listening. Each connection is added and removed
         by its one holder at a time."""
         self._rotor = itertools.count()
-        self._names: dict[str, list[Any]] = {}
+        self._names: TextMemo[list[Any]] = TextMemo(_MAX_COUNTED)
         self._down: dict[str, ReaderActor] = {}
         """Readers without a connection (a fault), by role, until they reopen one."""
         self._reopening: set[str] = set()
@@ -1086,7 +1088,7 @@ class ReaderPool:
 
     def forget_names(self) -> None:
         """Drop the cached column names (the schema changed)."""
-        self._names = {}
+        self._names = TextMemo(_MAX_COUNTED)
 
     def query_analyzed(
         self, sql: str, params: Params, timeout: float | None = None

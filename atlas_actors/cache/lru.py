@@ -24,9 +24,16 @@ from atlas_actors.rows import Row
 __all__ = ["ByteLRU", "Entry", "measure"]
 
 
-def measure(rows: list[Row]) -> int:
-    """Bytes a result holds: the list, each row tuple and each value."""
-    size = sys.getsizeof(rows)
+def measure(rows: list[Row], sql: str = "", params: tuple[Any, ...] = ()) -> int:
+    """Bytes an entry holds: the list, each row tuple and each value, and its key.
+
+    The key's text and parameters count too: a short result of a long statement (or
+    of a large parameter) held all of them, and distinct long texts filled memory far
+    past the bound in entries the result sizes alone said were small.
+    """
+    size = sys.getsizeof(rows) + (sys.getsizeof(sql) if sql else 0)
+    for value in params:
+        size += sys.getsizeof(value)
     for row in rows:
         size += sys.getsizeof(row)
         for value in row:
@@ -127,7 +134,7 @@ class ByteLRU:
         result: waiting on a lock under the GIL costs more than the next miss).
         """
         if not entry.size:
-            entry.size = measure(entry.rows)
+            entry.size = measure(entry.rows, entry.sql, entry.params)
         if entry.size > self.capacity:
             return False
         if not self._lock.acquire(wait):

@@ -45,6 +45,7 @@ from atlas_actors.errors import (
     params_type_error,
 )
 from atlas_actors.future import sql_type_error
+from atlas_actors.memo import MAX_MEMO_CHARS, TextMemo
 from atlas_actors.rows import Row, row_class
 
 if TYPE_CHECKING:
@@ -198,13 +199,14 @@ class CacheManager:
         self._misses = itertools.count()
         self._bypassed = itertools.count()
         self._skipped = itertools.count()
-        self._reuse: dict[str, list[int]] = {}
+        self._reuse: TextMemo[list[int]] = TextMemo(_TRACKED_STATEMENTS)
         # statement text -> [repeats, misses, reads left to skip]; updated without a
         # lock by every reading thread: the counts are estimates, a lost update is fine.
         self._dropped = itertools.count()
         self._reads_at_ask = -1
-        self._costs: dict[str, list[float]] = {}
+        self._costs: TextMemo[list[float]] = TextMemo(_TRACKED_STATEMENTS)
         self._doorkeeper: dict[Hashable, None] = {}
+        self._doorkeeper_chars = 0  # (of the texts its keys hold: bounded too)
         self.fill: Callable[[Entry], None] | None = None
         """Sends an entry to the cache actor for L2 (set by the actor)."""
         self.ready = threading.Event()
@@ -294,7 +296,7 @@ class CacheManager:
         # Admission: a result is stored the second time it is asked for (or at once
         # when it is expensive). Storing costs as much as the read, and results asked
         # for once (a scan over many keys) would only push useful ones out.
-        repeat = self._seen_before(key)
+        repeat = self._seen_before(key, sql)
         if expensive or repeat:
             self._store(key, sql, params, bound, rows, info, expensive, l1, generation)
         self._judge_reuse(sql, reuse, repeat)
@@ -303,9 +305,9 @@ class CacheManager:
     def _judge_reuse(self, sql: str, reuse: list[int] | None, repeat: bool) -> None:
         """Count a miss of ``sql``; after a window of them, skip it if repeats were rare."""
         if reuse is None:
-            if len(self._reuse) >= _TRACKED_STATEMENTS:
+            reuse = [0, 0, 0]
+            if not self._reuse.remember(sql, reuse):
                 return
-            reuse = self._reuse.setdefault(sql, [0, 0, 0])
         if repeat:
             reuse[0] += 1
         reuse[1] += 1
@@ -323,13 +325,15 @@ class CacheManager:
                 _SKIP_READS,
             )
 
-    def _seen_before(self, key: Hashable) -> bool:
+    def _seen_before(self, key: Hashable, sql: str) -> bool:
         seen = self._doorkeeper
         if key in seen:
             return True
-        if len(seen) >= _DOORKEEPER_SIZE:
+        if len(seen) >= _DOORKEEPER_SIZE or self._doorkeeper_chars + len(sql) > MAX_MEMO_CHARS:
             seen.clear()  # forget old one-timers rather than grow
+            self._doorkeeper_chars = 0
         seen[key] = None
+        self._doorkeeper_chars += len(sql)
         return False
 
     def _note_cost(self, sql: str, latency: float) -> None:
@@ -337,8 +341,7 @@ class CacheManager:
         # only ever add to a latency, and must not make a cheap read look dear.
         seen = self._costs.get(sql)
         if seen is None:
-            if len(self._costs) < _TRACKED_STATEMENTS:  # (as _reuse: a bound on texts)
-                self._costs[sql] = [latency, 1]
+            self._costs.remember(sql, [latency, 1])  # (as _reuse: a bound on texts)
         else:
             seen[0] = min(seen[0], latency)
             seen[1] += 1
@@ -366,7 +369,7 @@ class CacheManager:
         l1: ByteLRU,
         generation: int,
     ) -> None:
-        size = measure(rows)
+        size = measure(rows, sql, bound)
         if size > self.config.cache_max_entry_bytes:
             return
         fill = self.fill

@@ -23,6 +23,7 @@ import apsw
 
 from atlas_actors.cache.dependencies import TableShape, Template, fold, table_shape, template
 from atlas_actors.errors import wrap_sqlite_error
+from atlas_actors.memo import TextMemo
 from atlas_actors.query._sqlinfo import null_bindings
 
 __all__ = ["DETERMINISTIC_FUNCTIONS", "StatementAnalyses", "StatementInfo", "analyze"]
@@ -168,7 +169,7 @@ class StatementAnalyses:
     """
 
     def __init__(self) -> None:
-        self.known: dict[str, StatementInfo] = {}
+        self.known: TextMemo[StatementInfo] = TextMemo(20_000)
         """The analyses by statement text (cleared in place on schema changes): a hot
         path may look its statement up here before paying for the call."""
         self._shapes: dict[str, TableShape | None] = {}
@@ -225,8 +226,8 @@ class StatementAnalyses:
             # triggers: what it says the statement writes is not for the writer.
             return info
         with self._lock:
-            if len(self.known) < 20_000 and epoch == self._epoch:
-                self.known[sql] = info
+            if epoch == self._epoch:
+                self.known.remember(sql, info)
         return info
 
     def _template(self, connection: apsw.Connection, sql: str, reads: set[str]) -> Template | None:

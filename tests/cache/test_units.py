@@ -38,7 +38,8 @@ def test_sizes_are_measured_from_the_objects() -> None:
 
 
 def test_the_lru_stays_within_its_bytes_evicting_the_least_recently_used() -> None:
-    one = measure(_entry("a").rows)
+    entry = _entry("a")
+    one = measure(entry.rows, entry.sql, entry.params)
     lru = ByteLRU(capacity=one * 3 + 10)
     for key in "abc":
         assert lru.put(_entry(key))
