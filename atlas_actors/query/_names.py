@@ -5,6 +5,9 @@ A name the builder accepts is ``[A-Za-z_][A-Za-z0-9_]*``, optionally qualified o
 escaped into some other identifier. Because accepted names cannot contain a double quote,
 quoting is only wrapping in ``"..."``, which also lets keywords (``order``, ``group``) be
 used as names (https://www.sqlite.org/lang_keywords.html).
+
+Names are compared the way SQLite compares identifiers: :func:`fold` lowers ASCII
+letters only, so ``"Ét"`` and ``"ét"`` stay two tables, as they are to SQLite.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
+from atlas_actors.cache.dependencies import fold
 from atlas_actors.errors import QueryValidationError
 
 __all__ = [
@@ -20,6 +24,7 @@ __all__ = [
     "check_name",
     "check_reference",
     "closest",
+    "fold",
     "quote",
     "quote_catalog_name",
     "quote_reference",

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from atlas_actors.query._names import fold
 from atlas_actors.query._tokens import Token, dequote, is_word
 from atlas_actors.query.schema import Schema, TableInfo
 
@@ -96,7 +97,7 @@ def owner(
         if len(found) != 1 or found[0].column(column) is None:
             return None
         return found[0]
-    name = qualifier.lower()
+    name = fold(qualifier)
     current: Scope | None = scope
     while current is not None:
         if name in current.ambiguous or name in current.qualified_only:
@@ -137,7 +138,7 @@ def _cte_names(tokens: Sequence[Token]) -> set[str]:
                     j -= 1
                 j -= 1
             if j >= 0 and tokens[j].kind in ("word", "quoted"):
-                names.add(dequote(tokens[j]).lower())
+                names.add(fold(dequote(tokens[j])))
     return names
 
 
@@ -280,7 +281,7 @@ class _Walker:
             return False
         key, table, k = read
         if k + 1 < len(self.t) and is_word(self.t[k], "AS") and self._is_name(k + 1):
-            key = dequote(self.t[k + 1]).lower()
+            key = fold(dequote(self.t[k + 1]))
         scope.add(key, table)
         return True
 
@@ -291,11 +292,11 @@ class _Walker:
         """Read ``[schema.]name`` at ``k``: (name, table or None if unknown, next index)."""
         if not self._is_name(k) or (self.t[k].kind == "word" and self.t[k].upper in AFTER_TABLE):
             return None
-        name = dequote(self.t[k]).lower()
+        name = fold(dequote(self.t[k]))
         schema: str | None = None
         k += 1
         if k + 1 < len(self.t) and self.t[k].text == "." and self._is_name(k + 1):
-            schema, name = name, dequote(self.t[k + 1]).lower()
+            schema, name = name, fold(dequote(self.t[k + 1]))
             k += 2
         unknown = name in self.ctes or (schema is not None and schema != "main")
         return name, None if unknown else name, k
@@ -323,7 +324,7 @@ class _Walker:
             self.t[k].kind == "quoted"
             or (self.t[k].kind == "word" and self.t[k].upper not in AFTER_TABLE)
         ):
-            key = dequote(self.t[k]).lower()
+            key = fold(dequote(self.t[k]))
             k += 1
         if key is None:
             scope.complete = False

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_actors.query._names import fold
 from atlas_actors.query._scopes import scopes, source_map
 from atlas_actors.query._tokens import (
     Token,
@@ -186,7 +187,7 @@ def _in_lists(tokens: Sequence[Token]) -> dict[str, int | None]:
                 depth -= t.text == ")"
                 commas += depth == 0 and t.text == ","
             size = 0 if close == i + 2 else commas + 1
-        name = dequote(column).lower()
+        name = fold(dequote(column))
         old = out.get(name, 0)
         out[name] = None if size is None or old is None else max(old, size)
     return out
@@ -225,5 +226,5 @@ def _term_column(term: list[Token]) -> str:
     if len(term) == 3 and term[1].text == ".":
         term = term[2:]
     if len(term) == 1 and term[0].kind in ("word", "quoted"):
-        return dequote(term[0]).lower()
+        return fold(dequote(term[0]))
     return ""

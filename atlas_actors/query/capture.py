@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import apsw
 
-from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.query._names import fold, quote_catalog_name
 from atlas_actors.query._sqlinfo import null_bindings
 from atlas_actors.query.schema import Schema, TableInfo
 
@@ -90,18 +90,18 @@ class Capture:
         for req in self.requests:
             for c in req.constraints:
                 if c.op in ("eq", "is") and c.column != "rowid":
-                    out.setdefault(req.table.lower(), set()).add(c.column.lower())
+                    out.setdefault(fold(req.table), set()).add(fold(c.column))
         return out
 
     def terms(self, table: str) -> dict[str, Term]:
         """Return the constraints on ``table`` grouped by column (lower-case)."""
         out: dict[str, Term] = {}
         for req in self.requests:
-            if req.table.lower() != table.lower():
+            if fold(req.table) != fold(table):
                 continue
             ranges: dict[str, int] = {}
             for c in req.constraints:
-                key = c.column.lower()
+                key = fold(c.column)
                 if c.op == "range":
                     ranges[key] = ranges.get(key, 0) + 1
                 old = out.get(key, Term(frozenset(), False, 0, False))
@@ -248,7 +248,7 @@ class Workbench:
 
 
 def _internal(name: str) -> bool:
-    return name.lower().startswith("sqlite_")
+    return fold(name).startswith("sqlite_")
 
 
 def capture(schema: Schema, sql: str) -> Capture:

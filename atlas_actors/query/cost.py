@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_actors.query._names import fold
 from atlas_actors.query._sqlinfo import UNKNOWN, SqlInfo
 from atlas_actors.query.capture import Capture, Term
 from atlas_actors.query.plan import (
@@ -254,9 +255,7 @@ def _groups(
             if wanted <= {"rowid", "oid", "_rowid_"} | _rowid_aliases(ctx.schema, table):
                 return rows
             index = next((i for i in info.indexes if a.index and i.name == a.index), None)
-            lead = (
-                {(c.name or "").lower() for c in index.columns[: len(group_by)]} if index else set()
-            )
+            lead = {fold(c.name or "") for c in index.columns[: len(group_by)]} if index else set()
             if index is not None and lead == wanted:
                 per_key = ctx.stats.rows_per_key(table, index.name, len(group_by))
                 keys = ctx.stats.table(table).rows / max(per_key, 1.0)
@@ -302,7 +301,7 @@ def _subquery(node: PlanNode, a: Access, ctx: _Ctx, depth: int, outer: float) ->
     if a.correlated:  # runs again for every row that reaches it
         ctx.scale(start, max(outer, 1.0))
     if a.name is not None:
-        ctx.derived[a.name.lower()] = rows
+        ctx.derived[fold(a.name)] = rows
     keep = rows * 2.0 if ("MATERIALIZE" in a.what or "LIST" in a.what) else 0.0
     s = ctx.steps[step]
     ctx.steps[step] = QueryStep("subquery", a.name, keep, {**s.details, "rows": rows})
@@ -335,7 +334,7 @@ class _Loop:
 def _resolve(ctx: _Ctx, name: str | None) -> str | None:
     if name is None:
         return None
-    key = name.lower()
+    key = fold(name)
     return (ctx.info.aliases.get(key) or key) if key in ctx.info.aliases else key
 
 
@@ -353,7 +352,7 @@ def _loop(node: PlanNode, a: Access, ctx: _Ctx, position: int) -> _Loop:
     known = table in ctx.schema.tables and table not in ctx.derived
     n = ctx.stats.table(table).rows if known else ctx.derived.get(table, 100.0)
     terms = ctx.capture.terms(table) if known else {}
-    used = {c.lower() for c in a.eq} | {c.lower() for c, _b in a.ranges}
+    used = {fold(c) for c in a.eq} | {fold(c) for c, _b in a.ranges}
     if "rowid" in used and known:
         used |= _rowid_aliases(ctx.schema, table)
     seeks = 0.0
@@ -393,17 +392,14 @@ def _search(
         rows = 1.0 if a.eq else n
     elif a.automatic:
         rows = min(n, ctx.stats.eq_rows(table, a.eq[0]) or 10.0) if a.eq else n
-    elif a.index and {c.lower() for c in a.eq} & {"rowid"}:
+    elif a.index and {fold(c) for c in a.eq} & {"rowid"}:
         rows = 1.0  # the whole key, rowid included: one entry per lookup
     elif a.index:
         rows = ctx.stats.rows_per_key(table, a.index, len(a.eq))
     elif not a.eq and not a.ranges:
         # min()/max() print SEARCH: one seek on the rowid, else a full scan.
         wanted = {
-            c.lower()
-            for r in ctx.capture.requests
-            if r.table.lower() == table
-            for c, _d in r.order_by
+            fold(c) for r in ctx.capture.requests if fold(r.table) == table for c, _d in r.order_by
         }
         rowid = {"rowid"} | (_rowid_aliases(ctx.schema, table) if known else set())
         rows = 1.0 if wanted and wanted <= rowid and not terms else n
@@ -431,8 +427,8 @@ def _in_values(a: Access, ctx: _Ctx, table: str, *, terms: dict[str, Term], know
     """
     factor = 1.0
     for col in a.eq:
-        names = {col.lower()}
-        if col.lower() == "rowid" and known:
+        names = {fold(col)}
+        if fold(col) == "rowid" and known:
             names |= _rowid_aliases(ctx.schema, table)
         name = next((c for c in names if c in ctx.info.in_lists and terms.get(c)), None)
         term = terms.get(name) if name else None
@@ -472,5 +468,5 @@ def _rowid_aliases(schema: Schema, table: str) -> set[str]:
         return set()
     pks = [c for c in info.columns if c.primary_key]
     if len(pks) == 1 and pks[0].declared_type.upper() == "INTEGER" and info.has_rowid:
-        return {pks[0].name.lower()}
+        return {fold(pks[0].name)}
     return set()

@@ -25,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.query._names import fold, quote_catalog_name
 from atlas_actors.query._sqlinfo import SqlInfo
 from atlas_actors.query.capture import Capture
 from atlas_actors.query.cost import build_plan
@@ -95,9 +95,9 @@ class Candidate:
     def name(self, taken: Iterable[str]) -> str:
         """Return a readable index name not in ``taken``: ``tasks_status_due_idx``."""
         base = re.sub(r"[^A-Za-z0-9_]", "_", "_".join([self.table, *self.columns]))[:48]
-        used = {t.lower() for t in taken}
+        used = {fold(t) for t in taken}
         name = f"{base}_idx"
-        if name.lower() in used:
+        if fold(name) in used:
             digest = hashlib.sha1(repr(self.keys).encode()).hexdigest()[:8]
             name = f"{base}_{digest}_idx"
         return name
@@ -130,7 +130,7 @@ def candidates(
     """
     out: dict[tuple[str, tuple[tuple[str, str, bool], ...]], Candidate] = {}
     for req in capture.requests:
-        table = schema.tables.get(req.table.lower())
+        table = schema.tables.get(fold(req.table))
         if table is None or table.kind != "table":
             continue
         skip = _primary_key_columns(table)
@@ -143,28 +143,28 @@ def candidates(
         eq = _unique(
             (c.column, c.collation, False)
             for c in req.constraints
-            if c.usable and c.op in _INDEX_OPS and c.column.lower() not in skip
+            if c.usable and c.op in _INDEX_OPS and fold(c.column) not in skip
         )
         eq.sort(key=selectivity)
         # Constant terms first serves both join orders (the prefix works alone); join
         # terms first can be better when the join drives the query: try both.
-        const_first = [k for k in eq if k[0].lower() not in joins]
-        const_first += [k for k in eq if k[0].lower() in joins]
+        const_first = [k for k in eq if fold(k[0]) not in joins]
+        const_first += [k for k in eq if fold(k[0]) in joins]
         ranges = _unique(
             (c.column, c.collation, False)
             for c in req.constraints
-            if c.usable and c.op == "range" and c.column.lower() not in skip
+            if c.usable and c.op == "range" and fold(c.column) not in skip
         )
-        eq_names = {k[0].lower() for k in eq}
+        eq_names = {fold(k[0]) for k in eq}
         order: list[tuple[str, str, bool]] = []
         for column, desc in req.order_by:
-            if column.lower() in skip:
+            if fold(column) in skip:
                 break  # the rowid ends every index key anyway
             declared = table.column(column)
-            if column.lower() not in eq_names and declared is not None:
+            if fold(column) not in eq_names and declared is not None:
                 order.append((column, declared.collation, desc))
         shapes = [eq, const_first] if eq else []
-        shapes += [[*eq, r] for r in ranges if r[0].lower() not in eq_names]
+        shapes += [[*eq, r] for r in ranges if fold(r[0]) not in eq_names]
         if order:
             if len({desc for _c, _coll, desc in order}) == 1:
                 # One direction for every key: an index can be walked backwards, so ASC
@@ -174,14 +174,14 @@ def candidates(
         for keys in shapes:
             cand = Candidate(table.name, tuple(keys))
             if not _provided(table, cand, len(eq)):
-                out.setdefault((table.name.lower(), cand.keys), cand)
+                out.setdefault((fold(table.name), cand.keys), cand)
     return list(out.values())
 
 
 def _unique(keys: Iterable[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
     seen: dict[str, tuple[str, str, bool]] = {}
     for k in keys:
-        seen.setdefault(k[0].lower(), k)
+        seen.setdefault(fold(k[0]), k)
     return list(seen.values())
 
 
@@ -189,17 +189,17 @@ def _primary_key_columns(table: TableInfo) -> set[str]:
     pks = [c for c in table.columns if c.primary_key]
     out = {"rowid"} if table.has_rowid else set()
     if len(pks) == 1:
-        out.add(pks[0].name.lower())
+        out.add(fold(pks[0].name))
     return out
 
 
 def _provided(table: TableInfo, cand: Candidate, n_eq: int) -> bool:
     """Return True if an existing index starts with the candidate's keys (eq in any order)."""
-    want = [(c.lower(), coll.upper()) for c, coll, _d in cand.keys]
+    want = [(fold(c), coll.upper()) for c, coll, _d in cand.keys]
     for index in table.indexes:
         if index.partial or len(index.columns) < len(want):
             continue
-        have = [((c.name or "").lower(), c.collation) for c in index.columns[: len(want)]]
+        have = [(fold(c.name or ""), c.collation) for c in index.columns[: len(want)]]
         if set(have[:n_eq]) == set(want[:n_eq]) and have[n_eq:] == want[n_eq:]:
             return True
     return False
@@ -249,7 +249,7 @@ class Hypothetical:
 
 
 def _internal(name: str) -> bool:
-    return name.lower().startswith("sqlite_")
+    return fold(name).startswith("sqlite_")
 
 
 def _index_sql(table: TableInfo) -> list[str]:
@@ -270,14 +270,14 @@ def candidate_stats(
     """Return a stat1 text for each candidate, from one random sample per table."""
     wanted: dict[str, list[str]] = {}
     for cand in cands:
-        cols = wanted.setdefault(cand.table.lower(), [])
-        cols.extend(c for c in cand.columns if c.lower() not in {x.lower() for x in cols})
+        cols = wanted.setdefault(fold(cand.table), [])
+        cols.extend(c for c in cand.columns if fold(c) not in {fold(x) for x in cols})
     samples = {key: sample_rows(conn, schema.table(key), cols) for key, cols in wanted.items()}
     out = []
     for cand in cands:
-        key = cand.table.lower()
-        position = {c.lower(): i for i, c in enumerate(wanted[key])}
-        projected = [tuple(r[position[c.lower()]] for c in cand.columns) for r in samples[key]]
+        key = fold(cand.table)
+        position = {fold(c): i for i, c in enumerate(wanted[key])}
+        projected = [tuple(r[position[fold(c)]] for c in cand.columns) for r in samples[key]]
         out.append(index_stat_from_sample(projected, [k[1] for k in cand.keys], rows(key)))
     return out
 

@@ -26,7 +26,7 @@ from atlas_actors.errors import (
     wrap_sqlite_error,
 )
 from atlas_actors.future import sql_type_error
-from atlas_actors.query._names import closest, quote_catalog_name
+from atlas_actors.query._names import closest, fold, quote_catalog_name
 from atlas_actors.query._sqlinfo import null_bindings, sql_info
 from atlas_actors.query._tokens import is_word, nesting_depth, significant, tokenize
 from atlas_actors.query.builder import Query
@@ -359,7 +359,7 @@ class Optimizer:
                 _log.info("advise: skipping %r: %s", stats.example, exc)
                 continue
             for s in found:
-                key = (s.table.lower(), tuple((c.lower(), coll, d) for c, coll, d in s.keys))
+                key = (fold(s.table), tuple((fold(c), coll, d) for c, coll, d in s.keys))
                 merged[key] = _combine(merged.get(key), s, stats.calls)
         return _rename(_fold_prefixes(list(merged.values())), self.schema())
 
@@ -426,7 +426,7 @@ def _fold_prefixes(found: list[IndexSuggestion]) -> list[IndexSuggestion]:
     kept: list[IndexSuggestion] = []
     for s in found:
         for i, longer in enumerate(kept):
-            same_table = longer.table.lower() == s.table.lower()
+            same_table = fold(longer.table) == fold(s.table)
             if same_table and _lower(longer.keys[: len(s.keys)]) == _lower(s.keys):
                 kept[i] = dataclasses.replace(
                     longer,
@@ -440,7 +440,7 @@ def _fold_prefixes(found: list[IndexSuggestion]) -> list[IndexSuggestion]:
 
 
 def _lower(keys: tuple[tuple[str, str, bool], ...]) -> list[tuple[str, str, bool]]:
-    return [(c.lower(), coll, d) for c, coll, d in keys]
+    return [(fold(c), coll, d) for c, coll, d in keys]
 
 
 def _rename(found: list[IndexSuggestion], schema: Schema) -> list[IndexSuggestion]:
@@ -449,7 +449,7 @@ def _rename(found: list[IndexSuggestion], schema: Schema) -> list[IndexSuggestio
     out = []
     for s in found:
         named = s
-        if s.name.lower() in {t.lower() for t in taken}:
+        if fold(s.name) in {fold(t) for t in taken}:
             cand = Candidate(s.table, s.keys)
             name = cand.name(taken)
             named = dataclasses.replace(s, name=name, create_sql=cand.create_sql(name, schema))

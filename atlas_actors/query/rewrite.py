@@ -44,6 +44,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from atlas_actors.query._names import fold
 from atlas_actors.query._scopes import owner, scopes
 from atlas_actors.query._tokens import (
     Token,
@@ -176,7 +177,7 @@ def _eq_chain(tokens: Sequence[Token], i: int) -> tuple[str, list[str], int] | N
         if term is None:
             return None if not values else (text, values, i - 1)
         (qualifier, name, column_text), value, nxt = term
-        this = (None if qualifier is None else qualifier.lower(), name.lower())
+        this = (None if qualifier is None else fold(qualifier), fold(name))
         if key is not None and this != key:
             return None if len(values) < 2 else (text, values, i - 1)
         key, text = this, column_text
@@ -343,7 +344,7 @@ def _like_ranges(ctx: _Ctx, table: TableInfo, name: str, prefix: str) -> list[tu
     collation = column.collation
     indexed = any(
         i.columns
-        and (i.columns[0].name or "").lower() == name.lower()
+        and fold(i.columns[0].name or "") == fold(name)
         and not i.partial
         and i.columns[0].collation == collation
         for i in table.indexes
@@ -352,7 +353,7 @@ def _like_ranges(ctx: _Ctx, table: TableInfo, name: str, prefix: str) -> list[tu
         others = [
             i.name
             for i in table.indexes
-            if i.columns and (i.columns[0].name or "").lower() == name.lower()
+            if i.columns and fold(i.columns[0].name or "") == fold(name)
         ]
         if others:
             ctx.warnings.append(
@@ -459,7 +460,7 @@ def _is_rowid(table: TableInfo | None, name: str) -> bool:
     pks = [c for c in table.columns if c.primary_key]
     return (
         len(pks) == 1
-        and pks[0].name.lower() == name.lower()
+        and fold(pks[0].name) == fold(name)
         and pks[0].declared_type.upper() == "INTEGER"
     )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.query._names import fold, quote_catalog_name
 from atlas_actors.query.schema import IndexInfo, TableInfo
 
 __all__ = [
@@ -118,7 +118,7 @@ def sample_columns(
             if row[i] is not None:
                 values[row[i]] = values.get(row[i], 0) + 1
         if values:
-            out[col.lower()] = max(1.0, rows / gee_distinct(values.values(), len(picked), rows))
+            out[fold(col)] = max(1.0, rows / gee_distinct(values.values(), len(picked), rows))
     return out
 
 

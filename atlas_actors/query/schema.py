@@ -20,7 +20,7 @@ from typing import Literal
 import apsw
 
 from atlas_actors.errors import QueryValidationError
-from atlas_actors.query._names import check_name, closest, quote
+from atlas_actors.query._names import check_name, closest, fold, quote
 
 __all__ = ["ColumnInfo", "IndexColumn", "IndexInfo", "Schema", "TableInfo", "affinity_of"]
 
@@ -124,7 +124,7 @@ class TableInfo:
     )
 
     def __post_init__(self) -> None:
-        by_name = {c.name.lower(): c for c in self.columns}
+        by_name = {fold(c.name): c for c in self.columns}
         object.__setattr__(self, "_by_name", MappingProxyType(by_name))
 
     @property
@@ -134,11 +134,11 @@ class TableInfo:
 
     def column(self, name: str) -> ColumnInfo | None:
         """Return the column called ``name`` (case-insensitive), or ``None``."""
-        return self._by_name.get(name.lower())
+        return self._by_name.get(fold(name))
 
     def has_column(self, name: str) -> bool:
         """Return True for a declared column, or a rowid alias on a rowid table."""
-        return name.lower() in self._by_name or (self.has_rowid and name.lower() in ROWID_NAMES)
+        return fold(name) in self._by_name or (self.has_rowid and fold(name) in ROWID_NAMES)
 
     def require_column(self, name: str) -> None:
         """Raise :class:`QueryValidationError` unless the table has column ``name``."""
@@ -161,13 +161,13 @@ class Schema:
     @classmethod
     def of(cls, tables: list[TableInfo], version: int = 0) -> Schema:
         """Build a snapshot from table descriptions (tests, hypothetical schemas)."""
-        return cls(MappingProxyType({t.name.lower(): t for t in tables}), version)
+        return cls(MappingProxyType({fold(t.name): t for t in tables}), version)
 
     def table(self, name: str) -> TableInfo:
         """Return the table or view called ``name``; raise with a did-you-mean on a miss."""
-        found = self.tables.get(name.lower())
-        if found is None and name.lower() in LEGACY_NAMES:
-            found = self.tables.get(LEGACY_NAMES[name.lower()])
+        found = self.tables.get(fold(name))
+        if found is None and fold(name) in LEGACY_NAMES:
+            found = self.tables.get(LEGACY_NAMES[fold(name)])
         if found is None:
             raise QueryValidationError(
                 f"no such table: {name!r}",
@@ -186,11 +186,11 @@ class Schema:
             (database,),
         ).fetchall()
         sql_by_name = {
-            str(n).lower(): s
+            fold(str(n)): s
             for n, s in conn.execute(f"SELECT name, sql FROM {_db(database)}.sqlite_schema")
         }
         for name, kind, wr, strict in listed:
-            sql = sql_by_name.get(str(name).lower())
+            sql = sql_by_name.get(fold(str(name)))
             try:
                 table = _read_table(
                     conn,
@@ -262,7 +262,7 @@ def _read_table(
                 )
                 if key
             )
-            ddl = sql_by_name.get(str(idx).lower())
+            ddl = sql_by_name.get(fold(str(idx)))
             indexes.append(
                 IndexInfo(
                     str(idx),

@@ -20,7 +20,7 @@ from types import MappingProxyType
 
 import apsw
 
-from atlas_actors.query._names import quote_catalog_name
+from atlas_actors.query._names import fold, quote_catalog_name
 from atlas_actors.query.sampling import Stat1Row, probe_index_stat, sample_columns
 from atlas_actors.query.schema import IndexInfo, Schema, TableInfo
 
@@ -70,7 +70,7 @@ class Stats:
         for tbl, idx, stat in stat1:
             numbers = _numbers(stat)
             if numbers:
-                by_index[(tbl.lower(), None if idx is None else idx.lower())] = numbers
+                by_index[(fold(tbl), None if idx is None else fold(idx))] = numbers
         tables: dict[str, TableStats] = {}
         for key, table in schema.tables.items():
             rows = table_rows.get(key)
@@ -108,12 +108,12 @@ class Stats:
 
     def table(self, name: str) -> TableStats:
         """Return the estimates of ``name`` (a neutral guess for unknown names)."""
-        return self.tables.get(name.lower()) or TableStats(UNKNOWN_ROWS)
+        return self.tables.get(fold(name)) or TableStats(UNKNOWN_ROWS)
 
     def rows_per_key(self, table: str, index: str, n_eq: int) -> float:
         """Return rows one lookup with ``n_eq`` equality columns on ``index`` returns."""
         t = self.table(table)
-        prefix = t.indexes.get(index.lower())
+        prefix = t.indexes.get(fold(index))
         if n_eq <= 0:
             return t.rows
         if prefix is None:
@@ -122,7 +122,7 @@ class Stats:
 
     def eq_rows(self, table: str, column: str) -> float | None:
         """Return rows per distinct value of ``column`` if known from data."""
-        return self.table(table).columns.get(column.lower())
+        return self.table(table).columns.get(fold(column))
 
 
 def _numbers(stat: str) -> list[float]:
@@ -142,24 +142,24 @@ def _table_stats(
     columns: dict[str, float] = {}
     measured = set()
     for index in table.indexes:
-        numbers = by_index.get((table.name.lower(), index.name.lower()))
+        numbers = by_index.get((fold(table.name), fold(index.name)))
         if numbers and len(numbers) > 1:
             per_key = tuple(max(n, 1.0) for n in numbers[1:])
-            measured.add(index.name.lower())
+            measured.add(fold(index.name))
             first = index.columns[0].name if index.columns else None
             if first is not None:
-                key = first.lower()
+                key = fold(first)
                 columns[key] = min(columns.get(key, math.inf), per_key[0])
         else:
             per_key = _default_per_key(index, rows)
-        indexes[index.name.lower()] = per_key
+        indexes[fold(index.name)] = per_key
         if index.unique and len(index.columns) == 1 and index.columns[0].name is not None:
-            columns[index.columns[0].name.lower()] = 1.0  # a unique column: one row per value
+            columns[fold(index.columns[0].name)] = 1.0  # a unique column: one row per value
     pks = [c for c in table.columns if c.primary_key]
     if table.has_rowid:
         columns["rowid"] = 1.0
         if len(pks) == 1 and pks[0].declared_type.upper() == "INTEGER":
-            columns[pks[0].name.lower()] = 1.0  # INTEGER PRIMARY KEY is the rowid
+            columns[fold(pks[0].name)] = 1.0  # INTEGER PRIMARY KEY is the rowid
     return TableStats(
         rows, MappingProxyType(indexes), MappingProxyType(columns), frozenset(measured)
     )
@@ -219,7 +219,7 @@ def collect(
     the columns a query compares with ``=``).
     """
     stat1 = read_stat1(conn)
-    covered = {t.lower() for t, _i, _s in stat1}
+    covered = {fold(t) for t, _i, _s in stat1}
     sizes: dict[str, float] = {}
     extra: list[Stat1Row] = []
     for key, table in schema.tables.items():
@@ -230,7 +230,7 @@ def collect(
         sizes[key] = rows
         extra.append((table.name, None, str(round(rows))))
         for index in table.indexes:
-            cache_key = (key, index.name.lower())
+            cache_key = (key, fold(index.name))
             cached = probes.get(cache_key) if probes is not None else None
             if cached is not None and abs(cached[0] - rows) <= 0.1 * max(rows, 1.0):
                 stat = cached[1]
@@ -252,6 +252,6 @@ def collect(
 def _stat1_rows(stat1: Iterable[Stat1Row], table: str) -> float:
     for tbl, _idx, stat in stat1:
         numbers = _numbers(stat)
-        if tbl.lower() == table and numbers:
+        if fold(tbl) == table and numbers:
             return numbers[0]
     return UNKNOWN_ROWS

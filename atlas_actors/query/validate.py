@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from atlas_actors.errors import QueryValidationError
-from atlas_actors.query._names import check_reference, closest
+from atlas_actors.query._names import check_reference, closest, fold
 from atlas_actors.query.conditions import (
     Aggregate,
     AllOf,
@@ -38,20 +38,20 @@ class _Scope:
         self._add(query._table_alias or query._table, schema.table(query._table))
         for join in query._joins:
             self._add(join.alias or join.table, schema.table(join.table))
-        self.aliases = {a.lower() for a in names_of(query._select)}
+        self.aliases = {fold(a) for a in names_of(query._select)}
 
     def _add(self, name: str, table: TableInfo) -> None:
-        if name.lower() in self.tables:
+        if fold(name) in self.tables:
             raise QueryValidationError(
                 f"table name {name!r} is used twice in one query; give one of them an alias"
             )
-        self.tables[name.lower()] = table
+        self.tables[fold(name)] = table
 
     def column(self, ref: str, *, allow_alias: bool = False) -> None:
         """Check one ``column`` / ``table.column`` reference."""
         qualifier, column = check_reference(ref)
         if qualifier is not None:
-            table = self.tables.get(qualifier.lower())
+            table = self.tables.get(fold(qualifier))
             if table is None:
                 raise QueryValidationError(
                     f"{qualifier!r} in {ref!r} is not a table of this query",
@@ -67,7 +67,7 @@ class _Scope:
                 f"column {column!r} is ambiguous: it is in {', '.join(owners)}; "
                 "qualify it as table.column"
             )
-        if allow_alias and column.lower() in self.aliases:
+        if allow_alias and fold(column) in self.aliases:
             return
         known = [c.name for t in self.tables.values() for c in t.columns]
         if allow_alias:
@@ -79,7 +79,7 @@ class _Scope:
 
     def star(self, name: str) -> None:
         """Check ``*`` or ``table.*``."""
-        if name != "*" and name[:-2].lower() not in self.tables:
+        if name != "*" and fold(name[:-2]) not in self.tables:
             raise QueryValidationError(
                 f"{name!r}: {name[:-2]!r} is not a table of this query",
                 suggestion=closest(name[:-2], self.tables),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import apsw
 
+from atlas_actors.query._names import fold
 from atlas_actors.query._tokens import significant, tokenize
 
 __all__ = ["QueryStats", "WorkloadRecorder", "fingerprint"]
@@ -46,7 +47,7 @@ def fingerprint(sql: str) -> str:
                 out.pop()  # a negative number is one value
             out.append("?")
         elif t.kind == "word":
-            out.append(t.upper if t.upper in _KEYWORDS else t.text.lower())
+            out.append(t.upper if t.upper in _KEYWORDS else fold(t.text))
         elif t.text == ")" and "(" in out:
             opening = len(out) - 1 - out[::-1].index("(")
             inside = out[opening + 1 :]

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from atlas_actors.errors import QueryValidationError
 from atlas_actors.query import Optimizer
 from atlas_actors.query._scopes import owner, scopes
 from atlas_actors.query._tokens import significant, tokenize
@@ -172,3 +173,30 @@ def test_rewritten_statements_return_the_same_rows(
     out, applied, _w = apply_rules(sql, Schema.from_connection(conn), LIKE)
     event(f"rewritten: {bool(applied)}")
     assert rows(conn, out) == expected, (sql, out)
+
+
+def test_tables_whose_names_differ_only_in_non_ascii_case_stay_apart(tmp_path: Path) -> None:
+    # SQLite folds only A-Z when it compares names: "Ét" and "ét" are two tables, and
+    # the snapshot must not let one (TEXT) stand for the other (INTEGER).
+    conn = apsw.Connection(str(tmp_path / "fold.db"))
+    conn.execute(
+        'CREATE TABLE "Ét"(c INTEGER); CREATE INDEX "Ét_c" ON "Ét"(c);'
+        'CREATE TABLE "ét"(c TEXT); CREATE INDEX "ét_c" ON "ét"(c);'
+        'CREATE TABLE "Ü"(x INT)'
+    )
+    with conn:
+        conn.executemany('INSERT INTO "Ét" VALUES (?)', [(i,) for i in range(1500)])
+        conn.execute('INSERT INTO "ét" SELECT c FROM "Ét"')
+    schema = Schema.from_connection(conn)
+    assert [c.affinity for c in schema.table("Ét").columns] == ["INTEGER"]
+    assert [c.affinity for c in schema.table("ét").columns] == ["TEXT"]
+    assert schema.table("ÉT").name == "Ét"  # ASCII letters still fold
+    with pytest.raises(QueryValidationError):
+        schema.table("ü")  # non-ASCII letters do not
+    sql = """SELECT c FROM "Ét" WHERE c LIKE '12%'"""
+    result = Optimizer(lambda fn: fn(conn)).rewrite(sql)
+    assert result.applied_rules == ()
+    assert rows(conn, result.sql) == rows(conn, sql)
+    text = """SELECT c FROM "ét" WHERE c LIKE '12%'"""
+    assert Optimizer(lambda fn: fn(conn)).rewrite(text).applied_rules == ("like_prefix_range",)
+    conn.close()
