@@ -89,7 +89,7 @@ def owner(
             return None
         found = []
         for table in scope.sources.values():
-            info = schema.tables.get(table) if table is not None else None
+            info = _known(schema, table)
             if info is None:
                 return None  # a source whose columns are unknown could own it
             if info.has_column(column):
@@ -104,12 +104,19 @@ def owner(
             return None
         if name in current.sources:
             table = current.sources[name]
-            info = schema.tables.get(table) if table is not None else None
+            info = _known(schema, table)
             return info if info is not None and info.column(column) is not None else None
         if not current.complete:
             return None
         current = current.parent
     return None
+
+
+def _known(schema: Schema, table: str | None) -> TableInfo | None:
+    """The table ``table`` names, or None: unknown, or a TEMP table (shadowing it)."""
+    if table is None or table in schema.temp:
+        return None
+    return schema.tables.get(table)
 
 
 def scopes(tokens: Sequence[Token]) -> list[Scope | None]:

@@ -208,11 +208,13 @@ class Optimizer:
         return analyzable(sql), params
 
     def _schema_on(self, conn: apsw.Connection) -> Schema:
-        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        version = conn.execute("PRAGMA main.schema_version").fetchall()[0][0]
+        temp_version = conn.execute("PRAGMA temp.schema_version").fetchall()[0][0]
         with self._lock:
-            if self._schema is None or self._schema.version != version:
-                self._schema = Schema.from_connection(conn)
-            return self._schema
+            known = self._schema
+            if known is None or (known.version, known.temp_version) != (version, temp_version):
+                known = self._schema = Schema.from_connection(conn)
+            return known
 
     def _workbench(self, schema: Schema) -> Workbench:
         with self._lock:

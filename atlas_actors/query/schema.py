@@ -157,6 +157,11 @@ class Schema:
     """Tables and views by lower-case name."""
     version: int = 0
     """``PRAGMA schema_version`` when the snapshot was taken."""
+    temp: frozenset[str] = frozenset()
+    """Names (folded) of the TEMP tables in :attr:`tables`: they shadow main's tables of
+    the same name. The rewrite rules treat their columns as unknown."""
+    temp_version: int = 0
+    """``PRAGMA temp.schema_version`` when the snapshot was taken."""
 
     @classmethod
     def of(cls, tables: list[TableInfo], version: int = 0) -> Schema:
@@ -177,42 +182,64 @@ class Schema:
 
     @classmethod
     def from_connection(cls, conn: apsw.Connection, *, database: str = "main") -> Schema:
-        """Read the schema of ``database`` on ``conn`` (one read of the catalog)."""
-        version = conn.execute(f"PRAGMA {_db(database)}.schema_version").fetchall()[0][0]
-        tables = []
-        listed = conn.execute(
-            "SELECT name, type, wr, strict FROM pragma_table_list WHERE schema = ? "
-            "AND type IN ('table', 'view', 'virtual') ORDER BY name",
-            (database,),
-        ).fetchall()
-        sql_by_name = {
-            fold(str(n)): s
-            for n, s in conn.execute(f"SELECT name, sql FROM {_db(database)}.sqlite_schema")
-        }
-        for name, kind, wr, strict in listed:
-            sql = sql_by_name.get(fold(str(name)))
-            try:
-                table = _read_table(
-                    conn,
-                    database=database,
-                    name=str(name),
-                    kind=str(kind),
-                    strict=bool(strict),
-                    sql_by_name=sql_by_name,
-                )
-            except apsw.SQLError:
-                # A view over a table that is gone (SQLite checks views when they are
-                # used, not when they are created): listed, with no columns.
-                table = TableInfo(str(name), str(kind), ())
-            tables.append(
-                dataclasses.replace(
-                    table,
-                    strict=bool(strict),
-                    without_rowid=bool(wr),
-                    sql=sql if isinstance(sql, str) else None,
-                )
+        """Read the schema of ``database`` on ``conn`` (one read of the catalog).
+
+        For ``main`` the connection's TEMP tables are read too: SQLite resolves an
+        unqualified name in ``temp`` first, so a temp table takes the place of a main
+        table of the same name, and its name is listed in :attr:`temp`.
+        """
+        version = _version(conn, database)
+        tables = {fold(t.name): t for t in _read_tables(conn, database)}
+        temp: set[str] = set()
+        temp_version = 0
+        if database == "main":
+            temp_version = _version(conn, "temp")
+            for table in _read_tables(conn, "temp"):
+                tables[fold(table.name)] = table
+                temp.add(fold(table.name))
+        return cls(MappingProxyType(tables), version, frozenset(temp), temp_version)
+
+
+def _version(conn: apsw.Connection, database: str) -> int:
+    """``PRAGMA schema_version`` of ``database``: it changes with every schema change."""
+    return int(conn.execute(f"PRAGMA {_db(database)}.schema_version").fetchall()[0][0])  # type: ignore[arg-type]
+
+
+def _read_tables(conn: apsw.Connection, database: str) -> list[TableInfo]:
+    tables = []
+    listed = conn.execute(
+        "SELECT name, type, wr, strict FROM pragma_table_list WHERE schema = ? "
+        "AND type IN ('table', 'view', 'virtual') ORDER BY name",
+        (database,),
+    ).fetchall()
+    sql_by_name = {
+        fold(str(n)): s
+        for n, s in conn.execute(f"SELECT name, sql FROM {_db(database)}.sqlite_schema")
+    }
+    for name, kind, wr, strict in listed:
+        sql = sql_by_name.get(fold(str(name)))
+        try:
+            table = _read_table(
+                conn,
+                database=database,
+                name=str(name),
+                kind=str(kind),
+                strict=bool(strict),
+                sql_by_name=sql_by_name,
             )
-        return cls.of(tables, int(version))  # type: ignore[arg-type]
+        except apsw.SQLError:
+            # A view over a table that is gone (SQLite checks views when they are
+            # used, not when they are created): listed, with no columns.
+            table = TableInfo(str(name), str(kind), ())
+        tables.append(
+            dataclasses.replace(
+                table,
+                strict=bool(strict),
+                without_rowid=bool(wr),
+                sql=sql if isinstance(sql, str) else None,
+            )
+        )
+    return tables
 
 
 def _db(database: str) -> str:

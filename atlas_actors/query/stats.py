@@ -218,7 +218,8 @@ def collect(
     than 10%. ``columns`` names, per table, columns worth sampling (the optimizer passes
     the columns a query compares with ``=``).
     """
-    stat1 = read_stat1(conn)
+    # stat1 describes main's tables: not the TEMP tables that shadow some of them
+    stat1 = [row for row in read_stat1(conn) if fold(row[0]) not in schema.temp]
     covered = {fold(t) for t, _i, _s in stat1}
     sizes: dict[str, float] = {}
     extra: list[Stat1Row] = []

@@ -200,3 +200,36 @@ def test_tables_whose_names_differ_only_in_non_ascii_case_stay_apart(tmp_path: P
     text = """SELECT c FROM "ét" WHERE c LIKE '12%'"""
     assert Optimizer(lambda fn: fn(conn)).rewrite(text).applied_rules == ("like_prefix_range",)
     conn.close()
+
+
+def test_a_temp_table_shadowing_a_main_table_is_not_taken_for_it(tmp_path: Path) -> None:
+    # SQLite resolves an unqualified name in temp first: here t.c is temp's INTEGER
+    # column, not main's TEXT one, so the text range would drop rows.
+    conn = apsw.Connection(str(tmp_path / "temp.db"))
+    conn.execute(
+        "CREATE TABLE t(c TEXT, n INT); CREATE INDEX t_c ON t(c);"
+        "CREATE TABLE u(c TEXT); CREATE INDEX u_c ON u(c);"
+        "INSERT INTO u VALUES ('12'), ('123'), ('2');"
+        "CREATE TEMP TABLE t(c INTEGER, n INT); CREATE INDEX temp.tt_c ON t(c);"
+    )
+    with conn:
+        conn.executemany("INSERT INTO temp.t VALUES (?, ?)", [(i, i) for i in range(1500)])
+    opt = Optimizer(lambda fn: fn(conn))
+    for sql in [
+        "SELECT c FROM t WHERE c LIKE '12%'",
+        "SELECT c FROM main.t WHERE c LIKE '12%'",
+        "SELECT c FROM temp.t WHERE c LIKE '12%'",
+    ]:
+        result = opt.rewrite(sql)
+        assert result.applied_rules == (), sql
+        assert rows(conn, result.sql) == rows(conn, sql)
+    schema = opt.schema()
+    assert "t" in schema.temp and "u" not in schema.temp
+    assert [c.affinity for c in schema.table("t").columns] == ["INTEGER", "INTEGER"]
+    # a table temp does not hold is still main's, and still rewritten
+    assert opt.rewrite("SELECT c FROM u WHERE c LIKE '12%'").applied_rules == ("like_prefix_range",)
+    # a temp table created after the snapshot is seen (temp has its own schema version)
+    conn.execute("CREATE TEMP TABLE u(c INTEGER)")
+    assert "u" in opt.schema().temp
+    assert opt.rewrite("SELECT c FROM u WHERE c LIKE '12%'").applied_rules == ()
+    conn.close()
