@@ -8,6 +8,7 @@ Plain tuples are accepted wherever a :class:`Condition` is: ``("status", "eq", "
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, get_args
@@ -172,11 +173,21 @@ class Condition:
                 )
 
 
+def _is_nan(value: object) -> bool:
+    """A float NaN: SQLite binds it as NULL (https://www.sqlite.org/c3ref/bind_blob.html)."""
+    return isinstance(value, float) and math.isnan(value)
+
+
 def _check_scalar(op: str, value: object) -> None:
     if value is None:
         raise QueryValidationError(
             f"{op} with None never matches in SQL (NULL compares as unknown); "
             "use is_null / is_not_null"
+        )
+    if _is_nan(value):
+        raise QueryValidationError(
+            f"{op} with NaN never matches in SQL: SQLite binds a float NaN as NULL, which "
+            "compares as unknown; use is_null / is_not_null for NULLs"
         )
     if isinstance(value, Subquery | list | tuple | set | frozenset | dict):
         raise QueryValidationError(
@@ -205,6 +216,11 @@ def _check_list(op: str, value: object) -> tuple[Any, ...] | Subquery:
             "not_in with None in the list is never true (x NOT IN (1, NULL) is NULL for "
             "every x but 1); drop the None, and add any_of(..., (column, 'is_null')) if "
             "NULLs should match"
+        )
+    if op == "not_in" and any(_is_nan(v) for v in items):
+        raise QueryValidationError(
+            "not_in with NaN in the list is never true: SQLite binds a float NaN as NULL, "
+            "and x NOT IN (1, NULL) is NULL for every x but 1; drop the NaN"
         )
     return items
 

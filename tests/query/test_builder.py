@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import apsw
 import pytest
 
@@ -126,6 +128,20 @@ def test_null_checks_take_no_value_and_eq_none_is_refused(db: apsw.Connection) -
 def test_none_inside_a_not_in_list_is_refused() -> None:
     with pytest.raises(QueryValidationError, match="NOT IN"):
         Condition("a", "not_in", [1, None])
+
+
+def test_nan_is_refused_where_none_is(db: apsw.Connection) -> None:
+    # SQLite binds a float NaN as NULL: "= NaN" would be "= NULL", never true
+    assert db.execute("SELECT ? IS NULL", (math.nan,)).fetchall() == [(1,)]
+    for op in ("eq", "neq", "lt", "gte"):
+        with pytest.raises(QueryValidationError, match="NaN"):
+            Condition("priority", op, math.nan)
+    with pytest.raises(QueryValidationError, match="NaN"):
+        Condition("priority", "not_in", [1.0, float("nan")])
+    # in (..., NaN) filters as in (...) does, like None; ordinary floats still pass
+    q = Query().select(["id"]).from_("tasks").where([("priority", "in", [1.0, math.nan])])
+    assert sorted(rows(db, q)) == [(2,), (4,)]
+    assert len(rows(db, Query().from_("tasks").where([("priority", "neq", 1.5)]))) == 4
 
 
 def test_any_of_groups_alternatives_in_parentheses(db: apsw.Connection) -> None:
