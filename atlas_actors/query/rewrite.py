@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from atlas_actors.query._names import fold
-from atlas_actors.query._scopes import owner, scopes
+from atlas_actors.query._scopes import AFTER_TABLE, Scope, owner, scopes
 from atlas_actors.query._tokens import (
     Token,
     dequote,
@@ -440,18 +440,94 @@ def not_in_nullable(sql: str, ctx: _Ctx) -> None:
         if tokens[i + 2].text != "(" or not is_word(tokens[i + 3], "SELECT"):
             continue
         close = matching_paren(tokens, i + 2)
-        col = _column(tokens, i + 4)
-        found = col is not None and col[2] < close
-        table = owner(in_scope[i + 4], ctx.schema, col[0], col[1]) if col and found else None
-        info = table.column(col[1]) if table is not None and col is not None else None
-        if info is not None and (info.not_null or _is_rowid(table, info.name)):
+        if _never_null(tokens, in_scope, ctx.schema, i + 4, close):
             continue
-        what = repr(col[1]) if col else "the subquery's column"
+        col = _column(tokens, i + 4)
+        bare = col is not None and (col[2] == close or is_word(tokens[col[2]], "FROM", "AS"))
+        what = repr(col[1]) if col and bare else "the subquery's value"
         ctx.warnings.append(
             f"not_in_nullable: {what} may be NULL; if the subquery returns one NULL, "
             "NOT IN is never true and the query returns no rows. Filter NULLs in the "
             "subquery (WHERE ... IS NOT NULL) or use NOT EXISTS if that is what you mean"
         )
+
+
+def _never_null(
+    tokens: Sequence[Token], in_scope: Sequence[Scope | None], schema: Schema, k: int, close: int
+) -> bool:
+    """True when the subquery ``SELECT`` item at ``k`` (up to ``close``) is never NULL.
+
+    Only one shape is trusted: ``[ALL|DISTINCT] column [AS alias]`` followed by FROM (or
+    the end), the column declared NOT NULL (or the rowid) in a table of the subquery's
+    own FROM clause that is not the nullable side of an outer join, and no compound.
+    """
+    if k < close and is_word(tokens[k], "ALL", "DISTINCT"):
+        k += 1
+    col = _column(tokens, k)
+    if col is None or col[2] > close:
+        return False
+    after = col[2]
+    if after + 1 < close and is_word(tokens[after], "AS") and tokens[after + 1].kind == "word":
+        after += 2
+    if after != close and not is_word(tokens[after], "FROM"):
+        return False  # a longer expression (c + 1, c || x, a function...) may be NULL
+    scope = in_scope[k]
+    table = owner(scope, schema, col[0], col[1])
+    info = table.column(col[1]) if table is not None else None
+    if scope is None or table is None or info is None:
+        return False
+    if not (info.not_null or _is_rowid(table, info.name)):
+        return False
+    level = []
+    j = k
+    while j < close:
+        level.append(j)
+        j = matching_paren(tokens, j) + 1 if tokens[j].text == "(" else j + 1
+    if any(is_word(tokens[j], "UNION", "EXCEPT", "INTERSECT") for j in level):
+        return False  # another arm's column may be NULL
+    nullable = _outer_joined(tokens, level)
+    if nullable is None:
+        return False
+    if col[0] is not None:
+        key = fold(col[0])
+        return key in scope.sources and key not in nullable
+    return not any(scope.sources.get(key) == fold(table.name) for key in nullable)
+
+
+def _outer_joined(tokens: Sequence[Token], level: list[int]) -> set[str] | None:
+    """Names of the FROM items on the nullable side of a LEFT JOIN; None if unsure.
+
+    RIGHT and FULL joins make the earlier items nullable too: unsure. So is a LEFT JOIN
+    of a parenthesized item.
+    """
+    out: set[str] = set()
+    start = next((n for n, j in enumerate(level) if is_word(tokens[j], "FROM")), len(level))
+    for n in range(start, len(level)):
+        tok = tokens[level[n]]
+        if is_word(tok, "WHERE", "GROUP", "HAVING", "WINDOW", "ORDER", "LIMIT"):
+            break
+        if is_word(tok, "RIGHT", "FULL"):
+            return None
+        if not is_word(tok, "LEFT"):
+            continue
+        m = n + 1
+        while m < len(level) and not is_word(tokens[level[m]], "JOIN"):
+            m += 1
+        if m + 1 >= len(level) or tokens[level[m + 1]].text == "(":
+            return None
+        item = _column(tokens, level[m + 1])
+        if item is None:
+            return None
+        name, after = item[1], item[2]
+        if after < len(tokens) and is_word(tokens[after], "AS"):
+            after += 1
+        nxt = tokens[after] if after < len(tokens) else None
+        if nxt is not None and (
+            nxt.kind == "quoted" or (nxt.kind == "word" and nxt.upper not in AFTER_TABLE)
+        ):
+            name = dequote(nxt)
+        out.add(fold(name))
+    return out
 
 
 def _is_rowid(table: TableInfo | None, name: str) -> bool:

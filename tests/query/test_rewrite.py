@@ -316,6 +316,41 @@ def test_not_in_over_a_nullable_column_is_flagged_and_never_rewritten(
         assert apply_rules(safe, schema, like)[2] == [], safe
 
 
+def test_not_in_nullable_trusts_only_one_not_null_column_of_an_inner_source(
+    tmp_path: Path,
+) -> None:
+    # Each subquery below returns a NULL (so NOT IN returns no rows) although it starts
+    # with a NOT NULL column: an expression over it, an outer join's nullable side, a
+    # compound's other arm.
+    c = apsw.Connection(str(tmp_path / "nulls.db"))
+    c.execute(
+        "CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT NOT NULL);"
+        "CREATE TABLE k(id INTEGER PRIMARY KEY, pid INT NOT NULL, extra INT);"
+        "INSERT INTO p VALUES (1, 'a'), (2, 'b'), (3, 'c'); INSERT INTO k VALUES (10, 1, NULL);"
+    )
+    schema, like = Schema.from_connection(c), semantics(c)
+    flagged = [
+        "SELECT id FROM p WHERE id NOT IN (SELECT k.pid FROM p AS q LEFT JOIN k ON k.pid = q.id)",
+        "SELECT id FROM p WHERE id NOT IN (SELECT pid FROM p AS q LEFT OUTER JOIN k AS x ON 0)",
+        "SELECT id FROM p WHERE id NOT IN (SELECT q.id FROM k RIGHT JOIN p AS q ON 0)",
+        "SELECT id FROM p WHERE id NOT IN (SELECT pid + extra FROM k)",
+        "SELECT id FROM p WHERE id NOT IN (SELECT pid FROM k UNION SELECT extra FROM k)",
+    ]
+    for sql in flagged:
+        assert c.execute(sql).fetchall() == [], sql
+        warnings = apply_rules(sql, schema, like)[2]
+        assert [w.split(":")[0] for w in warnings] == ["not_in_nullable"], sql
+    trusted = [
+        "SELECT id FROM p WHERE id NOT IN (SELECT pid FROM k)",
+        "SELECT id FROM p WHERE id NOT IN (SELECT DISTINCT k.pid AS v FROM k)",
+        "SELECT id FROM p WHERE id NOT IN (SELECT q.id FROM p AS q LEFT JOIN k ON k.pid = q.id)",
+        "SELECT id FROM p WHERE id NOT IN (SELECT name FROM p AS q LEFT JOIN k ON 1)",
+    ]
+    for sql in trusted:
+        assert apply_rules(sql, schema, like)[2] == [], sql
+    c.close()
+
+
 def test_the_optimizer_reports_costs_and_reads_like_semantics(conn: apsw.Connection) -> None:
     load(conn, [(i, f"b{i}", i, f"D{i % 50}") for i in range(2000)], [])
     opt = Optimizer(lambda fn: fn(conn))
