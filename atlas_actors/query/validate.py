@@ -39,6 +39,9 @@ class _Scope:
         for join in query._joins:
             self._add(join.alias or join.table, schema.table(join.table))
         self.aliases = {fold(a) for a in names_of(query._select)}
+        self.aggregate_aliases = {
+            fold(i.alias) for i in query._select if isinstance(i, Aggregate) and i.alias
+        }
 
     def _add(self, name: str, table: TableInfo) -> None:
         if fold(name) in self.tables:
@@ -77,6 +80,15 @@ class _Scope:
             suggestion=closest(column, known),
         )
 
+    def names_aggregate(self, ref: str) -> bool:
+        """True when ``ref`` resolves to the alias of an aggregate (no column has it)."""
+        qualifier, column = check_reference(ref)
+        return (
+            qualifier is None
+            and fold(column) in self.aggregate_aliases
+            and not any(t.has_column(column) for t in self.tables.values())
+        )
+
     def star(self, name: str) -> None:
         """Check ``*`` or ``table.*``."""
         if name != "*" and fold(name[:-2]) not in self.tables:
@@ -103,12 +115,29 @@ def validate(query: Query, schema: Schema) -> None:
     for join in query._joins:
         scope.column(join.condition.left_column)
         scope.column(join.condition.right_column)
-    _conditions(scope, schema, query._where, allow_alias=False)
+    _conditions(scope, schema, query._where, allow_alias=False, clause="WHERE")
     for ref in query._group_by:
         scope.column(ref, allow_alias=True)
-    _conditions(scope, schema, query._having, allow_alias=True)
+        if scope.names_aggregate(ref):
+            raise QueryValidationError(
+                f"group_by({ref!r}) names an aggregate, which SQLite does not allow in GROUP "
+                "BY; group by the columns the aggregate is computed over, or filter on it "
+                "with having()"
+            )
+    grouped = bool(query._group_by) or any(isinstance(i, Aggregate) for i in query._select)
+    if query._having and not grouped:
+        raise QueryValidationError(
+            "having() needs group_by() or an aggregate in select() (SQLite rejects HAVING "
+            "on a non-aggregate query); use where() to filter rows"
+        )
+    _conditions(scope, schema, query._having, allow_alias=True, clause="HAVING")
     for key, _direction in query._order_by:
         if isinstance(key, Aggregate):
+            if not grouped:
+                raise QueryValidationError(
+                    f"order_by an aggregate ({key.func}) needs group_by() or an aggregate "
+                    "in select(): SQLite rejects it on a non-aggregate query"
+                )
             _aggregate(scope, key)
         else:
             scope.column(key, allow_alias=True)
@@ -125,13 +154,20 @@ def _conditions(
     conditions: Iterable[Condition | AnyOf | AllOf],
     *,
     allow_alias: bool,
+    clause: str,
 ) -> None:
     for cond in conditions:
         if isinstance(cond, AnyOf | AllOf):
             nested = [c for c in cond.conditions if not isinstance(c, tuple)]
-            _conditions(scope, schema, nested, allow_alias=allow_alias)
+            _conditions(scope, schema, nested, allow_alias=allow_alias, clause=clause)
             continue
         if isinstance(cond.column, Aggregate):
+            if clause == "WHERE":
+                raise QueryValidationError(
+                    f"an aggregate ({cond.column.func}) cannot be used in where(): SQLite "
+                    "filters rows before it aggregates them; use having() (with group_by() "
+                    "or an aggregate in select())"
+                )
             _aggregate(scope, cond.column)
         else:
             scope.column(cond.column, allow_alias=allow_alias)

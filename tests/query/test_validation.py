@@ -102,6 +102,42 @@ def test_select_aliases_are_allowed_in_order_by_and_having_only(schema: Schema) 
         q.where([("n", "gt", 1)]).build(schema)
 
 
+def test_statements_sqlite_rejects_for_misplaced_aggregates_are_refused(
+    db: apsw.Connection, schema: Schema
+) -> None:
+    count = Aggregate("count", alias="n")
+    refused = {
+        "names an aggregate": Query().select(["status", count]).from_("tasks").group_by(["n"]),
+        "cannot be used in where": Query()
+        .from_("tasks")
+        .where([any_of(("id", "eq", 1), (Aggregate("count"), "gt", 0))]),
+        "having\\(\\) needs group_by": Query()
+        .select(["status"])
+        .from_("tasks")
+        .having([("status", "eq", "open")]),
+        "order_by an aggregate": Query()
+        .select(["status"])
+        .from_("tasks")
+        .order_by([(Aggregate("count"), "desc")]),
+    }
+    for message, q in refused.items():
+        sql, params = q.build()  # without a snapshot nothing is checked: SQLite refuses it
+        with pytest.raises(apsw.SQLError):
+            db.execute(sql, params).fetchall()
+        with pytest.raises(QueryValidationError, match=message):
+            q.build(schema)
+    accepted = [
+        # a column of that name wins over the alias in GROUP BY
+        Query().select([Aggregate("count", alias="status")]).from_("tasks").group_by(["status"]),
+        # an aggregate in select() makes the query an aggregate one: HAVING is allowed
+        Query().select([count]).from_("tasks").having([("n", "gt", 1)]),
+        Query().select([count]).from_("tasks").order_by([(Aggregate("max", "id"), "asc")]),
+        Query().select(["status"]).from_("tasks").group_by(["status"]).order_by([(count, "asc")]),
+    ]
+    for q in accepted:
+        db.execute(*q.build(schema)).fetchall()
+
+
 def test_rowid_is_a_column_of_rowid_tables(db: apsw.Connection, schema: Schema) -> None:
     Query().select(["rowid"]).from_("tasks").build(schema)
     db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v) WITHOUT ROWID")
