@@ -121,7 +121,7 @@ def check_rules(rules: object) -> tuple[str, ...] | None:
             f"known: {known}"
         )
     for name in rules:
-        if name not in RULES:
+        if not isinstance(name, str) or name not in RULES:  # (a list is unhashable)
             raise QueryValidationError(
                 f"unknown rewrite rule {name!r}; known: {known}",
                 suggestion=closest(str(name), RULES),

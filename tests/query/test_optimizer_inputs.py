@@ -153,6 +153,8 @@ def test_advise_checks_top(conn: apsw.Connection, top: object) -> None:
         ("or_to_in", "takes a list of rule names"),
         (["not_in_nullable"], "unknown rewrite rule"),  # a warning, always checked
         (3, "takes a list of rule names"),
+        ([["or_to_in"]], r"unknown rewrite rule \['or_to_in'\]"),  # unhashable
+        ([{}], "unknown rewrite rule"),
     ],
 )
 def test_rewrite_refuses_unknown_rules(conn: apsw.Connection, rules: object, message: str) -> None:
