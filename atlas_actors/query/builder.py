@@ -41,6 +41,12 @@ __all__ = ["Join", "Query"]
 
 _COMPARISON = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _JOIN_SQL = {"inner": "JOIN", "left": "LEFT JOIN", "right": "RIGHT JOIN"}
+MAX_DEPTH = 200
+"""How deep any_of / AllOf groups and IN subqueries may nest in one query, an IN subquery
+counting as two levels (it takes twice the stack to check and render). Checking,
+rendering and the optimizer recurse once per level (the optimizer analyzes at most 200
+nested parentheses); SQLite itself refuses IN subqueries nested about 100 deep
+(``Expression tree is too large``)."""
 
 OrderKey = str | Aggregate
 
@@ -222,6 +228,7 @@ class Query(Subquery):
         built = self._built
         if built is not None and built[0] is schema:
             return built[1]
+        _check_depth(self)
         if schema is not None:
             validate(self, schema)
         params: list[Any] = []
@@ -267,6 +274,28 @@ class Query(Subquery):
         except QueryValidationError as exc:
             return f"<Query incomplete: {exc}>"
         return f"<Query {sql!r} {params!r}>"
+
+
+def _check_depth(query: Query) -> None:
+    """Raise :class:`QueryValidationError` if groups and subqueries nest too deep.
+
+    Walked with a stack, not recursion, so that the check itself cannot overflow.
+    """
+    todo: list[tuple[object, int]] = [(query, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise QueryValidationError(
+                "the query nests any_of / AllOf groups and IN subqueries too deep (more "
+                f"than {MAX_DEPTH} levels, a subquery counting as two); flatten it: one "
+                "any_of(...) with many alternatives, in with a list, or a join"
+            )
+        if isinstance(node, Query):
+            todo.extend((c, depth) for c in (*node._where, *node._having))
+        elif isinstance(node, AnyOf | AllOf):
+            todo.extend((c, depth + 1) for c in node.conditions)
+        elif isinstance(node, Condition) and isinstance(node.value, Query):
+            todo.append((node.value, depth + 2))
 
 
 def _conditions(conditions: Sequence[ConditionLike]) -> tuple[Condition | AnyOf | AllOf, ...]:

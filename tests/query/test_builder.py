@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import apsw
 import pytest
@@ -142,6 +143,30 @@ def test_nan_is_refused_where_none_is(db: apsw.Connection) -> None:
     q = Query().select(["id"]).from_("tasks").where([("priority", "in", [1.0, math.nan])])
     assert sorted(rows(db, q)) == [(2,), (4,)]
     assert len(rows(db, Query().from_("tasks").where([("priority", "neq", 1.5)]))) == 4
+
+
+def test_nesting_too_deep_is_a_validation_error_not_a_recursion_error(
+    db: apsw.Connection,
+) -> None:
+    def groups(n: int) -> Query:
+        cond: Any = ("priority", "eq", 1)
+        for _ in range(n):
+            cond = any_of(cond, ("priority", "eq", 2))
+        return Query().from_("tasks").where([cond])
+
+    def subqueries(n: int) -> Query:
+        q = Query().select(["id"]).from_("tasks")
+        for _ in range(n):
+            q = Query().select(["id"]).from_("tasks").where([("id", "in", q)])
+        return q
+
+    schema = Schema.from_connection(db)
+    assert len(db.execute(*groups(200).build(schema)).fetchall()) == 3  # the limit: fine
+    for deep in (groups(201), groups(400), subqueries(101), subqueries(200)):
+        for snapshot in (None, schema):
+            with pytest.raises(QueryValidationError, match="too deep"):
+                deep.build(snapshot)
+    assert repr(groups(400)).startswith("<Query incomplete")
 
 
 def test_any_of_groups_alternatives_in_parentheses(db: apsw.Connection) -> None:
