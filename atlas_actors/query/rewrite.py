@@ -261,6 +261,10 @@ def _starts_operand(tokens: Sequence[Token], i: int) -> bool:
     parenthesized one: nothing before ``i`` binds at LIKE's precedence level or tighter.
     Conservative: False when unsure.
     """
+    # Prefix NOTs start an operand when the first of them does (never "x IS NOT": IS
+    # binds at LIKE's level). A loop, not recursion: a chain can be very long.
+    while i > 0 and is_word(tokens[i - 1], "NOT"):
+        i -= 1
     if i == 0:
         return True
     prev = tokens[i - 1]
@@ -268,8 +272,6 @@ def _starts_operand(tokens: Sequence[Token], i: int) -> bool:
         return False
     if prev.upper in _OR_BEFORE:
         return True
-    if is_word(prev, "NOT"):  # a prefix NOT starting an operand; never "x IS NOT"
-        return _starts_operand(tokens, i - 1)
     if is_word(prev, "AND"):
         return not _between_and(tokens, i - 1)
     return False

@@ -351,6 +351,19 @@ def test_not_in_nullable_trusts_only_one_not_null_column_of_an_inner_source(
     c.close()
 
 
+def test_a_long_chain_of_prefix_nots_is_no_recursion_error(conn: apsw.Connection) -> None:
+    schema, like = Schema.from_connection(conn), semantics(conn)
+    for n in (301, 2000):
+        sql = "SELECT id FROM t WHERE " + "NOT " * n + "b LIKE 'ab%'"
+        out, applied, _warnings = apply_rules(sql, schema, like, ["like_prefix_range"])
+        assert applied == ["like_prefix_range"]
+        if n < 800:  # SQLite's own expression depth limit is 1000
+            same_rows(conn, sql, out)
+    # "x IS NOT" ends no operand: still left alone
+    sql = "SELECT id FROM t WHERE a IS NOT NOT b LIKE 'ab%'"
+    assert apply_rules(sql, schema, like, ["like_prefix_range"])[1] == []
+
+
 def test_the_optimizer_reports_costs_and_reads_like_semantics(conn: apsw.Connection) -> None:
     load(conn, [(i, f"b{i}", i, f"D{i % 50}") for i in range(2000)], [])
     opt = Optimizer(lambda fn: fn(conn))
