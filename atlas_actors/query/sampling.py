@@ -84,6 +84,7 @@ def _fold(value: Any, collation: str) -> Any:
     return value
 
 
+_MAX_ROWS = 2**63 - 1
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -91,7 +92,8 @@ def index_stat_from_sample(
     rows: Sequence[tuple[Any, ...]], collations: Sequence[str], total: float
 ) -> str:
     """Return a stat1 text for an index whose key columns are the columns of ``rows``."""
-    n_total = max(round(total), 1)
+    # A row count is at most 2**63 - 1 (rowids); clamping also keeps round() off inf/NaN.
+    n_total = max(round(total if total < _MAX_ROWS else _MAX_ROWS), 1)
     per_key = []
     for k in range(1, len(collations) + 1):
         counts: dict[tuple[Any, ...], int] = {}

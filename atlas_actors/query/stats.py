@@ -125,13 +125,19 @@ class Stats:
         return self.table(table).columns.get(fold(column))
 
 
+_MAX_COUNT = float(2**63 - 1)
+"""No table holds more rows than there are rowids: larger stat1 counts are clamped."""
+
+
 def _numbers(stat: str) -> list[float]:
     # Text after the numbers ("unordered", "sz=N", "noskipscan") carries hints, not counts.
+    # Like SQLite, only ASCII digits count (str.isdigit() also takes "²"), and a count
+    # too large for a row count is clamped (a 400-digit one would be inf, then NaN).
     out = []
     for word in stat.split():
-        if not word.isdigit():
+        if not all("0" <= c <= "9" for c in word):
             break
-        out.append(float(word))
+        out.append(min(float(word), _MAX_COUNT))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import apsw
@@ -128,6 +129,41 @@ def test_stats_prefer_stat1_and_flag_it(tmp_path: Path) -> None:
     after = Stats.from_connection(conn, Schema.from_connection(conn))
     assert after.analyzed
     assert after.rows_per_key("tasks", "tasks_status", 1) == pytest.approx(200)
+
+
+@pytest.mark.parametrize(
+    ("table_stat", "index_stat"),
+    [
+        ("1" + "0" * 400, "1" + "0" * 400 + " 1"),  # float() makes it inf, then NaN costs
+        ("\u00b2", "\u00b2 1"),  # "²".isdigit() is True, float("²") a ValueError
+    ],
+)
+def test_odd_stat1_text_gives_finite_estimates(
+    tmp_path: Path, table_stat: str, index_stat: str
+) -> None:
+    conn = apsw.Connection(str(tmp_path / "odd.db"))
+    conn.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b TEXT); CREATE INDEX t_a ON t(a);"
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, a INT);"
+        "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 500) "
+        "INSERT INTO t(a, b) SELECT v % 10, 'x' FROM s;"
+        "INSERT INTO u(a) SELECT a FROM t; ANALYZE;"
+        "DELETE FROM sqlite_stat1;"
+    )
+    conn.execute(
+        "INSERT INTO sqlite_stat1 VALUES ('t', NULL, ?), ('t', 't_a', ?)",
+        (table_stat, index_stat),
+    )
+    opt = Optimizer(lambda fn: fn(conn))
+    for sql in [
+        "SELECT * FROM t WHERE a = 3",
+        "SELECT * FROM t JOIN u ON u.a = t.a WHERE t.b = 'x'",
+        "SELECT * FROM t WHERE b = 'x'",
+    ]:
+        plan = opt.analyze(sql)
+        assert math.isfinite(plan.estimated_rows) and math.isfinite(opt.estimate_cost(plan))
+        for suggestion in opt.suggest_indexes(sql):
+            assert math.isfinite(suggestion.estimated_gain)
 
 
 @pytest.fixture(scope="module")
