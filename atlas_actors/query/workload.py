@@ -15,14 +15,18 @@ with the least total time are dropped and counted in :attr:`WorkloadRecorder.dro
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from dataclasses import dataclass
 
 import apsw
 
+from atlas_actors.errors import QueryValidationError
+from atlas_actors.future import sql_type_error
 from atlas_actors.query._names import fold
 from atlas_actors.query._tokens import significant, tokenize
+from atlas_actors.query.conditions import check_count
 
 __all__ = ["QueryStats", "WorkloadRecorder", "fingerprint"]
 
@@ -113,8 +117,21 @@ class WorkloadRecorder:
         """Count a run of ``sql`` that took ``seconds`` and produced ``rows`` rows.
 
         ``calls`` > 1 records a sampled run as that many alike (the runtime times one
-        read in several and scales).
+        read in several and scales). Bad input (``sql`` not text, ``seconds`` not a
+        finite non-negative number, ``rows`` < 0, ``calls`` < 1) is refused with
+        :class:`~atlas_actors.errors.ValidationError` before anything is counted.
         """
+        if type(sql) is not str:
+            raise sql_type_error(sql, built=False)
+        if not (
+            type(seconds) is float
+            and 0.0 <= seconds < _INF
+            and type(rows) is int
+            and rows >= 0
+            and type(calls) is int
+            and calls >= 1
+        ):  # the common case costs four type checks; anything else is checked in full
+            seconds, rows, calls = _checked(seconds, rows, calls)
         if len(sql) > MAX_SQL_LENGTH:
             sql = sql[:MAX_SQL_LENGTH]
         try:
@@ -176,11 +193,12 @@ class WorkloadRecorder:
 
     def top(self, n: int = 10) -> list[QueryStats]:
         """Return the ``n`` shapes with the most total time (calls x latency)."""
-        return self.snapshot()[:n]
+        return self.snapshot()[: check_count(n, "n")]
 
     def slow_queries(self, threshold_ms: float = 100.0) -> list[QueryStats]:
         """Return shapes whose mean latency is at least ``threshold_ms``, most time first."""
-        return [s for s in self.snapshot() if s.mean_seconds * 1000 >= threshold_ms]
+        threshold = _number(threshold_ms, "threshold_ms")
+        return [s for s in self.snapshot() if s.mean_seconds * 1000 >= threshold]
 
     def reset(self) -> None:
         """Forget everything recorded."""
@@ -189,6 +207,31 @@ class WorkloadRecorder:
                 buffer.clear()
             self._folded.clear()
             self.dropped = 0
+
+
+_INF = math.inf
+
+
+def _number(value: object, what: str) -> float:
+    """``value`` as a float if it is a finite, non-negative real number, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise QueryValidationError(f"{what} must be a number, got {value!r:.60}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range
+        number = _INF
+    if not 0 <= number < _INF:  # (False for NaN)
+        raise QueryValidationError(f"{what} must be finite and non-negative, got {value!r:.60}")
+    return number
+
+
+def _checked(seconds: object, rows: object, calls: object) -> tuple[float, int, int]:
+    """Validate :meth:`WorkloadRecorder.record`'s numbers (the slow path)."""
+    checked_rows = check_count(rows, "rows")
+    checked_calls = check_count(calls, "calls")
+    if checked_calls < 1:
+        raise QueryValidationError(f"calls must be at least 1, got {calls!r}")
+    return _number(seconds, "seconds"), checked_rows, checked_calls
 
 
 def _merge(into: dict[str, tuple[str, list[float]]], fp: str, sql: str, entry: list[float]) -> None:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from atlas_actors.errors import ValidationError
 from atlas_actors.query import QueryStats, WorkloadRecorder
 from atlas_actors.query.workload import MAX_SQL_LENGTH, fingerprint
 
@@ -118,3 +119,36 @@ def test_the_buffers_of_threads_that_ended_are_folded_not_kept() -> None:
     assert len(w._buffers) <= 2
     (shape,) = [s for s in w.snapshot() if s.fingerprint == "SELECT * FROM t WHERE id = ?"]
     assert shape.calls == 50
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((None, 0.1), {}, "sql must be a str"),
+        (("SELECT 1", "0.5"), {}, "seconds must be a number"),
+        (("SELECT 1", float("nan")), {}, "finite and non-negative"),
+        (("SELECT 1", -0.5), {}, "finite and non-negative"),
+        (("SELECT 1", float("inf")), {}, "finite and non-negative"),
+        (("SELECT 1", 10**400), {}, "finite and non-negative"),
+        (("SELECT 1", 0.1, -1), {}, "rows must be"),
+        (("SELECT 1", 0.1), {"calls": 0}, "calls must be at least 1"),
+    ],
+)
+def test_bad_records_are_refused_and_the_recorder_keeps_working(
+    args: tuple[object, ...], kwargs: dict[str, object], message: str
+) -> None:
+    rec = WorkloadRecorder()
+    rec.record("SELECT 1", 0.25, 2)
+    for _ in range(2):  # on a new statement, and on one already recorded
+        with pytest.raises(ValidationError, match=message):
+            rec.record(*args, **kwargs)  # type: ignore[arg-type]
+        rec.record("SELECT 2", 0.25)
+    (stats,) = rec.top(5)
+    assert stats.calls == 3 and stats.total_seconds == pytest.approx(0.75)
+    assert rec.slow_queries(100) == [stats]
+    rec.record("SELECT 3", 1)  # an int is a number of seconds too
+    assert rec.top(1)[0].total_seconds == pytest.approx(1.75)
+    with pytest.raises(ValidationError, match="threshold_ms"):
+        rec.slow_queries("x")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="non-negative int"):
+        rec.top(-1)
