@@ -49,7 +49,10 @@ ASSUMED_IN_ROWS = 25.0
 planner assumes 25 as well: ``whereLoopAddBtreeIndex``)."""
 GROUPS_PER_ROW = 0.1
 """Groups per input row when nothing tells: 10 rows per group."""
-_LOOPS = ("scan", "search", "constant", "or")
+RECURSIVE_ROUNDS = 100.0
+"""Times a recursive CTE's RECURSIVE STEP is assumed to run (once per row it queues; how
+deep the recursion goes, nothing in the plan tells)."""
+_LOOPS = ("scan", "search", "constant", "values", "or")
 
 
 def estimate_cost(plan: QueryPlan) -> float:
@@ -217,6 +220,18 @@ def _nest(
         elif a.kind == "compound":
             ctx.add("subquery", None, 0.0, **base, rows=0.0)
             rows = _compound(node, ctx, depth)
+        elif a.kind == "recursive":
+            # SETUP gives the first rows; RECURSIVE STEP runs once per queued row
+            ctx.add("subquery", None, 0.0, **base, rows=0.0)
+            start = len(ctx.steps)
+            part = _nest(node.children, ctx, depth + 1).rows
+            if a.what == "RECURSIVE STEP":
+                for i in range(start, len(ctx.steps)):  # (even in a run-once subquery)
+                    s = ctx.steps[i]
+                    ctx.steps[i] = QueryStep(s.type, s.table, s.cost * RECURSIVE_ROUNDS, s.details)
+                rows += part * RECURSIVE_ROUNDS
+            else:
+                rows = part
         elif a.kind == "bloom":
             table = _resolve(ctx, a.name)
             size = ctx.stats.table(table).rows if table else rows
@@ -286,6 +301,8 @@ def _subquery(node: PlanNode, a: Access, ctx: _Ctx, depth: int, outer: float) ->
     )
     start = len(ctx.steps)
     scalar = "SCALAR SUBQUERY" in a.what  # SQLite adds LIMIT 1 to a scalar subquery
+    if a.name is not None and any(c.detail == "RECURSIVE STEP" for c in node.children):
+        ctx.derived[fold(a.name)] = 1.0  # each round of the step reads one queued row
     ctx.once += not a.correlated
     try:
         rows, _last = _limited(
@@ -342,6 +359,9 @@ def _loop(node: PlanNode, a: Access, ctx: _Ctx, position: int) -> _Loop:
     """Cost one pass of a loop: rows visited, rows out, work."""
     if a.kind == "constant":
         return _Loop(None, 1.0, 1.0, ROW)
+    if a.kind == "values":
+        n = float(a.what)
+        return _Loop(None, n, n, n * ROW)
     if a.kind == "or":
         leaves = [leaf for c in node.children for leaf in (c.children or [c])]
         branches = [_loop(leaf, classify(leaf.detail, ctx.names), ctx, position) for leaf in leaves]

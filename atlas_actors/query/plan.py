@@ -112,8 +112,9 @@ class Access:
     """What one detail line says."""
 
     kind: str
-    """``scan``, ``search``, ``constant``, ``sort``, ``subquery``, ``compound``, ``or``,
-    ``bloom``, ``right_join``, ``in_probe`` or ``other``."""
+    """``scan``, ``search``, ``constant``, ``values``, ``sort``, ``subquery``,
+    ``compound``, ``recursive``, ``or``, ``bloom``, ``right_join``, ``in_probe`` or
+    ``other``."""
     name: str | None = None
     """The loop or subquery name as printed (an alias when the query gave one)."""
     index: str | None = None
@@ -137,7 +138,8 @@ class Access:
     correlated: bool = False
     """A subquery that runs again for each outer row."""
     what: str = ""
-    """For sorts, what the b-tree is for (``ORDER BY``, ``GROUP BY``, ``DISTINCT``)."""
+    """For sorts, what the b-tree is for (``ORDER BY``, ``GROUP BY``, ``DISTINCT``); for
+    ``values`` the number of rows; for ``recursive`` ``SETUP`` or ``RECURSIVE STEP``."""
 
 
 # A name SQLite prints as it is, spaces included ("SEARCH my table USING INDEX i (a b=?)"),
@@ -221,6 +223,9 @@ _COMPOUND = (
 )  # fmt: skip
 
 
+_VALUES = re.compile(r"SCAN (\d+)-ROW VALUES CLAUSE$")
+
+
 def classify(detail: str, names: PlanNames = _NO_NAMES) -> Access:
     """Read one EXPLAIN QUERY PLAN detail line (see the module doc on stability).
 
@@ -229,6 +234,11 @@ def classify(detail: str, names: PlanNames = _NO_NAMES) -> Access:
     scan, search, term, subquery, bloom, right = _patterns(names)
     if detail.startswith("SCAN CONSTANT ROW"):
         return Access("constant")
+    m = _VALUES.match(detail)
+    if m is not None:  # a VALUES clause of several rows (not a table named "3-row")
+        return Access("values", what=m[1])
+    if detail in ("SETUP", "RECURSIVE STEP"):  # the two parts of a recursive CTE
+        return Access("recursive", what=detail)
     if detail.startswith("SCAN "):
         m = scan.match(detail)
         assert m is not None  # the pattern only requires "SCAN x"

@@ -48,6 +48,9 @@ def analyze(conn: apsw.Connection, sql: str, params: tuple[object, ...] = ()) ->
         ("COMPOUND QUERY", "compound", None, None),
         ("MULTI-INDEX OR", "or", None, None),
         ("USING INDEX i FOR IN-OPERATOR", "in_probe", None, None),
+        ("SCAN 3-ROW VALUES CLAUSE", "values", None, None),
+        ("SETUP", "recursive", None, None),
+        ("RECURSIVE STEP", "recursive", None, None),
         ("SOMETHING SQLITE ADDS NEXT YEAR", "other", None, None),
     ],
 )
@@ -56,6 +59,25 @@ def test_detail_lines_are_classified_by_their_leading_words(
 ) -> None:
     a = classify(detail)
     assert (a.kind, a.name, a.index) == (kind, name, index)
+
+
+def test_values_clauses_and_recursive_ctes_get_sane_estimates() -> None:
+    conn = apsw.Connection(":memory:")
+    plan = analyze(conn, "VALUES (1), (2), (3)")
+    assert [(s.type, s.table) for s in plan.steps] == [("scan", None)]
+    assert plan.estimated_rows == 3  # not a table called "3-row" of unknown size
+    sql = (
+        "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < 1000) "
+        "SELECT * FROM r"
+    )
+    plan = analyze(conn, sql)
+    assert all(s.details.get("recognized", True) for s in plan.steps)
+    # one row to start, then RECURSIVE_ROUNDS rounds of one queued row each
+    assert plan.estimated_rows == 101
+    step = next(s for s in plan.steps if s.details["detail"] == "RECURSIVE STEP")
+    inner = plan.steps[plan.steps.index(step) + 1]
+    assert inner.table == "r" and inner.details["rows"] == 1 and inner.cost >= 100
+    conn.close()
 
 
 def test_search_constraints_are_read_from_the_detail() -> None:
