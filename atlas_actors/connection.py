@@ -486,14 +486,15 @@ _CONTROL_STATEMENT = re.compile(
 
 
 _QUOTED_OR_SEMICOLON = re.compile(
-    r"[:@$#](?:[A-Za-z0-9_$\x80-\U0010ffff]|::)+(?:\([^\s)]*\)?)?"
+    r"(?:[:@#]|(?<![A-Za-z0-9_$\x80-\U0010ffff])\$)(?:[A-Za-z0-9_$\x80-\U0010ffff]|::)+(?:\([^\s)]*\)?)?"
     r"|'[^']*'|\"[^\"]*\"|\[[^\]]*\]|`[^`]*`|--[^\n]*|/\*.*?(?:\*/|\Z)|;",
     re.DOTALL,
 )
 """A parameter, a quoted string or name, a comment, or a ``;`` (one pass finds the ``;``
 outside them). A named parameter may end in a TCL-style ``(...)`` running to the next
 ``)`` or space, as SQLite's tokenizer reads it: ``$a('x) ; PRAGMA ...`` is one parameter,
-then a second statement, not a string hiding it."""
+then a second statement, not a string hiding it. A ``$`` after a letter, digit, ``_`` or
+``$`` is part of a name (``a$b``), not a parameter."""
 
 
 def _complete(text: str) -> bool:
