@@ -31,10 +31,13 @@ from atlas_actors.actors.writer_ops import (
 )
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import (
+    TEXT_TYPES,
     DeadlockError,
     OperationTimeout,
+    ParameterError,
     StorageUnavailable,
     not_pairs_error,
+    params_type_error,
 )
 from atlas_actors.future import (
     _PENDING,
@@ -131,11 +134,13 @@ class WriterHandle:
         except TypeError:  # (an int, None: not a list of pairs)
             raise not_pairs_error(statements) from None
         try:
-            for sql, _params in statements:  # ValueError or TypeError unless a pair
+            for sql, params in statements:  # ValueError or TypeError unless a pair
                 if type(sql) is not str:
                     raise statement_type_error(statements)
+                if type(params) in TEXT_TYPES:  # (one character per placeholder otherwise)
+                    raise params_type_error(params, sql)
         except (ValueError, TypeError) as error:  # (only a failed check pays for this)
-            if isinstance(error, StatementTypeError):
+            if isinstance(error, StatementTypeError | ParameterError):
                 raise
             raise statement_type_error(statements) from None
         if self._tracing.enabled:

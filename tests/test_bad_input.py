@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import apsw
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 import atlas_actors as atlas
 from atlas_actors import errors
@@ -190,6 +191,14 @@ def test_a_statement_hidden_behind_a_tcl_style_parameter_is_seen(
         db.query(hidden, [1])
     with pytest.raises(errors.ValidationError, match="controls a transaction"):
         db.query(f"SELECT {prefix}a('x) ; BEGIN; --'", [1])
+    # A $ inside a name is no parameter: taken for one, it swallowed a quote and hid
+    # the ';' behind the string the scanner then saw from the closing quote on.
+    named = (
+        "WITH a$b('c) AS (SELECT 1) SELECT 1 AS ') AS (SELECT 1) SELECT * FROM a$b; "
+        "PRAGMA case_sensitive_like = ON; SELECT 1 AS ' AS z'"
+    )
+    with pytest.raises(errors.ValidationError, match="case_sensitive_like"):
+        db.query(named)
     assert {db.query("SELECT 'a' LIKE 'A'")[0][0] for _ in range(20)} == {1}
     with (
         db.transaction(isolation="read_committed") as tx,
@@ -497,6 +506,31 @@ def test_text_as_parameters_of_the_right_length_is_refused_on_every_path(
     db.write(write, ["a", "b"])
     assert db.query(read, ["a", "b"]) == [("a", "b")]
     assert db.supervisor.status().restarts == 0
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["untraced", "traced"])
+def test_text_as_parameters_is_refused_once_the_writer_runs_the_statement_itself(
+    open_storage: Callable[..., atlas.Storage], tracing: bool
+) -> None:
+    """Past a statement's first runs the writer runs it in place (write_units), without
+    write()'s check, and the untraced write_all checked its pairs' SQL only: "ab" was
+    stored as 'a', 'b' again."""
+    kwargs: dict[str, object] = {"tracer_provider": TracerProvider()} if tracing else {}
+    db = open_storage(cache=False, **kwargs)
+    db.execute("CREATE TABLE t(a, b)")
+    insert = "INSERT INTO t(a, b) VALUES (?, ?)"
+    for _ in range(8):  # (its first runs go through write(): then in place)
+        db.write_all([(insert, [1, 2])])
+        db.writer.execute(insert, [1, 2]).get(10)
+    for call in (
+        lambda: db.write_all([(insert, "ab")]),
+        lambda: db.writer.write_all([(insert, "ab")]).get(10),
+        lambda: db.writer.execute(insert, "ab").get(10),
+        lambda: db.write_many(insert, ["ab"]),
+    ):
+        with pytest.raises(errors.ParameterError, match=_AS_LIST):
+            call()
+    assert db.query("SELECT count(*) FROM t WHERE a = 'a'") == [(0,)]
 
 
 def _on_a_pooled_connection(db: atlas.Storage, sql: str, params: object) -> object:

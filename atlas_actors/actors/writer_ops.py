@@ -20,7 +20,7 @@ import apsw
 
 from atlas_actors.actors.base import Escaped, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
-from atlas_actors.errors import DiskFullError
+from atlas_actors.errors import TEXT_TYPES, DiskFullError, params_type_error
 from atlas_actors.future import Future, sql_text, sql_type_error
 from atlas_actors.telemetry.tracing import batch_attributes
 
@@ -109,6 +109,8 @@ class WriteOp(WriterOp):
         # Op.__init__ inlined: this runs once per write.
         if type(sql) is not str:  # (refused here, in the caller: it would crash the writer)
             raise sql_type_error(sql, built=False)
+        if type(params) in TEXT_TYPES:  # (the writer may run it without write()'s check)
+            raise params_type_error(params, sql)
         self.id = next(_op_ids)
         self.future = future
         self.session = session
