@@ -362,6 +362,9 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
     return 2
 
 
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 def _check_open_flags(path: str) -> int:
     """How ``check`` opens ``path``, so that it leaves the directory as it found it.
 
@@ -374,7 +377,8 @@ def _check_open_flags(path: str) -> int:
     cleanup to SQLite. Otherwise, it opens read-only and leaves the files as they are.
     On a file it may not write, SQLite opens read-only anyway: the files it makes stay.
     """
-    if any(os.path.lexists(path + suffix) for suffix in ("-wal", "-shm", "-journal")):
+    names = {path, os.path.realpath(path)}  # (through a link, SQLite's are the target's)
+    if any(os.path.lexists(name + suffix) for name in names for suffix in _SIDE_FILES):
         return apsw.SQLITE_OPEN_READONLY
     return apsw.SQLITE_OPEN_READWRITE  # (not CREATE: never makes a database)
 

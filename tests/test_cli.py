@@ -245,6 +245,35 @@ def test_check_leaves_the_wal_files_of_a_database_another_connection_has_open(
     reader.close()
 
 
+def test_check_through_a_link_leaves_a_crashed_writers_wal_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite keeps a linked database's -wal next to the link's target: looked for next
+    to the link, none was found, check opened read-write and, as the last connection,
+    checkpointed and removed a crashed writer's WAL (it changed the database file)."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "t.db"
+    _wal_database(target)
+    code = (
+        "import apsw, os, sys\n"
+        "c = apsw.Connection(sys.argv[1])\n"
+        "c.pragma('wal_autocheckpoint', 0)\n"
+        "c.execute('INSERT INTO t VALUES (2)')\n"
+        "os._exit(0)\n"  # a crash: the row only in the -wal
+    )
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True, timeout=30)
+    link = tmp_path / "link.db"
+    link.symlink_to(target)
+    before = target.read_bytes()
+    assert main(["check", str(link)]) == 0
+    capsys.readouterr()
+    assert target.read_bytes() == before  # the database file itself untouched
+    assert sorted(p.name for p in target.parent.iterdir()) == ["t.db", "t.db-shm", "t.db-wal"]
+    reader = apsw.Connection(str(target))
+    assert reader.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,)]
+    reader.close()
+
+
 def test_check_of_a_database_file_it_may_not_write(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
