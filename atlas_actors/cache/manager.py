@@ -146,14 +146,20 @@ def cache_key(sql: str, bound: tuple[Any, ...]) -> Hashable:
 
     ``1 == 1.0`` and both hash alike, but SQLite binds an INTEGER and a REAL
     (``typeof(?)``; text affinity stores '1' and '1.0'): with a float among the values,
-    the key holds each value's type too. (The disk level keys by ``repr``: apart already.)
+    the key holds each value's type too, and a float's exact spelling (``-0.0 == 0.0``,
+    but SQLite keeps the sign). (The disk level keys by ``repr``: apart already.)
     """
     values: Iterable[Any] = bound
     if bound and type(bound[0]) is tuple:  # a dict's (name, value) pairs
         values = [value for _, value in bound]
     if float in map(type, values):
-        return (sql, bound, tuple(map(type, values)))
+        return (sql, bound, tuple(map(_typed, values)))
     return (sql, bound)
+
+
+def _typed(value: object) -> object:
+    """A float's exact spelling (-0.0 apart from 0.0, which are equal), else the type."""
+    return value.hex() if type(value) is float else type(value)
 
 
 class CacheManager:
