@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import itertools
 import logging
 import os
@@ -63,6 +64,9 @@ __all__ = ["Runtime"]
 
 log = logging.getLogger("atlas_actors.storage")
 
+_COLLECT_AFTER = 1.0
+"""Seconds a lease is held before the tick runs one garbage collection for it."""
+
 
 class Runtime:
     """Starts the supervision tree for one database file and keeps it wired."""
@@ -112,6 +116,8 @@ class Runtime:
         """Thread id → transaction id, for threads holding the writer lease."""
         self._leases: dict[int, Lease] = {}  # granted, by transaction id
         self._expiry_sent: set[int] = set()
+        self._collected_for: set[int] = set()
+        """Leases a garbage collection ran for (see ``_tick``; forgotten as they end)."""
         self.guarded_threads: set[int] = set()
         """writer_threads and lease owners: the only threads the deadlock guard checks."""
         self.read_only = read_only is not None
@@ -597,14 +603,27 @@ class Runtime:
             self.pool.maintain(now)
             abandoned = self.transactions.sweep(now)  # (dropped unended: revoked now)
             for lease in list(self._leases.values()):
-                if (
-                    now >= lease.deadline or lease.tx_id in abandoned
-                ) and lease.tx_id not in self._expiry_sent:
-                    self._expiry_sent.add(lease.tx_id)
-                    # In front of the mailbox: a stuck transaction blocks every write behind it.
-                    self._writer_mailbox.replay_control(Envelope(LeaseExpired(lease.tx_id)))
+                if now >= lease.deadline or lease.tx_id in abandoned:
+                    self._expire_lease(lease.tx_id)
+                elif (
+                    now - lease.granted_at > _COLLECT_AFTER
+                    and lease.tx_id not in self._collected_for
+                    and gc.isenabled()
+                ):
+                    # A transaction dropped in a reference cycle (an error it raised and
+                    # keeps holds its frame) is freed only by a full collection: one per
+                    # lease held this long, so that the next sweep finds it.
+                    self._collected_for.add(lease.tx_id)
+                    gc.collect()
         finally:
             self.alerts.tick(now)  # (never raises)
+
+    def _expire_lease(self, tx_id: int) -> None:
+        """Have the writer take the lease of ``tx_id`` back now (once)."""
+        if tx_id not in self._expiry_sent:
+            self._expiry_sent.add(tx_id)
+            # In front of the mailbox: a stuck transaction blocks every write behind it.
+            self._writer_mailbox.replay_control(Envelope(LeaseExpired(tx_id)))
 
     def disk_full_found(self, error: DiskFullError) -> None:
         """A transaction found the disk full: the writer refuses plain writes from now on.
@@ -642,6 +661,7 @@ class Runtime:
     def _lease_ended(self, lease: Lease) -> None:
         self._leases.pop(lease.tx_id, None)
         self._expiry_sent.discard(lease.tx_id)
+        self._collected_for.discard(lease.tx_id)
         with self.transactions.graph.lock:
             self.lease_owners.pop(lease.owner, None)
         if lease.owner not in self.writer_threads:
@@ -654,6 +674,7 @@ class Runtime:
         leases.pop(returned.tx_id, None)
         leases[granted.tx_id] = granted
         self._expiry_sent.discard(returned.tx_id)
+        self._collected_for.discard(returned.tx_id)
         owners = self.lease_owners
         with self.transactions.graph.lock:
             owners.pop(returned.owner, None)

@@ -296,6 +296,11 @@ class Storage(Runtime):
             )
         holder = self.lease_owners.get(me)
         if holder is not None:
+            if self.transactions.dropped(holder):
+                # Its owner dropped it unended: nothing can use it any more, so its
+                # lease is taken back now, and the write waits for that instead.
+                self._expire_lease(holder)
+                return
             raise DeadlockError(
                 [
                     f"thread {me}",

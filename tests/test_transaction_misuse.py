@@ -7,6 +7,8 @@ refused as a deadlock.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import threading
 import time
@@ -17,6 +19,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import (
+    ConstraintError,
     DeadlockError,
     TransactionTimeout,
     ValidationError,
@@ -261,3 +264,55 @@ def _lease_kept_after_its_thread_ended(db: atlas.Storage) -> tuple[int, list[obj
     tx.commit()  # (another thread may end it: the lease goes back)
     second.join(10)
     return ended, results
+
+
+def test_the_thread_that_dropped_a_lease_holder_writes_without_a_deadlock_error(
+    tmp_path: Path,
+) -> None:
+    """Until the tick swept it, a plain write from the thread that dropped a transaction
+    holding the lease was refused as a deadlock behind a transaction nobody can end."""
+    with atlas.open(tmp_path / "same-thread.db", cache=False, transaction_timeout=30) as db:
+        db.execute("CREATE TABLE t(x)")
+        for n in range(5):
+            tx = db.transactions.begin()
+            tx.execute("INSERT INTO t VALUES ('dropped')")
+            del tx  # (collected at once: no cycle holds it)
+            assert db.write("INSERT INTO t VALUES (?)", [n], timeout=5).rowcount == 1
+        assert [row.x for row in db.query("SELECT x FROM t")] == [0, 1, 2, 3, 4]
+
+
+def test_a_dropped_transaction_kept_by_its_caught_error_gives_the_lease_back_soon(
+    tmp_path: Path,
+) -> None:
+    """An error a transaction raised and keeps (for recover()) holds its frame, so the
+    dropped transaction sits in a reference cycle that only a full garbage collection
+    frees: every write waited out its whole timeout (here 30 s)."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(1_000_000_000)  # (no automatic collection frees it meanwhile)
+    try:
+        _drop_a_transaction_in_a_cycle(tmp_path)
+    finally:
+        gc.set_threshold(*thresholds)
+
+
+def _drop_a_transaction_in_a_cycle(tmp_path: Path) -> None:
+    with atlas.open(tmp_path / "cycle.db", cache=False) as db:
+        db.execute("CREATE TABLE t(x UNIQUE)")
+        db.write("INSERT INTO t VALUES (1)")
+
+        def leave_it_open() -> None:
+            tx = db.transactions.begin(timeout=30)
+            tx.execute("INSERT INTO t VALUES (2)")  # holds the lease
+            with contextlib.suppress(ConstraintError):
+                tx.execute("INSERT INTO t VALUES (1)")  # caught, and kept by the transaction
+
+        leave_it_open()
+        written: list[int] = []
+        other = threading.Thread(
+            target=lambda: written.append(db.write("INSERT INTO t VALUES (3)").rowcount)
+        )
+        started = time.monotonic()
+        other.start()
+        other.join(8)
+        assert written == [1] and time.monotonic() - started < 5
+        assert sorted(row.x for row in db.query("SELECT x FROM t")) == [1, 3]

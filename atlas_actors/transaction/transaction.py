@@ -1019,6 +1019,11 @@ class TransactionManager:
             tx._error = error
             raise
 
+    def dropped(self, tx_id: int) -> bool:
+        """Whether transaction ``tx_id`` was dropped unended (collected; swept or not)."""
+        ref = self._active.get(tx_id)
+        return ref is not None and ref() is None
+
     def _watch(self, me: int) -> None:
         """Have the calling thread's end reported to :meth:`thread_ended`."""
         self._local.end = _ThreadEnd(weakref.ref(self), me)
