@@ -284,7 +284,7 @@ class WriterActor(RoleActor):
         # the WAL holds. Installing it turns SQLite's automatic checkpoints off
         # (https://sqlite.org/c3ref/wal_autocheckpoint.html): the writer runs them.
         self._page_size = int(raw.pragma("page_size"))
-        self._checkpoint_due = self._first_checkpoint_due()
+        self._checkpoint_due = self._checkpoint_step()
         raw.set_wal_hook(self._on_wal)
         self._rows_hooked = False
         if self.hooks.disk_full():
@@ -1072,12 +1072,14 @@ class WriterActor(RoleActor):
                 self.hooks.corruption(wrapped)
             self.hooks.error(wrapped, "PRAGMA wal_checkpoint")
 
-    def _first_checkpoint_due(self) -> int:
-        """Frames at which a WAL that started over is first checkpointed.
+    def _checkpoint_step(self) -> int:
+        """Frames written between two automatic checkpoints (the first: from an empty WAL).
 
         ``checkpoint_frames``, or fewer when that many frames would pass
         ``wal_size_limit``: with a small limit the WAL is copied (and then starts over)
-        before it passes it, not only once it is several times its size.
+        before it passes it, and a WAL that readers keep from starting over reaches
+        the TRUNCATE check once it passes it, not only once it is several times its
+        size (1000 frames are 16 times a 256 KiB limit).
         """
         within_limit = (self.config.wal_size_limit - 32) // (24 + self._page_size)
         return max(1, min(self.config.checkpoint_frames, within_limit))
@@ -1156,11 +1158,12 @@ class WriterActor(RoleActor):
         connection = self.connection
         assert connection is not None, "on_start opened the connection"
         log_frames, copied = connection.connection.wal_checkpoint(mode=self._CHECKPOINT_MODES[mode])
-        # Next time past another checkpoint_frames frames, unless the WAL starts over
+        # Next time past another _checkpoint_step() frames, unless the WAL starts over
         # (_on_wal): readers on old frames keep PASSIVE from finishing, and trying after
-        # every commit would only copy (and sync) a few frames each time.
+        # every commit would only copy (and sync) a few frames each time. (A TRUNCATE
+        # leaves 0 frames: the step counts from there.)
         self._checkpointed_at = log_frames
-        self._checkpoint_due = log_frames + self.config.checkpoint_frames
+        self._checkpoint_due = log_frames + self._checkpoint_step()
         counters = self.counters
         counters.checkpoints += 1
         counters.last_checkpoint = time.time()
@@ -1207,7 +1210,7 @@ class WriterActor(RoleActor):
             self._wrote_frames = True
             if frames < self._checkpointed_at:  # the WAL started over
                 self._checkpointed_at = 0
-                self._checkpoint_due = self._first_checkpoint_due()
+                self._checkpoint_due = self._checkpoint_step()
             self.wal_frames = frames
             self.counters.wal_frames = frames
         return apsw.SQLITE_OK
