@@ -316,6 +316,7 @@ class Runtime:
                 lease_granted=self._lease_granted,
                 lease_ended=self._lease_ended,
                 lease_passed=self._lease_passed,
+                hold_reads=self.pool.hold_reads,
                 write_block=lambda: self.write_block,
             ),
             connect=lambda: self._connect(writer=True),

@@ -200,6 +200,16 @@ class _Waiter:
         self.ready = threading.Event()
 
 
+class _Hold:
+    """New reads wait for ``ended`` (until ``until`` at most) while the writer truncates."""
+
+    __slots__ = ("ended", "until")
+
+    def __init__(self, until: float) -> None:
+        self.ended = threading.Event()
+        self.until = until
+
+
 class _Adoption:
     """Frees a connection for adoption when the thread that adopted it ends."""
 
@@ -349,6 +359,8 @@ class ReaderPool:
         self._recycle_queries = config.recycle_after_queries or float("inf")
         self._recycle_seconds = config.recycle_after_seconds or float("inf")
         self.closed: AtlasError | None = None
+        self.held: _Hold | None = None
+        """Set while the writer truncates the WAL (:meth:`hold_reads`): new reads wait."""
         self.query = self.read_function(self._query_general)
         """``query(sql, params=None, *, timeout=None)``: a read run in the calling thread."""
 
@@ -891,12 +903,49 @@ class ReaderPool:
         if owner.retiring and owner.connection is connection:
             self._retire(owner.role)
 
+    # -- the WAL truncation's hold -----------------------------------------------------
+
+    @contextmanager
+    def hold_reads(self, seconds: float) -> Iterator[None]:
+        """New reads wait (``seconds`` at most) while the writer truncates the WAL.
+
+        A TRUNCATE first copies the WAL into the database file, waiting for every
+        reader on a snapshot older than the WAL's end; SQLite has a few read-mark slots
+        (https://sqlite.org/walformat.html) and a read that
+        begins while all are held shares the newest one, however old: with reads that
+        overlap continuously, such a slot is never free and the copy never finishes (16
+        threads: no TRUNCATE finished, the WAL reached 190 times its limit). Reads held
+        off for a moment let the ones running end; reads that begin once the copy is
+        done read the database file and keep nothing from the TRUNCATE.
+        """
+        hold = _Hold(time.monotonic() + seconds)
+        self.held = hold
+        try:
+            yield
+        finally:
+            self.held = None
+            hold.ended.set()
+
+    def _wait_for_truncate(self, timeout: float | None) -> float | None:
+        """Wait out :meth:`hold_reads` (half the read's ``timeout`` at most); what is left."""
+        hold = self.held
+        if hold is None:
+            return timeout
+        started = time.monotonic()
+        limit = self.config.default_timeout if timeout is None else timeout
+        hold.ended.wait(max(0.0, min(hold.until - started, limit / 2)))
+        if timeout is None:
+            return None
+        return timeout - (time.monotonic() - started)
+
     # -- the synchronous path ----------------------------------------------------------
 
     def acquire(self, timeout: float | None = None) -> PooledConnection:
         """Borrow a connection for the calling thread (the plan's ``acquire()``)."""
         if timeout is not None:
             timeout = checked_timeout(timeout)  # (a free connection's wait checks none)
+        if self.held is not None:
+            timeout = self._wait_for_truncate(timeout)
         connection = self._take(timeout)
         connection.state = ConnectionState.ACTIVE
         if not connection.usable and connection.state is ConnectionState.ACTIVE:
@@ -962,6 +1011,7 @@ class ReaderPool:
                     uses < _TIME_FIRST  # its first runs (all timed: sample_weight)
                     or (phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT)
                     or events.watches_checkouts
+                    or pool.held is not None  # the writer truncates the WAL: wait a moment
                 ):
                     return pool._query_general(sql, params, timeout)
                 try:
@@ -1044,6 +1094,8 @@ class ReaderPool:
         """
         if timeout is not None:
             timeout = checked_timeout(timeout)
+        if self.held is not None:
+            timeout = self._wait_for_truncate(timeout)
         connection: TrackedConnection | None = getattr(self._local, "connection", None)
         if connection is None or not connection.lock.acquire(False):
             return self._take(timeout)  # (which checks out and bounds the statement)
@@ -1147,6 +1199,8 @@ class ReaderPool:
         ``fn`` runs (together): past it, SQLite interrupts the one running
         (``apsw.InterruptError`` inside ``fn``).
         """
+        if self.held is not None:
+            timeout = self._wait_for_truncate(None if timeout is None else checked_timeout(timeout))
         connection = self._take(timeout)
         try:
             return fn(connection.connection)

@@ -147,6 +147,11 @@ class WriterHooks:
     write_block: Callable[[], AtlasError | None] = lambda: None
     """Why the storage refuses writes now (stopped for a check, read-only), if it does:
     asked as each batch begins, for writes accepted before the block came."""
+    hold_reads: Callable[[float], contextlib.AbstractContextManager[object]] = lambda _seconds: (
+        contextlib.nullcontext()
+    )
+    """New reads of this storage wait, for these seconds at most, while the context
+    lasts: the automatic TRUNCATE's (``ReaderPool.hold_reads``)."""
     lease_passed: Callable[[Lease, Lease], None] | None = None
     """The first lease came back and the second was granted in its place (a hand-over,
     in the returning transaction's thread): ``lease_ended`` then ``lease_granted`` in
@@ -158,6 +163,8 @@ _BUSY_ANSWER_MARGIN = 0.05
 process's lock for it, so that the call fails with SQLITE_BUSY in time."""
 _TRUNCATE_WAIT = 0.1
 """Seconds the writer first waits for readers when it truncates a WAL past its limit."""
+_READ_HOLD = 0.25
+"""Seconds an automatic TRUNCATE holds new reads off, at most (see ReaderPool.hold_reads)."""
 _CHECKPOINT_WAIT = 1.0
 """Seconds an explicit FULL, RESTART or TRUNCATE checkpoint waits for readers, at most."""
 _TRUNCATE_BACKOFF = 9.0
@@ -1101,7 +1108,10 @@ class WriterActor(RoleActor):
         """
         started = time.monotonic()
         try:
-            with busy_wait_limit(self._truncate_wait):
+            # This storage's new reads wait a moment (its running ones end meanwhile):
+            # with reads that overlap all the time, the TRUNCATE would never finish.
+            hold = min(self._truncate_wait, _READ_HOLD)
+            with self.hooks.hold_reads(hold), busy_wait_limit(self._truncate_wait):
                 self._checkpoint("TRUNCATE")
         except apsw.BusyError:
             self._truncate_wait = min(2 * self._truncate_wait, self.config.busy_timeout)
