@@ -186,54 +186,6 @@ def test_a_truncate_that_emptied_the_wal_puts_off_no_later_one(
     assert writer._truncate_after == 0.0
 
 
-def test_this_storage_s_own_overlapping_reads_keep_the_wal_near_its_limit(
-    open_storage: Callable[..., atlas.Storage], db_path: Path
-) -> None:
-    """Threads reading through db.query all the time, some reads scans: the WAL reached
-    16 times its limit (after each TRUNCATE the next checkpoint came 1000 frames later)
-    and, with the TRUNCATE kept from finishing by reads that kept starting, 100 times."""
-    limit = 256 * 1024
-    db = open_storage(wal_size_limit=limit, synchronous="NORMAL", cache=False)
-    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, b BLOB)")
-    db.execute("CREATE INDEX t_k ON t(k)")
-    for i in range(1500):
-        db.write("INSERT INTO t(k, b) VALUES (?, randomblob(2500))", [i])
-    stop = threading.Event()
-    failed: list[BaseException] = []
-
-    def read(seed: int) -> None:
-        n = seed
-        try:
-            while not stop.is_set():
-                n += 1
-                if n % 20 == 0:  # a scan (a few ms): reads overlap all the time
-                    db.query("SELECT id, k, length(b) FROM t ORDER BY k")
-                else:
-                    db.query("SELECT k FROM t WHERE id = ?", [n % 1500])
-        except BaseException as error:
-            failed.append(error)
-
-    readers = [threading.Thread(target=read, args=(i,)) for i in range(4)]
-    for thread in readers:
-        thread.start()
-    wal = Path(f"{db_path}-wal")
-    largest = 0
-    try:
-        n = 1500
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            n += 1
-            db.write("INSERT INTO t(k, b) VALUES (?, randomblob(2500))", [n])
-            db.write("DELETE FROM t WHERE id = ?", [n - 1500])  # the table stays small
-            largest = max(largest, wal.stat().st_size)
-    finally:
-        stop.set()
-        for thread in readers:
-            thread.join(10)
-    assert not failed  # a held read waits, never fails
-    assert largest < 5 * limit, f"the WAL reached {largest / limit:.1f} times its limit"
-
-
 def test_a_read_held_by_the_truncation_waits_briefly_and_succeeds(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
