@@ -186,6 +186,30 @@ def test_a_truncate_that_emptied_the_wal_puts_off_no_later_one(
     assert writer._truncate_after == 0.0
 
 
+def test_after_a_truncate_the_next_checkpoint_comes_within_the_limit(
+    open_storage: Callable[..., atlas.Storage], db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TRUNCATE leaves 0 frames, and the next checkpoint was due checkpoint_frames
+    (1000) frames later: with reads keeping each PASSIVE from finishing, the WAL went
+    from empty to 16 times a 256 KiB limit between two TRUNCATEs, which all succeeded."""
+    checkpoint = WriterActor._checkpoint
+
+    def readers_in_the_way_of_passive(self: WriterActor, mode: str) -> tuple[int, int]:
+        frames, copied = checkpoint(self, mode)
+        return (frames, 0) if mode == "PASSIVE" else (frames, copied)  # as with a reader
+
+    monkeypatch.setattr(WriterActor, "_checkpoint", readers_in_the_way_of_passive)
+    limit = 256 * 1024
+    db = open_storage(wal_size_limit=limit, synchronous="NORMAL", cache=False)
+    db.execute("CREATE TABLE w(id INTEGER PRIMARY KEY, b BLOB)")
+    wal = Path(f"{db_path}-wal")
+    largest = 0
+    for _ in range(600):  # (two or three frames a commit: it passes the limit at 63)
+        db.write("INSERT INTO w(b) VALUES (zeroblob(6000))")
+        largest = max(largest, wal.stat().st_size)
+    assert largest < 2.2 * limit, f"the WAL reached {largest / limit:.1f} times its limit"
+
+
 def test_a_read_held_by_the_truncation_waits_briefly_and_succeeds(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:

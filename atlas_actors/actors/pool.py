@@ -911,12 +911,12 @@ class ReaderPool:
 
         A TRUNCATE first copies the WAL into the database file, waiting for every
         reader on a snapshot older than the WAL's end; SQLite has a few read-mark slots
-        (https://sqlite.org/walformat.html) and a read that
-        begins while all are held shares the newest one, however old: with reads that
-        overlap continuously, such a slot is never free and the copy never finishes (16
-        threads: no TRUNCATE finished, the WAL reached 190 times its limit). Reads held
-        off for a moment let the ones running end; reads that begin once the copy is
-        done read the database file and keep nothing from the TRUNCATE.
+        (https://sqlite.org/walformat.html) and a read that begins while all are held
+        shares the newest one, however old: with reads that overlap continuously, such
+        a slot is never free and the copy never finishes (16 threads: 1 TRUNCATE in 11
+        finished, the WAL reached 190 times its limit). Reads held off for a moment let
+        the ones running end; reads that begin once the copy is done read the database
+        file and keep nothing from the TRUNCATE.
         """
         hold = _Hold(time.monotonic() + seconds)
         self.held = hold
