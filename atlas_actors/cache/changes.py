@@ -96,6 +96,8 @@ class ShmCounter:
         if not file:
             self._hold.close()
             raise OSError(f"{database} is not a database file: it has no wal-index")
+        self.file: str = file
+        """The database file SQLite opened (absolute): its -wal and -shm are next to it."""
         self._path = f"{file}-shm"
         try:
             self._fd = os.open(self._path, os.O_RDONLY)

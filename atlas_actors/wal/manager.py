@@ -61,12 +61,14 @@ class WalManager:
     def monitor(self) -> WalStats:
         """Size, frames and checkpoint history of the WAL."""
         counters = self._storage.writer_counters
+        shm = self._storage.shm_counter
+        # (The file SQLite opened: a file: URI or a symbolic link names another.)
+        database = shm.file if shm is not None else self._storage.path
         try:
-            size = os.path.getsize(f"{self._storage.path}-wal")
+            size = os.path.getsize(f"{database}-wal")
         except OSError:
             size = 0
         last = counters.last_checkpoint
-        shm = self._storage.shm_counter
         frames = shm.frames() if shm is not None else None
         return WalStats(
             size=size,

@@ -194,3 +194,16 @@ def test_a_session_without_a_watched_wal_index_leaves_no_trusted_disk_level(
     with _open(f"file:{path}") as db:
         assert db.cache.stats().l2_entries == 0
         assert _v(db) == "old"
+
+
+@URIS
+def test_the_wal_size_is_read_off_the_real_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_uri: MakeUri
+) -> None:
+    """db.wal.monitor().size looked for '<the URI text>-wal' and found none: 0."""
+    uri, path = make_uri(tmp_path, monkeypatch)
+    with _open(uri) as db:
+        db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+        db.write("INSERT INTO kv VALUES (1, 'x')")
+        size = db.wal.monitor().size
+        assert size > 0 and size == Path(f"{path}-wal").stat().st_size
