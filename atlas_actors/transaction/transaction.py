@@ -1020,7 +1020,7 @@ class TransactionManager:
             raise
 
     def dropped(self, tx_id: int) -> bool:
-        """Whether transaction ``tx_id`` was dropped unended (collected; swept or not)."""
+        """Whether transaction ``tx_id`` was dropped unended (collected, not yet swept)."""
         ref = self._active.get(tx_id)
         return ref is not None and ref() is None
 
