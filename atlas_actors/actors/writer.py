@@ -324,14 +324,24 @@ class WriterActor(RoleActor):
             self.hooks.corruption(error)
 
     def on_stop(self) -> None:
-        """Graceful stop: end a lease, run what waited behind it, commit, close."""
+        """Graceful stop: end a lease, run what waited behind it, commit, close.
+
+        The storage closing, or this incarnation alone (``supervisor.kill(how="stop")``):
+        then the next one takes the lease requests and returns still queued.
+        """
         self._stop_handing_over()
+        shutting_down = self.mailbox.closed is not None
         lease = self._lease
         if lease is not None:
             # Puts what waited behind the lease back in front of the mailbox.
             self._revoke(
                 lease,
-                TransactionAborted("the storage is closing; the transaction was rolled back"),
+                TransactionAborted(
+                    "the storage is closing; the transaction was rolled back"
+                    if shutting_down
+                    else "the writer was stopped (it restarts at once); the transaction "
+                    "was rolled back: run it again"
+                ),
             )
             if self._lease is lease:
                 # Given back, and its return not here yet: that commit would not be
@@ -358,13 +368,18 @@ class WriterActor(RoleActor):
         # Run what is in front now, and what running it puts back there (the writes of
         # a failed group, or of a batch SQLite rolled back): all were accepted before
         # the close, so they are handled, not failed with the closed mailbox.
+        later: list[Op] = []
         while (op := self.mailbox.take_replayed()) is not None:
             if isinstance(op, WriterOp):
                 self._run(op, drain=False)
-            else:
+            elif shutting_down:
                 op.fail(self.closed_error())
+            else:
+                later.append(op)  # (a lease request or return: the next incarnation's)
         if self._in_transaction:
             self._commit()
+        if later:
+            self.mailbox.replay(later)
         self._close("stop")
 
     def on_crash(self, current: Op | None, error: BaseException | None) -> None:
