@@ -509,3 +509,63 @@ def test_an_incarnation_that_fails_to_start_is_not_announced_as_a_restart(
     assert third.wait(5)
     assert incarnations == [3]  # not 2, which never ran
     assert _child(db, "writer").restarts == 2
+
+
+def test_a_stopped_writer_fails_its_lease_holder_as_restarting_and_keeps_the_queue(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """kill("writer", how="stop") is one incarnation's stop, not the storage's close: the
+    lease holder was told "the storage is closing" and a transaction waiting for the
+    lease got StorageClosedError, though the storage went on (a review's repro)."""
+    db = open_storage(cache=False, default_timeout=5)
+    db.execute("CREATE TABLE t(x)")
+    holding, outcomes = threading.Event(), {}
+
+    def hold_the_lease() -> None:
+        try:
+            with db.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (1)")
+                holding.set()
+                time.sleep(0.5)
+                tx.execute("INSERT INTO t VALUES (2)")
+            outcomes["holder"] = "committed"
+        except AtlasError as error:
+            outcomes["holder"] = f"{type(error).__name__}: {error}"
+
+    def wait_for_it() -> None:
+        try:
+            with db.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (3)")
+            outcomes["waiter"] = "committed"
+        except AtlasError as error:
+            outcomes["waiter"] = f"{type(error).__name__}: {error}"
+
+    holder = threading.Thread(target=hold_the_lease)
+    holder.start()
+    assert holding.wait(5)
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    assert wait_until(lambda: db.transactions.status().queued >= 1)
+    db.supervisor.kill("writer", how="stop")
+    holder.join(10)
+    waiter.join(10)
+    assert outcomes["holder"].startswith("TransactionAborted: the writer was stopped")
+    assert "run it again" in outcomes["holder"]
+    assert outcomes["waiter"] == "committed"
+    assert sorted(row.x for row in db.query("SELECT x FROM t")) == [3]
+
+
+def test_resizing_the_pool_of_a_failed_or_closed_storage_raises(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(cache=False, restart_max=1)
+    for _ in range(2):  # a restart storm: the storage escalates to failed
+        with contextlib.suppress(AtlasError):
+            db.supervisor.kill("reader-0")
+        time.sleep(0.1)
+    assert wait_until(lambda: db.health().status == "failed")
+    with pytest.raises(StorageUnavailable):
+        db.pool.resize(4)
+    db.close()
+    with pytest.raises(AtlasError):
+        db.pool.resize(3)

@@ -1349,6 +1349,8 @@ class ReaderPool:
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValidationError(f"pool size {size!r}; it must be an integer >= 1")
+        if self.closed is not None:
+            raise self.closed  # (a closed or failed storage: nothing would start)
         if size > MAX_READERS:
             raise ValidationError(
                 f"pool size {size}: at most {MAX_READERS} readers (each is a thread and a "
