@@ -129,6 +129,8 @@ class Runtime:
         """True while the writer refuses writes because the disk is full."""
         self.writer_connection: TrackedConnection | None = None
         self._state = "starting"
+        self._closed = threading.Event()
+        """Set once close() has finished (a second close() waits for the first)."""
         self._failure: StorageUnavailable | None = None
         self._lock = threading.Lock()
         self._writer_ready = threading.Event()
@@ -430,12 +432,19 @@ class Runtime:
             log.exception("evaluating the alert rules after the failure failed")
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish queued writes, stop every actor, close every connection. Idempotent."""
-        with self._lock:
-            if self._state in ("closing", "closed"):
-                return
-            self._state = "closing"
+        """Finish queued writes, stop every actor, close every connection. Idempotent.
+
+        A call while another thread closes the storage returns once that close has
+        finished (or after ``timeout``): the file is then the storage's no longer.
+        """
         timeout = self.config.default_timeout if timeout is None else timeout
+        with self._lock:
+            closing = self._state in ("closing", "closed")
+            if not closing:
+                self._state = "closing"
+        if closing:
+            self._closed.wait(timeout + 1)  # (the first close's own bound, and a margin)
+            return
         closed = StorageClosedError(self.path)
         # New writes are refused; queued ones are handled before the writer's stop.
         self._writer_mailbox.closed = self._failure or closed
@@ -454,6 +463,7 @@ class Runtime:
                 self.cache.external = None
                 shm.close()
             self._state = "closed"
+            self._closed.set()
 
     def check_usable(self) -> None:
         """Raise :class:`StorageUnavailable` unless the storage is serving."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
+import apsw
 import pytest
 
 import atlas_actors as atlas
@@ -175,3 +177,29 @@ def test_the_wal_can_be_watched_while_the_storage_closes(tmp_path: Path) -> None
         stop.set()
         watcher.join(5)
         assert failures == []
+
+
+def test_a_close_while_another_thread_closes_returns_once_the_storage_is_closed(
+    db_path: Path,
+) -> None:
+    """The second close() returned at once while the first still ran the queued writes:
+    the writer went on committing (and acknowledging) into a file its caller took for
+    closed (a review: 5,000 rows in the file, 200,000 acknowledged later)."""
+    db = atlas.open(db_path, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    futures = [
+        db.writer.executemany("INSERT INTO t VALUES (?)", [[n] for n in range(2000)])
+        for _ in range(40)
+    ]
+    first = threading.Thread(target=db.close)
+    first.start()
+    time.sleep(0.01)
+    db.close()  # the second
+    assert all(future.done() for future in futures)  # (the first close ran them all)
+    reader = apsw.Connection(str(db_path))
+    try:
+        assert reader.execute("SELECT count(*) FROM t").fetchall() == [(40 * 2000,)]
+    finally:
+        reader.close()
+    assert sum(future.get(0).rowcount for future in futures) == 40 * 2000
+    first.join(10)
