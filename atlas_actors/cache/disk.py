@@ -180,11 +180,12 @@ class DiskStore:
         ttl: float,
     ) -> bool:
         """Store one result; False if it cannot be stored (value types, disk errors)."""
-        if self._cache is None or any(isinstance(p, bytes) for p in params):
+        cache = self._cache  # (once: a crash of the cache actor may close it meanwhile)
+        if cache is None or any(isinstance(p, bytes) for p in params):
             return False  # parameters go in the JSON document: bytes ones are not kept
         try:
             blob = encode({**document, "sql": sql, "params": list(params)}, rows)
-            self._cache.set(entry_key(sql, params), blob, expire=ttl)
+            cache.set(entry_key(sql, params), blob, expire=ttl)
         except (CodecError, OSError, diskcache.Timeout) as error:
             log.debug("L2 could not store a result: %s", error)
             return False
@@ -194,11 +195,12 @@ class DiskStore:
         self, sql: str, params: tuple[Any, ...]
     ) -> tuple[dict[str, Any], list[tuple[Any, ...]]] | None:
         """The stored result of ``sql`` with ``params``, or None (unreadable = missing)."""
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             return None
         key = entry_key(sql, params)
         try:
-            blob = self._cache.get(key)
+            blob = cache.get(key)
         except Exception:
             self._unreadable(key)
             return None
@@ -215,14 +217,15 @@ class DiskStore:
 
     def items(self) -> list[tuple[dict[str, Any], list[tuple[Any, ...]]]]:
         """Every readable entry (for warming)."""
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             return []
         found = []
-        for key in list(self._cache.iterkeys()):
+        for key in list(cache.iterkeys()):
             if key == _META_KEY:
                 continue
             try:
-                blob = self._cache.get(key)
+                blob = cache.get(key)
                 if blob is not None:
                     found.append(decode(blob))
             except Exception:
@@ -231,28 +234,32 @@ class DiskStore:
 
     def delete(self, sql: str, params: tuple[Any, ...]) -> None:
         """Remove one entry."""
-        if self._cache is not None:
-            self._cache.delete(entry_key(sql, params))
+        cache = self._cache
+        if cache is not None:
+            cache.delete(entry_key(sql, params))
 
     def clear(self) -> None:
         """Remove every entry but the metadata."""
-        if self._cache is not None:
-            meta = self._cache.get(_META_KEY)
-            self._cache.clear()
+        cache = self._cache
+        if cache is not None:
+            meta = cache.get(_META_KEY)
+            cache.clear()
             if meta is not None:
-                self._cache.set(_META_KEY, meta)
+                cache.set(_META_KEY, meta)
 
     def stats(self) -> tuple[int, int]:
         """(entries, bytes on disk)."""
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             return (0, 0)
-        return (max(0, len(self._cache) - 1), int(self._cache.volume()))
+        return (max(0, len(cache) - 1), int(cache.volume()))
 
     def _unreadable(self, key: str) -> None:
         self.errors += 1
-        if self._cache is not None:
+        cache = self._cache
+        if cache is not None:
             try:
-                self._cache.delete(key)
+                cache.delete(key)
             except Exception:
                 log.debug("could not delete an unreadable L2 entry")
 

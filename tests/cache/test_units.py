@@ -397,3 +397,37 @@ def test_timestamps_in_the_future_are_not_waited_for(tmp_path: Path) -> None:
     started = time.monotonic()
     assert not disk.outlast_timestamps(str(path))
     assert time.monotonic() - started < 1
+
+
+class _ClosedAfterOneLook(disk.DiskStore):
+    """A disk level whose cache the cache actor's crash closes right after it is read."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory, 1 << 20)  # (its assignments go to the setter)
+        self.looks = 0
+
+    @property  # type: ignore[override]
+    def _cache(self) -> object:
+        self.looks += 1
+        return self._real if self.looks == 1 else None
+
+    @_cache.setter
+    def _cache(self, value: object) -> None:
+        self._real = value
+
+
+@pytest.mark.parametrize("call", ["delete", "clear", "stats", "get", "put", "items"])
+def test_the_disk_level_reads_its_cache_once_per_call(tmp_path: Path, call: str) -> None:
+    """It checked that its cache was open, then used it: closed in between (the cache
+    actor crashed), the call failed with a raw AttributeError on None."""
+    store = _ClosedAfterOneLook(str(tmp_path / "l2"))
+    calls = {
+        "delete": lambda: store.delete("SELECT 1", ()),
+        "clear": store.clear,
+        "stats": store.stats,
+        "get": lambda: store.get("SELECT 1", ()),
+        "put": lambda: store.put("SELECT 1", (), {}, [(1,)], 60),
+        "items": store.items,
+    }
+    calls[call]()  # no AttributeError
+    assert store.looks == 1
