@@ -51,7 +51,6 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import (
-    TEXT_TYPES,
     AtlasError,
     CorruptionError,
     DeadlockError,
@@ -61,7 +60,6 @@ from atlas_actors.errors import (
     ValidationError,
     built_type_error,
     not_pairs_error,
-    params_type_error,
     wrap_sqlite_error,
 )
 from atlas_actors.future import (
@@ -188,8 +186,6 @@ class Storage(Runtime):
         self, sql: str, params: Params = None, *, timeout: float | None = None
     ) -> WriteResult:
         """Run a writing statement through the writer; returns once it is acknowledged."""
-        if type(params) in TEXT_TYPES:  # (bound one character per placeholder otherwise)
-            raise self._bad_params(params_type_error(params, sql), "write")
         result: WriteResult = self._write(WriteOp, "write", sql, (sql, params), timeout)
         return result
 

@@ -45,7 +45,7 @@ import apsw
 
 from atlas_actors.connection import raw_connection
 
-__all__ = ["ExternalChanges", "ShmCounter", "database_file", "shm_counter"]
+__all__ = ["ExternalChanges", "ShmCounter", "database_file"]
 
 WRITER_SETTLES = 0.05
 """Seconds a reader waits, at most, for the writer to settle a step that may be its COMMIT."""
@@ -226,15 +226,6 @@ def database_file(database: str, vfs: str | None = None) -> str | None:
         return connection.filename or None
     finally:
         connection.close()
-
-
-def shm_counter(database: str, vfs: str | None = None) -> ShmCounter | None:
-    """A reader of ``database``'s wal-index change counter, or None without a wal-index."""
-    try:
-        counter = ShmCounter(database, vfs)
-    except OSError:
-        return None
-    return counter
 
 
 class ExternalChanges:
