@@ -1053,7 +1053,7 @@ class TrackedConnection:
                 entry[1] = uses + 1
                 raw = cursor.fetchall()
                 if raw and len(raw[0]) != entry[2]:
-                    names.pop(sql, None)  # unknown or stale: learn them (other threads may too)
+                    names.forget(sql)  # unknown or stale: learn them (other threads may too)
                     self._queries -= 1
                     return self.query_fast(sql, params, names)
                 rows: list[Row] = list(map(entry[0], raw)) if raw else []

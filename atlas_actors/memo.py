@@ -11,11 +11,12 @@ each use, which is what the bound is for.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["MAX_MEMO_CHARS", "TextMemo"]
 
 V = TypeVar("V")
+_ABSENT: Any = object()
 
 MAX_MEMO_CHARS = 4 * 1024 * 1024
 """Characters of text one memo holds at most (about 4 MiB of ASCII SQL)."""
@@ -39,7 +40,7 @@ class TextMemo(dict[str, V]):
         self.max_chars = max_chars
         """Characters of the texts held at most."""
         self.chars = 0
-        """Characters of the texts taken so far (not lowered by a ``pop``: conservative)."""
+        """Characters of the texts held (lowered by :meth:`forget` and :meth:`clear`)."""
 
     def has_room(self, text: str) -> bool:
         """Whether :meth:`remember` would take ``text`` now."""
@@ -55,6 +56,15 @@ class TextMemo(dict[str, V]):
         self.chars += len(text)
         self[text] = value
         return True
+
+    def forget(self, text: str) -> None:
+        """Drop what is held for ``text`` (nothing if none) and give back its characters.
+
+        Use this, not ``pop``: a text dropped and learned again (its columns changed)
+        would otherwise count twice, and the memo would fill up with nothing in it.
+        """
+        if self.pop(text, _ABSENT) is not _ABSENT:  # (atomic: threads may forget at once)
+            self.chars -= len(text)
 
     def clear(self) -> None:
         """Forget every text."""

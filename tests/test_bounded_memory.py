@@ -23,7 +23,7 @@ from atlas_actors.cache import manager as manager_module
 from atlas_actors.config import MAX_READERS
 from atlas_actors.errors import ConfigError, OperationTimeout, ValidationError
 from atlas_actors.future import Future
-from atlas_actors.memo import MAX_MEMO_CHARS
+from atlas_actors.memo import MAX_MEMO_CHARS, TextMemo
 from tests.helpers import wait_until
 
 
@@ -191,3 +191,16 @@ def test_a_new_writer_incarnation_starts_with_nothing_held(
         assert wait_until(lambda: db.supervisor.status().restarts > restarts)
         db.write("INSERT INTO t VALUES (1)", timeout=5)  # room: nothing is held now
         assert db.query("SELECT count(*) AS n FROM t")[0].n == 1
+
+
+def test_a_text_forgotten_and_learned_again_counts_once() -> None:
+    """The pool forgets a text whose columns changed and learns it again at its next read:
+    counted twice, a memo filled up with nothing in it and took no new text again."""
+    memo: TextMemo[int] = TextMemo(max_entries=10, max_chars=100)
+    text = "x" * 60
+    for _ in range(5):
+        assert memo.remember(text, 1)
+        memo.forget(text)
+    memo.forget(text)  # not held: nothing happens
+    assert memo.chars == 0
+    assert memo.remember("y" * 100, 2)

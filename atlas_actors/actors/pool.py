@@ -1046,7 +1046,7 @@ class ReaderPool:
                         rows = list(map(entry[0], raw))
                     if stale:
                         connection._queries -= 1
-                        pool._names.pop(sql, None)
+                        pool._names.forget(sql)
                     else:
                         entry[1] = uses + 1
                         if timed:
