@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -302,8 +303,39 @@ def set_max_page_count(connection: apsw.Connection, pages: int) -> None:
     connection.pragma("max_page_count", pages)
 
 
+_URI_MODES = ("ro", "rw", "rwc")
+"""A ``file:`` URI's ``mode`` values, narrowest first (``memory`` is refused at open)."""
+
+
+def uri_within_flags(path: str, flags: int) -> str:
+    """``path`` with a ``file:`` URI's ``mode`` narrowed to what ``flags`` open.
+
+    SQLite refuses an open whose URI asks for more than its flags ("access mode not
+    allowed", https://sqlite.org/uri.html#urimode): given ``mode=rwc``, the storage's
+    readers (opened read-only) and its wal-index watcher (read-write, not creating)
+    could not open at all. The URI's other parameters are kept as they are.
+    """
+    if path[:5].lower() != "file:" or "?" not in path:
+        return path
+    widest = 0 if flags & apsw.SQLITE_OPEN_READONLY else 2 if flags & apsw.SQLITE_OPEN_CREATE else 1
+    head, _, rest = path.partition("?")
+    query, hash_mark, fragment = rest.partition("#")
+    parameters = query.split("&")
+    for index, parameter in enumerate(parameters):
+        name, _, value = parameter.partition("=")
+        if urllib.parse.unquote(name) == "mode":
+            mode = urllib.parse.unquote(value)
+            if mode in _URI_MODES and _URI_MODES.index(mode) > widest:
+                parameters[index] = f"{name}={_URI_MODES[widest]}"
+    return f"{head}?{'&'.join(parameters)}{hash_mark}{fragment}"
+
+
 def raw_connection(path: str, flags: int, vfs: str | None = None) -> apsw.Connection:
-    """An apsw connection to ``path`` with ``flags``, through ``vfs`` if one is named."""
+    """An apsw connection to ``path`` with ``flags``, through ``vfs`` if one is named.
+
+    A ``file:`` URI's ``mode`` is narrowed to the flags (:func:`uri_within_flags`).
+    """
+    path = uri_within_flags(path, flags)
     if vfs:
         return apsw.Connection(path, flags=flags, vfs=vfs)
     return apsw.Connection(path, flags=flags)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 
+from atlas_actors.connection import raw_connection
 from atlas_actors.errors import (
     AtlasError,
     CorruptionError,
@@ -292,11 +293,7 @@ class ErrorHandler:
         storage = self._storage
         try:
             flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
-            connection = (
-                apsw.Connection(storage.path, flags=flags, vfs=storage.vfs)
-                if storage.vfs
-                else apsw.Connection(storage.path, flags=flags)
-            )
+            connection = raw_connection(storage.path, flags, storage.vfs)
             try:
                 connection.set_busy_timeout(int(storage.config.busy_timeout * 1000))
                 rows = [str(row[0]) for row in connection.execute(f"PRAGMA {pragma}")]

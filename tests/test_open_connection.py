@@ -9,7 +9,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from atlas_actors.connection import open_connection
+from atlas_actors.connection import open_connection, uri_within_flags
 from atlas_actors.errors import AtlasError
 from atlas_actors.faults import FaultyVFS
 
@@ -51,3 +51,23 @@ def test_a_connection_that_fails_its_setup_is_closed_not_left_to_the_collector(
     vfs.fail_reads = None
     open_connection(str(path), writer=writer, vfs=vfs.name).close()
     held.close()
+
+
+READ_ONLY = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+READ_WRITE = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
+
+
+@pytest.mark.parametrize(
+    ("path", "flags", "expected"),
+    [
+        ("file:a.db?mode=rwc", READ_ONLY, "file:a.db?mode=ro"),
+        ("file:a.db?mode=rw&cache=private#x", READ_ONLY, "file:a.db?mode=ro&cache=private#x"),
+        ("file:a.db?mod%65=rwc", READ_WRITE, "file:a.db?mod%65=rw"),  # decoded, as SQLite does
+        ("file:a.db?mode=rw", READ_WRITE, "file:a.db?mode=rw"),  # narrow enough: as given
+        ("file:a.db?mode=ro", READ_WRITE | apsw.SQLITE_OPEN_CREATE, "file:a.db?mode=ro"),
+        ("file:a.db?MODE=rwc", READ_ONLY, "file:a.db?MODE=rwc"),  # no mode: names match exactly
+        ("a.db?mode=rwc", READ_ONLY, "a.db?mode=rwc"),  # a file name, not a URI
+    ],
+)
+def test_a_uris_mode_is_narrowed_to_the_opens_flags(path: str, flags: int, expected: str) -> None:
+    assert uri_within_flags(path, flags) == expected

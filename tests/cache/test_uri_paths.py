@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+import apsw
 import pytest
 
 import atlas_actors as atlas
@@ -63,10 +64,23 @@ def _uri_encoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, 
     return f"file://localhost{urllib.parse.quote(str(path))}?cache=private&psow=1", path
 
 
+def _uri_mode_rwc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    # Wider than the readers' read-only open: SQLite refuses that ("access mode not
+    # allowed") unless each connection's open narrows it.
+    path = tmp_path / "t.db"
+    return f"file:{path}?mode=rwc&cache=private", path
+
+
+def _uri_mode_rw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    path = tmp_path / "t.db"
+    apsw.Connection(str(path)).close()  # mode=rw opens an existing file only
+    return f"file:{path}?MODE=x&mode=rw", path  # (names are case-sensitive: MODE is no mode)
+
+
 URIS = pytest.mark.parametrize(
     "make_uri",
-    [_uri_absolute, _uri_relative, _uri_encoded],
-    ids=["absolute", "relative", "encoded"],
+    [_uri_absolute, _uri_relative, _uri_encoded, _uri_mode_rwc, _uri_mode_rw],
+    ids=["absolute", "relative", "encoded", "mode=rwc", "mode=rw"],
 )
 
 MakeUri = Callable[[Path, pytest.MonkeyPatch], tuple[str, Path]]
