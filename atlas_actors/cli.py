@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any, TypeVar, get_args
@@ -327,7 +328,7 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
         return _could_not_check(path, "it is a directory; pass the database file in it")
     pragma = "integrity_check" if full else "quick_check"
     try:
-        connection = apsw.Connection(path, flags=_check_open_flags(path))
+        connection = apsw.Connection(*_check_open_arguments(path))
         try:
             connection.execute("PRAGMA query_only = 1")  # reads only, however it opened
             connection.set_busy_timeout(int(timeout * 1000))
@@ -350,7 +351,7 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
         )
     except apsw.Error as error:
         return _could_not_check(path, str(wrap_sqlite_error(error, pragma)))
-    wal = path + "-wal"
+    wal = os.path.realpath(path) + "-wal"  # (through a link, SQLite's is the target's)
     wal_bytes = os.path.getsize(wal) if os.path.exists(wal) else 0
     print(f"{path}: journal_mode={mode} size={pages * page_size} bytes wal={wal_bytes} bytes")
     if problems == ["ok"]:
@@ -365,8 +366,8 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def _check_open_flags(path: str) -> int:
-    """How ``check`` opens ``path``, so that it leaves the directory as it found it.
+def _check_open_arguments(path: str) -> tuple[str, int]:
+    """The name and flags ``check`` opens ``path`` with, to leave the directory as it was.
 
     Reading a WAL database creates its -wal and -shm files. SQLite removes them when
     the last connection closes: that connection takes the EXCLUSIVE lock (so no other
@@ -375,12 +376,20 @@ def _check_open_flags(path: str) -> int:
     files exists (nothing for another connection to be using, nothing to recover),
     ``check`` opens read-write (with query_only set, so it writes nothing) to leave the
     cleanup to SQLite. Otherwise, it opens read-only and leaves the files as they are.
-    On a file it may not write, SQLite opens read-only anyway: the files it makes stay.
+
+    A file this user may not write opens read-only whatever the flags, and the -wal and
+    -shm files made would stay, owned by this user: the owner's next open could then
+    not write them and would be read-only. With no side file (the last writer closed
+    cleanly, so the file holds every commit), such a file is read as ``immutable``: no
+    locks, no side files.
     """
     names = {path, os.path.realpath(path)}  # (through a link, SQLite's are the target's)
     if any(os.path.lexists(name + suffix) for name in names for suffix in _SIDE_FILES):
-        return apsw.SQLITE_OPEN_READONLY
-    return apsw.SQLITE_OPEN_READWRITE  # (not CREATE: never makes a database)
+        return path, apsw.SQLITE_OPEN_READONLY
+    if os.access(path, os.W_OK):
+        return path, apsw.SQLITE_OPEN_READWRITE  # (not CREATE: never makes a database)
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?immutable=1"
+    return uri, apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
 
 
 def _could_not_check(path: str, reason: str) -> int:
