@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.actors.base import Envelope
+from atlas_actors.actors.writer_ops import LeaseExpired
 from atlas_actors.errors import TransientError
 from tests.helpers import wait_until
 
@@ -172,3 +174,23 @@ def test_a_write_waiting_out_another_process_lets_a_close_or_a_crash_through(
         holder.wait(10)
     with atlas.open(db_path, cache=False) as again:
         assert again.query("SELECT x FROM t WHERE x > 0") == []  # neither was applied
+
+
+def test_a_notice_in_front_of_the_writers_mailbox_does_not_end_its_wait_for_the_lock(
+    db_path: Path,
+) -> None:
+    """A stop or a crash ends the writer's wait for another process's lock; a notice
+    (a lease expired, a full disk found) is no reason to give a write up as busy."""
+    db = atlas.open(db_path, busy_timeout=0.2, cache=False)
+    try:
+        db.execute("CREATE TABLE t(x)")
+        holder = _hold_write_lock(db_path, 1.0)
+        waiting = db.writer.execute("INSERT INTO t VALUES (1)", timeout=20)
+        time.sleep(0.4)  # the writer waits for the lock
+        # A notice as the runtime sends one: in front of everything (no such lease).
+        db._writer_mailbox.replay_control(Envelope(LeaseExpired(tx_id=-1)))
+        assert waiting.get(10).rowcount == 1  # waited the lock out
+        holder.wait(10)
+        assert sorted(r.x for r in db.query("SELECT x FROM t")) == [-1, 1]
+    finally:
+        db.close()

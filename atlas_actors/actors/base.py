@@ -51,7 +51,16 @@ from atlas_actors.errors import (
 )
 from atlas_actors.future import Future
 
-__all__ = ["Crash", "Escaped", "InjectedCrash", "Mailbox", "Op", "RoleActor", "Unrecoverable"]
+__all__ = [
+    "Crash",
+    "Escaped",
+    "InjectedCrash",
+    "Mailbox",
+    "Notice",
+    "Op",
+    "RoleActor",
+    "Unrecoverable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,15 @@ class Escaped(Exception):
     def __init__(self, original: BaseException) -> None:
         super().__init__(f"{type(original).__name__} raised inside an actor: {original!r}")
         self.original = original
+
+
+class Notice:
+    """A control message that tells the actor something, not to stop or crash.
+
+    A wait that ends early for a stop or a crash goes on past a notice.
+    """
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +295,11 @@ class Mailbox:
                 self._senders_waiting -= 1
 
     def control_waiting(self) -> bool:
-        """Whether a control message (not an op) waits in front: a stop, a crash, ..."""
-        return any(not isinstance(letter, Op) for letter in list(self._front))
+        """Whether a stop or a crash (a control message, no :class:`Notice`) waits."""
+        return any(
+            not isinstance(letter, Op) and not isinstance(letter.message, Notice)
+            for letter in list(self._front)
+        )
 
     def release_held(self) -> None:
         """The actor holds nothing back any more: senders waiting for room may go on."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.actors.base import Escaped, Op, _op_ids
+from atlas_actors.actors.base import Escaped, Notice, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
 from atlas_actors.errors import TEXT_TYPES, DiskFullError, params_type_error
 from atlas_actors.future import Future, sql_text, sql_type_error
@@ -385,7 +385,7 @@ class CheckpointOp(Op):
 
 
 @dataclass(frozen=True, slots=True)
-class DiskFullFound:
+class DiskFullFound(Notice):
     """A transaction's statement found the disk full (sent in front of the mailbox).
 
     The writer refuses plain writes from now on, as when one of them finds it.
@@ -395,7 +395,7 @@ class DiskFullFound:
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseExpired:
+class LeaseExpired(Notice):
     """The lease of ``tx_id`` ran past its timeout (sent by a timer)."""
 
     tx_id: int
