@@ -7,6 +7,7 @@ while, optionally injecting actor crashes, and returns a :class:`WorkloadReport`
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -114,7 +115,10 @@ class LatencySummary:
         ordered = sorted(seconds)
 
         def pick(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+            # Nearest rank: the smallest value with at least q of them at or below it
+            # (round(): 0.29 * 100 is 28.999999999999996 in floating point).
+            rank = math.ceil(round(q * len(ordered), 9))
+            return ordered[min(len(ordered), max(rank, 1)) - 1] * 1000
 
         return cls(len(ordered), pick(0.50), pick(0.95), pick(0.99), ordered[-1] * 1000)
 

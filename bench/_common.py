@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -59,8 +60,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The ``q``-quantile (0..1) of already sorted values, nearest-rank; NaN if empty."""
     if not sorted_values:
         return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, int(q * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
+    # The smallest value with at least q of them at or below it (round(): 0.29 * 100
+    # is 28.999999999999996 in floating point).
+    rank = math.ceil(round(q * len(sorted_values), 9))
+    return sorted_values[min(len(sorted_values), max(rank, 1)) - 1]
 
 
 def median(values: Sequence[float]) -> float:

@@ -8,11 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import apsw
+import pytest
 
 import atlas_actors as atlas
 from atlas_actors.workload import (
     COLUMNS,
     SCHEMA,
+    LatencySummary,
     _inject_crash,
     run_workload,
     schema_conflicts,
@@ -77,3 +79,13 @@ def test_chaos_crashes_the_writer_and_each_reader_in_turn(tmp_path: Path) -> Non
             assert wait_until(restarted)
             crashed += restarted()
         assert crashed == ["writer", "reader-0", "writer", "reader-1"]
+
+
+def test_latency_percentiles_are_nearest_rank() -> None:
+    """The q-th percentile is the smallest value with at least q of them at or below it:
+    of 1..100 ms, p99 is 99 ms (it was the maximum, one rank up), of [1, 100] p50 is 1."""
+    summary = LatencySummary.of([ms / 1000 for ms in range(100, 0, -1)])
+    picked = (summary.p50, summary.p95, summary.p99, summary.max)
+    assert picked == pytest.approx((50.0, 95.0, 99.0, 100.0))
+    assert LatencySummary.of([0.1, 0.001]).p50 == pytest.approx(1.0)
+    assert LatencySummary.of([0.007]).p99 == pytest.approx(7.0)
