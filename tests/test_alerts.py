@@ -120,6 +120,23 @@ def test_a_rule_whose_metric_is_not_a_number_fails_alone_and_keeps_its_state() -
     assert [t.rule.name for t in evaluation.transitions] == ["r"]
 
 
+def test_a_nan_reading_keeps_a_value_rules_state_and_is_skipped_by_a_rate() -> None:
+    """A NaN gauge resolved a firing alert and fired it again at the next sample (two
+    logged transitions, two events), and one NaN in a counter's window hid its growth
+    until the NaN left the window."""
+    gauge = rule(name="gauge", metrics=("g",), threshold=1)
+    rate = rule(name="rate", metrics=("c",), condition="rate", window=10, threshold=1)
+    evaluator = AlertEvaluator([gauge, rate], start=0.0)
+    assert states(evaluator, 1, {"g": 5, "c": 0}) == ["firing"]
+    evaluation = evaluator.evaluate(2, {"g": math.nan, "c": math.nan})
+    assert evaluation.transitions == ()
+    assert [f.rule.name for f in evaluation.failures] == ["gauge"]
+    assert isinstance(evaluation.failures[0].error, ValueError)
+    assert states(evaluator, 3, {"g": 5, "c": 300}) == ["firing"]  # the rate: 300 in 3 s
+    assert [a.rule.name for a in evaluator.alerts()] == ["gauge", "rate"]
+    assert rate.compute([(0, {"c": math.inf}), (10, {"c": 20})]) == 0.0  # no baseline
+
+
 def test_history_is_bounded_by_the_longest_window() -> None:
     evaluator = AlertEvaluator([rule(condition="rate", window=10)], start=0)
     for second in range(1, 1000):

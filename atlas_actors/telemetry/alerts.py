@@ -181,10 +181,23 @@ def _finite(value: object) -> bool:
 
 
 def _number(value: object) -> float:
-    """A snapshot value as a float; a gauge that returned something else is a bug."""
+    """A snapshot value as a float; a gauge that returned something else is a bug.
+
+    A NaN or an infinity is no reading (``ValueError``): the rule keeps its state
+    rather than resolving at once and firing again at the next sample.
+    """
+    number = _reading(value)
+    if number is None:
+        raise ValueError(f"metric value {value!r} is not a finite number: no reading")
+    return number
+
+
+def _reading(value: object) -> float | None:
+    """A snapshot value as a float, or None for a NaN or an infinity (no reading)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"metric value {value!r} is not a number")
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _window(
@@ -201,13 +214,20 @@ def _window(
 
 
 def _increase(span: Sequence[tuple[float, Snapshot]], names: Iterable[str]) -> float:
-    """Growth of the summed counters over ``span``; a drop counts as a restart from 0."""
+    """Growth of the summed counters over ``span``; a drop counts as a restart from 0.
+
+    A sample that is no reading (NaN) is skipped: one bad sample must not hide the
+    growth of the whole window.
+    """
     total = 0.0
     for name in names:
-        previous = _number(span[0][1].get(name, 0))
-        for _, sample in span[1:]:
-            current = _number(sample.get(name, 0))
-            total += current - previous if current >= previous else current
+        previous: float | None = None
+        for _, sample in span:
+            current = _reading(sample.get(name, 0))
+            if current is None:
+                continue
+            if previous is not None:
+                total += current - previous if current >= previous else current
             previous = current
     return total
 
