@@ -132,6 +132,39 @@ def test_a_transaction_that_writes_nothing_does_not_end_disk_full(open_storage: 
     assert db.health().status == "degraded"
 
 
+def test_the_batch_that_finds_the_disk_full_does_not_end_the_mode_by_committing_the_rest(
+    open_storage: object,
+) -> None:
+    """A statement that hits SQLITE_FULL fails alone; the batch commits its other
+    writes, which fit. That commit wrote frames, and was taken for a probe that found
+    space: the mode ended at once ("recovered", health ok) with the disk still full."""
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=40, disk_full_probe_interval=30
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    events: list[str] = []
+    db.events.on("degraded", lambda e: events.append("degraded"))
+    db.events.on("recovered", lambda e: events.append("recovered"))
+    big = (
+        "INSERT INTO blobs(data) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+        "FROM s WHERE i < 100) SELECT zeroblob(3000) FROM s"
+    )
+    gate = threading.Event()
+    held = db.writer.run(lambda connection: gate.wait(2))  # the next two share a batch
+    small = db.writer.execute("INSERT INTO blobs(id, data) VALUES (-1, zeroblob(100))")
+    too_big = db.writer.execute(big)
+    gate.set()
+    held.get(5)
+    assert small.get(5).rowcount == 1
+    with pytest.raises(errors.DiskFullError):
+        too_big.get(5)
+    assert wait_until(lambda: events == ["degraded"])
+    time.sleep(0.1)
+    assert events == ["degraded"] and db.disk_full and db.health().status == "degraded"
+    with pytest.raises(errors.DiskFullError, match="writes are refused"):
+        db.write(big)  # refused, not tried on the full disk again
+
+
 def test_a_writer_restarted_while_the_disk_is_full_carries_on_and_recovers(
     open_storage: object,
 ) -> None:

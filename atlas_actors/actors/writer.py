@@ -260,6 +260,8 @@ class WriterActor(RoleActor):
         self._rows_hooked = False
         """Whether the pre-update hook is installed on the connection now."""
         self._disk_full: DiskFullError | None = None
+        self._disk_full_since = 0.0
+        """When this incarnation found the disk full (a batch begun later may end it)."""
         self._next_probe = 0.0
         self._refused_while_full = 0
         """Writes refused since the disk was found full (told when space returns)."""
@@ -1042,8 +1044,14 @@ class WriterActor(RoleActor):
         if batch:
             counters.commit_seq += 1
             self.hooks.version((counters.commit_seq, self._data_version))
-            if self._disk_full is not None and self._wrote_frames:
-                self._leave_disk_full()  # (a commit that wrote nothing proves nothing)
+            if (
+                self._disk_full is not None
+                and self._wrote_frames  # (a commit that wrote nothing proves nothing)
+                and self._batch_started > self._disk_full_since
+            ):
+                # (the batch that found the disk full commits its other writes: they fit,
+                # the failed one did not; only a later batch, its probe, proves space)
+                self._leave_disk_full()
         counters.batches += 1
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
@@ -1300,8 +1308,9 @@ class WriterActor(RoleActor):
 
     def _enter_disk_full(self, error: DiskFullError) -> None:
         self._disk_full = error
+        self._disk_full_since = now = time.monotonic()
         self._refused_while_full = 0
-        self._next_probe = time.monotonic() + self.config.disk_full_probe_interval
+        self._next_probe = now + self.config.disk_full_probe_interval
         log.error("disk full: writes refused until space returns (%s)", error)
         self.events.emit("degraded", "writer", reason="disk_full", error=str(error))
 
