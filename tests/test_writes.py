@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.errors import ConstraintError
+from atlas_actors.errors import ConstraintError, DiskFullError
 
 
 def test_write_returns_rowcount_and_the_inserted_rowid(db: atlas.Storage) -> None:
@@ -106,6 +107,53 @@ def test_run_in_writer_runs_a_function_as_one_unit(db: atlas.Storage) -> None:
     with pytest.raises(RuntimeError, match="changed my mind"):
         db.run_in_writer(half_done)
     assert db.query("SELECT title FROM tasks") == [("x",)]
+
+
+def test_a_run_in_writer_functions_errors_are_typed_logged_and_counted(
+    db: atlas.Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's errors raised in the function reached the caller as raw apsw errors, and
+    no error of the function was logged or counted."""
+
+    def duplicate(connection: apsw.Connection) -> None:
+        connection.execute("INSERT INTO tasks(id, title) VALUES (1, 'a'), (1, 'b')")
+
+    def buggy(connection: apsw.Connection) -> None:
+        raise ValueError("a bug in the function")
+
+    before = db.metrics.get("errors")
+    with caplog.at_level(logging.INFO, logger="atlas_actors"):
+        with pytest.raises(ConstraintError) as caught:
+            db.run_in_writer(duplicate)
+        assert isinstance(caught.value.__cause__, apsw.ConstraintError)
+        assert caught.value.result_code == apsw.SQLITE_CONSTRAINT
+        with pytest.raises(ValueError, match="a bug in the function"):  # its own, as raised
+            db.writer.run(buggy).get(5)
+    assert db.metrics.get("errors") == before + 2
+    assert db.metrics.get("errors.constraint") >= 1
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("atlas_actors")]
+    assert sum("UNIQUE constraint failed" in m for m in logged) == 1
+    assert sum("a bug in the function" in m for m in logged) == 1
+    assert db.query("SELECT count(*) FROM tasks") == [(0,)]
+
+
+def test_a_run_in_writer_function_finding_the_disk_full_degrades_the_storage(
+    open_storage: object,
+) -> None:
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        max_page_count=60, disk_full_probe_interval=30
+    )
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+
+    def fill(connection: apsw.Connection) -> None:
+        for i in range(1000):
+            connection.execute("INSERT INTO blobs VALUES (?, zeroblob(2000))", [i])
+
+    with pytest.raises(DiskFullError):
+        db.run_in_writer(fill)
+    assert db.disk_full and db.health().status == "degraded"
+    with pytest.raises(DiskFullError, match="writes are refused"):
+        db.write("INSERT INTO blobs VALUES (-1, zeroblob(2000))")
 
 
 def test_the_future_api_resolves_once_the_write_is_acknowledged(db: atlas.Storage) -> None:

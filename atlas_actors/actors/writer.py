@@ -966,8 +966,16 @@ class WriterActor(RoleActor):
 
     def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
         """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
-        # A function run in the writer keeps its own exception; SQLite's are typed.
-        wrapped = error if op.sql is None else wrap_sqlite_error(error, op.sql)
+        # A function run in the writer keeps its own exception; SQLite's are typed (the
+        # original as the cause), as every other call's: a full disk found by a function
+        # degrades the storage as a write's does.
+        if op.sql is not None:
+            wrapped = wrap_sqlite_error(error, op.sql)
+        elif isinstance(error, apsw.Error):
+            wrapped = wrap_sqlite_error(error)
+            wrapped.__cause__ = error
+        else:
+            wrapped = error
         Tracing.record_error(span, wrapped)
         if self.connection is not None and self.connection.connection.in_transaction:
             cursor.execute("ROLLBACK TO op; RELEASE op")
@@ -996,8 +1004,8 @@ class WriterActor(RoleActor):
             self._enter_disk_full(error)
         elif isinstance(error, CorruptionError):
             self.hooks.corruption(error)
-        if isinstance(error, AtlasError) or sql is not None:
-            self.hooks.error(error, sql)
+        if not isinstance(error, Escaped):  # (SystemExit...: no error of the storage's)
+            self.hooks.error(error, sql)  # (a function's own exception too: logged, counted)
         op.fail(error)
 
     def _commit(self) -> None:
