@@ -125,7 +125,7 @@ class Storage(Runtime):
         meter_provider: otel_metrics.MeterProvider | None = None,
         vfs: str | None = None,
     ) -> None:
-        path = os.fspath(path)
+        path = _absolute(os.fspath(path), vfs)
         _check_database_path(path, vfs=vfs)
         read_only: ReadOnlyError | None = None
         found = _read_only_files(path, vfs=vfs)
@@ -620,6 +620,23 @@ def _check_database_path(path: str, *, vfs: str | None = None) -> None:
         f"{', '.join(missing)}); make the directory writable for this user, or move "
         f"the database to a writable directory{ship}"
     )
+
+
+def _absolute(path: str, vfs: str | None) -> str:
+    """``path`` made absolute: the storage keeps its file wherever the process goes.
+
+    Every restarted actor opens its connection again, after any ``os.chdir``. A
+    relative ``file:`` URI is made absolute too; a path given with a ``vfs`` (which may
+    not name a file at all), ``:memory:`` and "" are left as they are.
+    """
+    if vfs is not None or not path.strip() or path.lower() == ":memory:":
+        return path
+    if path[:5].lower() != "file:":
+        return os.path.abspath(path)
+    rest = path[5:]
+    if rest.startswith("/") or rest.lower().startswith(":memory:"):
+        return path  # absolute (file:/a, file:///a, file://host/a), or in memory
+    return f"{path[:5]}{urllib.parse.quote(os.getcwd())}/{rest}"
 
 
 def _in_wal_mode(path: str) -> bool:

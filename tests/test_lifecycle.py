@@ -13,6 +13,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.errors import AtlasError, StorageClosedError, StorageUnavailable, ValidationError
 from atlas_actors.handles import SupervisorHandle
+from tests.helpers import wait_until
 
 
 def test_close_is_idempotent_and_later_calls_raise_storage_closed(db_path: Path) -> None:
@@ -203,3 +204,28 @@ def test_a_close_while_another_thread_closes_returns_once_the_storage_is_closed(
         reader.close()
     assert sum(future.get(0).rowcount for future in futures) == 40 * 2000
     first.join(10)
+
+
+@pytest.mark.parametrize("spelling", ["rel.db", "file:rel.db?cache=private"])
+def test_a_relative_path_keeps_its_file_when_the_working_directory_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """Every restarted actor opens its connection again: with the path kept as given, a
+    writer restarted after a chdir created an empty file in the new directory and wrote
+    there ("no such table"), splitting the database in two."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    with atlas.open(spelling, readers=2) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.write("INSERT INTO t VALUES (1)")
+        monkeypatch.chdir(second)
+        restarts = db.supervisor.status().restarts
+        for role in ("writer", "reader-0", "reader-1"):
+            db.supervisor.kill(role)
+        assert wait_until(lambda: db.supervisor.status().restarts >= restarts + 3)
+        db.write("INSERT INTO t VALUES (2)")
+        assert db.query("SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+        assert str(first) in db.path
+    assert not (second / "rel.db").exists()
