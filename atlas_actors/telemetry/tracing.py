@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 _INSTRUMENTATION = "atlas_actors"
+_DEFAULT_MAX_LINKS = 128
+"""The SDK's default links per span (``OTEL_SPAN_LINK_COUNT_LIMIT``); beyond, dropped."""
 _MAX_QUERY_TEXT = 2048
 _LITERAL_KINDS = frozenset({"string", "number", "blob"})
 _MAYBE_LITERAL = re.compile(r"['0-9]")  # every string, blob and number has one of these
@@ -171,6 +173,19 @@ def _verb_from_tokens(sql: str) -> str:
     return verb or "UNKNOWN"
 
 
+def _link_limit(tracer: trace.Tracer | None) -> int | None:
+    """How many links a span of ``tracer`` keeps (None: unlimited).
+
+    The SDK's tracer holds its provider's ``SpanLimits`` (its own attribute: the API
+    has no way to ask); any other tracer is assumed to keep the SDK's default.
+    """
+    limits = getattr(tracer, "_span_limits", None)
+    if limits is None:
+        return _DEFAULT_MAX_LINKS
+    limit = getattr(limits, "max_links", _DEFAULT_MAX_LINKS)
+    return limit if limit is None or isinstance(limit, int) else _DEFAULT_MAX_LINKS
+
+
 class Tracing:
     """Makes the library's spans when a tracer provider was given; otherwise does nothing."""
 
@@ -181,6 +196,8 @@ class Tracing:
             provider.get_tracer(_INSTRUMENTATION) if provider is not None else None
         )
         self._base = {"db.system.name": "sqlite", "db.namespace": db_path}
+        self._max_links = _link_limit(self._tracer)
+        """Links a span keeps (None: no limit); a batch's further links go on child spans."""
 
     def _attributes(self, sql: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
         attributes: dict[str, Any] = dict(self._base)
@@ -258,17 +275,56 @@ class Tracing:
     def batch_span(
         self, name: str, members: Sequence[Span | None], **extra: Any
     ) -> AbstractContextManager[Span | None]:
-        """An INTERNAL span for work done for many messages (a group commit), linked to each."""
-        if self._tracer is None:
+        """An INTERNAL span for work done for many messages (a group commit), linked to each.
+
+        A span keeps at most the tracer's link limit (the SDK's default is 128, while a
+        batch holds up to ``max_batch_size`` writes): the batch span takes the first
+        links up to it, and each further run of up to that many goes on a child span
+        ``atlas.batch.links`` (``atlas.batch.links.offset``: the position of its first
+        link in the batch), so every member stays reachable from the batch's trace.
+        """
+        tracer = self._tracer
+        if tracer is None:
             return nullcontext()
         links = [Link(span.get_span_context()) for span in members if span is not None]
-        return self._tracer.start_as_current_span(
+        limit = self._max_links
+        if limit is not None and len(links) > limit > 0:
+            return self._batch_span_with_link_spans(tracer, name, links, limit, extra)
+        return tracer.start_as_current_span(
             name,
             kind=SpanKind.INTERNAL,
             links=links,
             attributes=self._attributes(None, extra),
             context=Context(),  # a commit belongs to no single caller's trace: a new root
         )
+
+    @contextmanager
+    def _batch_span_with_link_spans(
+        self,
+        tracer: trace.Tracer,
+        name: str,
+        links: list[Link],
+        limit: int,
+        extra: dict[str, Any],
+    ) -> Iterator[Span | None]:
+        """:meth:`batch_span` for more links than a span keeps (see there)."""
+        with tracer.start_as_current_span(
+            name,
+            kind=SpanKind.INTERNAL,
+            links=links[:limit],
+            attributes=self._attributes(None, extra),
+            context=Context(),
+        ) as span:
+            parent = trace.set_span_in_context(span)
+            for offset in range(limit, len(links), limit):
+                tracer.start_span(
+                    "atlas.batch.links",
+                    context=parent,
+                    kind=SpanKind.INTERNAL,
+                    links=links[offset : offset + limit],
+                    attributes={**self._base, "atlas.batch.links.offset": offset},
+                ).end()
+            yield span
 
     @staticmethod
     def span_in(parent: Context | None) -> Span | None:
