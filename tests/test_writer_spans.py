@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, StatusCode
 import atlas_actors as atlas
 from atlas_actors.errors import AtlasError, OperationTimeout
 from atlas_actors.faults import FaultyVFS
+from atlas_actors.transaction.isolation import IsolationLevel
 from tests.helpers import gate_writer, wait_until
 
 
@@ -280,3 +281,87 @@ def _refuse_a_hand_over(traced: atlas.Storage, exporter: InMemorySpanExporter) -
     assert leases[0].attributes is not None
     assert leases[0].attributes.get("atlas.lease.handed_over") is True
     assert traced.query("SELECT x FROM t") == [(1,)]
+
+
+def _ended_before_its_transaction(finished: tuple[ReadableSpan, ...]) -> list[str]:
+    """What is wrong with each transaction's span ending (empty: nothing).
+
+    Every ``atlas.tx.*`` span must end before its ``atlas.transaction`` parent: the
+    exporter gets the spans as they end, so a child after its parent ended after it.
+    """
+    ended_at = {s.context.span_id: i for i, s in enumerate(finished) if s.context}
+    wrong = []
+    for i, span in enumerate(finished):
+        if span.name.startswith("atlas.tx.") and span.parent is not None:
+            parent = ended_at.get(span.parent.span_id)
+            if parent is None or parent < i:
+                wrong.append(f"{span.name} ends after its atlas.transaction")
+    return wrong
+
+
+@pytest.mark.parametrize(
+    "isolation", ["serializable", "repeatable_read", "read_committed", "read_uncommitted"]
+)
+def test_a_transactions_span_ends_after_its_commit_and_rollback_spans(
+    tmp_path: Path,
+    spans: tuple[TracerProvider, InMemorySpanExporter, _Unended],
+    isolation: IsolationLevel,
+) -> None:
+    provider, exporter, unended = spans
+    with atlas.open(tmp_path / "end.db", tracer_provider=provider) as db:
+        db.execute("CREATE TABLE t(x INTEGER UNIQUE)")
+        exporter.clear()
+        with db.transaction(isolation=isolation) as tx:  # a read only
+            tx.query("SELECT count(*) AS n FROM t")
+        with db.transaction(isolation=isolation) as tx:  # a write
+            tx.execute("INSERT INTO t VALUES (?)", [1])
+        with pytest.raises(KeyError), db.transaction(isolation=isolation) as tx:
+            tx.query("SELECT count(*) AS n FROM t")
+            raise KeyError("leaves the block: rolled back")
+        with pytest.raises(KeyError), db.transaction(isolation=isolation) as tx:
+            tx.execute("INSERT INTO t VALUES (?)", [2])
+            raise KeyError("leaves the block: rolled back")
+        explicit = db.transactions.begin(isolation=isolation)
+        explicit.query("SELECT count(*) AS n FROM t")
+        explicit.rollback()
+        explicit = db.transactions.begin(isolation=isolation)
+        explicit.query("SELECT count(*) AS n FROM t")
+        explicit.commit()
+    finished = exporter.get_finished_spans()
+    states = [
+        s.attributes["atlas.transaction.state"]
+        for s in finished
+        if s.name == "atlas.transaction" and s.attributes
+    ]
+    blocks = ["committed", "committed", "rolled_back", "rolled_back"]
+    assert states == [*blocks, "rolled_back", "committed"]  # (then the explicit two)
+    ends = [s.name for s in finished if s.name in ("atlas.tx.commit", "atlas.tx.rollback")]
+    assert len(ends) == 6
+    assert _ended_before_its_transaction(finished) == []
+    assert [s.name for s in unended.open.values()] == []
+
+
+def test_a_transactions_span_ends_after_a_failed_commits_span(
+    tmp_path: Path, spans: tuple[TracerProvider, InMemorySpanExporter, _Unended]
+) -> None:
+    provider, exporter, unended = spans
+    vfs = FaultyVFS()
+    with atlas.open(
+        tmp_path / "fail.db", tracer_provider=provider, vfs=vfs.name, synchronous="FULL"
+    ) as db:
+        db.execute("CREATE TABLE t(x)")
+        exporter.clear()
+        vfs.fail_syncs = apsw.IOError
+        try:
+            with pytest.raises(AtlasError), db.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (1)")  # its group's COMMIT fails
+        finally:
+            vfs.fail_syncs = None
+    finished = exporter.get_finished_spans()
+    (transaction,) = [s for s in finished if s.name == "atlas.transaction"]
+    assert transaction.attributes is not None
+    assert transaction.attributes["atlas.transaction.state"] == "failed"
+    (commit,) = [s for s in finished if s.name == "atlas.tx.commit"]
+    assert commit.status.status_code is StatusCode.ERROR
+    assert _ended_before_its_transaction(finished) == []
+    assert [s.name for s in unended.open.values()] == []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.rows import Row
@@ -32,6 +33,13 @@ T = TypeVar("T")
 
 class TracedTransaction(Transaction):
     """A :class:`Transaction` whose calls make spans (see the module docstring)."""
+
+    _span: Span | None = None
+    """The transaction's span until it ends (taken with ``__dict__.pop``: ended once)."""
+    _calls = 0
+    """Calls in progress (:meth:`_traced`): an end reached inside one ends the
+    transaction's span only once the call's own span has ended (a parent outlives
+    its children)."""
 
     def __init__(
         self,
@@ -51,13 +59,21 @@ class TracedTransaction(Transaction):
 
     def _traced(self, name: str, sql: str | None, call: Callable[[], T]) -> T:
         token = otel_context.attach(self._span_context) if self._span_context else None
+        self._calls += 1
         try:
             # (records an error itself; SQL that is no text is refused by the call, typed)
             with self._tracing.client_span(name, sql if isinstance(sql, str) else None):
                 return call()
         finally:
+            self._calls -= 1
             if token is not None:
                 otel_context.detach(token)
+            # The call's span has ended: if the call ended the transaction (a commit, a
+            # rollback, a failure), the transaction's span ends now, after it. (_finish
+            # from another thread, the tick's, sets the state before it reads _calls:
+            # one of the two sees the other's change and ends the span.)
+            if not self._calls and self.state != "active":
+                self._end_span()
 
     def execute(self, sql: str, params: Params = None) -> WriteResult:
         """As :meth:`Transaction.execute`, in a span."""
@@ -100,10 +116,12 @@ class TracedTransaction(Transaction):
 
     def _finish(self, state: str) -> None:
         super()._finish(state)
-        self._end_span()  # (failed: a timeout, a conflict, the writer's crash)
+        # (failed: a timeout, a conflict, the writer's crash; or rolled back, committed)
+        if not self._calls:  # else the call ends it, once its own span has ended
+            self._end_span()
 
     def _end_span(self) -> None:
-        span, self._span = self._span, None
+        span: Span | None = self.__dict__.pop("_span", None)  # (atomic: ends it once)
         if span is None:
             return
         span.set_attribute("atlas.transaction.state", self.state)
