@@ -44,6 +44,10 @@ Any configuration field can be set with an ATLAS_<FIELD> environment variable
 
 _CHECK_BUSY_TIMEOUT = 5.0
 """Default seconds ``check`` waits for another process's lock on the file."""
+_MAX_CHECK_TIMEOUT = (2**31 - 1) // 1000
+"""The longest ``check --timeout``: SQLite's busy timeout is a C int of milliseconds."""
+_MAX_DEMO_THREADS = 1024
+"""The most worker threads ``demo`` starts (each is an OS thread with its own stack)."""
 
 _CHECK_EXIT_STATUSES = """\
 exit status:
@@ -66,8 +70,12 @@ _DAMAGE = (apsw.CorruptError, apsw.NotADBError)
 """apsw errors that are findings about the file; any other means it could not be checked."""
 
 
-def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str], T]:
-    """An argparse type: ``kind`` of the text, finite, refused unless above zero (``zero``: or 0).
+def _positive(
+    kind: Callable[[str], T], *, zero: bool = False, at_most: int | None = None
+) -> Callable[[str], T]:
+    """An argparse type: ``kind`` of the text, finite, above zero (``zero``: or 0).
+
+    With ``at_most``, also refused above that.
 
     ``nan`` and ``inf`` parse as floats but are no duration: ``nan`` compares false with
     everything, so it would pass the range test and make the run end at once or never.
@@ -84,6 +92,8 @@ def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str]
             raise argparse.ArgumentTypeError(
                 f"must be a finite number {'0 or more' if zero else 'above 0'}, not {text}"
             )
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, not {text}")
         return value  # type: ignore[no-any-return]
 
     return parse
@@ -119,7 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--db", default="atlas.db", help="database file (default: %(default)s)")
     demo.add_argument(
-        "--threads", type=_positive(int), default=16, help="worker threads (default: 16)"
+        "--threads",
+        type=_positive(int, at_most=_MAX_DEMO_THREADS),
+        default=16,
+        help=f"worker threads, at most {_MAX_DEMO_THREADS} (default: 16)",
     )
     demo.add_argument(
         "--seconds", type=_positive(float), default=10.0, help="duration (default: 10)"
@@ -153,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--full", action="store_true", help="run the slower integrity_check")
     check.add_argument(
         "--timeout",
-        type=_positive(float, zero=True),
+        type=_positive(float, zero=True, at_most=_MAX_CHECK_TIMEOUT),
         default=_CHECK_BUSY_TIMEOUT,
         metavar="SECONDS",
         help="how long to wait for a lock another process holds (default: %(default)g)",
@@ -198,7 +211,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return _demo(args)
         if args.command == "check":
             return _check(args.db, full=args.full, timeout=args.timeout)
-        return _config()
+        return _config(quiet=not args.verbose)
     except AtlasError as error:
         print(f"atlas-actors: {error}", file=sys.stderr)
         return 1
@@ -350,6 +363,15 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
             "retry when it is done, or pass a longer --timeout",
         )
     except apsw.Error as error:
+        if getattr(error, "extendedresult", None) == apsw.SQLITE_READONLY_ROLLBACK:
+            return _could_not_check(
+                path,
+                f"{path}-journal holds a transaction that was cut off (its writer died), "
+                "and SQLite must roll it back before the file can be read; check opens "
+                "the file read-only while that journal exists. Open the database "
+                f"read-write once (e.g. sqlite3 {path} 'PRAGMA quick_check'), then check "
+                "again",
+            )
         return _could_not_check(path, str(wrap_sqlite_error(error, pragma)))
     wal = os.path.realpath(path) + "-wal"  # (through a link, SQLite's is the target's)
     wal_bytes = os.path.getsize(wal) if os.path.exists(wal) else 0
@@ -398,8 +420,17 @@ def _could_not_check(path: str, reason: str) -> int:
     return 1
 
 
-def _config() -> int:
-    config = StorageConfig.from_env()
+def _config(*, quiet: bool) -> int:
+    # This command is where a misspelled ATLAS_* variable must show, with or without -v:
+    # its warning passes to the root logger's handler (set up by main) from here.
+    config_log = logging.getLogger("atlas_actors.config")
+    level = config_log.level
+    if quiet:
+        config_log.setLevel(logging.WARNING)
+    try:
+        config = StorageConfig.from_env()
+    finally:
+        config_log.setLevel(level)
     names = [f"{ENV_PREFIX}{field.name.upper()}" for field in dataclasses.fields(config)]
     width = max(map(len, names))
     for name, field in zip(names, dataclasses.fields(config), strict=True):

@@ -339,6 +339,61 @@ def test_config_lists_every_variable(
     assert "ATLAS_READERS" in out and "7" in out and "ATLAS_SYNCHRONOUS" in out
 
 
+def test_config_shows_a_misspelled_variable_without_verbose() -> None:
+    """The command that shows the configuration hid the warning about a misspelled
+    variable unless -v was given (the log level without it is CRITICAL)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "atlas_actors", "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ATLAS_READRES": "8"},
+        timeout=60,
+    )
+    assert run.returncode == 0
+    assert "ATLAS_READRES is not an atlas-actors setting" in run.stderr
+    assert "did you mean ATLAS_READERS?" in run.stderr
+    assert run.stderr.count("ATLAS_READRES") == 1  # once, not once per handler
+
+
+def test_check_timeout_past_what_sqlite_takes_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite's busy timeout is a C int of milliseconds: 3e6 s overflowed it, with a
+    raw traceback."""
+    path = tmp_path / "closed.db"
+    _wal_database(path)
+    with pytest.raises(SystemExit) as exited:
+        main(["check", str(path), "--timeout", "3e6"])
+    assert exited.value.code == 2
+    assert "--timeout: must be at most 2147483, not 3e6" in capsys.readouterr().err
+    assert main(["check", str(path), "--timeout", "2147483"]) == 0
+
+
+def test_check_of_a_file_with_a_hot_journal_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer killed mid-transaction leaves a journal that SQLite must roll back, which
+    check's read-only open cannot: it said "open the database read-write, or check
+    permissions", of a writable file, with no option for either."""
+    path = tmp_path / "hot.db"
+    code = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA journal_mode=delete'); c.execute('PRAGMA cache_size=1')\n"
+        "c.execute('CREATE TABLE t(x)')\n"
+        "c.executemany('INSERT INTO t VALUES (?)', [('a' * 100,)] * 2000)\n"
+        "c.execute('BEGIN'); c.execute('UPDATE t SET x = x || x')\n"
+        "os._exit(0)\n"  # a crash: the journal stays, hot
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=30)
+    assert (tmp_path / "hot.db-journal").exists()
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "hot.db-journal holds a transaction that was cut off" in err
+    assert "Open the database read-write once" in err
+    assert (tmp_path / "hot.db-journal").exists()  # check changed nothing
+
+
 def test_bad_configuration_is_reported_without_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -397,6 +452,7 @@ def test_output_into_a_closed_pipe_ends_quietly(command: list[str]) -> None:
         ("--seconds", "inf", "must be a finite number above 0"),
         ("--chaos", "nan", "must be a finite number 0 or more"),
         ("--chaos", "inf", "must be a finite number 0 or more"),
+        ("--threads", "5000", "--threads: must be at most 1024, not 5000"),
         ("--threads", "abc", "--threads: must be a whole number, not 'abc'"),
         ("--threads", "2.5", "--threads: must be a whole number, not '2.5'"),
         ("--seconds", "soon", "--seconds: must be a number, not 'soon'"),
