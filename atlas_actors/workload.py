@@ -155,10 +155,15 @@ class WorkloadReport:
 @dataclass
 class _Worker:
     rng: random.Random
+    tag: int
+    """The worker's number: its tasks' titles are unique (``task <tag>.<n>``)."""
     write_latency: list[float] = field(default_factory=list)
     read_latency: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     created: list[int] = field(default_factory=list)
+    titles: list[str] = field(default_factory=list)
+    """Each acknowledged insert's title, by ``created``'s order: the check of the run
+    finds each (id, title) pair, so a lost row whose id was reused still counts."""
 
 
 def _one_operation(db: Storage, worker: _Worker) -> None:
@@ -167,19 +172,15 @@ def _one_operation(db: Storage, worker: _Worker) -> None:
     now = time.time()
     started = time.perf_counter()
     if roll < 0.15 or not worker.created:
+        title = f"task {worker.tag}.{len(worker.created)}"
         result = db.write(
             "INSERT INTO tasks(project_id, title, assignee, priority, updated_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            [
-                rng.randint(1, _PROJECTS),
-                f"task {rng.random():.6f}",
-                rng.choice(_PEOPLE),
-                rng.randint(1, 4),
-                now,
-            ],
+            [rng.randint(1, _PROJECTS), title, rng.choice(_PEOPLE), rng.randint(1, 4), now],
         )
         if result.lastrowid is not None:
             worker.created.append(result.lastrowid)
+            worker.titles.append(title)
         worker.write_latency.append(time.perf_counter() - started)
     elif roll < 0.25:
         db.write(
@@ -237,7 +238,7 @@ def run_workload(
     create_schema(db)
     restarts_before = db.supervisor.status().restarts
     halt = threading.Event()  # the workers' own: set when the run ends, however
-    workers = [_Worker(random.Random(seed * 1000 + i)) for i in range(threads)]
+    workers = [_Worker(random.Random(seed * 1000 + i), i) for i in range(threads)]
 
     def loop(worker: _Worker) -> None:
         while not halt.is_set():
@@ -251,11 +252,10 @@ def run_workload(
         threading.Thread(target=loop, args=(w,), name=f"demo-{i}") for i, w in enumerate(workers)
     ]
     started = time.monotonic()
-    for thread in pool:
-        thread.start()
     next_kill = started + kill_every if kill_every > 0 else float("inf")
     reported = 0
     try:
+        _start(pool)  # (inside: the threads started stop if a later one cannot start)
         while (now := time.monotonic()) - started < seconds and not interrupt.is_set():
             # Sleep, not interrupt.wait(): a signal handler may set the event, and
             # Event.set() from a handler deadlocks if the thread it interrupted is
@@ -272,9 +272,10 @@ def run_workload(
     finally:
         halt.set()
         for thread in pool:
-            thread.join(db.config.default_timeout)
+            if thread.ident is not None:  # (started)
+                thread.join(db.config.default_timeout)
     elapsed = time.monotonic() - started
-    created = [task for w in workers for task in w.created]
+    created = [task for w in workers for task in zip(w.created, w.titles, strict=True)]
     present = _count_present(db, created)
     errors: Counter[str] = Counter()
     for worker in workers:
@@ -308,10 +309,30 @@ def _inject_crash(db: Storage, kills: int) -> int:
     return 1
 
 
-def _count_present(db: Storage, ids: list[int]) -> int:
-    present = 0
+def _start(threads: list[threading.Thread]) -> None:
+    """Start ``threads``, or raise :class:`AtlasError` saying how many could start."""
+    for count, thread in enumerate(threads):
+        try:
+            thread.start()
+        except RuntimeError as error:  # ("can't start new thread": memory, ulimit -u)
+            raise AtlasError(
+                f"could start only {count} of {len(threads)} worker threads ({error}); "
+                "run with fewer threads"
+            ) from error
+
+
+def _count_present(db: Storage, created: list[tuple[int, str]]) -> int:
+    """How many of the acknowledged inserts' (id, title) pairs the file holds.
+
+    By pair, not by id: a row lost from the file frees its id, which the next insert
+    takes, so an id alone would be found for a lost write.
+    """
+    ids = sorted({task_id for task_id, _ in created})
+    found: set[tuple[int, str]] = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        present += db.query(f"SELECT count(*) FROM tasks WHERE id IN ({marks})", chunk)[0][0]
+        rows = db.query(f"SELECT id, title FROM tasks WHERE id IN ({marks})", chunk)
+        found.update((task_id, title) for task_id, title in rows)
+    present = sum(pair in found for pair in created)
     return present

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +18,9 @@ from atlas_actors.workload import (
     COLUMNS,
     SCHEMA,
     LatencySummary,
+    _count_present,
     _inject_crash,
+    create_schema,
     run_workload,
     schema_conflicts,
 )
@@ -89,3 +94,52 @@ def test_latency_percentiles_are_nearest_rank() -> None:
     assert picked == pytest.approx((50.0, 95.0, 99.0, 100.0))
     assert LatencySummary.of([0.1, 0.001]).p50 == pytest.approx(1.0)
     assert LatencySummary.of([0.007]).p99 == pytest.approx(7.0)
+
+
+def test_a_lost_insert_is_counted_even_when_its_id_was_taken_again(tmp_path: Path) -> None:
+    """A row lost from the file frees its id, which the next insert takes: checked by id
+    alone, the lost write was found (and an id acknowledged twice counted twice)."""
+    with atlas.open(tmp_path / "a.db", cache=False) as db:
+        create_schema(db)
+        insert = "INSERT INTO tasks(project_id, title, updated_at) VALUES (1, ?, 0)"
+        first = db.write(insert, ["task 0.0"]).lastrowid
+        second = db.write(insert, ["task 0.1"]).lastrowid
+        assert first is not None and second is not None
+        db.write("DELETE FROM tasks WHERE id = ?", [second])  # the acknowledged row is lost
+        reused = db.write(insert, ["task 1.0"]).lastrowid
+        assert reused == second  # (INTEGER PRIMARY KEY: the largest id + 1)
+        created = [(first, "task 0.0"), (second, "task 0.1"), (reused, "task 1.0")]
+        assert len(created) - _count_present(db, created) == 1
+
+
+def test_a_run_whose_threads_cannot_all_start_fails_typed_and_stops_the_others(
+    tmp_path: Path,
+) -> None:
+    """Threads were started before the run's try: one that could not start raised a raw
+    RuntimeError, and the started ones looped for ever (the process never exited)."""
+    script = textwrap.dedent(
+        """
+        import resource, sys
+        import atlas_actors as atlas
+        from atlas_actors.errors import AtlasError
+        from atlas_actors.workload import run_workload
+        db = atlas.open(sys.argv[1], cache=False)
+        status = open("/proc/self/status").read().split("VmSize:")[1]
+        used = int(status.split()[0]) * 1024
+        # Room for a few threads' stacks (8 MiB each), not for 1024 of them.
+        resource.setrlimit(resource.RLIMIT_AS, (used + 256 * 2**20, resource.RLIM_INFINITY))
+        try:
+            run_workload(db, threads=1024, seconds=60)
+        except AtlasError as error:
+            print(error)
+        db.close()
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "of 1024 worker threads" in run.stdout and "run with fewer threads" in run.stdout
