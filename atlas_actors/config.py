@@ -359,6 +359,25 @@ _SECONDS_FIELDS = (
 )
 
 
+_INT_FIELDS = {
+    "recycle_after_queries": 2**63 - 1,
+    "max_batch_size": 2**63 - 1,
+    "mailbox_size": 2**63 - 1,
+    "cache_size_kib": 2**31 - 1,  # (PRAGMA cache_size is a C int, in KiB when negative)
+    "reader_mmap_bytes": 2**63 - 1,
+    "restart_max": 2**63 - 1,
+    "max_page_count": 2**32 - 2,  # (SQLite's largest page count)
+    "cache_memory_bytes": 2**63 - 1,
+    "cache_disk_bytes": 2**63 - 1,
+    "cache_max_entry_bytes": 2**63 - 1,
+    "checkpoint_frames": 2**63 - 1,
+    "wal_size_limit": 2**63 - 1,
+}
+"""Integer fields (checked for sign with the others) and the largest value of each:
+SQLite takes its settings as 64-bit integers, some as 32-bit ones (``readers`` and
+``max_value_bytes`` have bounds of their own)."""
+
+
 def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
     """The first value of ``config`` that cannot work: (the fields at fault, why); or None.
 
@@ -447,6 +466,12 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         value = getattr(config, name)
         if not _finite_number(value) or value <= 0:
             return (name,), f"{name}={value!r}; it must be a finite number > 0"
+    for name, bound in _INT_FIELDS.items():
+        value = getattr(config, name)
+        if not isinstance(value, int):  # (1.5 would be cut, 8.0 not taken by SQLite at all)
+            return (name,), f"{name}={value!r}; it must be an integer (int), not a float"
+        if value > bound:  # (SQLite would wrap it round, or take it as 0)
+            return (name,), f"{name}={value!r} is too large; pass at most {bound}"
     # (before the bound below, which compares: a str there raises TypeError)
     if config.alert_interval is not None and (
         not _finite_number(config.alert_interval) or config.alert_interval < 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def test_unparsable_environment_values_name_the_variable(env: dict[str, str], me
         # Past what a lock's timeout takes (a raw OverflowError at the first wait before).
         ({"default_timeout": 1e12}, r"default_timeout=1000000000000.0 seconds is too long"),
         ({"busy_timeout": 2e9}, r"busy_timeout=2000000000.0 seconds is too long"),
+        # A float for an integer: max_page_count=8.0 was taken by no PRAGMA (no bound at
+        # all), 1.5 would be cut; past SQLite's range it wrapped (a cache of 0 pages).
+        ({"max_page_count": 8.0}, r"max_page_count=8.0; it must be an integer \(int\)"),
+        ({"checkpoint_frames": 1.5}, r"checkpoint_frames=1.5; it must be an integer"),
+        ({"cache_size_kib": 2**62}, r"cache_size_kib=\d+ is too large; pass at most 2147483647"),
+        ({"max_page_count": 2**32 - 1}, r"max_page_count=4294967295 is too large"),
+        ({"mailbox_size": 10**30}, r"mailbox_size=1000+ is too large"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_and_value(
@@ -187,3 +195,9 @@ def test_a_misspelled_variable_is_warned_of_and_others_are_left_alone(
         "ATLAS_READERS_X is not an atlas-actors setting and is ignored; did you mean "
         "ATLAS_READERS?",
     ]
+
+
+def test_every_integer_field_is_checked_as_an_integer_within_a_bound() -> None:
+    integers = {f.name for f in dataclasses.fields(StorageConfig) if f.type == "int"}
+    own_bounds = {"readers", "max_readers", "max_value_bytes"}
+    assert integers - own_bounds == set(config_module._INT_FIELDS)
