@@ -375,6 +375,21 @@ _BY_APSW_CLASS: dict[type[BaseException], tuple[type[SQLiteError], str]] = {
 }
 
 
+def _codes_of_classes() -> dict[type[BaseException], int]:
+    """The primary result code of each of apsw's exception classes (built once)."""
+    codes: dict[type[BaseException], int] = {}
+    for code in apsw.mapping_result_codes.values():
+        if isinstance(code, int) and code > 0:
+            try:
+                codes.setdefault(type(apsw.exception_for(code)), code)
+            except ValueError:  # (a code apsw has no class for)
+                continue
+    return codes
+
+
+_CODE_OF_CLASS = _codes_of_classes()
+
+
 def wrap_sqlite_error(
     exc: BaseException, sql: str | None = None, params: object = None
 ) -> BaseException:
@@ -436,7 +451,9 @@ def wrap_sqlite_error(
         return exc
     result: Any = getattr(exc, "result", None)
     extended: Any = getattr(exc, "extendedresult", None)
-    result_code = result if isinstance(result, int) else None
+    # An error a Python VFS raised reaches the caller as that very exception, without
+    # SQLite's codes: its class still names the primary one.
+    result_code = result if isinstance(result, int) else _CODE_OF_CLASS.get(type(exc))
     extended_code = extended if isinstance(extended, int) else None
     atlas_class, advice = SQLiteError, ""
     for apsw_class, mapped in _BY_APSW_CLASS.items():
@@ -522,10 +539,14 @@ class ErrorDiagnostics:
 # category -> (severity, recoverable, strategy, advice). What db.errors.recover(tx, retry)
 # does for each strategy (atlas_actors.recovery): retry_with_backoff, retry and
 # release_and_retry retry the work with backoff; restart waits for the actors; read_only
-# retries once the storage accepts writes again (refuses while the disk is full);
-# retry_then_verify runs quick_check and retries only if the file checks out (a failed
-# COMMIT's outcome is uncertain); stop_and_verify runs integrity_check and resumes writes
-# if it passes; the others only roll back and report the advice.
+# retries once the storage accepts writes again (while the disk is full, one retry per
+# disk_full_probe_interval goes through as a probe); retry_then_verify runs quick_check
+# and retries only if the file checks out (a failed COMMIT's outcome is uncertain);
+# stop_and_verify runs integrity_check and resumes writes if it passes; the others only
+# roll back and report the advice. An OperationTimeout whose operation had started
+# (applied=None) gets check_then_retry instead of its category's retry_with_backoff: it
+# may still complete, so retrying blindly may apply a write twice; recover() retries
+# only a transaction that never sent its COMMIT (rolled back: nothing of it applied).
 _STRATEGIES: dict[str, tuple[Severity, bool, str, str]] = {
     "validation": ("low", True, "fix_input", "fix the statement or its values"),
     "constraint": ("low", True, "fix_input", "fix the values; nothing was changed"),
@@ -546,12 +567,21 @@ _STRATEGIES: dict[str, tuple[Severity, bool, str, str]] = {
 }
 
 
+_UNCERTAIN_ADVICE = (
+    "its outcome is unknown (it had started and may still complete): check its effect, "
+    "and retry only if it did not apply (or raise the timeout)"
+)
+
+
 def analyze(error: BaseException) -> ErrorDiagnostics:
     """Classify ``error``: severity, whether it is recoverable, and how (pure).
 
     An apsw error is classified as its wrapped form; a :class:`TransactionAborted` that
     SQLite's error caused, as that cause (the type stays the aborted one's); any other
-    exception (from user code, say) is of category ``unknown``.
+    exception (from user code, say) is of category ``unknown``. An
+    :class:`OperationTimeout` with ``applied=None`` (the operation had started and may
+    still complete) gets the strategy ``check_then_retry``: check its effect before
+    retrying; one with ``applied=False`` (withdrawn), ``retry_with_backoff``.
     """
     if isinstance(error, apsw.Error):
         error = wrap_sqlite_error(error)
@@ -572,6 +602,8 @@ def analyze(error: BaseException) -> ErrorDiagnostics:
     )
     if isinstance(error, StorageUnavailable):
         recoverable, strategy, advice = False, "reopen", "fix the cause and reopen the storage"
+    elif isinstance(error, OperationTimeout) and error.applied is None:
+        strategy, advice = "check_then_retry", _UNCERTAIN_ADVICE
     context: dict[str, Any] = {
         "category": category,
         "strategy": strategy,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import apsw
 import pytest
 
 import atlas_actors
 from atlas_actors import errors
+from atlas_actors.faults import FaultyVFS
 
 
 def _raise(sql: str, params: tuple[object, ...] | None = None) -> BaseException:
@@ -114,3 +117,34 @@ def test_a_file_sqlite_cannot_open_says_what_to_check(tmp_path: object) -> None:
         wrapped = errors.wrap_sqlite_error(error, "open")
     assert isinstance(wrapped, errors.DiskIOError)
     assert "existing directory" in str(wrapped)
+
+
+def test_a_timeout_whose_operation_had_started_is_checked_before_a_retry() -> None:
+    started = errors.analyze(errors.OperationTimeout("write 'INSERT ...'", 0.3, applied=None))
+    assert started.context["strategy"] == "check_then_retry"
+    assert "check its effect" in started.context["advice"]
+    withdrawn = errors.analyze(errors.OperationTimeout("write 'INSERT ...'", 0.3, applied=False))
+    assert withdrawn.context["strategy"] == "retry_with_backoff"
+
+
+def test_an_error_raised_through_a_python_vfs_keeps_its_result_code(tmp_path: Path) -> None:
+    vfs = FaultyVFS()
+    try:
+        connection = apsw.Connection(str(tmp_path / "vfs.db"), vfs=vfs.name)
+        connection.execute("CREATE TABLE t(a)")
+        vfs.fail_writes = apsw.FullError
+        try:
+            connection.execute("INSERT INTO t VALUES (1)")
+        except apsw.FullError as raised:
+            error: BaseException = raised
+        else:
+            raise AssertionError("the write did not fail")
+        finally:
+            vfs.fail_writes = None
+            connection.close()
+    finally:
+        vfs.unregister()
+    assert not hasattr(error, "result")  # (apsw re-raised the VFS's own exception)
+    wrapped = errors.wrap_sqlite_error(error, "INSERT INTO t VALUES (1)")
+    assert isinstance(wrapped, errors.DiskFullError)
+    assert (wrapped.result_code, wrapped.code_name) == (apsw.SQLITE_FULL, "SQLITE_FULL")
