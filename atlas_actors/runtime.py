@@ -477,7 +477,8 @@ class Runtime:
         block = self.write_block
         if block is not None:
             refused = _again(block)
-            self.errors.handle(refused, {"operation": "write"})  # (as the writer's would be)
+            refused.routine = True  # (its cause was logged when writes stopped: DEBUG each)
+            self.errors.handle(refused, {"operation": "write"})  # (counted, as the writer's)
             raise refused
 
     def _unavailable(self) -> StorageUnavailable:

@@ -326,11 +326,11 @@ class Storage(Runtime):
         """
         if self._state != "running":
             raise self._unavailable()
-        if type(sql) is not str:
-            sql, params = self._build(sql)  # type: ignore[arg-type]
-        if timeout is not None:
-            timeout = checked_timeout(timeout)  # (a cache hit would not look at it)
         try:
+            if type(sql) is not str:
+                sql, params = self._build(sql)  # type: ignore[arg-type]
+            if timeout is not None:
+                timeout = checked_timeout(timeout)  # (a cache hit would not look at it)
             if self.tracing.enabled:
                 with self.tracing.client_span("atlas.query", sql):
                     return self._read(sql, params, timeout)

@@ -253,7 +253,7 @@ def test_corruption_stops_writes_verifies_and_reports(tmp_path: Path) -> None:
 
 
 def test_a_writer_restart_that_finds_the_file_damaged_stops_writes_but_not_reads(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The restart's quick_check fails: the corruption strategy, not a crash loop.
 
@@ -285,6 +285,16 @@ def test_a_writer_restart_that_finds_the_file_damaged_stops_writes_but_not_reads
             db.write("INSERT INTO u(v) VALUES ('more')")
         assert db.health().status == "degraded"
         assert db.metrics.snapshot()["errors.corruption"] >= 1
+        # Each write refused from now on is counted, and logged at DEBUG, not as a new
+        # ERROR: the stop was logged once (a thousand refusals a second otherwise).
+        counted = db.metrics.get("errors.corruption")
+        with caplog.at_level(logging.DEBUG, logger="atlas_actors"):
+            for n in range(5):
+                with pytest.raises(errors.CorruptionError):
+                    db.write("INSERT INTO u(v) VALUES (?)", [n])
+        assert db.metrics.get("errors.corruption") == counted + 5
+        refusals = [r for r in caplog.records if "damaged" in r.getMessage()]
+        assert len(refusals) == 5 and {r.levelno for r in refusals} == {logging.DEBUG}
 
 
 def test_recover_resumes_writes_once_the_file_checks_out(open_storage: object) -> None:
@@ -412,3 +422,15 @@ def test_analyze_classifies_every_category() -> None:
         ), type(error).__name__
     assert errors.analyze(apsw.BusyError("locked")).type == "BusyError"
     assert errors.analyze(KeyError("x")).context["category"] == "unknown"
+
+
+def test_a_built_query_refused_before_it_runs_is_logged_and_counted(db: atlas.Storage) -> None:
+    """db.query(Query) with an unknown column, or db.query(None), raised before the code
+    that reports errors: neither logged nor counted, unlike every other refusal."""
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    before = db.metrics.get("errors")
+    with pytest.raises(errors.QueryValidationError):
+        db.query(atlas.Query().select(["nope"]).from_("t"))
+    with pytest.raises(errors.StatementTypeError):
+        db.query(None)  # type: ignore[arg-type]
+    assert db.metrics.get("errors") == before + 2
