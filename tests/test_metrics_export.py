@@ -102,6 +102,18 @@ def test_storages_sharing_a_provider_are_each_observed_until_closed(
     assert points(reader.get_metrics_data()) == {}
 
 
+def test_two_storages_on_one_file_are_observed_apart(open_storage: Open, tmp_path: Path) -> None:
+    """Same db.namespace: their points were merged into one (8 + 3 writes as 11)."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    path = tmp_path / "a.db"
+    first = open_storage(path, meter_provider=provider)
+    open_storage(path, meter_provider=provider)  # the second, on the same file
+    first.execute("CREATE TABLE t(x)")
+    writes = points(reader.get_metrics_data())["atlas.writer.writes"]
+    assert writes == {str(path): ("Sum", 1), f"{path} (2)": ("Sum", 0)}
+
+
 def test_without_a_provider_nothing_is_registered_and_the_global_one_is_untouched(
     open_storage: Open,
 ) -> None:

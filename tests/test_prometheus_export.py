@@ -76,6 +76,24 @@ def test_one_registry_scrapes_every_storage_registered_until_it_closes(
     assert {path for _, path in _scrape(registry)} == {str(tmp_path / "a.db")}
 
 
+def test_two_storages_on_one_file_are_two_series(
+    open_storage: Callable[..., atlas.Storage], tmp_path: Path
+) -> None:
+    """Both were labelled with the file alone: every series twice, which Prometheus
+    refuses as duplicates."""
+    path = tmp_path / "a.db"
+    first, second = open_storage(path), open_storage(path)
+    registry = CollectorRegistry()
+    register(first, registry)
+    register(second, registry)
+    register(second, registry)  # (once is enough: again changes nothing)
+    first.execute("CREATE TABLE t(x)")
+    series = _scrape(registry)
+    assert series[("atlas_writer_writes_total", str(path))] == 1
+    assert series[("atlas_writer_writes_total", f"{path} (2)")] == 0
+    assert {label for _, label in series} == {str(path), f"{path} (2)"}
+
+
 def test_without_prometheus_client_register_says_how_to_install_it() -> None:
     # The rule file is written without the package; register() says what to install.
     script = """

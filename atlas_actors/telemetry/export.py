@@ -26,7 +26,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from atlas_actors.telemetry.metrics import CATALOGUE
 
-__all__ = ["PREFIX", "Observed", "instrument_name", "observe"]
+__all__ = ["PREFIX", "Observed", "instrument_name", "observe", "unique_label"]
 
 PREFIX = "atlas."
 """Prefix of every instrument name."""
@@ -37,6 +37,20 @@ _INSTRUMENTATION = "atlas_actors"
 def instrument_name(name: str) -> str:
     """The OpenTelemetry instrument of snapshot metric ``name`` (``atlas.pool.idle``)."""
     return PREFIX + name
+
+
+def unique_label(path: str, taken: Iterable[str]) -> str:
+    """``path`` as the label of a storage's series, unlike every label in ``taken``.
+
+    A second storage open on the same file is ``<file> (2)``, a third ``<file> (3)``:
+    series with the same labels are merged (OpenTelemetry) or an error (Prometheus).
+    """
+    used = set(taken)
+    label, number = path, 1
+    while label in used:
+        number += 1
+        label = f"{path} ({number})"
+    return label
 
 
 class Observed:
@@ -72,7 +86,10 @@ class _Observer:
 
     def add(self, source: Observed) -> None:
         with self._lock:
-            self._sources.add(source)
+            if source not in self._sources:
+                # Two storages on one file would be one series, their points merged.
+                source.path = unique_label(source.path, (s.path for s in self._sources))
+                self._sources.add(source)
 
     def _refresh(self) -> list[tuple[str, Mapping[str, float]]]:
         with self._lock:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from atlas_actors.config import StorageConfig
 from atlas_actors.telemetry.alerts import AlertRule
 from atlas_actors.telemetry.default_alerts import default_rules
+from atlas_actors.telemetry.export import unique_label
 from atlas_actors.telemetry.metrics import CATALOGUE
 
 if TYPE_CHECKING:
@@ -137,12 +138,17 @@ class StorageCollector:
     def __init__(self) -> None:
         _client()
         self._lock = threading.Lock()
-        self._storages: weakref.WeakSet[Storage] = weakref.WeakSet()
+        self._labels: weakref.WeakKeyDictionary[Storage, str] = weakref.WeakKeyDictionary()
 
     def add(self, storage: Storage) -> None:
-        """Scrape ``storage`` too (for as long as it is open)."""
+        """Scrape ``storage`` too (for as long as it is open).
+
+        Its ``db_namespace`` is its file; a second storage open on the same file gets
+        ``<file> (2)``, and so on: two series with the same labels are one scrape error.
+        """
         with self._lock:
-            self._storages.add(storage)
+            if storage not in self._labels:
+                self._labels[storage] = unique_label(storage.path, self._labels.values())
 
     def collect(self) -> Iterator[Metric]:
         """The metric families of one scrape (called by the registry)."""
@@ -152,12 +158,12 @@ class StorageCollector:
         )
 
         with self._lock:
-            storages = list(self._storages)
+            storages = list(self._labels.items())
         taken = []
-        for storage in storages:
+        for storage, label in storages:
             snapshot = storage._exported_snapshot()
             if snapshot is not None:
-                taken.append((storage.path, snapshot))
+                taken.append((label, snapshot))
         for name, info in CATALOGUE.items():
             family: CounterMetricFamily | GaugeMetricFamily
             if info.kind == "counter":
