@@ -407,3 +407,18 @@ def test_writes_taken_up_before_a_callback_crashes_the_writer_still_run(
     with pytest.raises(OperationTimeout):
         expired.get(5)
     assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [-1, 1, 2, 4]
+
+
+def test_a_batch_whose_every_write_failed_is_no_group_commit(db: atlas.Storage) -> None:
+    """It was counted one: ten failed writes, each alone, drew writer.mean_batch to 0.18
+    with two writes acknowledged."""
+    db.execute("CREATE TABLE u(k INTEGER PRIMARY KEY)")
+    db.write("INSERT INTO u VALUES (1)")
+    before = db.writer.stats()
+    for _ in range(10):
+        with pytest.raises(atlas.errors.ConstraintError):
+            db.write("INSERT INTO u VALUES (1)")
+    after = db.writer.stats()
+    assert (after.batches, after.writes) == (before.batches, before.writes)
+    assert after.failed == before.failed + 10
+    assert after.mean_batch >= 1.0

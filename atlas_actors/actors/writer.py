@@ -1051,6 +1051,7 @@ class WriterActor(RoleActor):
         counters = self.counters
         if batch:
             counters.commit_seq += 1
+            counters.batches += 1  # (a batch whose every write failed committed none)
             self.hooks.version((counters.commit_seq, self._data_version))
             if (
                 self._disk_full is not None
@@ -1060,7 +1061,6 @@ class WriterActor(RoleActor):
                 # (the batch that found the disk full commits its other writes: they fit,
                 # the failed one did not; only a later batch, its probe, proves space)
                 self._leave_disk_full()
-        counters.batches += 1
         counters.writes += len(batch)
         counters.max_batch = max(counters.max_batch, len(batch))
         called_back = None  # (callbacks run once every write is acknowledged)

@@ -247,7 +247,7 @@ class WriterStats:
     failed: int
     """Operations that failed (their own error; nothing else affected)."""
     batches: int
-    """Group commits done."""
+    """Group commits done that acknowledged at least one operation."""
     mean_batch: float
     """Mean operations per commit."""
     max_batch: int
