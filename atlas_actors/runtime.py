@@ -166,6 +166,10 @@ class Runtime:
         """The result cache: ``db.cache.stats()``, ``invalidate(pattern)``, ``warm()``."""
         self._cache_started = False
         self._shm: ShmCounter | None = None
+        self._external_schema: int | None = None
+        """The schema cookie when another process's commit was last looked at."""
+        self._shm_seen = 0
+        """The wal-index counter at the last tick (without the cache: see _watch_schema)."""
         self.transactions = TransactionManager(
             self,  # type: ignore[arg-type]
             # Spans cost a storage without tracing nothing: its transactions make none.
@@ -238,7 +242,11 @@ class Runtime:
             self._shm = None
             if self.config.cache:
                 self._cache_off(str(error))
+        if self._shm is not None:
+            self._external_schema = self._shm.schema_version()
+            self._shm_seen = self._shm()
         if self.config.cache and self._shm is not None:
+            self.cache.on_other_process = self._other_process_committed
             self.cache.external = ExternalChanges(self._shm)
         for _ in range(self.config.readers):
             self._add_reader().get(timeout=timeout)
@@ -511,7 +519,34 @@ class Runtime:
             external.writer_holds_lock(self._drop_for_another_process)
 
     def _drop_for_another_process(self) -> None:
-        self.cache.invalidate_all("another process committed")
+        self.cache.other_process_committed()
+
+    def _watch_schema(self, shm: ShmCounter) -> None:
+        """Without the cache: at each tick the wal-index counter moved, check the schema.
+
+        So a read-only storage learns of another process's schema change within a tick,
+        not only at its writer's next write (or a statement's next check of its names).
+        """
+        count = shm()
+        if count != self._shm_seen:
+            self._shm_seen = count
+            self._other_process_committed()
+
+    def _other_process_committed(self) -> None:
+        """After another process's commit that changed the schema: forget what was learned.
+
+        Column names, what statements touch, the builder's schema. This storage's writer
+        finds out only at its next write: a storage that only reads would go on naming
+        the columns of a table another process changed as before.
+        """
+        shm = self._shm
+        try:
+            version = shm.schema_version() if shm is not None else None
+        except apsw.Error:
+            version = None  # (busy, say: cannot tell, so forget)
+        if version is None or version != self._external_schema:
+            self._external_schema = version
+            self._schema_changed()
 
     def _writer_will_commit(self) -> None:
         external = self.cache.external
@@ -613,6 +648,8 @@ class Runtime:
             if writer is not None:
                 writer.seen_at(now)  # (its last_used, as the pool's maintenance does readers')
             self.pool.maintain(now)
+            if self._shm is not None and self.cache.external is None:
+                self._watch_schema(self._shm)  # (with the cache, its reads do)
             abandoned = self.transactions.sweep(now)  # (dropped unended: revoked now)
             for lease in list(self._leases.values()):
                 if now >= lease.deadline or lease.tx_id in abandoned:

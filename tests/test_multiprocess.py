@@ -194,3 +194,38 @@ def test_a_notice_in_front_of_the_writers_mailbox_does_not_end_its_wait_for_the_
         assert sorted(r.x for r in db.query("SELECT x FROM t")) == [-1, 1]
     finally:
         db.close()
+
+
+RENAMES_A_COLUMN = textwrap.dedent(
+    """
+    import sys, apsw
+    connection = apsw.Connection(sys.argv[1])
+    connection.set_busy_timeout(5000)
+    connection.execute("ALTER TABLE t RENAME COLUMN x TO renamed")
+    connection.close()
+    """
+)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_column_renamed_by_another_process_is_named_anew_without_a_write_here(
+    db_path: Path, cache: bool
+) -> None:
+    """The storage re-read the schema only at its own writer's next write: a storage
+    that only read kept naming the renamed column as before (with the cache, for good:
+    each miss stored rows under the old names; without it, for 256 reads)."""
+    with atlas.open(db_path, cache=cache, readers=1) as db:
+        db.execute("CREATE TABLE t(x, y)")
+        db.write("INSERT INTO t VALUES (3, 4)")
+        for _ in range(10):
+            assert db.query("SELECT * FROM t")[0].x == 3
+        subprocess.run(
+            [sys.executable, "-c", RENAMES_A_COLUMN, str(db_path)], check=True, timeout=30
+        )
+        # With the cache, the next read; without it, within a tick of the supervisor
+        # (well before the 256th read, when a statement's names are checked anyway).
+        for _ in range(100):
+            if db.query("SELECT * FROM t")[0]._fields == ("renamed", "y"):
+                break
+            time.sleep(0.01)
+        assert db.query("SELECT * FROM t")[0].renamed == 3

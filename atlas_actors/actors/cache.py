@@ -183,7 +183,7 @@ class CacheActor(RoleActor):
         """True if another process may have committed since the last check."""
         try:
             # Dropping too keeps the count honest should anything still read.
-            if external.check(lambda: self.manager.invalidate_all("another process committed")):
+            if external.check(self.manager.other_process_committed):
                 return True
             return external.moved()  # a COMMIT the writer never settled: ours or another's
         except (ValueError, OSError):  # the wal-index mapping is gone: cannot tell

@@ -120,6 +120,14 @@ class ShmCounter:
         value: int = self._unpack(self._map, _ICHANGE_OFFSET)[0]
         return value
 
+    def schema_version(self) -> int:
+        """The database's schema cookie, read through the held connection.
+
+        Asked when another process committed (rarely, then): it may have changed the
+        schema, which this storage's own writer notices only at its next write.
+        """
+        return int(self._hold.pragma("schema_version"))
+
     def frames(self, tries: int = 3) -> int | None:
         """Frames in the WAL not yet checkpointed, as the wal-index says: every process's.
 

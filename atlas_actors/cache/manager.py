@@ -186,6 +186,9 @@ class CacheManager:
         self._pool = pool
         self.external = changes
         """Detects other processes' commits (None: no wal-index to read)."""
+        self.on_other_process: Callable[[], object] | None = None
+        """Called after another process's commit dropped everything (the storage checks
+        whether that commit changed the schema)."""
         self.directory = directory
         self.l1: ByteLRU | None = None
         """The memory level, while a cache actor incarnation runs."""
@@ -238,6 +241,12 @@ class CacheManager:
                 self.l1 = None
                 self.l2 = None
 
+    def other_process_committed(self) -> None:
+        """Another process committed: drop everything, then tell the storage."""
+        self.invalidate_all("another process committed")
+        if self.on_other_process is not None:
+            self.on_other_process()
+
     # -- the read path -----------------------------------------------------------------
 
     def read(
@@ -255,7 +264,7 @@ class CacheManager:
             # Someone committed (maybe us). If another process did, everything is
             # dropped before the counter's new value is published: a reader that
             # sees it published must find no old entry (changes.py).
-            external.settle(lambda: self.invalidate_all("another process committed"))
+            external.settle(self.other_process_committed)
         l1 = self.l1
         if l1 is None:
             return self._pool.query(sql, params, timeout=timeout)  # the cache actor is restarting
