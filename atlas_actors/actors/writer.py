@@ -876,7 +876,10 @@ class WriterActor(RoleActor):
                 self._split_group(op, cursor, connection, error, span)
                 return
         else:
-            self._alone.discard(op.id)
+            alone = self._alone
+            if alone and op.id in alone:  # (an empty set, as nearly always, tests false)
+                self._run_again(op, cursor, connection, span)
+                return
             self._close_group(cursor)
             cursor.execute("SAVEPOINT op")
             try:
@@ -885,6 +888,31 @@ class WriterActor(RoleActor):
                 self._undo(op, cursor, error, span)
                 return
             cursor.execute("RELEASE op")
+        op.result = result
+        self._batch.append(op)
+
+    def _run_again(
+        self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
+    ) -> None:
+        """Run a write of a split group again, alone, under its own savepoint.
+
+        Its run in the group was counted on the connection (``queries``, and ``errors``
+        for the one that failed) and rolled back: this run is the same statements again,
+        so it is not counted a second time (one failed write is one query, one error).
+        """
+        self._alone.discard(op.id)
+        counted = connection._queries, connection._errors
+        try:
+            self._close_group(cursor)
+            cursor.execute("SAVEPOINT op")
+            try:
+                result = op.run(connection)
+            except Exception as error:
+                self._undo(op, cursor, error, span)
+                return
+            cursor.execute("RELEASE op")
+        finally:
+            connection._queries, connection._errors = counted
         op.result = result
         self._batch.append(op)
 
