@@ -1154,7 +1154,14 @@ class ReaderPool:
         refuse_connection_settings(sql)
         connection = self._claim_for_read(timeout)
         try:
-            info = self.statements.analyze(connection.connection, sql, params)
+            try:
+                info = self.statements.analyze(connection.connection, sql, params)
+            except Exception:
+                # Refused as it was prepared, before query_fast could count it: a query
+                # run on this connection that failed, as it is without the cache.
+                connection._queries += 1
+                connection.count_error()
+                raise
             rows = connection.query_fast(sql, params, self._names)
             latency = connection.last_latency
         except ReadOnlyError as error:
