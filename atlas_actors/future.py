@@ -262,8 +262,17 @@ class Future(Generic[T]):
             error = OperationTimeout(self.operation, max(waited, 0.0), applied=False)
             # Resolve for other waiters too: the operation will never run.
             self.set_exception(error)
-            raise error
-        raise OperationTimeout(self.operation, max(waited, 0.0), applied=None)
+        else:
+            error = OperationTimeout(self.operation, max(waited, 0.0), applied=None)
+        self._report_timeout(error)
+        raise error
+
+    def _report_timeout(self, error: OperationTimeout) -> None:
+        """Report the timeout ``get()`` raises (log once, count): nothing else does.
+
+        The actor reports what it fails an operation with; a timeout is the caller's
+        own. A future of a storage overrides this (the generic one knows no storage).
+        """
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like ``get()`` and return the call's error, or None if it succeeded."""

@@ -94,6 +94,11 @@ class WriterFuture(Future[T]):
         value: T = self._value
         return value
 
+    def _report_timeout(self, error: OperationTimeout) -> None:
+        handle = self.handle
+        if handle is not None:  # (a lease's own message: the transaction reports it)
+            handle._storage.errors.handle(error, {"operation": self._verb})
+
 
 class WriterHandle:
     """``db.writer``: send work to the writer; every method returns a future.
