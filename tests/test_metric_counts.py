@@ -1,0 +1,134 @@
+"""Each statement run is one query of its connection, and each error one error.
+
+The storage's ``errors`` counts every error reported to a caller once, whichever way
+it reaches the caller (a call, or a future's ``get()``); a connection's ``queries`` and
+``errors`` count the statements it ran, once each.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.connection import ConnectionMetrics
+from atlas_actors.errors import ConstraintError, OperationTimeout, SQLError
+
+DUP = "INSERT INTO tasks(title) VALUES ('dup')"
+
+
+def _counts(db: atlas.Storage, role: str) -> tuple[int, int]:
+    """(queries, errors) of the connections whose role starts with ``role``."""
+    metrics: list[ConnectionMetrics] = [
+        c.metrics for c in db.connections() if c.role.startswith(role)
+    ]
+    return sum(m.queries for m in metrics), sum(m.errors for m in metrics)
+
+
+def _errors(db: atlas.Storage) -> tuple[float, float]:
+    snapshot = db.metrics.snapshot()
+    return snapshot.get("errors", 0), snapshot.get("errors.timeout", 0)
+
+
+@contextmanager
+def _writer_held(db: atlas.Storage) -> Iterator[None]:
+    """Keep the writer busy (a function run in it waits) until the block ends."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        entered.set()
+        leave.wait(10)
+
+    held = db.writer.run(hold)
+    assert entered.wait(10)
+    try:
+        yield
+    finally:
+        leave.set()
+        held.get(10)
+
+
+# -- the writer's connection: a split group is counted once --------------------------
+
+
+def test_a_failed_write_is_one_query_and_one_error_of_the_writer_connection(
+    db: atlas.Storage,
+) -> None:
+    db.write(DUP)
+    before = _counts(db, "writer")
+    with pytest.raises(ConstraintError):
+        db.write(DUP)
+    queries, errors = _counts(db, "writer")
+    assert (queries - before[0], errors - before[1]) == (1, 1)
+
+
+def test_the_writes_of_a_split_group_are_counted_once(db: atlas.Storage) -> None:
+    db.write(DUP)
+    before = _counts(db, "writer")
+    with _writer_held(db):  # all queued meanwhile: one batch, one group
+        futures = [
+            db.writer.execute("INSERT INTO tasks(title) VALUES ('a')"),
+            db.writer.write_all(
+                [
+                    ("INSERT INTO tasks(title) VALUES ('b')", None),
+                    ("INSERT INTO tasks(title) VALUES ('c')", None),
+                ]
+            ),
+            db.writer.execute(DUP),
+            db.writer.write_all([("INSERT INTO tasks(title) VALUES ('d')", None), (DUP, None)]),
+            db.writer.execute("INSERT INTO tasks(title) VALUES (?)", ["e"]),
+        ]
+    outcomes = [future.exception(10) for future in futures]
+    assert [type(e).__name__ for e in outcomes] == [
+        "NoneType",
+        "NoneType",
+        "ConstraintError",
+        "ConstraintError",
+        "NoneType",
+    ]
+    assert db.writer.stats().regrouped > 0  # (the group did fail and was split)
+    queries, errors = _counts(db, "writer")
+    # 1 + 2 + 1 + 2 (the second statement fails) + 1 statements run; 2 failed.
+    assert (queries - before[0], errors - before[1]) == (7, 2)
+
+
+# -- a reader's connection, with the cache on: a read refused as it is prepared ------
+
+
+def test_a_failed_read_counts_on_its_reader_connection_with_the_cache_on(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(cache=True)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    db.query("SELECT * FROM t")
+    before = _counts(db, "reader")
+    with pytest.raises(SQLError):
+        db.query("SELECT nope FROM t")
+    queries, errors = _counts(db, "reader")
+    assert (queries - before[0], errors - before[1]) == (1, 1)
+
+
+# -- the storage's errors: a future's timeout is reported once ------------------------
+
+
+def test_a_writer_future_that_times_out_counts_one_error(db: atlas.Storage) -> None:
+    before = _errors(db)
+    with _writer_held(db):
+        future = db.writer.execute("INSERT INTO tasks(title) VALUES ('late')", timeout=0.2)
+        with pytest.raises(OperationTimeout):
+            future.get(5)
+        with pytest.raises(OperationTimeout):
+            future.get(5)  # (the same error again: counted once)
+    errors, timeouts = _errors(db)
+    assert (errors - before[0], timeouts - before[1]) == (1, 1)
+
+
+def test_a_write_that_times_out_counts_one_error(db: atlas.Storage) -> None:
+    before = _errors(db)
+    with _writer_held(db), pytest.raises(OperationTimeout):
+        db.write("INSERT INTO tasks(title) VALUES ('late')", timeout=0.2)
+    errors, timeouts = _errors(db)
+    assert (errors - before[0], timeouts - before[1]) == (1, 1)
