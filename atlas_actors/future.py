@@ -159,7 +159,21 @@ def sql_type_error(sql: object, *, built: bool = True) -> StatementTypeError:
 class Future(Generic[T]):
     """The result of an asynchronous call; ``get()`` waits for it, never past the deadline."""
 
-    __slots__ = ("_callbacks", "_claim", "_done", "_error", "_sql", "_value", "_verb", "deadline")
+    __slots__ = (
+        "_callbacks",
+        "_claim",
+        "_done",
+        "_error",
+        "_sql",
+        "_value",
+        "_verb",
+        "deadline",
+        "report",
+    )
+
+    report: Callable[[BaseException, dict[str, Any] | None], object] | None
+    """Reports the timeout ``get()`` raises (a storage's ``errors.handle``): set by whoever
+    queues the operation, if anyone (unset: not reported)."""
 
     def __init__(self, deadline: float, verb: str, sql: SqlText = None) -> None:
         self.deadline = deadline
@@ -271,8 +285,11 @@ class Future(Generic[T]):
         """Report the timeout ``get()`` raises (log once, count): nothing else does.
 
         The actor reports what it fails an operation with; a timeout is the caller's
-        own. A future of a storage overrides this (the generic one knows no storage).
+        own. A future of a storage overrides this, or has ``report`` set.
         """
+        report = getattr(self, "report", None)  # (a slot nobody set: not reported)
+        if report is not None:
+            report(error, {"operation": self._verb})
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like ``get()`` and return the call's error, or None if it succeeded."""

@@ -148,6 +148,7 @@ class Runtime:
             record_query=self.workload.record,
             statements=self.statements,
             check_wait=self._check_reader_wait,
+            report=self.errors.handle,
         )
         """The reader pool: ``acquire()``, ``status()``, ``resize(n)``."""
         self.optimizer = Optimizer(

@@ -132,3 +132,31 @@ def test_a_write_that_times_out_counts_one_error(db: atlas.Storage) -> None:
         db.write("INSERT INTO tasks(title) VALUES ('late')", timeout=0.2)
     errors, timeouts = _errors(db)
     assert (errors - before[0], timeouts - before[1]) == (1, 1)
+
+
+# -- the storage's errors: a queued read's error and timeout are reported once --------
+
+
+def test_a_queued_read_that_fails_counts_one_error_as_a_query_does(db: atlas.Storage) -> None:
+    before = _errors(db)
+    with pytest.raises(SQLError):
+        db.submit_query("SELECT nope FROM tasks").get(5)
+    with pytest.raises(SQLError):
+        db.query("SELECT nope FROM tasks")
+    errors, _ = _errors(db)
+    assert errors - before[0] == 2
+
+
+def test_a_queued_read_that_times_out_counts_one_error(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(readers=1, max_readers=1)
+    before = _errors(db)
+    with db.pool.acquire(timeout=5):  # the only reader connection: the read waits
+        future = db.submit_query("SELECT 1", timeout=0.2)
+        with pytest.raises(OperationTimeout):
+            future.get(5)
+        with pytest.raises(OperationTimeout):
+            db.query("SELECT 2", timeout=0.2)
+    errors, timeouts = _errors(db)
+    assert (errors - before[0], timeouts - before[1]) == (2, 2)

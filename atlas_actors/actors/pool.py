@@ -310,8 +310,11 @@ class ReaderPool:
         record_query: Callable[..., None] | None = None,
         statements: StatementAnalyses | None = None,
         check_wait: Callable[[], Callable[[], None] | None] | None = None,
+        report: Callable[[BaseException, dict[str, Any] | None], object] | None = None,
     ) -> None:
         self.config = config
+        self.report = report
+        """Reports an error of a queued read (the storage's ``errors.handle``), or None."""
         self.events = events
         self.statements = statements or StatementAnalyses()
         """What the storage's statements touch (shared with its writer)."""
@@ -1237,6 +1240,7 @@ class ReaderPool:
                 )
             )
             return
+        op.future.report = self.report  # (its timeout in get() is reported too)
         self._pending.append(op)
         self._dispatch_pending()
         if self._pending:

@@ -98,13 +98,25 @@ class Reopen:
     """Why the reader has none: the error it lost its last one to."""
 
 
-def run_read(connection: TrackedConnection, op: ReadOp, tracing: Tracing) -> None:
-    """Run one queued read on ``connection`` and resolve its future."""
+def run_read(
+    connection: TrackedConnection,
+    op: ReadOp,
+    tracing: Tracing,
+    report: Callable[[BaseException, dict[str, Any] | None], object] | None = None,
+) -> None:
+    """Run one queued read on ``connection`` and resolve its future.
+
+    A read that fails is reported (``report``: log once, count), as the writer reports
+    a write that fails: its caller learns of it only through the future.
+    """
     if not op.claim():
         return  # withdrawn by a caller that timed out
     now = time.monotonic()
     if now > op.deadline:
-        op.fail(OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
+        late = OperationTimeout(op.describe(), now - op.enqueued_at, applied=False)
+        if report is not None:
+            report(late, {"operation": "submit_query"})
+        op.fail(late)
         return
     connection.bound(op.deadline - now)  # stopped where the caller stops waiting
     with tracing.consumer_span("atlas.reader.query", op.trace_context, op.sql) as span:
@@ -112,6 +124,8 @@ def run_read(connection: TrackedConnection, op: ReadOp, tracing: Tracing) -> Non
             rows = connection.query(op.sql, op.params)
         except Exception as error:
             Tracing.record_error(span, error)
+            if report is not None:
+                report(error, {"operation": "submit_query", "sql": op.sql})
             op.fail(error)
             return
     op.future.set_result(rows)
@@ -259,7 +273,7 @@ class ReaderActor(RoleActor):
         while self._unfinished:
             op = self._unfinished.pop(0)
             self._current = op
-            run_read(connection, op, self.tracing)
+            run_read(connection, op, self.tracing, self.pool.report)
             self._current = None
             if not self._unfinished:
                 # Drain more queued reads before giving the connection back.
