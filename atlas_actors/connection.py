@@ -654,7 +654,7 @@ _writer_pragma_verdicts: TextMemo[str | None] = TextMemo(10_000)
 
 
 def refuse_connection_settings(sql: str) -> None:
-    """Raise ValidationError if a statement of ``sql`` is a PRAGMA that changes something.
+    """Raise ValidationError unless ``sql`` is one statement that leaves a reader as it is.
 
     Read connections are pooled: ``PRAGMA case_sensitive_like = ON`` (SQLite applies it
     while preparing), ``PRAGMA foreign_keys = 0`` or ``PRAGMA query_only(0)`` on one
@@ -664,14 +664,48 @@ def refuse_connection_settings(sql: str) -> None:
     ...). Refused: any other pragma given a value (``= v`` or ``(v)``, unknown names
     included: SQLite ignores those silently), and the pragmas that act even without one
     (``optimize``, ``shrink_memory``, ``wal_checkpoint``, ``incremental_vacuum``).
+    Refused too: ``ATTACH`` and ``DETACH`` (an attached database stays on the pooled
+    connection, for every later read), ``VACUUM`` (``VACUUM INTO`` makes a file even on
+    a read-only connection), and a second statement (a read's rows have one set of
+    columns: those of a second ``SELECT`` came back under the first one's names).
     Pure: it reads only the text (cached per text).
     """
     verdict = _pragma_verdicts.get(sql, "")
     if verdict == "":
-        verdict = _setting_pragma(sql) if _MAY_HOLD_PRAGMA.search(sql) else None
+        verdict = _reader_refusal(sql) if _MAY_CHANGE_A_READER.search(sql) else None
         _pragma_verdicts.remember(sql, verdict)
     if verdict is not None:
-        raise _settings_error(sql, verdict)
+        raise ValidationError(verdict)
+
+
+_MAY_CHANGE_A_READER = re.compile("pragma|attach|detach|vacuum|;", re.IGNORECASE)
+"""A cheap first look: text without any of these is one statement that changes nothing."""
+_READER_REFUSED = re.compile(_LEADING + r"(ATTACH|DETACH|VACUUM)\b", re.IGNORECASE | re.DOTALL)
+_NOTHING_MORE = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/|;)*", re.DOTALL)
+"""What may follow a read's statement: whitespace, comments and empty statements."""
+
+
+def _reader_refusal(sql: str) -> str | None:
+    """Why ``sql`` may not run on a pooled reader (a message), or None."""
+    starts = list(_statement_starts(sql))
+    if any(not _NOTHING_MORE.fullmatch(sql, start) for start in starts[1:]):
+        return (
+            f"{shorten(sql)!r} holds more than one statement, and a read runs one: its "
+            "rows have one set of columns. Run each statement with its own call (a "
+            "script that writes goes through db.execute())"
+        )
+    refused = _READER_REFUSED.match(sql)
+    if refused is not None:
+        verb = refused.group(1).upper()
+        return (
+            f"{shorten(sql)!r}: {verb} is not run on reader connections, which are "
+            "shared: an attached database would stay on one for every later read, and "
+            "VACUUM INTO made an empty file before it failed (readers cannot write). "
+            "Read another database file with a storage of its own; copy this one with "
+            "SQLite's backup API on a connection of your own (apsw Connection.backup)"
+        )
+    pragma = _setting_pragma(sql)
+    return None if pragma is None else _settings_message(sql, pragma)
 
 
 def refuse_writer_settings(sql: str) -> None:
@@ -700,8 +734,8 @@ def refuse_writer_settings(sql: str) -> None:
         )
 
 
-def _settings_error(sql: str, verdict: str) -> ValidationError:
-    return ValidationError(
+def _settings_message(sql: str, verdict: str) -> str:
+    return (
         f"{shorten(sql)!r}: PRAGMA {verdict} changes the connection or the database, "
         "and reads run on shared connections where every later read would see it. "
         "Run it through the writer with db.execute() (database values such as "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import apsw
 import pytest
@@ -177,6 +178,55 @@ def test_transaction_control_on_the_readers_is_refused(
         db.query("SELECT v FROM t")
     db.write("UPDATE t SET v = 1")
     assert {db.query("SELECT v FROM t")[0][0] for _ in range(50)} == {1}
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_read_is_one_statement_that_leaves_the_shared_reader_as_it_was(
+    open_storage: Callable[..., atlas.Storage], tmp_path: Path, cache: bool
+) -> None:
+    """A read ran every statement of its text: a second SELECT's rows came back under
+    the first one's column names, and an ATTACH stayed on the pooled connection, so
+    every later read on it could see (and read) another database file."""
+    other = apsw.Connection(str(tmp_path / "other.db"))
+    other.execute("CREATE TABLE secret(x); INSERT INTO secret VALUES ('from the other file')")
+    other.close()
+    db = open_storage(cache=cache, readers=1, max_readers=1)
+    attach = f"ATTACH '{tmp_path / 'other.db'}' AS o"
+    refused = {
+        "SELECT 1 AS a; SELECT 2 AS b, 3 AS c": "holds more than one statement",
+        attach: "ATTACH is not run on reader connections",
+        f"SELECT 1; {attach}": "holds more than one statement",
+        "DETACH o": "DETACH is not run",
+        f"VACUUM INTO '{tmp_path / 'copy.db'}'": "VACUUM is not run",
+    }
+    for sql, message in refused.items():
+        with pytest.raises(errors.ValidationError, match=message):
+            db.query(sql)
+        with pytest.raises(errors.ValidationError, match=message):
+            db.submit_query(sql).get(10)
+        with db.pool.connection() as connection, pytest.raises(errors.ValidationError):
+            connection.execute(sql)
+    assert not (tmp_path / "copy.db").exists()
+    assert [r.name for r in db.query("PRAGMA database_list")] == ["main"]
+    # One statement, with what may follow it: nothing, comments, empty statements.
+    assert db.query("SELECT 1 AS a;  -- done") == [(1,)]
+    assert db.query("SELECT 1 AS a;; /* end */ ;") == [(1,)]
+    assert db.query("SELECT ';' AS s") == [(";",)]
+
+
+def test_text_as_parameters_is_refused_once_the_fast_path_serves_the_read(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """The read path's fast path (a statement past its first runs) bound a str as one
+    parameter per character: refused on a statement's first runs, served after."""
+    db = open_storage(cache=False)  # (the cache's path checks the parameters itself)
+    db.execute("CREATE TABLE t(a)")
+    db.write("INSERT INTO t VALUES ('x')")
+    read = "SELECT a FROM t WHERE a = ?"
+    for _ in range(20):
+        assert db.query(read, ["x"]) == [("x",)]
+    with pytest.raises(errors.ParameterError, match=_AS_LIST):
+        db.query(read, "x")
 
 
 @pytest.mark.parametrize("prefix", ["$", ":", "@", "#"])

@@ -78,6 +78,7 @@ from atlas_actors.connection import (
     refuse_transaction_control,
 )
 from atlas_actors.errors import (
+    TEXT_TYPES,
     AtlasError,
     OperationTimeout,
     ReadOnlyError,
@@ -995,10 +996,13 @@ class ReaderPool:
         local = self._local
         events = self.events
         record_query = self._record_query
+        text_types = TEXT_TYPES
 
         def query(sql: str, params: Params = None, *, timeout: float | None = None) -> list[Row]:
             """Claim a connection, run ``sql`` in this thread, give the connection back."""
-            if type(sql) is not str or pool.closed is not None:
+            if type(sql) is not str or type(params) in text_types or pool.closed is not None:
+                # (a str as the parameters binds one character per placeholder: the
+                # general path refuses it)
                 return fallback(sql, params, timeout=timeout)
             if timeout is not None:
                 timeout = checked_timeout(timeout)
