@@ -897,3 +897,26 @@ def test_frequent_maintenance_under_steady_reads_does_not_grow_the_pool(
     db = open_storage(readers=4, cache=False, health_check_interval=0.05)
     _read_in_loops(db, 1.5)
     assert db.pool.status().total <= 4 + 1
+
+
+def test_queued_reads_given_up_neither_count_as_waiting_nor_fill_the_queue(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """With the only connection lent, 50 queued reads timed out; they stayed in the
+    queue until a reader ran them: waiting_requests said 50, and the next read was
+    refused at once as "the read queue is full" while nothing waited."""
+    db = open_storage(readers=1, max_readers=1, mailbox_size=50, cache=False)
+    with db.pool.connection():
+        given_up = [db.submit_query("SELECT 1", timeout=0.2) for _ in range(25)]
+        for future in given_up:
+            with pytest.raises(OperationTimeout):
+                future.get()  # withdrawn by its caller
+        forgotten = [db.submit_query("SELECT 1", timeout=0.2) for _ in range(25)]
+        time.sleep(0.3)  # past their deadline; nobody asked for them
+        assert db.pool.status().waiting_requests == 0
+        live = db.submit_query("SELECT 2 AS x", timeout=10)
+        assert db.pool.status().waiting_requests == 1
+        for future in forgotten:
+            assert isinstance(future.exception(0), OperationTimeout)  # failed when dropped
+    assert live.get(10)[0].x == 2
+    assert db.pool.status().waiting_requests == 0

@@ -332,6 +332,8 @@ class ReaderPool:
         self._connections: list[TrackedConnection] = []  # replaced, never changed in place
         self._gone_timing = (0.0, 0)  # read_timing() of the connections taken out
         self._pending: deque[ReadOp] = deque()
+        self._pending_lock = threading.Lock()
+        """Held to add to, take from or filter ``_pending`` (the queued reads)."""
         self._cond = threading.Condition(threading.Lock())
         self._waiting = 0  # len(self._waiters), read without the lock on the hot path
         self._waiters: deque[_Waiter] = deque()
@@ -1234,7 +1236,16 @@ class ReaderPool:
         if self.closed is not None:
             op.fail(self.closed)
             return
-        if len(self._pending) >= self.config.mailbox_size:
+        op.future.report = self.report  # (its timeout in get() is reported too)
+        late: list[ReadOp] = []
+        with self._pending_lock:
+            if len(self._pending) >= self.config.mailbox_size:
+                late = self._drop_finished()  # (reads given up count for nothing)
+            full = len(self._pending) >= self.config.mailbox_size
+            if not full:
+                self._pending.append(op)
+        self._fail_late(late)
+        if full:
             op.fail(
                 OperationTimeout(
                     f"{op.describe()} (the read queue is full: "
@@ -1244,8 +1255,6 @@ class ReaderPool:
                 )
             )
             return
-        op.future.report = self.report  # (its timeout in get() is reported too)
-        self._pending.append(op)
         self._dispatch_pending()
         if self._pending:
             with self._cond:
@@ -1255,12 +1264,56 @@ class ReaderPool:
         """Up to a batch of queued reads, for a reader about to give its connection back."""
         ops: list[ReadOp] = []
         pending = self._pending
-        while len(ops) < _MAX_READS_PER_WAKEUP:
-            try:
-                ops.append(pending.popleft())
-            except IndexError:
-                break
+        with self._pending_lock:
+            while len(ops) < _MAX_READS_PER_WAKEUP:
+                try:
+                    ops.append(pending.popleft())
+                except IndexError:
+                    break
         return ops
+
+    def _drop_finished(self) -> list[ReadOp]:
+        """Take out the queued reads nobody waits for any more (holding _pending_lock).
+
+        A read whose caller timed out (and withdrew it) is done; one past its deadline
+        is claimed and returned, for :meth:`_fail_late` (after the lock: failing runs
+        the future's callbacks). Until then they counted as waiting and filled the
+        queue: with no reader free, the next read was refused as "the read queue is
+        full" while nothing waited.
+        """
+        now = time.monotonic()
+        live: list[ReadOp] = []
+        late: list[ReadOp] = []
+        for op in self._pending:
+            if op.future.done():
+                continue
+            if now > op.deadline and op.claim():
+                late.append(op)
+                continue
+            live.append(op)
+        self._pending.clear()
+        self._pending.extend(live)
+        return late
+
+    def _fail_late(self, late: list[ReadOp]) -> None:
+        """Fail the reads :meth:`_drop_finished` found past their deadline, as a reader would."""
+        now = time.monotonic()
+        for op in late:
+            error = OperationTimeout(op.describe(), now - op.enqueued_at, applied=False)
+            if self.report is not None:
+                self.report(error, {"operation": "submit_query"})
+            op.fail(error)
+
+    def _waiting_reads(self) -> int:
+        """Queued reads someone still waits for: not given up, not past their deadline.
+
+        Counted, not taken out: this runs under the pool's lock, and failing a read
+        runs its future's callbacks.
+        """
+        if not self._pending:
+            return 0
+        now = time.monotonic()
+        return sum(1 for op in list(self._pending) if not op.future.done() and now <= op.deadline)
 
     def _dispatch_pending(self) -> None:
         while self._pending:
@@ -1431,7 +1484,7 @@ class ReaderPool:
             total=len(connections),
             active=active,
             idle=len(connections) - active,
-            waiting_requests=self._waiting + len(self._pending),
+            waiting_requests=self._waiting + self._waiting_reads(),
         )
 
     def read_timing(self) -> tuple[float, int]:
