@@ -60,8 +60,9 @@ exit status:
 _DEMO_EXIT_STATUSES = """\
 exit status:
   0  the run ended and every acknowledged write was found in the file
-  1  the run could not start: the file is missing, not a database, or holds another
-     application's tasks table (the message says which)
+  1  the run could not start: the file cannot be opened (its directory is missing,
+     say), is not a database, or holds another application's tasks table (the
+     message says which); a missing file is created
   2  writes were lost: some acknowledged writes were not found after the run
   130  interrupted with Ctrl-C (what was measured so far is printed)
 """
