@@ -176,7 +176,9 @@ class WriterHandle:
         """Run ``fn(connection)`` inside the writer, in its own savepoint.
 
         ``fn`` gets the writer's apsw connection; whatever it returns resolves the
-        future, whatever it raises fails it (and undoes what it wrote). It must not wait
+        future, whatever it raises fails it (and undoes what it wrote): its own
+        exceptions as raised, SQLite's typed as every call's (``ConstraintError``,
+        ``DiskFullError``, ..., the apsw error as ``__cause__``). It must not wait
         on the storage. After a writer crash it is not run again (it might have had
         effects outside the database): its future fails with ``ActorCrashedError``.
         """
