@@ -687,6 +687,9 @@ _NOTHING_MORE = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/|;)*", re.DOTALL)
 
 def _reader_refusal(sql: str) -> str | None:
     """Why ``sql`` may not run on a pooled reader (a message), or None."""
+    pragma = _setting_pragma(sql)
+    if pragma is not None:
+        return _settings_message(sql, pragma)  # (the most telling, in any statement)
     starts = list(_statement_starts(sql))
     if any(not _NOTHING_MORE.fullmatch(sql, start) for start in starts[1:]):
         return (
@@ -704,8 +707,7 @@ def _reader_refusal(sql: str) -> str | None:
             "Read another database file with a storage of its own; copy this one with "
             "SQLite's backup API on a connection of your own (apsw Connection.backup)"
         )
-    pragma = _setting_pragma(sql)
-    return None if pragma is None else _settings_message(sql, pragma)
+    return None
 
 
 def refuse_writer_settings(sql: str) -> None:
