@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import apsw
 import pykka
@@ -63,6 +64,7 @@ from atlas_actors.transaction.transaction import LEASE, Transaction, Transaction
 __all__ = ["Runtime"]
 
 log = logging.getLogger("atlas_actors.storage")
+T = TypeVar("T")
 
 _COLLECT_AFTER = 1.0
 """Seconds a lease is held before the tick runs one garbage collection for it."""
@@ -152,7 +154,7 @@ class Runtime:
         )
         """The reader pool: ``acquire()``, ``status()``, ``resize(n)``."""
         self.optimizer = Optimizer(
-            read=self.pool.run_function, write=self._run_ddl, workload=self.workload
+            read=self._optimizer_read, write=self._run_ddl, workload=self.workload
         )
         """Plans, costs, index advice and rewrites: ``db.optimizer.analyze(sql)``."""
         self._schema: tuple[int, Schema] | None = None
@@ -622,6 +624,12 @@ class Runtime:
         schema = self.pool.run_function(Schema.from_connection)
         self._schema = (generation, schema)  # a change meanwhile bumps the generation
         return schema
+
+    def _optimizer_read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """The optimizer's look at the database, on a reader: a span of its own."""
+        step = getattr(fn, "__qualname__", "read").replace(".<locals>.job", "")
+        with self.tracing.client_span("atlas.optimizer", **{"atlas.optimizer.step": step}):
+            return self.pool.run_function(fn)
 
     def _run_ddl(self, sql: str) -> None:
         self.writer.execute(sql).get()

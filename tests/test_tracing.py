@@ -110,3 +110,27 @@ def test_write_all_spans_carry_the_statements_text(
     assert texts["atlas.write_all"] == [text]  # db.write_all: client span
     assert texts["atlas.writer.submit"] == [text]  # db.writer.write_all: client span
     assert texts["atlas.writer.write_all"] == [text, text]  # one consumer span each
+
+
+def test_checkpoints_checks_and_the_optimizers_reads_make_spans_of_their_own(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    """A checkpoint's client span was the generic atlas.writer.submit; a check of the
+    file and the optimizer's reads made none."""
+    traced.write("INSERT INTO tasks(title) VALUES ('a')")
+    exporter.clear()
+    traced.wal.checkpoint("truncate")
+    assert traced.wal.verify()
+    traced.optimizer.analyze("SELECT * FROM tasks WHERE title = ?", ["a"])
+    spans = exporter.get_finished_spans()
+    by_name = {s.name: s for s in spans}
+    checkpoint = by_name["atlas.wal.checkpoint"]
+    assert checkpoint.kind is SpanKind.CLIENT
+    assert checkpoint.attributes["atlas.wal.mode"] == "truncate"
+    handled = by_name["atlas.writer.checkpoint"]
+    assert handled.parent is not None and handled.parent.span_id == checkpoint.context.span_id
+    assert "atlas.writer.submit" not in by_name
+    assert by_name["atlas.wal.verify"].attributes["atlas.wal.full"] is False
+    optimizer = [s for s in spans if s.name == "atlas.optimizer"]
+    assert optimizer and all(s.kind is SpanKind.CLIENT for s in optimizer)
+    assert {s.attributes["atlas.optimizer.step"] for s in optimizer} >= {"Optimizer.analyze"}

@@ -52,10 +52,12 @@ class WalManager:
         """Run a checkpoint now; returns (frames in the WAL, frames copied to the file)."""
         if mode not in ("passive", "full", "restart", "truncate"):
             raise ValidationError(f"mode={mode!r}; use passive, full, restart or truncate")
-        future = self._storage.writer.submit(
-            CheckpointOp, f"checkpoint {mode}", None, (mode.upper(),), None, traced=True
-        )
-        result: tuple[int, int] = future.get()
+        storage = self._storage
+        with storage.tracing.client_span("atlas.wal.checkpoint", **{"atlas.wal.mode": mode}):
+            future = storage.writer.submit(
+                CheckpointOp, f"checkpoint {mode}", None, (mode.upper(),), None, traced=False
+            )
+            result: tuple[int, int] = future.get()
         return result
 
     def monitor(self) -> WalStats:
@@ -92,7 +94,10 @@ class WalManager:
         (``DiskIOError``, ``BusyError``, ...) instead. ``db.errors.verify()`` returns both
         outcomes as a :class:`~atlas_actors.recovery.VerifyResult`.
         """
-        result = self._storage.errors.verify(full=full)
+        with self._storage.tracing.client_span(
+            "atlas.wal.verify", None, **{"atlas.wal.full": full}
+        ):
+            result = self._storage.errors.verify(full=full)
         if result.unchecked:
             assert result.error is not None, "an unchecked result carries its error"
             raise result.error
