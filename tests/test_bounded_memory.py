@@ -123,6 +123,41 @@ def test_writes_queued_behind_a_transaction_meet_backpressure(tmp_path: Path) ->
         assert count == 1 + len(accepted)
 
 
+def test_writes_given_up_behind_a_transaction_take_no_room_and_are_no_queue(
+    tmp_path: Path,
+) -> None:
+    """Writes and lease requests that timed out behind a lease stayed held until it
+    ended: the next write was refused as "the mailbox is full" while nothing waited,
+    and transactions.status() counted them as queued, their wait growing."""
+    with atlas.open(tmp_path / "a.db", mailbox_size=8, cache=False) as db:
+        db.execute("CREATE TABLE t(v)")
+        holding, done = threading.Event(), threading.Event()
+
+        def hold_the_lease() -> None:
+            with db.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES ('tx')")
+                holding.set()
+                done.wait(10)
+
+        holder = threading.Thread(target=hold_the_lease)
+        holder.start()
+        assert holding.wait(10)
+        gave_up = [
+            db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=0.2) for n in range(8)
+        ]
+        for future in gave_up:
+            with pytest.raises(OperationTimeout) as caught:
+                future.get()
+            assert caught.value.applied is False
+        assert db.transactions.status().queued == 0
+        waits = db.writer.execute("INSERT INTO t VALUES ('after')", timeout=10)  # room
+        assert wait_until(lambda: db.transactions.status().queued == 1)
+        done.set()
+        holder.join(10)
+        assert waits.get(10).rowcount == 1
+        assert sorted(r.v for r in db.query("SELECT v FROM t")) == ["after", "tx"]
+
+
 def test_ops_put_back_in_front_count_against_the_mailbox_bound() -> None:
     """When a lease ends, the writes held behind it go back in front of the mailbox: they
     were not counted there, so senders could queue another ``mailbox_size`` on top."""

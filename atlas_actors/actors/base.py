@@ -206,6 +206,9 @@ class Mailbox:
         self.held = 0
         """Ops the actor took out but holds back (the writer's, behind a lease): they
         count against ``capacity`` as if they were still queued."""
+        self.count_held: Callable[[], int] | None = None
+        """Those of ``held`` someone still waits for (set by the actor), asked by a sender
+        that finds the mailbox full: ops given up behind a lease take no room."""
         self.closed: BaseException | None = None
         """Set (to the error senders get) once the role is shut down."""
 
@@ -278,7 +281,7 @@ class Mailbox:
         with self._room:
             self._senders_waiting += 1
             try:
-                while self._queue.qsize() + self.held + len(self._front) >= self.capacity:
+                while self._queue.qsize() + self._held_now() + len(self._front) >= self.capacity:
                     remaining = op.deadline - time.monotonic()
                     if remaining <= 0:
                         raise OperationTimeout(
@@ -293,6 +296,10 @@ class Mailbox:
                     self._room.wait(min(remaining, 0.05))
             finally:
                 self._senders_waiting -= 1
+
+    def _held_now(self) -> int:
+        count = self.count_held
+        return self.held if count is None else min(self.held, count())
 
     def control_waiting(self) -> bool:
         """Whether a stop or a crash (a control message, no :class:`Notice`) waits."""

@@ -174,6 +174,15 @@ _RUN_MAX = 32
 writer checks ``max_batch_delay`` (a run of many slow statements could overrun it)."""
 
 
+def _still_awaited(ops: Iterable[Op], now: float) -> list[Op]:
+    """The ops whose callers still wait: not given up (resolved), not past their deadline.
+
+    Writes and lease requests that timed out behind a lease stay held until it ends;
+    they take no room in the mailbox's bound and are no queue in ``status()``.
+    """
+    return [op for op in ops if op.future._value is _PENDING and now <= op.deadline]
+
+
 def _set_results(ops: Sequence[Op], done: Sequence[list[WriteResult]]) -> None:
     """Give each op its unit's results (a ``write`` its one result), as far as ``done``."""
     for op, results in zip(ops, done, strict=False):
@@ -282,6 +291,7 @@ class WriterActor(RoleActor):
         # This incarnation holds nothing yet, whatever the last one left counted (one
         # that died without its crash clean-up would otherwise shrink the bound for good).
         self.mailbox.release_held()
+        self.mailbox.count_held = self._held_awaited
         raw = self.connect()
         connection = TrackedConnection(raw, "writer", owner=self)
         if self.incarnation > 1 and self.config.verify_on_restart:
@@ -527,9 +537,13 @@ class WriterActor(RoleActor):
         """(transaction holding the lease, messages waiting behind it, oldest wait)."""
         lease = self._lease
         now = time.monotonic()
-        waiting = [*self._lease_queue, *self._stash]
+        waiting = _still_awaited([*self._lease_queue, *self._stash], now)
         oldest = max((now - op.enqueued_at for op in waiting), default=0.0)
         return (lease.tx_id if lease else None, len(waiting), oldest)
+
+    def _held_awaited(self) -> int:
+        """How many of the ops held behind the lease someone still waits for (any thread)."""
+        return len(_still_awaited(list(self._stash), time.monotonic()))
 
     # -- group commit ------------------------------------------------------------------
 
