@@ -219,6 +219,46 @@ def test_a_restart_storm_escalates_to_storage_unavailable(open_storage: object) 
     assert metrics["restarts"] == 2 and metrics["restarts.writer"] == 2
 
 
+def test_restarts_older_than_the_window_no_longer_count_toward_escalation(
+    open_storage: object,
+) -> None:
+    """Restart intensity is R restarts in T seconds: a storage whose writer failed now
+    and then must not fail for good after its R-th failure in its whole life."""
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        restart_max=2, restart_window=0.5, restart_backoff_initial=0.01
+    )
+    db.execute("CREATE TABLE t(x)")
+    for pause in (0.0, 0.0, 0.7, 0.0):  # two within the window, then two more after it
+        time.sleep(pause)
+        restarted = _wait_for_restart(db, "writer")
+        db.supervisor.kill("writer")
+        assert restarted(5)
+    assert db.health().status == "ok"
+    assert db.write("INSERT INTO t VALUES (1)").rowcount == 1
+
+
+def test_restart_backoff_doubles_per_recent_restart_up_to_its_maximum(
+    open_storage: object,
+) -> None:
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        restart_max=10,
+        restart_window=30,
+        restart_backoff_initial=0.1,
+        restart_backoff_max=0.4,
+        restart_backoff_jitter=0.0,
+    )
+    took = []
+    for _ in range(4):
+        restarted = _wait_for_restart(db, "writer")
+        started = time.monotonic()
+        db.supervisor.kill("writer")
+        assert restarted(5)
+        took.append(time.monotonic() - started)
+    # 0.1, 0.2, 0.4, then 0.4 again (the maximum), each plus the start of the writer.
+    assert took[0] >= 0.1 and took[1] >= 0.2 and took[2] >= 0.4 and took[3] >= 0.4, took
+    assert took[3] < 0.8, took  # not 0.8: capped
+
+
 def test_a_role_that_cannot_be_recreated_escalates_instead_of_staying_down(
     open_storage: Callable[..., atlas.Storage], monkeypatch: pytest.MonkeyPatch
 ) -> None:
