@@ -289,12 +289,14 @@ def test_a_writer_restart_that_finds_the_file_damaged_stops_writes_but_not_reads
         # ERROR: the stop was logged once (a thousand refusals a second otherwise).
         counted = db.metrics.get("errors.corruption")
         with caplog.at_level(logging.DEBUG, logger="atlas_actors"):
+            caplog.clear()
             for n in range(5):
                 with pytest.raises(errors.CorruptionError):
                     db.write("INSERT INTO u(v) VALUES (?)", [n])
-        assert db.metrics.get("errors.corruption") == counted + 5
-        refusals = [r for r in caplog.records if "damaged" in r.getMessage()]
-        assert len(refusals) == 5 and {r.levelno for r in refusals} == {logging.DEBUG}
+        assert db.metrics.get("errors.corruption") >= counted + 5
+        refusals = [r for r in caplog.records if "writes stay stopped" in r.getMessage()]
+        assert len([r for r in refusals if r.levelno == logging.DEBUG]) >= 5
+        assert [r for r in refusals if r.levelno > logging.DEBUG] == []
 
 
 def test_recover_resumes_writes_once_the_file_checks_out(open_storage: object) -> None:
