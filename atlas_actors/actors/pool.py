@@ -49,6 +49,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +84,7 @@ from atlas_actors.errors import (
     OperationTimeout,
     ReadOnlyError,
     StorageUnavailable,
+    TransactionTimeout,
     ValidationError,
     shorten,
     wrap_sqlite_error,
@@ -229,17 +231,56 @@ class PooledConnection:
     """A reader connection lent by ``pool.acquire()``; give it back with ``release()``.
 
     Usable from the thread that acquired it until released; a context manager too.
+    The pool takes a lease back on its maintenance tick (with a warning) when:
+
+    * it is dropped without ``release()`` (garbage-collected): its read transaction,
+      if one was left open, is rolled back and the connection goes back to the pool;
+    * the thread that acquired it has ended: nobody can use it as documented any more,
+      so it goes back, and later calls on this object raise ``ValidationError``;
+    * a read transaction (``BEGIN``) on it has been open longer than the storage's
+      ``transaction_timeout``: a snapshot keeps the WAL from being checkpointed, so it
+      is rolled back (never under a running statement: by the owner's next call, or a
+      later tick), the connection goes back, and later calls raise
+      ``TransactionTimeout``, as a ``repeatable_read`` transaction's do. It is never
+      rolled back silently to go on in autocommit: the ``BEGIN`` promised one snapshot.
+
+    The last two only while :attr:`supervised` (a ``repeatable_read`` transaction's
+    reader is not: the transaction bounds its snapshot by its own timeout).
     """
 
-    __slots__ = ("_connection", "_pool")
+    __slots__ = (
+        "__weakref__",
+        "_began",
+        "_connection",
+        "_ended",
+        "_lock",
+        "_pool",
+        "_thread",
+        "supervised",
+    )
 
     def __init__(self, pool: ReaderPool, connection: TrackedConnection) -> None:
         self._pool = pool
         self._connection: TrackedConnection | None = connection
+        self._lock = threading.Lock()
+        """Held by a call on the lease, and by the tick while it takes the lease back."""
+        self._thread = weakref.ref(threading.current_thread())
+        self._began = 0.0
+        """``time.monotonic()`` when the read transaction open on it was first seen."""
+        self._ended: tuple[type[AtlasError], str] | None = None
+        """Why the pool took it back (the error each later call raises), if it did."""
+        self.supervised = True
+        """The pool takes the lease back when its thread ends or a read transaction on
+        it outlives ``transaction_timeout``. False for a holder that bounds it itself
+        (a ``repeatable_read`` transaction: its own timeout, and it may be ended from
+        another thread once its own has ended)."""
 
     def _live(self) -> TrackedConnection:
         connection = self._connection
         if connection is None:
+            ended = self._ended
+            if ended is not None:
+                raise ended[0](ended[1])
             raise ValidationError("this connection was released; acquire another from the pool")
         return connection
 
@@ -274,22 +315,79 @@ class PooledConnection:
         """
         if timeout is not None:
             timeout = checked_timeout(timeout)
-        try:
-            return self._pool.run(self._live(), sql, params, timeout)
-        except TypeError:  # (the text's checks: None, a number, a list, bytes)
-            if type(sql) is str:
-                raise
-            raise sql_type_error(sql, built=False) from None
+        with self._lock:  # (the tick takes the lease back only between calls)
+            connection = self._live()
+            if self._began and self._too_old(time.monotonic()):
+                # Past its bound while this thread ran a statement (the tick waits for
+                # none): ended now, as the tick would have.
+                why = self._timed_out(connection, time.monotonic())
+                self._connection = None
+                self._ended = (TransactionTimeout, why)
+                self._pool.give_back(connection, why, self._thread_name())
+                raise TransactionTimeout(why)
+            try:
+                return self._pool.run(connection, sql, params, timeout)
+            except TypeError:  # (the text's checks: None, a number, a list, bytes)
+                if type(sql) is str:
+                    raise
+                raise sql_type_error(sql, built=False) from None
+            finally:
+                try:
+                    open_ = connection.connection.in_transaction
+                except apsw.Error:  # (closed: its reader crashed)
+                    open_ = False
+                if not open_:
+                    self._began = 0.0
+                elif not self._began:
+                    self._began = time.monotonic()  # the snapshot's age counts from here
 
     query = execute
 
     def release(self) -> None:
         """Give the connection back to the pool (safe to call twice)."""
-        connection, self._connection = self._connection, None
+        with self._lock:
+            connection, self._connection = self._connection, None
         if connection is not None:
+            self._pool._lent.pop(connection, None)  # (before another lease can have it)
             if connection.state is ConnectionState.ACTIVE:  # (not a FAILED one: it closes)
                 connection.state = ConnectionState.IDLE
             self._pool.release(connection)
+
+    def _too_old(self, now: float) -> bool:
+        """True if a read transaction is open on it for longer than its bound."""
+        return (
+            bool(self._began)
+            and self.supervised
+            and now - self._began >= self._pool.config.transaction_timeout
+        )
+
+    def _timed_out(self, connection: TrackedConnection, now: float) -> str:
+        """Why its read transaction was ended (the error its later calls raise)."""
+        bound = self._pool.config.transaction_timeout
+        return (
+            f"this pooled connection ({connection.id}) kept a read transaction open for "
+            f"{now - self._began:.1f}s, past transaction_timeout ({bound:g}s): "
+            "it was rolled back so that the WAL can be checkpointed, and the connection "
+            "went back to the pool. Keep read transactions short and release leases "
+            "promptly, or raise transaction_timeout"
+        )
+
+    def _thread_name(self) -> str:
+        thread = self._thread()
+        return "?" if thread is None else thread.name
+
+    def _take_back(self, connection: TrackedConnection, error: type[AtlasError], why: str) -> bool:
+        """The tick's: end the lease unless a call is running (then False: next tick)."""
+        if not self._lock.acquire(False):
+            return False
+        try:
+            if self._connection is not connection:
+                return False  # released meanwhile
+            self._connection = None
+            self._ended = (error, why)
+        finally:
+            self._lock.release()
+        return True
 
     def __enter__(self) -> PooledConnection:
         return self
@@ -352,6 +450,9 @@ class ReaderPool:
         is tracked only if it began while someone listened, so this stays empty (and the
         read path skips it) with nobody listening. Each connection is added and removed
         by its one holder at a time."""
+        self._lent: dict[TrackedConnection, tuple[weakref.ref[PooledConnection], str]] = {}
+        """Connections lent by :meth:`acquire`: their lease (weakly) and its thread's name,
+        until released (the tick takes back leases dropped, orphaned or too old)."""
         self._rotor = itertools.count()
         self._names: TextMemo[list[Any]] = TextMemo(_MAX_COUNTED)
         self._down: dict[str, ReaderActor] = {}
@@ -958,7 +1059,9 @@ class ReaderPool:
             # Its reader crashed as it was handed over (it clears ``usable`` first, then
             # sets FAILED): whichever came first, FAILED is what stays.
             connection.state = ConnectionState.FAILED
-        return PooledConnection(self, connection)
+        lease = PooledConnection(self, connection)
+        self._lent[connection] = (weakref.ref(lease), threading.current_thread().name)
+        return lease
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[PooledConnection]:
@@ -1337,6 +1440,8 @@ class ReaderPool:
         once readers failed to for ``reader_fault_timeout`` (the supervisor escalates).
         """
         self._reconnect(now)
+        if self._lent:
+            self._check_leases(now)
         interval = self.config.health_check_interval
         alive = {thread.ident for thread in threading.enumerate()}
         for connection in self._connections:
@@ -1374,6 +1479,52 @@ class ReaderPool:
                 self._retire_reader(connection)
             else:
                 self._let_go(connection)
+
+    def _check_leases(self, now: float) -> None:
+        """Take back leases of :meth:`acquire` that nobody can use, or that pin the WAL.
+
+        (See :class:`PooledConnection`.) Without a finalizer: a lease is collected in
+        whatever thread the collector runs, maybe one holding this pool's lock, so the
+        tick finds it gone (its weak reference dead) and gives its connection back.
+        """
+        for connection, (ref, thread_name) in list(self._lent.items()):
+            lease = ref()
+            if lease is None:
+                # Dropped without release() (released ones leave _lent first).
+                why = (
+                    f"a pooled connection ({connection.id}) acquired by thread "
+                    f"{thread_name!r} was dropped without release(): an open read "
+                    "transaction on it is rolled back. Release every pool.acquire(), or "
+                    "use `with db.pool.connection()`"
+                )
+                self.give_back(connection, why, thread_name)
+                continue
+            if not lease.supervised:
+                continue
+            owner = lease._thread()
+            if owner is None or not owner.is_alive():
+                why = (
+                    f"the pool took back this connection ({connection.id}): the thread "
+                    f"that acquired it ({thread_name!r}) ended without release(). A "
+                    "pooled connection is usable only from the thread that acquired it"
+                )
+                error: type[AtlasError] = ValidationError
+            elif lease._too_old(now):
+                why = lease._timed_out(connection, now)
+                error = TransactionTimeout
+            else:
+                continue
+            if lease._take_back(connection, error, why):  # (else in a call: a later tick)
+                self.give_back(connection, why, thread_name)
+
+    def give_back(self, connection: TrackedConnection, why: str, thread_name: str) -> None:
+        """Release a lent connection its lease lost (see :meth:`_check_leases`), warning."""
+        if self._lent.pop(connection, None) is None:
+            return  # (given back already)
+        log.warning("%s; given back to the pool (acquired by thread %r)", why, thread_name)
+        if connection.state is ConnectionState.ACTIVE:
+            connection.state = ConnectionState.IDLE
+        self.release(connection)  # (rolls back a read transaction left open)
 
     def _recycle_reason(self, connection: TrackedConnection) -> str:
         """Why a claimed connection past its ``recycle_at`` is recycled."""

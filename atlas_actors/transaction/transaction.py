@@ -1075,6 +1075,7 @@ class TransactionManager:
         finally:
             if recorded:
                 self.graph.done_waiting(me)
+        reader.supervised = False  # (its timeout and thread end are the transaction's)
         self.graph.hold(me, "pool:readers", f"transaction {tx.id}")
         self._pinned[tx.id] = tx  # (dropped unended, the tick still gives the reader back)
         return reader

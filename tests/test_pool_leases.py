@@ -1,0 +1,301 @@
+"""Leases of ``pool.acquire()`` that their holder forgets come back to the pool.
+
+* A lease dropped without ``release()`` (garbage-collected) is given back on the tick,
+  its open read transaction rolled back, with a warning naming the acquiring thread.
+* A lease whose acquiring thread ended is taken back on the tick (nobody can use it as
+  documented any more); later calls on it raise ``ValidationError``.
+* A read transaction (``BEGIN``) kept open on a lease past ``transaction_timeout`` is
+  rolled back on the tick so that the WAL can be checkpointed (DESIGN.md: a bounded
+  WAL); the owner's next call raises ``TransactionTimeout``, never a silent autocommit
+  read. Without either, the pool ran out of readers for good, or the WAL grew without
+  bound behind one ``BEGIN``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import atlas_actors as atlas
+from atlas_actors.actors.pool import PooledConnection
+from atlas_actors.errors import OperationTimeout, TransactionTimeout, ValidationError
+from tests.helpers import wait_until
+
+Open = Callable[..., atlas.Storage]
+
+
+def _two_readers(open_storage: Open, **options: Any) -> atlas.Storage:
+    options.setdefault("readers", 2)
+    options.setdefault("max_readers", 2)
+    db = open_storage(cache=False, **options)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    return db
+
+
+def _count(db: atlas.Storage) -> int:
+    return int(db.query("SELECT count(*) AS n FROM t", timeout=2.0)[0].n)
+
+
+def _lease_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "atlas_actors.actors.pool" and r.levelno == logging.WARNING
+    ]
+
+
+# -- defect 1: leases never released ----------------------------------------------------
+
+
+def test_a_lease_dropped_unreleased_goes_back_rolled_back(
+    open_storage: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="atlas_actors.actors.pool")
+    db = _two_readers(open_storage)
+    lease = db.pool.acquire()
+    lease.execute("BEGIN")
+    assert lease.execute("SELECT count(*) AS n FROM t")[0].n == 0  # a snapshot, left open
+    assert db.pool.status().active == 1
+    del lease
+    gc.collect()
+
+    assert wait_until(lambda: db.pool.status().active == 0, timeout=3)
+    (warning,) = [m for m in _lease_warnings(caplog) if "dropped without release()" in m]
+    assert "MainThread" in warning  # where it was acquired
+    # Its snapshot was rolled back: every connection (both are free) sees new writes.
+    db.write("INSERT INTO t(v) VALUES ('new')")
+    first, second = db.pool.acquire(), db.pool.acquire()
+    try:
+        assert first.execute("SELECT count(*) AS n FROM t")[0].n == 1
+        assert second.execute("SELECT count(*) AS n FROM t")[0].n == 1
+    finally:
+        first.release()
+        second.release()
+
+
+def test_leases_leaked_by_ended_threads_do_not_starve_the_pool(
+    open_storage: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every connection acquired by a thread that ended: reads go on (they timed out)."""
+    caplog.set_level(logging.WARNING, logger="atlas_actors.actors.pool")
+    db = _two_readers(open_storage, default_timeout=2.0)
+
+    def leak() -> None:
+        db.pool.acquire().execute("SELECT 1")  # never released
+
+    for index in range(2):
+        thread = threading.Thread(target=leak, name=f"leaker-{index}")
+        thread.start()
+        thread.join()
+    gc.collect()  # (CPython frees them with the frames already; any interpreter: now)
+
+    assert wait_until(lambda: db.pool.status().active == 0, timeout=3)
+    assert _count(db) == 0  # within its timeout: a reader is free
+    warnings = "\n".join(_lease_warnings(caplog))
+    assert "leaker-0" in warnings and "leaker-1" in warnings
+
+
+def test_a_lease_whose_thread_ended_is_taken_back_and_refuses_later_calls(
+    open_storage: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="atlas_actors.actors.pool")
+    db = _two_readers(open_storage)
+    kept: list[PooledConnection] = []
+
+    def acquire() -> None:
+        lease = db.pool.acquire()
+        lease.execute("BEGIN")
+        lease.execute("SELECT count(*) FROM t")
+        kept.append(lease)  # still referenced once this thread ends
+
+    thread = threading.Thread(target=acquire, name="short-lived")
+    thread.start()
+    thread.join()
+    (lease,) = kept
+
+    assert wait_until(lambda: db.pool.status().active == 0, timeout=3)
+    assert any("short-lived" in m and "ended" in m for m in _lease_warnings(caplog))
+    with pytest.raises(ValidationError, match="thread that acquired it"):
+        lease.execute("SELECT 1")
+    with pytest.raises(ValidationError, match="thread that acquired it"):
+        _ = lease.id
+    lease.release()  # harmless
+    # The connection it had serves others, with no snapshot of the dead thread's left.
+    db.write("INSERT INTO t(v) VALUES ('new')")
+    with db.pool.connection() as first, db.pool.connection() as second:
+        assert first.execute("SELECT count(*) AS n FROM t")[0].n == 1
+        assert second.execute("SELECT count(*) AS n FROM t")[0].n == 1
+
+
+def test_a_lease_released_by_its_thread_is_left_alone(
+    open_storage: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="atlas_actors.actors.pool")
+    db = _two_readers(open_storage)
+
+    def work() -> None:
+        with db.pool.connection() as lease:
+            lease.execute("SELECT 1")
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    held = db.pool.acquire()  # the main thread's: alive, held across ticks
+    try:
+        time.sleep(0.3)
+        assert db.pool.status().active == 1
+        assert held.execute("SELECT 1 AS x")[0].x == 1
+    finally:
+        held.release()
+    assert db.pool.status().active == 0
+    assert _lease_warnings(caplog) == []
+
+
+# -- defect 2: a read transaction on a lease pins the WAL --------------------------------
+
+
+def _wal_size(db: atlas.Storage) -> int:
+    return os.path.getsize(f"{db.path}-wal")
+
+
+def _write_batch(db: atlas.Storage) -> None:
+    db.write_all([("INSERT INTO t(v) VALUES (?)", ["x" * 1000])] * 50)
+
+
+def test_a_read_transaction_past_transaction_timeout_is_ended_and_the_wal_shrinks(
+    open_storage: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="atlas_actors.actors.pool")
+    limit = 128 * 1024
+    db = _two_readers(open_storage, transaction_timeout=0.3, wal_size_limit=limit)
+    lease = db.pool.acquire()
+    lease.execute("BEGIN")
+    assert lease.execute("SELECT count(*) AS n FROM t")[0].n == 0
+
+    for _ in range(10):
+        _write_batch(db)  # well within the timeout: the snapshot holds the WAL back
+    assert _wal_size(db) > limit
+    assert lease.execute("SELECT count(*) AS n FROM t")[0].n == 0  # still its snapshot
+
+    assert wait_until(lambda: db.pool.status().active == 0, timeout=3)
+    for _ in range(3):  # every later call: the typed timeout, never an autocommit read
+        with pytest.raises(TransactionTimeout, match="past transaction_timeout"):
+            lease.execute("SELECT count(*) AS n FROM t")
+    lease.release()  # harmless
+    with pytest.raises(TransactionTimeout):
+        lease.execute("SELECT 1")
+    assert any("read transaction open" in m for m in _lease_warnings(caplog))
+
+    # Nothing pins the WAL now: the writer truncates it back under its limit.
+    def shrunk() -> bool:
+        _write_batch(db)
+        return _wal_size(db) <= limit
+
+    assert wait_until(shrunk, timeout=10)
+    assert _count(db) > 500
+
+
+def test_a_statement_running_past_the_timeout_is_not_cut_short(open_storage: Open) -> None:
+    """The tick never ends a snapshot under a running statement: the next call fails."""
+    db = _two_readers(open_storage, transaction_timeout=0.2)
+    slow = (
+        "SELECT (SELECT count(*) FROM t) AS n, (WITH RECURSIVE c(x) AS (SELECT 1 "
+        "UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c) AS m"
+    )
+    lease = db.pool.acquire()
+    lease.execute("BEGIN")
+    lease.execute("SELECT count(*) FROM t")
+    time.sleep(0.1)
+    started = time.monotonic()
+    row = lease.execute(slow)[0]  # runs past the timeout, over several ticks
+    assert time.monotonic() - started > 0.2
+    assert (row.n, row.m) == (0, 3000000)
+    with pytest.raises(TransactionTimeout, match="past transaction_timeout"):
+        lease.execute("SELECT 1")
+    assert wait_until(lambda: db.pool.status().active == 0, timeout=3)
+
+
+def test_a_lease_without_a_read_transaction_is_not_timed_out(open_storage: Open) -> None:
+    db = _two_readers(open_storage, transaction_timeout=0.2)
+    with db.pool.connection() as lease:
+        lease.execute("SELECT count(*) FROM t")
+        lease.execute("BEGIN")
+        lease.execute("SELECT count(*) FROM t")
+        lease.execute("COMMIT")  # ended in time
+        time.sleep(0.5)  # several ticks, past the timeout
+        db.write("INSERT INTO t(v) VALUES ('new')")
+        assert lease.execute("SELECT count(*) AS n FROM t")[0].n == 1
+        assert db.pool.status().active == 1
+
+
+def test_a_transactions_own_snapshot_timeout_still_ends_it(open_storage: Open) -> None:
+    """A repeatable_read transaction's reader is a lease too: it fails as before."""
+    db = _two_readers(open_storage, transaction_timeout=0.3)
+    tx = db.transactions.begin("repeatable_read")
+    assert tx.query("SELECT count(*) AS n FROM t")[0].n == 0
+    assert wait_until(lambda: tx.state == "failed", timeout=3)
+    with pytest.raises(TransactionTimeout, match="kept its snapshot"):
+        tx.query("SELECT count(*) AS n FROM t")
+    assert db.pool.status().active == 0
+
+
+def test_a_transaction_with_a_longer_timeout_keeps_its_snapshot(open_storage: Open) -> None:
+    db = _two_readers(open_storage, transaction_timeout=0.2)
+    with db.transaction("repeatable_read", timeout=30) as tx:
+        assert tx.query("SELECT count(*) AS n FROM t")[0].n == 0
+        db.write("INSERT INTO t(v) VALUES ('later')")
+        time.sleep(0.5)
+        assert tx.query("SELECT count(*) AS n FROM t")[0].n == 0  # the same snapshot
+    assert tx.state == "committed"
+
+
+def test_a_transaction_handed_on_by_an_ended_thread_keeps_its_reader(
+    open_storage: Open,
+) -> None:
+    """A transaction's reader is the transaction's: another thread may finish it."""
+    db = _two_readers(open_storage)
+    begun: list[Any] = []
+
+    def begin() -> None:
+        tx = db.transactions.begin("repeatable_read", timeout=30)
+        tx.query("SELECT count(*) AS n FROM t")
+        begun.append(tx)
+
+    thread = threading.Thread(target=begin)
+    thread.start()
+    thread.join()
+    (tx,) = begun
+    db.write("INSERT INTO t(v) VALUES ('later')")
+    time.sleep(0.3)  # several ticks
+    assert db.pool.status().active == 1  # still pinned
+    assert tx.query("SELECT count(*) AS n FROM t")[0].n == 0  # the same snapshot
+    tx.commit()
+    assert tx.state == "committed"
+    assert db.pool.status().active == 0
+
+
+def test_a_waiter_gets_a_connection_a_dropped_lease_gave_back(open_storage: Open) -> None:
+    """A read waiting for a reader is served once the tick takes a lost lease back."""
+    db = _two_readers(open_storage, default_timeout=3.0)
+    held = db.pool.acquire()
+    lost = db.pool.acquire()
+    try:
+        with pytest.raises(OperationTimeout):
+            db.pool.acquire(timeout=0.05)  # none free, none can be added
+        result: list[int] = []
+        reader = threading.Thread(target=lambda: result.append(_count(db)))
+        reader.start()
+        time.sleep(0.1)  # queued for a reader
+        del lost
+        gc.collect()
+        reader.join(5)
+        assert result == [0]
+    finally:
+        held.release()
