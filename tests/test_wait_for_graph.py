@@ -124,3 +124,27 @@ def test_a_recorded_check_checks_and_records_in_one_step() -> None:
     graph.done_waiting(1)
     assert graph.check(3, "a", record=True) is False  # holds nothing: not recorded
     assert graph.waits() == {}
+
+
+def test_watchers_hear_when_a_session_starts_and_stops_holding() -> None:
+    # The storage keeps a cheap set of threads to guard (read on every write): a thread
+    # pinning a reader joins it with its first hold and leaves it with its last release.
+    graph = WaitForGraph()
+    heard: list[tuple[str, int]] = []
+    graph.watch(lambda s: heard.append(("hold", s)), lambda s: heard.append(("free", s)))
+    graph.hold(1, "pool:readers", "transaction 5")
+    graph.hold(1, "pool:readers", "transaction 6")  # a second snapshot: already holding
+    graph.hold(1, "b", "tx 1")
+    assert heard == [("hold", 1)]
+    assert graph.holds(1)
+    graph.release(1, "pool:readers")
+    graph.release(1, "pool:readers")
+    assert heard == [("hold", 1)]  # still holds b
+    graph.release(1, "b")
+    assert heard == [("hold", 1), ("free", 1)]
+    assert not graph.holds(1)
+    graph.release(1, "b")  # nothing held: nothing heard
+    graph.hold(2, "pool:readers", "transaction 7")
+    graph.forget(2)  # the thread ended: its ident may be given to another one
+    graph.forget(2)
+    assert heard == [("hold", 1), ("free", 1), ("hold", 2), ("free", 2)]

@@ -14,6 +14,10 @@ search only follows the waits of holders, so it could never pass through it. A r
 whose holders some other part keeps already (the writer lease) is *tracked* instead of
 copied: the graph reads that mapping when it searches, and its owner changes it under
 :attr:`lock`, so a search sees one consistent state.
+
+Callers keep their own cheap test of "may this thread close a cycle?" (a set of thread
+ids, read on every write): :meth:`watch` tells them when a session starts holding a
+recorded resource (a pinned reader) and when it holds none any more.
 """
 
 from __future__ import annotations
@@ -47,6 +51,24 @@ class WaitForGraph:
         self._tracked_holders: tuple[Mapping[int, object], ...] = ()
         """The tracked mappings (what :meth:`check`'s lock-free answer looks at)."""
         self._waiting: dict[int, str] = {}
+        self._on_hold: Callable[[int], None] | None = None
+        self._on_free: Callable[[int], None] | None = None
+
+    def watch(self, on_hold: Callable[[int], None], on_free: Callable[[int], None]) -> None:
+        """Be told when a session starts holding a recorded resource, and stops.
+
+        ``on_hold(session)`` when it starts holding one, ``on_free(session)`` when it
+        holds none any more (or is forgotten).
+
+        Both run under :attr:`lock`, in the thread that changed the graph: they must be
+        quick and must not call the graph.
+        """
+        self._on_hold = on_hold
+        self._on_free = on_free
+
+    def holds(self, session: int) -> bool:
+        """Whether ``session`` holds a recorded resource (call under :attr:`lock`)."""
+        return session in self._held
 
     def track(self, resource: str, holders: Mapping[int, object], label: str) -> None:
         """Take ``resource``'s holders from a live mapping (session → what it holds by).
@@ -66,7 +88,10 @@ class WaitForGraph:
         with self.lock:
             holders = self._holders[resource]
             if session not in holders:
-                self._held[session] = self._held.get(session, 0) + 1
+                held = self._held.get(session, 0) + 1
+                self._held[session] = held
+                if held == 1 and self._on_hold is not None:
+                    self._on_hold(session)
             holders[session] = label
             key = (session, resource)
             self._times[key] = self._times.get(key, 0) + 1
@@ -83,6 +108,8 @@ class WaitForGraph:
                 left = self._held.pop(session) - 1
                 if left:
                     self._held[session] = left
+                elif self._on_free is not None:
+                    self._on_free(session)
 
     def _units_held(self, resource: str) -> int:
         """Units of ``resource`` its holders hold (a recorded session may hold several)."""
@@ -147,7 +174,8 @@ class WaitForGraph:
         """Session ``session`` ended: drop everything it holds and waits for."""
         with self.lock:
             self._waiting.pop(session, None)
-            self._held.pop(session, None)
+            if self._held.pop(session, None) is not None and self._on_free is not None:
+                self._on_free(session)
             for holders in self._holders.values():
                 holders.pop(session, None)
             for key in [key for key in self._times if key[0] == session]:
