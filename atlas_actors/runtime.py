@@ -121,7 +121,8 @@ class Runtime:
         self._collected_for: set[int] = set()
         """Leases a garbage collection ran for (see ``_tick``; forgotten as they end)."""
         self.guarded_threads: set[int] = set()
-        """writer_threads and lease owners: the only threads the deadlock guard checks."""
+        """writer_threads, lease owners and threads pinning a reader (holders in the
+        wait-for graph): the only threads the deadlock guard checks."""
         self.read_only = read_only is not None
         """True when SQLite can open the file only for reading: writes are refused."""
         self.write_block: AtlasError | None = read_only
@@ -180,6 +181,8 @@ class Runtime:
         )
         """Transactions: ``begin()``, ``run(fn)``, ``status()``."""
         self.transactions.graph.track(LEASE, self.lease_owners, "transaction {}")
+        # A thread pinning a reader (a snapshot) can close a cycle too: guarded meanwhile.
+        self.transactions.graph.watch(self.guarded_threads.add, self._unguard)
         self.alerts = Alerts(
             rules=default_rules(config),
             snapshot=self.metrics.snapshot,
@@ -599,15 +602,26 @@ class Runtime:
         """Thread ``ident`` ended: it holds no lease and needs no guard any more."""
         with self.transactions.graph.lock:  # the graph reads lease_owners (tracked)
             self.lease_owners.pop(ident, None)
-        if ident not in self.writer_threads:
-            self.guarded_threads.discard(ident)
+            self._unguard(ident)  # (the graph forgets its pinned readers next: unguarded)
 
     def _writer_disconnected(self) -> None:
         # Thread ids are reused once a thread ends: forget this one now.
         me = threading.get_ident()
         self.writer_threads.discard(me)
-        if me not in self.lease_owners:
-            self.guarded_threads.discard(me)
+        with self.transactions.graph.lock:
+            self._unguard(me)
+
+    def _unguard(self, ident: int) -> None:
+        """Stop guarding thread ``ident`` unless it still holds something.
+
+        Call under the graph's lock: what the thread holds changes under it.
+        """
+        if (
+            ident not in self.writer_threads
+            and ident not in self.lease_owners
+            and not self.transactions.graph.holds(ident)
+        ):
+            self.guarded_threads.discard(ident)
 
     def _schema_changed(self) -> None:
         self._schema_generation += 1
@@ -695,20 +709,51 @@ class Runtime:
 
         Only a thread holding something can close one: the writer lease (a transaction
         holding it, reading outside it while the only readers are pinned by snapshots
-        that wait for the lease). Returns what ends the recorded wait, or None.
+        that wait for the lease), or a pinned reader (a snapshot's, while every reader
+        is pinned by it or by transactions waiting for what it holds). Returns what ends
+        the recorded wait, or None.
         """
         me = threading.get_ident()
         if me not in self.guarded_threads:
             return None
+        if me in self.lease_owners:
+            advice = (
+                "this thread holds the writer lease, and the readers are taken by "
+                "transactions waiting for it: read through the transaction (tx.query), "
+                "or commit first"
+            )
+        else:
+            advice = (
+                "this thread pins a reader for its snapshot, and the readers are taken "
+                "by it or by transactions waiting for what it holds: read through the "
+                "transaction (tx.query), or end it first"
+            )
         transactions = self.transactions
-        if not transactions.check_reader_wait(
-            me,
-            "this thread holds the writer lease, and the readers are taken by "
-            "transactions waiting for it: read through the transaction (tx.query), or "
-            "commit first",
-        ):
+        if not transactions.check_reader_wait(me, advice):
             return None
         return lambda: transactions.graph.done_waiting(me)
+
+    def _check_lease_wait(self, me: int, *, record: bool) -> Callable[[], None] | None:
+        """Before thread ``me`` (holding no lease) waits on the writer: refuse a cycle.
+
+        A plain write waits behind the writer lease. A thread pinning a reader makes a
+        cycle if the lease's holder waits (in the end) for that reader. ``record``: also
+        record the wait for the lease, so that the holder's own wait for a reader,
+        checked later, sees the cycle; returns what ends the recorded wait, or None.
+        """
+        graph = self.transactions.graph
+        if not graph.check(
+            me,
+            LEASE,
+            advice="a plain write waits behind the writer lease, whose holder waits for "
+            "a reader this thread's snapshot pins: write through the transaction "
+            "(tx.execute), or end it first",
+            record=record,
+        ):
+            return None
+        if not record:
+            return None
+        return lambda: graph.done_waiting(me)
 
     def _lease_granted(self, lease: Lease) -> None:
         self._leases[lease.tx_id] = lease
@@ -722,8 +767,7 @@ class Runtime:
         self._collected_for.discard(lease.tx_id)
         with self.transactions.graph.lock:
             self.lease_owners.pop(lease.owner, None)
-        if lease.owner not in self.writer_threads:
-            self.guarded_threads.discard(lease.owner)
+            self._unguard(lease.owner)
 
     def _lease_passed(self, returned: Lease, granted: Lease) -> None:
         # _lease_ended(returned) then _lease_granted(granted), under one lock: this runs
@@ -737,10 +781,8 @@ class Runtime:
         with self.transactions.graph.lock:
             owners.pop(returned.owner, None)
             owners[granted.owner] = granted.tx_id
-        guarded = self.guarded_threads
-        if returned.owner not in self.writer_threads:
-            guarded.discard(returned.owner)
-        guarded.add(granted.owner)
+            self._unguard(returned.owner)
+        self.guarded_threads.add(granted.owner)
 
     def writer_lease_status(self) -> tuple[int | None, int, float]:
         """(transaction holding the lease, writes waiting behind it, oldest wait)."""

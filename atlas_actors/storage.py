@@ -257,8 +257,9 @@ class Storage(Runtime):
         timeout: float | None,
     ) -> Any:
         """Send a write op and wait for its acknowledgement (the sync API's one path)."""
+        waited = None
         if threading.get_ident() in self.guarded_threads:
-            self._guard(f"{verb} {sql_text(sql)!r}")
+            waited = self._guard(f"{verb} {sql_text(sql)!r}", record=True)
         try:
             if self.tracing.enabled:
                 with self.tracing.client_span(
@@ -273,11 +274,24 @@ class Storage(Runtime):
             if not error.reported:
                 self.errors.handle(error, {"operation": verb})
             raise
+        finally:
+            if waited is not None:
+                waited()  # (its wait for the lease, recorded in the wait-for graph)
 
-    def _guard(self, what: str) -> None:
-        """Refuse a wait on the writer that could never end (DESIGN guarantee 6)."""
+    def _guard(self, what: str, *, record: bool = False) -> Callable[[], None] | None:
+        """Refuse a wait on the writer that could never end (DESIGN guarantee 6).
+
+        In a thread holding something in the wait-for graph (a pinned reader), the wait
+        behind the writer lease is checked there too; ``record``: and recorded, so that
+        the lease holder's wait for that reader sees the cycle. Returns what ends the
+        recorded wait, or None.
+        """
+        me = threading.get_ident()
         try:
             self._check_self_wait(what)
+            if me in self.lease_owners:
+                return None  # (a dropped transaction's: the write waits for its expiry)
+            return self._check_lease_wait(me, record=record)
         except DeadlockError as error:
             self.errors.handle(error, {"operation": what})
             raise
