@@ -76,6 +76,11 @@ _NO_TABLES: frozenset[str] = frozenset()
 _now = time.time  # (module names: Transaction() runs once per transaction)
 _get_ident = threading.get_ident
 _ref = weakref.ref
+_ending = threading.Lock()
+"""Held for a few steps, never across a wait: by the owner storing a lease just granted,
+and by a commit or rollback ending a transaction that holds none (from another thread,
+perhaps, while the owner waits for the lease). Either the lease is stored first, and
+the end ends it, or the end comes first, and the owner gives the lease straight back."""
 
 
 class Transaction:
@@ -92,6 +97,9 @@ class Transaction:
     answer comes."""
     _lease: Lease | None = None
     """The writer lease while held; None once the transaction has ended."""
+    _request: Future[Lease] | None = None
+    """The owner's request for the lease while it waits for it (a commit or rollback
+    from another thread withdraws it)."""
     _reader: PooledConnection | None = None
     _reader_lock: threading.RLock | None = None
     """Created with the first snapshot (``repeatable_read``). The owner holds it through
@@ -289,9 +297,14 @@ class Transaction:
         if self.state != "active":
             self._check_active()
         lease = self._lease
-        if lease is None and self._reader_lock is not None:
-            self._commit_snapshot(self._reader_lock)
-            return
+        if lease is None:
+            if self._reader_lock is not None:
+                self._commit_snapshot(self._reader_lock)
+                return
+            lease = self._end_unleased("committed")
+            if lease is None:  # (ended: nothing written, no lease to give back)
+                self._manager.ended(self)
+                return
         try:
             if lease is not None:
                 lease.give_back(f"RELEASE {lease.savepoint}")
@@ -350,8 +363,20 @@ class Transaction:
         if self.state != "active":
             self._drop_reader()
             return
-        lease, self._lease = self._lease, None  # (an ended transaction holds no lease)
+        with _ending:  # (see _ending: the owner may be storing a lease just granted)
+            if self.state != "active":  # ended by another thread just now
+                ended = True
+            else:
+                ended = False
+                lease, self._lease = self._lease, None  # (an ended transaction holds none)
+                request, self._request = self._request, None
+                self.state = "rolled_back"  # a lease granted from now on goes straight back
+        if ended:
+            self._drop_reader()
+            return
         try:
+            if request is not None:
+                self._withdraw(request)
             if lease is not None:
                 self._roll_back_lease(lease)
         finally:
@@ -386,9 +411,43 @@ class Transaction:
     def _check_active(self) -> None:
         if self.state == "active":
             return
+        raise self._ended_error()
+
+    def _ended_error(self) -> AtlasError:
+        """What a call on this transaction raises once it has ended."""
         if self._error is not None:
-            raise self._error
-        raise TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
+            return self._error
+        return TransactionError(f"transaction {self.id} is {self.state}; begin a new one")
+
+    def _end_unleased(self, state: str) -> Lease | None:
+        """End the transaction as ``state`` if it holds no lease; else return the lease.
+
+        Its owner may be waiting for the lease (in another thread): the request is
+        withdrawn, so that the writer never grants it, or if the writer took it already,
+        the owner gives the lease straight back once granted (``_writer``). Raises the
+        ended error if the transaction ended meanwhile (another thread ended it first).
+        """
+        with _ending:
+            lease = self._lease
+            if lease is not None:
+                return lease  # granted just now, and stored: ended the usual way
+            if self.state != "active":
+                raise self._ended_error()
+            request, self._request = self._request, None
+            self.state = state
+        if request is not None:
+            self._withdraw(request)
+        return None
+
+    def _withdraw(self, request: Future[Lease]) -> None:
+        """The transaction ended while its owner waited for the lease: withdraw the request.
+
+        Claimed here, the writer skips it, and the owner's wait ends at once with the
+        ended error. Else the writer has it, and the owner gives the lease straight back
+        once granted.
+        """
+        if request.claim():
+            request.set_exception(self._ended_error())
 
     def _note_tables(
         self, writes: set[str], sql: str, params: Params, connection: TrackedConnection
@@ -528,18 +587,35 @@ class Transaction:
                 (self.id, self._timeout, expected),
                 writable=True,
             )
+            self._request = request  # (a commit or rollback from another thread withdraws it)
             try:
+                if self.state != "active":  # ended before it could see the request
+                    self._withdraw(request)
                 granted: Lease = request.get()
             except BaseException:
                 self._abandon(request)
                 raise
+            finally:
+                self._request = None
         except AtlasError as error:
+            if self.state != "active":
+                # Ended from another thread meanwhile (its request withdrawn, or its wait
+                # given up): said as any call on an ended transaction says it.
+                raise self._ended_error() from None
             self._fail(error)
             raise
         finally:
             if recorded:
                 graph.done_waiting(me)
-        self._lease = granted
+        with _ending:
+            live = self.state == "active"
+            if live:
+                self._lease = granted
+        if not live:
+            # Ended from another thread while it waited, too late to withdraw the
+            # request: the lease goes straight back (an ended transaction holds none).
+            self._give_back_unused(granted)
+            raise self._ended_error()
         if self._reader is not None:
             self._drop_reader()  # from now on the writer serves every statement
         return granted
@@ -561,6 +637,10 @@ class Transaction:
             lease = request.get()
         except BaseException:
             return  # refused (or still not granted: then the lease's timeout ends it)
+        self._give_back_unused(lease)
+
+    def _give_back_unused(self, lease: Lease) -> None:
+        """Roll back and give back a lease granted to a wait that no longer wants it."""
         try:
             self._roll_back_lease(lease)
         except AtlasError as error:  # the caller gets the error that ended its wait
@@ -1008,8 +1088,8 @@ class TransactionManager:
         # A return is never withdrawn: the writer commits (or rolls back) with its batch
         # whatever the wait does, so a timeout must say "may have been applied", not
         # "not applied" (an unclaimed future withdraws itself on timeout).
-        future.claim()
         try:
+            future.claim()
             future.get()
         except OperationTimeout:
             if commit and not lost:
@@ -1017,6 +1097,14 @@ class TransactionManager:
             raise
         except AtlasError as error:
             tx._error = error
+            raise
+        except BaseException:
+            # The wait ended early otherwise (a KeyboardInterrupt, say): the return went
+            # to the writer all the same, and the writer's answer settles the commit, as
+            # after a timeout. Left active, a rollback() on the way out would report
+            # rolled back a transaction the writer then commits.
+            if commit and not lost:
+                tx._settle_later(future)
             raise
 
     def dropped(self, tx_id: int) -> bool:
