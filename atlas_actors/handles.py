@@ -79,8 +79,13 @@ class WriterFuture(Future[T]):
                     "another write: use the connection it was given instead",
                 )
             handle = self.handle
-            if handle is not None and me in handle.guarded_threads:  # lease holders
-                handle.check_wait(self)
+            if handle is not None and me in handle.guarded_threads:  # holders of something
+                waited = handle.check_wait(self)
+                try:
+                    return Future.get(self, timeout)
+                finally:
+                    if waited is not None:
+                        waited()  # (the wait recorded in the wait-for graph is over)
             # Future.get's wait, inlined: one call less on every write.
             remaining = self.deadline - monotonic()
             if timeout is not None and timeout < remaining:
@@ -185,9 +190,13 @@ class WriterHandle:
         name = getattr(fn, "__qualname__", repr(fn))
         return self.submit(UnitOfWorkOp, f"run_in_writer {name}", None, (fn,), timeout, traced=True)
 
-    def check_wait(self, future: WriterFuture[Any]) -> None:
-        """The deadlock guard of ``future.get()`` in a guarded thread (a lease holder's)."""
-        self._storage._guard(f"waits on {future.operation}")  # (reported: logged, counted)
+    def check_wait(self, future: WriterFuture[Any]) -> Callable[[], None] | None:
+        """The deadlock guard of ``future.get()`` in a guarded thread.
+
+        A lease holder's, or one pinning a reader: refuses a cycle, and records the wait
+        behind the lease while it lasts; returns what ends that record, or None.
+        """
+        return self._storage._guard(f"waits on {future.operation}", record=True)
 
     def stats(self) -> WriterStats:
         """The writer's counters: writes, batches, mean batch size, queue wait."""
