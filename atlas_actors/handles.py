@@ -32,6 +32,7 @@ from atlas_actors.actors.writer_ops import (
 from atlas_actors.connection import Params, WriteResult
 from atlas_actors.errors import (
     TEXT_TYPES,
+    AtlasError,
     DeadlockError,
     OperationTimeout,
     ParameterError,
@@ -172,7 +173,12 @@ class WriterHandle:
             if mailbox.closed is not None:
                 mailbox.fail_all(mailbox.closed)  # closed while we queued
         else:
-            mailbox.send(op)  # raises, or waits for room
+            try:
+                mailbox.send(op)  # raises, or waits for room
+            except AtlasError as error:
+                if not error.reported:
+                    storage.errors.handle(error, {"operation": "write_all"})
+                raise
         return future
 
     def run(
@@ -243,6 +249,8 @@ class WriterHandle:
         except BaseException as error:  # not queued (full, closed): nobody would resolve it
             if future.claim():  # (queued after all, and taken by the writer: it resolves it)
                 future.set_exception(error)  # (ends the call's span, through its callback)
+            if isinstance(error, AtlasError) and not error.reported:
+                storage.errors.handle(error, {"operation": verb})  # (a full mailbox's timeout)
             raise
         return future
 

@@ -160,3 +160,31 @@ def test_a_queued_read_that_times_out_counts_one_error(
             db.query("SELECT 2", timeout=0.2)
     errors, timeouts = _errors(db)
     assert (errors - before[0], timeouts - before[1]) == (2, 2)
+
+
+def test_a_call_refused_for_a_full_mailbox_or_read_queue_counts_one_error(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """Refused at the call (no room behind a busy writer, or in the read queue), a
+    future API call raised or failed its future without being counted."""
+    db = open_storage(mailbox_size=2, readers=1, max_readers=1, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    with _writer_held(db):
+        queued = [db.writer.execute("INSERT INTO t VALUES (1)") for _ in range(2)]
+        before = _errors(db)
+        with pytest.raises(OperationTimeout, match="mailbox is full"):
+            db.writer.execute("INSERT INTO t VALUES (2)", timeout=0.1)
+        with pytest.raises(OperationTimeout, match="mailbox is full"):
+            db.writer.write_all([("INSERT INTO t VALUES (3)", None)], timeout=0.1)
+        assert _errors(db) == (before[0] + 2, before[1] + 2)
+    for future in queued:
+        future.get(10)
+    with db.pool.connection():  # the only reader lent: queued reads wait
+        waiting = [db.submit_query("SELECT 1", timeout=10) for _ in range(2)]
+        before = _errors(db)
+        refused = db.submit_query("SELECT 1", timeout=10)
+        with pytest.raises(OperationTimeout, match="read queue is full"):
+            refused.get(1)
+        assert _errors(db) == (before[0] + 1, before[1] + 1)
+    for future in waiting:
+        future.get(10)

@@ -1349,14 +1349,14 @@ class ReaderPool:
                 self._pending.append(op)
         self._fail_late(late)
         if full:
-            op.fail(
-                OperationTimeout(
-                    f"{op.describe()} (the read queue is full: "
-                    f"{self.config.mailbox_size} reads wait)",
-                    0.0,
-                    applied=False,
-                )
+            refused = OperationTimeout(
+                f"{op.describe()} (the read queue is full: {self.config.mailbox_size} reads wait)",
+                0.0,
+                applied=False,
             )
+            if self.report is not None:
+                self.report(refused, {"operation": "submit_query"})
+            op.fail(refused)
             return
         self._dispatch_pending()
         if self._pending:
