@@ -441,3 +441,38 @@ def test_a_forked_child_inherits_no_writer_threads(db: atlas.Storage) -> None:
         os._exit(0 if not _writer_threads else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_wait_for_a_reader_that_will_come_free_is_no_link_of_a_cycle(
+    open_storage: object,
+) -> None:
+    """T pins a reader; U holds the lease and waits for a reader, which an ordinary
+    borrower is about to give back. T's plain write (behind U's lease) was refused as a
+    deadlock: mid-search, a wait for the pool was taken as one no unit would end."""
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        readers=2, max_readers=2, cache=False, default_timeout=10.0
+    )
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    borrowed = db.pool.acquire()  # an ordinary borrower: not in the wait-for graph
+    u_waits, u_read = threading.Event(), []
+
+    def u() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (2)")  # holds the lease
+            u_waits.set()
+            u_read.append(db.query("SELECT count(*) AS n FROM t")[0].n)  # waits for a reader
+
+    u_thread = threading.Thread(target=u)
+    with db.transaction(isolation="repeatable_read") as tx:
+        tx.query("SELECT * FROM t")  # pins the other reader
+        u_thread.start()
+        assert u_waits.wait(5)
+        assert wait_until(lambda: bool(db.transactions.graph.waits()))  # U waits
+        threading.Timer(0.3, borrowed.release).start()
+        started = time.monotonic()
+        assert db.write("INSERT INTO t VALUES (3)").rowcount == 1  # after U commits
+        assert time.monotonic() - started < 5
+    u_thread.join(10)
+    assert u_read == [1]  # (U's own insert is outside its read: no snapshot of the lease)
+    assert db.query("SELECT count(*) AS n FROM t")[0].n == 3

@@ -51,6 +51,10 @@ class WaitForGraph:
         self._tracked_holders: tuple[Mapping[int, object], ...] = ()
         """The tracked mappings (what :meth:`check`'s lock-free answer looks at)."""
         self._waiting: dict[int, str] = {}
+        self._exhaustion: dict[str, tuple[Callable[[], bool], Callable[[], int] | None]] = {}
+        """Resource → how to tell whether every unit is taken (from :meth:`check`): a
+        wait for a resource of several units passed through mid-search is a link of a
+        cycle only if every unit is taken by its holders."""
         self._on_hold: Callable[[int], None] | None = None
         self._on_free: Callable[[int], None] | None = None
 
@@ -157,9 +161,8 @@ class WaitForGraph:
             else:
                 return False  # every cycle through a wait passes through what the waiter holds
         with self.lock:
-            exhausted = all_units_taken()
-            if exhausted and units_in_use is not None:
-                exhausted = units_in_use() <= self._units_held(resource)
+            self._exhaustion[resource] = (all_units_taken, units_in_use)
+            exhausted = self._exhausted(resource)
             cycle = self._cycle(session, resource, exhausted)
             if cycle is None and record:
                 self._waiting[session] = resource
@@ -196,6 +199,22 @@ class WaitForGraph:
         with self.lock:
             return dict(self._waiting)
 
+    def _exhausted(self, resource: str) -> bool:
+        """Whether every unit of ``resource`` is taken, and by its recorded holders.
+
+        A unit taken by no recorded holder (an ordinary read's reader) comes free, and
+        so does one the pool can still add: then a wait for it is no link of a cycle.
+        Unknown (no check seen for it): taken, as a one-unit resource is.
+        """
+        known = self._exhaustion.get(resource)
+        if known is None:
+            return True
+        all_units_taken, units_in_use = known
+        exhausted = all_units_taken()
+        if exhausted and units_in_use is not None:
+            exhausted = units_in_use() <= self._units_held(resource)
+        return exhausted
+
     def _cycle(self, start: int, resource: str, exhausted: bool) -> list[str] | None:
         """A path start → ... → start through holders and waits, or None."""
         path = [f"thread {start}", f"waits for {resource}"]
@@ -228,7 +247,7 @@ class WaitForGraph:
                     self._search(
                         start,
                         next_resource,
-                        True,
+                        self._exhausted(next_resource),
                         [*step, f"which waits for {next_resource}"],
                         seen | {holder},
                     )
