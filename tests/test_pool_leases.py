@@ -299,3 +299,28 @@ def test_a_waiter_gets_a_connection_a_dropped_lease_gave_back(open_storage: Open
         assert result == [0]
     finally:
         held.release()
+
+
+def test_a_stale_look_at_a_dropped_lease_never_takes_back_the_next_ones_connection(
+    open_storage: Open,
+) -> None:
+    """The tick copies the leases, then acts on each: a lease released and dropped in
+    between, its connection lent again meanwhile, was given back from under its new
+    borrower, and the pool lent that connection to a third caller too."""
+    db = open_storage(readers=1, max_readers=1, cache=False)
+    pool = db.pool
+    first = pool.acquire()
+    connection = first._live()
+    seen = pool._lent[connection]  # what the tick's copy holds
+    first.release()
+    del first
+    gc.collect()
+    assert seen[0]() is None  # the lease the tick saw is gone
+    second = pool.acquire(timeout=1)  # the same (only) connection, lent again
+    assert second._live() is connection
+    pool.give_back(connection, "dropped without release()", seen[1], seen[0])
+    assert pool.status().active == 1
+    with pytest.raises(OperationTimeout):
+        pool.acquire(timeout=0.2)  # still the second's, not lent to a third caller
+    assert second.execute("SELECT 1 AS x")[0].x == 1
+    second.release()

@@ -1497,7 +1497,7 @@ class ReaderPool:
                     "transaction on it is rolled back. Release every pool.acquire(), or "
                     "use `with db.pool.connection()`"
                 )
-                self.give_back(connection, why, thread_name)
+                self.give_back(connection, why, thread_name, ref)
                 continue
             if not lease.supervised:
                 continue
@@ -1515,12 +1515,26 @@ class ReaderPool:
             else:
                 continue
             if lease._take_back(connection, error, why):  # (else in a call: a later tick)
-                self.give_back(connection, why, thread_name)
+                self.give_back(connection, why, thread_name, ref)
 
-    def give_back(self, connection: TrackedConnection, why: str, thread_name: str) -> None:
-        """Release a lent connection its lease lost (see :meth:`_check_leases`), warning."""
-        if self._lent.pop(connection, None) is None:
-            return  # (given back already)
+    def give_back(
+        self,
+        connection: TrackedConnection,
+        why: str,
+        thread_name: str,
+        seen: weakref.ReferenceType[PooledConnection] | None = None,
+    ) -> None:
+        """Release a lent connection its lease lost (see :meth:`_check_leases`), warning.
+
+        ``seen``: the lease the tick saw, which must still be the connection's (released
+        and lent again since the tick looked, it is someone else's now); None from the
+        lease itself.
+        """
+        entry = self._lent.get(connection)
+        if entry is None or (seen is not None and entry[0] is not seen):
+            return  # (given back already, or lent again since)
+        # (Still the dead or orphaned lease's: nobody else can release it meanwhile.)
+        self._lent.pop(connection, None)
         log.warning("%s; given back to the pool (acquired by thread %r)", why, thread_name)
         if connection.state is ConnectionState.ACTIVE:
             connection.state = ConnectionState.IDLE
