@@ -315,7 +315,7 @@ def uri_within_flags(path: str, flags: int) -> str:
     readers (opened read-only) and its wal-index watcher (read-write, not creating)
     could not open at all. The URI's other parameters are kept as they are.
     """
-    if path[:5].lower() != "file:" or "?" not in path:
+    if not path.startswith("file:") or "?" not in path:  # (lower case only)
         return path
     widest = 0 if flags & apsw.SQLITE_OPEN_READONLY else 2 if flags & apsw.SQLITE_OPEN_CREATE else 1
     head, _, rest = path.partition("?")
@@ -538,6 +538,8 @@ def _complete(text: str) -> bool:
     """
     if "(" in text:
         text = _QUOTED_OR_SEMICOLON.sub(_parameter_as_mark, text)
+    if "\x00" in text:  # (apsw refuses it, here and when run: SQLError there)
+        text = text.replace("\x00", " ")
     return apsw.complete(text)
 
 
@@ -681,8 +683,10 @@ def refuse_connection_settings(sql: str) -> None:
 _MAY_CHANGE_A_READER = re.compile("pragma|attach|detach|vacuum|;", re.IGNORECASE)
 """A cheap first look: text without any of these is one statement that changes nothing."""
 _READER_REFUSED = re.compile(_LEADING + r"(ATTACH|DETACH|VACUUM)\b", re.IGNORECASE | re.DOTALL)
-_NOTHING_MORE = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/|;)*", re.DOTALL)
-"""What may follow a read's statement: whitespace, comments and empty statements."""
+_NOTHING_MORE = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*(?:\*/|\Z)|;)*")
+"""What may follow a read's statement: whitespace, comments (a last one unterminated, as
+SQLite takes it) and empty statements. A comment's body holds no ``*/``: matched to the
+end of the text, a lazy body would have run past it, over a second statement."""
 
 
 def _reader_refusal(sql: str) -> str | None:

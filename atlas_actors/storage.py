@@ -581,7 +581,7 @@ def _check_database_path(path: str, *, vfs: str | None = None) -> None:
     if (
         not path.strip()
         or lowered == ":memory:"
-        or (lowered.startswith("file:") and (":memory:" in lowered or "mode=memory" in lowered))
+        or (path.startswith("file:") and (":memory:" in lowered or "mode=memory" in lowered))
     ):
         raise ValidationError(
             f"atlas_actors.open({path!r}): a storage needs a database file (its writer and "
@@ -589,7 +589,7 @@ def _check_database_path(path: str, *, vfs: str | None = None) -> None:
             "next to it), not a temporary or in-memory database; pass a file path, e.g. "
             "a file in a temporary directory for tests"
         )
-    if vfs is not None or lowered.startswith("file:"):
+    if vfs is not None or path.startswith("file:"):
         return
     if os.path.isdir(path):
         raise ValidationError(
@@ -645,7 +645,7 @@ def _absolute(path: str, vfs: str | None) -> str:
     """
     if vfs is not None or not path.strip() or path.lower() == ":memory:":
         return path
-    if path[:5].lower() != "file:":
+    if not path.startswith("file:"):  # (SQLite: lower case only)
         return os.path.abspath(path)
     rest = path[5:]
     if rest.startswith("/") or rest.lower().startswith(":memory:"):
@@ -694,7 +694,7 @@ def _read_only_files(path: str, *, vfs: str | None = None) -> tuple[list[str], s
         raise wrap_sqlite_error(error, f"open {path}") from error
     finally:
         connection.close()
-    if vfs is not None or path.lower().startswith("file:"):
+    if vfs is not None or path.startswith("file:"):
         return None
     stuck = [
         name
@@ -732,7 +732,7 @@ def _read_only_error(path: str, stuck: Sequence[str] = ()) -> ReadOnlyError:
 
 def _read_only_uri_parameters(path: str) -> list[str]:
     """The parameters of a ``file:`` URI that make SQLite open it read-only, as given."""
-    if not path.lower().startswith("file:"):
+    if not path.startswith("file:"):
         return []
     query = urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query)
     return [
@@ -752,7 +752,7 @@ def _uri_true(value: str) -> bool:
 
 def _file_name(path: str) -> str:
     """The file a path or a ``file:`` URI names (for messages)."""
-    if not path.lower().startswith("file:"):
+    if not path.startswith("file:"):
         return path
     name = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
     return name or path

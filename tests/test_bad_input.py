@@ -208,10 +208,14 @@ def test_a_read_is_one_statement_that_leaves_the_shared_reader_as_it_was(
             connection.execute(sql)
     assert not (tmp_path / "copy.db").exists()
     assert [r.name for r in db.query("PRAGMA database_list")] == ["main"]
-    # One statement, with what may follow it: nothing, comments, empty statements.
+    # One statement, with what may follow it: nothing, comments (the last one may be
+    # left open, as SQLite reads it), empty statements.
     assert db.query("SELECT 1 AS a;  -- done") == [(1,)]
     assert db.query("SELECT 1 AS a;; /* end */ ;") == [(1,)]
+    assert db.query("SELECT 1 AS a; /* left open") == [(1,)]
     assert db.query("SELECT ';' AS s") == [(";",)]
+    with pytest.raises(errors.ValidationError, match="more than one statement"):
+        db.query("SELECT 1 AS a; /* a */ SELECT 2 AS b")  # (no comment runs over it)
 
 
 def test_text_as_parameters_is_refused_once_the_fast_path_serves_the_read(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import apsw
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from atlas_actors.connection import refuse_connection_settings
@@ -114,6 +114,7 @@ def test_the_refused_pragmas_do_change_a_connection_and_the_allowed_ones_do_not(
 
 
 @given(st.text(max_size=40))
+@example("\x00;")  # (apsw.complete refuses a NUL: the check may not pass it on)
 def test_any_text_gets_an_answer_not_a_crash(sql: str) -> None:
     try:
         refuse_connection_settings(sql)

@@ -229,3 +229,15 @@ def test_a_relative_path_keeps_its_file_when_the_working_directory_changes(
         assert db.query("SELECT x FROM t ORDER BY x") == [(1,), (2,)]
         assert str(first) in db.path
     assert not (second / "rel.db").exists()
+
+
+def test_a_name_starting_with_upper_case_file_colon_is_a_file_name_not_a_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite reads a URI only from a lower-case "file:"; "FILE:x.db" is a file of that
+    name. Taken for a URI, it was made "FILE:/abs/dir/x.db", which could not be opened."""
+    monkeypatch.chdir(tmp_path)
+    with atlas.open("FILE:upper.db") as db:
+        db.execute("CREATE TABLE t(x)")
+        assert db.path == str(tmp_path / "FILE:upper.db")
+    assert (tmp_path / "FILE:upper.db").exists()
