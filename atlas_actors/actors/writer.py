@@ -237,6 +237,8 @@ class WriterActor(RoleActor):
         """Every statement of the batch is known to leave the schema alone."""
         self._lease: Lease | None = None
         self._stash: list[Op] = []
+        self._prune_stash_at = 0
+        """Stash length at which :meth:`_hold` next drops what nobody waits for."""
         # Lease requests that arrived during a lease with nothing stashed before them;
         # a returning transaction may hand the connection straight to the first one.
         self._lease_queue: deque[LeaseRequest] = deque()
@@ -1641,7 +1643,30 @@ class WriterActor(RoleActor):
         So while a transaction holds the lease, senders wait for room (backpressure).
         """
         self._stash.append(message)
+        if len(self._stash) >= self._prune_stash_at:
+            self._prune_stash()
         self.mailbox.held = len(self._stash)
+
+    def _prune_stash(self) -> None:
+        """Drop the held ops nobody waits for, failing those past their deadline.
+
+        A sender finding the mailbox full counts only the held ops still awaited
+        (``count_held``), so writes given up behind a lease take no room; they must not
+        pile up here either. Pruned once the stash doubled since the last time (and at
+        the mailbox's bound): each op is looked at a bounded number of times, and the
+        stash stays within twice the bound.
+        """
+        now = time.monotonic()
+        kept: list[Op] = []
+        for op in self._stash:
+            if type(op) is not LeaseReturn and op.future._value is not _PENDING:
+                continue  # withdrawn by a caller that gave up (or resolved)
+            if type(op) is not LeaseReturn and now > op.deadline and op.claim():
+                self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
+                continue
+            kept.append(op)
+        self._stash = kept
+        self._prune_stash_at = max(self.mailbox.capacity, 2 * len(kept))
 
     def _take_stash(self) -> list[Op]:
         """What :meth:`_hold` kept, taken out: the mailbox counts it held no more."""
