@@ -891,19 +891,27 @@ class WriterActor(RoleActor):
             except Exception as error:
                 self._split_group(op, cursor, connection, error, span)
                 return
+            op.result = result
+            self._batch.append(op)
+            return
+        alone = self._alone
+        if alone and op.id in alone:  # (an empty set, as nearly always, tests false)
+            self._run_again(op, cursor, connection, span)
         else:
-            alone = self._alone
-            if alone and op.id in alone:  # (an empty set, as nearly always, tests false)
-                self._run_again(op, cursor, connection, span)
-                return
-            self._close_group(cursor)
-            cursor.execute("SAVEPOINT op")
-            try:
-                result = op.run(connection)
-            except Exception as error:
-                self._undo(op, cursor, error, span)
-                return
-            cursor.execute("RELEASE op")
+            self._run_alone(op, cursor, connection, span)
+
+    def _run_alone(
+        self, op: WriterOp, cursor: apsw.Cursor, connection: TrackedConnection, span: Any
+    ) -> None:
+        """Run ``op`` in the batch under a savepoint of its own (it fails alone)."""
+        self._close_group(cursor)
+        cursor.execute("SAVEPOINT op")
+        try:
+            result = op.run(connection)
+        except Exception as error:
+            self._undo(op, cursor, error, span)
+            return
+        cursor.execute("RELEASE op")
         op.result = result
         self._batch.append(op)
 
@@ -919,18 +927,9 @@ class WriterActor(RoleActor):
         self._alone.discard(op.id)
         counted = connection._queries, connection._errors
         try:
-            self._close_group(cursor)
-            cursor.execute("SAVEPOINT op")
-            try:
-                result = op.run(connection)
-            except Exception as error:
-                self._undo(op, cursor, error, span)
-                return
-            cursor.execute("RELEASE op")
+            self._run_alone(op, cursor, connection, span)
         finally:
             connection._queries, connection._errors = counted
-        op.result = result
-        self._batch.append(op)
 
     def _split_group(
         self,
