@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pykka
@@ -84,38 +86,49 @@ def test_reads_of_ever_new_texts_keep_the_caches_cost_table_bounded(
         assert len(db.cache._costs) <= 50
 
 
+@contextmanager
+def _lease_held(db: atlas.Storage, value: object) -> Iterator[threading.Thread]:
+    """A transaction in another thread writes ``value`` into t and holds the writer lease
+    until the block ends; it commits then (the thread is joined)."""
+    holding, done = threading.Event(), threading.Event()
+
+    def hold_the_lease() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (?)", [value])
+            holding.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold_the_lease)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        yield holder
+    finally:
+        done.set()
+        holder.join(10)
+
+
 def test_writes_queued_behind_a_transaction_meet_backpressure(tmp_path: Path) -> None:
     """While a transaction holds the writer lease, the writes that wait behind it count
     against ``mailbox_size``: a sender waits for room (then times out, not applied)
     instead of piling writes up in memory. The lease comes back through all the same."""
     with atlas.open(tmp_path / "a.db", mailbox_size=10, cache=False) as db:
         db.execute("CREATE TABLE t(v)")
-        holding, done = threading.Event(), threading.Event()
-
-        def hold_the_lease() -> None:
-            with db.transaction() as tx:
-                tx.execute("INSERT INTO t VALUES ('tx')")
-                holding.set()
-                done.wait(10)
-
-        holder = threading.Thread(target=hold_the_lease)
-        holder.start()
-        assert holding.wait(10)
-        # Ten fill the bound (held by the writer behind the lease, or still queued) ...
-        accepted = [
-            db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=10) for n in range(10)
-        ]
-        writer = db._writer_actor()
-        assert writer is not None
-        assert wait_until(lambda: len(writer._stash) == 10)
-        # ... and the next senders wait for room, then give up: nothing was queued.
-        for n in range(5):
-            with pytest.raises(OperationTimeout, match="mailbox is full") as refused:
-                db.writer.execute("INSERT INTO t VALUES (?)", [100 + n], timeout=0.1)
-            assert refused.value.applied is False
-        assert len(writer._stash) == 10
-        done.set()  # the transaction commits: its return is never held up by the bound
-        holder.join(10)
+        with _lease_held(db, "tx") as holder:
+            # Ten fill the bound (held by the writer behind the lease, or still queued) ...
+            accepted = [
+                db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=10) for n in range(10)
+            ]
+            writer = db._writer_actor()
+            assert writer is not None
+            assert wait_until(lambda: len(writer._stash) == 10)
+            # ... and the next senders wait for room, then give up: nothing was queued.
+            for n in range(5):
+                with pytest.raises(OperationTimeout, match="mailbox is full") as refused:
+                    db.writer.execute("INSERT INTO t VALUES (?)", [100 + n], timeout=0.1)
+                assert refused.value.applied is False
+            assert len(writer._stash) == 10
+        # The transaction committed: its return is never held up by the bound.
         assert not holder.is_alive()
         for future in accepted:
             future.get(10)
@@ -131,29 +144,17 @@ def test_writes_given_up_behind_a_transaction_take_no_room_and_are_no_queue(
     and transactions.status() counted them as queued, their wait growing."""
     with atlas.open(tmp_path / "a.db", mailbox_size=8, cache=False) as db:
         db.execute("CREATE TABLE t(v)")
-        holding, done = threading.Event(), threading.Event()
-
-        def hold_the_lease() -> None:
-            with db.transaction() as tx:
-                tx.execute("INSERT INTO t VALUES ('tx')")
-                holding.set()
-                done.wait(10)
-
-        holder = threading.Thread(target=hold_the_lease)
-        holder.start()
-        assert holding.wait(10)
-        gave_up = [
-            db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=0.2) for n in range(8)
-        ]
-        for future in gave_up:
-            with pytest.raises(OperationTimeout) as caught:
-                future.get()
-            assert caught.value.applied is False
-        assert db.transactions.status().queued == 0
-        waits = db.writer.execute("INSERT INTO t VALUES ('after')", timeout=10)  # room
-        assert wait_until(lambda: db.transactions.status().queued == 1)
-        done.set()
-        holder.join(10)
+        with _lease_held(db, "tx"):
+            gave_up = [
+                db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=0.2) for n in range(8)
+            ]
+            for future in gave_up:
+                with pytest.raises(OperationTimeout) as caught:
+                    future.get()
+                assert caught.value.applied is False
+            assert db.transactions.status().queued == 0
+            waits = db.writer.execute("INSERT INTO t VALUES ('after')", timeout=10)  # room
+            assert wait_until(lambda: db.transactions.status().queued == 1)
         assert waits.get(10).rowcount == 1
         assert sorted(r.v for r in db.query("SELECT v FROM t")) == ["after", "tx"]
 
@@ -163,27 +164,15 @@ def test_writes_given_up_behind_a_lease_do_not_pile_up_in_the_writer(tmp_path: P
     lease ended: 6,500 held in 3 s against a bound of 50 (memory without limit)."""
     with atlas.open(tmp_path / "a.db", mailbox_size=20, cache=False) as db:
         db.execute("CREATE TABLE t(v)")
-        holding, done = threading.Event(), threading.Event()
-
-        def hold_the_lease() -> None:
-            with db.transaction() as tx:
-                tx.execute("INSERT INTO t VALUES (-1)")
-                holding.set()
-                done.wait(20)
-
-        holder = threading.Thread(target=hold_the_lease)
-        holder.start()
-        assert holding.wait(10)
-        writer = db._writer_actor()
-        assert writer is not None
-        sent, most_held = [], 0
-        for n in range(400):
-            sent.append(db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=0.01))
-            most_held = max(most_held, len(writer._stash))
-            time.sleep(0.001)
-        assert most_held <= 2 * 20 + 1, most_held
-        done.set()
-        holder.join(10)
+        with _lease_held(db, -1):
+            writer = db._writer_actor()
+            assert writer is not None
+            sent, most_held = [], 0
+            for n in range(400):
+                sent.append(db.writer.execute("INSERT INTO t VALUES (?)", [n], timeout=0.01))
+                most_held = max(most_held, len(writer._stash))
+                time.sleep(0.001)
+            assert most_held <= 2 * 20 + 1, most_held
         # (Their deadlines passed: get() would not wait for the writer's answer.)
         assert wait_until(lambda: all(future.done() for future in sent), timeout=10)
         applied = 0
