@@ -152,6 +152,7 @@ class Runtime:
             statements=self.statements,
             check_wait=self._check_reader_wait,
             report=self.errors.handle,
+            tracing=self.tracing,
         )
         """The reader pool: ``acquire()``, ``status()``, ``resize(n)``."""
         self.optimizer = Optimizer(

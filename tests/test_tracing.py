@@ -134,3 +134,19 @@ def test_checkpoints_checks_and_the_optimizers_reads_make_spans_of_their_own(
     optimizer = [s for s in spans if s.name == "atlas.optimizer"]
     assert optimizer and all(s.kind is SpanKind.CLIENT for s in optimizer)
     assert {s.attributes["atlas.optimizer.step"] for s in optimizer} >= {"Optimizer.analyze"}
+
+
+def test_a_pool_lease_makes_spans_for_its_acquire_and_its_statements(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    """pool.acquire() and a lease's statements made no span; a snapshot transaction's
+    reads (on a lease of its own) keep their own spans, not one more each."""
+    with traced.pool.connection() as lease:
+        lease.execute("SELECT count(*) FROM tasks")
+    with traced.transaction(isolation="repeatable_read") as tx:
+        tx.query("SELECT count(*) FROM tasks")
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names.count("atlas.pool.acquire") == 2  # (the transaction pins one too)
+    queries = [s for s in exporter.get_finished_spans() if s.name == "atlas.pool.query"]
+    assert len(queries) == 1 and queries[0].kind is SpanKind.CLIENT
+    assert queries[0].attributes["db.query.text"] == "SELECT count(*) FROM tasks"

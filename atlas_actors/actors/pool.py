@@ -93,6 +93,7 @@ from atlas_actors.events import EventBus
 from atlas_actors.future import checked_timeout, sql_type_error
 from atlas_actors.memo import TextMemo
 from atlas_actors.rows import Row
+from atlas_actors.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
     from atlas_actors.actors.reader import ReaderActor
@@ -326,6 +327,10 @@ class PooledConnection:
                 self._pool.give_back(connection, why, self._thread_name())
                 raise TransactionTimeout(why)
             try:
+                tracing = self._pool.tracing
+                if tracing.enabled and self.supervised:  # (a transaction's reads have theirs)
+                    with tracing.client_span("atlas.pool.query", sql if type(sql) is str else None):
+                        return self._pool.run(connection, sql, params, timeout)
                 return self._pool.run(connection, sql, params, timeout)
             except TypeError:  # (the text's checks: None, a number, a list, bytes)
                 if type(sql) is str:
@@ -410,8 +415,11 @@ class ReaderPool:
         statements: StatementAnalyses | None = None,
         check_wait: Callable[[], Callable[[], None] | None] | None = None,
         report: Callable[[BaseException, dict[str, Any] | None], object] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing or Tracing(None, "")
+        """Spans of ``acquire()`` and of a lease's statements (the storage's tracing)."""
         self.report = report
         """Reports an error of a queued read (the storage's ``errors.handle``), or None."""
         self.events = events
@@ -1049,6 +1057,12 @@ class ReaderPool:
 
     def acquire(self, timeout: float | None = None) -> PooledConnection:
         """Borrow a connection for the calling thread (the plan's ``acquire()``)."""
+        if self.tracing.enabled:
+            with self.tracing.client_span("atlas.pool.acquire"):
+                return self._acquire(timeout)
+        return self._acquire(timeout)
+
+    def _acquire(self, timeout: float | None) -> PooledConnection:
         if timeout is not None:
             timeout = checked_timeout(timeout)  # (a free connection's wait checks none)
         if self.held is not None:
