@@ -35,6 +35,7 @@ from atlas_actors.actors.writer import WriterActor, WriterHooks
 from atlas_actors.actors.writer_ops import DiskFullFound, LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, database_file
 from atlas_actors.cache.dependencies import RowImage
+from atlas_actors.cache.disk import fingerprint
 from atlas_actors.cache.manager import CacheManager
 from atlas_actors.cache.statements import StatementAnalyses
 from atlas_actors.config import StorageConfig
@@ -254,7 +255,12 @@ class Runtime:
             self._shm_seen = self._shm()
         if self.config.cache and self._shm is not None:
             self.cache.on_other_process = self._other_process_committed
-            self.cache.external = ExternalChanges(self._shm)
+            self.cache.external = ExternalChanges(self._shm)  # (its count: from now on)
+            resumed, self.cache.resumed_files = self.cache.resumed_files, None
+            if resumed is not None and fingerprint(self.database_file or self.path) != resumed:
+                # Another process committed between the cache trusting the last session's
+                # entries and the count above: nothing counted it.
+                self.cache.invalidate_all("another process committed while this one opened")
         for _ in range(self.config.readers):
             self._add_reader().get(timeout=timeout)
         deadline = time.monotonic() + timeout

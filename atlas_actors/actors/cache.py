@@ -89,13 +89,17 @@ class CacheActor(RoleActor):
     def _resume_session(self, l2: DiskStore) -> None:
         """Reuse the last session's versions if it closed cleanly on the same files."""
         meta = l2.load_meta()
-        same_files = meta is not None and meta.get("fingerprint") == fingerprint(self.database)
+        files = fingerprint(self.database)
+        same_files = meta is not None and meta.get("fingerprint") == files
         same_rules = meta is not None and meta.get("rules") == CACHE_RULES
         if meta is not None and meta.get("clean") and same_files and same_rules:
             versions = meta.get("versions")
             epoch = meta.get("epoch")
             if isinstance(versions, dict) and isinstance(epoch, int):
                 self.manager.restore(epoch, {str(k): int(v) for k, v in versions.items()})
+                # Until the wal-index is watched (after the writer opens), only the files
+                # tell of another process's commit: the storage compares them again then.
+                self.manager.resumed_files = files
         else:
             # Unknown history (a crash, the files changed, or entries stored under other
             # rules of what may be cached): nothing on disk is trusted.

@@ -186,6 +186,9 @@ class CacheManager:
         self._pool = pool
         self.external = changes
         """Detects other processes' commits (None: no wal-index to read)."""
+        self.resumed_files: dict[str, Any] | None = None
+        """The files' fingerprint when the last session's entries were trusted again at
+        open (None: they were not): compared once more when the wal-index is watched."""
         self.on_other_process: Callable[[], object] | None = None
         """Called after another process's commit dropped everything (the storage checks
         whether that commit changed the schema)."""

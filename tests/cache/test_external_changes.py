@@ -122,6 +122,28 @@ def test_our_own_writes_before_a_clean_close_keep_the_disk_level(db_path: Path) 
         assert db.cache.stats().l1_hits == 1
 
 
+def test_a_commit_by_another_process_while_this_one_opens_is_noticed(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache trusts the last session's entries when it starts, before the writer;
+    the wal-index is counted only after the writer opened. Another process's commit in
+    between was counted by nothing, and L1 (warmed from L2) served the old result."""
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        _cache_on_disk(db)
+
+    class CommitFirst(runtime.ShmCounter):  # (a real process commits at that moment)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            child = [sys.executable, "-c", CHILD_WRITE, str(db_path), "new"]
+            subprocess.run(child, check=True, timeout=30)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "ShmCounter", CommitFirst)
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        monkeypatch.undo()
+        time.sleep(0.2)  # (warming L1 from L2 runs on its own)
+        assert _v(db, 1) == "new"
+
+
 def test_the_drop_runs_before_the_new_count_is_published() -> None:
     # A reader that finds the counter equal to the published value takes the cache as
     # current; so while the drop for a change runs, the change must still show.
