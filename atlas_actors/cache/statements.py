@@ -186,6 +186,10 @@ class StatementAnalyses:
         if info is not None:
             return info
         epoch = self._epoch  # a schema change meanwhile: use the answer once, keep nothing
+        # EXPLAIN never checks the schema cookie: a connection that ran nothing since
+        # the schema changed would describe the old one (a view's old tables), and a
+        # write to its new ones would leave the result cached. A real read reloads it.
+        connection.execute("SELECT 1 FROM sqlite_master LIMIT 0").fetchall()
         capture = _Capture()
         previous = connection.authorizer
         connection.authorizer = capture

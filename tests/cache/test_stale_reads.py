@@ -330,3 +330,22 @@ def test_a_user_function_writing_another_table_invalidates_it(storage: atlas.Sto
         storage.write("INSERT INTO other VALUES (1)")  # (reads since the last batch: hooked)
         storage.write("INSERT INTO a VALUES (bump())")  # (none since: not hooked)
         assert [tuple(r) for r in storage.query("SELECT n FROM b")] == [(n,)]
+
+
+def test_a_view_redefined_is_analysed_as_it_is_now(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """A reader that ran nothing since the schema changed analysed a statement on a view
+    with its old copy of the schema (EXPLAIN never checks SQLite's schema cookie): the
+    result was tagged with the view's old table, and a write to its new one left it."""
+    db = open_storage(readers=1)
+    db.execute("CREATE TABLE t1(x); CREATE TABLE t2(x)")
+    db.execute("CREATE VIEW v AS SELECT x FROM t1")
+    db.write("INSERT INTO t1 VALUES (1)")
+    assert db.query("SELECT x FROM v") == [(1,)]
+    db.execute("DROP VIEW v")
+    db.execute("CREATE VIEW v AS SELECT x FROM t2")
+    for _ in range(2):  # (admitted on the second miss)
+        assert db.query("SELECT x FROM v") == []
+    db.write("INSERT INTO t2 VALUES (2)")
+    assert db.query("SELECT x FROM v") == [(2,)]
