@@ -229,3 +229,25 @@ def test_a_column_renamed_by_another_process_is_named_anew_without_a_write_here(
                 break
             time.sleep(0.01)
         assert db.query("SELECT * FROM t")[0].renamed == 3
+
+
+def test_a_statement_that_skips_the_cache_still_learns_another_processs_rename(
+    db_path: Path,
+) -> None:
+    """A statement whose results are never asked for again skips the cache, and so
+    skipped its check of other processes' commits: the rename went unnoticed (the
+    supervisor's tick watches only without the cache)."""
+    with atlas.open(db_path, readers=1) as db:
+        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x)")
+        db.write(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 5000) "
+            "INSERT INTO t SELECT i, i FROM s"
+        )
+        read = "SELECT * FROM t WHERE id = ?"
+        for i in range(1, 4200):  # each id once: the cache stops keeping its results
+            db.query(read, [i])
+        assert db.cache.stats().skipped > 0
+        subprocess.run(
+            [sys.executable, "-c", RENAMES_A_COLUMN, str(db_path)], check=True, timeout=30
+        )
+        assert db.query(read, [4500])[0]._fields == ("id", "renamed")

@@ -256,18 +256,19 @@ class CacheManager:
         self, sql: str, params: Params, timeout: float | None, *, fresh: bool = True
     ) -> list[Row]:
         """Rows of ``sql``: from L1, L2, or the query (then stored)."""
+        external = self.external
+        if fresh and external is not None and external.moved():
+            # Someone committed (maybe us). If another process did, everything is
+            # dropped before the counter's new value is published: a reader that
+            # sees it published must find no old entry (changes.py). Also before a read
+            # that skips the cache: another process's schema change renames its columns.
+            external.settle(self.other_process_committed)
         reuse = self._reuse.get(sql)
         if reuse is not None and reuse[2] > 0:
             reuse[2] -= 1
             next(self._skipped)
             next(self._misses)
             return self._pool.query(sql, params, timeout=timeout)
-        external = self.external
-        if fresh and external is not None and external.moved():
-            # Someone committed (maybe us). If another process did, everything is
-            # dropped before the counter's new value is published: a reader that
-            # sees it published must find no old entry (changes.py).
-            external.settle(self.other_process_committed)
         l1 = self.l1
         if l1 is None:
             return self._pool.query(sql, params, timeout=timeout)  # the cache actor is restarting
