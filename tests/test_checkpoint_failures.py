@@ -283,3 +283,17 @@ def test_a_read_held_by_the_truncation_waits_briefly_and_succeeds(
         assert timed_read() < 0.25  # the hold ended after 0.1 s: so did the wait
         ended.join()
     assert timed_read() < 0.1  # no hold: no wait
+    # A statement on a pool.acquire() lease starts a read transaction too: it waits
+    # alike (it ignored the hold, and leased reads kept the WAL from being truncated).
+    with pool.connection() as lease:
+        started = time.monotonic()
+        with pool.hold_reads(0.3):
+            assert lease.execute("SELECT x FROM t") == [(1,)]
+        assert time.monotonic() - started > 0.25
+        lease.execute("BEGIN")
+        lease.execute("SELECT x FROM t")
+        with pool.hold_reads(0.3):  # inside its own read transaction: no wait
+            started = time.monotonic()
+            assert lease.execute("SELECT x FROM t") == [(1,)]
+            assert time.monotonic() - started < 0.1
+        lease.execute("COMMIT")

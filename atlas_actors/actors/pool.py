@@ -316,6 +316,10 @@ class PooledConnection:
         """
         if timeout is not None:
             timeout = checked_timeout(timeout)
+        if self._pool.held is not None and not self._began:
+            # A new read transaction (none open on it): it waits out the writer's
+            # TRUNCATE as every other new read does (see ReaderPool.hold_reads).
+            timeout = self._pool._wait_for_truncate(timeout)
         with self._lock:  # (the tick takes the lease back only between calls)
             connection = self._live()
             if self._began and self._too_old(time.monotonic()):

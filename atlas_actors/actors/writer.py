@@ -1147,7 +1147,9 @@ class WriterActor(RoleActor):
         except apsw.BusyError:
             log.debug("automatic checkpoint skipped: another connection is checkpointing")
         except apsw.Error as error:
-            # Logged and counted; the WAL keeps the frames, and a later commit retries.
+            # Logged and counted; the WAL keeps the frames, and the commit a step later
+            # retries (not every commit: each try would fail, log and count again).
+            self._checkpoint_due = self.wal_frames + self._checkpoint_step()
             wrapped = wrap_sqlite_error(error, "PRAGMA wal_checkpoint")
             if isinstance(wrapped, CorruptionError):
                 self.hooks.corruption(wrapped)
@@ -1248,6 +1250,11 @@ class WriterActor(RoleActor):
         # leaves 0 frames: the step counts from there.)
         self._checkpointed_at = log_frames
         self._checkpoint_due = log_frames + self._checkpoint_step()
+        past_limit = (self.config.wal_size_limit - 32) // (24 + self._page_size) + 1
+        if log_frames < past_limit:
+            # Not started over and not yet past the limit: checked again once it passes
+            # it, not only a step later (which let it reach twice the limit).
+            self._checkpoint_due = min(self._checkpoint_due, past_limit)
         counters = self.counters
         counters.checkpoints += 1
         counters.last_checkpoint = time.time()
