@@ -52,9 +52,11 @@ _MAX_DEMO_THREADS = 1024
 _CHECK_EXIT_STATUSES = """\
 exit status:
   0  the check passed
-  1  the file could not be checked: missing, a directory, not readable, or locked
-     by another process for longer than --timeout (nothing is known about its state)
-  2  the check found problems: the file is damaged (or is not a SQLite database)
+  1  the file could not be checked: missing, a directory, not readable, locked
+     by another process for longer than --timeout, or left with a hot rollback
+     journal (nothing is known about its state)
+  2  the check found problems: the file is damaged (or is not a SQLite database);
+     also a bad argument (with a usage line)
 """
 
 _DEMO_EXIT_STATUSES = """\
@@ -63,7 +65,8 @@ exit status:
   1  the run could not start: the file cannot be opened (its directory is missing,
      say), is not a database, or holds another application's tasks table (the
      message says which); a missing file is created
-  2  writes were lost: some acknowledged writes were not found after the run
+  2  writes were lost: some acknowledged writes were not found after the run;
+     also a bad argument (with a usage line)
   130  interrupted with Ctrl-C (what was measured so far is printed)
 """
 

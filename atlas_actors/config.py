@@ -89,7 +89,8 @@ class StorageConfig:
     """Most seconds a batch stays open while writes keep arriving before it commits."""
 
     mailbox_size: int = 10_000
-    """Bound of each actor's mailbox; a full mailbox makes senders wait (backpressure)."""
+    """Bound of each actor's mailbox: a full writer mailbox makes senders wait until their
+    deadline (backpressure); the read queue of ``db.submit_query`` refuses at once."""
 
     default_timeout: float = 30.0
     """Deadline in seconds of a call that names none; no call waits longer."""
@@ -147,8 +148,9 @@ class StorageConfig:
 
     transaction_timeout: float = 10.0
     """Seconds an interactive transaction may hold the writer lease (every write waits
-    behind it) or a ``repeatable_read`` snapshot (the WAL cannot be checkpointed past
-    it) before it is rolled back; its owner's next call raises TransactionTimeout."""
+    behind it), or a ``repeatable_read`` snapshot or a read transaction (``BEGIN``) on a
+    ``pool.acquire()`` lease (the WAL cannot be checkpointed past it), before it is
+    rolled back; its owner's next call raises TransactionTimeout."""
 
     max_page_count: int = 0
     """Largest database size in pages (``PRAGMA max_page_count``); 0 leaves SQLite's

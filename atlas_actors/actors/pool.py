@@ -308,7 +308,12 @@ class PooledConnection:
     def execute(
         self, sql: str, params: Params = None, *, timeout: float | None = None
     ) -> list[Row]:
-        """Run a read statement on this connection and return its rows.
+        """Run one read statement on this connection and return its rows.
+
+        More than one statement, ``ATTACH``/``DETACH``, ``VACUUM`` or a ``PRAGMA`` that
+        sets something raise ``ValidationError`` (the connection is shared). A read
+        transaction (``BEGIN``) left open past ``transaction_timeout`` is rolled back, and
+        the call raises ``TransactionTimeout`` (see the class).
 
         A statement still running ``timeout`` seconds after it started (None: the
         storage's ``default_timeout``) is stopped and raises ``OperationTimeout``; the
