@@ -454,7 +454,16 @@ def test_a_wait_for_a_reader_that_will_come_free_is_no_link_of_a_cycle(
     )
     db.execute("CREATE TABLE t(x)")
     db.write("INSERT INTO t VALUES (1)")
-    borrowed = db.pool.acquire()  # an ordinary borrower: not in the wait-for graph
+    borrowed, give_back = threading.Event(), threading.Event()
+
+    def v() -> None:  # an ordinary borrower, in a thread of its own: not in the graph
+        with db.pool.connection():
+            borrowed.set()
+            give_back.wait(10)
+
+    v_thread = threading.Thread(target=v)
+    v_thread.start()
+    assert borrowed.wait(5)
     u_waits, u_read = threading.Event(), []
 
     def u() -> None:
@@ -469,10 +478,51 @@ def test_a_wait_for_a_reader_that_will_come_free_is_no_link_of_a_cycle(
         u_thread.start()
         assert u_waits.wait(5)
         assert wait_until(lambda: bool(db.transactions.graph.waits()))  # U waits
-        threading.Timer(0.3, borrowed.release).start()
+        threading.Timer(0.3, give_back.set).start()
         started = time.monotonic()
         assert db.write("INSERT INTO t VALUES (3)").rowcount == 1  # after U commits
         assert time.monotonic() - started < 5
     u_thread.join(10)
+    v_thread.join(10)
     assert u_read == [1]  # (U's own insert is outside its read: no snapshot of the lease)
     assert db.query("SELECT count(*) AS n FROM t")[0].n == 3
+
+
+def test_a_reader_the_lease_holder_borrowed_itself_is_no_reader_that_comes_free(
+    open_storage: object,
+) -> None:
+    """T pins one reader; U holds the lease, has borrowed the other reader itself, and
+    waits for a reader. T's plain write behind U's lease closes a cycle: U's own lease
+    comes free only once U goes on. Counted as one that comes free, both waited out
+    their deadlines."""
+    db: atlas.Storage = open_storage(  # type: ignore[operator]
+        readers=2, max_readers=2, cache=False, default_timeout=4.0
+    )
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    u_waits, u_done = threading.Event(), threading.Event()
+    u_outcome: list[object] = []
+
+    def u() -> None:
+        with db.transaction() as tx, db.pool.connection():
+            tx.execute("INSERT INTO t VALUES (2)")  # holds the lease
+            u_waits.set()
+            try:
+                u_outcome.append(db.query("SELECT count(*) AS n FROM t")[0].n)
+            except BaseException as error:
+                u_outcome.append(error)
+        u_done.set()
+
+    with db.transaction(isolation="repeatable_read") as tx:
+        tx.query("SELECT * FROM t")  # pins one reader
+        u_thread = threading.Thread(target=u)
+        u_thread.start()
+        assert u_waits.wait(5)
+        assert wait_until(lambda: bool(db.transactions.graph.waits()))  # U waits
+        started = time.monotonic()
+        with pytest.raises(DeadlockError, match="pool:readers"):
+            db.write("INSERT INTO t VALUES (3)")
+        assert time.monotonic() - started < 1
+    assert u_done.wait(5)  # T ended its snapshot: U got a reader
+    u_thread.join(5)
+    assert u_outcome == [1]

@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from time import perf_counter
@@ -1591,6 +1591,23 @@ class ReaderPool:
     def in_use(self) -> int:
         """Connections claimed now (by any caller: a read, a borrower, a snapshot)."""
         return sum(1 for connection in self._connections if connection.lock.locked())
+
+    def lent_to(self, threads: Collection[int]) -> int:
+        """Connections lent by :meth:`acquire` to any of ``threads`` (by ident).
+
+        Transactions' own (not :attr:`~PooledConnection.supervised`) are left out: the
+        wait-for graph records those. A connection a thread in a cycle borrowed comes
+        free only when that thread goes on: it counts as taken for good.
+        """
+        count = 0
+        for ref, _ in list(self._lent.values()):
+            lease = ref()
+            if lease is None or not lease.supervised:
+                continue
+            owner = lease._thread()
+            if owner is not None and owner.ident in threads:
+                count += 1
+        return count
 
     def exhausted(self) -> bool:
         """True when no connection is free and the pool cannot grow."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from atlas_actors.errors import DeadlockError
 
@@ -33,6 +33,13 @@ __all__ = ["WaitForGraph"]
 
 def _always() -> bool:
     return True
+
+
+_Exhaustion = tuple[
+    Callable[[], bool], Callable[[], int] | None, Callable[[Collection[int]], int] | None
+]
+"""How to tell a resource's units are all taken: (all taken?, how many in use, how many
+lent to the given sessions), as :meth:`WaitForGraph.check` was given them."""
 
 
 class WaitForGraph:
@@ -51,7 +58,7 @@ class WaitForGraph:
         self._tracked_holders: tuple[Mapping[int, object], ...] = ()
         """The tracked mappings (what :meth:`check`'s lock-free answer looks at)."""
         self._waiting: dict[int, str] = {}
-        self._exhaustion: dict[str, tuple[Callable[[], bool], Callable[[], int] | None]] = {}
+        self._exhaustion: dict[str, _Exhaustion] = {}
         """Resource → how to tell whether every unit is taken (from :meth:`check`): a
         wait for a resource of several units passed through mid-search is a link of a
         cycle only if every unit is taken by its holders."""
@@ -141,6 +148,7 @@ class WaitForGraph:
         *,
         all_units_taken: Callable[[], bool] = _always,
         units_in_use: Callable[[], int] | None = None,
+        units_lent_to: Callable[[Collection[int]], int] | None = None,
         advice: str | Callable[[], str] = "",
         record: bool = False,
     ) -> bool:
@@ -161,8 +169,8 @@ class WaitForGraph:
             else:
                 return False  # every cycle through a wait passes through what the waiter holds
         with self.lock:
-            self._exhaustion[resource] = (all_units_taken, units_in_use)
-            exhausted = self._exhausted(resource)
+            self._exhaustion[resource] = (all_units_taken, units_in_use, units_lent_to)
+            exhausted = self._exhausted(resource, ())
             cycle = self._cycle(session, resource, exhausted)
             if cycle is None and record:
                 self._waiting[session] = resource
@@ -199,20 +207,26 @@ class WaitForGraph:
         with self.lock:
             return dict(self._waiting)
 
-    def _exhausted(self, resource: str) -> bool:
-        """Whether every unit of ``resource`` is taken, and by its recorded holders.
+    def _exhausted(self, resource: str, cycle: Collection[int]) -> bool:
+        """Whether every unit of ``resource`` is taken for good (searching ``cycle``).
 
-        A unit taken by no recorded holder (an ordinary read's reader) comes free, and
-        so does one the pool can still add: then a wait for it is no link of a cycle.
-        Unknown (no check seen for it): taken, as a one-unit resource is.
+        Taken for good: by its recorded holders, or lent to a session of ``cycle``, the
+        holders the search passed through (each goes on only at the cycle's end; the
+        searching session's own lease is not counted: another thread may release it).
+        Any other unit comes free (an ordinary read's reader, another thread's lease),
+        and so does one the pool can still add: then a wait for it is no link of a
+        cycle. Unknown (no check seen for it): taken, as a one-unit resource is.
         """
         known = self._exhaustion.get(resource)
         if known is None:
             return True
-        all_units_taken, units_in_use = known
+        all_units_taken, units_in_use, units_lent_to = known
         exhausted = all_units_taken()
         if exhausted and units_in_use is not None:
-            exhausted = units_in_use() <= self._units_held(resource)
+            stuck = self._units_held(resource)
+            if units_lent_to is not None:
+                stuck += units_lent_to(cycle)
+            exhausted = units_in_use() <= stuck
         return exhausted
 
     def _cycle(self, start: int, resource: str, exhausted: bool) -> list[str] | None:
@@ -247,7 +261,7 @@ class WaitForGraph:
                     self._search(
                         start,
                         next_resource,
-                        self._exhausted(next_resource),
+                        self._exhausted(next_resource, {*seen, holder}),
                         [*step, f"which waits for {next_resource}"],
                         seen | {holder},
                     )

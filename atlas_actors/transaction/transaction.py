@@ -1147,6 +1147,7 @@ class TransactionManager:
             "pool:readers",
             all_units_taken=pool.exhausted,
             units_in_use=pool.in_use,
+            units_lent_to=pool.lent_to,
             advice=advice,
             record=True,
         )
