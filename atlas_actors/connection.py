@@ -510,7 +510,7 @@ _INSERTS_NOTHING = "inserts nothing"
 _OTHER = "other"
 _CONTROL = "transaction control"
 _write_kinds: TextMemo[str] = TextMemo(10_000)
-_LEADING = r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+_LEADING = r"(?:\s|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)*"
 """Whitespace and comments before a statement's first keyword."""
 _CONTROL_STATEMENT = re.compile(
     _LEADING + r"(?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE | re.DOTALL
@@ -634,7 +634,7 @@ _READ_PRAGMAS = frozenset(
 """Pragmas that only read, even when given an argument."""
 _ACTION_PRAGMAS = frozenset({"optimize", "shrink_memory", "wal_checkpoint", "incremental_vacuum"})
 """Pragmas that do something (ANALYZE, free memory, checkpoint, free pages) even bare."""
-_GAP = r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+_GAP = _LEADING
 _PRAGMA_NAME = (  # (SQLite takes a name in any quotes, single ones too)
     r'(?:"(?:[^"]|"")*"|\'(?:[^\']|\'\')*\'|\[[^\]]*\]|`(?:[^`]|``)*`'
     r"|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*)"
