@@ -510,7 +510,10 @@ _INSERTS_NOTHING = "inserts nothing"
 _OTHER = "other"
 _CONTROL = "transaction control"
 _write_kinds: TextMemo[str] = TextMemo(10_000)
-_LEADING = r"(?:\s|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)*"
+_COMMENT_OPEN = r"/\*(?:[^*]|\*(?!/))*"
+"""A ``/*`` comment up to its ``*/`` (not included): its body holds no ``*/``, so the
+patterns built on it take linear time (a lazy body could run over the next comments)."""
+_LEADING = rf"(?:\s|--[^\n]*(?:\n|$)|{_COMMENT_OPEN}\*/)*"
 """Whitespace and comments before a statement's first keyword."""
 _CONTROL_STATEMENT = re.compile(
     _LEADING + r"(?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE | re.DOTALL
@@ -683,18 +686,17 @@ def refuse_connection_settings(sql: str) -> None:
 _MAY_CHANGE_A_READER = re.compile("pragma|attach|detach|vacuum|;", re.IGNORECASE)
 """A cheap first look: text without any of these is one statement that changes nothing."""
 _READER_REFUSED = re.compile(_LEADING + r"(ATTACH|DETACH|VACUUM)\b", re.IGNORECASE | re.DOTALL)
-_NOTHING_MORE = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*(?:\*/|\Z)|;)*")
+_NOTHING_MORE = re.compile(rf"(?:\s|--[^\n]*(?:\n|$)|{_COMMENT_OPEN}(?:\*/|\Z)|;)*")
 """What may follow a read's statement: whitespace, comments (a last one unterminated, as
-SQLite takes it) and empty statements. A comment's body holds no ``*/``: matched to the
-end of the text, a lazy body would have run past it, over a second statement."""
+SQLite takes it) and empty statements."""
 
 
 def _reader_refusal(sql: str) -> str | None:
     """Why ``sql`` may not run on a pooled reader (a message), or None."""
-    pragma = _setting_pragma(sql)
+    starts = list(_statement_starts(sql))
+    pragma = _setting_pragma(sql, starts=starts) if _MAY_HOLD_PRAGMA.search(sql) else None
     if pragma is not None:
         return _settings_message(sql, pragma)  # (the most telling, in any statement)
-    starts = list(_statement_starts(sql))
     if any(not _NOTHING_MORE.fullmatch(sql, start) for start in starts[1:]):
         return (
             f"{shorten(sql)!r} holds more than one statement, and a read runs one: its "
@@ -751,9 +753,14 @@ def _settings_message(sql: str, verdict: str) -> str:
     )
 
 
-def _setting_pragma(sql: str, allowed: frozenset[str] = frozenset()) -> str | None:
-    """The name of the first pragma in ``sql`` that is no plain read (nor ``allowed``)."""
-    for start in _statement_starts(sql):
+def _setting_pragma(
+    sql: str, allowed: frozenset[str] = frozenset(), starts: Iterable[int] | None = None
+) -> str | None:
+    """The name of the first pragma in ``sql`` that is no plain read (nor ``allowed``).
+
+    ``starts``: where its statements start, if known already (:func:`_statement_starts`).
+    """
+    for start in _statement_starts(sql) if starts is None else starts:
         found = _PRAGMA_STATEMENT.match(sql, start)
         if found is None:
             continue

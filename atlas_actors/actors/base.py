@@ -31,10 +31,10 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 from opentelemetry.context import Context
@@ -60,6 +60,7 @@ __all__ = [
     "Op",
     "RoleActor",
     "Unrecoverable",
+    "sort_out",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,34 @@ class Op:
     def fail(self, error: BaseException) -> None:
         """Resolve the op's future with ``error``."""
         self.future.set_exception(error)
+
+    def awaited(self, now: float) -> bool:
+        """Whether its caller still waits: not given up (resolved), not past its deadline."""
+        return not self.future.done() and now <= self.deadline
+
+    def too_late(self, now: float) -> OperationTimeout:
+        """The error of an op taken up past its deadline: never started, safe to retry."""
+        return OperationTimeout(self.describe(), now - self.enqueued_at, applied=False)
+
+
+OpT = TypeVar("OpT", bound=Op)
+
+
+def sort_out(ops: Iterable[OpT], now: float) -> tuple[list[OpT], list[OpT]]:
+    """Ops queued or held for a while: (those still awaited, those past their deadline).
+
+    Ops given up (resolved by a caller that timed out) are in neither. The late ones are
+    claimed here: fail each with :meth:`Op.too_late` (outside any lock held meanwhile:
+    failing runs the future's callbacks).
+    """
+    awaited: list[OpT] = []
+    late: list[OpT] = []
+    for op in ops:
+        if op.awaited(now):
+            awaited.append(op)
+        elif not op.future.done() and op.claim():
+            late.append(op)
+    return awaited, late
 
 
 Letter = Any

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import apsw
 from pykka._envelope import Envelope
 
-from atlas_actors.actors.base import Unrecoverable
+from atlas_actors.actors.base import Unrecoverable, sort_out
 from atlas_actors.actors.reader import HealthCheck, ReadOp, Recycle, Reopen, RunReads
 from atlas_actors.cache.statements import StatementAnalyses, StatementInfo
 from atlas_actors.config import MAX_READERS, StorageConfig
@@ -1407,25 +1407,16 @@ class ReaderPool:
         queue: with no reader free, the next read was refused as "the read queue is
         full" while nothing waited.
         """
-        now = time.monotonic()
-        live: list[ReadOp] = []
-        late: list[ReadOp] = []
-        for op in self._pending:
-            if op.future.done():
-                continue
-            if now > op.deadline and op.claim():
-                late.append(op)
-                continue
-            live.append(op)
+        awaited, late = sort_out(self._pending, time.monotonic())
         self._pending.clear()
-        self._pending.extend(live)
+        self._pending.extend(awaited)
         return late
 
     def _fail_late(self, late: list[ReadOp]) -> None:
         """Fail the reads :meth:`_drop_finished` found past their deadline, as a reader would."""
         now = time.monotonic()
         for op in late:
-            error = OperationTimeout(op.describe(), now - op.enqueued_at, applied=False)
+            error = op.too_late(now)
             if self.report is not None:
                 self.report(error, {"operation": "submit_query"})
             op.fail(error)
@@ -1439,7 +1430,7 @@ class ReaderPool:
         if not self._pending:
             return 0
         now = time.monotonic()
-        return sum(1 for op in list(self._pending) if not op.future.done() and now <= op.deadline)
+        return sum(1 for op in list(self._pending) if op.awaited(now))
 
     def _dispatch_pending(self) -> None:
         while self._pending:

@@ -30,7 +30,7 @@ import apsw
 from atlas_actors.actors.base import Crash, Op, RoleActor
 from atlas_actors.config import StorageConfig
 from atlas_actors.connection import ConnectionState, Params, TrackedConnection
-from atlas_actors.errors import AtlasError, OperationTimeout, wrap_sqlite_error
+from atlas_actors.errors import AtlasError, wrap_sqlite_error
 from atlas_actors.events import EventBus
 from atlas_actors.future import Future
 from atlas_actors.telemetry.tracing import Tracing
@@ -113,7 +113,7 @@ def run_read(
         return  # withdrawn by a caller that timed out
     now = time.monotonic()
     if now > op.deadline:
-        late = OperationTimeout(op.describe(), now - op.enqueued_at, applied=False)
+        late = op.too_late(now)
         if report is not None:
             report(late, {"operation": "submit_query"})
         op.fail(late)

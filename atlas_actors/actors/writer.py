@@ -39,7 +39,7 @@ from typing import Any
 
 import apsw
 
-from atlas_actors.actors.base import Crash, Escaped, Op, RoleActor
+from atlas_actors.actors.base import Crash, Escaped, Op, RoleActor, sort_out
 from atlas_actors.actors.writer_ops import (
     OP_TYPES,
     CheckpointOp,
@@ -172,15 +172,6 @@ _TRUNCATE_BACKOFF = 9.0
 _RUN_MAX = 32
 """Most queued writes :meth:`WriterActor._run_queued` runs together: between runs the
 writer checks ``max_batch_delay`` (a run of many slow statements could overrun it)."""
-
-
-def _still_awaited(ops: Iterable[Op], now: float) -> list[Op]:
-    """The ops whose callers still wait: not given up (resolved), not past their deadline.
-
-    Writes and lease requests that timed out behind a lease stay held until it ends;
-    they take no room in the mailbox's bound and are no queue in ``status()``.
-    """
-    return [op for op in ops if op.future._value is _PENDING and now <= op.deadline]
 
 
 def _set_results(ops: Sequence[Op], done: Sequence[list[WriteResult]]) -> None:
@@ -539,13 +530,15 @@ class WriterActor(RoleActor):
         """(transaction holding the lease, messages waiting behind it, oldest wait)."""
         lease = self._lease
         now = time.monotonic()
-        waiting = _still_awaited([*self._lease_queue, *self._stash], now)
+        # (Ops given up behind the lease stay held until it ends: they are no queue.)
+        waiting = [op for op in (*self._lease_queue, *self._stash) if op.awaited(now)]
         oldest = max((now - op.enqueued_at for op in waiting), default=0.0)
         return (lease.tx_id if lease else None, len(waiting), oldest)
 
     def _held_awaited(self) -> int:
         """How many of the ops held behind the lease someone still waits for (any thread)."""
-        return len(_still_awaited(list(self._stash), time.monotonic()))
+        now = time.monotonic()
+        return sum(1 for op in list(self._stash) if op.awaited(now))
 
     # -- group commit ------------------------------------------------------------------
 
@@ -696,9 +689,7 @@ class WriterActor(RoleActor):
                     pass  # the caller timed out and withdrew it before it started
                 elif now > op.deadline:
                     alone.discard(op.id)
-                    self._fail(
-                        op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False)
-                    )
+                    self._fail(op, op.too_late(now))
                 elif self._disk_full is None or op.id == self._probe or self._probes(op, now):
                     if not replayed:  # counted once, however often it runs
                         started += 1
@@ -819,7 +810,7 @@ class WriterActor(RoleActor):
                     continue
                 if now > op.deadline:
                     units.pop()
-                    error = OperationTimeout(op.describe(), now - op.enqueued_at, applied=False)
+                    error = op.too_late(now)
                     self._fail(op, error)
                     continue
                 waited += now - op.enqueued_at
@@ -1663,16 +1654,10 @@ class WriterActor(RoleActor):
         stash stays within twice the bound.
         """
         now = time.monotonic()
-        kept: list[Op] = []
-        for op in self._stash:
-            if type(op) is not LeaseReturn and op.future._value is not _PENDING:
-                continue  # withdrawn by a caller that gave up (or resolved)
-            if type(op) is not LeaseReturn and now > op.deadline and op.claim():
-                self._fail(op, OperationTimeout(op.describe(), now - op.enqueued_at, applied=False))
-                continue
-            kept.append(op)
-        self._stash = kept
-        self._prune_stash_at = max(self.mailbox.capacity, 2 * len(kept))
+        self._stash, late = sort_out(self._stash, now)
+        for op in late:
+            self._fail(op, op.too_late(now))
+        self._prune_stash_at = max(self.mailbox.capacity, 2 * len(self._stash))
 
     def _take_stash(self) -> list[Op]:
         """What :meth:`_hold` kept, taken out: the mailbox counts it held no more."""
