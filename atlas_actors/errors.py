@@ -507,6 +507,13 @@ def built_type_error(query: object, built: object) -> StatementTypeError:
     )
 
 
+def built_params_error() -> QueryValidationError:
+    """The error for parameters passed beside a built query (it carries its own)."""
+    return QueryValidationError(
+        "a built query carries its own parameters: pass params only with SQL text"
+    )
+
+
 def _names_placeholder(sql: str, error: KeyError) -> bool:
     """True if ``error``'s key is a named placeholder of ``sql`` (apsw's missing value)."""
     key = error.args[0] if len(error.args) == 1 else None

@@ -58,6 +58,7 @@ from atlas_actors.errors import (
     StatementTypeError,
     StorageUnavailable,
     ValidationError,
+    built_params_error,
     built_type_error,
     not_pairs_error,
     wrap_sqlite_error,
@@ -342,6 +343,8 @@ class Storage(Runtime):
             raise self._unavailable()
         try:
             if type(sql) is not str:
+                if params is not None:  # (they would be dropped for the query's own)
+                    raise built_params_error()
                 sql, params = self._build(sql)  # type: ignore[arg-type]
             if timeout is not None:
                 timeout = checked_timeout(timeout)  # (a cache hit would not look at it)

@@ -36,6 +36,14 @@ def test_built_queries_are_validated_against_the_live_schema(tasks: atlas.Storag
     assert tasks.query(atlas.Query().select(["due"]).from_("tasks").limit(1)) == [(None,)]
 
 
+def test_params_beside_a_built_query_are_refused_not_dropped(tasks: atlas.Storage) -> None:
+    q = atlas.Query().select(["n"]).from_("tasks").where([("n", "eq", 3)])
+    for call in (tasks.query, tasks.query_one):
+        with pytest.raises(QueryValidationError, match="carries its own parameters"):
+            call(q, [7])  # (would have run with the query's own 3, the 7 dropped)
+    assert tasks.query(q) == [(3,)]  # and the storage goes on serving
+
+
 def test_double_quoted_unknown_names_are_errors_not_strings(tasks: atlas.Storage) -> None:
     with pytest.raises(SQLError, match="no such column"):
         tasks.query("SELECT count(*) FROM tasks WHERE \"titel\" = 'titel'")

@@ -22,6 +22,7 @@ from atlas_actors.errors import (
     AtlasError,
     ConfigError,
     QueryValidationError,
+    built_params_error,
     built_type_error,
     wrap_sqlite_error,
 )
@@ -189,9 +190,7 @@ class Optimizer:
         """
         if type(sql) is not str:
             if params is not None:
-                raise QueryValidationError(
-                    "a built query carries its own parameters: pass params only with SQL text"
-                )
+                raise built_params_error()
             if isinstance(sql, Query):
                 sql, params = sql.build(schema=self.schema())
             else:
