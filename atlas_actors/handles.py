@@ -190,8 +190,11 @@ class WriterHandle:
         future, whatever it raises fails it (and undoes what it wrote): its own
         exceptions as raised, SQLite's typed as every call's (``ConstraintError``,
         ``DiskFullError``, ..., the apsw error as ``__cause__``). It must not wait
-        on the storage. After a writer crash it is not run again (it might have had
-        effects outside the database): its future fails with ``ActorCrashedError``.
+        on the storage, end the writer's transaction or savepoint (``COMMIT``,
+        ``ROLLBACK``, ``RELEASE``) or leave a writing statement running (a ``RETURNING``
+        cursor not read to the end): its call then fails with ``ValidationError``, and
+        nothing it did commits. After a writer crash it is not run again (it might have
+        had effects outside the database): its future fails with ``ActorCrashedError``.
         """
         name = getattr(fn, "__qualname__", repr(fn))
         return self.submit(UnitOfWorkOp, f"run_in_writer {name}", None, (fn,), timeout, traced=True)

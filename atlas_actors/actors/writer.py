@@ -28,10 +28,12 @@ The messages it receives are defined in ``writer_ops.py``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ from atlas_actors.actors.writer_ops import (
     WriterCounters,
     WriterOp,
     WriterStats,
+    ended_error,
     mark_writer_thread,
     unmark_writer_thread,
 )
@@ -74,9 +77,11 @@ from atlas_actors.errors import (
     DiskFullError,
     DiskIOError,
     OperationTimeout,
+    SQLiteError,
     TransactionAborted,
     TransactionConflict,
     TransactionTimeout,
+    ValidationError,
     wrap_sqlite_error,
 )
 from atlas_actors.events import EventBus
@@ -178,6 +183,32 @@ def _set_results(ops: Sequence[Op], done: Sequence[list[WriteResult]]) -> None:
     """Give each op its unit's results (a ``write`` its one result), as far as ``done``."""
     for op, results in zip(ops, done, strict=False):
         op.result = results if type(op) is WriteAllOp else results[0]
+
+
+class StatementLeftRunning(RuntimeError):
+    """A function run in the writer keeps a writing statement running.
+
+    Nothing can commit on the connection until it ends, so the writer restarts (closing
+    its connection ends the statement).
+    """
+
+
+def _left_running(op: WriterOp, cause: BaseException | None = None) -> ValidationError:
+    error = ValidationError(
+        f"{op.describe()} left a statement running (a cursor of a writing statement, such "
+        "as INSERT ... RETURNING, not read to its end): read all its rows, or close it, "
+        "before the function returns; nothing it did was committed"
+    )
+    error.__cause__ = cause  # (what the function raised, if it did)
+    return error
+
+
+def _rolled_back_with_batch(op: Op, reason: str) -> TransactionAborted:
+    what = f"transaction {op.tx_id}" if isinstance(op, LeaseReturn) else op.describe()
+    return TransactionAborted(
+        f"{what} was rolled back with the writer's batch, because {reason}; nothing of "
+        "it was committed: run it again"
+    )
 
 
 class WriterActor(RoleActor):
@@ -367,7 +398,7 @@ class WriterActor(RoleActor):
                     if not ended.replayable:
                         ended.fail(closing)
                 self._batch = [kept for kept in self._batch if kept.replayable]
-                self._batch_lost(closing)
+                self._batch_lost("the storage closed")
         self._absorb_chain()
         self.mailbox.replay([*self._take_lease_queue(), *self._take_stash()])
         # Run what is in front now, and what running it puts back there (the writes of
@@ -902,7 +933,21 @@ class WriterActor(RoleActor):
         except Exception as error:
             self._undo(op, cursor, error, span)
             return
-        cursor.execute("RELEASE op")
+        try:
+            cursor.execute("RELEASE op")
+        except apsw.BusyError:  # (a function left a writing statement running)
+            if isinstance(result, apsw.Cursor):
+                result.close(True)  # its caller could not use it anyway
+            del result
+            self._undo(op, cursor, _left_running(op), span, left_running=True)
+            return
+        except apsw.SQLError:
+            if not isinstance(op, UnitOfWorkOp):
+                raise
+            # The function released (or rolled back) the writer's savepoint itself: its
+            # changes are the batch's now, and cannot be undone alone.
+            self._undo(op, cursor, ended_error(op), span)
+            return
         op.result = result
         self._batch.append(op)
 
@@ -998,8 +1043,19 @@ class WriterActor(RoleActor):
             if not info.plain:
                 self._batch_plain = False
 
-    def _undo(self, op: WriterOp, cursor: apsw.Cursor, error: Exception, span: Any) -> None:
-        """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch."""
+    def _undo(
+        self,
+        op: WriterOp,
+        cursor: apsw.Cursor,
+        error: Exception,
+        span: Any,
+        *,
+        left_running: bool = False,
+    ) -> None:
+        """Roll back one failed op; if SQLite dropped the whole transaction, replay the batch.
+
+        ``left_running``: ``error`` says that the op (a function) left a statement running.
+        """
         # A function run in the writer keeps its own exception; SQLite's are typed (the
         # original as the cause), as every other call's: a full disk found by a function
         # degrades the storage as a write's does.
@@ -1011,24 +1067,70 @@ class WriterActor(RoleActor):
         else:
             wrapped = error
         Tracing.record_error(span, wrapped)
-        if self.connection is not None and self.connection.connection.in_transaction:
-            cursor.execute("ROLLBACK TO op; RELEASE op")
+        raw = self.connection.connection if self.connection is not None else None
+        ended = isinstance(op, UnitOfWorkOp) and op.ended
+        if raw is not None and raw.in_transaction and not ended:
+            cursor.execute("ROLLBACK TO op")  # (possible with statements running)
+            if not self._released(op, cursor, error):
+                # A statement the function keeps running: nothing can commit on this
+                # connection while it runs. The batch goes, and so does the connection
+                # (the writer restarts; the statement ends with it).
+                failure = wrapped if left_running else _left_running(op, cause=wrapped)
+                self._fail(op, failure, op.sql)
+                cursor.execute("ROLLBACK")
+                self._in_transaction = False
+                self._lost_batch(f"{op.describe()} left a statement running")
+                raise StatementLeftRunning(f"{op.describe()} left a statement running")
         else:
             # Some errors (SQLITE_FULL, IOERR, ON CONFLICT ROLLBACK) roll back the whole
             # transaction (https://sqlite.org/lang_transaction.html#response_to_errors
-            # _within_a_transaction): the earlier ops of the batch are gone, so they run
-            # again in a fresh transaction before anything else.
+            # _within_a_transaction), and a function run here may end it itself: the
+            # earlier ops of the batch are gone, so they run again in a fresh
+            # transaction before anything else.
+            if raw is not None and raw.in_transaction:
+                cursor.execute("ROLLBACK")  # (one the function began after its own end)
             self._in_transaction = False
-            self._lost_batch(error)
+            self._lost_batch(
+                f"{op.describe()} ended the writer's transaction"
+                if ended and not isinstance(wrapped, SQLiteError)
+                else f"{op.describe()} failed ({type(wrapped).__name__}), and SQLite rolled "
+                "back the whole transaction"
+            )
         self._fail(op, wrapped, op.sql)
 
-    def _lost_batch(self, error: BaseException) -> None:
+    @staticmethod
+    def _released(op: WriterOp, cursor: apsw.Cursor, error: Exception) -> bool:
+        """Release the failed op's savepoint; False if a statement it keeps running forbids it.
+
+        A function that raised while it read a writing statement's rows (``RETURNING``)
+        may hold it in its traceback's frames: those are cleared, so it ends.
+        """
+        try:
+            cursor.execute("RELEASE op")
+            return True
+        except apsw.BusyError:
+            if error.__traceback__ is not None:
+                traceback.clear_frames(error.__traceback__)
+            gc.collect()  # (frames in reference cycles)
+        try:
+            cursor.execute("RELEASE op")
+            return True
+        except apsw.BusyError:
+            return False
+
+    def _lost_batch(self, reason: str) -> None:
+        """SQLite's transaction is gone (``reason`` says why): run its writes again.
+
+        The writes run again first thing in a fresh transaction (none was acknowledged);
+        a function's unit of work or a transaction's changes cannot be run again here,
+        so those calls fail with :class:`TransactionAborted`, which says why.
+        """
         batch, self._batch = self._batch, []
         self._spans = {}
         replay = [queued for queued in batch if queued.replayable]
         for queued in batch:
             if not queued.replayable:
-                queued.fail(self._crash_error(queued, error))
+                queued.fail(_rolled_back_with_batch(queued, reason))
         self.mailbox.replay(replay)
 
     def _fail(self, op: Op, error: BaseException, sql: str | None = None) -> None:
@@ -1579,7 +1681,10 @@ class WriterActor(RoleActor):
                 self._current = message  # if ROLLBACK raises, the writer restarts: fail it
                 connection.cursor.execute("ROLLBACK")
                 self._current = None
-            self._batch_lost(TransactionAborted(f"transaction {message.tx_id} lost the batch"))
+            self._batch_lost(
+                f"transaction {message.tx_id} lost it (a statement of its rolled back "
+                "SQLite's whole transaction, or its savepoint could not be ended)"
+            )
             message.future.set_result(None)
             return
         if message.commit:
@@ -1620,11 +1725,13 @@ class WriterActor(RoleActor):
         self.hooks.lease_ended(lease)
         self._absorb_chain()
         if lost:
-            self._batch_lost(TransactionAborted(f"transaction {lease.tx_id} lost the batch"))
+            self._batch_lost(
+                f"a statement of transaction {lease.tx_id} rolled back SQLite's whole transaction"
+            )
         else:
             self._release_stash()
 
-    def _batch_lost(self, error: AtlasError) -> None:
+    def _batch_lost(self, reason: str) -> None:
         """SQLite rolled the batch back during a lease: replay it, then what waited behind.
 
         The batch's writes go in front of the lease queue and the stash: they were sent
@@ -1632,7 +1739,7 @@ class WriterActor(RoleActor):
         """
         self._in_transaction = False
         self._release_stash()
-        self._lost_batch(error)  # puts the batch's writes in front of those
+        self._lost_batch(reason)  # puts the batch's writes in front of those
 
     def _hold(self, message: Op) -> None:
         """Keep ``message`` until the lease ends, counted against the mailbox's bound.

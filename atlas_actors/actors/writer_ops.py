@@ -20,7 +20,7 @@ import apsw
 
 from atlas_actors.actors.base import Escaped, Notice, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
-from atlas_actors.errors import TEXT_TYPES, DiskFullError, params_type_error
+from atlas_actors.errors import TEXT_TYPES, DiskFullError, ValidationError, params_type_error
 from atlas_actors.future import Future, sql_text, sql_type_error
 from atlas_actors.telemetry.tracing import batch_attributes
 
@@ -201,7 +201,7 @@ class UnitOfWorkOp(WriterOp):
     Not replayed after a crash: ``fn`` may have had effects outside the database.
     """
 
-    __slots__ = ("fn",)
+    __slots__ = ("ended", "fn")
     span_name = "atlas.writer.run"
     replayable = False
 
@@ -214,6 +214,8 @@ class UnitOfWorkOp(WriterOp):
     ) -> None:
         super().__init__(future, session, trace_context, None)
         self.fn = fn
+        self.ended = False
+        """True once the function ended the writer's transaction (and the batch with it)."""
 
     def run(self, connection: TrackedConnection) -> Any:
         """Call the function with the raw apsw connection.
@@ -221,17 +223,56 @@ class UnitOfWorkOp(WriterOp):
         If it raises a ``BaseException`` that is no ``Exception`` (``SystemExit``, a test
         framework's outcome), that fails this call alone, as any exception would: its
         savepoint is rolled back, and its caller gets the original (:meth:`fail`).
+
+        The function must not end the writer's transaction: a ``COMMIT`` would commit
+        the batch's other writes before they are acknowledged (and, the batch's end
+        failing, they would run again). While it runs, SQLite's commit hook turns any
+        ``COMMIT`` into a rollback, and the rollback hook notes that the batch is gone
+        (its ``ROLLBACK``, or its statement's ``ON CONFLICT ROLLBACK``): then
+        :attr:`ended` is set, and the call fails (its own exception, if it raised one).
         """
+        raw = connection.connection
+        refused: list[bool] = []
+
+        def refuse_commit() -> bool:
+            refused.append(True)
+            return True  # (SQLite rolls back instead)
+
+        def note_rollback() -> None:
+            self.ended = True
+
+        raw.set_commit_hook(refuse_commit)
+        raw.set_rollback_hook(note_rollback)
         try:
-            return self.fn(connection.connection)
-        except Exception:
+            result = self.fn(raw)
+        except Exception as error:
+            if refused:  # (its own error is SQLite's refusal: say what it was)
+                raise ended_error(self) from error
             raise
         except BaseException as error:
             raise Escaped(error) from error
+        finally:
+            raw.set_commit_hook(None)
+            raw.set_rollback_hook(None)
+        if self.ended:
+            raise ended_error(self)
+        return result
 
     def fail(self, error: BaseException) -> None:
         """Resolve the future with ``error`` (the function's own, if it escaped)."""
         super().fail(error.original if isinstance(error, Escaped) else error)
+
+
+def ended_error(op: UnitOfWorkOp) -> ValidationError:
+    """Mark ``op``'s function as having ended the writer's transaction; its error."""
+    op.ended = True
+    return ValidationError(
+        f"{op.describe()} ended the writer's transaction or savepoint (its COMMIT, END, "
+        "ROLLBACK or RELEASE, or a statement's ON CONFLICT ROLLBACK): the writer commits "
+        "each batch itself, so a function run in it must leave transaction control alone "
+        "(use db.transaction() to group statements); nothing it did was committed, and "
+        "the batch's writes run again"
+    )
 
 
 OP_TYPES = frozenset({WriteOp, WriteManyOp, WriteAllOp, UnitOfWorkOp})
