@@ -8,7 +8,9 @@ rule changed state: ``db.alerts``). ``health_check_failed`` with ``reopening=Tru
 failed try to reopen a reader's connection during such a fault. Handlers
 run in the thread that emits the event (an actor's or a caller's): keep them short and
 never wait on the storage from one.
-A handler that raises is logged and otherwise ignored, so it cannot break the runtime.
+A handler that raises is logged and otherwise ignored, so it cannot break the runtime:
+also ``SystemExit`` or ``KeyboardInterrupt``, except in the main thread (a caller's,
+never an actor's), where such a one reaches the caller once every handler has run.
 
 ``checkout`` and ``checkin`` come in pairs, one pair per lease of a reader connection,
 both with the connection's id: a ``db.query`` run on it (a cache hit uses none), a batch
@@ -163,14 +165,28 @@ class EventBus:
         """Deliver an event to its handlers, in the calling thread.
 
         The handlers are those subscribed when delivery starts: one that subscribes or
-        unsubscribes a handler meanwhile changes the next events, not this one.
+        unsubscribes a handler meanwhile changes the next events, not this one. What a
+        handler raises is logged; in the main thread a ``BaseException`` that is no
+        ``Exception`` (Ctrl-C, ``sys.exit()``) is raised again once all have run.
         """
         handlers = self._handlers.get(name)
         if not handlers:
             return
         event = LifecycleEvent(name=name, role=role, connection_id=connection_id, detail=detail)
+        escaped: BaseException | None = None
         for subscription in handlers:
             try:
                 subscription.handler(event)
             except Exception:
                 log.exception("event handler %r for %r failed", subscription.handler, name)
+            except BaseException as error:  # (SystemExit, KeyboardInterrupt...)
+                if threading.current_thread() is threading.main_thread():
+                    # The program's own thread, never an actor's: a Ctrl-C or sys.exit()
+                    # there is the caller's, raised once all have run (as done-callbacks).
+                    escaped = escaped or error
+                else:
+                    # An actor's thread (or a user's, which no signal reaches): raised,
+                    # it would crash the actor, restarted each time until the storage fails.
+                    log.exception("event handler %r for %r failed", subscription.handler, name)
+        if escaped is not None:
+            raise escaped

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 import threading
 from collections.abc import Callable
 
@@ -43,6 +45,83 @@ def test_a_failing_handler_is_logged_and_the_others_still_run(
     bus.emit("recycle", "reader-0", "reader-0#1", reason="test")
     assert got[0].detail == {"reason": "test"}
     assert "failed" in caplog.text
+
+
+def test_a_handler_that_exits_in_an_actor_thread_is_logged_and_breaks_nothing(
+    open_storage: Callable[..., atlas.Storage], caplog: pytest.LogCaptureFixture
+) -> None:
+    """sys.exit() in a ``recycle`` handler (run by the reader) crashed the reader at
+    each recycle, until the restart intensity failed the whole storage."""
+    db = open_storage(readers=1, max_readers=1, cache=False, recycle_after_queries=5)
+    db.execute("CREATE TABLE t(x)")
+    recycled: list[str | None] = []
+
+    def exits(event: LifecycleEvent) -> None:
+        recycled.append(event.connection_id)
+        sys.exit("a handler exits")
+
+    db.events.on("recycle", exits)
+    for _ in range(200):
+        db.query("SELECT 1")
+        if len(recycled) >= 3:
+            break
+    assert len(recycled) >= 3
+    db.write("INSERT INTO t VALUES (1)")
+    assert db.query("SELECT count(*) FROM t")[0][0] == 1
+    assert db.supervisor.status().restarts == 0
+    assert db.health().status == "ok"
+    failed = [r for r in caplog.records if r.getMessage().endswith("for 'recycle' failed")]
+    assert failed and "exits" in failed[0].getMessage()
+    assert failed[0].exc_info is not None and failed[0].exc_info[0] is SystemExit
+
+
+@pytest.mark.parametrize("escaping", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_or_exit_in_a_handler_in_the_main_thread_reaches_the_caller_after_the_others(
+    escaping: type[BaseException],
+) -> None:
+    assert threading.current_thread() is threading.main_thread()
+    bus = EventBus()
+    got: list[str] = []
+
+    def interrupted(event: LifecycleEvent) -> None:
+        got.append("first")
+        raise escaping
+
+    bus.on("checkout", interrupted)
+    bus.on("checkout", lambda e: got.append("second"))
+    bus.on("checkout", interrupted)  # (the first one raised wins)
+    with pytest.raises(escaping):
+        bus.emit("checkout", "reader-0", "reader-0#1")
+    assert got == ["first", "second", "first"]
+
+
+@pytest.mark.parametrize("escaping", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_or_exit_in_a_handler_in_another_thread_is_logged_and_ignored(
+    escaping: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = EventBus()
+    got: list[str] = []
+    escaped: list[BaseException] = []
+
+    def interrupted(event: LifecycleEvent) -> None:
+        raise escaping
+
+    bus.on("restart", interrupted)
+    bus.on("restart", lambda e: got.append(e.role))
+
+    def emit() -> None:
+        try:
+            bus.emit("restart", "writer", incarnation=2)
+        except BaseException as error:  # (what reached the emitting thread)
+            escaped.append(error)
+        got.append("emitted")
+
+    thread = threading.Thread(target=emit)
+    with caplog.at_level(logging.ERROR, logger="atlas_actors.events"):
+        thread.start()
+        thread.join(5)
+    assert escaped == [] and got == ["writer", "emitted"]
+    assert "for 'restart' failed" in caplog.text and escaping.__name__ in caplog.text
 
 
 def test_unknown_event_names_are_rejected() -> None:
