@@ -94,6 +94,44 @@ def test_two_storages_on_one_file_are_two_series(
     assert {label for _, label in series} == {str(path), f"{path} (2)"}
 
 
+def test_a_file_closed_and_reopened_keeps_its_label(
+    open_storage: Callable[..., atlas.Storage], tmp_path: Path
+) -> None:
+    """Labels were taken against every storage ever added, closed ones too (still
+    referenced): each reopening of one file was labelled anew, ``a.db (2)``, ``(3)``..."""
+    path = tmp_path / "a.db"
+    registry = CollectorRegistry()
+    for _ in range(3):
+        db = open_storage(path, cache=False)  # (the fixture keeps every one referenced)
+        register(db, registry)
+        assert {label for _, label in _scrape(registry)} == {str(path)}
+        db.close()
+        assert _scrape(registry) == {}
+
+
+def test_a_closed_storage_frees_its_label_and_open_ones_keep_theirs(
+    open_storage: Callable[..., atlas.Storage], tmp_path: Path
+) -> None:
+    path = tmp_path / "a.db"
+    first, second = open_storage(path, cache=False), open_storage(path, cache=False)
+    registry = CollectorRegistry()
+    register(first, registry)
+    register(second, registry)
+    first.close()
+    assert {label for _, label in _scrape(registry)} == {f"{path} (2)"}
+    third = open_storage(path, cache=False)
+    register(third, registry)
+    register(first, registry)  # (closed: not scraped again, and takes no label)
+    fourth = open_storage(path, cache=False)
+    register(fourth, registry)
+    second.execute("CREATE TABLE t(x)")
+    series = _scrape(registry)
+    assert {label for _, label in series} == {str(path), f"{path} (2)", f"{path} (3)"}
+    assert series[("atlas_writer_writes_total", f"{path} (2)")] == 1  # second's, still
+    assert series[("atlas_writer_writes_total", str(path))] == 0  # third's
+    assert series[("atlas_writer_writes_total", f"{path} (3)")] == 0  # fourth's
+
+
 def test_without_prometheus_client_register_says_how_to_install_it() -> None:
     # The rule file is written without the package; register() says what to install.
     script = """

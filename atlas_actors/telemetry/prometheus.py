@@ -125,6 +125,15 @@ def _client() -> None:
         ) from error
 
 
+def _closed(storage: Storage) -> bool:
+    """True once ``storage`` is closing (a failed one is still open).
+
+    From then on it is not scraped (``_exported_snapshot()`` is None), as its close
+    drops it from the OpenTelemetry export.
+    """
+    return storage._state in ("closing", "closed")
+
+
 class StorageCollector:
     """A ``prometheus_client`` collector of the metrics of the storages added to it.
 
@@ -132,7 +141,7 @@ class StorageCollector:
     every catalogue metric as :func:`prometheus_name` names it, labelled
     ``db_namespace`` = the database file: the series the alert rules of
     :func:`prometheus_rules` read. A counter not bumped yet is 0; a closed (or
-    collected) storage is no longer scraped.
+    collected) storage is no longer scraped, and its label is free again.
     """
 
     def __init__(self) -> None:
@@ -143,12 +152,21 @@ class StorageCollector:
     def add(self, storage: Storage) -> None:
         """Scrape ``storage`` too (for as long as it is open).
 
-        Its ``db_namespace`` is its file; a second storage open on the same file gets
-        ``<file> (2)``, and so on: two series with the same labels are one scrape error.
+        Its ``db_namespace`` is its file; a second storage open on the same file at the
+        same time gets ``<file> (2)``, and so on: two series with the same labels are
+        one scrape error. Only open storages hold a label: a file closed and opened
+        again keeps its label (as the OpenTelemetry export's ``db.namespace``).
         """
         with self._lock:
-            if storage not in self._labels:
+            self._drop_closed()
+            if storage not in self._labels and not _closed(storage):
                 self._labels[storage] = unique_label(storage.path, self._labels.values())
+
+    def _drop_closed(self) -> None:
+        """Forget the storages that closed (holding the lock): their labels are free."""
+        for storage in list(self._labels):
+            if _closed(storage):
+                del self._labels[storage]
 
     def collect(self) -> Iterator[Metric]:
         """The metric families of one scrape (called by the registry)."""
@@ -158,6 +176,7 @@ class StorageCollector:
         )
 
         with self._lock:
+            self._drop_closed()
             storages = list(self._labels.items())
         taken = []
         for storage, label in storages:
