@@ -5,9 +5,12 @@ columns sampled; indexes that do not exist yet (the advisor's candidates) are sa
 
 ``sqlite_stat1`` (https://www.sqlite.org/fileformat2.html#stat1tab) holds, per index, the
 table's row count followed by the average number of rows that share each left prefix of
-the index key. Without it, SQLite guesses 10 rows per key for the first column, then 9, 8,
-7, 6 and 5 (``sqlite3DefaultRowEst`` in ``build.c``), and 1 for a full unique key; this
-module makes the same guess so that estimates follow the planner's view.
+the index key; a partial index's row counts the rows it holds, so, as in SQLite's
+``analyze.c``, only a table row (``idx`` NULL) or a non-partial index's row gives the
+table's size. Without an index's row, SQLite guesses 10 rows per key for the first
+column, then 9, 8, 7, 6 and 5 (``sqlite3DefaultRowEst`` in ``build.c``), and 1 for a
+full unique key; this module makes the same guess so that estimates follow the planner's
+view.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class Stats:
         column_rows: Mapping[str, Mapping[str, float]] | None = None,
     ) -> Stats:
         """Combine stat1 rows, table sizes and sampled column figures into estimates."""
+        stat1 = list(stat1)
         by_index: dict[tuple[str, str | None], list[float]] = {}
         for tbl, idx, stat in stat1:
             numbers = _numbers(stat)
@@ -75,8 +79,7 @@ class Stats:
         for key, table in schema.tables.items():
             rows = table_rows.get(key)
             if rows is None:
-                stat_rows = [v[0] for (t, _i), v in by_index.items() if t == key]
-                rows = stat_rows[0] if stat_rows else UNKNOWN_ROWS
+                rows = _stat1_rows(schema, stat1, key)
             stats = _table_stats(table, max(rows, 1.0), by_index)
             sampled = (column_rows or {}).get(key)
             if sampled:
@@ -218,6 +221,8 @@ def collect(
 ) -> Collected:
     """Read stat1; for tables it does not cover, ``count(*)`` and index probes.
 
+    A table is covered by a stat1 row that gives its size: not a partial index's row.
+
     A table stat1 does not cover gets a table row (``tbl, NULL, "N"``) and, for each of
     its indexes, the figures of :func:`~atlas_actors.query.sampling.probe_index_stat`;
     ``probes`` caches those by (table, index) until the table's size changes by more
@@ -226,7 +231,7 @@ def collect(
     """
     # stat1 describes main's tables: not the TEMP tables that shadow some of them
     stat1 = [row for row in read_stat1(conn) if fold(row[0]) not in schema.temp]
-    covered = {fold(t) for t, _i, _s in stat1}
+    covered = {fold(t) for t, i, _s in stat1 if _counts_table(schema, t, i)}
     sizes: dict[str, float] = {}
     extra: list[Stat1Row] = []
     for key, table in schema.tables.items():
@@ -251,14 +256,28 @@ def collect(
     for key, wanted in (columns or {}).items():
         found = schema.tables.get(key)
         if found is not None and found.kind == "table":
-            rows = sizes.get(key) or _stat1_rows(stat1, key)
+            rows = sizes.get(key) or _stat1_rows(schema, stat1, key)
             column_rows[key] = sample_columns(conn, found, sorted(wanted), rows)
     return Collected(tuple(stat1), tuple(extra), sizes, column_rows, bool(stat1))
 
 
-def _stat1_rows(stat1: Iterable[Stat1Row], table: str) -> float:
-    for tbl, _idx, stat in stat1:
+def _counts_table(schema: Schema, table: str, index: str | None) -> bool:
+    """True when SQLite takes ``table``'s row count from this stat1 row.
+
+    That is any row but a partial index's, whose first number counts only the rows the
+    index holds (``analysisLoader`` in ``analyze.c``). A row naming no known index is
+    read as a table row there too.
+    """
+    if index is None:
+        return True
+    info = schema.tables.get(fold(table))
+    return info is None or not any(i.partial and fold(i.name) == fold(index) for i in info.indexes)
+
+
+def _stat1_rows(schema: Schema, stat1: Iterable[Stat1Row], table: str) -> float:
+    """Return ``table``'s row count from stat1 (see :func:`_counts_table`), or a guess."""
+    for tbl, idx, stat in stat1:
         numbers = _numbers(stat)
-        if fold(tbl) == table and numbers:
+        if fold(tbl) == table and numbers and _counts_table(schema, tbl, idx):
             return numbers[0]
     return UNKNOWN_ROWS
