@@ -44,7 +44,8 @@ class TableStats:
     indexes: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     """Lower-case index name → rows per key for each left prefix (1 column, 2, ...)."""
     columns: Mapping[str, float] = field(default_factory=dict)
-    """Lower-case column → rows per distinct value, when some index or sample tells."""
+    """Lower-case column → rows per distinct value, when a sample or an index that is not
+    partial tells (a partial index describes the rows it holds only)."""
     measured: frozenset[str] = frozenset()
     """Indexes whose figures come from data (stat1 or a sample), not SQLite's guess."""
 
@@ -155,14 +156,15 @@ def _table_stats(
         if numbers and len(numbers) > 1:
             per_key = tuple(max(n, 1.0) for n in numbers[1:])
             measured.add(fold(index.name))
-            first = index.columns[0].name if index.columns else None
-            if first is not None:
+            first = index.columns[0].name if index.columns and not index.partial else None
+            if first is not None:  # a partial index's figures describe its own rows only
                 key = fold(first)
                 columns[key] = min(columns.get(key, math.inf), per_key[0])
         else:
             per_key = _default_per_key(index, rows)
         indexes[fold(index.name)] = per_key
-        if index.unique and len(index.columns) == 1 and index.columns[0].name is not None:
+        full_unique = index.unique and not index.partial and len(index.columns) == 1
+        if full_unique and index.columns[0].name is not None:
             columns[fold(index.columns[0].name)] = 1.0  # a unique column: one row per value
     pks = [c for c in table.columns if c.primary_key]
     if table.has_rowid:

@@ -58,3 +58,25 @@ def test_a_table_stat1_knows_only_by_a_partial_index_is_counted(tmp_path: Path) 
     assert stats.table("t").rows == 5000
     # Stats.build reads stat1 the same way when no size is measured
     assert Stats.build(schema, found.stat1, {}).table("t").rows != 0
+
+
+@pytest.mark.parametrize("unique", ["", "UNIQUE"])
+def test_a_partial_index_says_nothing_of_its_column_over_the_table(
+    tmp_path: Path, unique: str
+) -> None:
+    # t_ap holds no row: its "0 0" (or its uniqueness) is about the rows a > 1000 only.
+    conn = apsw.Connection(str(tmp_path / "partial_column.db"))
+    conn.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b TEXT); CREATE INDEX t_b ON t(b);"
+        f"CREATE {unique} INDEX t_ap ON t(a) WHERE a > 1000"
+    )
+    with conn:
+        conn.executemany(
+            "INSERT INTO t(a, b) VALUES (?, ?)", [(i % 97, f"b{i}") for i in range(5000)]
+        )
+    conn.execute("ANALYZE")
+    stats = Stats.from_connection(conn, Schema.from_connection(conn))
+    assert stats.eq_rows("t", "a") is None
+    assert stats.eq_rows("t", "b") == 1  # a full index still tells
+    plan = Optimizer(lambda fn: fn(conn)).analyze("SELECT * FROM t WHERE a = 5")
+    assert plan.estimated_rows == pytest.approx(5000 / 97, rel=0.5)  # sampled: 52 real
