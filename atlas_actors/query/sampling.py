@@ -1,21 +1,23 @@
 """Cheap measurements of live data: index probes and random row samples.
 
 Both are bounded whatever the table's size: a probe is at most ``cap`` index seeks, a
-sample at most ``n`` rowid lookups. They stand in for ``ANALYZE`` when a database has not
-been analyzed, and give statistics to indexes that do not exist yet.
+sample at most ``n + 1`` rows read and ``2 * n`` rowid lookups. They stand in for
+``ANALYZE`` when a database has not been analyzed, and give statistics to indexes that
+do not exist yet.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apsw
 
 from atlas_actors.query._names import fold, quote_catalog_name
-from atlas_actors.query.schema import IndexInfo, TableInfo
+from atlas_actors.query.schema import ROWID_NAMES, IndexInfo, TableInfo
 
 __all__ = [
     "Stat1Row",
@@ -28,6 +30,10 @@ __all__ = [
 
 Stat1Row = tuple[str, str | None, str]
 """One ``sqlite_stat1`` row: (table, index or None, stat text)."""
+DEFAULT_ROWS_PER_KEY = (10, 9, 8, 7, 6, 5)
+"""SQLite's guess of rows per key of an index without statistics, for the first column,
+the first two, ..., the last one for six columns and more (``sqlite3DefaultRowEst`` in
+``build.c``)."""
 
 
 def gee_distinct(counts: Iterable[int], sample: int, total: float) -> float:
@@ -35,12 +41,15 @@ def gee_distinct(counts: Iterable[int], sample: int, total: float) -> float:
 
     The GEE estimator (Charikar et al., "Towards estimation error guarantees for distinct
     values", PODS 2000): a value seen once stands for ``sqrt(N/n)`` values, a value seen
-    more often for itself. Exact when the sample is the whole table.
+    more often for itself. Exact when the sample is the whole table. An empty sample
+    tells nothing: :class:`ValueError`.
     """
     counts = list(counts)
+    if sample < 1 or not counts:
+        raise ValueError("an empty sample tells nothing about distinct values")
     singles = sum(1 for c in counts if c == 1)
-    if sample >= total or sample == 0:
-        return float(max(len(counts), 1))
+    if sample >= total:
+        return float(len(counts))
     return max(math.sqrt(total / sample) * singles + (len(counts) - singles), 1.0)
 
 
@@ -49,26 +58,53 @@ def sample_rows(
 ) -> list[tuple[Any, ...]]:
     """Return ``columns`` of about ``n`` rows of ``table`` picked at random.
 
-    Rows are fetched by random rowid (``rowid IN (SELECT value FROM json_each(?))``): one
-    seek each, whatever the table's size (json_each is built into SQLite since 3.38,
-    https://www.sqlite.org/json1.html#jeach). Rowids that were deleted simply miss. The
-    seed depends on the table only, so estimates repeat. A WITHOUT ROWID table gives its
-    first ``n`` rows instead.
+    A table of at most ``n`` rows is read whole. Otherwise ``n`` distinct rowids are
+    drawn between the smallest and the largest (``rowid IN (SELECT value FROM
+    json_each(?))``: one seek each, whatever the table's size; json_each is built into
+    SQLite since 3.38, https://www.sqlite.org/json1.html#jeach). Deleted rowids miss, and
+    the rows found are a uniform sample. When fewer than half the draws hit a row (sparse
+    rowids: random ids, most rows deleted), each of ``n`` draws takes the first row at or
+    after it instead (``rowid >= ? ORDER BY rowid LIMIT 1``, rows found twice counted
+    once): every draw lands, but a row after a wide gap is likelier to be picked, which
+    skews the sample only when gaps follow the sampled values (say, a deleted range that
+    left one value's rows alone). The seed depends on the table only, so estimates
+    repeat. A WITHOUT ROWID table (or one whose columns hide every rowid name) gives its
+    first ``n`` rows instead, in key order.
     """
     t = quote_catalog_name(table.name)
     select = ", ".join(quote_catalog_name(c) for c in columns)
-    if not table.has_rowid:
+    rowid = next((r for r in ROWID_NAMES if table.column(r) is None), None)
+    if not table.has_rowid or rowid is None:
         return conn.execute(f"SELECT {select} FROM {t} LIMIT ?", (n,)).fetchall()
-    top = conn.execute(f"SELECT max(rowid) FROM {t}").fetchall()[0][0]
-    if not isinstance(top, int) or top < 1:
-        return []
-    if top <= n:
+    small = f"SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT ?)"
+    if int(conn.execute(small, (n + 1,)).fetchall()[0][0]) <= n:  # type: ignore[arg-type]
         return conn.execute(f"SELECT {select} FROM {t}").fetchall()
-    ids = random.Random(f"{table.name}:{top}").sample(range(1, top + 1), n)
+    # one seek each (two aggregates in one SELECT would scan the table)
+    bounds = f"SELECT (SELECT min({rowid}) FROM {t}), (SELECT max({rowid}) FROM {t})"
+    lo, hi = conn.execute(bounds).fetchall()[0]
+    if not isinstance(lo, int) or not isinstance(hi, int):
+        return []  # emptied meanwhile
+    rng = random.Random(f"{table.name}:{hi}")
+    if hi - lo < sys.maxsize:  # a longer range cannot be dense (nor be a range())
+        ids = rng.sample(range(lo, hi + 1), min(n, hi - lo + 1))
+        found = conn.execute(
+            f"SELECT {select} FROM {t} WHERE {rowid} IN (SELECT value FROM json_each(?))",
+            (_json_list(ids),),
+        ).fetchall()
+        if 2 * len(found) >= n:
+            return found
+    starts = sorted(rng.randint(lo, hi) for _ in range(n))
+    landed = (
+        f"SELECT (SELECT {rowid} FROM {t} WHERE {rowid} >= d.value ORDER BY {rowid} LIMIT 1)"
+        " FROM json_each(?) AS d"
+    )
     return conn.execute(
-        f"SELECT {select} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?))",
-        ("[" + ",".join(map(str, ids)) + "]",),
+        f"SELECT {select} FROM {t} WHERE {rowid} IN ({landed})", (_json_list(starts),)
     ).fetchall()
+
+
+def _json_list(values: Iterable[int]) -> str:
+    return "[" + ",".join(map(str, values)) + "]"
 
 
 def _fold(value: Any, collation: str) -> Any:
@@ -91,9 +127,16 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 def index_stat_from_sample(
     rows: Sequence[tuple[Any, ...]], collations: Sequence[str], total: float
 ) -> str:
-    """Return a stat1 text for an index whose key columns are the columns of ``rows``."""
+    """Return a stat1 text for an index whose key columns are the columns of ``rows``.
+
+    Without rows, the text says what SQLite assumes of an index it has no figures for
+    (:data:`DEFAULT_ROWS_PER_KEY`), not that the table holds one value.
+    """
     # A row count is at most 2**63 - 1 (rowids); clamping also keeps round() off inf/NaN.
     n_total = max(round(total if total < _MAX_ROWS else _MAX_ROWS), 1)
+    if not rows:  # no statistic: SQLite's own guess for an index it has no row for
+        guess = [min(n_total, DEFAULT_ROWS_PER_KEY[min(k, 5)]) for k in range(len(collations))]
+        return " ".join(str(v) for v in [n_total, *guess])
     per_key = []
     for k in range(1, len(collations) + 1):
         counts: dict[tuple[Any, ...], int] = {}

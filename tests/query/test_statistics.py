@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import apsw
 import pytest
 
 from atlas_actors.query import Optimizer
+from atlas_actors.query.sampling import (
+    gee_distinct,
+    index_stat_from_sample,
+    sample_columns,
+    sample_rows,
+)
 from atlas_actors.query.schema import Schema
 from atlas_actors.query.stats import Stats, collect
 
@@ -80,3 +87,91 @@ def test_a_partial_index_says_nothing_of_its_column_over_the_table(
     assert stats.eq_rows("t", "b") == 1  # a full index still tells
     plan = Optimizer(lambda fn: fn(conn)).analyze("SELECT * FROM t WHERE a = 5")
     assert plan.estimated_rows == pytest.approx(5000 / 97, rel=0.5)  # sampled: 52 real
+
+
+def _sparse_table(tmp_path: Path, ids: list[int]) -> apsw.Connection:
+    """Rows with the given rowids; ``a`` has 1,000 values, 5 rows each per 5,000 rows."""
+    conn = apsw.Connection(str(tmp_path / "sparse.db"))
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b TEXT); CREATE INDEX t_b ON t(b)")
+    with conn:
+        conn.executemany(
+            "INSERT INTO t(id, a, b) VALUES (?, ?, ?)",
+            [(i, n % 1000, f"b{n}") for n, i in enumerate(ids)],
+        )
+    return conn
+
+
+def _random_ids(seed: int, lo: int, hi: int, n: int) -> list[int]:
+    rng, ids = random.Random(seed), set[int]()
+    while len(ids) < n:
+        ids.add(rng.randint(lo, hi))
+    return sorted(ids)
+
+
+SPARSE = {
+    "random 62-bit ids": _random_ids(1, 1, 2**62, 5000),
+    "negative ids": [-10 * i for i in range(1, 5001)],
+    "ids across the whole range": _random_ids(2, -(2**63), 2**63 - 1, 5000),
+}
+
+
+@pytest.mark.parametrize("analyze", [False, True])
+@pytest.mark.parametrize("ids", SPARSE.values(), ids=SPARSE.keys())
+def test_sparse_rowids_still_give_a_sample(tmp_path: Path, ids: list[int], analyze: bool) -> None:
+    conn = _sparse_table(tmp_path, ids)
+    if analyze:
+        conn.execute("ANALYZE")
+    table = Schema.from_connection(conn).table("t")
+    picked = sample_rows(conn, table, ["a"], n=2000)
+    assert len(picked) >= 1000
+    # 5 rows per value over the table: the sample must not look like one value
+    stat = index_stat_from_sample(picked, ["BINARY"], 5000)
+    assert stat.split()[0] == "5000" and 2 <= int(stat.split()[1]) <= 20
+    assert sample_columns(conn, table, ["a"], 5000)["a"] < 50
+    opt = Optimizer(lambda fn: fn(conn))
+    assert [s.columns for s in opt.suggest_indexes("SELECT * FROM t WHERE a = 5")] == [("a",)]
+
+
+def test_a_small_sparse_table_is_sampled_whole(tmp_path: Path) -> None:
+    ids = _random_ids(3, 1, 2**62, 300)
+    conn = _sparse_table(tmp_path, ids)
+    table = Schema.from_connection(conn).table("t")
+    assert sorted(sample_rows(conn, table, ["id"], n=300)) == sorted((i,) for i in ids)
+
+
+def test_dense_rowids_are_sampled_by_random_rowid(tmp_path: Path) -> None:
+    # rowids 1..30000 with one row in three deleted: a third of the draws miss, the rows
+    # found are a uniform sample of the rest.
+    conn = _sparse_table(tmp_path, list(range(1, 30001)))
+    with conn:
+        conn.execute("DELETE FROM t WHERE id % 3 = 0")
+    table = Schema.from_connection(conn).table("t")
+    picked = sample_rows(conn, table, ["id"], n=2000)
+    assert 1200 <= len(picked) == len(set(picked)) <= 1500
+    assert all(i % 3 for (i,) in picked)
+
+
+def test_an_empty_sample_is_no_statistic() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        gee_distinct([], sample=0, total=5000)
+    # no figure from no rows: SQLite's own guess (10 rows per key), not "one value"
+    assert index_stat_from_sample([], ["BINARY", "BINARY"], 5000) == "5000 10 9"
+
+
+def test_without_rowid_tables_are_still_sampled(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "wr.db"))
+    conn.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, a INT) WITHOUT ROWID")
+    with conn:
+        conn.executemany("INSERT INTO kv VALUES (?, ?)", [(i, i % 4) for i in range(1000)])
+    table = Schema.from_connection(conn).table("kv")
+    assert len(sample_rows(conn, table, ["a"], n=100)) == 100
+    assert sample_columns(conn, table, ["a"], 1000)["a"] == pytest.approx(250)
+
+
+def test_a_column_named_rowid_does_not_hide_the_rowid_from_sampling(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "shadow.db"))
+    conn.execute('CREATE TABLE t("rowid" TEXT, a INT)')
+    with conn:
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(f"r{i}", i % 7) for i in range(3000)])
+    table = Schema.from_connection(conn).table("t")
+    assert len(sample_rows(conn, table, ["a"], n=500)) >= 250
