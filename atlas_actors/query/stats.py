@@ -24,13 +24,17 @@ from types import MappingProxyType
 import apsw
 
 from atlas_actors.query._names import fold, quote_catalog_name
-from atlas_actors.query.sampling import Stat1Row, probe_index_stat, sample_columns
+from atlas_actors.query.sampling import (
+    DEFAULT_ROWS_PER_KEY,
+    Stat1Row,
+    probe_index_stat,
+    sample_columns,
+)
 from atlas_actors.query.schema import IndexInfo, Schema, TableInfo
 
 __all__ = ["Collected", "Stat1Row", "Stats", "TableStats", "collect", "read_stat1"]
 
 
-_DEFAULT_ROWS_PER_KEY = (10.0, 9.0, 8.0, 7.0, 6.0)
 UNKNOWN_ROWS = 1000.0
 """Rows assumed for a view or table whose size cannot be read."""
 
@@ -121,7 +125,7 @@ class Stats:
         if n_eq <= 0:
             return t.rows
         if prefix is None:
-            return min(t.rows, _DEFAULT_ROWS_PER_KEY[min(n_eq, 5) - 1])
+            return min(t.rows, _default_rows_per_key(n_eq - 1))
         return prefix[min(n_eq, len(prefix)) - 1]
 
     def eq_rows(self, table: str, column: str) -> float | None:
@@ -176,9 +180,14 @@ def _table_stats(
     )
 
 
+def _default_rows_per_key(i: int) -> float:
+    """SQLite's guess for the key prefix of ``i + 1`` columns (see the module docstring)."""
+    return float(DEFAULT_ROWS_PER_KEY[min(i, len(DEFAULT_ROWS_PER_KEY) - 1)])
+
+
 def _default_per_key(index: IndexInfo, rows: float) -> tuple[float, ...]:
     n = max(len(index.columns), 1)
-    guess = [min(rows, _DEFAULT_ROWS_PER_KEY[min(i, 4)]) for i in range(n)]
+    guess = [min(rows, _default_rows_per_key(i)) for i in range(n)]
     if index.unique:
         guess[-1] = 1.0
     return tuple(guess)

@@ -175,3 +175,14 @@ def test_a_column_named_rowid_does_not_hide_the_rowid_from_sampling(tmp_path: Pa
         conn.executemany("INSERT INTO t VALUES (?, ?)", [(f"r{i}", i % 7) for i in range(3000)])
     table = Schema.from_connection(conn).table("t")
     assert len(sample_rows(conn, table, ["a"], n=500)) >= 250
+
+
+def test_the_default_guess_is_sqlites_for_long_keys(tmp_path: Path) -> None:
+    # sqlite3DefaultRowEst: 10, 9, 8, 7, 6 rows per key, then 5 for every further column
+    conn = apsw.Connection(str(tmp_path / "guess.db"))
+    conn.execute(
+        "CREATE TABLE t(a, b, c, d, e, f, g); CREATE INDEX t_all ON t(a, b, c, d, e, f, g)"
+    )
+    stats = Stats.build(Schema.from_connection(conn), [], {"t": 1e6})
+    assert [stats.rows_per_key("t", "t_all", k) for k in range(1, 8)] == [10, 9, 8, 7, 6, 5, 5]
+    assert stats.table("t").indexes["t_all"] == (10, 9, 8, 7, 6, 5, 5)
