@@ -7,7 +7,7 @@ parameters (``EXPLAIN`` needs every parameter bound; unbound ones are NULL).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from atlas_actors.query._tokens import (
     significant,
     tokenize,
 )
+from atlas_actors.query.rewrite import _after_ok, _before_ok, _eq_chain
 
 __all__ = ["SqlInfo", "null_bindings", "sql_info"]
 
@@ -50,7 +51,8 @@ class SqlInfo:
     (the OP_Count opcode) instead of visiting rows."""
     in_lists: Mapping[str, int | None] = field(default_factory=dict)
     """Lower-case column → values of its ``c IN (...)`` list (None: a subquery or a
-    table); the largest when the name has several lists."""
+    table), or of a whole-term ``c = v OR c = v ...`` chain, which SQLite runs as an IN
+    list; the largest when the name has several lists."""
     group_by: tuple[str, ...] | None = None
     """The top-level GROUP BY terms: lower-case column names without qualifier, ``""``
     for anything else; None without a GROUP BY (or in a compound)."""
@@ -168,8 +170,16 @@ def _count_only(tokens: Sequence[Token]) -> bool:
 
 
 def _in_lists(tokens: Sequence[Token]) -> dict[str, int | None]:
-    """Read every ``c IN (v, ...)`` (``NOT IN`` cannot drive a search: left out)."""
+    """Read every ``c IN (v, ...)`` and every ``c = v OR c = v ...`` (see :class:`SqlInfo`)."""
     out: dict[str, int | None] = {}
+    for name, size in [*_in_terms(tokens), *_or_chains(tokens)]:
+        old = out.get(name, 0)
+        out[name] = None if size is None or old is None else max(old, size)
+    return out
+
+
+def _in_terms(tokens: Sequence[Token]) -> Iterator[tuple[str, int | None]]:
+    """Yield (column, values) of ``c IN (...)`` (``NOT IN`` cannot drive a search)."""
     for i in range(1, len(tokens) - 1):
         column = tokens[i - 1]
         if not is_word(tokens[i], "IN") or column.kind not in ("word", "quoted"):
@@ -187,10 +197,32 @@ def _in_lists(tokens: Sequence[Token]) -> dict[str, int | None]:
                 depth -= t.text == ")"
                 commas += depth == 0 and t.text == ","
             size = 0 if close == i + 2 else commas + 1
-        name = fold(dequote(column))
-        old = out.get(name, 0)
-        out[name] = None if size is None or old is None else max(old, size)
-    return out
+        yield fold(dequote(column)), size
+
+
+# An OR chain SQLite turns into an IN list is a whole WHERE (ON, HAVING) term: nothing
+# glued to it by AND or OR, which would make it part of a larger expression.
+_CHAIN_BEFORE = frozenset({"WHERE", "ON", "HAVING", "("})
+_CHAIN_AFTER = frozenset(
+    {")", "GROUP", "ORDER", "LIMIT", "WINDOW", "UNION", "EXCEPT", "INTERSECT", ";", "RETURNING"}
+)
+
+
+def _or_chains(tokens: Sequence[Token]) -> Iterator[tuple[str, int]]:
+    """Yield (column, values) of each whole-term ``c = v OR c = v ...`` over one column.
+
+    SQLite runs such a chain as ``c IN (v, ...)`` (``exprAnalyzeOrTerm`` in
+    ``whereexpr.c``); the chains are those the ``or_to_in`` rewrite rule recognises.
+    """
+    i = 0
+    while i < len(tokens):
+        chain = _eq_chain(tokens, i) if _before_ok(tokens, i, _CHAIN_BEFORE) else None
+        if chain is None or len(chain[1]) < 2 or not _after_ok(tokens, chain[2], _CHAIN_AFTER):
+            i += 1
+            continue
+        column = significant(tokenize(chain[0]))[-1]  # "t.c" → c
+        yield fold(dequote(column)), len(chain[1])
+        i = chain[2]
 
 
 def _group_by(tokens: Sequence[Token]) -> tuple[str, ...] | None:
