@@ -116,7 +116,7 @@ class TableInfo:
     strict: bool = False
     """A STRICT table: values must match the declared types."""
     without_rowid: bool = False
-    """A WITHOUT ROWID table (no ``rowid`` column)."""
+    """A WITHOUT ROWID table, ordinary or virtual (no ``rowid`` column)."""
     sql: str | None = None
     """The CREATE statement from ``sqlite_schema``."""
     _by_name: Mapping[str, ColumnInfo] = field(
@@ -129,8 +129,13 @@ class TableInfo:
 
     @property
     def has_rowid(self) -> bool:
-        """True when ``rowid`` can be selected: a rowid table that does not shadow the name."""
-        return self.kind == "table" and not self.without_rowid
+        """True when the table has a rowid (a column of that name still takes its place).
+
+        Ordinary tables do unless WITHOUT ROWID; so do virtual tables (FTS5, R-tree...)
+        unless their module declares them WITHOUT ROWID, which ``table_list`` reports
+        for them too. Views have none.
+        """
+        return self.kind in ("table", "virtual") and not self.without_rowid
 
     def column(self, name: str) -> ColumnInfo | None:
         """Return the column called ``name`` (case-insensitive), or ``None``."""

@@ -145,6 +145,64 @@ def test_rowid_is_a_column_of_rowid_tables(db: apsw.Connection, schema: Schema) 
         Query().select(["rowid"]).from_("kv").build(Schema.from_connection(db))
 
 
+class _NoRows:
+    """A virtual table module (apsw's protocol) whose tables declare ``ddl``, hold nothing."""
+
+    def __init__(self, ddl: str) -> None:
+        self.ddl = ddl
+
+    def Create(self, *_args: object) -> tuple[str, _NoRowsTable]:
+        return self.ddl, _NoRowsTable()
+
+    Connect = Create
+
+
+class _NoRowsTable:
+    def BestIndex(self, *_args: object) -> None:
+        return None
+
+    def Open(self) -> _NoRowsCursor:
+        return _NoRowsCursor()
+
+    def Disconnect(self) -> None:
+        pass
+
+    Destroy = Disconnect
+
+
+class _NoRowsCursor:
+    def Filter(self, *_args: object) -> None:
+        pass
+
+    def Eof(self) -> bool:
+        return True
+
+    def Close(self) -> None:
+        pass
+
+
+def test_rowid_is_a_column_of_virtual_tables_that_have_one(db: apsw.Connection) -> None:
+    db.execute(
+        "CREATE VIRTUAL TABLE docs USING fts5(body);"
+        "CREATE VIRTUAL TABLE boxes USING rtree(id, x0, x1);"
+        "INSERT INTO docs(rowid, body) VALUES (7, 'hello');"
+        "INSERT INTO boxes VALUES (3, 0, 1);"
+    )
+    db.create_module("norowid", _NoRows("CREATE TABLE x(k PRIMARY KEY, v) WITHOUT ROWID"))
+    db.execute("CREATE VIRTUAL TABLE kv USING norowid()")
+    schema = Schema.from_connection(db)
+    for table, row in [("docs", (7, "hello")), ("boxes", (3, 3))]:
+        for rowid in ("rowid", "oid", "_rowid_"):
+            columns = [rowid, "body" if table == "docs" else "id"]
+            sql, params = Query().select(columns).from_(table).build(schema)
+            assert db.execute(sql, params).fetchall() == [row]
+    # a virtual table declared WITHOUT ROWID has none: SQLite says "no such column"
+    with pytest.raises(apsw.SQLError, match="no such column: rowid"):
+        db.execute("SELECT rowid FROM kv")
+    with pytest.raises(QueryValidationError, match="no column 'rowid'"):
+        Query().select(["rowid"]).from_("kv").build(schema)
+
+
 def test_views_are_tables_for_validation(db: apsw.Connection) -> None:
     db.execute("CREATE VIEW open_tasks AS SELECT id, title FROM tasks WHERE status = 'open'")
     schema = Schema.from_connection(db)
