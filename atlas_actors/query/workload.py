@@ -6,11 +6,12 @@ string as given (Python caches a string's hash, so a repeated statement object c
 hashing), and takes no lock: under 16 reading threads a shared lock cost a quarter of
 the read throughput, because a thread switched out while holding it stalls every other.
 A report reads all the buffers. The work of normalizing statements into fingerprints
-(literals become ``?``, ``IN`` lists collapse, keywords are upper-cased) is done later:
-when a report is asked for, or when a thread's buffer reaches ``max_statements`` distinct
-strings and they are folded into per-fingerprint totals (as are the buffers of threads
-that ended). Fingerprints are bounded too: past ``max_fingerprints`` the ones
-with the least total time are dropped and counted in :attr:`WorkloadRecorder.dropped`.
+(literals, but not ``ORDER BY`` / ``GROUP BY`` column positions, become ``?``, ``IN``
+lists collapse, keywords are upper-cased) is done later: when a report is asked for, or
+when a thread's buffer reaches ``max_statements`` distinct strings and they are folded
+into per-fingerprint totals (as are the buffers of threads that ended). Fingerprints
+are bounded too: past ``max_fingerprints`` the ones with the least total time are
+dropped and counted in :attr:`WorkloadRecorder.dropped`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apsw
@@ -25,7 +27,7 @@ import apsw
 from atlas_actors.errors import QueryValidationError
 from atlas_actors.future import sql_type_error
 from atlas_actors.query._names import fold
-from atlas_actors.query._tokens import significant, tokenize
+from atlas_actors.query._tokens import Token, is_word, significant, tokenize
 from atlas_actors.query.conditions import check_count
 
 __all__ = ["QueryStats", "WorkloadRecorder", "fingerprint"]
@@ -42,11 +44,16 @@ def fingerprint(sql: str) -> str:
     Literals and parameters become ``?`` (a leading minus included), a parenthesized
     list of values such as ``IN (?, ?, ?)`` becomes ``(?)``, keywords are upper case,
     bare identifiers lower case (SQLite compares them case-insensitively), comments and
-    spacing are dropped.
+    spacing are dropped. An integer that is a whole ORDER BY or GROUP BY term (``ORDER BY
+    2 DESC, 1``) stays: it names a result column, so it is part of the shape.
     """
+    tokens = significant(tokenize(sql))
+    positions = _column_positions(tokens)
     out: list[str] = []
-    for t in significant(tokenize(sql)):
-        if t.kind in _LITERALS:
+    for i, t in enumerate(tokens):
+        if i in positions:
+            out.append(t.text)
+        elif t.kind in _LITERALS:
             if out and out[-1] == "-" and (len(out) < 2 or out[-2] in _BEFORE_UNARY):
                 out.pop()  # a negative number is one value
             out.append("?")
@@ -70,6 +77,44 @@ def fingerprint(sql: str) -> str:
 
 
 _BEFORE_UNARY = frozenset({"(", ",", "=", "<", ">", "<=", ">=", "<>", "!=", "==", *_KEYWORDS})
+# What may follow a whole ORDER BY / GROUP BY term: its modifiers, the next term, or
+# the end of the list.
+_AFTER_TERM = frozenset(
+    {"ASC", "DESC", "NULLS", "COLLATE", "LIMIT", "HAVING", "WINDOW", "ORDER", "UNION",
+     "EXCEPT", "INTERSECT", ",", ")", ";"}
+)  # fmt: skip
+_LIST_END = frozenset({"LIMIT", "HAVING", "WINDOW", "UNION", "EXCEPT", "INTERSECT", ";"})
+
+
+def _column_positions(tokens: Sequence[Token]) -> set[int]:
+    """Indexes of the integers that are whole terms of an ORDER BY or GROUP BY list.
+
+    One pass: each parenthesis level remembers whether it is inside such a list (from
+    ``ORDER BY`` / ``GROUP BY`` to a keyword that ends the list). A term starts after
+    ``BY`` or a comma of the list, and ends at a comma, a modifier or the list's end.
+    """
+    in_list = [False]  # per open parenthesis
+    out: set[int] = set()
+    for i, t in enumerate(tokens):
+        word = t.upper if t.kind in ("word", "op") else ""
+        if t.text == "(":
+            in_list.append(False)
+        elif t.text == ")":
+            if len(in_list) > 1:
+                in_list.pop()
+        elif word == "BY" and i > 0 and is_word(tokens[i - 1], "ORDER", "GROUP"):
+            in_list[-1] = True
+        elif word in _LIST_END:
+            in_list[-1] = False
+        elif (
+            t.kind == "number"
+            and t.text.isdigit()
+            and in_list[-1]
+            and (tokens[i - 1].text == "," or is_word(tokens[i - 1], "BY"))
+            and (i + 1 == len(tokens) or tokens[i + 1].upper in _AFTER_TERM)
+        ):
+            out.add(i)
+    return out
 
 
 @dataclass(frozen=True)

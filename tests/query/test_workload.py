@@ -18,6 +18,20 @@ from atlas_actors.query.workload import MAX_SQL_LENGTH, fingerprint
         ("SELECT * FROM t WHERE a IN (1, 2, 3)", "SELECT * FROM t WHERE a IN (?)"),
         ("SELECT * FROM t WHERE b = 'it''s'", "SELECT * FROM t WHERE b = x'00ff'"),
         ("SELECT * FROM t LIMIT 10 OFFSET 20", "select * from t limit :n offset @m;"),
+        # numbers inside ORDER BY / GROUP BY terms are values, not column positions
+        ("SELECT a FROM t ORDER BY a + 1", "SELECT a FROM t ORDER BY a + 2"),
+        ("SELECT a FROM t ORDER BY 1 LIMIT 5", "SELECT a FROM t ORDER BY 1 LIMIT 6"),
+        ("SELECT a FROM t ORDER BY -1, 2.5", "SELECT a FROM t ORDER BY -2, 3.5"),
+        ("SELECT a FROM t GROUP BY a HAVING a > 1", "SELECT a FROM t GROUP BY a HAVING a > 2"),
+        (
+            "SELECT a, b FROM t ORDER BY 1, 2 LIMIT 1, 2",
+            "SELECT a, b FROM t ORDER BY 1, 2 LIMIT 3, 4",
+        ),
+        ("SELECT f(a, 1) FROM t ORDER BY 1", "SELECT f(a, 2) FROM t ORDER BY 1"),
+        (
+            "SELECT * FROM t WHERE a IN (1, 2) ORDER BY 1",
+            "SELECT * FROM t WHERE a IN (3) ORDER BY 1",
+        ),
     ],
 )
 def test_statements_differing_only_in_values_share_a_fingerprint(a: str, b: str) -> None:
@@ -30,10 +44,38 @@ def test_statements_differing_only_in_values_share_a_fingerprint(a: str, b: str)
         ("SELECT * FROM t WHERE a = 1", "SELECT * FROM t WHERE b = 1"),
         ('SELECT "A" FROM t', 'SELECT "a" FROM t'),  # quoted names keep their case
         ("SELECT a - 1 FROM t", "SELECT a FROM t"),
+        # a whole ORDER BY / GROUP BY term that is an integer names a result column
+        ("SELECT a, b FROM t WHERE c = 1 ORDER BY 1", "SELECT a, b FROM t WHERE c = 1 ORDER BY 2"),
+        ("SELECT a, count(*) FROM t GROUP BY 1", "SELECT a, count(*) FROM t GROUP BY 2"),
+        ("SELECT a, b FROM t ORDER BY 2 DESC, 1", "SELECT a, b FROM t ORDER BY 1 DESC, 2"),
+        ("SELECT a, b FROM t ORDER BY a, 1", "SELECT a, b FROM t ORDER BY a, 2"),
+        (
+            "SELECT a, b FROM t ORDER BY 1 COLLATE NOCASE",
+            "SELECT a, b FROM t ORDER BY 2 COLLATE NOCASE",
+        ),
+        ("SELECT a FROM t ORDER BY 1 NULLS LAST", "SELECT a FROM t ORDER BY 2 NULLS LAST"),
+        ("SELECT a, b FROM t GROUP BY 1 HAVING 1", "SELECT a, b FROM t GROUP BY 2 HAVING 1"),
+        (
+            "SELECT x FROM (SELECT a, b FROM t ORDER BY 1)",
+            "SELECT x FROM (SELECT a, b FROM t ORDER BY 2)",
+        ),
+        (
+            "SELECT a FROM t UNION SELECT b FROM u ORDER BY 1",
+            "SELECT a FROM t UNION SELECT b FROM u ORDER BY 2",
+        ),
     ],
 )
 def test_statements_with_different_shapes_keep_different_fingerprints(a: str, b: str) -> None:
     assert fingerprint(a) != fingerprint(b)
+
+
+def test_order_by_positions_stay_in_the_fingerprint() -> None:
+    assert fingerprint("SELECT a, b FROM t ORDER BY 2 DESC, 1 LIMIT 10") == (
+        "SELECT a, b FROM t ORDER BY 2 DESC, 1 LIMIT ?"
+    )
+    assert fingerprint("SELECT a, count(*) FROM t GROUP BY 1 ORDER BY a + 1") == (
+        "SELECT a, count (*) FROM t GROUP BY 1 ORDER BY a + ?"
+    )
 
 
 def test_record_accumulates_calls_time_maximum_and_rows() -> None:
