@@ -256,8 +256,9 @@ def test_a_lease_held_past_its_timeout_is_rolled_back_and_writes_resume(
     waiter.start()
     waiter.join(10)
     assert results == [1]
-    with pytest.raises(TransactionTimeout, match="past its timeout"):
+    with pytest.raises(TransactionTimeout, match="past its timeout") as info:
         tx.execute("UPDATE counter SET n = 100")
+    assert "db.transaction(timeout=" in str(info.value)  # its own timeout= set the bound
     with pytest.raises(TransactionTimeout):
         tx.commit()
     assert _n(counter) == 1

@@ -1702,8 +1702,8 @@ class WriterActor(RoleActor):
             lease,
             TransactionTimeout(
                 f"transaction {tx_id} held the writer lease for {waited:.1f}s, past its "
-                "timeout; it was rolled back. Keep transactions short, or raise "
-                "transaction_timeout"
+                "timeout; it was rolled back. Keep transactions short, or give them more "
+                "time: db.transaction(timeout=...), or the storage's transaction_timeout"
             ),
         )
 
