@@ -1342,11 +1342,23 @@ class TrackedConnection:
         refuse_transaction_control(sql)
         refuse_writer_settings(sql)
         connection = self.connection
+        changes = connection.changes
+        rowcount = 0
+
+        def each_set() -> Iterator[Params]:
+            # executemany asks for a set once the one before has finished (its rows
+            # drained), so sqlite3_changes() is then that set's count: the rows its
+            # statement changed, not those its triggers and foreign-key actions did
+            # (total_changes() counts those too).
+            nonlocal rowcount
+            for params in seq_of_params:
+                yield params
+                rowcount += changes()
+
         started = time.perf_counter()
-        before_changes = connection.total_changes()
         before_rowid = connection.last_insert_rowid()
         try:
-            self.cursor.executemany(sql, seq_of_params)  # type: ignore[arg-type]
+            self.cursor.executemany(sql, each_set())  # type: ignore[arg-type]
             # Drain rows of e.g. INSERT ... RETURNING so every set runs.
             for _ in self.cursor:
                 pass
@@ -1355,7 +1367,6 @@ class TrackedConnection:
             self._queries += 1
             raise wrap_sqlite_error(error, sql) from error
         self._account(sql, started, None, ())
-        rowcount = connection.total_changes() - before_changes
         return WriteResult(
             rowcount=rowcount,
             lastrowid=_lastrowid(sql, rowcount, before_rowid, connection.last_insert_rowid()),
