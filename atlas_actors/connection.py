@@ -164,7 +164,11 @@ class WriteResult(NamedTuple):
     rowcount: int
     """Rows inserted, updated or deleted by the statement(s) (``sqlite3_changes``)."""
     lastrowid: int | None
-    """Rowid of the last row inserted by this write, or None if it inserted none."""
+    """Rowid of the last row inserted by this write, or None if it inserted none.
+
+    Rows inserted into a WITHOUT ROWID table, or by triggers, have none here. A
+    statement whose text reads ``last_insert_rowid()`` may report an earlier insert's
+    rowid when it inserted no rowid row itself (into a WITHOUT ROWID table, say)."""
     rows: tuple[Row, ...] = ()
     """Rows returned by the statement (``INSERT ... RETURNING``), if any."""
 
@@ -474,16 +478,51 @@ def _returns_rows(sql: str) -> bool:
 
 
 def _inserts(sql: str) -> bool:
-    """True for an INSERT or REPLACE (its lastrowid is SQLite's if it changed rows)."""
+    """True for an INSERT or REPLACE (its lastrowid: SQLite's, unless still ``_NO_ROWID``)."""
     return sql.lstrip()[:7].lower().startswith(("insert", "replace"))
+
+
+_NO_ROWID = -(2**63)
+"""SQLite's last insert rowid is set to this before a statement that may insert: still
+this afterwards, the statement inserted no rowid row (an INSERT into a WITHOUT ROWID
+table, an UPSERT that took DO UPDATE, an INSERT OR IGNORE that ignored its row), where
+SQLite would have kept an earlier statement's rowid (another caller's, in a batch).
+Rows its triggers insert leave it as it was. The smallest int64: a row inserted with
+exactly this rowid is reported as None, the one case reported wrongly. Not set before a
+statement whose text reads ``last_insert_rowid()`` (``_READS_ROWID``): it would read
+this. A trigger or function that reads it where no row was inserted yet (a BEFORE
+trigger, an UPDATE's trigger) does read this."""
+
+
+def _inserted(connection: apsw.Connection, before: int) -> int | None:
+    """The rowid a statement run with ``_NO_ROWID`` set inserted last, or None.
+
+    None if it inserted no rowid row: SQLite's last insert rowid then gets back
+    ``before``, its value before the statement, for the statements after that read it
+    (``last_insert_rowid()`` in SQL, a ``run_in_writer`` function), as SQLite left it.
+    """
+    rowid = connection.last_insert_rowid()
+    if rowid != _NO_ROWID:
+        return rowid
+    connection.set_last_insert_rowid(before)
+    return None
+
+
+def _restore_rowid(connection: apsw.Connection, before: int) -> None:
+    """:func:`_inserted` after a statement run with ``_NO_ROWID`` set failed."""
+    with contextlib.suppress(apsw.Error):  # (a closed connection: the statement's error)
+        _inserted(connection, before)
 
 
 def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
     """The rowid of the last row ``sql`` inserted, or None if it inserted none.
 
-    An INSERT that inserted rows reports SQLite's last insert rowid even when it equals
-    the previous one (``INSERT OR REPLACE`` of the same row twice). For other statements
-    (say one starting with WITH) a rowid that moved is the only sign of an insert.
+    For a statement run without ``_NO_ROWID`` set (it reads ``last_insert_rowid()``),
+    so ``after`` may be an earlier statement's rowid. An INSERT that inserted rows
+    reports SQLite's last insert rowid even when it equals the previous one (``INSERT OR
+    REPLACE`` of the same row twice; and, wrongly, an INSERT into a WITHOUT ROWID
+    table). For other statements (say one starting with WITH) a rowid that moved is the
+    only sign of an insert.
     """
     if _inserts(sql):
         return after if rowcount > 0 else None
@@ -508,6 +547,7 @@ _RETURNS_ROWS = "returns rows"
 _INSERTS = "inserts"
 _INSERTS_NOTHING = "inserts nothing"
 _OTHER = "other"
+_READS_ROWID = "reads the last insert rowid"
 _CONTROL = "transaction control"
 _write_kinds: TextMemo[str] = TextMemo(10_000)
 _COMMENT_OPEN = r"/\*(?:[^*]|\*(?!/))*"
@@ -600,9 +640,15 @@ def _write_kind(sql: str) -> str:
     elif _inserts_nothing(sql):
         kind = _INSERTS_NOTHING
     else:
-        kind = _OTHER  # a rowid that moved is the only sign of an insert (a trigger's)
+        kind = _OTHER  # may insert (a script)
+    if kind is not _CONTROL and kind is not _INSERTS_NOTHING and _READS_A_ROWID.search(sql):
+        kind = _READS_ROWID  # run without _NO_ROWID set: it would read it
     _write_kinds.remember(sql, kind)
     return kind
+
+
+_READS_A_ROWID = re.compile("last_insert_rowid", re.IGNORECASE)
+"""A statement that may read SQLite's last insert rowid (in a comment or string too)."""
 
 
 def refuse_transaction_control(sql: str) -> None:
@@ -1187,7 +1233,7 @@ class TrackedConnection:
         except KeyError:
             entry = self._learn_write(sql)
         kind = entry[0]
-        untimed = entry[1]  # (0 for statements returning rows: they are always timed)
+        untimed = entry[1]  # (0 for statements run by query(): they are always timed)
         if untimed and kind is not _OTHER:
             # An INSERT, UPDATE or DELETE between timed runs: what nearly every run of
             # a known statement is, so it goes first, straight to SQLite. A
@@ -1195,18 +1241,36 @@ class TrackedConnection:
             # the transactions behind it wait.
             entry[1] = untimed - 1
             self._queries += 1
+            if kind is _INSERTS:  # (its rowid told from a stale one: see _NO_ROWID)
+                before = connection.last_insert_rowid()
+                connection.set_last_insert_rowid(_NO_ROWID)
             try:
                 self.cursor.execute(sql, params)
             except Exception as error:
                 self._errors += 1
+                if kind is _INSERTS:
+                    _restore_rowid(connection, before)
                 raise wrap_sqlite_error(error, sql, params) from error
             rowcount = connection.changes()
-            if kind is _INSERTS and rowcount > 0:
-                return _new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ()))
+            if kind is _INSERTS:
+                rowid = connection.last_insert_rowid()
+                if rowid != _NO_ROWID:
+                    return _new_result(WriteResult, (rowcount, rowid, ()))
+                connection.set_last_insert_rowid(before)  # it inserted no rowid row
             if rowcount < 256:
                 return _NO_ROWID_RESULTS[rowcount]
             return _new_result(WriteResult, (rowcount, None, ()))
         if kind is _RETURNS_ROWS:
+            before = connection.last_insert_rowid()
+            connection.set_last_insert_rowid(_NO_ROWID)
+            try:
+                rows = self.query(sql, params)
+            except BaseException:
+                _restore_rowid(connection, before)
+                raise
+            lastrowid = _inserted(connection, before)
+            return _new_result(WriteResult, (connection.changes(), lastrowid, tuple(rows)))
+        if kind is _READS_ROWID:
             before = connection.last_insert_rowid()
             rows = self.query(sql, params)
             rowcount = connection.changes()
@@ -1214,7 +1278,10 @@ class TrackedConnection:
             return _new_result(
                 WriteResult, (rowcount, _lastrowid(sql, rowcount, before, after), tuple(rows))
             )
-        before = connection.last_insert_rowid() if kind is _OTHER else 0
+        may_insert = kind is not _INSERTS_NOTHING  # (_INSERTS or _OTHER)
+        if may_insert:
+            before = connection.last_insert_rowid()
+            connection.set_last_insert_rowid(_NO_ROWID)
         self._queries += 1
         if untimed:  # (a statement of kind _OTHER between timed runs)
             entry[1] = untimed - 1
@@ -1228,17 +1295,16 @@ class TrackedConnection:
             self.cursor.execute(sql, params)
         except Exception as error:
             self._errors += 1
+            if may_insert:
+                _restore_rowid(connection, before)
             raise wrap_sqlite_error(error, sql, params) from error
         if weight:
             self._timed_write(perf_counter() - started, params, weight)
         rowcount = connection.changes()
-        if kind is _INSERTS:
-            if rowcount > 0:
-                return _new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ()))
-        elif kind is _OTHER:
-            after = connection.last_insert_rowid()
-            if after != before:
-                return _new_result(WriteResult, (rowcount, after, ()))
+        if may_insert:
+            lastrowid = _inserted(connection, before)
+            if lastrowid is not None:
+                return _new_result(WriteResult, (rowcount, lastrowid, ()))
         if rowcount < 256:
             return _NO_ROWID_RESULTS[rowcount]
         return _new_result(WriteResult, (rowcount, None, ()))
@@ -1279,6 +1345,8 @@ class TrackedConnection:
         in_place = self._in_place.get
         execute = self.cursor.execute
         connection = self.connection
+        last_insert_rowid = connection.last_insert_rowid
+        set_last_insert_rowid = connection.set_last_insert_rowid
         ran = 0  # statements of the units done (run here or by write())
         passed_on = 0  # those of them run by write(), which counts them itself
         results: list[WriteResult] = []
@@ -1292,19 +1360,28 @@ class TrackedConnection:
                         append(self.write(sql, params))
                         passed_on += 1
                         continue
+                    if inserts:  # (as in write(): see _NO_ROWID)
+                        before = last_insert_rowid()
+                        set_last_insert_rowid(_NO_ROWID)
                     started = perf_counter() if weight else 0.0
                     try:
                         execute(sql, params)
                     except Exception as error:
                         self._errors += 1
                         self._queries += 1
+                        if inserts:
+                            _restore_rowid(connection, before)
                         raise wrap_sqlite_error(error, sql, params) from error
                     if weight:
                         self._timed_write(perf_counter() - started, params, weight)
                     rowcount = connection.changes()
-                    if inserts and rowcount > 0:
-                        rowid = connection.last_insert_rowid()
-                        append(_new_result(WriteResult, (rowcount, rowid, ())))
+                    if inserts:
+                        rowid = last_insert_rowid()
+                        if rowid != _NO_ROWID:
+                            append(_new_result(WriteResult, (rowcount, rowid, ())))
+                        else:  # it inserted no rowid row
+                            set_last_insert_rowid(before)
+                            append(_new_result(WriteResult, (rowcount, None, ())))
                     elif rowcount < 256:
                         append(_NO_ROWID_RESULTS[rowcount])
                     else:
@@ -1339,7 +1416,9 @@ class TrackedConnection:
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""
-        refuse_transaction_control(sql)
+        kind = _write_kinds.get(sql) or _write_kind(sql)
+        if kind is _CONTROL:
+            raise _control_error(sql)
         refuse_writer_settings(sql)
         connection = self.connection
         changes = connection.changes
@@ -1357,6 +1436,9 @@ class TrackedConnection:
 
         started = time.perf_counter()
         before_rowid = connection.last_insert_rowid()
+        marked = kind is not _READS_ROWID and kind is not _INSERTS_NOTHING
+        if marked:  # (as write(): the last row inserted by any set)
+            connection.set_last_insert_rowid(_NO_ROWID)
         try:
             self.cursor.executemany(sql, each_set())  # type: ignore[arg-type]
             # Drain rows of e.g. INSERT ... RETURNING so every set runs.
@@ -1365,12 +1447,16 @@ class TrackedConnection:
         except Exception as error:
             self._errors += 1
             self._queries += 1
+            if marked:
+                _restore_rowid(connection, before_rowid)
             raise wrap_sqlite_error(error, sql) from error
         self._account(sql, started, None, ())
-        return WriteResult(
-            rowcount=rowcount,
-            lastrowid=_lastrowid(sql, rowcount, before_rowid, connection.last_insert_rowid()),
-        )
+        if marked:
+            lastrowid = _inserted(connection, before_rowid)
+        else:
+            after = connection.last_insert_rowid()
+            lastrowid = _lastrowid(sql, rowcount, before_rowid, after)
+        return WriteResult(rowcount=rowcount, lastrowid=lastrowid)
 
     def _account(
         self, sql: str, started: float, params: Params, rows: Sequence[Row] | tuple[()]
