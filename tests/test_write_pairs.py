@@ -93,14 +93,14 @@ def test_write_pairs_times_calls_at_random_so_alternating_calls_are_each_measure
 def test_an_op_the_writer_dies_of_fails_as_maybe_applied_and_the_writer_restarts(
     db: atlas.Storage,
 ) -> None:
-    # A unit of work that commits the writer's transaction itself: the writer's own
-    # RELEASE of the unit's savepoint then fails, outside the unit, and the writer dies
-    # of it. The unit was running: its caller must hear "may have", not wait it out.
-    def commits(connection: apsw.Connection) -> None:
-        connection.execute("COMMIT")
+    # A unit of work that closes the writer's connection: the writer's own RELEASE of
+    # the unit's savepoint then fails, outside the unit, and the writer dies of it. The
+    # unit was running: its caller must hear "may have", not wait it out.
+    def closes(connection: apsw.Connection) -> None:
+        connection.close(True)
 
     with pytest.raises(ActorCrashedError, match="may or may not have taken effect"):
-        db.writer.run(commits).get(5)
+        db.writer.run(closes).get(5)
     assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1
     assert [row.title for row in db.query("SELECT title FROM tasks")] == ["after"]
 
