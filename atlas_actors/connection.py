@@ -1117,6 +1117,7 @@ class TrackedConnection:
         """
         if type(params) in TEXT_TYPES:  # (apsw binds one character per placeholder)
             self._errors += 1
+            self._queries += 1  # (a failed statement is one run, as every other)
             raise params_type_error(params, sql)
         try:
             entry = self._read[sql]
@@ -1165,6 +1166,7 @@ class TrackedConnection:
         """
         if type(params) in TEXT_TYPES:  # (apsw binds one character per placeholder)
             self._errors += 1
+            self._queries += 1  # (a failed statement is one run, as every other)
             raise params_type_error(params, sql)
         self._queries += 1
         entry = names.get(sql)
@@ -1226,6 +1228,7 @@ class TrackedConnection:
         # tuple's Python-level __new__.
         if type(params) in TEXT_TYPES:  # (apsw binds one character per placeholder)
             self._errors += 1
+            self._queries += 1  # (a failed statement is one run, as every other)
             raise params_type_error(params, sql)
         connection = self.connection
         try:

@@ -15,7 +15,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.connection import ConnectionMetrics
-from atlas_actors.errors import ConstraintError, OperationTimeout, SQLError
+from atlas_actors.errors import ConstraintError, OperationTimeout, ParameterError, SQLError
 
 DUP = "INSERT INTO tasks(title) VALUES ('dup')"
 
@@ -109,6 +109,41 @@ def test_a_failed_read_counts_on_its_reader_connection_with_the_cache_on(
         db.query("SELECT nope FROM t")
     queries, errors = _counts(db, "reader")
     assert (queries - before[0], errors - before[1]) == (1, 1)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_text_passed_as_parameters_is_one_query_and_one_error_where_refused(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    # Refused by the connection itself (apsw would bind one character per placeholder):
+    # still one run that failed, so a connection never shows more errors than queries.
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT)")
+    for _ in range(5):  # the read path's first runs, then its fast path
+        db.query("SELECT ?", [1])
+
+    def on_a_lease() -> None:
+        with db.pool.acquire() as connection:
+            connection.query("SELECT ?", "x")  # type: ignore[arg-type]
+
+    for role, refused, counted in (
+        ("reader", lambda: db.query("SELECT ?", "x"), None),  # type: ignore[arg-type]
+        ("reader", on_a_lease, 1),
+        ("writer", lambda: _in_transaction(db, "INSERT INTO tasks(title) VALUES (?)", "x"), 1),
+    ):
+        for _ in range(3):
+            before = _counts(db, role)
+            with pytest.raises(ParameterError):
+                refused()
+            queries, errors = _counts(db, role)
+            assert queries - before[0] == errors - before[1], role  # both, or neither
+            if counted is not None:
+                assert errors - before[1] == counted, role
+
+
+def _in_transaction(db: atlas.Storage, sql: str, params: object) -> None:
+    with db.transaction() as tx:
+        tx.execute(sql, params)  # type: ignore[arg-type]
 
 
 # -- the storage's errors: a future's timeout is reported once ------------------------
