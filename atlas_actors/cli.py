@@ -63,8 +63,10 @@ _DEMO_EXIT_STATUSES = """\
 exit status:
   0  the run ended and every acknowledged write was found in the file
   1  the run could not start: the file cannot be opened (its directory is missing,
-     say), is not a database, or holds another application's tasks table (the
-     message says which); a missing file is created
+     say), is not a database, or holds another application's tasks, projects or
+     comments table, which the demo's writes would fail on (the message says
+     which; the file is left as it was); a missing file is created. Also: every
+     call of the run failed (the errors line says how)
   2  writes were lost: some acknowledged writes were not found after the run;
      also a bad argument (with a usage line)
   130  interrupted with Ctrl-C (what was measured so far is printed)
@@ -225,7 +227,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Run the workload; 0, 2 if writes were lost, 130 if interrupted with Ctrl-C."""
+    """Run the workload; returns the exit status (``_DEMO_EXIT_STATUSES`` says which)."""
     options = {"synchronous": args.synchronous} if args.synchronous else {}
     if args.chaos:
         options["restart_max"] = 1000  # crashes are the point here: never escalate
@@ -267,11 +269,21 @@ def _demo(args: argparse.Namespace) -> int:
             _print_report(report, pool.total)
         return _INTERRUPTED
     _print_report(report, pool.total)
-    return 0 if report.lost_writes == 0 else 2
+    if report.lost_writes:
+        return 2
+    if report.writes.count + report.reads.count == 0:
+        print(
+            f"atlas-actors: every call failed ({_errors_of(report)}), so nothing was "
+            f"measured. If {args.db} holds another application's data, run the demo on "
+            "a file of its own, for example: atlas-actors demo --db atlas-demo.db",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _foreign_schema(path: str) -> list[str]:
-    """The demo's tables that ``path`` holds with other columns (read-only; [] if none).
+    """The demo's tables that ``path`` holds and the demo cannot use (read-only; [] if none).
 
     Checked before the storage opens, which would switch the file to WAL mode and add
     the demo's tables to someone else's database. A file that cannot be read here is
@@ -331,10 +343,14 @@ def _print_report(report: WorkloadReport, readers: int) -> None:
     print(f"  group commit {report.mean_batch:10.1f} writes per commit (mean)")
     print(f"  readers      {readers:10d} connections")
     print(f"  crashes      {report.kills:10d} injected, {report.restarts} restarts")
-    errors = ", ".join(f"{k}={v}" for k, v in sorted(report.errors.items())) or "none"
-    print(f"  errors       {errors}")
+    print(f"  errors       {_errors_of(report)}")
     verdict = "none" if report.lost_writes == 0 else f"{report.lost_writes} LOST"
     print(f"  lost writes  {verdict} (every acknowledged insert checked)")
+
+
+def _errors_of(report: WorkloadReport) -> str:
+    """The failed calls by error type: ``ConstraintError=12, ...`` or ``none``."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(report.errors.items())) or "none"
 
 
 def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> int:

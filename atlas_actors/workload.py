@@ -7,6 +7,7 @@ while, optionally injecting actor crashes, and returns a :class:`WorkloadReport`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
@@ -66,30 +67,89 @@ _PEOPLE = ("ada", "brian", "chen", "dana", "eve", "farid")
 _PROJECTS = 20
 
 
+_INSERT_PROJECT = "INSERT OR IGNORE INTO projects(id, name) VALUES (?, ?)"
+_INSERT_TASK = (
+    "INSERT INTO tasks(project_id, title, assignee, priority, updated_at) VALUES (?, ?, ?, ?, ?)"
+)
+_SET_STATUS = "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?"
+_INSERT_COMMENT = "INSERT INTO comments(task_id, body, created_at) VALUES (?, ?, ?)"
+_TOUCH_TASK = "UPDATE tasks SET updated_at = ? WHERE id = ?"
+
+
 def schema_conflicts(connection: apsw.Connection) -> list[str]:
-    """What in this database stops the workload: its tables that lack columns it uses.
+    """What in this database stops the workload: tables of its names that it cannot use.
 
     ``CREATE TABLE IF NOT EXISTS`` keeps a table of another application that has the
     same name (a ``tasks`` table of one's own, say), and the workload would then fail on
-    its first statement. Returns one line per such table (``tasks: no column
-    project_id, ...``); empty if the tables are missing or the workload's own.
+    its first statement. Returns one line per table that lacks columns the workload
+    uses (``tasks: no column project_id, ...``); if none does, the line of the first of
+    the workload's writes that fails on an empty in-memory copy of the schema (a NOT
+    NULL column it does not set, a CHECK, a trigger: ``tasks: NOT NULL constraint
+    failed: tasks.owner``). Empty if the tables are missing or the workload's own.
+    ``connection`` is only read.
     """
     conflicts = []
+    found = False
     for table, wanted in COLUMNS.items():
         have = {row[1] for row in connection.execute("SELECT * FROM pragma_table_info(?)", [table])}
         missing = [column for column in wanted if column not in have]
+        found = found or bool(have)
         if have and missing:
             conflicts.append(f"{table}: no column {', '.join(missing)}")
-    return conflicts
+    if conflicts or not found:
+        return conflicts
+    return _dry_run(connection)
+
+
+def _dry_run(connection: apsw.Connection) -> list[str]:
+    """Each kind of the workload's writes, once, on an empty copy of the schema in memory.
+
+    Returns ``["<table>: <why>"]`` for the first that fails, else ``[]``.
+    """
+    scratch = apsw.Connection(":memory:")
+    try:
+        schema = connection.execute(
+            "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL "
+            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 "
+            "ELSE 3 END, rowid"
+        ).fetchall()
+        for (sql,) in schema:
+            # (What cannot be copied, a virtual table of a module not loaded here, say,
+            # is left out: the check is then less thorough, never wrong.)
+            with contextlib.suppress(apsw.Error):
+                scratch.execute(str(sql))
+        scratch.pragma("foreign_keys", 1)  # (as the storage's connections have it)
+        now = time.time()
+        table = "schema"
+        try:
+            scratch.execute(SCHEMA)
+            table = "projects"
+            # (Without OR IGNORE: a row the copy refuses, it says why; the workload's
+            # statement would skip it, and its tasks would then fail.)
+            scratch.execute(_INSERT_PROJECT.replace(" OR IGNORE", ""), (1, "project 1"))
+            table = "tasks"
+            scratch.execute(_INSERT_TASK, (1, "task 0.0", _PEOPLE[0], 2, now))
+            task = scratch.last_insert_rowid()
+            if not scratch.execute("SELECT 1 FROM tasks WHERE id = ?", (task,)).fetchall():
+                return ["tasks: its id column is not the rowid (INTEGER PRIMARY KEY)"]
+            for status in _STATUSES:
+                scratch.execute(_SET_STATUS, (status, now, task))
+            table = "comments"
+            scratch.execute(_INSERT_COMMENT, (task, "looks good", now))
+            table = "tasks"
+            scratch.execute(_TOUCH_TASK, (now, task))
+        except apsw.Error as error:
+            return [f"{table}: {error}"]
+        return []
+    finally:
+        scratch.close()
 
 
 def create_schema(db: Storage) -> None:
     """Create the tables (if missing) and the projects."""
     db.execute(SCHEMA)
-    db.write_many(
-        "INSERT OR IGNORE INTO projects(id, name) VALUES (?, ?)",
-        [(i, f"project {i}") for i in range(1, _PROJECTS + 1)],
-    )
+    db.write_many(_INSERT_PROJECT, [(i, f"project {i}") for i in range(1, _PROJECTS + 1)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +234,7 @@ def _one_operation(db: Storage, worker: _Worker) -> None:
     if roll < 0.15 or not worker.created:
         title = f"task {worker.tag}.{len(worker.created)}"
         result = db.write(
-            "INSERT INTO tasks(project_id, title, assignee, priority, updated_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            _INSERT_TASK,
             [rng.randint(1, _PROJECTS), title, rng.choice(_PEOPLE), rng.randint(1, 4), now],
         )
         if result.lastrowid is not None:
@@ -184,7 +243,7 @@ def _one_operation(db: Storage, worker: _Worker) -> None:
         worker.write_latency.append(time.perf_counter() - started)
     elif roll < 0.25:
         db.write(
-            "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?",
+            _SET_STATUS,
             [rng.choice(_STATUSES), now, rng.choice(worker.created)],
         )
         worker.write_latency.append(time.perf_counter() - started)
@@ -192,11 +251,8 @@ def _one_operation(db: Storage, worker: _Worker) -> None:
         task = rng.choice(worker.created)
         db.write_all(
             [
-                (
-                    "INSERT INTO comments(task_id, body, created_at) VALUES (?, ?, ?)",
-                    [task, "looks good", now],
-                ),
-                ("UPDATE tasks SET updated_at = ? WHERE id = ?", [now, task]),
+                (_INSERT_COMMENT, [task, "looks good", now]),
+                (_TOUCH_TASK, [now, task]),
             ]
         )
         worker.write_latency.append(time.perf_counter() - started)

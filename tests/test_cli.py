@@ -14,6 +14,7 @@ import apsw
 import pytest
 
 from atlas_actors.cli import main
+from atlas_actors.workload import SCHEMA
 
 
 def test_demo_runs_the_workload_and_reports_no_lost_writes(
@@ -77,6 +78,65 @@ def test_demo_refuses_a_file_with_another_applications_tasks_table(
         assert connection.pragma("journal_mode") == "delete"
     finally:
         connection.close()
+
+
+_DEMO_TASK_COLUMNS = (
+    "id INTEGER PRIMARY KEY, project_id INTEGER, title TEXT, status TEXT, assignee TEXT, "
+    "priority INTEGER, updated_at REAL"
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (", owner TEXT NOT NULL", "tasks: NOT NULL constraint failed: tasks.owner"),
+        (", CHECK (status IN ('todo', 'done'))", "tasks: CHECK constraint failed"),
+    ],
+)
+def test_demo_refuses_a_tasks_table_with_every_column_that_its_writes_would_fail_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, reason: str
+) -> None:
+    """Every column the demo uses, and more: a column of its own that must be set, or a
+    CHECK on a value the demo writes. The demo switched the file to WAL, added its
+    tables, failed every call and exited 0."""
+    path = tmp_path / "app.db"
+    connection = apsw.Connection(str(path))
+    connection.execute(f"CREATE TABLE tasks({_DEMO_TASK_COLUMNS}{extra})")
+    connection.close()
+    demo = ["demo", "--db", str(path), "--seconds", "0.3", "--threads", "2", "--no-progress"]
+    assert main(demo) == 1
+    err = capsys.readouterr().err
+    assert f"{path} already has tables of another application" in err
+    assert reason in err and "pass another one" in err
+    connection = apsw.Connection(str(path))  # untouched: no demo tables, no WAL mode
+    try:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_schema")]
+        assert tables == ["tasks"]
+        assert connection.pragma("journal_mode") == "delete"
+    finally:
+        connection.close()
+
+
+def test_demo_in_which_every_call_failed_exits_1_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's own tables with a unique index on titles and the title its one worker
+    inserts first taken: every call fails (the worker retries that insert), and the
+    run, which measured nothing, exited 0."""
+    path = tmp_path / "demo.db"
+    connection = apsw.Connection(str(path))
+    connection.execute(SCHEMA)
+    connection.execute("CREATE UNIQUE INDEX tasks_title ON tasks(title)")
+    connection.execute(
+        "INSERT INTO projects VALUES (1, 'p'); "
+        "INSERT INTO tasks(project_id, title, updated_at) VALUES (1, 'task 0.0', 0)"
+    )
+    connection.close()
+    demo = ["demo", "--db", str(path), "--seconds", "0.3", "--threads", "1", "--no-progress"]
+    assert main(demo) == 1
+    captured = capsys.readouterr()
+    assert "errors       ConstraintError=" in captured.out
+    assert "every call failed" in captured.err and "Traceback" not in captured.err
 
 
 def test_demo_runs_again_on_its_own_file(

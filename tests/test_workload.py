@@ -143,3 +143,40 @@ def test_a_run_whose_threads_cannot_all_start_fails_typed_and_stops_the_others(
     )
     assert run.returncode == 0, run.stderr
     assert "of 1024 worker threads" in run.stdout and "run with fewer threads" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("schema", "conflict"),
+    [
+        (
+            "CREATE TABLE projects(id INTEGER PRIMARY KEY, name TEXT, owner TEXT NOT NULL)",
+            "projects: NOT NULL constraint failed: projects.owner",
+        ),
+        (
+            f"{SCHEMA}; CREATE TRIGGER closed BEFORE INSERT ON comments "
+            "BEGIN SELECT RAISE(ABORT, 'comments are closed'); END",
+            "comments: comments are closed",
+        ),
+        (
+            "CREATE TABLE tasks(id TEXT PRIMARY KEY, project_id, title, status, assignee, "
+            "priority, updated_at)",
+            "tasks: its id column is not the rowid (INTEGER PRIMARY KEY)",
+        ),
+    ],
+)
+def test_a_table_with_every_column_that_the_writes_fail_on_is_a_conflict(
+    tmp_path: Path, schema: str, conflict: str
+) -> None:
+    """Tried on an empty copy of the schema in memory: the database is only read."""
+    path = tmp_path / "app.db"
+    connection = apsw.Connection(str(path))
+    connection.execute(schema)
+    connection.close()
+    before = path.read_bytes()
+    reader = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert schema_conflicts(reader) == [conflict]
+    finally:
+        reader.close()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
