@@ -198,7 +198,8 @@ class WorkloadReport:
     kills: int
     """Actor crashes injected."""
     restarts: int
-    """Restarts the supervisor performed."""
+    """Restarts the supervisor performed (counted once each crash injected was restarted,
+    or after the storage's ``default_timeout``)."""
     mean_batch: float
     """Mean writes per group commit."""
     lost_writes: int
@@ -331,6 +332,7 @@ def run_workload(
             if thread.ident is not None:  # (started)
                 thread.join(db.config.default_timeout)
     elapsed = time.monotonic() - started
+    restarts = _await_restarts(db, restarts_before + kills, db.config.default_timeout)
     created = [task for w in workers for task in zip(w.created, w.titles, strict=True)]
     present = _count_present(db, created)
     errors: Counter[str] = Counter()
@@ -342,7 +344,7 @@ def run_workload(
         reads=LatencySummary.of([x for w in workers for x in w.read_latency]),
         errors=dict(errors),
         kills=kills,
-        restarts=db.supervisor.status().restarts - restarts_before,
+        restarts=restarts - restarts_before,
         mean_batch=db.writer.stats().mean_batch,
         lost_writes=len(created) - present,
         interrupted=cut_short,
@@ -363,6 +365,24 @@ def _inject_crash(db: Storage, kills: int) -> int:
     except AtlasError:
         return 0  # it was restarting already
     return 1
+
+
+def _await_restarts(db: Storage, at_least: int, within: float) -> int:
+    """The supervisor's count of restarts once it reaches ``at_least``.
+
+    Or sooner if the storage failed (it restarts nothing more), or ``within`` seconds
+    passed. ``supervisor.kill()`` only queues the crash: the actor takes it when done
+    with what it is doing, and the restart is counted then; a crash injected in the
+    run's last moments may not be counted yet when the run ends.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        status = db.supervisor.status()
+        if status.restarts >= at_least or status.state != "running":
+            return status.restarts
+        if time.monotonic() >= deadline:
+            return status.restarts
+        time.sleep(0.005)
 
 
 def _start(threads: list[threading.Thread]) -> None:
