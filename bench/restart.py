@@ -221,7 +221,8 @@ def main_series(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 flush=True,
             )
             time.sleep(args.spacing)
-        roles = sorted(c.role for c in db.supervisor.status().children if c.role != "writer")
+        children = db.supervisor.status().children
+        roles = sorted(c.role for c in children if c.role.startswith("reader-"))
         for i in range(args.kills):
             role = roles[i % len(roles)]
             running, whole = kill_reader(db, role)
