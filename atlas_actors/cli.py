@@ -31,7 +31,7 @@ from atlas_actors.workload import WorkloadReport, run_workload, schema_conflicts
 
 T = TypeVar("T")
 
-__all__ = ["main"]
+__all__ = ["main", "positive"]
 
 _DESCRIPTION = """\
 atlas-actors: threaded Python apps on SQLite through a single writer actor (group
@@ -76,12 +76,13 @@ _DAMAGE = (apsw.CorruptError, apsw.NotADBError)
 """apsw errors that are findings about the file; any other means it could not be checked."""
 
 
-def _positive(
+def positive(
     kind: Callable[[str], T], *, zero: bool = False, at_most: int | None = None
 ) -> Callable[[str], T]:
     """An argparse type: ``kind`` of the text, finite, above zero (``zero``: or 0).
 
-    With ``at_most``, also refused above that.
+    With ``at_most``, also refused above that. (The benchmarks' and simulations'
+    options take it too.)
 
     ``nan`` and ``inf`` parse as floats but are no duration: ``nan`` compares false with
     everything, so it would pass the range test and make the run end at once or never.
@@ -136,16 +137,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--db", default="atlas.db", help="database file (default: %(default)s)")
     demo.add_argument(
         "--threads",
-        type=_positive(int, at_most=_MAX_DEMO_THREADS),
+        type=positive(int, at_most=_MAX_DEMO_THREADS),
         default=16,
         help=f"worker threads, at most {_MAX_DEMO_THREADS} (default: 16)",
     )
     demo.add_argument(
-        "--seconds", type=_positive(float), default=10.0, help="duration (default: 10)"
+        "--seconds", type=positive(float), default=10.0, help="duration (default: 10)"
     )
     demo.add_argument(
         "--chaos",
-        type=_positive(float, zero=True),
+        type=positive(float, zero=True),
         default=0.0,
         metavar="SECONDS",
         help="crash the writer or a reader every SECONDS to watch restarts (default: off)",
@@ -172,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--full", action="store_true", help="run the slower integrity_check")
     check.add_argument(
         "--timeout",
-        type=_positive(float, zero=True, at_most=_MAX_CHECK_TIMEOUT),
+        type=positive(float, zero=True, at_most=_MAX_CHECK_TIMEOUT),
         default=_CHECK_BUSY_TIMEOUT,
         metavar="SECONDS",
         help="how long to wait for a lock another process holds (default: %(default)g)",

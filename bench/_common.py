@@ -42,6 +42,7 @@ import apsw  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import atlas_actors  # noqa: E402  (after the sys.path insertion above, on purpose)
+from atlas_actors.cli import positive  # noqa: E402  (finite, above 0: the scripts' options)
 
 SLOWSYNC_SOURCE = Path(__file__).resolve().parent / "slowsync" / "slowsync.c"
 """The preloadable fsync delay the slow-disk passes use (built with ``cc`` at run time)."""
@@ -658,13 +659,17 @@ def add_run_options(
     if threads is not None:
         parser.add_argument("--threads", type=thread_counts, help=f"thread counts ({threads})")
     parser.add_argument(
-        "--duration", type=float, help=f"seconds per cell, all rounds ({duration:g})"
+        "--duration",
+        type=positive(float),
+        help=f"seconds per cell, all rounds ({duration:g})",
     )
-    parser.add_argument("--rounds", type=int, help=f"rounds per cell, peers interleaved ({rounds})")
+    parser.add_argument(
+        "--rounds", type=positive(int), help=f"rounds per cell, peers interleaved ({rounds})"
+    )
     if warmup is not None:
         parser.add_argument(
             "--warmup",
-            type=float,
+            type=positive(float, zero=True),
             default=warmup,
             help=f"unrecorded seconds before each cell ({warmup:g})",
         )

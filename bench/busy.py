@@ -44,6 +44,7 @@ from _common import (
     fmt,
     fmt_ratio,
     noop,
+    positive,
     print_environment,
     progress,
     ratio,
@@ -244,15 +245,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     add_run_options(parser, threads=None, duration=16, rounds=4, warmup=0.3)
-    parser.add_argument("--writers", type=int, default=8, help="writing threads (8)")
-    parser.add_argument("--busy", type=int, default=8, help="threads running Python (8)")
+    parser.add_argument("--writers", type=positive(int), default=8, help="writing threads (8)")
+    parser.add_argument(
+        "--busy", type=positive(int, zero=True), default=8, help="threads running Python (8)"
+    )
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 4.0 if args.quick else 16.0
     if args.rounds is None:
         args.rounds = 2 if args.quick else 4
-    if args.rounds < 1 or args.duration <= 0 or args.writers < 1 or args.busy < 0:
-        parser.error("--rounds and --writers must be >= 1, --busy >= 0, --duration > 0")
     return args
 
 

@@ -80,6 +80,7 @@ from _common import (
     fmt_ratio,
     median,
     noop,
+    positive,
     print_environment,
     print_targets,
     progress,
@@ -858,10 +859,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     add_run_options(parser, threads="4,16", duration=12, rounds=6, warmup=0.5)
-    parser.add_argument("--tasks", type=int, default=100_000, help="tasks (100000)")
-    parser.add_argument("--projects", type=int, default=1_000, help="projects (1000)")
+    parser.add_argument("--tasks", type=positive(int), default=100_000, help="tasks (100000)")
+    parser.add_argument("--projects", type=positive(int), default=1_000, help="projects (1000)")
     parser.add_argument(
-        "--zipf", type=float, default=1.1, help="Zipf exponent s of task and project ids (1.1)"
+        "--zipf",
+        type=positive(float),
+        default=1.1,
+        help="Zipf exponent s of task and project ids (1.1)",
     )
     parser.add_argument(
         "--ceiling",
@@ -881,10 +885,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.duration = 6.0 if args.quick else 12.0
     if args.rounds is None:
         args.rounds = 3 if args.quick else 6
-    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
-        parser.error("--rounds must be >= 1, --duration > 0, --warmup >= 0")
-    if args.tasks < 1 or args.projects < 1 or args.zipf <= 0:
-        parser.error("--tasks and --projects must be >= 1, --zipf > 0")
     if args.writes is None:
         args.writes = [0.1] if args.quick else [0.1, 0.01, 0.0]
     return args

@@ -39,7 +39,7 @@ from pathlib import Path
 import reads
 import transactions
 import writes
-from _common import environment, print_environment, remove_db, scratch_dir, table
+from _common import environment, positive, print_environment, remove_db, scratch_dir, table
 
 import atlas_actors as atlas
 
@@ -193,8 +193,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=",".join(WORKLOADS),
         help=f"comma-separated subset of: {', '.join(WORKLOADS)} (default all)",
     )
-    parser.add_argument("--few", type=int, default=100, help="operations in the small run")
-    parser.add_argument("--many", type=int, default=1_100, help="operations in the big run")
+    parser.add_argument(
+        "--few", type=positive(int), default=100, help="operations in the small run"
+    )
+    parser.add_argument(
+        "--many", type=positive(int), default=1_100, help="operations in the big run"
+    )
     parser.add_argument("--dir", default=None, help="directory for the scratch databases")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import atlas_actors as atlas
+from atlas_actors.cli import positive
 from atlas_actors.query import IndexSuggestion
 
 SCHEMA = """
@@ -209,11 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", type=int, default=1_000_000, help="number of tasks (default 1M)")
-    parser.add_argument("--quick", action="store_true", help="100k tasks")
-    parser.add_argument("--runs", type=int, default=5, help="runs per query; the median counts")
     parser.add_argument(
-        "--top", type=int, default=len(QUERIES), help="statements advise() considers"
+        "--tasks", type=positive(int), default=1_000_000, help="number of tasks (default 1M)"
+    )
+    parser.add_argument("--quick", action="store_true", help="100k tasks")
+    parser.add_argument(
+        "--runs", type=positive(int), default=5, help="runs per query; the median counts"
+    )
+    parser.add_argument(
+        "--top", type=positive(int), default=len(QUERIES), help="statements advise() considers"
     )
     parser.add_argument(
         "--db", type=Path, help="database file to create (default: a temporary file)"

@@ -49,6 +49,7 @@ from _common import (
     fmt_ratio,
     median,
     noop,
+    positive,
     print_environment,
     print_targets,
     progress,
@@ -360,8 +361,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     add_run_options(parser, threads="1,4,16", duration=6, rounds=10, warmup=0.3)
-    parser.add_argument("--rows", type=int, default=100_000, help="rows in the table (100000)")
-    parser.add_argument("--calls", type=int, help="calls per layer per round in the breakdown")
+    parser.add_argument(
+        "--rows", type=positive(int), default=100_000, help="rows in the table (100000)"
+    )
+    parser.add_argument(
+        "--calls", type=positive(int), help="calls per layer per round in the breakdown"
+    )
     args = parser.parse_args(argv)
     args.threads = args.threads or [1, 4, 16]
     if args.duration is None:
@@ -370,8 +375,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rounds = 2 if args.quick else 10
     if args.calls is None:
         args.calls = 2_000 if args.quick else 20_000
-    if args.rounds < 1 or args.duration <= 0 or args.rows < 1 or args.calls < 1:
-        parser.error("--rounds, --rows and --calls must be >= 1, --duration > 0")
     return args
 
 

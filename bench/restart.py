@@ -43,6 +43,7 @@ from _common import (
     fmt,
     median,
     percentile,
+    positive,
     print_environment,
     print_targets,
     scratch_dir,
@@ -364,19 +365,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--quick", action="store_true", help="a short run (see below)")
-    parser.add_argument("--kills", type=int, help="kills per role in the main series (20)")
     parser.add_argument(
-        "--fresh", type=int, help="fresh default-config storages, one kill each (5)"
+        "--kills", type=positive(int), help="kills per role in the main series (20)"
     )
-    parser.add_argument("--spacing", type=float, default=1.2, help="seconds between kills (1.2)")
+    parser.add_argument(
+        "--fresh", type=positive(int), help="fresh default-config storages, one kill each (5)"
+    )
+    parser.add_argument(
+        "--spacing", type=positive(float), default=1.2, help="seconds between kills (1.2)"
+    )
     parser.add_argument(
         "--window",
-        type=float,
+        type=positive(float),
         default=1.0,
         help="restart_window of the main series' storage, below --spacing (1.0)",
     )
-    parser.add_argument("--writers", type=int, default=4, help="background writer threads (4)")
-    parser.add_argument("--readers", type=int, default=2, help="background reader threads (2)")
+    parser.add_argument(
+        "--writers", type=positive(int), default=4, help="background writer threads (4)"
+    )
+    parser.add_argument(
+        "--readers",
+        type=positive(int, zero=True),
+        default=2,
+        help="background reader threads (2)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     parser.add_argument("--dir", help="directory for the scratch databases (system temp dir)")
     parser.add_argument(
@@ -387,8 +399,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.kills = 5 if args.quick else 20
     if args.fresh is None:
         args.fresh = 2 if args.quick else 5
-    if args.kills < 1 or args.fresh < 1 or args.writers < 1 or args.readers < 0:
-        parser.error("--kills, --fresh and --writers must be >= 1, --readers >= 0")
     if args.window >= args.spacing:
         parser.error("--window must be below --spacing, or the backoff escalation is measured")
     return args
