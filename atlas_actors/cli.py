@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -366,9 +367,11 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
         try:
             connection.execute("PRAGMA query_only = 1")  # reads only, however it opened
             connection.set_busy_timeout(int(timeout * 1000))
-            # (SQLite may give several problems in one row, a line each)
+            # (SQLite may give several problems in one row, a line each, and heads
+            # them with "*** in database main ***", which is none)
             rows = connection.execute(f"PRAGMA {pragma}")
-            problems = [line for (text,) in rows for line in str(text).splitlines() if line]
+            lines = [line for (text,) in rows for line in str(text).splitlines() if line]
+            problems = [line for line in lines if not _HEADER.fullmatch(line)]
             mode = connection.pragma("journal_mode")
             pages = connection.pragma("page_count")
             page_size = connection.pragma("page_size")
@@ -401,9 +404,17 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
         print(f"{pragma}: ok")
         return 0
     print(f"{pragma}: {len(problems)} problem(s)")
-    for problem in problems[:20]:
+    for problem in problems[:_LISTED]:
         print(f"  {problem}")
+    if len(problems) > _LISTED:
+        print(f"  ... and {len(problems) - _LISTED} more")
     return 2
+
+
+_HEADER = re.compile(r"\*\*\* in database \S+ \*\*\*")
+"""The line with which SQLite heads the problems it found in one database."""
+_LISTED = 20
+"""How many problems ``check`` lists (it counts them all)."""
 
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")

@@ -216,8 +216,31 @@ def test_check_counts_and_lists_each_problem_once(
     assert main(["check", str(path)]) == 2
     out = capsys.readouterr().out.splitlines()
     count = int(out[1].split(": ")[1].split()[0])  # quick_check: N problem(s)
-    listed = [line for line in out[2:] if line.startswith("  ")]
+    listed = [line for line in out[2:] if line.startswith("  ") and "... and " not in line]
     assert count > 1 and len(listed) == min(count, 20), out
+
+
+def test_check_counts_no_header_line_and_says_how_many_problems_it_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite heads its list with ``*** in database main ***``, which was counted as a
+    problem; and past 20 problems the rest were left out without a word."""
+    path = tmp_path / "index.db"
+    _indexed_table_damaged(path, 3000, "zeroblob(50)", 3 + 50 / 4096, 3 + 4000 / 4096)
+    connection = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        rows = connection.execute("PRAGMA quick_check")
+        lines = [line for (text,) in rows for line in str(text).splitlines() if line]
+    finally:
+        connection.close()
+    assert lines[0] == "*** in database main ***"
+    problems = lines[1:]
+    assert len(problems) > 20
+    assert main(["check", str(path)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"quick_check: {len(problems)} problem(s)"
+    listed = [f"  {problem}" for problem in problems[:20]]
+    assert out[2:] == [*listed, f"  ... and {len(problems) - 20} more"]
 
 
 def _hold_an_exclusive_lock(path: Path) -> subprocess.Popen[str]:
