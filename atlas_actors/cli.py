@@ -362,8 +362,9 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
     if os.path.isdir(path):
         return _could_not_check(path, "it is a directory; pass the database file in it")
     pragma = "integrity_check" if full else "quick_check"
+    name, flags = _check_open_arguments(path)
     try:
-        connection = apsw.Connection(*_check_open_arguments(path))
+        connection = apsw.Connection(name, flags)
         try:
             connection.execute("PRAGMA query_only = 1")  # reads only, however it opened
             connection.set_busy_timeout(int(timeout * 1000))
@@ -373,6 +374,8 @@ def _check(path: str, *, full: bool, timeout: float = _CHECK_BUSY_TIMEOUT) -> in
             lines = [line for (text,) in rows for line in str(text).splitlines() if line]
             problems = [line for line in lines if not _HEADER.fullmatch(line)]
             mode = connection.pragma("journal_mode")
+            if flags & apsw.SQLITE_OPEN_URI:  # (only for immutable: SQLite says "delete")
+                mode = _journal_mode_in_header(path)
             pages = connection.pragma("page_count")
             page_size = connection.pragma("page_size")
         finally:
@@ -444,6 +447,22 @@ def _check_open_arguments(path: str) -> tuple[str, int]:
         return path, apsw.SQLITE_OPEN_READWRITE  # (not CREATE: never makes a database)
     uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?immutable=1"
     return uri, apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+
+
+def _journal_mode_in_header(path: str) -> str:
+    """The journal mode ``path``'s header records: ``wal``, ``delete`` or ``unknown``.
+
+    Bytes 18 and 19 (the file format's write and read versions) are 2 in WAL mode, 1
+    with a rollback journal (whose kind, delete, truncate or persist, is each
+    connection's own; ``delete`` is the default). A connection opened ``immutable``
+    reports ``delete`` whatever they say.
+    """
+    try:
+        with open(path, "rb") as file:
+            versions = file.read(20)[18:20]
+    except OSError:
+        return "unknown"
+    return {b"\x02\x02": "wal", b"\x01\x01": "delete"}.get(versions, "unknown")
 
 
 def _could_not_check(path: str, reason: str) -> int:
