@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -679,18 +679,40 @@ def add_run_options(
     )
 
 
-def finish(script: str, started: float, json_path: str | None, figures: dict[str, Any]) -> int:
-    """Print how long ``script`` took; write ``figures`` (and the time) to ``json_path``."""
+def cell_troubles(cells: Iterable[CellResult], label: str = "") -> list[str]:
+    """What went wrong in each cell (errors, mismatches, hangs), ``label: `` first."""
+    prefix = f"{label}: " if label else ""
+    return [f"{prefix}{trouble}" for cell in cells if (trouble := cell.trouble()) is not None]
+
+
+def finish(
+    script: str,
+    started: float,
+    json_path: str | None,
+    figures: dict[str, Any],
+    trouble: Sequence[str] = (),
+) -> int:
+    """Print how long ``script`` took; write ``figures`` (and the time) to ``json_path``.
+
+    Returns the exit status: 1 if the run had ``trouble`` (printed: a cell's errors,
+    mismatches or hangs; what each script counts as such), else 0. A missed target is
+    a finding, reported with the targets, not a failure.
+    """
     elapsed = time.perf_counter() - started
+    if trouble:
+        print("\nTROUBLE (exit status 1; the tables above say more):")
+        for line in trouble:
+            print(f"  {line}")
     print(f"\n{script} took {elapsed:.0f} s")
     if json_path:
-        write_json(json_path, {**figures, "elapsed_s": elapsed})
+        write_json(json_path, {**figures, "trouble": list(trouble), "elapsed_s": elapsed})
         print(f"figures written to {json_path}")
-    return 0
+    return 1 if trouble else 0
 
 
 PassResult = dict[str, Any]
-"""One pass's figures: ``cells``, ``info`` and ``targets`` (a list of :class:`Target`)."""
+"""One pass's figures: ``cells``, ``info``, ``targets`` (a list of :class:`Target`) and
+``trouble`` (:func:`cell_troubles` of its cells)."""
 
 
 def run_as_slow_child(run_pass: Callable[[str], PassResult], json_path: str, delay_us: int) -> int:
@@ -707,10 +729,12 @@ def run_passes(
     passes: Sequence[str],
     run_pass: Callable[[str], PassResult],
     run_slow: Callable[[], dict[str, Any]],
-) -> tuple[dict[str, PassResult], list[Target]]:
-    """Run each pass (``slow`` through ``run_slow``, in a child); figures and targets."""
+) -> tuple[dict[str, PassResult], list[Target], list[str]]:
+    """Run each pass (``slow`` through ``run_slow``, in a child); figures, targets and
+    trouble (each pass's ``trouble``, and a slow pass that could not run)."""
     results: dict[str, PassResult] = {}
     targets: list[Target] = []
+    trouble: list[str] = []
     for name in passes:
         if name == "slow":
             try:
@@ -719,11 +743,14 @@ def run_passes(
                 detail = getattr(error, "stderr", "") or ""
                 print(f"\nslow pass not run: {error} {detail}".rstrip())
                 targets.append(Target("slow: the slow-disk pass ran", str(error), False))
+                trouble.append(f"slow pass not run: {error}")
                 continue
             results["slow"] = child
             targets += [Target(**t) for t in child["targets"]]
+            trouble += [f"slow: {line}" for line in child["trouble"]]
             continue
         result = run_pass(name)
         results[name] = result
         targets += result["targets"]
-    return results, targets
+        trouble += [f"{name}: {line}" for line in result["trouble"]]
+    return results, targets, trouble

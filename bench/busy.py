@@ -38,6 +38,7 @@ from _common import (
     Op,
     Segment,
     add_run_options,
+    cell_troubles,
     environment,
     find_cell,
     finish,
@@ -274,9 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = run_cells(args, template, directory)
     print("\n== durable writes while other threads run Python ==")
     print_cells(cells)
-    return finish(
-        "busy.py", started, args.json, {"environment": env, "args": vars(args), "cells": cells}
-    )
+    figures = {"environment": env, "args": vars(args), "cells": cells}
+    return finish("busy.py", started, args.json, figures, cell_troubles(cells))
 
 
 if __name__ == "__main__":

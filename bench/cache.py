@@ -73,6 +73,7 @@ from _common import (
     Target,
     WrongResultError,
     add_run_options,
+    cell_troubles,
     environment,
     find_cell,
     finish,
@@ -918,6 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     series: dict[str, Any] = {}
     targets: list[Target] = []
+    trouble: list[str] = []
     with scratch_dir(args.dir, "atlas-bench-cache-") as directory:
         template = directory / "template.db"
         began = time.perf_counter()
@@ -938,6 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"\n== the task-manager mix, {label} ==")
             print_cells(cells)
+            trouble += cell_troubles(cells, label)
             series[label] = {
                 "writes": writes,
                 "cells": [asdict(c) for c in cells],
@@ -956,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "series": series,
         "targets": targets,
     }
-    return finish("cache.py", started, args.json, payload)
+    return finish("cache.py", started, args.json, payload, trouble)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from _common import (
     Target,
     WrongResultError,
     add_run_options,
+    cell_troubles,
     clean_cells_target,
     environment,
     finish,
@@ -411,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "breakdown_us": {name: us for name, us, _ in figures},
         "targets": targets,
     }
-    return finish("reads.py", started, args.json, payload)
+    return finish("reads.py", started, args.json, payload, cell_troubles(cells))
 
 
 if __name__ == "__main__":

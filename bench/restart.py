@@ -278,6 +278,17 @@ def default_series(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     return {"writer_first_write": summary(firsts)}
 
 
+def measures(main: dict[str, Any], fresh: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each measurement's name and :func:`summary`, both series."""
+    return [
+        ("writer: kill -> first accepted write", main["writer_first_write"]),
+        ("writer: kill -> new incarnation running", main["writer_running"]),
+        ("reader: kill -> new incarnation running", main["reader_running"]),
+        ("reader: kill -> pool back to full size", main["reader_pool_whole"]),
+        ("writer, default config, fresh storage", fresh["writer_first_write"]),
+    ]
+
+
 def print_results(main: dict[str, Any], fresh: dict[str, Any], args: argparse.Namespace) -> None:
     def row(name: str, s: dict[str, Any]) -> list[str]:
         return [
@@ -294,13 +305,7 @@ def print_results(main: dict[str, Any], fresh: dict[str, Any], args: argparse.Na
         f"restart_window={args.window:g} s; {args.writers} writer + {args.readers} reader "
         "threads of background load =="
     )
-    rows = [
-        row("writer: kill -> first accepted write", main["writer_first_write"]),
-        row("writer: kill -> new incarnation running", main["writer_running"]),
-        row("reader: kill -> new incarnation running", main["reader_running"]),
-        row("reader: kill -> pool back to full size", main["reader_pool_whole"]),
-        row("writer, default config, fresh storage", fresh["writer_first_write"]),
-    ]
+    rows = [row(name, figures) for name, figures in measures(main, fresh)]
     print(table(["measure", "n", "median ms", "p90 ms", "max ms", "never"], rows))
     background = main["background"]
     print(
@@ -351,6 +356,29 @@ def judge(main: dict[str, Any], fresh: dict[str, Any]) -> list[Target]:
         )
     )
     return targets
+
+
+def trouble(main: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """What went wrong (the exit status): lost writes, failed calls, hangs, escalation,
+    restarts that never came; the latency targets' misses are findings, not trouble."""
+    found = []
+    if main["rows"] != main["acknowledged"]:
+        found.append(
+            f"the file holds {main['rows']} rows for {main['acknowledged']} acknowledged writes"
+        )
+    background = main["background"]
+    if background["errors"]:
+        found.append(f"{sum(background['errors'].values())} background call(s) failed")
+    if background["hung_threads"]:
+        found.append(f"{background['hung_threads']} background thread(s) hung")
+    if main["supervisor"]["state"] != "running":
+        found.append(f"the supervisor is {main['supervisor']['state']} (it escalated)")
+    for name, figures in measures(main, fresh):
+        if figures["failed"]:
+            found.append(
+                f"{name}: {figures['failed']} of {figures['n']} never came within {GIVE_UP:g} s"
+            )
+    return found
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -425,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fresh_default_config": fresh,
         "targets": targets,
     }
-    return finish("restart.py", started, args.json, payload)
+    return finish("restart.py", started, args.json, payload, trouble(main_results, fresh))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from _common import (
     Segment,
     Target,
     add_run_options,
+    cell_troubles,
     clean_cells_target,
     environment,
     find_cell,
@@ -705,7 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def one_pass(name: str) -> PassResult:
         cells, info = run_pass(name, args, peers)
         print_pass(name, cells, info)
-        return {"cells": cells, "info": info, "targets": judge(name, cells)}
+        targets = judge(name, cells)
+        return {"cells": cells, "info": info, "targets": targets, "trouble": cell_troubles(cells)}
 
     if args.slow_child:
         return run_as_slow_child(one_pass, args.json, SLOW_US)
@@ -717,10 +719,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"warm-up, peers {peers}; targets judged on {JUDGED}"
     )
     passes = ["full", "slow"] if args.passes == "all" else [args.passes]
-    results, targets = run_passes(passes, one_pass, lambda: run_slow_pass(args, peers))
+    results, targets, trouble = run_passes(passes, one_pass, lambda: run_slow_pass(args, peers))
     print_targets(targets, "Targets (issue 4)")
     payload = {"environment": env, "args": vars(args), "passes": results}
-    return finish("transactions.py", started, args.json, payload)
+    return finish("transactions.py", started, args.json, payload, trouble)
 
 
 if __name__ == "__main__":
