@@ -10,7 +10,8 @@ seconds).
 
 PASS needs all of: at least one injected fault surfaced as a typed error (AtlasError),
 writes started after the last fault window acknowledged, no worker died of any other
-exception or hung, no acknowledged write lost, and integrity_check "ok".
+exception or hung, no acknowledged write lost, and integrity_check "ok". A bad option
+(a count or duration that is not a finite number above 0) exits 2 with a usage line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import apsw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import atlas_actors as atlas
+from atlas_actors.cli import positive
 from atlas_actors.errors import AtlasError
 from atlas_actors.faults import FaultyVFS
 
@@ -145,14 +147,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--fault-every", type=float, default=0.5)
+    parser.add_argument(
+        "--seconds",
+        type=positive(float),
+        default=5.0,
+        help="how long fault windows keep opening (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive(int, at_most=1024),
+        default=8,
+        help="worker threads writing (default: %(default)d)",
+    )
+    parser.add_argument(
+        "--fault-every",
+        type=positive(float),
+        default=0.5,
+        metavar="SECONDS",
+        help=f"open a {FAULT_WINDOW * 1e3:g} ms fault window every SECONDS (default: %(default)g)",
+    )
     parser.add_argument(
         "--recover-within",
-        type=float,
+        type=positive(float),
         default=10.0,
-        help="seconds the writer has to acknowledge writes after the last fault window",
+        metavar="SECONDS",
+        help="seconds the writer has to acknowledge writes after the last fault window "
+        "(default: %(default)g)",
     )
     args = parser.parse_args()
     outcome = simulate(args.seconds, args.threads, args.fault_every, args.recover_within)

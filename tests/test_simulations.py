@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import atlas_actors as atlas
+from atlas_actors.workload import LatencySummary, WorkloadReport
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +97,72 @@ def test_io_faults_reports_a_worker_killed_by_an_unexpected_exception(
     outcome = io_faults.simulate(seconds=0.3, threads=2, fault_every=0.1, recover_within=5)
     assert outcome.crashed == ["RuntimeError: not an AtlasError"]
     assert any("unexpected exceptions" in reason for reason in io_faults.failures(outcome))
+
+
+@pytest.mark.parametrize(
+    ("script", "option", "value"),
+    [
+        ("chaos", "--kill-every", "0"),  # (no crash: a PASS that tested nothing)
+        ("chaos", "--kill-every", "nan"),
+        ("chaos", "--threads", "-3"),  # (no worker: a PASS that ran nothing)
+        ("chaos", "--seconds", "-1"),
+        ("io_faults", "--fault-every", "nan"),  # (a traceback once the workers ran)
+        ("io_faults", "--threads", "0"),
+        ("io_faults", "--recover-within", "-1"),
+    ],
+)
+def test_a_simulation_refuses_an_option_out_of_range(script: str, option: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, f"simulations/{script}.py", "--seconds", "0.3", option, value],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"argument {option}: must be a " in result.stderr and "usage:" in result.stderr
+    assert result.stdout == ""
+
+
+def test_chaos_fails_a_run_in_which_no_crash_was_injected() -> None:
+    options = ["--seconds", "0.3", "--threads", "2", "--kill-every", "5"]
+    result = subprocess.run(
+        [sys.executable, "simulations/chaos.py", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL: no crash was injected" in result.stdout
+    assert result.stdout.strip().endswith("FAIL")
+
+
+@pytest.mark.parametrize("script", ["chaos", "io_faults"])
+def test_each_simulation_option_says_what_it_does(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, f"simulations/{script}.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    options = result.stdout[result.stdout.index("options:") :]
+    for option in ("--seconds", "--threads"):
+        described = options[options.index(option) :].split("\n  -")[0]
+        assert "default" in described, options
+
+
+def test_chaos_fails_a_run_that_acknowledged_no_write() -> None:
+    chaos = _load("chaos")
+    report = WorkloadReport(
+        seconds=1.0,
+        writes=LatencySummary.of([]),
+        reads=LatencySummary.of([0.001]),
+        errors={},
+        kills=3,
+        restarts=3,
+        mean_batch=0.0,
+        lost_writes=0,
+    )
+    assert chaos.failures(report, "ok") == ["no write was acknowledged"]
