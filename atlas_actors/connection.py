@@ -442,8 +442,13 @@ check takes the GIL back from the other threads.
 
 
 def sample_weight(uses: int) -> int:
-    """How many runs the run after ``uses`` earlier ones stands for if timed; 0: untimed."""
-    if uses < _TIME_FIRST:
+    """How many runs the run after ``uses`` earlier ones stands for if timed; 0: untimed.
+
+    A timed run stands for itself and the untimed runs since the one timed before it,
+    never for runs still to come: the weights add up to the runs made (up to the last
+    timed one), so a statement run five times counts five, not five plus 63.
+    """
+    if uses <= _TIME_FIRST:
         return 1
     return SAMPLE_EVERY if (uses - _TIME_FIRST) % SAMPLE_EVERY == 0 else 0
 
@@ -459,7 +464,7 @@ def _timed_run(entry: list[Any]) -> int:
     if timed <= _TIME_FIRST:
         return 1  # the next run is timed too
     entry[1] = SAMPLE_EVERY - 1
-    return SAMPLE_EVERY
+    return 1 if timed == _TIME_FIRST + 1 else SAMPLE_EVERY  # (itself, and the runs since)
 
 
 def recheck_due(uses: int) -> bool:
@@ -914,6 +919,7 @@ class TrackedConnection:
         "_errors",
         "_in_place",
         "_latency",
+        "_pairs_weight",
         "_queries",
         "_read",
         "_runs",
@@ -968,6 +974,8 @@ class TrackedConnection:
         their first runs through write()) → whether they insert."""
         self._untimed_pairs = 0
         """:meth:`write_pairs` calls left before the next timed one."""
+        self._pairs_weight = 1
+        """The calls the next timed one stands for: itself and those since the last."""
         self.last_latency = 0.0
         """Seconds the last statement took (0 when it was not timed)."""
         self.last_weight = 1
@@ -1343,8 +1351,9 @@ class TrackedConnection:
             self._untimed_pairs = untimed - 1
             weight = 0
         else:
-            self._untimed_pairs = random.randrange(2 * SAMPLE_EVERY - 1)  # mean gap SAMPLE_EVERY
-            weight = SAMPLE_EVERY
+            weight = self._pairs_weight  # itself and the untimed calls since the last timed
+            gap = self._untimed_pairs = random.randrange(2 * SAMPLE_EVERY - 1)  # mean gap 64
+            self._pairs_weight = gap + 1
         in_place = self._in_place.get
         execute = self.cursor.execute
         connection = self.connection

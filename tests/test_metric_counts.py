@@ -223,3 +223,40 @@ def test_a_call_refused_for_a_full_mailbox_or_read_queue_counts_one_error(
         assert _errors(db) == (before[0] + 1, before[1] + 1)
     for future in waiting:
         future.get(10)
+
+
+# -- bytes: a sampled run stands for runs made, not for runs to come -------------------
+
+
+@pytest.mark.parametrize("runs", [5, 6, 40, 69])
+def test_bytes_transferred_counts_the_runs_made(
+    open_storage: Callable[..., atlas.Storage], runs: int
+) -> None:
+    # Past its first runs a statement is sampled: one run in SAMPLE_EVERY is measured
+    # and stands for the others. It stood for the 63 runs after it, so five runs of a
+    # statement counted 68 (13.6 times the bytes); now it stands for those before it.
+    db = open_storage(cache=False, readers=1, max_readers=1)
+    db.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, v BLOB)")
+    blob = b"x" * 10_000
+    db.write("INSERT INTO blobs(id, v) VALUES (1, ?)", [blob])
+
+    def grew(role: str, run: Callable[[], object]) -> int:
+        before = sum(m.bytes_transferred for m in _metrics(db, role))
+        for _ in range(runs):
+            run()
+        return sum(m.bytes_transferred for m in _metrics(db, role)) - before
+
+    writes = grew("writer", lambda: db.write("INSERT INTO blobs(v) VALUES (?)", [blob]))
+    pairs = grew("writer", lambda: db.write_all([("INSERT INTO blobs(v) VALUES (?)", [blob])]))
+    reads = grew("reader", lambda: db.query("SELECT v FROM blobs WHERE id = ?", [1]))
+    for name, counted in (("write", writes), ("write_all", pairs), ("read", reads)):
+        # Never more than the runs made; short by the runs since the last sample (a
+        # statement's own first five are each measured; the writer's runs of queued
+        # writes are sampled by call, at random, so only the bound holds there).
+        assert 0 < counted <= runs * 10_008, (name, counted)
+        if name != "write_all":
+            assert counted >= min(runs, 5) * 10_000, (name, counted)
+
+
+def _metrics(db: atlas.Storage, role: str) -> list[ConnectionMetrics]:
+    return [c.metrics for c in db.connections() if c.role.startswith(role)]

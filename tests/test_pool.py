@@ -536,7 +536,7 @@ def test_alternating_statements_are_each_sampled_at_their_own_rate(
     db = _uncached(open_storage)
     by_title = "SELECT id FROM tasks WHERE title = ?"
     db.workload.reset()
-    runs = 16 * SAMPLE_EVERY
+    runs = 16 * SAMPLE_EVERY + _TIME_FIRST + 1  # (its last run is a sample: exact)
     for _ in range(runs):
         db.query(_POINT, [1])
         db.query(by_title, ["a"])
@@ -560,7 +560,7 @@ def test_bytes_of_alternating_reads_on_a_borrowed_connection_are_each_counted() 
     # query() (leases, transactions) samples bytes by each statement's own runs: with
     # one counter per connection, every sample fell on the second, empty statement.
     connection = TrackedConnection(apsw.Connection(":memory:"), "reader")
-    runs = 16 * SAMPLE_EVERY
+    runs = 16 * SAMPLE_EVERY + _TIME_FIRST + 1  # (its last run is a sample: exact)
     for n in range(runs):
         assert connection.query("SELECT ?", [n]) == [(n,)]  # 8 bytes sent, 8 received
         assert connection.query("SELECT 1 WHERE 0") == []  # nothing either way
@@ -572,7 +572,7 @@ def test_a_write_statement_is_sampled_by_its_own_runs() -> None:
     # the bytes sent are the INSERTs' alone, however the two interleave.
     connection = TrackedConnection(apsw.Connection(":memory:"), "writer")
     connection.connection.execute("CREATE TABLE t(a); CREATE TABLE c(n); INSERT INTO c VALUES (0)")
-    runs = 16 * SAMPLE_EVERY
+    runs = 16 * SAMPLE_EVERY + _TIME_FIRST + 1  # (its last run is a sample: exact)
     for n in range(runs):
         connection.write("INSERT INTO t VALUES (?)", [n])
         connection.write("UPDATE c SET n = n + 1")
@@ -619,7 +619,9 @@ def test_the_fast_path_names_the_rows_of_results_of_every_size(
 def test_the_fast_paths_remainders_time_and_recheck_the_runs_the_rules_name() -> None:
     for uses in range(_TIME_FIRST, 3 * _RECHECK_EVERY):
         phase = uses % SAMPLE_EVERY
-        assert (phase == _TIMED_AT) == (sample_weight(uses) == SAMPLE_EVERY), uses
+        assert (phase == _TIMED_AT) == (sample_weight(uses) > 0), uses
+        if phase == _TIMED_AT:  # (the fast path's weight: the first sample stands for itself)
+            assert sample_weight(uses) == (SAMPLE_EVERY if uses != _TIME_FIRST else 1), uses
         rechecks = phase == _RECHECK_PHASE and uses % _RECHECK_EVERY == _RECHECK_AT
         assert rechecks == recheck_due(uses), uses
 
@@ -669,7 +671,7 @@ def test_reads_on_a_held_connection_are_sampled_and_recorded_by_the_runs_they_st
     # standing for those in between), and the connection every run too.
     db = _uncached(open_storage)
     db.workload.reset()
-    runs = 16 * SAMPLE_EVERY
+    runs = 16 * SAMPLE_EVERY + _TIME_FIRST + 1  # (its last run is a sample: exact)
     lease = db.pool.acquire()
     try:
         connection = lease._live()

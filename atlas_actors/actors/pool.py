@@ -1186,7 +1186,9 @@ class ReaderPool:
                         entry[1] = uses + 1
                         if timed:
                             latency = perf_counter() - started
-                            connection.count_timed(latency, SAMPLE_EVERY, params, rows)
+                            # (the first sampled run stands for itself: sample_weight)
+                            weight = SAMPLE_EVERY if uses != _TIME_FIRST else 1
+                            connection.count_timed(latency, weight, params, rows)
                 except BaseException:
                     pool.release(connection)  # whatever failed, the connection goes back
                     raise
@@ -1200,7 +1202,7 @@ class ReaderPool:
                     if pool._pending or pool._waiting:
                         pool._wake_next()
                 if timed and record_query is not None:
-                    record_query(sql, latency, calls=SAMPLE_EVERY)
+                    record_query(sql, latency, calls=weight)
                 return rows
             except AtlasError as error:
                 if report is not None:
