@@ -433,9 +433,6 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         "health_check_interval",
         "reader_reconnect_backoff_initial",
         "max_batch_delay",
-        "busy_timeout",
-        "busy_backoff_base",
-        "busy_backoff_cap",
         "cache_size_kib",
         "reader_mmap_bytes",
         "restart_backoff_initial",
@@ -463,6 +460,11 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         "cache_memory_bytes",
         "cache_disk_bytes",
         "cache_max_entry_bytes",
+        # (0 would spin: the writer retries its BEGIN until the call's deadline, and the
+        # busy handler would return at once, or sleep for nothing, each time)
+        "busy_timeout",
+        "busy_backoff_base",
+        "busy_backoff_cap",
     )
     for name in strictly_positive:
         value = getattr(config, name)

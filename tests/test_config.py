@@ -55,6 +55,9 @@ def test_unparsable_environment_values_name_the_variable(env: dict[str, str], me
         ({"transaction_timeout": float("nan")}, "transaction_timeout=nan"),
         ({"default_timeout": float("inf")}, "default_timeout=inf"),
         ({"busy_timeout": float("nan")}, "busy_timeout=nan"),
+        ({"busy_timeout": 0}, "busy_timeout=0; it must be a finite number > 0"),  # (a spin)
+        ({"busy_backoff_base": 0}, "busy_backoff_base=0; it must be a finite number > 0"),
+        ({"busy_backoff_cap": 0.0}, "busy_backoff_cap=0.0; it must be a finite number > 0"),
         # A string such as 'off' is truthy: accepted, it meant the opposite.
         ({"cache": "off"}, r"cache='off'; it must be a bool: pass cache=True or cache=False"),
         ({"cache": 0}, r"cache=0; it must be a bool"),
