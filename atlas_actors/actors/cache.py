@@ -87,25 +87,52 @@ class CacheActor(RoleActor):
         self.actor_ref.tell(WarmFromDisk())  # right after start, off the start path
 
     def _resume_session(self, l2: DiskStore) -> None:
-        """Reuse the last session's versions if it closed cleanly on the same files."""
+        """Reuse the last session's versions if it closed cleanly on the same files.
+
+        Every process opening the database shares L2: reading the record and marking it
+        not clean are one transaction, under L2's lock, so only one opener takes up a
+        clean session. Two that both did would count in the same epoch from the same
+        versions and trust each other's entries, stored at other states of the database.
+        """
+        try:
+            with l2.exclusive():
+                resumed = self._take_up_clean_session(l2)
+        except Exception:
+            # Not knowing whether another opener takes the session up now, nor whether
+            # this one's mark reached the disk: start afresh (the entries stay, in an
+            # epoch this session does not count in).
+            log.warning("the disk cache's last session cannot be taken up", exc_info=True)
+            self.manager.restore(secrets.randbits(31), {})
+            self.manager.resumed_files = None
+            return
+        if not resumed:
+            # Unknown history (a crash, a session still open or taken up by another
+            # process, the files changed, or entries stored under other rules of what
+            # may be cached): nothing on disk is trusted. Emptied outside the lock: a
+            # removed entry is only a miss, and a removed record one not clean.
+            self.manager.restore(secrets.randbits(31), {})
+            l2.clear()
+            l2.save_meta({"clean": False, "epoch": self.manager.epoch})
+
+    def _take_up_clean_session(self, l2: DiskStore) -> bool:
+        """Continue the last session and mark it taken up (not clean); False if it cannot be."""
         meta = l2.load_meta()
         files = fingerprint(self.database)
         same_files = meta is not None and meta.get("fingerprint") == files
         same_rules = meta is not None and meta.get("rules") == CACHE_RULES
-        if meta is not None and meta.get("clean") and same_files and same_rules:
-            versions = meta.get("versions")
-            epoch = meta.get("epoch")
-            if isinstance(versions, dict) and isinstance(epoch, int):
-                self.manager.restore(epoch, {str(k): int(v) for k, v in versions.items()})
-                # Until the wal-index is watched (after the writer opens), only the files
-                # tell of another process's commit: the storage compares them again then.
-                self.manager.resumed_files = files
-        else:
-            # Unknown history (a crash, the files changed, or entries stored under other
-            # rules of what may be cached): nothing on disk is trusted.
-            self.manager.restore(secrets.randbits(31), {})
-            l2.clear()
-        l2.save_meta({"clean": False, "epoch": self.manager.epoch})
+        if meta is None or not (meta.get("clean") and same_files and same_rules):
+            return False
+        versions = meta.get("versions")
+        epoch = meta.get("epoch")
+        if not isinstance(versions, dict) or not isinstance(epoch, int):
+            return False
+        restored = {str(k): int(v) for k, v in versions.items()}
+        l2.save_meta({"clean": False, "epoch": epoch})
+        self.manager.restore(epoch, restored)
+        # Until the wal-index is watched (after the writer opens), only the files tell
+        # of another process's commit: the storage compares them again then.
+        self.manager.resumed_files = files
+        return True
 
     def _send_to_disk(self, entry: Entry) -> None:
         # Bounded as a mailbox is (each message holds a whole result): past the bound

@@ -12,13 +12,14 @@ database files looked like then; entries carry the versions of the tables they r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import stat
 import time
-from typing import Any
+from typing import Any, cast
 
 import diskcache
 from diskcache.core import MODE_PICKLE
@@ -239,13 +240,15 @@ class DiskStore:
             cache.delete(entry_key(sql, params))
 
     def clear(self) -> None:
-        """Remove every entry but the metadata."""
+        """Remove every entry, and the metadata with them (no record: nothing trusted).
+
+        The record is not kept: read before and written back after (the clear is not
+        one transaction), it could be a clean one that another opener took up and
+        marked not clean meanwhile, made clean again for a third to take up too.
+        """
         cache = self._cache
         if cache is not None:
-            meta = cache.get(_META_KEY)
             cache.clear()
-            if meta is not None:
-                cache.set(_META_KEY, meta)
 
     def stats(self) -> tuple[int, int]:
         """(entries, bytes on disk)."""
@@ -264,6 +267,18 @@ class DiskStore:
                 log.debug("could not delete an unreadable L2 entry")
 
     # -- metadata --------------------------------------------------------------------
+
+    def exclusive(self) -> contextlib.AbstractContextManager[Any]:
+        """Hold the write lock of the L2 database, shared by every process, while in it.
+
+        Reads and writes of the metadata inside are one transaction (SQLite's ``BEGIN
+        IMMEDIATE``; others' writes wait, reads do not). :class:`diskcache.Timeout` if
+        the lock cannot be had within the cache's timeout. Nothing to lock when L2 is off.
+        """
+        cache = self._cache
+        if cache is None:
+            return contextlib.nullcontext()
+        return cast(contextlib.AbstractContextManager[Any], cache.transact())
 
     def load_meta(self) -> dict[str, Any] | None:
         """The metadata of the last session, or None."""
