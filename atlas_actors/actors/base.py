@@ -414,6 +414,9 @@ class RoleActor(pykka.ThreadingActor):
         self._actor_ref.actor_inbox = mailbox
         self.mailbox = mailbox
         self.thread: threading.Thread | None = None
+        self.stopping_alone = False
+        """Set when this incarnation is stopped while the storage runs on (a next one
+        follows): its ``on_stop`` must not act as if the storage were closing."""
         self.on_running: Callable[[], None] | None = None
         """Called in the actor's thread once ``on_start`` returned (set by the supervisor
         before the thread starts): the incarnation is up, not merely starting."""

@@ -185,6 +185,10 @@ class CacheActor(RoleActor):
         l2 = self.l2
         if l2 is not None:
             clean, files = self._final_state()
+            # Only a storage that closes ends the session: this incarnation alone stopping
+            # (supervisor.kill(how="stop")) leaves the storage running in this epoch, and
+            # another process resuming a clean record would count in the same one.
+            clean = clean and not self.stopping_alone
             l2.save_meta(
                 {
                     "clean": clean,

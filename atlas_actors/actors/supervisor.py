@@ -448,6 +448,7 @@ class SupervisorActor(pykka.ThreadingActor):
             crash = Crash(f"kill({role!r}, how='crash')", child.incarnation)
             child.mailbox.replay_control(Envelope(crash))
         else:
+            actor.stopping_alone = True  # (the storage runs on: see RoleActor)
             actor.actor_ref.stop(block=False)
         return child.incarnation
 

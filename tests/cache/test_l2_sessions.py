@@ -161,3 +161,24 @@ def test_a_session_that_started_afresh_leaves_no_clean_record_behind_its_clear(
         assert l2.stats()[0] == 0
     finally:
         l2.close()
+
+
+def test_a_cache_actor_stopped_alone_does_not_record_the_session_as_closed(
+    db_path: Path,
+) -> None:
+    """Its stop wrote a clean record while the storage ran on in the same epoch: another
+    process opening then resumed it, and the two counted in one epoch, trusting each
+    other's entries at different states of the file (a stale read, as above)."""
+    recorded = _closed_cleanly_with_a_result_on_disk(db_path)
+    with atlas.open(db_path, cache_disk_min_seconds=0) as running:
+        assert running.cache.epoch == recorded
+
+        def cache() -> Any:
+            return next(c for c in running.supervisor.status().children if c.role == "cache")
+
+        incarnation = cache().incarnation
+        running.supervisor.kill("cache", how="stop")
+        assert wait_until(lambda: cache().incarnation > incarnation and cache().state == "running")
+        assert not _record(db_path)["clean"]
+        with atlas.open(db_path, cache_disk_min_seconds=0) as other:
+            assert other.cache.epoch != running.cache.epoch
