@@ -89,6 +89,19 @@ def test_the_transactions_own_savepoint_names_are_reserved(rows: atlas.Storage, 
         tx.savepoint("nested")  # (a name that only looks alike is fine)
 
 
+def test_a_savepoint_name_too_long_is_refused_for_its_length(rows: atlas.Storage) -> None:
+    with rows.transaction() as tx:
+        tx.savepoint("a" * 64)  # (the longest name taken)
+        for name in ("a" * 65, "x" * 1000):
+            for call in (tx.savepoint, tx.rollback_to, tx.release):
+                with pytest.raises(ValidationError, match="at most 64 characters") as caught:
+                    call(name)
+                assert "letters, digits" not in str(caught.value)  # (its characters are fine)
+        with pytest.raises(ValidationError, match="letters, digits and underscores"):
+            tx.savepoint("1" + "a" * 70)  # (both wrong: its characters are named too)
+        tx.rollback_to("a" * 64)  # the transaction goes on
+
+
 def _in_thread(work: Callable[[], object]) -> BaseException | None:
     raised: list[BaseException] = []
 

@@ -66,7 +66,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
-_SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_SAVEPOINT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SAVEPOINT_NAME_MAX = 64
+"""Characters a savepoint name has at most."""
 _RESERVED_SAVEPOINT = re.compile(r"(tx[1-9][0-9]*|nested_[0-9]+_[0-9]+)\Z", re.IGNORECASE)
 """The transactions' own savepoints: ``tx<id>`` (ids from 1) and nested blocks'."""
 _SNAPSHOT_ATTEMPTS = 20
@@ -1254,8 +1256,13 @@ def _check_nested(outer: Transaction, isolation: str, timeout: float | None) -> 
 def _check_savepoint_name(name: str) -> None:
     if not isinstance(name, str) or not _SAVEPOINT_NAME.match(name):
         raise ValidationError(
-            f"savepoint name {name!r}: use letters, digits and underscores, "
-            "not starting with a digit"
+            f"savepoint name {_shown(name)}: use letters, digits and underscores, "
+            f"not starting with a digit, at most {_SAVEPOINT_NAME_MAX} characters"
+        )
+    if len(name) > _SAVEPOINT_NAME_MAX:
+        raise ValidationError(
+            f"savepoint name {_shown(name)} has {len(name)} characters: use at most "
+            f"{_SAVEPOINT_NAME_MAX} characters"
         )
     if _RESERVED_SAVEPOINT.match(name):
         # SQLite would release or roll back to this one instead of the transaction's
@@ -1264,3 +1271,9 @@ def _check_savepoint_name(name: str) -> None:
             f"savepoint name {name!r} is reserved (tx<number> and nested_<number>_<number> "
             "name the transactions' own savepoints): choose another"
         )
+
+
+def _shown(name: object) -> str:
+    """``name`` for a message: its repr, shortened if long."""
+    shown = repr(name)
+    return shown if len(shown) <= 80 else f"{shown[:60]}...{shown[-10:]}"
