@@ -321,6 +321,25 @@ def test_run_retries_a_conflicting_repeatable_read_transaction(counter: atlas.St
         counter.transactions.run(always_conflicts, isolation="repeatable_read", retries=2)
 
 
+@pytest.mark.parametrize("retries", [-1, "x", 1.5, True, None])
+def test_run_refuses_a_retry_count_that_is_not_a_whole_number_at_its_start(
+    counter: atlas.Storage, retries: object
+) -> None:
+    calls: list[int] = []
+
+    def conflicts(tx: atlas.Transaction) -> None:
+        calls.append(1)
+        raise TransactionConflict("a transient error: run() would retry it")
+
+    with pytest.raises(ValidationError, match="retries"):
+        counter.transactions.run(conflicts, retries=retries)  # type: ignore[arg-type]
+    assert calls == []  # refused before fn ran
+    assert counter.transactions.status().active == ()
+    with pytest.raises(TransactionConflict):
+        counter.transactions.run(conflicts, retries=0)  # (none: the first error is raised)
+    assert calls == [1]
+
+
 def test_unknown_isolation_levels_are_rejected(counter: atlas.Storage) -> None:
     with pytest.raises(ValidationError, match="isolation='snapshot'"):
         counter.transaction(isolation="snapshot")

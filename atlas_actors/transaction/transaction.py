@@ -1007,8 +1007,13 @@ class TransactionManager:
         ``TransactionTimeout`` or a busy database), so it must not have effects outside
         the transaction. Backoff between attempts is exponential with jitter. A commit
         whose acknowledgement timed out is never retried (it may still be applied): its
-        ``OperationTimeout`` (``applied=None``) is raised.
+        ``OperationTimeout`` (``applied=None``) is raised. ``retries`` is a whole number,
+        0 or more (0: the first error is raised).
         """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValidationError(
+                f"retries={retries!r}: give a whole number of retries, 0 or more (0: fn runs once)"
+            )
         attempt = 0
         while True:
             tx = self.begin(isolation, timeout=timeout)
@@ -1028,7 +1033,7 @@ class TransactionManager:
                     raise
                 attempt += 1
                 self.storage.metrics.add("transaction_retries")
-                time.sleep(min(0.2, 0.002 * 2**attempt) * (1 + random.random()))
+                time.sleep(min(0.2, 0.002 * 2 ** min(attempt, 10)) * (1 + random.random()))
             except BaseException:
                 tx.rollback()
                 raise
