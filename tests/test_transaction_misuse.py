@@ -169,6 +169,52 @@ def test_an_abandoned_transaction_whose_lease_expired_is_forgotten(tmp_path: Pat
         assert db.transactions.status().rolled_back == before + 1  # (not counted twice)
 
 
+@pytest.mark.parametrize("isolation", ["serializable", "read_committed", "repeatable_read"])
+def test_a_transaction_whose_lease_was_revoked_says_failed_once_status_drops_it(
+    open_storage: Callable[..., atlas.Storage], isolation: str
+) -> None:
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE t(x)")
+    tx = db.transactions.begin(isolation, timeout=0.2)
+    tx.query("SELECT count(*) FROM t")
+    tx.execute("INSERT INTO t VALUES (1)")  # holds the lease
+    before = db.transactions.status().rolled_back
+    assert wait_until(lambda: tx.id not in [info.id for info in db.transactions.status().active])
+    # What status() says and what the transaction says agree: it has ended.
+    assert db.transactions.status().rolled_back == before + 1
+    assert tx.state == "failed"
+    errors = db.metrics.snapshot().get("errors.timeout", 0)
+    assert errors == 1  # reported once, when it was found revoked
+    raised = []
+    for call in (
+        lambda: tx.execute("INSERT INTO t VALUES (2)"),
+        lambda: tx.query("SELECT 1"),
+        tx.commit,
+    ):
+        with pytest.raises(TransactionTimeout, match="past its timeout") as caught:
+            call()
+        raised.append(caught.value)
+    assert raised[0] is raised[1] is raised[2]  # the same error, each time
+    tx.rollback()  # harmless
+    assert tx.state == "failed"
+    assert db.transactions.status().rolled_back == before + 1  # (not counted twice)
+    assert db.metrics.snapshot().get("errors.timeout", 0) == 1  # (nor reported twice)
+    assert db.query("SELECT count(*) AS n FROM t")[0].n == 0
+
+
+def test_a_block_whose_lease_was_revoked_raises_the_timeout_on_leaving(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE t(x)")
+    with pytest.raises(TransactionTimeout), db.transaction(timeout=0.2) as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+        assert wait_until(lambda: tx.state != "active")
+        assert tx.state == "failed"
+    assert db.metrics.snapshot().get("errors.timeout", 0) == 1
+    assert db.query("SELECT count(*) AS n FROM t")[0].n == 0
+
+
 def test_a_transaction_dropped_unended_is_forgotten_counted_and_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

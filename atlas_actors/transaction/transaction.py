@@ -808,6 +808,19 @@ class Transaction:
             self._drop_reader()
             self._finish("failed")
 
+    def _revoked(self, lease: Lease) -> None:
+        """The writer took the lease back (its timeout): the transaction has failed.
+
+        From the tick, perhaps while the owner is in a call: that call meets the revoked
+        lease and fails the same way (``_fail``), once. The lease stays, so every later
+        call meets it too and raises its error.
+        """
+        error = lease.ended_error()
+        if self.state == "active":
+            self._error = error  # (before the state: a reader of the state finds it)
+        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
+        self._finish("failed")  # (forgotten and counted once, as every end)
+
     def _finish(self, state: str) -> None:
         if self.state == "active":
             self.state = state
@@ -1186,7 +1199,8 @@ class TransactionManager:
         """The storage's tick: forget the transactions that ended unseen, end old snapshots.
 
         * One whose lease the writer took back (its timeout) is forgotten, counted as
-          rolled back: its owner hears it at its next call, if it ever makes one.
+          rolled back, and ``failed`` (reported once): its owner's next call, if it
+          ever makes one, raises the lease's error.
         * One its owner dropped unended (abandoned: collected, so nothing can use it any
           more) is forgotten, counted as rolled back, with a warning. Returns their
           ids: the storage takes the writer lease back from any of them now, not at
@@ -1202,9 +1216,7 @@ class TransactionManager:
                 continue
             lease = tx._lease
             if lease is not None and lease.state is LeaseState.REVOKED:
-                if self._active.pop(tx.id, None) is not None:
-                    with self._lock:
-                        self.rolled_back += 1
+                tx._revoked(lease)
             elif tx._reader is not None:
                 try:
                     tx.expire_snapshot(now)
