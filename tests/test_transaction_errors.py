@@ -183,6 +183,56 @@ def test_recover_applies_the_strategy_of_a_statements_error_that_left_it_active(
     assert db.query("SELECT count(*) FROM tasks") == [(0,)]
 
 
+@pytest.mark.parametrize("isolation", ["serializable", "read_committed", "repeatable_read"])
+@pytest.mark.parametrize(
+    ("statement", "said", "code"),
+    [
+        ("INSERT OR ROLLBACK INTO u VALUES (1)", "UNIQUE", apsw.SQLITE_CONSTRAINT_PRIMARYKEY),
+        (
+            "UPDATE OR ROLLBACK u SET id = 1 WHERE id = 2",
+            "UNIQUE",
+            apsw.SQLITE_CONSTRAINT_PRIMARYKEY,
+        ),
+        # (the column's ON CONFLICT ROLLBACK; a trigger's RAISE(ROLLBACK, ...))
+        ("INSERT INTO r VALUES (1)", "UNIQUE", apsw.SQLITE_CONSTRAINT_PRIMARYKEY),
+        ("INSERT INTO u VALUES (13)", "no 13s", apsw.SQLITE_CONSTRAINT_TRIGGER),
+    ],
+)
+def test_a_statement_that_made_sqlite_roll_back_the_transaction_says_so(
+    db: atlas.Storage, isolation: str, statement: str, said: str, code: int
+) -> None:
+    db.execute("CREATE TABLE u(id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE r(id INTEGER PRIMARY KEY ON CONFLICT ROLLBACK)")
+    db.execute(
+        "CREATE TRIGGER no13 BEFORE INSERT ON u WHEN new.id = 13 "
+        "BEGIN SELECT RAISE(ROLLBACK, 'no 13s'); END"
+    )
+    db.write_many("INSERT INTO u VALUES (?)", [(1,), (2,)])
+    db.write("INSERT INTO r VALUES (1)")
+    tx = db.transactions.begin(isolation)
+    tx.query("SELECT count(*) FROM u")
+    tx.execute("INSERT INTO tasks(title) VALUES ('earlier')")
+    with pytest.raises(TransactionAborted, match="rolled back by SQLite") as caught:
+        tx.execute(statement)
+    aborted = caught.value
+    # Not a ConstraintError saying "nothing was changed": the earlier write is undone
+    # and the transaction has ended. SQLite's error is its cause, with its codes.
+    assert "nothing was changed" not in str(aborted)
+    assert said in str(aborted) and statement in str(aborted)
+    assert isinstance(aborted.__cause__, ConstraintError)
+    assert tx.state == "failed" and tx._error is aborted
+    diagnostics = db.errors.analyze(aborted)
+    assert diagnostics.type == "TransactionAborted"
+    assert diagnostics.context["cause"] == "ConstraintError"
+    assert diagnostics.context["extended_result_code"] == code
+    assert diagnostics.context["strategy"] == "fix_input"
+    with pytest.raises(TransactionAborted) as again:
+        tx.commit()
+    assert again.value is aborted
+    assert db.query("SELECT count(*) FROM tasks") == [(0,)]
+    assert db.write("INSERT INTO tasks(title) VALUES ('after')").rowcount == 1  # writer free
+
+
 def test_a_transaction_sqlite_rolled_back_for_a_full_disk_is_diagnosed_as_disk_full(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:

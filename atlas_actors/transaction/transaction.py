@@ -38,6 +38,7 @@ from atlas_actors.connection import (
 )
 from atlas_actors.errors import (
     AtlasError,
+    ConstraintError,
     DeadlockError,
     DiskFullError,
     OperationTimeout,
@@ -47,6 +48,7 @@ from atlas_actors.errors import (
     TransactionTimeout,
     ValidationError,
     WrongThreadError,
+    shorten,
     wrap_sqlite_error,
 )
 from atlas_actors.future import Future, sql_type_error
@@ -497,7 +499,13 @@ class Transaction:
         """Account ``error`` from the lent connection; return the error to raise.
 
         That is ``error``, unless the writer revoked the lease meanwhile (a timeout
-        interrupting the statement, say): then the lease's own error says what happened.
+        interrupting the statement, say): then the lease's own error says what happened;
+        or a constraint made SQLite roll its whole transaction back (``OR ROLLBACK``,
+        ``ON CONFLICT ROLLBACK``, ``RAISE(ROLLBACK)``): then the ``TransactionAborted``
+        that ended the transaction, ``error`` its cause. (A ``ConstraintError``'s
+        advice, "nothing was changed", would say the transaction goes on. A full disk
+        or an I/O error that lost the batch is raised as it is: what handles it keys
+        on its type, and the transaction's next call raises the ``TransactionAborted``.)
         """
         if isinstance(error, TransactionError):  # revoked: timed out or the writer crashed
             self._fail(error)
@@ -525,13 +533,17 @@ class Transaction:
             # ROLLBACK): so is this one. The lease goes back first (_fail forgets it), so
             # the writer replays the batch's other writes and serves the next at once.
             aborted = TransactionAborted(
-                f"transaction {self.id} was rolled back by SQLite after an error: {error}"
+                f"transaction {self.id} was rolled back by SQLite after an error: "
+                f"{_sqlite_words(error)}; it has ended, its earlier statements undone "
+                "and nothing of it committed: run it again from the start"
             )
             aborted.__cause__ = error  # (its codes: analyze() and recover() diagnose it)
             try:
                 self._give_back(commit=False, lost=True)
             finally:
                 self._fail(aborted)
+            if isinstance(error, ConstraintError):
+                return aborted
         return error
 
     def _wrong_thread(self, me: int) -> WrongThreadError:
@@ -1234,6 +1246,16 @@ class TransactionManager:
                 extra={"operation": "transaction", "abandoned": abandoned},
             )
         return abandoned
+
+
+def _sqlite_words(error: AtlasError) -> str:
+    """SQLite's own words for ``error`` and its statement, without atlas's advice."""
+    cause = error.__cause__
+    said = str(cause) if isinstance(cause, apsw.Error) else ""
+    if not said:
+        return str(error)
+    sql = getattr(error, "sql", None)
+    return f"{said} in {shorten(sql)!r}" if isinstance(sql, str) and sql else said
 
 
 def _checked_timeout(timeout: object) -> float:
