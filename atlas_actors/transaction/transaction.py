@@ -42,6 +42,7 @@ from atlas_actors.errors import (
     DeadlockError,
     DiskFullError,
     OperationTimeout,
+    ReadOnlyError,
     StatementTypeError,
     TransactionAborted,
     TransactionError,
@@ -74,6 +75,8 @@ _SAVEPOINT_NAME_MAX = 64
 _RESERVED_SAVEPOINT = re.compile(r"(tx[1-9][0-9]*|nested_[0-9]+_[0-9]+)\Z", re.IGNORECASE)
 """The transactions' own savepoints: ``tx<id>`` (ids from 1) and nested blocks'."""
 _SNAPSHOT_ATTEMPTS = 20
+_WRITE_REFUSED = (apsw.SQLITE_READONLY, None)
+"""A reader's ``ReadOnlyError`` codes for a statement that writes."""
 LEASE = "the writer lease"
 _ACTIVE = LeaseState.ACTIVE
 _NO_TABLES: frozenset[str] = frozenset()
@@ -199,8 +202,10 @@ class Transaction:
                         raise
                     raise self._not_text(sql) from None
                 rows = self._read_before_writing(sql, params)
-                self.operations += 1
-                return rows
+                if rows is not None:
+                    self.operations += 1
+                    return rows
+                # It writes (INSERT ... RETURNING, say): the transaction's first write.
             lease = self._writer()
         # On the lent connection: as execute(), written out for the same reason. Its
         # tables are noted too (INSERT ... RETURNING reads).
@@ -675,7 +680,13 @@ class Transaction:
             return
         self._manager.return_lease(self, lease, commit=False)
 
-    def _read_before_writing(self, sql: str, params: Params) -> list[Row]:
+    def _read_before_writing(self, sql: str, params: Params) -> list[Row] | None:
+        """Run a read before the first write; None if ``sql`` writes (SQLite refused it).
+
+        The reader is read-only, so SQLite refuses a statement that writes before it
+        changes or returns anything (``SQLITE_READONLY``): that statement is the
+        transaction's first write, for the caller to run on the write connection.
+        """
         try:
             if self.isolation != "repeatable_read":
                 # read_committed / read_uncommitted: the latest committed state each
@@ -699,6 +710,8 @@ class Transaction:
         except TransactionTimeout:
             raise  # (logged once, where the snapshot ended)
         except AtlasError as error:
+            if type(error) is ReadOnlyError and error.extended_result_code in _WRITE_REFUSED:
+                return None  # (an extended code: the file cannot be read as it is)
             self._last_error = error
             self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
             raise
