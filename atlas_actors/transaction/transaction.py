@@ -74,6 +74,8 @@ _SAVEPOINT_NAME_MAX = 64
 """Characters a savepoint name has at most."""
 _RESERVED_SAVEPOINT = re.compile(r"(tx[1-9][0-9]*|nested_[0-9]+_[0-9]+)\Z", re.IGNORECASE)
 """The transactions' own savepoints: ``tx<id>`` (ids from 1) and nested blocks'."""
+_NESTED_SAVEPOINT = re.compile(r"nested_[0-9]+_[0-9]+\Z")
+"""A nested block's savepoint (never a caller's: the name is reserved)."""
 _SNAPSHOT_ATTEMPTS = 20
 _WRITE_REFUSED = (apsw.SQLITE_READONLY, None)
 """A reader's ``ReadOnlyError`` codes for a statement that writes."""
@@ -257,14 +259,38 @@ class Transaction:
     savepoint = create_savepoint
 
     def rollback_to(self, name: str) -> None:
-        """Undo everything since savepoint ``name`` (which stays open)."""
+        """Undo everything since savepoint ``name`` (which stays open).
+
+        Inside a nested block, ``name`` must have been opened inside it (see
+        :meth:`_check_inside_nested`).
+        """
         _check_savepoint_name(name)
+        self._check_inside_nested(name, "rollback_to")
         self._rollback_to_savepoint(name)
 
     def release(self, name: str) -> None:
         """Forget savepoint ``name`` (and those after it), keeping their changes."""
         _check_savepoint_name(name)
+        self._check_inside_nested(name, "release")
         self._release_savepoint(name)
+
+    def _check_inside_nested(self, name: str, call: str) -> None:
+        """Refuse ``call(name)`` for a savepoint opened before the innermost nested block.
+
+        SQLite would undo or end the block's own savepoint with it (those after
+        ``name``): the block could no longer undo what it ran, and leaving it would
+        find its savepoint gone.
+        """
+        index = self._savepoint_index(name)
+        for later in self._savepoints[index + 1 :]:
+            if _NESTED_SAVEPOINT.match(later):
+                raise ValidationError(
+                    f"{call}({name!r}): savepoint {name!r} of transaction {self.id} was "
+                    "opened before the nested `with db.transaction()` block that is open, "
+                    "and this would end the block's own savepoint with it. Raise out of "
+                    f"the block to undo what it did, and call {call}({name!r}) once it "
+                    "has ended"
+                )
 
     # The three without the name check: a nested block's savepoint has a reserved name.
     def _open_savepoint(self, name: str) -> None:
