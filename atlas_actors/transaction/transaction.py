@@ -127,6 +127,10 @@ class Transaction:
     """The last error one of its calls raised (``db.errors.recover`` applies its strategy
     when nothing ended the transaction: a constraint violation leaves it active)."""
     _nested = 0
+    _pending: tuple[str, ...] = ()
+    """Open nested blocks' savepoints not taken yet, outermost first: a block begun
+    while the transaction holds no lease takes its savepoint with the lease, just
+    before the statement that takes it (a block that only reads takes none)."""
     _plain = True
     """Every statement it ran is known to leave the schema alone (``StatementInfo.plain``;
     noted with the tables it writes): the writer then skips its schema check."""
@@ -663,7 +667,24 @@ class Transaction:
             raise self._ended_error()
         if self._reader is not None:
             self._drop_reader()  # from now on the writer serves every statement
+        if self._pending:
+            self._open_pending()
         return granted
+
+    def _open_pending(self) -> None:
+        """Open the savepoints of the nested blocks begun before the lease was taken.
+
+        If one cannot be opened, the transaction is rolled back: a block running
+        without its savepoint could not undo what it ran.
+        """
+        try:
+            while self._pending:
+                self._open_savepoint(self._pending[0])
+                self._pending = self._pending[1:]
+        except BaseException:
+            self._pending = ()
+            self.rollback()
+            raise
 
     def _abandon(self, request: Future[Lease]) -> None:
         """The wait for the lease ended without it (a timeout, an interrupt): let it go.
@@ -903,8 +924,15 @@ class _Savepoint:
         return getattr(self.outer, name)
 
     def __enter__(self) -> Transaction:
-        self.outer._open_savepoint(self.name)
-        return self.outer
+        outer = self.outer
+        if outer._lease is None and outer.state == "active":
+            # Its savepoint waits for the lease (see Transaction._pending): a block that
+            # only reads takes nothing, so a repeatable_read transaction that only
+            # reads still never conflicts nor blocks writers.
+            outer._pending = (*outer._pending, self.name)
+        else:
+            outer._open_savepoint(self.name)
+        return outer
 
     def __exit__(
         self,
@@ -912,14 +940,19 @@ class _Savepoint:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.outer._nested -= 1
-        if self.outer.state != "active":
+        outer = self.outer
+        outer._nested -= 1
+        if outer.state != "active":
+            return
+        pending = outer._pending
+        if pending and pending[-1] == self.name:
+            outer._pending = pending[:-1]  # never taken: the block only read, nothing to undo
             return
         if exc_type is None:
-            self.outer._release_savepoint(self.name)
+            outer._release_savepoint(self.name)
         else:
-            self.outer._rollback_to_savepoint(self.name)
-            self.outer._release_savepoint(self.name)
+            outer._rollback_to_savepoint(self.name)
+            outer._release_savepoint(self.name)
 
 
 @dataclass(frozen=True, slots=True)
