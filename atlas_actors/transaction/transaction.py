@@ -2,9 +2,10 @@
 
 ``with db.transaction(isolation=...) as tx:`` commits on leaving the block and rolls
 back on an exception; inside it, another ``with db.transaction()`` in the same thread
-becomes a savepoint. ``db.transactions.begin()`` returns the same object for explicit
-``commit()``/``rollback()``; ``db.transactions.run(fn)`` runs ``fn(tx)`` and retries it
-when it hits a transient conflict. See ``isolation.py`` for what each level does.
+(and asyncio task, if any) becomes a savepoint. ``db.transactions.begin()`` returns the
+same object for explicit ``commit()``/``rollback()``; ``db.transactions.run(fn)`` runs
+``fn(tx)`` and retries it when it hits a transient conflict. See ``isolation.py`` for
+what each level does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import itertools
 import logging
 import random
 import re
+import sys
 import threading
 import time
 import weakref
@@ -84,6 +86,7 @@ _ACTIVE = LeaseState.ACTIVE
 _NO_TABLES: frozenset[str] = frozenset()
 _now = time.time  # (module names: Transaction() runs once per transaction)
 _get_ident = threading.get_ident
+_modules = sys.modules
 _ref = weakref.ref
 _ending = threading.Lock()
 """Held for a few steps, never across a wait: by the owner storing a lease just granted,
@@ -136,6 +139,8 @@ class Transaction:
     noted with the tables it writes): the writer then skips its schema check."""
     _commit_sent = False
     """Set once a commit went to the writer and its wait timed out (never reset)."""
+    _task: object = None
+    """The asyncio task that opened its ``with`` block, if one did (see _current_task)."""
 
     def __init__(
         self,
@@ -424,7 +429,11 @@ class Transaction:
 
     def __enter__(self) -> Transaction:
         # On the thread's stack while its block is open: a db.transaction() inside
-        # becomes a savepoint of it (and is refused once it has failed).
+        # becomes a savepoint of it (and is refused once it has failed), if it comes
+        # from the asyncio task that opened the block (_current_task(), written out).
+        asyncio = _modules.get("asyncio")  # (never imported: no event loop runs)
+        if asyncio is not None and asyncio._get_running_loop() is not None:
+            self._task = asyncio.current_task()
         self._manager._local.stack.append(self)
         return self
 
@@ -1071,6 +1080,8 @@ class TransactionManager:
         stack = self._local.stack
         if stack:
             outer = stack[-1]
+            if outer._task is not _current_task():
+                raise _other_task(outer)  # (an asyncio task's block is not inside another's)
             if outer.state == "active":
                 _check_nested(outer, isolation, timeout)
                 outer._nested += 1
@@ -1328,6 +1339,43 @@ def _sqlite_words(error: AtlasError) -> str:
         return str(error)
     sql = getattr(error, "sql", None)
     return f"{said} in {shorten(sql)!r}" if isinstance(sql, str) and sql else said
+
+
+def _current_task() -> object:
+    """The asyncio task running in this thread, or None (none, or no event loop runs).
+
+    Tasks of one event loop share its thread, and so the thread's open blocks: a block
+    one task opened is open while another runs, without being around it.
+    """
+    asyncio = _modules.get("asyncio")  # (never imported: no event loop runs)
+    if asyncio is None or asyncio._get_running_loop() is None:
+        return None
+    return asyncio.current_task()
+
+
+def _other_task(outer: Transaction) -> ValidationError:
+    """The refusal of a ``db.transaction()`` from another task than ``outer``'s block's."""
+    task = _current_task()
+    caller = f"asyncio task {_task_name(task)}" if task is not None else "code outside a task"
+    opened = (
+        f"opened by another asyncio task ({_task_name(outer._task)})"
+        if outer._task is not None
+        else "opened outside any asyncio task"
+    )
+    return ValidationError(
+        f"db.transaction() from {caller} while the block of transaction {outer.id}, "
+        f"{opened}, is open in this thread: it is not inside that block, so "
+        "it can be neither a savepoint of it nor a transaction of its own here (their "
+        "blocks would interleave). The transaction API is synchronous and blocks the "
+        "event loop while it waits (for the writer lease, a commit): run each task's "
+        "transaction in a worker thread, e.g. "
+        "`await asyncio.to_thread(db.transactions.run, fn)`"
+    )
+
+
+def _task_name(task: object) -> str:
+    get_name = getattr(task, "get_name", None)
+    return repr(get_name()) if callable(get_name) else repr(task)
 
 
 def _checked_timeout(timeout: object) -> float:
