@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 from atlas_actors.config import MAX_SECONDS
@@ -103,25 +103,52 @@ def parameter_sets(seq_of_params: Iterable[Any], sql: object = None) -> list[Any
         sets = list(seq_of_params)  # a copy: the caller may reuse its list
     except TypeError:
         raise params_type_error(seq_of_params, sql, many=True) from None
-    for params in sets:
-        if type(params) in TEXT_TYPES:  # (a set of one character per placeholder)
-            raise params_type_error(params, sql)
+    for index, params in enumerate(sets):
+        if type(params) is not tuple:
+            if type(params) in TEXT_TYPES:  # (a set of one character per placeholder)
+                raise params_type_error(params, sql)
+            sets[index] = frozen_params(params)  # (and each set: see frozen_params)
     return sets
+
+
+def frozen_params(params: Any) -> Any:
+    """``params`` as a queued op keeps them: a tuple or a dict of its own, or None.
+
+    The caller may reuse its list once the call returned (a future's caller does at
+    once), and a generator is read only once: what is bound later must be what was
+    passed. A text is left for the call's own check to refuse; so is what is no
+    iterable (apsw's binding error says what it is).
+    """
+    kind = type(params)
+    if params is None or kind is tuple or kind in TEXT_TYPES:
+        return params
+    if kind is list:
+        return tuple(params)
+    if kind is dict or isinstance(params, Mapping):
+        return dict(params)
+    try:
+        return tuple(params)
+    except TypeError:
+        return params
 
 
 def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """A copy of a ``write_all``'s (SQL text, params) pairs, checked at the call.
 
     In the writer a malformed entry would fail only after its caller had let go of it,
-    and every message about it (errors, timeouts, spans) joins the text.
+    and every message about it (errors, timeouts, spans) joins the text. The params are
+    copied too (:func:`frozen_params`).
     """
     pairs = list(statements)  # a copy: the caller may reuse its list
     try:
-        for sql, params in pairs:  # ValueError or TypeError unless a pair
+        for index, (sql, params) in enumerate(pairs):  # ValueError or TypeError unless a pair
             if type(sql) is not str:
                 raise statement_type_error(pairs)
-            if type(params) in TEXT_TYPES:  # (one character per placeholder otherwise)
-                raise params_type_error(params, sql)
+            kind = type(params)
+            if kind is not tuple and params is not None:
+                if kind in TEXT_TYPES:  # (one character per placeholder otherwise)
+                    raise params_type_error(params, sql)
+                pairs[index] = (sql, frozen_params(params))
     except (ValueError, TypeError) as error:
         if isinstance(error, StatementTypeError | ParameterError):
             raise

@@ -46,6 +46,7 @@ from atlas_actors.future import (
     SqlText,
     StatementTypeError,
     checked_timeout,
+    frozen_params,
     parameter_sets,
     sql_text,
     statement_type_error,
@@ -145,11 +146,14 @@ class WriterHandle:
         except TypeError:  # (an int, None: not a list of pairs)
             raise not_pairs_error(statements) from None
         try:
-            for sql, params in statements:  # ValueError or TypeError unless a pair
+            for index, (sql, params) in enumerate(statements):  # (unless pairs: raises)
                 if type(sql) is not str:
                     raise statement_type_error(statements)
-                if type(params) in TEXT_TYPES:  # (one character per placeholder otherwise)
-                    raise params_type_error(params, sql)
+                kind = type(params)
+                if kind is not tuple and params is not None:
+                    if kind in TEXT_TYPES:  # (one character per placeholder otherwise)
+                        raise params_type_error(params, sql)
+                    statements[index] = (sql, frozen_params(params))  # (its own copy)
         except (ValueError, TypeError) as error:  # (only a failed check pays for this)
             if isinstance(error, StatementTypeError | ParameterError):
                 raise

@@ -21,7 +21,7 @@ import apsw
 from atlas_actors.actors.base import Escaped, Notice, Op, _op_ids
 from atlas_actors.connection import Params, TrackedConnection, WriteResult
 from atlas_actors.errors import TEXT_TYPES, DiskFullError, ValidationError, params_type_error
-from atlas_actors.future import Future, sql_text, sql_type_error
+from atlas_actors.future import Future, frozen_params, sql_text, sql_type_error
 from atlas_actors.telemetry.tracing import batch_attributes
 
 __all__ = [
@@ -109,8 +109,13 @@ class WriteOp(WriterOp):
         # Op.__init__ inlined: this runs once per write.
         if type(sql) is not str:  # (refused here, in the caller: it would crash the writer)
             raise sql_type_error(sql, built=False)
-        if type(params) in TEXT_TYPES:  # (the writer may run it without write()'s check)
-            raise params_type_error(params, sql)
+        kind = type(params)
+        if kind is list:  # (the caller may reuse its list: see frozen_params)
+            params = tuple(params)  # type: ignore[arg-type]
+        elif kind is not tuple and params is not None:
+            if kind in TEXT_TYPES:  # (the writer may run it without write()'s check)
+                raise params_type_error(params, sql)
+            params = frozen_params(params)
         self.id = next(_op_ids)
         self.future = future
         self.session = session

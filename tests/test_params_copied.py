@@ -1,0 +1,73 @@
+"""A queued write binds the values it was called with, whatever the caller does next.
+
+The future API returns before the write runs, and a caller reusing a row buffer (or a
+generator, read once) must not change what is written, nor what a write run again
+(after a batch SQLite rolled back) binds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import atlas_actors as atlas
+from tests.helpers import gate_writer
+
+
+@pytest.fixture
+def db(open_storage: Callable[..., atlas.Storage]) -> atlas.Storage:
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v INTEGER)")
+    return db
+
+
+def _values(db: atlas.Storage, k: str) -> list[int]:
+    return [row.v for row in db.query("SELECT v FROM t WHERE k = ? ORDER BY id", [k])]
+
+
+def test_a_reused_row_buffer_does_not_change_queued_writes(db: atlas.Storage) -> None:
+    _, release = gate_writer(db)  # everything below waits in the mailbox meanwhile
+    row: list[object] = ["execute", 0]
+    futures = []
+    for i in range(5):
+        row[1] = i
+        futures.append(db.writer.execute("INSERT INTO t(k, v) VALUES (?, ?)", row))
+    named = {"k": "named", "v": 1}
+    futures.append(db.writer.execute("INSERT INTO t(k, v) VALUES (:k, :v)", named))
+    named["v"] = 2
+    buffer: list[object] = ["executemany", 0]
+    futures.append(db.writer.executemany("INSERT INTO t(k, v) VALUES (?, ?)", [buffer]))
+    buffer[1] = 99
+    pair: list[object] = ["write_all", 7]
+    futures.append(db.writer.write_all([("INSERT INTO t(k, v) VALUES (?, ?)", pair)]))
+    pair[1] = 77
+    release.set()
+    for future in futures:
+        future.get(5)
+    assert _values(db, "execute") == [0, 1, 2, 3, 4]
+    assert _values(db, "named") == [1]
+    assert _values(db, "executemany") == [0]
+    assert _values(db, "write_all") == [7]
+
+
+def test_generator_params_are_bound_again_when_the_batch_runs_again(
+    db: atlas.Storage,
+) -> None:
+    def values(k: str) -> Iterator[object]:
+        yield k
+        yield 1
+
+    db.execute("CREATE TABLE u(k INTEGER UNIQUE ON CONFLICT ROLLBACK)")
+    db.write("INSERT INTO u VALUES (1)")
+    _, release = gate_writer(db)
+    first = db.writer.execute("INSERT INTO t(k, v) VALUES (?, ?)", values("gen"))
+    pairs = db.writer.write_all([("INSERT INTO t(k, v) VALUES (?, ?)", values("pair"))])
+    bad = db.writer.execute("INSERT INTO u VALUES (1)")  # SQLite drops the whole batch
+    release.set()
+    with pytest.raises(atlas.errors.ConstraintError):
+        bad.get(5)
+    assert first.get(5).rowcount == 1  # run again, with its values, not an empty iterator
+    assert pairs.get(5)[0].rowcount == 1
+    assert _values(db, "gen") == [1]
+    assert _values(db, "pair") == [1]
