@@ -134,7 +134,8 @@ class StorageConfig:
     """Cap of the restart delay in seconds."""
 
     restart_backoff_jitter: float = 0.2
-    """Random fraction added to each restart delay so restarts do not move in lockstep."""
+    """Random fraction (0 to 1) added to each restart delay so restarts do not move in
+    lockstep."""
 
     liveness_interval: float = 0.05
     """Seconds between the supervisor's liveness checks of its children."""
@@ -446,6 +447,11 @@ def _find_problem(config: Any) -> tuple[tuple[str, ...], str] | None:
         value = getattr(config, name)
         if not _finite_number(value) or value < 0:
             return (name,), f"{name}={value!r}; it must be a finite number >= 0"
+    if config.restart_backoff_jitter > 1:  # (a delay past any timer's range: no restart)
+        return ("restart_backoff_jitter",), (
+            f"restart_backoff_jitter={config.restart_backoff_jitter!r}; it is a fraction of "
+            "the restart delay: pass 0 to 1"
+        )
     strictly_positive = (
         "default_timeout",
         "restart_window",

@@ -56,6 +56,8 @@ def test_unparsable_environment_values_name_the_variable(env: dict[str, str], me
         ({"default_timeout": float("inf")}, "default_timeout=inf"),
         ({"busy_timeout": float("nan")}, "busy_timeout=nan"),
         ({"busy_timeout": 0}, "busy_timeout=0; it must be a finite number > 0"),  # (a spin)
+        ({"restart_backoff_jitter": 1e308}, "restart_backoff_jitter=1e.308; it is a fraction"),
+        ({"restart_backoff_jitter": 1.5}, "restart_backoff_jitter=1.5; it is a fraction"),
         ({"busy_backoff_base": 0}, "busy_backoff_base=0; it must be a finite number > 0"),
         ({"busy_backoff_cap": 0.0}, "busy_backoff_cap=0.0; it must be a finite number > 0"),
         # A string such as 'off' is truthy: accepted, it meant the opposite.
