@@ -104,7 +104,7 @@ class EventBus:
         ``name`` or a ``handler`` that is not callable raises
         :class:`~atlas_actors.errors.ValidationError` here, not when an event comes.
         """
-        if name not in EVENT_NAMES:
+        if not isinstance(name, str) or name not in EVENT_NAMES:  # (a list is no name)
             raise ValidationError(f"unknown event {name!r}; known events: {sorted(EVENT_NAMES)}")
         if not callable(handler):
             raise ValidationError(

@@ -281,6 +281,8 @@ class Future(Generic[T]):
         raises :class:`~atlas_actors.errors.OperationTimeout`, withdrawing the operation
         if no actor has started it yet.
         """
+        if timeout is not None:
+            timeout = checked_timeout(timeout)  # (ValidationError, as every call's)
         if self._value is _PENDING:
             remaining = self.deadline - time.monotonic()
             if timeout is not None and timeout < remaining:

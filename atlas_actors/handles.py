@@ -72,6 +72,8 @@ class WriterFuture(Future[T]):
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the writer's result (see :meth:`Future.get`)."""
+        if timeout is not None:
+            timeout = checked_timeout(timeout)  # (ValidationError, as every call's)
         if self._value is _PENDING:  # not self.done(), inlined
             me = get_ident()
             if me in _writer_threads:  # in_writer_thread(), inlined

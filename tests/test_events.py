@@ -127,6 +127,8 @@ def test_ctrl_c_or_exit_in_a_handler_in_another_thread_is_logged_and_ignored(
 def test_unknown_event_names_are_rejected() -> None:
     with pytest.raises(ValidationError, match="unknown event 'restrat'"):
         EventBus().on("restrat", print)
+    with pytest.raises(ValidationError, match=r"unknown event \['restart'\]"):
+        EventBus().on(["restart"], print)  # type: ignore[arg-type]  # (not hashable)
     assert not EventBus().wants("restart")
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from atlas_actors.errors import OperationTimeout
+from atlas_actors.errors import OperationTimeout, ValidationError
 from atlas_actors.future import Future
 
 
@@ -85,3 +85,15 @@ def test_many_threads_waiting_on_one_future_all_wake() -> None:
 def test_operation_names_the_statement_for_messages() -> None:
     assert _future().operation == "test op 'SELECT 1'"
     assert "pending" in repr(_future())
+
+
+@pytest.mark.parametrize("timeout", ["1", True, float("nan"), [1]])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused_as_every_calls(
+    timeout: object,
+) -> None:
+    for future in (_future(), _future()):
+        with pytest.raises(ValidationError, match="timeout"):
+            future.get(timeout)  # type: ignore[arg-type]
+        future.set_result(1)  # (resolved: the same answer, not a value that depends on timing)
+        with pytest.raises(ValidationError, match="timeout"):
+            future.get(timeout)  # type: ignore[arg-type]

@@ -71,3 +71,13 @@ def test_generator_params_are_bound_again_when_the_batch_runs_again(
     assert pairs.get(5)[0].rowcount == 1
     assert _values(db, "gen") == [1]
     assert _values(db, "pair") == [1]
+
+
+@pytest.mark.parametrize("timeout", ["1", True])
+def test_a_writer_futures_timeout_that_is_no_number_is_refused(
+    db: atlas.Storage, timeout: object
+) -> None:
+    future = db.writer.execute("INSERT INTO t(k, v) VALUES ('x', 1)")
+    with pytest.raises(atlas.errors.ValidationError, match="timeout"):
+        future.get(timeout)  # type: ignore[arg-type]
+    assert future.get(5).rowcount == 1
