@@ -495,8 +495,9 @@ SQLite would have kept an earlier statement's rowid (another caller's, in a batc
 Rows its triggers insert leave it as it was. The smallest int64: a row inserted with
 exactly this rowid is reported as None, the one case reported wrongly. Not set before a
 statement whose text reads ``last_insert_rowid()`` (``_READS_ROWID``): it would read
-this. A trigger or function that reads it where no row was inserted yet (a BEFORE
-trigger, an UPDATE's trigger) does read this."""
+this, nor while a trigger of the schema reads it (``TrackedConnection.rowid_marks``):
+it would read the mark, and store it. A user function that reads it during a write
+(registered by a ``run_in_writer`` function) does."""
 
 
 def _inserted(connection: apsw.Connection, before: int) -> int | None:
@@ -653,6 +654,14 @@ def _write_kind(sql: str) -> str:
 
 
 _READS_A_ROWID = re.compile("last_insert_rowid", re.IGNORECASE)
+_NAMES_A_TRIGGER = re.compile("trigger", re.IGNORECASE)
+"""A statement that may create or drop a trigger (a word in a string or comment too)."""
+_ROWID_READING_TRIGGERS = (
+    "SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND sql LIKE '%last_insert_rowid%' "
+    "UNION ALL SELECT 1 FROM sqlite_temp_schema "
+    "WHERE type = 'trigger' AND sql LIKE '%last_insert_rowid%'"
+)
+"""Triggers (main and temp) that may read SQLite's last insert rowid."""
 """A statement that may read SQLite's last insert rowid (in a comment or string too)."""
 
 
@@ -940,6 +949,7 @@ class TrackedConnection:
         "read_timeout",
         "recycle_at",
         "role",
+        "rowid_marks",
         "seen_queries",
         "state",
         "usable",
@@ -987,6 +997,9 @@ class TrackedConnection:
         self.last_check = 0.0
         """``time.monotonic()`` of its last health check."""
         self.seen_queries = 0
+        self.rowid_marks = True
+        """Whether writes mark SQLite's last insert rowid (``_NO_ROWID``): not while a
+        trigger of the schema reads ``last_insert_rowid()`` (see :meth:`learn_triggers`)."""
         """``queries`` when the pool last looked (to tell when it was last used)."""
         self.affinity: int | None = None
         """The thread that adopted this connection as its own (reader pool)."""
@@ -1286,6 +1299,8 @@ class TrackedConnection:
             rows = self.query(sql, params)
             rowcount = connection.changes()
             after = connection.last_insert_rowid()
+            if _NAMES_A_TRIGGER.search(sql):
+                self.learn_triggers()  # (CREATE TRIGGER ... last_insert_rowid() ...)
             return _new_result(
                 WriteResult, (rowcount, _lastrowid(sql, rowcount, before, after), tuple(rows))
             )
@@ -1314,6 +1329,8 @@ class TrackedConnection:
         rowcount = connection.changes()
         if may_insert:
             lastrowid = _inserted(connection, before)
+            if kind is _OTHER and _NAMES_A_TRIGGER.search(sql):
+                self.learn_triggers()  # (CREATE or DROP TRIGGER: the next writes know)
             if lastrowid is not None:
                 return _new_result(WriteResult, (rowcount, lastrowid, ()))
         if rowcount < 256:
@@ -1422,9 +1439,24 @@ class TrackedConnection:
         if kind is _CONTROL:
             raise _control_error(sql)
         refuse_writer_settings(sql)
+        if not self.rowid_marks and kind is not _INSERTS_NOTHING:
+            kind = _READS_ROWID  # (a trigger would read the mark: see learn_triggers)
         entry: list[Any] = [kind, 0, 0]
         self._written.remember(sql, entry)  # (past the bound, each run is timed)
         return entry
+
+    def learn_triggers(self) -> None:
+        """Mark writes' rowids (``_NO_ROWID``) only while no trigger reads the rowid.
+
+        A trigger reading ``last_insert_rowid()`` during a write would read the mark and
+        store it. The writer asks at open and whenever the schema changed; statements
+        learned under the other setting are learned again.
+        """
+        reads = bool(self.connection.execute(_ROWID_READING_TRIGGERS).fetchall())
+        if reads == self.rowid_marks:  # (it changes)
+            self.rowid_marks = not reads
+            self._written.clear()
+            self._in_place.clear()
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""
@@ -1448,7 +1480,7 @@ class TrackedConnection:
 
         started = time.perf_counter()
         before_rowid = connection.last_insert_rowid()
-        marked = kind is not _READS_ROWID and kind is not _INSERTS_NOTHING
+        marked = self.rowid_marks and kind is not _READS_ROWID and kind is not _INSERTS_NOTHING
         if marked:  # (as write(): the last row inserted by any set)
             connection.set_last_insert_rowid(_NO_ROWID)
         try:

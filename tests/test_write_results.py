@@ -315,3 +315,44 @@ def test_a_failed_insert_leaves_sqlites_last_insert_rowid_as_it_was(
                 tx.execute("INSERT INTO wr(k) VALUES (?) RETURNING k", ["taken"])
             tx.execute("INSERT INTO child(parent, tag) VALUES (last_insert_rowid(), ?)", [f"h{i}"])
         assert db.query("SELECT parent FROM child WHERE tag = ?", [f"h{i}"]) == [(parent,)]
+
+
+# -- a trigger that reads the last insert rowid -------------------------------------------
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_trigger_reading_the_last_insert_rowid_sees_sqlites_value(
+    open_storage: Callable[..., atlas.Storage], route: str
+) -> None:
+    # The rowid mark (a sentinel set before an INSERT, to tell an insert of no rowid row)
+    # was what a BEFORE trigger read: -2**63 stored in the user's table. While such a
+    # trigger is in the schema no write marks the rowid; created in the same unit as
+    # the writes, or dropped later, the writes after it know.
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, tag TEXT)")
+    db.execute("CREATE TABLE c(id INTEGER PRIMARY KEY, tag TEXT)")
+    db.execute("CREATE TABLE seen(tag TEXT, rowid_then INTEGER)")
+    db.execute("CREATE TABLE nr(k TEXT PRIMARY KEY) WITHOUT ROWID")
+    trigger = (
+        "CREATE TRIGGER remember BEFORE INSERT ON c BEGIN "
+        "INSERT INTO seen VALUES (new.tag, last_insert_rowid()); END"
+    )
+    run = ROUTES[route]
+    for i in range(RUNS):  # (past a statement's first runs, the writer's in-place path)
+        statements: list[Statement] = [("INSERT INTO p(tag) VALUES (?)", [f"p{i}"])]
+        if i == 0:
+            statements.insert(0, (trigger, None))  # created in the same unit
+        statements.append(("INSERT INTO c(tag) VALUES (?)", [f"c{i}"]))
+        results = run(db, statements)
+        parent = _rowid(db, "p", "tag", f"p{i}")
+        assert results[-2].lastrowid == parent
+        assert db.query("SELECT rowid_then FROM seen WHERE tag = ?", [f"c{i}"]) == [(parent,)]
+    assert db.write_many("INSERT INTO c(tag) VALUES (?)", [["m1"], ["m2"]]).rowcount == 2
+    assert [row[0] for row in db.query("SELECT rowid_then FROM seen WHERE tag LIKE 'm%'")] == [
+        _rowid(db, "c", "tag", f"c{RUNS - 1}"),
+        _rowid(db, "c", "tag", "m1"),
+    ]
+    db.execute("DROP TRIGGER remember")
+    db.write("INSERT INTO p(tag) VALUES ('after')")
+    for _ in range(RUNS):  # marked again: an insert of no rowid row says so
+        assert run(db, [("INSERT INTO nr VALUES (?)", [f"k{_}"])])[0].lastrowid is None
