@@ -1118,6 +1118,20 @@ class WriterActor(RoleActor):
             cursor.execute("RELEASE op")
             return True
         except apsw.BusyError:
+            pass
+        # Kept elsewhere (a global, a closure): closed, so its statement ends. Its owner's
+        # next use of it raises CursorClosedError; the writer's own cursor is idle here.
+        for referrer in gc.get_referrers(cursor.connection):
+            if isinstance(referrer, apsw.Cursor) and referrer is not cursor:
+                try:
+                    referrer.get_description()  # (raises unless a statement is running)
+                except apsw.Error:
+                    continue
+                referrer.close(True)
+        try:
+            cursor.execute("RELEASE op")
+            return True
+        except apsw.BusyError:
             return False
 
     def _lost_batch(self, reason: str) -> None:
