@@ -43,6 +43,7 @@ from atlas_actors.errors import (
     StatementTypeError,
     ValidationError,
     params_type_error,
+    wrap_sqlite_error,
 )
 from atlas_actors.future import sql_type_error
 from atlas_actors.memo import MAX_MEMO_CHARS, TextMemo
@@ -139,6 +140,34 @@ def params_key(params: Params) -> tuple[Any, ...]:
         return tuple(params)
     except TypeError:  # (an int: not iterable)
         raise params_type_error(params) from None
+
+
+_AS_GIVEN = frozenset((list, tuple, dict, type(None)))
+"""Parameter containers passed on to the reader as the caller gave them."""
+
+
+def _values_once(sql: str, params: Params) -> Params:
+    """A generator's values (any iterable's but a list's, tuple's or mapping's) as a tuple.
+
+    Else ``params`` as they are. Keying a read iterates its parameters, which empties
+    a generator: the reader must be given what the key was made of, or it binds nothing.
+    A str, bytes or bytearray, a mapping and what is no iterable at all are left for the
+    reader to bind or refuse.
+    """
+    if type(params) in TEXT_TYPES or isinstance(params, Mapping):
+        return params
+    try:
+        values = iter(params)  # type: ignore[arg-type]
+    except TypeError:  # (an int: the reader says what is wrong)
+        return params
+    try:
+        return tuple(values)
+    except (TypeError, OverflowError, KeyError) as error:
+        # Raised by the iterable itself: typed as the reader types it when binding.
+        wrapped = wrap_sqlite_error(error, sql)
+        if wrapped is error:
+            raise
+        raise wrapped from error
 
 
 def cache_key(sql: str, bound: tuple[Any, ...]) -> Hashable:
@@ -272,6 +301,8 @@ class CacheManager:
         l1 = self.l1
         if l1 is None:
             return self._pool.query(sql, params, timeout=timeout)  # the cache actor is restarting
+        if type(params) not in _AS_GIVEN:
+            params = _values_once(sql, params)  # (a generator: read once, here)
         bound = params_key(params)
         # The exact text: SQLite names a result's columns after it (count( * ) and
         # count(*) are other names), and a literal's spaces are its content.
@@ -692,6 +723,8 @@ class CacheManager:
                 ) from None
             if type(sql) is not str:
                 raise sql_type_error(sql, built=False)
+            if type(params) not in _AS_GIVEN:
+                params = _values_once(sql, params)  # (for the key and the read both)
             # Asked for on purpose: admitted at once, not on a second request, and
             # through the cache even if the statement was skipping it.
             with contextlib.suppress(TypeError):  # (unhashable values: the read says so)
