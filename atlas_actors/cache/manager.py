@@ -21,7 +21,6 @@ Never stale (DESIGN guarantee 3):
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import itertools
 import logging
@@ -42,7 +41,6 @@ from atlas_actors.errors import (
     TEXT_TYPES,
     StatementTypeError,
     ValidationError,
-    params_type_error,
     wrap_sqlite_error,
 )
 from atlas_actors.future import sql_type_error
@@ -121,25 +119,62 @@ def _read(counter: itertools.count[int]) -> int:
     return int(counter.__reduce__()[1][0])
 
 
-def params_key(params: Params) -> tuple[Any, ...]:
-    """Parameters as a hashable tuple (dicts by sorted name).
+_EXACT = frozenset((type(None), int, bool, str, bytes))
+"""Value types whose equal values SQLite binds alike (``True == 1`` binds 1): the key
+holds such values as they are."""
 
-    A str, bytes or bytearray (apsw would bind one character or byte per placeholder)
-    or what is no container at all is refused: :class:`ParameterError`.
+_EXACT_TYPES = {kind: kind for kind in _EXACT}
+
+_NAMES = frozenset((str,))
+
+
+def read_key(sql: str, params: Params) -> tuple[Any, ...] | None:
+    """The memory level's key of ``sql`` run with ``params``; None: the read is not cached.
+
+    ``(sql, bound)``: ``bound`` is a list's or tuple's values, or a dict's (name, value)
+    pairs sorted by name (each name a str). Every value is None, an int, bool, str,
+    bytes or float: a sequence's key never holds a pair, so it is never a mapping's key.
+
+    ``1 == 1.0`` and both hash alike, but SQLite binds an INTEGER and a REAL
+    (``typeof(?)``; text affinity stores '1' and '1.0'): with a float among the values,
+    the key holds each value's type too, and a float's exact spelling (``-0.0 == 0.0``,
+    but SQLite keeps the sign). (The disk level keys by ``repr``: apart already.)
+
+    Anything else has no key: a value of another type (a subclass's equality need not
+    be SQLite's: a case-insensitive str, a float subclass equal to an int; a tuple, which
+    SQLite refuses), a name that is no str (apsw looks up names), a mapping other than
+    a dict (apsw reads it through its own ``__getitem__``), a generator (read it into
+    a tuple first: :func:`_values_once`). Such a read goes to a reader uncached, which
+    binds it or refuses it as with the cache off.
     """
     if params is None:
-        return ()
+        return (sql, ())
     kind = type(params)
-    if kind is list or kind is tuple:  # (first: no more checks than before for these)
-        return tuple(params)
-    if isinstance(params, dict):
-        return tuple(sorted(params.items()))
-    if kind in TEXT_TYPES:
-        raise params_type_error(params)
-    try:
-        return tuple(params)
-    except TypeError:  # (an int: not iterable)
-        raise params_type_error(params) from None
+    if kind is list or kind is tuple:
+        bound = tuple(params)
+        if _EXACT.issuperset(map(type, bound)):
+            return (sql, bound)
+        return _typed_key(sql, bound, bound)
+    if type(params) is dict:  # (not kind: mypy narrows this one)
+        if not _NAMES.issuperset(map(type, params)):
+            return None  # (not sorted either: names of mixed types cannot be)
+        bound = tuple(sorted(params.items()))  # (names differ: values never compared)
+        if _EXACT.issuperset(map(type, params.values())):
+            return (sql, bound)
+        return _typed_key(sql, bound, [value for _, value in bound])  # (in bound's order)
+    return None
+
+
+def _typed_key(sql: str, bound: tuple[Any, ...], values: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The key of ``bound``, whose ``values`` include a float or a value of no key.
+
+    Each value's type, a float's exact spelling instead (-0.0 apart from 0.0).
+    """
+    try:  # (one pass: a type with no key is missing from _EXACT_TYPES)
+        typed = [v.hex() if type(v) is float else _EXACT_TYPES[type(v)] for v in values]
+    except KeyError:
+        return None
+    return (sql, bound, tuple(typed))
 
 
 _AS_GIVEN = frozenset((list, tuple, dict, type(None)))
@@ -168,27 +203,6 @@ def _values_once(sql: str, params: Params) -> Params:
         if wrapped is error:
             raise
         raise wrapped from error
-
-
-def cache_key(sql: str, bound: tuple[Any, ...]) -> Hashable:
-    """The memory level's key of ``sql`` run with ``bound`` (:func:`params_key`'s tuple).
-
-    ``1 == 1.0`` and both hash alike, but SQLite binds an INTEGER and a REAL
-    (``typeof(?)``; text affinity stores '1' and '1.0'): with a float among the values,
-    the key holds each value's type too, and a float's exact spelling (``-0.0 == 0.0``,
-    but SQLite keeps the sign). (The disk level keys by ``repr``: apart already.)
-    """
-    values: Iterable[Any] = bound
-    if bound and type(bound[0]) is tuple:  # a dict's (name, value) pairs
-        values = [value for _, value in bound]
-    if float in map(type, values):
-        return (sql, bound, tuple(map(_typed, values)))
-    return (sql, bound)
-
-
-def _typed(value: object) -> object:
-    """A float's exact spelling (-0.0 apart from 0.0, which are equal), else the type."""
-    return value.hex() if type(value) is float else type(value)
 
 
 class CacheManager:
@@ -301,16 +315,17 @@ class CacheManager:
         l1 = self.l1
         if l1 is None:
             return self._pool.query(sql, params, timeout=timeout)  # the cache actor is restarting
-        if type(params) not in _AS_GIVEN:
-            params = _values_once(sql, params)  # (a generator: read once, here)
-        bound = params_key(params)
         # The exact text: SQLite names a result's columns after it (count( * ) and
         # count(*) are other names), and a literal's spaces are its content.
-        key = cache_key(sql, bound)
-        try:
-            entry = l1.get(key)
-        except TypeError:  # unhashable parameters: SQLite will say what is wrong
-            return self._pool.query(sql, params, timeout=timeout)
+        key = read_key(sql, params)
+        if key is None:
+            if type(params) not in _AS_GIVEN:
+                params = _values_once(sql, params)  # (a generator: read once, here)
+                key = read_key(sql, params)
+            if key is None:  # no safe key (see read_key): read as with the cache off
+                return self._pool.query(sql, params, timeout=timeout)
+        bound: tuple[Any, ...] = key[1]
+        entry = l1.get(key)
         if entry is not None:
             next(self._l1_hits)
             if reuse is not None:
@@ -517,8 +532,10 @@ class CacheManager:
             sql, params = document.get("sql"), document.get("params")
             if not isinstance(sql, str) or not isinstance(params, list):
                 continue
-            bound = tuple(params)
-            key = cache_key(sql, bound)
+            key = read_key(sql, tuple(params))
+            if key is None:
+                continue  # (parameters no read would be keyed by)
+            bound = key[1]
             with self._lock:  # validate and store atomically (see _store)
                 entry = self._revive(key, sql, bound, document, values)
                 stored = entry is not None and l1.put(entry)
@@ -727,8 +744,9 @@ class CacheManager:
                 params = _values_once(sql, params)  # (for the key and the read both)
             # Asked for on purpose: admitted at once, not on a second request, and
             # through the cache even if the statement was skipping it.
-            with contextlib.suppress(TypeError):  # (unhashable values: the read says so)
-                self._doorkeeper[cache_key(sql, params_key(params))] = None
+            key = read_key(sql, params)
+            if key is not None:  # (else the read goes uncached)
+                self._doorkeeper[key] = None
             reuse = self._reuse.get(sql)
             if reuse is not None:
                 reuse[2] = 0

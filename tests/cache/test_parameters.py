@@ -7,13 +7,16 @@ for another. Each test is a reviewer's reproduction, on a real storage.
 
 from __future__ import annotations
 
+from collections import ChainMap, UserDict, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
 import atlas_actors as atlas
 from atlas_actors import errors
+from tests.helpers import wait_until
 
 _BY_ID = "SELECT v FROM t WHERE id = ?"
 
@@ -85,3 +88,130 @@ def test_an_error_raised_by_a_generator_of_values_is_typed_as_with_the_cache_off
     outcome = _outcome(storage, "SELECT ?, ? FROM t", failing())
     assert outcome == _outcome(uncached, "SELECT ?, ? FROM t", failing())
     assert outcome[0] is errors.ParameterError  # type: ignore[index]
+
+
+_BY_NAME = "SELECT v FROM t WHERE id = :a"
+
+
+@pytest.mark.parametrize("params", [[(1,)], [(1, 2, 3)], [[1]], ((1,),)], ids=repr)
+def test_a_tuple_among_the_values_is_refused_as_with_the_cache_off(
+    storage: atlas.Storage, uncached: atlas.Storage, params: object
+) -> None:
+    """The key took a tuple first value for a dict's (name, value) pairs: a builtin
+    ValueError ("not enough values to unpack") instead of the ParameterError."""
+    outcome = _outcome(storage, _BY_ID, params)
+    assert outcome == _outcome(uncached, _BY_ID, params)
+    assert outcome[0] is errors.ParameterError  # type: ignore[index]
+
+
+def test_a_list_of_pairs_is_not_served_the_result_of_the_dict_of_them(
+    storage: atlas.Storage, uncached: atlas.Storage
+) -> None:
+    """[("a", 1)] had the very key of {"a": 1}: once the dict's rows were cached, the
+    list (which SQLite refuses) was served them."""
+    for _ in range(3):
+        assert _rows(storage.query(_BY_NAME, {"a": 1})) == [("one",)]
+    outcome = _outcome(storage, _BY_NAME, [("a", 1)])
+    assert outcome == _outcome(uncached, _BY_NAME, [("a", 1)])
+    assert outcome[0] is errors.ParameterError  # type: ignore[index]
+
+
+def test_a_dict_with_a_name_that_is_no_str_reads_as_with_the_cache_off(
+    storage: atlas.Storage, uncached: atlas.Storage
+) -> None:
+    """Sorting the names of {"a": 1, 2: 3} raised a TypeError; apsw looks up "a" only."""
+    params = {"a": 1, 2: 3}
+    expected = _outcome(uncached, _BY_NAME, params)
+    assert expected == [("one",)]
+    for _ in range(3):
+        assert _outcome(storage, _BY_NAME, params) == expected
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        MappingProxyType,
+        UserDict,
+        ChainMap,
+        lambda values: defaultdict(lambda: values["a"]),  # (apsw asks it for "a")
+    ],
+    ids=["mappingproxy", "UserDict", "ChainMap", "defaultdict"],
+)
+def test_a_mapping_is_read_by_the_values_apsw_binds(
+    storage: atlas.Storage, mapping: Callable[[dict[str, object]], object]
+) -> None:
+    """A mapping other than a dict was keyed by its names alone (a defaultdict by the
+    values it held before apsw asked it): every value was served the first's rows."""
+    for _ in range(3):
+        assert _rows(storage.query(_BY_NAME, mapping({"a": 1}))) == [("one",)]  # type: ignore[arg-type]
+    assert _rows(storage.query(_BY_NAME, mapping({"a": 2}))) == [("two",)]  # type: ignore[arg-type]
+
+
+class _Real(float):
+    """A float subclass (as numpy's float64 is): 1.0 == 1, SQLite binds a REAL."""
+
+
+class _Folded(str):
+    """A case-insensitive str: equal to its other cases, which SQLite tells apart."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self.lower() == other.lower()
+
+    def __hash__(self) -> int:
+        return hash(self.lower())
+
+
+def test_a_float_subclass_is_not_served_the_result_of_the_equal_int(
+    storage: atlas.Storage,
+) -> None:
+    """The key held the types only with a float among the values, found by ``is``."""
+    typeof = "SELECT typeof(?) FROM t WHERE id = 1"
+    for _ in range(3):
+        assert _rows(storage.query(typeof, [1])) == [("integer",)]
+    assert _rows(storage.query(typeof, [_Real(1.0)])) == [("real",)]
+
+
+def test_a_str_subclass_is_not_served_the_result_of_a_value_it_calls_equal(
+    storage: atlas.Storage,
+) -> None:
+    """The key compared values with their own ``==``, which need not be SQLite's."""
+    by_value = "SELECT id FROM t WHERE v = ?"
+    for _ in range(3):
+        assert _rows(storage.query(by_value, [_Folded("one")])) == [(1,)]
+    assert _rows(storage.query(by_value, [_Folded("ONE")])) == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("SELECT v FROM t WHERE id = 1", None),
+        (_BY_ID, [1]),
+        (_BY_ID, (1,)),
+        (_BY_ID, [True]),
+        (_BY_ID, [1.0]),
+        (_BY_NAME, {"a": 1}),
+        (_BY_NAME, {"a": 1.0}),
+        ("SELECT id FROM t WHERE v = ?1 OR v = :b", {"b": b"x", "1": "one"}),
+    ],
+    ids=repr,
+)
+def test_plain_values_are_still_served_from_memory(
+    storage: atlas.Storage, sql: str, params: object
+) -> None:
+    first = _rows(storage.query(sql, params))  # type: ignore[arg-type]
+    assert first and _rows(storage.query(sql, params)) == first  # type: ignore[arg-type]
+    hits = storage.cache.stats().l1_hits
+    assert _rows(storage.query(sql, params)) == first  # type: ignore[arg-type]
+    assert storage.cache.stats().l1_hits == hits + 1
+
+
+def test_a_named_read_kept_on_disk_does_not_stop_the_next_open(db_path: Path) -> None:
+    """Its pairs came back from the disk level's JSON as lists, which the key could not
+    hash: warming memory from disk raised, and so did atlas.open."""
+    with _filled(atlas.open(db_path, cache_disk_min_seconds=0)) as db:
+        for _ in range(3):
+            assert _rows(db.query(_BY_NAME, {"a": 1})) == [("one",)]
+        assert wait_until(lambda: db.cache.stats().l2_entries == 1)
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert _rows(db.query(_BY_NAME, {"a": 1})) == [("one",)]
+        assert _rows(db.query(_BY_NAME, {"a": 2})) == [("two",)]
