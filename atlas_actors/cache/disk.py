@@ -136,6 +136,16 @@ def _secure_directory(directory: str) -> bool:
     return True
 
 
+def stored_params(params: tuple[Any, ...]) -> list[Any]:
+    """``params`` as an entry's JSON document holds them (a named read's pairs as lists)."""
+    return [list(pair) if type(pair) is tuple else pair for pair in params]
+
+
+def _values(params: tuple[Any, ...]) -> list[Any]:
+    """The values of ``params``: a named read's are the second of each pair."""
+    return [pair[1] if type(pair) is tuple else pair for pair in params]
+
+
 def entry_key(sql: str, params: tuple[Any, ...]) -> str:
     """A fixed-length L2 key for a statement and its parameters."""
     digest = hashlib.sha256()
@@ -182,10 +192,10 @@ class DiskStore:
     ) -> bool:
         """Store one result; False if it cannot be stored (value types, disk errors)."""
         cache = self._cache  # (once: a crash of the cache actor may close it meanwhile)
-        if cache is None or any(isinstance(p, bytes) for p in params):
+        if cache is None or any(isinstance(value, bytes) for value in _values(params)):
             return False  # parameters go in the JSON document: bytes ones are not kept
         try:
-            blob = encode({**document, "sql": sql, "params": list(params)}, rows)
+            blob = encode({**document, "sql": sql, "params": stored_params(params)}, rows)
             cache.set(entry_key(sql, params), blob, expire=ttl)
         except (CodecError, OSError, diskcache.Timeout) as error:
             log.debug("L2 could not store a result: %s", error)
@@ -212,7 +222,7 @@ class DiskStore:
         except CodecError:
             self._unreadable(key)
             return None
-        if document.get("sql") != sql or document.get("params") != list(params):
+        if document.get("sql") != sql or document.get("params") != stored_params(params):
             return None  # a hash collision, or a tampered entry
         return document, rows
 

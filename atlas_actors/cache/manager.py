@@ -177,6 +177,16 @@ def _typed_key(sql: str, bound: tuple[Any, ...], values: Sequence[Any]) -> tuple
     return (sql, bound, tuple(typed))
 
 
+def _stored_key(sql: str, params: list[Any]) -> tuple[Any, ...] | None:
+    """The key of an entry's ``params`` as the disk level kept them (pairs as lists).
+
+    No value of a sequence's key is a list: a list of [name, value] is a named read's.
+    """
+    if params and all(type(p) is list and len(p) == 2 and type(p[0]) is str for p in params):
+        return read_key(sql, dict(params))
+    return read_key(sql, tuple(params))
+
+
 _AS_GIVEN = frozenset((list, tuple, dict, type(None)))
 """Parameter containers passed on to the reader as the caller gave them."""
 
@@ -532,7 +542,7 @@ class CacheManager:
             sql, params = document.get("sql"), document.get("params")
             if not isinstance(sql, str) or not isinstance(params, list):
                 continue
-            key = read_key(sql, tuple(params))
+            key = _stored_key(sql, params)
             if key is None:
                 continue  # (parameters no read would be keyed by)
             bound = key[1]

@@ -215,3 +215,44 @@ def test_a_named_read_kept_on_disk_does_not_stop_the_next_open(db_path: Path) ->
     with atlas.open(db_path, cache_disk_min_seconds=0) as db:
         assert _rows(db.query(_BY_NAME, {"a": 1})) == [("one",)]
         assert _rows(db.query(_BY_NAME, {"a": 2})) == [("two",)]
+
+
+def test_a_named_read_is_served_from_disk_after_a_reopen_and_after_memory_lost_it(
+    db_path: Path,
+) -> None:
+    """Its pairs came back from the disk level's JSON as lists: compared with the
+    tuples of the key they never matched, and warming could not key them."""
+    with _filled(atlas.open(db_path, cache_disk_min_seconds=0)) as db:
+        for _ in range(3):
+            assert _rows(db.query(_BY_NAME, {"a": 1})) == [("one",)]
+        assert wait_until(lambda: db.cache.stats().l2_entries == 1)
+    with atlas.open(db_path, cache_disk_min_seconds=0) as db:
+        assert wait_until(lambda: db.cache.stats().size == 1)  # warmed from disk
+        assert _rows(db.query(_BY_NAME, {"a": 1})) == [("one",)]
+        assert db.cache.stats().l1_hits == 1 and db.cache.stats().misses == 0
+        assert db.cache.l1 is not None
+        db.cache.l1.clear()
+        assert _rows(db.query(_BY_NAME, {"a": 1})) == [("one",)]
+        assert db.cache.stats().l2_hits == 1 and db.cache.stats().misses == 0
+        assert _rows(db.query(_BY_NAME, {"a": 2})) == [("two",)]
+
+
+def test_a_named_bytes_value_bound_for_disk_does_not_crash_the_cache_actor(
+    open_storage: Callable[..., atlas.Storage], tmp_path: Path
+) -> None:
+    """Bytes parameters stay off the disk level (its document is JSON), but the check
+    looked at the pairs, not at their values: json.dumps raised in the cache actor,
+    which restarted with an empty memory level, at each such read."""
+    db = _filled(open_storage(tmp_path / "disk.db", cache_disk_min_seconds=0))
+    db.write("INSERT INTO t(id, v) VALUES (3, x'01')")
+    by_blob = "SELECT id FROM t WHERE v = :a"
+    for _ in range(3):
+        assert _rows(db.query(by_blob, {"a": b"\x01"})) == [(3,)]
+    for _ in range(2):  # (after it in the cache actor's mailbox: stored once it is done)
+        db.query(_BY_ID, [1])
+    assert wait_until(lambda: db.cache.stats().l2_entries == 1 or db.supervisor.status().restarts)
+    assert db.supervisor.status().restarts == 0
+    assert db.cache.stats().l2_entries == 1
+    hits = db.cache.stats().l1_hits
+    assert _rows(db.query(by_blob, {"a": b"\x01"})) == [(3,)]
+    assert db.cache.stats().l1_hits == hits + 1
