@@ -164,11 +164,7 @@ class WriteResult(NamedTuple):
     rowcount: int
     """Rows inserted, updated or deleted by the statement(s) (``sqlite3_changes``)."""
     lastrowid: int | None
-    """Rowid of the last row inserted by this write, or None if it inserted none.
-
-    Rows inserted into a WITHOUT ROWID table, or by triggers, have none here. A
-    statement whose text reads ``last_insert_rowid()`` may report an earlier insert's
-    rowid when it inserted no rowid row itself (into a WITHOUT ROWID table, say)."""
+    """Rowid of the last row inserted by this write, or None if it inserted none."""
     rows: tuple[Row, ...] = ()
     """Rows returned by the statement (``INSERT ... RETURNING``), if any."""
 
@@ -483,52 +479,16 @@ def _returns_rows(sql: str) -> bool:
 
 
 def _inserts(sql: str) -> bool:
-    """True for an INSERT or REPLACE (its lastrowid: SQLite's, unless still ``_NO_ROWID``)."""
+    """True for an INSERT or REPLACE (its lastrowid is SQLite's if it changed rows)."""
     return sql.lstrip()[:7].lower().startswith(("insert", "replace"))
-
-
-_NO_ROWID = -(2**63)
-"""SQLite's last insert rowid is set to this before a statement that may insert: still
-this afterwards, the statement inserted no rowid row (an INSERT into a WITHOUT ROWID
-table, an UPSERT that took DO UPDATE, an INSERT OR IGNORE that ignored its row), where
-SQLite would have kept an earlier statement's rowid (another caller's, in a batch).
-Rows its triggers insert leave it as it was. The smallest int64: a row inserted with
-exactly this rowid is reported as None, the one case reported wrongly. Not set before a
-statement whose text reads ``last_insert_rowid()`` (``_READS_ROWID``): it would read
-this, nor while a trigger of the schema reads it (``TrackedConnection.rowid_marks``):
-it would read the mark, and store it. A user function that reads it during a write
-(registered by a ``run_in_writer`` function) does."""
-
-
-def _inserted(connection: apsw.Connection, before: int) -> int | None:
-    """The rowid a statement run with ``_NO_ROWID`` set inserted last, or None.
-
-    None if it inserted no rowid row: SQLite's last insert rowid then gets back
-    ``before``, its value before the statement, for the statements after that read it
-    (``last_insert_rowid()`` in SQL, a ``run_in_writer`` function), as SQLite left it.
-    """
-    rowid = connection.last_insert_rowid()
-    if rowid != _NO_ROWID:
-        return rowid
-    connection.set_last_insert_rowid(before)
-    return None
-
-
-def _restore_rowid(connection: apsw.Connection, before: int) -> None:
-    """:func:`_inserted` after a statement run with ``_NO_ROWID`` set failed."""
-    with contextlib.suppress(apsw.Error):  # (a closed connection: the statement's error)
-        _inserted(connection, before)
 
 
 def _lastrowid(sql: str, rowcount: int, before: int, after: int) -> int | None:
     """The rowid of the last row ``sql`` inserted, or None if it inserted none.
 
-    For a statement run without ``_NO_ROWID`` set (it reads ``last_insert_rowid()``),
-    so ``after`` may be an earlier statement's rowid. An INSERT that inserted rows
-    reports SQLite's last insert rowid even when it equals the previous one (``INSERT OR
-    REPLACE`` of the same row twice; and, wrongly, an INSERT into a WITHOUT ROWID
-    table). For other statements (say one starting with WITH) a rowid that moved is the
-    only sign of an insert.
+    An INSERT that inserted rows reports SQLite's last insert rowid even when it equals
+    the previous one (``INSERT OR REPLACE`` of the same row twice). For other statements
+    (say one starting with WITH) a rowid that moved is the only sign of an insert.
     """
     if _inserts(sql):
         return after if rowcount > 0 else None
@@ -553,7 +513,6 @@ _RETURNS_ROWS = "returns rows"
 _INSERTS = "inserts"
 _INSERTS_NOTHING = "inserts nothing"
 _OTHER = "other"
-_READS_ROWID = "reads the last insert rowid"
 _CONTROL = "transaction control"
 _write_kinds: TextMemo[str] = TextMemo(10_000)
 _COMMENT_OPEN = r"/\*(?:[^*]|\*(?!/))*"
@@ -646,23 +605,9 @@ def _write_kind(sql: str) -> str:
     elif _inserts_nothing(sql):
         kind = _INSERTS_NOTHING
     else:
-        kind = _OTHER  # may insert (a script)
-    if kind is not _CONTROL and kind is not _INSERTS_NOTHING and _READS_A_ROWID.search(sql):
-        kind = _READS_ROWID  # run without _NO_ROWID set: it would read it
+        kind = _OTHER  # a rowid that moved is the only sign of an insert (a trigger's)
     _write_kinds.remember(sql, kind)
     return kind
-
-
-_READS_A_ROWID = re.compile("last_insert_rowid", re.IGNORECASE)
-_NAMES_A_TRIGGER = re.compile("trigger", re.IGNORECASE)
-"""A statement that may create or drop a trigger (a word in a string or comment too)."""
-_ROWID_READING_TRIGGERS = (
-    "SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND sql LIKE '%last_insert_rowid%' "
-    "UNION ALL SELECT 1 FROM sqlite_temp_schema "
-    "WHERE type = 'trigger' AND sql LIKE '%last_insert_rowid%'"
-)
-"""Triggers (main and temp) that may read SQLite's last insert rowid."""
-"""A statement that may read SQLite's last insert rowid (in a comment or string too)."""
 
 
 def refuse_transaction_control(sql: str) -> None:
@@ -949,7 +894,6 @@ class TrackedConnection:
         "read_timeout",
         "recycle_at",
         "role",
-        "rowid_marks",
         "seen_queries",
         "state",
         "usable",
@@ -997,9 +941,6 @@ class TrackedConnection:
         self.last_check = 0.0
         """``time.monotonic()`` of its last health check."""
         self.seen_queries = 0
-        self.rowid_marks = True
-        """Whether writes mark SQLite's last insert rowid (``_NO_ROWID``): not while a
-        trigger of the schema reads ``last_insert_rowid()`` (see :meth:`learn_triggers`)."""
         """``queries`` when the pool last looked (to tell when it was last used)."""
         self.affinity: int | None = None
         """The thread that adopted this connection as its own (reader pool)."""
@@ -1257,7 +1198,7 @@ class TrackedConnection:
         except KeyError:
             entry = self._learn_write(sql)
         kind = entry[0]
-        untimed = entry[1]  # (0 for statements run by query(): they are always timed)
+        untimed = entry[1]  # (0 for statements returning rows: they are always timed)
         if untimed and kind is not _OTHER:
             # An INSERT, UPDATE or DELETE between timed runs: what nearly every run of
             # a known statement is, so it goes first, straight to SQLite. A
@@ -1265,49 +1206,26 @@ class TrackedConnection:
             # the transactions behind it wait.
             entry[1] = untimed - 1
             self._queries += 1
-            if kind is _INSERTS:  # (its rowid told from a stale one: see _NO_ROWID)
-                before = connection.last_insert_rowid()
-                connection.set_last_insert_rowid(_NO_ROWID)
             try:
                 self.cursor.execute(sql, params)
             except Exception as error:
                 self._errors += 1
-                if kind is _INSERTS:
-                    _restore_rowid(connection, before)
                 raise wrap_sqlite_error(error, sql, params) from error
             rowcount = connection.changes()
-            if kind is _INSERTS:
-                rowid = connection.last_insert_rowid()
-                if rowid != _NO_ROWID:
-                    return _new_result(WriteResult, (rowcount, rowid, ()))
-                connection.set_last_insert_rowid(before)  # it inserted no rowid row
+            if kind is _INSERTS and rowcount > 0:
+                return _new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ()))
             if rowcount < 256:
                 return _NO_ROWID_RESULTS[rowcount]
             return _new_result(WriteResult, (rowcount, None, ()))
         if kind is _RETURNS_ROWS:
             before = connection.last_insert_rowid()
-            connection.set_last_insert_rowid(_NO_ROWID)
-            try:
-                rows = self.query(sql, params)
-            except BaseException:
-                _restore_rowid(connection, before)
-                raise
-            lastrowid = _inserted(connection, before)
-            return _new_result(WriteResult, (connection.changes(), lastrowid, tuple(rows)))
-        if kind is _READS_ROWID:
-            before = connection.last_insert_rowid()
             rows = self.query(sql, params)
             rowcount = connection.changes()
             after = connection.last_insert_rowid()
-            if _NAMES_A_TRIGGER.search(sql):
-                self.learn_triggers()  # (CREATE TRIGGER ... last_insert_rowid() ...)
             return _new_result(
                 WriteResult, (rowcount, _lastrowid(sql, rowcount, before, after), tuple(rows))
             )
-        may_insert = kind is not _INSERTS_NOTHING  # (_INSERTS or _OTHER)
-        if may_insert:
-            before = connection.last_insert_rowid()
-            connection.set_last_insert_rowid(_NO_ROWID)
+        before = connection.last_insert_rowid() if kind is _OTHER else 0
         self._queries += 1
         if untimed:  # (a statement of kind _OTHER between timed runs)
             entry[1] = untimed - 1
@@ -1321,18 +1239,17 @@ class TrackedConnection:
             self.cursor.execute(sql, params)
         except Exception as error:
             self._errors += 1
-            if may_insert:
-                _restore_rowid(connection, before)
             raise wrap_sqlite_error(error, sql, params) from error
         if weight:
             self._timed_write(perf_counter() - started, params, weight)
         rowcount = connection.changes()
-        if may_insert:
-            lastrowid = _inserted(connection, before)
-            if kind is _OTHER and _NAMES_A_TRIGGER.search(sql):
-                self.learn_triggers()  # (CREATE or DROP TRIGGER: the next writes know)
-            if lastrowid is not None:
-                return _new_result(WriteResult, (rowcount, lastrowid, ()))
+        if kind is _INSERTS:
+            if rowcount > 0:
+                return _new_result(WriteResult, (rowcount, connection.last_insert_rowid(), ()))
+        elif kind is _OTHER:
+            after = connection.last_insert_rowid()
+            if after != before:
+                return _new_result(WriteResult, (rowcount, after, ()))
         if rowcount < 256:
             return _NO_ROWID_RESULTS[rowcount]
         return _new_result(WriteResult, (rowcount, None, ()))
@@ -1374,8 +1291,6 @@ class TrackedConnection:
         in_place = self._in_place.get
         execute = self.cursor.execute
         connection = self.connection
-        last_insert_rowid = connection.last_insert_rowid
-        set_last_insert_rowid = connection.set_last_insert_rowid
         ran = 0  # statements of the units done (run here or by write())
         passed_on = 0  # those of them run by write(), which counts them itself
         results: list[WriteResult] = []
@@ -1389,28 +1304,19 @@ class TrackedConnection:
                         append(self.write(sql, params))
                         passed_on += 1
                         continue
-                    if inserts:  # (as in write(): see _NO_ROWID)
-                        before = last_insert_rowid()
-                        set_last_insert_rowid(_NO_ROWID)
                     started = perf_counter() if weight else 0.0
                     try:
                         execute(sql, params)
                     except Exception as error:
                         self._errors += 1
                         self._queries += 1
-                        if inserts:
-                            _restore_rowid(connection, before)
                         raise wrap_sqlite_error(error, sql, params) from error
                     if weight:
                         self._timed_write(perf_counter() - started, params, weight)
                     rowcount = connection.changes()
-                    if inserts:
-                        rowid = last_insert_rowid()
-                        if rowid != _NO_ROWID:
-                            append(_new_result(WriteResult, (rowcount, rowid, ())))
-                        else:  # it inserted no rowid row
-                            set_last_insert_rowid(before)
-                            append(_new_result(WriteResult, (rowcount, None, ())))
+                    if inserts and rowcount > 0:
+                        rowid = connection.last_insert_rowid()
+                        append(_new_result(WriteResult, (rowcount, rowid, ())))
                     elif rowcount < 256:
                         append(_NO_ROWID_RESULTS[rowcount])
                     else:
@@ -1439,30 +1345,13 @@ class TrackedConnection:
         if kind is _CONTROL:
             raise _control_error(sql)
         refuse_writer_settings(sql)
-        if not self.rowid_marks and kind is not _INSERTS_NOTHING:
-            kind = _READS_ROWID  # (a trigger would read the mark: see learn_triggers)
         entry: list[Any] = [kind, 0, 0]
         self._written.remember(sql, entry)  # (past the bound, each run is timed)
         return entry
 
-    def learn_triggers(self) -> None:
-        """Mark writes' rowids (``_NO_ROWID``) only while no trigger reads the rowid.
-
-        A trigger reading ``last_insert_rowid()`` during a write would read the mark and
-        store it. The writer asks at open and whenever the schema changed; statements
-        learned under the other setting are learned again.
-        """
-        reads = bool(self.connection.execute(_ROWID_READING_TRIGGERS).fetchall())
-        if reads == self.rowid_marks:  # (it changes)
-            self.rowid_marks = not reads
-            self._written.clear()
-            self._in_place.clear()
-
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""
-        kind = _write_kinds.get(sql) or _write_kind(sql)
-        if kind is _CONTROL:
-            raise _control_error(sql)
+        refuse_transaction_control(sql)
         refuse_writer_settings(sql)
         connection = self.connection
         changes = connection.changes
@@ -1480,9 +1369,6 @@ class TrackedConnection:
 
         started = time.perf_counter()
         before_rowid = connection.last_insert_rowid()
-        marked = self.rowid_marks and kind is not _READS_ROWID and kind is not _INSERTS_NOTHING
-        if marked:  # (as write(): the last row inserted by any set)
-            connection.set_last_insert_rowid(_NO_ROWID)
         try:
             self.cursor.executemany(sql, each_set())  # type: ignore[arg-type]
             # Drain rows of e.g. INSERT ... RETURNING so every set runs.
@@ -1491,16 +1377,12 @@ class TrackedConnection:
         except Exception as error:
             self._errors += 1
             self._queries += 1
-            if marked:
-                _restore_rowid(connection, before_rowid)
             raise wrap_sqlite_error(error, sql) from error
         self._account(sql, started, None, ())
-        if marked:
-            lastrowid = _inserted(connection, before_rowid)
-        else:
-            after = connection.last_insert_rowid()
-            lastrowid = _lastrowid(sql, rowcount, before_rowid, after)
-        return WriteResult(rowcount=rowcount, lastrowid=lastrowid)
+        return WriteResult(
+            rowcount=rowcount,
+            lastrowid=_lastrowid(sql, rowcount, before_rowid, connection.last_insert_rowid()),
+        )
 
     def _account(
         self, sql: str, started: float, params: Params, rows: Sequence[Row] | tuple[()]

@@ -318,7 +318,6 @@ class WriterActor(RoleActor):
         self.mailbox.count_held = self._held_awaited
         raw = self.connect()
         connection = TrackedConnection(raw, "writer", owner=self)
-        connection.learn_triggers()
         if self.incarnation > 1 and self.config.verify_on_restart:
             self._verify(connection)
         self.connection = connection
@@ -683,7 +682,6 @@ class WriterActor(RoleActor):
         )
         if schema_version != self._schema_version:
             self._schema_version = schema_version
-            connection.learn_triggers()  # (a trigger may read the last insert rowid)
             self.hooks.schema_changed()
 
     def _run(self, op: WriterOp, drain: bool = True) -> None:
