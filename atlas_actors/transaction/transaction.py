@@ -1088,11 +1088,8 @@ class TransactionManager:
         stack = self._local.stack
         if stack:
             outer = stack[-1]
-            task = outer._task
-            if task is not None and task is not _current_task():
-                # An asyncio task's block is not around another task's code. (One opened
-                # outside any task is: an event loop run inside it runs inside it.)
-                raise _other_task(outer)
+            if outer._task is not _current_task():
+                raise _other_task(outer)  # (an asyncio task's block is not inside another's)
             if outer.state == "active":
                 _check_nested(outer, isolation, timeout)
                 outer._nested += 1
