@@ -116,20 +116,26 @@ def frozen_params(params: Any) -> Any:
 
     The caller may reuse its list once the call returned (a future's caller does at
     once), and a generator is read only once: what is bound later must be what was
-    passed. A text is left for the call's own check to refuse; so is what is no
-    iterable (apsw's binding error says what it is).
+    passed. A mapping other than a plain dict is kept as passed (apsw asks it for each
+    name: a ``defaultdict`` answers for names it does not hold), and so are values
+    inside (a ``bytearray`` is bound as it is when the write runs). A text is left for
+    the call's own check to refuse, and so is what is no iterable (apsw's binding error
+    says what it is); what an iterable raises while it is read is raised as it is.
     """
     kind = type(params)
     if params is None or kind is tuple or kind in TEXT_TYPES:
         return params
     if kind is list:
         return tuple(params)
-    if kind is dict or isinstance(params, Mapping):
+    if kind is dict:
         return dict(params)
+    if isinstance(params, Mapping):
+        return params
     try:
-        return tuple(params)
+        values = iter(params)
     except TypeError:
         return params
+    return tuple(values)
 
 
 def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -141,19 +147,24 @@ def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, An
     """
     pairs = list(statements)  # a copy: the caller may reuse its list
     try:
-        for index, (sql, params) in enumerate(pairs):  # ValueError or TypeError unless a pair
+        for sql, params in pairs:  # ValueError or TypeError unless a pair
             if type(sql) is not str:
                 raise statement_type_error(pairs)
-            kind = type(params)
-            if kind is not tuple and params is not None:
-                if kind in TEXT_TYPES:  # (one character per placeholder otherwise)
-                    raise params_type_error(params, sql)
-                pairs[index] = (sql, frozen_params(params))
+            if type(params) in TEXT_TYPES:  # (one character per placeholder otherwise)
+                raise params_type_error(params, sql)
     except (ValueError, TypeError) as error:
         if isinstance(error, StatementTypeError | ParameterError):
             raise
         raise statement_type_error(pairs) from None
+    freeze_pairs(pairs)
     return pairs
+
+
+def freeze_pairs(pairs: list[tuple[str, Any]]) -> None:
+    """Give each checked (sql, params) pair its own copy of its params (frozen_params)."""
+    for index, (sql, params) in enumerate(pairs):
+        if type(params) is not tuple and params is not None:
+            pairs[index] = (sql, frozen_params(params))
 
 
 def statement_type_error(pairs: Sequence[object], verb: str = "write_all") -> StatementTypeError:

@@ -46,7 +46,7 @@ from atlas_actors.future import (
     SqlText,
     StatementTypeError,
     checked_timeout,
-    frozen_params,
+    freeze_pairs,
     parameter_sets,
     sql_text,
     statement_type_error,
@@ -148,18 +148,16 @@ class WriterHandle:
         except TypeError:  # (an int, None: not a list of pairs)
             raise not_pairs_error(statements) from None
         try:
-            for index, (sql, params) in enumerate(statements):  # (unless pairs: raises)
+            for sql, params in statements:  # ValueError or TypeError unless a pair
                 if type(sql) is not str:
                     raise statement_type_error(statements)
-                kind = type(params)
-                if kind is not tuple and params is not None:
-                    if kind in TEXT_TYPES:  # (one character per placeholder otherwise)
-                        raise params_type_error(params, sql)
-                    statements[index] = (sql, frozen_params(params))  # (its own copy)
+                if type(params) in TEXT_TYPES:  # (one character per placeholder otherwise)
+                    raise params_type_error(params, sql)
         except (ValueError, TypeError) as error:  # (only a failed check pays for this)
             if isinstance(error, StatementTypeError | ParameterError):
                 raise
             raise statement_type_error(statements) from None
+        freeze_pairs(statements)  # (after the checks: what params raise is their own)
         if self._tracing.enabled:
             return self.submit(
                 WriteAllOp, "write_all", statements, (statements,), timeout, traced=True

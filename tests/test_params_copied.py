@@ -7,6 +7,7 @@ generator, read once) must not change what is written, nor what a write run agai
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -81,3 +82,29 @@ def test_a_writer_futures_timeout_that_is_no_number_is_refused(
     with pytest.raises(atlas.errors.ValidationError, match="timeout"):
         future.get(timeout)  # type: ignore[arg-type]
     assert future.get(5).rowcount == 1
+
+
+def test_a_mapping_other_than_a_dict_binds_as_apsw_binds_it(db: atlas.Storage) -> None:
+    # Copied into a plain dict, a defaultdict lost the answers it gives for names it
+    # does not hold: "no value for the named parameter :v".
+    sql = "INSERT INTO t(k, v) VALUES (:k, :v)"
+    values: defaultdict[str, object] = defaultdict(lambda: None, {"k": "dd"})
+    assert db.write(sql, values).rowcount == 1
+    assert db.writer.execute(sql, values).get(5).rowcount == 1
+    assert db.write_all([(sql, values)])[0].rowcount == 1
+    assert db.write_many(sql, [values, values]).rowcount == 2
+    assert db.query("SELECT count(*) AS n FROM t WHERE k = 'dd' AND v IS NULL")[0].n == 5
+
+
+def test_what_an_iterable_of_params_raises_is_raised_as_it_is(db: atlas.Storage) -> None:
+    # It was caught by write_all's check of the pairs and said the statements were no
+    # (sql, params) pairs.
+    def raising() -> Iterator[object]:
+        yield "x"
+        raise ValueError("the caller's own")
+
+    with pytest.raises(ValueError, match="the caller's own"):
+        db.write_all([("INSERT INTO t(k, v) VALUES (?, ?)", raising())])
+    with pytest.raises(ValueError, match="the caller's own"):
+        db.writer.execute("INSERT INTO t(k, v) VALUES (?, ?)", raising())
+    assert db.write("INSERT INTO t(k, v) VALUES ('after', 1)").rowcount == 1
