@@ -118,3 +118,42 @@ def test_results_with_atlas_open_and_its_default_settings(tmp_path: Path) -> Non
     with atlas.open(tmp_path / "w.db") as db:
         db.execute(SCHEMA)
         assert db.write_many("INSERT INTO t(v) VALUES (?)", [["a"], ["b"], ["c"]]) == R(3, 3)
+
+
+# -- lastrowid of an insert into a WITHOUT ROWID table -------------------------------------
+
+
+def _inserts(db: atlas.Storage, sql: str, params: Any, route: str) -> atlas.WriteResult:
+    if route == "write":
+        return db.write(sql, params)
+    if route == "write_all":
+        return db.write_all([(sql, params)])[0]
+    if route == "future":
+        return db.writer.execute(sql, params).get(10)
+    with db.transaction() as tx:
+        return tx.execute(sql, params)
+
+
+@pytest.mark.parametrize("route", ["write", "write_all", "future", "transaction"])
+def test_an_insert_into_a_without_rowid_table_reports_no_rowid(
+    open_storage: Callable[..., atlas.Storage], route: str
+) -> None:
+    # SQLite leaves its last insert rowid as it was: the write before's (in a batch,
+    # maybe another caller's) was reported as this insert's.
+    db = _open(open_storage)
+    db.execute('CREATE TABLE "odd ""name"" wr"(k TEXT PRIMARY KEY) WITHOUT ROWID')
+    statements = [
+        ("INSERT INTO wr(k, v) VALUES (?, 1)", "wr"),
+        ('INSERT OR REPLACE INTO main."odd ""name"" wr"(k) VALUES (?)', "odd"),
+        ("REPLACE INTO [wr](k, v) VALUES (?, 2)", "bracket"),
+    ]
+    for i in range(RUNS):  # (past a statement's first runs, the writer's in-place path)
+        assert _inserts(db, "INSERT INTO t(v) VALUES (?)", [f"t{i}"], route).lastrowid
+        for sql, tag in statements:
+            result = _inserts(db, sql, [f"{tag}{i}"], route)
+            assert result[:2] == (1, None), (sql, result)
+    # Made a rowid table since: its inserts report their rowid again.
+    db.execute("DROP TABLE wr")
+    db.execute("CREATE TABLE wr(k TEXT, v)")
+    result = _inserts(db, "INSERT INTO wr(k, v) VALUES (?, 1)", ["again"], route)
+    assert result.lastrowid == db.query("SELECT rowid FROM wr WHERE k = 'again'")[0][0]
