@@ -166,10 +166,10 @@ class WriteResult(NamedTuple):
     lastrowid: int | None
     """Rowid of the last row inserted by this write, or None if it inserted none.
 
-    SQLite's last insert rowid after an INSERT that changed rows: None for an INSERT
-    into a WITHOUT ROWID table. An UPSERT that took its DO UPDATE branch leaves SQLite's
-    value as it was, an earlier insert's (perhaps another caller's in the same batch):
-    use ``RETURNING rowid`` there."""
+    SQLite's last insert rowid after an INSERT that changed rows, as ``sqlite3`` and
+    apsw report it. An INSERT into a WITHOUT ROWID table, or an UPSERT that took its
+    DO UPDATE branch, leaves SQLite's value as it was: an earlier insert's, perhaps
+    another caller's in the same batch. Use ``RETURNING`` there."""
     rows: tuple[Row, ...] = ()
     """Rows returned by the statement (``INSERT ... RETURNING``), if any."""
 
@@ -512,23 +512,6 @@ def _inserts_nothing(sql: str) -> bool:
     statement starting with WITH can move it.
     """
     return _SINGLE_CHANGE.fullmatch(sql) is not None
-
-
-_NAME = r'(?:"(?:[^"]|"")+"|\[[^\]]+\]|`(?:[^`]|``)+`|[^\s.(]+)'
-_INSERT_TARGET = re.compile(
-    r"\s*(?:INSERT(?:\s+OR\s+\w+)?|REPLACE)\s+INTO\s+"
-    rf"(?:(?P<schema>{_NAME})\s*\.\s*)?(?P<name>{_NAME})",
-    re.IGNORECASE,
-)
-"""The table an INSERT names (``schema.name``, quoted or not)."""
-
-
-def _unquoted(name: str) -> str:
-    """An SQL name without its quotes (``"a""b"`` is ``a"b``)."""
-    if len(name) >= 2 and name[0] + name[-1] in ('""', "[]", "``"):
-        inner = name[1:-1]
-        return inner.replace(name[0] * 2, name[0]) if name[0] != "[" else inner
-    return name
 
 
 _RETURNS_ROWS = "returns rows"
@@ -1367,34 +1350,9 @@ class TrackedConnection:
         if kind is _CONTROL:
             raise _control_error(sql)
         refuse_writer_settings(sql)
-        if kind is _INSERTS and self._without_rowid(sql):
-            kind = _INSERTS_NOTHING  # (SQLite's last insert rowid would be another's)
         entry: list[Any] = [kind, 0, 0]
         self._written.remember(sql, entry)  # (past the bound, each run is timed)
         return entry
-
-    def _without_rowid(self, sql: str) -> bool:
-        """True if ``sql`` (an INSERT) inserts into a WITHOUT ROWID table.
-
-        Learned once per statement (:meth:`forget_writes` when the schema changes).
-        """
-        match = _INSERT_TARGET.match(sql)
-        if match is None:
-            return False
-        schema, name = match.group("schema"), match.group("name")
-        try:
-            found = self.connection.execute(
-                "SELECT wr FROM pragma_table_list WHERE name = ?1 AND (?2 IS NULL OR schema = ?2)",
-                (_unquoted(name), None if schema is None else _unquoted(schema)),
-            ).fetchall()
-        except apsw.Error:
-            return False
-        return bool(found) and all(wr for (wr,) in found)
-
-    def forget_writes(self) -> None:
-        """Forget what was learned of each statement's kind (the schema changed)."""
-        self._written.clear()
-        self._in_place.clear()
 
     def write_many(self, sql: str, seq_of_params: Iterable[Params]) -> WriteResult:
         """Run one statement once per parameter set (writer only)."""

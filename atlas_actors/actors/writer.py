@@ -682,7 +682,6 @@ class WriterActor(RoleActor):
         )
         if schema_version != self._schema_version:
             self._schema_version = schema_version
-            connection.forget_writes()  # (a table may be WITHOUT ROWID now, or no more)
             self.hooks.schema_changed()
 
     def _run(self, op: WriterOp, drain: bool = True) -> None:
