@@ -142,8 +142,8 @@ def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, An
     """A copy of a ``write_all``'s (SQL text, params) pairs, checked at the call.
 
     In the writer a malformed entry would fail only after its caller had let go of it,
-    and every message about it (errors, timeouts, spans) joins the text. The params are
-    copied too (:func:`frozen_params`).
+    and every message about it (errors, timeouts, spans) joins the text. The caller
+    copies the params next (:func:`freeze_pairs`): what they raise is their own.
     """
     pairs = list(statements)  # a copy: the caller may reuse its list
     try:
@@ -156,7 +156,6 @@ def statement_pairs(statements: Iterable[tuple[str, Any]]) -> list[tuple[str, An
         if isinstance(error, StatementTypeError | ParameterError):
             raise
         raise statement_type_error(pairs) from None
-    freeze_pairs(pairs)
     return pairs
 
 

@@ -66,6 +66,7 @@ from atlas_actors.errors import (
 from atlas_actors.future import (
     Future,
     checked_timeout,
+    freeze_pairs,
     parameter_sets,
     sql_text,
     sql_type_error,
@@ -215,6 +216,7 @@ class Storage(Runtime):
                 if isinstance(error, StatementTypeError):
                     raise
                 raise self._bad_params(not_pairs_error(statements), "write_all") from None
+            freeze_pairs(statements)  # (outside the try: what params raise is their own)
             results: list[WriteResult] = self._write(
                 WriteAllOp, "write_all", statements, (statements,), timeout
             )

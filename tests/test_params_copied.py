@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 import atlas_actors as atlas
 from tests.helpers import gate_writer
@@ -96,15 +97,24 @@ def test_a_mapping_other_than_a_dict_binds_as_apsw_binds_it(db: atlas.Storage) -
     assert db.query("SELECT count(*) AS n FROM t WHERE k = 'dd' AND v IS NULL")[0].n == 5
 
 
-def test_what_an_iterable_of_params_raises_is_raised_as_it_is(db: atlas.Storage) -> None:
+@pytest.mark.parametrize("traced", [False, True])
+def test_what_an_iterable_of_params_raises_is_raised_as_it_is(
+    open_storage: Callable[..., atlas.Storage], traced: bool
+) -> None:
     # It was caught by write_all's check of the pairs and said the statements were no
-    # (sql, params) pairs.
-    def raising() -> Iterator[object]:
-        yield "x"
-        raise ValueError("the caller's own")
+    # (sql, params) pairs (traced, the storage's own check did).
+    db = open_storage(cache=False, tracer_provider=TracerProvider() if traced else None)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v INTEGER)")
 
+    def raising(error: Exception) -> Iterator[object]:
+        yield "x"
+        raise error
+
+    for error in (ValueError("the caller's own"), TypeError("the caller's own")):
+        with pytest.raises(type(error), match="the caller's own"):
+            db.write_all([("INSERT INTO t(k, v) VALUES (?, ?)", raising(error))])
     with pytest.raises(ValueError, match="the caller's own"):
-        db.write_all([("INSERT INTO t(k, v) VALUES (?, ?)", raising())])
-    with pytest.raises(ValueError, match="the caller's own"):
-        db.writer.execute("INSERT INTO t(k, v) VALUES (?, ?)", raising())
+        db.writer.execute(
+            "INSERT INTO t(k, v) VALUES (?, ?)", raising(ValueError("the caller's own"))
+        )
     assert db.write("INSERT INTO t(k, v) VALUES ('after', 1)").rowcount == 1
