@@ -63,6 +63,14 @@ def db(open_storage: Callable[..., atlas.Storage]) -> atlas.Storage:
     return storage
 
 
+@pytest.fixture
+def kv(db: atlas.Storage) -> atlas.Storage:
+    """``db`` with a table ``kv`` of two keys, x and y, each 50 (see ``helpers.xy``)."""
+    db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+    db.write_many("INSERT INTO kv VALUES (?, ?)", [("x", 50), ("y", 50)])
+    return db
+
+
 @pytest.fixture(autouse=True)
 def no_actor_outlives_its_test() -> Iterator[None]:
     """Fail a test that leaves actors running; stop them so the next test starts clean."""

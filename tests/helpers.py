@@ -95,3 +95,9 @@ class GatedOpenVFS(FaultyVFS):
             with self.lock:
                 self.opens_waiting -= 1
         return super().xOpen(name, flags)
+
+
+def xy(db: Any) -> tuple[int, int]:
+    """The values of x and y in the ``kv`` fixture's table."""
+    rows = db.query("SELECT v FROM kv ORDER BY k")
+    return int(rows[0].v), int(rows[1].v)

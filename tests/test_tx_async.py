@@ -13,18 +13,7 @@ import pytest
 
 import atlas_actors as atlas
 from atlas_actors.errors import ValidationError
-
-
-@pytest.fixture
-def kv(db: atlas.Storage) -> atlas.Storage:
-    db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
-    db.write_many("INSERT INTO kv VALUES (?, ?)", [("x", 50), ("y", 50)])
-    return db
-
-
-def _xy(db: atlas.Storage) -> tuple[int, int]:
-    rows = db.query("SELECT v FROM kv ORDER BY k")
-    return int(rows[0].v), int(rows[1].v)
+from tests.helpers import xy
 
 
 def test_a_block_another_task_opened_is_not_a_savepoint_of_it(kv: atlas.Storage) -> None:
@@ -52,7 +41,7 @@ def test_a_block_another_task_opened_is_not_a_savepoint_of_it(kv: atlas.Storage)
     said = log[0][1]  # type: ignore[index]
     assert log[0][0] == "B"
     assert "another asyncio task" in said and "asyncio.to_thread" in said
-    assert _xy(kv) == (1, 50)  # nothing of B's block ran, nor was committed with A's
+    assert xy(kv) == (1, 50)  # nothing of B's block ran, nor was committed with A's
 
 
 def test_a_task_refused_while_another_tasks_ended_transaction_block_is_open(
@@ -85,7 +74,7 @@ def test_a_task_refused_while_another_tasks_ended_transaction_block_is_open(
 
     asyncio.run(main())
     assert outcome == ["refused", "committed"]
-    assert _xy(kv) == (1, 3)
+    assert xy(kv) == (1, 3)
 
 
 def test_a_task_nests_its_own_blocks_across_awaits(kv: atlas.Storage) -> None:
@@ -104,7 +93,7 @@ def test_a_task_nests_its_own_blocks_across_awaits(kv: atlas.Storage) -> None:
         return tx.state
 
     assert asyncio.run(work()) == "committed"
-    assert _xy(kv) == (1, 50)
+    assert xy(kv) == (1, 50)
 
 
 def test_a_task_started_inside_a_block_is_refused_a_nested_one(kv: atlas.Storage) -> None:
@@ -120,7 +109,7 @@ def test_a_task_started_inside_a_block_is_refused_a_nested_one(kv: atlas.Storage
 
     raised = asyncio.run(parent())
     assert isinstance(raised, ValidationError)
-    assert _xy(kv) == (1, 50)
+    assert xy(kv) == (1, 50)
 
 
 def test_a_loop_run_inside_a_block_is_refused_a_nested_one(kv: atlas.Storage) -> None:
@@ -133,7 +122,7 @@ def test_a_loop_run_inside_a_block_is_refused_a_nested_one(kv: atlas.Storage) ->
         with pytest.raises(ValidationError, match="asyncio"):
             asyncio.run(inner())
         assert tx.state == "active"
-    assert _xy(kv) == (1, 50)
+    assert xy(kv) == (1, 50)
 
 
 def test_tasks_run_their_transactions_in_worker_threads(kv: atlas.Storage) -> None:
@@ -147,4 +136,4 @@ def test_tasks_run_their_transactions_in_worker_threads(kv: atlas.Storage) -> No
         await asyncio.gather(*(asyncio.to_thread(kv.transactions.run, bump) for _ in range(8)))
 
     asyncio.run(main())
-    assert _xy(kv) == (58, 50)
+    assert xy(kv) == (58, 50)

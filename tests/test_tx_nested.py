@@ -13,19 +13,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.errors import DiskIOError, TransactionConflict, ValidationError
 from atlas_actors.transaction.transaction import Transaction
-
-
-@pytest.fixture
-def kv(db: atlas.Storage) -> atlas.Storage:
-    db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
-    db.write_many("INSERT INTO kv VALUES (?, ?)", [("x", 50), ("y", 50)])
-    return db
-
-
-def _xy(db: atlas.Storage) -> tuple[int, int]:
-    rows = db.query("SELECT v FROM kv ORDER BY k")
-    return int(rows[0].v), int(rows[1].v)
-
+from tests.helpers import xy
 
 # -- savepoints opened before a nested block, from inside it ------------------------------
 
@@ -46,7 +34,7 @@ def test_a_savepoint_opened_before_a_nested_block_is_refused_inside_it(
             inner.execute("UPDATE kv SET v = 3 WHERE k = 'y'")
         # After the block, the savepoint is the caller's again.
         getattr(tx, call)("a")
-    assert _xy(kv) == ((1, 50) if call == "rollback_to" else (1, 3))
+    assert xy(kv) == ((1, 50) if call == "rollback_to" else (1, 3))
 
 
 def test_a_nested_block_that_raises_after_a_refused_rollback_to_undoes_all_it_did(
@@ -62,7 +50,7 @@ def test_a_nested_block_that_raises_after_a_refused_rollback_to_undoes_all_it_di
             inner.execute("UPDATE kv SET v = 3 WHERE k = 'x'")
             raise RuntimeError("the block fails")
         assert tx.query("SELECT v FROM kv ORDER BY k") == [(1,), (50,)]
-    assert _xy(kv) == (1, 50)
+    assert xy(kv) == (1, 50)
 
 
 def test_savepoints_opened_inside_a_nested_block_work_there(kv: atlas.Storage) -> None:
@@ -81,7 +69,7 @@ def test_savepoints_opened_inside_a_nested_block_work_there(kv: atlas.Storage) -
                 inner.rollback_to("a")  # ... which is the outer one now
         tx.rollback_to("a")
         tx.execute("UPDATE kv SET v = 4 WHERE k = 'x'")
-    assert _xy(kv) == (4, 50)
+    assert xy(kv) == (4, 50)
 
 
 def test_a_savepoint_of_an_enclosing_nested_block_is_refused_in_a_deeper_one(
@@ -95,7 +83,7 @@ def test_a_savepoint_of_an_enclosing_nested_block_is_refused_in_a_deeper_one(
             with pytest.raises(ValidationError, match="before the nested"):
                 tx.rollback_to("mid")
         tx.rollback_to("mid")  # in its own block: fine
-    assert _xy(kv) == (1, 50)
+    assert xy(kv) == (1, 50)
 
 
 # -- a nested block inside a transaction that holds no lease ------------------------------
@@ -132,7 +120,7 @@ def test_a_read_only_nested_block_in_a_repeatable_read_reader_never_conflicts(
         assert tx.state == "active"
         assert tx.query("SELECT v FROM kv WHERE k = 'x'")[0].v == before
     assert tx.state == "committed"
-    assert _xy(kv) == (99, 50)
+    assert xy(kv) == (99, 50)
 
 
 @pytest.mark.parametrize("isolation", ["repeatable_read", "read_committed", "read_uncommitted"])
@@ -144,7 +132,7 @@ def test_a_read_only_nested_block_does_not_block_writers(kv: atlas.Storage, isol
             assert kv.transactions.status().lease_holder is None
             assert _write_from_another_thread(kv) == "written"
         assert not tx.info().holds_lease
-    assert _xy(kv) == (50, 51)
+    assert xy(kv) == (50, 51)
 
 
 @pytest.mark.parametrize("isolation", ["repeatable_read", "read_committed", "serializable"])
@@ -162,7 +150,7 @@ def test_a_nested_block_whose_first_write_takes_the_lease_still_undoes_only_itse
         with kv.transaction(isolation) as inner:
             inner.execute("UPDATE kv SET v = 2 WHERE k = 'y'")
         tx.execute("UPDATE kv SET v = 3 WHERE k = 'x'")
-    assert _xy(kv) == (3, 2)
+    assert xy(kv) == (3, 2)
 
 
 def test_nested_blocks_opened_before_the_lease_are_each_undone_alone(
@@ -184,7 +172,7 @@ def test_nested_blocks_opened_before_the_lease_are_each_undone_alone(
             other.execute("UPDATE kv SET v = 5 WHERE k = 'y'")
             raise RuntimeError("undo this block and the one inside it")
         assert tx.query("SELECT v FROM kv ORDER BY k") == [(3,), (2,)]
-    assert _xy(kv) == (3, 2)
+    assert xy(kv) == (3, 2)
 
 
 def test_a_savepoint_inside_a_nested_block_opened_before_the_lease(kv: atlas.Storage) -> None:
@@ -198,7 +186,7 @@ def test_a_savepoint_inside_a_nested_block_opened_before_the_lease(kv: atlas.Sto
             raise RuntimeError("undo the block")
         assert tx.query("SELECT v FROM kv ORDER BY k") == [(50,), (50,)]
         tx.execute("UPDATE kv SET v = 3 WHERE k = 'x'")
-    assert _xy(kv) == (3, 50)
+    assert xy(kv) == (3, 50)
 
 
 def test_a_nested_write_in_a_stale_repeatable_read_snapshot_conflicts(kv: atlas.Storage) -> None:
@@ -208,7 +196,7 @@ def test_a_nested_write_in_a_stale_repeatable_read_snapshot_conflicts(kv: atlas.
         with kv.transaction() as inner:
             inner.execute("UPDATE kv SET v = 1 WHERE k = 'y'")  # its first write
     assert tx.state == "failed"
-    assert _xy(kv) == (99, 50)
+    assert xy(kv) == (99, 50)
 
 
 def test_a_nested_block_whose_savepoint_cannot_be_opened_rolls_the_transaction_back(
@@ -227,5 +215,5 @@ def test_a_nested_block_whose_savepoint_cannot_be_opened_rolls_the_transaction_b
             inner.execute("UPDATE kv SET v = 1 WHERE k = 'x'")
         monkeypatch.undo()
         assert tx.state == "rolled_back"
-    assert _xy(kv) == (50, 50)
+    assert xy(kv) == (50, 50)
     assert kv.write("UPDATE kv SET v = 2 WHERE k = 'x'").rowcount == 1  # the lease went back
