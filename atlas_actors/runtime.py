@@ -327,7 +327,7 @@ class Runtime:
                 committed=self._writer_committed,
                 commit_failed=self._writer_commit_failed,
                 track_tables=self.config.cache,
-                wal_change=self.wal_change,
+                wal_change=self._wal_change,
                 wants_rows=self.cache.wants_row_images,
                 connected=self._writer_connected,
                 schema_changed=self._schema_changed,
@@ -520,11 +520,7 @@ class Runtime:
 
     # -- writer hooks (run in the writer's thread) -------------------------------------
 
-    def wal_change(self) -> int | None:
-        """The wal-index change counter now: it moves with every commit of any process.
-
-        None while the wal-index is not watched (the cache is off, or it cannot be).
-        """
+    def _wal_change(self) -> int | None:
         shm = self._shm
         return shm() if shm is not None else None
 

@@ -10,13 +10,12 @@ import textwrap
 import time
 from pathlib import Path
 
-import apsw
 import pytest
 
 import atlas_actors as atlas
 from atlas_actors.actors.base import Envelope
 from atlas_actors.actors.writer_ops import LeaseExpired
-from atlas_actors.errors import TransactionConflict, TransientError
+from atlas_actors.errors import TransientError
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,37 +251,3 @@ def test_a_statement_that_skips_the_cache_still_learns_another_processs_rename(
             [sys.executable, "-c", RENAMES_A_COLUMN, str(db_path)], check=True, timeout=30
         )
         assert db.query(read, [4500])[0]._fields == ("id", "renamed")
-
-
-@pytest.mark.parametrize("cache", [True, False])
-def test_a_snapshot_after_another_processs_commit_does_not_conflict_with_it(
-    db_path: Path, cache: bool
-) -> None:
-    """A repeatable_read snapshot was stamped with what this storage's writer last knew,
-    which learns of another process's commit only at its next BEGIN: a snapshot taken
-    after such a commit (and showing it) failed its first write with TransactionConflict
-    although nothing was committed since (a reviewer: 20 of 20 transactions, while
-    another process committed to an unrelated table every 20 ms)."""
-    with atlas.open(db_path, cache=cache) as db:
-        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-        db.execute("CREATE TABLE other(v)")
-        db.write("INSERT INTO t VALUES (1, 0)")
-        for n in range(3):
-            other = apsw.Connection(str(db_path))  # as another process would
-            other.set_busy_timeout(5000)
-            other.execute("INSERT INTO other VALUES (?)", (n,))
-            other.close()
-            with db.transaction(isolation="repeatable_read") as tx:
-                assert tx.query("SELECT count(*) AS n FROM other")[0].n == n + 1  # sees it
-                tx.execute("UPDATE t SET v = v + 1 WHERE id = 1")  # nothing committed since
-        assert db.query("SELECT v FROM t")[0].v == 3
-
-        # And a commit after the snapshot still conflicts.
-        with pytest.raises(TransactionConflict), db.transaction("repeatable_read") as tx:
-            tx.query("SELECT v FROM t")
-            other = apsw.Connection(str(db_path))
-            other.set_busy_timeout(5000)
-            other.execute("INSERT INTO other VALUES (99)")
-            other.close()
-            tx.execute("UPDATE t SET v = v + 1 WHERE id = 1")
-        assert db.query("SELECT v FROM t")[0].v == 3

@@ -588,3 +588,25 @@ def test_run_does_not_retry_a_commit_that_settled_just_after_its_timeout(
     assert runs == [1]
     thread.join(5)
     assert sorted(r.x for r in db.query("SELECT x FROM t")) == [1, 2]
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_repeatable_read_write_after_a_rolled_back_transaction_does_not_conflict(
+    open_storage: Callable[..., atlas.Storage], cache: bool
+) -> None:
+    # A try this stop (ce44682, backed out) stamped snapshots with the wal-index change
+    # counter: SQLite moves it without a commit too (at the next BEGIN after a rolled
+    # back write), and every repeatable_read transaction after a rollback conflicted.
+    db = open_storage(cache=cache)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v UNIQUE)")
+    for n in range(3):
+        with pytest.raises(KeyError), db.transaction() as tx:
+            tx.execute("INSERT INTO t(v) VALUES (?)", [100 + n])
+            raise KeyError("rolled back")
+        explicit = db.transactions.begin()
+        explicit.execute("INSERT INTO t(v) VALUES (?)", [200 + n])
+        explicit.rollback()
+        with db.transaction(isolation="repeatable_read") as tx:
+            tx.query("SELECT count(*) FROM t")
+            tx.execute("INSERT INTO t(v) VALUES (?)", [n])  # nothing committed since
+    assert [row.v for row in db.query("SELECT v FROM t ORDER BY v")] == [0, 1, 2]

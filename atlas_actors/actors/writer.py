@@ -1533,17 +1533,8 @@ class WriterActor(RoleActor):
             return
         connection = self.connection
         assert connection is not None, "a batch is open only with a connection"
-        expected = request.expected_version
-        if expected is None:
-            stale = False
-        elif request.expected_change is not None and self._change_at_begin is not None:
-            # Both read from the wal-index: every commit since the snapshot, of this
-            # storage or another process, moved it (holding the write lock, nobody else
-            # can commit now).
-            stale = request.expected_change != self._change_at_begin
-        else:
-            stale = expected != (self.counters.commit_seq, self._data_version)
-        if stale:
+        version = (self.counters.commit_seq, self._data_version)
+        if request.expected_version is not None and request.expected_version != version:
             request.fail(
                 TransactionConflict(
                     f"transaction {request.tx_id} read a snapshot that is no longer "

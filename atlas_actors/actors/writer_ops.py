@@ -367,13 +367,10 @@ class LeaseRequest(Op):
 
     ``expected_version`` (repeatable_read) is the writer version the transaction's
     snapshot saw; if the database changed since, the request fails with
-    ``TransactionConflict`` instead. ``expected_change``, when known, is the wal-index
-    change counter at the snapshot: it moves with every process's commits, so the
-    writer compares that instead (its own version learns of another process's commit
-    only at its next ``BEGIN``, so one from before the snapshot looked like a conflict).
+    ``TransactionConflict`` instead.
     """
 
-    __slots__ = ("expected_change", "expected_version", "lease_timeout", "owner", "tx_id")
+    __slots__ = ("expected_version", "lease_timeout", "owner", "tx_id")
 
     def __init__(
         self,
@@ -383,14 +380,12 @@ class LeaseRequest(Op):
         tx_id: int,
         lease_timeout: float,
         expected_version: tuple[int, int] | None,
-        expected_change: int | None = None,
     ) -> None:
         super().__init__(future, session, trace_context)
         self.tx_id = tx_id
         self.owner = session
         self.lease_timeout = lease_timeout
         self.expected_version = expected_version
-        self.expected_change = expected_change
 
 
 class LeaseReturn(Op):

@@ -123,8 +123,6 @@ class Transaction:
     _pinned_by = 0
     """Thread id that pinned the reader (its hold in the wait-for graph)."""
     _snapshot: tuple[int, int] | None = None
-    _snapshot_change: int | None = None
-    """The wal-index change counter at the snapshot (None if not watched)."""
     _savepoints: tuple[str, ...] = ()
     _error: AtlasError | None = None
     """What ended the transaction (a timeout, a conflict, a lost batch), if anything did."""
@@ -626,13 +624,9 @@ class Transaction:
             self._storage.errors.handle(refused, {"operation": "transaction", "tx": self.id})
             raise refused
         expected = None
-        expected_change = None
         if self.isolation == "repeatable_read" and self._reader is not None:
             # A snapshot whose version could not be pinned conflicts on purpose.
-            if self._snapshot is not None:
-                expected, expected_change = self._snapshot, self._snapshot_change
-            else:
-                expected = (-1, -1)
+            expected = self._snapshot if self._snapshot is not None else (-1, -1)
         manager = self._manager
         if manager._local.end is None:
             manager._watch(me)
@@ -648,7 +642,7 @@ class Transaction:
             request = manager.storage.writer.submit_lease(
                 LeaseRequest,
                 f"transaction {self.id}: lease",
-                (self.id, self._timeout, expected, expected_change),
+                (self.id, self._timeout, expected),
                 writable=True,
             )
             self._request = request  # (a commit or rollback from another thread withdraws it)
@@ -791,14 +785,12 @@ class Transaction:
         self._pinned_at = time.monotonic()
         self._reader = reader
         try:
-            storage = self._storage
             for _ in range(_SNAPSHOT_ATTEMPTS):
-                before = storage.writer_version
-                change = storage.wal_change()  # (another process's commits move it too)
+                before = self._storage.writer_version
                 reader.query("BEGIN")
                 rows = reader.query(sql, params)  # the snapshot starts at the first read
-                if storage.writer_version == before and storage.wal_change() == change:
-                    self._snapshot, self._snapshot_change = before, change
+                if self._storage.writer_version == before:
+                    self._snapshot = before
                     return rows
                 reader.query("ROLLBACK")  # a commit raced the snapshot's start: try again
         except BaseException:
