@@ -38,12 +38,11 @@ from atlas_actors.cache.lru import ByteLRU, Changes, Entry, measure
 from atlas_actors.cache.statements import StatementInfo
 from atlas_actors.connection import Params
 from atlas_actors.errors import (
-    TEXT_TYPES,
     StatementTypeError,
     ValidationError,
     wrap_sqlite_error,
 )
-from atlas_actors.future import sql_type_error
+from atlas_actors.future import frozen_params, sql_type_error
 from atlas_actors.memo import MAX_MEMO_CHARS, TextMemo
 from atlas_actors.rows import Row, row_class
 
@@ -199,20 +198,17 @@ def _values_once(sql: str, params: Params) -> Params:
     A str, bytes or bytearray, a mapping and what is no iterable at all are left for the
     reader to bind or refuse.
     """
-    if type(params) in TEXT_TYPES or isinstance(params, Mapping):
+    if isinstance(params, Mapping):
         return params
     try:
-        values = iter(params)  # type: ignore[arg-type]
-    except TypeError:  # (an int: the reader says what is wrong)
-        return params
-    try:
-        return tuple(values)
+        values: Params = frozen_params(params)  # (a text, or no iterable, as it is)
     except (TypeError, OverflowError, KeyError) as error:
         # Raised by the iterable itself: typed as the reader types it when binding.
         wrapped = wrap_sqlite_error(error, sql)
         if wrapped is error:
             raise
         raise wrapped from error
+    return values
 
 
 class CacheManager:
