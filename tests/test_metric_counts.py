@@ -7,7 +7,6 @@ it reaches the caller (a call, or a future's ``get()``); a connection's ``querie
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -16,6 +15,7 @@ import pytest
 import atlas_actors as atlas
 from atlas_actors.connection import ConnectionMetrics
 from atlas_actors.errors import ConstraintError, OperationTimeout, ParameterError, SQLError
+from tests.helpers import gate_writer
 
 DUP = "INSERT INTO tasks(title) VALUES ('dup')"
 
@@ -36,19 +36,11 @@ def _errors(db: atlas.Storage) -> tuple[float, float]:
 @contextmanager
 def _writer_held(db: atlas.Storage) -> Iterator[None]:
     """Keep the writer busy (a function run in it waits) until the block ends."""
-    entered, leave = threading.Event(), threading.Event()
-
-    def hold(_: object) -> None:
-        entered.set()
-        leave.wait(10)
-
-    held = db.writer.run(hold)
-    assert entered.wait(10)
+    _, release = gate_writer(db)
     try:
         yield
     finally:
-        leave.set()
-        held.get(10)
+        release.set()
 
 
 # -- the writer's connection: a split group is counted once --------------------------
