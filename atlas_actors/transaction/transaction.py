@@ -1415,12 +1415,12 @@ def _check_nested(outer: Transaction, isolation: str, timeout: float | None) -> 
 def _check_savepoint_name(name: str) -> None:
     if not isinstance(name, str) or not _SAVEPOINT_NAME.match(name):
         raise ValidationError(
-            f"savepoint name {_shown(name)}: use letters, digits and underscores, "
+            f"savepoint name {shorten(repr(name), 80)}: use letters, digits and underscores, "
             f"not starting with a digit, at most {_SAVEPOINT_NAME_MAX} characters"
         )
     if len(name) > _SAVEPOINT_NAME_MAX:
         raise ValidationError(
-            f"savepoint name {_shown(name)} has {len(name)} characters: use at most "
+            f"savepoint name {shorten(repr(name), 80)} has {len(name)} characters: use at most "
             f"{_SAVEPOINT_NAME_MAX} characters"
         )
     if _RESERVED_SAVEPOINT.match(name):
@@ -1430,9 +1430,3 @@ def _check_savepoint_name(name: str) -> None:
             f"savepoint name {name!r} is reserved (tx<number> and nested_<number>_<number> "
             "name the transactions' own savepoints): choose another"
         )
-
-
-def _shown(name: object) -> str:
-    """``name`` for a message: its repr, shortened if long."""
-    shown = repr(name)
-    return shown if len(shown) <= 80 else f"{shown[:60]}...{shown[-10:]}"
