@@ -290,3 +290,38 @@ def test_the_function_on_returns_undoes_its_own_subscription_among_equal_ones() 
     undo_first_h()
     bus.emit("connect", "writer")
     assert order == ["g", "h"]  # the first h went, not the last
+
+
+@pytest.mark.parametrize("event", ["checkout", "checkin"])
+@pytest.mark.parametrize("how", ["query", "acquire"])
+@pytest.mark.parametrize("escaping", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_or_exit_in_a_checkout_handler_gives_the_connection_back(
+    open_storage: Callable[..., atlas.Storage],
+    event: str,
+    how: str,
+    escaping: type[BaseException],
+) -> None:
+    """The connection used to stay claimed: with one reader, every later read waited
+    for it until its deadline."""
+    assert threading.current_thread() is threading.main_thread()
+    db = open_storage(readers=1, max_readers=1, cache=False)
+    raised: list[str] = []
+
+    def interrupted(e: LifecycleEvent) -> None:
+        if not raised:
+            raised.append(e.name)
+            raise escaping
+
+    db.events.on(event, interrupted)
+    with pytest.raises(escaping):
+        if how == "query":
+            db.query("SELECT 1")
+        else:
+            with db.pool.acquire() as connection:
+                connection.query("SELECT 1")
+    assert raised == [event]
+    status = db.pool.status()
+    assert (status.total, status.active, status.idle) == (1, 0, 1)
+    assert db.query("SELECT 2", timeout=2.0)[0][0] == 2
+    with db.pool.acquire(timeout=2.0) as connection:
+        assert connection.query("SELECT 3")[0][0] == 3

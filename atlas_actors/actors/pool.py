@@ -811,7 +811,7 @@ class ReaderPool:
         else:
             connection.bound(timeout)
         if self.events.watches_checkouts:
-            self._check_out(connection)
+            self._check_out_for_caller(connection)
         return connection
 
     def _wait_for_connection(self, deadline: float, limit: float) -> TrackedConnection:
@@ -948,8 +948,18 @@ class ReaderPool:
         if isinstance(connection, PooledConnection):
             connection.release()
             return
+        escaped: BaseException | None = None
         if self._leases and connection in self._leases:
-            self._check_in(connection)
+            try:
+                self._check_in(connection)
+            except BaseException as error:  # a handler's Ctrl-C or sys.exit() (main thread)
+                escaped = error  # raised once the connection is back
+        self._give_back(connection)
+        if escaped is not None:
+            raise escaped
+
+    def _give_back(self, connection: TrackedConnection) -> None:
+        """:meth:`release` once the lease has ended: back to the pool, or disposed of."""
         if connection.connection.in_transaction and connection.usable:
             # Left open by its borrower (BEGIN through a lent connection): every later
             # read on it would see that old snapshot, not the acknowledged writes since.
@@ -1001,6 +1011,18 @@ class ReaderPool:
         self._leases.add(connection)
         if "checkout" in self.events.active:
             self.events.emit("checkout", connection.role, connection.id)
+
+    def _check_out_for_caller(self, connection: TrackedConnection) -> None:
+        """:meth:`_check_out` a connection the caller is about to get.
+
+        A handler's Ctrl-C or ``sys.exit()`` reaches the caller in the main thread (see
+        ``EventBus.emit``), which then never gets the connection: it goes back first.
+        """
+        try:
+            self._check_out(connection)
+        except BaseException:
+            self.release(connection)
+            raise
 
     def _check_in(self, connection: TrackedConnection) -> None:
         """End the lease :meth:`_check_out` began (by the connection's holder): ``checkin``."""
@@ -1241,7 +1263,7 @@ class ReaderPool:
             return self._take(timeout)
         connection.bound(timeout)
         if self.events.watches_checkouts:
-            self._check_out(connection)
+            self._check_out_for_caller(connection)
         return connection
 
     def _query_general(self, sql: str, params: Params, timeout: float | None) -> list[Row]:
@@ -1443,9 +1465,11 @@ class ReaderPool:
             if not ops:
                 connection.lock.release()
                 return
-            if self.events.watches_checkouts:
-                self._check_out(connection)  # lent to its reader: it checks in when done
-            self._send(connection, RunReads(connection, ops))
+            try:
+                if self.events.watches_checkouts:
+                    self._check_out(connection)  # lent to its reader: it checks in when done
+            finally:  # (sent even past a handler's Ctrl-C: the reads were taken)
+                self._send(connection, RunReads(connection, ops))
 
     # -- maintenance (the supervisor's tick) -------------------------------------------
 
