@@ -252,9 +252,10 @@ def test_writes_sent_back_by_a_failed_group_run_alone_even_in_the_next_batch(
     with pytest.raises(ConstraintError):
         quick_failure.get(6)
     assert [a for (a,) in db.query("SELECT a FROM t ORDER BY a")] == [-2, -1]
-    # The group (innocent, failing) went back once, not again and again. quick_failure
-    # ran alone after them, or (in a new batch) failed its own group once first.
-    assert db.writer.stats().regrouped - before.regrouped in (2, 3)
+    # The group (innocent, failing) went back once, not again and again; with no batch
+    # delay each write may be a batch of its own (nothing went back). quick_failure ran
+    # alone after them, or (in a new batch) failed in a group of its own: its own run.
+    assert db.writer.stats().regrouped - before.regrouped in (0, 2)
 
 
 def test_closing_during_a_lease_runs_the_writes_queued_behind_it(

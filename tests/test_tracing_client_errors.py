@@ -74,3 +74,29 @@ def test_a_successful_call_leaves_the_status_unset(
     span = _only(exporter, "atlas.write")
     assert span.status.status_code is StatusCode.UNSET
     assert "error.type" not in span.attributes and not span.events
+
+
+def test_a_write_failing_alone_makes_one_failed_consumer_span(
+    traced: atlas.Storage, exporter: InMemorySpanExporter
+) -> None:
+    """Alone in its group, it used to run again: two CONSUMER spans for one message, the
+    first ended as if the run had succeeded."""
+    traced.write("INSERT INTO t VALUES (1)")
+    before = traced.writer.stats()
+    counted = _writer_counts(traced)
+    exporter.clear()
+    with pytest.raises(atlas.errors.ConstraintError):
+        traced.write("INSERT INTO t VALUES (1)")
+    consumers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    assert [s.name for s in consumers] == ["atlas.writer.write"]
+    assert consumers[0].status.status_code is StatusCode.ERROR
+    assert [e.name for e in consumers[0].events] == ["exception"]
+    after = traced.writer.stats()
+    assert after.regrouped == before.regrouped and after.failed == before.failed + 1
+    assert _writer_counts(traced) == (counted[0] + 1, counted[1] + 1)  # one run, one error
+
+
+def _writer_counts(db: atlas.Storage) -> tuple[int, int]:
+    """The writer connection's (queries, errors)."""
+    (metrics,) = [m for c, m in db.connection_metrics().items() if c.startswith("writer")]
+    return metrics.queries, metrics.errors

@@ -193,6 +193,22 @@ class StatementLeftRunning(RuntimeError):
     """
 
 
+def _wrapped(op: WriterOp, error: Exception) -> BaseException:
+    """What the caller of a failed ``op`` gets for ``error``.
+
+    A function run in the writer keeps its own exception; SQLite's are typed (the
+    original as the cause), as every other call's: a full disk found by a function
+    degrades the storage as a write's does.
+    """
+    if op.sql is not None:
+        return wrap_sqlite_error(error, op.sql)
+    if isinstance(error, apsw.Error):
+        wrapped = wrap_sqlite_error(error)
+        wrapped.__cause__ = error
+        return wrapped
+    return error
+
+
 def _left_running(op: WriterOp, cause: BaseException | None = None) -> ValidationError:
     error = ValidationError(
         f"{op.describe()} left a statement running (a cursor of a writing statement, such "
@@ -987,6 +1003,13 @@ class WriterActor(RoleActor):
             self._undo(op, cursor, error, span)  # SQLite dropped the whole batch: replay
             return
         cursor.execute(f"ROLLBACK TO {_GROUP}; RELEASE {_GROUP}")
+        if start == len(self._batch):
+            # The group held this write alone: its run failed as a run alone would, so
+            # it fails now (run again, it would count and trace one write twice).
+            failed = _wrapped(op, error)
+            Tracing.record_error(span, failed)
+            self._fail(op, failed, op.sql)
+            return
         again = self._batch[start:]
         del self._batch[start:]
         again.append(op)
@@ -1056,16 +1079,7 @@ class WriterActor(RoleActor):
 
         ``left_running``: ``error`` says that the op (a function) left a statement running.
         """
-        # A function run in the writer keeps its own exception; SQLite's are typed (the
-        # original as the cause), as every other call's: a full disk found by a function
-        # degrades the storage as a write's does.
-        if op.sql is not None:
-            wrapped = wrap_sqlite_error(error, op.sql)
-        elif isinstance(error, apsw.Error):
-            wrapped = wrap_sqlite_error(error)
-            wrapped.__cause__ = error
-        else:
-            wrapped = error
+        wrapped = _wrapped(op, error)
         Tracing.record_error(span, wrapped)
         raw = self.connection.connection if self.connection is not None else None
         ended = isinstance(op, UnitOfWorkOp) and op.ended
