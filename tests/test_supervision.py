@@ -217,6 +217,9 @@ def test_a_restart_storm_escalates_to_storage_unavailable(open_storage: object) 
     assert health.restarts == 2  # (not 0 once failed: the restarts are why)
     metrics = db.metrics.snapshot()
     assert metrics["restarts"] == 2 and metrics["restarts.writer"] == 2
+    for role in ("writer", "reader-0", "cache"):  # (not "writer is stopped": why it is)
+        with pytest.raises(StorageUnavailable, match="restart intensity"):
+            db.supervisor.kill(role)
 
 
 def test_restarts_older_than_the_window_no_longer_count_toward_escalation(
@@ -326,6 +329,8 @@ def test_status_lists_every_child_and_kill_rejects_unknown_roles(db: atlas.Stora
         db.supervisor.kill("writre")
     with pytest.raises(ValidationError, match="how='explode'"):
         db.supervisor.kill("writer", how="explode")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"no child \['writer'\]"):
+        db.supervisor.kill(["writer"])  # type: ignore[arg-type]  # (not hashable)
 
 
 def test_restart_events_carry_the_role_and_incarnation(db: atlas.Storage) -> None:
@@ -467,6 +472,54 @@ def test_a_second_kill_of_the_same_incarnation_does_not_kill_the_next(
     writer = next(c for c in db.supervisor.status().children if c.role == "writer")
     assert (writer.incarnation, writer.restarts, writer.state) == (2, 1, "running")
     assert db.write("CREATE TABLE t(x)", timeout=5).rowcount == 0
+
+
+@pytest.mark.parametrize("role", ["writer", "reader-0"])
+def test_a_stop_aimed_at_an_incarnation_that_crashed_first_spares_the_next(
+    open_storage: Callable[..., atlas.Storage], role: str
+) -> None:
+    """kill(how="stop") queued pykka's own stop, aimed at no incarnation: when the one
+    hit failed another way first, the stop waited in the role's mailbox and stopped the
+    next one too (a second restart; with restart_max=1 the storage failed)."""
+    db = open_storage(
+        readers=1,
+        max_readers=1,
+        cache=False,
+        restart_max=1,
+        restart_backoff_initial=0.01,
+        max_batch_delay=0.0,  # (the writer commits, and crashes, before it takes the stop)
+    )
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(_: object) -> int:
+        busy.set()
+        release.wait(5)
+        return 1
+
+    def crash_the_actor(_: object) -> None:
+        raise SystemExit("a done-callback exits: its actor crashes")
+
+    if role == "writer":
+        held: Any = db.writer.run(hold)
+    else:  # a read long enough to be busy with when the stop comes
+        held = db.submit_query(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < 1000000) SELECT count(*) FROM c"
+        )
+        busy.set() if wait_until(lambda: db.pool.status().active == 1) else None
+    held.add_done_callback(crash_the_actor)  # runs in the actor that resolves it
+    assert busy.wait(5)
+    assert db.supervisor.kill(role, how="stop") == 1  # queued behind the held call
+    release.set()
+    with contextlib.suppress(AtlasError):
+        held.get(10)
+    child = lambda: next(c for c in db.supervisor.status().children if c.role == role)  # noqa: E731
+    assert wait_until(lambda: child().incarnation == 2 and child().state == "running")
+    time.sleep(0.3)  # (the stop, had it waited for incarnation 2, would have hit it)
+    assert (child().incarnation, child().restarts) == (2, 1)
+    assert db.supervisor.status().state == "running"
+    db.write("CREATE TABLE t(x)", timeout=5)
+    assert db.query("SELECT count(*) FROM t", timeout=5)[0][0] == 0
 
 
 def test_close_lets_a_stopped_writer_commit_what_it_accepted(

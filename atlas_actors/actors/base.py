@@ -106,12 +106,16 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class Crash:
-    """Fault injection: make the receiving actor fail as if it had a bug."""
+    """Fault injection: make the receiving actor fail as if it had a bug (or stop it)."""
 
     reason: str = "injected crash"
     incarnation: int | None = None
     """The incarnation aimed at (None: whichever gets it). The role's mailbox outlives
     its incarnations: one queued for an incarnation that died meanwhile is ignored."""
+    stop: bool = False
+    """Stop the incarnation instead, as pykka's own stop message would
+    (``kill(how="stop")``), but aimed as above: pykka's, left behind by an incarnation
+    that died another way first, would stop the next one."""
 
 
 class Op:
@@ -484,9 +488,14 @@ class RoleActor(pykka.ThreadingActor):
         return self._reported
 
     def crash_if_mine(self, crash: Crash) -> None:
-        """Fail as :class:`Crash` asks, unless it was aimed at an earlier incarnation."""
-        if crash.incarnation is None or crash.incarnation == self.incarnation:
-            raise InjectedCrash(crash.reason)
+        """Fail (or stop) as :class:`Crash` asks, unless aimed at an earlier incarnation."""
+        if crash.incarnation is not None and crash.incarnation != self.incarnation:
+            return
+        if crash.stop:
+            self.stopping_alone = True  # (the storage runs on: a next incarnation follows)
+            self._stop()  # what pykka does on its own stop message
+            return
+        raise InjectedCrash(crash.reason)
 
     def report_failure(self, error: BaseException | None) -> None:
         """Tell the supervisor this incarnation died (once)."""

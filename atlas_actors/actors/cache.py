@@ -165,6 +165,7 @@ class CacheActor(RoleActor):
             return None
         if isinstance(message, Crash):
             self.crash_if_mine(message)
+            return None
         return super().on_receive(message)
 
     def on_stop(self) -> None:

@@ -35,7 +35,12 @@ from pykka.messages import _ActorStop
 
 from atlas_actors.actors.base import Crash, Mailbox, RoleActor, Unrecoverable
 from atlas_actors.config import StorageConfig
-from atlas_actors.errors import StorageClosedError, StorageUnavailable, ValidationError
+from atlas_actors.errors import (
+    AtlasError,
+    StorageClosedError,
+    StorageUnavailable,
+    ValidationError,
+)
 from atlas_actors.events import EventBus
 
 __all__ = ["CLEANUP_GRACE", "ChildStatus", "KillMode", "SupervisorActor", "SupervisorStatus"]
@@ -429,12 +434,14 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def kill(self, role: str, how: KillMode = "crash") -> int:
         """Inject a failure into ``role``; returns the incarnation that was hit."""
-        child = self._children.get(role)
+        child = self._children.get(role) if isinstance(role, str) else None
         if child is None:
             known = sorted(self._children)
             raise ValidationError(f"no child {role!r}; children: {known}")
         actor = child.actor
         if actor is None or child.state != "running":
+            if self._state == "failed" and isinstance(child.mailbox.closed, AtlasError):
+                raise child.mailbox.closed  # (as every other call: StorageUnavailable)
             raise ValidationError(f"{role} is {child.state}; nothing to kill")
         if child.killed == child.incarnation:
             # (A second stop or crash would wait in the role's mailbox, which outlives
@@ -448,8 +455,9 @@ class SupervisorActor(pykka.ThreadingActor):
             crash = Crash(f"kill({role!r}, how='crash')", child.incarnation)
             child.mailbox.replay_control(Envelope(crash))
         else:
-            actor.stopping_alone = True  # (the storage runs on: see RoleActor)
-            actor.actor_ref.stop(block=False)
+            # Behind what is queued: the incarnation stops once it has handled that.
+            stop = Crash(f"kill({role!r}, how='stop')", child.incarnation, stop=True)
+            child.mailbox.put(Envelope(stop))
         return child.incarnation
 
     def stop_children(self, timeout: float) -> None:

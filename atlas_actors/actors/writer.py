@@ -562,6 +562,7 @@ class WriterActor(RoleActor):
         """Obey a control message."""
         if isinstance(message, Crash):
             self.crash_if_mine(message)
+            return None
         return super().on_receive(message)
 
     @property
