@@ -759,10 +759,18 @@ def test_readers_retired_by_a_shrink_while_reading_close_when_their_reads_end(
                         db.query(count, [1])
 
                 list(threads.map(learn, range(2)))
-            reads = [threads.submit(db.query, count, [400_000]) for _ in range(2)]
+            # Both at once: one thread must not take both reads (a loaded machine may
+            # wake the other late), and each lasts long enough for the other to start.
+            both = threading.Barrier(2)
+
+            def read(_: int, both: threading.Barrier = both) -> list[Any]:
+                both.wait(5)
+                return db.query(count, [1_000_000])
+
+            reads = [threads.submit(read, i) for i in range(2)]
             assert wait_until(lambda: db.pool.status().active == 2, timeout=5)
             db.pool.resize(1)
-            assert [r.result(10) for r in reads] == [[(400_000,)]] * 2
+            assert [r.result(10) for r in reads] == [[(1_000_000,)]] * 2
             assert wait_until(lambda: len(running()) == 1, timeout=5), running()
             assert db.pool.status().total == 1
             db.pool.resize(2)
