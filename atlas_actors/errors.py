@@ -195,6 +195,15 @@ class TransactionConflict(TransactionError, TransientError):
     category = "transient"
     transient = True
 
+    @classmethod
+    def stale_snapshot(cls, tx_id: int) -> TransactionConflict:
+        """The conflict of transaction ``tx_id``, whose snapshot is no longer current."""
+        return cls(
+            f"transaction {tx_id} read a snapshot that is no longer current (another "
+            "transaction committed since): run it again from the start, or use "
+            "db.transactions.run(fn, retries=...)"
+        )
+
 
 class TransactionAborted(TransactionError):
     """The transaction was rolled back (its reason is in the message); nothing committed.

@@ -423,3 +423,25 @@ def test_a_batch_whose_every_write_failed_is_no_group_commit(db: atlas.Storage) 
     assert (after.batches, after.writes) == (before.batches, before.writes)
     assert after.failed == before.failed + 10
     assert after.mean_batch >= 1.0
+
+
+def test_a_batch_with_nothing_to_acknowledge_rolls_back_and_writes_nothing(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """Its COMMIT wrote the pages a rolled-back transaction or a failed write had
+    dirtied: WAL frames (and an fsync) for nothing, and a commit that a
+    repeatable_read snapshot begun meanwhile took for another transaction's."""
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE t(x UNIQUE)")
+    db.write("INSERT INTO t VALUES (1)")
+    frames = db.wal.monitor().frames
+    batches = db.writer.stats().batches
+    for _ in range(3):
+        with pytest.raises(KeyError), db.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (2)")
+            raise KeyError("rolled back")
+        with pytest.raises(ConstraintError):
+            db.write("INSERT INTO t VALUES (1)")
+    assert db.wal.monitor().frames == frames
+    assert db.writer.stats().batches == batches  # (none committed)
+    assert [row.x for row in db.query("SELECT x FROM t")] == [1]

@@ -251,3 +251,41 @@ def test_a_statement_that_skips_the_cache_still_learns_another_processs_rename(
             [sys.executable, "-c", RENAMES_A_COLUMN, str(db_path)], check=True, timeout=30
         )
         assert db.query(read, [4500])[0]._fields == ("id", "renamed")
+
+
+ADDS_ONE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+connection.execute("UPDATE counter SET n = n + 1")
+connection.close()
+"""
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_repeatable_read_after_another_processs_commit_conflicts_only_if_one_came_later(
+    db_path: Path, cache: bool
+) -> None:
+    """The writer learns of another process's commit only at its next BEGIN, so a
+    snapshot begun after such a commit looked stale: its first write conflicted
+    although nothing was committed since (every time while another process wrote)."""
+    with atlas.open(db_path, cache=cache, readers=1) as db:
+        db.execute("CREATE TABLE counter(n INTEGER)")
+        db.write("INSERT INTO counter VALUES (0)")
+
+        def add_one_elsewhere() -> None:
+            subprocess.run([sys.executable, "-c", ADDS_ONE, str(db_path)], check=True, timeout=30)
+
+        for expected in range(1, 4):
+            add_one_elsewhere()  # committed before the snapshot: no conflict
+            with db.transaction(isolation="repeatable_read") as tx:
+                n = tx.query("SELECT n FROM counter")[0].n
+                assert n == 2 * expected - 1
+                tx.execute("UPDATE counter SET n = ?", [n + 1])
+        with (
+            pytest.raises(atlas.errors.TransactionConflict),
+            db.transaction(isolation="repeatable_read") as tx,
+        ):
+            n = tx.query("SELECT n FROM counter")[0].n
+            add_one_elsewhere()  # committed after it: its update would be lost
+            tx.execute("UPDATE counter SET n = ?", [n + 1])
+        assert db.query("SELECT n FROM counter")[0].n == 7

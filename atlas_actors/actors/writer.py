@@ -1184,7 +1184,11 @@ class WriterActor(RoleActor):
             self._note_writes(batch, connection.connection)
         tables, self._batch_tables = self._batch_tables, set()
         changes_now = connection.connection.total_changes()
-        changed = bool(batch) or changes_now != self._changes_at_begin
+        # Nothing to acknowledge (its writes failed, its transactions rolled back): the
+        # batch rolls back. A COMMIT would still write the pages they dirtied (and sync
+        # them), a commit nobody made that a repeatable_read snapshot would take for one.
+        end = "COMMIT" if batch else "ROLLBACK"
+        changed = bool(batch)
         rows = self._take_row_changes(changes_now)
         if rows is None and not self._batch_plain and self.hooks.track_tables:
             # A statement may have written what its analysis cannot name (a user
@@ -1198,9 +1202,9 @@ class WriterActor(RoleActor):
                 self.hooks.will_commit()
             self._wrote_frames = False
             try:
-                connection.cursor.execute("COMMIT")
+                connection.cursor.execute(end)
             except apsw.Error as error:
-                Tracing.record_error(span, wrap_sqlite_error(error, "COMMIT"))
+                Tracing.record_error(span, wrap_sqlite_error(error, end))
                 if changed:
                     self.hooks.commit_failed()
                 self._commit_failed(connection, batch, error)
@@ -1542,21 +1546,15 @@ class WriterActor(RoleActor):
                 ),
             )
             return
-        if request.expected_version is not None and self._batch:
+        expected = request.expected_commits
+        if expected is not None and self._batch:
             self._commit()  # compare against committed state only
         if not self._in_transaction and not self._begin(request):
             return
         connection = self.connection
         assert connection is not None, "a batch is open only with a connection"
-        version = (self.counters.commit_seq, self._data_version)
-        if request.expected_version is not None and request.expected_version != version:
-            request.fail(
-                TransactionConflict(
-                    f"transaction {request.tx_id} read a snapshot that is no longer "
-                    "current (another transaction committed since): run it again from "
-                    "the start, or use db.transactions.run(fn, retries=...)"
-                )
-            )
+        if expected is not None and expected != self.counters.commit_seq:
+            request.fail(TransactionConflict.stale_snapshot(request.tx_id))
             return
         savepoint = f"tx{request.tx_id}"
         try:
@@ -1606,7 +1604,7 @@ class WriterActor(RoleActor):
                         request = waiting.popleft()
                     except IndexError:
                         return False
-                    if request.expected_version is not None:
+                    if request.expected_commits is not None:
                         waiting.appendleft(request)  # the writer compares it with committed state
                         return False
                     if not request.claim():

@@ -365,12 +365,13 @@ CommitHook = Callable[[TrackedConnection], None]
 class LeaseRequest(Op):
     """Lend the write connection to transaction ``tx_id`` → a ``Lease``.
 
-    ``expected_version`` (repeatable_read) is the writer version the transaction's
-    snapshot saw; if the database changed since, the request fails with
-    ``TransactionConflict`` instead.
+    ``expected_commits`` (repeatable_read) is how many commits of this storage the
+    transaction's snapshot saw (-1: not known); if there were others since, the
+    request fails with ``TransactionConflict`` instead. Other processes' commits are
+    the transaction's to find (see ``Transaction._changed_since_snapshot``).
     """
 
-    __slots__ = ("expected_version", "lease_timeout", "owner", "tx_id")
+    __slots__ = ("expected_commits", "lease_timeout", "owner", "tx_id")
 
     def __init__(
         self,
@@ -379,13 +380,13 @@ class LeaseRequest(Op):
         trace_context: Any,
         tx_id: int,
         lease_timeout: float,
-        expected_version: tuple[int, int] | None,
+        expected_commits: int | None,
     ) -> None:
         super().__init__(future, session, trace_context)
         self.tx_id = tx_id
         self.owner = session
         self.lease_timeout = lease_timeout
-        self.expected_version = expected_version
+        self.expected_commits = expected_commits
 
 
 class LeaseReturn(Op):

@@ -47,6 +47,7 @@ from atlas_actors.errors import (
     ReadOnlyError,
     StatementTypeError,
     TransactionAborted,
+    TransactionConflict,
     TransactionError,
     TransactionTimeout,
     ValidationError,
@@ -123,6 +124,9 @@ class Transaction:
     _pinned_by = 0
     """Thread id that pinned the reader (its hold in the wait-for graph)."""
     _snapshot: tuple[int, int] | None = None
+    _snapshot_data_version: int | None = None
+    """The pinned reader's ``PRAGMA data_version`` inside the snapshot (see
+    :meth:`_changed_since_snapshot`)."""
     _savepoints: tuple[str, ...] = ()
     _error: AtlasError | None = None
     """What ended the transaction (a timeout, a conflict, a lost batch), if anything did."""
@@ -626,7 +630,7 @@ class Transaction:
         expected = None
         if self.isolation == "repeatable_read" and self._reader is not None:
             # A snapshot whose version could not be pinned conflicts on purpose.
-            expected = self._snapshot if self._snapshot is not None else (-1, -1)
+            expected = self._snapshot[0] if self._snapshot is not None else -1
         manager = self._manager
         if manager._local.end is None:
             manager._watch(me)
@@ -650,6 +654,9 @@ class Transaction:
                 if self.state != "active":  # ended before it could see the request
                     self._withdraw(request)
                 granted: Lease = request.get()
+                if expected is not None and self._changed_since_snapshot():
+                    # (_abandon, below, gives the lease back)
+                    raise TransactionConflict.stale_snapshot(self.id)
             except BaseException:
                 self._abandon(request)
                 raise
@@ -679,6 +686,22 @@ class Transaction:
         if self._pending:
             self._open_pending()
         return granted
+
+    def _changed_since_snapshot(self) -> bool:
+        """Whether anything was committed since the snapshot began (lease granted).
+
+        The writer counts this storage's commits, but learns of another process's only
+        at its next ``BEGIN``: a snapshot begun just after one would look stale to it.
+        The pinned reader knows exactly: its ``data_version`` moves when another
+        connection committed since its last read transaction. With the lease granted
+        the writer holds the write lock, so nothing can commit meanwhile.
+        """
+        reader = self._reader
+        if reader is None or self._snapshot_data_version is None:
+            return True  # (no snapshot whose version is known: conflicts on purpose)
+        reader.query("ROLLBACK")  # (the snapshot ends: the next read sees the latest)
+        now: int = reader.query("PRAGMA data_version")[0][0]
+        return now != self._snapshot_data_version
 
     def _open_pending(self) -> None:
         """Open the savepoints of the nested blocks begun before the lease was taken.
@@ -791,6 +814,7 @@ class Transaction:
                 rows = reader.query(sql, params)  # the snapshot starts at the first read
                 if self._storage.writer_version == before:
                     self._snapshot = before
+                    self._snapshot_data_version = reader.query("PRAGMA data_version")[0][0]
                     return rows
                 reader.query("ROLLBACK")  # a commit raced the snapshot's start: try again
         except BaseException:
