@@ -325,3 +325,43 @@ def test_ctrl_c_or_exit_in_a_checkout_handler_gives_the_connection_back(
     assert db.query("SELECT 2", timeout=2.0)[0][0] == 2
     with db.pool.acquire(timeout=2.0) as connection:
         assert connection.query("SELECT 3")[0][0] == 3
+
+
+def test_ctrl_c_in_a_checkin_handler_as_a_snapshot_ends_leaves_no_hold_in_the_graph(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """The reader went back to the pool, but the deadlock graph kept this thread as its
+    holder: its next wait for a reader another thread held briefly was refused at once
+    as a deadlock with itself."""
+    db = open_storage(readers=1, max_readers=1, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    raised: list[str] = []
+
+    def interrupted(e: LifecycleEvent) -> None:
+        if not raised:
+            raised.append(e.name)
+            raise KeyboardInterrupt
+
+    off = db.events.on("checkin", interrupted)
+    tx = db.transactions.begin("repeatable_read")
+    tx.query("SELECT x FROM t")
+    with pytest.raises(KeyboardInterrupt):
+        tx.rollback()
+    off()
+    assert raised == ["checkin"] and tx.state == "rolled_back"
+    held, free = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db.pool.acquire() as connection:
+            connection.query("SELECT 1")
+            held.set()
+            free.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    threading.Timer(0.3, free.set).start()
+    with db.transaction(isolation="repeatable_read") as again:  # waits for the reader
+        assert again.query("SELECT x FROM t")[0].x == 1
+    holder.join(5)

@@ -590,6 +590,26 @@ def test_run_does_not_retry_a_commit_that_settled_just_after_its_timeout(
     assert sorted(r.x for r in db.query("SELECT x FROM t")) == [1, 2]
 
 
+@pytest.mark.parametrize("mode", ["passive", "full", "restart", "truncate"])
+def test_a_repeatable_read_write_after_a_checkpoint_does_not_conflict(
+    open_storage: Callable[..., atlas.Storage], mode: str
+) -> None:
+    """A checkpoint commits nothing. A TRUNCATE one (the snapshot read the database file
+    alone, so it could finish) moves the pinned reader's data_version, which alone was
+    taken for a commit."""
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE c(id INTEGER PRIMARY KEY, n INTEGER)")
+    db.write("INSERT INTO c VALUES (1, 0)")
+    db.wal.checkpoint("truncate")  # (the WAL is empty: the snapshot reads the file)
+    with db.transaction(isolation="repeatable_read") as tx:
+        n = tx.query("SELECT n FROM c WHERE id = 1")[0].n
+        checkpoint = threading.Thread(target=db.wal.checkpoint, args=(mode,))
+        checkpoint.start()
+        checkpoint.join(10)
+        tx.execute("UPDATE c SET n = ? WHERE id = 1", [n + 1])
+    assert db.query("SELECT n FROM c")[0].n == 1
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_a_repeatable_read_write_after_a_rolled_back_transaction_does_not_conflict(
     open_storage: Callable[..., atlas.Storage], cache: bool

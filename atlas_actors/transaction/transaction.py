@@ -690,15 +690,22 @@ class Transaction:
     def _changed_since_snapshot(self) -> bool:
         """Whether anything was committed since the snapshot began (lease granted).
 
-        The writer counts this storage's commits, but learns of another process's only
-        at its next ``BEGIN``: a snapshot begun just after one would look stale to it.
-        The pinned reader knows exactly: its ``data_version`` moves when another
-        connection committed since its last read transaction. With the lease granted
-        the writer holds the write lock, so nothing can commit meanwhile.
+        With the lease granted the writer holds the write lock: nothing commits
+        meanwhile. Each of two signs misses no commit, and each alone may see one that
+        was none, so a conflict needs both:
+
+        - the writer's version (this storage's commits, and SQLite's ``data_version``
+          as of its last ``BEGIN``) moved since the snapshot's stamp; it also moves for
+          another process's commit made before the snapshot began, which the writer
+          learns of only at its next ``BEGIN``;
+        - the pinned reader's ``data_version`` read inside the snapshot moved by now;
+          it also moves for a checkpoint that truncated or restarted the WAL.
         """
         reader = self._reader
-        if reader is None or self._snapshot_data_version is None:
+        if reader is None or self._snapshot is None or self._snapshot_data_version is None:
             return True  # (no snapshot whose version is known: conflicts on purpose)
+        if self._storage.writer_version == self._snapshot:
+            return False
         reader.query("ROLLBACK")  # (the snapshot ends: the next read sees the latest)
         now: int = reader.query("PRAGMA data_version")[0][0]
         return now != self._snapshot_data_version
@@ -1311,8 +1318,10 @@ class TransactionManager:
     def unpin_reader(self, tx: Transaction, reader: PooledConnection) -> None:
         """Give ``tx``'s reader back to the pool (from any thread: the tick may)."""
         self._pinned.pop(tx.id, None)
-        reader.release()
-        self.graph.release(tx._pinned_by, "pool:readers")
+        try:
+            reader.release()  # (which may raise a checkin handler's Ctrl-C, once back)
+        finally:
+            self.graph.release(tx._pinned_by, "pool:readers")
 
     def sweep(self, now: float) -> list[int]:
         """The storage's tick: forget the transactions that ended unseen, end old snapshots.
