@@ -7,6 +7,7 @@ import ctypes
 import inspect
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -326,6 +327,81 @@ def test_resize_up_and_down_under_load_loses_no_call(open_storage: object) -> No
     assert done[0] > 0
     with pytest.raises(ValidationError):
         db.pool.resize(0)
+
+
+def test_concurrent_resizes_never_take_the_pool_below_its_floor(open_storage: object) -> None:
+    # Each call counted the same surplus and retired it: three resize(2) of a pool of
+    # 6 retired every reader, and nothing started one again.
+    db: atlas.Storage = open_storage(readers=6, max_readers=8, cache=False)  # type: ignore[operator]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (the threads interleave inside resize, as under load)
+    try:
+        for _ in range(5):
+            db.pool.resize(6)
+            assert wait_until(lambda: db.pool.status().total == 6)
+            gate = threading.Barrier(3)
+
+            def shrink(gate: threading.Barrier = gate) -> None:
+                gate.wait(5)
+                db.pool.resize(2)
+
+            threads = [threading.Thread(target=shrink) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            assert len(db.pool._readers) == 2, db.pool.status()
+    finally:
+        sys.setswitchinterval(switch)
+    assert wait_until(lambda: db.pool.status().total == 2)
+    assert db.pool.size == 2
+
+
+def test_readers_still_starting_when_the_pool_shrinks_retire_once_ready(
+    open_storage: object,
+) -> None:
+    # resize(2) right after resize(6) found 4 readers not ready yet: they joined the
+    # pool after it and idled above the floor until reader_idle_timeout (30 s).
+    db: atlas.Storage = open_storage(readers=2, max_readers=8, cache=False)  # type: ignore[operator]
+    db.pool.resize(6)
+    db.pool.resize(2)
+    assert wait_until(lambda: db.pool.size == 2 and db.pool.status().total == 2, timeout=3), (
+        db.pool.status()
+    )
+    assert db.pool._unwanted == 0
+    # Growth on demand still goes past the floor, up to the ceiling.
+    leases = [db.pool.acquire(timeout=5) for _ in range(4)]
+    assert db.pool.status().total == 4
+    for lease in leases:
+        lease.release()
+    assert db.query("SELECT 1") == [(1,)]
+
+
+def test_a_pool_below_its_floor_starts_readers_on_the_tick_with_backoff(
+    open_storage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The readers resize(4) asked for could not open: the pool stayed at 2 for good
+    # (only callers waiting grew it), and nothing retried.
+    db: atlas.Storage = open_storage(readers=2, max_readers=4, cache=False)  # type: ignore[operator]
+    connect = db._connect
+    refused: list[float] = []
+
+    def no_more_files(*, writer: bool) -> Any:
+        if not writer:
+            refused.append(time.monotonic())
+            raise apsw.CantOpenError("unable to open database file")  # as with EMFILE
+        return connect(writer=writer)
+
+    monkeypatch.setattr(db, "_connect", no_more_files)
+    db.pool.resize(4)
+    time.sleep(1.0)
+    # Retried, but backing off: not two starts per 0.05 s tick (40).
+    assert 2 <= len(refused) <= 12, len(refused)
+    assert db.pool.status().total == 2
+    assert db.health().status != "failed"
+    monkeypatch.undo()
+    assert wait_until(lambda: db.pool.status().total == 4, timeout=15), db.pool.status()
+    assert db.pool.size == 4
 
 
 def test_connections_are_recycled_after_their_query_budget(open_storage: object) -> None:

@@ -459,6 +459,11 @@ class ReaderPool:
         self._starting = 0
         self._starting_roles: dict[str, None] = {}
         """Roles asked for (growth, resize) whose first connection is not open yet."""
+        self._unwanted = 0
+        """Readers of ``_starting`` that a later ``resize`` made surplus: the next this
+        many to become ready retire at once (at most ``_starting``)."""
+        self._resizing = threading.Lock()
+        """Held through :meth:`resize`: each call decides from what the last one did."""
         self._growth_backoff = 0.0  # seconds; doubles per failed growth, 0 once one starts
         self._no_growth_until = 0.0  # time.monotonic(): no growth before (after a failure)
         self._local = threading.local()
@@ -508,10 +513,21 @@ class ReaderPool:
         with self._cond:
             if reader.retiring or (reopened and self._readers.get(reader.role) is not reader):
                 return False
+            surplus: TrackedConnection | None = None
             if reader.role not in self._ready_roles and self._starting:
                 self._starting -= 1  # one of the readers asked for by growth or resize
                 self._growth_backoff = self._no_growth_until = 0.0
-            self._readers[reader.role] = reader
+                if self._unwanted and connected:
+                    self._unwanted -= 1
+                    surplus = reader.connection
+            if surplus is not None:
+                # A resize since it was asked for made it surplus: it retires now (its
+                # checkin finds the connection unusable and disposes of it), not after
+                # reader_idle_timeout above the floor, or never.
+                reader.retiring = True
+                surplus.usable = False
+            else:
+                self._readers[reader.role] = reader
             self._ready_roles.add(reader.role)
             self._starting_roles.pop(reader.role, None)
             if connected:
@@ -710,6 +726,7 @@ class ReaderPool:
         """
         with self._cond:
             self._starting = max(0, self._starting - 1)
+            self._unwanted = min(self._unwanted, self._starting)
             self._growth_backoff = min(max(0.1, 2 * self._growth_backoff), 10.0)
             self._no_growth_until = time.monotonic() + self._growth_backoff
 
@@ -1480,6 +1497,7 @@ class ReaderPool:
         once readers failed to for ``reader_fault_timeout`` (the supervisor escalates).
         """
         self._reconnect(now)
+        self._keep_floor()
         if self._lent:
             self._check_leases(now)
         interval = self.config.health_check_interval
@@ -1515,10 +1533,28 @@ class ReaderPool:
             elif (
                 len(self._readers) > self.floor
                 and now - connection.last_used >= self.config.reader_idle_timeout
+                and self._retire_reader(connection)
             ):
-                self._retire_reader(connection)
+                continue
             else:
                 self._let_go(connection)
+
+    def _keep_floor(self) -> None:
+        """The tick's: start readers while fewer than the floor are ready or starting.
+
+        Whatever took the pool below its floor (a reader that failed to start for a
+        resize, say), it heals here. Not while growth backs off after a reader failed
+        to start, nor during a fault: a file that cannot be opened gets no start per tick.
+        """
+        with self._cond:
+            if self.closed is not None or self._cannot_grow():
+                return
+            missing = self.floor - (len(self._readers) + self._starting - self._unwanted)
+            for _ in range(missing):
+                self._starting += 1
+                if not self._grow():
+                    self._starting -= 1  # not even asked for (the storage is stopping)
+                    return
 
     def _check_leases(self, now: float) -> None:
         """Take back leases of :meth:`acquire` that nobody can use, or that pin the WAL.
@@ -1590,17 +1626,24 @@ class ReaderPool:
         """Claim ``connection`` if it is free; True if the caller now holds it."""
         return connection.lock.acquire(False)
 
-    def _retire_reader(self, connection: TrackedConnection) -> None:
-        """Retire the reader of a claimed connection."""
-        connection.owner.retiring = True
+    def _retire_reader(self, connection: TrackedConnection) -> bool:
+        """Retire the reader of a claimed connection if the pool is above its floor.
+
+        Decided under the lock, so that shrinks and the tick retiring at once never take
+        the pool below it. False (the caller still holds the connection) if not.
+        """
         with self._cond:
+            if len(self._readers) <= self.floor:
+                return False
+            connection.owner.retiring = True
             self._readers.pop(connection.role, None)
         self._dispose(connection)
+        return True
 
     def _maybe_grow(self) -> None:
         """Start one more reader if callers wait and the ceiling allows (holding the lock)."""
         demand = self._waiting + len(self._pending)
-        if demand > self._starting and not self._cannot_grow():
+        if demand > self._starting - self._unwanted and not self._cannot_grow():
             self._starting += 1
             if not self._grow():
                 self._starting -= 1  # not even asked for (the storage is stopping)
@@ -1635,7 +1678,9 @@ class ReaderPool:
         """Keep ``size`` readers ready: start more, or retire some without failing calls.
 
         Returns at once: new readers join the pool (and ``status().total``) as they
-        start, usually within milliseconds; surplus ones retire once idle.
+        start, usually within milliseconds; surplus ones retire once idle, and surplus
+        ones still starting as soon as they are ready. Calls from several threads take
+        effect one after the other.
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValidationError(f"pool size {size!r}; it must be an integer >= 1")
@@ -1646,40 +1691,47 @@ class ReaderPool:
                 f"pool size {size}: at most {MAX_READERS} readers (each is a thread and a "
                 "connection; reads need about one per core); pass a smaller size"
             )
-        with self._cond:
-            self.floor = size
-            self.ceiling = max(self.ceiling, size)
-            missing = size - len(self._readers) - self._starting
-            self._starting += max(0, missing)
-            surplus = len(self._readers) - size
-        for _ in range(missing):
-            if not self._grow():
-                self.expected_growth_failed()
-        if surplus > 0:
-            self._shrink(surplus)
+        with self._resizing:
+            with self._cond:
+                self.floor = size
+                self.ceiling = max(self.ceiling, size)
+                missing = size - len(self._readers) - self._starting
+                self._starting += max(0, missing)
+                # Readers still starting past ``size`` (asked for by an earlier resize or
+                # by growth) retire as they become ready: see reader_ready.
+                self._unwanted = max(0, min(self._starting, self.size - size))
+                shrink = len(self._readers) > size
+            for _ in range(missing):
+                if not self._grow():
+                    self.expected_growth_failed()
+            if shrink:
+                self._shrink()
 
-    def _shrink(self, count: int) -> None:
-        # Readers without a connection first (a fault), then free connections: they
-        # close at once. Busy ones are marked retiring and close when they are
-        # released, so no call in flight fails.
+    def _shrink(self) -> None:
+        """Retire readers down to the floor (each decided under the lock, as the tick does).
+
+        Readers without a connection first (a fault), then free connections: they close
+        at once. Busy ones are marked retiring and close when they are released, so no
+        call in flight fails.
+        """
         with self._cond:
-            down = list(self._down.values())[:count]
+            down = list(self._down.values())[: max(0, len(self._readers) - self.floor)]
             for reader in down:
                 reader.retiring = True
                 self._readers.pop(reader.role, None)
         for reader in down:
             self._retire(reader.role)
-            count -= 1
         for connection in list(self._connections):
-            if count <= 0:
+            if len(self._readers) <= self.floor:
                 return
             if connection.owner.retiring:
                 continue
-            if connection.lock.acquire(False):
-                self._retire_reader(connection)
-                count -= 1
+            if connection.lock.acquire(False) and not self._retire_reader(connection):
+                self._let_go(connection)  # (the floor was reached meanwhile)
+                return
         with self._cond:
-            busy = [r for r in self._readers.values() if not r.retiring][:count]
+            count = len(self._readers) - self.floor
+            busy = [r for r in self._readers.values() if not r.retiring][: max(0, count)]
             for reader in busy:
                 reader.retiring = True
                 self._readers.pop(reader.role, None)
