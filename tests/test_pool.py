@@ -18,7 +18,7 @@ import apsw
 import pytest
 
 import atlas_actors as atlas
-from atlas_actors.actors.pool import _RECHECK_AT, _RECHECK_PHASE, _TIMED_AT
+from atlas_actors.actors.pool import _RECHECK_AT, _RECHECK_PHASE, _TIMED_AT, PoolStatus
 from atlas_actors.connection import (
     _RECHECK_EVERY,
     _TIME_FIRST,
@@ -297,7 +297,7 @@ def test_readers_above_the_floor_retire_when_idle(open_storage: object) -> None:
 
 
 def test_resize_up_and_down_under_load_loses_no_call(open_storage: object) -> None:
-    db: atlas.Storage = open_storage(readers=2, max_readers=2)  # type: ignore[operator]
+    db: atlas.Storage = open_storage(readers=2, max_readers=2, reader_idle_timeout=0.2)  # type: ignore[operator]
     db.execute("CREATE TABLE t(x)")
     db.write("INSERT INTO t VALUES (1)")
     stop = threading.Event()
@@ -316,15 +316,20 @@ def test_resize_up_and_down_under_load_loses_no_call(open_storage: object) -> No
     threads = [threading.Thread(target=read) for _ in range(8)]
     for thread in threads:
         thread.start()
-    for size in (6, 1, 4, 2, 8, 1):
-        db.pool.resize(size)
-        assert wait_until(lambda size=size: db.pool.status().total == size)
-        time.sleep(0.05)
-    stop.set()
-    for thread in threads:
-        thread.join(10)
+    try:
+        for size in (6, 1, 4, 2, 8, 1):
+            db.pool.resize(size)
+            # Down, the retired readers' connections stay open (and counted) until the
+            # reads on them end, and the 8 callers grow the pool back towards its ceiling.
+            assert wait_until(lambda size=size: db.pool.status().total >= size)
+            time.sleep(0.05)
+    finally:
+        stop.set()  # (else the readers spin on the closed storage's errors)
+        for thread in threads:
+            thread.join(10)
     assert not failures, failures[:3]
     assert done[0] > 0
+    assert wait_until(lambda: db.pool.status().total == 1)  # the last size, once idle
     with pytest.raises(ValidationError):
         db.pool.resize(0)
 
@@ -402,6 +407,23 @@ def test_a_pool_below_its_floor_starts_readers_on_the_tick_with_backoff(
     monkeypatch.undo()
     assert wait_until(lambda: db.pool.status().total == 4, timeout=15), db.pool.status()
     assert db.pool.size == 4
+
+
+def test_status_counts_lent_connections_whose_readers_retired(open_storage: object) -> None:
+    # A lease's connection stays open and in use after resize() retired its reader,
+    # until released: status() counted only usable connections (total=1 of 3 open).
+    db: atlas.Storage = open_storage(readers=3, max_readers=3, cache=False)  # type: ignore[operator]
+    leases = [db.pool.acquire(timeout=5) for _ in range(3)]
+    db.pool.resize(1)
+    assert [lease.execute("SELECT 1") for lease in leases] == [[(1,)]] * 3
+    status = db.pool.status()
+    readers = [c for c in db.connections() if c.role != "writer"]
+    assert (status.total, status.active, status.idle) == (3, 3, 0)
+    assert status.total == len(readers) == status.active + status.idle
+    for lease in leases:
+        lease.release()
+    assert wait_until(lambda: db.pool.status().total == 1)
+    assert db.pool.status() == PoolStatus(total=1, active=0, idle=1, waiting_requests=0)
 
 
 def test_connections_are_recycled_after_their_query_budget(open_storage: object) -> None:

@@ -1751,8 +1751,17 @@ class ReaderPool:
             return self.status_unlocked()
 
     def status_unlocked(self) -> PoolStatus:
-        """:meth:`status` for callers already holding the pool's lock."""
-        connections = [c for c in self._connections if c.usable]
+        """:meth:`status` for callers already holding the pool's lock.
+
+        A connection lent while its reader retired (a shrink) or crashed is no longer
+        usable but still open and in use until released: counted, as ``db.connections()``
+        shows it.
+        """
+        connections = [
+            c
+            for c in self._connections
+            if c.usable or (c.lock.locked() and c.state is not ConnectionState.CLOSED)
+        ]
         active = sum(1 for c in connections if c.lock.locked())
         return PoolStatus(
             total=len(connections),
