@@ -324,3 +324,25 @@ def test_a_stale_look_at_a_dropped_lease_never_takes_back_the_next_ones_connecti
         pool.acquire(timeout=0.2)  # still the second's, not lent to a third caller
     assert second.execute("SELECT 1 AS x")[0].x == 1
     second.release()
+
+
+# -- release() of something that is no lease ---------------------------------------------
+
+
+def test_release_of_anything_but_a_lease_raises_validation_error(open_storage: Open) -> None:
+    """``pool.release(None)`` (or a str, or another pool's connection) raised an untyped
+    AttributeError from inside the pool."""
+    db = _two_readers(open_storage)
+    other = open_storage(db.path + "-other", readers=1, max_readers=1, cache=False)
+    foreign = other.pool.acquire()
+    before = db.pool.status()
+    for wrong in (None, "reader-0#2", 42, object(), db.writer_connection, foreign._live()):
+        with pytest.raises(ValidationError, match=r"pass the object pool\.acquire\(\) returned"):
+            db.pool.release(wrong)  # type: ignore[arg-type]
+    assert db.pool.status() == before
+    lease = db.pool.acquire()
+    db.pool.release(lease)  # the lease itself, as documented
+    db.pool.release(lease)  # (twice is harmless)
+    assert db.pool.status() == before
+    other.pool.release(foreign)
+    assert other.pool.status().active == 0

@@ -960,11 +960,24 @@ class ReaderPool:
     def release(self, connection: TrackedConnection | PooledConnection) -> None:
         """Give a connection back: one from :meth:`acquire` (the plan's ``release()``).
 
-        Releasing a lease twice is harmless.
+        Releasing a lease twice is harmless. Anything else raises ``ValidationError``.
         """
         if isinstance(connection, PooledConnection):
             connection.release()
             return
+        if type(connection) is not TrackedConnection or (
+            getattr(connection.owner, "pool", None) is not self  # (a writer's, another pool's)
+        ):
+            if connection is None:
+                given = "None"
+            elif type(connection) is TrackedConnection:
+                given = f"connection {connection.id}, not this pool's"
+            else:
+                given = f"an object of type {type(connection).__name__}"
+            raise ValidationError(
+                f"pool.release() got {given}: pass the object pool.acquire() returned "
+                "(or use `with db.pool.connection() as c:`)"
+            )
         escaped: BaseException | None = None
         if self._leases and connection in self._leases:
             try:
