@@ -346,3 +346,61 @@ def test_release_of_anything_but_a_lease_raises_validation_error(open_storage: O
     assert db.pool.status() == before
     other.pool.release(foreign)
     assert other.pool.status().active == 0
+
+
+# -- leases still out when the storage closes ---------------------------------------------
+
+
+def _files_open_under(directory: str) -> list[str]:
+    """Names of the files under ``directory`` this process has open (Linux: /proc)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # (closed meanwhile, or listdir's own)
+        if target.startswith(directory):
+            names.append(os.path.basename(target))
+    return sorted(names)
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+
+
+@needs_proc
+def test_a_lease_dropped_after_close_closes_its_connection(open_storage: Open) -> None:
+    """No tick runs once the storage is closed, and no reader closes a connection still
+    lent: one dropped unreleased after db.close() kept its connection and the database's
+    files open for as long as the storage object lived."""
+    db = open_storage(readers=1, max_readers=1, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    directory = os.path.dirname(db.path)
+    lease = db.pool.acquire()
+    lease.execute("SELECT x FROM t")
+    connection = lease._live()
+    db.close()
+    assert connection.state is not atlas.ConnectionState.CLOSED  # lent: its holder's still
+    del lease
+    gc.collect()
+    assert connection.state is atlas.ConnectionState.CLOSED
+    assert _files_open_under(directory) == []
+
+
+@needs_proc
+def test_a_lease_dropped_before_close_and_not_yet_taken_back_is_closed_by_it(
+    open_storage: Open,
+) -> None:
+    # No tick between the drop and close() (liveness_interval): close() itself must
+    # close what the tick would have given back.
+    db = open_storage(readers=1, max_readers=1, cache=False, liveness_interval=60.0)
+    db.execute("CREATE TABLE t(x)")
+    directory = os.path.dirname(db.path)
+    lease = db.pool.acquire()
+    connection = lease._live()
+    del lease
+    gc.collect()
+    started = time.monotonic()
+    db.close()
+    assert time.monotonic() - started < 1  # (a reader waits 1 s for a connection still lent)
+    assert connection.state is atlas.ConnectionState.CLOSED
+    assert _files_open_under(directory) == []

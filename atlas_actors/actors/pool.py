@@ -173,6 +173,15 @@ def _by_role(info: ConnectionInfo) -> tuple[int, int]:
     return (int(role) if role.isdigit() else -1, int(number) if number.isdigit() else -1)
 
 
+def _dropped(connection: TrackedConnection, thread_name: str) -> str:
+    """Why a lease dropped without ``release()`` was given back (the warning)."""
+    return (
+        f"a pooled connection ({connection.id}) acquired by thread {thread_name!r} was "
+        "dropped without release(): an open read transaction on it is rolled back. "
+        "Release every pool.acquire(), or use `with db.pool.connection()`"
+    )
+
+
 def _read_only(error: ReadOnlyError, sql: str) -> ReadOnlyError:
     """Explain a write attempted through the read path.
 
@@ -235,7 +244,8 @@ class PooledConnection:
     The pool takes a lease back on its maintenance tick (with a warning) when:
 
     * it is dropped without ``release()`` (garbage-collected): its read transaction,
-      if one was left open, is rolled back and the connection goes back to the pool;
+      if one was left open, is rolled back and the connection goes back to the pool
+      (once the storage is closed, the connection closes as the lease is collected);
     * the thread that acquired it has ended: nobody can use it as documented any more,
       so it goes back, and later calls on this object raise ``ValidationError``;
     * a read transaction (``BEGIN``) on it has been open longer than the storage's
@@ -1135,8 +1145,28 @@ class ReaderPool:
             # sets FAILED): whichever came first, FAILED is what stays.
             connection.state = ConnectionState.FAILED
         lease = PooledConnection(self, connection)
-        self._lent[connection] = (weakref.ref(lease), threading.current_thread().name)
+        dropped = weakref.ref(lease, self._lease_dropped)
+        self._lent[connection] = (dropped, threading.current_thread().name)
         return lease
+
+    def _lease_dropped(self, lease: weakref.ref[PooledConnection]) -> None:
+        """A lease of :meth:`acquire` was collected (its weak reference's callback).
+
+        While the pool serves, the tick gives its connection back (:meth:`_check_leases`);
+        a released one left ``_lent`` first. Once the pool is closed no tick runs and no
+        reader closes a connection still lent, so it would stay open (with its files) for
+        as long as the storage object lives: closed here. This runs in whatever thread
+        drops the lease or collects, maybe one holding the pool's lock: it takes no lock
+        and emits no event. (Not ``__del__``: a weak reference is cleared before its
+        callback runs, so :meth:`close`, which looks for leases gone after it sets
+        ``closed``, and this, which looks at ``closed`` after the lease is gone, never
+        both miss one.)
+        """
+        if self.closed is None:
+            return
+        for connection, entry in list(self._lent.items()):
+            if entry[0] is lease and self._lent.pop(connection, None) is entry:
+                connection.close()
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[PooledConnection]:
@@ -1572,21 +1602,16 @@ class ReaderPool:
     def _check_leases(self, now: float) -> None:
         """Take back leases of :meth:`acquire` that nobody can use, or that pin the WAL.
 
-        (See :class:`PooledConnection`.) Without a finalizer: a lease is collected in
+        (See :class:`PooledConnection`.) Not at collection: a lease is collected in
         whatever thread the collector runs, maybe one holding this pool's lock, so the
-        tick finds it gone (its weak reference dead) and gives its connection back.
+        tick finds it gone (its weak reference dead) and gives its connection back
+        (:meth:`_lease_dropped` acts at once only once the pool is closed).
         """
         for connection, (ref, thread_name) in list(self._lent.items()):
             lease = ref()
             if lease is None:
                 # Dropped without release() (released ones leave _lent first).
-                why = (
-                    f"a pooled connection ({connection.id}) acquired by thread "
-                    f"{thread_name!r} was dropped without release(): an open read "
-                    "transaction on it is rolled back. Release every pool.acquire(), or "
-                    "use `with db.pool.connection()`"
-                )
-                self.give_back(connection, why, thread_name, ref)
+                self.give_back(connection, _dropped(connection, thread_name), thread_name, ref)
                 continue
             if not lease.supervised:
                 continue
@@ -1622,8 +1647,9 @@ class ReaderPool:
         entry = self._lent.get(connection)
         if entry is None or (seen is not None and entry[0] is not seen):
             return  # (given back already, or lent again since)
+        if self._lent.pop(connection, None) is not entry:
+            return  # (closed meanwhile by _lease_dropped, once the pool is closed)
         # (Still the dead or orphaned lease's: nobody else can release it meanwhile.)
-        self._lent.pop(connection, None)
         log.warning("%s; given back to the pool (acquired by thread %r)", why, thread_name)
         if connection.state is ConnectionState.ACTIVE:
             connection.state = ConnectionState.IDLE
@@ -1872,6 +1898,11 @@ class ReaderPool:
         for connection in list(self._connections):
             if connection.lock.acquire(False):
                 self._dispose(connection)  # busy ones close when released
+        for connection, (ref, thread_name) in list(self._lent.items()):
+            if ref() is None:
+                # Dropped unreleased since the last tick, and no tick runs any more (one
+                # dropped from now on is closed by _lease_dropped).
+                self.give_back(connection, _dropped(connection, thread_name), thread_name, ref)
         with self._cond:
             for waiter in self._waiters:
                 waiter.ready.set()  # they find nothing handed over and raise ``closed``
