@@ -1792,14 +1792,16 @@ class ReaderPool:
     def status_unlocked(self) -> PoolStatus:
         """:meth:`status` for callers already holding the pool's lock.
 
-        A connection lent while its reader retired (a shrink) or crashed is no longer
-        usable but still open and in use until released: counted, as ``db.connections()``
-        shows it.
+        A connection lent by :meth:`acquire` while its reader retired (a shrink) or
+        crashed is no longer usable but still open and in use until released: counted,
+        as ``db.connections()`` shows it. One that failed under a read is not: it closes
+        as that read ends, and counting it would show a pool whole during a fault.
         """
+        lent = self._lent
         connections = [
             c
             for c in self._connections
-            if c.usable or (c.lock.locked() and c.state is not ConnectionState.CLOSED)
+            if c.usable or (c in lent and c.state is not ConnectionState.CLOSED)
         ]
         active = sum(1 for c in connections if c.lock.locked())
         return PoolStatus(
