@@ -111,8 +111,9 @@ class Runtime:
         self.errors = ErrorHandler(self, self.metrics)  # type: ignore[arg-type]
         """Error analysis, logging and recovery: ``db.errors.analyze(exc)``."""
         self.writer_counters = WriterCounters()
-        self.writer_version: tuple[int, int] = (0, 0)
-        """(commits by this storage, SQLite data_version): changes with every commit."""
+        self.writer_version: tuple[int, int, int] = (0, 0, 0)
+        """(commits by this storage, SQLite data_version, writer incarnation): changes with
+        every commit, and with every writer restart (see ``WriterHooks.version``)."""
         self.writer_threads: set[int] = set()
         """Thread ids of writer incarnations (code there must not wait on the writer)."""
         self.lease_owners: dict[int, int] = {}
@@ -655,7 +656,7 @@ class Runtime:
     def _run_ddl(self, sql: str) -> None:
         self.writer.execute(sql).get()
 
-    def _set_version(self, version: tuple[int, int]) -> None:
+    def _set_version(self, version: tuple[int, int, int]) -> None:
         self.writer_version = version  # one tuple: readers see old or new, never half
 
     def _writer_error(self, error: BaseException, sql: str | None) -> None:

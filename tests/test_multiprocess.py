@@ -289,3 +289,35 @@ def test_repeatable_read_after_another_processs_commit_conflicts_only_if_one_cam
             add_one_elsewhere()  # committed after it: its update would be lost
             tx.execute("UPDATE counter SET n = ?", [n + 1])
         assert db.query("SELECT n FROM counter")[0].n == 7
+
+
+@pytest.mark.parametrize("committed_elsewhere", [True, False])
+def test_repeatable_read_across_a_writer_restart_conflicts_only_after_a_commit(
+    db_path: Path, committed_elsewhere: bool
+) -> None:
+    """A restarted writer's new connection counts data_version afresh, from a state that
+    includes another process's commit made after the snapshot: its version looked
+    unchanged, and the transaction's update overwrote that commit (a lost update)."""
+    with atlas.open(db_path, cache=False, readers=1) as db:
+        db.execute("CREATE TABLE counter(n INTEGER)")
+        db.write("INSERT INTO counter VALUES (0)")
+        tx = db.transactions.begin("repeatable_read")
+        n = tx.query("SELECT n FROM counter")[0].n
+        if committed_elsewhere:
+            subprocess.run([sys.executable, "-c", ADDS_ONE, str(db_path)], check=True, timeout=30)
+
+        def writer() -> tuple[int, str]:
+            (child,) = [c for c in db.supervisor.status().children if c.role == "writer"]
+            return child.incarnation, child.state
+
+        db.supervisor.kill("writer")
+        assert wait_until(lambda: writer() == (2, "running"), timeout=10)
+        if committed_elsewhere:
+            with pytest.raises(atlas.errors.TransactionConflict):
+                tx.execute("UPDATE counter SET n = ?", [n + 1])
+            tx.rollback()
+            assert db.query("SELECT n FROM counter")[0].n == 1
+        else:  # (a restart alone commits nothing)
+            tx.execute("UPDATE counter SET n = ?", [n + 1])
+            tx.commit()
+            assert db.query("SELECT n FROM counter")[0].n == 1

@@ -115,8 +115,11 @@ class WriterHooks:
     """A new connection is open (once per incarnation)."""
     disconnected: Callable[[], None] = _ignore
     """The incarnation's connection closed (its thread is about to end)."""
-    version: Callable[[tuple[int, int]], None] = _ignore
-    """The writer version (commits by this storage, SQLite data_version) changed."""
+    version: Callable[[tuple[int, int, int]], None] = _ignore
+    """The writer version changed: (commits by this storage, SQLite data_version as of
+    the last BEGIN, incarnation). Each incarnation publishes its own at start: its
+    connection counts data_version afresh, from a state that may include commits the
+    last one never saw."""
     error: Callable[[BaseException, str | None], None] = _ignore
     """An operation failed with this error (statement text or None): log and count it."""
     corruption: Callable[[CorruptionError], None] = _ignore
@@ -338,6 +341,7 @@ class WriterActor(RoleActor):
             self._verify(connection)
         self.connection = connection
         self._data_version = int(raw.pragma("data_version"))
+        self.hooks.version((self.counters.commit_seq, self._data_version, self.incarnation))
         self._schema_version = int(raw.pragma("schema_version"))
         # The WAL hook says, after each COMMIT, whether it wrote frames and how many
         # the WAL holds. Installing it turns SQLite's automatic checkpoints off
@@ -664,7 +668,7 @@ class WriterActor(RoleActor):
         self.hooks.began()
         if data_version != self._data_version:
             self._data_version = data_version
-            self.hooks.version((self.counters.commit_seq, data_version))
+            self.hooks.version((self.counters.commit_seq, data_version, self.incarnation))
             self._check_schema(connection)  # another process committed: DDL maybe
         return True
 
@@ -1221,7 +1225,7 @@ class WriterActor(RoleActor):
         if batch:
             counters.commit_seq += 1
             counters.batches += 1  # (a batch whose every write failed committed none)
-            self.hooks.version((counters.commit_seq, self._data_version))
+            self.hooks.version((counters.commit_seq, self._data_version, self.incarnation))
             if (
                 self._disk_full is not None
                 and self._wrote_frames  # (a commit that wrote nothing proves nothing)

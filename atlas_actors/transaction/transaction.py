@@ -123,7 +123,7 @@ class Transaction:
     """``time.monotonic()`` when the reader was pinned."""
     _pinned_by = 0
     """Thread id that pinned the reader (its hold in the wait-for graph)."""
-    _snapshot: tuple[int, int] | None = None
+    _snapshot: tuple[int, int, int] | None = None
     _snapshot_data_version: int | None = None
     """The pinned reader's ``PRAGMA data_version`` inside the snapshot (see
     :meth:`_changed_since_snapshot`)."""
