@@ -471,6 +471,7 @@ class Runtime:
         # New writes are refused; queued ones are handled before the writer's stop.
         self._writer_mailbox.closed = self._failure or closed
         try:
+            self.transactions.close(self._failure or closed, min(timeout, 1.0))
             self.pool.close(self._failure or closed)
             self._supervisor.stop_children(timeout).get(timeout=timeout + 1)
         except Exception:

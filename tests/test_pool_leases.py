@@ -404,3 +404,22 @@ def test_a_lease_dropped_before_close_and_not_yet_taken_back_is_closed_by_it(
     assert time.monotonic() - started < 1  # (a reader waits 1 s for a connection still lent)
     assert connection.state is atlas.ConnectionState.CLOSED
     assert _files_open_under(directory) == []
+
+
+@needs_proc
+def test_a_snapshot_left_open_at_close_gives_its_reader_back(open_storage: Open) -> None:
+    """The transaction manager holds a repeatable_read transaction with a pinned reader
+    (for the tick): one left open at close() kept that reader's connection, and the
+    database's files, open for good, dropped or not."""
+    db = open_storage(readers=1, max_readers=1, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    directory = os.path.dirname(db.path)
+    tx = db.transactions.begin("repeatable_read")
+    assert tx.query("SELECT x FROM t")[0].x == 1
+    db.close()
+    assert _files_open_under(directory) == []
+    assert all(c.state is atlas.ConnectionState.CLOSED for c in db.connections())
+    with pytest.raises(atlas.errors.StorageClosedError):
+        tx.query("SELECT x FROM t")
+    tx.rollback()  # (harmless once ended)

@@ -868,6 +868,25 @@ class Transaction:
         finally:
             lock.release()
 
+    def end_snapshot_for_close(self, error: AtlasError, wait: float) -> None:
+        """The storage closes: end this transaction's snapshot and give its reader back.
+
+        Waits up to ``wait`` seconds for a statement its owner is running on the reader
+        (past that, the reader closes when that statement gives it back). Its owner's
+        next call raises ``error``.
+        """
+        lock = self._reader_lock
+        if lock is None or not lock.acquire(timeout=wait):
+            return
+        try:
+            if self._reader is None or self.state != "active":
+                return
+            self._error = error
+            self._drop_reader()
+            self._finish("failed")
+        finally:
+            lock.release()
+
     def _snapshot_too_old(self) -> bool:
         return time.monotonic() - self._pinned_at >= self._timeout
 
@@ -1322,6 +1341,16 @@ class TransactionManager:
             reader.release()  # (which may raise a checkin handler's Ctrl-C, once back)
         finally:
             self.graph.release(tx._pinned_by, "pool:readers")
+
+    def close(self, error: AtlasError, wait: float) -> None:
+        """The storage closes: end every pinned snapshot, so that its reader closes.
+
+        Held here (``_pinned``), a transaction left open would keep its reader
+        connection, and the file, open for good: no tick runs after the close.
+        """
+        deadline = time.monotonic() + wait
+        for tx in list(self._pinned.values()):
+            tx.end_snapshot_for_close(error, max(0.0, deadline - time.monotonic()))
 
     def sweep(self, now: float) -> list[int]:
         """The storage's tick: forget the transactions that ended unseen, end old snapshots.
