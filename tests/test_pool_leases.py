@@ -423,3 +423,18 @@ def test_a_snapshot_left_open_at_close_gives_its_reader_back(open_storage: Open)
     with pytest.raises(atlas.errors.StorageClosedError):
         tx.query("SELECT x FROM t")
     tx.rollback()  # (harmless once ended)
+
+
+def test_connections_after_close_list_a_lent_connection_once(open_storage: Open) -> None:
+    """Its reader, stopped by the close, left it unusable, so the reader's role seemed
+    served by nothing and its connection was listed a second time."""
+    db = open_storage(readers=2, max_readers=2, cache=False)
+    lease = db.pool.acquire()
+    lease.execute("SELECT 1")
+    lent = lease._live().id
+    db.close()
+    infos = [(c.id, c.state) for c in db.connections()]
+    ids = [connection_id for connection_id, _ in infos]
+    assert len(ids) == len(set(ids)), infos
+    assert (lent, atlas.ConnectionState.ACTIVE) in infos  # (lent: ACTIVE until given back)
+    lease.release()
