@@ -443,6 +443,7 @@ class Runtime:
         # The pool first: db.query's fast path (no cache, no tracing) checks only the
         # pool, so it must refuse before the storage reports itself failed.
         self.pool.close(error)
+        self.transactions.close(error, 0.0)  # (pinned snapshots: their next call ends them)
         with self._lock:
             self._failure = error
             if self._state == "running":

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -437,4 +438,79 @@ def test_connections_after_close_list_a_lent_connection_once(open_storage: Open)
     ids = [connection_id for connection_id, _ in infos]
     assert len(ids) == len(set(ids)), infos
     assert (lent, atlas.ConnectionState.ACTIVE) in infos  # (lent: ACTIVE until given back)
+    lease.release()
+
+
+def test_a_snapshot_in_a_statement_at_close_ends_at_its_owners_next_call(
+    open_storage: Open,
+) -> None:
+    """close() waits a moment for a statement running on a pinned snapshot; past that it
+    gave up for good: the transaction went on reading, and committed, on a closed
+    storage, with its reader's connection open."""
+    db = open_storage(readers=1, max_readers=1, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    directory = os.path.dirname(db.path)
+    tx = db.transactions.begin("repeatable_read")
+    assert tx.query("SELECT x FROM t")[0].x == 1
+    lock = tx._reader_lock
+    assert lock is not None
+    with lock:  # (as the owner does while its statement runs)
+        closing = threading.Thread(target=db.close, kwargs={"timeout": 0.2})
+        closing.start()
+        closing.join(10)
+    with pytest.raises(atlas.errors.StorageClosedError):
+        tx.query("SELECT x FROM t")
+    assert tx.state == "failed"
+    with pytest.raises(atlas.errors.StorageClosedError):
+        tx.commit()
+    assert _files_open_under(directory) == []
+
+
+def test_a_snapshot_pinned_when_the_storage_fails_serves_no_more_reads(
+    open_storage: Open,
+) -> None:
+    """Once the storage failed (restart intensity), every call raises StorageUnavailable:
+    a repeatable_read transaction's pinned reader still served its reads."""
+    db = open_storage(readers=1, max_readers=1, cache=False, restart_max=1, restart_window=30)
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    tx = db.transactions.begin("repeatable_read")
+    assert tx.query("SELECT x FROM t")[0].x == 1
+    for _ in range(3):
+        with contextlib.suppress(atlas.errors.AtlasError):
+            db.supervisor.kill("writer")
+        if wait_until(lambda: db.health().status == "failed", timeout=1):
+            break
+    assert db.health().status == "failed"
+    with pytest.raises(atlas.errors.StorageUnavailable):
+        tx.query("SELECT x FROM t")
+    readers = [c for c in db.connections() if c.role != "writer"]
+    assert all(c.state is atlas.ConnectionState.CLOSED for c in readers), readers
+
+
+def test_a_reader_stopped_with_its_connection_lent_shows_its_next_one_too(
+    open_storage: Open,
+) -> None:
+    # During the restart's backoff: the lent connection (ACTIVE) beside the role's next
+    # one (CONNECTING), as docs/architecture.md says; not the lent one alone, or twice.
+    db = open_storage(
+        readers=1,
+        max_readers=1,
+        cache=False,
+        restart_backoff_initial=2.0,
+        restart_backoff_jitter=0.0,
+    )
+    lease = db.pool.acquire()
+    lease.execute("SELECT 1")
+    lent = lease._live().id
+    db.supervisor.kill("reader-0", how="stop")
+    assert wait_until(
+        lambda: (
+            [c.state for c in db.supervisor.status().children if c.role == "reader-0"]
+            == ["restarting"]
+        )
+    )
+    infos = sorted((c.id or "", c.state.value) for c in db.connections() if c.role == "reader-0")
+    assert infos == [("", "connecting"), (lent, "active")]
     lease.release()

@@ -1856,7 +1856,11 @@ class ReaderPool:
                     continue
                 recycling, current = reader.recycling, reader.connection
                 if recycling is None and current is not None and id(current) in listed:
-                    continue  # (lent while its reader stopped: listed above, once)
+                    # Lent while its reader stopped: listed above. Closed, the role has
+                    # nothing else to show; else its next connection is on its way.
+                    if not closed:
+                        infos.append(no_connection(role, waiting))
+                    continue
                 if recycling is not None:
                     infos.append(recycling.info(ConnectionState.RECYCLING))
                 elif current is not None and (

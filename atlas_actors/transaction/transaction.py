@@ -124,6 +124,9 @@ class Transaction:
     _pinned_by = 0
     """Thread id that pinned the reader (its hold in the wait-for graph)."""
     _snapshot: tuple[int, int, int] | None = None
+    _closed_error: AtlasError | None = None
+    """Set when the storage closed or failed with a snapshot pinned: it ends (see
+    :meth:`end_snapshot_for_close`)."""
     _snapshot_data_version: int | None = None
     """The pinned reader's ``PRAGMA data_version`` inside the snapshot (see
     :meth:`_changed_since_snapshot`)."""
@@ -392,6 +395,8 @@ class Transaction:
         """Commit a transaction that has read a snapshot (it may hold the lease by now)."""
         with lock:  # the tick cannot end the snapshot halfway through
             self._check_active()
+            if self._closed_error is not None and self._reader is not None:
+                raise self._expire()  # (its storage closed during its last statement)
             if self._lease is not None:
                 Transaction.commit(self)  # (granted before we took the lock: the lease path)
                 return
@@ -869,39 +874,42 @@ class Transaction:
             lock.release()
 
     def end_snapshot_for_close(self, error: AtlasError, wait: float) -> None:
-        """The storage closes: end this transaction's snapshot and give its reader back.
+        """The storage closes (or failed): end this transaction's snapshot and reader.
 
-        Waits up to ``wait`` seconds for a statement its owner is running on the reader
-        (past that, the reader closes when that statement gives it back). Its owner's
-        next call raises ``error``.
+        Waits up to ``wait`` seconds for a statement its owner is running on the reader;
+        past that, the owner's next call ends the snapshot. Either way that call raises
+        ``error``.
         """
         lock = self._reader_lock
-        if lock is None or not lock.acquire(timeout=wait):
+        if lock is None:
+            return
+        self._closed_error = error  # (a statement running now: see _snapshot_too_old)
+        if not lock.acquire(timeout=wait):
             return
         try:
-            if self._reader is None or self.state != "active":
-                return
-            self._error = error
-            self._drop_reader()
-            self._finish("failed")
+            if self._reader is not None and self.state == "active":
+                self._expire()
         finally:
             lock.release()
 
     def _snapshot_too_old(self) -> bool:
-        return time.monotonic() - self._pinned_at >= self._timeout
+        """Past its timeout, or its storage closed meanwhile: :meth:`_expire` ends it."""
+        return self._closed_error is not None or time.monotonic() - self._pinned_at >= self._timeout
 
-    def _expire(self) -> TransactionTimeout:
+    def _expire(self) -> AtlasError:
         """Roll the snapshot back and fail the transaction (holding the reader lock)."""
-        held = time.monotonic() - self._pinned_at
-        error = TransactionTimeout(
-            f"transaction {self.id} kept its snapshot for {held:.1f}s, past its timeout; "
-            "it was rolled back so that the WAL can be checkpointed. Keep transactions "
-            "short, or pass a longer timeout"
-        )
+        error = self._closed_error
+        if error is None:
+            held = time.monotonic() - self._pinned_at
+            error = TransactionTimeout(
+                f"transaction {self.id} kept its snapshot for {held:.1f}s, past its "
+                "timeout; it was rolled back so that the WAL can be checkpointed. Keep "
+                "transactions short, or pass a longer timeout"
+            )
+            self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
         self._error = error
         self._drop_reader()
         self._finish("failed")
-        self._storage.errors.handle(error, {"operation": "transaction", "tx": self.id})
         return error
 
     def _settle_later(self, future: Future[Any]) -> None:
