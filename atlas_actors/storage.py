@@ -172,7 +172,12 @@ class Storage(Runtime):
             self.query = fast  # type: ignore[method-assign]
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish queued writes, stop every actor, close every connection. Idempotent."""
+        """Finish queued writes, stop every actor, close every connection. Idempotent.
+
+        A transaction still open is rolled back; its owner's next call says so
+        (:class:`~atlas_actors.errors.TransactionAborted` once it has written, else
+        :class:`~atlas_actors.errors.StorageClosedError`).
+        """
         super().close(timeout)
         _open_storages.discard(self)
 
