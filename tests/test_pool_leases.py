@@ -514,3 +514,58 @@ def test_a_reader_stopped_with_its_connection_lent_shows_its_next_one_too(
     infos = sorted((c.id or "", c.state.value) for c in db.connections() if c.role == "reader-0")
     assert infos == [("", "connecting"), (lent, "active")]
     lease.release()
+
+
+@needs_proc
+def test_a_snapshot_pinned_while_close_runs_ends_too(open_storage: Open) -> None:
+    """B waited for the reader A's snapshot held; close() ended A's snapshot, the reader
+    went to B after close() had taken its list of pinned snapshots, and B went on
+    reading, then committed, on the closed storage, its reader's connection open."""
+    db = open_storage(readers=1, max_readers=1, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    db.write("INSERT INTO t VALUES (1)")
+    directory = os.path.dirname(db.path)
+    first = db.transactions.begin("repeatable_read", timeout=60)
+    assert first.query("SELECT x FROM t")[0].x == 1
+    outcomes: list[str] = []
+    second: list[atlas.Transaction] = []
+
+    def waits_for_the_reader() -> None:
+        tx = db.transactions.begin("repeatable_read", timeout=60)
+        second.append(tx)
+        for _ in range(2):
+            try:
+                tx.query("SELECT x FROM t")
+                outcomes.append("read")
+            except atlas.errors.AtlasError as error:
+                outcomes.append(type(error).__name__)
+
+    waiting = threading.Thread(target=waits_for_the_reader)
+    waiting.start()
+    assert wait_until(lambda: db.pool.status().waiting_requests == 1)
+    db.close(timeout=3)
+    waiting.join(10)
+    assert outcomes == ["StorageClosedError", "StorageClosedError"]
+    with pytest.raises(atlas.errors.StorageClosedError):
+        second[0].commit()
+    assert _files_open_under(directory) == []
+
+
+def test_a_read_only_transaction_left_open_at_close_does_not_commit(open_storage: Open) -> None:
+    """Its commit() after close() said committed, although every call must say the
+    storage is closed (and close() rolled it back)."""
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE t(x)")
+    open_ones = []
+    for isolation in ("read_committed", "read_uncommitted", "serializable"):
+        tx = db.transactions.begin(isolation)
+        if isolation != "serializable":
+            tx.query("SELECT count(*) FROM t")
+        open_ones.append(tx)
+    db.close()
+    for tx in open_ones:
+        with pytest.raises(atlas.errors.StorageClosedError):
+            tx.commit()
+        assert tx.state == "failed"
+    status = db.transactions.status()
+    assert (status.committed, status.rolled_back) == (0, 3)

@@ -662,3 +662,19 @@ def test_resizing_the_pool_of_a_failed_or_closed_storage_raises(
     db.close()
     with pytest.raises(AtlasError):
         db.pool.resize(3)
+
+
+def test_escalate_handlers_see_the_storage_failed(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """The event came before the storage closed its pool: a handler listing connections
+    saw every role CONNECTING (restarting), though nothing restarts after escalation."""
+    db = open_storage(restart_max=1, restart_window=30)
+    seen: list[set[atlas.ConnectionState]] = []
+    db.events.on("escalate", lambda e: seen.append({c.state for c in db.connections()}))
+    for _ in range(3):
+        with contextlib.suppress(AtlasError):
+            db.supervisor.kill("writer")
+        if wait_until(lambda: bool(seen), timeout=1):
+            break
+    assert seen and atlas.ConnectionState.CONNECTING not in seen[0], seen

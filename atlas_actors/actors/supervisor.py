@@ -405,11 +405,11 @@ class SupervisorActor(pykka.ThreadingActor):
                 child.mailbox.replay_control(Envelope(_ActorStop()))
             else:
                 child.mailbox.fail_all(error)
-        self.events.emit("escalate", "supervisor", reason=why)
         try:
-            self.on_escalate(error)
+            self.on_escalate(error)  # (first: the event's handlers see the storage failed)
         except Exception:
             log.exception("escalation callback failed")
+        self.events.emit("escalate", "supervisor", reason=why)
 
     # -- queries and fault injection ---------------------------------------------------
 

@@ -352,9 +352,13 @@ class Transaction:
             if self._reader_lock is not None:
                 self._commit_snapshot(self._reader_lock)
                 return
-            lease = self._end_unleased("committed")
+            closed = self._storage_closed()  # (a read-only one commits nothing, but says so)
+            lease = self._end_unleased("committed" if closed is None else "failed")
             if lease is None:  # (ended: nothing written, no lease to give back)
                 self._manager.ended(self)
+                if closed is not None:
+                    self._error = closed
+                    raise closed
                 return
         try:
             if lease is not None:
@@ -391,15 +395,29 @@ class Transaction:
             with manager._lock:
                 manager.committed += 1
 
+    def _storage_closed(self) -> AtlasError | None:
+        """The error calls raise once the storage closed or failed; None while it serves."""
+        try:
+            self._storage.check_usable()
+        except AtlasError as error:
+            return error
+        return None
+
     def _commit_snapshot(self, lock: threading.RLock) -> None:
         """Commit a transaction that has read a snapshot (it may hold the lease by now)."""
         with lock:  # the tick cannot end the snapshot halfway through
             self._check_active()
-            if self._closed_error is not None and self._reader is not None:
-                raise self._expire()  # (its storage closed during its last statement)
             if self._lease is not None:
                 Transaction.commit(self)  # (granted before we took the lock: the lease path)
                 return
+            closed = self._closed_error or self._storage_closed()
+            if closed is not None:  # (a read-only one commits nothing, but says so)
+                self._closed_error = closed
+                if self._reader is not None:
+                    raise self._expire()
+                self._error = closed
+                self._finish("failed")
+                raise closed
             self._drop_reader()
             self._finish("committed")
 
@@ -1112,6 +1130,8 @@ class TransactionManager:
         self._pinned: dict[int, Transaction] = {}
         """Transactions holding a reader for their snapshot, held strongly: dropped,
         the tick must still reach them to give the reader back."""
+        self._closed: AtlasError | None = None
+        """The error of the close (or failure) of the storage, once it began."""
         self._local = _PerThread()
         self._lock = threading.Lock()
         self.committed = 0
@@ -1340,6 +1360,14 @@ class TransactionManager:
         reader.supervised = False  # (its timeout and thread end are the transaction's)
         self.graph.hold(me, "pool:readers", f"transaction {tx.id}")
         self._pinned[tx.id] = tx  # (dropped unended, the tick still gives the reader back)
+        closed = self._closed
+        if closed is not None:  # (close() began meanwhile, and may not have seen it)
+            self._pinned.pop(tx.id, None)
+            try:
+                reader.release()
+            finally:
+                self.graph.release(me, "pool:readers")
+            raise closed
         return reader
 
     def unpin_reader(self, tx: Transaction, reader: PooledConnection) -> None:
@@ -1354,8 +1382,10 @@ class TransactionManager:
         """The storage closes: end every pinned snapshot, so that its reader closes.
 
         Held here (``_pinned``), a transaction left open would keep its reader
-        connection, and the file, open for good: no tick runs after the close.
+        connection, and the file, open for good: no tick runs after the close. One
+        pinned from now on ends at once (:meth:`pin_reader`).
         """
+        self._closed = error
         deadline = time.monotonic() + wait
         for tx in list(self._pinned.values()):
             tx.end_snapshot_for_close(error, max(0.0, deadline - time.monotonic()))
