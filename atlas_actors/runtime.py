@@ -26,7 +26,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from pykka._envelope import Envelope
 
-from atlas_actors.actors.base import Mailbox, RoleActor
+from atlas_actors.actors.base import Mailbox, Op, RoleActor
 from atlas_actors.actors.cache import CacheActor
 from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
@@ -43,6 +43,7 @@ from atlas_actors.connection import ConnectionState, TrackedConnection, open_con
 from atlas_actors.errors import (
     AtlasError,
     CorruptionError,
+    DeadlockError,
     DiskFullError,
     OperationTimeout,
     ReadOnlyError,
@@ -206,6 +207,7 @@ class Runtime:
         self.supervisor = SupervisorHandle(self._supervisor_ref, config.default_timeout)
         """Supervision status and fault injection."""
         self._writer_mailbox = Mailbox("writer", config.mailbox_size)
+        self._writer_mailbox.refuse_wait = self._refuse_room_wait
         self.writer = WriterHandle(self, self._writer_mailbox)  # type: ignore[arg-type]
         """The writer: ``db.writer.execute(sql, params)`` → future."""
         self._register_gauges()
@@ -764,6 +766,33 @@ class Runtime:
         if not record:
             return None
         return lambda: graph.done_waiting(me)
+
+    def _refuse_room_wait(self, op: Op) -> None:
+        """The writer mailbox is full: refuse the wait of the lease holder's own call.
+
+        While a transaction holds the lease, the writer holds back what is queued behind
+        it, so the room its owner would wait for comes only once that transaction ends
+        (or times out, rolled back). A dropped transaction's thread waits: its lease is
+        taken back soon.
+        """
+        me = threading.get_ident()
+        holder = self.lease_owners.get(me)
+        if holder is None or self.transactions.dropped(holder):
+            return
+        error = DeadlockError(
+            [
+                f"thread {me}",
+                f"holds the writer lease (transaction {holder})",
+                f"{op.describe()} (the writer mailbox is full)",
+                "waits for room behind that lease",
+                f"thread {me}",
+            ],
+            f"the writer's queue is full behind transaction {holder}, which this thread "
+            "holds, and only its end makes room: end that transaction first (what this "
+            "thread sends through db.writer while it is open runs only after it anyway)",
+        )
+        self.errors.handle(error, {"operation": "write"})
+        raise error
 
     def _lease_granted(self, lease: Lease) -> None:
         self._leases[lease.tx_id] = lease

@@ -248,6 +248,8 @@ class Storage(Runtime):
         See :meth:`WriterHandle.run` for what ``fn`` may do.
         """
         name = getattr(fn, "__qualname__", repr(fn))
+        if self._state != "running":
+            self.check_writable()  # (closed or failed: said so, not as a deadlock below)
         self._guard(f"run_in_writer {name}")
         with self.tracing.client_span("atlas.run_in_writer"):
             try:
@@ -267,6 +269,8 @@ class Storage(Runtime):
         """Send a write op and wait for its acknowledgement (the sync API's one path)."""
         waited = None
         if threading.get_ident() in self.guarded_threads:
+            if self._state != "running":
+                self.check_writable()  # (closed or failed: said so, not as a deadlock below)
             waited = self._guard(f"{verb} {sql_text(sql)!r}", record=True)
         try:
             if self.tracing.enabled:

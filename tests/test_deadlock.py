@@ -526,3 +526,50 @@ def test_a_reader_the_lease_holder_borrowed_itself_is_no_reader_that_comes_free(
     assert u_done.wait(5)  # T ended its snapshot: U got a reader
     u_thread.join(5)
     assert u_outcome == [1]
+
+
+@pytest.mark.parametrize("call", ["writer.execute", "checkpoint"])
+def test_the_lease_holder_finding_the_writer_mailbox_full_gets_deadlock_error(
+    open_storage: Callable[..., atlas.Storage], call: str
+) -> None:
+    """Its call waited for room that only the end of its own transaction makes: until
+    the transaction's timeout rolled it back (or, past default_timeout, for ever)."""
+    db = open_storage(mailbox_size=2, transaction_timeout=4.0, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO t VALUES ('tx')")  # this thread holds the writer lease
+    writers = [
+        threading.Thread(target=db.write, args=("INSERT INTO t VALUES (?)", [f"w{i}"]))
+        for i in range(4)
+    ]
+    for writer in writers:
+        writer.start()
+    assert wait_until(lambda: db.writer._mailbox.qsize() + db.writer._mailbox.held >= 2)
+    started = time.monotonic()
+    with pytest.raises(atlas.errors.DeadlockError, match="the writer's queue is full"):
+        if call == "checkpoint":
+            db.wal.checkpoint()
+        else:
+            db.writer.execute("INSERT INTO t VALUES ('future')")
+    assert time.monotonic() - started < 1.0  # at once
+    tx.commit()
+    for writer in writers:
+        writer.join(10)
+    assert sorted(row.x for row in db.query("SELECT x FROM t")) == ["tx", "w0", "w1", "w2", "w3"]
+
+
+def test_a_write_after_close_from_a_thread_whose_lease_was_lost_says_closed(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """A thread whose commit failed as the storage closed stayed recorded as a lease
+    holder in some races: its next plain write got a DeadlockError advising to commit
+    first, instead of the closed error every other thread got."""
+    db = open_storage(cache=False)
+    db.execute("CREATE TABLE t(x)")
+    db.lease_owners[threading.get_ident()] = 999  # (what such a race left behind)
+    db.guarded_threads.add(threading.get_ident())
+    db.close()
+    with pytest.raises(atlas.errors.StorageClosedError):
+        db.write("INSERT INTO t VALUES (1)")
+    with pytest.raises(atlas.errors.StorageClosedError):
+        db.run_in_writer(lambda connection: None)

@@ -244,6 +244,10 @@ class Mailbox:
         that finds the mailbox full: ops given up behind a lease take no room."""
         self.closed: BaseException | None = None
         """Set (to the error senders get) once the role is shut down."""
+        self.refuse_wait: Callable[[Op], None] | None = None
+        """Set by the storage: raises if the calling sender's wait for room could never
+        end (the writer's: a thread holding the writer lease, behind which the mailbox
+        fills)."""
 
     # pykka's inbox protocol: put / get / empty.
     def put(self, envelope: Letter, /) -> None:
@@ -304,6 +308,8 @@ class Mailbox:
         if self.closed is not None:
             raise self.closed
         if bounded and self._queue.qsize() + self.held + len(self._front) >= self.capacity:
+            if self.refuse_wait is not None:
+                self.refuse_wait(op)
             self._wait_for_room(op)
         self._queue.put(op)  # an op is its own envelope
         if self.closed is not None:
