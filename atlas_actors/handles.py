@@ -323,6 +323,7 @@ class SupervisorHandle:
         timeout: float,
         unavailable: Callable[[], StorageUnavailable] | None = None,
     ) -> None:
+        self._ref = ref
         self._proxy = ref.proxy()
         self._timeout = timeout
         self.unavailable = unavailable
@@ -344,6 +345,14 @@ class SupervisorHandle:
         )
 
     def _ask(self, call: Callable[[], pykka.Future[Any]], what: str) -> Any:
+        actor = self._ref._actor_weakref()
+        if threading.get_ident() == getattr(actor, "thread_ident", None):
+            # (an event handler run by the supervisor: restart, escalate...)
+            raise DeadlockError(
+                ["supervisor thread", what, "supervisor thread"],
+                "an event handler runs in the supervisor, which cannot answer it until "
+                "the handler returns: ask from another thread, or after the event",
+            )
         try:
             return call().get(timeout=self._timeout)
         except pykka.Timeout:

@@ -175,7 +175,8 @@ class Storage(Runtime):
         """Finish queued writes, stop every actor, close every connection. Idempotent.
 
         A transaction still open is rolled back; its owner's next call says so
-        (:class:`~atlas_actors.errors.TransactionAborted` once it has written, else
+        (:class:`~atlas_actors.errors.TransactionAborted` once it holds the writer
+        lease: from its first write, or its first statement at ``serializable``; else
         :class:`~atlas_actors.errors.StorageClosedError`).
         """
         super().close(timeout)

@@ -678,3 +678,27 @@ def test_escalate_handlers_see_the_storage_failed(
         if wait_until(lambda: bool(seen), timeout=1):
             break
     assert seen and atlas.ConnectionState.CONNECTING not in seen[0], seen
+
+
+def test_asking_the_supervisor_from_its_own_event_handler_is_refused_at_once(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """Handlers of 'restart' and 'escalate' run in the supervisor: its status() waited
+    for itself until default_timeout, then said the call 'may still complete'."""
+    db = open_storage(default_timeout=5.0)
+    outcomes: list[tuple[str, float]] = []
+
+    def asks(event: atlas.LifecycleEvent) -> None:
+        started = time.monotonic()
+        try:
+            db.supervisor.status()
+            outcomes.append(("answered", time.monotonic() - started))
+        except AtlasError as error:
+            outcomes.append((type(error).__name__, time.monotonic() - started))
+
+    db.events.on("restart", asks)
+    db.supervisor.kill("reader-0")
+    assert wait_until(lambda: bool(outcomes), timeout=5)
+    (name, waited), *_ = outcomes
+    assert name == "DeadlockError" and waited < 1.0
+    assert db.supervisor.status().state == "running"  # (from another thread: answered)

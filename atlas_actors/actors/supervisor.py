@@ -154,6 +154,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.config = config
         self.events = events
         self.on_escalate = on_escalate
+        self.thread_ident: int | None = None
+        """The supervisor's thread, once started (its event handlers run there)."""
         self.on_tick = on_tick
         self.on_restart = on_restart
         """Told the role of every restart counted (scheduled), for the metrics."""
@@ -177,6 +179,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         """Start the ticker that drives liveness checks."""
+        self.thread_ident = threading.get_ident()
         ref = self.actor_ref
         interval = self.config.liveness_interval
 
