@@ -172,7 +172,10 @@ class WriterHandle:
         op = WriteAllOp(future, get_ident(), None, statements, now)
         mailbox = self._mailbox
         queued = mailbox._queue
-        if mailbox.closed is None and queued.qsize() < mailbox.capacity:
+        if (
+            mailbox.closed is None
+            and queued.qsize() + mailbox.held + len(mailbox._front) < mailbox.capacity
+        ):
             queued.put(op)  # mailbox.send(op) when open with room, inlined
             if mailbox.closed is not None:
                 mailbox.fail_all(mailbox.closed)  # closed while we queued
@@ -329,6 +332,8 @@ class SupervisorHandle:
         self.unavailable = unavailable
         """Returns the error a call raises once the supervisor has stopped (the storage's
         own: :class:`StorageClosedError` after ``close()``); None: a generic one."""
+        self.report: Callable[[AtlasError, str], object] | None = None
+        """Logs and counts an error the handle raises itself (set by the storage)."""
 
     def status(self) -> SupervisorStatus:
         """Each child with role, incarnation, restarts and state."""
@@ -348,11 +353,14 @@ class SupervisorHandle:
         actor = self._ref._actor_weakref()
         if threading.get_ident() == getattr(actor, "thread_ident", None):
             # (an event handler run by the supervisor: restart, escalate...)
-            raise DeadlockError(
+            error = DeadlockError(
                 ["supervisor thread", what, "supervisor thread"],
                 "an event handler runs in the supervisor, which cannot answer it until "
                 "the handler returns: ask from another thread, or after the event",
             )
+            if self.report is not None:
+                self.report(error, what)
+            raise error
         try:
             return call().get(timeout=self._timeout)
         except pykka.Timeout:

@@ -32,7 +32,12 @@ from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
-from atlas_actors.actors.writer_ops import DiskFullFound, LeaseExpired, WriterCounters
+from atlas_actors.actors.writer_ops import (
+    DiskFullFound,
+    LeaseExpired,
+    WriterCounters,
+    in_writer_thread,
+)
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, database_file
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.disk import fingerprint
@@ -205,6 +210,7 @@ class Runtime:
         )
         self._supervisor = self._supervisor_ref.proxy()
         self.supervisor = SupervisorHandle(self._supervisor_ref, config.default_timeout)
+        self.supervisor.report = lambda error, what: self.errors.handle(error, {"operation": what})
         """Supervision status and fault injection."""
         self._writer_mailbox = Mailbox("writer", config.mailbox_size)
         self._writer_mailbox.refuse_wait = self._refuse_room_wait
@@ -776,6 +782,15 @@ class Runtime:
         taken back soon.
         """
         me = threading.get_ident()
+        if in_writer_thread():
+            error = DeadlockError(
+                ["writer thread", f"{op.describe()} (the writer mailbox is full)", "writer"],
+                "code running inside the writer (run_in_writer) cannot wait for room in "
+                "the writer's own queue: only the writer makes it. Use the connection it "
+                "was given instead",
+            )
+            self.errors.handle(error, {"operation": "write"})
+            raise error
         holder = self.lease_owners.get(me)
         if holder is None or self.transactions.dropped(holder):
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -573,3 +574,89 @@ def test_a_write_after_close_from_a_thread_whose_lease_was_lost_says_closed(
         db.write("INSERT INTO t VALUES (1)")
     with pytest.raises(atlas.errors.StorageClosedError):
         db.run_in_writer(lambda connection: None)
+
+
+def test_code_in_the_writer_sending_to_its_full_mailbox_gets_deadlock_error(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """It waited for room only the writer itself makes: every write stopped until the
+    call's deadline."""
+    db = open_storage(mailbox_size=2, default_timeout=4.0, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    busy, queued = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def fn(connection: apsw.Connection) -> None:
+        busy.set()
+        queued.wait(5)
+        started = time.monotonic()
+        try:
+            db.writer.execute("INSERT INTO t VALUES ('from the writer')")
+            outcome.append("queued")
+        except atlas.errors.AtlasError as error:
+            outcome.append(type(error).__name__)
+        assert time.monotonic() - started < 1.0
+
+    running = db.writer.run(fn)
+    assert busy.wait(5)
+    others = [db.writer.execute("INSERT INTO t VALUES (?)", [i]) for i in range(2)]
+    queued.set()
+    running.get(5)
+    assert outcome == ["DeadlockError"]
+    for other in others:
+        other.get(5)
+
+
+def test_held_writes_given_up_leave_room_for_the_lease_holders_call(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # Writes given up behind the lease take no room (count_held): the holder's call is
+    # queued, not refused as a wait that could never end.
+    db = open_storage(mailbox_size=4, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO t VALUES ('tx')")
+    timed_out: list[bool] = []
+
+    def gives_up(i: int) -> None:
+        with contextlib.suppress(atlas.errors.OperationTimeout):
+            db.write("INSERT INTO t VALUES (?)", [i], timeout=0.2)
+            return
+        timed_out.append(True)
+
+    others = [threading.Thread(target=gives_up, args=(i,)) for i in range(4)]
+    for other in others:
+        other.start()
+    for other in others:
+        other.join(5)
+    assert len(timed_out) == 4 and db.writer._mailbox.held == 4  # (held, given up)
+    future = db.writer.execute("INSERT INTO t VALUES ('future')")
+    tx.commit()
+    assert future.get(5).rowcount == 1
+    assert sorted(row.x for row in db.query("SELECT x FROM t")) == ["future", "tx"]
+
+
+def test_write_all_waits_for_room_behind_a_lease_like_every_call(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    """Its inlined queueing counted only the mailbox's queue, not what the writer holds
+    back behind a lease: 200 calls were taken with mailbox_size=4."""
+    db = open_storage(mailbox_size=4, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO t VALUES ('tx')")
+    taken: list[object] = []
+
+    def sends() -> None:
+        for i in range(20):
+            taken.append(db.writer.write_all([("INSERT INTO t VALUES (?)", [i])], timeout=10))
+
+    sender = threading.Thread(target=sends)
+    sender.start()
+    time.sleep(0.5)
+    assert len(taken) <= 5  # (the bound, and one racing it: the rest wait for room)
+    with pytest.raises(DeadlockError):
+        db.writer.write_all([("INSERT INTO t VALUES ('holder')", None)])
+    tx.commit()
+    sender.join(10)
+    assert len(taken) == 20

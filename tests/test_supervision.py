@@ -701,4 +701,34 @@ def test_asking_the_supervisor_from_its_own_event_handler_is_refused_at_once(
     assert wait_until(lambda: bool(outcomes), timeout=5)
     (name, waited), *_ = outcomes
     assert name == "DeadlockError" and waited < 1.0
+    assert db.metrics.snapshot().get("errors.deadlock") == 1  # (counted, as every one)
     assert db.supervisor.status().state == "running"  # (from another thread: answered)
+
+
+def test_a_thread_given_the_closed_supervisors_ident_is_told_the_storage_closed(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # Linux gives a new thread the ident of one that ended at once: after close(), such
+    # a thread was taken for the supervisor's own and refused as a deadlock.
+    db = open_storage()
+    actor = db.supervisor._ref._actor_weakref()
+    ident = getattr(actor, "thread_ident", None)
+    db.close()
+    outcome: list[str] = []
+
+    def probe() -> None:
+        if threading.get_ident() == ident:
+            try:
+                db.supervisor.status()
+            except AtlasError as error:
+                outcome.append(type(error).__name__)
+
+    for _ in range(2000):
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        if outcome:
+            break
+    if not outcome:
+        pytest.skip("no new thread got the supervisor's ident")
+    assert outcome == ["StorageClosedError"]

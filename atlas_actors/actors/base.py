@@ -308,8 +308,12 @@ class Mailbox:
         if self.closed is not None:
             raise self.closed
         if bounded and self._queue.qsize() + self.held + len(self._front) >= self.capacity:
-            if self.refuse_wait is not None:
-                self.refuse_wait(op)
+            refuse = self.refuse_wait
+            if (
+                refuse is not None
+                and self._queue.qsize() + self._held_now() + len(self._front) >= self.capacity
+            ):
+                refuse(op)  # (full even without the held ops given up: see count_held)
             self._wait_for_room(op)
         self._queue.put(op)  # an op is its own envelope
         if self.closed is not None:

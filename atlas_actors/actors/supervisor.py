@@ -196,6 +196,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         """Stop the ticker."""
         self._stop_ticker.set()
+        self.thread_ident = None  # (the thread ends: another may get its ident)
 
     def on_failure(self, *exc_info: Any) -> None:
         """A bug in the supervisor itself: fail the storage rather than run unsupervised."""
