@@ -32,12 +32,7 @@ from atlas_actors.actors.pool import ReaderPool
 from atlas_actors.actors.reader import ReaderActor
 from atlas_actors.actors.supervisor import ChildFailed, SupervisorActor
 from atlas_actors.actors.writer import WriterActor, WriterHooks
-from atlas_actors.actors.writer_ops import (
-    DiskFullFound,
-    LeaseExpired,
-    WriterCounters,
-    in_writer_thread,
-)
+from atlas_actors.actors.writer_ops import DiskFullFound, LeaseExpired, WriterCounters
 from atlas_actors.cache.changes import ExternalChanges, ShmCounter, database_file
 from atlas_actors.cache.dependencies import RowImage
 from atlas_actors.cache.disk import fingerprint
@@ -774,15 +769,17 @@ class Runtime:
         return lambda: graph.done_waiting(me)
 
     def _refuse_room_wait(self, op: Op) -> None:
-        """The writer mailbox is full: refuse the wait of the lease holder's own call.
+        """The writer mailbox is full: refuse a wait for room that could never end.
 
-        While a transaction holds the lease, the writer holds back what is queued behind
-        it, so the room its owner would wait for comes only once that transaction ends
-        (or times out, rolled back). A dropped transaction's thread waits: its lease is
-        taken back soon.
+        Code running in this storage's writer waits for the writer itself. While a
+        transaction holds the lease, the writer holds back what is queued behind it, so
+        the room its owner would wait for comes once that transaction ends (or times
+        out, rolled back), unless held writes give up before the call's deadline and
+        the lease's: then it waits. A dropped transaction's thread waits too: its lease
+        is taken back soon.
         """
         me = threading.get_ident()
-        if in_writer_thread():
+        if me in self.writer_threads:  # (this storage's writer: another's makes room)
             error = DeadlockError(
                 ["writer thread", f"{op.describe()} (the writer mailbox is full)", "writer"],
                 "code running inside the writer (run_in_writer) cannot wait for room in "
@@ -794,6 +791,9 @@ class Runtime:
         holder = self.lease_owners.get(me)
         if holder is None or self.transactions.dropped(holder):
             return
+        lease = self._leases.get(holder)
+        if lease is not None and self._writer_mailbox.room_at(min(op.deadline, lease.deadline)):
+            return  # (writes held behind the lease give up in time: room comes first)
         error = DeadlockError(
             [
                 f"thread {me}",

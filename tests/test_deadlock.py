@@ -660,3 +660,55 @@ def test_write_all_waits_for_room_behind_a_lease_like_every_call(
     tx.commit()
     sender.join(10)
     assert len(taken) == 20
+
+
+def test_code_in_one_writer_waits_for_room_in_another_storages_writer(
+    open_storage: Callable[..., atlas.Storage], tmp_path: Path
+) -> None:
+    # Another storage's writer makes the room: a wait, not a deadlock (the refusal took
+    # any writer thread of the process for this storage's own).
+    a = open_storage(cache=False)
+    b = open_storage(tmp_path / "b.db", mailbox_size=2, cache=False)
+    b.execute("CREATE TABLE t(x)")
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(_: apsw.Connection) -> None:
+        busy.set()
+        release.wait(5)
+
+    held = b.writer.run(hold)
+    assert busy.wait(5)
+    fillers = [b.writer.execute("INSERT INTO t VALUES (?)", [i]) for i in range(2)]
+    threading.Timer(0.3, release.set).start()
+    forwarded = a.run_in_writer(lambda _: b.write("INSERT INTO t VALUES ('from a')").rowcount)
+    assert forwarded == 1
+    held.get(5)
+    for filler in fillers:
+        filler.get(5)
+    assert b.metrics.snapshot().get("errors.deadlock") is None
+
+
+def test_the_lease_holder_waits_when_held_writes_give_up_before_its_deadline(
+    open_storage: Callable[..., atlas.Storage],
+) -> None:
+    # Writes held behind the lease whose deadlines come first make room: the holder's
+    # call waits for that, and is refused only if the queue stays full past its deadline.
+    db = open_storage(mailbox_size=4, cache=False)
+    db.execute("CREATE TABLE t(x)")
+    tx = db.transactions.begin()
+    tx.execute("INSERT INTO t VALUES ('tx')")
+    others = [threading.Thread(target=_write_quietly, args=(db, i)) for i in range(4)]
+    for other in others:
+        other.start()
+    assert wait_until(lambda: db.writer._mailbox.held == 4)
+    future = db.writer.execute("INSERT INTO t VALUES ('holder')", timeout=5.0)
+    tx.commit()
+    assert future.get(5).rowcount == 1
+    for other in others:
+        other.join(5)
+
+
+def _write_quietly(db: atlas.Storage, i: int) -> None:
+    """A write that gives up after 0.5 s (held behind a lease, it does)."""
+    with contextlib.suppress(atlas.errors.OperationTimeout):
+        db.write("INSERT INTO t VALUES (?)", [i], timeout=0.5)

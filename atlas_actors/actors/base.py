@@ -239,9 +239,10 @@ class Mailbox:
         self.held = 0
         """Ops the actor took out but holds back (the writer's, behind a lease): they
         count against ``capacity`` as if they were still queued."""
-        self.count_held: Callable[[], int] | None = None
-        """Those of ``held`` someone still waits for (set by the actor), asked by a sender
-        that finds the mailbox full: ops given up behind a lease take no room."""
+        self.count_held: Callable[[float | None], int] | None = None
+        """Those of ``held`` someone still waits for now (or at the moment given), set by
+        the actor and asked by a sender that finds the mailbox full: ops given up behind
+        a lease take no room."""
         self.closed: BaseException | None = None
         """Set (to the error senders get) once the role is shut down."""
         self.refuse_wait: Callable[[Op], None] | None = None
@@ -308,12 +309,8 @@ class Mailbox:
         if self.closed is not None:
             raise self.closed
         if bounded and self._queue.qsize() + self.held + len(self._front) >= self.capacity:
-            refuse = self.refuse_wait
-            if (
-                refuse is not None
-                and self._queue.qsize() + self._held_now() + len(self._front) >= self.capacity
-            ):
-                refuse(op)  # (full even without the held ops given up: see count_held)
+            if self.refuse_wait is not None:
+                self.refuse_wait(op)
             self._wait_for_room(op)
         self._queue.put(op)  # an op is its own envelope
         if self.closed is not None:
@@ -324,7 +321,7 @@ class Mailbox:
         with self._room:
             self._senders_waiting += 1
             try:
-                while self._queue.qsize() + self._held_now() + len(self._front) >= self.capacity:
+                while self._queue.qsize() + self.held_awaited() + len(self._front) >= self.capacity:
                     remaining = op.deadline - time.monotonic()
                     if remaining <= 0:
                         raise OperationTimeout(
@@ -340,9 +337,17 @@ class Mailbox:
             finally:
                 self._senders_waiting -= 1
 
-    def _held_now(self) -> int:
+    def room_at(self, at: float) -> bool:
+        """Whether the mailbox has room at the ``time.monotonic()`` moment ``at``.
+
+        Counting what is queued now: only the held ops given up by then leave room.
+        """
+        return self._queue.qsize() + self.held_awaited(at) + len(self._front) < self.capacity
+
+    def held_awaited(self, at: float | None = None) -> int:
+        """The held ops still awaited now (or at the moment ``at``)."""
         count = self.count_held
-        return self.held if count is None else min(self.held, count())
+        return self.held if count is None else min(self.held, count(at))
 
     def control_waiting(self) -> bool:
         """Whether a stop or a crash (a control message, no :class:`Notice`) waits."""
