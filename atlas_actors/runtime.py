@@ -774,9 +774,10 @@ class Runtime:
         Code running in this storage's writer waits for the writer itself. While a
         transaction holds the lease, the writer holds back what is queued behind it, so
         the room its owner would wait for comes once that transaction ends (or times
-        out, rolled back), unless held writes give up before the call's deadline and
-        the lease's: then it waits. A dropped transaction's thread waits too: its lease
-        is taken back soon.
+        out, rolled back); writes held there that give up leave room, but others may
+        wait for it first, and a wait past the lease's timeout loses the transaction:
+        refused at once unless there is room now. A dropped transaction's thread
+        waits: its lease is taken back soon.
         """
         me = threading.get_ident()
         if me in self.writer_threads:  # (this storage's writer: another's makes room)
@@ -791,9 +792,8 @@ class Runtime:
         holder = self.lease_owners.get(me)
         if holder is None or self.transactions.dropped(holder):
             return
-        lease = self._leases.get(holder)
-        if lease is not None and self._writer_mailbox.room_at(min(op.deadline, lease.deadline)):
-            return  # (writes held behind the lease give up in time: room comes first)
+        if self._writer_mailbox.room_at(None):
+            return  # (the writes held behind the lease were given up: they take no room)
         error = DeadlockError(
             [
                 f"thread {me}",

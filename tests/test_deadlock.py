@@ -688,11 +688,12 @@ def test_code_in_one_writer_waits_for_room_in_another_storages_writer(
     assert b.metrics.snapshot().get("errors.deadlock") is None
 
 
-def test_the_lease_holder_waits_when_held_writes_give_up_before_its_deadline(
+def test_the_lease_holder_is_refused_while_held_writes_still_wait(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
-    # Writes held behind the lease whose deadlines come first make room: the holder's
-    # call waits for that, and is refused only if the queue stays full past its deadline.
+    # Held writes that give up later would leave room, but senders already waiting may
+    # take it first, and a wait past the lease's timeout loses the transaction: refused
+    # at once. Once they have given up, the same call is queued.
     db = open_storage(mailbox_size=4, cache=False)
     db.execute("CREATE TABLE t(x)")
     tx = db.transactions.begin()
@@ -701,11 +702,13 @@ def test_the_lease_holder_waits_when_held_writes_give_up_before_its_deadline(
     for other in others:
         other.start()
     assert wait_until(lambda: db.writer._mailbox.held == 4)
+    with pytest.raises(DeadlockError):
+        db.writer.execute("INSERT INTO t VALUES ('holder')", timeout=5.0)
+    for other in others:
+        other.join(5)
     future = db.writer.execute("INSERT INTO t VALUES ('holder')", timeout=5.0)
     tx.commit()
     assert future.get(5).rowcount == 1
-    for other in others:
-        other.join(5)
 
 
 def _write_quietly(db: atlas.Storage, i: int) -> None:

@@ -337,8 +337,8 @@ class Mailbox:
             finally:
                 self._senders_waiting -= 1
 
-    def room_at(self, at: float) -> bool:
-        """Whether the mailbox has room at the ``time.monotonic()`` moment ``at``.
+    def room_at(self, at: float | None) -> bool:
+        """Whether the mailbox has room now, or at the ``time.monotonic()`` moment ``at``.
 
         Counting what is queued now: only the held ops given up by then leave room.
         """
