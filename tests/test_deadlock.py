@@ -607,35 +607,6 @@ def test_code_in_the_writer_sending_to_its_full_mailbox_gets_deadlock_error(
         other.get(5)
 
 
-def test_held_writes_given_up_leave_room_for_the_lease_holders_call(
-    open_storage: Callable[..., atlas.Storage],
-) -> None:
-    # Writes given up behind the lease take no room (count_held): the holder's call is
-    # queued, not refused as a wait that could never end.
-    db = open_storage(mailbox_size=4, cache=False)
-    db.execute("CREATE TABLE t(x)")
-    tx = db.transactions.begin()
-    tx.execute("INSERT INTO t VALUES ('tx')")
-    timed_out: list[bool] = []
-
-    def gives_up(i: int) -> None:
-        with contextlib.suppress(atlas.errors.OperationTimeout):
-            db.write("INSERT INTO t VALUES (?)", [i], timeout=0.2)
-            return
-        timed_out.append(True)
-
-    others = [threading.Thread(target=gives_up, args=(i,)) for i in range(4)]
-    for other in others:
-        other.start()
-    for other in others:
-        other.join(5)
-    assert len(timed_out) == 4 and db.writer._mailbox.held == 4  # (held, given up)
-    future = db.writer.execute("INSERT INTO t VALUES ('future')")
-    tx.commit()
-    assert future.get(5).rowcount == 1
-    assert sorted(row.x for row in db.query("SELECT x FROM t")) == ["future", "tx"]
-
-
 def test_write_all_waits_for_room_behind_a_lease_like_every_call(
     open_storage: Callable[..., atlas.Storage],
 ) -> None:
@@ -693,7 +664,8 @@ def test_the_lease_holder_is_refused_while_held_writes_still_wait(
 ) -> None:
     # Held writes that give up later would leave room, but senders already waiting may
     # take it first, and a wait past the lease's timeout loses the transaction: refused
-    # at once. Once they have given up, the same call is queued.
+    # at once. Once they have given up they take no room (count_held): the same call is
+    # queued, not refused as a wait that could never end.
     db = open_storage(mailbox_size=4, cache=False)
     db.execute("CREATE TABLE t(x)")
     tx = db.transactions.begin()
