@@ -717,10 +717,10 @@ class Transaction:
         meanwhile. Each of two signs misses no commit, and each alone may see one that
         was none, so a conflict needs both:
 
-        - the writer's version (this storage's commits, and SQLite's ``data_version``
-          as of its last ``BEGIN``) moved since the snapshot's stamp; it also moves for
-          another process's commit made before the snapshot began, which the writer
-          learns of only at its next ``BEGIN``;
+        - the writer's version (this storage's commits, SQLite's ``data_version`` as of
+          its last ``BEGIN``, its incarnation) moved since the snapshot's stamp; it
+          also moves for another process's commit made before the snapshot began,
+          which the writer learns of only at its next ``BEGIN``, and for a restart;
         - the pinned reader's ``data_version`` read inside the snapshot moved by now;
           it also moves for a checkpoint that truncated or restarted the WAL.
         """
