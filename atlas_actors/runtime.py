@@ -792,7 +792,7 @@ class Runtime:
         holder = self.lease_owners.get(me)
         if holder is None or self.transactions.dropped(holder):
             return
-        if self._writer_mailbox.room_at(None):
+        if self._writer_mailbox.has_room():
             return  # (the writes held behind the lease were given up: they take no room)
         error = DeadlockError(
             [

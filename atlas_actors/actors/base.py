@@ -239,10 +239,9 @@ class Mailbox:
         self.held = 0
         """Ops the actor took out but holds back (the writer's, behind a lease): they
         count against ``capacity`` as if they were still queued."""
-        self.count_held: Callable[[float | None], int] | None = None
-        """Those of ``held`` someone still waits for now (or at the moment given), set by
-        the actor and asked by a sender that finds the mailbox full: ops given up behind
-        a lease take no room."""
+        self.count_held: Callable[[], int] | None = None
+        """Those of ``held`` someone still waits for (set by the actor), asked by a sender
+        that finds the mailbox full: ops given up behind a lease take no room."""
         self.closed: BaseException | None = None
         """Set (to the error senders get) once the role is shut down."""
         self.refuse_wait: Callable[[Op], None] | None = None
@@ -337,17 +336,14 @@ class Mailbox:
             finally:
                 self._senders_waiting -= 1
 
-    def room_at(self, at: float | None) -> bool:
-        """Whether the mailbox has room now, or at the ``time.monotonic()`` moment ``at``.
+    def has_room(self) -> bool:
+        """Whether the mailbox has room now (held ops given up take none)."""
+        return self._queue.qsize() + self.held_awaited() + len(self._front) < self.capacity
 
-        Counting what is queued now: only the held ops given up by then leave room.
-        """
-        return self._queue.qsize() + self.held_awaited(at) + len(self._front) < self.capacity
-
-    def held_awaited(self, at: float | None = None) -> int:
-        """The held ops still awaited now (or at the moment ``at``)."""
+    def held_awaited(self) -> int:
+        """The held ops someone still waits for."""
         count = self.count_held
-        return self.held if count is None else min(self.held, count(at))
+        return self.held if count is None else min(self.held, count())
 
     def control_waiting(self) -> bool:
         """Whether a stop or a crash (a control message, no :class:`Notice`) waits."""

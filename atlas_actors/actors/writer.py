@@ -587,13 +587,10 @@ class WriterActor(RoleActor):
         oldest = max((now - op.enqueued_at for op in waiting), default=0.0)
         return (lease.tx_id if lease else None, len(waiting), oldest)
 
-    def _held_awaited(self, at: float | None = None) -> int:
-        """How many of the ops held behind the lease someone waits for (any thread).
-
-        ``at``: still waits for at that ``time.monotonic()`` moment (default: now).
-        """
-        when = time.monotonic() if at is None else at
-        return sum(1 for op in list(self._stash) if op.awaited(when))
+    def _held_awaited(self) -> int:
+        """How many of the ops held behind the lease someone still waits for (any thread)."""
+        now = time.monotonic()
+        return sum(1 for op in list(self._stash) if op.awaited(now))
 
     # -- group commit ------------------------------------------------------------------
 
