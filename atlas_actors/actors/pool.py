@@ -1842,20 +1842,20 @@ class ReaderPool:
             waiting = ConnectionState.CLOSED if closed else ConnectionState.CONNECTING
             infos: list[ConnectionInfo] = []
             served: set[str] = set()  # roles a usable connection of the pool stands for
-            listed: set[int] = set()  # (ids of the connections listed)
+            listed: set[TrackedConnection] = set()
             for connection in self._connections:
                 info = connection.info()
                 if info.state is ConnectionState.CLOSED and not closed:
                     continue  # closed just now, on its way out: its role shows below
                 infos.append(info)
-                listed.add(id(connection))
+                listed.add(connection)
                 if connection.usable and info.state is not ConnectionState.FAILED:
                     served.add(connection.role)
             for role, reader in self._readers.items():
                 if role in served:
                     continue
                 recycling, current = reader.recycling, reader.connection
-                if recycling is None and current is not None and id(current) in listed:
+                if recycling is None and current in listed:
                     # Lent while its reader stopped: listed above. Closed, the role has
                     # nothing else to show; else its next connection is on its way.
                     if not closed:

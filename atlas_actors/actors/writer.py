@@ -1192,7 +1192,6 @@ class WriterActor(RoleActor):
         # batch rolls back. A COMMIT would still write the pages they dirtied (and sync
         # them), a commit nobody made that a repeatable_read snapshot would take for one.
         end = "COMMIT" if batch else "ROLLBACK"
-        changed = bool(batch)
         rows = self._take_row_changes(changes_now)
         if rows is None and not self._batch_plain and self.hooks.track_tables:
             # A statement may have written what its analysis cannot name (a user
@@ -1202,14 +1201,14 @@ class WriterActor(RoleActor):
         with tracing.batch_span(
             "atlas.writer.commit", members, **{"atlas.batch.size": len(batch)}
         ) as span:
-            if changed:
+            if batch:
                 self.hooks.will_commit()
             self._wrote_frames = False
             try:
                 connection.cursor.execute(end)
             except apsw.Error as error:
                 Tracing.record_error(span, wrap_sqlite_error(error, end))
-                if changed:
+                if batch:
                     self.hooks.commit_failed()
                 self._commit_failed(connection, batch, error)
                 return
@@ -1219,7 +1218,7 @@ class WriterActor(RoleActor):
                 self._change_expected = (self._change_at_begin + wrote) & 0xFFFFFFFF
             if batch and not (self._batch_plain and tables is not None):
                 self._check_schema(connection)
-            if changed:
+            if batch:
                 self._after_commit(tables, self._wrote_frames, rows)
         counters = self.counters
         if batch:
